@@ -1,0 +1,255 @@
+/**
+ * The WebGPU adapter and device: the adapter's own limits and the optional features it offers are requested
+ * (the spec defaults are far too small for model weights), errors are caught with error scopes and raised as
+ * typed errors, and device loss is reported on the next use.
+ */
+import {
+  GpuDeviceLostError,
+  GpuOutOfMemoryError,
+  GpuUnavailableError,
+  GpuValidationError,
+} from "./errors.ts";
+import { BufferPool } from "./buffers.ts";
+import { PipelineCache } from "./kernel.ts";
+
+/** The limits Eaglet requests from the adapter (all numeric, copied from `adapter.limits`). */
+const REQUESTED_LIMITS = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+  "maxStorageBuffersPerShaderStage",
+  "maxUniformBufferBindingSize",
+  "maxBindGroups",
+] as const;
+
+/** Optional features used when the adapter has them. */
+const OPTIONAL_FEATURES = ["shader-f16", "subgroups", "timestamp-query"] as const;
+
+/** The device limits Eaglet relies on, as granted. */
+export interface GpuLimits {
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxComputeWorkgroupsPerDimension: number;
+  maxStorageBuffersPerShaderStage: number;
+  minStorageBufferOffsetAlignment: number;
+  minUniformBufferOffsetAlignment: number;
+}
+
+/** Optional capabilities of the device. */
+export interface GpuFeatures {
+  /** `shader-f16`: f16 storage and arithmetic in WGSL (`enable f16;`). */
+  shaderF16: boolean;
+  /** `subgroups`: subgroupAdd/Max and friends. */
+  subgroups: boolean;
+  /** `timestamp-query`: GPU-side timing of compute passes. */
+  timestampQuery: boolean;
+}
+
+/** Options for {@link Gpu.create}. */
+export interface GpuOptions {
+  /** Prefer the discrete ("high-performance", default) or integrated ("low-power") adapter. */
+  powerPreference?: GPUPowerPreference;
+  /** Do not request these optional features even when the adapter has them (to test fallbacks). */
+  disableFeatures?: Array<(typeof OPTIONAL_FEATURES)[number]>;
+  /** Called with a one-line message on every uncaptured error (defaults to console.error). */
+  onUncapturedError?: (message: string) => void;
+}
+
+/** The install hint printed when no adapter is found. */
+export const NO_ADAPTER_HINT = "no WebGPU adapter found: install GPU drivers with Vulkan, Metal or DX12 " +
+  "support, or on Linux without a GPU Mesa's software driver (`apt-get install mesa-vulkan-drivers libvulkan1`)";
+
+/** One WebGPU device with its caches. Create it with {@link Gpu.create}; share one per process. */
+export class Gpu {
+  /** The pipeline cache: one compiled pipeline per kernel, entry point, constants and features. */
+  readonly pipelines: PipelineCache;
+  /** Pool of storage buffers, reused by size. */
+  readonly pool: BufferPool;
+  /** Why the device was lost, once it has been. */
+  lostReason: string | null = null;
+  #staging: GPUBuffer[] = [];
+
+  private constructor(
+    readonly adapter: GPUAdapter,
+    readonly device: GPUDevice,
+    readonly info: GPUAdapterInfo,
+    readonly limits: GpuLimits,
+    readonly features: GpuFeatures,
+  ) {
+    this.pipelines = new PipelineCache(this);
+    this.pool = new BufferPool(this);
+  }
+
+  /** Finds an adapter and opens a device with the adapter's limits and the optional features it offers. */
+  static async create(options: GpuOptions = {}): Promise<Gpu> {
+    if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
+      throw new GpuUnavailableError(`this runtime has no navigator.gpu; ${NO_ADAPTER_HINT}`);
+    }
+    const adapter = await navigator.gpu.requestAdapter({
+      powerPreference: options.powerPreference ?? "high-performance",
+    });
+    if (!adapter) throw new GpuUnavailableError(NO_ADAPTER_HINT);
+    const requiredLimits: Record<string, number> = {};
+    for (const name of REQUESTED_LIMITS) {
+      const value = (adapter.limits as unknown as Record<string, number>)[name];
+      if (typeof value === "number") requiredLimits[name] = value;
+    }
+    const disabled = new Set(options.disableFeatures ?? []);
+    const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f) && !disabled.has(f));
+    const device = await adapter.requestDevice({
+      requiredLimits,
+      requiredFeatures: requiredFeatures as GPUFeatureName[],
+    });
+    const l = device.limits;
+    const limits: GpuLimits = {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
+      minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
+    };
+    const features: GpuFeatures = {
+      shaderF16: device.features.has("shader-f16"),
+      subgroups: device.features.has("subgroups"),
+      timestampQuery: device.features.has("timestamp-query"),
+    };
+    const gpu = new Gpu(adapter, device, adapter.info, limits, features);
+    const report = options.onUncapturedError ?? ((m: string) => console.error(`webgpu: ${m}`));
+    device.addEventListener("uncapturederror", (event) => {
+      report((event as GPUUncapturedErrorEvent).error.message);
+    });
+    device.lost.then((info) => {
+      gpu.lostReason = `${info.reason}: ${info.message}`;
+    });
+    return gpu;
+  }
+
+  /** A one-line description of the adapter, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) [f16]". */
+  describe(): string {
+    const name = this.info.description || this.info.device || this.info.vendor || "unknown adapter";
+    const feats = [
+      this.features.shaderF16 ? "f16" : null,
+      this.features.subgroups ? "subgroups" : null,
+      this.features.timestampQuery ? "timestamps" : null,
+    ].filter(Boolean).join(", ");
+    return `${name}${this.info.isFallbackAdapter ? " (software)" : ""}${feats ? ` [${feats}]` : ""}`;
+  }
+
+  /** A short stable key for this adapter (used to cache autotune results). */
+  adapterKey(): string {
+    const i = this.info;
+    return [i.vendor, i.architecture, i.device, i.description].join("|");
+  }
+
+  /** Throws {@link GpuDeviceLostError} if the device has been lost. */
+  assertAlive(): void {
+    if (this.lostReason !== null) throw new GpuDeviceLostError(`GPU device lost (${this.lostReason})`);
+  }
+
+  /**
+   * Runs `fn` inside validation and out-of-memory error scopes and raises what they caught as typed errors
+   * naming `label` (a kernel or tensor name).
+   */
+  async scoped<T>(label: string, fn: () => T | Promise<T>): Promise<T> {
+    this.assertAlive();
+    this.device.pushErrorScope("out-of-memory");
+    this.device.pushErrorScope("validation");
+    let result: T | undefined;
+    let failure: unknown = null;
+    try {
+      result = await fn();
+    } catch (e) {
+      failure = e;
+    }
+    const validation = await this.device.popErrorScope();
+    const oom = await this.device.popErrorScope();
+    if (failure !== null) throw failure;
+    if (oom) throw new GpuOutOfMemoryError(label, oom.message);
+    if (validation) throw new GpuValidationError(label, validation.message);
+    return result as T;
+  }
+
+  /** Creates a buffer; `label` names it in errors. */
+  createBuffer(size: number, usage: GPUBufferUsageFlags, label: string): GPUBuffer {
+    this.assertAlive();
+    return this.device.createBuffer({ size: Math.max(4, align(size, 4)), usage, label });
+  }
+
+  /** Writes host data into a buffer at a byte offset (length a multiple of 4). */
+  write(buffer: GPUBuffer, byteOffset: number, data: ArrayBufferView<ArrayBuffer>): void {
+    this.assertAlive();
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (bytes.byteLength % 4 === 0) {
+      this.device.queue.writeBuffer(buffer, byteOffset, bytes);
+    } else {
+      const padded = new Uint8Array(align(bytes.byteLength, 4));
+      padded.set(bytes);
+      this.device.queue.writeBuffer(buffer, byteOffset, padded);
+    }
+  }
+
+  /** Submits command buffers to the queue. */
+  submit(commands: GPUCommandBuffer[]): void {
+    this.assertAlive();
+    this.device.queue.submit(commands);
+  }
+
+  /**
+   * Copies `size` bytes at `byteOffset` of `buffer` to the host. Each call is one GPU→CPU sync (about 11 ms
+   * in Deno): read once per N steps, never per kernel.
+   */
+  async read(buffer: GPUBuffer, byteOffset: number, size: number): Promise<ArrayBuffer> {
+    this.assertAlive();
+    const padded = align(size, 4);
+    const staging = this.#takeStaging(padded);
+    const encoder = this.device.createCommandEncoder({ label: "readback" });
+    encoder.copyBufferToBuffer(buffer, byteOffset, staging, 0, padded);
+    this.device.queue.submit([encoder.finish()]);
+    try {
+      await staging.mapAsync(GPUMapMode.READ, 0, padded);
+    } catch (e) {
+      this.assertAlive();
+      throw e;
+    }
+    const out = staging.getMappedRange(0, padded).slice(0, size);
+    staging.unmap();
+    this.#staging.push(staging);
+    return out;
+  }
+
+  /** Waits until all submitted work is done. */
+  async sync(): Promise<void> {
+    this.assertAlive();
+    await this.device.queue.onSubmittedWorkDone();
+    this.assertAlive();
+  }
+
+  #takeStaging(size: number): GPUBuffer {
+    const i = this.#staging.findIndex((b) => b.size >= size && b.size <= 4 * size + 4096);
+    if (i >= 0) return this.#staging.splice(i, 1)[0];
+    return this.createBuffer(size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, "readback staging");
+  }
+
+  /** Frees every pooled buffer and destroys the device. */
+  destroy(): void {
+    for (const b of this.#staging) b.destroy();
+    this.#staging = [];
+    this.pool.clear();
+    this.device.destroy();
+  }
+}
+
+/** Rounds `n` up to a multiple of `to`. */
+export function align(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}

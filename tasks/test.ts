@@ -1,0 +1,82 @@
+/**
+ * `deno task test`: runs the whole suite on the default WebGPU backend (Vulkan: lavapipe without a GPU), then
+ * the engine and kernel tests again on Mesa's GL backend (no shader-f16, 16 storage buffers per stage), and
+ * prints one closing line `N passed, M failed` (the form CI reads). Extra arguments go to `deno test`
+ * (e.g. `--filter rmsnorm`).
+ */
+import { parseArgs } from "node:util";
+
+const HELP = `deno task test [--no-gl] [--only-gl] [-- <deno test args>]
+
+Runs tests/ on the default backend, then tests/gpu_core_test.ts and tests/ops/ on DENO_WEBGPU_BACKEND=gl.
+  --no-gl     skip the GL pass (default: run it)
+  --only-gl   run only the GL pass
+  --help      this text`;
+
+const { values, positionals } = parseArgs({
+  args: Deno.args,
+  options: {
+    "no-gl": { type: "boolean", default: false },
+    "only-gl": { type: "boolean", default: false },
+    help: { type: "boolean", default: false },
+  },
+  allowPositionals: true,
+});
+if (values.help) {
+  console.log(HELP);
+  Deno.exit(0);
+}
+
+interface Counts {
+  passed: number;
+  failed: number;
+  ignored: number;
+}
+
+async function pass(name: string, paths: string[], env: Record<string, string>): Promise<Counts> {
+  console.log(`\n== ${name} ==`);
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: ["test", "-A", "--no-check", ...positionals, ...paths],
+    env: { NODEVICE_SELECT: "1", ...env },
+    stdout: "piped",
+    stderr: "inherit",
+  });
+  const child = cmd.spawn();
+  const decoder = new TextDecoder();
+  let tail = "";
+  for await (const chunk of child.stdout) {
+    const text = decoder.decode(chunk, { stream: true });
+    await Deno.stdout.write(chunk);
+    tail = (tail + text).slice(-4000);
+  }
+  const status = await child.status;
+  // deno test's summary: "ok | 12 passed (3 steps) | 0 failed | 2 ignored (1s)"
+  // deno-lint-ignore no-control-regex
+  const plain = tail.replace(/\x1b\[[0-9;]*m/g, "");
+  const m = plain.match(
+    /(\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \(\d+ steps?\))?(?: \| (\d+) ignored)?/,
+  );
+  if (!m) return { passed: 0, failed: 1, ignored: 0 };
+  const counts = { passed: +m[1], failed: +m[2], ignored: +(m[3] ?? 0) };
+  if (!status.success && counts.failed === 0) counts.failed = 1;
+  return counts;
+}
+
+const total: Counts = { passed: 0, failed: 0, ignored: 0 };
+const add = (c: Counts) => {
+  total.passed += c.passed;
+  total.failed += c.failed;
+  total.ignored += c.ignored;
+};
+if (!values["only-gl"]) add(await pass("default backend", ["tests/"], {}));
+if (!values["no-gl"]) {
+  add(
+    await pass("GL backend (kernels)", ["tests/gpu_core_test.ts", "tests/ops/"], {
+      DENO_WEBGPU_BACKEND: "gl",
+    }),
+  );
+}
+console.log(
+  `\n${total.passed} passed, ${total.failed} failed${total.ignored ? `, ${total.ignored} skipped` : ""}`,
+);
+Deno.exit(total.failed > 0 ? 1 : 0);

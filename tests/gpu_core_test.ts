@@ -1,0 +1,138 @@
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu, randomArray } from "./gpu.ts";
+import { Tensor } from "../lib/tensor.ts";
+import { foldGrid, Program, runOnce } from "../lib/gpu/program.ts";
+import { GpuValidationError, LimitError, ShapeError } from "../lib/gpu/errors.ts";
+import * as ew from "../lib/ops/elementwise.ts";
+
+Deno.test({ name: "device: limits and features come from the adapter", ...needsGpu }, () => {
+  const g = gpu!;
+  assert.ok(g.limits.maxStorageBufferBindingSize >= 128 * 1024 * 1024);
+  assert.ok(g.limits.maxComputeInvocationsPerWorkgroup >= 256);
+  assert.equal(g.limits.maxComputeWorkgroupStorageSize, g.adapter.limits.maxComputeWorkgroupStorageSize);
+  assert.match(g.describe(), /\S/);
+});
+
+Deno.test({ name: "tensor: upload and download of every dtype", ...needsGpu }, async () => {
+  const g = gpu!;
+  const x = [1.5, -2, 1, 3.140625, 0.1];
+  assert.deepEqual([...await Tensor.fromArray(g, x, [5], "f32", "f32").read()].map((v) => +v.toFixed(6)), [
+    1.5,
+    -2,
+    1,
+    3.140625,
+    0.1,
+  ]);
+  assert.deepEqual([...await Tensor.fromArray(g, x, [5], "bf16", "bf16").read()], [
+    1.5,
+    -2,
+    1,
+    3.140625,
+    0.10009765625,
+  ]);
+  assert.deepEqual([...await Tensor.fromArray(g, x, [5], "f16", "f16").read()], [
+    1.5,
+    -2,
+    1,
+    3.140625,
+    0.0999755859375,
+  ]);
+  assert.deepEqual([...await Tensor.fromArray(g, [1, -7, 2 ** 30], [3], "i32", "i32").read()], [
+    1,
+    -7,
+    2 ** 30,
+  ]);
+  assert.deepEqual([...await Tensor.fromArray(g, [1, 7, 2 ** 31], [3], "u32", "u32").read()], [
+    1,
+    7,
+    2 ** 31,
+  ]);
+});
+
+Deno.test({ name: "tensor: views, reshape and their checks", ...needsGpu }, async () => {
+  const g = gpu!;
+  const t = Tensor.fromArray(g, Float32Array.from({ length: 256 }, (_, i) => i), [4, 64], "f32", "t");
+  const row2 = t.view(128, [64], "row2");
+  assert.equal((await row2.read())[0], 128);
+  assert.throws(() => t.view(1, [4]), LimitError);
+  assert.throws(() => t.view(250, [64]), ShapeError);
+  assert.throws(() => t.reshape([3, 64]), ShapeError);
+  assert.deepEqual(t.reshape([256]).shape, [256]);
+  assert.throws(() => Tensor.fromArray(g, [1, 2, 3], [2], "f32", "short"), /3 values given for shape \[2\]/);
+  t.destroy();
+});
+
+Deno.test(
+  { name: "elementwise: add, mul (and backward), axpby, scale, fill vs CPU", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    for (const n of [1, 255, 256, 1000, 70_001]) {
+      const a = randomArray(n, 1), b = randomArray(n, 2), d = randomArray(n, 3);
+      const ta = Tensor.fromArray(g, a, [n], "f32", "a");
+      const tb = Tensor.fromArray(g, b, [n], "f32", "b");
+      const td = Tensor.fromArray(g, d, [n], "f32", "dout");
+      const outs = Array.from({ length: 6 }, (_, i) => Tensor.empty(g, [n], "f32", `out${i}`));
+      await runOnce(g, "elementwise", async (p) => {
+        await ew.add(p, ta, tb, outs[0]);
+        await ew.mul(p, ta, tb, outs[1]);
+        await ew.axpby(p, 0.5, ta, -2, tb, outs[2]);
+        await ew.scale(p, ta, 3, outs[3]);
+        await ew.mulBackward(p, td, ta, tb, outs[4], outs[5]);
+      });
+      assertClose(await outs[0].read(), ew.axpbyCpu(1, a, 1, b), `add n=${n}`);
+      assertClose(await outs[1].read(), ew.mulCpu(a, b), `mul n=${n}`);
+      assertClose(await outs[2].read(), ew.axpbyCpu(0.5, a, -2, b), `axpby n=${n}`);
+      assertClose(await outs[3].read(), ew.axpbyCpu(3, a, 0, b), `scale n=${n}`);
+      const [da, db] = ew.mulBackwardCpu(d, a, b);
+      assertClose(await outs[4].read(), da, `mul backward da n=${n}`);
+      assertClose(await outs[5].read(), db, `mul backward db n=${n}`);
+      const f = Tensor.empty(g, [n], "f32", "fill");
+      await runOnce(g, "fill", (p) => ew.fill(p, f, 2.5));
+      assert.ok((await f.read()).every((v) => v === 2.5));
+      for (const t of [ta, tb, td, f, ...outs]) t.destroy();
+    }
+  },
+);
+
+Deno.test({ name: "program: replays the same dispatches and folds large grids", ...needsGpu }, async () => {
+  const g = gpu!;
+  assert.deepEqual(foldGrid(g, 10), [10, 1, 1]);
+  const [x, y] = foldGrid(g, 200_000);
+  assert.ok(x * y >= 200_000 && x <= 65535);
+  const acc = Tensor.fromArray(g, new Float32Array(8), [8], "f32", "acc");
+  const one = Tensor.fromArray(g, new Float32Array(8).fill(1), [8], "f32", "one");
+  const tmp = Tensor.empty(g, [8], "f32", "tmp");
+  const p = new Program(g, "increment");
+  await ew.add(p, acc, one, tmp);
+  await ew.scale(p, tmp, 1, acc);
+  for (let i = 0; i < 5; i++) p.run();
+  assert.deepEqual([...await acc.read()], new Array(8).fill(5));
+  p.destroy();
+});
+
+Deno.test({
+  name: "errors: shape mismatches are raised before dispatch, WGSL errors name the kernel",
+  ...needsGpu,
+}, async () => {
+  const g = gpu!;
+  const a = Tensor.empty(g, [4, 3], "f32", "a");
+  const b = Tensor.empty(g, [3, 4], "f32", "b");
+  const p = new Program(g, "bad");
+  await assert.rejects(() => ew.add(p, a, b, a), /add: a \[4, 3\] and b \[3, 4\] must have the same shape/);
+  const i = Tensor.empty(g, [4, 3], "i32", "ids");
+  await assert.rejects(() => ew.add(p, a, i, a), /add: b \(ids\) is i32, expected f32/);
+  assert.equal(p.dispatches.length, 0);
+  await assert.rejects(
+    () =>
+      p.add(
+        {
+          name: "broken.kernel",
+          code: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
+          entryPoint: "main",
+        },
+        [],
+        1,
+      ),
+    (e: Error) => e instanceof GpuValidationError && /kernel broken\.kernel/.test(e.message),
+  );
+});
