@@ -136,3 +136,63 @@ Deno.test({
     (e: Error) => e instanceof GpuValidationError && /kernel broken\.kernel/.test(e.message),
   );
 });
+
+Deno.test({ name: "elementwise: addBias, copyStrided and copyColumns vs CPU", ...needsGpu }, async () => {
+  const g = gpu!;
+  const rows = 37, w = 13, W = 3 * w + 2;
+  const a = randomArray(rows * w, 4), bias = randomArray(w, 5), base = randomArray(rows * W, 6);
+  const ta = Tensor.fromArray(g, a, [rows, w], "f32", "a");
+  const tb = Tensor.fromArray(g, bias, [w], "f32", "bias");
+  const out = Tensor.fromArray(g, a, [rows, w], "f32", "out");
+  const dst = Tensor.fromArray(g, base, [rows, W], "f32", "dst");
+  // KV-cache style write: src [B=2, Tn=3, 5] into dst [2, Tmax=7, 5] at time offset 4.
+  const kv = randomArray(2 * 3 * 5, 7), cache = randomArray(2 * 7 * 5, 8);
+  const tkv = Tensor.fromArray(g, kv, [2, 3, 5], "f32", "kv");
+  const tcache = Tensor.fromArray(g, cache, [2, 7, 5], "f32", "cache");
+  const cacheCopy = {
+    count: [2, 3, 5] as [number, number, number],
+    srcStrides: [15, 5, 1] as [number, number, number],
+    dstStrides: [35, 5, 1] as [number, number, number],
+    dstOffset: 20,
+  };
+  await runOnce(g, "copies", async (p) => {
+    await ew.addBias(p, out, tb);
+    await ew.copyColumns(p, ta, dst, 2 * w + 1);
+    await ew.copyStrided(p, tkv, tcache, cacheCopy);
+  });
+  assertClose(await out.read(), ew.addBiasCpu(a, bias), "addBias");
+  const wantDst = ew.copyStridedCpu(a, base, {
+    count: [1, rows, w],
+    srcStrides: [0, w, 1],
+    dstStrides: [0, W, 1],
+    dstOffset: 2 * w + 1,
+  });
+  assertClose(await dst.read(), wantDst, "copyColumns", { atol: 0, rtol: 0 });
+  assertClose(await tcache.read(), ew.copyStridedCpu(kv, cache, cacheCopy), "copyStrided (KV cache)", {
+    atol: 0,
+    rtol: 0,
+  });
+  const p = new Program(g, "bad copy");
+  await assert.rejects(() => ew.copyColumns(p, ta, dst, 2 * w + 3), /does not fit dst/);
+  await assert.rejects(
+    () => ew.copyStrided(p, tkv, tcache, { ...cacheCopy, dstOffset: 21 }),
+    /copyStrided: block/,
+  );
+  for (const t of [ta, tb, out, dst, tkv, tcache]) t.destroy();
+});
+
+Deno.test({ name: "elementwise: accumulate and shiftIds", ...needsGpu }, async () => {
+  const g = gpu!;
+  const x = randomArray(300, 9), y = randomArray(300, 10);
+  const tx = Tensor.fromArray(g, x, [300], "f32", "x");
+  const ty = Tensor.fromArray(g, y, [300], "f32", "y");
+  const ids = Tensor.fromArray(g, [0, 5, 1000, 7], [4], "i32", "ids");
+  const shifted = Tensor.empty(g, [4], "i32", "shifted");
+  await runOnce(g, "accumulate", async (p) => {
+    await ew.accumulate(p, tx, ty);
+    await ew.shiftIds(p, ids, shifted, -5);
+  });
+  assertClose(await tx.read(), ew.axpbyCpu(1, x, 1, y), "accumulate");
+  assert.deepEqual([...await shifted.read()], [-5, 0, 995, 2]);
+  for (const t of [tx, ty, ids, shifted]) t.destroy();
+});

@@ -6,7 +6,7 @@
 import type { Gpu } from "./device.ts";
 import type { KernelSpec } from "./kernel.ts";
 import { LimitError } from "./errors.ts";
-import { Tensor } from "../tensor.ts";
+import { type DType, Tensor } from "../tensor.ts";
 
 /** Scalar kinds of a uniform field. */
 export type ParamKind = "u32" | "i32" | "f32";
@@ -60,6 +60,7 @@ export function foldGrid(gpu: Gpu, n: number): [number, number, number] {
 export class Program {
   readonly dispatches: Dispatch[] = [];
   #uniforms: GPUBuffer[] = [];
+  #owned: Tensor[] = [];
 
   constructor(readonly gpu: Gpu, readonly label: string) {}
 
@@ -138,10 +139,22 @@ export class Program {
     await this.gpu.scoped(`program ${this.label}`, () => this.run());
   }
 
-  /** Frees the uniform buffers this program made. */
+  /**
+   * A scratch tensor that lives as long as the program (split-K partials, reduction partials): the program
+   * reads it on every run and frees it in {@link Program.destroy}.
+   */
+  scratch(shape: readonly number[], dtype: DType, label: string): Tensor {
+    const t = Tensor.empty(this.gpu, shape, dtype, `${this.label}: ${label}`);
+    this.#owned.push(t);
+    return t;
+  }
+
+  /** Frees the uniform buffers and scratch tensors this program made. */
   destroy(): void {
     for (const b of this.#uniforms) b.destroy();
+    for (const t of this.#owned) t.destroy();
     this.#uniforms = [];
+    this.#owned = [];
     this.dispatches.length = 0;
   }
 }

@@ -32,3 +32,23 @@ export function expectSameShape(op: string, nameA: string, a: Tensor, nameB: str
     );
   }
 }
+
+/** Rows and columns of a tensor viewed as [rows, last dim]; a shape error for scalars or empty rows. */
+export function rowsAndCols(op: string, name: string, t: Tensor): [number, number] {
+  const cols = t.shape[t.shape.length - 1];
+  if (t.shape.length === 0 || cols === 0) {
+    throw new ShapeError(
+      `${op}: ${name} (${t.label}) has shape ${shapeString(t.shape)}, expected [..., n > 0]`,
+    );
+  }
+  return [t.size / cols, cols];
+}
+
+/** Throws unless `a` and `b` occupy disjoint bytes (a kernel cannot read one binding while writing another). */
+export function expectDisjoint(op: string, nameA: string, a: Tensor, nameB: string, b: Tensor): void {
+  if (a.buffer !== b.buffer) return;
+  const overlap = a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+  if (overlap) {
+    throw new ShapeError(`${op}: ${nameA} (${a.label}) and ${nameB} (${b.label}) must not share memory`);
+  }
+}

@@ -5,7 +5,9 @@
 import * as K from "../../kernels/elementwise.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
-import { expectDtype, expectSameShape } from "./check.ts";
+import { ShapeError } from "../gpu/errors.ts";
+import { shapeString } from "../tensor.ts";
+import { expectDtype, expectSameShape, expectShape } from "./check.ts";
 
 function groups(n: number): number {
   return Math.ceil(n / K.ELEMENTWISE_WG);
@@ -84,6 +86,150 @@ export async function fill(p: Program, out: Tensor, value: number): Promise<void
     [params(["u32", out.size], ["f32", value], ["f32", 0]), out],
     groups(out.size),
   );
+}
+
+/**
+ * x[r, c] += bias[c] in place: a bias broadcast along rows (x is [..., n], bias [n]). In place because the
+ * bias always follows a projection whose output nothing else reads yet.
+ */
+export async function addBias(p: Program, x: Tensor, bias: Tensor): Promise<void> {
+  expectDtype("addBias", "x", x, "f32");
+  expectDtype("addBias", "bias", bias, "f32");
+  const width = x.shape[x.shape.length - 1];
+  expectShape("addBias", "bias", bias, [width]);
+  await p.add(
+    { name: "elementwise.addBias", code: K.addBias, entryPoint: "main" },
+    [params(["u32", x.size], ["u32", width]), x, bias],
+    groups(x.size),
+  );
+}
+
+/** x += y in place. */
+export async function accumulate(p: Program, x: Tensor, y: Tensor): Promise<void> {
+  expectDtype("accumulate", "x", x, "f32");
+  expectDtype("accumulate", "y", y, "f32");
+  expectSameShape("accumulate", "x", x, "y", y);
+  await p.add(
+    { name: "elementwise.accumulate", code: K.accumulate, entryPoint: "main" },
+    [params(["u32", x.size]), x, y],
+    groups(x.size),
+  );
+}
+
+/** out = ids + delta for i32 token ids (e.g. ids relative to a block of embedding rows). */
+export async function shiftIds(p: Program, ids: Tensor, out: Tensor, delta: number): Promise<void> {
+  expectDtype("shiftIds", "ids", ids, "i32");
+  expectDtype("shiftIds", "out", out, "i32");
+  expectSameShape("shiftIds", "ids", ids, "out", out);
+  await p.add(
+    { name: "elementwise.shiftIds", code: K.shiftIds, entryPoint: "main" },
+    [params(["u32", ids.size], ["i32", delta]), ids, out],
+    groups(ids.size),
+  );
+}
+
+/** A 3-D block of a strided copy (see {@link copyStrided}); sizes, strides and offsets in elements. */
+export interface StridedCopy {
+  /** Block sizes [n2, n1, n0], innermost last. */
+  count: [number, number, number];
+  /** Source strides [s2, s1, s0]. */
+  srcStrides: [number, number, number];
+  srcOffset?: number;
+  /** Destination strides [d2, d1, d0]. */
+  dstStrides: [number, number, number];
+  dstOffset?: number;
+}
+
+function extent(count: number[], strides: number[], offset: number): number {
+  return offset + count.reduce((acc, n, i) => acc + (n - 1) * strides[i], 0) + 1;
+}
+
+/**
+ * dst[dstOffset + i2·d2 + i1·d1 + i0·d0] = src[srcOffset + i2·s2 + i1·s1 + i0·s0] for every (i2, i1, i0) <
+ * count. Bounds are checked against both tensors before dispatch.
+ */
+export async function copyStrided(p: Program, src: Tensor, dst: Tensor, c: StridedCopy): Promise<void> {
+  expectDtype("copyStrided", "src", src, "f32");
+  expectDtype("copyStrided", "dst", dst, "f32");
+  const total = c.count[0] * c.count[1] * c.count[2];
+  if (total === 0) return;
+  const srcEnd = extent(c.count, c.srcStrides, c.srcOffset ?? 0);
+  const dstEnd = extent(c.count, c.dstStrides, c.dstOffset ?? 0);
+  if (srcEnd > src.size || dstEnd > dst.size) {
+    throw new ShapeError(
+      `copyStrided: block [${c.count}] reaches element ${Math.max(srcEnd, dstEnd) - 1} of src ${
+        shapeString(src.shape)
+      } or dst ${shapeString(dst.shape)}`,
+    );
+  }
+  const [n2, n1, n0] = c.count;
+  const [s2, s1, s0] = c.srcStrides;
+  const [d2, d1, d0] = c.dstStrides;
+  await p.add(
+    { name: "elementwise.copyStrided", code: K.copyStrided, entryPoint: "main" },
+    [
+      params(
+        ["u32", n0],
+        ["u32", n1],
+        ["u32", n2],
+        ["u32", total],
+        ["u32", s0],
+        ["u32", s1],
+        ["u32", s2],
+        ["u32", c.srcOffset ?? 0],
+        ["u32", d0],
+        ["u32", d1],
+        ["u32", d2],
+        ["u32", c.dstOffset ?? 0],
+      ),
+      src,
+      dst,
+    ],
+    groups(total),
+  );
+}
+
+/**
+ * Copies src [rows, w] into columns [col0, col0 + w) of dst [rows, W] (the concatenation of feature blocks,
+ * e.g. three aux hidden states into [rows, 3H]).
+ */
+export async function copyColumns(p: Program, src: Tensor, dst: Tensor, col0: number): Promise<void> {
+  const w = src.shape[src.shape.length - 1];
+  const rows = src.size / w;
+  const W = dst.shape[dst.shape.length - 1];
+  if (dst.size / W !== rows || col0 + w > W) {
+    throw new ShapeError(
+      `copyColumns: src ${shapeString(src.shape)} does not fit dst ${
+        shapeString(dst.shape)
+      } at column ${col0}`,
+    );
+  }
+  await copyStrided(p, src, dst, {
+    count: [1, rows, w],
+    srcStrides: [0, w, 1],
+    dstStrides: [0, W, 1],
+    dstOffset: col0,
+  });
+}
+
+/** CPU reference of {@link copyStrided} (into a copy of dst). */
+export function copyStridedCpu(src: Float32Array, dst: Float32Array, c: StridedCopy): Float32Array {
+  const out = dst.slice();
+  const [n2, n1, n0] = c.count;
+  for (let i2 = 0; i2 < n2; i2++) {
+    for (let i1 = 0; i1 < n1; i1++) {
+      for (let i0 = 0; i0 < n0; i0++) {
+        out[(c.dstOffset ?? 0) + i2 * c.dstStrides[0] + i1 * c.dstStrides[1] + i0 * c.dstStrides[2]] =
+          src[(c.srcOffset ?? 0) + i2 * c.srcStrides[0] + i1 * c.srcStrides[1] + i0 * c.srcStrides[2]];
+      }
+    }
+  }
+  return out;
+}
+
+/** CPU reference of {@link addBias} (returns a new array). */
+export function addBiasCpu(x: Float32Array, bias: Float32Array): Float32Array {
+  return x.map((v, i) => v + bias[i % bias.length]);
 }
 
 /** CPU reference: out = alpha·a + beta·b (add is alpha = beta = 1). */

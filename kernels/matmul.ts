@@ -1,0 +1,370 @@
+/**
+ * Matmul kernels: C = alpha·op(A)·op(B) (+ C), row-major, f32 accumulation, generated per variant.
+ *
+ * op(A) is A [M, K] or, with `transA`, Aᵀ for A stored [K, M]; op(B) is B [K, N] or, with `transB`, Bᵀ for B
+ * stored [N, K]. A and C are f32; B is f32, f16 or bf16 (pairs packed in u32 words, element 2i in the low half),
+ * widened to f32 as it is loaded. The grid's z index runs over `batch·splits`: a batch of independent products
+ * (B may be shared) and, for split-K, slices of the K range whose partial products the `splitk_reduce` kernel
+ * sums afterwards in a fixed order (no atomics, so results are deterministic).
+ *
+ * Two kernel families, one per kind of adapter:
+ *
+ * - `regtile` (CPU adapters: lavapipe, llvmpipe). Mesa's LLVM backend runs one workgroup per CPU thread with
+ *   8 invocations in the 8 lanes of a 256-bit SIMD register, and every storage or workgroup load costs a loop
+ *   over the lanes (about 45 cycles per vec4 per 8 lanes, measured), whatever its address. Arithmetic is cheap.
+ *   So the kernel uses no workgroup memory and no barriers, a workgroup of 8 invocations (one SIMD register),
+ *   and a large register tile per invocation: TM rows × 4·TN4 columns, the K loop unrolled by 4 with vec4
+ *   loads, giving 4·TM·4·TN4 FMAs for TM + 4·TN4 vec4 loads. The code is generated fully unrolled (named
+ *   registers, no local arrays) so that LLVM keeps the tile in registers.
+ * - `tiled` (GPUs). The classic 2D block tiling: a workgroup of (BN/4)×(BM/4) invocations owns a BM×BN tile
+ *   of C, stages BK-deep slabs of op(A) and op(B) in workgroup memory, both stored k-major so the inner loop
+ *   reads vec4 rows, and each invocation accumulates a 4×4 register tile. BM, BN, BK are override constants;
+ *   `CHECKED = false` (shapes divide the tiles) drops every bounds test.
+ *
+ * Both read operands through the element helpers below, so every layout and dtype is one code path.
+ */
+
+/** How op(B) is stored. */
+export type MatmulBType = "f32" | "f16" | "bf16";
+
+/** Everything that changes the generated WGSL of a matmul kernel. */
+export interface MatmulVariant {
+  /** op(A) = Aᵀ, A stored [K, M]. */
+  transA: boolean;
+  /** op(B) = Bᵀ, B stored [N, K]. */
+  transB: boolean;
+  /** Storage type of B. */
+  bType: MatmulBType;
+  /** C += result instead of C = result. */
+  accumulate: boolean;
+}
+
+/** `regtile` register tile: TM rows × 4·TN4 columns per invocation, 8 invocations per workgroup. */
+export interface RegtileTile {
+  kind: "regtile";
+  /** Rows per invocation (a multiple of 4). */
+  tm: number;
+  /** vec4 column groups per invocation. */
+  tn4: number;
+}
+
+/** `tiled` workgroup tile: BM×BN outputs, BK-deep slabs, (BN/4)×(BM/4) invocations with 4×4 each. */
+export interface TiledTile {
+  kind: "tiled";
+  bm: number;
+  bn: number;
+  bk: number;
+}
+
+/** A kernel family with its tile sizes. */
+export type MatmulTile = RegtileTile | TiledTile;
+
+/** Invocations per `regtile` workgroup: one 8-lane SIMD register on Mesa's CPU drivers. */
+export const REGTILE_WG = 8;
+
+/** Workgroup size of the split-K reduce kernel. */
+export const REDUCE_WG = 256;
+
+/** The uniform block shared by every matmul kernel (all 4-byte scalars, in this order). */
+const PARAMS = /* wgsl */ `
+struct Params {
+  M: u32, N: u32, K: u32,
+  splits: u32,     // K slices per product (1 = no split)
+  k_chunk: u32,    // K elements per slice (a multiple of 4)
+  stride_a: u32,   // elements between batches of A
+  stride_b: u32,   // elements between batches of B (0: B shared by the batch)
+  stride_c: u32,   // elements between products of C (batch·splits of them)
+  alpha: f32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+`;
+
+/** Bindings and element loaders: `load_a1(e)`, `load_b1(e)` (one element), `load_a4(e)`, `load_b4(e)` (elements e..e+3, e % 4 == 0). */
+function operands(bType: MatmulBType, vec4: boolean): string {
+  const a = vec4
+    ? `@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+fn load_a4(e: u32) -> vec4<f32> { return a[e >> 2u]; }`
+    : `@group(0) @binding(1) var<storage, read> a: array<f32>;
+fn load_a1(e: u32) -> f32 { return a[e]; }`;
+  let b: string;
+  if (bType === "f32") {
+    b = vec4
+      ? `@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+fn load_b4(e: u32) -> vec4<f32> { return b[e >> 2u]; }`
+      : `@group(0) @binding(2) var<storage, read> b: array<f32>;
+fn load_b1(e: u32) -> f32 { return b[e]; }`;
+  } else if (bType === "f16") {
+    b = vec4
+      ? `@group(0) @binding(2) var<storage, read> b: array<vec4<f16>>;
+fn load_b4(e: u32) -> vec4<f32> { return vec4<f32>(b[e >> 2u]); }`
+      : `@group(0) @binding(2) var<storage, read> b: array<f16>;
+fn load_b1(e: u32) -> f32 { return f32(b[e]); }`;
+  } else {
+    // bf16: the upper 16 bits of an f32, so widening is a shift (low half) or a mask (high half).
+    b = vec4
+      ? `@group(0) @binding(2) var<storage, read> b: array<vec2<u32>>;
+fn load_b4(e: u32) -> vec4<f32> {
+  let w = b[e >> 2u];
+  return vec4<f32>(bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u),
+                   bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u));
+}`
+      : `@group(0) @binding(2) var<storage, read> b: array<u32>;
+fn load_b1(e: u32) -> f32 {
+  let w = b[e >> 1u];
+  return bitcast<f32>(select(w & 0xffff0000u, w << 16u, (e & 1u) == 0u));
+}`;
+  }
+  return `${a}\n${b}\n@group(0) @binding(3) var<storage, read_write> c: array<f32>;\n`;
+}
+
+/**
+ * Whether the `regtile` kernel may use vec4 loads: the contiguous dimension of each stored operand and K are
+ * multiples of 4 (and M too when A is transposed, since its vec4s then run along M).
+ */
+export function regtileVec4(v: MatmulVariant, M: number, N: number, K: number): boolean {
+  if (K % 4 !== 0) return false;
+  if (v.transA && M % 4 !== 0) return false;
+  if (!v.transB && N % 4 !== 0) return false;
+  return true;
+}
+
+const XYZW = ["x", "y", "z", "w"];
+
+/**
+ * The `regtile` kernel for one variant and tile; `vec4` selects vec4 loads (see {@link regtileVec4}), otherwise
+ * scalar loads handle any shape. Invocation `l` of workgroup (x, y, z) computes rows m0..m0+TM-1 and, for
+ * j < TN4, the 4 columns starting at n0 + 4·l + 32·j: the 8 lanes of a SIMD register cover 32 adjacent columns.
+ * Row and column indices are clamped into range once, before the K loop, so the loop has no bounds tests;
+ * clamped rows and columns compute duplicates that are never stored.
+ */
+export function regtileKernel(v: MatmulVariant, tile: RegtileTile, vec4: boolean): string {
+  const { tm, tn4 } = tile;
+  const wg = REGTILE_WG;
+  const L: string[] = [];
+  const push = (s: string) => L.push(s);
+  push(PARAMS + operands(v.bType, vec4));
+  push(`@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+  let z = wg.z;
+  let batch = z / p.splits;
+  let k_begin = (z % p.splits) * p.k_chunk;
+  let k_end = min(p.K, k_begin + p.k_chunk);
+  let a0 = batch * p.stride_a;
+  let b0 = batch * p.stride_b;
+  let m0 = wg.y * ${tm}u;
+  let n0 = wg.x * ${4 * wg * tn4}u + 4u * l;`);
+  // Clamped row bases of A (element offset of A(m, 0) for NN; of A(0, m) column group for TN).
+  if (!v.transA) {
+    for (let r = 0; r < tm; r++) push(`  let ra${r} = a0 + min(m0 + ${r}u, p.M - 1u) * p.K;`);
+  } else if (vec4) {
+    for (let q = 0; q < tm / 4; q++) push(`  let ca${q} = a0 + min(m0 + ${4 * q}u, p.M - 4u);`);
+  } else {
+    for (let r = 0; r < tm; r++) push(`  let ca${r} = a0 + min(m0 + ${r}u, p.M - 1u);`);
+  }
+  // Clamped column bases of B (vec4 group start for NN; one stored row per column for NT).
+  for (let j = 0; j < tn4; j++) {
+    const col = `n0 + ${4 * wg * j}u`;
+    if (!v.transB) {
+      if (vec4) push(`  let cb${j} = b0 + min(${col}, p.N - 4u);`);
+      else for (let c = 0; c < 4; c++) push(`  let cb${j}_${c} = b0 + min(${col} + ${c}u, p.N - 1u);`);
+    } else {
+      for (let c = 0; c < 4; c++) push(`  let rb${j}_${c} = b0 + min(${col} + ${c}u, p.N - 1u) * p.K;`);
+    }
+  }
+  for (let r = 0; r < tm; r++) for (let j = 0; j < tn4; j++) push(`  var acc${r}_${j} = vec4<f32>(0.0);`);
+
+  // One step of `ks` k values (4 in the main loop, 1 in the scalar tail) starting at k = kb.
+  const step = (ks: number, indent: string) => {
+    const aval: string[][] = Array.from({ length: tm }, () => []);
+    const bval: string[][] = Array.from({ length: tn4 }, () => []);
+    if (!v.transA) {
+      for (let r = 0; r < tm; r++) {
+        if (vec4) {
+          push(`${indent}let a${r} = load_a4(ra${r} + kb);`);
+          for (let kk = 0; kk < ks; kk++) aval[r][kk] = `a${r}.${XYZW[kk]}`;
+        } else {
+          for (let kk = 0; kk < ks; kk++) {
+            push(`${indent}let a${r}_${kk} = load_a1(ra${r} + kb + ${kk}u);`);
+            aval[r][kk] = `a${r}_${kk}`;
+          }
+        }
+      }
+    } else {
+      for (let kk = 0; kk < ks; kk++) {
+        if (vec4) {
+          for (let q = 0; q < tm / 4; q++) {
+            push(`${indent}let a${kk}_${q} = load_a4(ca${q} + (kb + ${kk}u) * p.M);`);
+            for (let i = 0; i < 4; i++) aval[4 * q + i][kk] = `a${kk}_${q}.${XYZW[i]}`;
+          }
+        } else {
+          for (let r = 0; r < tm; r++) {
+            push(`${indent}let a${r}_${kk} = load_a1(ca${r} + (kb + ${kk}u) * p.M);`);
+            aval[r][kk] = `a${r}_${kk}`;
+          }
+        }
+      }
+    }
+    for (let j = 0; j < tn4; j++) {
+      if (!v.transB) {
+        for (let kk = 0; kk < ks; kk++) {
+          const row = `(kb + ${kk}u) * p.N`;
+          if (vec4) push(`${indent}let b${j}_${kk} = load_b4(cb${j} + ${row});`);
+          else {
+            const parts = [0, 1, 2, 3].map((c) => `load_b1(cb${j}_${c} + ${row})`);
+            push(`${indent}let b${j}_${kk} = vec4<f32>(${parts.join(", ")});`);
+          }
+          bval[j][kk] = `b${j}_${kk}`;
+        }
+      } else if (vec4) {
+        for (let c = 0; c < 4; c++) push(`${indent}let bt${j}_${c} = load_b4(rb${j}_${c} + kb);`);
+        for (let kk = 0; kk < ks; kk++) {
+          bval[j][kk] = `vec4<f32>(${[0, 1, 2, 3].map((c) => `bt${j}_${c}.${XYZW[kk]}`).join(", ")})`;
+        }
+      } else {
+        for (let kk = 0; kk < ks; kk++) {
+          const parts = [0, 1, 2, 3].map((c) => `load_b1(rb${j}_${c} + kb + ${kk}u)`);
+          push(`${indent}let b${j}_${kk} = vec4<f32>(${parts.join(", ")});`);
+          bval[j][kk] = `b${j}_${kk}`;
+        }
+      }
+    }
+    for (let r = 0; r < tm; r++) {
+      for (let j = 0; j < tn4; j++) {
+        for (let kk = 0; kk < ks; kk++) {
+          push(`${indent}acc${r}_${j} = fma(vec4<f32>(${aval[r][kk]}), ${bval[j][kk]}, acc${r}_${j});`);
+        }
+      }
+    }
+  };
+  push(`  let k_end4 = k_begin + ((k_end - k_begin) & ~3u);
+  for (var kb = k_begin; kb < k_end4; kb += 4u) {`);
+  step(4, "    ");
+  push(`  }`);
+  if (!vec4) {
+    push(`  for (var kb = k_end4; kb < k_end; kb += 1u) {`);
+    step(1, "    ");
+    push(`  }`);
+  }
+  // Store, guarding rows and columns; alpha scales the product, accumulate adds what C held.
+  push(`  let c0 = z * p.stride_c;`);
+  for (let r = 0; r < tm; r++) {
+    push(`  if (m0 + ${r}u < p.M) {`);
+    push(`    let cr = c0 + (m0 + ${r}u) * p.N;`);
+    for (let j = 0; j < tn4; j++) {
+      for (let c = 0; c < 4; c++) {
+        const col = `n0 + ${4 * wg * j + c}u`;
+        const val = `p.alpha * acc${r}_${j}.${XYZW[c]}`;
+        push(`    if (${col} < p.N) { c[cr + ${col}] = ${v.accumulate ? `c[cr + ${col}] + ` : ""}${val}; }`);
+      }
+    }
+    push(`  }`);
+  }
+  push(`}`);
+  return L.join("\n");
+}
+
+/**
+ * The `tiled` kernel for one variant: override constants BM, BN, BK (BM, BN multiples of 4) and CHECKED.
+ * Invocation (tx, ty) owns rows ty·4.. and columns tx·4.. of the workgroup's BM×BN tile. Slabs are loaded with
+ * one element per invocation per pass, consecutive invocations walking the operand's contiguous dimension
+ * (coalesced), and stored k-major: sa[k][m], sb[k][n].
+ */
+export function tiledKernel(v: MatmulVariant): string {
+  const aAt = v.transA ? "a0 + k * p.M + m" : "a0 + m * p.K + k";
+  const bAt = v.transB ? "b0 + n * p.K + k" : "b0 + k * p.N + n";
+  // Which slab coordinate runs fastest across invocations: the stored operand's contiguous one.
+  const aSlab = v.transA ? "let k = t / BM; let m = t % BM;" : "let m = t / BK; let k = t % BK;";
+  const bSlab = v.transB ? "let n = t / BK; let k = t % BK;" : "let k = t / BN; let n = t % BN;";
+  return /* wgsl */ `
+${PARAMS}
+${operands(v.bType, false)}
+override BM: u32 = 64u;
+override BN: u32 = 64u;
+override BK: u32 = 16u;
+override CHECKED: bool = true;
+override WG_X: u32 = BN / 4u;
+var<workgroup> sa: array<vec4<f32>, BK * BM / 4u>;
+var<workgroup> sb: array<vec4<f32>, BK * BN / 4u>;
+
+@compute @workgroup_size(BN / 4u, BM / 4u)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let z = wg.z;
+  let batch = z / p.splits;
+  let k_begin = (z % p.splits) * p.k_chunk;
+  let k_end = min(p.K, k_begin + p.k_chunk);
+  let a0 = batch * p.stride_a;
+  let b0 = batch * p.stride_b;
+  let tile_m = wg.y * BM;
+  let tile_n = wg.x * BN;
+  let flat = lid.y * WG_X + lid.x;
+  let threads = WG_X * (BM / 4u);
+  var acc: array<vec4<f32>, 4>;
+  for (var i = 0u; i < 4u; i += 1u) { acc[i] = vec4<f32>(0.0); }
+  for (var kt = k_begin; kt < k_end; kt += BK) {
+    for (var t = flat; t < BM * BK; t += threads) {
+      ${aSlab}
+      let gm = tile_m + m; let gk = kt + k;
+      var x = 0.0;
+      if (!CHECKED || (gm < p.M && gk < k_end)) { let m = gm; let k = gk; x = load_a1(${aAt}); }
+      sa[(k * BM + m) / 4u][m % 4u] = x;
+    }
+    for (var t = flat; t < BN * BK; t += threads) {
+      ${bSlab}
+      let gn = tile_n + n; let gk = kt + k;
+      var x = 0.0;
+      if (!CHECKED || (gn < p.N && gk < k_end)) { let n = gn; let k = gk; x = load_b1(${bAt}); }
+      sb[(k * BN + n) / 4u][n % 4u] = x;
+    }
+    workgroupBarrier();
+    for (var k = 0u; k < BK; k += 1u) {
+      let av = sa[k * (BM / 4u) + lid.y];
+      let bv = sb[k * (BN / 4u) + lid.x];
+      acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+      acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+      acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+      acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+    }
+    workgroupBarrier();
+  }
+  let c0 = z * p.stride_c;
+  for (var i = 0u; i < 4u; i += 1u) {
+    let m = tile_m + lid.y * 4u + i;
+    if (m >= p.M) { continue; }
+    for (var j = 0u; j < 4u; j += 1u) {
+      let n = tile_n + lid.x * 4u + j;
+      if (n < p.N) {
+        let idx = c0 + m * p.N + n;
+        ${v.accumulate ? "c[idx] = c[idx] + p.alpha * acc[i][j];" : "c[idx] = p.alpha * acc[i][j];"}
+      }
+    }
+  }
+}
+`;
+}
+
+/**
+ * Split-K reduce: out[b][i] = alpha·Σ_s part[b·splits + s][i] (+ out[b][i]), summing s in order. `i` runs over
+ * one product's `size` = M·N elements; the grid is folded (see `linear_workgroup`).
+ */
+export const splitkReduce = /* wgsl */ `
+struct Params { size: u32, splits: u32, total: u32, accumulate: u32, alpha: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(${REDUCE_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let g = (wg.x + wg.y * nwg.x) * ${REDUCE_WG}u + lid;
+  if (g >= p.total) { return; }
+  let batch = g / p.size;
+  let i = g % p.size;
+  var s = 0.0;
+  for (var k = 0u; k < p.splits; k += 1u) {
+    s += part[((batch * p.splits) + k) * p.size + i];
+  }
+  var r = p.alpha * s;
+  if (p.accumulate != 0u) { r += out[g]; }
+  out[g] = r;
+}
+`;

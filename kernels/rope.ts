@@ -1,0 +1,79 @@
+/**
+ * Rotary position embedding kernels (Hugging Face half-rotation, not interleaved), on f32 x[B, T, nheads, hd]
+ * with a table cos/sin[maxPositions, hd/2] (scaling variants and yarn's attention factor already folded in).
+ *
+ * For column j < hd/2 of a head, the pair (x1, x2) = (x[j], x[j + hd/2]) at position pos = t + offset becomes
+ *   forward:  (x1·c − x2·s, x2·c + x1·s)        i.e. x·cos + rotate_half(x)·sin, rotate_half(x) = (−x2, x1)
+ *   backward: (d1·c + d2·s, d2·c − d1·s)        the transpose: rotation by −angle
+ * with c = cos[pos, j], s = sin[pos, j]. One invocation per pair; it reads both elements before writing
+ * them, so the output may be the input (in place).
+ *
+ * Two modules with the same entry points `forward` and `backward`: `separate` (input and output in distinct
+ * buffers) and `aliased` (input and output in the same buffer, bound once read-write, at element offsets
+ * given in the params; WebGPU forbids binding one buffer both read-only and writable in a dispatch).
+ */
+import { LINEAR_WORKGROUP } from "./common.ts";
+
+/** Invocations per workgroup. */
+export const ROPE_WG = 256;
+
+function ropeModule(aliased: boolean): string {
+  const buffers = aliased
+    ? /* wgsl */ `
+@group(0) @binding(1) var<storage, read_write> buf: array<f32>;
+@group(0) @binding(2) var<storage, read> cos_table: array<f32>;
+@group(0) @binding(3) var<storage, read> sin_table: array<f32>;
+fn load(k: u32) -> f32 { return buf[p.in_offset + k]; }
+fn store(k: u32, v: f32) { buf[p.out_offset + k] = v; }`
+    : /* wgsl */ `
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<storage, read> cos_table: array<f32>;
+@group(0) @binding(4) var<storage, read> sin_table: array<f32>;
+fn load(k: u32) -> f32 { return src[k]; }
+fn store(k: u32, v: f32) { dst[k] = v; }`;
+  return /* wgsl */ `
+// pairs = B·T·nheads·half; seq = T; position of time step t is t + pos_offset.
+struct Params { pairs: u32, seq: u32, nheads: u32, half: u32, pos_offset: u32, in_offset: u32, out_offset: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+${buffers}
+
+// Rotates pair i by +angle (direction 1) or −angle (direction −1).
+fn rotate_pair(i: u32, direction: f32) {
+  let row = i / p.half;             // (b, t, head)
+  let j = i % p.half;
+  let t = (row / p.nheads) % p.seq;
+  let k = (t + p.pos_offset) * p.half + j;
+  let c = cos_table[k];
+  let s = direction * sin_table[k];
+  let e = row * 2u * p.half + j;
+  let x1 = load(e);
+  let x2 = load(e + p.half);
+  store(e, x1 * c - x2 * s);
+  store(e + p.half, x2 * c + x1 * s);
+}
+
+@compute @workgroup_size(${ROPE_WG})
+fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${ROPE_WG}u + lid;
+  if (i >= p.pairs) { return; }
+  rotate_pair(i, 1.0);
+}
+
+@compute @workgroup_size(${ROPE_WG})
+fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${ROPE_WG}u + lid;
+  if (i >= p.pairs) { return; }
+  rotate_pair(i, -1.0);
+}
+`;
+}
+
+/** Input and output in distinct buffers: bindings params, src, dst, cos, sin. */
+export const separate: string = ropeModule(false);
+
+/** Input and output in one buffer (in place, or two ranges of an arena): bindings params, buf, cos, sin. */
+export const aliased: string = ropeModule(true);

@@ -1,0 +1,60 @@
+/**
+ * SwiGLU kernels (f32, elementwise over gate and up of the same shape): out = silu(gate)·up with
+ * silu(g) = g·σ(g). Backward: dup = dout·silu(g), dgate = dout·up·σ(g)·(1 + g·(1 − σ(g))), since
+ * silu'(g) = σ(g) + g·σ(g)·(1 − σ(g)). One invocation per element, grids folded into 2-D.
+ */
+import { LINEAR_WORKGROUP } from "./common.ts";
+
+/** Invocations per workgroup. */
+export const SWIGLU_WG = 256;
+
+const HEADER = /* wgsl */ `
+struct Params { n: u32, _a: u32, _b: u32, _c: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+
+// σ(g) without overflow: exp of a non-positive argument only.
+fn sigmoid(g: f32) -> f32 {
+  let e = exp(-abs(g));
+  return select(e / (1.0 + e), 1.0 / (1.0 + e), g >= 0.0);
+}
+`;
+
+/** out = silu(gate)·up. Bindings: params, gate, up, out. */
+export const forward = /* wgsl */ `
+${HEADER}
+@group(0) @binding(1) var<storage, read> gate: array<f32>;
+@group(0) @binding(2) var<storage, read> up: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(${SWIGLU_WG})
+fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
+  if (i >= p.n) { return; }
+  let g = gate[i];
+  out[i] = g * sigmoid(g) * up[i];
+}
+`;
+
+/** dgate and dup from dout, gate, up. Bindings: params, dout, gate, up, dgate, dup. */
+export const backward = /* wgsl */ `
+${HEADER}
+@group(0) @binding(1) var<storage, read> dout: array<f32>;
+@group(0) @binding(2) var<storage, read> gate: array<f32>;
+@group(0) @binding(3) var<storage, read> up: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dgate: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dup: array<f32>;
+
+@compute @workgroup_size(${SWIGLU_WG})
+fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
+  if (i >= p.n) { return; }
+  let g = gate[i];
+  let s = sigmoid(g);
+  let d = dout[i];
+  dgate[i] = d * up[i] * s * (1.0 + g * (1.0 - s));
+  dup[i] = d * g * s;
+}
+`;

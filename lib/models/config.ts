@@ -1,0 +1,567 @@
+/**
+ * Hugging Face `config.json` of a target model, parsed and validated into a typed {@link TargetConfig}, plus
+ * the safetensors weight names of each architecture and the choice of auxiliary layers for EAGLE-3
+ * (reference/specforge-spec.md §2.1).
+ *
+ * Supported: LlamaForCausalLM (Llama 2/3.x, with `rope_scaling` llama3, linear, dynamic or yarn),
+ * Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (per-head RMSNorm on q and k, explicit head_dim) and
+ * MistralForCausalLM (sliding window recorded). Missing optional fields take the defaults of the matching
+ * transformers config class; missing required ones, or values that cannot work, throw a
+ * {@link ConfigError} naming the file and the field.
+ */
+
+/** The architectures Eaglet can run as a target. */
+export const SUPPORTED_ARCHITECTURES = [
+  "LlamaForCausalLM",
+  "Qwen2ForCausalLM",
+  "Qwen3ForCausalLM",
+  "MistralForCausalLM",
+] as const;
+
+/** One of {@link SUPPORTED_ARCHITECTURES}. */
+export type TargetArchitecture = typeof SUPPORTED_ARCHITECTURES[number];
+
+/**
+ * RoPE frequency scaling (transformers' `rope_type`). `factor` etc. as in config.json; the formulas are in
+ * reference/specforge-spec.md §3.4.
+ */
+export type RopeScaling =
+  | { type: "default" }
+  | { type: "linear"; factor: number }
+  | { type: "dynamic"; factor: number; originalMaxPositionEmbeddings: number }
+  | {
+    type: "llama3";
+    factor: number;
+    lowFreqFactor: number;
+    highFreqFactor: number;
+    originalMaxPositionEmbeddings: number;
+  }
+  | {
+    type: "yarn";
+    factor: number;
+    originalMaxPositionEmbeddings: number;
+    betaFast: number;
+    betaSlow: number;
+    /** `mscale` / `mscale_all_dim` (DeepSeek style), null when absent. */
+    mscale: number | null;
+    mscaleAllDim: number | null;
+    /** Explicit `attention_factor`, null when it is to be derived from the factor. */
+    attentionFactor: number | null;
+    /** Round the correction range to integers (transformers' default true). */
+    truncate: boolean;
+  };
+
+/** A validated target config. */
+export interface TargetConfig {
+  architecture: TargetArchitecture;
+  /** `model_type` as written (llama, qwen2, qwen3, mistral). */
+  modelType: string;
+  hiddenSize: number;
+  /** SwiGLU inner width (gate/up output size). */
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  /** Per-head width; explicit in Qwen3 and newer Llama/Mistral configs, else hiddenSize / numHeads. */
+  headDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling;
+  maxPositionEmbeddings: number;
+  /** lm_head shares the embedding matrix. */
+  tieWordEmbeddings: boolean;
+  /** q/k/v projections have biases (Qwen2 always; Llama/Qwen3 when `attention_bias`). */
+  qkvBias: boolean;
+  /** o_proj has a bias (Llama/Qwen3 `attention_bias`). */
+  oBias: boolean;
+  /** gate/up/down have biases (Llama `mlp_bias`). */
+  mlpBias: boolean;
+  /** Per-head RMSNorm of q and k before RoPE (Qwen3). */
+  qkNorm: boolean;
+  /**
+   * Attention window in tokens when sliding-window attention is on (Mistral `sliding_window`; Qwen2/3 only
+   * when `use_sliding_window`), else null. Sequences no longer than it are unaffected.
+   */
+  slidingWindow: number | null;
+  bosTokenId: number | null;
+  /** All end-of-sequence ids (config.json may list several). */
+  eosTokenIds: number[];
+  padTokenId: number | null;
+  /** Stored weight dtype (`torch_dtype`, or `dtype` in Transformers 5), null when absent. */
+  torchDtype: string | null;
+}
+
+/** An invalid or unsupported config; the message names the file and the field. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+type Json = Record<string, unknown>;
+
+/** Field readers that name `file` and the field in their errors. */
+class Fields {
+  constructor(readonly file: string, readonly obj: Json, readonly prefix = "") {}
+
+  #fail(field: string, msg: string): never {
+    throw new ConfigError(`${this.file}: ${this.prefix}${field} ${msg}`);
+  }
+
+  has(field: string): boolean {
+    return this.obj[field] !== undefined && this.obj[field] !== null;
+  }
+
+  int(field: string, fallback?: number, min = 1): number {
+    const v = this.obj[field] ?? fallback;
+    if (v === undefined || v === null) this.#fail(field, "is missing");
+    if (typeof v !== "number" || !Number.isSafeInteger(v)) {
+      this.#fail(field, `must be an integer, got ${JSON.stringify(v)}`);
+    }
+    if (v < min) this.#fail(field, `must be at least ${min}, got ${v}`);
+    return v;
+  }
+
+  num(field: string, fallback?: number, positive = true): number {
+    const v = this.obj[field] ?? fallback;
+    if (v === undefined || v === null) this.#fail(field, "is missing");
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      this.#fail(field, `must be a number, got ${JSON.stringify(v)}`);
+    }
+    if (positive && !(v > 0)) this.#fail(field, `must be positive, got ${v}`);
+    return v;
+  }
+
+  bool(field: string, fallback: boolean): boolean {
+    const v = this.obj[field] ?? fallback;
+    if (typeof v !== "boolean") this.#fail(field, `must be true or false, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  optId(field: string): number | null {
+    const v = this.obj[field];
+    if (v === undefined || v === null) return null;
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
+      this.#fail(field, `must be a token id, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  }
+
+  ids(field: string): number[] {
+    const v = this.obj[field];
+    if (v === undefined || v === null) return [];
+    const list = Array.isArray(v) ? v : [v];
+    if (!list.every((x) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0)) {
+      this.#fail(field, `must be a token id or a list of them, got ${JSON.stringify(v)}`);
+    }
+    return list as number[];
+  }
+
+  str(field: string): string | null {
+    const v = this.obj[field];
+    if (v === undefined || v === null) return null;
+    if (typeof v !== "string") this.#fail(field, `must be a string, got ${JSON.stringify(v)}`);
+    return v;
+  }
+}
+
+/** Defaults of each transformers config class that differ between architectures. */
+const DEFAULTS: Record<TargetArchitecture, { rmsNormEps: number; maxPos: number; ropeTheta: number }> = {
+  LlamaForCausalLM: { rmsNormEps: 1e-6, maxPos: 2048, ropeTheta: 10000 },
+  Qwen2ForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
+  Qwen3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
+  MistralForCausalLM: { rmsNormEps: 1e-6, maxPos: 4096 * 32, ropeTheta: 10000 },
+};
+
+/**
+ * Reads the rope scaling from `rope_scaling` (Transformers 4: `type` or `rope_type`), or from Transformers 5's
+ * `rope_parameters` (which also carries `rope_theta`).
+ */
+function parseRope(f: Fields, maxPos: number, defaultTheta: number): { theta: number; scaling: RopeScaling } {
+  let theta = f.has("rope_theta") ? f.num("rope_theta") : defaultTheta;
+  const field = f.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
+  const raw = f.obj[field];
+  const scaling = parseRopeScaling(raw, maxPos, f.file, field);
+  if (field === "rope_parameters") {
+    const r = new Fields(f.file, raw as Json, `${field}.`);
+    if (r.has("rope_theta")) theta = r.num("rope_theta");
+  }
+  return { theta, scaling };
+}
+
+/**
+ * Parses one `rope_scaling` object of a config.json (or Transformers 5's `rope_parameters`; its `rope_theta`
+ * is left to the caller) into a {@link RopeScaling}, with the transformers defaults for absent optional fields
+ * (yarn: beta_fast 32, beta_slow 1, truncate true; dynamic and yarn: original_max_position_embeddings =
+ * `maxPositionEmbeddings`, the model's `max_position_embeddings`). Null or undefined means plain RoPE.
+ * Invalid or unsupported values throw a {@link ConfigError} naming `file` and `field`.
+ */
+export function parseRopeScaling(
+  raw: unknown,
+  maxPositionEmbeddings: number,
+  file = "config.json",
+  field = "rope_scaling",
+): RopeScaling {
+  if (raw === undefined || raw === null) return { type: "default" };
+  if (typeof raw !== "object" || Array.isArray(raw)) {
+    throw new ConfigError(`${file}: ${field} must be an object, got ${JSON.stringify(raw)}`);
+  }
+  const r = new Fields(file, raw as Json, `${field}.`);
+  if (r.has("partial_rotary_factor") && r.num("partial_rotary_factor") !== 1) {
+    throw new ConfigError(`${file}: ${field}.partial_rotary_factor must be 1 for these architectures`);
+  }
+  const type = r.str("rope_type") ?? r.str("type") ?? "default";
+  const origMax = (fallback?: number) => r.int("original_max_position_embeddings", fallback);
+  switch (type) {
+    case "default":
+      return { type: "default" };
+    case "linear":
+      return { type, factor: r.num("factor") };
+    case "dynamic":
+      return { type, factor: r.num("factor"), originalMaxPositionEmbeddings: origMax(maxPositionEmbeddings) };
+    case "llama3": {
+      const scaling: RopeScaling = {
+        type,
+        factor: r.num("factor"),
+        lowFreqFactor: r.num("low_freq_factor"),
+        highFreqFactor: r.num("high_freq_factor"),
+        originalMaxPositionEmbeddings: origMax(),
+      };
+      if (scaling.highFreqFactor < scaling.lowFreqFactor) {
+        throw new ConfigError(`${file}: ${field}.high_freq_factor must not be below low_freq_factor`);
+      }
+      return scaling;
+    }
+    case "yarn":
+      return {
+        type,
+        factor: r.num("factor"),
+        originalMaxPositionEmbeddings: origMax(maxPositionEmbeddings),
+        betaFast: r.num("beta_fast", 32),
+        betaSlow: r.num("beta_slow", 1),
+        mscale: r.has("mscale") ? r.num("mscale") : null,
+        mscaleAllDim: r.has("mscale_all_dim") ? r.num("mscale_all_dim") : null,
+        attentionFactor: r.has("attention_factor") ? r.num("attention_factor") : null,
+        truncate: r.bool("truncate", true),
+      };
+    default:
+      throw new ConfigError(
+        `${file}: ${field} type ${
+          JSON.stringify(type)
+        } is not supported (default, linear, dynamic, llama3, yarn)`,
+      );
+  }
+}
+
+/**
+ * Validates a parsed config.json. `file` names it in errors (default "config.json"). Multimodal wrappers are
+ * not unwrapped: the architecture must be one of {@link SUPPORTED_ARCHITECTURES}.
+ */
+export function parseTargetConfig(json: unknown, file = "config.json"): TargetConfig {
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    throw new ConfigError(`${file}: not a JSON object`);
+  }
+  const f = new Fields(file, json as Json);
+  const archs = f.obj.architectures;
+  if (!Array.isArray(archs) || archs.length === 0) {
+    throw new ConfigError(
+      `${file}: architectures is missing; expected one of ${SUPPORTED_ARCHITECTURES.join(", ")}`,
+    );
+  }
+  const architecture = archs.find((a) => (SUPPORTED_ARCHITECTURES as readonly unknown[]).includes(a)) as
+    | TargetArchitecture
+    | undefined;
+  if (!architecture) {
+    throw new ConfigError(
+      `${file}: architecture ${archs.join(", ")} is not supported; supported: ${
+        SUPPORTED_ARCHITECTURES.join(", ")
+      }`,
+    );
+  }
+  const d = DEFAULTS[architecture];
+  const hiddenSize = f.int("hidden_size");
+  const numHeads = f.int("num_attention_heads");
+  const numKvHeads = f.int("num_key_value_heads", numHeads);
+  let headDim: number;
+  if (f.has("head_dim")) {
+    headDim = f.int("head_dim");
+  } else if (architecture === "Qwen3ForCausalLM") {
+    headDim = 128; // Qwen3Config's default
+  } else {
+    if (hiddenSize % numHeads !== 0) {
+      throw new ConfigError(
+        `${file}: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads} (and no head_dim)`,
+      );
+    }
+    headDim = hiddenSize / numHeads;
+  }
+  if (headDim % 2 !== 0) throw new ConfigError(`${file}: head_dim ${headDim} must be even for RoPE`);
+  if (numHeads % numKvHeads !== 0) {
+    throw new ConfigError(
+      `${file}: num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`,
+    );
+  }
+  const act = f.str("hidden_act") ?? "silu";
+  if (act !== "silu") {
+    throw new ConfigError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (silu)`);
+  }
+  const maxPositionEmbeddings = f.int("max_position_embeddings", d.maxPos);
+  const { theta, scaling } = parseRope(f, maxPositionEmbeddings, d.ropeTheta);
+  const attentionBias = f.bool("attention_bias", false);
+  const qwen2 = architecture === "Qwen2ForCausalLM";
+  const mistral = architecture === "MistralForCausalLM";
+  let slidingWindow: number | null = null;
+  if (mistral) {
+    // MistralConfig defaults to a 4096-token window when the key is absent; an explicit null turns it off.
+    if (f.obj.sliding_window !== null) slidingWindow = f.int("sliding_window", 4096);
+  } else if (f.bool("use_sliding_window", false) && f.has("sliding_window")) {
+    slidingWindow = f.int("sliding_window");
+  }
+  return {
+    architecture,
+    modelType: f.str("model_type") ?? "",
+    hiddenSize,
+    intermediateSize: f.int("intermediate_size"),
+    numLayers: f.int("num_hidden_layers"),
+    numHeads,
+    numKvHeads,
+    headDim,
+    vocabSize: f.int("vocab_size"),
+    rmsNormEps: f.num("rms_norm_eps", d.rmsNormEps),
+    ropeTheta: theta,
+    ropeScaling: scaling,
+    maxPositionEmbeddings,
+    tieWordEmbeddings: f.bool("tie_word_embeddings", false),
+    qkvBias: qwen2 || (!mistral && attentionBias),
+    oBias: !qwen2 && !mistral && attentionBias,
+    mlpBias: architecture === "LlamaForCausalLM" && f.bool("mlp_bias", false),
+    qkNorm: architecture === "Qwen3ForCausalLM",
+    slidingWindow,
+    bosTokenId: f.optId("bos_token_id"),
+    eosTokenIds: f.ids("eos_token_id"),
+    padTokenId: f.optId("pad_token_id"),
+    torchDtype: f.str("torch_dtype") ?? f.str("dtype"),
+  };
+}
+
+/** Reads and validates `path` (a config.json file). */
+export async function loadTargetConfig(path: string): Promise<TargetConfig> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new ConfigError(`${path}: no such file`);
+    throw e;
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`${path}: not valid JSON (${(e as Error).message})`);
+  }
+  return parseTargetConfig(json, path);
+}
+
+/** Weight names of one decoder layer. Optional entries are null when the architecture has no such tensor. */
+export interface LayerWeightNames {
+  inputNorm: string;
+  q: string;
+  k: string;
+  v: string;
+  o: string;
+  qBias: string | null;
+  kBias: string | null;
+  vBias: string | null;
+  oBias: string | null;
+  /** Qwen3 per-head norms ([headDim]). */
+  qNorm: string | null;
+  kNorm: string | null;
+  postAttentionNorm: string;
+  gate: string;
+  up: string;
+  down: string;
+  gateBias: string | null;
+  upBias: string | null;
+  downBias: string | null;
+}
+
+/** Weight names of a whole target, resolved against the tensors a checkpoint actually stores. */
+export interface TargetWeightNames {
+  /** The embedding matrix [vocab, hidden]; `lm_head.weight` when a tied checkpoint stores only that. */
+  embed: string;
+  layers: LayerWeightNames[];
+  finalNorm: string;
+  /** The output projection [vocab, hidden]; the embedding when tied. */
+  lmHead: string;
+}
+
+const EMBED = "model.embed_tokens.weight";
+const LM_HEAD = "lm_head.weight";
+
+/** Per-layer names as stored by transformers for all four architectures (`model.layers.{i}.…`). */
+function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
+  const p = `model.layers.${i}`;
+  const a = `${p}.self_attn`;
+  const m = `${p}.mlp`;
+  const bias = (on: boolean, name: string) => (on ? `${name}.bias` : null);
+  return {
+    inputNorm: `${p}.input_layernorm.weight`,
+    q: `${a}.q_proj.weight`,
+    k: `${a}.k_proj.weight`,
+    v: `${a}.v_proj.weight`,
+    o: `${a}.o_proj.weight`,
+    qBias: bias(cfg.qkvBias, `${a}.q_proj`),
+    kBias: bias(cfg.qkvBias, `${a}.k_proj`),
+    vBias: bias(cfg.qkvBias, `${a}.v_proj`),
+    oBias: bias(cfg.oBias, `${a}.o_proj`),
+    qNorm: cfg.qkNorm ? `${a}.q_norm.weight` : null,
+    kNorm: cfg.qkNorm ? `${a}.k_norm.weight` : null,
+    postAttentionNorm: `${p}.post_attention_layernorm.weight`,
+    gate: `${m}.gate_proj.weight`,
+    up: `${m}.up_proj.weight`,
+    down: `${m}.down_proj.weight`,
+    gateBias: bias(cfg.mlpBias, `${m}.gate_proj`),
+    upBias: bias(cfg.mlpBias, `${m}.up_proj`),
+    downBias: bias(cfg.mlpBias, `${m}.down_proj`),
+  };
+}
+
+/**
+ * The shape every weight must have: projections are stored [out, in] (PyTorch `nn.Linear`), norms and biases
+ * are vectors.
+ */
+export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames): Map<string, number[]> {
+  const { hiddenSize: h, intermediateSize: f, vocabSize: v, headDim: hd } = cfg;
+  const qOut = cfg.numHeads * hd;
+  const kvOut = cfg.numKvHeads * hd;
+  const shapes = new Map<string, number[]>([[names.embed, [v, h]], [names.lmHead, [v, h]], [names.finalNorm, [
+    h,
+  ]]]);
+  for (const l of names.layers) {
+    const entries: Array<[string | null, number[]]> = [
+      [l.inputNorm, [h]],
+      [l.q, [qOut, h]],
+      [l.k, [kvOut, h]],
+      [l.v, [kvOut, h]],
+      [l.o, [h, qOut]],
+      [l.qBias, [qOut]],
+      [l.kBias, [kvOut]],
+      [l.vBias, [kvOut]],
+      [l.oBias, [h]],
+      [l.qNorm, [hd]],
+      [l.kNorm, [hd]],
+      [l.postAttentionNorm, [h]],
+      [l.gate, [f, h]],
+      [l.up, [f, h]],
+      [l.down, [h, f]],
+      [l.gateBias, [f]],
+      [l.upBias, [f]],
+      [l.downBias, [h]],
+    ];
+    for (const [name, shape] of entries) if (name) shapes.set(name, shape);
+  }
+  return shapes;
+}
+
+/**
+ * The weight names of `cfg` as transformers saves them: the embedding is `model.embed_tokens.weight`, and
+ * lm_head is `lm_head.weight`, or the embedding when tied. Use {@link resolveWeightNames} to check them
+ * against a real checkpoint.
+ */
+export function targetWeightNames(cfg: TargetConfig): TargetWeightNames {
+  return {
+    embed: EMBED,
+    layers: Array.from({ length: cfg.numLayers }, (_, i) => layerNames(cfg, i)),
+    finalNorm: "model.norm.weight",
+    lmHead: cfg.tieWordEmbeddings ? EMBED : LM_HEAD,
+  };
+}
+
+/**
+ * Resolves the weight names of `cfg` against a checkpoint: `has(name)` says whether a tensor is stored and
+ * `shapeOf(name)` gives its shape. Tied embeddings: lm_head reads the embedding; a tied checkpoint that
+ * stores only `lm_head.weight` (as transformers does when the tied key is dropped the other way round, e.g.
+ * tinystories-656K) has its embedding read from `lm_head.weight`. Every expected tensor must exist with the
+ * expected shape, else a {@link ConfigError} names `where` and the tensor.
+ */
+export function resolveWeightNames(
+  cfg: TargetConfig,
+  has: (name: string) => boolean,
+  shapeOf: (name: string) => number[],
+  where = "checkpoint",
+): TargetWeightNames {
+  let embed = EMBED;
+  let lmHead = LM_HEAD;
+  if (cfg.tieWordEmbeddings) {
+    if (has(EMBED)) lmHead = EMBED;
+    else if (has(LM_HEAD)) embed = LM_HEAD;
+    else throw new ConfigError(`${where}: neither ${EMBED} nor ${LM_HEAD} is stored (tied embeddings)`);
+  } else if (!has(LM_HEAD)) {
+    throw new ConfigError(
+      `${where}: ${LM_HEAD} is missing and config.json says tie_word_embeddings is false`,
+    );
+  }
+  const names: TargetWeightNames = { ...targetWeightNames(cfg), embed, lmHead };
+  for (const [name, shape] of expectedWeightShapes(cfg, names)) {
+    if (!has(name)) throw new ConfigError(`${where}: tensor ${name} is missing (${cfg.architecture})`);
+    const got = shapeOf(name);
+    if (got.length !== shape.length || got.some((x, i) => x !== shape[i])) {
+      throw new ConfigError(`${where}: tensor ${name} has shape [${got}], config.json implies [${shape}]`);
+    }
+  }
+  return names;
+}
+
+/** The auxiliary layers whose outputs EAGLE-3 captures, and whether the spec's formula had to be replaced. */
+export interface AuxLayerChoice {
+  /** Three 0-based decoder-layer ids, ascending. */
+  layers: number[];
+  /** A sentence for the user when the formula was not used (too shallow a target), else null. */
+  message: string | null;
+}
+
+/**
+ * The default auxiliary layers `[1, N/2 - 1, N - 4]` (integer division; reference/specforge-spec.md §2.1).
+ *
+ * The formula gives three distinct ascending layers only when N >= 7; below that some ids are negative or
+ * repeat (N = 6 gives [1, 2, 2], N = 4 gives [1, 1, 0]), and SGLang captures a *set* of layers, so repeats
+ * would silently drop one. For N < 7 the choice is instead three layers spread evenly over the depth:
+ * `round(i·(N−1)/2)` for i = 0, 1, 2, i.e. the first layer, the middle one and the last one (N = 6 → [0, 3, 5],
+ * N = 3 → [0, 1, 2]). With N = 2 or N = 1 there are not three distinct layers; ids then repeat (N = 2 →
+ * [0, 1, 1]) and a draft trained on them must be exported with these ids written out.
+ */
+export function defaultAuxLayers(numLayers: number): AuxLayerChoice {
+  if (!Number.isSafeInteger(numLayers) || numLayers < 1) {
+    throw new ConfigError(`num_hidden_layers must be a positive integer, got ${numLayers}`);
+  }
+  const n = numLayers;
+  if (n >= 7) return { layers: [1, Math.floor(n / 2) - 1, n - 4], message: null };
+  const layers = [0, 1, 2].map((i) => Math.min(n - 1, Math.round((i * (n - 1)) / 2)));
+  const repeats = n < 3 ? "; with fewer than 3 layers some repeat" : "";
+  return {
+    layers,
+    message: `target has ${n} layers, too few for the default aux layers [1, N/2-1, N-4] = [${[
+      1,
+      Math.floor(n / 2) - 1,
+      n - 4,
+    ]}]; using [${layers}] (first, middle, last${repeats})`,
+  };
+}
+
+/**
+ * Checks user-given auxiliary layers: three integers in [0, N−1], strictly ascending (the order in which
+ * the states are concatenated and in which SGLang captures them). Returns them; throws naming the problem.
+ */
+export function checkAuxLayers(layers: number[], numLayers: number): number[] {
+  if (layers.length !== 3) throw new ConfigError(`aux layers must be 3 layer ids, got [${layers}]`);
+  for (const l of layers) {
+    if (!Number.isSafeInteger(l) || l < 0 || l >= numLayers) {
+      throw new ConfigError(
+        `aux layer ${l} is not a layer of this ${numLayers}-layer target (0..${numLayers - 1})`,
+      );
+    }
+  }
+  if (!(layers[0] < layers[1] && layers[1] < layers[2])) {
+    throw new ConfigError(`aux layers [${layers}] must be strictly ascending`);
+  }
+  return layers;
+}

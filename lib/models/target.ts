@@ -1,0 +1,626 @@
+/**
+ * The frozen target model (Llama, Qwen2, Qwen3, Mistral) on WebGPU: weights loaded from a Hugging Face
+ * checkpoint directory and kept on the GPU in their stored dtype, and a batched forward over right-padded
+ * sequences that yields what EAGLE-3 training needs (reference/specforge-spec.md §2): the residual stream
+ * after three auxiliary layers, the final post-norm hidden state, and logits (all of them, those of a
+ * vocabulary subset, or only the full-vocabulary log-sum-exp and argmax, computed chunk by chunk).
+ *
+ * One decoder layer, as transformers computes it:
+ *   h = x + o_proj(attention(rope(q_norm?(q_proj(n))), rope(k_norm?(k_proj(n))), v_proj(n))),  n = rmsnorm(x)
+ *   y = h + down_proj(silu(gate_proj(m)) ⊙ up_proj(m)),                                       m = rmsnorm(h)
+ */
+import type { Gpu } from "../gpu/device.ts";
+import { LimitError, ShapeError } from "../gpu/errors.ts";
+import { Program } from "../gpu/program.ts";
+import { type DType, Tensor } from "../tensor.ts";
+import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
+import {
+  checkAuxLayers,
+  defaultAuxLayers,
+  type LayerWeightNames,
+  loadTargetConfig,
+  resolveWeightNames,
+  type TargetConfig,
+} from "./config.ts";
+import { linear } from "../ops/matmul.ts";
+import { rmsnormForward } from "../ops/rmsnorm.ts";
+import { ropeForward, ropeTable } from "../ops/rope.ts";
+import { attentionForward } from "../ops/attention.ts";
+import { swigluForward } from "../ops/swiglu.ts";
+import { embeddingForward } from "../ops/embedding.ts";
+import { accumulate, addBias, copyColumns, copyStrided, fill, shiftIds } from "../ops/elementwise.ts";
+import { vocabStatsMerge } from "../ops/vocab_stats.ts";
+
+/** A matrix stored as row blocks, each small enough to bind (embedding and lm_head of big vocabularies). */
+export interface RowSplitMatrix {
+  rows: number;
+  cols: number;
+  blocks: Array<{ row0: number; tensor: Tensor }>;
+}
+
+/** GPU weights of one decoder layer; optional tensors are null when the architecture has none. */
+export interface TargetLayerWeights {
+  inputNorm: Tensor;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  o: Tensor;
+  qBias: Tensor | null;
+  kBias: Tensor | null;
+  vBias: Tensor | null;
+  oBias: Tensor | null;
+  qNorm: Tensor | null;
+  kNorm: Tensor | null;
+  postAttentionNorm: Tensor;
+  gate: Tensor;
+  up: Tensor;
+  down: Tensor;
+  gateBias: Tensor | null;
+  upBias: Tensor | null;
+  downBias: Tensor | null;
+}
+
+/** Options of {@link TargetModel.load}. */
+export interface TargetLoadOptions {
+  /** The three layers whose outputs are captured (default: [1, N/2−1, N−4], or a documented choice for N < 7). */
+  auxLayers?: number[];
+  /** Longest sequence (positions) the RoPE table covers (default: max_position_embeddings). */
+  maxPositions?: number;
+  /** Split matrices larger than this many bytes into row blocks (default: the device's binding limit). */
+  maxBlockBytes?: number;
+  /** Called with notes for the user (e.g. why the aux layers differ from the default). */
+  onMessage?: (message: string) => void;
+}
+
+/** What a forward produces; everything not asked for is skipped. */
+export interface TargetOutputs {
+  /** The residual streams after the aux layers, concatenated: [B·T, 3·H]. */
+  aux?: boolean;
+  /** The final post-norm hidden state [B·T, H]. */
+  finalHidden?: boolean;
+  /** Full logits [B·T, V] (small vocabularies, generation). */
+  logits?: boolean;
+  /** Logits of these vocabulary ids only (ascending target ids, e.g. the draft vocabulary): [B·T, n]. */
+  subsetIds?: Int32Array;
+  /** Full-vocabulary log-sum-exp and argmax, chunk by chunk, without materialising [B·T, V]. */
+  vocabStats?: boolean;
+  /** Vocabulary columns per chunk for vocabStats (default 4096). */
+  vocabChunk?: number;
+}
+
+const PLAIN_RMS = (cfg: TargetConfig) => ({ eps: cfg.rmsNormEps });
+
+/** A target model loaded on the GPU. */
+export class TargetModel {
+  readonly #subsets = new Map<string, RowSplitMatrix>();
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly config: TargetConfig,
+    readonly dir: string,
+    readonly auxLayers: number[],
+    readonly embed: RowSplitMatrix,
+    readonly lmHead: RowSplitMatrix,
+    readonly finalNorm: Tensor,
+    readonly layers: TargetLayerWeights[],
+    /** RoPE cos/sin [maxPositions, headDim/2]. */
+    readonly ropeCos: Tensor,
+    readonly ropeSin: Tensor,
+    readonly maxPositions: number,
+    readonly maxBlockBytes: number,
+  ) {}
+
+  /**
+   * Loads config.json and the safetensors weights of a checkpoint directory (single file or sharded). Every
+   * expected tensor is checked for presence and shape before anything is uploaded.
+   */
+  static async load(gpu: Gpu, dir: string, opts: TargetLoadOptions = {}): Promise<TargetModel> {
+    const config = await loadTargetConfig(`${dir}/config.json`);
+    const ckpt = await SafetensorsCheckpoint.open(dir);
+    try {
+      const names = resolveWeightNames(
+        config,
+        (n) => ckpt.has(n),
+        (n) => ckpt.info(n).shape,
+        dir,
+      );
+      const n = config.numLayers;
+      let auxLayers: number[];
+      if (opts.auxLayers) {
+        auxLayers = checkAuxLayers(opts.auxLayers, n);
+      } else {
+        const choice = defaultAuxLayers(n);
+        auxLayers = choice.layers;
+        if (choice.message) opts.onMessage?.(choice.message);
+      }
+      const maxBlockBytes = Math.min(opts.maxBlockBytes ?? Infinity, gpu.limits.maxStorageBufferBindingSize);
+      const load = new WeightLoader(gpu, ckpt);
+      const layers: TargetLayerWeights[] = [];
+      for (const l of names.layers) layers.push(await load.layer(l));
+      const embed = await load.rowSplit(names.embed, maxBlockBytes);
+      const lmHead = names.lmHead === names.embed ? embed : await load.rowSplit(names.lmHead, maxBlockBytes);
+      const finalNorm = await load.vector(names.finalNorm);
+      const maxPositions = opts.maxPositions ?? config.maxPositionEmbeddings;
+      const { cos, sin } = ropeTable(config, config.headDim, maxPositions);
+      const half = config.headDim / 2;
+      return new TargetModel(
+        gpu,
+        config,
+        dir,
+        auxLayers,
+        embed,
+        lmHead,
+        finalNorm,
+        layers,
+        Tensor.fromArray(gpu, cos, [maxPositions, half], "f32", "rope cos"),
+        Tensor.fromArray(gpu, sin, [maxPositions, half], "f32", "rope sin"),
+        maxPositions,
+        maxBlockBytes,
+      );
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  /** Frees every weight. */
+  destroy(): void {
+    const seen = new Set<Tensor>();
+    const free = (t: Tensor | null) => {
+      if (t && !seen.has(t)) {
+        seen.add(t);
+        t.destroy();
+      }
+    };
+    for (const l of this.layers) for (const t of Object.values(l)) free(t);
+    for (const m of [this.embed, this.lmHead, ...this.#subsets.values()]) {
+      for (const b of m.blocks) free(b.tensor);
+    }
+    free(this.finalNorm);
+    free(this.ropeCos);
+    free(this.ropeSin);
+  }
+
+  /**
+   * Builds (once) the forward program for `batch` right-padded sequences of `seqLen` tokens. Run it with
+   * {@link TargetForward.run}; its outputs are GPU tensors that stay valid until the next run.
+   */
+  async forward(batch: number, seqLen: number, outputs: TargetOutputs): Promise<TargetForward> {
+    const f = new TargetForward(this, batch, seqLen, outputs);
+    await f.build();
+    return f;
+  }
+
+  /** lm_head restricted to `ids` (gathered once per distinct id set and kept). */
+  async subsetHead(ids: Int32Array): Promise<RowSplitMatrix> {
+    const key = `${ids.length}:${hashIds(ids)}`;
+    let m = this.#subsets.get(key);
+    if (!m) {
+      m = await gatherRows(this.gpu, this.lmHead, ids, this.maxBlockBytes);
+      this.#subsets.set(key, m);
+    }
+    return m;
+  }
+
+  /** Checks that a sequence of `len` positions starting at `offset` fits the RoPE table and the window. */
+  checkPositions(offset: number, len: number): void {
+    if (offset + len > this.maxPositions) {
+      throw new LimitError(
+        `target ${this.dir}: positions up to ${
+          offset + len
+        } exceed the ${this.maxPositions} the RoPE table ` +
+          `was built for (maxPositions / max_position_embeddings)`,
+      );
+    }
+    const w = this.config.slidingWindow;
+    if (w !== null && offset + len > w) {
+      throw new LimitError(
+        `target ${this.dir}: sequences longer than the sliding window (${w}) are not supported yet`,
+      );
+    }
+  }
+}
+
+/** A prebuilt forward for a fixed batch size and sequence length. */
+export class TargetForward {
+  /** Token ids, i32 [B·T] (right-padded). */
+  readonly ids: Tensor;
+  /** Valid tokens per sequence, i32 [B]. */
+  readonly lengths: Tensor;
+  /** [B·T, 3H] when asked for. */
+  aux: Tensor | null = null;
+  /** [B·T, H] when asked for. */
+  finalHidden: Tensor | null = null;
+  /** [B·T, V] when asked for. */
+  logits: Tensor | null = null;
+  /** [B·T, n] when subsetIds were given. */
+  subsetLogits: Tensor | null = null;
+  /** [B·T, 2] running max and Σexp (log-sum-exp = max + log sum) and i32 [B·T] argmax, when asked for. */
+  vocabMaxSum: Tensor | null = null;
+  vocabArgmax: Tensor | null = null;
+  readonly program: Program;
+
+  constructor(
+    readonly model: TargetModel,
+    readonly batch: number,
+    readonly seqLen: number,
+    readonly outputs: TargetOutputs,
+  ) {
+    const gpu = model.gpu;
+    model.checkPositions(0, seqLen);
+    const rows = batch * seqLen;
+    this.program = new Program(gpu, `target forward B=${batch} T=${seqLen}`);
+    this.ids = this.program.scratch([rows], "i32", "ids");
+    this.lengths = this.program.scratch([batch], "i32", "lengths");
+  }
+
+  /** Records every dispatch. */
+  async build(): Promise<void> {
+    const { model, batch, seqLen, outputs, program: p } = this;
+    const cfg = model.config;
+    const rows = batch * seqLen;
+    const H = cfg.hiddenSize;
+    if (outputs.aux) this.aux = p.scratch([rows, 3 * H], "f32", "aux hidden states");
+    const x = await recordTrunk(p, model, {
+      batch,
+      queryLen: seqLen,
+      ids: this.ids,
+      lengths: this.lengths,
+      positionOffset: 0,
+      onLayerOutput: this.aux
+        ? async (layer, hidden) => {
+          const slot = model.auxLayers.indexOf(layer);
+          // A shallow target may repeat a layer id; every slot holding it gets the copy.
+          for (let s = slot; s >= 0 && s < 3; s = model.auxLayers.indexOf(layer, s + 1)) {
+            await copyColumns(p, hidden, this.aux!, s * H);
+          }
+        }
+        : undefined,
+    });
+    const needFinal = outputs.finalHidden || outputs.logits || outputs.subsetIds || outputs.vocabStats;
+    if (!needFinal) return;
+    const final = p.scratch([rows, H], "f32", "final hidden");
+    await rmsnormForward(
+      p,
+      x,
+      model.finalNorm,
+      final,
+      p.scratch([rows], "f32", "final rstd"),
+      PLAIN_RMS(cfg),
+    );
+    if (outputs.finalHidden) this.finalHidden = final;
+    if (outputs.logits) {
+      this.logits = p.scratch([rows, cfg.vocabSize], "f32", "logits");
+      await recordHead(p, final, model.lmHead, this.logits);
+    }
+    if (outputs.subsetIds) {
+      const head = await model.subsetHead(outputs.subsetIds);
+      this.subsetLogits = p.scratch([rows, outputs.subsetIds.length], "f32", "subset logits");
+      await recordHead(p, final, head, this.subsetLogits);
+    }
+    if (outputs.vocabStats) {
+      this.vocabMaxSum = p.scratch([rows, 2], "f32", "vocab max/sum");
+      this.vocabArgmax = p.scratch([rows], "i32", "vocab argmax");
+      const chunk = outputs.vocabChunk ?? 4096;
+      const block = p.scratch([rows, Math.min(chunk, cfg.vocabSize)], "f32", "logits chunk");
+      let first = true;
+      for (const { row0, tensor } of model.lmHead.blocks) {
+        const blockRows = tensor.shape[0];
+        for (let r = 0; r < blockRows; r += chunk) {
+          const n = Math.min(chunk, blockRows - r);
+          const w = tensor.view(r * tensor.shape[1], [n, tensor.shape[1]], `lm_head rows ${row0 + r}..`);
+          const out = block.view(0, [rows, n]);
+          await linear(p, final, w, out);
+          await vocabStatsMerge(p, out, this.vocabMaxSum, this.vocabArgmax, { colOffset: row0 + r, first });
+          first = false;
+        }
+      }
+    }
+  }
+
+  /**
+   * Writes the token ids (right-padded, [B·T]) and lengths and runs the forward (no sync: read the outputs
+   * when needed).
+   */
+  run(ids: Int32Array<ArrayBuffer>, lengths: number[]): void {
+    if (ids.length !== this.batch * this.seqLen) {
+      throw new ShapeError(`target forward: ${ids.length} ids for batch ${this.batch} × ${this.seqLen}`);
+    }
+    if (lengths.length !== this.batch || lengths.some((l) => l < 1 || l > this.seqLen)) {
+      throw new ShapeError(
+        `target forward: lengths [${lengths}] must be ${this.batch} values in 1..${this.seqLen}`,
+      );
+    }
+    const V = this.model.config.vocabSize;
+    for (let i = 0; i < ids.length; i++) {
+      if (ids[i] < 0 || ids[i] >= V) {
+        throw new ShapeError(`target forward: token id ${ids[i]} outside 0..${V - 1}`);
+      }
+    }
+    this.ids.write(ids);
+    this.lengths.write(Int32Array.from(lengths));
+    this.program.run();
+  }
+
+  /** Frees the program and its tensors. */
+  destroy(): void {
+    this.program.destroy();
+  }
+}
+
+/** How {@link recordTrunk} runs: a whole padded batch, or new tokens appended to a KV cache. */
+export interface TrunkArgs {
+  batch: number;
+  /** Tokens per sequence in this pass (Tq). */
+  queryLen: number;
+  /** i32 [B·Tq]. */
+  ids: Tensor;
+  /** i32 [B]: valid keys per sequence (with a cache: positions filled after this pass). */
+  lengths: Tensor;
+  /** Position of this pass's first token. */
+  positionOffset: number;
+  /** Per layer K and V caches [B, maxLen, nkv, hd]; the pass writes rows positionOffset.. and attends all. */
+  cache?: { k: Tensor[]; v: Tensor[]; maxLen: number };
+  /** Called after each decoder layer with the residual stream [B·Tq, H]. */
+  onLayerOutput?: (layer: number, hidden: Tensor) => Promise<void>;
+}
+
+/**
+ * Records the embedding and every decoder layer into `p`; returns the residual stream [B·Tq, H] after the
+ * last layer (before the final norm). Scratch tensors belong to `p`.
+ */
+export async function recordTrunk(p: Program, model: TargetModel, a: TrunkArgs): Promise<Tensor> {
+  const cfg = model.config;
+  const { batch: B, queryLen: T } = a;
+  const rows = B * T;
+  const H = cfg.hiddenSize, hd = cfg.headDim, nh = cfg.numHeads, nkv = cfg.numKvHeads;
+  model.checkPositions(a.positionOffset, T);
+  const x = p.scratch([rows, H], "f32", "residual");
+  await recordEmbedding(p, model.embed, a.ids, x);
+  const normed = p.scratch([rows, H], "f32", "normed");
+  const rstd = p.scratch([rows], "f32", "rstd");
+  const q = p.scratch([B, T, nh, hd], "f32", "q");
+  const k = p.scratch([B, T, nkv, hd], "f32", "k");
+  const v = p.scratch([B, T, nkv, hd], "f32", "v");
+  const qn = cfg.qkNorm ? p.scratch([B, T, nh, hd], "f32", "q normed") : null;
+  const kn = cfg.qkNorm ? p.scratch([B, T, nkv, hd], "f32", "k normed") : null;
+  const headRstd = cfg.qkNorm ? p.scratch([rows * nh], "f32", "head rstd") : null;
+  const att = p.scratch([B, T, nh, hd], "f32", "attention out");
+  const lse = p.scratch([B, nh, T], "f32", "attention lse");
+  const gate = p.scratch([rows, cfg.intermediateSize], "f32", "gate");
+  const up = p.scratch([rows, cfg.intermediateSize], "f32", "up");
+  const act = p.scratch([rows, cfg.intermediateSize], "f32", "swiglu");
+  const flat = (t: Tensor, w: number) => t.reshape([rows, w]);
+  const rope = { positionOffset: a.positionOffset };
+  for (let i = 0; i < model.layers.length; i++) {
+    const w = model.layers[i];
+    await rmsnormForward(p, x, w.inputNorm, normed, rstd, PLAIN_RMS(cfg));
+    await projection(p, normed, w.q, w.qBias, flat(q, nh * hd));
+    await projection(p, normed, w.k, w.kBias, flat(k, nkv * hd));
+    await projection(p, normed, w.v, w.vBias, flat(v, nkv * hd));
+    let qr = q, kr = k;
+    if (w.qNorm && w.kNorm && qn && kn && headRstd) {
+      // Qwen3: RMSNorm over each head's hd values, before RoPE.
+      await rmsnormForward(
+        p,
+        q.reshape([rows * nh, hd]),
+        w.qNorm,
+        qn.reshape([rows * nh, hd]),
+        headRstd,
+        PLAIN_RMS(cfg),
+      );
+      await rmsnormForward(
+        p,
+        k.reshape([rows * nkv, hd]),
+        w.kNorm,
+        kn.reshape([rows * nkv, hd]),
+        headRstd.view(0, [rows * nkv]),
+        PLAIN_RMS(cfg),
+      );
+      qr = qn;
+      kr = kn;
+    }
+    await ropeForward(p, qr, qr, model.ropeCos, model.ropeSin, rope);
+    await ropeForward(p, kr, kr, model.ropeCos, model.ropeSin, rope);
+    let keys = kr, values = v, queryOffset = 0;
+    if (a.cache) {
+      const { maxLen } = a.cache;
+      const copy = {
+        count: [B, T, nkv * hd] as [number, number, number],
+        srcStrides: [T * nkv * hd, nkv * hd, 1] as [number, number, number],
+        dstStrides: [maxLen * nkv * hd, nkv * hd, 1] as [number, number, number],
+        dstOffset: a.positionOffset * nkv * hd,
+      };
+      await copyStrided(p, kr, a.cache.k[i], copy);
+      await copyStrided(p, v, a.cache.v[i], copy);
+      keys = a.cache.k[i];
+      values = a.cache.v[i];
+      queryOffset = a.positionOffset;
+    }
+    await attentionForward(p, { q: qr, k: keys, v: values, lengths: a.lengths, out: att, lse }, {
+      causal: true,
+      queryOffset,
+    });
+    await linear(p, flat(att, nh * hd), w.o, x, { accumulate: true });
+    if (w.oBias) await addBias(p, x, w.oBias);
+    await rmsnormForward(p, x, w.postAttentionNorm, normed, rstd, PLAIN_RMS(cfg));
+    await projection(p, normed, w.gate, w.gateBias, gate);
+    await projection(p, normed, w.up, w.upBias, up);
+    await swigluForward(p, gate, up, act);
+    await linear(p, act, w.down, x, { accumulate: true });
+    if (w.downBias) await addBias(p, x, w.downBias);
+    await a.onLayerOutput?.(i, x);
+  }
+  return x;
+}
+
+async function projection(p: Program, x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): Promise<void> {
+  await linear(p, x, w, out);
+  if (bias) await addBias(p, out, bias);
+}
+
+/** out[r] = table[ids[r]] for a row-split table: each block contributes the rows it holds. */
+async function recordEmbedding(p: Program, table: RowSplitMatrix, ids: Tensor, out: Tensor): Promise<void> {
+  if (table.blocks.length === 1) {
+    await embeddingForward(p, ids, table.blocks[0].tensor, out);
+    return;
+  }
+  // Several blocks: ids outside a block give zero rows, so the blocks' lookups (with ids shifted by the
+  // block's first row) sum to the full lookup.
+  const shifted = p.scratch(ids.shape, "i32", "block ids");
+  const part = p.scratch(out.shape, "f32", "block rows");
+  await fill(p, out, 0);
+  for (const { row0, tensor } of table.blocks) {
+    await shiftIds(p, ids, shifted, -row0);
+    await embeddingForward(p, shifted, tensor, part);
+    await accumulate(p, out, part);
+  }
+}
+
+/** logits[:, block] = x · blockᵀ for each row block of the head. */
+async function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, logits: Tensor): Promise<void> {
+  if (head.blocks.length === 1) {
+    await linear(p, x, head.blocks[0].tensor, logits);
+    return;
+  }
+  const rows = x.shape[0];
+  for (const { row0, tensor } of head.blocks) {
+    const part = p.scratch([rows, tensor.shape[0]], "f32", `head rows ${row0}..`);
+    await linear(p, x, tensor, part);
+    await copyColumns(p, part, logits, row0);
+  }
+}
+
+/**
+ * Uploads checkpoint tensors: projection matrices and embeddings keep their stored dtype (f32, bf16; f16 when
+ * the device has shader-f16, else widened to f32), vectors (norms, biases) become f32.
+ */
+class WeightLoader {
+  constructor(readonly gpu: Gpu, readonly ckpt: SafetensorsCheckpoint) {}
+
+  async matrix(name: string): Promise<Tensor> {
+    return this.#upload(name, await this.ckpt.read(name));
+  }
+
+  async vector(name: string): Promise<Tensor> {
+    const raw = await this.ckpt.read(name);
+    return Tensor.fromArray(this.gpu, toFloat32(raw, name), raw.shape, "f32", name);
+  }
+
+  async optionalVector(name: string | null): Promise<Tensor | null> {
+    return name ? await this.vector(name) : null;
+  }
+
+  async layer(l: LayerWeightNames): Promise<TargetLayerWeights> {
+    return {
+      inputNorm: await this.vector(l.inputNorm),
+      q: await this.matrix(l.q),
+      k: await this.matrix(l.k),
+      v: await this.matrix(l.v),
+      o: await this.matrix(l.o),
+      qBias: await this.optionalVector(l.qBias),
+      kBias: await this.optionalVector(l.kBias),
+      vBias: await this.optionalVector(l.vBias),
+      oBias: await this.optionalVector(l.oBias),
+      qNorm: await this.optionalVector(l.qNorm),
+      kNorm: await this.optionalVector(l.kNorm),
+      postAttentionNorm: await this.vector(l.postAttentionNorm),
+      gate: await this.matrix(l.gate),
+      up: await this.matrix(l.up),
+      down: await this.matrix(l.down),
+      gateBias: await this.optionalVector(l.gateBias),
+      upBias: await this.optionalVector(l.upBias),
+      downBias: await this.optionalVector(l.downBias),
+    };
+  }
+
+  /** A [rows, cols] matrix as row blocks (separate tensors) of at most `maxBytes` each. */
+  async rowSplit(name: string, maxBytes: number): Promise<RowSplitMatrix> {
+    const [rows, cols] = this.ckpt.info(name).shape;
+    const bytesPerRow = cols * this.#elementBytes(this.ckpt.info(name).dtype);
+    const blockRows = rowsPerBlock(rows, bytesPerRow, maxBytes, name);
+    const blocks: RowSplitMatrix["blocks"] = [];
+    for (let row0 = 0; row0 < rows; row0 += blockRows) {
+      const end = Math.min(rows, row0 + blockRows);
+      const raw = blockRows >= rows ? await this.ckpt.read(name) : await this.ckpt.readRows(name, row0, end);
+      blocks.push({ row0, tensor: this.#upload(`${name}[${row0}:${end}]`, raw) });
+    }
+    return { rows, cols, blocks };
+  }
+
+  #elementBytes(dtype: string): number {
+    return dtype === "F16" && !this.gpu.features.shaderF16 ? 4 : dtype === "F16" || dtype === "BF16" ? 2 : 4;
+  }
+
+  #upload(name: string, raw: RawTensor): Tensor {
+    const n = raw.shape.reduce((a, b) => a * b, 1);
+    const keep: Partial<Record<string, DType>> = { BF16: "bf16", F32: "f32" };
+    if (this.gpu.features.shaderF16) keep.F16 = "f16";
+    const dtype = keep[raw.dtype];
+    if (dtype === "bf16" || dtype === "f16") {
+      return Tensor.fromArray(
+        this.gpu,
+        new Uint16Array(raw.bytes.buffer, raw.bytes.byteOffset, n),
+        raw.shape,
+        dtype,
+        name,
+      );
+    }
+    return Tensor.fromArray(this.gpu, toFloat32(raw, name), raw.shape, "f32", name);
+  }
+}
+
+/** Rows per block so that each block (its own tensor) fits `maxBytes`. */
+function rowsPerBlock(rows: number, bytesPerRow: number, maxBytes: number, name: string): number {
+  if (rows * bytesPerRow <= maxBytes) return rows;
+  const fit = Math.floor(maxBytes / bytesPerRow);
+  if (fit < 1) {
+    throw new LimitError(
+      `tensor ${name}: one row of ${bytesPerRow} bytes exceeds the binding limit of ${maxBytes}`,
+    );
+  }
+  return fit;
+}
+
+/** The rows `ids` of a row-split matrix, gathered into a new row-split matrix (same dtype). */
+async function gatherRows(
+  gpu: Gpu,
+  m: RowSplitMatrix,
+  ids: Int32Array,
+  maxBytes: number,
+): Promise<RowSplitMatrix> {
+  for (let i = 0; i < ids.length; i++) {
+    if (ids[i] < 0 || ids[i] >= m.rows) {
+      throw new ShapeError(`subset id ${ids[i]} outside the vocabulary 0..${m.rows - 1}`);
+    }
+  }
+  const dtype = m.blocks[0].tensor.dtype;
+  const hosts = await Promise.all(m.blocks.map(async (b) => ({ row0: b.row0, data: await b.tensor.read() })));
+  const wide = dtype === "f32";
+  const bytesPerRow = m.cols * (wide ? 4 : 2);
+  const blockRows = rowsPerBlock(ids.length, bytesPerRow, maxBytes, "lm_head subset");
+  const blocks: RowSplitMatrix["blocks"] = [];
+  for (let r0 = 0; r0 < ids.length; r0 += blockRows) {
+    const n = Math.min(blockRows, ids.length - r0);
+    const out = new Float32Array(n * m.cols);
+    for (let r = 0; r < n; r++) {
+      const id = ids[r0 + r];
+      const src = hosts.findLast((h) => h.row0 <= id)!;
+      out.set(
+        src.data.subarray((id - src.row0) * m.cols, (id - src.row0 + 1) * m.cols) as Float32Array,
+        r * m.cols,
+      );
+    }
+    // f16/bf16 rows were widened exactly on read; storing them back in their dtype is lossless.
+    blocks.push({
+      row0: r0,
+      tensor: Tensor.fromArray(gpu, out, [n, m.cols], dtype, `lm_head subset ${r0}..`),
+    });
+  }
+  return { rows: ids.length, cols: m.cols, blocks };
+}
+
+function hashIds(ids: Int32Array): number {
+  let h = 2166136261;
+  for (let i = 0; i < ids.length; i++) h = Math.imul(h ^ ids[i], 16777619);
+  return h >>> 0;
+}

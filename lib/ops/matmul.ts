@@ -1,0 +1,495 @@
+/**
+ * Matrix products: `matmul` (out = alpha·op(A)·op(B), optionally + out, batched, B broadcast), the nn.Linear
+ * helpers `linear` / `linearBackward` (weights stored [out, in] as in Hugging Face), and their CPU references.
+ *
+ * The kernel family and tile sizes come from the adapter: a measured choice recorded by `tuneMatmul`
+ * (lib/ops/matmul_tune.ts) or the default for the adapter's kind (CPU drivers get `regtile`, GPUs `tiled`).
+ * Long contractions over few outputs (the weight gradient dW = dyᵀ·x over many rows) are split along K:
+ * each slice writes a partial product to a scratch tensor and a reduce kernel sums the slices in order, so
+ * results are deterministic (no atomics).
+ */
+import * as K from "../../kernels/matmul.ts";
+import type { MatmulTile, MatmulVariant } from "../../kernels/matmul.ts";
+import type { Gpu } from "../gpu/device.ts";
+import { ShapeError } from "../gpu/errors.ts";
+import { params, type Program } from "../gpu/program.ts";
+import { shapeString, Tensor } from "../tensor.ts";
+import { fill } from "./elementwise.ts";
+
+export type { MatmulTile } from "../../kernels/matmul.ts";
+
+/** Options of {@link matmul}. */
+export interface MatmulOptions {
+  /** op(A) = Aᵀ: A is stored [K, M] (or [batch, K, M]). */
+  transA?: boolean;
+  /** op(B) = Bᵀ: B is stored [N, K] (or [batch, N, K]). */
+  transB?: boolean;
+  /** Scale of the product (default 1). */
+  alpha?: number;
+  /** Add the product to what `out` holds instead of overwriting it. */
+  accumulate?: boolean;
+  /**
+   * Number of K slices (split-K). Default: chosen from the shape (more slices when the output has few tiles
+   * and K is long); 1 disables splitting.
+   */
+  splitK?: number;
+  /** Kernel family and tile sizes; default {@link matmulTileFor}(gpu). */
+  tile?: MatmulTile;
+}
+
+/** Shapes of one matmul, resolved from the tensors. */
+interface Dims {
+  batch: number;
+  M: number;
+  N: number;
+  K: number;
+  /** B has its own batch dimension (else it is shared by the batch). */
+  batchedB: boolean;
+}
+
+/** Tile choices recorded per adapter (by `tuneMatmul` or {@link setMatmulTile}). */
+const chosenTiles = new Map<string, MatmulTile>();
+
+/** The default `regtile` tile (measured on lavapipe, 2 cores: about 20 GFLOP/s at 1024³). */
+export const DEFAULT_CPU_TILE: MatmulTile = { kind: "regtile", tm: 16, tn4: 4 };
+
+/** The default `tiled` tile for GPUs. */
+export const DEFAULT_GPU_TILE: MatmulTile = { kind: "tiled", bm: 64, bn: 64, bk: 16 };
+
+/** Whether the adapter is a CPU rasteriser (Mesa lavapipe/llvmpipe, SwiftShader, WARP). */
+export function isCpuAdapter(gpu: Gpu): boolean {
+  const i = gpu.info;
+  return i.isFallbackAdapter || /llvmpipe|lavapipe|softpipe|swiftshader|warp|microsoft basic/i.test(
+    [i.vendor, i.architecture, i.device, i.description].join(" "),
+  );
+}
+
+/** Records `tile` as the matmul tile for this adapter (what `tuneMatmul` calls after measuring). */
+export function setMatmulTile(gpu: Gpu, tile: MatmulTile): void {
+  chosenTiles.set(gpu.adapterKey(), tile);
+}
+
+/** The tile used for this adapter: the recorded choice, else the default for its kind. */
+export function matmulTileFor(gpu: Gpu): MatmulTile {
+  return chosenTiles.get(gpu.adapterKey()) ?? (isCpuAdapter(gpu) ? DEFAULT_CPU_TILE : DEFAULT_GPU_TILE);
+}
+
+/** A short name of a tile, e.g. "regtile 16x16" or "tiled 64x64x16". */
+export function tileName(tile: MatmulTile): string {
+  return tile.kind === "regtile"
+    ? `regtile ${tile.tm}x${4 * tile.tn4}`
+    : `tiled ${tile.bm}x${tile.bn}x${tile.bk}`;
+}
+
+/** Throws unless `tile` fits the device's workgroup limits. */
+export function checkTile(gpu: Gpu, tile: MatmulTile): void {
+  if (tile.kind === "regtile") {
+    if (tile.tm < 4 || tile.tm % 4 !== 0 || tile.tn4 < 1 || !Number.isInteger(tile.tn4)) {
+      throw new ShapeError(`matmul: bad regtile tile ${JSON.stringify(tile)} (tm a multiple of 4, tn4 >= 1)`);
+    }
+    return;
+  }
+  const { bm, bn, bk } = tile;
+  const threads = (bm / 4) * (bn / 4);
+  const bytes = 4 * bk * (bm + bn);
+  if (bm % 4 !== 0 || bn % 4 !== 0 || bk < 1 || (bk * bm) % 4 !== 0 || (bk * bn) % 4 !== 0) {
+    throw new ShapeError(`matmul: bad tiled tile ${JSON.stringify(tile)} (bm, bn multiples of 4)`);
+  }
+  if (threads > gpu.limits.maxComputeInvocationsPerWorkgroup) {
+    throw new ShapeError(
+      `matmul: tile ${tileName(tile)} needs ${threads} invocations per workgroup, the device allows ` +
+        `${gpu.limits.maxComputeInvocationsPerWorkgroup}`,
+    );
+  }
+  if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) {
+    throw new ShapeError(
+      `matmul: tile ${tileName(tile)} needs ${bytes} bytes of workgroup memory, the device allows ` +
+        `${gpu.limits.maxComputeWorkgroupStorageSize}`,
+    );
+  }
+}
+
+function mismatch(a: Tensor, b: Tensor, why: string): ShapeError {
+  return new ShapeError(
+    `matmul: a (${a.label}) ${shapeString(a.shape)} and b (${b.label}) ${shapeString(b.shape)}: ${why}`,
+  );
+}
+
+/** Checks shapes and dtypes (before anything is recorded) and resolves the sizes. */
+function resolve(gpu: Gpu, a: Tensor, b: Tensor, out: Tensor, opts: MatmulOptions): Dims {
+  if (a.dtype !== "f32") throw new ShapeError(`matmul: a (${a.label}) is ${a.dtype}, expected f32`);
+  if (out.dtype !== "f32") throw new ShapeError(`matmul: out (${out.label}) is ${out.dtype}, expected f32`);
+  if (b.dtype !== "f32" && b.dtype !== "f16" && b.dtype !== "bf16") {
+    throw new ShapeError(`matmul: b (${b.label}) is ${b.dtype}, expected f32, f16 or bf16`);
+  }
+  if (b.dtype === "f16" && !gpu.features.shaderF16) {
+    throw new ShapeError(`matmul: b (${b.label}) is f16 but this device lacks shader-f16; use f32 or bf16`);
+  }
+  if (a.shape.length !== 2 && a.shape.length !== 3) throw mismatch(a, b, "a must be 2-D or 3-D (batched)");
+  if (b.shape.length !== 2 && b.shape.length !== 3) throw mismatch(a, b, "b must be 2-D or 3-D (batched)");
+  if (b.shape.length === 3 && a.shape.length !== 3) throw mismatch(a, b, "b is batched but a is not");
+  const batch = a.shape.length === 3 ? a.shape[0] : 1;
+  const batchedB = b.shape.length === 3;
+  if (batchedB && b.shape[0] !== batch) {
+    throw mismatch(a, b, `batch sizes differ (${batch} vs ${b.shape[0]})`);
+  }
+  const [a0, a1] = a.shape.slice(-2);
+  const [b0, b1] = b.shape.slice(-2);
+  const [M, Ka] = opts.transA ? [a1, a0] : [a0, a1];
+  const [Kb, N] = opts.transB ? [b1, b0] : [b0, b1];
+  if (Ka !== Kb) {
+    throw mismatch(
+      a,
+      b,
+      `inner dimensions differ (op(A) is ${M}x${Ka}${opts.transA ? " (transA)" : ""}, op(B) is ${Kb}x${N}${
+        opts.transB ? " (transB)" : ""
+      })`,
+    );
+  }
+  const expected = a.shape.length === 3 ? [batch, M, N] : [M, N];
+  if (out.shape.length !== expected.length || out.shape.some((d, i) => d !== expected[i])) {
+    throw new ShapeError(
+      `matmul: out (${out.label}) has shape ${shapeString(out.shape)}, expected ${
+        shapeString(expected)
+      } for a ${shapeString(a.shape)} and b ${shapeString(b.shape)}`,
+    );
+  }
+  return { batch, M, N, K: Ka, batchedB };
+}
+
+/** Output rows × columns one workgroup of `tile` computes. */
+function tileExtent(tile: MatmulTile): [number, number] {
+  return tile.kind === "regtile" ? [tile.tm, 4 * K.REGTILE_WG * tile.tn4] : [tile.bm, tile.bn];
+}
+
+/** Shrinks a `regtile` tile for small outputs (fewer idle lanes and rows). */
+function fitTile(tile: MatmulTile, M: number, N: number): MatmulTile {
+  if (tile.kind !== "regtile") return tile;
+  let { tm, tn4 } = tile;
+  while (tm > 4 && tm / 2 >= M) tm /= 2;
+  tm = Math.max(4, Math.ceil(tm / 4) * 4);
+  while (tn4 > 1 && 4 * K.REGTILE_WG * (tn4 / 2) >= N) tn4 = Math.ceil(tn4 / 2);
+  return { kind: "regtile", tm, tn4 };
+}
+
+/** Workgroups that keep the device busy: a few per CPU thread, or enough to fill a GPU. */
+function parallelTarget(tile: MatmulTile): number {
+  return tile.kind === "regtile" ? 16 : 256;
+}
+
+/** K slices for a product with `tiles` output tiles (1 = no split), as [splits, kChunk]. */
+function chooseSplit(
+  gpu: Gpu,
+  d: Dims,
+  tile: MatmulTile,
+  tiles: number,
+  requested?: number,
+): [number, number] {
+  const align = tile.kind === "regtile" ? 4 : tile.bk;
+  let splits = requested ?? 1;
+  if (requested === undefined && d.K >= 1024 && tiles < parallelTarget(tile)) {
+    splits = Math.min(Math.ceil(parallelTarget(tile) / tiles), Math.floor(d.K / 256));
+  }
+  const maxScratch = Math.floor(gpu.limits.maxStorageBufferBindingSize / (4 * d.batch * d.M * d.N));
+  splits = Math.max(1, Math.min(splits, maxScratch, Math.ceil(d.K / align)));
+  if (splits === 1) return [1, Math.max(d.K, 1)];
+  const kChunk = Math.ceil(d.K / splits / align) * align;
+  return [Math.ceil(d.K / kChunk), kChunk];
+}
+
+/**
+ * Records out = alpha·op(A)·op(B) (+ out with `accumulate`) into `p`.
+ *
+ * Shapes (row-major): op(A) is [M, K] (A stored [M, K], or [K, M] with `transA`), op(B) is [K, N] (B stored
+ * [K, N], or [N, K] with `transB`), out is [M, N]. Batched: a and out carry a leading batch dimension and b
+ * either the same one or none (one B shared by the batch). A and out are f32; B is f32, f16 (when the device
+ * has shader-f16) or bf16. Shape or dtype mismatches throw ShapeError before anything is recorded.
+ *
+ * Returns the scratch tensor holding split-K partial products when the product was split (the program reads
+ * it on every run: destroy it after the program), else null.
+ */
+export async function matmul(
+  p: Program,
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  opts: MatmulOptions = {},
+): Promise<Tensor | null> {
+  const gpu = p.gpu;
+  const d = resolve(gpu, a, b, out, opts);
+  const baseTile = opts.tile ?? matmulTileFor(gpu);
+  checkTile(gpu, baseTile);
+  if (opts.splitK !== undefined && (!Number.isInteger(opts.splitK) || opts.splitK < 1)) {
+    throw new ShapeError(`matmul: splitK must be a positive integer, got ${opts.splitK}`);
+  }
+  const alpha = opts.alpha ?? 1;
+  const accumulate = opts.accumulate ?? false;
+  if (out.size === 0) return null;
+  if (d.K === 0) {
+    // An empty contraction: the product is zero.
+    if (!accumulate) await fill(p, out, 0);
+    return null;
+  }
+  const tile = fitTile(baseTile, d.M, d.N);
+  const [rows, cols] = tileExtent(tile);
+  const gridX = Math.ceil(d.N / cols), gridY = Math.ceil(d.M / rows);
+  const [splits, kChunk] = chooseSplit(gpu, d, tile, gridX * gridY * d.batch, opts.splitK);
+  const split = splits > 1;
+  const scratch = split
+    ? Tensor.empty(gpu, [d.batch * splits, d.M, d.N], "f32", `${out.label} split-K`)
+    : null;
+  const variant: MatmulVariant = {
+    transA: opts.transA ?? false,
+    transB: opts.transB ?? false,
+    bType: b.dtype as K.MatmulBType,
+    accumulate: accumulate && !split,
+  };
+  const uniforms = params(
+    ["u32", d.M],
+    ["u32", d.N],
+    ["u32", d.K],
+    ["u32", splits],
+    ["u32", kChunk],
+    ["u32", d.M * d.K],
+    ["u32", d.batchedB ? d.K * d.N : 0],
+    ["u32", d.M * d.N],
+    ["f32", split ? 1 : alpha],
+  );
+  const target = scratch ?? out;
+  const f16 = b.dtype === "f16";
+  const name = `matmul.${variant.transA ? "T" : "N"}${variant.transB ? "T" : "N"}.${b.dtype}`;
+  try {
+    if (tile.kind === "regtile") {
+      const vec4 = K.regtileVec4(variant, d.M, d.N, d.K);
+      await p.add(
+        {
+          name: `${name}.${tileName(tile)}${vec4 ? ".vec4" : ""}`,
+          code: K.regtileKernel(variant, tile, vec4),
+          entryPoint: "main",
+          f16,
+        },
+        [uniforms, a, b, target],
+        [gridX, gridY, d.batch * splits],
+      );
+    } else {
+      const fits = d.M % tile.bm === 0 && d.N % tile.bn === 0 && d.K % tile.bk === 0 &&
+        kChunk % tile.bk === 0;
+      await p.add(
+        {
+          name: `${name}.${tileName(tile)}`,
+          code: K.tiledKernel(variant),
+          entryPoint: "main",
+          constants: { BM: tile.bm, BN: tile.bn, BK: tile.bk, CHECKED: fits ? 0 : 1 },
+          f16,
+        },
+        [uniforms, a, b, target],
+        [gridX, gridY, d.batch * splits],
+      );
+    }
+    if (scratch) {
+      const total = d.batch * d.M * d.N;
+      await p.add(
+        { name: "matmul.splitk_reduce", code: K.splitkReduce, entryPoint: "main" },
+        [
+          params(["u32", d.M * d.N], ["u32", splits], ["u32", total], ["u32", accumulate ? 1 : 0], [
+            "f32",
+            alpha,
+          ]),
+          scratch,
+          out,
+        ],
+        Math.ceil(total / K.REDUCE_WG),
+      );
+    }
+  } catch (e) {
+    scratch?.destroy();
+    throw e;
+  }
+  return scratch;
+}
+
+/** Flattens all but the last dimension: [..., n] -> [rows, n]. */
+function rows2d(t: Tensor): Tensor {
+  if (t.shape.length === 2) return t;
+  if (t.shape.length === 0) throw new ShapeError(`linear: ${t.label} is a scalar`);
+  const n = t.shape[t.shape.length - 1];
+  return t.reshape([n === 0 ? 0 : t.size / n, n]);
+}
+
+/** Options of {@link linear}. */
+export interface LinearOptions {
+  /** y += x·Wᵀ instead of y = x·Wᵀ. */
+  accumulate?: boolean;
+}
+
+/**
+ * nn.Linear without bias: y = x·Wᵀ for x [rows, in] (or [..., in]), W [out, in] (f32, f16 or bf16, as stored
+ * by Hugging Face), y [rows, out] (or [..., out]). Returns the split-K scratch as {@link matmul} does.
+ */
+export async function linear(
+  p: Program,
+  x: Tensor,
+  w: Tensor,
+  y: Tensor,
+  opts: LinearOptions = {},
+): Promise<Tensor | null> {
+  if (x.shape.length < 1 || y.shape.length !== x.shape.length) {
+    throw new ShapeError(
+      `linear: x (${x.label}) ${shapeString(x.shape)} and y (${y.label}) ${shapeString(y.shape)} ` +
+        `must have the same rank`,
+    );
+  }
+  if (x.shape.slice(0, -1).some((d, i) => d !== y.shape[i])) {
+    throw new ShapeError(
+      `linear: x (${x.label}) ${shapeString(x.shape)} and y (${y.label}) ${shapeString(y.shape)} ` +
+        `must agree on their leading dimensions`,
+    );
+  }
+  const x2 = x.shape.length === 1 ? x.reshape([1, x.shape[0]]) : rows2d(x);
+  const y2 = y.shape.length === 1 ? y.reshape([1, y.shape[0]]) : rows2d(y);
+  return await matmul(p, x2, w, y2, { transB: true, accumulate: opts.accumulate });
+}
+
+/** Options of {@link linearBackward}. */
+export interface LinearBackwardOptions {
+  /** dx += dy·W instead of dx = dy·W. */
+  accumulateDx?: boolean;
+  /** dW += dyᵀ·x instead of dW = dyᵀ·x (gradient accumulation over micro-batches). */
+  accumulateDw?: boolean;
+  /** K slices for dW (see {@link MatmulOptions.splitK}); default from the shape. */
+  splitK?: number;
+}
+
+/**
+ * Backward of {@link linear}: dx = dy·W ([rows, out]·[out, in]) and dW = dyᵀ·x ([out, rows]·[rows, in], a
+ * contraction over all rows, split along K when the rows are many). Either output may be null to skip it.
+ * x, dy, dx, dW are f32; W may be f32, f16 or bf16 (frozen weights). Returns the split-K scratch tensors the
+ * program uses (destroy them after the program).
+ */
+export async function linearBackward(
+  p: Program,
+  dy: Tensor,
+  x: Tensor,
+  w: Tensor,
+  dx: Tensor | null,
+  dw: Tensor | null,
+  opts: LinearBackwardOptions = {},
+): Promise<Tensor[]> {
+  const dy2 = rows2d(dy.shape.length === 1 ? dy.reshape([1, dy.shape[0]]) : dy);
+  const x2 = rows2d(x.shape.length === 1 ? x.reshape([1, x.shape[0]]) : x);
+  if (
+    dy2.shape[0] !== x2.shape[0] || w.shape.length !== 2 || dy2.shape[1] !== w.shape[0] ||
+    x2.shape[1] !== w.shape[1]
+  ) {
+    throw new ShapeError(
+      `linearBackward: dy (${dy.label}) ${shapeString(dy.shape)}, x (${x.label}) ${
+        shapeString(x.shape)
+      } and ` +
+        `w (${w.label}) ${
+          shapeString(w.shape)
+        } do not match (expected dy [rows, out], x [rows, in], w [out, in])`,
+    );
+  }
+  if (dx && dx.size !== x2.size) {
+    throw new ShapeError(
+      `linearBackward: dx (${dx.label}) ${shapeString(dx.shape)} must have the shape of x ${
+        shapeString(x.shape)
+      }`,
+    );
+  }
+  if (dw && (dw.shape.length !== 2 || dw.shape[0] !== w.shape[0] || dw.shape[1] !== w.shape[1])) {
+    throw new ShapeError(
+      `linearBackward: dw (${dw.label}) ${shapeString(dw.shape)} must have the shape of w ${
+        shapeString(w.shape)
+      }`,
+    );
+  }
+  const scratch: Tensor[] = [];
+  if (dx) {
+    const s = await matmul(p, dy2, w, dx.reshape(x2.shape), { accumulate: opts.accumulateDx });
+    if (s) scratch.push(s);
+  }
+  if (dw) {
+    const s = await matmul(p, dy2, x2, dw, {
+      transA: true,
+      accumulate: opts.accumulateDw,
+      splitK: opts.splitK,
+    });
+    if (s) scratch.push(s);
+  }
+  return scratch;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CPU references (f64 accumulation).
+
+/** Options of {@link matmulCpu}: as {@link MatmulOptions}, plus what `out` held (for `accumulate`). */
+export interface MatmulCpuOptions {
+  transA?: boolean;
+  transB?: boolean;
+  alpha?: number;
+  /** Previous contents of out, added to the product (accumulate). */
+  out?: Float32Array;
+}
+
+/**
+ * CPU reference of {@link matmul}: a and b given with their stored shapes (batched or not, as for the GPU
+ * op); returns out [batch?, M, N].
+ */
+export function matmulCpu(
+  a: Float32Array,
+  aShape: readonly number[],
+  b: Float32Array,
+  bShape: readonly number[],
+  opts: MatmulCpuOptions = {},
+): Float32Array {
+  const batch = aShape.length === 3 ? aShape[0] : 1;
+  const [a0, a1] = aShape.slice(-2);
+  const [b0, b1] = bShape.slice(-2);
+  const [M, K] = opts.transA ? [a1, a0] : [a0, a1];
+  const N = opts.transB ? b0 : b1;
+  const bStride = bShape.length === 3 ? K * N : 0;
+  const alpha = opts.alpha ?? 1;
+  const out = new Float32Array(batch * M * N);
+  for (let z = 0; z < batch; z++) {
+    const ao = z * M * K, bo = z * bStride;
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) {
+          const av = a[ao + (opts.transA ? k * M + m : m * K + k)];
+          const bv = b[bo + (opts.transB ? n * K + k : k * N + n)];
+          s += av * bv;
+        }
+        const i = z * M * N + m * N + n;
+        out[i] = alpha * s + (opts.out ? opts.out[i] : 0);
+      }
+    }
+  }
+  return out;
+}
+
+/** CPU reference of {@link linear}: y = x·Wᵀ for x [rows, inF], W [outF, inF]. */
+export function linearCpu(
+  x: Float32Array,
+  w: Float32Array,
+  rows: number,
+  inF: number,
+  outF: number,
+): Float32Array {
+  return matmulCpu(x, [rows, inF], w, [outF, inF], { transB: true });
+}
+
+/** CPU reference of {@link linearBackward}: [dx = dy·W, dW = dyᵀ·x]. */
+export function linearBackwardCpu(
+  dy: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  rows: number,
+  inF: number,
+  outF: number,
+): [Float32Array, Float32Array] {
+  const dx = matmulCpu(dy, [rows, outF], w, [outF, inF]);
+  const dw = matmulCpu(dy, [rows, outF], x, [rows, inF], { transA: true });
+  return [dx, dw];
+}

@@ -1,0 +1,184 @@
+/**
+ * RMSNorm (Llama's LlamaRMSNorm, statistics in f32): y = w ⊙ x·rstd with rstd = 1/sqrt(mean(x²) + eps) per
+ * row of x[rows, H]. The forward pass saves rstd[rows] for the backward pass.
+ *
+ * Backward, with x̂ = x·rstd:  dw = Σ_rows dy ⊙ x̂  and  dx = rstd·(w ⊙ dy) − x·rstd³·(Σ_j w_j·dy_j·x_j)/H.
+ * dw is a reduction over rows done in two deterministic stages (no atomics): column sums over blocks of
+ * {@link RMSNORM_ROWS_PER_BLOCK} rows into a scratch tensor of partials, then a column sum of the partials.
+ */
+import * as K from "../../kernels/rmsnorm.ts";
+import { params, type Program } from "../gpu/program.ts";
+import { Tensor } from "../tensor.ts";
+import { expectDtype, expectShape } from "./check.ts";
+import { ShapeError } from "../gpu/errors.ts";
+
+/** Rows summed by one invocation of the first stage of dw. */
+export const RMSNORM_ROWS_PER_BLOCK = 64;
+
+/** Options of {@link rmsnormForward}. */
+export interface RmsnormOptions {
+  /** Added to mean(x²) before the square root (the config's rms_norm_eps). */
+  eps: number;
+}
+
+/** Options of {@link rmsnormBackward}. */
+export interface RmsnormBackwardOptions {
+  /** Add the input gradient to dx instead of overwriting it. */
+  accumulateDx?: boolean;
+  /** Add the weight gradient to dw instead of overwriting it. */
+  accumulateDw?: boolean;
+  /**
+   * f32 scratch for the partial sums of dw, of at least {@link rmsnormScratchSize} elements (any shape).
+   * When omitted and rows > {@link RMSNORM_ROWS_PER_BLOCK}, the op allocates one from the buffer pool and
+   * returns it: it must outlive every run of the program, and the caller destroys it afterwards.
+   */
+  scratch?: Tensor;
+}
+
+/** Number of f32 elements of the dw scratch for `rows` rows of width `hidden` (0 when one stage suffices). */
+export function rmsnormScratchSize(rows: number, hidden: number): number {
+  const blocks = Math.ceil(rows / RMSNORM_ROWS_PER_BLOCK);
+  return blocks > 1 ? blocks * hidden : 0;
+}
+
+function rowShape(op: string, x: Tensor): [number, number] {
+  if (x.shape.length !== 2) {
+    throw new ShapeError(`${op}: x (${x.label}) has shape [${x.shape.join(", ")}], expected [rows, hidden]`);
+  }
+  return [x.shape[0], x.shape[1]];
+}
+
+/** Records y = w ⊙ x·rstd for x[rows, H], w[H] into y[rows, H] and saves rstd[rows]. */
+export async function rmsnormForward(
+  p: Program,
+  x: Tensor,
+  w: Tensor,
+  y: Tensor,
+  rstd: Tensor,
+  { eps }: RmsnormOptions,
+): Promise<void> {
+  const op = "rmsnormForward";
+  for (const [name, t] of [["x", x], ["w", w], ["y", y], ["rstd", rstd]] as const) {
+    expectDtype(op, name, t, "f32");
+  }
+  const [rows, hidden] = rowShape(op, x);
+  expectShape(op, "w", w, [hidden]);
+  expectShape(op, "y", y, [rows, hidden]);
+  expectShape(op, "rstd", rstd, [rows]);
+  await p.add(
+    { name: "rmsnorm.forward", code: K.forward, entryPoint: "forward" },
+    [params(["u32", rows], ["u32", hidden], ["f32", eps], ["u32", 0]), x, w, y, rstd],
+    rows,
+  );
+}
+
+/**
+ * Records the backward pass of {@link rmsnormForward}: dx[rows, H] and dw[H] from dy, x, w and the saved
+ * rstd. Returns the dw scratch it allocated (see {@link RmsnormBackwardOptions.scratch}), else null.
+ */
+export async function rmsnormBackward(
+  p: Program,
+  dy: Tensor,
+  x: Tensor,
+  w: Tensor,
+  rstd: Tensor,
+  dx: Tensor,
+  dw: Tensor,
+  { accumulateDx = false, accumulateDw = false, scratch }: RmsnormBackwardOptions = {},
+): Promise<Tensor | null> {
+  const op = "rmsnormBackward";
+  for (const [name, t] of [["dy", dy], ["x", x], ["w", w], ["rstd", rstd], ["dx", dx], ["dw", dw]] as const) {
+    expectDtype(op, name, t, "f32");
+  }
+  const [rows, hidden] = rowShape(op, x);
+  expectShape(op, "dy", dy, [rows, hidden]);
+  expectShape(op, "w", w, [hidden]);
+  expectShape(op, "rstd", rstd, [rows]);
+  expectShape(op, "dx", dx, [rows, hidden]);
+  expectShape(op, "dw", dw, [hidden]);
+  const scratchSize = rmsnormScratchSize(rows, hidden);
+  if (scratch) {
+    expectDtype(op, "scratch", scratch, "f32");
+    if (scratch.size < scratchSize) {
+      throw new ShapeError(
+        `${op}: scratch (${scratch.label}) has ${scratch.size} elements, needs ${scratchSize} for ` +
+          `${rows} rows of ${hidden}`,
+      );
+    }
+  }
+
+  await p.add(
+    { name: "rmsnorm.backward_dx", code: K.backwardDx, entryPoint: "backward_dx" },
+    [params(["u32", rows], ["u32", hidden], ["f32", 0], ["u32", accumulateDx ? 1 : 0]), dy, x, w, rstd, dx],
+    rows,
+  );
+
+  // dw, stage 1: column sums over blocks of rows; straight into dw when there is a single block
+  const blocks = Math.ceil(rows / RMSNORM_ROWS_PER_BLOCK);
+  const accDw = accumulateDw ? 1 : 0;
+  const partialsKernel = { name: "rmsnorm.dw_partials", code: K.dwPartials, entryPoint: "dw_partials" };
+  const blockParams = (accumulate: number) =>
+    params(["u32", rows], ["u32", hidden], ["u32", RMSNORM_ROWS_PER_BLOCK], ["u32", accumulate]);
+  if (blocks <= 1) {
+    await p.add(partialsKernel, [blockParams(accDw), dy, x, rstd, dw], Math.ceil(hidden / K.RMSNORM_COL_WG));
+    return null;
+  }
+  const created = scratch ? null : Tensor.empty(p.gpu, [scratchSize], "f32", "rmsnorm dw partials");
+  const partials = scratch ?? created!; // only the first scratchSize elements are used
+  await p.add(
+    partialsKernel,
+    [blockParams(0), dy, x, rstd, partials],
+    Math.ceil(scratchSize / K.RMSNORM_COL_WG),
+  );
+  // stage 2: dw = column sums of the partials
+  await p.add(
+    { name: "rmsnorm.dw_reduce", code: K.dwReduce, entryPoint: "dw_reduce" },
+    [params(["u32", blocks], ["u32", hidden], ["u32", 0], ["u32", accDw]), partials, dw],
+    Math.ceil(hidden / K.RMSNORM_COL_WG),
+  );
+  return created;
+}
+
+/** CPU reference of the forward pass (f64): y[rows·H] and rstd[rows]. */
+export function rmsnormCpu(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  rows: number,
+  hidden: number,
+  eps: number,
+): { y: Float64Array; rstd: Float64Array } {
+  const y = new Float64Array(rows * hidden);
+  const rstd = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let sumSq = 0;
+    for (let i = 0; i < hidden; i++) sumSq += x[r * hidden + i] ** 2;
+    rstd[r] = 1 / Math.sqrt(sumSq / hidden + eps);
+    for (let i = 0; i < hidden; i++) y[r * hidden + i] = w[i] * x[r * hidden + i] * rstd[r];
+  }
+  return { y, rstd };
+}
+
+/** CPU reference of the backward pass (f64): dx[rows·H] and dw[H] (rstd recomputed from x). */
+export function rmsnormBackwardCpu(
+  dy: ArrayLike<number>,
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  rows: number,
+  hidden: number,
+  eps: number,
+): { dx: Float64Array; dw: Float64Array } {
+  const { rstd } = rmsnormCpu(x, w, rows, hidden, eps);
+  const dx = new Float64Array(rows * hidden);
+  const dw = new Float64Array(hidden);
+  for (let r = 0; r < rows; r++) {
+    const rs = rstd[r];
+    let dot = 0;
+    for (let i = 0; i < hidden; i++) dot += w[i] * dy[r * hidden + i] * x[r * hidden + i];
+    for (let i = 0; i < hidden; i++) {
+      const k = r * hidden + i;
+      dx[k] = rs * w[i] * dy[k] - x[k] * rs ** 3 * dot / hidden;
+      dw[i] += dy[k] * x[k] * rs;
+    }
+  }
+  return { dx, dw };
+}

@@ -1,0 +1,89 @@
+/**
+ * `deno task bench`: prints a table of speed figures (ms, GFLOP/s, tokens/s) for the engine's kernels and the
+ * parts built on them, and writes the same rows as JSON. Figures only: nothing here is a test.
+ */
+import { parseArgs } from "node:util";
+import { Gpu } from "../lib/gpu/device.ts";
+import type { BenchOptions, BenchRow } from "../lib/bench/types.ts";
+import { benchDispatch } from "../lib/bench/dispatch.ts";
+
+const HELP = `deno task bench [--quick] [--only <groups>] [--json <file>]
+
+  --quick          smaller shapes and fewer repetitions (default: off)
+  --only <list>    comma-separated groups to run, e.g. matmul,attention (default: all)
+  --json <file>    where to write the rows as JSON (default: out/bench.json)
+  --debug          print stack traces on errors
+  --help           this text`;
+
+type Bench = (gpu: Gpu, opts: BenchOptions) => Promise<BenchRow[]>;
+
+/** Bench modules by group; each is loaded only when run, so a missing part does not break the others. */
+const BENCHES: Record<string, () => Promise<Bench>> = {
+  dispatch: () => Promise.resolve(benchDispatch),
+};
+
+function formatTable(rows: BenchRow[]): string {
+  const head = ["group", "name", "shape", "ms", "GFLOP/s", "tokens/s", "note"];
+  const body = rows.map((r) => [
+    r.group,
+    r.name,
+    r.shape,
+    r.ms < 0.1 ? r.ms.toFixed(4) : r.ms.toFixed(2),
+    r.gflops === undefined ? "" : r.gflops.toFixed(2),
+    r.tokensPerSec === undefined ? "" : r.tokensPerSec.toFixed(0),
+    r.note ?? "",
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  return [line(head), line(widths.map((w) => "-".repeat(w))), ...body.map(line)].join("\n");
+}
+
+async function main() {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      quick: { type: "boolean", default: false },
+      only: { type: "string" },
+      json: { type: "string", default: "out/bench.json" },
+      debug: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return;
+  }
+  const groups = values.only ? values.only.split(",").map((s) => s.trim()) : Object.keys(BENCHES);
+  for (const g of groups) {
+    if (!(g in BENCHES)) {
+      throw new Error(`unknown bench group ${g}; known: ${Object.keys(BENCHES).join(", ")}`);
+    }
+  }
+  const gpu = await Gpu.create();
+  console.log(`adapter: ${gpu.describe()}`);
+  const rows: BenchRow[] = [];
+  for (const g of groups) {
+    const bench = await BENCHES[g]();
+    const got = await bench(gpu, { quick: values.quick });
+    console.log(`\n${formatTable(got)}`);
+    rows.push(...got);
+  }
+  const file = values.json!;
+  await Deno.mkdir(file.replace(/\/[^/]*$/, "") || ".", { recursive: true });
+  const tmp = `${file}.tmp`;
+  await Deno.writeTextFile(
+    tmp,
+    JSON.stringify({ adapter: gpu.describe(), date: new Date().toISOString(), rows }, null, 2) + "\n",
+  );
+  await Deno.rename(tmp, file);
+  console.log(`\nwrote ${file}`);
+  gpu.destroy();
+}
+
+try {
+  await main();
+} catch (e) {
+  if (Deno.args.includes("--debug")) throw e;
+  console.error(`bench: ${(e as Error).message}`);
+  Deno.exit(1);
+}

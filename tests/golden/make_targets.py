@@ -1,0 +1,115 @@
+"""Golden target-model outputs from Hugging Face transformers' own model classes.
+
+For each supported architecture a tiny random-weight checkpoint is written to tests/golden/targets/<name>/
+(config.json + model.safetensors in the dtype a real checkpoint would use), then the model is reloaded in
+float32 from exactly those stored weights and run with eager attention on a right-padded batch. Saved in
+tests/golden/targets/<name>/golden.safetensors: input_ids, attention_mask, the residual stream after every
+decoder layer (hidden_states[1:], before the final norm), the final post-norm hidden state and the logits.
+
+Run with the venv described in DESIGN.md (torch 2.x, transformers 5.x):
+  .venv-golden/bin/python tests/golden/make_targets.py
+"""
+import os
+import sys
+
+import torch
+import transformers
+
+sys.path.insert(0, os.path.dirname(__file__))
+from st import save  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(__file__), "targets")
+
+COMMON = dict(
+    vocab_size=256,
+    hidden_size=32,
+    intermediate_size=72,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+CASES = {
+    # Llama 3.1-style: llama3 rope scaling, untied head, bf16 storage.
+    "llama": (
+        transformers.LlamaConfig,
+        dict(
+            rope_theta=500000.0,
+            rope_scaling=dict(
+                rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+            tie_word_embeddings=False,
+        ),
+        torch.bfloat16,
+    ),
+    # Qwen2: q/k/v biases, tied embeddings, f32 storage.
+    "qwen2": (transformers.Qwen2Config, dict(rope_theta=1000000.0, tie_word_embeddings=True), torch.float32),
+    # Qwen3: q_norm/k_norm, explicit head_dim different from hidden/heads, bf16 storage.
+    "qwen3": (
+        transformers.Qwen3Config,
+        dict(head_dim=16, rope_theta=1000000.0, tie_word_embeddings=False),
+        torch.bfloat16,
+    ),
+    # Mistral: f16 storage, linear rope scaling is not Mistral's, plain rope.
+    "mistral": (transformers.MistralConfig, dict(rope_theta=10000.0, sliding_window=None), torch.float16),
+}
+
+
+def main():
+    torch.manual_seed(0)
+    ids = torch.randint(3, COMMON["vocab_size"], (2, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    ids[1, 7:] = COMMON["pad_token_id"]
+    for name, (config_cls, extra, dtype) in CASES.items():
+        config = config_cls(**COMMON, **extra)
+        config._attn_implementation = "eager"
+        model = transformers.AutoModelForCausalLM.from_config(config)
+        with torch.no_grad():
+            for p in model.parameters():  # larger than the default init so that layers matter
+                p.normal_(0.0, 0.08)
+            for n, p in model.named_parameters():
+                if n.endswith("norm.weight") or "layernorm" in n:
+                    p.uniform_(0.7, 1.3)
+        path = os.path.join(OUT, name)
+        os.makedirs(path, exist_ok=True)
+        model.to(dtype).save_pretrained(path, safe_serialization=True)
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="eager"
+        )
+        reloaded.eval()
+        with torch.no_grad():
+            out = reloaded(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden = torch.stack(out.hidden_states[1:], 0)  # [L, B, T, H]; the last one is post-norm in HF
+        layer_outputs = []
+        captured = {}
+
+        def hook(i):
+            def f(_module, _inputs, output):
+                captured[i] = output[0] if isinstance(output, tuple) else output
+            return f
+
+        handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(reloaded.model.layers)]
+        with torch.no_grad():
+            reloaded(input_ids=ids, attention_mask=mask)
+        for h in handles:
+            h.remove()
+        layer_outputs = torch.stack([captured[i] for i in range(config.num_hidden_layers)], 0)
+        save(os.path.join(path, "golden.safetensors"), {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "layer_outputs": layer_outputs,  # residual stream after each decoder layer, pre-norm
+            "final_hidden": hidden[-1],  # after the final RMSNorm
+            "logits": out.logits,
+        })
+        print(name, dtype, "->", path)
+
+
+if __name__ == "__main__":
+    main()

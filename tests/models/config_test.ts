@@ -1,0 +1,486 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  checkAuxLayers,
+  ConfigError,
+  defaultAuxLayers,
+  expectedWeightShapes,
+  loadTargetConfig,
+  parseRopeScaling,
+  parseTargetConfig,
+  resolveWeightNames,
+  type TargetConfig,
+  targetWeightNames,
+} from "../../lib/models/config.ts";
+import { SafetensorsCheckpoint } from "../../lib/io/safetensors.ts";
+
+const TINYSTORIES = new URL("../../../shared/models/tinystories-656K", import.meta.url).pathname;
+const haveTinystories = (() => {
+  try {
+    Deno.statSync(TINYSTORIES);
+    return true;
+  } catch {
+    console.log(`skipping tinystories-656K tests: ${TINYSTORIES} not found`);
+    return false;
+  }
+})();
+
+// Abridged copies of the published config.json files (the fields that matter).
+const LLAMA31_8B = {
+  architectures: ["LlamaForCausalLM"],
+  attention_bias: false,
+  bos_token_id: 128000,
+  eos_token_id: [128001, 128008, 128009],
+  hidden_act: "silu",
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  max_position_embeddings: 131072,
+  mlp_bias: false,
+  model_type: "llama",
+  num_attention_heads: 32,
+  num_hidden_layers: 32,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-5,
+  rope_scaling: {
+    factor: 8.0,
+    low_freq_factor: 1.0,
+    high_freq_factor: 4.0,
+    original_max_position_embeddings: 8192,
+    rope_type: "llama3",
+  },
+  rope_theta: 500000.0,
+  tie_word_embeddings: false,
+  torch_dtype: "bfloat16",
+  vocab_size: 128256,
+};
+
+const QWEN25_7B = {
+  architectures: ["Qwen2ForCausalLM"],
+  bos_token_id: 151643,
+  eos_token_id: 151645,
+  hidden_act: "silu",
+  hidden_size: 3584,
+  intermediate_size: 18944,
+  max_position_embeddings: 32768,
+  max_window_layers: 28,
+  model_type: "qwen2",
+  num_attention_heads: 28,
+  num_hidden_layers: 28,
+  num_key_value_heads: 4,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000.0,
+  sliding_window: 131072,
+  tie_word_embeddings: false,
+  torch_dtype: "bfloat16",
+  use_sliding_window: false,
+  vocab_size: 152064,
+};
+
+const QWEN3_06B = {
+  architectures: ["Qwen3ForCausalLM"],
+  attention_bias: false,
+  bos_token_id: 151643,
+  eos_token_id: 151645,
+  head_dim: 128,
+  hidden_act: "silu",
+  hidden_size: 1024,
+  intermediate_size: 3072,
+  max_position_embeddings: 40960,
+  model_type: "qwen3",
+  num_attention_heads: 16,
+  num_hidden_layers: 28,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-6,
+  rope_scaling: null,
+  rope_theta: 1000000,
+  sliding_window: null,
+  tie_word_embeddings: true,
+  torch_dtype: "bfloat16",
+  use_sliding_window: false,
+  vocab_size: 151936,
+};
+
+const MISTRAL_7B = {
+  architectures: ["MistralForCausalLM"],
+  bos_token_id: 1,
+  eos_token_id: 2,
+  hidden_act: "silu",
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  max_position_embeddings: 32768,
+  model_type: "mistral",
+  num_attention_heads: 32,
+  num_hidden_layers: 32,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000.0,
+  sliding_window: 4096,
+  tie_word_embeddings: false,
+  torch_dtype: "bfloat16",
+  vocab_size: 32000,
+};
+
+/** A config with some fields replaced (undefined deletes). */
+function edit(base: Record<string, unknown>, changes: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...base, ...changes };
+  for (const [k, v] of Object.entries(changes)) if (v === undefined) delete out[k];
+  return out;
+}
+
+Deno.test("config: Llama 3.1 with llama3 rope scaling and several EOS ids", () => {
+  const c = parseTargetConfig(LLAMA31_8B);
+  assert.equal(c.architecture, "LlamaForCausalLM");
+  assert.equal(c.headDim, 128);
+  assert.equal(c.numKvHeads, 8);
+  assert.equal(c.ropeTheta, 500000);
+  assert.deepEqual(c.ropeScaling, {
+    type: "llama3",
+    factor: 8,
+    lowFreqFactor: 1,
+    highFreqFactor: 4,
+    originalMaxPositionEmbeddings: 8192,
+  });
+  assert.deepEqual(c.eosTokenIds, [128001, 128008, 128009]);
+  assert.equal(c.bosTokenId, 128000);
+  assert.equal(c.padTokenId, null);
+  assert.equal(c.torchDtype, "bfloat16");
+  assert.deepEqual([c.qkvBias, c.oBias, c.mlpBias, c.qkNorm, c.tieWordEmbeddings], [
+    false,
+    false,
+    false,
+    false,
+    false,
+  ]);
+  assert.equal(c.slidingWindow, null);
+  // attention_bias on Llama puts biases on q, k, v and o.
+  const b = parseTargetConfig(edit(LLAMA31_8B, { attention_bias: true, mlp_bias: true }));
+  assert.deepEqual([b.qkvBias, b.oBias, b.mlpBias], [true, true, true]);
+});
+
+Deno.test("config: Qwen2 has qkv biases; its sliding window is off unless use_sliding_window", () => {
+  const c = parseTargetConfig(QWEN25_7B);
+  assert.deepEqual([c.qkvBias, c.oBias, c.qkNorm], [true, false, false]);
+  assert.equal(c.headDim, 128);
+  assert.equal(c.slidingWindow, null);
+  assert.deepEqual(c.eosTokenIds, [151645]);
+  assert.equal(parseTargetConfig(edit(QWEN25_7B, { use_sliding_window: true })).slidingWindow, 131072);
+});
+
+Deno.test("config: Qwen3 has q/k norms and an explicit head_dim that need not divide hidden", () => {
+  const c = parseTargetConfig(QWEN3_06B);
+  assert.deepEqual([c.qkNorm, c.qkvBias, c.tieWordEmbeddings], [true, false, true]);
+  assert.equal(c.headDim, 128);
+  assert.equal(c.hiddenSize, 1024);
+  assert.equal(c.maxPositionEmbeddings, 40960);
+  // Qwen3Config's default head_dim is 128, not hidden / heads.
+  assert.equal(parseTargetConfig(edit(QWEN3_06B, { head_dim: undefined })).headDim, 128);
+});
+
+Deno.test("config: Mistral's sliding window (default 4096 when absent, null turns it off)", () => {
+  assert.equal(parseTargetConfig(MISTRAL_7B).slidingWindow, 4096);
+  assert.equal(parseTargetConfig(edit(MISTRAL_7B, { sliding_window: undefined })).slidingWindow, 4096);
+  assert.equal(parseTargetConfig(edit(MISTRAL_7B, { sliding_window: null })).slidingWindow, null);
+  assert.equal(parseTargetConfig(MISTRAL_7B).qkvBias, false);
+});
+
+Deno.test("config: rope scaling forms (legacy type, linear, dynamic, yarn, Transformers-5 rope_parameters)", () => {
+  const base = edit(LLAMA31_8B, { rope_scaling: undefined });
+  assert.deepEqual(parseTargetConfig(base).ropeScaling, { type: "default" });
+  assert.deepEqual(
+    parseTargetConfig(edit(base, { rope_scaling: { type: "linear", factor: 2 } })).ropeScaling,
+    {
+      type: "linear",
+      factor: 2,
+    },
+  );
+  assert.deepEqual(
+    parseTargetConfig(edit(base, { rope_scaling: { rope_type: "dynamic", factor: 4 } })).ropeScaling,
+    { type: "dynamic", factor: 4, originalMaxPositionEmbeddings: 131072 },
+  );
+  assert.deepEqual(
+    parseTargetConfig(edit(QWEN3_06B, {
+      rope_scaling: { rope_type: "yarn", factor: 4, original_max_position_embeddings: 32768 },
+    })).ropeScaling,
+    {
+      type: "yarn",
+      factor: 4,
+      originalMaxPositionEmbeddings: 32768,
+      betaFast: 32,
+      betaSlow: 1,
+      mscale: null,
+      mscaleAllDim: null,
+      attentionFactor: null,
+      truncate: true,
+    },
+  );
+  const t5 = parseTargetConfig(edit(base, {
+    rope_theta: undefined,
+    rope_parameters: {
+      rope_type: "llama3",
+      rope_theta: 500000,
+      factor: 32,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 8192,
+    },
+  }));
+  assert.equal(t5.ropeTheta, 500000);
+  assert.equal(t5.ropeScaling.type, "llama3");
+  const t5default = parseTargetConfig(
+    edit(base, { rope_theta: undefined, rope_parameters: { rope_type: "default", rope_theta: 1e6 } }),
+  );
+  assert.equal(t5default.ropeTheta, 1e6);
+  assert.deepEqual(t5default.ropeScaling, { type: "default" });
+  assert.equal(parseTargetConfig(edit(base, { rope_theta: undefined })).ropeTheta, 10000);
+});
+
+Deno.test("config: parseRopeScaling reads a bare rope_scaling object as parseTargetConfig does", () => {
+  assert.deepEqual(parseRopeScaling(undefined, 4096), { type: "default" });
+  assert.deepEqual(parseRopeScaling(null, 4096), { type: "default" });
+  assert.deepEqual(parseRopeScaling({ rope_type: "default" }, 4096), { type: "default" });
+  assert.deepEqual(
+    parseRopeScaling(LLAMA31_8B.rope_scaling, LLAMA31_8B.max_position_embeddings),
+    parseTargetConfig(LLAMA31_8B).ropeScaling,
+  );
+  // absent optional fields take transformers' defaults; original_max_position_embeddings defaults to the
+  // max_position_embeddings given
+  assert.deepEqual(parseRopeScaling({ type: "dynamic", factor: 2 }, 4096), {
+    type: "dynamic",
+    factor: 2,
+    originalMaxPositionEmbeddings: 4096,
+  });
+  assert.deepEqual(parseRopeScaling({ rope_type: "yarn", factor: 4 }, 4096), {
+    type: "yarn",
+    factor: 4,
+    originalMaxPositionEmbeddings: 4096,
+    betaFast: 32,
+    betaSlow: 1,
+    mscale: null,
+    mscaleAllDim: null,
+    attentionFactor: null,
+    truncate: true,
+  });
+  assert.deepEqual(
+    parseRopeScaling({
+      rope_type: "yarn",
+      factor: 40,
+      original_max_position_embeddings: 4096,
+      beta_fast: 16,
+      beta_slow: 2,
+      mscale: 1,
+      mscale_all_dim: 0.707,
+      attention_factor: 1.3,
+      truncate: false,
+    }, 163840),
+    {
+      type: "yarn",
+      factor: 40,
+      originalMaxPositionEmbeddings: 4096,
+      betaFast: 16,
+      betaSlow: 2,
+      mscale: 1,
+      mscaleAllDim: 0.707,
+      attentionFactor: 1.3,
+      truncate: false,
+    },
+  );
+  // errors name the file and the field given
+  const cases: Array<[unknown, RegExp]> = [
+    [{ type: "linear" }, /^m\/config\.json: rope_parameters\.factor is missing$/],
+    [{ rope_type: "mrope", factor: 2 }, /^m\/config\.json: rope_parameters type "mrope" is not supported/],
+    [[1, 2], /^m\/config\.json: rope_parameters must be an object, got \[1,2\]$/],
+    [{ rope_type: "yarn", factor: 2, truncate: "no" }, /rope_parameters\.truncate must be true or false/],
+    [{
+      rope_type: "llama3",
+      factor: 8,
+      low_freq_factor: 4,
+      high_freq_factor: 1,
+      original_max_position_embeddings: 8,
+    }, /rope_parameters\.high_freq_factor must not be below low_freq_factor/],
+  ];
+  for (const [raw, message] of cases) {
+    assert.throws(
+      () => parseRopeScaling(raw, 4096, "m/config.json", "rope_parameters"),
+      (e) => e instanceof ConfigError && message.test(e.message),
+      String(message),
+    );
+  }
+});
+
+Deno.test("config: errors name config.json and the field", () => {
+  const cases: Array<[Record<string, unknown>, RegExp]> = [
+    [
+      edit(LLAMA31_8B, { architectures: ["GPT2LMHeadModel"] }),
+      /config\.json: architecture GPT2LMHeadModel is not supported; supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM/,
+    ],
+    [edit(LLAMA31_8B, { architectures: undefined }), /config\.json: architectures is missing/],
+    [edit(LLAMA31_8B, { hidden_size: undefined }), /config\.json: hidden_size is missing/],
+    [edit(LLAMA31_8B, { num_hidden_layers: 0 }), /config\.json: num_hidden_layers must be at least 1, got 0/],
+    [edit(LLAMA31_8B, { vocab_size: "big" }), /config\.json: vocab_size must be an integer, got "big"/],
+    [
+      edit(LLAMA31_8B, { num_attention_heads: 30 }),
+      /config\.json: hidden_size 4096 is not divisible by num_attention_heads 30/,
+    ],
+    [
+      edit(LLAMA31_8B, { num_key_value_heads: 5 }),
+      /config\.json: num_attention_heads 32 is not a multiple of num_key_value_heads 5/,
+    ],
+    [edit(QWEN3_06B, { head_dim: 63 }), /config\.json: head_dim 63 must be even/],
+    [edit(LLAMA31_8B, { hidden_act: "gelu" }), /config\.json: hidden_act "gelu" is not supported/],
+    [edit(LLAMA31_8B, { rms_norm_eps: -1 }), /config\.json: rms_norm_eps must be positive/],
+    [
+      edit(LLAMA31_8B, { rope_scaling: { rope_type: "longrope", factor: 2 } }),
+      /config\.json: rope_scaling type "longrope" is not supported/,
+    ],
+    [
+      edit(LLAMA31_8B, {
+        rope_scaling: { rope_type: "llama3", factor: 8, low_freq_factor: 1, high_freq_factor: 4 },
+      }),
+      /config\.json: rope_scaling\.original_max_position_embeddings is missing/,
+    ],
+    [edit(LLAMA31_8B, { rope_scaling: { type: "linear" } }), /config\.json: rope_scaling\.factor is missing/],
+    [edit(LLAMA31_8B, { eos_token_id: [1, "x"] }), /config\.json: eos_token_id must be a token id or a list/],
+  ];
+  for (const [json, message] of cases) {
+    assert.throws(
+      () => parseTargetConfig(json),
+      (e) => e instanceof ConfigError && message.test(e.message),
+      String(message),
+    );
+  }
+  assert.throws(() => parseTargetConfig([]), /config\.json: not a JSON object/);
+});
+
+Deno.test("config: weight names per architecture, with shapes checked", () => {
+  const tiny = (json: Record<string, unknown>) =>
+    parseTargetConfig(edit(json, {
+      hidden_size: 16,
+      intermediate_size: 24,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      vocab_size: 32,
+      head_dim: json === QWEN3_06B ? 8 : undefined,
+    }));
+  const store = (cfg: TargetConfig, drop: string[] = []) => {
+    const names = targetWeightNames(cfg);
+    const shapes = expectedWeightShapes(cfg, names);
+    for (const d of drop) shapes.delete(d);
+    return shapes;
+  };
+  for (
+    const [json, extra] of [
+      [LLAMA31_8B, []],
+      [MISTRAL_7B, []],
+      [QWEN25_7B, ["model.layers.1.self_attn.q_proj.bias", "model.layers.1.self_attn.v_proj.bias"]],
+      [QWEN3_06B, ["model.layers.0.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight"]],
+    ] as const
+  ) {
+    const cfg = tiny(json);
+    const shapes = store(cfg);
+    const names = resolveWeightNames(cfg, (n) => shapes.has(n), (n) => shapes.get(n)!);
+    assert.equal(names.layers.length, 2);
+    assert.equal(names.layers[1].down, "model.layers.1.mlp.down_proj.weight");
+    for (const e of extra) assert.ok(shapes.has(e), `${cfg.architecture}: ${e}`);
+    assert.equal(shapes.get("model.layers.0.self_attn.k_proj.weight")!.join(), `${2 * cfg.headDim},16`);
+    assert.equal(shapes.get("model.layers.0.self_attn.o_proj.weight")!.join(), `16,${4 * cfg.headDim}`);
+    const biasCount = [...shapes.keys()].filter((k) => k.endsWith(".bias")).length;
+    assert.equal(biasCount, cfg.qkvBias ? 6 : 0, cfg.architecture);
+    if (cfg.tieWordEmbeddings) assert.equal(names.lmHead, "model.embed_tokens.weight");
+    else assert.equal(names.lmHead, "lm_head.weight");
+  }
+  // Tied, but only lm_head.weight stored: the embedding is read from it.
+  const tied = tiny(QWEN3_06B);
+  const onlyHead = store(tied, ["model.embed_tokens.weight"]);
+  onlyHead.set("lm_head.weight", [32, 16]);
+  const tiedNames = resolveWeightNames(tied, (n) => onlyHead.has(n), (n) => onlyHead.get(n)!);
+  assert.deepEqual([tiedNames.embed, tiedNames.lmHead], ["lm_head.weight", "lm_head.weight"]);
+  onlyHead.delete("lm_head.weight");
+  assert.throws(
+    () => resolveWeightNames(tied, (n) => onlyHead.has(n), (n) => onlyHead.get(n)!),
+    /checkpoint: neither model\.embed_tokens\.weight nor lm_head\.weight is stored/,
+  );
+
+  const cfg = tiny(LLAMA31_8B);
+  const shapes = store(cfg);
+  const has = (n: string) => shapes.has(n);
+  shapes.delete("model.layers.1.mlp.up_proj.weight");
+  assert.throws(
+    () => resolveWeightNames(cfg, has, (n) => shapes.get(n)!, "/m"),
+    /\/m: tensor model\.layers\.1\.mlp\.up_proj\.weight is missing \(LlamaForCausalLM\)/,
+  );
+  shapes.set("model.layers.1.mlp.up_proj.weight", [16, 24]);
+  assert.throws(
+    () => resolveWeightNames(cfg, has, (n) => shapes.get(n)!, "/m"),
+    /\/m: tensor model\.layers\.1\.mlp\.up_proj\.weight has shape \[16,24\], config\.json implies \[24,16\]/,
+  );
+  shapes.set("model.layers.1.mlp.up_proj.weight", [24, 16]);
+  shapes.delete("lm_head.weight");
+  assert.throws(
+    () => resolveWeightNames(cfg, has, (n) => shapes.get(n)!, "/m"),
+    /lm_head\.weight is missing and .*tie_word_embeddings is false/,
+  );
+});
+
+Deno.test(
+  { name: "config: tinystories-656K (tied, only lm_head.weight stored)", ignore: !haveTinystories },
+  async () => {
+    const cfg = await loadTargetConfig(join(TINYSTORIES, "config.json"));
+    assert.equal(cfg.architecture, "LlamaForCausalLM");
+    assert.deepEqual(
+      [
+        cfg.hiddenSize,
+        cfg.intermediateSize,
+        cfg.numLayers,
+        cfg.numHeads,
+        cfg.numKvHeads,
+        cfg.headDim,
+        cfg.vocabSize,
+      ],
+      [128, 384, 2, 8, 4, 16, 2048],
+    );
+    assert.equal(cfg.rmsNormEps, 1e-6);
+    assert.equal(cfg.tieWordEmbeddings, true);
+    assert.deepEqual([cfg.bosTokenId, cfg.eosTokenIds, cfg.padTokenId], [1, [2], null]);
+    const ckpt = await SafetensorsCheckpoint.open(TINYSTORIES);
+    try {
+      const names = resolveWeightNames(cfg, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, TINYSTORIES);
+      assert.equal(names.embed, "lm_head.weight");
+      assert.equal(names.lmHead, "lm_head.weight");
+      assert.equal(names.layers[1].q, "model.layers.1.self_attn.q_proj.weight");
+    } finally {
+      ckpt.close();
+    }
+    const aux = defaultAuxLayers(cfg.numLayers);
+    assert.deepEqual(aux.layers, [0, 1, 1]);
+    assert.match(aux.message!, /target has 2 layers, too few .* using \[0,1,1\]/);
+    await assert.rejects(() => loadTargetConfig(join(TINYSTORIES, "nope.json")), /nope\.json: no such file/);
+  },
+);
+
+Deno.test("config: default aux layers [1, N/2-1, N-4], and the choice for shallow targets", () => {
+  assert.deepEqual(defaultAuxLayers(32), { layers: [1, 15, 28], message: null }); // Llama-3.1-8B
+  assert.deepEqual(defaultAuxLayers(36), { layers: [1, 17, 32], message: null }); // Qwen3-8B
+  assert.deepEqual(defaultAuxLayers(28).layers, [1, 13, 24]);
+  assert.deepEqual(defaultAuxLayers(7), { layers: [1, 2, 3], message: null });
+  const expected: Record<number, number[]> = {
+    6: [0, 3, 5],
+    5: [0, 2, 4],
+    4: [0, 2, 3],
+    3: [0, 1, 2],
+    2: [0, 1, 1],
+    1: [0, 0, 0],
+  };
+  for (const [n, layers] of Object.entries(expected)) {
+    const c = defaultAuxLayers(Number(n));
+    assert.deepEqual(c.layers, layers, `N=${n}`);
+    assert.match(c.message!, new RegExp(`target has ${n} layers`));
+    for (const l of c.layers) assert.ok(l >= 0 && l < Number(n));
+    if (Number(n) >= 3) assert.deepEqual(checkAuxLayers(c.layers, Number(n)), layers);
+  }
+  assert.throws(() => defaultAuxLayers(0), ConfigError);
+  assert.deepEqual(checkAuxLayers([2, 5, 9], 10), [2, 5, 9]);
+  assert.throws(() => checkAuxLayers([2, 5, 10], 10), /aux layer 10 is not a layer of this 10-layer target/);
+  assert.throws(() => checkAuxLayers([5, 2, 9], 10), /strictly ascending/);
+  assert.throws(() => checkAuxLayers([1, 2], 10), /must be 3 layer ids/);
+});

@@ -1,0 +1,132 @@
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu } from "../gpu.ts";
+import { Golden } from "../golden.ts";
+import { TargetModel } from "../../lib/models/target.ts";
+import { vocabStatsCpu } from "../../lib/ops/vocab_stats.ts";
+
+const GOLDEN_DIR = new URL("../golden/targets/", import.meta.url).pathname;
+
+function goldenOf(arch: string): Golden {
+  return Golden.load(`targets/${arch}/golden`);
+}
+
+/** Rows of a [B, T, ...] golden restricted to the valid positions of each sequence. */
+function validRows(data: Float32Array, lengths: number[], T: number, width: number): number[] {
+  const out: number[] = [];
+  lengths.forEach((len, b) => {
+    for (let t = 0; t < len; t++) out.push(...data.subarray((b * T + t) * width, (b * T + t + 1) * width));
+  });
+  return out;
+}
+
+for (const arch of ["llama", "qwen2", "qwen3", "mistral"]) {
+  Deno.test({
+    name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
+    ...needsGpu,
+  }, async () => {
+    const g = gpu!;
+    const golden = goldenOf(arch);
+    const [B, T] = golden.shape("input_ids");
+    const ids = Int32Array.from(golden.ints("input_ids"));
+    const mask = golden.ints("attention_mask");
+    const lengths = Array.from(
+      { length: B },
+      (_, b) => mask.slice(b * T, (b + 1) * T).reduce((a, x) => a + x, 0),
+    );
+    const model = await TargetModel.load(g, `${GOLDEN_DIR}${arch}`, { auxLayers: [1, 3, 4] });
+    const cfg = model.config;
+    const H = cfg.hiddenSize, V = cfg.vocabSize;
+    const subset = Int32Array.from({ length: 40 }, (_, i) => i * 5 + 3);
+    const f = await model.forward(B, T, {
+      aux: true,
+      finalHidden: true,
+      logits: true,
+      subsetIds: subset,
+      vocabStats: true,
+      vocabChunk: 100,
+    });
+    f.run(ids, lengths);
+    const layerOut = golden.f32("layer_outputs"); // [L, B, T, H]
+    const aux = await f.aux!.readFloat();
+    const tol = { atol: 2e-4, rtol: 2e-3 };
+    model.auxLayers.forEach((layer, slot) => {
+      const want = layerOut.subarray(layer * B * T * H, (layer + 1) * B * T * H);
+      const got = new Float32Array(B * T * H);
+      for (let r = 0; r < B * T; r++) {
+        got.set(aux.subarray(r * 3 * H + slot * H, r * 3 * H + (slot + 1) * H), r * H);
+      }
+      assertClose(
+        validRows(got, lengths, T, H),
+        validRows(want, lengths, T, H),
+        `${arch} aux layer ${layer}`,
+        tol,
+      );
+    });
+    assertClose(
+      validRows(await f.finalHidden!.readFloat(), lengths, T, H),
+      validRows(golden.f32("final_hidden"), lengths, T, H),
+      `${arch} final hidden`,
+      tol,
+    );
+    const logits = golden.f32("logits");
+    assertClose(
+      validRows(await f.logits!.readFloat(), lengths, T, V),
+      validRows(logits, lengths, T, V),
+      `${arch} logits`,
+      tol,
+    );
+    const sub = await f.subsetLogits!.readFloat();
+    const wantSub = Array.from(
+      { length: B * T * subset.length },
+      (_, i) => logits[Math.floor(i / subset.length) * V + subset[i % subset.length]],
+    );
+    assertClose(
+      validRows(sub, lengths, T, subset.length),
+      validRows(Float32Array.from(wantSub), lengths, T, subset.length),
+      `${arch} subset logits`,
+      tol,
+    );
+    const stats = vocabStatsCpu(logits, B * T, V);
+    const ms = await f.vocabMaxSum!.readFloat();
+    const argmax = await f.vocabArgmax!.read();
+    const lse = Array.from({ length: B * T }, (_, r) => ms[2 * r] + Math.log(ms[2 * r + 1]));
+    assertClose(
+      validRows(Float32Array.from(lse), lengths, T, 1),
+      validRows(Float32Array.from(stats.logSumExp), lengths, T, 1),
+      `${arch} log-sum-exp`,
+      tol,
+    );
+    assert.deepEqual(
+      validRows(Float32Array.from(argmax), lengths, T, 1),
+      validRows(Float32Array.from(stats.argmax), lengths, T, 1),
+    );
+    f.destroy();
+    model.destroy();
+  });
+}
+
+Deno.test({ name: "target: row-split embedding and lm_head give the same logits", ...needsGpu }, async () => {
+  const g = gpu!;
+  const golden = goldenOf("llama");
+  const [B, T] = golden.shape("input_ids");
+  const ids = Int32Array.from(golden.ints("input_ids"));
+  const lengths = [T, 7];
+  // 256 rows of 32 bf16 values = 16 KiB per block: the 256-row vocabulary fits one block, so force 2 with
+  // a smaller vocabulary block size.
+  const model = await TargetModel.load(g, `${GOLDEN_DIR}llama`, {
+    auxLayers: [1, 3, 4],
+    maxBlockBytes: 8192,
+  });
+  assert.ok(model.embed.blocks.length >= 1);
+  const f = await model.forward(B, T, { logits: true });
+  f.run(ids, lengths);
+  const V = model.config.vocabSize;
+  assertClose(
+    validRows(await f.logits!.readFloat(), lengths, T, V),
+    validRows(golden.f32("logits"), lengths, T, V),
+    "split logits",
+    { atol: 2e-4, rtol: 2e-3 },
+  );
+  f.destroy();
+  model.destroy();
+});

@@ -1,0 +1,352 @@
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
+import { roundBf16, Tensor } from "../../lib/tensor.ts";
+import { Program, runOnce } from "../../lib/gpu/program.ts";
+import { ShapeError } from "../../lib/gpu/errors.ts";
+import {
+  DEFAULT_CPU_TILE,
+  DEFAULT_GPU_TILE,
+  linear,
+  linearBackward,
+  linearBackwardCpu,
+  linearCpu,
+  matmul,
+  matmulCpu,
+  type MatmulOptions,
+  type MatmulTile,
+  tileName,
+} from "../../lib/ops/matmul.ts";
+
+/**
+ * Both kernel families, with tiles small enough that the test shapes span several tiles (small kernels also
+ * compile fast; the default CPU tile comes from the same generator and is checked on its own below).
+ */
+const TILES: MatmulTile[] = [
+  { kind: "regtile", tm: 8, tn4: 2 },
+  { kind: "regtile", tm: 4, tn4: 1 },
+  { kind: "tiled", bm: 16, bn: 16, bk: 8 },
+];
+
+/** [M, N, K]: odd sizes, 1, sizes larger than a tile, and shapes that divide the tiles exactly. */
+const SHAPES: Array<[number, number, number]> = [
+  [1, 1, 1],
+  [3, 5, 7],
+  [17, 65, 33],
+  [65, 3, 130],
+  [32, 64, 16],
+];
+
+interface Case {
+  batch: number;
+  batchedB: boolean;
+  M: number;
+  N: number;
+  K: number;
+  opts: MatmulOptions;
+  bType?: "f32" | "f16" | "bf16";
+}
+
+/** Runs one product on the GPU and compares it with the CPU reference (B rounded as stored). */
+async function check(c: Case, seed: number, label: string, tol = { atol: 2e-5, rtol: 2e-4 }) {
+  const g = gpu!;
+  const { batch, M, N, K, opts } = c;
+  const aShape = opts.transA ? [K, M] : [M, K];
+  const bShape = opts.transB ? [N, K] : [K, N];
+  const aFull = batch > 1 ? [batch, ...aShape] : aShape;
+  const bFull = c.batchedB ? [batch, ...bShape] : bShape;
+  const outShape = batch > 1 ? [batch, M, N] : [M, N];
+  const aHost = randomArray(aFull.reduce((x, y) => x * y, 1), seed);
+  let bHost = randomArray(bFull.reduce((x, y) => x * y, 1), seed + 1);
+  const prev = randomArray(outShape.reduce((x, y) => x * y, 1), seed + 2);
+  const bType = c.bType ?? "f32";
+  if (bType === "bf16") bHost = bHost.map(roundBf16);
+  if (bType === "f16") bHost = Float32Array.from(Float16Array.from(bHost));
+  const a = Tensor.fromArray(g, aHost, aFull, "f32", "a");
+  const b = Tensor.fromArray(g, bHost, bFull, bType, "b");
+  const out = Tensor.fromArray(g, prev, outShape, "f32", "out");
+  let scratch: Tensor | null = null;
+  await runOnce(g, label, async (p) => {
+    scratch = await matmul(p, a, b, out, opts);
+  });
+  const expected = matmulCpu(aHost, aFull, bHost, bFull, {
+    transA: opts.transA,
+    transB: opts.transB,
+    alpha: opts.alpha,
+    out: opts.accumulate ? prev : undefined,
+  });
+  assertClose(await out.read(), expected, label, tol);
+  for (const t of [a, b, out, scratch as Tensor | null]) t?.destroy();
+}
+
+Deno.test({
+  name: "matmul: NN, NT, TN, TT vs CPU on odd and tile-sized shapes, every tile kind",
+  ...needsGpu,
+}, async () => {
+  let seed = 1;
+  for (const tile of TILES) {
+    for (const [M, N, K] of SHAPES) {
+      for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]) {
+        const opts = { transA, transB, tile, splitK: 1 };
+        await check(
+          { batch: 1, batchedB: false, M, N, K, opts },
+          seed++,
+          `${tileName(tile)} ${transA ? "T" : "N"}${transB ? "T" : "N"} ${M}x${N}x${K}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test({ name: "matmul: the default tiles on aligned and odd shapes", ...needsGpu }, async () => {
+  let seed = 50;
+  const cases: Array<[number, number, number, boolean, boolean]> = [
+    [64, 128, 32, false, false], // divides the tiles: vec4 loads, unchecked tiled kernel
+    [33, 130, 36, false, true], // ragged M and N
+    [36, 65, 9, true, false], // odd K: scalar loads
+  ];
+  for (const tile of [DEFAULT_CPU_TILE, DEFAULT_GPU_TILE]) {
+    for (const [M, N, K, transA, transB] of cases) {
+      const opts = { transA, transB, tile, splitK: 1 };
+      await check(
+        { batch: 1, batchedB: false, M, N, K, opts },
+        seed++,
+        `${tileName(tile)} ${transA ? "T" : "N"}${transB ? "T" : "N"} ${M}x${N}x${K}`,
+      );
+    }
+  }
+});
+
+Deno.test({ name: "matmul: batched, broadcast B, accumulate and alpha", ...needsGpu }, async () => {
+  let seed = 100;
+  for (
+    const tile of [{ kind: "regtile", tm: 8, tn4: 2 }, {
+      kind: "tiled",
+      bm: 16,
+      bn: 16,
+      bk: 8,
+    }] as MatmulTile[]
+  ) {
+    for (const [M, N, K] of [[17, 33, 9], [8, 32, 64]]) {
+      for (const batchedB of [true, false]) {
+        for (const transB of [false, true]) {
+          const opts = { transB, alpha: -0.75, accumulate: true, tile };
+          await check(
+            { batch: 3, batchedB, M, N, K, opts },
+            seed++,
+            `${tileName(tile)} batch 3 ${batchedB ? "batched" : "shared"} B ${
+              transB ? "NT" : "NN"
+            } ${M}x${N}x${K}`,
+          );
+        }
+      }
+      await check(
+        { batch: 2, batchedB: true, M, N, K, opts: { transA: true, alpha: 2, tile } },
+        seed++,
+        "TN batch 2",
+      );
+    }
+  }
+});
+
+Deno.test(
+  { name: "matmul: split-K (forced and chosen) matches the unsplit product", ...needsGpu },
+  async () => {
+    let seed = 200;
+    for (
+      const tile of [{ kind: "regtile", tm: 8, tn4: 2 }, {
+        kind: "tiled",
+        bm: 16,
+        bn: 16,
+        bk: 8,
+      }] as MatmulTile[]
+    ) {
+      for (const splitK of [2, 3, 7]) {
+        for (const accumulate of [false, true]) {
+          const opts = { transA: true, splitK, accumulate, alpha: 0.5, tile };
+          await check(
+            { batch: 1, batchedB: false, M: 13, N: 20, K: 101, opts },
+            seed++,
+            `split ${splitK} ${tileName(tile)}`,
+          );
+        }
+      }
+      await check(
+        { batch: 2, batchedB: false, M: 6, N: 10, K: 77, opts: { splitK: 4, accumulate: true, tile } },
+        seed++,
+        "split 4 batched, shared B",
+      );
+      // A tall, skinny contraction: the heuristic splits it.
+      const g = gpu!;
+      const [M, N, K] = [8, 12, 4096];
+      const aHost = randomArray(K * M, seed), bHost = randomArray(K * N, seed + 1);
+      const a = Tensor.fromArray(g, aHost, [K, M], "f32", "a");
+      const b = Tensor.fromArray(g, bHost, [K, N], "f32", "b");
+      const out = Tensor.empty(g, [M, N], "f32", "out");
+      const p = new Program(g, "tall");
+      const scratch = await matmul(p, a, b, out, { transA: true, tile });
+      assert.ok(scratch !== null, "a 8x12 product over K = 4096 is split");
+      assert.equal(p.dispatches.length, 2);
+      await p.runChecked();
+      assertClose(await out.read(), matmulCpu(aHost, [K, M], bHost, [K, N], { transA: true }), "tall split", {
+        atol: 1e-4,
+        rtol: 1e-4,
+      });
+      p.destroy();
+      for (const t of [a, b, out, scratch]) t?.destroy();
+    }
+  },
+);
+
+Deno.test({ name: "matmul: bf16 and f16 B, unpacked in the loader", ...needsGpu }, async () => {
+  const types: Array<"bf16" | "f16"> = ["bf16"];
+  if (gpu!.features.shaderF16) types.push("f16");
+  else console.log("matmul f16 B: skipped, the device lacks shader-f16");
+  let seed = 300;
+  for (const bType of types) {
+    // Small tiles: the loaders are what differs from the f32 cases above, and small kernels compile fast.
+    for (
+      const tile of [{ kind: "regtile", tm: 8, tn4: 2 }, {
+        kind: "tiled",
+        bm: 16,
+        bn: 16,
+        bk: 8,
+      }] as MatmulTile[]
+    ) {
+      for (const [M, N, K] of [[17, 65, 33], [16, 64, 32]]) {
+        for (const transB of [false, true]) {
+          await check(
+            { batch: 1, batchedB: false, M, N, K, opts: { transB, tile }, bType },
+            seed++,
+            `${bType} B ${tileName(tile)} ${transB ? "NT" : "NN"} ${M}x${N}x${K}`,
+          );
+        }
+      }
+      await check(
+        {
+          batch: 2,
+          batchedB: false,
+          M: 5,
+          N: 12,
+          K: 8,
+          opts: { transB: true, accumulate: true, tile },
+          bType,
+        },
+        seed++,
+        `${bType} shared B batch 2`,
+      );
+    }
+  }
+});
+
+Deno.test({ name: "linear and linearBackward vs CPU reference", ...needsGpu }, async () => {
+  const g = gpu!;
+  let seed = 400;
+  for (const [rows, inF, outF] of [[5, 7, 3], [130, 64, 24]]) {
+    const x = randomArray(rows * inF, seed++),
+      w = randomArray(outF * inF, seed++),
+      dy = randomArray(rows * outF, seed++);
+    const prevDx = randomArray(rows * inF, seed++), prevDw = randomArray(outF * inF, seed++);
+    const tx = Tensor.fromArray(g, x, [rows, inF], "f32", "x");
+    const tw = Tensor.fromArray(g, w, [outF, inF], "f32", "w");
+    const tdy = Tensor.fromArray(g, dy, [rows, outF], "f32", "dy");
+    const ty = Tensor.empty(g, [rows, outF], "f32", "y");
+    const tdx = Tensor.fromArray(g, prevDx, [rows, inF], "f32", "dx");
+    const tdw = Tensor.fromArray(g, prevDw, [outF, inF], "f32", "dw");
+    const p = new Program(g, "linear");
+    await linear(p, tx, tw, ty);
+    const scratch = await linearBackward(p, tdy, tx, tw, tdx, tdw, {
+      accumulateDx: true,
+      accumulateDw: true,
+    });
+    await p.runChecked();
+    const tol = { atol: 5e-5, rtol: 2e-4 };
+    assertClose(await ty.read(), linearCpu(x, w, rows, inF, outF), `linear y ${rows}x${inF}x${outF}`, tol);
+    const [dx, dw] = linearBackwardCpu(dy, x, w, rows, inF, outF);
+    assertClose(await tdx.read(), dx.map((v, i) => v + prevDx[i]), `linear dx ${rows}x${inF}x${outF}`, tol);
+    assertClose(await tdw.read(), dw.map((v, i) => v + prevDw[i]), `linear dw ${rows}x${inF}x${outF}`, tol);
+    p.destroy();
+    for (const t of [tx, tw, tdy, ty, tdx, tdw, ...scratch]) t.destroy();
+  }
+});
+
+Deno.test(
+  { name: "linearBackward vs central finite differences (f64) on a tiny shape", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const [rows, inF, outF] = [3, 4, 5];
+    const x = randomArray(rows * inF, 500),
+      w = randomArray(outF * inF, 501),
+      gy = randomArray(rows * outF, 502);
+    // L(x, W) = Σ_{r,o} gy[r,o]·y[r,o] with y = x·Wᵀ, so dL/dy = gy; evaluated in f64.
+    const loss = (xs: Float64Array, ws: Float64Array) => {
+      let s = 0;
+      for (let r = 0; r < rows; r++) {
+        for (let o = 0; o < outF; o++) {
+          let y = 0;
+          for (let i = 0; i < inF; i++) y += xs[r * inF + i] * ws[o * inF + i];
+          s += gy[r * outF + o] * y;
+        }
+      }
+      return s;
+    };
+    const numeric = (which: "x" | "w") => {
+      const xs = Float64Array.from(x), ws = Float64Array.from(w);
+      const v = which === "x" ? xs : ws;
+      const h = 1e-3;
+      return Float64Array.from(v, (_, i) => {
+        const keep = v[i];
+        v[i] = keep + h;
+        const up = loss(xs, ws);
+        v[i] = keep - h;
+        const down = loss(xs, ws);
+        v[i] = keep;
+        return (up - down) / (2 * h);
+      });
+    };
+    const tx = Tensor.fromArray(g, x, [rows, inF], "f32", "x");
+    const tw = Tensor.fromArray(g, w, [outF, inF], "f32", "w");
+    const tdy = Tensor.fromArray(g, gy, [rows, outF], "f32", "dy");
+    const tdx = Tensor.empty(g, [rows, inF], "f32", "dx");
+    const tdw = Tensor.empty(g, [outF, inF], "f32", "dw");
+    await runOnce(g, "linear backward", async (p) => {
+      await linearBackward(p, tdy, tx, tw, tdx, tdw);
+    });
+    assertClose(await tdx.read(), numeric("x"), "dx vs finite differences", { atol: 1e-4, rtol: 1e-3 });
+    assertClose(await tdw.read(), numeric("w"), "dw vs finite differences", { atol: 1e-4, rtol: 1e-3 });
+    // Only dW, the weights in bf16 (frozen target weights still give dx).
+    const twb = Tensor.fromArray(g, w, [outF, inF], "bf16", "w bf16");
+    await runOnce(g, "linear backward dx only", async (p) => {
+      await linearBackward(p, tdy, tx, twb, tdx, null);
+    });
+    const [dxRef] = linearBackwardCpu(gy, x, w.map(roundBf16), rows, inF, outF);
+    assertClose(await tdx.read(), dxRef, "dx with bf16 W", { atol: 1e-5, rtol: 1e-4 });
+    for (const t of [tx, tw, twb, tdy, tdx, tdw]) t.destroy();
+  },
+);
+
+Deno.test({ name: "matmul: shape and dtype errors before any dispatch", ...needsGpu }, async () => {
+  const g = gpu!;
+  const t = (shape: number[], dtype: "f32" | "i32" | "bf16" = "f32", label = "t") =>
+    Tensor.empty(g, shape, dtype, label);
+  const p = new Program(g, "bad");
+  const both = (e: unknown) =>
+    e instanceof ShapeError && /^matmul: /.test(e.message) && /\[4, 3\]/.test(e.message) &&
+    /\[5, 6\]/.test(e.message);
+  await assert.rejects(() => matmul(p, t([4, 3]), t([5, 6]), t([4, 6])), both);
+  await assert.rejects(() => matmul(p, t([4, 3]), t([5, 6]), t([4, 6]), { transB: true }), both);
+  await assert.rejects(() => matmul(p, t([4, 3]), t([3, 6]), t([4, 5])), /matmul: out .* expected \[4, 6\]/);
+  await assert.rejects(() => matmul(p, t([2, 4, 3]), t([3, 3, 6]), t([2, 4, 6])), /batch sizes differ/);
+  await assert.rejects(() => matmul(p, t([4, 3]), t([2, 3, 6]), t([4, 6])), /b is batched but a is not/);
+  await assert.rejects(() => matmul(p, t([4, 3], "i32"), t([3, 6]), t([4, 6])), /matmul: a .* is i32/);
+  await assert.rejects(() => matmul(p, t([4, 3]), t([3, 6], "i32"), t([4, 6])), /matmul: b .* is i32/);
+  await assert.rejects(
+    () => linear(p, t([4, 3]), t([6, 4]), t([4, 6])),
+    /matmul: a .* \[4, 3\] and b .* \[6, 4\]/,
+  );
+  await assert.rejects(
+    () => linearBackward(p, t([4, 6]), t([4, 3]), t([6, 5]), t([4, 3]), null),
+    /linearBackward: dy .* \[4, 6\], x .* \[4, 3\] and w .* \[6, 5\]/,
+  );
+  await assert.rejects(() => matmul(p, t([4, 3]), t([3, 6]), t([4, 6]), { splitK: 0 }), /splitK/);
+  assert.equal(p.dispatches.length, 0);
+});

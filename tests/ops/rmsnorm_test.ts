@@ -1,0 +1,178 @@
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
+import { Golden } from "../golden.ts";
+import { Program, runOnce } from "../../lib/gpu/program.ts";
+import { ShapeError } from "../../lib/gpu/errors.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import {
+  RMSNORM_ROWS_PER_BLOCK,
+  rmsnormBackward,
+  rmsnormBackwardCpu,
+  rmsnormCpu,
+  rmsnormForward,
+  rmsnormScratchSize,
+} from "../../lib/ops/rmsnorm.ts";
+
+const EPS = 1e-5;
+
+function upload(data: ArrayLike<number>, shape: number[], label: string): Tensor {
+  return Tensor.fromArray(gpu!, Float32Array.from(data), shape, "f32", label);
+}
+
+/** Runs forward and backward on the GPU and returns everything read back. */
+async function runGpu(x: Float32Array, w: Float32Array, dy: Float32Array, rows: number, hidden: number) {
+  const g = gpu!;
+  const tx = upload(x, [rows, hidden], "x"),
+    tw = upload(w, [hidden], "w"),
+    tdy = upload(dy, [rows, hidden], "dy");
+  const ty = Tensor.empty(g, [rows, hidden], "f32", "y");
+  const trstd = Tensor.empty(g, [rows], "f32", "rstd");
+  const tdx = Tensor.empty(g, [rows, hidden], "f32", "dx");
+  const tdw = Tensor.empty(g, [hidden], "f32", "dw");
+  let scratch: Tensor | null = null;
+  await runOnce(g, "rmsnorm", async (p) => {
+    await rmsnormForward(p, tx, tw, ty, trstd, { eps: EPS });
+    scratch = await rmsnormBackward(p, tdy, tx, tw, trstd, tdx, tdw);
+  });
+  const result = { y: await ty.read(), rstd: await trstd.read(), dx: await tdx.read(), dw: await tdw.read() };
+  for (const t of [tx, tw, tdy, ty, trstd, tdx, tdw, scratch as Tensor | null]) t?.destroy();
+  return result;
+}
+
+Deno.test({ name: "rmsnorm: forward and backward vs CPU on several shapes", ...needsGpu }, async () => {
+  // one element, odd widths, widths above one workgroup (strided), rows spanning several dw blocks
+  const shapes: Array<[number, number]> = [[1, 1], [3, 7], [5, 128], [2, 1000], [3, 8192], [130, 33], [
+    200,
+    96,
+  ]];
+  for (const [rows, hidden] of shapes) {
+    const x = randomArray(rows * hidden, rows + hidden, 2);
+    const w = randomArray(hidden, 7 * hidden, 1).map((v) => 1 + 0.5 * v);
+    const dy = randomArray(rows * hidden, 3 * rows + hidden);
+    const got = await runGpu(x, w, dy, rows, hidden);
+    const want = rmsnormCpu(x, w, rows, hidden, EPS);
+    const grads = rmsnormBackwardCpu(dy, x, w, rows, hidden, EPS);
+    const tag = `[${rows}, ${hidden}]`;
+    assertClose(got.y, want.y, `y ${tag}`, { atol: 1e-5, rtol: 1e-4 });
+    assertClose(got.rstd, want.rstd, `rstd ${tag}`, { atol: 1e-5, rtol: 1e-4 });
+    assertClose(got.dx, grads.dx, `dx ${tag}`, { atol: 1e-4, rtol: 1e-3 });
+    assertClose(got.dw, grads.dw, `dw ${tag}`, { atol: 1e-4, rtol: 1e-3 });
+  }
+});
+
+Deno.test(
+  { name: "rmsnorm: backward accumulates, with a caller's scratch or a created one", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    for (const rows of [RMSNORM_ROWS_PER_BLOCK, 3 * RMSNORM_ROWS_PER_BLOCK + 5]) {
+      const hidden = 40;
+      const x = randomArray(rows * hidden, 1), w = randomArray(hidden, 2), dy = randomArray(rows * hidden, 3);
+      const dx0 = randomArray(rows * hidden, 4), dw0 = randomArray(hidden, 5);
+      const tx = upload(x, [rows, hidden], "x"),
+        tw = upload(w, [hidden], "w"),
+        tdy = upload(dy, [rows, hidden], "dy");
+      const trstd = upload(rmsnormCpu(x, w, rows, hidden, EPS).rstd, [rows], "rstd");
+      const tdx = upload(dx0, [rows, hidden], "dx"), tdw = upload(dw0, [hidden], "dw");
+      const size = rmsnormScratchSize(rows, hidden);
+      assert.equal(
+        size,
+        rows > RMSNORM_ROWS_PER_BLOCK ? Math.ceil(rows / RMSNORM_ROWS_PER_BLOCK) * hidden : 0,
+      );
+      const scratch = size > 0 ? Tensor.empty(g, [size + 3], "f32", "scratch") : undefined;
+      let created: Tensor | null = null;
+      await runOnce(g, "rmsnorm accumulate", async (p) => {
+        created = await rmsnormBackward(p, tdy, tx, tw, trstd, tdx, tdw, {
+          accumulateDx: true,
+          accumulateDw: true,
+          scratch,
+        });
+      });
+      assert.equal(created, null);
+      const want = rmsnormBackwardCpu(dy, x, w, rows, hidden, EPS);
+      assertClose(await tdx.read(), want.dx.map((v, i) => v + dx0[i]), `accumulated dx rows=${rows}`, {
+        atol: 1e-4,
+        rtol: 1e-3,
+      });
+      assertClose(await tdw.read(), want.dw.map((v, i) => v + dw0[i]), `accumulated dw rows=${rows}`, {
+        atol: 1e-4,
+        rtol: 1e-3,
+      });
+      // without a scratch the op makes one (only when two stages are needed) and hands it back
+      const p = new Program(g, "rmsnorm created scratch");
+      const made = await rmsnormBackward(p, tdy, tx, tw, trstd, tdx, tdw);
+      assert.equal(made === null, size === 0);
+      if (made) assert.ok(made.size >= size);
+      await p.runChecked();
+      assertClose(await tdw.read(), want.dw, `dw rows=${rows}`, { atol: 1e-4, rtol: 1e-3 });
+      p.destroy();
+      for (const t of [tx, tw, tdy, trstd, tdx, tdw, scratch, made as Tensor | null]) t?.destroy();
+    }
+  },
+);
+
+Deno.test("rmsnorm: CPU backward matches central differences of the CPU forward", () => {
+  const rows = 2, hidden = 5, eps = 1e-3;
+  const x = Float64Array.from(randomArray(rows * hidden, 11, 1.5));
+  const w = Float64Array.from(randomArray(hidden, 12)).map((v) => 1 + v);
+  const dy = Float64Array.from(randomArray(rows * hidden, 13));
+  const loss = (xx: ArrayLike<number>, ww: ArrayLike<number>) =>
+    rmsnormCpu(xx, ww, rows, hidden, eps).y.reduce((s, v, i) => s + v * dy[i], 0);
+  const { dx, dw } = rmsnormBackwardCpu(dy, x, w, rows, hidden, eps);
+  const h = 1e-6;
+  const numeric = (arr: Float64Array, f: () => number) =>
+    Array.from(arr, (_, i) => {
+      const keep = arr[i];
+      arr[i] = keep + h;
+      const up = f();
+      arr[i] = keep - h;
+      const down = f();
+      arr[i] = keep;
+      return (up - down) / (2 * h);
+    });
+  assertClose(dx, numeric(x, () => loss(x, w)), "dx vs finite differences", { atol: 1e-7, rtol: 1e-6 });
+  assertClose(dw, numeric(w, () => loss(x, w)), "dw vs finite differences", { atol: 1e-7, rtol: 1e-6 });
+});
+
+Deno.test({ name: "rmsnorm: matches PyTorch autograd (golden)", ...needsGpu }, async () => {
+  const gold = Golden.load("layers");
+  const [rows, hidden] = gold.shape("rmsnorm.x");
+  const x = gold.f32("rmsnorm.x"), w = gold.f32("rmsnorm.w"), dy = gold.f32("rmsnorm.dy");
+  const g = gpu!;
+  const tx = upload(x, [rows, hidden], "x"),
+    tw = upload(w, [hidden], "w"),
+    tdy = upload(dy, [rows, hidden], "dy");
+  const ty = Tensor.empty(g, [rows, hidden], "f32", "y"), trstd = Tensor.empty(g, [rows], "f32", "rstd");
+  const tdx = Tensor.empty(g, [rows, hidden], "f32", "dx"), tdw = Tensor.empty(g, [hidden], "f32", "dw");
+  await runOnce(g, "rmsnorm golden", async (p) => {
+    await rmsnormForward(p, tx, tw, ty, trstd, { eps: 1e-6 });
+    await rmsnormBackward(p, tdy, tx, tw, trstd, tdx, tdw);
+  });
+  assertClose(await ty.read(), gold.f32("rmsnorm.y"), "golden y", { atol: 1e-5, rtol: 1e-4 });
+  assertClose(await tdx.read(), gold.f32("rmsnorm.dx"), "golden dx", { atol: 1e-4, rtol: 1e-4 });
+  assertClose(await tdw.read(), gold.f32("rmsnorm.dw"), "golden dw", { atol: 1e-5, rtol: 1e-4 });
+  for (const t of [tx, tw, tdy, ty, trstd, tdx, tdw]) t.destroy();
+});
+
+Deno.test({ name: "rmsnorm: shape and dtype errors come before any dispatch", ...needsGpu }, async () => {
+  const g = gpu!;
+  const x = Tensor.empty(g, [4, 8], "f32", "x"), w = Tensor.empty(g, [7], "f32", "w");
+  const y = Tensor.empty(g, [4, 8], "f32", "y"), rstd = Tensor.empty(g, [4], "f32", "rstd");
+  const wi = Tensor.empty(g, [8], "i32", "wi"), w8 = Tensor.empty(g, [8], "f32", "w8");
+  const p = new Program(g, "bad rmsnorm");
+  await assert.rejects(
+    () => rmsnormForward(p, x, w, y, rstd, { eps: EPS }),
+    /rmsnormForward: w \(w\) has shape \[7\], expected \[8\]/,
+  );
+  await assert.rejects(
+    () => rmsnormForward(p, x, wi, y, rstd, { eps: EPS }),
+    /w \(wi\) is i32, expected f32/,
+  );
+  const big = Tensor.empty(g, [200, 8], "f32", "big"), rstdBig = Tensor.empty(g, [200], "f32", "rstdBig");
+  const small = Tensor.empty(g, [8], "f32", "small scratch");
+  await assert.rejects(
+    () => rmsnormBackward(p, big, big, w8, rstdBig, big, w8, { scratch: small }),
+    (e: Error) => e instanceof ShapeError && /needs 32/.test(e.message),
+  );
+  assert.equal(p.dispatches.length, 0);
+  for (const t of [x, w, y, rstd, wi, w8, big, rstdBig, small]) t.destroy();
+});

@@ -1,0 +1,165 @@
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
+import { Golden } from "../golden.ts";
+import { runOnce } from "../../lib/gpu/program.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { ShapeError } from "../../lib/gpu/errors.ts";
+import {
+  logSoftmaxBackward,
+  logSoftmaxBackwardCpu,
+  logSoftmaxCpu,
+  logSoftmaxForward,
+  softmaxBackward,
+  softmaxBackwardCpu,
+  softmaxCpu,
+  softmaxForward,
+} from "../../lib/ops/softmax.ts";
+
+interface Outputs {
+  y: Float32Array;
+  logY: Float32Array;
+  dx: Float32Array;
+  logDx: Float32Array;
+}
+
+/** Runs the four ops on x and dy (shape `shape`) in one program and reads the outputs back. */
+async function runAll(x: Float32Array<ArrayBuffer>, dy: Float32Array<ArrayBuffer>, shape: number[]) {
+  const g = gpu!;
+  const tx = Tensor.fromArray(g, x, shape, "f32", "x");
+  const tdy = Tensor.fromArray(g, dy, shape, "f32", "dy");
+  const [y, logY, dx, logDx] = ["y", "logY", "dx", "logDx"].map((n) => Tensor.empty(g, shape, "f32", n));
+  await runOnce(g, "softmax test", async (p) => {
+    await softmaxForward(p, tx, y);
+    await logSoftmaxForward(p, tx, logY);
+    await softmaxBackward(p, tdy, y, dx);
+    await logSoftmaxBackward(p, tdy, logY, logDx);
+  });
+  const out: Outputs = {
+    y: await y.readFloat(),
+    logY: await logY.readFloat(),
+    dx: await dx.readFloat(),
+    logDx: await logDx.readFloat(),
+  };
+  for (const t of [tx, tdy, y, logY, dx, logDx]) t.destroy();
+  return out;
+}
+
+Deno.test({ name: "softmax: forward and backward vs CPU, odd and large rows", ...needsGpu }, async () => {
+  const shapes = [[1, 1], [4, 1], [3, 7], [5, 1000], [2, 2048], [3, 5000], [300, 7], [2, 3, 11]];
+  for (const [i, shape] of shapes.entries()) {
+    const cols = shape[shape.length - 1];
+    const n = shape.reduce((a, b) => a * b, 1);
+    const x = randomArray(n, 10 + i, 6);
+    const dy = randomArray(n, 50 + i);
+    const out = await runAll(x, dy, shape);
+    const tag = `[${shape}]`;
+    const y = softmaxCpu(x, cols), logY = logSoftmaxCpu(x, cols);
+    assertClose(out.y, y, `softmax ${tag}`, { atol: 1e-7, rtol: 1e-5 });
+    assertClose(out.logY, logY, `log_softmax ${tag}`, { atol: 2e-6, rtol: 1e-5 });
+    assertClose(out.dx, softmaxBackwardCpu(dy, y, cols), `softmax backward ${tag}`, {
+      atol: 1e-6,
+      rtol: 1e-4,
+    });
+    assertClose(out.logDx, logSoftmaxBackwardCpu(dy, logY, cols), `log_softmax backward ${tag}`, {
+      atol: 1e-5,
+      rtol: 1e-4,
+    });
+    if (cols === 1) {
+      assert.ok(out.y.every((v) => v === 1) && out.logY.every((v) => v === 0), "a single column is certain");
+    }
+  }
+});
+
+Deno.test({ name: "softmax: huge, tiny and -inf logits stay finite", ...needsGpu }, async () => {
+  const cols = 9;
+  const base = randomArray(cols, 3, 2);
+  const x = new Float32Array(3 * cols);
+  for (let c = 0; c < cols; c++) {
+    x[c] = base[c] + 80_000; // exp(x) would overflow without the max subtraction
+    x[cols + c] = base[c] - 80_000; // and underflow to 0/0
+    x[2 * cols + c] = c % 3 === 0 ? -Infinity : base[c]; // masked-out columns
+  }
+  const out = await runAll(x, randomArray(3 * cols, 4), [3, cols]);
+  assertClose(out.y.subarray(0, cols), softmaxCpu(x.subarray(0, cols), cols), "softmax of +80000", {
+    atol: 1e-6,
+  });
+  assertClose(out.y.subarray(cols, 2 * cols), softmaxCpu(x.subarray(cols, 2 * cols), cols), "of -80000", {
+    atol: 1e-6,
+  });
+  assertClose(out.y.subarray(2 * cols), softmaxCpu(x.subarray(2 * cols), cols), "softmax with -inf", {
+    atol: 1e-7,
+  });
+  assert.ok(out.y.every(Number.isFinite));
+  assert.equal(out.logY[2 * cols], -Infinity);
+});
+
+Deno.test({ name: "softmax: more rows than one grid dimension holds", ...needsGpu }, async () => {
+  // 65537 rows fold into a 32769 × 2 grid: one workgroup past the last row must do nothing. (One dispatch
+  // only: 65k workgroups of 256 invocations take seconds on llvmpipe.)
+  const g = gpu!;
+  const rows = 65_537, cols = 2;
+  const x = randomArray(rows * cols, 7, 3);
+  const tx = Tensor.fromArray(g, x, [rows, cols], "f32", "x");
+  const y = Tensor.fromArray(g, new Float32Array(rows * cols + 64).fill(-1), [rows * cols + 64], "f32", "y");
+  await runOnce(g, "softmax folded", (p) => logSoftmaxForward(p, tx, y.view(0, [rows, cols])));
+  const out = await y.readFloat();
+  assertClose(out.subarray(0, rows * cols), logSoftmaxCpu(x, cols), "log_softmax (folded grid)", {
+    atol: 2e-6,
+  });
+  assert.ok(out.subarray(rows * cols).every((v) => v === -1), "nothing written past the last row");
+  tx.destroy();
+  y.destroy();
+});
+
+Deno.test({ name: "softmax: backward matches central differences", ...needsGpu }, async () => {
+  const shape = [3, 5], cols = 5, n = 15, h = 1e-5;
+  const x = randomArray(n, 21, 2), w = randomArray(n, 22);
+  const out = await runAll(x, w, shape);
+  // L(x) = Σ w ⊙ f(x); dL/dx_i by central differences on the f64 CPU forward.
+  for (
+    const [name, f, analytic] of [["softmax", softmaxCpu, out.dx], [
+      "log_softmax",
+      logSoftmaxCpu,
+      out.logDx,
+    ]] as const
+  ) {
+    const numeric = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      const plus = Float64Array.from(x), minus = Float64Array.from(x);
+      plus[i] += h;
+      minus[i] -= h;
+      const yp = f(plus, cols), ym = f(minus, cols);
+      let d = 0;
+      for (let j = 0; j < n; j++) d += w[j] * (yp[j] - ym[j]);
+      numeric[i] = d / (2 * h);
+    }
+    assertClose(analytic, numeric, `${name} gradient vs finite differences`, { atol: 2e-6, rtol: 1e-4 });
+  }
+});
+
+Deno.test({ name: "softmax: PyTorch golden values", ...needsGpu }, async () => {
+  const golden = Golden.load("loss");
+  const shape = golden.shape("softmax.x");
+  const out = await runAll(golden.f32("softmax.x"), golden.f32("softmax.dy"), shape);
+  assertClose(out.y, golden.f32("softmax.y"), "softmax", { atol: 1e-7, rtol: 1e-5 });
+  assertClose(out.logY, golden.f32("log_softmax.y"), "log_softmax", { atol: 1e-6, rtol: 1e-5 });
+  assertClose(out.dx, golden.f32("softmax.dx"), "softmax backward", { atol: 1e-7, rtol: 1e-5 });
+  assertClose(out.logDx, golden.f32("log_softmax.dx"), "log_softmax backward", { atol: 1e-6, rtol: 1e-5 });
+});
+
+Deno.test({ name: "softmax: bad shapes, dtypes and aliasing are refused", ...needsGpu }, async () => {
+  const g = gpu!;
+  const x = Tensor.empty(g, [4, 3], "f32", "x");
+  const y = Tensor.empty(g, [3, 4], "f32", "y");
+  const ids = Tensor.empty(g, [4, 3], "i32", "ids");
+  const empty = Tensor.empty(g, [4, 0], "f32", "empty");
+  await runOnce(g, "refused", async (p) => {
+    await assert.rejects(() => softmaxForward(p, x, y), /softmax: x \[4, 3\] and y \[3, 4\]/);
+    await assert.rejects(() => logSoftmaxForward(p, ids, x), /log_softmax: x \(ids\) is i32, expected f32/);
+    await assert.rejects(() => softmaxForward(p, x, x), /must not share memory/);
+    await assert.rejects(() => softmaxBackward(p, x, x, x), ShapeError);
+    await assert.rejects(() => softmaxForward(p, empty, empty.reshape([4, 0])), /expected \[\.\.\., n > 0\]/);
+    assert.equal(p.dispatches.length, 0);
+  });
+  for (const t of [x, y, ids, empty]) t.destroy();
+});

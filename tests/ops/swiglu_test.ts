@@ -1,0 +1,86 @@
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
+import { Golden } from "../golden.ts";
+import { Program, runOnce } from "../../lib/gpu/program.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { swigluBackward, swigluBackwardCpu, swigluCpu, swigluForward } from "../../lib/ops/swiglu.ts";
+
+function upload(data: ArrayLike<number>, shape: number[], label: string): Tensor {
+  return Tensor.fromArray(gpu!, Float32Array.from(data), shape, "f32", label);
+}
+
+async function runGpu(gate: Float32Array, up: Float32Array, dout: Float32Array, shape: number[]) {
+  const g = gpu!;
+  const tg = upload(gate, shape, "gate"), tu = upload(up, shape, "up"), td = upload(dout, shape, "dout");
+  const [out, dgate, dup] = ["out", "dgate", "dup"].map((l) => Tensor.empty(g, shape, "f32", l));
+  await runOnce(g, "swiglu", async (p) => {
+    await swigluForward(p, tg, tu, out);
+    await swigluBackward(p, td, tg, tu, dgate, dup);
+  });
+  const result = { out: await out.read(), dgate: await dgate.read(), dup: await dup.read() };
+  for (const t of [tg, tu, td, out, dgate, dup]) t.destroy();
+  return result;
+}
+
+Deno.test({ name: "swiglu: forward and backward vs CPU on several shapes", ...needsGpu }, async () => {
+  for (const shape of [[1, 1], [3, 7], [4, 344], [2, 5, 77], [97, 700]]) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const gate = randomArray(n, n, 8), up = randomArray(n, n + 1, 2), dout = randomArray(n, n + 2);
+    // the saturated ends of the sigmoid, where a naive exp(-g) overflows
+    gate[0] = -100;
+    if (n > 1) gate[1] = 100;
+    const got = await runGpu(gate, up, dout, shape);
+    const want = swigluBackwardCpu(dout, gate, up);
+    const tol = { atol: 1e-5, rtol: 1e-4 };
+    assertClose(got.out, swigluCpu(gate, up), `out [${shape}]`, tol);
+    assertClose(got.dgate, want.dgate, `dgate [${shape}]`, tol);
+    assertClose(got.dup, want.dup, `dup [${shape}]`, tol);
+  }
+});
+
+Deno.test({ name: "swiglu: matches PyTorch autograd (golden)", ...needsGpu }, async () => {
+  const gold = Golden.load("layers");
+  const shape = gold.shape("swiglu.gate");
+  const got = await runGpu(gold.f32("swiglu.gate"), gold.f32("swiglu.up"), gold.f32("swiglu.dout"), shape);
+  assertClose(got.out, gold.f32("swiglu.out"), "golden out", { atol: 1e-5, rtol: 1e-5 });
+  assertClose(got.dgate, gold.f32("swiglu.dgate"), "golden dgate", { atol: 1e-5, rtol: 1e-5 });
+  assertClose(got.dup, gold.f32("swiglu.dup"), "golden dup", { atol: 1e-5, rtol: 1e-5 });
+});
+
+Deno.test("swiglu: CPU backward matches central differences of the CPU forward", () => {
+  const n = 12;
+  const gate = Float64Array.from(randomArray(n, 31, 5)), up = Float64Array.from(randomArray(n, 32, 2));
+  const dout = Float64Array.from(randomArray(n, 33));
+  const loss = () => swigluCpu(gate, up).reduce((s, v, i) => s + v * dout[i], 0);
+  const h = 1e-6;
+  const numeric = (arr: Float64Array) =>
+    Array.from(arr, (_, i) => {
+      const keep = arr[i];
+      arr[i] = keep + h;
+      const a = loss();
+      arr[i] = keep - h;
+      const b = loss();
+      arr[i] = keep;
+      return (a - b) / (2 * h);
+    });
+  const { dgate, dup } = swigluBackwardCpu(dout, gate, up);
+  assertClose(dgate, numeric(gate), "dgate vs finite differences", { atol: 1e-8, rtol: 1e-6 });
+  assertClose(dup, numeric(up), "dup vs finite differences", { atol: 1e-8, rtol: 1e-6 });
+});
+
+Deno.test(
+  { name: "swiglu: mismatched shapes and dtypes are errors before dispatch", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const a = Tensor.empty(g, [4, 6], "f32", "a"), b = Tensor.empty(g, [6, 4], "f32", "b");
+    const h = Tensor.empty(g, [4, 6], "f16", "h");
+    const p = new Program(g, "bad swiglu");
+    await assert.rejects(
+      () => swigluForward(p, a, b, a),
+      /swigluForward: gate \[4, 6\] and up \[6, 4\] must have the same shape/,
+    );
+    await assert.rejects(() => swigluBackward(p, a, a, a, h, a), /dgate \(h\) is f16, expected f32/);
+    assert.equal(p.dispatches.length, 0);
+    for (const t of [a, b, h]) t.destroy();
+  },
+);
