@@ -6,6 +6,10 @@ import { parseArgs } from "node:util";
 import { Gpu } from "../lib/gpu/device.ts";
 import type { BenchOptions, BenchRow } from "../lib/bench/types.ts";
 import { benchDispatch } from "../lib/bench/dispatch.ts";
+import { benchMatmul } from "../lib/bench/matmul.ts";
+import { benchLoss } from "../lib/bench/loss.ts";
+import { benchData } from "../lib/bench/data.ts";
+import { benchTarget } from "../lib/bench/target.ts";
 
 const HELP = `deno task bench [--quick] [--only <groups>] [--json <file>]
 
@@ -17,9 +21,13 @@ const HELP = `deno task bench [--quick] [--only <groups>] [--json <file>]
 
 type Bench = (gpu: Gpu, opts: BenchOptions) => Promise<BenchRow[]>;
 
-/** Bench modules by group; each is loaded only when run, so a missing part does not break the others. */
-const BENCHES: Record<string, () => Promise<Bench>> = {
-  dispatch: () => Promise.resolve(benchDispatch),
+/** Bench modules by group, in the order they run. */
+const BENCHES: Record<string, Bench> = {
+  dispatch: benchDispatch,
+  matmul: benchMatmul,
+  loss: benchLoss,
+  data: benchData,
+  target: benchTarget,
 };
 
 function formatTable(rows: BenchRow[]): string {
@@ -63,8 +71,7 @@ async function main() {
   console.log(`adapter: ${gpu.describe()}`);
   const rows: BenchRow[] = [];
   for (const g of groups) {
-    const bench = await BENCHES[g]();
-    const got = await bench(gpu, { quick: values.quick });
+    const got = await BENCHES[g](gpu, { quick: values.quick });
     console.log(`\n${formatTable(got)}`);
     rows.push(...got);
   }

@@ -5,7 +5,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { writeFileAtomic } from "../lib/data/atomic.ts";
+import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { DataError } from "../lib/data/errors.ts";
 import { inspectSample, renderHtml, renderTerminal } from "../lib/data/inspect.ts";
 import { preprocessConversation, preprocessText } from "../lib/data/preprocess.ts";

@@ -18,7 +18,7 @@
 
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { writeFileAtomic } from "./atomic.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
 import { DataError } from "./errors.ts";
 import type { ChatTemplate } from "./templates.ts";
 import { TokenizedDataset } from "./tokenized.ts";

@@ -14,7 +14,7 @@
 
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
-import { AtomicFileWriter } from "./atomic.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
 import { DataError } from "./errors.ts";
 import type { Message } from "./preprocess.ts";
 import { type DataRecord, parseRecord, type RawRecord, readRecords, recordToJson } from "./records.ts";
@@ -528,12 +528,5 @@ export async function convertDataset(options: ConvertOptions): Promise<ConvertRe
 }
 
 async function writeLines(path: string, lines: string[]): Promise<void> {
-  const w = await AtomicFileWriter.open(path);
-  try {
-    for (const l of lines) await w.write(l + "\n");
-    await w.commit();
-  } catch (e) {
-    await w.abort();
-    throw e;
-  }
+  await writeFileAtomic(path, lines.length ? lines.join("\n") + "\n" : "");
 }

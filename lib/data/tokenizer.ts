@@ -120,14 +120,21 @@ export class ChatTokenizer {
     this.vocabSize = vocabSizeOf(tokenizerJson);
   }
 
-  /** Token ids of `text`, no special tokens added (`add_special_tokens=False`); added tokens in the text are matched. */
-  encode(text: string): number[] {
-    return this.#tok.encode(text, { add_special_tokens: false }).ids;
+  /**
+   * Token ids of `text`; added tokens in the text are matched. By default no special tokens are added
+   * (`add_special_tokens=False`, as chat preprocessing needs); `addSpecialTokens` applies the tokenizer's
+   * post-processor (e.g. a BOS), as transformers' `tokenizer(text)` does.
+   */
+  encode(text: string, { addSpecialTokens = false }: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.#tok.encode(text, { add_special_tokens: addSpecialTokens }).ids;
   }
 
-  /** Text of `ids` (special tokens kept). */
-  decode(ids: ArrayLike<number>): string {
-    return this.#tok.decode(Array.from(ids), { skip_special_tokens: false });
+  /** Text of `ids`; special tokens are kept unless `skipSpecialTokens`. */
+  decode(
+    ids: ArrayLike<number>,
+    { skipSpecialTokens = false }: { skipSpecialTokens?: boolean } = {},
+  ): string {
+    return this.#tok.decode(Array.from(ids), { skip_special_tokens: skipSpecialTokens });
   }
 
   /** The vocabulary string of one token id (e.g. "Ġname"), or undefined. */

@@ -18,7 +18,7 @@
  */
 
 import { parseSafetensors, type RawTensor, serializeSafetensors } from "../io/safetensors.ts";
-import { writeFileAtomic } from "./atomic.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
 import { DataError } from "./errors.ts";
 
 /** Supervised-token counts with first-seen order (the tie-break order). */

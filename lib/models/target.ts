@@ -476,8 +476,11 @@ async function recordEmbedding(p: Program, table: RowSplitMatrix, ids: Tensor, o
   }
 }
 
-/** logits[:, block] = x · blockᵀ for each row block of the head. */
-async function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, logits: Tensor): Promise<void> {
+/**
+ * Records logits = x · headᵀ ([rows, H] → [rows, V]) for a row-split head: each row block writes its columns
+ * of `logits` (used by the forward and by generation's last-position head).
+ */
+export async function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, logits: Tensor): Promise<void> {
   if (head.blocks.length === 1) {
     await linear(p, x, head.blocks[0].tensor, logits);
     return;

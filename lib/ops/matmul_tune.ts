@@ -14,9 +14,9 @@ import { checkTile, isCpuAdapter, matmul, type MatmulTile, setMatmulTile, tileNa
 /** Candidates for CPU adapters (Mesa lavapipe/llvmpipe). */
 export const CPU_CANDIDATES: MatmulTile[] = [
   { kind: "regtile", tm: 16, tn4: 4 },
-  { kind: "regtile", tm: 8, tn4: 4 },
-  { kind: "regtile", tm: 16, tn4: 2 },
-  { kind: "regtile", tm: 8, tn4: 2 },
+  { kind: "regtile", tm: 16, tn4: 8 },
+  { kind: "regtile", tm: 32, tn4: 4 },
+  { kind: "regtile", tm: 32, tn4: 8 },
 ];
 
 /** Candidates for GPUs. */

@@ -1,0 +1,128 @@
+/**
+ * Kernels of the EAGLE-3 training step that no other op family provides (reference/specforge-spec.md §2.2,
+ * §4.1, §4.5): the teacher of TTT step k read straight from the UNshifted target outputs, and the per-step
+ * metric accumulation. Rows are r = b·T + t of a right-padded batch [B, T].
+ *
+ * The shift by one position (target'_j = L_{j+1}, u⁰_j = x_{j+1}, zero fill at j = T−1) and the TTT
+ * window (step k reads teacher row t + k, padded past the end with p = 1/Vd, id 0, mask 0) are folded into
+ * the index arithmetic: at step k, row t uses target row j = t + k + 1 when j < T.
+ */
+import { LINEAR_WORKGROUP } from "./common.ts";
+import { ROW_REDUCE, ROW_WG } from "./softmax.ts";
+
+/**
+ * p^k [rows, Vd] of step k: row (b, t) = softmax(L[b, t+k+1, :]) when t + k + 1 < T, else the uniform 1/Vd
+ * (SpecForge's zero-filled last row softmaxes to uniform, and its TTT padding is 1/Vd). One workgroup per
+ * row. Bindings: 0 params {rows, seq, vocab, k}, 1 logits [rows, Vd] (subset logits, unshifted), 2 out.
+ */
+export const teacherProbs = /* wgsl */ `
+struct Params { rows: u32, seq: u32, cols: u32, k: u32 }
+${LINEAR_WORKGROUP}
+${ROW_REDUCE}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = linear_workgroup(wg, nwg);
+  if (row >= p.rows) { return; }
+  let t = row % p.seq;
+  let base = row * p.cols;
+  if (t + p.k + 1u >= p.seq) {
+    let u = 1.0 / f32(p.cols);
+    for (var c = lid; c < p.cols; c = c + WG) { out[base + c] = u; }
+    return;
+  }
+  let src = (row + p.k + 1u) * p.cols; // same sequence: t + k + 1 < T
+  var st = vec2<f32>(NEG_MAX, 0.0);
+  for (var c = lid; c < p.cols; c = c + WG) { st = softmax_push(st, logits[src + c]); }
+  let stats = wg_max_sumexp(st, lid);
+  for (var c = lid; c < p.cols; c = c + WG) {
+    out[base + c] = exp(logits[src + c] - stats.x) / stats.y;
+  }
+}
+`;
+
+/** Invocations per workgroup of {@link teacherRows}. */
+export const TEACHER_ROWS_WG = 64;
+
+/**
+ * The per-row inputs of step k, one invocation per row (b, t), with j = t + k:
+ *   ids_k[r]       = x[b, t+k+1] if t+k+1 < T else 0               (token fed, teacher-forced)
+ *   full           = argmax L[b, j+1] if j+1 < T else 0             (SpecForge's ids_pad)
+ *   loss_mask_k[r] = M[b, j] if j < T else 0                        (accuracy mask, §4.5)
+ *   target_k[r]    = draft index of `full`, −1 when not in the draft vocab (t2d[full] = 0)
+ *   pos_mask_k[r]  = loss_mask_k[r] if target_k[r] ≥ 0 else 0       (t2d[argmax] · loss_mask, §2.2)
+ * Bindings: 0 params {rows, seq, vocab, k}, 1 ids i32, 2 argmax i32, 3 loss mask f32, 4 target-to-draft map
+ * i32 [V], 5 ids_k i32 (out), 6 pos_mask_k f32 (out), 7 loss_mask_k f32 (out), 8 target_k i32 (out).
+ */
+export const teacherRows = /* wgsl */ `
+struct Params { rows: u32, seq: u32, vocab: u32, k: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<i32>;
+@group(0) @binding(2) var<storage, read> argmax_full: array<i32>;
+@group(0) @binding(3) var<storage, read> loss_mask: array<f32>;
+@group(0) @binding(4) var<storage, read> to_draft: array<i32>;
+@group(0) @binding(5) var<storage, read_write> ids_k: array<i32>;
+@group(0) @binding(6) var<storage, read_write> pos_mask_k: array<f32>;
+@group(0) @binding(7) var<storage, read_write> loss_mask_k: array<f32>;
+@group(0) @binding(8) var<storage, read_write> target_k: array<i32>;
+
+@compute @workgroup_size(${TEACHER_ROWS_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let r = linear_workgroup(wg, nwg) * ${TEACHER_ROWS_WG}u + lid;
+  if (r >= p.rows) { return; }
+  let t = r % p.seq;
+  let j = t + p.k;
+  var tok = 0i;
+  var full = 0i;
+  var m = 0.0;
+  if (j + 1u < p.seq) {
+    tok = ids[r + p.k + 1u];
+    full = argmax_full[r + p.k + 1u];
+  }
+  if (j < p.seq) { m = loss_mask[r + p.k]; }
+  var d = -1i;
+  if (full >= 0i && u32(full) < p.vocab) { d = to_draft[u32(full)]; }
+  ids_k[r] = tok;
+  loss_mask_k[r] = m;
+  target_k[r] = d;
+  pos_mask_k[r] = select(0.0, m, d >= 0i);
+}
+`;
+
+/** Columns of one TTT step's row in the metrics tensor [K, METRIC_COLS]. */
+export const METRIC_COLS = 4;
+
+/**
+ * metrics[k] += (tokens · Σ_r row_loss[r], counts[0], counts[1], tokens): the step's loss_k (row_loss already
+ * divided by B·T) weighted by the micro-batch's B·T rows, as SpecForge [H] aggregates ploss_k, and the acc_k
+ * numerator and denominator. One workgroup (fixed-shape tree sum: deterministic). Bindings: 0 params
+ * {rows, k, tokens}, 1 row_loss [rows], 2 counts [2], 3 metrics [K, 4] (read_write).
+ */
+export const metricsAdd = /* wgsl */ `
+struct Params { rows: u32, k: u32, tokens: f32, _pad: u32 }
+${ROW_REDUCE}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> row_loss: array<f32>;
+@group(0) @binding(2) var<storage, read> counts: array<f32>;
+@group(0) @binding(3) var<storage, read_write> metrics: array<f32>;
+
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var s = 0.0;
+  for (var r = lid; r < p.rows; r = r + WG) { s = s + row_loss[r]; }
+  let total = wg_sum(s, lid);
+  if (lid == 0u) {
+    let o = p.k * ${METRIC_COLS}u;
+    metrics[o] = metrics[o] + p.tokens * total;
+    metrics[o + 1u] = metrics[o + 1u] + counts[0];
+    metrics[o + 2u] = metrics[o + 2u] + counts[1];
+    metrics[o + 3u] = metrics[o + 3u] + p.tokens;
+  }
+}
+`;

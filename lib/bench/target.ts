@@ -1,0 +1,177 @@
+/**
+ * Speed of the target model: the prefill forward (one sequence of T tokens: aux states and full logits, what
+ * online training and generation's prefill run) and cached decoding (one token per sequence per step,
+ * including the one logits read-back per step that sampling needs; the prefill is excluded), for tinystories-656K when it is at hand
+ * and for a random-weight Llama of hidden 512 and 8 layers (bf16 weights, written to a temporary directory).
+ */
+import type { Gpu } from "../gpu/device.ts";
+import { fromFloat32As, type RawTensor, writeSafetensors } from "../io/safetensors.ts";
+import { seededRandom } from "../data/random.ts";
+import { TargetModel } from "../models/target.ts";
+import { Generator } from "../models/generate.ts";
+import { type BenchOptions, type BenchRow, timeProgram } from "./types.ts";
+
+/** Where `deno task bench` finds tinystories-656K (relative to the repository, as in the tests). */
+const TINYSTORIES = new URL("../../../shared/models/tinystories-656K", import.meta.url).pathname;
+
+/** Dimensions of a random Llama written by {@link writeRandomLlama}. */
+export interface RandomLlamaDims {
+  hidden: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  intermediate: number;
+  vocab: number;
+}
+
+/**
+ * Writes config.json and model.safetensors (bf16, seeded uniform weights of scale 1/√fan-in, unit norms) of a
+ * LlamaForCausalLM with untied embeddings into `dir`.
+ */
+export async function writeRandomLlama(dir: string, d: RandomLlamaDims, seed = 1): Promise<void> {
+  const rand = seededRandom(seed);
+  const matrix = (rows: number, cols: number): RawTensor => {
+    const a = 1 / Math.sqrt(cols);
+    const values = new Float32Array(rows * cols);
+    for (let i = 0; i < values.length; i++) values[i] = (2 * rand() - 1) * a;
+    return fromFloat32As(values, [rows, cols], "BF16");
+  };
+  const ones = (n: number) => fromFloat32As(new Float32Array(n).fill(1), [n], "BF16");
+  const hd = d.hidden / d.heads;
+  const tensors: Array<[string, RawTensor]> = [["model.embed_tokens.weight", matrix(d.vocab, d.hidden)]];
+  for (let l = 0; l < d.layers; l++) {
+    const p = `model.layers.${l}`;
+    tensors.push(
+      [`${p}.input_layernorm.weight`, ones(d.hidden)],
+      [`${p}.self_attn.q_proj.weight`, matrix(d.heads * hd, d.hidden)],
+      [`${p}.self_attn.k_proj.weight`, matrix(d.kvHeads * hd, d.hidden)],
+      [`${p}.self_attn.v_proj.weight`, matrix(d.kvHeads * hd, d.hidden)],
+      [`${p}.self_attn.o_proj.weight`, matrix(d.hidden, d.heads * hd)],
+      [`${p}.post_attention_layernorm.weight`, ones(d.hidden)],
+      [`${p}.mlp.gate_proj.weight`, matrix(d.intermediate, d.hidden)],
+      [`${p}.mlp.up_proj.weight`, matrix(d.intermediate, d.hidden)],
+      [`${p}.mlp.down_proj.weight`, matrix(d.hidden, d.intermediate)],
+    );
+  }
+  tensors.push(["model.norm.weight", ones(d.hidden)], ["lm_head.weight", matrix(d.vocab, d.hidden)]);
+  await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt" });
+  await Deno.writeTextFile(
+    `${dir}/config.json`,
+    JSON.stringify({
+      architectures: ["LlamaForCausalLM"],
+      model_type: "llama",
+      hidden_size: d.hidden,
+      intermediate_size: d.intermediate,
+      num_hidden_layers: d.layers,
+      num_attention_heads: d.heads,
+      num_key_value_heads: d.kvHeads,
+      vocab_size: d.vocab,
+      max_position_embeddings: 2048,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      tie_word_embeddings: false,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      torch_dtype: "bfloat16",
+    }),
+  );
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Prefill forward and KV-cache decode tokens/s of tinystories-656K and of a random hidden-512 Llama. */
+export async function benchTarget(gpu: Gpu, opts: BenchOptions = {}): Promise<BenchRow[]> {
+  const quick = opts.quick ?? false;
+  const seqLen = quick ? 64 : 256;
+  const reps = quick ? 2 : 5;
+  const promptLen = 16, newTokens = quick ? 8 : 32;
+  const rows: BenchRow[] = [];
+
+  const measure = async (label: string, dir: string) => {
+    const model = await TargetModel.load(gpu, dir, { onMessage: () => {} });
+    const c = model.config;
+    const dims = `H${c.hiddenSize} L${c.numLayers} V${c.vocabSize}`;
+    try {
+      const f = await model.forward(1, seqLen, { aux: true, logits: true });
+      try {
+        f.run(Int32Array.from({ length: seqLen }, (_, i) => 3 + (i * 7) % (c.vocabSize - 3)), [seqLen]);
+        const ms = await timeProgram(gpu, f.program, reps);
+        rows.push({
+          group: "target",
+          name: `${label} prefill forward`,
+          shape: `B1 T${seqLen} ${dims}`,
+          ms,
+          tokensPerSec: seqLen / ms * 1000,
+          note: "aux states + full logits",
+        });
+      } finally {
+        f.destroy();
+      }
+      const g = new Generator(model);
+      try {
+        for (const batch of [1, 4]) {
+          const prompts = Array.from(
+            { length: batch },
+            (_, b) => Array.from({ length: promptLen }, (_, i) => 3 + (b * 31 + i * 7) % (c.vocabSize - 3)),
+          );
+          const run = async (n: number) => {
+            const t0 = performance.now();
+            await g.generate(prompts, { maxNewTokens: n, eosTokenIds: [] });
+            return performance.now() - t0;
+          };
+          await run(newTokens); // builds and caches every program
+          // The prefill and first token cost the same in both runs: the difference is newTokens − 1 steps.
+          const stepMs = ((await run(newTokens)) - (await run(1))) / (newTokens - 1);
+          rows.push({
+            group: "target",
+            name: `${label} decode (KV cache)`,
+            shape: `B${batch} prompt ${promptLen} +${newTokens} ${dims}`,
+            ms: stepMs,
+            tokensPerSec: batch / stepMs * 1000,
+            note: "ms per decode step (all sequences), one logits read-back per step included",
+          });
+        }
+      } finally {
+        g.destroy();
+      }
+    } finally {
+      model.destroy();
+    }
+  };
+
+  if (await exists(`${TINYSTORIES}/model.safetensors`)) {
+    await measure("tinystories-656K", TINYSTORIES);
+  } else {
+    rows.push({
+      group: "target",
+      name: "tinystories-656K",
+      shape: "-",
+      ms: 0,
+      note: `skipped: ${TINYSTORIES} is absent`,
+    });
+  }
+
+  const tmp = await Deno.makeTempDir({ prefix: "eaglet-bench-target-" });
+  try {
+    const dims = {
+      hidden: 512,
+      layers: quick ? 2 : 8,
+      heads: 8,
+      kvHeads: 4,
+      intermediate: 1408,
+      vocab: 4096,
+    };
+    await writeRandomLlama(tmp, dims);
+    await measure(`random Llama (bf16, ${dims.heads}/${dims.kvHeads} heads)`, tmp);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+  return rows;
+}

@@ -1,0 +1,243 @@
+/**
+ * The SGLang serving directory of a trained EAGLE-3 draft (reference/specforge-spec.md §6.2): `config.json`
+ * (lib/models/draft_config.ts `draftConfigJson`) and `model.safetensors` with exactly these tensors:
+ *
+ *   fc.weight                                   [H, 3·H_t]
+ *   midlayer.hidden_norm.weight                 [H]
+ *   midlayer.input_layernorm.weight             [H]
+ *   midlayer.post_attention_layernorm.weight    [H]
+ *   midlayer.self_attn.{q,k,v,o}_proj.weight    [nh·hd, 2H], [nkv·hd, 2H] ×2, [H, nh·hd]
+ *   midlayer.mlp.{gate,up,down}_proj.weight     [I, H] ×2, [H, I]
+ *   norm.weight                                 [H]
+ *   lm_head.weight                              [Vd, H]
+ *   d2t                                         int64 [Vd]   (target id of draft i = i + d2t[i])
+ *   t2d                                         bool  [V]
+ *
+ * in bf16 by default (f16 or f32 on request), and no embedding (SGLang takes the target's). SGLang silently
+ * skips unknown keys, so the export checks before writing that the weights are exactly these names with
+ * these shapes, and after writing reads the directory back and checks it again (keys, dtypes, shapes, the
+ * config's fields, d2t/t2d consistency). The directory is written atomically.
+ */
+import { join } from "node:path";
+import { writeDirAtomic, writeJsonAtomic } from "./atomic.ts";
+import {
+  fromFloat32As,
+  type RawTensor,
+  SAFETENSORS_SINGLE,
+  SafetensorsFile,
+  toNumbers,
+  writeSafetensors,
+} from "./safetensors.ts";
+import { type DraftConfig, draftConfigJson, parseDraftConfig } from "../models/draft_config.ts";
+import { type VocabMapping, vocabMappingTensors } from "../data/vocab.ts";
+import { shapeString } from "../tensor.ts";
+
+/** Dtypes an export can store its float weights in. */
+export type ExportDtype = "bf16" | "f16" | "f32";
+
+const SAFETENSORS_DTYPE = { bf16: "BF16", f16: "F16", f32: "F32" } as const;
+const TORCH_DTYPE = { bf16: "bfloat16", f16: "float16", f32: "float32" } as const;
+
+/** A bad export: a missing or unexpected tensor, a wrong shape or dtype, a config that does not match. */
+export class ExportError extends Error {
+  override name = "ExportError";
+}
+
+/** The float weights of an export (every key of §6.2 but d2t and t2d) with their shapes for `cfg`. */
+export function draftWeightShapes(cfg: DraftConfig): Map<string, number[]> {
+  const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
+  return new Map<string, number[]>([
+    ["fc.weight", [H, 3 * cfg.targetHiddenSize]],
+    ["midlayer.hidden_norm.weight", [H]],
+    ["midlayer.input_layernorm.weight", [H]],
+    ["midlayer.post_attention_layernorm.weight", [H]],
+    ["midlayer.self_attn.q_proj.weight", [nh * hd, 2 * H]],
+    ["midlayer.self_attn.k_proj.weight", [nkv * hd, 2 * H]],
+    ["midlayer.self_attn.v_proj.weight", [nkv * hd, 2 * H]],
+    ["midlayer.self_attn.o_proj.weight", [H, nh * hd]],
+    ["midlayer.mlp.gate_proj.weight", [I, H]],
+    ["midlayer.mlp.up_proj.weight", [I, H]],
+    ["midlayer.mlp.down_proj.weight", [H, I]],
+    ["norm.weight", [H]],
+    ["lm_head.weight", [cfg.draftVocabSize, H]],
+  ]);
+}
+
+/** One weight: f32 values and the shape they have. */
+export interface NamedWeight {
+  values: Float32Array;
+  shape: number[];
+}
+
+/** What an export writes. */
+export interface DraftExport {
+  config: DraftConfig;
+  /** Every tensor of {@link draftWeightShapes}, f32 (rounded to `dtype` on write). */
+  weights: Map<string, NamedWeight>;
+  /** The draft vocabulary (d2t, t2d). */
+  mapping: VocabMapping;
+  /**
+   * SpecForge's default aux layers of the target, [1, N/2−1, N−4]: config.json gets eagle_config only when
+   * the draft's ids differ (as SGLang then needs them). Absent: written whenever the config has ids.
+   */
+  defaultAuxLayers?: number[];
+}
+
+/** Throws an {@link ExportError} unless `weights` are exactly the tensors of the config, with its shapes. */
+export function checkDraftWeights(cfg: DraftConfig, weights: Map<string, NamedWeight>, where: string): void {
+  const expected = draftWeightShapes(cfg);
+  for (const name of expected.keys()) {
+    if (!weights.has(name)) throw new ExportError(`${where}: required tensor ${name} is missing`);
+  }
+  for (const [name, w] of weights) {
+    const shape = expected.get(name);
+    if (!shape) {
+      const why = name.includes("embed")
+        ? " (the embedding is never exported: SGLang uses the target's)"
+        : "";
+      throw new ExportError(`${where}: unexpected tensor ${name}${why}`);
+    }
+    if (shapeString(w.shape) !== shapeString(shape)) {
+      throw new ExportError(
+        `${where}: ${name} has shape ${shapeString(w.shape)}, the config needs ${shapeString(shape)}`,
+      );
+    }
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (w.values.length !== n) {
+      throw new ExportError(
+        `${where}: ${name} has ${w.values.length} values for shape ${shapeString(shape)}`,
+      );
+    }
+  }
+}
+
+/**
+ * Writes config.json and model.safetensors into an existing directory `dir` (used inside an atomic
+ * directory write), then reads them back with {@link checkDraftExport}.
+ */
+export async function writeDraftExportFiles(
+  dir: string,
+  exp: DraftExport,
+  dtype: ExportDtype = "bf16",
+): Promise<void> {
+  const cfg = exp.config;
+  checkDraftWeights(cfg, exp.weights, dir);
+  if (exp.mapping.draftVocabSize !== cfg.draftVocabSize || exp.mapping.targetVocabSize !== cfg.vocabSize) {
+    throw new ExportError(
+      `${dir}: vocab mapping is ${exp.mapping.draftVocabSize} → ${exp.mapping.targetVocabSize}, the config has ` +
+        `draft_vocab_size ${cfg.draftVocabSize} and vocab_size ${cfg.vocabSize}`,
+    );
+  }
+  const tensors: Array<[string, RawTensor]> = [];
+  for (const name of draftWeightShapes(cfg).keys()) {
+    const w = exp.weights.get(name)!;
+    tensors.push([name, fromFloat32As(w.values, w.shape, SAFETENSORS_DTYPE[dtype])]);
+  }
+  for (const [name, t] of vocabMappingTensors(exp.mapping)) tensors.push([name, t]);
+  const json = draftConfigJson(cfg, { dtype: TORCH_DTYPE[dtype], defaultAuxLayers: exp.defaultAuxLayers });
+  await writeSafetensors(join(dir, SAFETENSORS_SINGLE), tensors, { format: "pt" });
+  await writeJsonAtomic(join(dir, "config.json"), json);
+  await checkDraftExport(dir);
+}
+
+/** Writes the SGLang directory `dir` atomically (replacing it when `overwrite`), checked after writing. */
+export async function exportDraft(
+  dir: string,
+  exp: DraftExport,
+  opts: { dtype?: ExportDtype; overwrite?: boolean } = {},
+): Promise<void> {
+  await writeDirAtomic(dir, (tmp) => writeDraftExportFiles(tmp, exp, opts.dtype ?? "bf16"), {
+    overwrite: opts.overwrite,
+  });
+}
+
+/** What {@link checkDraftExport} found. */
+export interface CheckedExport {
+  config: DraftConfig;
+  /** The raw config.json object. */
+  json: Record<string, unknown>;
+  dtype: ExportDtype;
+  /** Tensor names in file order. */
+  names: string[];
+}
+
+/**
+ * Reads an SGLang draft directory and checks it: config.json parses as a draft config with architectures
+ * ["LlamaForCausalLMEagle3"], tie_word_embeddings false and draft_vocab_size set; model.safetensors holds
+ * exactly the keys of §6.2 with the config's shapes, one float dtype matching torch_dtype, d2t I64 and t2d
+ * BOOL, and d2t and t2d agree. Throws an {@link ExportError} naming the file and the tensor or field.
+ */
+export async function checkDraftExport(dir: string): Promise<CheckedExport> {
+  const cfgPath = join(dir, "config.json");
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(await Deno.readTextFile(cfgPath));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new ExportError(`${cfgPath}: missing`);
+    throw new ExportError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
+  }
+  const config = parseDraftConfig(json, cfgPath);
+  const archs = json.architectures;
+  if (!Array.isArray(archs) || archs.length !== 1 || archs[0] !== "LlamaForCausalLMEagle3") {
+    throw new ExportError(
+      `${cfgPath}: architectures must be ["LlamaForCausalLMEagle3"], got ${JSON.stringify(archs)}`,
+    );
+  }
+  if (json.tie_word_embeddings !== false) {
+    throw new ExportError(`${cfgPath}: tie_word_embeddings must be false`);
+  }
+  if (typeof json.draft_vocab_size !== "number") {
+    throw new ExportError(`${cfgPath}: draft_vocab_size is missing`);
+  }
+  const dtypeName = Object.entries(TORCH_DTYPE).find(([, t]) => t === json.torch_dtype)?.[0] as
+    | ExportDtype
+    | undefined;
+  if (!dtypeName) {
+    throw new ExportError(
+      `${cfgPath}: torch_dtype ${JSON.stringify(json.torch_dtype)} is not bfloat16, float16 or float32`,
+    );
+  }
+  const stPath = join(dir, SAFETENSORS_SINGLE);
+  let f: SafetensorsFile;
+  try {
+    f = await SafetensorsFile.open(stPath);
+  } catch (e) {
+    throw new ExportError(`${stPath}: ${(e as Error).message}`);
+  }
+  try {
+    const expected = draftWeightShapes(config);
+    expected.set("d2t", [config.draftVocabSize]);
+    expected.set("t2d", [config.vocabSize]);
+    for (const name of expected.keys()) {
+      if (!f.has(name)) throw new ExportError(`${stPath}: required tensor ${name} is missing`);
+    }
+    for (const name of f.names) {
+      const shape = expected.get(name);
+      if (!shape) {
+        throw new ExportError(`${stPath}: unexpected tensor ${name} (SGLang would skip it silently)`);
+      }
+      const info = f.info(name);
+      if (shapeString(info.shape) !== shapeString(shape)) {
+        throw new ExportError(
+          `${stPath}: ${name} has shape ${shapeString(info.shape)}, config.json needs ${shapeString(shape)}`,
+        );
+      }
+      const want = name === "d2t" ? "I64" : name === "t2d" ? "BOOL" : SAFETENSORS_DTYPE[dtypeName];
+      if (info.dtype !== want) throw new ExportError(`${stPath}: ${name} is ${info.dtype}, expected ${want}`);
+    }
+    const d2t = toNumbers(await f.read("d2t"), "d2t");
+    const t2d = toNumbers(await f.read("t2d"), "t2d");
+    let k = 0;
+    for (let v = 0; v < t2d.length; v++) {
+      if (!t2d[v]) continue;
+      if (k >= d2t.length || k + d2t[k] !== v) {
+        throw new ExportError(`${stPath}: d2t and t2d disagree at draft index ${k} (target token ${v})`);
+      }
+      k++;
+    }
+    if (k !== d2t.length) throw new ExportError(`${stPath}: t2d marks ${k} tokens, d2t has ${d2t.length}`);
+    return { config, json, dtype: dtypeName, names: f.names };
+  } finally {
+    f.close();
+  }
+}

@@ -1,0 +1,193 @@
+/**
+ * The teacher of one EAGLE-3 TTT step, read from the UNshifted target outputs (reference/specforge-spec.md
+ * §2.2, §4.1, §4.5), and the per-step metric accumulation, with plain-TS CPU references. Formulas in
+ * kernels/eagle3.ts. Rows r = b·T + t of a right-padded batch [B, T]; k is the TTT step.
+ */
+import * as K from "../../kernels/eagle3.ts";
+import { ShapeError } from "../gpu/errors.ts";
+import { params, type Program } from "../gpu/program.ts";
+import type { Tensor } from "../tensor.ts";
+import { expectDisjoint, expectDtype, expectShape } from "./check.ts";
+
+function checkStep(op: string, rows: number, seq: number, k: number): void {
+  if (!(seq > 0 && rows % seq === 0) || !Number.isInteger(k) || k < 0) {
+    throw new ShapeError(`${op}: ${rows} rows are not whole sequences of ${seq}, or step ${k} is not ≥ 0`);
+  }
+}
+
+/**
+ * Records p^k [B·T, Vd]: row (b, t) = softmax over the draft vocabulary of the target's draft-vocab logits
+ * at position t + k + 1 of the same sequence, or 1/Vd past the end (§2.2 padding).
+ */
+export async function teacherProbs(
+  p: Program,
+  logits: Tensor,
+  out: Tensor,
+  { seqLen, step }: { seqLen: number; step: number },
+): Promise<void> {
+  const op = "teacherProbs";
+  expectDtype(op, "logits", logits, "f32");
+  expectDtype(op, "out", out, "f32");
+  expectShape(op, "logits", logits, [-1, -1]);
+  expectShape(op, "out", out, logits.shape);
+  expectDisjoint(op, "logits", logits, "out", out);
+  const [rows, cols] = logits.shape;
+  checkStep(op, rows, seqLen, step);
+  await p.add(
+    { name: "eagle3.teacher_probs", code: K.teacherProbs, entryPoint: "main" },
+    [params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", step]), logits, out],
+    rows,
+  );
+}
+
+/** Tensors of {@link teacherRows}; rows = B·T. */
+export interface TeacherRowsTensors {
+  /** Token ids x, i32 [rows] (unshifted). */
+  ids: Tensor;
+  /** Full-vocabulary argmax of the target logits L, i32 [rows] (unshifted). */
+  argmax: Tensor;
+  /** Loss mask M, f32 [rows] (0/1). */
+  lossMask: Tensor;
+  /** Target id → draft index, −1 outside the draft vocab, i32 [V] (see {@link targetToDraftMap}). */
+  toDraft: Tensor;
+  /** Out: the tokens fed at step k, i32 [rows]. */
+  idsK: Tensor;
+  /** Out: the loss mask of step k (pos_mask shifted k times), f32 [rows]. */
+  posMaskK: Tensor;
+  /** Out: the accuracy mask of step k (loss_mask shifted k times), f32 [rows]. */
+  lossMaskK: Tensor;
+  /** Out: the target's argmax at step k as a draft index (−1 outside the draft vocab), i32 [rows]. */
+  targetK: Tensor;
+}
+
+/** Records the per-row inputs of TTT step `step` (formulas in kernels/eagle3.ts `teacherRows`). */
+export async function teacherRows(
+  p: Program,
+  t: TeacherRowsTensors,
+  { seqLen, step }: { seqLen: number; step: number },
+): Promise<void> {
+  const op = "teacherRows";
+  for (const name of ["ids", "argmax", "toDraft", "idsK", "targetK"] as const) {
+    expectDtype(op, name, t[name], "i32");
+  }
+  for (const name of ["lossMask", "posMaskK", "lossMaskK"] as const) expectDtype(op, name, t[name], "f32");
+  const rows = t.ids.size;
+  for (const name of ["ids", "argmax", "lossMask", "idsK", "posMaskK", "lossMaskK", "targetK"] as const) {
+    expectShape(op, name, t[name], [rows]);
+  }
+  expectShape(op, "toDraft", t.toDraft, [-1]);
+  checkStep(op, rows, seqLen, step);
+  await p.add(
+    { name: "eagle3.teacher_rows", code: K.teacherRows, entryPoint: "main" },
+    [
+      params(["u32", rows], ["u32", seqLen], ["u32", t.toDraft.size], ["u32", step]),
+      t.ids,
+      t.argmax,
+      t.lossMask,
+      t.toDraft,
+      t.idsK,
+      t.posMaskK,
+      t.lossMaskK,
+      t.targetK,
+    ],
+    Math.ceil(rows / K.TEACHER_ROWS_WG),
+  );
+}
+
+/**
+ * Records metrics[step] += (tokens·Σ rowLoss, counts[0], counts[1], tokens) into metrics f32 [K, 4]
+ * (columns: Σ loss_k·B·T, acc correct, acc total, Σ B·T).
+ */
+export async function metricsAdd(
+  p: Program,
+  rowLoss: Tensor,
+  counts: Tensor,
+  metrics: Tensor,
+  { step, tokens }: { step: number; tokens: number },
+): Promise<void> {
+  const op = "metricsAdd";
+  for (const [name, x] of [["rowLoss", rowLoss], ["counts", counts], ["metrics", metrics]] as const) {
+    expectDtype(op, name, x, "f32");
+  }
+  expectShape(op, "counts", counts, [2]);
+  expectShape(op, "metrics", metrics, [-1, K.METRIC_COLS]);
+  if (!(step >= 0 && step < metrics.shape[0])) {
+    throw new ShapeError(`${op}: step ${step} outside metrics [${metrics.shape}]`);
+  }
+  await p.add(
+    { name: "eagle3.metrics_add", code: K.metricsAdd, entryPoint: "main" },
+    [params(["u32", rowLoss.size], ["u32", step], ["f32", tokens], ["u32", 0]), rowLoss, counts, metrics],
+    1,
+  );
+}
+
+/**
+ * The target id → draft index map of a vocabulary mapping, i32 [V]: draftToTarget[i] ↦ i, −1 elsewhere
+ * (t2d as a lookup; the [H] accuracy test `argmax z + d2t[argmax z] == full argmax` becomes
+ * `argmax z == map[full argmax]`, since d2t is injective).
+ */
+export function targetToDraftMap(
+  draftToTarget: ArrayLike<number>,
+  vocabSize: number,
+): Int32Array<ArrayBuffer> {
+  const map = new Int32Array(vocabSize).fill(-1);
+  for (let i = 0; i < draftToTarget.length; i++) {
+    const v = draftToTarget[i];
+    if (!(v >= 0 && v < vocabSize)) {
+      throw new ShapeError(`targetToDraftMap: draft ${i} maps to ${v} ∉ [0, ${vocabSize})`);
+    }
+    map[v] = i;
+  }
+  return map;
+}
+
+/** CPU reference of {@link teacherProbs} (f64). */
+export function teacherProbsCpu(
+  logits: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  seqLen: number,
+  step: number,
+): Float64Array {
+  const out = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const t = r % seqLen;
+    if (t + step + 1 >= seqLen) {
+      out.fill(1 / cols, r * cols, (r + 1) * cols);
+      continue;
+    }
+    const src = (r + step + 1) * cols;
+    let m = -Infinity;
+    for (let c = 0; c < cols; c++) m = Math.max(m, logits[src + c]);
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += Math.exp(logits[src + c] - m);
+    for (let c = 0; c < cols; c++) out[r * cols + c] = Math.exp(logits[src + c] - m) / s;
+  }
+  return out;
+}
+
+/** CPU reference of {@link teacherRows}. */
+export function teacherRowsCpu(
+  ids: ArrayLike<number>,
+  argmax: ArrayLike<number>,
+  lossMask: ArrayLike<number>,
+  toDraft: ArrayLike<number>,
+  seqLen: number,
+  step: number,
+): { idsK: Int32Array; posMaskK: Float32Array; lossMaskK: Float32Array; targetK: Int32Array } {
+  const rows = ids.length;
+  const idsK = new Int32Array(rows), targetK = new Int32Array(rows);
+  const posMaskK = new Float32Array(rows), lossMaskK = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    const t = r % seqLen, j = t + step;
+    const inNext = j + 1 < seqLen;
+    idsK[r] = inNext ? ids[r + step + 1] : 0;
+    const full = inNext ? argmax[r + step + 1] : 0;
+    const m = j < seqLen ? lossMask[r + step] : 0;
+    const d = full >= 0 && full < toDraft.length ? toDraft[full] : -1;
+    lossMaskK[r] = m;
+    targetK[r] = d;
+    posMaskK[r] = d >= 0 ? m : 0;
+  }
+  return { idsK, posMaskK, lossMaskK, targetK };
+}

@@ -1,0 +1,201 @@
+/**
+ * Training checkpoints (reference/specforge-spec.md §6.1), one directory per save,
+ * `{output_dir}/epoch_{e}_step_{s}/` (SpecForge's [M] naming; `s` counts optimizer updates), holding:
+ *
+ *   config.json + model.safetensors   the SGLang export of the weights at that step (lib/io/export.ts), so
+ *                                     every checkpoint can be served as is
+ *   training_weights.safetensors      the f32 master weights of every trainable tensor (bit-exact resume;
+ *                                     the export may be bf16)
+ *   optimizer.safetensors             AdamW's moments, `<param>.exp_avg` / `<param>.exp_avg_sq`, f32
+ *   training_state.json               update and micro-batch counts, epoch, data position (the next
+ *                                     micro-batch), RNG state, schedule, the run's settings
+ *
+ * The directory is written under a temporary name and renamed when complete (lib/io/atomic.ts), so a crash
+ * or a kill mid-save never leaves a half checkpoint: {@link findLatestCheckpoint} only sees complete ones.
+ * The frozen embedding is not saved (it is the target's, reloaded from it), as in SpecForge.
+ */
+import { join } from "node:path";
+import { writeDirAtomic, writeJsonAtomic } from "../io/atomic.ts";
+import { type RawTensor, SafetensorsFile, toFloat32, writeSafetensors } from "../io/safetensors.ts";
+import {
+  type DraftExport,
+  exportDraft,
+  type ExportDtype,
+  type NamedWeight,
+  writeDraftExportFiles,
+} from "../io/export.ts";
+import { loadDraftConfig } from "../models/draft_config.ts";
+import type { LoaderPosition } from "../data/loader.ts";
+import { loadVocabMapping, type VocabMapping } from "../data/vocab.ts";
+
+/** Version of the training_state.json layout. */
+export const CHECKPOINT_VERSION = 1;
+
+/** File names inside a checkpoint directory. */
+export const CHECKPOINT_FILES = {
+  state: "training_state.json",
+  weights: "training_weights.safetensors",
+  optimizer: "optimizer.safetensors",
+  model: "model.safetensors",
+  config: "config.json",
+} as const;
+
+/** A bad or incomplete checkpoint; the message names the file. */
+export class CheckpointError extends Error {
+  override name = "CheckpointError";
+}
+
+/** The run state saved with each checkpoint. */
+export interface TrainingState {
+  version: number;
+  /** Optimizer updates done. */
+  globalStep: number;
+  /** Micro-batches done. */
+  microSteps: number;
+  /** Where the data loader continues: the next micro-batch is batch `step` of epoch `epoch`. */
+  position: LoaderPosition;
+  /** The schedule's total updates and warmup updates. */
+  totalSteps: number;
+  warmupSteps: number;
+  /**
+   * Randomness: every random choice of a run (draft init, epoch shuffles) is a pure function of the seed and
+   * of the position, so the seed is the whole RNG state.
+   */
+  rng: { seed: number };
+  /** The run's settings (snake_case, as train-online's YAML). */
+  settings: Record<string, unknown>;
+  /** Seconds of training before this save (summed over resumed runs). */
+  elapsed: number;
+}
+
+/** `epoch_{epoch}_step_{step}`. */
+export function checkpointName(epoch: number, step: number): string {
+  return `epoch_${epoch}_step_${step}`;
+}
+
+const NAME = /^epoch_(\d+)_step_(\d+)$/;
+
+/** Everything a save writes. */
+export interface CheckpointContents {
+  state: TrainingState;
+  /** f32 master weights by name. */
+  weights: Map<string, RawTensor>;
+  /** Optimizer moments by name. */
+  optimizer: Map<string, RawTensor>;
+  /** The SGLang export of the same weights. */
+  export: DraftExport;
+  exportDtype: ExportDtype;
+}
+
+/**
+ * Writes `{outputDir}/epoch_{e}_step_{s}` atomically (replacing a checkpoint of the same name) and returns
+ * its path. `e` is the epoch of the last micro-batch trained.
+ */
+export async function saveCheckpoint(
+  outputDir: string,
+  epoch: number,
+  c: CheckpointContents,
+): Promise<string> {
+  const dir = join(outputDir, checkpointName(epoch, c.state.globalStep));
+  await writeDirAtomic(dir, async (tmp) => {
+    await writeDraftExportFiles(tmp, c.export, c.exportDtype);
+    await writeSafetensors(join(tmp, CHECKPOINT_FILES.weights), c.weights, { format: "pt" });
+    await writeSafetensors(join(tmp, CHECKPOINT_FILES.optimizer), c.optimizer, { format: "pt" });
+    await writeJsonAtomic(join(tmp, CHECKPOINT_FILES.state), c.state);
+  }, { overwrite: true });
+  return dir;
+}
+
+/** The checkpoint of `outputDir` with the most updates (then the latest epoch), or null when there is none. */
+export async function findLatestCheckpoint(outputDir: string): Promise<string | null> {
+  let best: { dir: string; step: number; epoch: number } | null = null;
+  try {
+    for await (const e of Deno.readDir(outputDir)) {
+      const m = NAME.exec(e.name);
+      if (!e.isDirectory || !m) continue;
+      const epoch = Number(m[1]), step = Number(m[2]);
+      if (!best || step > best.step || (step === best.step && epoch > best.epoch)) {
+        best = { dir: join(outputDir, e.name), step, epoch };
+      }
+    }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+  return best?.dir ?? null;
+}
+
+/** What {@link loadCheckpoint} reads back. */
+export interface LoadedCheckpoint {
+  dir: string;
+  state: TrainingState;
+  weights: Map<string, RawTensor>;
+  optimizer: Map<string, RawTensor>;
+  mapping: VocabMapping;
+}
+
+async function readAll(path: string): Promise<Map<string, RawTensor>> {
+  let f: SafetensorsFile;
+  try {
+    f = await SafetensorsFile.open(path);
+  } catch (e) {
+    throw new CheckpointError(`${path}: ${(e as Error).message}`);
+  }
+  try {
+    const out = new Map<string, RawTensor>();
+    for (const name of f.names) out.set(name, await f.read(name));
+    return out;
+  } finally {
+    f.close();
+  }
+}
+
+/** Reads a checkpoint directory; a missing or malformed file is named. */
+export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+  const statePath = join(dir, CHECKPOINT_FILES.state);
+  let state: TrainingState;
+  try {
+    state = JSON.parse(await Deno.readTextFile(statePath));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new CheckpointError(`${statePath}: missing (not a training checkpoint directory?)`);
+    }
+    throw new CheckpointError(`${statePath}: ${(e as Error).message}`);
+  }
+  if (state?.version !== CHECKPOINT_VERSION) {
+    throw new CheckpointError(`${statePath}: version ${state?.version}, expected ${CHECKPOINT_VERSION}`);
+  }
+  for (const k of ["globalStep", "microSteps", "totalSteps", "warmupSteps"] as const) {
+    if (!Number.isSafeInteger(state[k]) || state[k] < 0) throw new CheckpointError(`${statePath}: bad ${k}`);
+  }
+  const p = state.position;
+  if (!p || !Number.isSafeInteger(p.epoch) || !Number.isSafeInteger(p.step)) {
+    throw new CheckpointError(`${statePath}: bad position`);
+  }
+  const weights = await readAll(join(dir, CHECKPOINT_FILES.weights));
+  const optimizer = await readAll(join(dir, CHECKPOINT_FILES.optimizer));
+  const mapping = await loadVocabMapping(join(dir, CHECKPOINT_FILES.model)).catch((e) => {
+    throw new CheckpointError(`${join(dir, CHECKPOINT_FILES.model)}: ${(e as Error).message}`);
+  });
+  return { dir, state, weights, optimizer, mapping };
+}
+
+/**
+ * Re-exports a training checkpoint as an SGLang directory `outDir` in `dtype` (`deno task export`): the f32
+ * master weights, the checkpoint's config.json (draft config, eagle_config included) and its d2t/t2d, checked
+ * on write. `vocabMapping` replaces d2t/t2d (sizes must match).
+ */
+export async function exportCheckpoint(
+  checkpointDir: string,
+  outDir: string,
+  opts: { dtype?: ExportDtype; overwrite?: boolean; vocabMapping?: VocabMapping } = {},
+): Promise<void> {
+  const ckpt = await loadCheckpoint(checkpointDir);
+  const config = await loadDraftConfig(join(checkpointDir, CHECKPOINT_FILES.config));
+  const weights = new Map<string, NamedWeight>();
+  for (const [name, t] of ckpt.weights) weights.set(name, { values: toFloat32(t, name), shape: t.shape });
+  await exportDraft(outDir, { config, weights, mapping: opts.vocabMapping ?? ckpt.mapping }, {
+    dtype: opts.dtype,
+    overwrite: opts.overwrite,
+  });
+}

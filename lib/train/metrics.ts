@@ -1,0 +1,213 @@
+/**
+ * What a user watches during training: per-step metrics (reference/specforge-spec.md §4.5) appended to a
+ * JSONL file, and a progress line (loss, acc, tokens/s, lr, ETA) drawn as a bar on a terminal or printed as
+ * plain lines otherwise.
+ *
+ * Metric names follow SpecForge's: `loss` (the mean of the per-step losses, as its progress bar shows),
+ * `acc` (mean of acc_k), `ploss_k`, `acc_k`, and `simulated_acc_len` = Σ_k Π_{j≤k} acc_j, the expected
+ * accepted length of a greedy chain if each position were accepted independently with probability acc_j.
+ */
+import { writeFileAtomic } from "../io/atomic.ts";
+
+/** Σ_k Π_{j≤k} acc_j (SpecForge `_simulated_acc_len`). */
+export function simulatedAcceptanceLength(acc: readonly number[]): number {
+  let total = 0, prod = 1;
+  for (const a of acc) {
+    prod *= a;
+    total += prod;
+  }
+  return total;
+}
+
+/** One metrics record: a training window or an evaluation pass at optimizer update `step`. */
+export interface MetricsRecord {
+  split: "train" | "eval";
+  /** Optimizer updates done when the record was taken. */
+  step: number;
+  /** 0-based epoch. */
+  epoch: number;
+  /** Mean of ploss_k. */
+  loss: number;
+  /** Per-TTT-step losses (unweighted), k = 0..K-1. */
+  ploss: number[];
+  /** Per-TTT-step accuracies, k = 0..K-1. */
+  acc: number[];
+  /** Learning rate of the last update (train records). */
+  lr?: number;
+  /** Global grad norm before clipping of the last update (train records). */
+  gradNorm?: number;
+  /** Tokens (padded positions of the micro-batches) per second over the window (train records). */
+  tokensPerSec?: number;
+  /** Seconds since the run (or the resumed run) started. */
+  elapsed: number;
+}
+
+/** A record as the flat JSON object written to the JSONL file (SpecForge's key names). */
+export function recordToJson(r: MetricsRecord): Record<string, number | string> {
+  const out: Record<string, number | string> = { split: r.split, step: r.step, epoch: r.epoch, loss: r.loss };
+  out.acc = mean(r.acc);
+  r.ploss.forEach((v, k) => out[`ploss_${k}`] = v);
+  r.acc.forEach((v, k) => out[`acc_${k}`] = v);
+  out.simulated_acc_len = simulatedAcceptanceLength(r.acc);
+  if (r.lr !== undefined) out.lr = r.lr;
+  if (r.gradNorm !== undefined) out.grad_norm = r.gradNorm;
+  if (r.tokensPerSec !== undefined) out.tokens_per_sec = r.tokensPerSec;
+  out.elapsed = r.elapsed;
+  return out;
+}
+
+/** Reads a JSON object written by {@link recordToJson} back into a record. */
+export function recordFromJson(o: Record<string, unknown>, where: string): MetricsRecord {
+  const num = (k: string) => {
+    const v = o[k];
+    if (typeof v !== "number") throw new Error(`${where}: field ${k} is not a number`);
+    return v;
+  };
+  const series = (prefix: string) => {
+    const out: number[] = [];
+    for (let k = 0; typeof o[`${prefix}_${k}`] === "number"; k++) out.push(o[`${prefix}_${k}`] as number);
+    return out;
+  };
+  if (o.split !== "train" && o.split !== "eval") throw new Error(`${where}: split must be train or eval`);
+  return {
+    split: o.split,
+    step: num("step"),
+    epoch: num("epoch"),
+    loss: num("loss"),
+    ploss: series("ploss"),
+    acc: series("acc"),
+    ...(typeof o.lr === "number" ? { lr: o.lr } : {}),
+    ...(typeof o.grad_norm === "number" ? { gradNorm: o.grad_norm } : {}),
+    ...(typeof o.tokens_per_sec === "number" ? { tokensPerSec: o.tokens_per_sec } : {}),
+    elapsed: typeof o.elapsed === "number" ? o.elapsed : 0,
+  };
+}
+
+/** Mean of a list (0 for an empty one). */
+export function mean(xs: readonly number[]): number {
+  return xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+
+/**
+ * The metrics file of a run: JSONL, one {@link recordToJson} object a line, appended as records come. When
+ * a run resumes from the checkpoint of update `resumeStep`, records after that step (written by the run that
+ * was interrupted, and about to be redone) are dropped first, so the file reads as one uninterrupted run.
+ */
+export class MetricsLog {
+  readonly records: MetricsRecord[] = [];
+
+  private constructor(readonly path: string, private file: Deno.FsFile) {}
+
+  /** Opens (creates) the file; with `resumeStep`, keeps the records up to that step, else starts empty. */
+  static async open(path: string, resumeStep: number | null): Promise<MetricsLog> {
+    const kept: MetricsRecord[] = [];
+    if (resumeStep !== null) {
+      let text = "";
+      try {
+        text = await Deno.readTextFile(path);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      text.split("\n").forEach((line, i) => {
+        if (!line.trim()) return;
+        let r: MetricsRecord;
+        try {
+          r = recordFromJson(JSON.parse(line), `${path}:${i + 1}`);
+        } catch {
+          return; // a line cut by the interruption
+        }
+        if (r.step <= resumeStep) kept.push(r);
+      });
+    }
+    await writeFileAtomic(path, kept.map((r) => JSON.stringify(recordToJson(r)) + "\n").join(""));
+    const file = await Deno.open(path, { append: true });
+    const log = new MetricsLog(path, file);
+    log.records.push(...kept);
+    return log;
+  }
+
+  /** Appends one record (one line, written at once). */
+  async append(r: MetricsRecord): Promise<void> {
+    this.records.push(r);
+    const bytes = new TextEncoder().encode(JSON.stringify(recordToJson(r)) + "\n");
+    let done = 0;
+    while (done < bytes.length) done += await this.file.write(bytes.subarray(done));
+  }
+
+  /** Closes the file. */
+  close(): void {
+    try {
+      this.file.close();
+    } catch { /* already closed */ }
+  }
+}
+
+/** "1h02m", "3m05s", "12s". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "?";
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  if (h > 0) return `${h}h${String(m).padStart(2, "0")}m`;
+  if (m > 0) return `${m}m${String(r).padStart(2, "0")}s`;
+  return `${r}s`;
+}
+
+/** Fields of one progress line. */
+export interface ProgressState {
+  step: number;
+  totalSteps: number;
+  epoch: number;
+  loss: number;
+  acc: number;
+  tokensPerSec: number;
+  lr: number;
+  /** Seconds left, estimated. */
+  eta: number;
+}
+
+/** "step 120/1000 ep 1 loss 2.3456 acc 0.412 lr 9.87e-4 1234 tok/s ETA 3m05s". */
+export function formatProgress(s: ProgressState): string {
+  return `step ${s.step}/${s.totalSteps} ep ${s.epoch} loss ${s.loss.toFixed(4)} acc ${s.acc.toFixed(3)} ` +
+    `lr ${s.lr.toExponential(2)} ${Math.round(s.tokensPerSec)} tok/s ETA ${formatDuration(s.eta)}`;
+}
+
+/**
+ * Prints progress: on a terminal a bar redrawn in place (`\r`), elsewhere (logs, CI) one plain line per
+ * call. Messages ({@link note}) go on their own line either way.
+ */
+export class ProgressPrinter {
+  #onLine = false;
+
+  constructor(
+    readonly write: (text: string) => void = (t) => Deno.stdout.writeSync(new TextEncoder().encode(t)),
+    readonly tty: boolean = Deno.stdout.isTerminal(),
+    readonly width = 24,
+  ) {}
+
+  /** Shows the progress of `s`. */
+  show(s: ProgressState): void {
+    const line = formatProgress(s);
+    if (!this.tty) {
+      this.write(line + "\n");
+      return;
+    }
+    const frac = s.totalSteps > 0 ? Math.min(1, s.step / s.totalSteps) : 0;
+    const filled = Math.round(frac * this.width);
+    const bar = "█".repeat(filled) + "░".repeat(this.width - filled);
+    this.write(`\r\x1b[2K${bar} ${(100 * frac).toFixed(0).padStart(3)}% ${line}`);
+    this.#onLine = true;
+  }
+
+  /** Prints a message on a line of its own. */
+  note(message: string): void {
+    if (this.#onLine) this.write("\n");
+    this.#onLine = false;
+    this.write(message + "\n");
+  }
+
+  /** Ends the bar's line. */
+  done(): void {
+    if (this.#onLine) this.write("\n");
+    this.#onLine = false;
+  }
+}

@@ -1,0 +1,145 @@
+/** SGLang export (spec §6.2): keys, shapes, dtypes, config.json fields, and the checks on write. */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { tinyExport } from "./fixtures.ts";
+import { checkDraftExport, exportDraft } from "../../lib/io/export.ts";
+import { SafetensorsFile, toFloat32, toNumbers } from "../../lib/io/safetensors.ts";
+import { roundBf16 } from "../../lib/tensor.ts";
+
+async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "eaglet-export-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("export: exactly the §6.2 keys, bf16 weights, int64 d2t, bool t2d, no embedding", async () => {
+  await withTempDir(async (root) => {
+    const exp = tinyExport();
+    const dir = join(root, "draft");
+    await exportDraft(dir, exp);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+      "config.json",
+      "model.safetensors",
+    ]);
+    const f = await SafetensorsFile.open(join(dir, "model.safetensors"));
+    const expected = [
+      "fc.weight",
+      "midlayer.hidden_norm.weight",
+      "midlayer.input_layernorm.weight",
+      "midlayer.post_attention_layernorm.weight",
+      "midlayer.self_attn.q_proj.weight",
+      "midlayer.self_attn.k_proj.weight",
+      "midlayer.self_attn.v_proj.weight",
+      "midlayer.self_attn.o_proj.weight",
+      "midlayer.mlp.gate_proj.weight",
+      "midlayer.mlp.up_proj.weight",
+      "midlayer.mlp.down_proj.weight",
+      "norm.weight",
+      "lm_head.weight",
+      "d2t",
+      "t2d",
+    ];
+    assert.deepEqual([...f.names].sort(), [...expected].sort());
+    const shapes: Record<string, number[]> = {
+      "fc.weight": [32, 96],
+      "midlayer.self_attn.q_proj.weight": [32, 64],
+      "midlayer.self_attn.k_proj.weight": [16, 64],
+      "midlayer.self_attn.o_proj.weight": [32, 32],
+      "midlayer.mlp.down_proj.weight": [32, 48],
+      "lm_head.weight": [12, 32],
+      "d2t": [12],
+      "t2d": [50],
+    };
+    for (const [name, shape] of Object.entries(shapes)) assert.deepEqual(f.info(name).shape, shape, name);
+    assert.equal(f.info("fc.weight").dtype, "BF16");
+    assert.equal(f.info("d2t").dtype, "I64");
+    assert.equal(f.info("t2d").dtype, "BOOL");
+    const fc = toFloat32(await f.read("fc.weight"));
+    const src = exp.weights.get("fc.weight")!.values;
+    assert.ok(fc.every((x, i) => x === roundBf16(src[i])), "bf16 rounding to nearest even");
+    const d2t = toNumbers(await f.read("d2t"));
+    assert.deepEqual(d2t, Array.from(exp.mapping.d2t, Number));
+    assert.deepEqual(toNumbers(await f.read("t2d")), Array.from(exp.mapping.t2d));
+    f.close();
+    const json = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
+    assert.deepEqual(json.architectures, ["LlamaForCausalLMEagle3"]);
+    assert.equal(json.draft_vocab_size, 12);
+    assert.equal(json.vocab_size, 50);
+    assert.equal(json.tie_word_embeddings, false);
+    assert.equal(json.num_hidden_layers, 1);
+    assert.equal(json.torch_dtype, "bfloat16");
+    // Not SpecForge's default ids for this target, so SGLang must be told.
+    assert.deepEqual(json.eagle_config, {
+      eagle_aux_hidden_state_layer_ids: [0, 1, 1],
+      use_aux_hidden_state: true,
+    });
+    const checked = await checkDraftExport(dir);
+    assert.equal(checked.dtype, "bf16");
+  });
+});
+
+Deno.test("export: f16 and f32 on request; default aux ids leave eagle_config out", async () => {
+  await withTempDir(async (root) => {
+    for (const dtype of ["f16", "f32"] as const) {
+      const exp = { ...tinyExport(), defaultAuxLayers: [0, 1, 1] };
+      const dir = join(root, dtype);
+      await exportDraft(dir, exp, { dtype });
+      const f = await SafetensorsFile.open(join(dir, "model.safetensors"));
+      assert.equal(f.info("lm_head.weight").dtype, dtype === "f16" ? "F16" : "F32");
+      if (dtype === "f32") {
+        assert.deepEqual(
+          toFloat32(await f.read("norm.weight")),
+          Float32Array.from(exp.weights.get("norm.weight")!.values),
+        );
+      }
+      f.close();
+      const json = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
+      assert.equal(json.torch_dtype, dtype === "f16" ? "float16" : "float32");
+      assert.equal(json.eagle_config, undefined);
+    }
+  });
+});
+
+Deno.test("export: missing, extra and misshapen tensors are refused and nothing is written", async () => {
+  await withTempDir(async (root) => {
+    const dir = join(root, "bad");
+    const missing = tinyExport();
+    missing.weights.delete("midlayer.mlp.up_proj.weight");
+    await assert.rejects(
+      () => exportDraft(dir, missing),
+      /required tensor midlayer\.mlp\.up_proj\.weight is missing/,
+    );
+    const extra = tinyExport();
+    extra.weights.set("embed_tokens.weight", { values: new Float32Array(50 * 32), shape: [50, 32] });
+    await assert.rejects(
+      () => exportDraft(dir, extra),
+      /unexpected tensor embed_tokens\.weight \(the embedding is never exported/,
+    );
+    const misshapen = tinyExport();
+    misshapen.weights.set("lm_head.weight", { values: new Float32Array(13 * 32), shape: [13, 32] });
+    await assert.rejects(
+      () => exportDraft(dir, misshapen),
+      /lm_head\.weight has shape \[13, 32\], the config needs \[12, 32\]/,
+    );
+    assert.deepEqual([...Deno.readDirSync(root)], [], "no directory or temporary left behind");
+  });
+});
+
+Deno.test("export check: a tampered directory is named", async () => {
+  await withTempDir(async (root) => {
+    const dir = join(root, "draft");
+    await exportDraft(dir, tinyExport());
+    const json = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
+    json.draft_vocab_size = 13;
+    await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(json));
+    await assert.rejects(
+      () => checkDraftExport(dir),
+      /lm_head\.weight has shape \[12, 32\], config\.json needs \[13, 32\]/,
+    );
+    await Deno.remove(join(dir, "config.json"));
+    await assert.rejects(() => checkDraftExport(dir), /config\.json: missing/);
+  });
+});
