@@ -10,6 +10,7 @@ import { benchMatmul } from "../lib/bench/matmul.ts";
 import { benchLoss } from "../lib/bench/loss.ts";
 import { benchData } from "../lib/bench/data.ts";
 import { benchTarget } from "../lib/bench/target.ts";
+import { benchEagle3 } from "../lib/bench/eagle3.ts";
 
 const HELP = `deno task bench [--quick] [--only <groups>] [--json <file>]
 
@@ -28,6 +29,7 @@ const BENCHES: Record<string, Bench> = {
   loss: benchLoss,
   data: benchData,
   target: benchTarget,
+  eagle3: benchEagle3,
 };
 
 function formatTable(rows: BenchRow[]): string {
