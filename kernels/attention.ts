@@ -541,3 +541,316 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   }
 }
 `;
+
+// ---------------------------------------------------------------------------------------------------------
+// Register-row kernels (CPU adapters).
+//
+// Mesa's CPU drivers (lavapipe, llvmpipe) run a workgroup on one core with its invocations in the lanes of a
+// SIMD register; every storage or workgroup load is a loop over the lanes, and barriers are costly, while
+// arithmetic is cheap. The tiled kernels above stage tiles in workgroup memory and reload them per score,
+// so they spend their time in loads and barriers. These kernels use no workgroup memory and no barriers:
+// each invocation keeps R rows (query rows, or keys for dK/dV) in registers as vec4s and streams the other
+// operand from storage once per R rows, so one vec4 load feeds R vec4 FMAs. The generated code has the head
+// dim (HD4 = ceil(hd / 4) vec4s) and R as literal constants so LLVM unrolls the per-row loops.
+
+/** Invocations per workgroup of the register-row kernels: one 8-lane SIMD register on Mesa's CPU drivers. */
+export const ATTENTION_ROWS_WG = 8;
+
+/**
+ * WGSL loaders for storage arrays holding rows of `hd` floats: `ld_<name>(base, c)` returns elements
+ * base + 4c .. base + 4c + 3 of the row starting at element `base` (zero past hd), and `st_<name>` stores
+ * them. With hd % 4 == 0 the arrays are bound as vec4 (one load per vec4), else as scalars.
+ */
+function rowAccess(hd: number, names: string[], writable: string[], firstBinding: number): string {
+  const vec = hd % 4 === 0;
+  const out: string[] = [];
+  [...names, ...writable].forEach((name, i) => {
+    const rw = writable.includes(name) ? "read_write" : "read";
+    const type = vec ? "array<vec4<f32>>" : "array<f32>";
+    out.push(`@group(0) @binding(${firstBinding + i}) var<storage, ${rw}> ${name}: ${type};`);
+    if (vec) {
+      out.push(`fn ld_${name}(base: u32, c: u32) -> vec4<f32> { return ${name}[(base >> 2u) + c]; }`);
+      if (rw === "read_write") {
+        out.push(`fn st_${name}(base: u32, c: u32, x: vec4<f32>) { ${name}[(base >> 2u) + c] = x; }`);
+      }
+    } else {
+      const parts = [0, 1, 2, 3].map((i) =>
+        `select(0.0, ${name}[base + 4u * c + ${i}u], 4u * c + ${i}u < HD)`
+      );
+      out.push(`fn ld_${name}(base: u32, c: u32) -> vec4<f32> { return vec4<f32>(${parts.join(", ")}); }`);
+      if (rw === "read_write") {
+        const stores = [0, 1, 2, 3].map((i) =>
+          `if (4u * c + ${i}u < HD) { ${name}[base + 4u * c + ${i}u] = x[${i}]; }`
+        );
+        out.push(`fn st_${name}(base: u32, c: u32, x: vec4<f32>) { ${stores.join(" ")} }`);
+      }
+    }
+  });
+  return out.join("\n");
+}
+
+/** The shared header of the register-row kernels for head dim `hd` and `rows` rows per invocation. */
+function rowsHeader(hd: number, rows: number): string {
+  return `${HEADER}
+@group(0) @binding(0) var<uniform> p: Params;
+const HD4: u32 = ${Math.ceil(hd / 4)}u;
+const R: u32 = ${rows}u;
+const RWG: u32 = ${ATTENTION_ROWS_WG}u;
+alias Row = array<vec4<f32>, ${Math.ceil(hd / 4)}>;
+fn dot_row(a: Row, b: Row) -> f32 {
+  var s = 0.0;
+  for (var c = 0u; c < HD4; c++) { s += dot(a[c], b[c]); }
+  return s;
+}
+`;
+}
+
+/**
+ * Forward, register rows (override HD = hd). Bindings as {@link attentionForward}. Workgroups:
+ * ceil(B · nh · ceil(Tq / R) / 8). Invocation n owns query rows t0 .. t0 + R − 1 of one (b, h), t0 = R·(n mod
+ * ceil(Tq / R)); per key it loads k and v once and runs the online softmax of each row, with one exp per row
+ * and key: if s > m, then m ← s, o ← o·exp(m_old − s) + v; else o ← o + exp(s − m)·v.
+ */
+export function attentionRowsForward(hd: number, rows: number): string {
+  return `${rowsHeader(hd, rows)}
+${rowAccess(hd, ["q", "k", "v", "kd", "vd"], [], 1)}
+@group(0) @binding(6) var<storage, read> lengths: array<i32>;
+${rowAccess(hd, [], ["out"], 7)}
+@group(0) @binding(8) var<storage, read_write> lse: array<f32>;
+
+@compute @workgroup_size(RWG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let groups = (p.tq + R - 1u) / R;
+  let n = linear_workgroup(wg, nwg) * RWG + lid;
+  if (n >= p.batch * p.heads * groups) { return; }
+  let t0 = (n % groups) * R;
+  let h = (n / groups) % p.heads;
+  let b = n / (groups * p.heads);
+  let kvh = h / (p.heads / p.kv_heads);
+  let len = valid_keys(lengths[b]);
+  let kend = key_end(min(t0 + R, p.tq), len);
+
+  var qr: array<Row, R>;
+  var o: array<Row, R>;
+  var m: array<f32, R>;
+  var l: array<f32, R>;
+  for (var i = 0u; i < R; i++) {
+    let qb = q_index(b, min(t0 + i, p.tq - 1u), h);
+    for (var c = 0u; c < HD4; c++) {
+      qr[i][c] = ld_q(qb, c) * p.scale;
+      o[i][c] = vec4<f32>(0.0);
+    }
+    m[i] = NEG_BIG;
+    l[i] = 0.0;
+  }
+  for (var s = 0u; s < kend; s++) {
+    let kb = k_index(b, s, kvh);
+    var kr: Row;
+    var vr: Row;
+    for (var c = 0u; c < HD4; c++) {
+      kr[c] = ld_k(kb, c);
+      vr[c] = ld_v(kb, c);
+    }
+    for (var i = 0u; i < R; i++) {
+      if (key_allowed(t0 + i, s, len)) {
+        let sc = dot_row(qr[i], kr);
+        let grow = sc > m[i];
+        let e = exp(min(sc, m[i]) - max(sc, m[i]));
+        let alpha = select(1.0, e, grow);
+        let pj = select(e, 1.0, grow);
+        m[i] = max(sc, m[i]);
+        l[i] = l[i] * alpha + pj;
+        for (var c = 0u; c < HD4; c++) { o[i][c] = o[i][c] * alpha + pj * vr[c]; }
+      }
+    }
+  }
+  for (var i = 0u; i < R; i++) {
+    let t = t0 + i;
+    if (t >= p.tq) { break; }
+    // Diagonal (TTT) keys: row t's own keys kd[j, b, t] of the earlier steps, never masked.
+    for (var j = 0u; j < p.diag; j++) {
+      let db = diag_index(j, b, t, kvh);
+      var kr: Row;
+      for (var c = 0u; c < HD4; c++) { kr[c] = ld_kd(db, c); }
+      let sc = dot_row(qr[i], kr);
+      let grow = sc > m[i];
+      let e = exp(min(sc, m[i]) - max(sc, m[i]));
+      let alpha = select(1.0, e, grow);
+      let pj = select(e, 1.0, grow);
+      m[i] = max(sc, m[i]);
+      l[i] = l[i] * alpha + pj;
+      for (var c = 0u; c < HD4; c++) { o[i][c] = o[i][c] * alpha + pj * ld_vd(db, c); }
+    }
+    let inv_l = select(0.0, 1.0 / l[i], l[i] > 0.0);
+    let ob = q_index(b, t, h);
+    for (var c = 0u; c < HD4; c++) { st_out(ob, c, o[i][c] * inv_l); }
+    lse[lse_index(b, h, t)] = select(neg_inf(), m[i] + log(l[i]), l[i] > 0.0);
+  }
+}
+`;
+}
+
+/**
+ * Backward dQ, register rows. Bindings as {@link attentionBackwardQ}. Workgroups as
+ * {@link attentionRowsForward}. Per row: D = dO·O; per allowed key: dS = exp(scale·q·k − lse)·(dO·v − D),
+ * dq += dS·k (prefix keys, then the row's diagonal keys); dq is scaled once at the end.
+ */
+export function attentionRowsBackwardQ(hd: number, rows: number): string {
+  return `${rowsHeader(hd, rows)}
+${rowAccess(hd, ["q", "k", "v", "kd", "vd", "o", "dout"], [], 1)}
+@group(0) @binding(8) var<storage, read> lse: array<f32>;
+@group(0) @binding(9) var<storage, read> lengths: array<i32>;
+${rowAccess(hd, [], ["dq"], 10)}
+
+@compute @workgroup_size(RWG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let groups = (p.tq + R - 1u) / R;
+  let n = linear_workgroup(wg, nwg) * RWG + lid;
+  if (n >= p.batch * p.heads * groups) { return; }
+  let t0 = (n % groups) * R;
+  let h = (n / groups) % p.heads;
+  let b = n / (groups * p.heads);
+  let kvh = h / (p.heads / p.kv_heads);
+  let len = valid_keys(lengths[b]);
+  let kend = key_end(min(t0 + R, p.tq), len);
+
+  var qr: array<Row, R>;
+  var dor: array<Row, R>;
+  var dq_acc: array<Row, R>;
+  var lse_r: array<f32, R>;
+  var d_r: array<f32, R>;
+  var live: array<bool, R>;
+  for (var i = 0u; i < R; i++) {
+    let t = min(t0 + i, p.tq - 1u);
+    let qb = q_index(b, t, h);
+    var orow: Row;
+    for (var c = 0u; c < HD4; c++) {
+      qr[i][c] = ld_q(qb, c) * p.scale;
+      dor[i][c] = ld_dout(qb, c);
+      orow[c] = ld_o(qb, c);
+      dq_acc[i][c] = vec4<f32>(0.0);
+    }
+    d_r[i] = dot_row(dor[i], orow);
+    lse_r[i] = lse[lse_index(b, h, t)];
+    live[i] = t0 + i < p.tq && !is_empty_row(lse_r[i]);
+  }
+  for (var s = 0u; s < kend; s++) {
+    let kb = k_index(b, s, kvh);
+    var kr: Row;
+    var vr: Row;
+    for (var c = 0u; c < HD4; c++) {
+      kr[c] = ld_k(kb, c);
+      vr[c] = ld_v(kb, c);
+    }
+    for (var i = 0u; i < R; i++) {
+      if (live[i] && key_allowed(t0 + i, s, len)) {
+        let ds = exp(dot_row(qr[i], kr) - lse_r[i]) * (dot_row(dor[i], vr) - d_r[i]);
+        for (var c = 0u; c < HD4; c++) { dq_acc[i][c] += ds * kr[c]; }
+      }
+    }
+  }
+  for (var i = 0u; i < R; i++) {
+    let t = t0 + i;
+    if (t >= p.tq) { break; }
+    if (live[i]) {
+      for (var j = 0u; j < p.diag; j++) {
+        let db = diag_index(j, b, t, kvh);
+        var kr: Row;
+        var vr: Row;
+        for (var c = 0u; c < HD4; c++) {
+          kr[c] = ld_kd(db, c);
+          vr[c] = ld_vd(db, c);
+        }
+        let ds = exp(dot_row(qr[i], kr) - lse_r[i]) * (dot_row(dor[i], vr) - d_r[i]);
+        for (var c = 0u; c < HD4; c++) { dq_acc[i][c] += ds * kr[c]; }
+      }
+    }
+    let qb = q_index(b, t, h);
+    for (var c = 0u; c < HD4; c++) { st_dq(qb, c, p.scale * dq_acc[i][c]); }
+  }
+}
+`;
+}
+
+/**
+ * Backward dK, dV of the prefix keys, register rows. Bindings as {@link attentionBackwardKV}. Workgroups:
+ * ceil(B · nkv · ceil(Tk / R) / 8). Invocation n owns keys s0 .. s0 + R − 1 of one (b, kv head) and loops over
+ * the query heads of its group and the query rows that may see them, loading q, dO, O and lse once per row
+ * for all R keys: P = exp(scale·q·k − lse), dS = P·(dO·v − D), dv += P·dO, dk += dS·q (scaled at the end).
+ */
+export function attentionRowsBackwardKV(hd: number, rows: number): string {
+  return `${rowsHeader(hd, rows)}
+${rowAccess(hd, ["q", "k", "v", "o", "dout"], [], 1)}
+@group(0) @binding(6) var<storage, read> lse: array<f32>;
+@group(0) @binding(7) var<storage, read> lengths: array<i32>;
+${rowAccess(hd, [], ["dk", "dv"], 8)}
+
+@compute @workgroup_size(RWG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let groups = (p.tk + R - 1u) / R;
+  let n = linear_workgroup(wg, nwg) * RWG + lid;
+  if (n >= p.batch * p.kv_heads * groups) { return; }
+  let s0 = (n % groups) * R;
+  let kvh = (n / groups) % p.kv_heads;
+  let b = n / (groups * p.kv_heads);
+  let group = p.heads / p.kv_heads;
+  let len = valid_keys(lengths[b]);
+
+  var kr: array<Row, R>;
+  var vr: array<Row, R>;
+  var dk_acc: array<Row, R>;
+  var dv_acc: array<Row, R>;
+  for (var i = 0u; i < R; i++) {
+    let kb = k_index(b, min(s0 + i, p.tk - 1u), kvh);
+    for (var c = 0u; c < HD4; c++) {
+      kr[i][c] = ld_k(kb, c);
+      vr[i][c] = ld_v(kb, c);
+      dk_acc[i][c] = vec4<f32>(0.0);
+      dv_acc[i][c] = vec4<f32>(0.0);
+    }
+  }
+  // Keys at or past len get no gradient; with causal masking, queries before s0 − query_offset see none.
+  var t_begin = 0u;
+  if (p.causal != 0u && s0 > p.query_offset) { t_begin = s0 - p.query_offset; }
+  if (s0 >= len) { t_begin = p.tq; }
+  for (var hh = 0u; hh < group; hh++) {
+    let h = kvh * group + hh;
+    for (var t = t_begin; t < p.tq; t++) {
+      let lse_t = lse[lse_index(b, h, t)];
+      if (is_empty_row(lse_t)) { continue; }
+      let qb = q_index(b, t, h);
+      var qr: Row;
+      var dor: Row;
+      var d_t = 0.0;
+      for (var c = 0u; c < HD4; c++) {
+        qr[c] = ld_q(qb, c);
+        dor[c] = ld_dout(qb, c);
+        d_t += dot(dor[c], ld_o(qb, c));
+      }
+      for (var i = 0u; i < R; i++) {
+        if (key_allowed(t, s0 + i, len)) {
+          let pv = exp(p.scale * dot_row(qr, kr[i]) - lse_t);
+          let ds = pv * (dot_row(dor, vr[i]) - d_t);
+          for (var c = 0u; c < HD4; c++) {
+            dv_acc[i][c] += pv * dor[c];
+            dk_acc[i][c] += ds * qr[c];
+          }
+        }
+      }
+    }
+  }
+  for (var i = 0u; i < R; i++) {
+    let s = s0 + i;
+    if (s >= p.tk) { break; }
+    let kb = k_index(b, s, kvh);
+    for (var c = 0u; c < HD4; c++) {
+      st_dk(kb, c, p.scale * dk_acc[i][c]);
+      st_dv(kb, c, dv_acc[i][c]);
+    }
+  }
+}
+`;
+}

@@ -147,3 +147,78 @@ fn dw_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
   if (p.accumulate != 0u) { dw[col] += sum; } else { dw[col] = sum; }
 }
 `;
+
+/** Invocations per workgroup of the one-row-per-invocation kernels (one 8-lane SIMD register on lavapipe). */
+export const RMSNORM_ROWS_WG = 8;
+
+/**
+ * One-row-per-invocation variants of {@link forward} and {@link backwardDx} for CPU adapters (Mesa lavapipe,
+ * llvmpipe), where a workgroup runs on one core, every load is costly and barriers more so: each invocation
+ * reduces its own row with vec4 loads (when `h` is a multiple of 4) and no workgroup memory or barrier.
+ * Same bindings and params as the workgroup-per-row kernels; workgroups: ceil(rows / 8).
+ */
+export function rowsKernels(vec4: boolean): { forward: string; backwardDx: string } {
+  const T = vec4 ? "vec4<f32>" : "f32";
+  // Elements per loaded unit, the number of units per row, and the horizontal sum of a unit.
+  const header = /* wgsl */ `
+struct Params { rows: u32, h: u32, eps: f32, accumulate: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+const W: u32 = ${vec4 ? 4 : 1}u;
+fn hsum(v: ${T}) -> f32 { return ${vec4 ? "v.x + v.y + v.z + v.w" : "v"}; }
+fn row_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+  return linear_workgroup(wg, nwg) * ${RMSNORM_ROWS_WG}u + lid;
+}
+`;
+  return {
+    forward: /* wgsl */ `
+${header}
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
+@group(0) @binding(2) var<storage, read> w: array<${T}>;
+@group(0) @binding(3) var<storage, read_write> y: array<${T}>;
+@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;
+
+@compute @workgroup_size(${RMSNORM_ROWS_WG})
+fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let row = row_index(wg, nwg, lid);
+  if (row >= p.rows) { return; }
+  let n = p.h / W;
+  let base = row * n;
+  var sum_sq = ${T}(0.0);
+  for (var i = 0u; i < n; i++) {
+    let v = x[base + i];
+    sum_sq = fma(v, v, sum_sq);
+  }
+  let r = 1.0 / sqrt(hsum(sum_sq) / f32(p.h) + p.eps);
+  for (var i = 0u; i < n; i++) { y[base + i] = w[i] * (x[base + i] * r); }
+  rstd[row] = r;
+}
+`,
+    backwardDx: /* wgsl */ `
+${header}
+@group(0) @binding(1) var<storage, read> dy: array<${T}>;
+@group(0) @binding(2) var<storage, read> x: array<${T}>;
+@group(0) @binding(3) var<storage, read> w: array<${T}>;
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<${T}>;
+
+@compute @workgroup_size(${RMSNORM_ROWS_WG})
+fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let row = row_index(wg, nwg, lid);
+  if (row >= p.rows) { return; }
+  let n = p.h / W;
+  let base = row * n;
+  var acc = ${T}(0.0);
+  for (var i = 0u; i < n; i++) { acc = fma(w[i] * dy[base + i], x[base + i], acc); }
+  let r = rstd[row];
+  let c = hsum(acc) * r * r * r / f32(p.h);
+  for (var i = 0u; i < n; i++) {
+    let g = r * w[i] * dy[base + i] - x[base + i] * c;
+    if (p.accumulate != 0u) { dx[base + i] += g; } else { dx[base + i] = g; }
+  }
+}
+`,
+  };
+}

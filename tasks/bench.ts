@@ -11,6 +11,7 @@ import { benchLoss } from "../lib/bench/loss.ts";
 import { benchData } from "../lib/bench/data.ts";
 import { benchTarget } from "../lib/bench/target.ts";
 import { benchEagle3 } from "../lib/bench/eagle3.ts";
+import { benchTrain } from "../lib/bench/train.ts";
 
 const HELP = `deno task bench [--quick] [--only <groups>] [--json <file>]
 
@@ -30,6 +31,7 @@ const BENCHES: Record<string, Bench> = {
   data: benchData,
   target: benchTarget,
   eagle3: benchEagle3,
+  train: benchTrain,
 };
 
 function formatTable(rows: BenchRow[]): string {

@@ -549,7 +549,8 @@ export function defaultAuxLayers(numLayers: number): AuxLayerChoice {
 
 /**
  * Checks user-given auxiliary layers: three integers in [0, N−1], strictly ascending (the order in which
- * the states are concatenated and in which SGLang captures them). Returns them; throws naming the problem.
+ * the states are concatenated and in which SGLang captures them), or merely ascending for targets of fewer than
+ * three layers, where a repeat is unavoidable. Returns them; throws naming the problem.
  */
 export function checkAuxLayers(layers: number[], numLayers: number): number[] {
   if (layers.length !== 3) throw new ConfigError(`aux layers must be 3 layer ids, got [${layers}]`);
@@ -560,8 +561,14 @@ export function checkAuxLayers(layers: number[], numLayers: number): number[] {
       );
     }
   }
-  if (!(layers[0] < layers[1] && layers[1] < layers[2])) {
-    throw new ConfigError(`aux layers [${layers}] must be strictly ascending`);
+  // Three distinct layers exist only when N >= 3; shallower targets may repeat one (e.g. [0, 1, 1]).
+  const ascending = numLayers >= 3
+    ? layers[0] < layers[1] && layers[1] < layers[2]
+    : layers[0] <= layers[1] && layers[1] <= layers[2];
+  if (!ascending) {
+    throw new ConfigError(
+      `aux layers [${layers}] must be ${numLayers >= 3 ? "strictly ascending" : "ascending"}`,
+    );
   }
   return layers;
 }

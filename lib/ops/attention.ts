@@ -15,9 +15,10 @@
 import * as K from "../../kernels/attention.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
-import { params, type Program } from "../gpu/program.ts";
+import { type Binding, params, type Program } from "../gpu/program.ts";
 import { shapeString, type Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
+import { isCpuAdapter } from "./matmul.ts";
 
 /** Options of the attention ops. */
 export interface AttentionOptions {
@@ -30,7 +31,16 @@ export interface AttentionOptions {
   queryOffset?: number;
   /** Multiplies q·k (default 1/sqrt(hd)). */
   scale?: number;
+  /**
+   * Kernel family: "tiled" (workgroup-memory tiles, for GPUs) or "rows" (each invocation keeps a few rows in
+   * registers, no workgroup memory or barriers, for CPU adapters). Default: "rows" on CPU adapters (Mesa
+   * lavapipe/llvmpipe), else "tiled". Both compute the same math.
+   */
+  kernel?: AttentionKernel;
 }
+
+/** The kernel families of the attention ops (see {@link AttentionOptions.kernel}). */
+export type AttentionKernel = "tiled" | "rows";
 
 /** Tensors of {@link attentionForward}. */
 export interface AttentionForwardArgs {
@@ -207,6 +217,31 @@ function constants(hd: number, t: Tiles): Record<string, number> {
   return { HD: hd, BQ: t.BQ, BK: t.BK, WG: t.WG };
 }
 
+/** The kernel family for this call: the requested one, else "rows" on CPU adapters and "tiled" on GPUs. */
+function kernelFor(gpu: Gpu, opts: AttentionOptions): AttentionKernel {
+  if (opts.kernel !== undefined && opts.kernel !== "tiled" && opts.kernel !== "rows") {
+    throw new ShapeError(
+      `attention: unknown kernel ${JSON.stringify(opts.kernel)} (expected "tiled" or "rows")`,
+    );
+  }
+  return opts.kernel ?? (isCpuAdapter(gpu) ? "rows" : "tiled");
+}
+
+/**
+ * Rows per invocation of the register-row kernels: enough that one load of a streamed row feeds several
+ * rows' FMAs, few enough that the rows' registers (2–3 rows of hd floats each) stay small (measured on
+ * lavapipe at hd 16: 8 rows).
+ */
+function rowsPerInvocation(hd: number): number {
+  const hd4 = Math.ceil(hd / 4);
+  return hd4 <= 4 ? 8 : hd4 <= 8 ? 4 : hd4 <= 16 ? 2 : 1;
+}
+
+/** Workgroups of a register-row kernel over `items` (b, head) pairs of `len` rows each. */
+function rowsGrid(items: number, len: number, rows: number): number {
+  return Math.ceil(items * Math.ceil(len / rows) / K.ATTENTION_ROWS_WG);
+}
+
 /**
  * Records the attention forward: writes `out` and `lse` (see the module comment for the math and layouts).
  * One dispatch of B · nh · ceil(Tq / BQ) workgroups.
@@ -217,6 +252,21 @@ export async function attentionForward(
   opts: AttentionOptions = {},
 ): Promise<void> {
   const d = checkArgs("attentionForward", a, opts);
+  const bindings = [uniforms(d, opts), a.q, a.k, a.v, a.kd ?? a.q, a.vd ?? a.q, a.lengths, a.out, a.lse];
+  if (kernelFor(p.gpu, opts) === "rows") {
+    const rows = rowsPerInvocation(d.headDim);
+    await p.add(
+      {
+        name: "attention.forward_rows",
+        code: K.attentionRowsForward(d.headDim, rows),
+        entryPoint: "main",
+        constants: { HD: d.headDim },
+      },
+      bindings,
+      rowsGrid(d.batch * d.heads, d.queryLen, rows),
+    );
+    return;
+  }
   const tiles = planTiles(p.gpu, "forward", d.headDim);
   await p.add(
     {
@@ -225,7 +275,7 @@ export async function attentionForward(
       entryPoint: "main",
       constants: constants(d.headDim, tiles),
     },
-    [uniforms(d, opts), a.q, a.k, a.v, a.kd ?? a.q, a.vd ?? a.q, a.lengths, a.out, a.lse],
+    bindings,
     d.batch * d.heads * Math.ceil(d.queryLen / tiles.BQ),
   );
 }
@@ -258,29 +308,33 @@ export async function attentionBackward(
   }
   const hd = d.headDim;
   const u = uniforms(d, opts);
-
-  const kv = planTiles(p.gpu, "backwardKV", hd);
-  await p.add(
-    {
-      name: "attention.backward_kv",
-      code: K.attentionBackwardKV,
-      entryPoint: "main",
-      constants: constants(hd, kv),
-    },
-    [u, a.q, a.k, a.v, a.out, a.dout, a.lse, a.lengths, a.dk, a.dv],
-    d.batch * d.kvHeads * Math.ceil(d.keyLen / kv.BK),
-  );
-  const qt = planTiles(p.gpu, "backwardQ", hd);
-  await p.add(
-    {
-      name: "attention.backward_q",
-      code: K.attentionBackwardQ,
-      entryPoint: "main",
-      constants: constants(hd, qt),
-    },
-    [u, a.q, a.k, a.v, a.kd ?? a.q, a.vd ?? a.q, a.out, a.dout, a.lse, a.lengths, a.dq],
-    d.batch * d.heads * Math.ceil(d.queryLen / qt.BQ),
-  );
+  const kvBindings = [u, a.q, a.k, a.v, a.out, a.dout, a.lse, a.lengths, a.dk, a.dv];
+  const qBindings = [u, a.q, a.k, a.v, a.kd ?? a.q, a.vd ?? a.q, a.out, a.dout, a.lse, a.lengths, a.dq];
+  if (kernelFor(p.gpu, opts) === "rows") {
+    const rows = rowsPerInvocation(hd);
+    await p.add(
+      {
+        name: "attention.backward_kv_rows",
+        code: K.attentionRowsBackwardKV(hd, rows),
+        entryPoint: "main",
+        constants: { HD: hd },
+      },
+      kvBindings,
+      rowsGrid(d.batch * d.kvHeads, d.keyLen, rows),
+    );
+    await p.add(
+      {
+        name: "attention.backward_q_rows",
+        code: K.attentionRowsBackwardQ(hd, rows),
+        entryPoint: "main",
+        constants: { HD: hd },
+      },
+      qBindings,
+      rowsGrid(d.batch * d.heads, d.queryLen, rows),
+    );
+  } else {
+    await backwardTiled(p, d, kvBindings, qBindings);
+  }
   if (d.diagSteps > 0) {
     await p.add(
       {
@@ -293,6 +347,38 @@ export async function attentionBackward(
       Math.ceil(d.diagSteps * d.batch * d.queryLen * d.kvHeads / WG),
     );
   }
+}
+
+/** The tiled dK/dV and dQ dispatches of {@link attentionBackward}. */
+async function backwardTiled(
+  p: Program,
+  d: AttentionDims,
+  kvBindings: Binding[],
+  qBindings: Binding[],
+): Promise<void> {
+  const hd = d.headDim;
+  const kv = planTiles(p.gpu, "backwardKV", hd);
+  await p.add(
+    {
+      name: "attention.backward_kv",
+      code: K.attentionBackwardKV,
+      entryPoint: "main",
+      constants: constants(hd, kv),
+    },
+    kvBindings,
+    d.batch * d.kvHeads * Math.ceil(d.keyLen / kv.BK),
+  );
+  const qt = planTiles(p.gpu, "backwardQ", hd);
+  await p.add(
+    {
+      name: "attention.backward_q",
+      code: K.attentionBackwardQ,
+      entryPoint: "main",
+      constants: constants(hd, qt),
+    },
+    qBindings,
+    d.batch * d.heads * Math.ceil(d.queryLen / qt.BQ),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import { params, type Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
 import { ShapeError } from "../gpu/errors.ts";
+import type { Gpu } from "../gpu/device.ts";
+import { isCpuAdapter } from "./matmul.ts";
 
 /** Rows summed by one invocation of the first stage of dw. */
 export const RMSNORM_ROWS_PER_BLOCK = 64;
@@ -19,6 +21,55 @@ export const RMSNORM_ROWS_PER_BLOCK = 64;
 export interface RmsnormOptions {
   /** Added to mean(x²) before the square root (the config's rms_norm_eps). */
   eps: number;
+  /** Row kernel family (see {@link RmsnormKernel}); default from the adapter. */
+  kernel?: RmsnormKernel;
+}
+
+/**
+ * Kernel family of the row kernels: "workgroup" (one workgroup per row, a tree reduction in workgroup memory:
+ * GPUs) or "rows" (one invocation per row, vec4 loads, no workgroup memory or barriers: CPU adapters, where
+ * it is the default). Both compute the same math.
+ */
+export type RmsnormKernel = "workgroup" | "rows";
+
+/** The requested row kernel family, else "rows" on CPU adapters and "workgroup" on GPUs. */
+function rowKernel(gpu: Gpu, kernel: RmsnormKernel | undefined): RmsnormKernel {
+  if (kernel !== undefined && kernel !== "workgroup" && kernel !== "rows") {
+    throw new ShapeError(
+      `rmsnorm: unknown kernel ${JSON.stringify(kernel)} (expected "workgroup" or "rows")`,
+    );
+  }
+  return kernel ?? (isCpuAdapter(gpu) ? "rows" : "workgroup");
+}
+
+/** The row kernel `entry` ("forward" or "backward_dx") of the chosen family, and its workgroup count. */
+function rowKernelSpec(
+  gpu: Gpu,
+  kernel: RmsnormKernel | undefined,
+  entry: "forward" | "backward_dx",
+  rows: number,
+  hidden: number,
+) {
+  if (rowKernel(gpu, kernel) === "rows") {
+    const vec4 = hidden % 4 === 0;
+    const code = K.rowsKernels(vec4);
+    return {
+      spec: {
+        name: `rmsnorm.${entry}_rows${vec4 ? ".vec4" : ""}`,
+        code: entry === "forward" ? code.forward : code.backwardDx,
+        entryPoint: entry,
+      },
+      workgroups: Math.ceil(rows / K.RMSNORM_ROWS_WG),
+    };
+  }
+  return {
+    spec: {
+      name: `rmsnorm.${entry}`,
+      code: entry === "forward" ? K.forward : K.backwardDx,
+      entryPoint: entry,
+    },
+    workgroups: rows,
+  };
 }
 
 /** Options of {@link rmsnormBackward}. */
@@ -27,6 +78,8 @@ export interface RmsnormBackwardOptions {
   accumulateDx?: boolean;
   /** Add the weight gradient to dw instead of overwriting it. */
   accumulateDw?: boolean;
+  /** Row kernel family of dx (see {@link RmsnormKernel}); default from the adapter. */
+  kernel?: RmsnormKernel;
   /**
    * f32 scratch for the partial sums of dw, of at least {@link rmsnormScratchSize} elements (any shape).
    * When omitted and rows > {@link RMSNORM_ROWS_PER_BLOCK}, the op allocates one from the buffer pool and
@@ -55,7 +108,7 @@ export async function rmsnormForward(
   w: Tensor,
   y: Tensor,
   rstd: Tensor,
-  { eps }: RmsnormOptions,
+  { eps, kernel }: RmsnormOptions,
 ): Promise<void> {
   const op = "rmsnormForward";
   for (const [name, t] of [["x", x], ["w", w], ["y", y], ["rstd", rstd]] as const) {
@@ -65,10 +118,11 @@ export async function rmsnormForward(
   expectShape(op, "w", w, [hidden]);
   expectShape(op, "y", y, [rows, hidden]);
   expectShape(op, "rstd", rstd, [rows]);
+  const { spec, workgroups } = rowKernelSpec(p.gpu, kernel, "forward", rows, hidden);
   await p.add(
-    { name: "rmsnorm.forward", code: K.forward, entryPoint: "forward" },
+    spec,
     [params(["u32", rows], ["u32", hidden], ["f32", eps], ["u32", 0]), x, w, y, rstd],
-    rows,
+    workgroups,
   );
 }
 
@@ -84,7 +138,7 @@ export async function rmsnormBackward(
   rstd: Tensor,
   dx: Tensor,
   dw: Tensor,
-  { accumulateDx = false, accumulateDw = false, scratch }: RmsnormBackwardOptions = {},
+  { accumulateDx = false, accumulateDw = false, scratch, kernel }: RmsnormBackwardOptions = {},
 ): Promise<Tensor | null> {
   const op = "rmsnormBackward";
   for (const [name, t] of [["dy", dy], ["x", x], ["w", w], ["rstd", rstd], ["dx", dx], ["dw", dw]] as const) {
@@ -107,10 +161,11 @@ export async function rmsnormBackward(
     }
   }
 
+  const dxKernel = rowKernelSpec(p.gpu, kernel, "backward_dx", rows, hidden);
   await p.add(
-    { name: "rmsnorm.backward_dx", code: K.backwardDx, entryPoint: "backward_dx" },
+    dxKernel.spec,
     [params(["u32", rows], ["u32", hidden], ["f32", 0], ["u32", accumulateDx ? 1 : 0]), dy, x, w, rstd, dx],
-    rows,
+    dxKernel.workgroups,
   );
 
   // dw, stage 1: column sums over blocks of rows; straight into dw when there is a single block

@@ -476,11 +476,15 @@ Deno.test("config: default aux layers [1, N/2-1, N-4], and the choice for shallo
     assert.deepEqual(c.layers, layers, `N=${n}`);
     assert.match(c.message!, new RegExp(`target has ${n} layers`));
     for (const l of c.layers) assert.ok(l >= 0 && l < Number(n));
-    if (Number(n) >= 3) assert.deepEqual(checkAuxLayers(c.layers, Number(n)), layers);
+    assert.deepEqual(checkAuxLayers(c.layers, Number(n)), layers);
   }
   assert.throws(() => defaultAuxLayers(0), ConfigError);
   assert.deepEqual(checkAuxLayers([2, 5, 9], 10), [2, 5, 9]);
   assert.throws(() => checkAuxLayers([2, 5, 10], 10), /aux layer 10 is not a layer of this 10-layer target/);
   assert.throws(() => checkAuxLayers([5, 2, 9], 10), /strictly ascending/);
+  assert.throws(() => checkAuxLayers([2, 2, 9], 10), /strictly ascending/);
+  // A 2-layer target cannot have three distinct layers: repeats are allowed, descending ids are not.
+  assert.deepEqual(checkAuxLayers([0, 1, 1], 2), [0, 1, 1]);
+  assert.throws(() => checkAuxLayers([1, 0, 1], 2), /must be ascending/);
   assert.throws(() => checkAuxLayers([1, 2], 10), /must be 3 layer ids/);
 });

@@ -11,6 +11,7 @@ import {
   type AttentionCpuInputs,
   type AttentionDims,
   attentionForward,
+  type AttentionKernel,
   type AttentionOptions,
 } from "../../lib/ops/attention.ts";
 
@@ -124,18 +125,25 @@ function assertLseClose(actual: ArrayLike<number>, expected: ArrayLike<number>, 
 
 const TOL = { atol: 3e-5, rtol: 1e-3 };
 
+/** Both kernel families, whatever the adapter's default. */
+const KERNELS: AttentionKernel[] = ["tiled", "rows"];
+
+/** Checks forward and backward of `c` against the CPU reference, with each kernel family. */
 async function checkAgainstCpu(c: Case): Promise<void> {
-  const got = await runGpu(c);
   const fwd = attentionCpu(c.x, c.dims, c.opts);
   const bwd = attentionBackwardCpu(c.x, c.dims, c.opts);
-  assertClose(got.out, fwd.out, `${c.name}: out`, TOL);
-  assertLseClose(got.lse, fwd.lse, `${c.name}: lse`);
-  assertClose(got.dq, bwd.dq, `${c.name}: dq`, TOL);
-  assertClose(got.dk, bwd.dk, `${c.name}: dk`, TOL);
-  assertClose(got.dv, bwd.dv, `${c.name}: dv`, TOL);
-  if (c.dims.diagSteps > 0) {
-    assertClose(got.dkd!, bwd.dkd, `${c.name}: dkd`, TOL);
-    assertClose(got.dvd!, bwd.dvd, `${c.name}: dvd`, TOL);
+  for (const kernel of KERNELS) {
+    const got = await runGpu({ ...c, opts: { ...c.opts, kernel } });
+    const name = `${c.name} (${kernel})`;
+    assertClose(got.out, fwd.out, `${name}: out`, TOL);
+    assertLseClose(got.lse, fwd.lse, `${name}: lse`);
+    assertClose(got.dq, bwd.dq, `${name}: dq`, TOL);
+    assertClose(got.dk, bwd.dk, `${name}: dk`, TOL);
+    assertClose(got.dv, bwd.dv, `${name}: dv`, TOL);
+    if (c.dims.diagSteps > 0) {
+      assertClose(got.dkd!, bwd.dkd, `${name}: dkd`, TOL);
+      assertClose(got.dvd!, bwd.dvd, `${name}: dvd`, TOL);
+    }
   }
 }
 
@@ -161,6 +169,12 @@ Deno.test(
       ),
       makeCase("T70 non-causal scale 0.3", { B: 1, Tq: 70, nh: 2, nkv: 2, hd: 32 }, [70], { scale: 0.3 }, 50),
       makeCase("hd 8 odd lengths", { B: 2, Tq: 9, nh: 4, nkv: 2, hd: 8 }, [9, 6], { causal: true }, 60),
+      makeCase("hd 6 (not a multiple of 4), S2", { B: 2, Tq: 11, nh: 4, nkv: 2, hd: 6, S: 2 }, [11, 7], {
+        causal: true,
+      }, 65),
+      makeCase("hd 20, T19 causal, 8 heads", { B: 2, Tq: 19, nh: 8, nkv: 2, hd: 20 }, [19, 12], {
+        causal: true,
+      }, 66),
     ];
     for (const c of cases) await checkAgainstCpu(c);
   },

@@ -10,6 +10,7 @@ import {
   rmsnormBackwardCpu,
   rmsnormCpu,
   rmsnormForward,
+  type RmsnormKernel,
   rmsnormScratchSize,
 } from "../../lib/ops/rmsnorm.ts";
 
@@ -20,7 +21,14 @@ function upload(data: ArrayLike<number>, shape: number[], label: string): Tensor
 }
 
 /** Runs forward and backward on the GPU and returns everything read back. */
-async function runGpu(x: Float32Array, w: Float32Array, dy: Float32Array, rows: number, hidden: number) {
+async function runGpu(
+  x: Float32Array,
+  w: Float32Array,
+  dy: Float32Array,
+  rows: number,
+  hidden: number,
+  kernel?: RmsnormKernel,
+) {
   const g = gpu!;
   const tx = upload(x, [rows, hidden], "x"),
     tw = upload(w, [hidden], "w"),
@@ -31,8 +39,8 @@ async function runGpu(x: Float32Array, w: Float32Array, dy: Float32Array, rows: 
   const tdw = Tensor.empty(g, [hidden], "f32", "dw");
   let scratch: Tensor | null = null;
   await runOnce(g, "rmsnorm", async (p) => {
-    await rmsnormForward(p, tx, tw, ty, trstd, { eps: EPS });
-    scratch = await rmsnormBackward(p, tdy, tx, tw, trstd, tdx, tdw);
+    await rmsnormForward(p, tx, tw, ty, trstd, { eps: EPS, kernel });
+    scratch = await rmsnormBackward(p, tdy, tx, tw, trstd, tdx, tdw, { kernel });
   });
   const result = { y: await ty.read(), rstd: await trstd.read(), dx: await tdx.read(), dw: await tdw.read() };
   for (const t of [tx, tw, tdy, ty, trstd, tdx, tdw, scratch as Tensor | null]) t?.destroy();
@@ -49,14 +57,17 @@ Deno.test({ name: "rmsnorm: forward and backward vs CPU on several shapes", ...n
     const x = randomArray(rows * hidden, rows + hidden, 2);
     const w = randomArray(hidden, 7 * hidden, 1).map((v) => 1 + 0.5 * v);
     const dy = randomArray(rows * hidden, 3 * rows + hidden);
-    const got = await runGpu(x, w, dy, rows, hidden);
     const want = rmsnormCpu(x, w, rows, hidden, EPS);
     const grads = rmsnormBackwardCpu(dy, x, w, rows, hidden, EPS);
-    const tag = `[${rows}, ${hidden}]`;
-    assertClose(got.y, want.y, `y ${tag}`, { atol: 1e-5, rtol: 1e-4 });
-    assertClose(got.rstd, want.rstd, `rstd ${tag}`, { atol: 1e-5, rtol: 1e-4 });
-    assertClose(got.dx, grads.dx, `dx ${tag}`, { atol: 1e-4, rtol: 1e-3 });
-    assertClose(got.dw, grads.dw, `dw ${tag}`, { atol: 1e-4, rtol: 1e-3 });
+    // Both row kernel families, whatever the adapter's default.
+    for (const kernel of ["workgroup", "rows"] as const) {
+      const got = await runGpu(x, w, dy, rows, hidden, kernel);
+      const tag = `[${rows}, ${hidden}] ${kernel}`;
+      assertClose(got.y, want.y, `y ${tag}`, { atol: 1e-5, rtol: 1e-4 });
+      assertClose(got.rstd, want.rstd, `rstd ${tag}`, { atol: 1e-5, rtol: 1e-4 });
+      assertClose(got.dx, grads.dx, `dx ${tag}`, { atol: 1e-4, rtol: 1e-3 });
+      assertClose(got.dw, grads.dw, `dw ${tag}`, { atol: 1e-4, rtol: 1e-3 });
+    }
   }
 });
 
