@@ -91,7 +91,6 @@ async function runGpu(c: Case): Promise<GpuResult> {
     dkd: S ? Tensor.empty(g, dShape, "f32", "dkd") : null,
     dvd: S ? Tensor.empty(g, dShape, "f32", "dvd") : null,
   };
-  console.log("run", c.name);
   await runOnce(g, `attention ${c.name}`, async (p) => {
     await attentionForward(p, t, c.opts);
     await attentionBackward(p, t, c.opts);

@@ -1,0 +1,144 @@
+/**
+ * Kernels of speculative decoding's cached passes (lib/ops/tree_attention.ts), all f32, one sequence:
+ *
+ * - `treeAttention(hd)`: out = softmax(scale·q·kᵀ + mask)·v per query head over a KV cache, where query row t
+ *   attends every cached key s < prefix (prefix = meta[prefix_slot]) and the keys prefix + j of the "tree
+ *   region" for which mask[t, j] ≠ 0 (j < tree_len). Grouped-query: head h reads kv head h / (nh / nkv). One
+ *   invocation per (row, head), keys streamed with the online softmax (running max m, sum l, accumulator):
+ *   m' = max(m, s), l' = l·e^(m−m') + e^(s−m'), acc' = acc·e^(m−m') + e^(s−m')·v. Inference only (no
+ *   backward, no log-sum-exp). A row with no allowed key writes zeros.
+ * - `ropeAtPositions`: the Hugging Face half rotation (as kernels/rope.ts) with each row's position read from
+ *   a buffer, so one prebuilt program serves every offset and tree layout.
+ * - `gatherRows`: dst[r] = src[index[r]] (zeros where index[r] is negative or out of range).
+ * - `scatterRows`: dst[meta[slot] + r] = src[r] (rows past the end of dst are dropped).
+ *
+ * Positions and offsets come from small i32 buffers the host writes before each run, not from uniforms, so
+ * a program is built once per shape instead of once per sequence position.
+ */
+import { LINEAR_WORKGROUP } from "./common.ts";
+
+/** Invocations per workgroup of every kernel here. */
+export const TREE_WG = 64;
+
+/** Tree attention for head dim `hd` (the register arrays need it as a literal). */
+export function treeAttention(hd: number): string {
+  return /* wgsl */ `
+const HD: u32 = ${hd}u;
+struct Params { rows: u32, heads: u32, kv_heads: u32, tree_len: u32, cache_len: u32, prefix_slot: u32,
+                scale: f32, pad: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read> meta: array<i32>;
+@group(0) @binding(5) var<storage, read> mask: array<u32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(${TREE_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${TREE_WG}u + lid;   // i = t·nh + h
+  if (i >= p.rows * p.heads) { return; }
+  let t = i / p.heads;
+  let h = i % p.heads;
+  let kvh = h / (p.heads / p.kv_heads);
+  let prefix = min(u32(max(meta[p.prefix_slot], 0)), p.cache_len);
+  var qr: array<f32, HD>;
+  var acc: array<f32, HD>;
+  for (var d = 0u; d < HD; d++) { qr[d] = q[i * HD + d]; acc[d] = 0.0; }
+  var m = -3.0e38;
+  var l = 0.0;
+  let total = prefix + p.tree_len;
+  for (var s = 0u; s < total; s++) {
+    if (s >= prefix && mask[t * p.tree_len + (s - prefix)] == 0u) { continue; }
+    if (s >= p.cache_len) { break; }
+    let ko = (s * p.kv_heads + kvh) * HD;
+    var score = 0.0;
+    for (var d = 0u; d < HD; d++) { score += qr[d] * k[ko + d]; }
+    score *= p.scale;
+    let mNew = max(m, score);
+    let corr = exp(m - mNew);
+    let w = exp(score - mNew);
+    l = l * corr + w;
+    for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * corr + w * v[ko + d]; }
+    m = mNew;
+  }
+  let inv = select(0.0, 1.0 / l, l > 0.0);
+  for (var d = 0u; d < HD; d++) { out[i * HD + d] = acc[d] * inv; }
+}
+`;
+}
+
+/** RoPE with per-row positions, in place: bindings params, x (read-write), positions, cos, sin. */
+export const ropeAtPositions = /* wgsl */ `
+struct Params { pairs: u32, heads: u32, half: u32, max_pos: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read> positions: array<i32>;
+@group(0) @binding(3) var<storage, read> cos_table: array<f32>;
+@group(0) @binding(4) var<storage, read> sin_table: array<f32>;
+
+@compute @workgroup_size(${TREE_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${TREE_WG}u + lid;
+  if (i >= p.pairs) { return; }
+  let head_row = i / p.half;          // r·heads + h
+  let j = i % p.half;
+  let pos = min(u32(max(positions[head_row / p.heads], 0)), p.max_pos - 1u);
+  let c = cos_table[pos * p.half + j];
+  let s = sin_table[pos * p.half + j];
+  let e = head_row * 2u * p.half + j;
+  let x1 = x[e];
+  let x2 = x[e + p.half];
+  x[e] = x1 * c - x2 * s;
+  x[e + p.half] = x2 * c + x1 * s;
+}
+`;
+
+/** dst[r, c] = src[index[r], c]: bindings params, src, index, dst. */
+export const gatherRows = /* wgsl */ `
+struct Params { rows: u32, width: u32, src_rows: u32, pad: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> index: array<i32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+
+@compute @workgroup_size(${TREE_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${TREE_WG}u + lid;
+  if (i >= p.rows * p.width) { return; }
+  let r = i / p.width;
+  let c = i % p.width;
+  let s = index[r];
+  var value = 0.0;
+  if (s >= 0 && u32(s) < p.src_rows) { value = src[u32(s) * p.width + c]; }
+  dst[i] = value;
+}
+`;
+
+/** dst[meta[slot] + r, c] = src[r, c]: bindings params, src, meta, dst. */
+export const scatterRows = /* wgsl */ `
+struct Params { rows: u32, width: u32, dst_rows: u32, slot: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> meta: array<i32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+
+@compute @workgroup_size(${TREE_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${TREE_WG}u + lid;
+  if (i >= p.rows * p.width) { return; }
+  let start = meta[p.slot];
+  if (start < 0) { return; }
+  let r = u32(start) + i / p.width;
+  if (r >= p.dst_rows) { return; }
+  dst[r * p.width + i % p.width] = src[i];
+}
+`;
