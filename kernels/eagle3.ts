@@ -5,10 +5,11 @@
  *
  * The shift by one position (target'_j = L_{j+1}, u⁰_j = x_{j+1}, zero fill at j = T−1) and the TTT
  * window (step k reads teacher row t + k, padded past the end with p = 1/Vd, id 0, mask 0) are folded into
- * the index arithmetic: at step k, row t uses target row j = t + k + 1 when j < T.
+ * the index arithmetic: at step k, row t uses target row j = t + k + 1 when j < T. `teacherProbsRows` is the
+ * one-row-per-invocation variant of `teacherProbs` for CPU adapters.
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
-import { ROW_REDUCE, ROW_WG } from "./softmax.ts";
+import { ROW_REDUCE, ROW_WG, ROWS_WG, rowsPrelude, rowsStatsFn, rowsType } from "./softmax.ts";
 
 /**
  * p^k [rows, Vd] of step k: row (b, t) = softmax(L[b, t+k+1, :]) when t + k + 1 < T, else the uniform 1/Vd
@@ -44,6 +45,43 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   }
 }
 `;
+
+/**
+ * One-row-per-invocation variant of {@link teacherProbs} for CPU adapters (see `rowsPrelude` in ./softmax.ts):
+ * same bindings and params, entry point `main`; workgroups: ceil(rows / ROWS_WG). With `vec4` (vocab a multiple
+ * of 4) rows are read and written four columns at a time.
+ */
+export function teacherProbsRows(vec4: boolean): string {
+  const T = rowsType(vec4);
+  return /* wgsl */ `
+struct Params { rows: u32, seq: u32, cols: u32, k: u32 }
+${LINEAR_WORKGROUP}
+${rowsPrelude(vec4)}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> out: array<${T}>;
+${rowsStatsFn("row_stats", "logits")}
+
+@compute @workgroup_size(${ROWS_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = row_index(wg, nwg, lid);
+  if (row >= p.rows) { return; }
+  let t = row % p.seq;
+  let n = p.cols / W;
+  let base = row * n;
+  if (t + p.k + 1u >= p.seq) {
+    let u = ${T}(1.0 / f32(p.cols));
+    for (var i = 0u; i < n; i++) { out[base + i] = u; }
+    return;
+  }
+  let src = (row + p.k + 1u) * n; // same sequence: t + k + 1 < T
+  let st = row_stats(src, n);
+  let inv = 1.0 / st.y;
+  for (var i = 0u; i < n; i++) { out[base + i] = exp(logits[src + i] - st.x) * inv; }
+}
+`;
+}
 
 /** Invocations per workgroup of {@link teacherRows}. */
 export const TEACHER_ROWS_WG = 64;

@@ -9,11 +9,12 @@
  * (m, s = Σ exp(z − m)) and Σ p; pass 2 reads them again and writes the gradient, accumulating the loss
  * Σ p · (lse − z) with lse = m + log s. Invocation `lid` owns the same columns in both passes, so the
  * gradient may overwrite the logits in place (`softCrossEntropyInPlace`): each element is read before the
- * invocation that owns it writes it.
+ * invocation that owns it writes it. `softCrossEntropyRows` and `agreementRows` are one-row-per-invocation
+ * variants for CPU adapters (no workgroup memory or barriers, vec4 loads when V % 4 = 0).
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
-import { ARGMAX } from "./reduce.ts";
-import { ROW_REDUCE, ROW_WG } from "./softmax.ts";
+import { ARGMAX, ARGMAX_ORDER, rowsArgmaxFn } from "./reduce.ts";
+import { ROW_REDUCE, ROW_WG, ROWS_WG, rowsPrelude, rowsType } from "./softmax.ts";
 
 function crossEntropySource(inPlace: boolean): string {
   const logits = inPlace
@@ -159,3 +160,100 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   }
 }
 `;
+
+/**
+ * One-row-per-invocation variant of {@link softCrossEntropy} (`inPlace`: of {@link softCrossEntropyInPlace})
+ * for CPU adapters (see `rowsPrelude` in ./softmax.ts): the same two passes over the row, run by one
+ * invocation, so each element is read before the same invocation overwrites it in place. Same bindings and
+ * params, entry point `main`; workgroups: ceil(rows / ROWS_WG). With `vec4` (cols a multiple of 4) the row
+ * arrays are read four columns at a time.
+ */
+export function softCrossEntropyRows(inPlace: boolean, vec4: boolean): string {
+  const T = rowsType(vec4);
+  const grad = inPlace ? "logits" : "grad";
+  return /* wgsl */ `
+struct Params { rows: u32, cols: u32, denominator: f32, grad_factor: f32 }
+${LINEAR_WORKGROUP}
+${rowsPrelude(vec4)}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, ${inPlace ? "read_write" : "read"}> logits: array<${T}>;
+@group(0) @binding(2) var<storage, read> target_p: array<${T}>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read_write> row_loss: array<f32>;
+${inPlace ? "" : `@group(0) @binding(5) var<storage, read_write> grad: array<${T}>;`}
+
+@compute @workgroup_size(${ROWS_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = row_index(wg, nwg, lid);
+  if (row >= p.rows) { return; }
+  let n = p.cols / W;
+  let base = row * n;
+  if (mask[row] == 0.0) { // a skipped row: no loss, no gradient
+    for (var i = 0u; i < n; i++) { ${grad}[base + i] = ${T}(0.0); }
+    row_loss[row] = 0.0;
+    return;
+  }
+  // Pass 1: online (m, Σ exp(z − m)) and Σ p.
+  var st = vec2<f32>(NEG_MAX, 0.0);
+  var p_sum = ${T}(0.0);
+  for (var i = 0u; i < n; i++) {
+    st = stats_push(st, logits[base + i]);
+    p_sum = p_sum + target_p[base + i];
+  }
+  let lse = st.x + log(st.y);
+  let total_p = hsum(p_sum);
+  // Pass 2: loss −Σ p·log q and the gradient, log q = z − lse.
+  var loss = ${T}(0.0);
+  for (var i = 0u; i < n; i++) {
+    let log_q = logits[base + i] - lse;
+    let t = target_p[base + i];
+    loss = loss - t * log_q;
+    ${grad}[base + i] = p.grad_factor * (exp(log_q) * total_p - t);
+  }
+  row_loss[row] = hsum(loss) / p.denominator;
+}
+`;
+}
+
+/**
+ * One-row-per-invocation variant of {@link agreementIds} (`targetIsIds`) or {@link agreementProbs} for CPU
+ * adapters: same bindings, params and per_row output, entry point `main`; workgroups: ceil(rows / ROWS_WG).
+ * The argmax scans the row in column order (see `rowsArgmaxFn` in ./reduce.ts), with vec4 loads when `vec4`.
+ */
+export function agreementRows(targetIsIds: boolean, vec4: boolean): string {
+  const T = rowsType(vec4);
+  const target = targetIsIds
+    ? "@group(0) @binding(2) var<storage, read> target_ids: array<i32>;"
+    : `@group(0) @binding(2) var<storage, read> target_p: array<${T}>;`;
+  return /* wgsl */ `
+struct Params { rows: u32, cols: u32, _pad0: u32, _pad1: u32 }
+${LINEAR_WORKGROUP}
+${rowsPrelude(vec4)}
+${ARGMAX_ORDER}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<${T}>;
+${target}
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read> correct_mask: array<f32>;
+@group(0) @binding(5) var<storage, read_write> per_row: array<f32>;
+${rowsArgmaxFn("logits_argmax", "logits", vec4)}
+${targetIsIds ? "" : rowsArgmaxFn("target_argmax", "target_p", vec4)}
+
+@compute @workgroup_size(${ROWS_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = row_index(wg, nwg, lid);
+  if (row >= p.rows) { return; }
+  var correct = 0.0;
+  if (correct_mask[row] != 0.0) {
+    let n = p.cols / W;
+    let best = i32(logits_argmax(row * n, n));
+    let want = ${targetIsIds ? "target_ids[row]" : "i32(target_argmax(row * n, n))"};
+    correct = select(0.0, 1.0, best == want);
+  }
+  per_row[2u * row] = correct;
+  per_row[2u * row + 1u] = select(0.0, 1.0, mask[row] != 0.0);
+}
+`;
+}

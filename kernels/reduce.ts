@@ -2,10 +2,11 @@
  * Reductions over f32 arrays: argmax and sum of each row, and deterministic whole-array sums and sums of
  * squares. No atomics: a large array is cut into chunks of {@link REDUCE_CHUNK} elements, one workgroup per
  * chunk writes one partial sum, and one workgroup sums the partials, always in the same order, so that a
- * result is bit-identical from run to run.
+ * result is bit-identical from run to run. `reduceRowsKernels` holds one-row-per-invocation variants of the
+ * per-row kernels for CPU adapters (no workgroup memory or barriers, vec4 loads when cols % 4 = 0).
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
-import { ROW_REDUCE, ROW_WG } from "./softmax.ts";
+import { ROW_REDUCE, ROW_WG, ROWS_WG, rowsPrelude, rowsType } from "./softmax.ts";
 
 /** Invocations per workgroup of the whole-array reductions. */
 export const REDUCE_WG = 256;
@@ -13,11 +14,11 @@ export const REDUCE_WG = 256;
 export const REDUCE_CHUNK = REDUCE_WG * 16;
 
 /**
- * WGSL argmax helpers for row kernels (with `ROW_REDUCE`): `NO_INDEX`, `is_nan(x)`, `argmax_better(av, ai,
- * bv, bi)` and `wg_argmax(v, i, lid) -> u32`. Order: NaN is larger than any number (the first NaN wins, as in
- * torch.argmax); among equal values the lowest index wins; an empty candidate (`NO_INDEX`) always loses.
+ * WGSL argmax order: `NO_INDEX`, `is_nan(x)` and `argmax_better(av, ai, bv, bi)`. NaN is larger than any
+ * number (the first NaN wins, as in torch.argmax); among equal values the lowest index wins; an empty
+ * candidate (`NO_INDEX`) always loses.
  */
-export const ARGMAX = /* wgsl */ `
+export const ARGMAX_ORDER = /* wgsl */ `
 const NO_INDEX = 0xffffffffu;
 
 // Bit test, since compilers may fold x != x away.
@@ -33,7 +34,14 @@ fn argmax_better(av: f32, ai: u32, bv: f32, bi: u32) -> bool {
   if (a_nan || av == bv) { return ai < bi; }
   return av > bv;
 }
+`;
 
+/**
+ * WGSL argmax helpers for one-workgroup-per-row kernels (with `ROW_REDUCE`): {@link ARGMAX_ORDER} and
+ * `wg_argmax(v, i, lid) -> u32`, the workgroup's best candidate in that order.
+ */
+export const ARGMAX = /* wgsl */ `
+${ARGMAX_ORDER}
 var<workgroup> red_arg_v: array<f32, ${ROW_WG}>;
 var<workgroup> red_arg_i: array<u32, ${ROW_WG}>;
 
@@ -109,6 +117,83 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   if (lid == 0u) { out[row] = total; }
 }
 `;
+
+/**
+ * `fn <name>(base: u32, n: u32) -> u32`: the column of the best value (in {@link ARGMAX_ORDER}) of the row held
+ * in units base .. base + n of the global array `buffer` (n ≥ 1; units as in `rowsPrelude(vec4)`, which it
+ * needs, with {@link ARGMAX_ORDER}). With vec4 units, each of the four lanes keeps the first best of its own
+ * columns (c ≡ lane mod 4) with a vector compare and select, and the four lane winners are merged at the end
+ * in the argmax order (ties to the lowest column), which gives the row's first best.
+ */
+export function rowsArgmaxFn(name: string, buffer: string, vec4: boolean): string {
+  const T = rowsType(vec4);
+  const U = vec4 ? "vec4<u32>" : "u32";
+  const B = vec4 ? "vec4<bool>" : "bool";
+  const lanes = vec4 ? "vec4<u32>(0u, 1u, 2u, 3u)" : "0u";
+  const merge = vec4
+    ? `var best = bi.x;
+  var best_v = bv.x;
+  for (var j = 1u; j < 4u; j++) {
+    if (argmax_better(bv[j], bi[j], best_v, best)) { best_v = bv[j]; best = bi[j]; }
+  }
+  return best;`
+    : "return bi;";
+  return /* wgsl */ `
+fn ${name}_nan(v: ${T}) -> ${B} { return (bitcast<${U}>(v) & ${U}(0x7fffffffu)) > ${U}(0x7f800000u); }
+fn ${name}(base: u32, n: u32) -> u32 {
+  var bv = ${buffer}[base];
+  var bi = ${lanes};
+  for (var i = 1u; i < n; i++) {
+    let v = ${buffer}[base + i];
+    // Scanning columns upwards, a later value wins only if strictly better: NaN over numbers, then larger.
+    let take = !${name}_nan(bv) & (${name}_nan(v) | (v > bv));
+    bv = select(bv, v, take);
+    bi = select(bi, ${U}(i * W) + ${lanes}, take);
+  }
+  ${merge}
+}
+`;
+}
+
+/**
+ * One-row-per-invocation variants of {@link argmax} and {@link rowSum} for CPU adapters (see `rowsPrelude`):
+ * same bindings and params, entry point `main`; workgroups: ceil(rows / ROWS_WG). With `vec4` (cols a multiple
+ * of 4) rows are read four columns at a time (a row sum then adds four column-strided partial sums).
+ */
+export function reduceRowsKernels(vec4: boolean): { argmax: string; rowSum: string } {
+  const T = rowsType(vec4);
+  const header = (out: string) => /* wgsl */ `
+struct Params { rows: u32, cols: u32, _pad0: u32, _pad1: u32 }
+${LINEAR_WORKGROUP}
+${rowsPrelude(vec4)}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> out: array<${out}>;
+`;
+  const entry = (body: string) => /* wgsl */ `
+@compute @workgroup_size(${ROWS_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = row_index(wg, nwg, lid);
+  if (row >= p.rows) { return; }
+  let n = p.cols / W;
+  let base = row * n;
+  ${body}
+}
+`;
+  return {
+    argmax: `${header("i32")}
+${ARGMAX_ORDER}
+${rowsArgmaxFn("row_argmax", "x", vec4)}
+${entry("out[row] = i32(row_argmax(base, n));")}`,
+    rowSum: `${header("f32")}
+${
+      entry(`var acc = ${T}(0.0);
+  for (var i = 0u; i < n; i++) { acc = acc + x[base + i]; }
+  out[row] = hsum(acc);`)
+    }`,
+  };
+}
 
 const TREE = /* wgsl */ `
 var<workgroup> tree: array<f32, ${REDUCE_WG}>;

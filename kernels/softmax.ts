@@ -8,10 +8,14 @@
  * each row twice (statistics, then output) instead of three times.
  *
  * `ROW_REDUCE` is shared with the loss kernels (kernels/loss.ts).
+ *
+ * For CPU adapters, `softmaxRowsKernels` holds the same entry points as one-row-per-invocation kernels (no
+ * workgroup memory, no barriers, vec4 loads when cols % 4 = 0); `rowsPrelude`, `rowsStatsFn` and `ROWS_WG`
+ * are shared with the rows kernels of the loss, reductions and EAGLE-3 teacher.
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
 
-/** Invocations per workgroup of every row kernel (one workgroup per row). */
+/** Invocations per workgroup of every workgroup-per-row kernel (one workgroup per row). */
 export const ROW_WG = 256;
 
 /**
@@ -148,3 +152,134 @@ fn log_softmax_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workg
   for (var c = lid; c < p.cols; c = c + WG) { dx[base + c] = dy[base + c] - exp(y[base + c]) * total; }
 }
 `;
+
+/** Invocations per workgroup of the one-row-per-invocation ("rows") kernels: one 8-lane SIMD group on lavapipe. */
+export const ROWS_WG = 8;
+
+/**
+ * The element type of a rows kernel's row arrays: `vec4<f32>` when the row width is a multiple of 4 (each
+ * load brings four columns), else `f32`.
+ */
+export function rowsType(vec4: boolean): string {
+  return vec4 ? "vec4<f32>" : "f32";
+}
+
+/**
+ * WGSL helpers of the "rows" kernels (one invocation per row, no workgroup memory, no barriers; for CPU
+ * adapters such as Mesa lavapipe, where a workgroup runs on one core, every load is costly and a barrier more
+ * so). A row of `cols` f32 is read as `cols / W` units of type `rowsType(vec4)`. Defines `W` (columns per
+ * unit), `NEG_MAX`, `hsum(v)` and `hmax(v)` (sum and max of a unit's columns), `row_index(wg, nwg, lid)` (the
+ * invocation's row, with {@link ROWS_WG} invocations per workgroup), and `stats_push(st, v)`: the online
+ * softmax statistics st = (m, s = Σ exp(x − m)) extended by one unit. The max is raised once per unit, so the
+ * rescaling exp(m_old − m_new) is paid only when the unit holds a new maximum, and each column costs one exp.
+ * Needs `LINEAR_WORKGROUP`.
+ */
+export function rowsPrelude(vec4: boolean): string {
+  const T = rowsType(vec4);
+  return /* wgsl */ `
+const W = ${vec4 ? 4 : 1}u;
+// Lowest finite f32, the start of a running max (see ROW_REDUCE): exp(m - m') never sees -inf - -inf.
+const NEG_MAX = -3.40282347e+38f;
+fn hsum(v: ${T}) -> f32 { return ${vec4 ? "(v.x + v.y) + (v.z + v.w)" : "v"}; }
+fn hmax(v: ${T}) -> f32 { return ${vec4 ? "max(max(v.x, v.y), max(v.z, v.w))" : "v"}; }
+fn row_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+  return linear_workgroup(wg, nwg) * ${ROWS_WG}u + lid;
+}
+fn stats_push(st: vec2<f32>, v: ${T}) -> vec2<f32> {
+  var m = st.x;
+  var s = st.y;
+  let mv = hmax(v);
+  if (mv > m) { s = s * exp(m - mv); m = mv; }
+  return vec2<f32>(m, s + hsum(exp(v - m)));
+}
+`;
+}
+
+/**
+ * `fn <name>(base: u32, n: u32) -> vec2<f32>`: the online softmax statistics (max m, Σ exp(x − m)) of units
+ * base .. base + n of the global array `buffer`, in one pass (WGSL functions cannot take storage pointers, so
+ * one function is generated per array). Needs {@link rowsPrelude}.
+ */
+export function rowsStatsFn(name: string, buffer: string): string {
+  return /* wgsl */ `
+fn ${name}(base: u32, n: u32) -> vec2<f32> {
+  var st = vec2<f32>(NEG_MAX, 0.0);
+  for (var i = 0u; i < n; i++) { st = stats_push(st, ${buffer}[base + i]); }
+  return st;
+}
+`;
+}
+
+/**
+ * One-row-per-invocation variants of {@link softmaxForward} and {@link softmaxBackward} for CPU adapters:
+ * same entry points, bindings and params; workgroups: ceil(rows / {@link ROWS_WG}). With `vec4` (cols a
+ * multiple of 4) the row arrays are read four columns at a time.
+ */
+export function softmaxRowsKernels(vec4: boolean): { forward: string; backward: string } {
+  const T = rowsType(vec4);
+  const header = /* wgsl */ `
+struct Params { rows: u32, cols: u32, _pad0: u32, _pad1: u32 }
+${LINEAR_WORKGROUP}
+${rowsPrelude(vec4)}
+@group(0) @binding(0) var<uniform> p: Params;
+`;
+  const entry = (name: string, body: string) => /* wgsl */ `
+@compute @workgroup_size(${ROWS_WG})
+fn ${name}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let row = row_index(wg, nwg, lid);
+  if (row >= p.rows) { return; }
+  let n = p.cols / W;
+  let base = row * n;
+${body}
+}
+`;
+  return {
+    forward: /* wgsl */ `
+${header}
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> y: array<${T}>;
+${rowsStatsFn("row_stats", "x")}
+${
+      entry(
+        "softmax",
+        `  let st = row_stats(base, n);
+  let inv = 1.0 / st.y;
+  for (var i = 0u; i < n; i++) { y[base + i] = exp(x[base + i] - st.x) * inv; }`,
+      )
+    }
+${
+      entry(
+        "log_softmax",
+        `  let st = row_stats(base, n);
+  let lse = st.x + log(st.y);
+  for (var i = 0u; i < n; i++) { y[base + i] = x[base + i] - lse; }`,
+      )
+    }
+`,
+    backward: /* wgsl */ `
+${header}
+@group(0) @binding(1) var<storage, read> dy: array<${T}>;
+@group(0) @binding(2) var<storage, read> y: array<${T}>;
+@group(0) @binding(3) var<storage, read_write> dx: array<${T}>;
+${
+      entry(
+        "softmax_backward",
+        `  var acc = ${T}(0.0);
+  for (var i = 0u; i < n; i++) { acc = fma(dy[base + i], y[base + i], acc); }
+  let dot = hsum(acc);
+  for (var i = 0u; i < n; i++) { dx[base + i] = y[base + i] * (dy[base + i] - dot); }`,
+      )
+    }
+${
+      entry(
+        "log_softmax_backward",
+        `  var acc = ${T}(0.0);
+  for (var i = 0u; i < n; i++) { acc = acc + dy[base + i]; }
+  let total = hsum(acc);
+  for (var i = 0u; i < n; i++) { dx[base + i] = dy[base + i] - exp(y[base + i]) * total; }`,
+      )
+    }
+`,
+  };
+}

@@ -2,7 +2,7 @@
  * Kernels of speculative decoding's cached passes (lib/ops/tree_attention.ts), all f32, one sequence:
  *
  * - `treeAttention(hd)`: out = softmax(scale·q·kᵀ + mask)·v per query head over a KV cache, where query row t
- *   attends every cached key s < prefix (prefix = meta[prefix_slot]) and the keys prefix + j of the "tree
+ *   attends every cached key s < prefix (prefix = offs[prefix_slot]) and the keys prefix + j of the "tree
  *   region" for which mask[t, j] ≠ 0 (j < tree_len). Grouped-query: head h reads kv head h / (nh / nkv). One
  *   invocation per (row, head), keys streamed with the online softmax (running max m, sum l, accumulator):
  *   m' = max(m, s), l' = l·e^(m−m') + e^(s−m'), acc' = acc·e^(m−m') + e^(s−m')·v. Inference only (no
@@ -10,7 +10,7 @@
  * - `ropeAtPositions`: the Hugging Face half rotation (as kernels/rope.ts) with each row's position read from
  *   a buffer, so one prebuilt program serves every offset and tree layout.
  * - `gatherRows`: dst[r] = src[index[r]] (zeros where index[r] is negative or out of range).
- * - `scatterRows`: dst[meta[slot] + r] = src[r] (rows past the end of dst are dropped).
+ * - `scatterRows`: dst[offs[slot] + r] = src[r] (rows past the end of dst are dropped).
  *
  * Positions and offsets come from small i32 buffers the host writes before each run, not from uniforms, so
  * a program is built once per shape instead of once per sequence position.
@@ -31,7 +31,7 @@ ${LINEAR_WORKGROUP}
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read> meta: array<i32>;
+@group(0) @binding(4) var<storage, read> offs: array<i32>;
 @group(0) @binding(5) var<storage, read> mask: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
@@ -43,7 +43,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let t = i / p.heads;
   let h = i % p.heads;
   let kvh = h / (p.heads / p.kv_heads);
-  let prefix = min(u32(max(meta[p.prefix_slot], 0)), p.cache_len);
+  let prefix = min(u32(max(offs[p.prefix_slot], 0)), p.cache_len);
   var qr: array<f32, HD>;
   var acc: array<f32, HD>;
   for (var d = 0u; d < HD; d++) { qr[d] = q[i * HD + d]; acc[d] = 0.0; }
@@ -121,13 +121,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 `;
 
-/** dst[meta[slot] + r, c] = src[r, c]: bindings params, src, meta, dst. */
+/** dst[offs[slot] + r, c] = src[r, c]: bindings params, src, offsets (i32), dst. */
 export const scatterRows = /* wgsl */ `
 struct Params { rows: u32, width: u32, dst_rows: u32, slot: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read> meta: array<i32>;
+@group(0) @binding(2) var<storage, read> offs: array<i32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 
 @compute @workgroup_size(${TREE_WG})
@@ -135,7 +135,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) lid: u32) {
   let i = linear_workgroup(wg, nwg) * ${TREE_WG}u + lid;
   if (i >= p.rows * p.width) { return; }
-  let start = meta[p.slot];
+  let start = offs[p.slot];
   if (start < 0) { return; }
   let r = u32(start) + i / p.width;
   if (r >= p.dst_rows) { return; }

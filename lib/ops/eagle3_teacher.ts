@@ -8,6 +8,7 @@ import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { expectDisjoint, expectDtype, expectShape } from "./check.ts";
+import { rowKernelFor, type RowKernelOptions, rowsWorkgroups } from "./softmax.ts";
 
 function checkStep(op: string, rows: number, seq: number, k: number): void {
   if (!(seq > 0 && rows % seq === 0) || !Number.isInteger(k) || k < 0) {
@@ -17,13 +18,14 @@ function checkStep(op: string, rows: number, seq: number, k: number): void {
 
 /**
  * Records p^k [B·T, Vd]: row (b, t) = softmax over the draft vocabulary of the target's draft-vocab logits
- * at position t + k + 1 of the same sequence, or 1/Vd past the end (§2.2 padding).
+ * at position t + k + 1 of the same sequence, or 1/Vd past the end (§2.2 padding). `kernel`: see
+ * {@link RowKernelOptions}.
  */
 export async function teacherProbs(
   p: Program,
   logits: Tensor,
   out: Tensor,
-  { seqLen, step }: { seqLen: number; step: number },
+  { seqLen, step, kernel }: { seqLen: number; step: number } & RowKernelOptions,
 ): Promise<void> {
   const op = "teacherProbs";
   expectDtype(op, "logits", logits, "f32");
@@ -33,10 +35,20 @@ export async function teacherProbs(
   expectDisjoint(op, "logits", logits, "out", out);
   const [rows, cols] = logits.shape;
   checkStep(op, rows, seqLen, step);
+  const bindings = [params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", step]), logits, out];
+  if (rowKernelFor(p.gpu, op, kernel) === "workgroup") {
+    await p.add({ name: "eagle3.teacher_probs", code: K.teacherProbs, entryPoint: "main" }, bindings, rows);
+    return;
+  }
+  const vec4 = cols % 4 === 0;
   await p.add(
-    { name: "eagle3.teacher_probs", code: K.teacherProbs, entryPoint: "main" },
-    [params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", step]), logits, out],
-    rows,
+    {
+      name: `eagle3.teacher_probs_rows${vec4 ? ".vec4" : ""}`,
+      code: K.teacherProbsRows(vec4),
+      entryPoint: "main",
+    },
+    bindings,
+    rowsWorkgroups(rows),
   );
 }
 

@@ -15,7 +15,7 @@ import { params, type Program } from "../gpu/program.ts";
 import { shapeString, Tensor } from "../tensor.ts";
 import { expectDtype, expectSameShape, expectShape } from "./check.ts";
 import { argmaxCpu } from "./reduce.ts";
-import { logSumExpCpu } from "./softmax.ts";
+import { logSumExpCpu, rowKernelFor, type RowKernelOptions, rowsWorkgroups } from "./softmax.ts";
 import { expectDisjoint, rowsAndCols } from "./check.ts";
 
 /** Throws unless `t` holds one value per row (shape = the logits' leading dims, or [rows]). */
@@ -44,8 +44,8 @@ export interface SoftCrossEntropyTensors {
   grad: Tensor;
 }
 
-/** Scalars of {@link softCrossEntropy}. */
-export interface SoftCrossEntropyOptions {
+/** Scalars of {@link softCrossEntropy}, and its kernel family (see {@link RowKernelOptions}). */
+export interface SoftCrossEntropyOptions extends RowKernelOptions {
   /** Divides every row's loss: B·T in SpecForge (all rows, including padding). */
   denominator: number;
   /** Multiplies the gradient (not rowLoss), e.g. 0.8^k / accumulation steps. Default 1. */
@@ -53,8 +53,8 @@ export interface SoftCrossEntropyOptions {
 }
 
 /**
- * Records the fused soft cross-entropy: rowLoss and grad (formulas in the module doc), one workgroup per row,
- * without materialising probabilities. When `grad` is `logits` the gradient overwrites the logits: run
+ * Records the fused soft cross-entropy: rowLoss and grad (formulas in the module doc), one workgroup or (CPU
+ * adapters, see `RowKernel` in ./softmax.ts) one invocation per row, without materialising probabilities. When `grad` is `logits` the gradient overwrites the logits: run
  * {@link argmaxAgreement} on them first.
  */
 export async function softCrossEntropy(
@@ -70,7 +70,7 @@ export async function softCrossEntropy(
   const [rows, cols] = rowsAndCols(op, "logits", logits);
   expectPerRow(op, "mask", mask, logits, rows);
   expectPerRow(op, "rowLoss", rowLoss, logits, rows);
-  const { denominator, gradScale = 1 } = options;
+  const { denominator, gradScale = 1, kernel } = options;
   if (!(denominator > 0 && Number.isFinite(denominator)) || !Number.isFinite(gradScale)) {
     throw new RangeError(
       `${op}: denominator must be positive and gradScale finite (${denominator}, ${gradScale})`,
@@ -84,12 +84,17 @@ export async function softCrossEntropy(
   if (!inPlace) expectDisjoint(op, "grad", grad, "logits", logits);
   expectDisjoint(op, "grad", grad, "target", target);
   expectDisjoint(op, "grad", grad, "mask", mask);
+  const name = inPlace ? "loss.soft_cross_entropy_in_place" : "loss.soft_cross_entropy";
+  const rowKernel = rowKernelFor(p.gpu, op, kernel);
+  const vec4 = cols % 4 === 0;
   await p.add(
-    {
-      name: inPlace ? "loss.soft_cross_entropy_in_place" : "loss.soft_cross_entropy",
-      code: inPlace ? K.softCrossEntropyInPlace : K.softCrossEntropy,
-      entryPoint: "main",
-    },
+    rowKernel === "rows"
+      ? {
+        name: `${name}_rows${vec4 ? ".vec4" : ""}`,
+        code: K.softCrossEntropyRows(inPlace, vec4),
+        entryPoint: "main",
+      }
+      : { name, code: inPlace ? K.softCrossEntropyInPlace : K.softCrossEntropy, entryPoint: "main" },
     [
       params(["u32", rows], ["u32", cols], ["f32", denominator], ["f32", gradScale / denominator]),
       logits,
@@ -98,7 +103,7 @@ export async function softCrossEntropy(
       rowLoss,
       inPlace ? null : grad,
     ],
-    rows,
+    rowKernel === "rows" ? rowsWorkgroups(rows) : rows,
   );
 }
 
@@ -127,14 +132,15 @@ export interface ArgmaxAgreementTensors {
  * Records the acc_k metric's numerator and denominator (§4.5): counts = (Σ_r [correctMask_r ≠ 0]·[argmax z_r
  * = target_r], Σ_r [mask_r ≠ 0]), added to counts when `accumulate` (to sum over TTT steps, micro-batches and
  * logging intervals on the GPU; acc = counts[0] / max(counts[1], 1e-6) on the host). Argmax ties go to the
- * lowest index. Two dispatches: one workgroup per row, then one workgroup for the totals (no atomics).
+ * lowest index. Two dispatches: one workgroup (or, with the "rows" kernel family, one invocation) per row, then
+ * one workgroup for the totals (no atomics).
  * Returns the per-row scratch: `perRow` when given, else a new pool tensor that the caller owns and must keep
  * alive while the program runs and destroy afterwards.
  */
 export async function argmaxAgreement(
   p: Program,
   t: ArgmaxAgreementTensors,
-  options: { accumulate?: boolean } = {},
+  options: { accumulate?: boolean } & RowKernelOptions = {},
 ): Promise<Tensor> {
   const op = "argmaxAgreement";
   const { logits, targetIds, targetProbs, mask, counts } = t;
@@ -167,15 +173,20 @@ export async function argmaxAgreement(
     if (t.perRow) expectDisjoint(op, "perRow", t.perRow, name, x);
   }
   if (t.perRow) expectDisjoint(op, "perRow", t.perRow, "counts", counts);
+  const rowKernel = rowKernelFor(p.gpu, op, options.kernel); // before allocating: it may throw
   const perRow = t.perRow ?? Tensor.empty(p.gpu, [rows, 2], "f32", "argmaxAgreement.perRow");
+  const name = targetIds ? "loss.agreement_ids" : "loss.agreement_probs";
+  const vec4 = cols % 4 === 0;
   await p.add(
-    {
-      name: targetIds ? "loss.agreement_ids" : "loss.agreement_probs",
-      code: targetIds ? K.agreementIds : K.agreementProbs,
-      entryPoint: "main",
-    },
+    rowKernel === "rows"
+      ? {
+        name: `${name}_rows${vec4 ? ".vec4" : ""}`,
+        code: K.agreementRows(!!targetIds, vec4),
+        entryPoint: "main",
+      }
+      : { name, code: targetIds ? K.agreementIds : K.agreementProbs, entryPoint: "main" },
     [params(["u32", rows], ["u32", cols]), logits, inputs.target, mask, correctMask, perRow],
-    rows,
+    rowKernel === "rows" ? rowsWorkgroups(rows) : rows,
   );
   await p.add(
     { name: "loss.agreement_total", code: K.agreementTotal, entryPoint: "main" },

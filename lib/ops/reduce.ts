@@ -4,7 +4,9 @@
  *
  * Every reduction is deterministic: no atomics, and each sum is taken in a fixed order (invocation strides,
  * then a fixed tree; large arrays in two stages, chunks of `REDUCE_CHUNK` elements → partials → one
- * workgroup), so the same inputs give bit-identical results on every run.
+ * workgroup), so the same inputs give bit-identical results on every run. The per-row ops have two kernel
+ * families (`RowKernel` in ./softmax.ts): one workgroup per row (GPUs) or one invocation per row (CPU
+ * adapters), whose row sums differ only in f32 rounding.
  */
 import * as K from "../../kernels/reduce.ts";
 import { ShapeError } from "../gpu/errors.ts";
@@ -12,6 +14,7 @@ import { params, type Program } from "../gpu/program.ts";
 import { shapeString, type Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
 import { expectDisjoint, rowsAndCols } from "./check.ts";
+import { rowKernelFor, type RowKernelOptions, rowsWorkgroups } from "./softmax.ts";
 
 /** Throws unless `out` holds one value per row of `x` (shape x.shape[:-1], or [rows]). */
 function expectPerRow(op: string, x: Tensor, out: Tensor, rows: number): void {
@@ -26,34 +29,71 @@ function expectPerRow(op: string, x: Tensor, out: Tensor, rows: number): void {
 }
 
 /**
- * out[r] = the index of the largest x[r, :] over the last dimension, as i32. Ties go to the lowest index; NaN
- * counts as larger than every number (the first NaN wins, as in torch.argmax). x: f32 [..., cols], cols ≥ 1;
- * out: i32 [...] (or [rows]).
+ * Records a per-row kernel `name` over x [rows, cols] into out: the one-workgroup-per-row `workgroupCode`, or
+ * `rowsCode` of {@link K.reduceRowsKernels} (one invocation per row, vec4 loads when cols % 4 = 0).
  */
-export async function argmax(p: Program, x: Tensor, out: Tensor): Promise<void> {
-  expectDtype("argmax", "x", x, "f32");
-  expectDtype("argmax", "out", out, "i32");
-  const [rows, cols] = rowsAndCols("argmax", "x", x);
-  expectPerRow("argmax", x, out, rows);
+async function addRowKernel(
+  p: Program,
+  op: string,
+  name: string,
+  workgroupCode: string,
+  rowsCode: "argmax" | "rowSum",
+  x: Tensor,
+  out: Tensor,
+  { kernel }: RowKernelOptions,
+): Promise<void> {
+  const [rows, cols] = rowsAndCols(op, "x", x);
+  const bindings = [params(["u32", rows], ["u32", cols]), x, out];
+  if (rowKernelFor(p.gpu, op, kernel) === "workgroup") {
+    await p.add({ name, code: workgroupCode, entryPoint: "main" }, bindings, rows);
+    return;
+  }
+  const vec4 = cols % 4 === 0;
   await p.add(
-    { name: "reduce.argmax", code: K.argmax, entryPoint: "main" },
-    [params(["u32", rows], ["u32", cols]), x, out],
-    rows,
+    {
+      name: `${name}_rows${vec4 ? ".vec4" : ""}`,
+      code: K.reduceRowsKernels(vec4)[rowsCode],
+      entryPoint: "main",
+    },
+    bindings,
+    rowsWorkgroups(rows),
   );
 }
 
-/** out[r] = Σ_c x[r, c] over the last dimension. x: f32 [..., cols]; out: f32 [...] (or [rows]). */
-export async function rowSum(p: Program, x: Tensor, out: Tensor): Promise<void> {
+/**
+ * out[r] = the index of the largest x[r, :] over the last dimension, as i32. Ties go to the lowest index; NaN
+ * counts as larger than every number (the first NaN wins, as in torch.argmax). x: f32 [..., cols], cols ≥ 1;
+ * out: i32 [...] (or [rows]). `kernel`: see {@link RowKernelOptions}.
+ */
+export async function argmax(
+  p: Program,
+  x: Tensor,
+  out: Tensor,
+  options: RowKernelOptions = {},
+): Promise<void> {
+  expectDtype("argmax", "x", x, "f32");
+  expectDtype("argmax", "out", out, "i32");
+  const [rows] = rowsAndCols("argmax", "x", x);
+  expectPerRow("argmax", x, out, rows);
+  await addRowKernel(p, "argmax", "reduce.argmax", K.argmax, "argmax", x, out, options);
+}
+
+/**
+ * out[r] = Σ_c x[r, c] over the last dimension. x: f32 [..., cols]; out: f32 [...] (or [rows]). `kernel`: see
+ * {@link RowKernelOptions}.
+ */
+export async function rowSum(
+  p: Program,
+  x: Tensor,
+  out: Tensor,
+  options: RowKernelOptions = {},
+): Promise<void> {
   expectDtype("rowSum", "x", x, "f32");
   expectDtype("rowSum", "out", out, "f32");
   expectDisjoint("rowSum", "x", x, "out", out);
-  const [rows, cols] = rowsAndCols("rowSum", "x", x);
+  const [rows] = rowsAndCols("rowSum", "x", x);
   expectPerRow("rowSum", x, out, rows);
-  await p.add(
-    { name: "reduce.row_sum", code: K.rowSum, entryPoint: "main" },
-    [params(["u32", rows], ["u32", cols]), x, out],
-    rows,
-  );
+  await addRowKernel(p, "rowSum", "reduce.row_sum", K.rowSum, "rowSum", x, out, options);
 }
 
 /** Number of partial sums (f32 elements of a `partials` tensor) a two-stage sum of `n` elements needs. */

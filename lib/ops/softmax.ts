@@ -4,23 +4,85 @@
  *
  *   softmax:      y = exp(x − m) / Σ exp(x − m),  m = max x          dx = y ⊙ (dy − Σ dy·y)
  *   log-softmax:  y = x − m − log Σ exp(x − m)                        dx = dy − exp(y) · Σ dy
+ *
+ * Every op takes an optional kernel family ({@link RowKernel}): one workgroup per row on GPUs, one invocation
+ * per row on CPU adapters (chosen automatically). The type and its choice are shared by the other row-wise
+ * ops (./loss.ts, ./reduce.ts, ./eagle3_teacher.ts).
  */
 import * as K from "../../kernels/softmax.ts";
+import type { Gpu } from "../gpu/device.ts";
+import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { expectDisjoint, expectDtype, expectSameShape, rowsAndCols } from "./check.ts";
+import { isCpuAdapter } from "./matmul.ts";
 
-async function forward(p: Program, op: "softmax" | "log_softmax", x: Tensor, y: Tensor): Promise<void> {
+/**
+ * Kernel family of the row-wise ops over a last dimension (softmax, the loss, argmax, row sums, the EAGLE-3
+ * teacher): "workgroup" (one workgroup of 256 per row, tree reductions in workgroup memory: GPUs) or "rows"
+ * (one invocation per row, vec4 loads when the width is a multiple of 4, no workgroup memory or barriers: CPU
+ * adapters such as lavapipe, where it is the default). Both compute the same math; sums differ only by f32
+ * rounding of a different summation order.
+ */
+export type RowKernel = "workgroup" | "rows";
+
+/** The option of every op with a {@link RowKernel} choice. */
+export interface RowKernelOptions {
+  /** Kernel family (see {@link RowKernel}); default "rows" on CPU adapters, "workgroup" on GPUs. */
+  kernel?: RowKernel;
+}
+
+/** The requested kernel family of `op`, else "rows" on CPU adapters and "workgroup" on GPUs. */
+export function rowKernelFor(gpu: Gpu, op: string, kernel: RowKernel | undefined): RowKernel {
+  if (kernel !== undefined && kernel !== "workgroup" && kernel !== "rows") {
+    throw new ShapeError(`${op}: unknown kernel ${JSON.stringify(kernel)} (expected "workgroup" or "rows")`);
+  }
+  return kernel ?? (isCpuAdapter(gpu) ? "rows" : "workgroup");
+}
+
+/** Workgroups of a rows kernel over `rows` rows (one invocation per row). */
+export function rowsWorkgroups(rows: number): number {
+  return Math.ceil(rows / K.ROWS_WG);
+}
+
+/**
+ * The kernel `entryPoint` of `code` (workgroup family) or of the rows variant chosen by `rowsCode(vec4)`, with
+ * its name and workgroup count for `rows` rows of `cols` columns.
+ */
+function rowKernelSpec(
+  p: Program,
+  op: string,
+  kernel: RowKernel | undefined,
+  workgroupCode: string,
+  rowsCode: (vec4: boolean) => string,
+  rows: number,
+  cols: number,
+) {
+  if (rowKernelFor(p.gpu, op, kernel) === "workgroup") {
+    return { spec: { name: `softmax.${op}`, code: workgroupCode, entryPoint: op }, workgroups: rows };
+  }
+  const vec4 = cols % 4 === 0;
+  return {
+    spec: { name: `softmax.${op}_rows${vec4 ? ".vec4" : ""}`, code: rowsCode(vec4), entryPoint: op },
+    workgroups: rowsWorkgroups(rows),
+  };
+}
+
+async function forward(
+  p: Program,
+  op: "softmax" | "log_softmax",
+  x: Tensor,
+  y: Tensor,
+  kernel: RowKernel | undefined,
+): Promise<void> {
   expectDtype(op, "x", x, "f32");
   expectDtype(op, "y", y, "f32");
   expectSameShape(op, "x", x, "y", y);
   expectDisjoint(op, "x", x, "y", y);
   const [rows, cols] = rowsAndCols(op, "x", x);
-  await p.add(
-    { name: `softmax.${op}`, code: K.softmaxForward, entryPoint: op },
-    [params(["u32", rows], ["u32", cols]), x, y],
-    rows,
-  );
+  const rowsCode = (vec4: boolean) => K.softmaxRowsKernels(vec4).forward;
+  const { spec, workgroups } = rowKernelSpec(p, op, kernel, K.softmaxForward, rowsCode, rows, cols);
+  await p.add(spec, [params(["u32", rows], ["u32", cols]), x, y], workgroups);
 }
 
 async function backward(
@@ -29,6 +91,7 @@ async function backward(
   dy: Tensor,
   y: Tensor,
   dx: Tensor,
+  kernel: RowKernel | undefined,
 ): Promise<void> {
   for (const [name, t] of [["dy", dy], ["y", y], ["dx", dx]] as const) expectDtype(op, name, t, "f32");
   expectSameShape(op, "dy", dy, "y", y);
@@ -36,31 +99,51 @@ async function backward(
   expectDisjoint(op, "dx", dx, "dy", dy);
   expectDisjoint(op, "dx", dx, "y", y);
   const [rows, cols] = rowsAndCols(op, "dy", dy);
-  await p.add(
-    { name: `softmax.${op}`, code: K.softmaxBackward, entryPoint: op },
-    [params(["u32", rows], ["u32", cols]), dy, y, dx],
-    rows,
-  );
+  const rowsCode = (vec4: boolean) => K.softmaxRowsKernels(vec4).backward;
+  const { spec, workgroups } = rowKernelSpec(p, op, kernel, K.softmaxBackward, rowsCode, rows, cols);
+  await p.add(spec, [params(["u32", rows], ["u32", cols]), dy, y, dx], workgroups);
 }
 
 /** y = softmax(x) over the last dimension. x, y: f32 [..., cols], distinct. */
-export function softmaxForward(p: Program, x: Tensor, y: Tensor): Promise<void> {
-  return forward(p, "softmax", x, y);
+export function softmaxForward(
+  p: Program,
+  x: Tensor,
+  y: Tensor,
+  { kernel }: RowKernelOptions = {},
+): Promise<void> {
+  return forward(p, "softmax", x, y, kernel);
 }
 
 /** dx = y ⊙ (dy − Σ_row dy·y), the backward of y = softmax(x). dx must alias neither dy nor y. */
-export function softmaxBackward(p: Program, dy: Tensor, y: Tensor, dx: Tensor): Promise<void> {
-  return backward(p, "softmax_backward", dy, y, dx);
+export function softmaxBackward(
+  p: Program,
+  dy: Tensor,
+  y: Tensor,
+  dx: Tensor,
+  { kernel }: RowKernelOptions = {},
+): Promise<void> {
+  return backward(p, "softmax_backward", dy, y, dx, kernel);
 }
 
 /** y = log_softmax(x) = x − logsumexp(x) over the last dimension. x, y: f32 [..., cols], distinct. */
-export function logSoftmaxForward(p: Program, x: Tensor, y: Tensor): Promise<void> {
-  return forward(p, "log_softmax", x, y);
+export function logSoftmaxForward(
+  p: Program,
+  x: Tensor,
+  y: Tensor,
+  { kernel }: RowKernelOptions = {},
+): Promise<void> {
+  return forward(p, "log_softmax", x, y, kernel);
 }
 
 /** dx = dy − exp(y) · Σ_row dy, the backward of y = log_softmax(x). dx must alias neither dy nor y. */
-export function logSoftmaxBackward(p: Program, dy: Tensor, y: Tensor, dx: Tensor): Promise<void> {
-  return backward(p, "log_softmax_backward", dy, y, dx);
+export function logSoftmaxBackward(
+  p: Program,
+  dy: Tensor,
+  y: Tensor,
+  dx: Tensor,
+  { kernel }: RowKernelOptions = {},
+): Promise<void> {
+  return backward(p, "log_softmax_backward", dy, y, dx, kernel);
 }
 
 /** CPU reference: log-sum-exp of each row of x [rows, cols] (f64). */

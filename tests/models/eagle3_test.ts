@@ -34,6 +34,7 @@ import {
 } from "../../lib/ops/eagle3_teacher.ts";
 import { ADAMW_STATE_SIZE, adamwState, adamwStep } from "../../lib/ops/adamw.ts";
 import { globalNormPartialsSize, globalNormSquared } from "../../lib/ops/reduce.ts";
+import type { RowKernel } from "../../lib/ops/softmax.ts";
 
 const CFG: DraftConfig = parseDraftConfig({
   architectures: ["LlamaForCausalLMEagle3"],
@@ -123,12 +124,13 @@ Deno.test({ name: "eagle3 teacher kernels match their CPU references", ...needsG
   const ids = Int32Array.from({ length: rows }, () => Math.floor(r() * V));
   const argmax = Int32Array.from({ length: rows }, () => Math.floor(r() * V));
   const lossMask = Float32Array.from({ length: rows }, () => r() < 0.6 ? 1 : 0);
-  const logits = randomArray(rows * Vd, 9, 3);
   const tIds = Tensor.fromArray(g, ids, [rows], "i32", "ids");
   const tArg = Tensor.fromArray(g, argmax, [rows], "i32", "argmax");
   const tMask = Tensor.fromArray(g, lossMask, [rows], "f32", "mask");
   const tMap = Tensor.fromArray(g, toDraftHost, [V], "i32", "map");
-  const tLogits = Tensor.fromArray(g, logits, [rows, Vd], "f32", "logits");
+  // Both kernel families of p_k (teacherProbs), with rows of Vd = 13 and of 16 columns (vec4 loads in "rows").
+  const vocabs = [Vd, 16].map((cols, i) => ({ cols, logits: randomArray(rows * cols, 9 + i, 3) }));
+  const kernels: RowKernel[] = ["workgroup", "rows"];
   for (const step of [0, 2, 6, 9]) {
     const outs = {
       idsK: Tensor.empty(g, [rows], "i32", "idsK"),
@@ -136,25 +138,41 @@ Deno.test({ name: "eagle3 teacher kernels match their CPU references", ...needsG
       lossMaskK: Tensor.empty(g, [rows], "f32", "lossMaskK"),
       targetK: Tensor.empty(g, [rows], "i32", "targetK"),
     };
-    const probs = Tensor.empty(g, [rows, Vd], "f32", "probs");
     await runOnce(g, "teacher", async (p) => {
       await teacherRows(p, { ids: tIds, argmax: tArg, lossMask: tMask, toDraft: tMap, ...outs }, {
         seqLen: seq,
         step,
       });
-      await teacherProbs(p, tLogits, probs, { seqLen: seq, step });
     });
     const want = teacherRowsCpu(ids, argmax, lossMask, toDraftHost, seq, step);
     assert.deepEqual(await outs.idsK.read(), want.idsK, `ids_k step ${step}`);
     assert.deepEqual(await outs.targetK.read(), want.targetK, `target_k step ${step}`);
     assert.deepEqual(await outs.posMaskK.read(), want.posMaskK, `pos_mask_k step ${step}`);
     assert.deepEqual(await outs.lossMaskK.read(), want.lossMaskK, `loss_mask_k step ${step}`);
-    assertClose(await probs.readFloat(), teacherProbsCpu(logits, rows, Vd, seq, step), `p_k step ${step}`, {
-      atol: 1e-7,
-      rtol: 1e-5,
-    });
-    for (const t of [...Object.values(outs), probs]) t.destroy();
+    for (const t of Object.values(outs)) t.destroy();
+    for (const { cols, logits } of vocabs) {
+      for (const kernel of kernels) {
+        const tLogits = Tensor.fromArray(g, logits, [rows, cols], "f32", "logits");
+        const probs = Tensor.empty(g, [rows, cols], "f32", "probs");
+        await runOnce(g, "teacher probs", async (p) => {
+          await teacherProbs(p, tLogits, probs, { seqLen: seq, step, kernel });
+          assert.equal(
+            p.dispatches[0].label.includes("_rows"),
+            kernel === "rows",
+            `${kernel} kernel recorded`,
+          );
+        });
+        const want = teacherProbsCpu(logits, rows, cols, seq, step);
+        assertClose(await probs.readFloat(), want, `p_k step ${step}, ${cols} columns, ${kernel}`, {
+          atol: 1e-7,
+          rtol: 1e-5,
+        });
+        tLogits.destroy();
+        probs.destroy();
+      }
+    }
   }
+  for (const t of [tIds, tArg, tMask, tMap]) t.destroy();
 });
 
 // Tolerances against PyTorch f64 (GPU in f32): loss and ploss_k 2e-5 relative; acc counts exact; each gradient

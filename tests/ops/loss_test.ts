@@ -11,7 +11,10 @@ import {
   softCrossEntropyCpu,
 } from "../../lib/ops/loss.ts";
 import { sum } from "../../lib/ops/reduce.ts";
-import { softmaxCpu } from "../../lib/ops/softmax.ts";
+import { type RowKernel, softmaxCpu } from "../../lib/ops/softmax.ts";
+
+/** Both kernel families: every GPU result below is checked for each. */
+const KERNELS: RowKernel[] = ["workgroup", "rows"];
 
 /** A mask of `rows` values with about a third zeros (and some non-unit non-zeros, which count as 1). */
 function randomMask(rows: number, seed: number): Float32Array<ArrayBuffer> {
@@ -32,7 +35,7 @@ interface LossRun {
   loss: number;
 }
 
-/** Runs the loss with a separate gradient and in place, in one program. */
+/** Runs the loss with a separate gradient and in place, in one program, with the `kernel` family. */
 async function runLoss(
   z: Float32Array<ArrayBuffer>,
   target: Float32Array<ArrayBuffer>,
@@ -40,6 +43,7 @@ async function runLoss(
   shape: number[],
   denominator: number,
   gradScale: number,
+  kernel: RowKernel,
 ): Promise<LossRun> {
   const g = gpu!;
   const rowShape = shape.slice(0, -1);
@@ -53,11 +57,14 @@ async function runLoss(
   const loss = Tensor.empty(g, [1], "f32", "loss");
   await runOnce(g, "loss", async (p) => {
     const base = { target: tTarget, mask: tMask };
-    await softCrossEntropy(p, { ...base, logits, rowLoss, grad }, { denominator, gradScale });
+    await softCrossEntropy(p, { ...base, logits, rowLoss, grad }, { denominator, gradScale, kernel });
     await softCrossEntropy(p, { ...base, logits: logitsInPlace, rowLoss: rowLoss2, grad: logitsInPlace }, {
       denominator,
       gradScale,
+      kernel,
     });
+    const rowsLabels = p.dispatches.filter((d) => d.label.includes("_rows")).length;
+    assert.equal(rowsLabels, kernel === "rows" ? 2 : 0, `${kernel} kernels recorded`);
     await sum(p, rowLoss, loss);
   });
   const out = {
@@ -74,31 +81,33 @@ async function runLoss(
 Deno.test(
   { name: "loss: soft cross-entropy and gradient vs CPU, separate and in place", ...needsGpu },
   async () => {
-    const shapes = [[1, 1], [4, 1], [3, 7], [5, 1000], [2, 2048], [3, 5000], [300, 7], [2, 5, 11]];
+    const shapes = [[1, 1], [4, 1], [3, 7], [5, 1000], [2, 2048], [3, 5000], [300, 7], [2, 5, 11], [19, 12]];
     for (const [s, shape] of shapes.entries()) {
-      const cols = shape[shape.length - 1], n = shape.reduce((a, b) => a * b, 1), rows = n / cols;
-      const z = randomArray(n, 400 + s, 5);
-      const target = Float32Array.from(softmaxCpu(randomArray(n, 500 + s, 5), cols));
-      if (s === 2) target.forEach((v, i) => target[i] = 0.5 * v); // Σp = 0.5 enters the gradient as Σp
-      const mask = randomMask(rows, 600 + s);
-      mask[0] = 1;
-      const [denominator, gradScale] = [rows, 0.8 ** 2 / 2];
-      const out = await runLoss(z, target, mask, shape, denominator, gradScale);
-      const tag = `[${shape}]`;
-      const rowLoss = softCrossEntropyCpu(z, target, mask, cols, denominator);
-      const grad = softCrossEntropyBackwardCpu(z, target, mask, cols, denominator, gradScale);
-      assertClose(out.rowLoss, rowLoss, `rowLoss ${tag}`, { atol: 1e-6, rtol: 1e-5 });
-      assertClose(out.rowLossInPlace, rowLoss, `rowLoss in place ${tag}`, { atol: 1e-6, rtol: 1e-5 });
-      assertClose(out.grad, grad, `grad ${tag}`, { atol: 1e-8, rtol: 1e-4 });
-      assertClose(out.gradInPlace, grad, `grad in place ${tag}`, { atol: 1e-8, rtol: 1e-4 });
-      assertClose([out.loss], [rowLoss.reduce((a, b) => a + b, 0)], `loss ${tag}`, { rtol: 1e-5 });
-      for (let r = 0; r < rows; r++) {
-        if (mask[r] !== 0) continue;
-        assert.equal(out.rowLoss[r], 0);
-        assert.ok(
-          out.gradInPlace.subarray(r * cols, (r + 1) * cols).every((v) => v === 0),
-          "masked row zeroed",
-        );
+      for (const kernel of KERNELS) {
+        const cols = shape[shape.length - 1], n = shape.reduce((a, b) => a * b, 1), rows = n / cols;
+        const z = randomArray(n, 400 + s, 5);
+        const target = Float32Array.from(softmaxCpu(randomArray(n, 500 + s, 5), cols));
+        if (s === 2) target.forEach((v, i) => target[i] = 0.5 * v); // Σp = 0.5 enters the gradient as Σp
+        const mask = randomMask(rows, 600 + s);
+        mask[0] = 1;
+        const [denominator, gradScale] = [rows, 0.8 ** 2 / 2];
+        const out = await runLoss(z, target, mask, shape, denominator, gradScale, kernel);
+        const tag = `[${shape}] ${kernel}`;
+        const rowLoss = softCrossEntropyCpu(z, target, mask, cols, denominator);
+        const grad = softCrossEntropyBackwardCpu(z, target, mask, cols, denominator, gradScale);
+        assertClose(out.rowLoss, rowLoss, `rowLoss ${tag}`, { atol: 1e-6, rtol: 1e-5 });
+        assertClose(out.rowLossInPlace, rowLoss, `rowLoss in place ${tag}`, { atol: 1e-6, rtol: 1e-5 });
+        assertClose(out.grad, grad, `grad ${tag}`, { atol: 1e-8, rtol: 1e-4 });
+        assertClose(out.gradInPlace, grad, `grad in place ${tag}`, { atol: 1e-8, rtol: 1e-4 });
+        assertClose([out.loss], [rowLoss.reduce((a, b) => a + b, 0)], `loss ${tag}`, { rtol: 1e-5 });
+        for (let r = 0; r < rows; r++) {
+          if (mask[r] !== 0) continue;
+          assert.equal(out.rowLoss[r], 0);
+          assert.ok(
+            out.gradInPlace.subarray(r * cols, (r + 1) * cols).every((v) => v === 0),
+            "masked row zeroed",
+          );
+        }
       }
     }
   },
@@ -110,7 +119,6 @@ Deno.test({ name: "loss: gradient matches central differences", ...needsGpu }, a
   const target = Float32Array.from(softmaxCpu(randomArray(n, 32, 2), cols));
   const mask = Float32Array.of(1, 0, 1, 1);
   const [denominator, gradScale] = [8, 0.8];
-  const out = await runLoss(z, target, mask, shape, denominator, gradScale);
   // L(z) = gradScale · Σ rowLoss(z), differentiated numerically on the f64 CPU forward.
   const numeric = new Float64Array(n);
   const L = (x: Float64Array) =>
@@ -121,108 +129,132 @@ Deno.test({ name: "loss: gradient matches central differences", ...needsGpu }, a
     minus[i] -= h;
     numeric[i] = (L(plus) - L(minus)) / (2 * h);
   }
-  assertClose(out.grad, numeric, "grad vs finite differences", { atol: 1e-7, rtol: 1e-4 });
-  assertClose(out.gradInPlace, numeric, "in-place grad vs finite differences", { atol: 1e-7, rtol: 1e-4 });
+  for (const kernel of KERNELS) {
+    const out = await runLoss(z, target, mask, shape, denominator, gradScale, kernel);
+    assertClose(out.grad, numeric, `grad vs finite differences (${kernel})`, { atol: 1e-7, rtol: 1e-4 });
+    assertClose(out.gradInPlace, numeric, `in-place grad vs finite differences (${kernel})`, {
+      atol: 1e-7,
+      rtol: 1e-4,
+    });
+  }
 });
 
 Deno.test({ name: "loss: PyTorch autograd golden values", ...needsGpu }, async () => {
   const golden = Golden.load("loss");
   const shape = golden.shape("loss.z"); // [B 2, T 5, Vd 11]
   const denominator = shape[0] * shape[1];
-  const out = await runLoss(
-    golden.f32("loss.z"),
-    golden.f32("loss.target"),
-    golden.f32("loss.mask"),
-    shape,
-    denominator,
-    0.8,
-  );
-  assertClose(out.rowLoss, golden.f32("loss.row_loss"), "rowLoss", { atol: 1e-7, rtol: 1e-5 });
-  assertClose([out.loss], golden.f32("loss.loss"), "loss", { atol: 1e-7, rtol: 1e-5 });
-  assertClose(out.grad, golden.f32("loss.dz"), "dz", { atol: 1e-8, rtol: 1e-5 });
-  assertClose(out.gradInPlace, golden.f32("loss.dz"), "dz in place", { atol: 1e-8, rtol: 1e-5 });
+  for (const kernel of KERNELS) {
+    const out = await runLoss(
+      golden.f32("loss.z"),
+      golden.f32("loss.target"),
+      golden.f32("loss.mask"),
+      shape,
+      denominator,
+      0.8,
+      kernel,
+    );
+    assertClose(out.rowLoss, golden.f32("loss.row_loss"), `rowLoss ${kernel}`, { atol: 1e-7, rtol: 1e-5 });
+    assertClose([out.loss], golden.f32("loss.loss"), `loss ${kernel}`, { atol: 1e-7, rtol: 1e-5 });
+    assertClose(out.grad, golden.f32("loss.dz"), `dz ${kernel}`, { atol: 1e-8, rtol: 1e-5 });
+    assertClose(out.gradInPlace, golden.f32("loss.dz"), `dz in place ${kernel}`, { atol: 1e-8, rtol: 1e-5 });
+  }
 });
 
 Deno.test(
   { name: "loss: argmax agreement counts (golden, ids and probs, accumulate)", ...needsGpu },
   async () => {
-    const g = gpu!;
-    const golden = Golden.load("loss");
-    const shape = golden.shape("loss.z");
-    const rowShape = shape.slice(0, -1);
-    const logits = Tensor.fromArray(g, golden.f32("loss.z"), shape, "f32", "logits");
-    const probs = Tensor.fromArray(g, golden.f32("loss.target"), shape, "f32", "target");
-    const ids = Tensor.fromArray(g, golden.ints("loss.target_ids"), rowShape, "i32", "ids");
-    const mask = Tensor.fromArray(g, golden.f32("loss.mask"), rowShape, "f32", "mask");
-    const counts = [0, 1].map((i) => Tensor.fromArray(g, [7, 7], [2], "f32", `counts${i}`));
-    const perRow = Tensor.empty(g, [10, 2], "f32", "perRow");
-    const p = new Program(g, "agreement");
-    await argmaxAgreement(p, { logits, targetIds: ids, mask, counts: counts[0], perRow });
-    // Accumulating twice from the initial (7, 7).
-    const scratch = await argmaxAgreement(p, { logits, targetProbs: probs, mask, counts: counts[1] }, {
-      accumulate: true,
-    });
-    await argmaxAgreement(p, { logits, targetProbs: probs, mask, counts: counts[1], perRow: scratch }, {
-      accumulate: true,
-    });
-    await p.runChecked();
-    const [correct, total] = golden.f32("loss.counts");
-    assert.ok(correct > 0 && correct < total, "the golden case has both agreeing and disagreeing rows");
-    assert.deepEqual([...await counts[0].read()], [correct, total]);
-    assert.deepEqual([...await counts[1].read()], [7 + 2 * correct, 7 + 2 * total]);
-    p.destroy();
-    for (const t of [logits, probs, ids, mask, ...counts, perRow, scratch]) t.destroy();
+    for (const kernel of KERNELS) await agreementGolden(kernel);
   },
 );
+
+/** The golden agreement case with the `kernel` family (see the test above). */
+async function agreementGolden(kernel: RowKernel): Promise<void> {
+  const g = gpu!;
+  const golden = Golden.load("loss");
+  const shape = golden.shape("loss.z");
+  const rowShape = shape.slice(0, -1);
+  const logits = Tensor.fromArray(g, golden.f32("loss.z"), shape, "f32", "logits");
+  const probs = Tensor.fromArray(g, golden.f32("loss.target"), shape, "f32", "target");
+  const ids = Tensor.fromArray(g, golden.ints("loss.target_ids"), rowShape, "i32", "ids");
+  const mask = Tensor.fromArray(g, golden.f32("loss.mask"), rowShape, "f32", "mask");
+  const counts = [0, 1].map((i) => Tensor.fromArray(g, [7, 7], [2], "f32", `counts${i}`));
+  const perRow = Tensor.empty(g, [10, 2], "f32", "perRow");
+  const p = new Program(g, "agreement");
+  await argmaxAgreement(p, { logits, targetIds: ids, mask, counts: counts[0], perRow }, { kernel });
+  // Accumulating twice from the initial (7, 7).
+  const scratch = await argmaxAgreement(p, { logits, targetProbs: probs, mask, counts: counts[1] }, {
+    accumulate: true,
+    kernel,
+  });
+  await argmaxAgreement(p, { logits, targetProbs: probs, mask, counts: counts[1], perRow: scratch }, {
+    accumulate: true,
+    kernel,
+  });
+  const rowsLabels = p.dispatches.filter((d) => d.label.includes("_rows")).length;
+  assert.equal(rowsLabels, kernel === "rows" ? 3 : 0, `${kernel} kernels recorded`);
+  await p.runChecked();
+  const [correct, total] = golden.f32("loss.counts");
+  assert.ok(correct > 0 && correct < total, "the golden case has both agreeing and disagreeing rows");
+  assert.deepEqual([...await counts[0].read()], [correct, total], kernel);
+  assert.deepEqual([...await counts[1].read()], [7 + 2 * correct, 7 + 2 * total], kernel);
+  p.destroy();
+  for (const t of [logits, probs, ids, mask, ...counts, perRow, scratch]) t.destroy();
+}
 
 Deno.test(
   { name: "loss: argmax agreement vs CPU on large rows, ties and two masks", ...needsGpu },
   async () => {
     const g = gpu!;
-    for (const [s, [rows, cols]] of [[1, 1], [7, 3], [40, 1000], [9, 2048], [5, 5000], [300, 7]].entries()) {
-      const n = rows * cols;
-      const target = randomArray(n, 700 + s);
-      const z = randomArray(n, 800 + s);
-      const r = rng(900 + s);
-      const ids = new Int32Array(rows);
-      for (let row = 0; row < rows; row++) {
-        const off = row * cols;
-        const t = Math.floor(r() * cols);
-        target[off + t] = 2; // unique target argmax
-        ids[row] = r() < 0.1 ? -1 : t; // some targets outside the draft vocab
-        if (r() < 0.6) z[off + t] = 2; // the draft agrees on ~60% of rows
-        if (r() < 0.3) z[off + Math.floor(r() * cols)] = 2; // and ties, which go to the lowest index
+    const cases = [[1, 1], [7, 3], [40, 1000], [9, 2048], [5, 5000], [300, 7], [19, 12]];
+    for (const [s, [rows, cols]] of cases.entries()) {
+      for (const kernel of KERNELS) {
+        const n = rows * cols;
+        const target = randomArray(n, 700 + s);
+        const z = randomArray(n, 800 + s);
+        const r = rng(900 + s);
+        const ids = new Int32Array(rows);
+        for (let row = 0; row < rows; row++) {
+          const off = row * cols;
+          const t = Math.floor(r() * cols);
+          target[off + t] = 2; // unique target argmax
+          ids[row] = r() < 0.1 ? -1 : t; // some targets outside the draft vocab
+          if (r() < 0.6) z[off + t] = 2; // the draft agrees on ~60% of rows
+          if (r() < 0.3) z[off + Math.floor(r() * cols)] = 2; // and ties, which go to the lowest index
+        }
+        const mask = randomMask(rows, 1000 + s),
+          correctMask = Float32Array.from(mask, (m, i) => i % 5 ? m : 0);
+        const tz = Tensor.fromArray(g, z, [rows, cols], "f32", "z");
+        const tp = Tensor.fromArray(g, target, [rows, cols], "f32", "p");
+        const tIds = Tensor.fromArray(g, ids, [rows], "i32", "ids");
+        const tMask = Tensor.fromArray(g, mask, [rows], "f32", "mask");
+        const tCorrect = Tensor.fromArray(g, correctMask, [rows], "f32", "correctMask");
+        const counts = [0, 1].map((i) => Tensor.empty(g, [2], "f32", `counts${i}`));
+        const scratch: Tensor[] = [];
+        await runOnce(g, "agreement", async (p) => {
+          scratch.push(
+            await argmaxAgreement(p, { logits: tz, targetIds: tIds, mask: tMask, counts: counts[0] }, {
+              kernel,
+            }),
+          );
+          scratch.push(
+            await argmaxAgreement(p, {
+              logits: tz,
+              targetProbs: tp,
+              mask: tMask,
+              correctMask: tCorrect,
+              counts: counts[1],
+            }, { kernel }),
+          );
+        });
+        const tag = `[${rows}, ${cols}] ${kernel}`;
+        assert.deepEqual([...await counts[0].read()], argmaxAgreementCpu(z, ids, mask, cols), `ids ${tag}`);
+        assert.deepEqual(
+          [...await counts[1].read()],
+          argmaxAgreementCpu(z, target, mask, cols, correctMask),
+          `probs, two masks ${tag}`,
+        );
+        for (const t of [tz, tp, tIds, tMask, tCorrect, ...counts, ...scratch]) t.destroy();
       }
-      const mask = randomMask(rows, 1000 + s), correctMask = Float32Array.from(mask, (m, i) => i % 5 ? m : 0);
-      const tz = Tensor.fromArray(g, z, [rows, cols], "f32", "z");
-      const tp = Tensor.fromArray(g, target, [rows, cols], "f32", "p");
-      const tIds = Tensor.fromArray(g, ids, [rows], "i32", "ids");
-      const tMask = Tensor.fromArray(g, mask, [rows], "f32", "mask");
-      const tCorrect = Tensor.fromArray(g, correctMask, [rows], "f32", "correctMask");
-      const counts = [0, 1].map((i) => Tensor.empty(g, [2], "f32", `counts${i}`));
-      const scratch: Tensor[] = [];
-      await runOnce(g, "agreement", async (p) => {
-        scratch.push(
-          await argmaxAgreement(p, { logits: tz, targetIds: tIds, mask: tMask, counts: counts[0] }),
-        );
-        scratch.push(
-          await argmaxAgreement(p, {
-            logits: tz,
-            targetProbs: tp,
-            mask: tMask,
-            correctMask: tCorrect,
-            counts: counts[1],
-          }),
-        );
-      });
-      const tag = `[${rows}, ${cols}]`;
-      assert.deepEqual([...await counts[0].read()], argmaxAgreementCpu(z, ids, mask, cols), `ids ${tag}`);
-      assert.deepEqual(
-        [...await counts[1].read()],
-        argmaxAgreementCpu(z, target, mask, cols, correctMask),
-        `probs, two masks ${tag}`,
-      );
-      for (const t of [tz, tp, tIds, tMask, tCorrect, ...counts, ...scratch]) t.destroy();
     }
   },
 );
@@ -249,6 +281,14 @@ Deno.test({ name: "loss: bad arguments are refused before dispatch", ...needsGpu
     /mask \(m5\) has shape \[5\], expected \[4\]/,
   );
   await assert.rejects(() => softCrossEntropy(p, ok, { denominator: 0 }), /denominator must be positive/);
+  await assert.rejects(
+    () => softCrossEntropy(p, ok, { denominator: 4, kernel: "tiled" as RowKernel }),
+    /softCrossEntropy: unknown kernel "tiled"/,
+  );
+  await assert.rejects(
+    () => argmaxAgreement(p, { logits: z, targetIds: ids, mask, counts }, { kernel: "tiled" as RowKernel }),
+    /argmaxAgreement: unknown kernel "tiled"/,
+  );
   await assert.rejects(
     () => softCrossEntropy(p, { ...ok, rowLoss: mask }, { denominator: 4 }),
     /must not share/,

@@ -15,51 +15,87 @@ import {
   sumCpu,
   sumPartialsSize,
 } from "../../lib/ops/reduce.ts";
+import type { RowKernel } from "../../lib/ops/softmax.ts";
+
+/** Both kernel families of the per-row ops: every GPU result below is checked for each. */
+const KERNELS: RowKernel[] = ["workgroup", "rows"];
 
 Deno.test({ name: "reduce: argmax and rowSum vs CPU, with ties", ...needsGpu }, async () => {
   const g = gpu!;
-  const shapes = [[1, 1], [5, 1], [3, 7], [4, 1000], [2, 2048], [3, 5000], [300, 7], [2, 3, 11]];
+  const shapes = [[1, 1], [5, 1], [3, 7], [4, 1000], [2, 2048], [3, 5000], [300, 7], [2, 3, 11], [19, 12]];
   for (const [s, shape] of shapes.entries()) {
-    const cols = shape[shape.length - 1], n = shape.reduce((a, b) => a * b, 1), rows = n / cols;
-    const x = randomArray(n, 100 + s, 4);
-    for (let r = 0; r < rows; r += 2) {
-      // Ties: the row maximum repeated at a later and at an earlier column; the earlier must win.
-      const row = x.subarray(r * cols, (r + 1) * cols);
-      const top = Math.max(...row) + 1;
-      row[Math.floor(cols / 2)] = top;
-      row[cols - 1] = top;
-      row[Math.floor(cols / 3)] = top;
+    for (const kernel of KERNELS) {
+      const cols = shape[shape.length - 1], n = shape.reduce((a, b) => a * b, 1), rows = n / cols;
+      const x = randomArray(n, 100 + s, 4);
+      for (let r = 0; r < rows; r += 2) {
+        // Ties: the row maximum repeated at a later and at an earlier column; the earlier must win.
+        const row = x.subarray(r * cols, (r + 1) * cols);
+        const top = Math.max(...row) + 1;
+        row[Math.floor(cols / 2)] = top;
+        row[cols - 1] = top;
+        row[Math.floor(cols / 3)] = top;
+      }
+      const tx = Tensor.fromArray(g, x, shape, "f32", "x");
+      const ids = Tensor.empty(g, shape.slice(0, -1), "i32", "ids");
+      const sums = Tensor.empty(g, [rows], "f32", "sums");
+      await runOnce(g, "argmax", async (p) => {
+        await argmax(p, tx, ids, { kernel });
+        await rowSum(p, tx, sums, { kernel });
+        const rowsLabels = p.dispatches.filter((d) => d.label.includes("_rows")).length;
+        assert.equal(rowsLabels, kernel === "rows" ? 2 : 0, `${kernel} kernels recorded`);
+      });
+      const tag = `[${shape}] ${kernel}`;
+      assert.deepEqual([...await ids.read()], [...argmaxCpu(x, cols)], `argmax ${tag}`);
+      assertClose(await sums.read(), rowSumCpu(x, cols), `rowSum ${tag}`, { atol: 1e-4, rtol: 1e-5 });
+      for (const t of [tx, ids, sums]) t.destroy();
     }
-    const tx = Tensor.fromArray(g, x, shape, "f32", "x");
-    const ids = Tensor.empty(g, shape.slice(0, -1), "i32", "ids");
-    const sums = Tensor.empty(g, [rows], "f32", "sums");
-    await runOnce(g, "argmax", async (p) => {
-      await argmax(p, tx, ids);
-      await rowSum(p, tx, sums);
-    });
-    assert.deepEqual([...await ids.read()], [...argmaxCpu(x, cols)], `argmax [${shape}]`);
-    assertClose(await sums.read(), rowSumCpu(x, cols), `rowSum [${shape}]`, { atol: 1e-4, rtol: 1e-5 });
-    for (const t of [tx, ids, sums]) t.destroy();
   }
 });
 
 Deno.test({ name: "reduce: argmax of NaN, infinities and signed zeros", ...needsGpu }, async () => {
   const g = gpu!;
-  const rows = [
+  const narrow = [
     [1, NaN, 5, NaN], // the first NaN wins (torch.argmax)
     [-Infinity, -Infinity, -Infinity, -Infinity], // all equal: index 0
     [-0, 0, -1, -2], // -0 == 0: index 0
     [3, Infinity, Infinity, 2],
     [NaN, NaN, NaN, NaN],
   ];
-  const x = Float32Array.from(rows.flat());
-  const tx = Tensor.fromArray(g, x, [5, 4], "f32", "x");
-  const ids = Tensor.empty(g, [5], "i32", "ids");
-  await runOnce(g, "argmax special", (p) => argmax(p, tx, ids));
-  assert.deepEqual([...await ids.read()], [1, 0, 0, 1, 0]);
-  assert.deepEqual([...argmaxCpu(x, 4)], [1, 0, 0, 1, 0]);
-  tx.destroy();
-  ids.destroy();
+  // Rows of 12 (three vec4 units in the rows kernels): winners in different lanes and units must merge in order.
+  const wide = [
+    [1, 2, 3, 4, 5, NaN, 7, NaN, 9, NaN, 0, 0], // first NaN at 5 (lane 1); later NaNs in lanes 3 and 1
+    [0, 0, 0, 0, 0, 0, 9, 9, 9, 0, 0, 9], // ties across lanes 2, 3, 0 and 3: index 6
+    [0, 0, 0, 9, 9, 0, 0, 0, 0, 0, 0, 9], // tie between lane 3 (3) and lane 0 of the next unit (4): 3
+    [
+      -Infinity,
+      -Infinity,
+      -Infinity,
+      -Infinity,
+      -Infinity,
+      -Infinity,
+      -Infinity,
+      -Infinity,
+      -Infinity,
+      -1,
+      -1,
+      -2,
+    ],
+    [5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, NaN], // a NaN in the last column beats the larger first value
+    [-0, -0, -0, -0, -0, -0, -0, -0, -0, -0, 0, -0], // all equal: 0
+  ];
+  for (const [rows, expected] of [[narrow, [1, 0, 0, 1, 0]], [wide, [5, 6, 3, 9, 11, 0]]] as const) {
+    const cols = rows[0].length;
+    const x = Float32Array.from(rows.flat());
+    assert.deepEqual([...argmaxCpu(x, cols)], expected);
+    for (const kernel of KERNELS) {
+      const tx = Tensor.fromArray(g, x, [rows.length, cols], "f32", "x");
+      const ids = Tensor.empty(g, [rows.length], "i32", "ids");
+      await runOnce(g, "argmax special", (p) => argmax(p, tx, ids, { kernel }));
+      assert.deepEqual([...await ids.read()], expected, `${cols} columns, ${kernel}`);
+      tx.destroy();
+      ids.destroy();
+    }
+  }
 });
 
 Deno.test(
@@ -134,6 +170,10 @@ Deno.test({ name: "reduce: bad arguments are refused before dispatch", ...needsG
   const p = new Program(g, "refused");
   await assert.rejects(() => argmax(p, x, f), /argmax: out \(f\) is f32, expected i32/);
   await assert.rejects(() => argmax(p, x, ids), /argmax: out \(ids\) has shape \[4\], expected \[3\]/);
+  await assert.rejects(
+    () => rowSum(p, x, f, { kernel: "tiled" as RowKernel }),
+    /rowSum: unknown kernel "tiled" \(expected "workgroup" or "rows"\)/,
+  );
   await assert.rejects(() => sum(p, x, f), /sum: out \(f\) has shape \[3\], expected \[1\]/);
   await assert.rejects(
     () => sum(p, x, one, { partials: one }),

@@ -1,0 +1,282 @@
+/**
+ * The EAGLE-3 draft's inference forward (SGLang's LlamaForCausalLMEagle3 at serving time), one sequence, with
+ * its own KV cache [maxLen, nkv, hd]. The layer is the training step's (lib/models/eagle3.ts, reference/
+ * specforge-spec.md §3.3) run on new rows only:
+ *
+ *   a = [RMSNorm_in(embed(token)), RMSNorm_hid(h)]; q, k, v = a·W{q,k,v}ᵀ with RoPE at the row's position
+ *   r = h + o_proj(attention over the cached rows and the mask's rows);  y = r + mlp(RMSNorm_post(r))
+ *   logits = lm_head(RMSNorm_final(y)) over the draft vocabulary
+ *
+ * Two passes, matching training's TTT unroll (row t at step k has position t + k, attends the step-0 keys
+ * of rows ≤ t and its own keys of steps 1..k):
+ * - extend: rows for committed positions, h = fc(aux of the target at that position), token = the NEXT
+ *   committed token (row t pairs the target's state at t with x_{t+1}); keys and values written at the
+ *   rows' slots (= positions), causal attention. Run after the prefill (rows 0..L−1) and after every
+ *   verification (the accepted path and the bonus token), it yields the distribution of the first drafted
+ *   token from its last row.
+ * - step j ≥ 1: one row per branch of the draft tree, h = the output y of the parent row (fed back, pre-norm),
+ *   token = the branch's token, position prefix − 1 + j. Rows are written at slots prefix + (j − 1)·topk + r
+ *   (past the committed rows, overwritten by the next extend) and attend the committed prefix plus the
+ *   step rows of their ancestors and themselves (the tree mask).
+ */
+import type { Gpu } from "../gpu/device.ts";
+import { LimitError, ShapeError } from "../gpu/errors.ts";
+import { Program } from "../gpu/program.ts";
+import { Tensor } from "../tensor.ts";
+import type { Eagle3Draft } from "../models/eagle3.ts";
+import { linear } from "../ops/matmul.ts";
+import { rmsnormForward } from "../ops/rmsnorm.ts";
+import { ropeTable } from "../ops/rope.ts";
+import { swigluForward } from "../ops/swiglu.ts";
+import { embeddingForward } from "../ops/embedding.ts";
+import { accumulate, copyColumns, copyStrided } from "../ops/elementwise.ts";
+import { gatherRows, ropeAtPositions, scatterRows, treeAttentionForward } from "../ops/tree_attention.ts";
+
+/** Sizes of a {@link DraftSession}. */
+export interface DraftSessionOptions {
+  /** Cache slots (committed rows plus the draft steps' rows). */
+  maxLen: number;
+  /** Most rows of one extend (the longest prompt, and numSteps + 1). */
+  maxExtendRows: number;
+  /** Branches per draft step. */
+  topk: number;
+  /** Tree levels (draft steps are 1..numSteps − 1). */
+  numSteps: number;
+}
+
+interface PassProgram {
+  program: Program;
+  /** Extend: aux row index [R]; step: parent row index [topk]. */
+  index: Tensor;
+  ids: Tensor;
+  positions: Tensor;
+  mask: Tensor;
+  logits: Tensor;
+}
+
+/** The draft's KV cache and prebuilt passes for one sequence. */
+export class DraftSession {
+  readonly gpu: Gpu;
+  readonly k: Tensor;
+  readonly v: Tensor;
+  /** The output hidden states y of the last pass, [max(maxExtendRows, topk), H]. */
+  readonly hidden: Tensor;
+  /** i32 [2]: committed prefix length, slot where the pass writes its rows. */
+  readonly #meta: Tensor;
+  readonly #cos: Tensor;
+  readonly #sin: Tensor;
+  readonly #extends = new Map<number, PassProgram>();
+  #step: PassProgram | null = null;
+  readonly #owned: Tensor[] = [];
+
+  /**
+   * A session of `draft` reading the target's aux states from `targetAux` [rows, 3·H_t] and token embeddings
+   * from `embedding` [V, H] (the target's).
+   */
+  constructor(
+    readonly draft: Eagle3Draft,
+    readonly embedding: Tensor,
+    readonly targetAux: Tensor,
+    readonly opts: DraftSessionOptions,
+  ) {
+    const gpu = this.gpu = draft.gpu;
+    const cfg = draft.config;
+    if (embedding.shape[0] !== cfg.vocabSize || embedding.shape[1] !== cfg.hiddenSize) {
+      throw new ShapeError(
+        `draft session: embedding [${embedding.shape}] does not match the draft's vocab_size ${cfg.vocabSize} × ` +
+          `hidden_size ${cfg.hiddenSize}`,
+      );
+    }
+    if (targetAux.shape[1] !== 3 * cfg.targetHiddenSize) {
+      throw new ShapeError(
+        `draft session: target aux [${targetAux.shape}] is not 3 × target_hidden_size ${cfg.targetHiddenSize}`,
+      );
+    }
+    const shape = [opts.maxLen, cfg.numKvHeads, cfg.headDim];
+    this.k = Tensor.zeros(gpu, shape, "f32", "spec draft k cache");
+    this.v = Tensor.zeros(gpu, shape, "f32", "spec draft v cache");
+    this.hidden = Tensor.empty(
+      gpu,
+      [Math.max(opts.maxExtendRows, opts.topk), cfg.hiddenSize],
+      "f32",
+      "draft y",
+    );
+    this.#meta = Tensor.empty(gpu, [2], "i32", "spec draft meta");
+    const table = ropeTable(cfg, cfg.headDim, opts.maxLen);
+    this.#cos = Tensor.fromArray(gpu, table.cos, [opts.maxLen, cfg.headDim / 2], "f32", "draft rope cos");
+    this.#sin = Tensor.fromArray(gpu, table.sin, [opts.maxLen, cfg.headDim / 2], "f32", "draft rope sin");
+  }
+
+  /**
+   * Extends the cache with committed rows prefix..prefix+R−1: row i pairs target aux row `auxRows[i]` with
+   * token `tokens[i]` (the token after that position). Returns the draft logits [Vd] of the last row.
+   */
+  async extend(prefix: number, auxRows: number[], tokens: number[]): Promise<Float32Array> {
+    const R = tokens.length;
+    if (auxRows.length !== R || R < 1) {
+      throw new ShapeError(`draft extend: ${auxRows.length} aux rows, ${R} tokens`);
+    }
+    if (R > this.opts.maxExtendRows) {
+      throw new LimitError(`draft extend: ${R} rows exceed the session's ${this.opts.maxExtendRows}`);
+    }
+    this.#checkSlots(prefix + R);
+    const pass = await this.#extend(R);
+    pass.index.write(Int32Array.from(auxRows));
+    pass.ids.write(Int32Array.from(tokens));
+    pass.positions.write(Int32Array.from({ length: R }, (_, i) => prefix + i));
+    this.#meta.write(Int32Array.from([prefix, prefix]));
+    pass.program.run();
+    return await pass.logits.readFloat();
+  }
+
+  /**
+   * Draft step `j` ≥ 1 after `prefix` committed rows: branch r continues from row `parentRows[r]` of the
+   * previous pass's outputs with token `tokens[r]`, attending the step slots `slots[r]` (its ancestors'
+   * and its own, (j' − 1)·topk + r'). Returns the logits [topk·Vd].
+   */
+  async step(j: number, prefix: number, parentRows: number[], tokens: number[], slots: number[][]) {
+    const { topk, numSteps } = this.opts;
+    if (!(j >= 1 && j < numSteps) || tokens.length !== topk || parentRows.length !== topk) {
+      throw new ShapeError(`draft step ${j}: expected ${topk} branches and 1 ≤ j < ${numSteps}`);
+    }
+    const treeLen = (numSteps - 1) * topk;
+    this.#checkSlots(prefix + treeLen);
+    const pass = await this.#stepProgram();
+    const mask = new Uint32Array(topk * treeLen);
+    slots.forEach((s, r) => s.forEach((slot) => mask[r * treeLen + slot] = 1));
+    pass.index.write(Int32Array.from(parentRows));
+    pass.ids.write(Int32Array.from(tokens));
+    pass.positions.write(new Int32Array(topk).fill(prefix - 1 + j));
+    pass.mask.write(mask);
+    this.#meta.write(Int32Array.from([prefix, prefix + (j - 1) * topk]));
+    pass.program.run();
+    return await pass.logits.readFloat();
+  }
+
+  #checkSlots(end: number): void {
+    if (end > this.opts.maxLen) {
+      throw new LimitError(`draft session: slots up to ${end} exceed the cache (${this.opts.maxLen})`);
+    }
+  }
+
+  async #extend(R: number): Promise<PassProgram> {
+    const found = this.#extends.get(R);
+    if (found) return found;
+    const cfg = this.draft.config;
+    const p = new Program(this.gpu, `spec draft extend R=${R}`);
+    try {
+      const index = p.scratch([R], "i32", "aux rows");
+      const aux = p.scratch([R, 3 * cfg.targetHiddenSize], "f32", "aux");
+      const h = p.scratch([R, cfg.hiddenSize], "f32", "fc out");
+      await gatherRows(p, this.targetAux, index, aux);
+      this.#own(await linear(p, aux, this.draft.params["fc.weight"], h));
+      const pass = await this.#layer(p, R, R, index, h, (R - 1) * cfg.hiddenSize, 1);
+      // Causal mask over the new rows, fixed for this program.
+      pass.mask.write(Uint32Array.from({ length: R * R }, (_, i) => (i % R <= Math.floor(i / R) ? 1 : 0)));
+      this.#extends.set(R, pass);
+      return pass;
+    } catch (e) {
+      p.destroy();
+      throw e;
+    }
+  }
+
+  async #stepProgram(): Promise<PassProgram> {
+    if (this.#step) return this.#step;
+    const cfg = this.draft.config;
+    const { topk, numSteps } = this.opts;
+    const p = new Program(this.gpu, `spec draft step topk=${topk}`);
+    try {
+      const index = p.scratch([topk], "i32", "parent rows");
+      const h = p.scratch([topk, cfg.hiddenSize], "f32", "fed-back hidden");
+      await gatherRows(p, this.hidden, index, h);
+      this.#step = await this.#layer(p, topk, (numSteps - 1) * topk, index, h, 0, topk);
+      return this.#step;
+    } catch (e) {
+      p.destroy();
+      throw e;
+    }
+  }
+
+  /**
+   * Records the midlayer over R rows with input hidden h [R, H] (outputs y into `hidden` rows 0..R−1), and
+   * the head over `headRows` rows of y starting at element `headOffset`.
+   */
+  async #layer(
+    p: Program,
+    R: number,
+    treeLen: number,
+    index: Tensor,
+    h: Tensor,
+    headOffset: number,
+    headRows: number,
+  ): Promise<PassProgram> {
+    const cfg = this.draft.config, W = this.draft.params;
+    const H = cfg.hiddenSize, nh = cfg.numHeads, nkv = cfg.numKvHeads, hd = cfg.headDim;
+    const I = cfg.intermediateSize;
+    const eps = { eps: cfg.rmsNormEps };
+    const S = (shape: number[], label: string) => p.scratch(shape, "f32", label);
+    const ids = p.scratch([R], "i32", "ids");
+    const positions = p.scratch([R], "i32", "positions");
+    const mask = p.scratch([R, treeLen], "u32", "mask");
+    const e = S([R, H], "embed"), normed = S([R, H], "normed"), rstd = p.scratch([R], "f32", "rstd");
+    const a = S([R, 2 * H], "attention input");
+    const q = S([R, nh, hd], "q"), k = S([R, nkv, hd], "k"), v = S([R, nkv, hd], "v");
+    const att = S([R, nh, hd], "attention out");
+    const r = S([R, H], "residual"), n = S([R, H], "post norm");
+    const gate = S([R, I], "gate"), up = S([R, I], "up"), act = S([R, I], "swiglu");
+    const y = this.hidden.view(0, [R, H]);
+    const flat = (t: Tensor) => t.reshape([R, t.size / R]);
+    await embeddingForward(p, ids, this.embedding, e);
+    await rmsnormForward(p, e, W["midlayer.input_layernorm.weight"], normed, rstd, eps);
+    await copyColumns(p, normed, a, 0);
+    await rmsnormForward(p, h, W["midlayer.hidden_norm.weight"], normed, rstd, eps);
+    await copyColumns(p, normed, a, H);
+    this.#own(await linear(p, a, W["midlayer.self_attn.q_proj.weight"], flat(q)));
+    this.#own(await linear(p, a, W["midlayer.self_attn.k_proj.weight"], flat(k)));
+    this.#own(await linear(p, a, W["midlayer.self_attn.v_proj.weight"], flat(v)));
+    await ropeAtPositions(p, q, positions, this.#cos, this.#sin);
+    await ropeAtPositions(p, k, positions, this.#cos, this.#sin);
+    const W2 = nkv * hd;
+    await scatterRows(p, flat(k), this.k.reshape([this.opts.maxLen, W2]), this.#meta, 1);
+    await scatterRows(p, flat(v), this.v.reshape([this.opts.maxLen, W2]), this.#meta, 1);
+    await treeAttentionForward(p, { q, k: this.k, v: this.v, meta: this.#meta, mask, out: att });
+    this.#own(await linear(p, flat(att), W["midlayer.self_attn.o_proj.weight"], r));
+    await accumulate(p, r, h);
+    await rmsnormForward(p, r, W["midlayer.post_attention_layernorm.weight"], n, rstd, eps);
+    this.#own(await linear(p, n, W["midlayer.mlp.gate_proj.weight"], gate));
+    this.#own(await linear(p, n, W["midlayer.mlp.up_proj.weight"], up));
+    await swigluForward(p, gate, up, act);
+    this.#own(await linear(p, act, W["midlayer.mlp.down_proj.weight"], y));
+    await accumulate(p, y, r);
+    // The head's rows of y (a copy: a view at an arbitrary row may break the binding offset alignment).
+    const rows = S([headRows, H], "head rows");
+    await copyStrided(p, this.hidden, rows, {
+      count: [1, 1, headRows * H],
+      srcStrides: [0, 0, 1],
+      srcOffset: headOffset,
+      dstStrides: [0, 0, 1],
+    });
+    const fn = S([headRows, H], "final norm");
+    await rmsnormForward(p, rows, W["norm.weight"], fn, p.scratch([headRows], "f32", "rstd norm"), eps);
+    const logits = S([headRows, cfg.draftVocabSize], "logits");
+    this.#own(await linear(p, fn, W["lm_head.weight"], logits));
+    return { program: p, index, ids, positions, mask, logits };
+  }
+
+  #own(t: Tensor | null): void {
+    if (t) this.#owned.push(t);
+  }
+
+  /** Frees the cache and every program (the draft stays). */
+  destroy(): void {
+    for (const x of this.#extends.values()) x.program.destroy();
+    this.#extends.clear();
+    this.#step?.program.destroy();
+    this.#step = null;
+    for (const t of [this.k, this.v, this.hidden, this.#meta, this.#cos, this.#sin, ...this.#owned]) {
+      t.destroy();
+    }
+    this.#owned.length = 0;
+  }
+}

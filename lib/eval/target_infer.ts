@@ -1,0 +1,318 @@
+/**
+ * The target model's side of speculative decoding, one sequence at a time, over a KV cache of `maxLen`
+ * slots per layer ([maxLen, nkv, hd]):
+ *
+ * - prefill: the prompt through lib/models/target.ts `recordTrunk` (positions 0..L−1, cache rows 0..L−1),
+ *   keeping the aux hidden states of every position and the logits of the last;
+ * - verify: the N nodes of a draft tree in one pass. Node n sits at position prefix + depth(n), its keys and
+ *   values are written to cache slot prefix + n, and it attends the cached prefix plus its ancestors and
+ *   itself (lib/ops/tree_attention.ts); yields the logits [N, V] and aux states [N, 3H] of every node;
+ * - compact: after acceptance, the cache rows of the accepted path (nodes path[i] at slots prefix + path[i])
+ *   move to slots prefix + i, so the cache again holds exactly the committed sequence; rejected nodes'
+ *   rows are left beyond the valid length, where the next pass overwrites them.
+ *
+ * The layer math is recordTrunk's (Llama/Qwen2/Qwen3/Mistral: biases, q/k norms, GQA), with the cached
+ * attention replaced by tree attention and RoPE taking per-row positions; the prefix length and positions
+ * are data written before each run, so each program is built once per tree size.
+ */
+import { LimitError } from "../gpu/errors.ts";
+import { Program } from "../gpu/program.ts";
+import { Tensor } from "../tensor.ts";
+import { recordHead, recordTrunk, type TargetModel } from "../models/target.ts";
+import { linear } from "../ops/matmul.ts";
+import { rmsnormForward } from "../ops/rmsnorm.ts";
+import { swigluForward } from "../ops/swiglu.ts";
+import { embeddingForward } from "../ops/embedding.ts";
+import { addBias, copyColumns, copyStrided } from "../ops/elementwise.ts";
+import { gatherRows, ropeAtPositions, scatterRows, treeAttentionForward } from "../ops/tree_attention.ts";
+import type { VerifyTree } from "./tree.ts";
+
+interface PrefillProgram {
+  program: Program;
+  ids: Tensor;
+  logits: Tensor;
+}
+
+interface VerifyProgram {
+  program: Program;
+  ids: Tensor;
+  positions: Tensor;
+  mask: Tensor;
+  logits: Tensor;
+}
+
+interface CompactProgram {
+  program: Program;
+  index: Tensor;
+}
+
+/** The target's KV cache and prebuilt passes for speculative decoding of one sequence. */
+export class TargetSession {
+  readonly k: Tensor[];
+  readonly v: Tensor[];
+  /** Aux hidden states [auxRows, 3H] of the last prefill (rows 0..L−1) or verify (rows 0..N−1). */
+  readonly aux: Tensor;
+  /** i32 [1]: the cached prefix length of the next verify or compaction. */
+  readonly #prefix: Tensor;
+  readonly #lengths: Tensor;
+  readonly #prefills = new Map<number, PrefillProgram>();
+  readonly #verifies = new Map<number, VerifyProgram>();
+  readonly #compacts = new Map<number, CompactProgram>();
+  /** Split-K scratch tensors returned by the matmuls of the verify programs. */
+  readonly #owned: Tensor[] = [];
+
+  /**
+   * A session whose cache holds `maxLen` slots and whose aux buffer holds `auxRows` rows (at least the
+   * longest prompt and the largest tree).
+   */
+  constructor(readonly model: TargetModel, readonly maxLen: number, readonly auxRows: number) {
+    const { gpu, config: cfg } = model;
+    if (model.embed.blocks.length !== 1) {
+      throw new LimitError(
+        `speculative decoding: the target embedding is split into ${model.embed.blocks.length} blocks; ` +
+          `only embeddings that fit one binding are supported`,
+      );
+    }
+    const shape = [maxLen, cfg.numKvHeads, cfg.headDim];
+    this.k = model.layers.map((_, l) => Tensor.zeros(gpu, shape, "f32", `spec target k cache ${l}`));
+    this.v = model.layers.map((_, l) => Tensor.zeros(gpu, shape, "f32", `spec target v cache ${l}`));
+    this.aux = Tensor.empty(gpu, [auxRows, 3 * cfg.hiddenSize], "f32", "spec target aux");
+    this.#prefix = Tensor.empty(gpu, [1], "i32", "spec target prefix");
+    this.#lengths = Tensor.empty(gpu, [1], "i32", "spec target lengths");
+  }
+
+  /** Runs the prompt (cache rows 0..L−1, aux rows 0..L−1) and returns the last position's logits [V]. */
+  async prefill(prompt: number[]): Promise<Float32Array> {
+    const L = prompt.length;
+    this.#checkRows(L, "prompt");
+    const pre = await this.#prefill(L);
+    pre.ids.write(Int32Array.from(prompt));
+    this.#lengths.write(Int32Array.from([L]));
+    pre.program.run();
+    return await pre.logits.readFloat();
+  }
+
+  /**
+   * Verifies `tree` after `prefix` cached positions (the root at position prefix): writes the nodes' cache
+   * rows at prefix.., the aux rows 0..N−1, and returns the logits [N·V] of every node.
+   */
+  async verify(tree: VerifyTree, prefix: number): Promise<Float32Array> {
+    const N = tree.tokens.length;
+    this.#checkRows(N, "tree");
+    const maxDepth = Math.max(...tree.depths);
+    this.model.checkPositions(prefix, maxDepth + 1);
+    if (prefix + N > this.maxLen) {
+      throw new LimitError(
+        `speculative target: tree slots up to ${prefix + N} exceed the cache (${this.maxLen})`,
+      );
+    }
+    const v = await this.#verify(N);
+    v.ids.write(Int32Array.from(tree.tokens));
+    v.positions.write(Int32Array.from(tree.depths, (d) => prefix + d));
+    v.mask.write(tree.mask);
+    this.#prefix.write(Int32Array.from([prefix]));
+    v.program.run();
+    return await v.logits.readFloat();
+  }
+
+  /** Moves the cache rows of tree nodes `path` (slots prefix + path[i]) to slots prefix + i (no sync). */
+  async compact(prefix: number, path: number[], treeSize: number): Promise<void> {
+    if (path.every((n, i) => n === i)) return;
+    const c = await this.#compact(treeSize);
+    const index = new Int32Array(treeSize).fill(-1);
+    path.forEach((n, i) => index[i] = prefix + n);
+    c.index.write(index);
+    this.#prefix.write(Int32Array.from([prefix]));
+    c.program.run();
+  }
+
+  #checkRows(n: number, what: string): void {
+    if (n > this.auxRows) {
+      throw new LimitError(`speculative target: ${what} of ${n} rows exceeds the session's ${this.auxRows}`);
+    }
+  }
+
+  async #prefill(L: number): Promise<PrefillProgram> {
+    const found = this.#prefills.get(L);
+    if (found) return found;
+    const model = this.model, cfg = model.config, H = cfg.hiddenSize;
+    const p = new Program(model.gpu, `spec target prefill L=${L}`);
+    try {
+      const ids = p.scratch([L], "i32", "ids");
+      const aux = this.aux.view(0, [L, 3 * H]);
+      const x = await recordTrunk(p, model, {
+        batch: 1,
+        queryLen: L,
+        ids,
+        lengths: this.#lengths,
+        positionOffset: 0,
+        cache: {
+          k: this.k.map((t) => t.reshape([1, ...t.shape])),
+          v: this.v.map((t) => t.reshape([1, ...t.shape])),
+          maxLen: this.maxLen,
+        },
+        onLayerOutput: (layer, hidden) => captureAux(p, model, layer, hidden, aux),
+      });
+      const last = p.scratch([1, H], "f32", "last hidden");
+      await copyStrided(p, x, last, {
+        count: [1, 1, H],
+        srcStrides: [0, 0, 1],
+        srcOffset: (L - 1) * H,
+        dstStrides: [0, 0, 1],
+      });
+      const logits = await finalLogits(p, model, last);
+      const pre = { program: p, ids, logits };
+      this.#prefills.set(L, pre);
+      return pre;
+    } catch (e) {
+      p.destroy();
+      throw e;
+    }
+  }
+
+  async #verify(N: number): Promise<VerifyProgram> {
+    const found = this.#verifies.get(N);
+    if (found) return found;
+    const model = this.model, cfg = model.config;
+    const H = cfg.hiddenSize, hd = cfg.headDim, nh = cfg.numHeads, nkv = cfg.numKvHeads;
+    const p = new Program(model.gpu, `spec target verify N=${N}`);
+    try {
+      const ids = p.scratch([N], "i32", "ids");
+      const positions = p.scratch([N], "i32", "positions");
+      const mask = p.scratch([N, N], "u32", "tree mask");
+      const aux = this.aux.view(0, [N, 3 * H]);
+      const x = p.scratch([N, H], "f32", "residual");
+      await embeddingForward(p, ids, model.embed.blocks[0].tensor, x);
+      const normed = p.scratch([N, H], "f32", "normed");
+      const rstd = p.scratch([N], "f32", "rstd");
+      const q = p.scratch([N, nh, hd], "f32", "q");
+      const k = p.scratch([N, nkv, hd], "f32", "k");
+      const v = p.scratch([N, nkv, hd], "f32", "v");
+      const qn = cfg.qkNorm ? p.scratch([N, nh, hd], "f32", "q normed") : null;
+      const kn = cfg.qkNorm ? p.scratch([N, nkv, hd], "f32", "k normed") : null;
+      const headRstd = cfg.qkNorm ? p.scratch([N * nh], "f32", "head rstd") : null;
+      const att = p.scratch([N, nh, hd], "f32", "attention out");
+      const I = cfg.intermediateSize;
+      const gate = p.scratch([N, I], "f32", "gate");
+      const up = p.scratch([N, I], "f32", "up");
+      const act = p.scratch([N, I], "f32", "swiglu");
+      const flat = (t: Tensor) => t.reshape([N, t.size / N]);
+      const eps = { eps: cfg.rmsNormEps };
+      const own = (t: Tensor | null) => {
+        if (t) this.#owned.push(t);
+      };
+      for (let l = 0; l < model.layers.length; l++) {
+        const w = model.layers[l];
+        await rmsnormForward(p, x, w.inputNorm, normed, rstd, eps);
+        own(await linear(p, normed, w.q, flat(q)));
+        if (w.qBias) await addBias(p, flat(q), w.qBias);
+        own(await linear(p, normed, w.k, flat(k)));
+        if (w.kBias) await addBias(p, flat(k), w.kBias);
+        own(await linear(p, normed, w.v, flat(v)));
+        if (w.vBias) await addBias(p, flat(v), w.vBias);
+        let qr = q, kr = k;
+        if (w.qNorm && w.kNorm && qn && kn && headRstd) {
+          // Qwen3: RMSNorm over each head's hd values, before RoPE.
+          await rmsnormForward(p, q.reshape([N * nh, hd]), w.qNorm, qn.reshape([N * nh, hd]), headRstd, eps);
+          await rmsnormForward(
+            p,
+            k.reshape([N * nkv, hd]),
+            w.kNorm,
+            kn.reshape([N * nkv, hd]),
+            headRstd.view(0, [N * nkv]),
+            eps,
+          );
+          qr = qn;
+          kr = kn;
+        }
+        await ropeAtPositions(p, qr, positions, model.ropeCos, model.ropeSin);
+        await ropeAtPositions(p, kr, positions, model.ropeCos, model.ropeSin);
+        const cacheRows = (t: Tensor) => t.reshape([this.maxLen, nkv * hd]);
+        await scatterRows(p, flat(kr), cacheRows(this.k[l]), this.#prefix, 0);
+        await scatterRows(p, flat(v), cacheRows(this.v[l]), this.#prefix, 0);
+        await treeAttentionForward(p, {
+          q: qr,
+          k: this.k[l],
+          v: this.v[l],
+          meta: this.#prefix,
+          mask,
+          out: att,
+        });
+        own(await linear(p, flat(att), w.o, x, { accumulate: true }));
+        if (w.oBias) await addBias(p, x, w.oBias);
+        await rmsnormForward(p, x, w.postAttentionNorm, normed, rstd, eps);
+        own(await linear(p, normed, w.gate, gate));
+        if (w.gateBias) await addBias(p, gate, w.gateBias);
+        own(await linear(p, normed, w.up, up));
+        if (w.upBias) await addBias(p, up, w.upBias);
+        await swigluForward(p, gate, up, act);
+        own(await linear(p, act, w.down, x, { accumulate: true }));
+        if (w.downBias) await addBias(p, x, w.downBias);
+        await captureAux(p, model, l, x, aux);
+      }
+      const logits = await finalLogits(p, model, x);
+      const out = { program: p, ids, positions, mask, logits };
+      this.#verifies.set(N, out);
+      return out;
+    } catch (e) {
+      p.destroy();
+      throw e;
+    }
+  }
+
+  async #compact(N: number): Promise<CompactProgram> {
+    const found = this.#compacts.get(N);
+    if (found) return found;
+    const cfg = this.model.config;
+    const W = cfg.numKvHeads * cfg.headDim;
+    const p = new Program(this.model.gpu, `spec target compact N=${N}`);
+    try {
+      const index = p.scratch([N], "i32", "path slots");
+      const rows = p.scratch([N, W], "f32", "path rows");
+      for (const cache of [...this.k, ...this.v]) {
+        const flat = cache.reshape([this.maxLen, W]);
+        await gatherRows(p, flat, index, rows);
+        await scatterRows(p, rows, flat, this.#prefix, 0);
+      }
+      const c = { program: p, index };
+      this.#compacts.set(N, c);
+      return c;
+    } catch (e) {
+      p.destroy();
+      throw e;
+    }
+  }
+
+  /** Frees the caches and every program (the model stays). */
+  destroy(): void {
+    for (const m of [this.#prefills, this.#verifies, this.#compacts]) {
+      for (const x of m.values()) x.program.destroy();
+      m.clear();
+    }
+    for (const t of [...this.k, ...this.v, this.aux, this.#prefix, this.#lengths, ...this.#owned]) {
+      t.destroy();
+    }
+    this.#owned.length = 0;
+  }
+}
+
+/** Copies the residual stream after `layer` into every aux slot that names it. */
+async function captureAux(p: Program, model: TargetModel, layer: number, hidden: Tensor, aux: Tensor) {
+  const H = model.config.hiddenSize;
+  for (let s = 0; s < 3; s++) {
+    if (model.auxLayers[s] === layer) await copyColumns(p, hidden, aux, s * H);
+  }
+}
+
+/** Final RMSNorm and lm_head of rows x [R, H] → logits [R, V] (a scratch tensor of p). */
+async function finalLogits(p: Program, model: TargetModel, x: Tensor): Promise<Tensor> {
+  const cfg = model.config;
+  const R = x.shape[0];
+  const normed = p.scratch([R, cfg.hiddenSize], "f32", "final hidden");
+  await rmsnormForward(p, x, model.finalNorm, normed, p.scratch([R], "f32", "final rstd"), {
+    eps: cfg.rmsNormEps,
+  });
+  const logits = p.scratch([R, cfg.vocabSize], "f32", "logits");
+  await recordHead(p, normed, model.lmHead, logits);
+  return logits;
+}

@@ -1,0 +1,154 @@
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu, randomArray, rng } from "../gpu.ts";
+import { runOnce } from "../../lib/gpu/program.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { ShapeError } from "../../lib/gpu/errors.ts";
+import {
+  gatherRows,
+  gatherRowsCpu,
+  ropeAtPositions,
+  ropeAtPositionsCpu,
+  scatterRows,
+  scatterRowsCpu,
+  treeAttentionCpu,
+  treeAttentionForward,
+} from "../../lib/ops/tree_attention.ts";
+import { attentionCpu } from "../../lib/ops/attention.ts";
+import { ropeTable } from "../../lib/ops/rope.ts";
+
+/** A random 0/1 mask [rows, treeLen] with the diagonal set (each row attends itself). */
+function randomMask(rows: number, treeLen: number, seed: number): Uint32Array<ArrayBuffer> {
+  const r = rng(seed);
+  const m = new Uint32Array(rows * treeLen);
+  for (let t = 0; t < rows; t++) {
+    for (let j = 0; j < treeLen; j++) m[t * treeLen + j] = j === t || r() < 0.4 ? 1 : 0;
+  }
+  return m;
+}
+
+Deno.test({ name: "tree attention matches its CPU reference", ...needsGpu }, async () => {
+  const g = gpu!;
+  const cases = [
+    { rows: 1, heads: 2, kvHeads: 1, headDim: 8, cacheLen: 16, treeLen: 1, prefix: 5 },
+    { rows: 7, heads: 4, kvHeads: 2, headDim: 16, cacheLen: 40, treeLen: 9, prefix: 23 },
+    { rows: 5, heads: 3, kvHeads: 3, headDim: 6, cacheLen: 12, treeLen: 5, prefix: 0 },
+    // The tree region runs past the cache: keys beyond it are ignored.
+    { rows: 4, heads: 2, kvHeads: 2, headDim: 32, cacheLen: 10, treeLen: 6, prefix: 7 },
+  ];
+  for (const [i, d] of cases.entries()) {
+    const q = randomArray(d.rows * d.heads * d.headDim, 10 + i);
+    const k = randomArray(d.cacheLen * d.kvHeads * d.headDim, 20 + i);
+    const v = randomArray(d.cacheLen * d.kvHeads * d.headDim, 30 + i);
+    const mask = randomMask(d.rows, d.treeLen, 40 + i);
+    const T = (data: Float32Array<ArrayBuffer>, shape: number[], label: string) =>
+      Tensor.fromArray(g, data, shape, "f32", label);
+    const qt = T(q, [d.rows, d.heads, d.headDim], "q");
+    const kt = T(k, [d.cacheLen, d.kvHeads, d.headDim], "k");
+    const vt = T(v, [d.cacheLen, d.kvHeads, d.headDim], "v");
+    const meta = Tensor.fromArray(g, Int32Array.from([99, d.prefix]), [2], "i32", "meta");
+    const maskT = Tensor.fromArray(g, mask, [d.rows, d.treeLen], "u32", "mask");
+    const out = Tensor.empty(g, qt.shape, "f32", "out");
+    await runOnce(
+      g,
+      "tree attention",
+      (p) => treeAttentionForward(p, { q: qt, k: kt, v: vt, meta, mask: maskT, out }, { prefixSlot: 1 }),
+    );
+    const want = treeAttentionCpu({ q, k, v, mask, prefix: d.prefix }, d);
+    assertClose(await out.readFloat(), want, `tree attention case ${i}`, { atol: 2e-5, rtol: 1e-4 });
+    for (const t of [qt, kt, vt, meta, maskT, out]) t.destroy();
+  }
+});
+
+Deno.test("tree attention CPU reference with a causal mask is causal attention over the cache", () => {
+  // Rows appended at prefix..prefix+Tq−1 with a lower-triangular mask = attention with queryOffset = prefix.
+  const d = { rows: 4, heads: 2, kvHeads: 1, headDim: 4, cacheLen: 9, treeLen: 4 };
+  const prefix = 5;
+  const q = randomArray(d.rows * d.heads * d.headDim, 1);
+  const k = randomArray(d.cacheLen * d.kvHeads * d.headDim, 2);
+  const v = randomArray(d.cacheLen * d.kvHeads * d.headDim, 3);
+  const mask = new Uint32Array(16).map((_, i) => (i % 4 <= Math.floor(i / 4) ? 1 : 0));
+  const tree = treeAttentionCpu({ q, k, v, mask, prefix }, d);
+  const ref = attentionCpu(
+    { q, k, v, lengths: [d.cacheLen] },
+    {
+      batch: 1,
+      queryLen: d.rows,
+      keyLen: d.cacheLen,
+      heads: 2,
+      kvHeads: 1,
+      headDim: 4,
+      diagSteps: 0,
+    },
+    { causal: true, queryOffset: prefix },
+  );
+  assertClose(tree, ref.out, "causal tree attention", { atol: 1e-12, rtol: 1e-12 });
+});
+
+Deno.test(
+  { name: "rope at positions, gather and scatter rows match their CPU references", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const [rows, heads, hd] = [5, 3, 8];
+    const table = ropeTable(
+      { ropeTheta: 10000, ropeScaling: { type: "default" }, maxPositionEmbeddings: 64 },
+      hd,
+      32,
+    );
+    const x = randomArray(rows * heads * hd, 7);
+    const positions = Int32Array.from([3, 3, 17, 0, 31]);
+    const xt = Tensor.fromArray(g, x, [rows, heads, hd], "f32", "x");
+    const pt = Tensor.fromArray(g, positions, [rows], "i32", "positions");
+    const cos = Tensor.fromArray(g, table.cos, [32, hd / 2], "f32", "cos");
+    const sin = Tensor.fromArray(g, table.sin, [32, hd / 2], "f32", "sin");
+    const src = randomArray(6 * 5, 8);
+    const srcT = Tensor.fromArray(g, src, [6, 5], "f32", "src");
+    const index = Int32Array.from([4, -1, 0, 4, 9]);
+    const indexT = Tensor.fromArray(g, index, [5], "i32", "index");
+    const gathered = Tensor.empty(g, [5, 5], "f32", "gathered");
+    const dst0 = randomArray(8 * 5, 9);
+    const dst = Tensor.fromArray(g, dst0, [8, 5], "f32", "dst");
+    const meta = Tensor.fromArray(g, Int32Array.from([4]), [1], "i32", "meta");
+    await runOnce(g, "rope/gather/scatter", async (p) => {
+      await ropeAtPositions(p, xt, pt, cos, sin);
+      await gatherRows(p, srcT, indexT, gathered);
+      await scatterRows(p, srcT, dst, meta, 0);
+    });
+    assertClose(
+      await xt.readFloat(),
+      ropeAtPositionsCpu(x, positions, table.cos, table.sin, [rows, heads, hd]),
+      "rope at positions",
+    );
+    assertClose(await gathered.readFloat(), gatherRowsCpu(src, 5, index), "gather rows", {
+      atol: 0,
+      rtol: 0,
+    });
+    // Rows 4..9 of an 8-row dst: the last two source rows fall off the end.
+    assertClose(await dst.readFloat(), scatterRowsCpu(src, dst0, 5, 4), "scatter rows", { atol: 0, rtol: 0 });
+    for (const t of [xt, pt, cos, sin, srcT, indexT, gathered, dst, meta]) t.destroy();
+  },
+);
+
+Deno.test(
+  { name: "tree attention ops refuse bad shapes and dtypes, naming the op", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const q = Tensor.empty(g, [2, 2, 4], "f32", "q");
+    const k = Tensor.empty(g, [6, 2, 4], "f32", "k");
+    const meta = Tensor.empty(g, [1], "i32", "meta");
+    const badMask = Tensor.empty(g, [3, 2], "u32", "mask");
+    const fMask = Tensor.empty(g, [2, 2], "f32", "mask");
+    await assert.rejects(
+      runOnce(g, "bad", (p) => treeAttentionForward(p, { q, k, v: k, meta, mask: badMask, out: q })),
+      (e: Error) => e instanceof ShapeError && /treeAttentionForward/.test(e.message),
+    );
+    await assert.rejects(
+      runOnce(g, "bad", (p) => treeAttentionForward(p, { q, k, v: k, meta, mask: fMask, out: q })),
+      (e: Error) => e instanceof ShapeError && /mask/.test(e.message),
+    );
+    await assert.rejects(
+      runOnce(g, "bad", (p) => scatterRows(p, k.reshape([6, 8]), k.reshape([6, 8]), meta, 0)),
+      /share a buffer/,
+    );
+    for (const t of [q, k, meta, badMask, fMask]) t.destroy();
+  },
+);
