@@ -12,6 +12,7 @@ import { benchData } from "../lib/bench/data.ts";
 import { benchTarget } from "../lib/bench/target.ts";
 import { benchEagle3 } from "../lib/bench/eagle3.ts";
 import { benchTrain } from "../lib/bench/train.ts";
+import { benchSpeculative } from "../lib/bench/speculative.ts";
 
 const HELP = `deno task bench [--quick] [--only <groups>] [--json <file>]
 
@@ -32,6 +33,7 @@ const BENCHES: Record<string, Bench> = {
   target: benchTarget,
   eagle3: benchEagle3,
   train: benchTrain,
+  speculative: benchSpeculative,
 };
 
 function formatTable(rows: BenchRow[]): string {
