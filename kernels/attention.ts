@@ -6,10 +6,7 @@
  * Layouts (row-major): q, out, dout, dq [B, Tq, nh, hd]; k, v, dk, dv [B, Tk, nkv, hd];
  * kd, vd, dkd, dvd [S, B, Tq, nkv, hd]; lse [B, nh, Tq]; lengths i32 [B].
  *
- * Tiled entry points (for GPUs; one module each, so that each pipeline only reserves its own workgroup
- * memory). Tiles hold rows as vec4 chunks (CH = ceil(hd / 4) per row, zero-padded), so every dot product is
- * a loop of CH ≤ 32 vec4 steps for hd ≤ 128: short enough that every compiler unrolls it. (Mesa's llvmpipe
- * under GL takes minutes to compile a kernel whose barrier loops contain a non-unrolled loop of 33+ steps.)
+ * Entry points (one module each, so that each pipeline only reserves its own workgroup memory):
  * - `attentionForward`: one workgroup per (batch, head, tile of BQ query rows). Key/value tiles of BK rows are
  *   staged in workgroup memory; the softmax is computed online (running max m, running sum l, rescaled
  *   accumulator o), so the [T, T] score matrix is never stored. Saves lse = m + log(l) per row.
@@ -43,7 +40,10 @@ override HD: u32 = 64u;
 override BQ: u32 = 16u;
 override BK: u32 = 16u;
 override WG: u32 = 64u;
+// Row stride of the tiles in workgroup memory: one padding word avoids bank conflicts between rows.
+override ROW: u32 = HD + 1u;
 
+const MAX_DIMS: u32 = ${ATTENTION_MAX_DIMS}u;
 // "No key seen yet" for the running max: finite, so exp(m_old - m_new) never sees inf - inf.
 const NEG_BIG: f32 = -3.0e38;
 
@@ -80,36 +80,13 @@ fn diag_index(j: u32, b: u32, t: u32, kvh: u32) -> u32 {
 fn lse_index(b: u32, h: u32, t: u32) -> u32 { return (b * p.heads + h) * p.tq + t; }
 `;
 
-/** Declarations of the tiled kernels: vec4 chunks per row, the tile row stride, private accumulator size. */
-const TILED = /* wgsl */ `
-// vec4 chunks per head row, and the row stride of the tiles (one spare chunk spreads rows over banks).
-override CH: u32 = (HD + 3u) / 4u;
-override CROW: u32 = CH + 1u;
-const MAX_CHUNKS: u32 = ${ATTENTION_MAX_DIMS / 4}u;
-`;
-
-/** `fn <name>4(base, c) -> vec4<f32>`: elements base + 4c .. base + 4c + 3 of storage array `name`, 0 past HD. */
-function load4(name: string): string {
-  const lanes = [0, 1, 2, 3].map((i) => `select(0.0, ${name}[base + d + ${i}u], d + ${i}u < HD)`);
-  return `fn ${name}4(base: u32, c: u32) -> vec4<f32> {\n  let d = 4u * c;\n  return vec4<f32>(${
-    lanes.join(", ")
-  });\n}`;
-}
-
-/** `fn <name>_store4(base, c, x)`: stores the lanes of x that fall below HD at base + 4c. */
-function store4(name: string): string {
-  const lanes = [0, 1, 2, 3].map((i) => `  if (d + ${i}u < HD) { ${name}[base + d + ${i}u] = x[${i}]; }`);
-  return `fn ${name}_store4(base: u32, c: u32, x: vec4<f32>) {\n  let d = 4u * c;\n${lanes.join("\n")}\n}`;
-}
-
 /**
  * Forward. Bindings: 0 params, 1 q, 2 k, 3 v, 4 kd, 5 vd (any read-only buffer when there are no diagonal
  * keys), 6 lengths, 7 out, 8 lse. Workgroups: B · nh · ceil(Tq / BQ). Invocation (r, sub) = (lid / TPR,
- * lid % TPR) owns query row r of the tile and the vec4 chunks c = sub + TPR·i of its output.
+ * lid % TPR) owns query row r of the tile and head dims d = sub + TPR·i.
  */
 export const attentionForward = /* wgsl */ `
 ${HEADER}
-${TILED}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
@@ -119,17 +96,11 @@ ${TILED}
 @group(0) @binding(6) var<storage, read> lengths: array<i32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read_write> lse: array<f32>;
-${load4("q")}
-${load4("k")}
-${load4("v")}
-${load4("kd")}
-${load4("vd")}
-${store4("out")}
 
-var<workgroup> q_tile: array<vec4<f32>, BQ * CROW>;   // scale·q
-var<workgroup> k_tile: array<vec4<f32>, BK * CROW>;
-var<workgroup> v_tile: array<vec4<f32>, BK * CROW>;
-var<workgroup> s_tile: array<f32, BQ * BK>;           // scores, NEG_BIG where masked
+var<workgroup> q_tile: array<f32, BQ * ROW>;   // scale·q
+var<workgroup> k_tile: array<f32, BK * ROW>;
+var<workgroup> v_tile: array<f32, BK * ROW>;
+var<workgroup> s_tile: array<f32, BQ * BK>;    // scores, NEG_BIG where masked
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -145,42 +116,42 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let r = lid / tpr;
   let sub = lid % tpr;
   let t = t0 + r;
-  let chunks = (CH + tpr - 1u) / tpr;
   let len = valid_keys(lengths[b]);
   let kend = key_end(min(t0 + BQ, p.tq), len);
 
-  for (var e = lid; e < BQ * CH; e += WG) {
-    let tt = t0 + e / CH;
-    var x = vec4<f32>(0.0);
-    if (tt < p.tq) { x = q4(q_index(b, tt, h), e % CH) * p.scale; }
-    q_tile[(e / CH) * CROW + e % CH] = x;
+  for (var e = lid; e < BQ * HD; e += WG) {
+    let tt = t0 + e / HD;
+    var x = 0.0;
+    if (tt < p.tq) { x = q[q_index(b, tt, h) + e % HD] * p.scale; }
+    q_tile[(e / HD) * ROW + e % HD] = x;
   }
   workgroupBarrier();
 
   var m = NEG_BIG;
   var l = 0.0;
-  var o: array<vec4<f32>, MAX_CHUNKS>;
+  var o: array<f32, MAX_DIMS>;
+  let dims = (HD + tpr - 1u) / tpr;
 
   for (var s0 = 0u; s0 < kend; s0 += BK) {
     workgroupBarrier();
-    for (var e = lid; e < BK * CH; e += WG) {
-      let s = s0 + e / CH;
-      var kx = vec4<f32>(0.0);
-      var vx = vec4<f32>(0.0);
+    for (var e = lid; e < BK * HD; e += WG) {
+      let s = s0 + e / HD;
+      var kx = 0.0;
+      var vx = 0.0;
       if (s < kend) {
-        let g = k_index(b, s, kvh);
-        kx = k4(g, e % CH);
-        vx = v4(g, e % CH);
+        let g = k_index(b, s, kvh) + e % HD;
+        kx = k[g];
+        vx = v[g];
       }
-      k_tile[(e / CH) * CROW + e % CH] = kx;
-      v_tile[(e / CH) * CROW + e % CH] = vx;
+      k_tile[(e / HD) * ROW + e % HD] = kx;
+      v_tile[(e / HD) * ROW + e % HD] = vx;
     }
     workgroupBarrier();
     for (var j = sub; j < BK; j += tpr) {
       var sc = NEG_BIG;
       if (t < p.tq && key_allowed(t, s0 + j, len)) {
         var acc = 0.0;
-        for (var c = 0u; c < CH; c++) { acc += dot(q_tile[r * CROW + c], k_tile[j * CROW + c]); }
+        for (var d = 0u; d < HD; d++) { acc += q_tile[r * ROW + d] * k_tile[j * ROW + d]; }
         sc = acc;
       }
       s_tile[r * BK + j] = sc;
@@ -193,15 +164,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let m_new = max(m, tile_max);
     let alpha = exp(m - m_new);
     l *= alpha;
-    for (var i = 0u; i < chunks; i++) { o[i] *= alpha; }
+    for (var i = 0u; i < dims; i++) { o[i] *= alpha; }
     for (var j = 0u; j < BK; j++) {
       let sc = s_tile[r * BK + j];
       if (sc > 0.5 * NEG_BIG) {
         let pj = exp(sc - m_new);
         l += pj;
-        for (var i = 0u; i < chunks; i++) {
-          let c = sub + tpr * i;
-          if (c < CH) { o[i] += pj * v_tile[j * CROW + c]; }
+        for (var i = 0u; i < dims; i++) {
+          let d = sub + tpr * i;
+          if (d < HD) { o[i] += pj * v_tile[j * ROW + d]; }
         }
       }
     }
@@ -213,23 +184,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   for (var j = 0u; j < p.diag; j++) {
     let base = diag_index(j, b, t, kvh);
     var sc = 0.0;
-    for (var c = 0u; c < CH; c++) { sc += dot(q_tile[r * CROW + c], kd4(base, c)); }
+    for (var d = 0u; d < HD; d++) { sc += q_tile[r * ROW + d] * kd[base + d]; }
     let m_new = max(m, sc);
     let alpha = exp(m - m_new);
     let pj = exp(sc - m_new);
     l = l * alpha + pj;
-    for (var i = 0u; i < chunks; i++) {
-      let c = sub + tpr * i;
-      if (c < CH) { o[i] = o[i] * alpha + pj * vd4(base, c); }
+    for (var i = 0u; i < dims; i++) {
+      let d = sub + tpr * i;
+      if (d < HD) { o[i] = o[i] * alpha + pj * vd[base + d]; }
     }
     m = m_new;
   }
 
   let inv_l = select(0.0, 1.0 / l, l > 0.0);
   let ob = q_index(b, t, h);
-  for (var i = 0u; i < chunks; i++) {
-    let c = sub + tpr * i;
-    if (c < CH) { out_store4(ob, c, o[i] * inv_l); }
+  for (var i = 0u; i < dims; i++) {
+    let d = sub + tpr * i;
+    if (d < HD) { out[ob + d] = o[i] * inv_l; }
   }
   if (sub == 0u) { lse[lse_index(b, h, t)] = select(neg_inf(), m + log(l), l > 0.0); }
 }
@@ -238,11 +209,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 /**
  * Backward, dK and dV of the prefix keys. Bindings: 0 params, 1 q, 2 k, 3 v, 4 out, 5 dout, 6 lse,
  * 7 lengths, 8 dk, 9 dv. Workgroups: B · nkv · ceil(Tk / BK). Invocation (j, sub) = (lid / TPR, lid % TPR)
- * owns key j of the tile and the vec4 chunks c = sub + TPR·i of its dK and dV rows.
+ * owns key j of the tile and head dims d = sub + TPR·i of dK and dV.
  */
 export const attentionBackwardKV = /* wgsl */ `
 ${HEADER}
-${TILED}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
@@ -253,18 +223,11 @@ ${TILED}
 @group(0) @binding(7) var<storage, read> lengths: array<i32>;
 @group(0) @binding(8) var<storage, read_write> dk: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dv: array<f32>;
-${load4("q")}
-${load4("k")}
-${load4("v")}
-${load4("o")}
-${load4("dout")}
-${store4("dk")}
-${store4("dv")}
 
-var<workgroup> k_tile: array<vec4<f32>, BK * CROW>;
-var<workgroup> v_tile: array<vec4<f32>, BK * CROW>;
-var<workgroup> q_tile: array<vec4<f32>, BQ * CROW>;
-var<workgroup> do_tile: array<vec4<f32>, BQ * CROW>;
+var<workgroup> k_tile: array<f32, BK * ROW>;
+var<workgroup> v_tile: array<f32, BK * ROW>;
+var<workgroup> q_tile: array<f32, BQ * ROW>;
+var<workgroup> do_tile: array<f32, BQ * ROW>;
 var<workgroup> p_tile: array<f32, BQ * BK>;    // P[i, j]
 var<workgroup> ds_tile: array<f32, BQ * BK>;   // dS[i, j]
 var<workgroup> d_part: array<f32, WG>;         // partial sums of D_i = Σ_d dO·O
@@ -282,27 +245,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let tpr = WG / BK;
   let j = lid / tpr;
   let sub = lid % tpr;
-  let chunks = (CH + tpr - 1u) / tpr;
+  let dims = (HD + tpr - 1u) / tpr;
   let len = valid_keys(lengths[b]);
   // D is summed in WG / BQ partials per query row.
   let dpr = WG / BQ;
   let dr = lid / dpr;
   let dsub = lid % dpr;
 
-  var dk_acc: array<vec4<f32>, MAX_CHUNKS>;
-  var dv_acc: array<vec4<f32>, MAX_CHUNKS>;
+  var dk_acc: array<f32, MAX_DIMS>;
+  var dv_acc: array<f32, MAX_DIMS>;
 
-  for (var e = lid; e < BK * CH; e += WG) {
-    let s = s0 + e / CH;
-    var kx = vec4<f32>(0.0);
-    var vx = vec4<f32>(0.0);
+  for (var e = lid; e < BK * HD; e += WG) {
+    let s = s0 + e / HD;
+    var kx = 0.0;
+    var vx = 0.0;
     if (s < len) {
-      let g = k_index(b, s, kvh);
-      kx = k4(g, e % CH);
-      vx = v4(g, e % CH);
+      let g = k_index(b, s, kvh) + e % HD;
+      kx = k[g];
+      vx = v[g];
     }
-    k_tile[(e / CH) * CROW + e % CH] = kx;
-    v_tile[(e / CH) * CROW + e % CH] = vx;
+    k_tile[(e / HD) * ROW + e % HD] = kx;
+    v_tile[(e / HD) * ROW + e % HD] = vx;
   }
 
   // Keys at or past len get no gradient; with causal masking, queries before s0 − query_offset see none.
@@ -314,22 +277,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let h = kvh * group + hh;
     for (var t0 = t_begin; t0 < p.tq; t0 += BQ) {
       workgroupBarrier();
-      for (var e = lid; e < BQ * CH; e += WG) {
-        let tt = t0 + e / CH;
-        var qx = vec4<f32>(0.0);
-        var dox = vec4<f32>(0.0);
+      for (var e = lid; e < BQ * HD; e += WG) {
+        let tt = t0 + e / HD;
+        var qx = 0.0;
+        var dox = 0.0;
         if (tt < p.tq) {
-          let g = q_index(b, tt, h);
-          qx = q4(g, e % CH);
-          dox = dout4(g, e % CH);
+          let g = q_index(b, tt, h) + e % HD;
+          qx = q[g];
+          dox = dout[g];
         }
-        q_tile[(e / CH) * CROW + e % CH] = qx;
-        do_tile[(e / CH) * CROW + e % CH] = dox;
+        q_tile[(e / HD) * ROW + e % HD] = qx;
+        do_tile[(e / HD) * ROW + e % HD] = dox;
       }
       var part = 0.0;
       if (t0 + dr < p.tq) {
         let g = q_index(b, t0 + dr, h);
-        for (var c = dsub; c < CH; c += dpr) { part += dot(dout4(g, c), o4(g, c)); }
+        for (var d = dsub; d < HD; d += dpr) { part += dout[g + d] * o[g + d]; }
       }
       d_part[lid] = part;
       workgroupBarrier();
@@ -344,9 +307,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
           if (!is_empty_row(lse_i)) {
             var sc = 0.0;
             var dp = 0.0;
-            for (var c = 0u; c < CH; c++) {
-              sc += dot(q_tile[i * CROW + c], k_tile[jj * CROW + c]);
-              dp += dot(do_tile[i * CROW + c], v_tile[jj * CROW + c]);
+            for (var d = 0u; d < HD; d++) {
+              sc += q_tile[i * ROW + d] * k_tile[jj * ROW + d];
+              dp += do_tile[i * ROW + d] * v_tile[jj * ROW + d];
             }
             var d_i = 0.0;
             for (var c = 0u; c < dpr; c++) { d_i += d_part[i * dpr + c]; }
@@ -361,11 +324,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       for (var i = 0u; i < BQ; i++) {
         let pij = p_tile[i * BK + j];
         let dsij = ds_tile[i * BK + j];
-        for (var n = 0u; n < chunks; n++) {
-          let c = sub + tpr * n;
-          if (c < CH) {
-            dv_acc[n] += pij * do_tile[i * CROW + c];
-            dk_acc[n] += dsij * q_tile[i * CROW + c];
+        for (var c = 0u; c < dims; c++) {
+          let d = sub + tpr * c;
+          if (d < HD) {
+            dv_acc[c] += pij * do_tile[i * ROW + d];
+            dk_acc[c] += dsij * q_tile[i * ROW + d];
           }
         }
       }
@@ -375,11 +338,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let s = s0 + j;
   if (s >= p.tk) { return; }
   let g = k_index(b, s, kvh);
-  for (var n = 0u; n < chunks; n++) {
-    let c = sub + tpr * n;
-    if (c < CH) {
-      dk_store4(g, c, p.scale * dk_acc[n]);
-      dv_store4(g, c, dv_acc[n]);
+  for (var c = 0u; c < dims; c++) {
+    let d = sub + tpr * c;
+    if (d < HD) {
+      dk[g + d] = p.scale * dk_acc[c];
+      dv[g + d] = dv_acc[c];
     }
   }
 }
@@ -388,11 +351,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 /**
  * Backward, dQ. Bindings: 0 params, 1 q, 2 k, 3 v, 4 kd, 5 vd (any read-only buffer when there are no
  * diagonal keys), 6 out, 7 dout, 8 lse, 9 lengths, 10 dq. Workgroups: B · nh · ceil(Tq / BQ). Invocation
- * (r, sub) owns query row r of the tile and the vec4 chunks c = sub + TPR·i of its dq row.
+ * (r, sub) owns query row r of the tile and head dims d = sub + TPR·i of dq.
  */
 export const attentionBackwardQ = /* wgsl */ `
 ${HEADER}
-${TILED}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
@@ -404,19 +366,11 @@ ${TILED}
 @group(0) @binding(8) var<storage, read> lse: array<f32>;
 @group(0) @binding(9) var<storage, read> lengths: array<i32>;
 @group(0) @binding(10) var<storage, read_write> dq: array<f32>;
-${load4("q")}
-${load4("k")}
-${load4("v")}
-${load4("kd")}
-${load4("vd")}
-${load4("o")}
-${load4("dout")}
-${store4("dq")}
 
-var<workgroup> q_tile: array<vec4<f32>, BQ * CROW>;
-var<workgroup> do_tile: array<vec4<f32>, BQ * CROW>;
-var<workgroup> k_tile: array<vec4<f32>, BK * CROW>;
-var<workgroup> v_tile: array<vec4<f32>, BK * CROW>;
+var<workgroup> q_tile: array<f32, BQ * ROW>;
+var<workgroup> do_tile: array<f32, BQ * ROW>;
+var<workgroup> k_tile: array<f32, BK * ROW>;
+var<workgroup> v_tile: array<f32, BK * ROW>;
 var<workgroup> ds_tile: array<f32, BQ * BK>;
 var<workgroup> d_part: array<f32, WG>;
 
@@ -434,27 +388,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let r = lid / tpr;
   let sub = lid % tpr;
   let t = t0 + r;
-  let chunks = (CH + tpr - 1u) / tpr;
+  let dims = (HD + tpr - 1u) / tpr;
   let len = valid_keys(lengths[b]);
   let kend = key_end(min(t0 + BQ, p.tq), len);
 
-  for (var e = lid; e < BQ * CH; e += WG) {
-    let tt = t0 + e / CH;
-    var qx = vec4<f32>(0.0);
-    var dox = vec4<f32>(0.0);
+  for (var e = lid; e < BQ * HD; e += WG) {
+    let tt = t0 + e / HD;
+    var qx = 0.0;
+    var dox = 0.0;
     if (tt < p.tq) {
-      let g = q_index(b, tt, h);
-      qx = q4(g, e % CH);
-      dox = dout4(g, e % CH);
+      let g = q_index(b, tt, h) + e % HD;
+      qx = q[g];
+      dox = dout[g];
     }
-    q_tile[(e / CH) * CROW + e % CH] = qx;
-    do_tile[(e / CH) * CROW + e % CH] = dox;
+    q_tile[(e / HD) * ROW + e % HD] = qx;
+    do_tile[(e / HD) * ROW + e % HD] = dox;
   }
   var part = 0.0;
   var lse_r = neg_inf();
   if (t < p.tq) {
     let g = q_index(b, t, h);
-    for (var c = sub; c < CH; c += tpr) { part += dot(dout4(g, c), o4(g, c)); }
+    for (var d = sub; d < HD; d += tpr) { part += dout[g + d] * o[g + d]; }
     lse_r = lse[lse_index(b, h, t)];
   }
   d_part[lid] = part;
@@ -464,20 +418,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   for (var c = 0u; c < tpr; c++) { d_r += d_part[r * tpr + c]; }
   let live = t < p.tq && !is_empty_row(lse_r);
 
-  var dq_acc: array<vec4<f32>, MAX_CHUNKS>;
+  var dq_acc: array<f32, MAX_DIMS>;
   for (var s0 = 0u; s0 < kend; s0 += BK) {
     workgroupBarrier();
-    for (var e = lid; e < BK * CH; e += WG) {
-      let s = s0 + e / CH;
-      var kx = vec4<f32>(0.0);
-      var vx = vec4<f32>(0.0);
+    for (var e = lid; e < BK * HD; e += WG) {
+      let s = s0 + e / HD;
+      var kx = 0.0;
+      var vx = 0.0;
       if (s < kend) {
-        let g = k_index(b, s, kvh);
-        kx = k4(g, e % CH);
-        vx = v4(g, e % CH);
+        let g = k_index(b, s, kvh) + e % HD;
+        kx = k[g];
+        vx = v[g];
       }
-      k_tile[(e / CH) * CROW + e % CH] = kx;
-      v_tile[(e / CH) * CROW + e % CH] = vx;
+      k_tile[(e / HD) * ROW + e % HD] = kx;
+      v_tile[(e / HD) * ROW + e % HD] = vx;
     }
     workgroupBarrier();
     for (var j = sub; j < BK; j += tpr) {
@@ -485,9 +439,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       if (live && key_allowed(t, s0 + j, len)) {
         var sc = 0.0;
         var dp = 0.0;
-        for (var c = 0u; c < CH; c++) {
-          sc += dot(q_tile[r * CROW + c], k_tile[j * CROW + c]);
-          dp += dot(do_tile[r * CROW + c], v_tile[j * CROW + c]);
+        for (var d = 0u; d < HD; d++) {
+          sc += q_tile[r * ROW + d] * k_tile[j * ROW + d];
+          dp += do_tile[r * ROW + d] * v_tile[j * ROW + d];
         }
         dsv = exp(p.scale * sc - lse_r) * (dp - d_r);
       }
@@ -496,9 +450,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     workgroupBarrier();
     for (var j = 0u; j < BK; j++) {
       let dsj = ds_tile[r * BK + j];
-      for (var n = 0u; n < chunks; n++) {
-        let c = sub + tpr * n;
-        if (c < CH) { dq_acc[n] += dsj * k_tile[j * CROW + c]; }
+      for (var c = 0u; c < dims; c++) {
+        let d = sub + tpr * c;
+        if (d < HD) { dq_acc[c] += dsj * k_tile[j * ROW + d]; }
       }
     }
   }
@@ -509,21 +463,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       let base = diag_index(j, b, t, kvh);
       var sc = 0.0;
       var dp = 0.0;
-      for (var c = 0u; c < CH; c++) {
-        sc += dot(q_tile[r * CROW + c], kd4(base, c));
-        dp += dot(do_tile[r * CROW + c], vd4(base, c));
+      for (var d = 0u; d < HD; d++) {
+        sc += q_tile[r * ROW + d] * kd[base + d];
+        dp += do_tile[r * ROW + d] * vd[base + d];
       }
       let dsj = exp(p.scale * sc - lse_r) * (dp - d_r);
-      for (var n = 0u; n < chunks; n++) {
-        let c = sub + tpr * n;
-        if (c < CH) { dq_acc[n] += dsj * kd4(base, c); }
+      for (var c = 0u; c < dims; c++) {
+        let d = sub + tpr * c;
+        if (d < HD) { dq_acc[c] += dsj * kd[base + d]; }
       }
     }
   }
   let g = q_index(b, t, h);
-  for (var n = 0u; n < chunks; n++) {
-    let c = sub + tpr * n;
-    if (c < CH) { dq_store4(g, c, p.scale * dq_acc[n]); }
+  for (var c = 0u; c < dims; c++) {
+    let d = sub + tpr * c;
+    if (d < HD) { dq[g + d] = p.scale * dq_acc[c]; }
   }
 }
 `;

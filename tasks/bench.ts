@@ -5,6 +5,7 @@
 import { parseArgs } from "node:util";
 import { Gpu } from "../lib/gpu/device.ts";
 import type { BenchOptions, BenchRow } from "../lib/bench/types.ts";
+import { runTask } from "../lib/cli/run.ts";
 import { benchDispatch } from "../lib/bench/dispatch.ts";
 import { benchMatmul } from "../lib/bench/matmul.ts";
 import { benchLoss } from "../lib/bench/loss.ts";
@@ -52,9 +53,14 @@ function formatTable(rows: BenchRow[]): string {
   return [line(head), line(widths.map((w) => "-".repeat(w))), ...body.map(line)].join("\n");
 }
 
-async function main() {
+/** Runs `bench` with command-line arguments `args`; returns the exit code. */
+export function main(args: string[]): Promise<number> {
+  return runTask("bench", args, benchTask);
+}
+
+async function benchTask(args: string[]): Promise<void> {
   const { values } = parseArgs({
-    args: Deno.args,
+    args,
     options: {
       quick: { type: "boolean", default: false },
       only: { type: "string" },
@@ -93,10 +99,4 @@ async function main() {
   gpu.destroy();
 }
 
-try {
-  await main();
-} catch (e) {
-  if (Deno.args.includes("--debug")) throw e;
-  console.error(`bench: ${(e as Error).message}`);
-  Deno.exit(1);
-}
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -5,6 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { convertLlama2c } from "../lib/models/llama2c.ts";
+import { runTask } from "../lib/cli/run.ts";
 
 const HELP =
   `deno task convert-llama2c --checkpoint <model.bin> --tokenizer <tokenizer.bin> --output-dir <dir>
@@ -17,9 +18,14 @@ Converts a llama2.c checkpoint (legacy or version-1 float32 export) and its toke
   --debug               print stack traces on errors
   --help                this text`;
 
-async function main(): Promise<void> {
+/** Runs `convert-llama2c` with command-line arguments `args`; returns the exit code. */
+export function main(args: string[]): Promise<number> {
+  return runTask("convert-llama2c", args, convertTask);
+}
+
+async function convertTask(args: string[]): Promise<void> {
   const { values } = parseArgs({
-    args: Deno.args,
+    args,
     options: {
       checkpoint: { type: "string" },
       tokenizer: { type: "string" },
@@ -51,10 +57,4 @@ async function main(): Promise<void> {
   );
 }
 
-try {
-  await main();
-} catch (e) {
-  if (Deno.args.includes("--debug")) console.error(e);
-  else console.error(`convert-llama2c: ${(e as Error).message ?? e}`);
-  Deno.exit(1);
-}
+if (import.meta.main) Deno.exit(await main(Deno.args));

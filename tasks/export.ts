@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { checkDraftExport } from "../lib/io/export.ts";
 import { exportCheckpoint, findLatestCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadVocabMapping } from "../lib/data/vocab.ts";
+import { runTask } from "../lib/cli/run.ts";
 
 const HELP = `deno task export --checkpoint <dir> --output-dir <dir> [options]
 deno task export --check <dir>
@@ -22,9 +23,14 @@ deno task export --check <dir>
   --debug                print stack traces
   --help                 this text`;
 
-async function main(): Promise<void> {
+/** Runs `export` with command-line arguments `args`; returns the exit code. */
+export function main(args: string[]): Promise<number> {
+  return runTask("export", args, exportTask);
+}
+
+async function exportTask(args: string[]): Promise<void> {
   const { values: v } = parseArgs({
-    args: Deno.args,
+    args,
     options: {
       checkpoint: { type: "string" },
       "output-dir": { type: "string" },
@@ -61,12 +67,4 @@ async function main(): Promise<void> {
   console.log(`exported ${dir} → ${v["output-dir"]} (${dtype}, checked)`);
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (e) {
-    if (Deno.args.includes("--debug")) console.error(e);
-    else console.error(`export: ${(e as Error).message.split("\n")[0]}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) Deno.exit(await main(Deno.args));

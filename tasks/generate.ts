@@ -9,6 +9,7 @@ import { Gpu } from "../lib/gpu/device.ts";
 import { hubOptionsFromEnv, resolveModelPath } from "../lib/io/hub.ts";
 import { TargetModel } from "../lib/models/target.ts";
 import { generate } from "../lib/models/generate.ts";
+import { runTask } from "../lib/cli/run.ts";
 
 const HELP = `deno task generate --model-path <dir|hf id> (--prompt <text> | --prompt-ids <ids>) [options]
 
@@ -56,9 +57,14 @@ async function loadPromptTokenizer(dir: string): Promise<ChatTokenizer | null> {
   return await loadTokenizer(dir);
 }
 
-async function main(): Promise<void> {
+/** Runs `generate` with command-line arguments `args`; returns the exit code. */
+export function main(args: string[]): Promise<number> {
+  return runTask("generate", args, generateTask);
+}
+
+async function generateTask(args: string[]): Promise<void> {
   const { values } = parseArgs({
-    args: Deno.args,
+    args,
     options: {
       "model-path": { type: "string" },
       prompt: { type: "string" },
@@ -135,13 +141,4 @@ async function main(): Promise<void> {
   }
 }
 
-try {
-  await main();
-} catch (e) {
-  if (Deno.args.includes("--debug")) console.error(e);
-  else {
-    const message = String((e as Error).message ?? e);
-    console.error(message.startsWith("generate: ") ? message : `generate: ${message}`);
-  }
-  Deno.exit(1);
-}
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -7,6 +7,7 @@
 import { parseArgs } from "node:util";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { DataError } from "../lib/data/errors.ts";
+import { runTask } from "../lib/cli/run.ts";
 import { inspectSample, renderHtml, renderTerminal } from "../lib/data/inspect.ts";
 import { preprocessConversation, preprocessText } from "../lib/data/preprocess.ts";
 import { parseRecord, readRecords } from "../lib/data/records.ts";
@@ -52,7 +53,7 @@ function usage(): string {
   return `usage: deno task inspect-data --input <file> --tokenizer <dir> [options]\n\n${lines.join("\n")}\n`;
 }
 
-async function main(v: ReturnType<typeof parse>["values"]): Promise<void> {
+async function inspectData(v: ReturnType<typeof parse>["values"]): Promise<void> {
   if (!v.input || !v.tokenizer) throw new DataError("--input and --tokenizer are required (see --help)");
   const maxLength = Number(v["max-length"]);
   const index = Number(v.index);
@@ -117,15 +118,13 @@ function parse(argv: string[]) {
   return parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false });
 }
 
-if (import.meta.main) {
-  const debug = Deno.args.includes("--debug");
-  try {
-    const { values } = parse(Deno.args);
+/** Runs `inspect-data` with command-line arguments `args`; returns the exit code. */
+export function main(args: string[]): Promise<number> {
+  return runTask("inspect-data", args, async (argv) => {
+    const { values } = parse(argv);
     if (values.help) console.log(usage());
-    else await main(values);
-  } catch (e) {
-    if (debug) console.error(e);
-    else console.error(`inspect-data: ${(e as Error).message.split("\n")[0]}`);
-    Deno.exit(1);
-  }
+    else await inspectData(values);
+  });
 }
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

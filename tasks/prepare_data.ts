@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { buildTokenizedDataset } from "../lib/data/build.ts";
 import { convertDataset, DATASET_NAMES, type DatasetDownloader, isHubId } from "../lib/data/datasets.ts";
 import { DataError } from "../lib/data/errors.ts";
+import { runTask } from "../lib/cli/run.ts";
 import { templates } from "../lib/data/templates.ts";
 import { loadTokenizer } from "../lib/data/tokenizer.ts";
 import { hubOptionsFromEnv, listHubFiles, resolveHubFile } from "../lib/io/hub.ts";
@@ -83,7 +84,7 @@ function int(name: string, v: string | undefined): number | undefined {
   return n;
 }
 
-async function main(args: ReturnType<typeof parse>): Promise<void> {
+async function prepareData(args: ReturnType<typeof parse>): Promise<void> {
   const v = args.values;
   if (!v.dataset) throw new DataError("--dataset is required (see --help)");
   const inputs = v.input ?? [];
@@ -178,15 +179,13 @@ function parse(argv: string[]) {
   return parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false });
 }
 
-if (import.meta.main) {
-  const debug = Deno.args.includes("--debug");
-  try {
-    const args = parse(Deno.args);
-    if (args.values.help) console.log(usage());
-    else await main(args);
-  } catch (e) {
-    if (debug) console.error(e);
-    else console.error(`prepare-data: ${(e as Error).message.split("\n")[0]}`);
-    Deno.exit(1);
-  }
+/** Runs `prepare-data` with command-line arguments `args`; returns the exit code. */
+export function main(args: string[]): Promise<number> {
+  return runTask("prepare-data", args, async (argv) => {
+    const parsed = parse(argv);
+    if (parsed.values.help) console.log(usage());
+    else await prepareData(parsed);
+  });
 }
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

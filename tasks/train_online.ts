@@ -9,8 +9,14 @@ import { hubOptionsFromEnv } from "../lib/io/hub.ts";
 import { parseTrainArgs, trainUsage } from "../lib/train/config.ts";
 import { trainOnline } from "../lib/train/trainer.ts";
 import { simulatedAcceptanceLength } from "../lib/train/metrics.ts";
+import { runTask } from "../lib/cli/run.ts";
 
-async function main(argv: string[]): Promise<void> {
+/** Runs `train-online` with command-line arguments `args`; returns the exit code. */
+export function main(args: string[]): Promise<number> {
+  return runTask("train-online", args, trainOnlineTask);
+}
+
+async function trainOnlineTask(argv: string[]): Promise<void> {
   const args = await parseTrainArgs(argv);
   if (args.help) {
     console.log(trainUsage());
@@ -38,13 +44,4 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) {
-  const debug = Deno.args.includes("--debug");
-  try {
-    await main(Deno.args);
-  } catch (e) {
-    if (debug) console.error(e);
-    else console.error(`train-online: ${(e as Error).message.split("\n")[0]}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) Deno.exit(await main(Deno.args));

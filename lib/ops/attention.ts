@@ -105,26 +105,21 @@ interface Tiles {
 
 const WG = 64;
 
-/** f32 words of one tile row in workgroup memory: ceil(hd / 4) vec4 chunks plus one spare (kernels/attention.ts). */
-function tileRow(hd: number): number {
-  return 4 * (Math.ceil(hd / 4) + 1);
-}
-
 /** Which kernel a tile plan is for, with its workgroup memory in f32 words. */
 const KERNELS = {
   forward: {
-    words: (hd: number, t: Tiles) => (t.BQ + 2 * t.BK) * tileRow(hd) + t.BQ * t.BK,
-    // The WG / BQ invocations of a query row share its ceil(hd / 4) vec4 chunks of output.
+    words: (hd: number, t: Tiles) => (t.BQ + 2 * t.BK) * (hd + 1) + t.BQ * t.BK,
+    // Invocations per query row own hd / (WG / BQ) dims of the output.
     rowsOwned: (t: Tiles) => t.BQ,
     candidates: [[16, 64], [16, 32], [16, 16], [8, 32], [8, 16], [8, 8]],
   },
   backwardKV: {
-    words: (hd: number, t: Tiles) => (2 * t.BQ + 2 * t.BK) * tileRow(hd) + 2 * t.BQ * t.BK + t.WG,
+    words: (hd: number, t: Tiles) => (2 * t.BQ + 2 * t.BK) * (hd + 1) + 2 * t.BQ * t.BK + t.WG,
     rowsOwned: (t: Tiles) => t.BK,
     candidates: [[32, 16], [16, 16], [8, 16], [16, 8], [8, 8]],
   },
   backwardQ: {
-    words: (hd: number, t: Tiles) => (2 * t.BQ + 2 * t.BK) * tileRow(hd) + t.BQ * t.BK + t.WG,
+    words: (hd: number, t: Tiles) => (2 * t.BQ + 2 * t.BK) * (hd + 1) + t.BQ * t.BK + t.WG,
     rowsOwned: (t: Tiles) => t.BQ,
     candidates: [[16, 32], [16, 16], [8, 32], [8, 16], [16, 8], [8, 8]],
   },
@@ -140,7 +135,7 @@ function planTiles(gpu: Gpu, kernel: keyof typeof KERNELS, hd: number): Tiles {
   for (const [BQ, BK] of spec.candidates) {
     const t = { BQ, BK, WG };
     const perRow = WG / spec.rowsOwned(t);
-    if (Math.ceil(Math.ceil(hd / 4) / perRow) * 4 > K.ATTENTION_MAX_DIMS) continue;
+    if (Math.ceil(hd / perRow) > K.ATTENTION_MAX_DIMS) continue;
     if (4 * spec.words(hd, t) <= bytes) return t;
   }
   throw new LimitError(

@@ -195,6 +195,24 @@ export const TRAIN_OPTIONS = {
     default: null,
     help: "evaluate on at most this many batches (default: the whole eval set)",
   },
+  "eval-spec-samples": {
+    kind: "int",
+    section: "training",
+    default: 0,
+    help: "at each eval, also run greedy speculative decoding on this many eval prompts and log tau (0: off)",
+  },
+  "eval-spec-steps": {
+    kind: "int",
+    section: "training",
+    default: 3,
+    help: "draft steps (chain) of that speculative decoding",
+  },
+  "eval-spec-new-tokens": {
+    kind: "int",
+    section: "training",
+    default: 32,
+    help: "new tokens per prompt of that speculative decoding",
+  },
   "tp-size": {
     kind: "int",
     section: "training",
@@ -286,6 +304,9 @@ export interface TrainSettings {
   resumeFrom: string | null;
   exportDtype: "bf16" | "f16" | "f32";
   evalBatches: number | null;
+  evalSpecSamples: number;
+  evalSpecSteps: number;
+  evalSpecNewTokens: number;
   tpSize: number;
   attentionBackend: string;
   targetModelBackend: string;
@@ -478,7 +499,12 @@ export function checkSettings(s: TrainSettings): void {
     ["max-num-steps", s.maxNumSteps],
     ["draft-vocab-size", s.draftVocabSize],
     ["eval-batches", s.evalBatches],
+    ["eval-spec-steps", s.evalSpecSteps],
+    ["eval-spec-new-tokens", s.evalSpecNewTokens],
   ];
+  if (s.evalSpecSamples < 0) {
+    throw new TrainConfigError(`--eval-spec-samples must be >= 0, got ${s.evalSpecSamples}`);
+  }
   for (const [name, n] of positive) {
     if (n !== null && n < 1) throw new TrainConfigError(`--${name} must be at least 1, got ${n}`);
   }

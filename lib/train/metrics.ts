@@ -38,6 +38,8 @@ export interface MetricsRecord {
   gradNorm?: number;
   /** Tokens (padded positions of the micro-batches) per second over the window (train records). */
   tokensPerSec?: number;
+  /** Mean accepted tokens per target forward of real speculative decoding (eval records, when measured). */
+  tau?: number;
   /** Seconds since the run (or the resumed run) started. */
   elapsed: number;
 }
@@ -52,6 +54,7 @@ export function recordToJson(r: MetricsRecord): Record<string, number | string> 
   if (r.lr !== undefined) out.lr = r.lr;
   if (r.gradNorm !== undefined) out.grad_norm = r.gradNorm;
   if (r.tokensPerSec !== undefined) out.tokens_per_sec = r.tokensPerSec;
+  if (r.tau !== undefined) out.tau = r.tau;
   out.elapsed = r.elapsed;
   return out;
 }
@@ -79,6 +82,7 @@ export function recordFromJson(o: Record<string, unknown>, where: string): Metri
     ...(typeof o.lr === "number" ? { lr: o.lr } : {}),
     ...(typeof o.grad_norm === "number" ? { gradNorm: o.grad_norm } : {}),
     ...(typeof o.tokens_per_sec === "number" ? { tokensPerSec: o.tokens_per_sec } : {}),
+    ...(typeof o.tau === "number" ? { tau: o.tau } : {}),
     elapsed: typeof o.elapsed === "number" ? o.elapsed : 0,
   };
 }

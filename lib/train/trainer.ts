@@ -76,6 +76,7 @@ import {
 } from "./checkpoint.ts";
 import { mean, MetricsLog, type MetricsRecord, ProgressPrinter } from "./metrics.ts";
 import { renderTrainingPlot } from "./plot.ts";
+import { evaluateAcceptance, promptsFromSamples } from "../eval/speculative.ts";
 
 /** The loss or the gradient norm became NaN or infinite; the message names the update. */
 export class TrainingDivergedError extends Error {
@@ -453,6 +454,23 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
     let windowStart = performance.now(), windowTokens = 0;
     const startStep = globalStep;
 
+    // Real (greedy, chain) speculative decoding with the live draft on the first eval prompts: the
+    // acceptance length a server would see, next to the simulated one from acc_k.
+    const measureTau = async (evalSet: TokenizedDataset): Promise<number> => {
+      const samples = Array.from(
+        { length: Math.min(s.evalSpecSamples, evalSet.length) },
+        (_, i) => evalSet.sample(i),
+      );
+      const prompts = promptsFromSamples(samples, Math.max(1, s.maxLength - s.evalSpecNewTokens));
+      const stats = await evaluateAcceptance(target, draft, prompts, {
+        numSteps: s.evalSpecSteps,
+        topk: 1,
+        maxNewTokens: s.evalSpecNewTokens,
+        draftToTarget: prep.mapping.draftToTarget,
+        seed: s.seed,
+      });
+      return stats.tau;
+    };
     const evaluate = async (): Promise<void> => {
       if (!prep.eval) return;
       const sums = new MetricSums(K);
@@ -470,12 +488,13 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
       }
       const m = sums.take();
       lastEval = recordOf("eval", m, globalStep, lastEpoch, elapsed());
+      if (s.evalSpecSamples > 0) lastEval.tau = await measureTau(prep.eval);
       await log.append(lastEval);
       note(
         `eval @ update ${globalStep}: loss ${lastEval.loss.toFixed(4)} ` +
           `acc ${m.acc.map((a) => a.toFixed(3)).join(" ")} simulated acc len ${
             m.simulatedAcceptLength.toFixed(3)
-          }`,
+          }` + (lastEval.tau === undefined ? "" : ` tau ${lastEval.tau.toFixed(3)}`),
       );
     };
     const writePlot = async () => {

@@ -184,6 +184,36 @@ Deno.test(
   },
 );
 
+Deno.test(
+  { name: "trainer: eval also measures tau by real speculative decoding when asked", ...needsGpu },
+  async () => {
+    const root = await fixture();
+    try {
+      const r = await trainOnline(gpu!, {
+        settings: await settings(root, "tau", [
+          "--max-num-steps",
+          "4",
+          "--eval-spec-samples",
+          "2",
+          "--eval-spec-steps",
+          "2",
+          "--eval-spec-new-tokens",
+          "5",
+        ]),
+        hub: { cacheDir: join(root, "hub"), offline: true },
+        progress: quiet(),
+      });
+      const tau = r.lastEval?.tau;
+      assert.ok(tau !== undefined && tau >= 1 && tau <= 3, `tau ${tau} in [1, 1 + steps]`);
+      const lines = (await Deno.readTextFile(join(root, "tau", "metrics.jsonl"))).trim().split("\n")
+        .map((l) => JSON.parse(l));
+      assert.equal(lines.filter((l) => l.split === "eval" && typeof l.tau === "number").length, 1);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
+
 Deno.test({ name: "trainer: bad input is named", ...needsGpu }, async () => {
   const root = await fixture();
   try {
