@@ -68,13 +68,12 @@ async function timeProduct(
   reps: number,
 ): Promise<[number, string]> {
   const p = new Program(gpu, label);
-  let scratch: Tensor | null = null;
   try {
-    scratch = await matmul(p, a, b, out, opts);
-    return [await timeProgram(gpu, p, reps), scratch ? ", split-K" : ""];
+    await matmul(p, a, b, out, opts);
+    const split = p.dispatches.some((d) => d.label === "matmul.splitk_reduce");
+    return [await timeProgram(gpu, p, reps), split ? ", split-K" : ""];
   } finally {
     p.destroy();
-    scratch?.destroy();
   }
 }
 

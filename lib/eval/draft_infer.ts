@@ -67,7 +67,6 @@ export class DraftSession {
   readonly #sin: Tensor;
   readonly #extends = new Map<number, PassProgram>();
   #step: PassProgram | null = null;
-  readonly #owned: Tensor[] = [];
 
   /**
    * A session of `draft` reading the target's aux states from `targetAux` [rows, 3·H_t] and token embeddings
@@ -169,7 +168,7 @@ export class DraftSession {
       const aux = p.scratch([R, 3 * cfg.targetHiddenSize], "f32", "aux");
       const h = p.scratch([R, cfg.hiddenSize], "f32", "fc out");
       await gatherRows(p, this.targetAux, index, aux);
-      this.#own(await linear(p, aux, this.draft.params["fc.weight"], h));
+      await linear(p, aux, this.draft.params["fc.weight"], h);
       const pass = await this.#layer(p, R, R, index, h, (R - 1) * cfg.hiddenSize, 1);
       // Causal mask over the new rows, fixed for this program.
       pass.mask.write(Uint32Array.from({ length: R * R }, (_, i) => (i % R <= Math.floor(i / R) ? 1 : 0)));
@@ -232,22 +231,22 @@ export class DraftSession {
     await copyColumns(p, normed, a, 0);
     await rmsnormForward(p, h, W["midlayer.hidden_norm.weight"], normed, rstd, eps);
     await copyColumns(p, normed, a, H);
-    this.#own(await linear(p, a, W["midlayer.self_attn.q_proj.weight"], flat(q)));
-    this.#own(await linear(p, a, W["midlayer.self_attn.k_proj.weight"], flat(k)));
-    this.#own(await linear(p, a, W["midlayer.self_attn.v_proj.weight"], flat(v)));
+    await linear(p, a, W["midlayer.self_attn.q_proj.weight"], flat(q));
+    await linear(p, a, W["midlayer.self_attn.k_proj.weight"], flat(k));
+    await linear(p, a, W["midlayer.self_attn.v_proj.weight"], flat(v));
     await ropeAtPositions(p, q, positions, this.#cos, this.#sin);
     await ropeAtPositions(p, k, positions, this.#cos, this.#sin);
     const W2 = nkv * hd;
     await scatterRows(p, flat(k), this.k.reshape([this.opts.maxLen, W2]), this.#meta, 1);
     await scatterRows(p, flat(v), this.v.reshape([this.opts.maxLen, W2]), this.#meta, 1);
     await treeAttentionForward(p, { q, k: this.k, v: this.v, meta: this.#meta, mask, out: att });
-    this.#own(await linear(p, flat(att), W["midlayer.self_attn.o_proj.weight"], r));
+    await linear(p, flat(att), W["midlayer.self_attn.o_proj.weight"], r);
     await accumulate(p, r, h);
     await rmsnormForward(p, r, W["midlayer.post_attention_layernorm.weight"], n, rstd, eps);
-    this.#own(await linear(p, n, W["midlayer.mlp.gate_proj.weight"], gate));
-    this.#own(await linear(p, n, W["midlayer.mlp.up_proj.weight"], up));
+    await linear(p, n, W["midlayer.mlp.gate_proj.weight"], gate);
+    await linear(p, n, W["midlayer.mlp.up_proj.weight"], up);
     await swigluForward(p, gate, up, act);
-    this.#own(await linear(p, act, W["midlayer.mlp.down_proj.weight"], y));
+    await linear(p, act, W["midlayer.mlp.down_proj.weight"], y);
     await accumulate(p, y, r);
     // The head's rows of y (a copy: a view at an arbitrary row may break the binding offset alignment).
     const rows = S([headRows, H], "head rows");
@@ -260,12 +259,8 @@ export class DraftSession {
     const fn = S([headRows, H], "final norm");
     await rmsnormForward(p, rows, W["norm.weight"], fn, p.scratch([headRows], "f32", "rstd norm"), eps);
     const logits = S([headRows, cfg.draftVocabSize], "logits");
-    this.#own(await linear(p, fn, W["lm_head.weight"], logits));
+    await linear(p, fn, W["lm_head.weight"], logits);
     return { program: p, index, ids, positions, mask, logits };
-  }
-
-  #own(t: Tensor | null): void {
-    if (t) this.#owned.push(t);
   }
 
   /** Frees the cache and every program (the draft stays). */
@@ -274,9 +269,8 @@ export class DraftSession {
     this.#extends.clear();
     this.#step?.program.destroy();
     this.#step = null;
-    for (const t of [this.k, this.v, this.hidden, this.#meta, this.#cos, this.#sin, ...this.#owned]) {
+    for (const t of [this.k, this.v, this.hidden, this.#meta, this.#cos, this.#sin]) {
       t.destroy();
     }
-    this.#owned.length = 0;
   }
 }

@@ -59,7 +59,6 @@ export class TargetSession {
   readonly #verifies = new Map<number, VerifyProgram>();
   readonly #compacts = new Map<number, CompactProgram>();
   /** Split-K scratch tensors returned by the matmuls of the verify programs. */
-  readonly #owned: Tensor[] = [];
 
   /**
    * A session whose cache holds `maxLen` slots and whose aux buffer holds `auxRows` rows (at least the
@@ -198,17 +197,14 @@ export class TargetSession {
       const act = p.scratch([N, I], "f32", "swiglu");
       const flat = (t: Tensor) => t.reshape([N, t.size / N]);
       const eps = { eps: cfg.rmsNormEps };
-      const own = (t: Tensor | null) => {
-        if (t) this.#owned.push(t);
-      };
       for (let l = 0; l < model.layers.length; l++) {
         const w = model.layers[l];
         await rmsnormForward(p, x, w.inputNorm, normed, rstd, eps);
-        own(await linear(p, normed, w.q, flat(q)));
+        await linear(p, normed, w.q, flat(q));
         if (w.qBias) await addBias(p, flat(q), w.qBias);
-        own(await linear(p, normed, w.k, flat(k)));
+        await linear(p, normed, w.k, flat(k));
         if (w.kBias) await addBias(p, flat(k), w.kBias);
-        own(await linear(p, normed, w.v, flat(v)));
+        await linear(p, normed, w.v, flat(v));
         if (w.vBias) await addBias(p, flat(v), w.vBias);
         let qr = q, kr = k;
         if (w.qNorm && w.kNorm && qn && kn && headRstd) {
@@ -238,15 +234,15 @@ export class TargetSession {
           mask,
           out: att,
         });
-        own(await linear(p, flat(att), w.o, x, { accumulate: true }));
+        await linear(p, flat(att), w.o, x, { accumulate: true });
         if (w.oBias) await addBias(p, x, w.oBias);
         await rmsnormForward(p, x, w.postAttentionNorm, normed, rstd, eps);
-        own(await linear(p, normed, w.gate, gate));
+        await linear(p, normed, w.gate, gate);
         if (w.gateBias) await addBias(p, gate, w.gateBias);
-        own(await linear(p, normed, w.up, up));
+        await linear(p, normed, w.up, up);
         if (w.upBias) await addBias(p, up, w.upBias);
         await swigluForward(p, gate, up, act);
-        own(await linear(p, act, w.down, x, { accumulate: true }));
+        await linear(p, act, w.down, x, { accumulate: true });
         if (w.downBias) await addBias(p, x, w.downBias);
         await captureAux(p, model, l, x, aux);
       }
@@ -289,10 +285,9 @@ export class TargetSession {
       for (const x of m.values()) x.program.destroy();
       m.clear();
     }
-    for (const t of [...this.k, ...this.v, this.aux, this.#prefix, this.#lengths, ...this.#owned]) {
+    for (const t of [...this.k, ...this.v, this.aux, this.#prefix, this.#lengths]) {
       t.destroy();
     }
-    this.#owned.length = 0;
   }
 }
 

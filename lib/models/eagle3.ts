@@ -347,7 +347,6 @@ export class Eagle3Step implements Eagle3StepInputs {
   readonly metrics: Tensor;
   /** The recorded step; {@link Eagle3Step.run} submits it (or encode it into a larger submission). */
   readonly program: Program;
-  #owned: Tensor[] = [];
   #runs = 0;
 
   /** Use {@link buildEagle3Step}. */
@@ -364,11 +363,6 @@ export class Eagle3Step implements Eagle3StepInputs {
     );
     this.metrics = this.program.scratch([tttLength, METRIC_COLS], "f32", "metrics");
     this.metrics.write(new Float32Array(tttLength * METRIC_COLS));
-  }
-
-  /** Keeps `t` alive with the step and frees it in {@link Eagle3Step.destroy}. */
-  own(t: Tensor | null): void {
-    if (t) this.#owned.push(t);
   }
 
   /** Submits the step (no sync). Metrics accumulate across runs until {@link Eagle3Step.resetMetrics}. */
@@ -391,8 +385,6 @@ export class Eagle3Step implements Eagle3StepInputs {
   /** Frees the program, its scratch and the tensors the step allocated (not bound inputs). */
   destroy(): void {
     this.program.destroy();
-    for (const t of this.#owned) t.destroy();
-    this.#owned = [];
   }
 }
 
@@ -449,9 +441,6 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
   const step = new Eagle3Step(draft, B, T, K, train);
   const p = step.program;
   const S = (shape: number[], dtype: "f32" | "i32", label: string) => p.scratch(shape, dtype, label);
-  const own = (t: Tensor | null | Tensor[]) => {
-    for (const x of Array.isArray(t) ? t : [t]) step.own(x);
-  };
 
   // Inputs: bound or owned.
   const shapes: Record<keyof Eagle3StepInputs, [number[], "f32" | "i32"]> = {
@@ -550,7 +539,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     });
 
   // ---------------- forward (+ loss and head backward per step) ----------------
-  own(await linear(p, step.aux, W["fc.weight"], h0));
+  await linear(p, step.aux, W["fc.weight"], h0);
   for (let k = 0; k < K; k++) {
     await teacherRows(p, {
       ids: step.ids,
@@ -570,12 +559,12 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     await copyColumns(p, normE, ak, 0);
     await rmsnormForward(p, hIn, W["midlayer.hidden_norm.weight"], normH, at(rstdHid, k), { eps });
     await copyColumns(p, normH, ak, H);
-    own(await linear(p, ak, W["midlayer.self_attn.q_proj.weight"], qk));
+    await linear(p, ak, W["midlayer.self_attn.q_proj.weight"], qk);
     await ropeForward(p, heads4(qk, nh), heads4(qk, nh), cos, sin, { positionOffset: k });
     const kk = k === 0 ? k0 : kTmp, vk = k === 0 ? v0 : vTmp;
-    own(await linear(p, ak, W["midlayer.self_attn.k_proj.weight"], kk));
+    await linear(p, ak, W["midlayer.self_attn.k_proj.weight"], kk);
     await ropeForward(p, heads4(kk, nkv), heads4(kk, nkv), cos, sin, { positionOffset: k });
-    own(await linear(p, ak, W["midlayer.self_attn.v_proj.weight"], vk));
+    await linear(p, ak, W["midlayer.self_attn.v_proj.weight"], vk);
     if (k > 0) {
       await copyInto(kTmp, kd!, (k - 1) * stepSize);
       await copyInto(vTmp, vd!, (k - 1) * stepSize);
@@ -590,16 +579,16 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
       out: heads4(attk, nh),
       lse: at(lse, k),
     }, { causal: true });
-    own(await linear(p, attk, W["midlayer.self_attn.o_proj.weight"], rk));
+    await linear(p, attk, W["midlayer.self_attn.o_proj.weight"], rk);
     await accumulate(p, rk, hIn);
     await rmsnormForward(p, rk, W["midlayer.post_attention_layernorm.weight"], nk, at(rstdPost, k), { eps });
-    own(await linear(p, nk, W["midlayer.mlp.gate_proj.weight"], at(gate, k)));
-    own(await linear(p, nk, W["midlayer.mlp.up_proj.weight"], at(up, k)));
+    await linear(p, nk, W["midlayer.mlp.gate_proj.weight"], at(gate, k));
+    await linear(p, nk, W["midlayer.mlp.up_proj.weight"], at(up, k));
     await swigluForward(p, at(gate, k), at(up, k), at(act, k));
-    own(await linear(p, at(act, k), W["midlayer.mlp.down_proj.weight"], yk));
+    await linear(p, at(act, k), W["midlayer.mlp.down_proj.weight"], yk);
     await accumulate(p, yk, rk);
     await rmsnormForward(p, yk, W["norm.weight"], fn, rstdFin, { eps });
-    own(await linear(p, fn, W["lm_head.weight"], logits));
+    await linear(p, fn, W["lm_head.weight"], logits);
 
     // Loss and metrics of step k. The agreement reads the logits before the loss overwrites them with ∂/∂z.
     await teacherProbs(p, step.teacherLogits, target, { seqLen: T, step: k });
@@ -611,11 +600,9 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     await metricsAdd(p, rowLoss, counts, step.metrics, { step: k, tokens: N });
     if (!train) continue;
     // Head backward now, so the logits buffer is free for step k + 1.
-    own(
-      await linearBackward(p, logits, fn, W["lm_head.weight"], dFn, G["lm_head.weight"], {
-        accumulateDw: true,
-      }),
-    );
+    await linearBackward(p, logits, fn, W["lm_head.weight"], dFn, G["lm_head.weight"], {
+      accumulateDw: true,
+    });
     await rmsnormBackward(p, dFn!, yk, W["norm.weight"], rstdFin, dyHead[k], G["norm.weight"], {
       accumulateDw: true,
       scratch: normScratch,
@@ -657,42 +644,36 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     const dYk = k === K - 1 ? dyHead[k] : dY;
     if (k < K - 1) await add(p, dyHead[k], dH, dY);
     // MLP and post-attention norm.
-    own(
-      await linearBackward(
-        p,
-        dYk,
-        act[k],
-        W["midlayer.mlp.down_proj.weight"],
-        dAct,
-        G["midlayer.mlp.down_proj.weight"],
-        accDw,
-      ),
+    await linearBackward(
+      p,
+      dYk,
+      act[k],
+      W["midlayer.mlp.down_proj.weight"],
+      dAct,
+      G["midlayer.mlp.down_proj.weight"],
+      accDw,
     );
     await swigluBackward(p, dAct, gate[k], up[k], dGate, dUp);
-    own(
-      await linearBackward(
-        p,
-        dGate,
-        n[k],
-        W["midlayer.mlp.gate_proj.weight"],
-        dN,
-        G["midlayer.mlp.gate_proj.weight"],
-        accDw,
-      ),
+    await linearBackward(
+      p,
+      dGate,
+      n[k],
+      W["midlayer.mlp.gate_proj.weight"],
+      dN,
+      G["midlayer.mlp.gate_proj.weight"],
+      accDw,
     );
-    own(
-      await linearBackward(
-        p,
-        dUp,
-        n[k],
-        W["midlayer.mlp.up_proj.weight"],
-        dN,
-        G["midlayer.mlp.up_proj.weight"],
-        {
-          accumulateDx: true,
-          accumulateDw: true,
-        },
-      ),
+    await linearBackward(
+      p,
+      dUp,
+      n[k],
+      W["midlayer.mlp.up_proj.weight"],
+      dN,
+      G["midlayer.mlp.up_proj.weight"],
+      {
+        accumulateDx: true,
+        accumulateDw: true,
+      },
     );
     await rmsnormBackward(
       p,
@@ -706,16 +687,14 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     );
     await accumulate(p, dR, dYk); // y = r + mlp(r)
     // Attention output projection and attention.
-    own(
-      await linearBackward(
-        p,
-        dR,
-        att[k],
-        W["midlayer.self_attn.o_proj.weight"],
-        dAtt,
-        G["midlayer.self_attn.o_proj.weight"],
-        accDw,
-      ),
+    await linearBackward(
+      p,
+      dR,
+      att[k],
+      W["midlayer.self_attn.o_proj.weight"],
+      dAtt,
+      G["midlayer.self_attn.o_proj.weight"],
+      accDw,
     );
     await attentionBackward(p, {
       q: heads4(q[k], nh),
@@ -749,44 +728,38 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     }
     await ropeBackward(p, heads4(dQ, nh), heads4(dQ, nh), cos, sin, { positionOffset: k });
     await ropeBackward(p, heads4(dKk, nkv), heads4(dKk, nkv), cos, sin, { positionOffset: k });
-    own(
-      await linearBackward(
-        p,
-        dQ,
-        a[k],
-        W["midlayer.self_attn.q_proj.weight"],
-        dA,
-        G["midlayer.self_attn.q_proj.weight"],
-        accDw,
-      ),
+    await linearBackward(
+      p,
+      dQ,
+      a[k],
+      W["midlayer.self_attn.q_proj.weight"],
+      dA,
+      G["midlayer.self_attn.q_proj.weight"],
+      accDw,
     );
-    own(
-      await linearBackward(
-        p,
-        dKk,
-        a[k],
-        W["midlayer.self_attn.k_proj.weight"],
-        dA,
-        G["midlayer.self_attn.k_proj.weight"],
-        {
-          accumulateDx: true,
-          accumulateDw: true,
-        },
-      ),
+    await linearBackward(
+      p,
+      dKk,
+      a[k],
+      W["midlayer.self_attn.k_proj.weight"],
+      dA,
+      G["midlayer.self_attn.k_proj.weight"],
+      {
+        accumulateDx: true,
+        accumulateDw: true,
+      },
     );
-    own(
-      await linearBackward(
-        p,
-        dVk,
-        a[k],
-        W["midlayer.self_attn.v_proj.weight"],
-        dA,
-        G["midlayer.self_attn.v_proj.weight"],
-        {
-          accumulateDx: true,
-          accumulateDw: true,
-        },
-      ),
+    await linearBackward(
+      p,
+      dVk,
+      a[k],
+      W["midlayer.self_attn.v_proj.weight"],
+      dA,
+      G["midlayer.self_attn.v_proj.weight"],
+      {
+        accumulateDx: true,
+        accumulateDw: true,
+      },
     );
     // The two input norms (the embedding's gradient is dropped: it is frozen).
     await splitColumns(dA, 0, dNormE);
@@ -813,6 +786,6 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     );
     await accumulate(p, dH, dR); // r = h + o_proj(att): dH = ∂/∂h^k
   }
-  own(await linearBackward(p, dH, step.aux, W["fc.weight"], null, G["fc.weight"], accDw));
+  await linearBackward(p, dH, step.aux, W["fc.weight"], null, G["fc.weight"], accDw);
   return step;
 }

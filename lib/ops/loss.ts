@@ -12,7 +12,7 @@
 import * as K from "../../kernels/loss.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
-import { shapeString, Tensor } from "../tensor.ts";
+import { shapeString, type Tensor } from "../tensor.ts";
 import { expectDtype, expectSameShape, expectShape } from "./check.ts";
 import { argmaxCpu } from "./reduce.ts";
 import { logSumExpCpu, rowKernelFor, type RowKernelOptions, rowsWorkgroups } from "./softmax.ts";
@@ -124,7 +124,7 @@ export interface ArgmaxAgreementTensors {
   correctMask?: Tensor;
   /** Output f32 [2]: (correct, total). */
   counts: Tensor;
-  /** Scratch f32 [rows, 2] (per-row correct, counted); taken from the pool when absent (see the return). */
+  /** Scratch f32 [rows, 2] (per-row correct, counted); a program-owned scratch (`p.scratch`) when absent. */
   perRow?: Tensor;
 }
 
@@ -134,14 +134,12 @@ export interface ArgmaxAgreementTensors {
  * logging intervals on the GPU; acc = counts[0] / max(counts[1], 1e-6) on the host). Argmax ties go to the
  * lowest index. Two dispatches: one workgroup (or, with the "rows" kernel family, one invocation) per row, then
  * one workgroup for the totals (no atomics).
- * Returns the per-row scratch: `perRow` when given, else a new pool tensor that the caller owns and must keep
- * alive while the program runs and destroy afterwards.
  */
 export async function argmaxAgreement(
   p: Program,
   t: ArgmaxAgreementTensors,
   options: { accumulate?: boolean } & RowKernelOptions = {},
-): Promise<Tensor> {
+): Promise<void> {
   const op = "argmaxAgreement";
   const { logits, targetIds, targetProbs, mask, counts } = t;
   const correctMask = t.correctMask ?? mask;
@@ -174,7 +172,7 @@ export async function argmaxAgreement(
   }
   if (t.perRow) expectDisjoint(op, "perRow", t.perRow, "counts", counts);
   const rowKernel = rowKernelFor(p.gpu, op, options.kernel); // before allocating: it may throw
-  const perRow = t.perRow ?? Tensor.empty(p.gpu, [rows, 2], "f32", "argmaxAgreement.perRow");
+  const perRow = t.perRow ?? p.scratch([rows, 2], "f32", "argmaxAgreement per-row");
   const name = targetIds ? "loss.agreement_ids" : "loss.agreement_probs";
   const vec4 = cols % 4 === 0;
   await p.add(
@@ -193,7 +191,6 @@ export async function argmaxAgreement(
     [params(["u32", rows], ["u32", options.accumulate ? 1 : 0]), perRow, counts],
     1,
   );
-  return perRow;
 }
 
 /** CPU reference of {@link softCrossEntropy}'s rowLoss (f64). */

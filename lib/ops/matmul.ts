@@ -13,7 +13,7 @@ import type { MatmulTile, MatmulVariant } from "../../kernels/matmul.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
-import { shapeString, Tensor } from "../tensor.ts";
+import { shapeString, type Tensor } from "../tensor.ts";
 import { fill } from "./elementwise.ts";
 
 export type { MatmulTile } from "../../kernels/matmul.ts";
@@ -210,8 +210,7 @@ function chooseSplit(
  * either the same one or none (one B shared by the batch). A and out are f32; B is f32, f16 (when the device
  * has shader-f16) or bf16. Shape or dtype mismatches throw ShapeError before anything is recorded.
  *
- * Returns the scratch tensor holding split-K partial products when the product was split (the program reads
- * it on every run: destroy it after the program), else null.
+ * A split-K product keeps its partial products in a scratch tensor owned by the program (`p.scratch`).
  */
 export async function matmul(
   p: Program,
@@ -219,7 +218,7 @@ export async function matmul(
   b: Tensor,
   out: Tensor,
   opts: MatmulOptions = {},
-): Promise<Tensor | null> {
+): Promise<void> {
   const gpu = p.gpu;
   const d = resolve(gpu, a, b, out, opts);
   const baseTile = opts.tile ?? matmulTileFor(gpu);
@@ -229,20 +228,18 @@ export async function matmul(
   }
   const alpha = opts.alpha ?? 1;
   const accumulate = opts.accumulate ?? false;
-  if (out.size === 0) return null;
+  if (out.size === 0) return;
   if (d.K === 0) {
     // An empty contraction: the product is zero.
     if (!accumulate) await fill(p, out, 0);
-    return null;
+    return;
   }
   const tile = fitTile(baseTile, d.M, d.N);
   const [rows, cols] = tileExtent(tile);
   const gridX = Math.ceil(d.N / cols), gridY = Math.ceil(d.M / rows);
   const [splits, kChunk] = chooseSplit(gpu, d, tile, gridX * gridY * d.batch, opts.splitK);
   const split = splits > 1;
-  const scratch = split
-    ? Tensor.empty(gpu, [d.batch * splits, d.M, d.N], "f32", `${out.label} split-K`)
-    : null;
+  const scratch = split ? p.scratch([d.batch * splits, d.M, d.N], "f32", `${out.label} split-K`) : null;
   const variant: MatmulVariant = {
     transA: opts.transA ?? false,
     transB: opts.transB ?? false,
@@ -263,54 +260,48 @@ export async function matmul(
   const target = scratch ?? out;
   const f16 = b.dtype === "f16";
   const name = `matmul.${variant.transA ? "T" : "N"}${variant.transB ? "T" : "N"}.${b.dtype}`;
-  try {
-    if (tile.kind === "regtile") {
-      const vec4 = K.regtileVec4(variant, d.M, d.N, d.K);
-      await p.add(
-        {
-          name: `${name}.${tileName(tile)}${vec4 ? ".vec4" : ""}`,
-          code: K.regtileKernel(variant, tile, vec4),
-          entryPoint: "main",
-          f16,
-        },
-        [uniforms, a, b, target],
-        [gridX, gridY, d.batch * splits],
-      );
-    } else {
-      const fits = d.M % tile.bm === 0 && d.N % tile.bn === 0 && d.K % tile.bk === 0 &&
-        kChunk % tile.bk === 0;
-      await p.add(
-        {
-          name: `${name}.${tileName(tile)}`,
-          code: K.tiledKernel(variant),
-          entryPoint: "main",
-          constants: { BM: tile.bm, BN: tile.bn, BK: tile.bk, CHECKED: fits ? 0 : 1 },
-          f16,
-        },
-        [uniforms, a, b, target],
-        [gridX, gridY, d.batch * splits],
-      );
-    }
-    if (scratch) {
-      const total = d.batch * d.M * d.N;
-      await p.add(
-        { name: "matmul.splitk_reduce", code: K.splitkReduce, entryPoint: "main" },
-        [
-          params(["u32", d.M * d.N], ["u32", splits], ["u32", total], ["u32", accumulate ? 1 : 0], [
-            "f32",
-            alpha,
-          ]),
-          scratch,
-          out,
-        ],
-        Math.ceil(total / K.REDUCE_WG),
-      );
-    }
-  } catch (e) {
-    scratch?.destroy();
-    throw e;
+  if (tile.kind === "regtile") {
+    const vec4 = K.regtileVec4(variant, d.M, d.N, d.K);
+    await p.add(
+      {
+        name: `${name}.${tileName(tile)}${vec4 ? ".vec4" : ""}`,
+        code: K.regtileKernel(variant, tile, vec4),
+        entryPoint: "main",
+        f16,
+      },
+      [uniforms, a, b, target],
+      [gridX, gridY, d.batch * splits],
+    );
+  } else {
+    const fits = d.M % tile.bm === 0 && d.N % tile.bn === 0 && d.K % tile.bk === 0 &&
+      kChunk % tile.bk === 0;
+    await p.add(
+      {
+        name: `${name}.${tileName(tile)}`,
+        code: K.tiledKernel(variant),
+        entryPoint: "main",
+        constants: { BM: tile.bm, BN: tile.bn, BK: tile.bk, CHECKED: fits ? 0 : 1 },
+        f16,
+      },
+      [uniforms, a, b, target],
+      [gridX, gridY, d.batch * splits],
+    );
   }
-  return scratch;
+  if (scratch) {
+    const total = d.batch * d.M * d.N;
+    await p.add(
+      { name: "matmul.splitk_reduce", code: K.splitkReduce, entryPoint: "main" },
+      [
+        params(["u32", d.M * d.N], ["u32", splits], ["u32", total], ["u32", accumulate ? 1 : 0], [
+          "f32",
+          alpha,
+        ]),
+        scratch,
+        out,
+      ],
+      Math.ceil(total / K.REDUCE_WG),
+    );
+  }
 }
 
 /** Flattens all but the last dimension: [..., n] -> [rows, n]. */
@@ -329,7 +320,7 @@ export interface LinearOptions {
 
 /**
  * nn.Linear without bias: y = x·Wᵀ for x [rows, in] (or [..., in]), W [out, in] (f32, f16 or bf16, as stored
- * by Hugging Face), y [rows, out] (or [..., out]). Returns the split-K scratch as {@link matmul} does.
+ * by Hugging Face), y [rows, out] (or [..., out]).
  */
 export async function linear(
   p: Program,
@@ -337,7 +328,7 @@ export async function linear(
   w: Tensor,
   y: Tensor,
   opts: LinearOptions = {},
-): Promise<Tensor | null> {
+): Promise<void> {
   if (x.shape.length < 1 || y.shape.length !== x.shape.length) {
     throw new ShapeError(
       `linear: x (${x.label}) ${shapeString(x.shape)} and y (${y.label}) ${shapeString(y.shape)} ` +
@@ -352,7 +343,7 @@ export async function linear(
   }
   const x2 = x.shape.length === 1 ? x.reshape([1, x.shape[0]]) : rows2d(x);
   const y2 = y.shape.length === 1 ? y.reshape([1, y.shape[0]]) : rows2d(y);
-  return await matmul(p, x2, w, y2, { transB: true, accumulate: opts.accumulate });
+  await matmul(p, x2, w, y2, { transB: true, accumulate: opts.accumulate });
 }
 
 /** Options of {@link linearBackward}. */
@@ -368,8 +359,7 @@ export interface LinearBackwardOptions {
 /**
  * Backward of {@link linear}: dx = dy·W ([rows, out]·[out, in]) and dW = dyᵀ·x ([out, rows]·[rows, in], a
  * contraction over all rows, split along K when the rows are many). Either output may be null to skip it.
- * x, dy, dx, dW are f32; W may be f32, f16 or bf16 (frozen weights). Returns the split-K scratch tensors the
- * program uses (destroy them after the program).
+ * x, dy, dx, dW are f32; W may be f32, f16 or bf16 (frozen weights).
  */
 export async function linearBackward(
   p: Program,
@@ -379,7 +369,7 @@ export async function linearBackward(
   dx: Tensor | null,
   dw: Tensor | null,
   opts: LinearBackwardOptions = {},
-): Promise<Tensor[]> {
+): Promise<void> {
   const dy2 = rows2d(dy.shape.length === 1 ? dy.reshape([1, dy.shape[0]]) : dy);
   const x2 = rows2d(x.shape.length === 1 ? x.reshape([1, x.shape[0]]) : x);
   if (
@@ -409,20 +399,8 @@ export async function linearBackward(
       }`,
     );
   }
-  const scratch: Tensor[] = [];
-  if (dx) {
-    const s = await matmul(p, dy2, w, dx.reshape(x2.shape), { accumulate: opts.accumulateDx });
-    if (s) scratch.push(s);
-  }
-  if (dw) {
-    const s = await matmul(p, dy2, x2, dw, {
-      transA: true,
-      accumulate: opts.accumulateDw,
-      splitK: opts.splitK,
-    });
-    if (s) scratch.push(s);
-  }
-  return scratch;
+  if (dx) await matmul(p, dy2, w, dx.reshape(x2.shape), { accumulate: opts.accumulateDx });
+  if (dw) await matmul(p, dy2, x2, dw, { transA: true, accumulate: opts.accumulateDw, splitK: opts.splitK });
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
  */
 import * as K from "../../kernels/rmsnorm.ts";
 import { params, type Program } from "../gpu/program.ts";
-import { Tensor } from "../tensor.ts";
+import type { Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import type { Gpu } from "../gpu/device.ts";
@@ -82,8 +82,8 @@ export interface RmsnormBackwardOptions {
   kernel?: RmsnormKernel;
   /**
    * f32 scratch for the partial sums of dw, of at least {@link rmsnormScratchSize} elements (any shape).
-   * When omitted and rows > {@link RMSNORM_ROWS_PER_BLOCK}, the op allocates one from the buffer pool and
-   * returns it: it must outlive every run of the program, and the caller destroys it afterwards.
+   * When omitted and rows > {@link RMSNORM_ROWS_PER_BLOCK}, the op allocates one owned by the program
+   * (`p.scratch`). Passing one lets several backward passes of the same program share it.
    */
   scratch?: Tensor;
 }
@@ -128,7 +128,7 @@ export async function rmsnormForward(
 
 /**
  * Records the backward pass of {@link rmsnormForward}: dx[rows, H] and dw[H] from dy, x, w and the saved
- * rstd. Returns the dw scratch it allocated (see {@link RmsnormBackwardOptions.scratch}), else null.
+ * rstd.
  */
 export async function rmsnormBackward(
   p: Program,
@@ -139,7 +139,7 @@ export async function rmsnormBackward(
   dx: Tensor,
   dw: Tensor,
   { accumulateDx = false, accumulateDw = false, scratch, kernel }: RmsnormBackwardOptions = {},
-): Promise<Tensor | null> {
+): Promise<void> {
   const op = "rmsnormBackward";
   for (const [name, t] of [["dy", dy], ["x", x], ["w", w], ["rstd", rstd], ["dx", dx], ["dw", dw]] as const) {
     expectDtype(op, name, t, "f32");
@@ -176,10 +176,10 @@ export async function rmsnormBackward(
     params(["u32", rows], ["u32", hidden], ["u32", RMSNORM_ROWS_PER_BLOCK], ["u32", accumulate]);
   if (blocks <= 1) {
     await p.add(partialsKernel, [blockParams(accDw), dy, x, rstd, dw], Math.ceil(hidden / K.RMSNORM_COL_WG));
-    return null;
+    return;
   }
-  const created = scratch ? null : Tensor.empty(p.gpu, [scratchSize], "f32", "rmsnorm dw partials");
-  const partials = scratch ?? created!; // only the first scratchSize elements are used
+  // Only the first scratchSize elements are used.
+  const partials = scratch ?? p.scratch([scratchSize], "f32", "rmsnorm dw partials");
   await p.add(
     partialsKernel,
     [blockParams(0), dy, x, rstd, partials],
@@ -191,7 +191,6 @@ export async function rmsnormBackward(
     [params(["u32", blocks], ["u32", hidden], ["u32", 0], ["u32", accDw]), partials, dw],
     Math.ceil(hidden / K.RMSNORM_COL_WG),
   );
-  return created;
 }
 
 /** CPU reference of the forward pass (f64): y[rows·H] and rstd[rows]. */

@@ -181,12 +181,12 @@ async function agreementGolden(kernel: RowKernel): Promise<void> {
   const perRow = Tensor.empty(g, [10, 2], "f32", "perRow");
   const p = new Program(g, "agreement");
   await argmaxAgreement(p, { logits, targetIds: ids, mask, counts: counts[0], perRow }, { kernel });
-  // Accumulating twice from the initial (7, 7).
-  const scratch = await argmaxAgreement(p, { logits, targetProbs: probs, mask, counts: counts[1] }, {
+  // Accumulating twice from the initial (7, 7): once with a program-owned per-row scratch, once with perRow.
+  await argmaxAgreement(p, { logits, targetProbs: probs, mask, counts: counts[1] }, {
     accumulate: true,
     kernel,
   });
-  await argmaxAgreement(p, { logits, targetProbs: probs, mask, counts: counts[1], perRow: scratch }, {
+  await argmaxAgreement(p, { logits, targetProbs: probs, mask, counts: counts[1], perRow }, {
     accumulate: true,
     kernel,
   });
@@ -198,7 +198,7 @@ async function agreementGolden(kernel: RowKernel): Promise<void> {
   assert.deepEqual([...await counts[0].read()], [correct, total], kernel);
   assert.deepEqual([...await counts[1].read()], [7 + 2 * correct, 7 + 2 * total], kernel);
   p.destroy();
-  for (const t of [logits, probs, ids, mask, ...counts, perRow, scratch]) t.destroy();
+  for (const t of [logits, probs, ids, mask, ...counts, perRow]) t.destroy();
 }
 
 Deno.test(
@@ -229,22 +229,17 @@ Deno.test(
         const tMask = Tensor.fromArray(g, mask, [rows], "f32", "mask");
         const tCorrect = Tensor.fromArray(g, correctMask, [rows], "f32", "correctMask");
         const counts = [0, 1].map((i) => Tensor.empty(g, [2], "f32", `counts${i}`));
-        const scratch: Tensor[] = [];
         await runOnce(g, "agreement", async (p) => {
-          scratch.push(
-            await argmaxAgreement(p, { logits: tz, targetIds: tIds, mask: tMask, counts: counts[0] }, {
-              kernel,
-            }),
-          );
-          scratch.push(
-            await argmaxAgreement(p, {
-              logits: tz,
-              targetProbs: tp,
-              mask: tMask,
-              correctMask: tCorrect,
-              counts: counts[1],
-            }, { kernel }),
-          );
+          await argmaxAgreement(p, { logits: tz, targetIds: tIds, mask: tMask, counts: counts[0] }, {
+            kernel,
+          });
+          await argmaxAgreement(p, {
+            logits: tz,
+            targetProbs: tp,
+            mask: tMask,
+            correctMask: tCorrect,
+            counts: counts[1],
+          }, { kernel });
         });
         const tag = `[${rows}, ${cols}] ${kernel}`;
         assert.deepEqual([...await counts[0].read()], argmaxAgreementCpu(z, ids, mask, cols), `ids ${tag}`);
@@ -253,7 +248,7 @@ Deno.test(
           argmaxAgreementCpu(z, target, mask, cols, correctMask),
           `probs, two masks ${tag}`,
         );
-        for (const t of [tz, tp, tIds, tMask, tCorrect, ...counts, ...scratch]) t.destroy();
+        for (const t of [tz, tp, tIds, tMask, tCorrect, ...counts]) t.destroy();
       }
     }
   },

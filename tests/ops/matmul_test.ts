@@ -64,10 +64,7 @@ async function check(c: Case, seed: number, label: string, tol = { atol: 2e-5, r
   const a = Tensor.fromArray(g, aHost, aFull, "f32", "a");
   const b = Tensor.fromArray(g, bHost, bFull, bType, "b");
   const out = Tensor.fromArray(g, prev, outShape, "f32", "out");
-  let scratch: Tensor | null = null;
-  await runOnce(g, label, async (p) => {
-    scratch = await matmul(p, a, b, out, opts);
-  });
+  await runOnce(g, label, (p) => matmul(p, a, b, out, opts));
   const expected = matmulCpu(aHost, aFull, bHost, bFull, {
     transA: opts.transA,
     transB: opts.transB,
@@ -75,7 +72,7 @@ async function check(c: Case, seed: number, label: string, tol = { atol: 2e-5, r
     out: opts.accumulate ? prev : undefined,
   });
   assertClose(await out.read(), expected, label, tol);
-  for (const t of [a, b, out, scratch as Tensor | null]) t?.destroy();
+  for (const t of [a, b, out]) t.destroy();
 }
 
 Deno.test({
@@ -184,16 +181,19 @@ Deno.test(
       const b = Tensor.fromArray(g, bHost, [K, N], "f32", "b");
       const out = Tensor.empty(g, [M, N], "f32", "out");
       const p = new Program(g, "tall");
-      const scratch = await matmul(p, a, b, out, { transA: true, tile });
-      assert.ok(scratch !== null, "a 8x12 product over K = 4096 is split");
-      assert.equal(p.dispatches.length, 2);
+      await matmul(p, a, b, out, { transA: true, tile });
+      assert.deepEqual(
+        p.dispatches.map((d) => d.label.split(".")[0] + (d.label.endsWith("splitk_reduce") ? ".reduce" : "")),
+        ["matmul", "matmul.reduce"],
+        "a 8x12 product over K = 4096 is split",
+      );
       await p.runChecked();
       assertClose(await out.read(), matmulCpu(aHost, [K, M], bHost, [K, N], { transA: true }), "tall split", {
         atol: 1e-4,
         rtol: 1e-4,
       });
       p.destroy();
-      for (const t of [a, b, out, scratch]) t?.destroy();
+      for (const t of [a, b, out]) t.destroy();
     }
   },
 );
@@ -255,7 +255,7 @@ Deno.test({ name: "linear and linearBackward vs CPU reference", ...needsGpu }, a
     const tdw = Tensor.fromArray(g, prevDw, [outF, inF], "f32", "dw");
     const p = new Program(g, "linear");
     await linear(p, tx, tw, ty);
-    const scratch = await linearBackward(p, tdy, tx, tw, tdx, tdw, {
+    await linearBackward(p, tdy, tx, tw, tdx, tdw, {
       accumulateDx: true,
       accumulateDw: true,
     });
@@ -266,7 +266,7 @@ Deno.test({ name: "linear and linearBackward vs CPU reference", ...needsGpu }, a
     assertClose(await tdx.read(), dx.map((v, i) => v + prevDx[i]), `linear dx ${rows}x${inF}x${outF}`, tol);
     assertClose(await tdw.read(), dw.map((v, i) => v + prevDw[i]), `linear dw ${rows}x${inF}x${outF}`, tol);
     p.destroy();
-    for (const t of [tx, tw, tdy, ty, tdx, tdw, ...scratch]) t.destroy();
+    for (const t of [tx, tw, tdy, ty, tdx, tdw]) t.destroy();
   }
 });
 
