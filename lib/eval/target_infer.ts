@@ -18,12 +18,16 @@
 import { LimitError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
-import { recordHead, recordTrunk, type TargetModel } from "../models/target.ts";
-import { linear } from "../ops/matmul.ts";
+import {
+  layerScratch,
+  recordDecoderLayer,
+  recordHead,
+  recordTrunk,
+  type TargetModel,
+} from "../models/target.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
-import { swigluForward } from "../ops/swiglu.ts";
 import { embeddingForward } from "../ops/embedding.ts";
-import { addBias, copyColumns, copyStrided } from "../ops/elementwise.ts";
+import { copyColumns, copyStrided } from "../ops/elementwise.ts";
 import { gatherRows, ropeAtPositions, scatterRows, treeAttentionForward } from "../ops/tree_attention.ts";
 import type { VerifyTree } from "./tree.ts";
 
@@ -173,7 +177,7 @@ export class TargetSession {
     const found = this.#verifies.get(N);
     if (found) return found;
     const model = this.model, cfg = model.config;
-    const H = cfg.hiddenSize, hd = cfg.headDim, nh = cfg.numHeads, nkv = cfg.numKvHeads;
+    const H = cfg.hiddenSize, hd = cfg.headDim, nkv = cfg.numKvHeads;
     const p = new Program(model.gpu, `spec target verify N=${N}`);
     try {
       const ids = p.scratch([N], "i32", "ids");
@@ -182,68 +186,23 @@ export class TargetSession {
       const aux = this.aux.view(0, [N, 3 * H]);
       const x = p.scratch([N, H], "f32", "residual");
       await embeddingForward(p, ids, model.embed.blocks[0].tensor, x);
-      const normed = p.scratch([N, H], "f32", "normed");
-      const rstd = p.scratch([N], "f32", "rstd");
-      const q = p.scratch([N, nh, hd], "f32", "q");
-      const k = p.scratch([N, nkv, hd], "f32", "k");
-      const v = p.scratch([N, nkv, hd], "f32", "v");
-      const qn = cfg.qkNorm ? p.scratch([N, nh, hd], "f32", "q normed") : null;
-      const kn = cfg.qkNorm ? p.scratch([N, nkv, hd], "f32", "k normed") : null;
-      const headRstd = cfg.qkNorm ? p.scratch([N * nh], "f32", "head rstd") : null;
-      const att = p.scratch([N, nh, hd], "f32", "attention out");
-      const I = cfg.intermediateSize;
-      const gate = p.scratch([N, I], "f32", "gate");
-      const up = p.scratch([N, I], "f32", "up");
-      const act = p.scratch([N, I], "f32", "swiglu");
-      const flat = (t: Tensor) => t.reshape([N, t.size / N]);
-      const eps = { eps: cfg.rmsNormEps };
+      const scratch = layerScratch(p, cfg, [N]);
+      const cacheRows = (t: Tensor) => t.reshape([this.maxLen, nkv * hd]);
       for (let l = 0; l < model.layers.length; l++) {
-        const w = model.layers[l];
-        await rmsnormForward(p, x, w.inputNorm, normed, rstd, eps);
-        await linear(p, normed, w.q, flat(q));
-        if (w.qBias) await addBias(p, flat(q), w.qBias);
-        await linear(p, normed, w.k, flat(k));
-        if (w.kBias) await addBias(p, flat(k), w.kBias);
-        await linear(p, normed, w.v, flat(v));
-        if (w.vBias) await addBias(p, flat(v), w.vBias);
-        let qr = q, kr = k;
-        if (w.qNorm && w.kNorm && qn && kn && headRstd) {
-          // Qwen3: RMSNorm over each head's hd values, before RoPE.
-          await rmsnormForward(p, q.reshape([N * nh, hd]), w.qNorm, qn.reshape([N * nh, hd]), headRstd, eps);
-          await rmsnormForward(
-            p,
-            k.reshape([N * nkv, hd]),
-            w.kNorm,
-            kn.reshape([N * nkv, hd]),
-            headRstd.view(0, [N * nkv]),
-            eps,
-          );
-          qr = qn;
-          kr = kn;
-        }
-        await ropeAtPositions(p, qr, positions, model.ropeCos, model.ropeSin);
-        await ropeAtPositions(p, kr, positions, model.ropeCos, model.ropeSin);
-        const cacheRows = (t: Tensor) => t.reshape([this.maxLen, nkv * hd]);
-        await scatterRows(p, flat(kr), cacheRows(this.k[l]), this.#prefix, 0);
-        await scatterRows(p, flat(v), cacheRows(this.v[l]), this.#prefix, 0);
-        await treeAttentionForward(p, {
-          q: qr,
-          k: this.k[l],
-          v: this.v[l],
-          meta: this.#prefix,
-          mask,
-          out: att,
+        await recordDecoderLayer(p, model, l, x, scratch, async (q, k, v, att) => {
+          await ropeAtPositions(p, q, positions, model.ropeCos, model.ropeSin);
+          await ropeAtPositions(p, k, positions, model.ropeCos, model.ropeSin);
+          await scatterRows(p, k.reshape([N, nkv * hd]), cacheRows(this.k[l]), this.#prefix, 0);
+          await scatterRows(p, v.reshape([N, nkv * hd]), cacheRows(this.v[l]), this.#prefix, 0);
+          await treeAttentionForward(p, {
+            q,
+            k: this.k[l],
+            v: this.v[l],
+            meta: this.#prefix,
+            mask,
+            out: att,
+          });
         });
-        await linear(p, flat(att), w.o, x, { accumulate: true });
-        if (w.oBias) await addBias(p, x, w.oBias);
-        await rmsnormForward(p, x, w.postAttentionNorm, normed, rstd, eps);
-        await linear(p, normed, w.gate, gate);
-        if (w.gateBias) await addBias(p, gate, w.gateBias);
-        await linear(p, normed, w.up, up);
-        if (w.upBias) await addBias(p, up, w.upBias);
-        await swigluForward(p, gate, up, act);
-        await linear(p, act, w.down, x, { accumulate: true });
-        if (w.downBias) await addBias(p, x, w.downBias);
         await captureAux(p, model, l, x, aux);
       }
       const logits = await finalLogits(p, model, x);

@@ -371,86 +371,135 @@ export interface TrunkArgs {
 export async function recordTrunk(p: Program, model: TargetModel, a: TrunkArgs): Promise<Tensor> {
   const cfg = model.config;
   const { batch: B, queryLen: T } = a;
-  const rows = B * T;
   const H = cfg.hiddenSize, hd = cfg.headDim, nh = cfg.numHeads, nkv = cfg.numKvHeads;
   model.checkPositions(a.positionOffset, T);
-  const x = p.scratch([rows, H], "f32", "residual");
+  const x = p.scratch([B * T, H], "f32", "residual");
   await recordEmbedding(p, model.embed, a.ids, x);
-  const normed = p.scratch([rows, H], "f32", "normed");
-  const rstd = p.scratch([rows], "f32", "rstd");
-  const q = p.scratch([B, T, nh, hd], "f32", "q");
-  const k = p.scratch([B, T, nkv, hd], "f32", "k");
-  const v = p.scratch([B, T, nkv, hd], "f32", "v");
-  const qn = cfg.qkNorm ? p.scratch([B, T, nh, hd], "f32", "q normed") : null;
-  const kn = cfg.qkNorm ? p.scratch([B, T, nkv, hd], "f32", "k normed") : null;
-  const headRstd = cfg.qkNorm ? p.scratch([rows * nh], "f32", "head rstd") : null;
-  const att = p.scratch([B, T, nh, hd], "f32", "attention out");
+  const s = layerScratch(p, cfg, [B, T]);
   const lse = p.scratch([B, nh, T], "f32", "attention lse");
-  const gate = p.scratch([rows, cfg.intermediateSize], "f32", "gate");
-  const up = p.scratch([rows, cfg.intermediateSize], "f32", "up");
-  const act = p.scratch([rows, cfg.intermediateSize], "f32", "swiglu");
-  const flat = (t: Tensor, w: number) => t.reshape([rows, w]);
   const rope = { positionOffset: a.positionOffset };
   for (let i = 0; i < model.layers.length; i++) {
-    const w = model.layers[i];
-    await rmsnormForward(p, x, w.inputNorm, normed, rstd, PLAIN_RMS(cfg));
-    await projection(p, normed, w.q, w.qBias, flat(q, nh * hd));
-    await projection(p, normed, w.k, w.kBias, flat(k, nkv * hd));
-    await projection(p, normed, w.v, w.vBias, flat(v, nkv * hd));
-    let qr = q, kr = k;
-    if (w.qNorm && w.kNorm && qn && kn && headRstd) {
-      // Qwen3: RMSNorm over each head's hd values, before RoPE.
-      await rmsnormForward(
-        p,
-        q.reshape([rows * nh, hd]),
-        w.qNorm,
-        qn.reshape([rows * nh, hd]),
-        headRstd,
-        PLAIN_RMS(cfg),
-      );
-      await rmsnormForward(
-        p,
-        k.reshape([rows * nkv, hd]),
-        w.kNorm,
-        kn.reshape([rows * nkv, hd]),
-        headRstd.view(0, [rows * nkv]),
-        PLAIN_RMS(cfg),
-      );
-      qr = qn;
-      kr = kn;
-    }
-    await ropeForward(p, qr, qr, model.ropeCos, model.ropeSin, rope);
-    await ropeForward(p, kr, kr, model.ropeCos, model.ropeSin, rope);
-    let keys = kr, values = v, queryOffset = 0;
-    if (a.cache) {
-      const { maxLen } = a.cache;
-      const copy = {
-        count: [B, T, nkv * hd] as [number, number, number],
-        srcStrides: [T * nkv * hd, nkv * hd, 1] as [number, number, number],
-        dstStrides: [maxLen * nkv * hd, nkv * hd, 1] as [number, number, number],
-        dstOffset: a.positionOffset * nkv * hd,
-      };
-      await copyStrided(p, kr, a.cache.k[i], copy);
-      await copyStrided(p, v, a.cache.v[i], copy);
-      keys = a.cache.k[i];
-      values = a.cache.v[i];
-      queryOffset = a.positionOffset;
-    }
-    await attentionForward(p, { q: qr, k: keys, v: values, lengths: a.lengths, out: att, lse }, {
-      causal: true,
-      queryOffset,
+    await recordDecoderLayer(p, model, i, x, s, async (q, k, v, att) => {
+      await ropeForward(p, q, q, model.ropeCos, model.ropeSin, rope);
+      await ropeForward(p, k, k, model.ropeCos, model.ropeSin, rope);
+      let keys = k, values = v, queryOffset = 0;
+      if (a.cache) {
+        const { maxLen } = a.cache;
+        const copy = {
+          count: [B, T, nkv * hd] as [number, number, number],
+          srcStrides: [T * nkv * hd, nkv * hd, 1] as [number, number, number],
+          dstStrides: [maxLen * nkv * hd, nkv * hd, 1] as [number, number, number],
+          dstOffset: a.positionOffset * nkv * hd,
+        };
+        await copyStrided(p, k, a.cache.k[i], copy);
+        await copyStrided(p, v, a.cache.v[i], copy);
+        keys = a.cache.k[i];
+        values = a.cache.v[i];
+        queryOffset = a.positionOffset;
+      }
+      await attentionForward(p, { q, k: keys, v: values, lengths: a.lengths, out: att, lse }, {
+        causal: true,
+        queryOffset,
+      });
     });
-    await linear(p, flat(att, nh * hd), w.o, x, { accumulate: true });
-    if (w.oBias) await addBias(p, x, w.oBias);
-    await rmsnormForward(p, x, w.postAttentionNorm, normed, rstd, PLAIN_RMS(cfg));
-    await projection(p, normed, w.gate, w.gateBias, gate);
-    await projection(p, normed, w.up, w.upBias, up);
-    await swigluForward(p, gate, up, act);
-    await linear(p, act, w.down, x, { accumulate: true });
-    if (w.downBias) await addBias(p, x, w.downBias);
     await a.onLayerOutput?.(i, x);
   }
   return x;
+}
+
+/** Per-pass scratch of the decoder layers for tokens laid out as `lead` (e.g. [B, T]). */
+export interface LayerScratch {
+  normed: Tensor;
+  rstd: Tensor;
+  /** [...lead, nh, hd] */
+  q: Tensor;
+  /** [...lead, nkv, hd] */
+  k: Tensor;
+  v: Tensor;
+  /** Qwen3's per-head normed q and k, and their rstd; null for other architectures. */
+  qNormed: Tensor | null;
+  kNormed: Tensor | null;
+  headRstd: Tensor | null;
+  /** [...lead, nh, hd] */
+  att: Tensor;
+  gate: Tensor;
+  up: Tensor;
+  act: Tensor;
+}
+
+/** Scratch for {@link recordDecoderLayer}, owned by `p`. */
+export function layerScratch(p: Program, cfg: TargetConfig, lead: number[]): LayerScratch {
+  const rows = lead.reduce((a, b) => a * b, 1);
+  const { hiddenSize: H, headDim: hd, numHeads: nh, numKvHeads: nkv, intermediateSize: I } = cfg;
+  return {
+    normed: p.scratch([rows, H], "f32", "normed"),
+    rstd: p.scratch([rows], "f32", "rstd"),
+    q: p.scratch([...lead, nh, hd], "f32", "q"),
+    k: p.scratch([...lead, nkv, hd], "f32", "k"),
+    v: p.scratch([...lead, nkv, hd], "f32", "v"),
+    qNormed: cfg.qkNorm ? p.scratch([...lead, nh, hd], "f32", "q normed") : null,
+    kNormed: cfg.qkNorm ? p.scratch([...lead, nkv, hd], "f32", "k normed") : null,
+    headRstd: cfg.qkNorm ? p.scratch([rows * nh], "f32", "head rstd") : null,
+    att: p.scratch([...lead, nh, hd], "f32", "attention out"),
+    gate: p.scratch([rows, I], "f32", "gate"),
+    up: p.scratch([rows, I], "f32", "up"),
+    act: p.scratch([rows, I], "f32", "swiglu"),
+  };
+}
+
+/**
+ * Records how attention is done for one layer: rotate q and k (in place) at their positions, store k and v
+ * where later passes need them, and write the attention output into `att`.
+ */
+export type Attend = (q: Tensor, k: Tensor, v: Tensor, att: Tensor) => Promise<void>;
+
+/**
+ * Records decoder layer `layer` on the residual stream x [rows, H] (updated in place): the norms,
+ * projections (with biases), Qwen3's q/k norms, o_proj, and the SwiGLU MLP; `attend` supplies RoPE, caching
+ * and the attention pattern (causal over a KV cache, or a draft tree's mask).
+ */
+export async function recordDecoderLayer(
+  p: Program,
+  model: TargetModel,
+  layer: number,
+  x: Tensor,
+  s: LayerScratch,
+  attend: Attend,
+): Promise<void> {
+  const cfg = model.config;
+  const w = model.layers[layer];
+  const rows = x.shape[0];
+  const { headDim: hd, numHeads: nh, numKvHeads: nkv } = cfg;
+  const flat = (t: Tensor) => t.reshape([rows, t.size / rows]);
+  await rmsnormForward(p, x, w.inputNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
+  await projection(p, s.normed, w.q, w.qBias, flat(s.q));
+  await projection(p, s.normed, w.k, w.kBias, flat(s.k));
+  await projection(p, s.normed, w.v, w.vBias, flat(s.v));
+  let q = s.q, k = s.k;
+  if (w.qNorm && w.kNorm && s.qNormed && s.kNormed && s.headRstd) {
+    // Qwen3: RMSNorm over each head's hd values, before RoPE.
+    const perHead = (t: Tensor, heads: number) => t.reshape([rows * heads, hd]);
+    await rmsnormForward(p, perHead(s.q, nh), w.qNorm, perHead(s.qNormed, nh), s.headRstd, PLAIN_RMS(cfg));
+    await rmsnormForward(
+      p,
+      perHead(s.k, nkv),
+      w.kNorm,
+      perHead(s.kNormed, nkv),
+      s.headRstd.view(0, [rows * nkv]),
+      PLAIN_RMS(cfg),
+    );
+    q = s.qNormed;
+    k = s.kNormed;
+  }
+  await attend(q, k, s.v, s.att);
+  await linear(p, flat(s.att), w.o, x, { accumulate: true });
+  if (w.oBias) await addBias(p, x, w.oBias);
+  await rmsnormForward(p, x, w.postAttentionNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
+  await projection(p, s.normed, w.gate, w.gateBias, s.gate);
+  await projection(p, s.normed, w.up, w.upBias, s.up);
+  await swigluForward(p, s.gate, s.up, s.act);
+  await linear(p, s.act, w.down, x, { accumulate: true });
+  if (w.downBias) await addBias(p, x, w.downBias);
 }
 
 async function projection(p: Program, x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): Promise<void> {
