@@ -3,6 +3,7 @@
  * two arrays differ.
  */
 import { Gpu } from "../lib/gpu/device.ts";
+import { mulberry32 } from "../lib/data/random.ts";
 
 let shared: Promise<Gpu | null> | null = null;
 
@@ -73,16 +74,7 @@ export function assertClose(
 }
 
 /** A seeded pseudo-random generator (mulberry32) for test inputs. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const rng: (seed: number) => () => number = mulberry32;
 
 /** `n` uniform values in [-scale, scale) from a seeded generator. */
 export function randomArray(n: number, seed: number, scale = 1): Float32Array<ArrayBuffer> {

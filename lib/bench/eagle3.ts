@@ -8,7 +8,8 @@ import { LimitError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
 import type { VocabMapping } from "../data/vocab.ts";
 import { parseDraftConfig } from "../models/draft_config.ts";
-import { buildEagle3Step, Eagle3Draft, mulberry32 } from "../models/eagle3.ts";
+import { buildEagle3Step, Eagle3Draft } from "../models/eagle3.ts";
+import { mulberry32 } from "../data/random.ts";
 import { type BenchOptions, type BenchRow, timeProgram } from "./types.ts";
 
 interface Case {

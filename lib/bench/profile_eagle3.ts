@@ -10,7 +10,8 @@ import { formatProfile, type Profile, profileProgram } from "../gpu/profile.ts";
 import { Tensor } from "../tensor.ts";
 import type { VocabMapping } from "../data/vocab.ts";
 import { parseDraftConfig } from "../models/draft_config.ts";
-import { buildEagle3Step, Eagle3Draft, mulberry32 } from "../models/eagle3.ts";
+import { buildEagle3Step, Eagle3Draft } from "../models/eagle3.ts";
+import { mulberry32 } from "../data/random.ts";
 
 /** Options of {@link profileEagle3}. */
 export interface ProfileEagle3Options {

@@ -1,7 +1,8 @@
 /**
- * Seeded randomness for data order (eval split, epoch shuffles): a Weyl sequence (step 0x9E3779B9) passed
- * through MurmurHash3's 32-bit finalizer, and Fisher–Yates permutations over it. Deterministic across
- * platforms; NOT the same stream as numpy's PCG64 or torch's generator, so orders differ from SpecForge's.
+ * Seeded randomness, deterministic across platforms. Data order (eval split, epoch shuffles) and sampling use
+ * a Weyl sequence (step 0x9E3779B9) passed through MurmurHash3's 32-bit finalizer, with Fisher–Yates
+ * permutations over it; weight init and test inputs use mulberry32. Neither is numpy's PCG64 or torch's
+ * generator, so orders and initial weights differ from SpecForge's.
  */
 
 /** A generator of uniform floats in [0, 1) from a 32-bit seed. */
@@ -29,4 +30,19 @@ export function permutation(n: number, seed: number): Int32Array {
     perm[j] = t;
   }
   return perm;
+}
+
+/**
+ * A generator of uniform floats in [0, 1) (mulberry32: 32-bit state, period 2³²): the RNG of the draft's
+ * weight init (tests/golden/make_eagle3.py mirrors it) and of test inputs.
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }

@@ -44,6 +44,7 @@ import { attentionBackward, attentionForward } from "../ops/attention.ts";
 import { swigluBackward, swigluForward } from "../ops/swiglu.ts";
 import { embeddingForward } from "../ops/embedding.ts";
 import { argmaxAgreement, softCrossEntropy } from "../ops/loss.ts";
+import { mulberry32 } from "../data/random.ts";
 import { accumulate, add, copyColumns, copyStrided, fill } from "../ops/elementwise.ts";
 import { metricsAdd, targetToDraftMap, teacherProbs, teacherRows } from "../ops/eagle3_teacher.ts";
 import { METRIC_COLS } from "../../kernels/eagle3.ts";
@@ -93,21 +94,6 @@ export function eagle3ParamShapes(cfg: DraftConfig): Record<Eagle3ParamName, num
 
 /** Host weights by state-dict key. */
 export type Eagle3Weights = Map<string, Float32Array>;
-
-/**
- * A seeded generator of uniform floats in [0, 1) (mulberry32: 32-bit state, period 2³²), the RNG of
- * {@link initEagle3Weights}.
- */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * SpecForge [C]'s initialisation (§3.2; it does not call post_init, so PyTorch's defaults apply): every
