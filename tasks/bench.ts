@@ -8,6 +8,7 @@ import type { BenchOptions, BenchRow } from "../lib/bench/types.ts";
 import { runTask } from "../lib/cli/run.ts";
 import { benchDispatch } from "../lib/bench/dispatch.ts";
 import { benchMatmul } from "../lib/bench/matmul.ts";
+import { benchAttention } from "../lib/bench/attention.ts";
 import { benchLoss } from "../lib/bench/loss.ts";
 import { benchData } from "../lib/bench/data.ts";
 import { benchTarget } from "../lib/bench/target.ts";
@@ -29,6 +30,7 @@ type Bench = (gpu: Gpu, opts: BenchOptions) => Promise<BenchRow[]>;
 const BENCHES: Record<string, Bench> = {
   dispatch: benchDispatch,
   matmul: benchMatmul,
+  attention: benchAttention,
   loss: benchLoss,
   data: benchData,
   target: benchTarget,
