@@ -80,7 +80,7 @@ export { convertLlama2c } from "./lib/models/llama2c.ts";
 // Checkpoints and the hub.
 export { SafetensorsCheckpoint, SafetensorsFile, writeSafetensors } from "./lib/io/safetensors.ts";
 export type { RawTensor, SafetensorsDtype } from "./lib/io/safetensors.ts";
-export { downloadModel, resolveHubFile, resolveModelPath } from "./lib/io/hub.ts";
+export { downloadModel, hubOptionsFromEnv, resolveHubFile, resolveModelPath } from "./lib/io/hub.ts";
 export type { HubOptions } from "./lib/io/hub.ts";
 
 // Data.
@@ -99,3 +99,106 @@ export {
 } from "./lib/data/vocab.ts";
 export type { VocabMapping } from "./lib/data/vocab.ts";
 export { DataLoader } from "./lib/data/loader.ts";
+
+// Training.
+export {
+  checkSettings,
+  parseTrainArgs,
+  readYamlSettings,
+  settingsToJson,
+  TRAIN_OPTIONS,
+  TrainConfigError,
+  trainUsage,
+} from "./lib/train/config.ts";
+export type { ParsedTrainArgs, TrainOptionName, TrainSettings } from "./lib/train/config.ts";
+export {
+  RUN_FILES,
+  specForgeDefaultAuxLayers,
+  TrainingDivergedError,
+  trainOnline,
+} from "./lib/train/trainer.ts";
+export type { TrainHooks, TrainOnlineOptions, TrainOnlineResult } from "./lib/train/trainer.ts";
+export {
+  formatDuration,
+  formatProgress,
+  MetricsLog,
+  ProgressPrinter,
+  simulatedAcceptanceLength,
+} from "./lib/train/metrics.ts";
+export type { MetricsRecord, ProgressState } from "./lib/train/metrics.ts";
+export { renderTrainingPlot } from "./lib/train/plot.ts";
+export { selfDistilledSamples, writeJsonl } from "./lib/train/selfdistill.ts";
+export type { SelfDistilledSample, SelfDistillOptions } from "./lib/train/selfdistill.ts";
+export {
+  CheckpointError,
+  exportCheckpoint,
+  findLatestCheckpoint,
+  loadCheckpoint,
+} from "./lib/train/checkpoint.ts";
+export type { LoadedCheckpoint, TrainingState } from "./lib/train/checkpoint.ts";
+
+// Export for SGLang.
+export { checkDraftExport, exportDraft, ExportError } from "./lib/io/export.ts";
+export type { CheckedExport, DraftExport, ExportDtype, NamedWeight } from "./lib/io/export.ts";
+
+// Evaluation by speculative decoding.
+export {
+  acceptanceStats,
+  evaluateAcceptance,
+  promptsFromSamples,
+  resolveSpeculativeConfig,
+  runSpeculativeEval,
+  SpeculativeDecoder,
+} from "./lib/eval/speculative.ts";
+export type {
+  AcceptanceStats,
+  EvaluateAcceptanceOptions,
+  ResolvedSpeculativeConfig,
+  RoundRecord,
+  SampleResult,
+  SpeculativeConfig,
+  SpeculativeEvalOptions,
+  SpeculativeEvalResult,
+  SpeculativeGenerateOptions,
+  SpeculativeOutput,
+} from "./lib/eval/speculative.ts";
+export { loadDraftDirectory } from "./lib/eval/draft_dir.ts";
+export type { LoadedDraft } from "./lib/eval/draft_dir.ts";
+export { evalSummary, writeEvalReport } from "./lib/eval/report.ts";
+export type { EvalReportFiles } from "./lib/eval/report.ts";
+
+// Types the API above refers to.
+export { OPTIONAL_FEATURES } from "./lib/gpu/device.ts";
+export { BufferPool } from "./lib/gpu/buffers.ts";
+export { PipelineCache } from "./lib/gpu/kernel.ts";
+export type { AuxLayerChoice, TargetArchitecture } from "./lib/models/config.ts";
+export type {
+  DeriveDraftOptions,
+  DraftConfigJsonOptions,
+  Json as JsonObject,
+} from "./lib/models/draft_config.ts";
+export type { Eagle3ParamName, Eagle3Weights } from "./lib/models/eagle3.ts";
+export type { RowSplitMatrix, TargetLayerWeights } from "./lib/models/target.ts";
+export type { Llama2cConversion } from "./lib/models/llama2c.ts";
+export { SAFETENSORS_DTYPES } from "./lib/io/safetensors.ts";
+export type { TensorInfo } from "./lib/io/safetensors.ts";
+export type { DownloadProgress, RepoType } from "./lib/io/hub.ts";
+export type { BuildOptions, BuildResult, BuildStats } from "./lib/data/build.ts";
+export type { ConvertOptions, ConvertReport } from "./lib/data/datasets.ts";
+export type {
+  ChatMessage,
+  LoadTokenizerOptions,
+  RenderOptions,
+  TokenizerFingerprint,
+  TokenizerSource,
+} from "./lib/data/tokenizer.ts";
+export type { ParserType } from "./lib/data/templates.ts";
+export type { PreprocessOptions, PreprocessResult } from "./lib/data/preprocess.ts";
+export { TokenCounter } from "./lib/data/vocab.ts";
+export { TokenizedDataset } from "./lib/data/tokenized.ts";
+export type { SampleView } from "./lib/data/tokenized.ts";
+export type { Batch, LoaderOptions, LoaderPosition } from "./lib/data/loader.ts";
+export type { ConversationRecord, DataRecord, TextRecord, TokensRecord } from "./lib/data/records.ts";
+export type { DatasetDownloader, PresetOptions } from "./lib/data/datasets.ts";
+export type { Llama2cConfig } from "./lib/models/llama2c.ts";
+export type { NormalizeNotes, TokenizedSample } from "./lib/data/preprocess.ts";

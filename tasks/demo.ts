@@ -48,14 +48,15 @@ const FLAGS = {
     `target checkpoint (default: ${LOCAL_TARGET} if present, else ${HUB_TARGET})`,
   ],
   "output-dir": ["string", "out/demo", "where every output goes (its demo subfolders are replaced)"],
-  "train-samples": ["int", 48, "self-distilled training samples"],
+  "train-samples": ["int", 64, "self-distilled training samples"],
   "eval-samples": ["int", 8, "held-out samples (training eval and speculative-decoding prompts)"],
   "opening-tokens": ["int", 16, "tokens of each sampled story opening, BOS included"],
   "continuation-tokens": ["int", 48, "greedy target tokens after the opening (the supervised part)"],
-  "num-epochs": ["int", 6, "passes over the training samples"],
+  "num-epochs": ["int", 14, "passes over the training samples"],
   "batch-size": ["int", 4, "samples per update"],
-  "learning-rate": ["float", 3e-3, "peak learning rate (warmup then cosine decay)"],
-  "ttt-length": ["int", 5, "training-time-test unroll depth (SpecForge's default is 7)"],
+  "learning-rate": ["float", 5e-3, "peak learning rate (warmup then cosine decay)"],
+  "ttt-length": ["int", 4, "training-time-test unroll depth (SpecForge's default is 7)"],
+  "draft-vocab-size": ["int", 512, "draft vocabulary: the most frequent supervised target tokens"],
   "num-steps": ["int", 3, "draft tokens per speculative round (SGLang's --speculative-num-steps)"],
   "max-new-tokens": ["int", 48, "tokens generated per evaluation prompt"],
   "seed": ["int", 0, "seed of the openings, the draft's initialisation and the data order"],
@@ -92,6 +93,7 @@ interface DemoOptions {
   batchSize: number;
   learningRate: number;
   tttLength: number;
+  draftVocabSize: number;
   numSteps: number;
   maxNewTokens: number;
   seed: number;
@@ -132,12 +134,20 @@ function parseDemoArgs(args: string[]): { help: boolean; selfCheck: boolean; opt
     batchSize: num("batch-size"),
     learningRate: num("learning-rate"),
     tttLength: num("ttt-length"),
+    draftVocabSize: num("draft-vocab-size"),
     numSteps: num("num-steps"),
     maxNewTokens: num("max-new-tokens"),
     seed: num("seed"),
   };
   for (
-    const k of ["trainSamples", "evalSamples", "openingTokens", "continuationTokens", "batchSize"] as const
+    const k of [
+      "trainSamples",
+      "evalSamples",
+      "openingTokens",
+      "continuationTokens",
+      "batchSize",
+      "draftVocabSize",
+    ] as const
   ) {
     if (options[k] < 1) throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be ≥ 1`);
   }
@@ -292,7 +302,12 @@ async function runDemo(o: DemoOptions): Promise<void> {
       ...["--chat-template", templateName, "--max-length", String(maxLength)],
       ...["--num-epochs", String(o.numEpochs), "--batch-size", String(o.batchSize)],
       ...["--learning-rate", String(o.learningRate), "--ttt-length", String(o.tttLength)],
-      ...["--draft-vocab-size", String(tokenizer.vocabSize), "--seed", String(o.seed)],
+      ...[
+        "--draft-vocab-size",
+        String(Math.min(o.draftVocabSize, tokenizer.vocabSize)),
+        "--seed",
+        String(o.seed),
+      ],
       ...["--warmup-ratio", "0.05", "--max-grad-norm", "0.5"],
       ...["--log-interval", String(Math.max(1, Math.round(updates / 12)))],
       ...["--eval-interval", String(Math.max(1, Math.round(updates / 3))), "--save-interval", "0"],
@@ -403,6 +418,12 @@ Eaglet demo done in ${formatDuration(seconds)} — all outputs in ${report.outpu
       fmt(result.speculativeTokensPerSecond, 1)
     } with the draft: speedup ${fmt(result.speedup)}×${
       result.matchesTargetGreedy ? " (outputs identical to the target's greedy ones)" : ""
+    }${
+      result.speedup !== null && result.speedup < 1
+        ? "\n                     (a 656K-parameter target costs no more per forward than its draft, so the draft's\n" +
+          "                     steps and readbacks cost more than the target forwards they save; the speedup\n" +
+          "                     comes with targets whose forward is much dearer than the draft's)"
+        : ""
     }
   SGLang draft       ${paths.export}
   training plot      ${report.files.training_plot}

@@ -15,6 +15,7 @@ import { Eagle3Draft } from "../lib/models/eagle3.ts";
 import { loadDraftDirectory, type LoadedDraft } from "../lib/eval/draft_dir.ts";
 import { runSpeculativeEval } from "../lib/eval/speculative.ts";
 import { evalSummary, writeEvalReport } from "../lib/eval/report.ts";
+import { runTask } from "../lib/cli/run.ts";
 
 const HELP =
   `deno task eval --target-model-path <dir|id> --draft-model-path <dir|random> --data-path <jsonl> [options]
@@ -105,9 +106,14 @@ async function readPrompts(
   return prompts;
 }
 
-async function main(): Promise<void> {
+/** Runs `eval` with command-line arguments `args`; returns the exit code. */
+export function main(args: string[]): Promise<number> {
+  return runTask("eval", args, evalTask);
+}
+
+async function evalTask(args: string[]): Promise<void> {
   const { values } = parseArgs({
-    args: Deno.args,
+    args,
     options: {
       "target-model-path": { type: "string" },
       "draft-model-path": { type: "string" },
@@ -224,10 +230,4 @@ async function main(): Promise<void> {
   }
 }
 
-try {
-  await main();
-} catch (e) {
-  if (Deno.args.includes("--debug")) console.error(e);
-  else console.error(`error: ${(e as Error).message}`);
-  Deno.exit(1);
-}
+if (import.meta.main) Deno.exit(await main(Deno.args));

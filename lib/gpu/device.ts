@@ -28,7 +28,7 @@ const REQUESTED_LIMITS = [
 ] as const;
 
 /** Optional features used when the adapter has them. */
-const OPTIONAL_FEATURES = ["shader-f16", "subgroups", "timestamp-query"] as const;
+export const OPTIONAL_FEATURES = ["shader-f16", "subgroups", "timestamp-query"] as const;
 
 /** The device limits Eaglet relies on, as granted. */
 export interface GpuLimits {

@@ -43,7 +43,8 @@ export interface DraftConfig {
   initializerRange: number;
 }
 
-type Json = Record<string, unknown>;
+/** A parsed JSON object. */
+export type Json = Record<string, unknown>;
 
 function fail(file: string, field: string, msg: string): never {
   throw new ConfigError(`${file}: ${field} ${msg}`);

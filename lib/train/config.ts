@@ -273,47 +273,89 @@ export type TrainOptionName = keyof typeof TRAIN_OPTIONS;
 
 /** The resolved settings of a run (camelCase of the flag names). */
 export interface TrainSettings {
+  /** `--target-model-path`: target: HF model dir or hub id. */
   targetModelPath: string;
+  /** `--draft-model-config`: draft config.json (LlamaForCausalLMEagle3); absent: derived from the target (§6.3). */
   draftModelConfig: string | null;
+  /** `--embedding-key`: target tensor used as the draft's frozen embedding (the target's own embedding when the checkpoint lacks the default key, e.g. tied models). */
   embeddingKey: string;
+  /** `--aux-layers`: three target layer ids to capture, e.g. 1,15,28 (default: the draft config's eagle_config, else [1, N/2-1, N-4]). */
   auxLayers: number[] | null;
+  /** `--draft-vocab-size`: draft vocabulary size (default: the draft config's, else min(32000, target vocab)). */
   draftVocabSize: number | null;
+  /** `--vocab-mapping-path`: use this d2t/t2d mapping (.safetensors or .json) instead of computing one from the data. */
   vocabMappingPath: string | null;
+  /** `--train-data-path`: training data: conversations / preformatted text / pre-tokenized {input_ids, loss_mask} (.jsonl, .json, .parquet). */
   trainDataPath: string;
+  /** `--eval-data-path`: held-out data, same formats. */
   evalDataPath: string | null;
+  /** `--chat-template`: chat template name. */
   chatTemplate: string;
+  /** `--is-preformatted`: records are {"text": ...}, already rendered. */
   isPreformatted: boolean;
+  /** `--train-only-last-turn`: supervise only the last assistant turn. */
   trainOnlyLastTurn: boolean;
+  /** `--max-length`: tokens kept per sample (right truncation). */
   maxLength: number;
+  /** `--cache-dir`: preprocessing cache directory. */
   cacheDir: string;
+  /** `--output-dir`: checkpoints, exports, metrics and plots. */
   outputDir: string;
+  /** `--num-epochs`: passes over the training data. */
   numEpochs: number;
+  /** `--batch-size`: samples per micro-batch. */
   batchSize: number;
+  /** `--learning-rate`: peak learning rate. */
   learningRate: number;
+  /** `--warmup-ratio`: linear warmup share of the updates. */
   warmupRatio: number;
+  /** `--total-steps`: optimizer updates of the schedule (default: num_epochs · ceil(batches per epoch / accumulation)). */
   totalSteps: number | null;
+  /** `--max-num-steps`: stop after this many updates (the schedule keeps --total-steps). */
   maxNumSteps: number | null;
+  /** `--max-grad-norm`: global grad-norm clipping (0: off). */
   maxGradNorm: number;
+  /** `--ttt-length`: test-time-training unroll steps K. */
   tttLength: number;
+  /** `--draft-accumulation-steps`: micro-batches per optimizer update. */
   draftAccumulationSteps: number;
+  /** `--seed`: seed of the draft init and the data order. */
   seed: number;
+  /** `--log-interval`: updates between progress lines and train metrics. */
   logInterval: number;
+  /** `--eval-interval`: updates between evaluations (0: only at the end). */
   evalInterval: number;
+  /** `--save-interval`: updates between checkpoints (0: only at the end). */
   saveInterval: number;
+  /** `--resume`: continue from the latest checkpoint in --output-dir. */
   resume: boolean;
+  /** `--resume-from`: continue from this checkpoint directory. */
   resumeFrom: string | null;
+  /** `--export-dtype`: dtype of the exported SGLang weights. */
   exportDtype: "bf16" | "f16" | "f32";
+  /** `--eval-batches`: evaluate on at most this many batches (default: the whole eval set). */
   evalBatches: number | null;
+  /** `--eval-spec-samples`: at each eval, also run greedy speculative decoding on this many eval prompts and log tau (0: off). */
   evalSpecSamples: number;
+  /** `--eval-spec-steps`: draft steps (chain) of that speculative decoding. */
   evalSpecSteps: number;
+  /** `--eval-spec-new-tokens`: new tokens per prompt of that speculative decoding. */
   evalSpecNewTokens: number;
+  /** `--tp-size`: target tensor parallelism (must be 1). */
   tpSize: number;
+  /** `--attention-backend`: SpecForge's attention backend (all give the same math here). */
   attentionBackend: string;
+  /** `--target-model-backend`: SpecForge's target backend (the target always runs on WebGPU here). */
   targetModelBackend: string;
+  /** `--build-dataset-num-proc`: SpecForge's tokenizer workers. */
   buildDatasetNumProc: number;
+  /** `--dist-timeout`: SpecForge's NCCL timeout (minutes). */
   distTimeout: number;
+  /** `--report-to`: experiment tracker (metrics go to <output-dir>/metrics.jsonl). */
   reportTo: string;
+  /** `--cache-key`: unused, as in SpecForge. */
   cacheKey: string | null;
+  /** `--verbose`: more messages. */
   verbose: boolean;
 }
 

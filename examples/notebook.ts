@@ -1,0 +1,71 @@
+/**
+ * Eaglet from a notebook or a script of your own: import the public API (mod.ts) by URL, make a little
+ * self-distilled data with tinystories-656K, train an EAGLE-3 draft for a few steps, export it for SGLang and
+ * measure its acceptance length by speculative decoding. About a minute on 2 CPU cores with lavapipe.
+ *
+ *   deno run -A examples/notebook.ts [target dir or hub id] [output dir]
+ *
+ * In a Jupyter notebook with the Deno kernel, or from any other machine, import a published copy instead:
+ *
+ *   const eaglet = await import("https://raw.githubusercontent.com/<owner>/eaglet/<commit>/mod.ts");
+ *
+ * (a remote import needs the same npm packages as deno.json's import map; `deno run` fetches them).
+ */
+
+// mod.ts by URL: here a file:// URL built from this file's own URL, which works offline.
+const MOD_URL = new URL("../mod.ts", import.meta.url).href;
+const eaglet: typeof import("../mod.ts") = await import(MOD_URL);
+
+const [target = "../shared/models/tinystories-656K", outDir = "out/notebook"] = Deno.args;
+// Hub downloads honour HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and EAGLET_CACHE, as the tasks do.
+const hub = eaglet.hubOptionsFromEnv(Deno.env.toObject());
+const targetDir = await eaglet.resolveModelPath(target, hub);
+const gpu = await eaglet.Gpu.create();
+console.log(`WebGPU: ${gpu.describe()}`);
+
+// 1. Data the target wrote itself: 24 training and 4 held-out samples (16-token opening + 32 greedy tokens).
+const model = await eaglet.TargetModel.load(gpu, targetDir);
+const samples = await eaglet.selfDistilledSamples(model, { count: 28, continuationTokens: 32, batch: 14 });
+model.destroy();
+await Deno.mkdir(`${outDir}/data`, { recursive: true });
+await eaglet.writeJsonl(`${outDir}/data/train.jsonl`, samples.slice(0, 24));
+await eaglet.writeJsonl(`${outDir}/data/eval.jsonl`, samples.slice(24));
+
+// 2. A few training steps. The settings are train-online's flags (SpecForge's names), so a notebook and a
+//    shell recipe read alike; every setting not given keeps its default (eaglet.trainUsage() lists them).
+const parsed = await eaglet.parseTrainArgs([
+  ...["--target-model-path", targetDir, "--output-dir", `${outDir}/train`, "--cache-dir", `${outDir}/cache`],
+  ...["--train-data-path", `${outDir}/data/train.jsonl`, "--eval-data-path", `${outDir}/data/eval.jsonl`],
+  ...["--max-length", "48", "--batch-size", "4", "--max-num-steps", "12", "--learning-rate", "5e-3"],
+  ...["--ttt-length", "3", "--draft-vocab-size", "512", "--log-interval", "4"],
+]);
+if (parsed.help) throw new Error("unexpected --help");
+const run = await eaglet.trainOnline(gpu, { settings: parsed.settings, hub });
+console.log(`trained ${run.globalStep} updates; checkpoint (an SGLang directory): ${run.checkpoint}`);
+
+// 3. Export (bf16) and check the SGLang directory.
+await eaglet.exportCheckpoint(run.checkpoint!, `${outDir}/sglang-draft`, { dtype: "bf16", overwrite: true });
+const checked = await eaglet.checkDraftExport(`${outDir}/sglang-draft`);
+console.log(`exported ${checked.names.length} tensors (${checked.dtype}) to ${outDir}/sglang-draft`);
+
+// 4. Acceptance length of the exported draft on the held-out openings.
+const draft = await eaglet.loadDraftDirectory(gpu, `${outDir}/sglang-draft`);
+const evalTarget = await eaglet.TargetModel.load(gpu, targetDir, {
+  auxLayers: draft.config.auxLayerIds ?? undefined,
+});
+const prompts = eaglet.promptsFromSamples(
+  samples.slice(24).map((s) => ({ inputIds: s.input_ids, lossMask: s.loss_mask })),
+  16,
+);
+const stats = await eaglet.evaluateAcceptance(evalTarget, draft.draft, prompts, {
+  numSteps: 3,
+  topk: 1,
+  maxNewTokens: 24,
+  draftToTarget: draft.draftToTarget,
+});
+console.log(
+  `acceptance length ${stats.tau.toFixed(2)} over ${stats.rounds} rounds (a few steps of training)`,
+);
+draft.draft.destroy();
+evalTarget.destroy();
+gpu.destroy();
