@@ -25,7 +25,8 @@ Speculative decoding (EAGLE-3, as SGLang runs it) of the prompts of a jsonl file
   --draft-model-path <dir>      an Eaglet export, SpecForge checkpoint or SGLang draft directory
                                 (config.json + model.safetensors, bf16/f16/f32); "random" for a
                                 randomly initialised draft (a baseline: tau ≈ 1)
-  --data-path <jsonl>           one prompt per line: {"input_ids": [...]}, {"prompt": "..."}, {"text": "..."}
+  --data-path <jsonl>           one prompt per line: {"input_ids": [...]} (with a "loss_mask", the ids before
+                                the first supervised token), {"prompt": "..."}, {"text": "..."}
                                 or {"conversations": [{"role", "content"}, ...]} (rendered with the
                                 tokenizer's chat template up to the first assistant turn)
   --num-steps <n>               draft tree depth (default 3)
@@ -72,6 +73,11 @@ async function readPrompts(
     let ids: number[];
     if (Array.isArray(o.input_ids)) {
       ids = (o.input_ids as unknown[]).map(Number);
+      // A pre-tokenized training sample: its prompt is what precedes the first supervised token.
+      if (Array.isArray(o.loss_mask)) {
+        const first = (o.loss_mask as unknown[]).findIndex((m) => Number(m) !== 0);
+        if (first > 0) ids = ids.slice(0, first);
+      }
     } else {
       if (!tokenizer) throw new Error(`${path}:${i + 1}: text prompts need the target's tokenizer.json`);
       const text = typeof o.prompt === "string" ? o.prompt : typeof o.text === "string" ? o.text : null;
