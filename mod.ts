@@ -201,4 +201,4 @@ export type { Batch, LoaderOptions, LoaderPosition } from "./lib/data/loader.ts"
 export type { ConversationRecord, DataRecord, TextRecord, TokensRecord } from "./lib/data/records.ts";
 export type { DatasetDownloader, PresetOptions } from "./lib/data/datasets.ts";
 export type { Llama2cConfig } from "./lib/models/llama2c.ts";
-export type { NormalizeNotes, TokenizedSample } from "./lib/data/preprocess.ts";
+export type { Message, NormalizeNotes, TokenizedSample } from "./lib/data/preprocess.ts";

@@ -21,14 +21,20 @@ import type { ChatTokenizer } from "./tokenizer.ts";
 export interface BuildOptions {
   /** Prepared data file (.jsonl, .json or .parquet). */
   dataPath: string;
+  /** Tokenizer (with its chat template) that renders and tokenizes conversations. */
   tokenizer: ChatTokenizer;
   /** Registered name of `template` (part of the cache key). */
   templateName: string;
+  /**
+   * Where supervised spans start and end (assistant header, end of turn), the default system prompt and the
+   * parser.
+   */
   template: ChatTemplate;
   /** Default 2048. */
   maxLength?: number;
   /** Every record must be preformatted text. */
   isPreformatted?: boolean;
+  /** Supervise only the last assistant turn (`--train-only-last-turn`); default false. */
   trainOnlyLastTurn?: boolean;
   /** Samples with fewer supervised tokens are dropped (default 1, as SpecForge's EAGLE-3 provider). */
   minLossTokens?: number;
@@ -50,23 +56,29 @@ export interface BuildStats {
   droppedUnsupervised: number;
   /** Samples cut at maxLength. */
   truncated: number;
-  /** Tokens and supervised tokens over the kept samples. */
+  /** Tokens over the kept samples. */
   tokens: number;
+  /** Supervised tokens (loss mask 1) over the kept samples. */
   supervisedTokens: number;
   /** Samples whose own system message replaced the template's system prompt. */
   systemFromData: number;
-  /** Leading non-user messages dropped, and conversations cut at an alternation violation. */
+  /** Leading non-user messages dropped. */
   droppedLeadingMessages: number;
+  /** Conversations cut at an alternation violation. */
   cutConversations: number;
-  /** Records by kind. */
+  /** Conversation records. */
   conversations: number;
+  /** Preformatted text records. */
   texts: number;
+  /** Pre-tokenized (input_ids + loss_mask) records. */
   pretokenized: number;
 }
 
 /** Result of `buildTokenizedDataset`. */
 export interface BuildResult {
+  /** The tokenized samples (read from the cache or just built). */
   dataset: TokenizedDataset;
+  /** Counts of the build (as when it was built, for a cache hit). */
   stats: BuildStats;
   /** "hit" when read from the cache; "built" otherwise (with why the cache was not used). */
   cache: { status: "hit" | "built"; path: string | null; reason?: string };

@@ -394,11 +394,15 @@ export interface ConvertOptions {
 
 /** What `convertDataset` did. */
 export interface ConvertReport {
+  /** The train JSONL written (`<dataset>_train.jsonl` in the output directory). */
   trainPath: string;
+  /** The test JSONL written when a test split was asked for, else null. */
   testPath: string | null;
   /** Raw rows read (after --sample-size). */
   rows: number;
+  /** Samples written to the train file. */
   train: number;
+  /** Samples written to the test file (0 without a split). */
   test: number;
   /** Messages dropped for an unknown speaker (ShareGPT "system", ...). */
   skippedMessages: number;

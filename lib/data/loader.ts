@@ -13,10 +13,15 @@ import type { TokenizedDataset } from "./tokenized.ts";
 
 /** A padded batch, row-major [batchSize, seqLen]. */
 export interface Batch {
+  /** Rows B of the batch. */
   batchSize: number;
+  /** Padded length T of every row (the longest sample, rounded up to padMultiple). */
   seqLen: number;
+  /** Token ids [B, T], 0 in the padding. */
   inputIds: Int32Array;
+  /** 1 for the real tokens of each row, 0 for the padding [B, T]. */
   attentionMask: Uint8Array;
+  /** 1 where the token is supervised, 0 elsewhere and in the padding [B, T]. */
   lossMask: Uint8Array;
   /** Dataset index of each row. */
   sampleIndices: Int32Array;
@@ -49,13 +54,15 @@ export function collate(dataset: TokenizedDataset, indices: ArrayLike<number>, p
 
 /** Options of `DataLoader`. */
 export interface LoaderOptions {
+  /** Samples per batch; only full batches are yielded (drop_last). */
   batchSize: number;
   /** Shuffle each epoch (train) or keep file order (eval). Default true. */
   shuffle?: boolean;
   /** Base seed of the per-epoch shuffles. Default 0. */
   seed?: number;
-  /** Data-parallel rank and world size. Default 0 of 1. */
+  /** Data-parallel rank of this loader (default 0). */
   rank?: number;
+  /** Number of data-parallel ranks (default 1); `rank` is in 0..worldSize−1. */
   worldSize?: number;
   /** Round the padded length up to a multiple of this (sequence parallelism). Default 1. */
   padMultiple?: number;
@@ -63,13 +70,17 @@ export interface LoaderOptions {
 
 /** Where a loader is: the next batch is batch `step` of epoch `epoch`. */
 export interface LoaderPosition {
+  /** 0-based epoch of the next batch. */
   epoch: number;
+  /** 0-based index of the next batch within its epoch. */
   step: number;
 }
 
 /** Epoch-wise batches of a tokenized dataset for one data-parallel rank. */
 export class DataLoader {
+  /** The samples it batches. */
   readonly dataset: TokenizedDataset;
+  /** The options with every default filled in. */
   readonly options: Required<LoaderOptions>;
 
   /** Checks the options against the dataset. */

@@ -28,10 +28,15 @@ import type { ChatMessage, ChatTokenizer } from "./tokenizer.ts";
 
 /** A conversation message as stored in the conversations JSONL (extra keys are allowed). */
 export interface Message {
+  /** Normalized role: system, user, assistant or tool (or a harmony role for gpt-oss data). */
   role: string;
+  /** Message text ("" for an assistant message with only tool calls). */
   content: string;
+  /** Thinking text of an assistant message, kept for rendering only when thinking is enabled. */
   reasoning_content?: string;
+  /** Tool calls of an assistant message, as in the data file (cleaned before rendering). */
   tool_calls?: unknown;
+  /** Any other keys of the stored message, kept as they are. */
   [key: string]: unknown;
 }
 
@@ -45,6 +50,7 @@ export interface PreprocessOptions {
 
 /** One tokenized sample. */
 export interface TokenizedSample {
+  /** Token ids of the rendered conversation, at most maxLength of them. */
   inputIds: Int32Array;
   /** 1 where the token is supervised. */
   lossMask: Uint8Array;
@@ -64,7 +70,9 @@ export interface NormalizeNotes {
 
 /** Result of `preprocessConversation`: the sample, its rendered text and the normalization notes. */
 export interface PreprocessResult extends TokenizedSample {
+  /** The conversation rendered by the chat template, before tokenization and truncation. */
   text: string;
+  /** What normalizing the conversation changed. */
   notes: NormalizeNotes;
 }
 

@@ -29,24 +29,40 @@ export interface RawRecord {
 
 /** A validated conversation sample. */
 export interface ConversationRecord {
+  /** Discriminant: a chat conversation. */
   kind: "conversation";
+  /** The record's `id` field as a string, or its 0-based position in the file when absent. */
   id: string;
+  /**
+   * The messages in order, roles normalized (human → user, gpt → assistant, ShareGPT `from/value` →
+   * `role/content`).
+   */
   conversations: Message[];
+  /**
+   * Tool schemas given to the chat template as `tools` (a JSON string in the file is parsed), when present.
+   */
   tools?: unknown[];
 }
 
 /** A preformatted (already chat-template-rendered) sample. */
 export interface TextRecord {
+  /** Discriminant: text already rendered by the chat template. */
   kind: "text";
+  /** The record's `id` field as a string, or its 0-based position in the file when absent. */
   id: string;
+  /** The rendered text, tokenized as is. */
   text: string;
 }
 
 /** A pre-tokenized sample. */
 export interface TokensRecord {
+  /** Discriminant: pre-tokenized ids with their loss mask. */
   kind: "tokens";
+  /** The record's `id` field as a string, or its 0-based position in the file when absent. */
   id: string;
+  /** Token ids (`input_ids`). */
   inputIds: number[];
+  /** `loss_mask`, one 0/1 per token of inputIds: 1 where the token is supervised. */
   lossMask: number[];
 }
 

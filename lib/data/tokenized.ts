@@ -8,8 +8,11 @@ import { DataError } from "./errors.ts";
 
 /** One sample as views into the packed arrays. */
 export interface SampleView {
+  /** The sample's id from the data file. */
   id: string;
+  /** The sample's token ids (a view: no copy). */
   inputIds: Int32Array;
+  /** 1 where the token is supervised, one per token (a view: no copy). */
   lossMask: Uint8Array;
 }
 

@@ -17,8 +17,11 @@ import { DataError } from "./errors.ts";
 
 /** A chat message as the Jinja templates see it. */
 export interface ChatMessage {
+  /** Role (system, user, assistant, tool, ...), as the template expects it. */
   role: string;
+  /** Message text. */
   content: string;
+  /** Other keys the template may read (reasoning_content, tool_calls...). */
   [key: string]: unknown;
 }
 
@@ -34,7 +37,9 @@ export interface RenderOptions {
 
 /** sha256 (hex) of every input that determines tokenization; part of the preprocessing cache key. */
 export interface TokenizerFingerprint {
+  /** sha256 of tokenizer.json's bytes. */
   tokenizerJson: string;
+  /** sha256 of tokenizer_config.json's bytes, or null when there is none. */
   tokenizerConfig: string | null;
   /** sha256 of the chat template text actually used, or null when the tokenizer has none. */
   chatTemplate: string | null;
@@ -42,7 +47,9 @@ export interface TokenizerFingerprint {
 
 /** Where `loadTokenizer` found things, for messages. */
 export interface TokenizerSource {
+  /** Path of the tokenizer.json read. */
   tokenizerJsonPath: string;
+  /** Path of the tokenizer_config.json read, or null when there is none. */
   tokenizerConfigPath: string | null;
   /** "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "override" or null. */
   chatTemplateOrigin: string | null;

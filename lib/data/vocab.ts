@@ -70,7 +70,9 @@ export function countSupervisedTokens(
 
 /** A draft ↔ target vocabulary mapping, as data ready for safetensors. */
 export interface VocabMapping {
+  /** Vd: size of the draft vocabulary (rows of the draft's lm_head). */
   draftVocabSize: number;
+  /** V: size of the target vocabulary. */
   targetVocabSize: number;
   /** int64 [draftVocabSize]: target id of draft i is i + d2t[i]. */
   d2t: BigInt64Array;

@@ -15,7 +15,9 @@ import { shapeString } from "../tensor.ts";
 
 /** A draft loaded on the GPU with its vocabulary map. */
 export interface LoadedDraft {
+  /** The draft's weights on the GPU (f32), ready for {@link SpeculativeDecoder}. */
   draft: Eagle3Draft;
+  /** The directory's config.json, parsed. */
   config: DraftConfig;
   /** int32 [Vd]: target id of each draft index. */
   draftToTarget: Int32Array;

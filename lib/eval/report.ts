@@ -123,8 +123,11 @@ function depthOf(parents: number[], node: number): number {
 
 /** Paths written by {@link writeEvalReport}. */
 export interface EvalReportFiles {
+  /** Path of eval.json (the summary object as JSON). */
   json: string;
+  /** Path of accept_length_histogram.svg (how many rounds had each accept length). */
   svg: string;
+  /** Path of samples.html (the first samples' rounds, accepted and rejected draft tokens marked). */
   html: string;
 }
 

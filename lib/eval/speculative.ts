@@ -40,6 +40,7 @@ export interface SpeculativeConfig {
 
 /** Sampling and stopping options of a generation. */
 export interface SpeculativeGenerateOptions {
+  /** Most new tokens to generate (prompt excluded); generation stops earlier at an EOS token. */
   maxNewTokens: number;
   /** 0 (default): greedy. */
   temperature?: number;
@@ -71,6 +72,7 @@ export interface RoundRecord {
 export interface SpeculativeOutput {
   /** New tokens (prompt excluded), EOS included when reached. */
   tokens: number[];
+  /** Every draft-and-verify round, in order. */
   rounds: RoundRecord[];
   /** Seconds from the first new token (after prefill) to the end. */
   decodeSeconds: number;
@@ -78,8 +80,11 @@ export interface SpeculativeOutput {
 
 /** The checked, defaulted speculation settings. */
 export interface ResolvedSpeculativeConfig {
+  /** Tree depth: draft tokens along one path (≥ 1). */
   numSteps: number;
+  /** Branches per level (1: a chain). */
   topk: number;
+  /** Tree nodes verified per round, the root included (2 ≤ n ≤ 1 + topk + (numSteps − 1)·topk²). */
   numDraftTokens: number;
 }
 
@@ -110,6 +115,7 @@ const ROUNDING = 64;
  * calls while they are large enough; free them with {@link SpeculativeDecoder.destroy}.
  */
 export class SpeculativeDecoder {
+  /** The checked speculation settings, numDraftTokens filled in. */
   readonly config: ResolvedSpeculativeConfig;
   #target: TargetSession | null = null;
   #draft: DraftSession | null = null;
@@ -363,6 +369,7 @@ export function promptsFromSamples(
 
 /** Options of {@link runSpeculativeEval}. */
 export interface SpeculativeEvalOptions extends SpeculativeConfig, SpeculativeGenerateOptions {
+  /** Target id of each draft vocabulary index, int32 [Vd] (as in {@link SpeculativeDecoder}). */
   draftToTarget: Int32Array;
   /** Also time target-only decoding and speculative decoding (each run once untimed first); default true. */
   measureSpeed?: boolean;
@@ -372,24 +379,33 @@ export interface SpeculativeEvalOptions extends SpeculativeConfig, SpeculativeGe
 
 /** One prompt's outcome. */
 export interface SampleResult {
+  /** The prompt's token ids. */
   prompt: number[];
+  /** The speculative generation of this prompt. */
   output: SpeculativeOutput;
   /** The target's own greedy output (only computed at temperature 0 or when speed is measured). */
   targetTokens: number[] | null;
+  /** Seconds the target-only decode took after its first token, null when it was not run. */
   targetDecodeSeconds: number | null;
 }
 
 /** What {@link runSpeculativeEval} measured. */
 export interface SpeculativeEvalResult {
+  /** The speculation settings used. */
   config: ResolvedSpeculativeConfig;
+  /** Sampling temperature used (0: greedy). */
   temperature: number;
+  /** Acceptance statistics over every round of every prompt. */
   stats: AcceptanceStats;
-  /** New tokens per second after prefill, target alone / with speculation (null when not measured). */
+  /** New tokens per second after prefill with the target alone (null when not measured). */
   targetTokensPerSecond: number | null;
+  /** New tokens per second after prefill with speculation (null when not measured). */
   speculativeTokensPerSecond: number | null;
+  /** speculativeTokensPerSecond / targetTokensPerSecond (null when not measured). */
   speedup: number | null;
   /** At temperature 0: whether every speculative output equals the target's greedy output. */
   matchesTargetGreedy: boolean | null;
+  /** Per-prompt results, in prompt order. */
   samples: SampleResult[];
 }
 

@@ -24,6 +24,7 @@ export class BufferPool {
   /** Bytes parked in the pool, ready for reuse. */
   freeBytes = 0;
 
+  /** An empty pool for `gpu`'s device; {@link Gpu} makes one, reach it as `gpu.pool`. */
   constructor(private gpu: Gpu) {}
 
   /** A storage buffer of at least `bytes` bytes. `label` names the tensor in limit errors. */

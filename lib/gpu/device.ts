@@ -32,13 +32,26 @@ export const OPTIONAL_FEATURES = ["shader-f16", "subgroups", "timestamp-query"] 
 
 /** The device limits Eaglet relies on, as granted. */
 export interface GpuLimits {
+  /** Largest storage-buffer binding in bytes; no tensor or view bound to a kernel may be bigger. */
   maxStorageBufferBindingSize: number;
+  /** Largest GPU buffer in bytes; the buffer pool refuses tensors above it. */
   maxBufferSize: number;
+  /** Bytes of `var<workgroup>` memory one workgroup may use (bounds matmul and attention tiles). */
   maxComputeWorkgroupStorageSize: number;
+  /** Most invocations (product of the workgroup size) in one workgroup. */
   maxComputeInvocationsPerWorkgroup: number;
+  /**
+   * Most workgroups along one grid dimension (65535 by default); larger grids are folded by {@link foldGrid}.
+   */
   maxComputeWorkgroupsPerDimension: number;
+  /**
+   * Most storage buffers one kernel may bind: the adapter's own limit (WebGPU's default is 8; the GL backend
+   * has 16).
+   */
   maxStorageBuffersPerShaderStage: number;
+  /** Byte alignment required of a storage binding's offset, so of a tensor view's start. */
   minStorageBufferOffsetAlignment: number;
+  /** Byte alignment required of a uniform binding's offset. */
   minUniformBufferOffsetAlignment: number;
 }
 
@@ -63,7 +76,8 @@ export interface GpuOptions {
 }
 
 /** The install hint printed when no adapter is found. */
-export const NO_ADAPTER_HINT = "no WebGPU adapter found: install GPU drivers with Vulkan, Metal or DX12 " +
+export const NO_ADAPTER_HINT: string =
+  "no WebGPU adapter found: install GPU drivers with Vulkan, Metal or DX12 " +
   "support, or on Linux without a GPU Mesa's software driver (`apt-get install mesa-vulkan-drivers libvulkan1`)";
 
 /** One WebGPU device with its caches. Create it with {@link Gpu.create}; share one per process. */

@@ -24,6 +24,7 @@ export interface KernelSpec {
 export class PipelineCache {
   #cache = new Map<string, Promise<GPUComputePipeline>>();
 
+  /** An empty cache for `gpu`'s device; {@link Gpu} makes one, reach it as `gpu.pipelines`. */
   constructor(private gpu: Gpu) {}
 
   /** Number of distinct pipelines compiled so far. */

@@ -16,6 +16,10 @@ export class Params {
   /** The packed bytes (a multiple of 16, as uniform buffers need). */
   readonly bytes: ArrayBuffer;
 
+  /**
+   * Packs `fields` as little-endian 4-byte scalars, padded with zeros to a multiple of 16 bytes (at least
+   * 16).
+   */
   constructor(fields: Array<[ParamKind, number]>) {
     this.bytes = new ArrayBuffer(Math.max(16, Math.ceil(fields.length / 4) * 16));
     const view = new DataView(this.bytes);
@@ -37,9 +41,13 @@ export type Binding = Tensor | Params | GPUBufferBinding;
 
 /** One recorded dispatch. */
 export interface Dispatch {
+  /** Name of the dispatch, shown in errors and profiles (the kernel's name unless given). */
   label: string;
+  /** The compiled compute pipeline, shared through the device's pipeline cache. */
   pipeline: GPUComputePipeline;
+  /** The bind group made once when the dispatch was added; binding i is `@group(0) @binding(i)`. */
   bindGroup: GPUBindGroup;
+  /** Workgroup counts in x, y, z (a plain count given to {@link Program.add} is folded into x and y). */
   workgroups: [number, number, number];
 }
 
@@ -58,10 +66,12 @@ export function foldGrid(gpu: Gpu, n: number): [number, number, number] {
 
 /** A list of dispatches built once and run many times. */
 export class Program {
+  /** The recorded dispatches, in the order they run. */
   readonly dispatches: Dispatch[] = [];
   #uniforms: GPUBuffer[] = [];
   #owned: Tensor[] = [];
 
+  /** An empty program on `gpu`; `label` names it in errors and in the command encoder. */
   constructor(readonly gpu: Gpu, readonly label: string) {}
 
   /**

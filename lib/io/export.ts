@@ -40,6 +40,7 @@ const TORCH_DTYPE = { bf16: "bfloat16", f16: "float16", f32: "float32" } as cons
 
 /** A bad export: a missing or unexpected tensor, a wrong shape or dtype, a config that does not match. */
 export class ExportError extends Error {
+  /** Error name shown in stack traces and messages. */
   override name = "ExportError";
 }
 
@@ -65,12 +66,15 @@ export function draftWeightShapes(cfg: DraftConfig): Map<string, number[]> {
 
 /** One weight: f32 values and the shape they have. */
 export interface NamedWeight {
+  /** Row-major f32 values, exactly the product of `shape` of them. */
   values: Float32Array;
+  /** Dimensions, outermost first (as in {@link draftWeightShapes}). */
   shape: number[];
 }
 
 /** What an export writes. */
 export interface DraftExport {
+  /** The draft config, written as config.json (with torch_dtype set to the saved dtype). */
   config: DraftConfig;
   /** Every tensor of {@link draftWeightShapes}, f32 (rounded to `dtype` on write). */
   weights: Map<string, NamedWeight>;
@@ -153,9 +157,11 @@ export async function exportDraft(
 
 /** What {@link checkDraftExport} found. */
 export interface CheckedExport {
+  /** config.json parsed as a draft config. */
   config: DraftConfig;
   /** The raw config.json object. */
   json: Record<string, unknown>;
+  /** The one float dtype of the stored weights, matching the config's torch_dtype. */
   dtype: ExportDtype;
   /** Tensor names in file order. */
   names: string[];

@@ -38,7 +38,9 @@ export const SNAPSHOT_MANIFEST = ".eaglet-snapshot.json";
 
 /** Progress of one file download. */
 export interface DownloadProgress {
+  /** Hub repository id, "owner/name". */
   repo: string;
+  /** Path of the file inside the repository. */
   file: string;
   /** Bytes on disk so far (including a resumed prefix). */
   received: number;

@@ -41,8 +41,11 @@ export type SafetensorsDtype = keyof typeof SAFETENSORS_DTYPES;
 
 /** One tensor: its dtype, shape and raw little-endian bytes. */
 export interface RawTensor {
+  /** Element type as named in the safetensors header, e.g. "F32" or "BF16". */
   dtype: SafetensorsDtype;
+  /** Dimensions, outermost first ([] for a scalar). */
   shape: number[];
+  /** The tensor's data, row-major little-endian, exactly numel × element size bytes. */
   bytes: Uint8Array<ArrayBuffer>;
 }
 
@@ -50,10 +53,13 @@ export interface RawTensor {
 export interface TensorInfo {
   /** Tensor name. */
   name: string;
+  /** Element type as named in the file's header. */
   dtype: SafetensorsDtype;
+  /** Dimensions, outermost first ([] for a scalar). */
   shape: number[];
   /** Byte range [begin, end) relative to the start of the data section. */
   begin: number;
+  /** End of the byte range (exclusive), relative to the start of the data section. */
   end: number;
   /** The file holding it. */
   file: string;

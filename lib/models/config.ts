@@ -53,21 +53,31 @@ export type RopeScaling =
 
 /** A validated target config. */
 export interface TargetConfig {
+  /** The first supported entry of config.json's `architectures`. */
   architecture: TargetArchitecture;
   /** `model_type` as written (llama, qwen2, qwen3, mistral). */
   modelType: string;
+  /** Residual stream width H (`hidden_size`). */
   hiddenSize: number;
   /** SwiGLU inner width (gate/up output size). */
   intermediateSize: number;
+  /** Number of decoder layers (`num_hidden_layers`). */
   numLayers: number;
+  /** Query heads nh (`num_attention_heads`). */
   numHeads: number;
+  /** Key/value heads nkv (`num_key_value_heads`, default numHeads); numHeads is a multiple of it (GQA). */
   numKvHeads: number;
   /** Per-head width; explicit in Qwen3 and newer Llama/Mistral configs, else hiddenSize / numHeads. */
   headDim: number;
+  /** Vocabulary size V (`vocab_size`): rows of the embedding and of lm_head. */
   vocabSize: number;
+  /** Epsilon added to the mean square in every RMSNorm (`rms_norm_eps`). */
   rmsNormEps: number;
+  /** RoPE base frequency (`rope_theta`). */
   ropeTheta: number;
+  /** RoPE frequency scaling (`rope_scaling`), `{ type: "default" }` when absent. */
   ropeScaling: RopeScaling;
+  /** Context length the model was trained for (`max_position_embeddings`). */
   maxPositionEmbeddings: number;
   /** lm_head shares the embedding matrix. */
   tieWordEmbeddings: boolean;
@@ -84,9 +94,11 @@ export interface TargetConfig {
    * when `use_sliding_window`), else null. Sequences no longer than it are unaffected.
    */
   slidingWindow: number | null;
+  /** Beginning-of-sequence token id, null when the config has none. */
   bosTokenId: number | null;
   /** All end-of-sequence ids (config.json may list several). */
   eosTokenIds: number[];
+  /** Padding token id, null when the config has none. */
   padTokenId: number | null;
   /** Stored weight dtype (`torch_dtype`, or `dtype` in Transformers 5), null when absent. */
   torchDtype: string | null;

@@ -24,16 +24,27 @@ export interface DraftConfig {
   draftVocabSize: number;
   /** H_t: the target's hidden size; fc maps 3·H_t to H (`target_hidden_size`, default H). */
   targetHiddenSize: number;
+  /** Epsilon of every RMSNorm (`rms_norm_eps`, default 1e-6). */
   rmsNormEps: number;
   /** `rope_theta` (default 10000, as SpecForge's draft when the field is absent). */
   ropeTheta: number;
+  /**
+   * RoPE frequency scaling (`rope_scaling`, or `rope_parameters` in Transformers 5), `{ type: "default" }`
+   * when absent.
+   */
   ropeScaling: RopeScaling;
+  /**
+   * Context length (`max_position_embeddings`, default 2048); also the default of the RoPE scaling's original
+   * length.
+   */
   maxPositionEmbeddings: number;
   /** Always "silu" (the only activation SpecForge's configs use). */
   hiddenAct: "silu";
   /** `eagle_config.eagle_aux_hidden_state_layer_ids` (3 target layer ids), null when absent (the default). */
   auxLayerIds: number[] | null;
+  /** `pad_token_id`, null when absent. */
   padTokenId: number | null;
+  /** `bos_token_id`, null when absent. */
   bosTokenId: number | null;
   /** `eos_token_id` as written (an id, a list of ids, or null). */
   eosTokenId: number | number[] | null;

@@ -108,6 +108,7 @@ export class Generator {
   readonly #caches = new Map<string, KvCache>();
   readonly #steps = new Map<string, StepProgram>();
 
+  /** A generator for `model`, with no caches or programs yet (they are built by the first calls). */
   constructor(readonly model: TargetModel) {}
 
   /** As {@link generate}, reusing this generator's programs and caches. */

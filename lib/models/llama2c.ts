@@ -35,12 +35,19 @@ export class Llama2cError extends Error {
 
 /** Hyperparameters of a llama2.c checkpoint. */
 export interface Llama2cConfig {
+  /** Model width D (`dim`), the hidden size. */
   dim: number;
+  /** SwiGLU inner width F (`hidden_dim`). */
   hiddenDim: number;
+  /** Number of decoder layers L (`n_layers`). */
   numLayers: number;
+  /** Query heads (`n_heads`); the head width is dim / numHeads. */
   numHeads: number;
+  /** Key/value heads (`n_kv_heads`). */
   numKvHeads: number;
+  /** Vocabulary size V (absolute value of the header's `vocab_size`). */
   vocabSize: number;
+  /** Longest sequence the model was trained on (`seq_len`), written as max_position_embeddings. */
   seqLen: number;
   /** The classifier is the token embedding. */
   sharedClassifier: boolean;
@@ -507,9 +514,13 @@ export function llama2cTokenizerConfig(maxLength: number): Record<string, unknow
 
 /** What {@link convertLlama2c} wrote. */
 export interface Llama2cConversion {
+  /** The Hugging Face directory written. */
   outputDir: string;
+  /** The checkpoint's hyperparameters. */
   config: Llama2cConfig;
+  /** Names of the files written in outputDir (config.json, model.safetensors, tokenizer files...). */
   files: string[];
+  /** Number of parameters (f32 values) written to model.safetensors. */
   parameters: number;
 }
 

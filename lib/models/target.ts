@@ -33,30 +33,57 @@ import { vocabStatsMerge } from "../ops/vocab_stats.ts";
 
 /** A matrix stored as row blocks, each small enough to bind (embedding and lm_head of big vocabularies). */
 export interface RowSplitMatrix {
+  /** Total rows of the whole matrix (e.g. the vocabulary size V). */
   rows: number;
+  /** Columns of every row (e.g. the hidden size H). */
   cols: number;
+  /**
+   * The row blocks in order: `tensor` holds rows [row0, row0 + tensor.shape[0]) in the checkpoint's stored
+   * dtype.
+   */
   blocks: Array<{ row0: number; tensor: Tensor }>;
 }
 
 /** GPU weights of one decoder layer; optional tensors are null when the architecture has none. */
 export interface TargetLayerWeights {
+  /** RMSNorm weight before attention (`input_layernorm`), f32 [H]. */
   inputNorm: Tensor;
+  /**
+   * q_proj weight [nh·hd, H], in the stored dtype (f32 or bf16; f16 when the device has shader-f16, else
+   * widened to f32).
+   */
   q: Tensor;
+  /** k_proj weight [nkv·hd, H], in the stored dtype. */
   k: Tensor;
+  /** v_proj weight [nkv·hd, H], in the stored dtype. */
   v: Tensor;
+  /** o_proj weight [H, nh·hd], in the stored dtype. */
   o: Tensor;
+  /** q_proj bias, f32 [nh·hd] (Qwen2, or `attention_bias`), else null. */
   qBias: Tensor | null;
+  /** k_proj bias, f32 [nkv·hd], else null. */
   kBias: Tensor | null;
+  /** v_proj bias, f32 [nkv·hd], else null. */
   vBias: Tensor | null;
+  /** o_proj bias, f32 [H] (`attention_bias` on Llama/Qwen3), else null. */
   oBias: Tensor | null;
+  /** Per-head RMSNorm weight of q before RoPE, f32 [hd] (Qwen3), else null. */
   qNorm: Tensor | null;
+  /** Per-head RMSNorm weight of k before RoPE, f32 [hd] (Qwen3), else null. */
   kNorm: Tensor | null;
+  /** RMSNorm weight before the MLP (`post_attention_layernorm`), f32 [H]. */
   postAttentionNorm: Tensor;
+  /** gate_proj weight [I, H] (I = intermediateSize), in the stored dtype. */
   gate: Tensor;
+  /** up_proj weight [I, H], in the stored dtype. */
   up: Tensor;
+  /** down_proj weight [H, I], in the stored dtype. */
   down: Tensor;
+  /** gate_proj bias, f32 [I] (Llama `mlp_bias`), else null. */
   gateBias: Tensor | null;
+  /** up_proj bias, f32 [I], else null. */
   upBias: Tensor | null;
+  /** down_proj bias, f32 [H], else null. */
   downBias: Tensor | null;
 }
 
@@ -236,9 +263,15 @@ export class TargetForward {
   subsetLogits: Tensor | null = null;
   /** [B·T, 2] running max and Σexp (log-sum-exp = max + log sum) and i32 [B·T] argmax, when asked for. */
   vocabMaxSum: Tensor | null = null;
+  /** i32 [B·T]: the full-vocabulary argmax of each row, when vocabStats was asked for. */
   vocabArgmax: Tensor | null = null;
+  /** The recorded dispatches; {@link TargetForward.run} replays them. */
   readonly program: Program;
 
+  /**
+   * Checks that seqLen fits the model and allocates the ids and lengths inputs; use
+   * {@link TargetModel.forward}, which also records the program.
+   */
   constructor(
     readonly model: TargetModel,
     readonly batch: number,

@@ -114,9 +114,13 @@ export async function adamwStep(
 
 /** Host arrays of one parameter tensor for {@link adamwStepCpu}. */
 export interface AdamWHostTensors {
+  /** The f32 master weights before the step. */
   param: ArrayLike<number>;
+  /** Their gradient, before clipping. */
   grad: ArrayLike<number>;
+  /** First moment before the step (zeros before step 1). */
   m: ArrayLike<number>;
+  /** Second moment before the step (zeros before step 1). */
   v: ArrayLike<number>;
 }
 

@@ -386,12 +386,17 @@ async function backwardTiled(
 
 /** Host inputs of the CPU references (flat row-major arrays in the layouts above). */
 export interface AttentionCpuInputs {
+  /** Queries [B, Tq, nh, hd]. */
   q: ArrayLike<number>;
+  /** Keys [B, Tk, nkv, hd]. */
   k: ArrayLike<number>;
+  /** Values [B, Tk, nkv, hd]. */
   v: ArrayLike<number>;
   /** [S, B, Tq, nkv, hd] when dims.diagSteps ≥ 1. */
   kd?: ArrayLike<number> | null;
+  /** Diagonal TTT values [S, B, Tq, nkv, hd] when dims.diagSteps ≥ 1, like kd. */
   vd?: ArrayLike<number> | null;
+  /** Valid keys per sequence [B]; keys s ≥ lengths[b] are masked. */
   lengths: ArrayLike<number>;
 }
 
@@ -405,11 +410,15 @@ export interface AttentionCpuResult {
 
 /** Result of {@link attentionBackwardCpu}. */
 export interface AttentionCpuGrads {
+  /** Gradient of q, [B, Tq, nh, hd]. */
   dq: Float64Array;
+  /** Gradient of k, [B, Tk, nkv, hd], summed over the query heads sharing each kv head. */
   dk: Float64Array;
+  /** Gradient of v, [B, Tk, nkv, hd], summed likewise. */
   dv: Float64Array;
   /** [S, B, Tq, nkv, hd] (empty when S = 0). */
   dkd: Float64Array;
+  /** Gradient of vd, [S, B, Tq, nkv, hd] (empty when S = 0). */
   dvd: Float64Array;
 }
 

@@ -134,9 +134,11 @@ export interface StridedCopy {
   count: [number, number, number];
   /** Source strides [s2, s1, s0]. */
   srcStrides: [number, number, number];
+  /** Element index in src where the block starts (default 0). */
   srcOffset?: number;
   /** Destination strides [d2, d1, d0]. */
   dstStrides: [number, number, number];
+  /** Element index in dst where the block starts (default 0). */
   dstOffset?: number;
 }
 

@@ -17,6 +17,7 @@ import { expectDtype, expectShape } from "./check.ts";
 
 /** Host CSR index of token positions: positions[offsets[v] .. offsets[v+1]) are where id v occurs. */
 export interface EmbeddingIndexHost {
+  /** Number of token ids V the index covers (rows of the embedding table). */
   vocabSize: number;
   /** [V + 1], offsets[0] = 0, offsets[V] = n. */
   offsets: Int32Array<ArrayBuffer>;
@@ -26,6 +27,7 @@ export interface EmbeddingIndexHost {
 
 /** The same index on the GPU (i32 tensors), from {@link uploadEmbeddingIndex}. */
 export interface EmbeddingIndex {
+  /** Number of token ids V the index covers (rows of the embedding table). */
   vocabSize: number;
   /** i32 [V + 1]. */
   offsets: Tensor;

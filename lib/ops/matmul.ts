@@ -408,8 +408,11 @@ export async function linearBackward(
 
 /** Options of {@link matmulCpu}: as {@link MatmulOptions}, plus what `out` held (for `accumulate`). */
 export interface MatmulCpuOptions {
+  /** a is stored transposed, [K, M] (or [batch, K, M]), as in {@link MatmulOptions}. */
   transA?: boolean;
+  /** b is stored transposed, [N, K] (or [batch, N, K]), as in {@link MatmulOptions}. */
   transB?: boolean;
+  /** Scale of the product (default 1). */
   alpha?: number;
   /** Previous contents of out, added to the product (accumulate). */
   out?: Float32Array;

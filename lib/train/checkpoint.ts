@@ -42,11 +42,13 @@ export const CHECKPOINT_FILES = {
 
 /** A bad or incomplete checkpoint; the message names the file. */
 export class CheckpointError extends Error {
+  /** Error name shown in stack traces and messages. */
   override name = "CheckpointError";
 }
 
 /** The run state saved with each checkpoint. */
 export interface TrainingState {
+  /** Layout version of training_state.json; loading checks it equals CHECKPOINT_VERSION. */
   version: number;
   /** Optimizer updates done. */
   globalStep: number;
@@ -54,8 +56,9 @@ export interface TrainingState {
   microSteps: number;
   /** Where the data loader continues: the next micro-batch is batch `step` of epoch `epoch`. */
   position: LoaderPosition;
-  /** The schedule's total updates and warmup updates. */
+  /** Optimizer updates the learning-rate schedule spans. */
   totalSteps: number;
+  /** Updates of the learning-rate warmup. */
   warmupSteps: number;
   /**
    * Randomness: every random choice of a run (draft init, epoch shuffles) is a pure function of the seed and
@@ -127,10 +130,15 @@ export async function findLatestCheckpoint(outputDir: string): Promise<string | 
 
 /** What {@link loadCheckpoint} reads back. */
 export interface LoadedCheckpoint {
+  /** The checkpoint directory read. */
   dir: string;
+  /** training_state.json, parsed and checked. */
   state: TrainingState;
+  /** training_weights.safetensors: the f32 master weight of every trainable tensor, by name. */
   weights: Map<string, RawTensor>;
+  /** optimizer.safetensors: AdamW's moments, `<param>.exp_avg` and `<param>.exp_avg_sq`, f32. */
   optimizer: Map<string, RawTensor>;
+  /** The draft vocabulary mapping (d2t/t2d) read from the checkpoint's model.safetensors. */
   mapping: VocabMapping;
 }
 

@@ -17,6 +17,7 @@ import { parse as parseYaml } from "yaml";
 
 /** An invalid setting (flag, YAML key or value); the message names it. */
 export class TrainConfigError extends Error {
+  /** Error name shown in stack traces and messages. */
   override name = "TrainConfigError";
 }
 

@@ -21,6 +21,7 @@ export function simulatedAcceptanceLength(acc: readonly number[]): number {
 
 /** One metrics record: a training window or an evaluation pass at optimizer update `step`. */
 export interface MetricsRecord {
+  /** "train" for a window of training updates, "eval" for a pass over the evaluation set. */
   split: "train" | "eval";
   /** Optimizer updates done when the record was taken. */
   step: number;
@@ -98,6 +99,7 @@ export function mean(xs: readonly number[]): number {
  * was interrupted, and about to be redone) are dropped first, so the file reads as one uninterrupted run.
  */
 export class MetricsLog {
+  /** Every record in the file, in order (those kept on resume, then those appended). */
   readonly records: MetricsRecord[] = [];
 
   private constructor(readonly path: string, private file: Deno.FsFile) {}
@@ -158,12 +160,19 @@ export function formatDuration(seconds: number): string {
 
 /** Fields of one progress line. */
 export interface ProgressState {
+  /** Optimizer updates done. */
   step: number;
+  /** Optimizer updates the run will do in all. */
   totalSteps: number;
+  /** 0-based epoch of the last micro-batch. */
   epoch: number;
+  /** Mean loss over the TTT steps of the last window. */
   loss: number;
+  /** Mean accuracy over the TTT steps of the last window. */
   acc: number;
+  /** Tokens (padded positions) per second over the last window. */
   tokensPerSec: number;
+  /** Learning rate of the last update. */
   lr: number;
   /** Seconds left, estimated. */
   eta: number;
@@ -182,6 +191,10 @@ export function formatProgress(s: ProgressState): string {
 export class ProgressPrinter {
   #onLine = false;
 
+  /**
+   * `write` receives the text (default: stdout); `tty` redraws a bar in place (default: whether stdout is a
+   * terminal); `width` is the bar's length in characters.
+   */
   constructor(
     readonly write: (text: string) => void = (t) => Deno.stdout.writeSync(new TextEncoder().encode(t)),
     readonly tty: boolean = Deno.stdout.isTerminal(),

@@ -32,8 +32,11 @@ export interface SelfDistillOptions {
 
 /** One pre-tokenized sample. */
 export interface SelfDistilledSample {
+  /** "selfdistill-<n>", n the sample's index. */
   id: string;
+  /** BOS, the sampled opening, then the greedy continuation (openingTokens + continuationTokens ids). */
   input_ids: number[];
+  /** 0 for each opening token, 1 for each continuation token. */
   loss_mask: number[];
 }
 

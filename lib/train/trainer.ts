@@ -80,6 +80,7 @@ import { evaluateAcceptance, promptsFromSamples } from "../eval/speculative.ts";
 
 /** The loss or the gradient norm became NaN or infinite; the message names the update. */
 export class TrainingDivergedError extends Error {
+  /** Error name shown in stack traces and messages. */
   override name = "TrainingDivergedError";
 }
 
@@ -98,11 +99,13 @@ export interface TrainHooks {
 
 /** Options of {@link trainOnline}. */
 export interface TrainOnlineOptions {
+  /** The run's settings, e.g. from {@link parseTrainArgs} (which checks them with {@link checkSettings}). */
   settings: TrainSettings;
   /** How hub ids are resolved and downloaded (from the environment, in the CLI). */
   hub: HubOptions;
   /** Progress output (default: stdout, a bar on a terminal). */
   progress?: ProgressPrinter;
+  /** Observers called during the run (none by default). */
   hooks?: TrainHooks;
 }
 
@@ -112,10 +115,13 @@ export interface TrainOnlineResult {
   globalStep: number;
   /** The last checkpoint written (also an SGLang directory), null if none. */
   checkpoint: string | null;
-  /** The last training and evaluation records. */
+  /** The last training record, null when none was logged. */
   lastTrain: MetricsRecord | null;
+  /** The last evaluation record, null when no evaluation ran. */
   lastEval: MetricsRecord | null;
+  /** The draft config the run trained (derived from the target or loaded). */
   draftConfig: DraftConfig;
+  /** The draft ↔ target vocabulary mapping the run used. */
   mapping: VocabMapping;
 }
 
