@@ -15,7 +15,7 @@ import { Eagle3Draft } from "../lib/models/eagle3.ts";
 import { loadDraftDirectory, type LoadedDraft } from "../lib/eval/draft_dir.ts";
 import { runSpeculativeEval } from "../lib/eval/speculative.ts";
 import { evalSummary, writeEvalReport } from "../lib/eval/report.ts";
-import { runTask } from "../lib/cli/run.ts";
+import { numberFlag, runTask } from "../lib/cli/run.ts";
 
 const HELP =
   `deno task eval --target-model-path <dir|id> --draft-model-path <dir|random> --data-path <jsonl> [options]
@@ -42,15 +42,6 @@ Speculative decoding (EAGLE-3, as SGLang runs it) of the prompts of a jsonl file
   --output-dir <dir>            where the report goes (default out/eval)
   --debug                       print stack traces on errors
   --help                        this text`;
-
-function numberFlag(name: string, value: string | undefined, fallback: number, integer = false): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
-    throw new Error(`--${name} must be ${integer ? "an integer" : "a number"}, got "${value}"`);
-  }
-  return n;
-}
 
 /** Prompt token ids from the lines of a jsonl file (see HELP). */
 async function readPrompts(

@@ -9,7 +9,7 @@ import { Gpu } from "../lib/gpu/device.ts";
 import { hubOptionsFromEnv, resolveModelPath } from "../lib/io/hub.ts";
 import { TargetModel } from "../lib/models/target.ts";
 import { generate } from "../lib/models/generate.ts";
-import { runTask } from "../lib/cli/run.ts";
+import { numberFlag, runTask } from "../lib/cli/run.ts";
 
 const HELP = `deno task generate --model-path <dir|hf id> (--prompt <text> | --prompt-ids <ids>) [options]
 
@@ -27,16 +27,6 @@ Generates a continuation of one prompt with a Llama / Qwen2 / Qwen3 / Mistral ch
   --json                  print {"prompt_ids", "generated_ids", "text"} instead of the text
   --debug                 print stack traces on errors
   --help                  this text`;
-
-/** A flag's value as a number, or a one-line error naming the flag. */
-function numberFlag(name: string, value: string | undefined, fallback: number, integer = false): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
-    throw new Error(`--${name} must be ${integer ? "an integer" : "a number"}, got "${value}"`);
-  }
-  return n;
-}
 
 function parseIds(text: string): number[] {
   const ids = text.split(",").map((s) => s.trim()).filter((s) => s !== "").map(Number);

@@ -25,3 +25,18 @@ export async function runTask(name: string, args: string[], body: TaskBody): Pro
     return 1;
   }
 }
+
+/** A flag's value as a number, or a one-line error naming the flag. */
+export function numberFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  integer = false,
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
+    throw new Error(`--${name} must be ${integer ? "an integer" : "a number"}, got "${value}"`);
+  }
+  return n;
+}
