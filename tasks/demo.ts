@@ -17,7 +17,7 @@ import { join, resolve } from "node:path";
 import { Gpu } from "../lib/gpu/device.ts";
 import { selfCheck } from "../lib/gpu/self_check.ts";
 import { hubOptionsFromEnv, resolveModelPath } from "../lib/io/hub.ts";
-import { writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
+import { pathExists, writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { checkDraftExport } from "../lib/io/export.ts";
 import { TargetModel } from "../lib/models/target.ts";
 import { buildTokenizedDataset } from "../lib/data/build.ts";
@@ -190,16 +190,6 @@ async function engineSelfCheck(): Promise<number> {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
 /** The demo's output layout under --output-dir. */
 function layout(out: string) {
   return {
@@ -230,7 +220,8 @@ async function runDemo(o: DemoOptions): Promise<void> {
 
   // The target: the local copy, else the hub (downloaded once into the cache).
   const hub = hubOptionsFromEnv(Deno.env.toObject());
-  const spec = o.target || ((await exists(join(LOCAL_TARGET, "config.json"))) ? LOCAL_TARGET : HUB_TARGET);
+  const spec = o.target ||
+    ((await pathExists(join(LOCAL_TARGET, "config.json"))) ? LOCAL_TARGET : HUB_TARGET);
   const targetDir = await resolveModelPath(spec, {
     ...hub,
     onProgress: (p) => {

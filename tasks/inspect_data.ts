@@ -7,7 +7,7 @@
 import { parseArgs } from "node:util";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { DataError } from "../lib/data/errors.ts";
-import { runTask } from "../lib/cli/run.ts";
+import { flagUsage, runTask } from "../lib/cli/run.ts";
 import { inspectSample, renderHtml, renderTerminal } from "../lib/data/inspect.ts";
 import { preprocessConversation, preprocessText } from "../lib/data/preprocess.ts";
 import { parseRecord, readRecords } from "../lib/data/records.ts";
@@ -46,11 +46,7 @@ const FLAGS = {
 } as const;
 
 function usage(): string {
-  const lines = Object.entries(FLAGS).map(([name, f]) => {
-    const def = "default" in f ? ` (default: ${f.default})` : "";
-    return `  --${name}${f.type === "string" ? " <value>" : ""}\n      ${f.help}${def}`;
-  });
-  return `usage: deno task inspect-data --input <file> --tokenizer <dir> [options]\n\n${lines.join("\n")}\n`;
+  return flagUsage("usage: deno task inspect-data --input <file> --tokenizer <dir> [options]", FLAGS);
 }
 
 async function inspectData(v: ReturnType<typeof parse>["values"]): Promise<void> {

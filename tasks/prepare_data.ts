@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { buildTokenizedDataset } from "../lib/data/build.ts";
 import { convertDataset, DATASET_NAMES, type DatasetDownloader, isHubId } from "../lib/data/datasets.ts";
 import { DataError } from "../lib/data/errors.ts";
-import { runTask } from "../lib/cli/run.ts";
+import { flagUsage, runTask } from "../lib/cli/run.ts";
 import { templates } from "../lib/data/templates.ts";
 import { loadTokenizer } from "../lib/data/tokenizer.ts";
 import { hubOptionsFromEnv, listHubFiles, resolveHubFile } from "../lib/io/hub.ts";
@@ -68,13 +68,7 @@ const FLAGS = {
 } as const;
 
 function usage(): string {
-  const lines = Object.entries(FLAGS).map(([name, f]) => {
-    const def = "default" in f ? ` (default: ${f.default})` : "";
-    return `  --${name}${f.type === "string" ? " <value>" : ""}\n      ${f.help}${def}`;
-  });
-  return `usage: deno task prepare-data --dataset <name> [--input <file|hf-id>] [options]\n\n${
-    lines.join("\n")
-  }\n`;
+  return flagUsage("usage: deno task prepare-data --dataset <name> [--input <file|hf-id>] [options]", FLAGS);
 }
 
 function int(name: string, v: string | undefined): number | undefined {

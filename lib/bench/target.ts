@@ -6,6 +6,7 @@
  */
 import type { Gpu } from "../gpu/device.ts";
 import { fromFloat32As, type RawTensor, writeSafetensors } from "../io/safetensors.ts";
+import { pathExists } from "../io/atomic.ts";
 import { seededRandom } from "../data/random.ts";
 import { TargetModel } from "../models/target.ts";
 import { Generator } from "../models/generate.ts";
@@ -77,15 +78,6 @@ export async function writeRandomLlama(dir: string, d: RandomLlamaDims, seed = 1
   );
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Prefill forward and KV-cache decode tokens/s of tinystories-656K and of a random hidden-512 Llama. */
 export async function benchTarget(gpu: Gpu, opts: BenchOptions = {}): Promise<BenchRow[]> {
   const quick = opts.quick ?? false;
@@ -146,7 +138,7 @@ export async function benchTarget(gpu: Gpu, opts: BenchOptions = {}): Promise<Be
     }
   };
 
-  if (await exists(`${TINYSTORIES}/model.safetensors`)) {
+  if (await pathExists(`${TINYSTORIES}/model.safetensors`)) {
     await measure("tinystories-656K", TINYSTORIES);
   } else {
     rows.push({

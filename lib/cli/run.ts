@@ -40,3 +40,19 @@ export function numberFlag(
   }
   return n;
 }
+
+/** A flag of a task's flag table: its kind, default and help text, as node:util parseArgs takes them. */
+export interface FlagHelp {
+  type: "string" | "boolean";
+  default?: string | boolean;
+  help: string;
+}
+
+/** `--help` text: the usage line, then each flag with its help and, when it has one, its default. */
+export function flagUsage(usageLine: string, flags: Record<string, FlagHelp>): string {
+  const lines = Object.entries(flags).map(([name, f]) => {
+    const def = "default" in f ? ` (default: ${f.default})` : "";
+    return `  --${name}${f.type === "string" ? " <value>" : ""}\n      ${f.help}${def}`;
+  });
+  return `${usageLine}\n\n${lines.join("\n")}\n`;
+}

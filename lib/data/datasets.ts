@@ -14,7 +14,7 @@
 
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
-import { writeFileAtomic } from "../io/atomic.ts";
+import { pathExists, writeFileAtomic } from "../io/atomic.ts";
 import { DataError } from "./errors.ts";
 import type { Message } from "./preprocess.ts";
 import { type DataRecord, parseRecord, type RawRecord, readRecords, recordToJson } from "./records.ts";
@@ -414,16 +414,6 @@ export interface ConvertReport {
   skippedExisting: boolean;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
 async function* concatRecords(paths: string[]): AsyncGenerator<RawRecord> {
   for (const p of paths) yield* readRecords(p);
 }
@@ -479,7 +469,7 @@ export async function convertDataset(options: ConvertOptions): Promise<ConvertRe
     kinds: { conversation: 0, text: 0, tokens: 0 },
     skippedExisting: false,
   };
-  if (!options.overwrite && await exists(trainPath)) {
+  if (!options.overwrite && await pathExists(trainPath)) {
     options.log?.(`${trainPath} exists; skipping (pass --overwrite to redo it)`);
     report.skippedExisting = true;
     return report;

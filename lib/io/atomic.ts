@@ -23,6 +23,17 @@ export async function removeIfExists(path: string): Promise<void> {
   }
 }
 
+/** Whether `path` exists (file or directory); errors other than "not found" are thrown. */
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
 /**
  * A file written piece by piece under a temporary name, renamed to its final `path` by `commit()`.
  * `abort()` (or any failed write) removes the temporary file. Use `AtomicFile.create`.

@@ -18,7 +18,7 @@
  * This module never reads environment variables; tasks call {@link hubOptionsFromEnv}.
  */
 import { dirname, join } from "node:path";
-import { removeIfExists, writeJsonAtomic } from "./atomic.ts";
+import { pathExists, removeIfExists, writeJsonAtomic } from "./atomic.ts";
 import { SAFETENSORS_INDEX, SAFETENSORS_SINGLE } from "./safetensors.ts";
 
 /** The public hub. */
@@ -137,16 +137,6 @@ export function hubOptionsFromEnv(env: Record<string, string | undefined>): HubO
     offline: truthy(env.HF_HUB_OFFLINE),
     hfCacheDirs: [hfCache],
   };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 async function fileSize(path: string): Promise<number> {
@@ -323,7 +313,7 @@ export async function resolveHubFile(
   const endpoint = opts.endpoint ?? DEFAULT_ENDPOINT;
   const repoType = opts.repoType ?? "model";
   const dest = join(snapshotDir(opts.cacheDir, repo, revision, repoType), file);
-  if (!opts.refresh && await exists(dest)) return dest;
+  if (!opts.refresh && await pathExists(dest)) return dest;
   const url = hubFileUrl(repo, file, { endpoint, revision, repoType });
   const what = () =>
     `${repoType === "dataset" ? "dataset " : ""}${repo}@${revision}: ${file} from ${endpoint}`;
@@ -349,7 +339,7 @@ interface SnapshotManifest {
 /** The weight files of a model directory: the index and its shards, or model.safetensors. */
 async function weightFiles(dir: string, what: string): Promise<string[] | null> {
   const indexPath = join(dir, SAFETENSORS_INDEX);
-  if (await exists(indexPath)) {
+  if (await pathExists(indexPath)) {
     let map: unknown;
     try {
       map = JSON.parse(await Deno.readTextFile(indexPath)).weight_map;
@@ -361,7 +351,7 @@ async function weightFiles(dir: string, what: string): Promise<string[] | null> 
     }
     return [SAFETENSORS_INDEX, ...new Set(Object.values(map as Record<string, string>))];
   }
-  return (await exists(join(dir, SAFETENSORS_SINGLE))) ? [SAFETENSORS_SINGLE] : null;
+  return (await pathExists(join(dir, SAFETENSORS_SINGLE))) ? [SAFETENSORS_SINGLE] : null;
 }
 
 /** A complete huggingface_hub snapshot of `repo` at `revision` in one of `roots`, or null. */
@@ -373,10 +363,10 @@ async function findInHfCache(roots: string[], repo: string, revision: string): P
       : (await Deno.readTextFile(join(base, "refs", revision)).catch(() => "")).trim();
     if (!commit) continue;
     const dir = join(base, "snapshots", commit);
-    if (!(await exists(join(dir, "config.json")))) continue;
+    if (!(await pathExists(join(dir, "config.json")))) continue;
     const weights = await weightFiles(dir, repo).catch(() => null);
     if (!weights) continue;
-    const present = await Promise.all(weights.map((f) => exists(join(dir, f))));
+    const present = await Promise.all(weights.map((f) => pathExists(join(dir, f))));
     if (present.every(Boolean)) return dir;
   }
   return null;
@@ -392,7 +382,7 @@ export async function downloadModel(repo: string, opts: HubOptions): Promise<str
   const endpoint = opts.endpoint ?? DEFAULT_ENDPOINT;
   const dir = snapshotDir(opts.cacheDir, repo, revision);
   const manifestPath = join(dir, SNAPSHOT_MANIFEST);
-  if (!opts.refresh && await exists(manifestPath)) return dir;
+  if (!opts.refresh && await pathExists(manifestPath)) return dir;
   if (!opts.refresh && opts.hfCacheDirs?.length) {
     const found = await findInHfCache(opts.hfCacheDirs, repo, revision);
     if (found) return found;
