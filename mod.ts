@@ -55,8 +55,8 @@ export * as adamw from "./lib/ops/adamw.ts";
 export * as convert from "./lib/ops/convert.ts";
 
 // Models.
-export { TargetForward, TargetModel } from "./lib/models/target.ts";
-export type { TargetLoadOptions, TargetOutputs } from "./lib/models/target.ts";
+export { recordHeadOutputs, TargetEnds, TargetForward, TargetModel } from "./lib/models/target.ts";
+export type { HeadOutputs, HeadSource, TargetLoadOptions, TargetOutputs } from "./lib/models/target.ts";
 export { generate, Generator } from "./lib/models/generate.ts";
 export type { GenerateOptions } from "./lib/models/generate.ts";
 export {
@@ -114,10 +114,41 @@ export type { ParsedTrainArgs, TrainOptionName, TrainSettings } from "./lib/trai
 export {
   RUN_FILES,
   specForgeDefaultAuxLayers,
+  supervisedMask,
   TrainingDivergedError,
+  trainOffline,
   trainOnline,
 } from "./lib/train/trainer.ts";
 export type { TrainHooks, TrainOnlineOptions, TrainOnlineResult } from "./lib/train/trainer.ts";
+
+// Offline mode: features prepared once, stored compactly, trained from disk.
+export {
+  AUX_FORMATS,
+  bytesPerToken,
+  encodeSample,
+  FeatureFileError,
+  FEATURES_MANIFEST,
+  readManifest,
+  readSampleFile,
+  sampleFilePath,
+  specForgeBytesPerToken,
+  TEACHER_FORMATS,
+} from "./lib/offline/format.ts";
+export type {
+  AuxFormat,
+  CapturedSample,
+  FeatureSample,
+  FeaturesManifest,
+  FeatureStorage,
+  TeacherFormat,
+} from "./lib/offline/format.ts";
+export { dequantizeGroupsHost, quantizeGroups } from "./lib/offline/quantize.ts";
+export type { QuantBits, QuantizedGroups, QuantOptions } from "./lib/offline/quantize.ts";
+export { DEFAULT_STORAGE, prepareHiddenStates } from "./lib/offline/prepare.ts";
+export type { PrepareOptions, PrepareResult } from "./lib/offline/prepare.ts";
+export { openFeatureSet, readFeatures } from "./lib/offline/dataset.ts";
+export type { FeatureSet } from "./lib/offline/dataset.ts";
+export { FeatureFeeder } from "./lib/offline/feeder.ts";
 export {
   formatDuration,
   formatProgress,

@@ -14,6 +14,8 @@ import { main as exportTask } from "./export.ts";
 import { main as generate } from "./generate.ts";
 import { main as inspectData } from "./inspect_data.ts";
 import { main as prepareData } from "./prepare_data.ts";
+import { main as prepareHiddenStates } from "./prepare_hidden_states.ts";
+import { main as trainOffline } from "./train_offline.ts";
 import { main as trainOnline } from "./train_online.ts";
 
 /** A task: its entry point and a one-line description. */
@@ -33,6 +35,14 @@ export const TASKS: Record<string, TaskEntry> = {
   "train-online": {
     main: trainOnline,
     about: "train an EAGLE-3 draft against a frozen target (SpecForge's flags)",
+  },
+  "prepare-hidden-states": {
+    main: prepareHiddenStates,
+    about: "run the target once and store compact features for offline training",
+  },
+  "train-offline": {
+    main: trainOffline,
+    about: "train an EAGLE-3 draft from prepare-hidden-states' files (no target forward)",
   },
   export: { main: exportTask, about: "write or check the SGLang directory of a checkpoint" },
   eval: {

@@ -30,6 +30,7 @@ import { swigluForward } from "../ops/swiglu.ts";
 import { embeddingForward } from "../ops/embedding.ts";
 import { accumulate, addBias, copyColumns, copyStrided, fill, shiftIds } from "../ops/elementwise.ts";
 import { vocabStatsMerge } from "../ops/vocab_stats.ts";
+import { topkMerge } from "../ops/features.ts";
 
 /** A matrix stored as row blocks, each small enough to bind (embedding and lm_head of big vocabularies). */
 export interface RowSplitMatrix {
@@ -113,12 +114,14 @@ export interface TargetOutputs {
   vocabStats?: boolean;
   /** Vocabulary columns per chunk for vocabStats (default 4096). */
   vocabChunk?: number;
+  /** With vocabStats: also the k largest logits of each row and their ids, merged chunk by chunk (k ≤ 64). */
+  topk?: number;
 }
 
 const PLAIN_RMS = (cfg: TargetConfig) => ({ eps: cfg.rmsNormEps });
 
 /** A target model loaded on the GPU. */
-export class TargetModel {
+export class TargetModel implements HeadSource {
   readonly #subsets = new Map<string, RowSplitMatrix>();
 
   private constructor(
@@ -265,6 +268,10 @@ export class TargetForward {
   vocabMaxSum: Tensor | null = null;
   /** i32 [B·T]: the full-vocabulary argmax of each row, when vocabStats was asked for. */
   vocabArgmax: Tensor | null = null;
+  /** i32 [B·T, k]: the top-k ids (most likely first), when topk was asked for. */
+  topkIds: Tensor | null = null;
+  /** f32 [B·T, k]: their logits. */
+  topkValues: Tensor | null = null;
   /** The recorded dispatches; {@link TargetForward.run} replays them. */
   readonly program: Program;
 
@@ -321,33 +328,13 @@ export class TargetForward {
       PLAIN_RMS(cfg),
     );
     if (outputs.finalHidden) this.finalHidden = final;
-    if (outputs.logits) {
-      this.logits = p.scratch([rows, cfg.vocabSize], "f32", "logits");
-      await recordHead(p, final, model.lmHead, this.logits);
-    }
-    if (outputs.subsetIds) {
-      const head = await model.subsetHead(outputs.subsetIds);
-      this.subsetLogits = p.scratch([rows, outputs.subsetIds.length], "f32", "subset logits");
-      await recordHead(p, final, head, this.subsetLogits);
-    }
-    if (outputs.vocabStats) {
-      this.vocabMaxSum = p.scratch([rows, 2], "f32", "vocab max/sum");
-      this.vocabArgmax = p.scratch([rows], "i32", "vocab argmax");
-      const chunk = outputs.vocabChunk ?? 4096;
-      const block = p.scratch([rows, Math.min(chunk, cfg.vocabSize)], "f32", "logits chunk");
-      let first = true;
-      for (const { row0, tensor } of model.lmHead.blocks) {
-        const blockRows = tensor.shape[0];
-        for (let r = 0; r < blockRows; r += chunk) {
-          const n = Math.min(chunk, blockRows - r);
-          const w = tensor.view(r * tensor.shape[1], [n, tensor.shape[1]], `lm_head rows ${row0 + r}..`);
-          const out = block.view(0, [rows, n]);
-          await linear(p, final, w, out);
-          await vocabStatsMerge(p, out, this.vocabMaxSum, this.vocabArgmax, { colOffset: row0 + r, first });
-          first = false;
-        }
-      }
-    }
+    const head = await recordHeadOutputs(p, final, model, outputs);
+    this.logits = head.logits;
+    this.subsetLogits = head.subsetLogits;
+    this.vocabMaxSum = head.vocabMaxSum;
+    this.vocabArgmax = head.vocabArgmax;
+    this.topkIds = head.topkIds;
+    this.topkValues = head.topkValues;
   }
 
   /**
@@ -377,6 +364,155 @@ export class TargetForward {
   /** Frees the program and its tensors. */
   destroy(): void {
     this.program.destroy();
+  }
+}
+
+/** The lm_head of a target and its row subsets (a {@link TargetModel} or {@link TargetEnds}). */
+export interface HeadSource {
+  /** The target's config (vocab_size). */
+  readonly config: TargetConfig;
+  /** lm_head [V, H] as row blocks. */
+  readonly lmHead: RowSplitMatrix;
+  /** lm_head restricted to `ids`. */
+  subsetHead(ids: Int32Array): Promise<RowSplitMatrix>;
+}
+
+/** The head outputs of {@link recordHeadOutputs}; null when not asked for. */
+export interface HeadOutputs {
+  /** f32 [rows, V]. */
+  logits: Tensor | null;
+  /** f32 [rows, n] for the subset ids. */
+  subsetLogits: Tensor | null;
+  /** f32 [rows, 2]: running max and Σexp over the vocabulary. */
+  vocabMaxSum: Tensor | null;
+  /** i32 [rows]: the full-vocabulary argmax. */
+  vocabArgmax: Tensor | null;
+  /** i32 [rows, k]: the top-k ids, most likely first (ties: lower id first), when `topk` was asked for. */
+  topkIds: Tensor | null;
+  /** f32 [rows, k]: their logits. */
+  topkValues: Tensor | null;
+}
+
+/**
+ * Records what the forward's `outputs` ask of the head from the final post-norm hidden state `final`
+ * [rows, H]: full logits, subset logits and the chunked full-vocabulary max/Σexp/argmax (shared by the online
+ * forward and by offline training, which re-applies the head to stored hidden states as SpecForge does).
+ */
+export async function recordHeadOutputs(
+  p: Program,
+  final: Tensor,
+  model: HeadSource,
+  outputs: TargetOutputs,
+): Promise<HeadOutputs> {
+  const cfg = model.config;
+  const rows = final.shape[0];
+  const out: HeadOutputs = {
+    logits: null,
+    subsetLogits: null,
+    vocabMaxSum: null,
+    vocabArgmax: null,
+    topkIds: null,
+    topkValues: null,
+  };
+  if (outputs.logits) {
+    out.logits = p.scratch([rows, cfg.vocabSize], "f32", "logits");
+    await recordHead(p, final, model.lmHead, out.logits);
+  }
+  if (outputs.subsetIds) {
+    const head = await model.subsetHead(outputs.subsetIds);
+    out.subsetLogits = p.scratch([rows, outputs.subsetIds.length], "f32", "subset logits");
+    await recordHead(p, final, head, out.subsetLogits);
+  }
+  if (outputs.vocabStats) {
+    const maxSum = out.vocabMaxSum = p.scratch([rows, 2], "f32", "vocab max/sum");
+    const argmax = out.vocabArgmax = p.scratch([rows], "i32", "vocab argmax");
+    const chunk = outputs.vocabChunk ?? 4096;
+    const block = p.scratch([rows, Math.min(chunk, cfg.vocabSize)], "f32", "logits chunk");
+    const k = outputs.topk ?? 0;
+    if (k > 0) {
+      out.topkIds = p.scratch([rows, k], "i32", "top-k ids");
+      out.topkValues = p.scratch([rows, k], "f32", "top-k logits");
+    }
+    let first = true;
+    for (const { row0, tensor } of model.lmHead.blocks) {
+      const blockRows = tensor.shape[0];
+      for (let r = 0; r < blockRows; r += chunk) {
+        const n = Math.min(chunk, blockRows - r);
+        const w = tensor.view(r * tensor.shape[1], [n, tensor.shape[1]], `lm_head rows ${row0 + r}..`);
+        const chunkOut = block.view(0, [rows, n]);
+        await linear(p, final, w, chunkOut);
+        await vocabStatsMerge(p, chunkOut, maxSum, argmax, { colOffset: row0 + r, first });
+        if (k > 0) {
+          await topkMerge(p, chunkOut, out.topkIds!, out.topkValues!, { colOffset: row0 + r, first });
+        }
+        first = false;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The two ends of a target without its layers: the embedding and (optionally) the lm_head, what offline
+ * training needs (the draft's frozen embedding; the teacher head for stored final hidden states).
+ */
+export class TargetEnds implements HeadSource {
+  readonly #subsets = new Map<string, RowSplitMatrix>();
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly config: TargetConfig,
+    readonly embed: RowSplitMatrix,
+    readonly lmHeadOrNull: RowSplitMatrix | null,
+    readonly maxBlockBytes: number,
+  ) {}
+
+  /** Loads config.json, the embedding and, when `lmHead` is set, the lm_head of checkpoint `dir`. */
+  static async load(gpu: Gpu, dir: string, opts: { lmHead: boolean }): Promise<TargetEnds> {
+    const config = await loadTargetConfig(`${dir}/config.json`);
+    const ckpt = await SafetensorsCheckpoint.open(dir);
+    try {
+      const names = resolveWeightNames(config, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, dir);
+      const maxBlockBytes = gpu.limits.maxStorageBufferBindingSize;
+      const load = new WeightLoader(gpu, ckpt);
+      const embed = await load.rowSplit(names.embed, maxBlockBytes);
+      const head = !opts.lmHead
+        ? null
+        : names.lmHead === names.embed
+        ? embed
+        : await load.rowSplit(names.lmHead, maxBlockBytes);
+      return new TargetEnds(gpu, config, embed, head, maxBlockBytes);
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  /** The lm_head (an error when it was not loaded). */
+  get lmHead(): RowSplitMatrix {
+    if (!this.lmHeadOrNull) throw new Error("TargetEnds: loaded without the lm_head");
+    return this.lmHeadOrNull;
+  }
+
+  /** lm_head restricted to `ids` (gathered once per distinct id set and kept). */
+  async subsetHead(ids: Int32Array): Promise<RowSplitMatrix> {
+    const key = `${ids.length}:${hashIds(ids)}`;
+    let m = this.#subsets.get(key);
+    if (!m) {
+      m = await gatherRows(this.gpu, this.lmHead, ids, this.maxBlockBytes);
+      this.#subsets.set(key, m);
+    }
+    return m;
+  }
+
+  /** Frees every weight. */
+  destroy(): void {
+    const seen = new Set<Tensor>();
+    for (const m of [this.embed, this.lmHeadOrNull, ...this.#subsets.values()]) {
+      for (const b of m?.blocks ?? []) {
+        if (!seen.has(b.tensor)) b.tensor.destroy();
+        seen.add(b.tensor);
+      }
+    }
   }
 }
 

@@ -83,10 +83,22 @@ export const TRAIN_OPTIONS = {
   "train-data-path": {
     kind: "string",
     section: "data",
-    required: true,
+    default: null,
     aliases: ["prompts_path"],
     help:
-      "training data: conversations / preformatted text / pre-tokenized {input_ids, loss_mask} (.jsonl, .json, .parquet)",
+      "training data: conversations / preformatted text / pre-tokenized {input_ids, loss_mask} (.jsonl, .json, .parquet); required online",
+  },
+  "train-hidden-states-path": {
+    kind: "string",
+    section: "data",
+    default: null,
+    help: "offline: features directory written by prepare-hidden-states (train-offline requires it)",
+  },
+  "eval-hidden-states-path": {
+    kind: "string",
+    section: "data",
+    default: null,
+    help: "offline: held-out features directory",
   },
   "eval-data-path": { kind: "string", section: "data", default: null, help: "held-out data, same formats" },
   "chat-template": { kind: "string", section: "data", default: "llama3", help: "chat template name" },
@@ -286,8 +298,12 @@ export interface TrainSettings {
   draftVocabSize: number | null;
   /** `--vocab-mapping-path`: use this d2t/t2d mapping (.safetensors or .json) instead of computing one from the data. */
   vocabMappingPath: string | null;
-  /** `--train-data-path`: training data: conversations / preformatted text / pre-tokenized {input_ids, loss_mask} (.jsonl, .json, .parquet). */
-  trainDataPath: string;
+  /** `--train-data-path`: training data: conversations / preformatted text / pre-tokenized {input_ids, loss_mask} (.jsonl, .json, .parquet); required online. */
+  trainDataPath: string | null;
+  /** `--train-hidden-states-path`: offline: features directory written by prepare-hidden-states. */
+  trainHiddenStatesPath: string | null;
+  /** `--eval-hidden-states-path`: offline: held-out features directory. */
+  evalHiddenStatesPath: string | null;
   /** `--eval-data-path`: held-out data, same formats. */
   evalDataPath: string | null;
   /** `--chat-template`: chat template name. */
@@ -565,13 +581,19 @@ export function checkSettings(s: TrainSettings): void {
     throw new TrainConfigError(`--aux-layers needs 3 layer ids, got [${s.auxLayers}]`);
   }
   if (s.resume && s.resumeFrom) throw new TrainConfigError("give --resume or --resume-from, not both");
+  if (!s.trainDataPath && !s.trainHiddenStatesPath) {
+    throw new TrainConfigError(
+      "--train-data-path is required (or train_data_path in --config; --train-hidden-states-path for train-offline)",
+    );
+  }
 }
 
 /** The --help text: every flag with its default, then the YAML layout. */
-export function trainUsage(): string {
+export function trainUsage(task: "train-online" | "train-offline" = "train-online"): string {
+  const data = task === "train-online" ? "--train-data-path <file>" : "--train-hidden-states-path <dir>";
   const lines = [
-    "usage: deno task train-online --target-model-path <dir|hub id> --train-data-path <file> " +
-    "--output-dir <dir> [options]\n       deno task train-online --config run.yaml [flags that override it]\n",
+    `usage: deno task ${task} --target-model-path <dir|hub id> ${data} ` +
+    `--output-dir <dir> [options]\n       deno task ${task} --config run.yaml [flags that override it]\n`,
   ];
   lines.push("  --config <file>\n      YAML file with any of the settings below (flags override it)");
   for (const [flag, spec] of Object.entries(SPECS)) {

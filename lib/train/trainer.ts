@@ -41,7 +41,7 @@ import {
   type DraftConfig,
   loadDraftConfig,
 } from "../models/draft_config.ts";
-import { type TargetForward, TargetModel } from "../models/target.ts";
+import { TargetEnds, type TargetForward, TargetModel } from "../models/target.ts";
 import {
   buildEagle3Step,
   draftEmbedding,
@@ -49,6 +49,7 @@ import {
   type Eagle3Metrics,
   eagle3MetricsFrom,
   type Eagle3Step,
+  type Eagle3StepInputs,
 } from "../models/eagle3.ts";
 import { buildTokenizedDataset } from "../data/build.ts";
 import { type Batch, collate, DataLoader, type LoaderPosition } from "../data/loader.ts";
@@ -77,6 +78,15 @@ import {
 import { mean, MetricsLog, type MetricsRecord, ProgressPrinter } from "./metrics.ts";
 import { renderTrainingPlot } from "./plot.ts";
 import { evaluateAcceptance, promptsFromSamples } from "../eval/speculative.ts";
+import { type FeatureSet, openFeatureSet, readFeatures } from "../offline/dataset.ts";
+import { FeatureFeeder } from "../offline/feeder.ts";
+import {
+  FeatureFileError,
+  type FeatureSample,
+  type FeaturesManifest,
+  readManifest,
+} from "../offline/format.ts";
+import { sha256Hex } from "../offline/prepare.ts";
 
 /** The loss or the gradient norm became NaN or infinite; the message names the update. */
 export class TrainingDivergedError extends Error {
@@ -146,6 +156,8 @@ const RESUME_CONTRACT = [
 
 /** Everything a run needs before its first step. */
 interface Prepared {
+  /** Online: the target runs on every batch; offline: features are read from prepare-hidden-states' files. */
+  offline: { train: FeatureSet; eval: FeatureSet | null } | null;
   targetDir: string;
   targetConfig: TargetConfig;
   draftConfig: DraftConfig;
@@ -204,29 +216,61 @@ async function prepare(s: TrainSettings, hub: HubOptions, note: (m: string) => v
       `draft_vocab_size ${draftConfig.draftVocabSize} exceeds the target's vocab_size ${targetConfig.vocabSize}`,
     );
   }
+  // Offline, the layers the features were captured from are the default.
+  const captured = s.trainHiddenStatesPath ? (await readManifest(s.trainHiddenStatesPath)).auxLayers : null;
   const fallback = defaultAuxLayers(targetConfig.numLayers);
-  const auxLayers = s.auxLayers ?? draftConfig.auxLayerIds ?? fallback.layers;
-  if (!s.auxLayers && !draftConfig.auxLayerIds && fallback.message) note(fallback.message);
+  const auxLayers = s.auxLayers ?? draftConfig.auxLayerIds ?? captured ?? fallback.layers;
+  if (!s.auxLayers && !draftConfig.auxLayerIds && !captured && fallback.message) note(fallback.message);
   draftConfig = { ...draftConfig, auxLayerIds: [...auxLayers] };
   checkDraftFitsTarget(draftConfig, targetConfig);
 
-  // Data (§1): tokenized with the target's tokenizer and the chat template, through the cache.
-  const template = templates.get(s.chatTemplate);
-  const tokenizer = await loadTokenizer(targetDir);
-  const build = async (path: string) =>
-    (await buildTokenizedDataset({
-      dataPath: path,
-      tokenizer,
-      templateName: s.chatTemplate,
-      template,
-      maxLength: s.maxLength,
-      isPreformatted: s.isPreformatted,
-      trainOnlyLastTurn: s.trainOnlyLastTurn,
-      cacheDir: s.cacheDir,
-      log: note,
-    })).dataset;
-  const train = await build(s.trainDataPath);
-  const evalSet = s.evalDataPath ? await build(s.evalDataPath) : null;
+  // Data: online (§1) tokenized with the target's tokenizer and the chat template, through the cache;
+  // offline (§5.2) the tokens and masks stored with the features.
+  let train: TokenizedDataset, evalSet: TokenizedDataset | null = null;
+  let offline: Prepared["offline"] = null;
+  if (s.trainHiddenStatesPath) {
+    const open = async (dir: string) => {
+      const set = await openFeatureSet(dir, { maxLength: s.maxLength });
+      await checkFeaturesFitTarget(set.manifest, dir, targetConfig, targetDir, auxLayers);
+      if (set.missing > 0) {
+        note(`${dir}: ${set.missing} of ${set.manifest.data.numSamples} samples have no file`);
+      }
+      return set;
+    };
+    const trainSet = await open(s.trainHiddenStatesPath);
+    const evalFeatures = s.evalHiddenStatesPath ? await open(s.evalHiddenStatesPath) : null;
+    const storage = (set: FeatureSet) => JSON.stringify(set.manifest.storage);
+    if (evalFeatures && storage(evalFeatures) !== storage(trainSet)) {
+      throw new FeatureFileError(
+        `${s.evalHiddenStatesPath}: stored as ${storage(evalFeatures)}, the training features as ` +
+          `${storage(trainSet)}; prepare both with the same storage flags`,
+      );
+    }
+    if (s.evalDataPath && !evalFeatures) {
+      note("--eval-data-path is not used offline; give --eval-hidden-states-path for evaluation");
+    }
+    offline = { train: trainSet, eval: evalFeatures };
+    train = trainSet.dataset;
+    evalSet = evalFeatures?.dataset ?? null;
+  } else {
+    if (!s.trainDataPath) throw new ConfigError("--train-data-path is required for online training");
+    const template = templates.get(s.chatTemplate);
+    const tokenizer = await loadTokenizer(targetDir);
+    const build = async (path: string) =>
+      (await buildTokenizedDataset({
+        dataPath: path,
+        tokenizer,
+        templateName: s.chatTemplate,
+        template,
+        maxLength: s.maxLength,
+        isPreformatted: s.isPreformatted,
+        trainOnlyLastTurn: s.trainOnlyLastTurn,
+        cacheDir: s.cacheDir,
+        log: note,
+      })).dataset;
+    train = await build(s.trainDataPath);
+    evalSet = s.evalDataPath ? await build(s.evalDataPath) : null;
+  }
   for (const [name, d] of [["train", train], ["eval", evalSet]] as const) {
     if (!d) continue;
     const max = d.inputIds.reduce((m, t) => Math.max(m, t), 0);
@@ -257,13 +301,57 @@ async function prepare(s: TrainSettings, hub: HubOptions, note: (m: string) => v
         `and the target's vocab_size ${V}`,
     );
   }
-  return { targetDir, targetConfig, draftConfig, auxLayers, train, eval: evalSet, mapping, resume };
+  return { offline, targetDir, targetConfig, draftConfig, auxLayers, train, eval: evalSet, mapping, resume };
 }
 
-/** The programs of one batch shape: the target forward and the draft's train and eval steps bound to it. */
+/**
+ * Checks that features were captured from this target with the aux layers this run trains with; the error
+ * names the features directory and both values.
+ */
+async function checkFeaturesFitTarget(
+  m: FeaturesManifest,
+  dir: string,
+  cfg: TargetConfig,
+  targetDir: string,
+  auxLayers: number[],
+): Promise<void> {
+  const pairs: Array<[string, unknown, unknown]> = [
+    ["hidden_size", m.target.hiddenSize, cfg.hiddenSize],
+    ["vocab_size", m.target.vocabSize, cfg.vocabSize],
+    ["num_hidden_layers", m.target.numLayers, cfg.numLayers],
+  ];
+  for (const [key, stored, now] of pairs) {
+    if (stored !== now) {
+      throw new FeatureFileError(
+        `${dir}: features of a target with ${key} ${stored}, but ${targetDir} has ${key} ${now}`,
+      );
+    }
+  }
+  if (m.target.configSha256 !== await sha256Hex(join(targetDir, "config.json"))) {
+    throw new FeatureFileError(
+      `${dir}: features were captured from a target whose config.json differs from ${targetDir}'s ` +
+        `(captured from ${m.target.path})`,
+    );
+  }
+  if (!sameIds(m.auxLayers, auxLayers)) {
+    throw new FeatureFileError(
+      `${dir}: features hold aux layers [${m.auxLayers}], the run trains with [${auxLayers}] ` +
+        `(drop --aux-layers, or re-run prepare-hidden-states with these layers)`,
+    );
+  }
+}
+
+/**
+ * The programs of one batch shape: what produces the step's inputs (the target forward online, the feature
+ * decoder offline) and the draft's train and eval steps bound to them.
+ */
 interface ShapePrograms {
   key: string;
-  forward: TargetForward;
+  batch: number;
+  seqLen: number;
+  forward: TargetForward | null;
+  feeder: FeatureFeeder | null;
+  inputs: Partial<Eagle3StepInputs>;
   train: Eagle3Step | null;
   eval: Eagle3Step | null;
   /** Micro-batches run since the step's metrics were last collected. */
@@ -306,7 +394,31 @@ const MAX_SHAPES = 4;
  * Runs online training as the settings say: prepares data, draft config and vocabulary, trains with
  * checkpoints, evaluations, metrics and plots in the output directory, and returns what it did.
  */
-export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<TrainOnlineResult> {
+export function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<TrainOnlineResult> {
+  if (o.settings.trainHiddenStatesPath) {
+    throw new ConfigError(
+      "--train-hidden-states-path is for train-offline (train-online runs the target itself)",
+    );
+  }
+  return train(gpu, o);
+}
+
+/**
+ * Runs offline training (SpecForge's train_eagle3_offline.py, §5.2): the same step as {@link trainOnline},
+ * fed from the features prepare-hidden-states wrote (--train-hidden-states-path, --eval-hidden-states-path)
+ * instead of a target forward; only the target's embedding (and its lm_head for hidden-state teachers) is
+ * loaded. Files for the next batch are read while the GPU runs the current one.
+ */
+export function trainOffline(gpu: Gpu, o: TrainOnlineOptions): Promise<TrainOnlineResult> {
+  if (!o.settings.trainHiddenStatesPath) {
+    throw new ConfigError(
+      "train-offline needs --train-hidden-states-path (a prepare-hidden-states directory)",
+    );
+  }
+  return train(gpu, o);
+}
+
+async function train(gpu: Gpu, o: TrainOnlineOptions): Promise<TrainOnlineResult> {
   const s = o.settings;
   const progress = o.progress ?? new ProgressPrinter();
   const note = (m: string) => progress.note(m);
@@ -324,13 +436,24 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
   const warmupSteps = warmupStepsFor(totalSteps, s.warmupRatio);
   const schedule = { base: s.learningRate, warmupSteps, totalSteps };
 
-  const target = await TargetModel.load(gpu, prep.targetDir, {
+  const offline = prep.offline;
+  const target = offline ? null : await TargetModel.load(gpu, prep.targetDir, {
     auxLayers: sameIds(prep.auxLayers, defaultAuxLayers(prep.targetConfig.numLayers).layers)
       ? undefined
       : prep.auxLayers,
   });
+  const ends = offline
+    ? await TargetEnds.load(gpu, prep.targetDir, {
+      lmHead: offline.train.manifest.storage.teacherFormat !== "topk",
+    })
+    : null;
   const ownedEmbedding = await embeddingOverride(gpu, prep, s.embeddingKey, note);
-  const embedding = ownedEmbedding ?? draftEmbedding(target.embed);
+  const embedding = ownedEmbedding ?? draftEmbedding((target ?? ends!).embed);
+  if (offline && s.evalSpecSamples > 0) {
+    note(
+      "--eval-spec-samples: offline training has no target forward; tau is not measured (use deno task eval)",
+    );
+  }
   const draft = Eagle3Draft.create(gpu, prep.draftConfig, { seed: s.seed });
   const optimizer = await AdamWOptimizer.create(
     gpu,
@@ -375,53 +498,90 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
         if (old.train) await trainSums.collect(old.train, old.trainRuns);
         old.train?.destroy();
         old.eval?.destroy();
-        old.forward.destroy();
+        old.forward?.destroy();
+        old.feeder?.destroy();
         shapes.delete(oldKey);
       }
-      const forward = await target.forward(b, t, {
-        aux: true,
-        subsetIds: prep.mapping.draftToTarget,
-        vocabStats: true,
-      });
-      e = { key, forward, train: null, eval: null, trainRuns: 0, evalRuns: 0 };
+      let forward: TargetForward | null = null, feeder: FeatureFeeder | null = null;
+      let inputs: Partial<Eagle3StepInputs>;
+      if (target) {
+        forward = await target.forward(b, t, {
+          aux: true,
+          subsetIds: prep.mapping.draftToTarget,
+          vocabStats: true,
+        });
+        inputs = {
+          aux: forward.aux!,
+          ids: forward.ids,
+          lengths: forward.lengths,
+          teacherLogits: forward.subsetLogits!,
+          teacherArgmax: forward.vocabArgmax!,
+        };
+      } else {
+        const m = offline!.train.manifest;
+        feeder = await FeatureFeeder.create(
+          gpu,
+          m,
+          b,
+          t,
+          prep.mapping.draftToTarget,
+          ends!.lmHeadOrNull ? ends : null,
+        );
+        inputs = feeder.inputs;
+      }
+      e = {
+        key,
+        batch: b,
+        seqLen: t,
+        forward,
+        feeder,
+        inputs,
+        train: null,
+        eval: null,
+        trainRuns: 0,
+        evalRuns: 0,
+      };
       shapes.set(key, e);
       return e;
     };
     const stepFor = async (e: ShapePrograms, train: boolean): Promise<Eagle3Step> => {
       const existing = train ? e.train : e.eval;
       if (existing) return existing;
-      const f = e.forward;
       const step = await buildEagle3Step(draft, {
-        batch: f.batch,
-        seqLen: f.seqLen,
+        batch: e.batch,
+        seqLen: e.seqLen,
         tttLength: K,
         embedding,
         vocab: prep.mapping,
         train,
         accumulationSteps: accum,
-        inputs: {
-          aux: f.aux!,
-          ids: f.ids,
-          lengths: f.lengths,
-          teacherLogits: f.subsetLogits!,
-          teacherArgmax: f.vocabArgmax!,
-        },
+        inputs: e.inputs,
       });
       if (train) e.train = step;
       else e.eval = step;
       return step;
     };
-    const runBatch = async (batch: Batch, train: boolean): Promise<number> => {
+    /** Runs one micro-batch (offline: with its samples' features); returns its tokens. */
+    const runBatch = async (
+      batch: Batch,
+      train: boolean,
+      features: FeatureSample[] | null,
+    ): Promise<number> => {
       const e = await programs(batch.batchSize, batch.seqLen);
       const step = await stepFor(e, train);
-      const lengths: number[] = [];
-      for (let r = 0; r < batch.batchSize; r++) {
-        let n = 0;
-        for (let t = 0; t < batch.seqLen; t++) n += batch.attentionMask[r * batch.seqLen + t];
-        lengths.push(n);
+      let lengths: number[];
+      if (e.forward) {
+        lengths = [];
+        for (let r = 0; r < batch.batchSize; r++) {
+          let n = 0;
+          for (let t = 0; t < batch.seqLen; t++) n += batch.attentionMask[r * batch.seqLen + t];
+          lengths.push(n);
+        }
+        e.forward.run(batch.inputIds as Int32Array<ArrayBuffer>, lengths);
+      } else {
+        lengths = e.feeder!.feed(features!).lengths;
       }
-      e.forward.run(batch.inputIds as Int32Array<ArrayBuffer>, lengths);
-      step.lossMask.write(Float32Array.from(batch.lossMask));
+      step.lossMask.write(supervisedMask(batch.lossMask, lengths, batch.seqLen));
       step.run();
       if (train) e.trainRuns++;
       else e.evalRuns++;
@@ -462,7 +622,7 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
 
     // Real (greedy, chain) speculative decoding with the live draft on the first eval prompts: the
     // acceptance length a server would see, next to the simulated one from acc_k.
-    const measureTau = async (evalSet: TokenizedDataset): Promise<number> => {
+    const measureTau = async (target: TargetModel, evalSet: TokenizedDataset): Promise<number> => {
       const samples = Array.from(
         { length: Math.min(s.evalSpecSamples, evalSet.length) },
         (_, i) => evalSet.sample(i),
@@ -485,7 +645,8 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
       for (let i = 0; i < n; i += B) {
         if (s.evalBatches !== null && batches >= s.evalBatches) break;
         const idx = Int32Array.from({ length: Math.min(B, n - i) }, (_, j) => i + j);
-        await runBatch(collate(prep.eval, idx), false);
+        const features = offline ? await readFeatures(offline.eval!, idx) : null;
+        await runBatch(collate(prep.eval, idx), false, features);
         batches++;
       }
       for (const e of shapes.values()) {
@@ -494,7 +655,7 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
       }
       const m = sums.take();
       lastEval = recordOf("eval", m, globalStep, lastEpoch, elapsed());
-      if (s.evalSpecSamples > 0) lastEval.tau = await measureTau(prep.eval);
+      if (s.evalSpecSamples > 0 && target) lastEval.tau = await measureTau(target, prep.eval);
       await log.append(lastEval);
       note(
         `eval @ update ${globalStep}: loss ${lastEval.loss.toFixed(4)} ` +
@@ -551,9 +712,11 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
     let savedAt = prep.resume ? globalStep : -1, evaluatedAt = -1;
     if (globalStep === 0) optimizer.zeroGrads();
     training: while (position.epoch < s.numEpochs && globalStep < limit) {
-      for (const batch of loader.batches(position.epoch, position.step)) {
+      const batches = loader.batches(position.epoch, position.step);
+      const load = offline ? (b: Batch) => readFeatures(offline.train, b.sampleIndices) : null;
+      for await (const [batch, features] of withLookahead(batches, load)) {
         lastEpoch = position.epoch;
-        windowTokens += await runBatch(batch, true);
+        windowTokens += await runBatch(batch, true, features);
         microSteps++;
         position = loader.next(position);
         if (microSteps % accum !== 0) continue;
@@ -617,12 +780,14 @@ export async function trainOnline(gpu: Gpu, o: TrainOnlineOptions): Promise<Trai
     for (const e of shapes.values()) {
       e.train?.destroy();
       e.eval?.destroy();
-      e.forward.destroy();
+      e.forward?.destroy();
+      e.feeder?.destroy();
     }
     optimizer.destroy();
     draft.destroy();
     ownedEmbedding?.destroy();
-    target.destroy();
+    target?.destroy();
+    ends?.destroy();
   }
 }
 
@@ -662,6 +827,46 @@ async function embeddingOverride(
     return Tensor.fromArray(gpu, await ckpt.readFloat32(key), shape, "f32", `draft embedding ${key}`);
   } finally {
     ckpt.close();
+  }
+}
+
+/**
+ * The loss mask the step gets: the data's, with each sample's last token unsupervised. That token has no next
+ * token inside the sample, so its teacher would be the target's prediction at a padding position (or the
+ * zero-filled row past the batch). SpecForge's offline loader does the same (`loss_mask[-1] = 0`, §5.2); its
+ * online path trains that row against the padding; Eaglet follows the offline rule in both modes, which also
+ * makes online and offline training identical.
+ */
+export function supervisedMask(
+  lossMask: ArrayLike<number>,
+  lengths: number[],
+  seqLen: number,
+): Float32Array<ArrayBuffer> {
+  const out = Float32Array.from(lossMask);
+  lengths.forEach((len, b) => {
+    if (len > 0) out[b * seqLen + len - 1] = 0;
+  });
+  return out;
+}
+
+/**
+ * The batches with what `load` returns for each, the next batch's load started before the current one is
+ * handed out (so reading files overlaps with the GPU work of the current batch); null loads when `load` is.
+ */
+async function* withLookahead<T>(
+  batches: Iterable<Batch>,
+  load: ((b: Batch) => Promise<T>) | null,
+): AsyncGenerator<[Batch, T | null]> {
+  const it = batches[Symbol.iterator]();
+  let cur = it.next();
+  let pending = load && !cur.done ? load(cur.value) : null;
+  while (!cur.done) {
+    const next = it.next();
+    const nextPending = load && !next.done ? load(next.value) : null;
+    nextPending?.catch(() => {}); // awaited on the next round; a consumer that stops early drops it
+    yield [cur.value, pending ? await pending : null];
+    cur = next;
+    pending = nextPending;
   }
 }
 

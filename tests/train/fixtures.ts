@@ -1,5 +1,8 @@
 /** Shared fixtures of the train tests. */
-import { randomArray } from "../gpu.ts";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { randomArray, rng } from "../gpu.ts";
+import { parseTrainArgs, type TrainSettings } from "../../lib/train/config.ts";
 import { type DraftExport, draftWeightShapes, type NamedWeight } from "../../lib/io/export.ts";
 import { parseDraftConfig } from "../../lib/models/draft_config.ts";
 import { countSupervisedTokens, selectDraftVocab } from "../../lib/data/vocab.ts";
@@ -33,4 +36,80 @@ export function tinyExport(seed = 1): DraftExport {
     50,
   );
   return { config, weights, mapping, defaultAuxLayers: [1, 0, -2] };
+}
+
+/** The tiny random Llama target of the train tests. */
+export const TARGET = new URL("../golden/targets/llama/", import.meta.url).pathname;
+
+/**
+ * A temp dir with a tiny random Llama target (tests/golden/targets/llama: 8 layers, hidden 32, vocab 256; config
+ * + weights), a word-level tokenizer.json and pre-tokenized data (train.jsonl 8 samples, eval.jsonl 3).
+ */
+export async function trainFixture(): Promise<string> {
+  const root = await Deno.makeTempDir({ prefix: "eaglet-train-" });
+  const target = join(root, "target");
+  await Deno.mkdir(target);
+  for (const f of ["config.json", "model.safetensors"]) await Deno.copyFile(join(TARGET, f), join(target, f));
+  const vocab: Record<string, number> = {};
+  for (let i = 0; i < 256; i++) vocab[`t${i}`] = i;
+  await Deno.writeTextFile(
+    join(target, "tokenizer.json"),
+    JSON.stringify({
+      version: "1.0",
+      added_tokens: [],
+      normalizer: null,
+      pre_tokenizer: { type: "Whitespace" },
+      post_processor: null,
+      decoder: null,
+      model: { type: "WordLevel", vocab, unk_token: "t0" },
+    }),
+  );
+  const r = rng(5);
+  const rows = (n: number, offset: number) =>
+    Array.from({ length: n }, (_, i) => {
+      const len = (i + offset) % 3 === 0 ? 12 : 16; // two padded lengths: batches mix them
+      const ids = Array.from({ length: len }, () => 3 + Math.floor(r() * 60));
+      const mask = ids.map((_, t) => (t >= 4 && t !== 9 ? 1 : 0)); // a prompt, then a partial loss mask
+      return JSON.stringify({ id: `s${offset + i}`, input_ids: ids, loss_mask: mask });
+    }).join("\n") + "\n";
+  await Deno.writeTextFile(join(root, "train.jsonl"), rows(8, 0));
+  await Deno.writeTextFile(join(root, "eval.jsonl"), rows(3, 100));
+  return root;
+}
+
+/** train-online settings on a {@link trainFixture} (batch 2, 2 epochs, ttt 3, lr 1e-2, seed 3) plus `extra` flags. */
+export async function trainSettings(root: string, out: string, extra: string[] = []): Promise<TrainSettings> {
+  const r = await parseTrainArgs([
+    "--target-model-path",
+    join(root, "target"),
+    "--train-data-path",
+    join(root, "train.jsonl"),
+    "--eval-data-path",
+    join(root, "eval.jsonl"),
+    "--output-dir",
+    join(root, out),
+    "--cache-dir",
+    join(root, "cache"),
+    "--chat-template",
+    "llama3",
+    "--batch-size",
+    "2",
+    "--num-epochs",
+    "2",
+    "--ttt-length",
+    "3",
+    "--learning-rate",
+    "1e-2",
+    "--log-interval",
+    "1",
+    "--eval-interval",
+    "4",
+    "--save-interval",
+    "4",
+    "--seed",
+    "3",
+    ...extra,
+  ]);
+  assert.ok(!r.help);
+  return r.settings;
 }

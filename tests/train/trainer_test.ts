@@ -5,106 +5,36 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { gpu, needsGpu, rng } from "../gpu.ts";
-import { parseTrainArgs, type TrainSettings } from "../../lib/train/config.ts";
+import { gpu, needsGpu } from "../gpu.ts";
+import { TARGET, trainFixture, trainSettings } from "./fixtures.ts";
 import { TrainingDivergedError, trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 import { checkDraftExport } from "../../lib/io/export.ts";
 import { findLatestCheckpoint, loadCheckpoint } from "../../lib/train/checkpoint.ts";
 
-const TARGET = new URL("../golden/targets/llama/", import.meta.url).pathname;
 const quiet = () => new ProgressPrinter(() => {}, false);
-
-/** A temp dir with the target (config + weights), a word-level tokenizer.json and pre-tokenized data. */
-async function fixture(): Promise<string> {
-  const root = await Deno.makeTempDir({ prefix: "eaglet-train-" });
-  const target = join(root, "target");
-  await Deno.mkdir(target);
-  for (const f of ["config.json", "model.safetensors"]) await Deno.copyFile(join(TARGET, f), join(target, f));
-  const vocab: Record<string, number> = {};
-  for (let i = 0; i < 256; i++) vocab[`t${i}`] = i;
-  await Deno.writeTextFile(
-    join(target, "tokenizer.json"),
-    JSON.stringify({
-      version: "1.0",
-      added_tokens: [],
-      normalizer: null,
-      pre_tokenizer: { type: "Whitespace" },
-      post_processor: null,
-      decoder: null,
-      model: { type: "WordLevel", vocab, unk_token: "t0" },
-    }),
-  );
-  const r = rng(5);
-  const rows = (n: number, offset: number) =>
-    Array.from({ length: n }, (_, i) => {
-      const len = (i + offset) % 3 === 0 ? 12 : 16; // two padded lengths: batches mix them
-      const ids = Array.from({ length: len }, () => 3 + Math.floor(r() * 60));
-      const mask = ids.map((_, t) => (t >= 4 && t !== 9 ? 1 : 0)); // a prompt, then a partial loss mask
-      return JSON.stringify({ id: `s${offset + i}`, input_ids: ids, loss_mask: mask });
-    }).join("\n") + "\n";
-  await Deno.writeTextFile(join(root, "train.jsonl"), rows(8, 0));
-  await Deno.writeTextFile(join(root, "eval.jsonl"), rows(3, 100));
-  return root;
-}
-
-async function settings(root: string, out: string, extra: string[] = []): Promise<TrainSettings> {
-  const r = await parseTrainArgs([
-    "--target-model-path",
-    join(root, "target"),
-    "--train-data-path",
-    join(root, "train.jsonl"),
-    "--eval-data-path",
-    join(root, "eval.jsonl"),
-    "--output-dir",
-    join(root, out),
-    "--cache-dir",
-    join(root, "cache"),
-    "--chat-template",
-    "llama3",
-    "--batch-size",
-    "2",
-    "--num-epochs",
-    "2",
-    "--ttt-length",
-    "3",
-    "--learning-rate",
-    "1e-2",
-    "--log-interval",
-    "1",
-    "--eval-interval",
-    "4",
-    "--save-interval",
-    "4",
-    "--seed",
-    "3",
-    ...extra,
-  ]);
-  assert.ok(!r.help);
-  return r.settings;
-}
 
 Deno.test(
   { name: "trainer: N updates straight == N/2, stop, resume (bit for bit)", ...needsGpu },
   async () => {
-    const root = await fixture();
+    const root = await trainFixture();
     try {
       const hub = { cacheDir: join(root, "hub"), offline: true };
       // The full vocabulary: a random target's argmax rarely falls in a small draft vocab (no loss rows then).
       const a = await trainOnline(gpu!, {
-        settings: await settings(root, "straight"),
+        settings: await trainSettings(root, "straight"),
         hub,
         progress: quiet(),
       });
       assert.equal(a.globalStep, 8);
       const first = await trainOnline(gpu!, {
-        settings: await settings(root, "resumed", ["--max-num-steps", "4"]),
+        settings: await trainSettings(root, "resumed", ["--max-num-steps", "4"]),
         hub,
         progress: quiet(),
       });
       assert.equal(first.globalStep, 4);
       const b = await trainOnline(gpu!, {
-        settings: await settings(root, "resumed", ["--resume"]),
+        settings: await trainSettings(root, "resumed", ["--resume"]),
         hub,
         progress: quiet(),
       });
@@ -154,9 +84,9 @@ Deno.test(
 Deno.test(
   { name: "trainer: a NaN loss stops the run and keeps the last good checkpoint", ...needsGpu },
   async () => {
-    const root = await fixture();
+    const root = await trainFixture();
     try {
-      const s = await settings(root, "nan", [
+      const s = await trainSettings(root, "nan", [
         "--save-interval",
         "2",
         "--eval-interval",
@@ -187,10 +117,10 @@ Deno.test(
 Deno.test(
   { name: "trainer: eval also measures tau by real speculative decoding when asked", ...needsGpu },
   async () => {
-    const root = await fixture();
+    const root = await trainFixture();
     try {
       const r = await trainOnline(gpu!, {
-        settings: await settings(root, "tau", [
+        settings: await trainSettings(root, "tau", [
           "--max-num-steps",
           "4",
           "--eval-spec-samples",
@@ -215,7 +145,7 @@ Deno.test(
 );
 
 Deno.test({ name: "trainer: bad input is named", ...needsGpu }, async () => {
-  const root = await fixture();
+  const root = await trainFixture();
   try {
     const bad = {
       ...JSON.parse(await Deno.readTextFile(join(TARGET, "config.json"))),
@@ -227,7 +157,7 @@ Deno.test({ name: "trainer: bad input is named", ...needsGpu }, async () => {
     await Deno.writeTextFile(join(root, "draft.json"), JSON.stringify(bad));
     const run = async (extra: string[]) =>
       trainOnline(gpu!, {
-        settings: await settings(root, "bad", extra),
+        settings: await trainSettings(root, "bad", extra),
         hub: { cacheDir: join(root, "hub"), offline: true },
         progress: quiet(),
       });

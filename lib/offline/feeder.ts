@@ -1,0 +1,227 @@
+/**
+ * Feeds stored features (./format.ts) to the draft's training step: for one batch shape (B, T) it owns the
+ * upload tensors of the compact stored form and a small program that decodes them on the GPU into exactly
+ * the inputs the online target forward produces (lib/models/eagle3.ts {@link Eagle3StepInputs}):
+ *
+ *   aux [B·T, 3·H_t] f32          ← f32 as is, bf16 widened, int8/int4 dequantized (lib/ops/features.ts);
+ *                                   a repeated aux layer is stored once and copied into each of its slots
+ *   teacherLogits [B·T, Vd] f32   ← hidden-*: the target's lm_head over the draft vocabulary applied to the
+ *                                   stored final hidden (as online); topk: the dense row rebuilt from the
+ *                                   top-k log-probabilities plus the evenly spread remaining mass
+ *   teacherArgmax [B·T] i32       ← hidden-*: the full-vocabulary argmax of the head; topk: topk_ids[·, 0]
+ *
+ * Samples are right-padded to T with zeros like the online collator (§1.6); padding rows decode to finite
+ * values that the step masks out. Only host→GPU writes happen here, so feeding batch i+1 overlaps with the
+ * GPU work of batch i.
+ */
+
+import type { Gpu } from "../gpu/device.ts";
+import { Program } from "../gpu/program.ts";
+import { ShapeError } from "../gpu/errors.ts";
+import type { Tensor } from "../tensor.ts";
+import { convert } from "../ops/convert.ts";
+import { copyStrided } from "../ops/elementwise.ts";
+import { dequantizeGroups, scatterTopkTeacher } from "../ops/features.ts";
+import { targetToDraftMap } from "../ops/eagle3_teacher.ts";
+import { type HeadSource, recordHeadOutputs } from "../models/target.ts";
+import type { Eagle3StepInputs } from "../models/eagle3.ts";
+import { type FeatureSample, type FeaturesManifest, quantBitsOf, scalesToFloat } from "./format.ts";
+
+/** The smallest log-probability the rebuilt top-k teacher uses (a finite stand-in for log 0). */
+const LOG_ZERO = -1e30;
+
+/**
+ * log of the mass each token outside a row's top-k gets: (1 − Σ exp(logprobs)) / (V − k), or
+ * {@link LOG_ZERO} when the top-k holds all the mass.
+ */
+export function topkTailLogprob(logprobs: ArrayLike<number>, vocabSize: number): number {
+  let mass = 0;
+  for (let i = 0; i < logprobs.length; i++) mass += Math.exp(logprobs[i]);
+  const rest = 1 - mass, others = vocabSize - logprobs.length;
+  return rest > 0 && others > 0 ? Math.max(LOG_ZERO, Math.log(rest / others)) : LOG_ZERO;
+}
+
+/** Decodes stored features of batches of shape (B, T) into the draft step's inputs. */
+export class FeatureFeeder {
+  /** The step inputs this feeder fills (bind them with buildEagle3Step's `inputs`). */
+  readonly inputs: Required<Omit<Eagle3StepInputs, "lossMask">>;
+  readonly #program: Program;
+  readonly #upload: Map<string, Tensor> = new Map();
+  readonly #rows: number;
+
+  private constructor(
+    readonly manifest: FeaturesManifest,
+    readonly batch: number,
+    readonly seqLen: number,
+    gpu: Gpu,
+  ) {
+    this.#program = new Program(gpu, `offline features B=${batch} T=${seqLen}`);
+    this.#rows = batch * seqLen;
+    const p = this.#program, N = this.#rows, Ht = manifest.target.hiddenSize;
+    this.inputs = {
+      aux: p.scratch([N, 3 * Ht], "f32", "aux hidden states"),
+      ids: p.scratch([N], "i32", "ids"),
+      lengths: p.scratch([batch], "i32", "lengths"),
+      teacherLogits: null as unknown as Tensor, // set by build()
+      teacherArgmax: null as unknown as Tensor,
+    };
+  }
+
+  /**
+   * Builds the decode program for batches of `batch` × `seqLen`. `draftToTarget` is the draft vocabulary
+   * (ascending target ids); `head` is the target's lm_head, needed for hidden-* teachers only.
+   */
+  static async create(
+    gpu: Gpu,
+    manifest: FeaturesManifest,
+    batch: number,
+    seqLen: number,
+    draftToTarget: Int32Array,
+    head: HeadSource | null,
+  ): Promise<FeatureFeeder> {
+    const f = new FeatureFeeder(manifest, batch, seqLen, gpu);
+    await f.#build(draftToTarget, head);
+    return f;
+  }
+
+  async #build(draftToTarget: Int32Array, head: HeadSource | null): Promise<void> {
+    const m = this.manifest, p = this.#program, N = this.#rows;
+    const s = m.storage, Ht = m.target.hiddenSize, V = m.target.vocabSize, Vd = draftToTarget.length;
+    const U = m.storedLayers.length, cols = U * Ht;
+    const up = (name: string, shape: number[], dtype: "f32" | "i32" | "u32" | "bf16") => {
+      const t = p.scratch(shape, dtype, `stored ${name}`);
+      this.#upload.set(name, t);
+      return t;
+    };
+
+    // aux: decode the distinct layers, then place them in the three slots.
+    // Three distinct ascending layers are stored in slot order: decode straight into the step's input.
+    const identity = m.storedLayers.length === 3 && m.storedLayers.every((l, i) => l === m.auxLayers[i]);
+    const unique = identity ? this.inputs.aux : p.scratch([N, cols], "f32", "aux distinct layers");
+    const bits = quantBitsOf(s.auxFormat);
+    if (bits) {
+      const codes = up("aux", [N * cols * bits / 32], "u32");
+      const scales = up("aux_scale", [N, cols / s.groupSize], "f32");
+      await dequantizeGroups(p, codes, scales, unique, { bits, groupSize: s.groupSize });
+    } else if (s.auxFormat === "bf16") {
+      await convert(p, up("aux", [N, cols], "bf16"), unique);
+    } else if (identity) {
+      this.#upload.set("aux", unique); // f32 is the step's own format: written in place
+    } else {
+      await convert(p, up("aux", [N, cols], "f32"), unique);
+    }
+    if (!identity) {
+      for (let slot = 0; slot < 3; slot++) {
+        const u = m.storedLayers.indexOf(m.auxLayers[slot]);
+        await copyStrided(p, unique, this.inputs.aux, {
+          count: [1, N, Ht],
+          srcStrides: [0, cols, 1],
+          srcOffset: u * Ht,
+          dstStrides: [0, 3 * Ht, 1],
+          dstOffset: slot * Ht,
+        });
+      }
+    }
+
+    // The teacher.
+    if (s.teacherFormat === "topk") {
+      const k = s.topk;
+      this.inputs.teacherLogits = p.scratch([N, Vd], "f32", "teacher logits (rebuilt)");
+      this.inputs.teacherArgmax = up("argmax", [N], "i32");
+      const toDraft = p.scratch([V], "i32", "target→draft map");
+      toDraft.write(targetToDraftMap(draftToTarget, V));
+      await scatterTopkTeacher(p, {
+        ids: up("topk_ids", [N, k], "i32"),
+        logprobs: up("topk_logprobs", [N, k], "f32"),
+        tail: up("tail", [N], "f32"),
+        toDraft,
+        out: this.inputs.teacherLogits,
+      });
+    } else {
+      if (!head) throw new ShapeError("offline features: a hidden-state teacher needs the target's lm_head");
+      const stored = up("hidden", [N, Ht], s.teacherFormat === "hidden-f32" ? "f32" : "bf16");
+      const final = p.scratch([N, Ht], "f32", "final hidden");
+      await convert(p, stored, final);
+      const out = await recordHeadOutputs(p, final, head, { subsetIds: draftToTarget, vocabStats: true });
+      this.inputs.teacherLogits = out.subsetLogits!;
+      this.inputs.teacherArgmax = out.vocabArgmax!;
+    }
+  }
+
+  /**
+   * Writes `samples` (at most B, each at most T tokens; rows past the samples stay padding) into the upload
+   * tensors and runs the decode program (no sync). Returns the lengths and the padded loss mask.
+   */
+  feed(samples: FeatureSample[]): { lengths: number[]; lossMask: Float32Array } {
+    const m = this.manifest, s = m.storage, T = this.seqLen, N = this.#rows;
+    const Ht = m.target.hiddenSize, cols = m.storedLayers.length * Ht, V = m.target.vocabSize;
+    if (samples.length !== this.batch) {
+      throw new ShapeError(`offline features: ${samples.length} samples for a batch of ${this.batch}`);
+    }
+    // A sample longer than T (the batch's padded length) is cut to T (right truncation at --max-length).
+    const lengths = samples.map((x) => Math.min(x.inputIds.length, T));
+    const ids = new Int32Array(N), lossMask = new Float32Array(N);
+    samples.forEach((x, b) => {
+      ids.set(x.inputIds.subarray(0, lengths[b]), b * T);
+      for (let t = 0; t < lengths[b]; t++) lossMask[b * T + t] = x.lossMask[t];
+    });
+    this.inputs.ids.write(ids);
+    this.inputs.lengths.write(Int32Array.from(lengths));
+    /** Rows 0..len−1 of sample b go to rows b·T.. of a [N, rowBytes] upload; the padding rows stay zero. */
+    const place = (dst: Uint8Array, src: Uint8Array, b: number, rowBytes: number) =>
+      dst.set(src.subarray(0, lengths[b] * rowBytes), b * T * rowBytes);
+
+    const bits = quantBitsOf(s.auxFormat);
+    const auxRow = bits ? cols * bits / 8 : cols * (s.auxFormat === "f32" ? 4 : 2);
+    const aux = new Uint8Array(N * auxRow);
+    samples.forEach((x, b) => place(aux, x.aux.bytes, b, auxRow));
+    this.#write("aux", aux);
+    if (bits) {
+      const perRow = cols / s.groupSize;
+      const scales = new Float32Array(N * perRow);
+      samples.forEach((x, b) =>
+        scales.set(scalesToFloat(x.auxScale!).subarray(0, lengths[b] * perRow), b * T * perRow)
+      );
+      this.#write("aux_scale", scales);
+    }
+
+    if (s.teacherFormat === "topk") {
+      const k = s.topk;
+      const topIds = new Int32Array(N * k).fill(-1), logprobs = new Float32Array(N * k);
+      const tail = new Float32Array(N), argmax = new Int32Array(N);
+      samples.forEach((x, b) => {
+        const S = lengths[b], r0 = b * T;
+        topIds.set(x.topkIds!.subarray(0, S * k), r0 * k);
+        logprobs.set(x.topkLogprobs!.subarray(0, S * k), r0 * k);
+        for (let t = 0; t < S; t++) {
+          argmax[r0 + t] = x.topkIds![t * k];
+          tail[r0 + t] = topkTailLogprob(x.topkLogprobs!.subarray(t * k, (t + 1) * k), V);
+        }
+      });
+      this.#write("topk_ids", topIds);
+      this.#write("topk_logprobs", logprobs);
+      this.#write("tail", tail);
+      this.#write("argmax", argmax);
+    } else {
+      const row = Ht * (s.teacherFormat === "hidden-f32" ? 4 : 2);
+      const hidden = new Uint8Array(N * row);
+      samples.forEach((x, b) => place(hidden, x.hidden!.bytes, b, row));
+      this.#write("hidden", hidden);
+    }
+    this.#program.run();
+    return { lengths, lossMask };
+  }
+
+  #write(
+    name: string,
+    data: Uint8Array<ArrayBuffer> | Float32Array<ArrayBuffer> | Int32Array<ArrayBuffer>,
+  ): void {
+    const t = this.#upload.get(name)!;
+    t.gpu.write(t.buffer, t.byteOffset, data); // pads a byte count that is not a multiple of 4
+  }
+
+  /** Frees the program and its tensors. */
+  destroy(): void {
+    this.#program.destroy();
+  }
+}

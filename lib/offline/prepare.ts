@@ -1,0 +1,383 @@
+/**
+ * `prepare-hidden-states` (SpecForge's scripts/prepare_hidden_states.py, reference/specforge-spec.md §5.1):
+ * runs the frozen target once over the processed dataset and writes, per sample, what offline training needs
+ * in Eaglet's compact format (./format.ts).
+ *
+ * Differences from SpecForge, on purpose: a file holds exactly one sample's S tokens (no padding tail, so
+ * --batch-size changes nothing in the files); file data_<i> is dataset row i (so --shard i/N, resuming and
+ * re-running are all the same question: which rows have no file yet); the storage options shrink the bytes
+ * (./format.ts). Existing files are complete (atomic writes) and skipped; a sample whose captured states are
+ * not finite is skipped, counted and reported.
+ */
+
+import { join } from "node:path";
+import type { Gpu } from "../gpu/device.ts";
+import { writeJsonAtomic } from "../io/atomic.ts";
+import { type HubOptions, resolveModelPath } from "../io/hub.ts";
+import { writeSafetensors } from "../io/safetensors.ts";
+import { checkAuxLayers, ConfigError, defaultAuxLayers, loadTargetConfig } from "../models/config.ts";
+import { loadDraftConfig } from "../models/draft_config.ts";
+import { type TargetForward, TargetModel } from "../models/target.ts";
+import { buildTokenizedDataset } from "../data/build.ts";
+import { templates } from "../data/templates.ts";
+import { loadTokenizer } from "../data/tokenizer.ts";
+import type { TokenizedDataset } from "../data/tokenized.ts";
+import {
+  bytesPerToken,
+  checkStorage,
+  DEFAULT_FILE_GROUP_SIZE,
+  encodeSample,
+  FeatureFileError,
+  FEATURES_FORMAT,
+  FEATURES_MANIFEST,
+  FEATURES_VERSION,
+  type FeaturesManifest,
+  type FeatureStorage,
+  quantBitsOf,
+  sampleFilePath,
+  specForgeBytesPerToken,
+  storedLayersOf,
+} from "./format.ts";
+
+/** Options of {@link prepareHiddenStates}. */
+export interface PrepareOptions {
+  /** Target: HF model dir or hub id. */
+  targetModelPath: string;
+  /** Prepared data file (conversations, text or pre-tokenized). */
+  dataPath: string;
+  /** The features directory (created, or completed when it exists). */
+  outputPath: string;
+  /** Chat template name. */
+  chatTemplate: string;
+  /** Tokens kept per sample. */
+  maxLength: number;
+  /** How the features are stored. */
+  storage: FeatureStorage;
+  /** Only the first n processed samples (null: all). */
+  numSamples: number | null;
+  /** Samples per target forward. */
+  batchSize: number;
+  /** This process's part: rows r with r % count === index. */
+  shard: { index: number; count: number };
+  /** Three layer ids; null: the draft config's eagle_config, else the target's default. */
+  auxLayers: number[] | null;
+  /** A draft config.json whose eagle_config names the aux layers. */
+  draftModelConfig: string | null;
+  /** Preprocessing cache directory (null: none). */
+  cacheDir: string | null;
+  /** Records are preformatted text. */
+  isPreformatted: boolean;
+  /** Files per rows_* folder. */
+  fileGroupSize: number;
+  /** How hub ids are resolved. */
+  hub: HubOptions;
+  /** Progress lines. */
+  log: (line: string) => void;
+}
+
+/** What a prepare run did. */
+export interface PrepareResult {
+  /** The directory's manifest. */
+  manifest: FeaturesManifest;
+  /** Rows of this shard. */
+  shardRows: number;
+  /** Files that already existed (skipped). */
+  skipped: number;
+  /** Files written now. */
+  written: number;
+  /** Samples not written because a captured value was NaN or infinite (their dataset rows). */
+  nonFinite: number[];
+  /** Tokens and bytes of the files written now. */
+  tokens: number;
+  /** Bytes of the files written now (headers included). */
+  bytes: number;
+}
+
+/** SHA-256 of a file, hex. */
+export async function sha256Hex(path: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Writes the manifest, or checks that the one in `dir` describes the same run (else an error naming the difference). */
+async function ensureManifest(dir: string, m: FeaturesManifest): Promise<void> {
+  const path = join(dir, FEATURES_MANIFEST);
+  let existing: FeaturesManifest | null = null;
+  try {
+    existing = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new FeatureFileError(`${path}: unreadable (${(e as Error).message})`);
+    }
+  }
+  if (!existing) {
+    await Deno.mkdir(dir, { recursive: true });
+    await writeJsonAtomic(path, m);
+    return;
+  }
+  const flat = (x: unknown, prefix = ""): Map<string, string> => {
+    const out = new Map<string, string>();
+    if (x && typeof x === "object" && !Array.isArray(x)) {
+      for (const [k, v] of Object.entries(x)) {
+        for (const [kk, vv] of flat(v, `${prefix}${k}.`)) out.set(kk, vv);
+      }
+    } else out.set(prefix.slice(0, -1), JSON.stringify(x));
+    return out;
+  };
+  const a = flat(existing), b = flat(m);
+  for (const key of new Set([...a.keys(), ...b.keys()])) {
+    if (key === "target.path" || key === "data.path") continue; // the same files may be reached another way
+    // Settings that do not apply to the storage (k of a hidden teacher, the group of a float aux) change nothing.
+    if (key === "storage.topk" && m.storage.teacherFormat !== "topk") continue;
+    if (key === "storage.groupSize" && quantBitsOf(m.storage.auxFormat) === null) continue;
+    if (a.get(key) !== b.get(key)) {
+      throw new FeatureFileError(
+        `${path}: the directory holds features with ${key} = ${a.get(key)}, this run asks for ${
+          b.get(key)
+        }; ` +
+          `use another --output-path`,
+      );
+    }
+  }
+}
+
+/** Runs the target over the dataset and writes the missing feature files of this shard. */
+export async function prepareHiddenStates(gpu: Gpu, o: PrepareOptions): Promise<PrepareResult> {
+  const targetDir = await resolveModelPath(o.targetModelPath, o.hub);
+  const cfg = await loadTargetConfig(join(targetDir, "config.json"));
+  checkStorage(o.storage, cfg.hiddenSize, cfg.vocabSize);
+  if (!(o.shard.count >= 1 && o.shard.index >= 0 && o.shard.index < o.shard.count)) {
+    throw new ConfigError(`--shard ${o.shard.index}/${o.shard.count}: want i/N with 0 <= i < N`);
+  }
+  let auxLayers = o.auxLayers;
+  if (!auxLayers && o.draftModelConfig) auxLayers = (await loadDraftConfig(o.draftModelConfig)).auxLayerIds;
+  if (!auxLayers) {
+    const d = defaultAuxLayers(cfg.numLayers);
+    if (d.message) o.log(d.message);
+    auxLayers = d.layers;
+  }
+  auxLayers = checkAuxLayers(auxLayers, cfg.numLayers);
+
+  const tokenizer = await loadTokenizer(targetDir);
+  const { dataset: all } = await buildTokenizedDataset({
+    dataPath: o.dataPath,
+    tokenizer,
+    templateName: o.chatTemplate,
+    template: templates.get(o.chatTemplate),
+    maxLength: o.maxLength,
+    isPreformatted: o.isPreformatted,
+    cacheDir: o.cacheDir,
+    log: o.log,
+  });
+  const numSamples = Math.min(all.length, o.numSamples ?? all.length);
+  for (let i = 0; i < numSamples; i++) {
+    const ids = all.sample(i).inputIds;
+    for (const t of ids) {
+      if (t >= cfg.vocabSize) {
+        throw new ConfigError(
+          `${o.dataPath}: sample ${i} has token id ${t}, outside the target's vocab_size ${cfg.vocabSize}`,
+        );
+      }
+    }
+  }
+  const manifest: FeaturesManifest = {
+    format: FEATURES_FORMAT,
+    version: FEATURES_VERSION,
+    storage: o.storage,
+    target: {
+      path: o.targetModelPath,
+      hiddenSize: cfg.hiddenSize,
+      vocabSize: cfg.vocabSize,
+      numLayers: cfg.numLayers,
+      configSha256: await sha256Hex(join(targetDir, "config.json")),
+    },
+    auxLayers,
+    storedLayers: storedLayersOf(auxLayers),
+    data: { path: o.dataPath, chatTemplate: o.chatTemplate, maxLength: o.maxLength, numSamples },
+    fileGroupSize: o.fileGroupSize,
+  };
+  await ensureManifest(o.outputPath, manifest);
+
+  const rows: number[] = [];
+  for (let r = o.shard.index; r < numSamples; r += o.shard.count) rows.push(r);
+  const pending: number[] = [];
+  for (const r of rows) {
+    try {
+      await Deno.stat(sampleFilePath(o.outputPath, r, o.fileGroupSize));
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      pending.push(r);
+    }
+  }
+  const result: PrepareResult = {
+    manifest,
+    shardRows: rows.length,
+    skipped: rows.length - pending.length,
+    written: 0,
+    nonFinite: [],
+    tokens: 0,
+    bytes: 0,
+  };
+  o.log(
+    `${rows.length} samples in this shard, ${result.skipped} already written, ${pending.length} to go; ` +
+      `aux layers [${auxLayers}] (stored [${manifest.storedLayers}]), ${o.storage.auxFormat} aux, ` +
+      `${o.storage.teacherFormat}${
+        o.storage.teacherFormat === "topk" ? ` k=${o.storage.topk}` : ""
+      } teacher: ` +
+      `${bytesPerToken(manifest)} bytes per token vs SpecForge's ${specForgeBytesPerToken(cfg.hiddenSize)}`,
+  );
+  if (pending.length === 0) return result;
+
+  const target = await TargetModel.load(gpu, targetDir, { auxLayers });
+  const forwards = new Map<string, TargetForward>();
+  let writes: Promise<void> = Promise.resolve();
+  try {
+    const started = performance.now();
+    for (let i = 0; i < pending.length; i += o.batchSize) {
+      const batchRows = pending.slice(i, i + o.batchSize);
+      const f = await forwardFor(target, forwards, batchRows.length, longest(all, batchRows), manifest);
+      const T = f.seqLen;
+      const ids = new Int32Array(batchRows.length * T);
+      const lengths = batchRows.map((r, b) => {
+        const s = all.sample(r);
+        ids.set(s.inputIds, b * T);
+        return s.inputIds.length;
+      });
+      f.run(ids, lengths);
+      const captured = await readCaptured(f, manifest);
+      await writes; // at most one batch of files in flight while the next forward runs
+      writes = writeBatch(o.outputPath, manifest, all, batchRows, lengths, T, captured, result);
+      writes.catch(() => {}); // observed now, thrown by the next `await writes`: never an unhandled rejection
+      const done = Math.min(i + o.batchSize, pending.length);
+      if (done === pending.length || (i / o.batchSize) % 20 === 0) {
+        const secs = (performance.now() - started) / 1000;
+        o.log(`${done}/${pending.length} samples (${(done / Math.max(secs, 1e-9)).toFixed(1)} samples/s)`);
+      }
+    }
+    await writes;
+  } finally {
+    await writes.catch(() => {});
+    for (const f of forwards.values()) f.destroy();
+    target.destroy();
+  }
+  return result;
+}
+
+function longest(d: TokenizedDataset, rows: number[]): number {
+  return rows.reduce((m, r) => Math.max(m, d.sampleLength(r)), 0);
+}
+
+/** The forward for `batch` samples of at most `len` tokens; T is rounded up to a multiple of 32 to reuse programs. */
+async function forwardFor(
+  target: TargetModel,
+  cache: Map<string, TargetForward>,
+  batch: number,
+  len: number,
+  m: FeaturesManifest,
+): Promise<TargetForward> {
+  const T = Math.max(len, Math.min(Math.ceil(len / 32) * 32, target.maxPositions));
+  const key = `${batch}x${T}`;
+  let f = cache.get(key);
+  if (!f) {
+    if (cache.size >= 4) {
+      const [oldKey, old] = cache.entries().next().value!;
+      old.destroy();
+      cache.delete(oldKey);
+    }
+    const topk = m.storage.teacherFormat === "topk";
+    f = await target.forward(batch, T, {
+      aux: true,
+      finalHidden: !topk,
+      vocabStats: topk,
+      topk: topk ? m.storage.topk : undefined,
+    });
+    cache.set(key, f);
+  }
+  return f;
+}
+
+interface Captured {
+  aux: Float32Array;
+  hidden: Float32Array | null;
+  topkIds: Int32Array | null;
+  /** Log-probabilities: logit − log Σ exp over the vocabulary. */
+  topkLogprobs: Float32Array | null;
+}
+
+async function readCaptured(f: TargetForward, m: FeaturesManifest): Promise<Captured> {
+  const aux = await f.aux!.read() as Float32Array;
+  if (m.storage.teacherFormat !== "topk") {
+    return { aux, hidden: await f.finalHidden!.read() as Float32Array, topkIds: null, topkLogprobs: null };
+  }
+  const k = m.storage.topk;
+  const ids = await f.topkIds!.read() as Int32Array;
+  const values = await f.topkValues!.read() as Float32Array;
+  const maxSum = await f.vocabMaxSum!.read() as Float32Array;
+  const logprobs = new Float32Array(values.length);
+  for (let r = 0; r < values.length / k; r++) {
+    const lse = maxSum[2 * r] + Math.log(maxSum[2 * r + 1]);
+    for (let j = 0; j < k; j++) logprobs[r * k + j] = values[r * k + j] - lse;
+  }
+  return { aux, hidden: null, topkIds: ids, topkLogprobs: logprobs };
+}
+
+/** Encodes and writes the files of one batch (rows b·T … b·T + len − 1 of the captured tensors). */
+async function writeBatch(
+  dir: string,
+  m: FeaturesManifest,
+  data: TokenizedDataset,
+  batchRows: number[],
+  lengths: number[],
+  T: number,
+  c: Captured,
+  result: PrepareResult,
+): Promise<void> {
+  const Ht = m.target.hiddenSize, U = m.storedLayers.length, k = m.storage.topk;
+  const slotOf = m.storedLayers.map((l) => m.auxLayers.indexOf(l));
+  for (let b = 0; b < batchRows.length; b++) {
+    const S = lengths[b], r0 = b * T;
+    // The distinct layers' columns of the captured [rows, 3·H_t] aux.
+    const aux = new Float32Array(S * U * Ht);
+    for (let t = 0; t < S; t++) {
+      for (let u = 0; u < U; u++) {
+        const src = (r0 + t) * 3 * Ht + slotOf[u] * Ht;
+        aux.set(c.aux.subarray(src, src + Ht), (t * U + u) * Ht);
+      }
+    }
+    const hidden = c.hidden?.slice(r0 * Ht, (r0 + S) * Ht);
+    const topkIds = c.topkIds?.slice(r0 * k, (r0 + S) * k);
+    const topkLogprobs = c.topkLogprobs?.slice(r0 * k, (r0 + S) * k);
+    if (![aux, hidden, topkLogprobs].every((x) => !x || x.every(Number.isFinite))) {
+      result.nonFinite.push(batchRows[b]);
+      continue;
+    }
+    const sample = data.sample(batchRows[b]);
+    const tensors = encodeSample(m, {
+      inputIds: sample.inputIds,
+      lossMask: sample.lossMask,
+      aux,
+      hidden,
+      topkIds,
+      topkLogprobs,
+    });
+    const path = sampleFilePath(dir, batchRows[b], m.fileGroupSize);
+    await Deno.mkdir(join(path, ".."), { recursive: true });
+    await writeSafetensors(path, tensors, {
+      format: `${FEATURES_FORMAT}/${FEATURES_VERSION}`,
+      sample_id: sample.id,
+    });
+    result.written++;
+    result.tokens += S;
+    result.bytes += (await Deno.stat(path)).size;
+  }
+}
+
+/** Default storage: see the closing measurements in README's offline section. */
+export const DEFAULT_STORAGE: FeatureStorage = {
+  auxFormat: "int8",
+  groupSize: 32,
+  teacherFormat: "topk",
+  topk: 16,
+};
+
+export { DEFAULT_FILE_GROUP_SIZE };
