@@ -205,3 +205,45 @@ Deno.test(
     }
   },
 );
+
+Deno.test({ name: "train-offline: bad input is named", ...needsGpu }, async () => {
+  const root = await trainFixture();
+  try {
+    const hub = { cacheDir: join(root, "hub"), offline: true };
+    await prepare(root, "train", LOSSLESS, "features/train");
+    const run = async (extra: string[], mode: "online" | "offline" = "offline") => {
+      const settings = await trainSettings(root, "out", extra);
+      return await (mode === "offline" ? trainOffline : trainOnline)(gpu!, {
+        settings,
+        hub,
+        progress: quiet(),
+      });
+    };
+    const features = ["--train-hidden-states-path", join(root, "features/train")];
+    await assert.rejects(() => run([]), /train-offline needs --train-hidden-states-path/);
+    await assert.rejects(() => run(features, "online"), /--train-hidden-states-path is for train-offline/);
+    await assert.rejects(
+      () => run([...features, "--aux-layers", "1,2,3"]),
+      /features hold aux layers \[1,3,4\], the run trains with \[1,2,3\]/,
+    );
+    await assert.rejects(
+      () => run(["--train-hidden-states-path", join(root, "nowhere")]),
+      /nowhere: not a features directory/,
+    );
+    // A target whose config differs from the one the features were captured from.
+    const config = join(root, "target", "config.json");
+    const cfg = JSON.parse(await Deno.readTextFile(config));
+    await Deno.writeTextFile(config, JSON.stringify({ ...cfg, rms_norm_eps: 1e-3 }));
+    await assert.rejects(() => run(features), /config\.json differs/);
+    await Deno.writeTextFile(config, JSON.stringify({ ...cfg, hidden_size: 64 }));
+    await assert.rejects(() => run(features), /hidden_size 32, but .* has hidden_size 64/);
+    await Deno.writeTextFile(config, JSON.stringify(cfg));
+    // A feature file cut short: named when the run reads it.
+    const file = join(root, "features/train/rows_0-5/data_0.safetensors");
+    const bytes = await Deno.readFile(file);
+    await Deno.writeFile(file, bytes.subarray(0, bytes.length - 100));
+    await assert.rejects(() => run(features), /data_0\.safetensors/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
