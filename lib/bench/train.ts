@@ -3,7 +3,8 @@
  * zeroing; one submission) and the whole online training step of the tinystories recipe (target forward with
  * aux capture, draft-vocab logits and full-vocab argmax → draft TTT forward/backward → optimizer update),
  * batch 4 × 128 tokens, TTT 7, draft vocabulary 2048, on a random-weight target shaped like tinystories-656K
- * (hidden 128, 2 layers, GQA 8/4, vocab 2048; same cost as the real one, no download needed). Without
+ * (hidden 128, 2 layers, GQA 8/4, vocab 2048; same cost as the real one, no download needed), and the same
+ * step fed offline from feature files in the default storage. Without
  * --quick, also the optimizer update of a draft shaped like Llama-3-8B's (H 4096, I 14336, Vd 32000:
  * 0.5 G parameters, about 7 GB of weights, gradients and moments).
  */
@@ -16,6 +17,9 @@ import { buildEagle3Step, draftEmbedding, Eagle3Draft } from "../models/eagle3.t
 import { identityVocabMapping } from "../data/vocab.ts";
 import { AdamWOptimizer } from "../train/optimizer.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
+import { DEFAULT_FILE_GROUP_SIZE, DEFAULT_STORAGE, prepareHiddenStates } from "../offline/prepare.ts";
+import { openFeatureSet, readFeatures } from "../offline/dataset.ts";
+import { FeatureFeeder } from "../offline/feeder.ts";
 
 /** tinystories-656K's shape. */
 const RECIPE_TARGET = {
@@ -81,6 +85,125 @@ async function timeUpdates(gpu: Gpu, opt: AdamWOptimizer, reps: number): Promise
 
 function draftOf(entries: ReturnType<Eagle3Draft["entries"]>) {
   return entries.map(([name, param, grad]) => ({ name, param, grad }));
+}
+
+/**
+ * The offline counterpart of the full step: B samples written by prepare-hidden-states in the default storage
+ * (lib/offline/prepare.ts), then per step: read the B files, assemble and upload them, decode on the GPU
+ * (dequantize, rebuild the teacher), the draft step and the optimizer update.
+ */
+async function benchOfflineStep(
+  gpu: Gpu,
+  dir: string,
+  o: {
+    draft: Eagle3Draft;
+    opt: AdamWOptimizer;
+    target: TargetModel;
+    vocab: ReturnType<typeof identityVocabMapping>;
+    B: number;
+    T: number;
+    K: number;
+    reps: number;
+  },
+): Promise<BenchRow[]> {
+  const { B, T, K, reps } = o;
+  const rows = Array.from({ length: B }, (_, b) => {
+    const ids = Array.from({ length: T }, (_, i) => 3 + (i * 37 + b * 11) % 2000);
+    return JSON.stringify({ id: `s${b}`, input_ids: ids, loss_mask: ids.map(() => 1) });
+  });
+  await Deno.writeTextFile(join(dir, "data.jsonl"), rows.join("\n") + "\n");
+  // The data is pre-tokenized; the data builder still needs a tokenizer of the target's vocabulary.
+  const vocab: Record<string, number> = {};
+  for (let i = 0; i < RECIPE_TARGET.vocab_size; i++) vocab[`t${i}`] = i;
+  await Deno.writeTextFile(
+    join(dir, "tokenizer.json"),
+    JSON.stringify({
+      version: "1.0",
+      added_tokens: [],
+      normalizer: null,
+      pre_tokenizer: { type: "Whitespace" },
+      post_processor: null,
+      decoder: null,
+      model: { type: "WordLevel", vocab, unk_token: "t0" },
+    }),
+  );
+  const features = join(dir, "features");
+  await prepareHiddenStates(gpu, {
+    targetModelPath: dir,
+    dataPath: join(dir, "data.jsonl"),
+    outputPath: features,
+    chatTemplate: "llama3",
+    maxLength: T,
+    storage: DEFAULT_STORAGE,
+    numSamples: null,
+    batchSize: B,
+    shard: { index: 0, count: 1 },
+    auxLayers: null,
+    draftModelConfig: null,
+    cacheDir: null,
+    isPreformatted: false,
+    fileGroupSize: DEFAULT_FILE_GROUP_SIZE,
+    hub: { cacheDir: join(dir, "hub"), offline: true },
+    log: () => {},
+  });
+  const set = await openFeatureSet(features);
+  const feeder = await FeatureFeeder.create(gpu, set.manifest, B, T, o.vocab.draftToTarget, null);
+  const step = await buildEagle3Step(o.draft, {
+    batch: B,
+    seqLen: T,
+    tttLength: K,
+    embedding: draftEmbedding(o.target.embed),
+    vocab: o.vocab,
+    inputs: feeder.inputs,
+  });
+  step.lossMask.write(new Float32Array(B * T).fill(1));
+  const idx = Array.from({ length: B }, (_, i) => i);
+  const once = async () => {
+    feeder.feed(await readFeatures(set, idx));
+    step.run();
+    o.opt.update(1e-4);
+  };
+  await once();
+  await gpu.sync();
+  let t0 = performance.now();
+  for (let i = 0; i < reps; i++) await readFeatures(set, idx);
+  const readMs = (performance.now() - t0) / reps;
+  const samples = await readFeatures(set, idx);
+  t0 = performance.now();
+  for (let i = 0; i < reps; i++) feeder.feed(samples);
+  await gpu.sync();
+  const feedMs = (performance.now() - t0) / reps;
+  t0 = performance.now();
+  for (let i = 0; i < reps; i++) await once();
+  await gpu.sync();
+  const fullMs = (performance.now() - t0) / reps;
+  step.destroy();
+  feeder.destroy();
+  const s = DEFAULT_STORAGE;
+  const shape = `B${B} T${T} ttt${K}, ${s.auxFormat}/${s.teacherFormat}`;
+  return [
+    {
+      group: "train",
+      name: "offline: read B feature files",
+      shape,
+      ms: readMs,
+      tokensPerSec: B * T / readMs * 1000,
+    },
+    {
+      group: "train",
+      name: "offline: upload + GPU decode",
+      shape,
+      ms: feedMs,
+      tokensPerSec: B * T / feedMs * 1000,
+    },
+    {
+      group: "train",
+      name: "full offline training step",
+      shape,
+      ms: fullMs,
+      tokensPerSec: B * T / fullMs * 1000,
+    },
+  ];
 }
 
 /** Optimizer update ms and full training step tokens/s (see the module note). */
@@ -173,6 +296,7 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
     });
     step.destroy();
     forward.destroy();
+    out.push(...await benchOfflineStep(gpu, dir, { draft, opt, target, vocab, B, T, K, reps }));
     opt.destroy();
     draft.destroy();
     target.destroy();
