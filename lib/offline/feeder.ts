@@ -43,11 +43,14 @@ export function topkTailLogprob(logprobs: ArrayLike<number>, vocabSize: number):
 
 /** Decodes stored features of batches of shape (B, T) into the draft step's inputs. */
 export class FeatureFeeder {
-  /** The step inputs this feeder fills (bind them with buildEagle3Step's `inputs`). */
-  readonly inputs: Required<Omit<Eagle3StepInputs, "lossMask">>;
   readonly #program: Program;
   readonly #upload: Map<string, Tensor> = new Map();
   readonly #rows: number;
+  readonly #aux: Tensor;
+  readonly #ids: Tensor;
+  readonly #lengths: Tensor;
+  #teacherLogits: Tensor | null = null;
+  #teacherArgmax: Tensor | null = null;
 
   private constructor(
     readonly manifest: FeaturesManifest,
@@ -57,13 +60,20 @@ export class FeatureFeeder {
   ) {
     this.#program = new Program(gpu, `offline features B=${batch} T=${seqLen}`);
     this.#rows = batch * seqLen;
-    const p = this.#program, N = this.#rows, Ht = manifest.target.hiddenSize;
-    this.inputs = {
-      aux: p.scratch([N, 3 * Ht], "f32", "aux hidden states"),
-      ids: p.scratch([N], "i32", "ids"),
-      lengths: p.scratch([batch], "i32", "lengths"),
-      teacherLogits: null as unknown as Tensor, // set by build()
-      teacherArgmax: null as unknown as Tensor,
+    const p = this.#program, N = this.#rows;
+    this.#aux = p.scratch([N, 3 * manifest.target.hiddenSize], "f32", "aux hidden states");
+    this.#ids = p.scratch([N], "i32", "ids");
+    this.#lengths = p.scratch([batch], "i32", "lengths");
+  }
+
+  /** The step inputs this feeder fills (bind them with buildEagle3Step's `inputs`). */
+  get inputs(): Required<Omit<Eagle3StepInputs, "lossMask">> {
+    return {
+      aux: this.#aux,
+      ids: this.#ids,
+      lengths: this.#lengths,
+      teacherLogits: this.#teacherLogits!,
+      teacherArgmax: this.#teacherArgmax!,
     };
   }
 
@@ -97,7 +107,7 @@ export class FeatureFeeder {
     // aux: decode the distinct layers, then place them in the three slots.
     // Three distinct ascending layers are stored in slot order: decode straight into the step's input.
     const identity = m.storedLayers.length === 3 && m.storedLayers.every((l, i) => l === m.auxLayers[i]);
-    const unique = identity ? this.inputs.aux : p.scratch([N, cols], "f32", "aux distinct layers");
+    const unique = identity ? this.#aux : p.scratch([N, cols], "f32", "aux distinct layers");
     const bits = quantBitsOf(s.auxFormat);
     if (bits) {
       const codes = up("aux", [N * cols * bits / 32], "u32");
@@ -113,7 +123,7 @@ export class FeatureFeeder {
     if (!identity) {
       for (let slot = 0; slot < 3; slot++) {
         const u = m.storedLayers.indexOf(m.auxLayers[slot]);
-        await copyStrided(p, unique, this.inputs.aux, {
+        await copyStrided(p, unique, this.#aux, {
           count: [1, N, Ht],
           srcStrides: [0, cols, 1],
           srcOffset: u * Ht,
@@ -126,8 +136,8 @@ export class FeatureFeeder {
     // The teacher.
     if (s.teacherFormat === "topk") {
       const k = s.topk;
-      this.inputs.teacherLogits = p.scratch([N, Vd], "f32", "teacher logits (rebuilt)");
-      this.inputs.teacherArgmax = up("argmax", [N], "i32");
+      this.#teacherLogits = p.scratch([N, Vd], "f32", "teacher logits (rebuilt)");
+      this.#teacherArgmax = up("argmax", [N], "i32");
       const toDraft = p.scratch([V], "i32", "target→draft map");
       toDraft.write(targetToDraftMap(draftToTarget, V));
       await scatterTopkTeacher(p, {
@@ -135,24 +145,24 @@ export class FeatureFeeder {
         logprobs: up("topk_logprobs", [N, k], "f32"),
         tail: up("tail", [N], "f32"),
         toDraft,
-        out: this.inputs.teacherLogits,
+        out: this.#teacherLogits,
       });
     } else {
       if (!head) throw new ShapeError("offline features: a hidden-state teacher needs the target's lm_head");
-      const stored = up("hidden", [N, Ht], s.teacherFormat === "hidden-f32" ? "f32" : "bf16");
       const final = p.scratch([N, Ht], "f32", "final hidden");
-      await convert(p, stored, final);
+      if (s.teacherFormat === "hidden-f32") this.#upload.set("hidden", final); // written in place
+      else await convert(p, up("hidden", [N, Ht], "bf16"), final);
       const out = await recordHeadOutputs(p, final, head, { subsetIds: draftToTarget, vocabStats: true });
-      this.inputs.teacherLogits = out.subsetLogits!;
-      this.inputs.teacherArgmax = out.vocabArgmax!;
+      this.#teacherLogits = out.subsetLogits!;
+      this.#teacherArgmax = out.vocabArgmax!;
     }
   }
 
   /**
-   * Writes `samples` (at most B, each at most T tokens; rows past the samples stay padding) into the upload
-   * tensors and runs the decode program (no sync). Returns the lengths and the padded loss mask.
+   * Writes B `samples` (rows past each sample's tokens stay padding) into the upload tensors and runs the
+   * decode program (no sync). Returns the samples' lengths (cut to T).
    */
-  feed(samples: FeatureSample[]): { lengths: number[]; lossMask: Float32Array } {
+  feed(samples: FeatureSample[]): number[] {
     const m = this.manifest, s = m.storage, T = this.seqLen, N = this.#rows;
     const Ht = m.target.hiddenSize, cols = m.storedLayers.length * Ht, V = m.target.vocabSize;
     if (samples.length !== this.batch) {
@@ -160,13 +170,10 @@ export class FeatureFeeder {
     }
     // A sample longer than T (the batch's padded length) is cut to T (right truncation at --max-length).
     const lengths = samples.map((x) => Math.min(x.inputIds.length, T));
-    const ids = new Int32Array(N), lossMask = new Float32Array(N);
-    samples.forEach((x, b) => {
-      ids.set(x.inputIds.subarray(0, lengths[b]), b * T);
-      for (let t = 0; t < lengths[b]; t++) lossMask[b * T + t] = x.lossMask[t];
-    });
-    this.inputs.ids.write(ids);
-    this.inputs.lengths.write(Int32Array.from(lengths));
+    const ids = new Int32Array(N);
+    samples.forEach((x, b) => ids.set(x.inputIds.subarray(0, lengths[b]), b * T));
+    this.#ids.write(ids);
+    this.#lengths.write(Int32Array.from(lengths));
     /** Rows 0..len−1 of sample b go to rows b·T.. of a [N, rowBytes] upload; the padding rows stay zero. */
     const place = (dst: Uint8Array, src: Uint8Array, b: number, rowBytes: number) =>
       dst.set(src.subarray(0, lengths[b] * rowBytes), b * T * rowBytes);
@@ -209,7 +216,7 @@ export class FeatureFeeder {
       this.#write("hidden", hidden);
     }
     this.#program.run();
-    return { lengths, lossMask };
+    return lengths;
   }
 
   #write(

@@ -579,7 +579,7 @@ async function train(gpu: Gpu, o: TrainOnlineOptions): Promise<TrainOnlineResult
         }
         e.forward.run(batch.inputIds as Int32Array<ArrayBuffer>, lengths);
       } else {
-        lengths = e.feeder!.feed(features!).lengths;
+        lengths = e.feeder!.feed(features!);
       }
       step.lossMask.write(supervisedMask(batch.lossMask, lengths, batch.seqLen));
       step.run();
