@@ -43,9 +43,20 @@ export function hasTinyStories(): boolean {
   }
 }
 
-/** A fresh temporary directory. */
-export function tempDir(): Promise<string> {
-  return Deno.makeTempDir({ prefix: "eaglet-data-test-" });
+const made: string[] = [];
+globalThis.addEventListener("unload", () => {
+  for (const dir of made) {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch { /* already gone */ }
+  }
+});
+
+/** A fresh temporary directory, removed when the test process ends. */
+export async function tempDir(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "eaglet-data-test-" });
+  made.push(dir);
+  return dir;
 }
 
 /** The ids where mask is 1. */
