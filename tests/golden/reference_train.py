@@ -13,7 +13,9 @@ torch's RNG (not Eaglet's stream), batches shuffled by torch: the same recipe, n
   .venv-golden/bin/python tests/golden/reference_train.py <feat>/train <feat>/eval ../shared/models/tinystories-656K
 
 Prints the held-out acc_k and loss every 250 updates (the run of the [train] issue: batch 4, 10 epochs, lr 1e-3,
-ttt 7, full draft vocabulary). Needs torch and safetensors (the .venv-golden of DESIGN.md).
+ttt 7, full draft vocabulary). An optional 4th argument f (0, 1, ...) pools the two sets and holds out samples
+[f·E, (f+1)·E) instead (E = the eval set's size), to see how much the figures move with the held-out split.
+Needs torch and safetensors (the .venv-golden of DESIGN.md).
 """
 import glob
 import json
@@ -148,12 +150,16 @@ def evaluate(model, lm_head, data):
 
 def main():
     train_dir, eval_dir, target_dir = sys.argv[1:4]
+    torch.set_num_threads(1)  # the tiny draft's ops are too small to gain from threads; they only contend
     torch.manual_seed(SEED)
     cfg = json.load(open(os.path.join(target_dir, "config.json")))
     weights = load_file(glob.glob(os.path.join(target_dir, "*.safetensors"))[0])
     lm_head = weights["lm_head.weight"].float()
     embed = weights.get("model.embed_tokens.weight", lm_head).float()
     train, held_out = load_features(train_dir), load_features(eval_dir)
+    if len(sys.argv) > 4:
+        fold, pool, n = int(sys.argv[4]), train + held_out, len(held_out)
+        held_out, train = pool[fold * n:(fold + 1) * n], pool[:fold * n] + pool[(fold + 1) * n:]
     model = Draft(cfg, embed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
