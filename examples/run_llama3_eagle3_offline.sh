@@ -2,8 +2,8 @@
 # Eaglet's counterpart of SpecForge's examples/run_llama3_eagle3_offline.sh: Llama-3.1-8B-Instruct's hidden
 # states on ShareGPT captured once (prepare-hidden-states), then an EAGLE-3 draft trained from disk
 # (train-offline) with SpecForge's hyper-parameters (global batch 16 = batch 1 × 16 accumulation steps,
-# lr 5e-5). SpecForge stores bf16 aux + final hidden states, 32 KiB per token for this target (64 MiB per 2048-token sample); Eaglet's default storage (see the README's
-# offline section) takes a fraction of that.
+# lr 5e-5). SpecForge stores bf16 aux + final hidden states, 32 KiB per token for this target (64 MiB per
+# 2048-token sample); Eaglet's default storage (the README's offline section) takes a fraction of that.
 #
 #   examples/run_llama3_eagle3_offline.sh [extra train-offline flags, e.g. --max-num-steps 100]
 #
