@@ -322,6 +322,12 @@ export function scalesToFloat(scale: RawTensor): Float32Array {
   return out;
 }
 
+/** SHA-256 of a file, hex. */
+export async function sha256Hex(path: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** Reads and parses a manifest; errors name the file. */
 export async function readManifest(dir: string): Promise<FeaturesManifest> {
   const path = join(dir, FEATURES_MANIFEST);

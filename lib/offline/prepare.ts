@@ -35,6 +35,7 @@ import {
   type FeatureStorage,
   quantBitsOf,
   sampleFilePath,
+  sha256Hex,
   specForgeBytesPerToken,
   storedLayersOf,
 } from "./format.ts";
@@ -91,12 +92,6 @@ export interface PrepareResult {
   tokens: number;
   /** Bytes of the files written now (headers included). */
   bytes: number;
-}
-
-/** SHA-256 of a file, hex. */
-export async function sha256Hex(path: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** Writes the manifest, or checks that the one in `dir` describes the same run (else an error naming the difference). */

@@ -1,9 +1,10 @@
 /**
- * Online EAGLE-3 training (reference/specforge-spec.md §4, SpecForge's `train_eagle3_online.py`): the frozen
- * target runs on every micro-batch to produce the draft's inputs on the GPU (aux hidden states, the logits of
- * the draft vocabulary, the full-vocabulary argmax), the draft's prebuilt step (lib/models/eagle3.ts) runs the
- * TTT unroll forward and backward into the accumulated gradients, and every `draft_accumulation_steps`
- * micro-batches the optimizer (./optimizer.ts) clips and updates with the learning rate of ./schedule.ts.
+ * EAGLE-3 training, online and offline (reference/specforge-spec.md §4, SpecForge's `train_eagle3_online.py`
+ * and `train_eagle3_offline.py`). Online, the frozen target runs on every micro-batch to produce the draft's
+ * inputs on the GPU (aux hidden states, the logits of the draft vocabulary, the full-vocabulary argmax);
+ * offline, lib/offline/feeder.ts decodes the same inputs from prepare-hidden-states' files. Then the draft's
+ * prebuilt step (lib/models/eagle3.ts) runs the TTT unroll forward and backward into the accumulated
+ * gradients, and every `draft_accumulation_steps` micro-batches the optimizer (./optimizer.ts) clips and updates with the learning rate of ./schedule.ts.
  *
  * Counting: `step` is the number of optimizer updates (SpecForge [H]; [M] logs the same numbers). Micro-batches
  * form one stream across epochs, so an accumulation window may span an epoch boundary, as in [C]/[M] where
@@ -12,9 +13,9 @@
  * without changing it. Log, eval and save intervals count updates.
  *
  * Shapes: batches are padded to their longest sample (§1.6; the loss denominator B·T depends on it), so each
- * distinct (B, T) gets its own target-forward and draft-step programs, built on first use and kept in a small
- * cache. The target forward's output tensors are bound directly as the draft step's inputs: nothing is copied
- * and nothing is read back between micro-batches. Metrics stay in GPU accumulators and are read every
+ * distinct (B, T) gets its own target-forward (or feature-decoder) and draft-step programs, built on first use
+ * and kept in a small cache. Their output tensors are bound directly as the draft step's inputs: nothing is
+ * copied and nothing is read back between micro-batches. Metrics stay in GPU accumulators and are read every
  * log interval (one sync).
  *
  * Safety: a non-finite loss or gradient norm stops the run with {@link TrainingDivergedError} before anything
@@ -85,8 +86,8 @@ import {
   type FeatureSample,
   type FeaturesManifest,
   readManifest,
+  sha256Hex,
 } from "../offline/format.ts";
-import { sha256Hex } from "../offline/prepare.ts";
 
 /** The loss or the gradient norm became NaN or infinite; the message names the update. */
 export class TrainingDivergedError extends Error {
