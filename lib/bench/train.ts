@@ -9,6 +9,7 @@
  * 0.5 G parameters, about 7 GB of weights, gradients and moments).
  */
 import { join } from "node:path";
+import { wordLevelTokenizerJson } from "../data/tokenizer.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { fromFloat32, writeSafetensors } from "../io/safetensors.ts";
 import { TargetModel } from "../models/target.ts";
@@ -113,20 +114,8 @@ async function benchOfflineStep(
   });
   await Deno.writeTextFile(join(dir, "data.jsonl"), rows.join("\n") + "\n");
   // The data is pre-tokenized; the data builder still needs a tokenizer of the target's vocabulary.
-  const vocab: Record<string, number> = {};
-  for (let i = 0; i < RECIPE_TARGET.vocab_size; i++) vocab[`t${i}`] = i;
-  await Deno.writeTextFile(
-    join(dir, "tokenizer.json"),
-    JSON.stringify({
-      version: "1.0",
-      added_tokens: [],
-      normalizer: null,
-      pre_tokenizer: { type: "Whitespace" },
-      post_processor: null,
-      decoder: null,
-      model: { type: "WordLevel", vocab, unk_token: "t0" },
-    }),
-  );
+  await Deno.writeTextFile(join(dir, "tokenizer.json"), wordLevelTokenizerJson(RECIPE_TARGET.vocab_size));
+
   const features = join(dir, "features");
   await prepareHiddenStates(gpu, {
     targetModelPath: dir,

@@ -290,3 +290,22 @@ export async function loadTokenizer(
     throw new DataError(`${jsonPath}: cannot build the tokenizer (${(e as Error).message})`);
   }
 }
+
+/**
+ * A Hugging Face tokenizer.json of a word-level vocabulary `t0` … `t{n−1}` (token id i is the word `t<i>`):
+ * enough for pre-tokenized data with a target that ships no tokenizer (random-weight benchmark targets,
+ * tests).
+ */
+export function wordLevelTokenizerJson(vocabSize: number): string {
+  const vocab: Record<string, number> = {};
+  for (let i = 0; i < vocabSize; i++) vocab[`t${i}`] = i;
+  return JSON.stringify({
+    version: "1.0",
+    added_tokens: [],
+    normalizer: null,
+    pre_tokenizer: { type: "Whitespace" },
+    post_processor: null,
+    decoder: null,
+    model: { type: "WordLevel", vocab, unk_token: "t0" },
+  });
+}

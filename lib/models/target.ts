@@ -221,14 +221,8 @@ export class TargetModel implements HeadSource {
   }
 
   /** lm_head restricted to `ids` (gathered once per distinct id set and kept). */
-  async subsetHead(ids: Int32Array): Promise<RowSplitMatrix> {
-    const key = `${ids.length}:${hashIds(ids)}`;
-    let m = this.#subsets.get(key);
-    if (!m) {
-      m = await gatherRows(this.gpu, this.lmHead, ids, this.maxBlockBytes);
-      this.#subsets.set(key, m);
-    }
-    return m;
+  subsetHead(ids: Int32Array): Promise<RowSplitMatrix> {
+    return cachedSubset(this.#subsets, this.gpu, this.lmHead, ids, this.maxBlockBytes);
   }
 
   /** Checks that a sequence of `len` positions starting at `offset` fits the RoPE table and the window. */
@@ -494,14 +488,8 @@ export class TargetEnds implements HeadSource {
   }
 
   /** lm_head restricted to `ids` (gathered once per distinct id set and kept). */
-  async subsetHead(ids: Int32Array): Promise<RowSplitMatrix> {
-    const key = `${ids.length}:${hashIds(ids)}`;
-    let m = this.#subsets.get(key);
-    if (!m) {
-      m = await gatherRows(this.gpu, this.lmHead, ids, this.maxBlockBytes);
-      this.#subsets.set(key, m);
-    }
-    return m;
+  subsetHead(ids: Int32Array): Promise<RowSplitMatrix> {
+    return cachedSubset(this.#subsets, this.gpu, this.lmHead, ids, this.maxBlockBytes);
   }
 
   /** Frees every weight. */
@@ -800,6 +788,23 @@ function rowsPerBlock(rows: number, bytesPerRow: number, maxBytes: number, name:
     );
   }
   return fit;
+}
+
+/** The rows `ids` of `m`, gathered once per distinct id set and kept in `cache`. */
+async function cachedSubset(
+  cache: Map<string, RowSplitMatrix>,
+  gpu: Gpu,
+  m: RowSplitMatrix,
+  ids: Int32Array,
+  maxBytes: number,
+): Promise<RowSplitMatrix> {
+  const key = `${ids.length}:${hashIds(ids)}`;
+  let subset = cache.get(key);
+  if (!subset) {
+    subset = await gatherRows(gpu, m, ids, maxBytes);
+    cache.set(key, subset);
+  }
+  return subset;
 }
 
 /** The rows `ids` of a row-split matrix, gathered into a new row-split matrix (same dtype). */

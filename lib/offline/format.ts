@@ -36,6 +36,7 @@ import {
   type RawTensor,
   SafetensorsError,
 } from "../io/safetensors.ts";
+import { sha256Hex } from "../data/tokenizer.ts";
 import { bf16BitsToFloat, checkQuantShape, type QuantBits, quantizeGroups } from "./quantize.ts";
 
 /** The manifest's file name in a features directory. */
@@ -322,10 +323,9 @@ export function scalesToFloat(scale: RawTensor): Float32Array {
   return out;
 }
 
-/** SHA-256 of a file, hex. */
-export async function sha256Hex(path: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+/** SHA-256 of a file, hex (the manifest's fingerprint of the target's config.json). */
+export async function fileSha256(path: string): Promise<string> {
+  return sha256Hex(await Deno.readFile(path));
 }
 
 /** Reads and parses a manifest; errors name the file. */

@@ -85,8 +85,8 @@ import {
   FeatureFileError,
   type FeatureSample,
   type FeaturesManifest,
+  fileSha256,
   readManifest,
-  sha256Hex,
 } from "../offline/format.ts";
 
 /** The loss or the gradient norm became NaN or infinite; the message names the update. */
@@ -328,7 +328,7 @@ async function checkFeaturesFitTarget(
       );
     }
   }
-  if (m.target.configSha256 !== await sha256Hex(join(targetDir, "config.json"))) {
+  if (m.target.configSha256 !== await fileSha256(join(targetDir, "config.json"))) {
     throw new FeatureFileError(
       `${dir}: features were captured from a target whose config.json differs from ${targetDir}'s ` +
         `(captured from ${m.target.path})`,

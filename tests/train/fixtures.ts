@@ -1,6 +1,7 @@
 /** Shared fixtures of the train tests. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { wordLevelTokenizerJson } from "../../lib/data/tokenizer.ts";
 import { randomArray, rng } from "../gpu.ts";
 import { parseTrainArgs, type TrainSettings } from "../../lib/train/config.ts";
 import { type DraftExport, draftWeightShapes, type NamedWeight } from "../../lib/io/export.ts";
@@ -50,20 +51,8 @@ export async function trainFixture(): Promise<string> {
   const target = join(root, "target");
   await Deno.mkdir(target);
   for (const f of ["config.json", "model.safetensors"]) await Deno.copyFile(join(TARGET, f), join(target, f));
-  const vocab: Record<string, number> = {};
-  for (let i = 0; i < 256; i++) vocab[`t${i}`] = i;
-  await Deno.writeTextFile(
-    join(target, "tokenizer.json"),
-    JSON.stringify({
-      version: "1.0",
-      added_tokens: [],
-      normalizer: null,
-      pre_tokenizer: { type: "Whitespace" },
-      post_processor: null,
-      decoder: null,
-      model: { type: "WordLevel", vocab, unk_token: "t0" },
-    }),
-  );
+  await Deno.writeTextFile(join(target, "tokenizer.json"), wordLevelTokenizerJson(256));
+
   const r = rng(5);
   const rows = (n: number, offset: number) =>
     Array.from({ length: n }, (_, i) => {
