@@ -25,7 +25,8 @@ import { dequantizeGroups, scatterTopkTeacher } from "../ops/features.ts";
 import { targetToDraftMap } from "../ops/eagle3_teacher.ts";
 import { type HeadSource, recordHeadOutputs } from "../models/target.ts";
 import type { Eagle3StepInputs } from "../models/eagle3.ts";
-import { type FeatureSample, type FeaturesManifest, quantBitsOf, scalesToFloat } from "./format.ts";
+import { toFloat32 } from "../io/safetensors.ts";
+import { type FeatureSample, type FeaturesManifest, quantBitsOf } from "./format.ts";
 
 /** The smallest log-probability the rebuilt top-k teacher uses (a finite stand-in for log 0). */
 const LOG_ZERO = -1e30;
@@ -187,7 +188,7 @@ export class FeatureFeeder {
       const perRow = cols / s.groupSize;
       const scales = new Float32Array(N * perRow);
       samples.forEach((x, b) =>
-        scales.set(scalesToFloat(x.auxScale!).subarray(0, lengths[b] * perRow), b * T * perRow)
+        scales.set(toFloat32(x.auxScale!).subarray(0, lengths[b] * perRow), b * T * perRow)
       );
       this.#write("aux_scale", scales);
     }

@@ -35,9 +35,10 @@ import {
   parseSafetensors,
   type RawTensor,
   SafetensorsError,
+  toFloat32,
 } from "../io/safetensors.ts";
 import { sha256Hex } from "../data/tokenizer.ts";
-import { bf16BitsToFloat, checkQuantShape, type QuantBits, quantizeGroups } from "./quantize.ts";
+import { checkQuantShape, type QuantBits, quantizeGroups } from "./quantize.ts";
 
 /** The manifest's file name in a features directory. */
 export const FEATURES_MANIFEST = "eaglet_features.json";
@@ -291,10 +292,7 @@ export function sampleFromTensors(
         );
       }
     }
-    const lp = tensors.get("topk_logprobs")!;
-    topkLogprobs = Float32Array.from(
-      new Float16Array(lp.bytes.buffer, lp.bytes.byteOffset, lp.bytes.byteLength / 2),
-    );
+    topkLogprobs = toFloat32(tensors.get("topk_logprobs")!, `${path}: tensor topk_logprobs`);
   }
   return {
     path,
@@ -312,15 +310,6 @@ function widenIds(t: RawTensor): Int32Array {
   const n = t.shape.reduce((a, b) => a * b, 1);
   if (t.dtype === "U16") return Int32Array.from(new Uint16Array(t.bytes.buffer, t.bytes.byteOffset, n));
   return new Int32Array(t.bytes.buffer.slice(t.bytes.byteOffset, t.bytes.byteOffset + n * 4));
-}
-
-/** The scales of a quantized sample widened to f32 [S, cols / groupSize]. */
-export function scalesToFloat(scale: RawTensor): Float32Array {
-  const n = scale.bytes.byteLength / 2;
-  const bits = new Uint16Array(scale.bytes.buffer, scale.bytes.byteOffset, n);
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = bf16BitsToFloat(bits[i]);
-  return out;
 }
 
 /** SHA-256 of a file, hex (the manifest's fingerprint of the target's config.json). */

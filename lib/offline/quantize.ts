@@ -14,8 +14,6 @@
  * 2b+1 in the high nibble, each stored as q + 8 (0..15).
  */
 
-import { f32ToBf16Bits } from "../tensor.ts";
-
 /** Bits per stored code. */
 export type QuantBits = 8 | 4;
 
@@ -112,12 +110,5 @@ export function dequantizeGroupsHost(
     const code = o.bits === 8 ? (q.codes[at] << 24) >> 24 : ((q.codes[at >> 1] >> ((at & 1) * 4)) & 15) - 8;
     out[at] = code * s;
   }
-  return out;
-}
-
-/** bf16 bits of every value (round to nearest even), e.g. for bf16 storage of hidden states. */
-export function toBf16Bits(x: Float32Array): Uint16Array<ArrayBuffer> {
-  const out = new Uint16Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = f32ToBf16Bits(x[i]);
   return out;
 }

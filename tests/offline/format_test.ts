@@ -6,11 +6,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { rng } from "../gpu.ts";
+import { encodeHost } from "../../lib/tensor.ts";
 import {
   fromFloat32As,
   fromNumbers,
   type RawTensor,
   serializeSafetensors,
+  toFloat32,
   writeSafetensors,
 } from "../../lib/io/safetensors.ts";
 import {
@@ -20,7 +22,6 @@ import {
   type QuantBits,
   quantizeGroups,
   quantMax,
-  toBf16Bits,
 } from "../../lib/offline/quantize.ts";
 import {
   AUX_FORMATS,
@@ -40,7 +41,6 @@ import {
   readManifest,
   readSampleFile,
   sampleFilePath,
-  scalesToFloat,
   specForgeBytesPerToken,
   TEACHER_FORMATS,
   type TeacherFormat,
@@ -247,13 +247,17 @@ Deno.test("encodeSample → safetensors → parseSampleFile gives the sample bac
         if (auxFormat === "f32") {
           assert.deepEqual(floatsOf(got.aux), c.aux, `${label}: f32 aux is lossless`);
         } else if (auxFormat === "bf16") {
-          assert.deepEqual(u16Of(got.aux), toBf16Bits(c.aux), `${label}: bf16 aux bits`);
+          assert.deepEqual(
+            u16Of(got.aux),
+            encodeHost(Float32Array.from(c.aux), "bf16"),
+            `${label}: bf16 aux bits`,
+          );
         } else {
           const o = { bits: (auxFormat === "int8" ? 8 : 4) as QuantBits, groupSize: 32 };
           const q = quantizeGroups(c.aux, S, cols, o);
           assert.deepEqual(got.aux.bytes, q.codes, `${label}: codes`);
           assert.deepEqual(u16Of(got.auxScale!), q.scaleBits, `${label}: scale bits`);
-          const scales = scalesToFloat(got.auxScale!);
+          const scales = toFloat32(got.auxScale!);
           const xh = dequantizeGroupsHost(
             { codes: got.aux.bytes, scaleBits: u16Of(got.auxScale!) },
             S,
@@ -285,7 +289,11 @@ Deno.test("encodeSample → safetensors → parseSampleFile gives the sample bac
           if (teacherFormat === "hidden-f32") {
             assert.deepEqual(floatsOf(got.hidden!), c.hidden, `${label}: f32 hidden is lossless`);
           } else {
-            assert.deepEqual(u16Of(got.hidden!), toBf16Bits(c.hidden!), `${label}: bf16 hidden bits`);
+            assert.deepEqual(
+              u16Of(got.hidden!),
+              encodeHost(Float32Array.from(c.hidden!), "bf16"),
+              `${label}: bf16 hidden bits`,
+            );
           }
         }
 

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gpu, needsGpu, rng } from "../gpu.ts";
-import { SafetensorsFile } from "../../lib/io/safetensors.ts";
+import { SafetensorsFile, toFloat32 } from "../../lib/io/safetensors.ts";
 import { TargetModel } from "../../lib/models/target.ts";
 import { ConfigError } from "../../lib/models/config.ts";
 import {
@@ -18,7 +18,6 @@ import {
   readManifest,
   readSampleFile,
   sampleFilePath,
-  scalesToFloat,
 } from "../../lib/offline/format.ts";
 import { dequantizeGroupsHost } from "../../lib/offline/quantize.ts";
 import { prepareHiddenStates, type PrepareOptions } from "../../lib/offline/prepare.ts";
@@ -258,7 +257,7 @@ Deno.test({ name: "prepareHiddenStates: int8 + top-k files, manifest and tokens"
         bits: 8,
         groupSize: GROUP,
       });
-      const want = storedColumns(refs[i], S), scales = scalesToFloat(s.auxScale!);
+      const want = storedColumns(refs[i], S), scales = toFloat32(s.auxScale!);
       for (let j = 0; j < xh.length; j++) {
         const half = scales[Math.floor(j / GROUP)] / 2;
         assert.ok(
