@@ -13,8 +13,44 @@
  * @module
  */
 
+// Flags: one declaration per flag, parsed into typed settings (every task's flags are built on it).
+export {
+  camelCase,
+  FlagError,
+  flagHelp,
+  flagMarkdown,
+  parseCommand,
+  parseValue,
+  readArgs,
+  resolveSettings,
+  settingsOf,
+} from "./lib/flags.ts";
+export type {
+  AlwaysSet,
+  BoolFlag,
+  Bounds,
+  CamelCase,
+  ChoiceFlag,
+  Command,
+  FlagBase,
+  FlagKind,
+  FlagSpec,
+  FlagTable,
+  FlagValue,
+  FloatFlag,
+  IntFlag,
+  IntListFlag,
+  KindValue,
+  ReadArgs,
+  RequiredNames,
+  Settings,
+  SettingsInput,
+  StringFlag,
+  StringListFlag,
+} from "./lib/flags.ts";
+
 // Engine: device, tensors, programs and the ops that record into them.
-export { align, Gpu, NO_ADAPTER_HINT } from "./lib/gpu/device.ts";
+export { align, Gpu, isCpuAdapter, NO_ADAPTER_HINT } from "./lib/gpu/device.ts";
 export type { GpuFeatures, GpuLimits, GpuOptions } from "./lib/gpu/device.ts";
 export {
   GpuDeviceLostError,
@@ -31,7 +67,7 @@ export { DTYPE_BYTES, f32ToBf16Bits, numel, roundBf16, shapeString, Tensor } fro
 export type { DType, HostArray, ReadArray } from "./lib/tensor.ts";
 /** Elementwise ops: add, mul, axpby, scale, fill, addBias, accumulate, strided copies. */
 export * as elementwise from "./lib/ops/elementwise.ts";
-/** Matrix products: matmul (any transposes, batched), linear and its backward, autotune. */
+/** Matrix products: matmul (any transposes, batched), linear and its backward. */
 export * as matmul from "./lib/ops/matmul.ts";
 /** Attention with GQA, causal and padding masks, KV-cache offsets and the EAGLE-3 TTT layout. */
 export * as attention from "./lib/ops/attention.ts";
@@ -63,6 +99,7 @@ export {
   defaultAuxLayers,
   loadTargetConfig,
   parseTargetConfig,
+  specForgeDefaultAuxLayers,
   SUPPORTED_ARCHITECTURES,
 } from "./lib/models/config.ts";
 export type { RopeScaling, TargetConfig } from "./lib/models/config.ts";
@@ -74,7 +111,10 @@ export {
 } from "./lib/models/draft_config.ts";
 export type { DraftConfig } from "./lib/models/draft_config.ts";
 export { buildEagle3Step, EAGLE3_PARAM_NAMES, Eagle3Draft, Eagle3Step } from "./lib/models/eagle3.ts";
-export type { Eagle3Metrics, Eagle3StepInputs, Eagle3StepOptions } from "./lib/models/eagle3.ts";
+export type { Eagle3StepInputs, Eagle3StepOptions } from "./lib/models/eagle3.ts";
+export { eagle3ActivationBytes } from "./lib/models/eagle3_activations.ts";
+export type { Eagle3Activations, Eagle3StepShape } from "./lib/models/eagle3_activations.ts";
+export type { Eagle3Metrics } from "./lib/models/eagle3_metrics.ts";
 export { convertLlama2c } from "./lib/models/llama2c.ts";
 
 // Checkpoints and the hub.
@@ -91,6 +131,8 @@ export type { ChatTokenizer } from "./lib/data/tokenizer.ts";
 export { preprocessConversation } from "./lib/data/preprocess.ts";
 export { convertDataset } from "./lib/data/datasets.ts";
 export { buildTokenizedDataset } from "./lib/data/build.ts";
+export { PREPARE_DATA_FLAGS, prepareData, prepareDataSettings } from "./lib/data/prepare.ts";
+export type { PrepareDataContext, PrepareDataInput, PrepareDataSettings } from "./lib/data/prepare.ts";
 export {
   countSupervisedTokens,
   loadVocabMapping,
@@ -103,23 +145,30 @@ export { DataLoader } from "./lib/data/loader.ts";
 // Training.
 export {
   checkSettings,
+  DEFAULT_EMBEDDING_KEY,
   parseTrainArgs,
   readYamlSettings,
   settingsToJson,
+  TRAIN_FLAGS,
   TRAIN_OPTIONS,
   TrainConfigError,
+  trainSettings,
   trainUsage,
 } from "./lib/train/config.ts";
-export type { ParsedTrainArgs, TrainOptionName, TrainSettings } from "./lib/train/config.ts";
+export type {
+  ParsedTrainArgs,
+  TrainOptionName,
+  TrainSettings,
+  TrainSettingsInput,
+} from "./lib/train/config.ts";
 export {
   RUN_FILES,
-  specForgeDefaultAuxLayers,
   supervisedMask,
   TrainingDivergedError,
   trainOffline,
   trainOnline,
 } from "./lib/train/trainer.ts";
-export type { TrainHooks, TrainOnlineOptions, TrainOnlineResult } from "./lib/train/trainer.ts";
+export type { TrainHooks, TrainOptions, TrainResult } from "./lib/train/trainer.ts";
 
 // Offline mode: features prepared once, stored compactly, trained from disk.
 export {
@@ -146,6 +195,16 @@ export { dequantizeGroupsHost, quantizeGroups } from "./lib/offline/quantize.ts"
 export type { QuantBits, QuantizedGroups, QuantOptions } from "./lib/offline/quantize.ts";
 export { DEFAULT_STORAGE, prepareHiddenStates } from "./lib/offline/prepare.ts";
 export type { PrepareOptions, PrepareResult } from "./lib/offline/prepare.ts";
+export {
+  PREPARE_HIDDEN_STATES_FLAGS,
+  prepareHiddenStatesOptions,
+  toPrepareOptions,
+} from "./lib/offline/settings.ts";
+export type {
+  PrepareContext,
+  PrepareHiddenStatesInput,
+  PrepareHiddenStatesSettings,
+} from "./lib/offline/settings.ts";
 export { openFeatureSet, readFeatures } from "./lib/offline/dataset.ts";
 export type { FeatureSet } from "./lib/offline/dataset.ts";
 export { FeatureFeeder } from "./lib/offline/feeder.ts";
@@ -169,8 +228,8 @@ export {
 export type { LoadedCheckpoint, TrainingState } from "./lib/train/checkpoint.ts";
 
 // Export for SGLang.
-export { checkDraftExport, exportDraft, ExportError } from "./lib/io/export.ts";
-export type { CheckedExport, DraftExport, ExportDtype, NamedWeight } from "./lib/io/export.ts";
+export { checkDraftExport, exportDraft, ExportError } from "./lib/models/export.ts";
+export type { CheckedExport, DraftExport, ExportDtype, NamedWeight } from "./lib/models/export.ts";
 
 // Evaluation by speculative decoding.
 export {
@@ -197,6 +256,10 @@ export { loadDraftDirectory } from "./lib/eval/draft_dir.ts";
 export type { LoadedDraft } from "./lib/eval/draft_dir.ts";
 export { evalSummary, writeEvalReport } from "./lib/eval/report.ts";
 export type { EvalReportFiles } from "./lib/eval/report.ts";
+export { EVAL_FLAGS, evalSettings } from "./lib/eval/settings.ts";
+export type { EvalSettings, EvalSettingsInput } from "./lib/eval/settings.ts";
+export { evaluateDraft, readPrompts } from "./lib/eval/evaluate.ts";
+export type { EvalContext, EvaluatedDraft } from "./lib/eval/evaluate.ts";
 
 // Types the API above refers to.
 export { OPTIONAL_FEATURES } from "./lib/gpu/device.ts";

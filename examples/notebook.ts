@@ -1,6 +1,6 @@
 /**
  * Eaglet from a notebook or a script of your own: import the public API (mod.ts) by URL, make a little
- * self-distilled data with tinystories-656K, train an EAGLE-3 draft for a few steps, export it for SGLang and
+ * self-distilled data with tinystories-656K, train an EAGLE-3 draft for a few updates, export it for SGLang and
  * measure its acceptance length by speculative decoding. About a minute on 2 CPU cores with lavapipe.
  *
  *   deno run -A examples/notebook.ts [target dir or hub id] [output dir]
@@ -31,17 +31,25 @@ await Deno.mkdir(`${outDir}/data`, { recursive: true });
 await eaglet.writeJsonl(`${outDir}/data/train.jsonl`, samples.slice(0, 24));
 await eaglet.writeJsonl(`${outDir}/data/eval.jsonl`, samples.slice(24));
 
-// 2. A few training steps. The settings are train-online's flags (SpecForge's names), so a notebook and a
-//    shell recipe read alike; every setting not given keeps its default (eaglet.trainUsage() lists them).
-const parsed = await eaglet.parseTrainArgs([
-  ...["--target-model-path", targetDir, "--output-dir", `${outDir}/train`, "--cache-dir", `${outDir}/cache`],
-  ...["--train-data-path", `${outDir}/data/train.jsonl`, "--eval-data-path", `${outDir}/data/eval.jsonl`],
-  ...["--max-length", "48", "--batch-size", "4", "--max-num-steps", "12", "--learning-rate", "5e-3"],
-  ...["--ttt-length", "3", "--draft-vocab-size", "512", "--log-interval", "4"],
-]);
-if (parsed.help) throw new Error("unexpected --help");
-const run = await eaglet.trainOnline(gpu, { settings: parsed.settings, hub });
-console.log(`trained ${run.globalStep} updates; checkpoint (an SGLang directory): ${run.checkpoint}`);
+// 2. A few updates. The settings are train-online's flags in camelCase (SpecForge's names: --max-num-steps is
+//    maxNumSteps), checked as the CLI checks them; every setting not given keeps its default
+//    (eaglet.trainUsage() lists them).
+const settings = eaglet.trainSettings({
+  targetModelPath: targetDir,
+  outputDir: `${outDir}/train`,
+  cacheDir: `${outDir}/cache`,
+  trainDataPath: `${outDir}/data/train.jsonl`,
+  evalDataPath: `${outDir}/data/eval.jsonl`,
+  maxLength: 48,
+  batchSize: 4,
+  maxNumSteps: 12,
+  learningRate: 5e-3,
+  tttLength: 3,
+  draftVocabSize: 512,
+  logInterval: 4,
+});
+const run = await eaglet.trainOnline(gpu, { settings, hub });
+console.log(`trained ${run.updates} updates; checkpoint (an SGLang directory): ${run.checkpoint}`);
 
 // 3. Export (bf16) and check the SGLang directory.
 await eaglet.exportCheckpoint(run.checkpoint!, `${outDir}/sglang-draft`, { dtype: "bf16", overwrite: true });

@@ -14,7 +14,8 @@ TARGET=../shared/models/tinystories-656K
 [ -f "$TARGET/config.json" ] || TARGET=raincandy-u/TinyStories-656K
 
 # 1. Self-distilled data, as in the online example.
-$DENO run -A examples/tinystories_selfdistill.ts "$TARGET" "$OUT/data" 64 8 48
+$DENO run -A examples/tinystories_selfdistill.ts --target-model-path "$TARGET" --output-dir "$OUT/data" \
+  --train-samples 64 --eval-samples 8 --continuation-tokens 48
 
 # 2. Features, once per split (the default storage; see --help for the options). Re-running skips what exists.
 for split in train eval; do

@@ -17,7 +17,8 @@ TARGET=../shared/models/tinystories-656K
 
 # 1. Self-distilled data: 72 openings sampled by the target, 48 greedy target tokens each (64 train, 8 eval;
 #    eval_prompts.jsonl holds the 8 held-out openings alone).
-$DENO run -A examples/tinystories_selfdistill.ts "$TARGET" "$OUT/data" 64 8 48
+$DENO run -A examples/tinystories_selfdistill.ts --target-model-path "$TARGET" --output-dir "$OUT/data" \
+  --train-samples 64 --eval-samples 8 --continuation-tokens 48
 
 # 2. Online training (SpecForge's flags; the demo's sizes).
 $DENO task train-online \

@@ -3,7 +3,8 @@
  * opening, then greedy tokens, loss on the greedy part), as pre-tokenized jsonl that `deno task train-online`
  * reads as it is, plus the held-out openings alone as prompts for `deno task eval`.
  *
- *   deno run -A examples/tinystories_selfdistill.ts [target] [output dir] [train] [eval] [continuation]
+ *   deno run -A examples/tinystories_selfdistill.ts [--target-model-path <dir|id>] [--output-dir <dir>]
+ *     [--train-samples N] [--eval-samples N] [--continuation-tokens N]      (--help lists the defaults)
  *
  * Defaults: ../shared/models/tinystories-656K, cache/tinystories-selfdistill, 400 training and 50 held-out
  * samples of 112 greedy tokens (the data of the [train] issue's learning check, the paths
@@ -11,22 +12,40 @@
  * train.jsonl, eval.jsonl and eval_prompts.jsonl.
  */
 import { Gpu } from "../lib/gpu/device.ts";
+import { flagHelp, type FlagTable, parseCommand } from "../lib/flags.ts";
 import { hubOptionsFromEnv, resolveModelPath } from "../lib/io/hub.ts";
 import { TargetModel } from "../lib/models/target.ts";
 import { selfDistilledSamples, writeJsonl } from "../lib/train/selfdistill.ts";
 
-const [
-  target = "../shared/models/tinystories-656K",
-  outDir = "cache/tinystories-selfdistill",
-  trainArg = "400",
-  evalArg = "50",
-  contArg = "112",
-] = Deno.args;
-const [train, held, continuation] = [trainArg, evalArg, contArg].map((a) => {
-  const n = Number(a);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`expected a positive integer, got "${a}"`);
-  return n;
-});
+/** The flags of this script. */
+const FLAGS = {
+  "target-model-path": {
+    kind: "string",
+    default: "../shared/models/tinystories-656K",
+    help: "target: HF model dir or hub id",
+  },
+  "output-dir": {
+    kind: "string",
+    default: "cache/tinystories-selfdistill",
+    help: "where the jsonl files go",
+  },
+  "train-samples": { kind: "int", default: 400, min: 1, help: "training samples" },
+  "eval-samples": { kind: "int", default: 50, min: 1, help: "held-out samples" },
+  "continuation-tokens": {
+    kind: "int",
+    default: 112,
+    min: 1,
+    help: "greedy target tokens after each opening",
+  },
+} as const satisfies FlagTable;
+
+const cmd = parseCommand(FLAGS, Deno.args);
+if (cmd.help) {
+  console.log(flagHelp(FLAGS, "deno run -A examples/tinystories_selfdistill.ts [options]"));
+  Deno.exit(0);
+}
+const { targetModelPath: target, outputDir: outDir, trainSamples: train, evalSamples: held } = cmd.settings;
+const continuation = cmd.settings.continuationTokens;
 const openingTokens = 16;
 const modelDir = await resolveModelPath(target, hubOptionsFromEnv(Deno.env.toObject()));
 const gpu = await Gpu.create();

@@ -1,6 +1,7 @@
 /**
- * One AdamW update of an f32 parameter tensor after global grad-norm clipping (specforge-spec.md §4.6;
- * torch.nn.utils.clip_grad_norm_ then torch.optim.AdamW), one invocation per element:
+ * One AdamW update of an f32 parameter tensor after global grad-norm clipping (SpecForge
+ * `specforge/optimizer.py` `BF16Optimizer.step`; torch.nn.utils.clip_grad_norm_ then torch.optim.AdamW), one
+ * invocation per element:
  *
  *   coef = min(1, max_norm / (sqrt(normSq) + 1e-6))      (1 when max_norm ≤ 0: clipping off)
  *   g    = coef · grad
@@ -9,8 +10,8 @@
  *   v    = β2 · v + (1 − β2) · g²
  *   w    = w − (lr / (1 − β1^t)) · m / (sqrt(v) / sqrt(1 − β2^t) + eps)
  *
- * Per-step scalars (lr, 1 − β1^t, 1 − β2^t, max_norm) come from a small storage tensor that the host rewrites
- * every step, and normSq from the GPU's global norm reduction, so the dispatch is built once and replayed.
+ * Per-update scalars (lr, 1 − β1^t, 1 − β2^t, max_norm) come from a small storage tensor that the host
+ * rewrites before every update, and normSq from the GPU's global norm reduction, so the dispatch is built once and replayed.
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
 

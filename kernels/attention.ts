@@ -1,7 +1,8 @@
 /**
  * Attention kernels (flash-style, f32): softmax(scale·q·kᵀ + mask)·v with grouped-query heads, a key-padding
- * mask, an optional causal mask with a query offset, and the EAGLE-3 test-time-training "diagonal" keys
- * (row t of step k also attends its own keys from the earlier steps, unmasked; specforge-spec.md §4.3).
+ * mask, an optional causal mask with a query offset, and the EAGLE-3 test-time-training "diagonal" keys (row
+ * t at TTT position k also attends its own keys from the earlier positions, unmasked; SpecForge
+ * `specforge/modeling/draft/llama3_eagle.py` `LlamaAttention.forward` with `cache_hidden`).
  *
  * Layouts (row-major): q, out, dout, dq [B, Tq, nh, hd]; k, v, dk, dv [B, Tk, nkv, hd];
  * kd, vd, dkd, dvd [S, B, Tq, nkv, hd]; lse [B, nh, Tq]; lengths i32 [B].

@@ -1,20 +1,24 @@
 /**
- * Kernels of the EAGLE-3 training step that no other op family provides (reference/specforge-spec.md §2.2,
- * §4.1, §4.5): the teacher of TTT step k read straight from the UNshifted target outputs, and the per-step
- * metric accumulation. Rows are r = b·T + t of a right-padded batch [B, T].
+ * Kernels of the EAGLE-3 training step that no other op family provides: the teacher of TTT position k read
+ * straight from the UNshifted target outputs (SpecForge `specforge/core/eagle3.py` `_compute_target_p` and
+ * the input alignment of `OnlineEagle3Model.forward`; `specforge/utils.py` `padding`), and the per-position
+ * metric accumulation (`acces` in `OnlineEagle3Model.forward`). Rows are r = b·T + t of a right-padded batch
+ * [B, T].
  *
- * The shift by one position (target'_j = L_{j+1}, u⁰_j = x_{j+1}, zero fill at j = T−1) and the TTT
- * window (step k reads teacher row t + k, padded past the end with p = 1/Vd, id 0, mask 0) are folded into
- * the index arithmetic: at step k, row t uses target row j = t + k + 1 when j < T. `teacherProbsRows` is the
- * one-row-per-invocation variant of `teacherProbs` for CPU adapters.
+ * The shift by one position (target'_j = L_{j+1}, u⁰_j = x_{j+1}, zero fill at j = T−1) and the TTT window
+ * (TTT position k reads teacher row t + k, padded past the end with p = 1/Vd, id 0, mask 0) are folded into
+ * the index arithmetic: at TTT position k, row t uses target row j = t + k + 1 when j < T. `teacherProbsRows`
+ * is the one-row-per-invocation variant of `teacherProbs` for CPU adapters.
+ *
+ * SpecForge's classic scripts are [C], its current runtime (`specforge train`) [H].
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
 import { ROW_REDUCE, ROW_WG, ROWS_WG, rowsPrelude, rowsStatsFn, rowsType } from "./softmax.ts";
 
 /**
- * p^k [rows, Vd] of step k: row (b, t) = softmax(L[b, t+k+1, :]) when t + k + 1 < T, else the uniform 1/Vd
- * (SpecForge's zero-filled last row softmaxes to uniform, and its TTT padding is 1/Vd). One workgroup per
- * row. Bindings: 0 params {rows, seq, vocab, k}, 1 logits [rows, Vd] (subset logits, unshifted), 2 out.
+ * p^k [rows, Vd] of TTT position k: row (b, t) = softmax(L[b, t+k+1, :]) when t + k + 1 < T, else the uniform
+ * 1/Vd (SpecForge's zero-filled last row softmaxes to uniform, and its TTT padding is 1/Vd). One workgroup
+ * per row. Bindings: 0 params {rows, seq, vocab, k}, 1 logits [rows, Vd] (subset logits, unshifted), 2 out.
  */
 export const teacherProbs = /* wgsl */ `
 struct Params { rows: u32, seq: u32, cols: u32, k: u32 }
@@ -87,12 +91,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 export const TEACHER_ROWS_WG = 64;
 
 /**
- * The per-row inputs of step k, one invocation per row (b, t), with j = t + k:
+ * The per-row inputs of TTT position k, one invocation per row (b, t), with j = t + k:
  *   ids_k[r]       = x[b, t+k+1] if t+k+1 < T else 0               (token fed, teacher-forced)
  *   full           = argmax L[b, j+1] if j+1 < T else 0             (SpecForge's ids_pad)
- *   loss_mask_k[r] = M[b, j] if j < T else 0                        (accuracy mask, §4.5)
+ *   loss_mask_k[r] = M[b, j] if j < T else 0                        (accuracy mask, SpecForge's acces)
  *   target_k[r]    = draft index of `full`, −1 when not in the draft vocab (t2d[full] = 0)
- *   pos_mask_k[r]  = loss_mask_k[r] if target_k[r] ≥ 0 else 0       (t2d[argmax] · loss_mask, §2.2)
+ *   pos_mask_k[r]  = loss_mask_k[r] if target_k[r] ≥ 0 else 0       (t2d[argmax] · loss_mask)
  * Bindings: 0 params {rows, seq, vocab, k}, 1 ids i32, 2 argmax i32, 3 loss mask f32, 4 target-to-draft map
  * i32 [V], 5 ids_k i32 (out), 6 pos_mask_k f32 (out), 7 loss_mask_k f32 (out), 8 target_k i32 (out).
  */
@@ -133,7 +137,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 `;
 
-/** Columns of one TTT step's row in the metrics tensor [K, METRIC_COLS]. */
+/** Columns of one TTT position's row in the metrics tensor [K, METRIC_COLS]. */
 export const METRIC_COLS = 4;
 
 /**

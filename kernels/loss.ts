@@ -1,6 +1,7 @@
 /**
- * The EAGLE-3 draft loss of one TTT step and its accuracy metric (specforge-spec.md §4.4, §4.5), one
- * workgroup per row of logits z [rows, V] against target probabilities p [rows, V]:
+ * The EAGLE-3 draft loss of one TTT position (SpecForge `specforge/core/loss.py` `LogSoftmaxLoss`) and its
+ * accuracy metric (`acces` in `specforge/core/eagle3.py` `OnlineEagle3Model.forward`), one workgroup per row
+ * of logits z [rows, V] against target probabilities p [rows, V]:
  *
  *   rowLoss = [mask ≠ 0] · (− Σ_v p_v · log_softmax(z)_v) / denominator
  *   grad    = gradScale · [mask ≠ 0] · (softmax(z) · Σ_v p_v − p) / denominator

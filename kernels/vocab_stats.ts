@@ -1,6 +1,7 @@
 /**
  * Streaming statistics of logits over the full vocabulary, one chunk of columns at a time, so that the
- * [rows, V] logits never exist at once (SpecForge's "compact teacher", reference/specforge-spec.md §2.2).
+ * [rows, V] logits never exist at once (SpecForge's "compact teacher": `specforge/core/eagle3.py`
+ * `_compute_target_p` over the target's full vocabulary).
  * Per row the state holds the running max m, the running Σ exp(x − m) and the running argmax; a chunk with
  * max m_c and sum s_c merges as M = max(m, m_c), s = s·e^(m−M) + s_c·e^(m_c−M), and its argmax replaces the
  * running one only if m_c > m (strictly), so ties resolve to the lowest id as torch.argmax does.

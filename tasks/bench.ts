@@ -2,10 +2,10 @@
  * `deno task bench`: prints a table of speed figures (ms, GFLOP/s, tokens/s) for the engine's kernels and the
  * parts built on them, and writes the same rows as JSON. Figures only: nothing here is a test.
  */
-import { parseArgs } from "node:util";
 import { Gpu } from "../lib/gpu/device.ts";
 import type { BenchOptions, BenchRow } from "../lib/bench/types.ts";
 import { runTask } from "../lib/cli/run.ts";
+import { flagHelp, type FlagTable, parseCommand } from "../lib/flags.ts";
 import { benchDispatch } from "../lib/bench/dispatch.ts";
 import { benchMatmul } from "../lib/bench/matmul.ts";
 import { benchAttention } from "../lib/bench/attention.ts";
@@ -15,14 +15,6 @@ import { benchTarget } from "../lib/bench/target.ts";
 import { benchEagle3 } from "../lib/bench/eagle3.ts";
 import { benchTrain } from "../lib/bench/train.ts";
 import { benchSpeculative } from "../lib/bench/speculative.ts";
-
-const HELP = `deno task bench [--quick] [--only <groups>] [--json <file>]
-
-  --quick          smaller shapes and fewer repetitions (default: off)
-  --only <list>    comma-separated groups to run, e.g. matmul,attention (default: all)
-  --json <file>    where to write the rows as JSON (default: out/bench.json)
-  --debug          print stack traces on errors
-  --help           this text`;
 
 type Bench = (gpu: Gpu, opts: BenchOptions) => Promise<BenchRow[]>;
 
@@ -38,6 +30,21 @@ const BENCHES: Record<string, Bench> = {
   train: benchTrain,
   speculative: benchSpeculative,
 };
+
+/** The flags of `bench`. */
+export const BENCH_FLAGS = {
+  quick: { kind: "bool", help: "smaller shapes and fewer repetitions" },
+  only: {
+    kind: "string",
+    arg: "list",
+    help: `comma-separated groups to run, e.g. matmul,attention (default: all of ${
+      Object.keys(BENCHES).join(", ")
+    })`,
+  },
+  json: { kind: "string", default: "out/bench.json", arg: "file", help: "where to write the rows as JSON" },
+} as const satisfies FlagTable;
+
+const USAGE = "deno task bench [--quick] [--only <groups>] [--json <file>]";
 
 function formatTable(rows: BenchRow[]): string {
   const head = ["group", "name", "shape", "ms", "GFLOP/s", "tokens/s", "note"];
@@ -61,20 +68,9 @@ export function main(args: string[]): Promise<number> {
 }
 
 async function benchTask(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      quick: { type: "boolean", default: false },
-      only: { type: "string" },
-      json: { type: "string", default: "out/bench.json" },
-      debug: { type: "boolean", default: false },
-      help: { type: "boolean", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-    return;
-  }
+  const cmd = parseCommand(BENCH_FLAGS, args);
+  if (cmd.help) return console.log(flagHelp(BENCH_FLAGS, USAGE));
+  const values = cmd.settings;
   const groups = values.only ? values.only.split(",").map((s) => s.trim()) : Object.keys(BENCHES);
   for (const g of groups) {
     if (!(g in BENCHES)) {
@@ -89,7 +85,7 @@ async function benchTask(args: string[]): Promise<void> {
     console.log(`\n${formatTable(got)}`);
     rows.push(...got);
   }
-  const file = values.json!;
+  const file = values.json;
   await Deno.mkdir(file.replace(/\/[^/]*$/, "") || ".", { recursive: true });
   const tmp = `${file}.tmp`;
   await Deno.writeTextFile(

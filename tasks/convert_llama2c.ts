@@ -3,20 +3,37 @@
  * directory that the rest of Eaglet (and transformers) loads: config.json, model.safetensors (wq/wk permuted
  * to half-rotation RoPE), tokenizer.json, tokenizer_config.json.
  */
-import { parseArgs } from "node:util";
 import { convertLlama2c } from "../lib/models/llama2c.ts";
 import { runTask } from "../lib/cli/run.ts";
+import { flagHelp, type FlagTable, parseCommand } from "../lib/flags.ts";
 
-const HELP =
-  `deno task convert-llama2c --checkpoint <model.bin> --tokenizer <tokenizer.bin> --output-dir <dir>
+/** The flags of `convert-llama2c`. */
+export const CONVERT_LLAMA2C_FLAGS = {
+  checkpoint: {
+    kind: "string",
+    required: true,
+    arg: "file",
+    help: "llama2.c weights, e.g. ../shared/models/stories260K/stories260K.bin",
+  },
+  tokenizer: {
+    kind: "string",
+    required: true,
+    arg: "file",
+    help: "llama2.c tokenizer, e.g. ../shared/models/stories260K/tok512.bin",
+  },
+  "output-dir": {
+    kind: "string",
+    required: true,
+    arg: "dir",
+    help: "directory to create (written to a temporary name, then renamed)",
+  },
+  overwrite: { kind: "bool", help: "replace <dir> if it exists" },
+} as const satisfies FlagTable;
 
-Converts a llama2.c checkpoint (legacy or version-1 float32 export) and its tokenizer to an HF Llama directory.
-  --checkpoint <file>   llama2.c weights, e.g. ../shared/models/stories260K/stories260K.bin
-  --tokenizer <file>    llama2.c tokenizer, e.g. ../shared/models/stories260K/tok512.bin
-  --output-dir <dir>    directory to create (written to a temporary name, then renamed)
-  --overwrite           replace <dir> if it exists
-  --debug               print stack traces on errors
-  --help                this text`;
+const USAGE =
+  "deno task convert-llama2c --checkpoint <model.bin> --tokenizer <tokenizer.bin> --output-dir <dir>";
+const ABOUT =
+  "Converts a llama2.c checkpoint (legacy or version-1 float32 export) and its tokenizer to an HF Llama directory.";
 
 /** Runs `convert-llama2c` with command-line arguments `args`; returns the exit code. */
 export function main(args: string[]): Promise<number> {
@@ -24,30 +41,9 @@ export function main(args: string[]): Promise<number> {
 }
 
 async function convertTask(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      checkpoint: { type: "string" },
-      tokenizer: { type: "string" },
-      "output-dir": { type: "string" },
-      overwrite: { type: "boolean", default: false },
-      debug: { type: "boolean", default: false },
-      help: { type: "boolean", default: false },
-    },
-    allowPositionals: false,
-  });
-  if (values.help) {
-    console.log(HELP);
-    return;
-  }
-  const missing = ["checkpoint", "tokenizer", "output-dir"].filter((k) => !values[k as keyof typeof values]);
-  if (missing.length) throw new Error(`missing ${missing.map((m) => `--${m}`).join(", ")} (see --help)`);
-  const r = await convertLlama2c({
-    checkpoint: values.checkpoint!,
-    tokenizer: values.tokenizer!,
-    outputDir: values["output-dir"]!,
-    overwrite: values.overwrite,
-  });
+  const cmd = parseCommand(CONVERT_LLAMA2C_FLAGS, args);
+  if (cmd.help) return console.log(flagHelp(CONVERT_LLAMA2C_FLAGS, USAGE, ABOUT));
+  const r = await convertLlama2c(cmd.settings);
   const c = r.config;
   console.log(
     `wrote ${r.outputDir} (${

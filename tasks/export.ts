@@ -1,27 +1,51 @@
 /**
- * `deno task export`: writes the SGLang serving directory of a training checkpoint (reference/specforge-spec.md
- * §6.2: config.json + model.safetensors with midlayer.*, fc, norm, lm_head, d2t, t2d; no embedding), in bf16
+ * `deno task export`: writes the SGLang serving directory of a training checkpoint (config.json +
+ * model.safetensors with midlayer.*, fc, norm, lm_head, d2t, t2d; no embedding: what SGLang's
+ * `python/sglang/srt/models/llama_eagle3.py` `LlamaForCausalLMEagle3.load_weights` reads), in bf16
  * by default or f16/f32, checked after writing. Every checkpoint train-online saves already is such a
  * directory in the run's --export-dtype; this task re-exports it (another dtype, another place, another
  * vocab mapping) from the f32 master weights, or just checks a directory with --check.
  */
-import { parseArgs } from "node:util";
-import { checkDraftExport } from "../lib/io/export.ts";
+import { checkDraftExport } from "../lib/models/export.ts";
 import { exportCheckpoint, findLatestCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadVocabMapping } from "../lib/data/vocab.ts";
 import { runTask } from "../lib/cli/run.ts";
+import { flagHelp, type FlagTable, parseCommand } from "../lib/flags.ts";
 
-const HELP = `deno task export --checkpoint <dir> --output-dir <dir> [options]
-deno task export --check <dir>
+/** The flags of `export`. */
+export const EXPORT_FLAGS = {
+  checkpoint: {
+    kind: "string",
+    arg: "dir",
+    help:
+      "a checkpoint (epoch_E_step_S) or a run's --output-dir (its latest checkpoint); required unless --check",
+  },
+  "output-dir": {
+    kind: "string",
+    arg: "dir",
+    help: "the SGLang directory to write (atomically); required unless --check",
+  },
+  dtype: {
+    kind: "choice",
+    choices: ["bf16", "f16", "f32"],
+    default: "bf16",
+    help: "dtype of the exported weights",
+  },
+  "vocab-mapping": {
+    kind: "string",
+    arg: "file",
+    help: "replace d2t/t2d with this mapping (.safetensors or .json)",
+  },
+  overwrite: { kind: "bool", help: "replace --output-dir if it exists" },
+  check: {
+    kind: "string",
+    arg: "dir",
+    help: "only check an SGLang draft directory (keys, shapes, dtypes, config) and describe it",
+  },
+} as const satisfies FlagTable;
 
-  --checkpoint <dir>     a checkpoint (epoch_E_step_S) or a run's --output-dir (its latest checkpoint)
-  --output-dir <dir>     the SGLang directory to write (atomically)
-  --dtype <d>            bf16 (default), f16 or f32
-  --vocab-mapping <file> replace d2t/t2d with this mapping (.safetensors or .json)
-  --overwrite            replace --output-dir if it exists
-  --check <dir>          only check an SGLang draft directory (keys, shapes, dtypes, config) and describe it
-  --debug                print stack traces
-  --help                 this text`;
+const USAGE = `deno task export --checkpoint <dir> --output-dir <dir> [options]
+deno task export --check <dir>`;
 
 /** Runs `export` with command-line arguments `args`; returns the exit code. */
 export function main(args: string[]): Promise<number> {
@@ -29,21 +53,9 @@ export function main(args: string[]): Promise<number> {
 }
 
 async function exportTask(args: string[]): Promise<void> {
-  const { values: v } = parseArgs({
-    args,
-    options: {
-      checkpoint: { type: "string" },
-      "output-dir": { type: "string" },
-      dtype: { type: "string", default: "bf16" },
-      "vocab-mapping": { type: "string" },
-      overwrite: { type: "boolean", default: false },
-      check: { type: "string" },
-      debug: { type: "boolean", default: false },
-      help: { type: "boolean", default: false },
-    },
-    strict: true,
-  });
-  if (v.help) return console.log(HELP);
+  const cmd = parseCommand(EXPORT_FLAGS, args);
+  if (cmd.help) return console.log(flagHelp(EXPORT_FLAGS, USAGE));
+  const v = cmd.settings;
   if (v.check) {
     const c = await checkDraftExport(v.check);
     const cfg = c.config;
@@ -54,17 +66,14 @@ async function exportTask(args: string[]): Promise<void> {
     );
     return;
   }
-  if (!v.checkpoint || !v["output-dir"]) {
+  if (!v.checkpoint || !v.outputDir) {
     throw new Error("--checkpoint and --output-dir are required (see --help)");
   }
   const dtype = v.dtype;
-  if (dtype !== "bf16" && dtype !== "f16" && dtype !== "f32") {
-    throw new Error(`--dtype must be bf16, f16 or f32, got ${dtype}`);
-  }
   const dir = (await findLatestCheckpoint(v.checkpoint)) ?? v.checkpoint;
-  const vocabMapping = v["vocab-mapping"] ? await loadVocabMapping(v["vocab-mapping"]) : undefined;
-  await exportCheckpoint(dir, v["output-dir"], { dtype, overwrite: v.overwrite, vocabMapping });
-  console.log(`exported ${dir} → ${v["output-dir"]} (${dtype}, checked)`);
+  const vocabMapping = v.vocabMapping ? await loadVocabMapping(v.vocabMapping) : undefined;
+  await exportCheckpoint(dir, v.outputDir, { dtype, overwrite: v.overwrite, vocabMapping });
+  console.log(`exported ${dir} → ${v.outputDir} (${dtype}, checked)`);
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -4,70 +4,49 @@
  * ids, token strings, mask) for scripts.
  */
 
-import { parseArgs } from "node:util";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { DataError } from "../lib/data/errors.ts";
-import { flagUsage, runTask } from "../lib/cli/run.ts";
+import { runTask } from "../lib/cli/run.ts";
+import { CHAT_TEMPLATE_FLAG } from "../lib/data/prepare.ts";
+import { flagHelp, type FlagTable, parseCommand, type Settings } from "../lib/flags.ts";
 import { inspectSample, renderHtml, renderTerminal } from "../lib/data/inspect.ts";
 import { preprocessConversation, preprocessText } from "../lib/data/preprocess.ts";
 import { parseRecord, readRecords } from "../lib/data/records.ts";
 import { templates } from "../lib/data/templates.ts";
 import { loadTokenizer } from "../lib/data/tokenizer.ts";
 
-const FLAGS = {
-  "input": { type: "string", help: "prepared data file (.jsonl/.json/.parquet) (required)" },
+/** The flags of `inspect-data`. */
+export const INSPECT_DATA_FLAGS = {
+  "input": { kind: "string", required: true, help: "prepared data file (.jsonl/.json/.parquet)" },
   "tokenizer": {
-    type: "string",
-    help: "tokenizer directory (tokenizer.json [+ tokenizer_config.json]) (required)",
+    kind: "string",
+    required: true,
+    help: "tokenizer directory (tokenizer.json [+ tokenizer_config.json])",
   },
-  "chat-template": {
-    type: "string",
-    default: "llama3",
-    help: `template name: ${templates.names().join(", ")}`,
-  },
-  "chat-template-file": { type: "string", help: "Jinja file replacing the tokenizer's own chat template" },
-  "index": { type: "string", default: "0", help: "0-based record index to show" },
-  "id": { type: "string", help: "show the record with this id instead of --index" },
-  "max-length": { type: "string", default: "2048", help: "tokens kept (right truncation)" },
-  "train-only-last-turn": { type: "boolean", default: false, help: "supervise only the last assistant turn" },
-  "html": { type: "string", help: "also write a standalone HTML page to this path" },
-  "json": {
-    type: "boolean",
-    default: false,
-    help: "print JSON {id, template, max_length, input_ids, tokens, loss_mask, text}",
-  },
-  "no-color": {
-    type: "boolean",
-    default: false,
-    help: "plain text: supervised tokens in ⟦ ⟧, boundaries as │",
-  },
-  "debug": { type: "boolean", default: false, help: "print stack traces" },
-  "help": { type: "boolean", default: false, help: "show this help" },
-} as const;
+  "chat-template": CHAT_TEMPLATE_FLAG,
+  "chat-template-file": { kind: "string", help: "Jinja file replacing the tokenizer's own chat template" },
+  "index": { kind: "int", default: 0, min: 0, help: "0-based record index to show" },
+  "id": { kind: "string", help: "show the record with this id instead of --index" },
+  "max-length": { kind: "int", default: 2048, min: 1, help: "tokens kept (right truncation)" },
+  "train-only-last-turn": { kind: "bool", help: "supervise only the last assistant turn" },
+  "html": { kind: "string", help: "also write a standalone HTML page to this path" },
+  "json": { kind: "bool", help: "print JSON {id, template, max_length, input_ids, tokens, loss_mask, text}" },
+  "no-color": { kind: "bool", help: "plain text: supervised tokens in ⟦ ⟧, boundaries as │" },
+} as const satisfies FlagTable;
 
-function usage(): string {
-  return flagUsage("usage: deno task inspect-data --input <file> --tokenizer <dir> [options]", FLAGS);
-}
+const USAGE = "usage: deno task inspect-data --input <file> --tokenizer <dir> [options]";
 
-async function inspectData(v: ReturnType<typeof parse>["values"]): Promise<void> {
-  if (!v.input || !v.tokenizer) throw new DataError("--input and --tokenizer are required (see --help)");
-  const maxLength = Number(v["max-length"]);
-  const index = Number(v.index);
-  if (!(Number.isInteger(maxLength) && maxLength > 0)) {
-    throw new DataError(`--max-length must be a positive integer, got '${v["max-length"]}'`);
-  }
-  if (!(Number.isInteger(index) && index >= 0)) {
-    throw new DataError(`--index must be a non-negative integer, got '${v.index}'`);
-  }
-  const template = templates.get(v["chat-template"]);
-  const chatTemplate = v["chat-template-file"] ? await Deno.readTextFile(v["chat-template-file"]) : undefined;
+async function inspectData(v: Settings<typeof INSPECT_DATA_FLAGS>): Promise<void> {
+  const { maxLength, index } = v;
+  const template = templates.get(v.chatTemplate);
+  const chatTemplate = v.chatTemplateFile ? await Deno.readTextFile(v.chatTemplateFile) : undefined;
   const tok = await loadTokenizer(v.tokenizer, { chatTemplate });
   let count = 0;
   for await (const raw of readRecords(v.input)) {
     count++;
     const rec = parseRecord(raw, { harmonyRoles: template.parser === "openai-harmony" });
-    if (v.id !== undefined ? rec.id !== v.id : raw.index !== index) continue;
-    const opts = { maxLength, trainOnlyLastTurn: v["train-only-last-turn"] };
+    if (v.id !== null ? rec.id !== v.id : raw.index !== index) continue;
+    const opts = { maxLength, trainOnlyLastTurn: v.trainOnlyLastTurn };
     let sample;
     if (rec.kind === "tokens") {
       sample = {
@@ -82,7 +61,7 @@ async function inspectData(v: ReturnType<typeof parse>["values"]): Promise<void>
     } else {
       sample = { id: rec.id, ...preprocessConversation(tok, template, rec.conversations, opts, rec.tools) };
     }
-    const view = inspectSample(tok, sample, v["chat-template"], maxLength);
+    const view = inspectSample(tok, sample, v.chatTemplate, maxLength);
     if (v.json) {
       console.log(JSON.stringify({
         id: view.id,
@@ -95,7 +74,7 @@ async function inspectData(v: ReturnType<typeof parse>["values"]): Promise<void>
         text: view.text,
       }));
     } else {
-      console.log(renderTerminal(view, !v["no-color"] && Deno.stdout.isTerminal()));
+      console.log(renderTerminal(view, !v.noColor && Deno.stdout.isTerminal()));
     }
     if (v.html) {
       await writeFileAtomic(v.html, renderHtml(view));
@@ -104,22 +83,16 @@ async function inspectData(v: ReturnType<typeof parse>["values"]): Promise<void>
     return;
   }
   throw new DataError(
-    `${v.input}: no record ${
-      v.id !== undefined ? `with id '${v.id}'` : `at index ${index}`
-    } (${count} records)`,
+    `${v.input}: no record ${v.id !== null ? `with id '${v.id}'` : `at index ${index}`} (${count} records)`,
   );
-}
-
-function parse(argv: string[]) {
-  return parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false });
 }
 
 /** Runs `inspect-data` with command-line arguments `args`; returns the exit code. */
 export function main(args: string[]): Promise<number> {
   return runTask("inspect-data", args, async (argv) => {
-    const { values } = parse(argv);
-    if (values.help) console.log(usage());
-    else await inspectData(values);
+    const cmd = parseCommand(INSPECT_DATA_FLAGS, argv);
+    if (cmd.help) console.log(flagHelp(INSPECT_DATA_FLAGS, USAGE));
+    else await inspectData(cmd.settings);
   });
 }
 

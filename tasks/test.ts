@@ -4,28 +4,24 @@
  * prints one closing line `N passed, M failed` (the form CI reads). Extra arguments go to `deno test`
  * (e.g. `--filter rmsnorm`).
  */
-import { parseArgs } from "node:util";
+import { flagHelp, type FlagTable, parseCommand } from "../lib/flags.ts";
 
-const HELP = `deno task test [--no-gl] [--only-gl] [-- <deno test args>]
+/** The flags of `test`. */
+export const TEST_FLAGS = {
+  "no-gl": { kind: "bool", help: "skip the GL pass (default: run it)" },
+  "only-gl": { kind: "bool", help: "run only the GL pass" },
+} as const satisfies FlagTable;
 
-Runs tests/ on the default backend, then tests/gpu_core_test.ts and tests/ops/ on DENO_WEBGPU_BACKEND=gl.
-  --no-gl     skip the GL pass (default: run it)
-  --only-gl   run only the GL pass
-  --help      this text`;
+const USAGE = "deno task test [--no-gl] [--only-gl] [-- <deno test args>]";
+const ABOUT =
+  "Runs tests/ on the default backend, then tests/gpu_core_test.ts and tests/ops/ on DENO_WEBGPU_BACKEND=gl.";
 
-const { values, positionals } = parseArgs({
-  args: Deno.args,
-  options: {
-    "no-gl": { type: "boolean", default: false },
-    "only-gl": { type: "boolean", default: false },
-    help: { type: "boolean", default: false },
-  },
-  allowPositionals: true,
-});
-if (values.help) {
-  console.log(HELP);
+const cmd = parseCommand(TEST_FLAGS, Deno.args, { positionals: true });
+if (cmd.help) {
+  console.log(flagHelp(TEST_FLAGS, USAGE, ABOUT));
   Deno.exit(0);
 }
+const { settings, positionals } = cmd;
 
 interface Counts {
   passed: number;
@@ -68,8 +64,8 @@ const add = (c: Counts) => {
   total.failed += c.failed;
   total.ignored += c.ignored;
 };
-if (!values["only-gl"]) add(await pass("default backend", ["tests/"], {}));
-if (!values["no-gl"]) {
+if (!settings.onlyGl) add(await pass("default backend", ["tests/"], {}));
+if (!settings.noGl) {
   add(
     await pass("GL backend (kernels)", ["tests/gpu_core_test.ts", "tests/ops/"], {
       DENO_WEBGPU_BACKEND: "gl",

@@ -1,8 +1,9 @@
 /**
  * `deno task train-online`: trains an EAGLE-3 draft against a frozen target whose features are computed on
- * the fly (SpecForge's `train_eagle3_online.py`; flags of reference/specforge-spec.md §7.1, or a YAML file
- * with --config). Writes checkpoints (each one an SGLang directory), metrics.jsonl and training_curves.svg
- * into --output-dir. `--help` lists every flag and its default.
+ * the fly (SpecForge's `scripts/train_eagle3_online.py`, with its argparse flags, or a YAML file with
+ * --config; the flags are declared in lib/train/config.ts). Writes checkpoints (each one an SGLang
+ * directory), metrics.jsonl and training_curves.svg into --output-dir. `--help` lists every flag and its
+ * default.
  */
 import { runTask } from "../lib/cli/run.ts";
 import { trainTask } from "../lib/train/task.ts";

@@ -5,6 +5,7 @@
  * FLOPs counted: forward 4·B·nh·hd·(T²/2 + T·S) (q·kᵀ and P·v over the causal half plus the diagonal keys);
  * backward 2.5× the forward (P is recomputed, then dP = dO·vᵀ, dV, dK and dQ).
  */
+import { mulberry32 } from "../data/random.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
@@ -23,12 +24,8 @@ interface Shape {
 function randomTensor(gpu: Gpu, shape: number[], label: string, seed: number): Tensor {
   let n = 1;
   for (const d of shape) n *= d;
-  const data = new Float32Array(n);
-  let x = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    data[i] = x / 2 ** 32 - 0.5;
-  }
+  const rand = mulberry32(seed);
+  const data = Float32Array.from({ length: n }, () => rand() - 0.5);
   return Tensor.fromArray(gpu, data, shape, "f32", label);
 }
 

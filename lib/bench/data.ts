@@ -6,7 +6,7 @@
 
 import type { Gpu } from "../gpu/device.ts";
 import { preprocessConversation } from "../data/preprocess.ts";
-import { seededRandom } from "../data/random.ts";
+import { mulberry32 } from "../data/random.ts";
 import { templates } from "../data/templates.ts";
 import { loadTokenizer } from "../data/tokenizer.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
@@ -42,7 +42,7 @@ export async function benchData(_gpu: Gpu | null, opts: DataBenchOptions = {}): 
   const rows: BenchRow[] = [];
   const shapes = opts.quick ? [[2, 60, 20]] : [[1, 40, 200], [3, 120, 100], [8, 200, 30]];
   for (const [turns, words, count] of shapes) {
-    const rand = seededRandom(turns * 1000 + words);
+    const rand = mulberry32(turns * 1000 + words);
     const convs = Array.from({ length: count }, () => conversation(rand, turns, words));
     preprocessConversation(tok, template, convs[0], { maxLength: 4096 }); // warm-up (JIT, template parse)
     let tokens = 0;

@@ -7,7 +7,7 @@
 import type { Gpu } from "../gpu/device.ts";
 import { fromFloat32As, type RawTensor, writeSafetensors } from "../io/safetensors.ts";
 import { pathExists } from "../io/atomic.ts";
-import { seededRandom } from "../data/random.ts";
+import { mulberry32 } from "../data/random.ts";
 import { TargetModel } from "../models/target.ts";
 import { Generator } from "../models/generate.ts";
 import { type BenchOptions, type BenchRow, timeProgram } from "./types.ts";
@@ -30,7 +30,7 @@ export interface RandomLlamaDims {
  * LlamaForCausalLM with untied embeddings into `dir`.
  */
 export async function writeRandomLlama(dir: string, d: RandomLlamaDims, seed = 1): Promise<void> {
-  const rand = seededRandom(seed);
+  const rand = mulberry32(seed);
   const matrix = (rows: number, cols: number): RawTensor => {
     const a = 1 / Math.sqrt(cols);
     const values = new Float32Array(rows * cols);

@@ -3,7 +3,8 @@
  * (`<task>: <message>`, the whole stack with `--debug`) and an exit code. Each tasks/<task>.ts exports
  * `main(args)` built on it and ends with `if (import.meta.main) Deno.exit(await main(Deno.args));`, so the
  * same function runs from `deno task <task>`, from the `eaglet` dispatcher and from its single-file bundle
- * (where `deno bundle` turns `import.meta.main` of every inlined module into `false`).
+ * (where `deno bundle` turns `import.meta.main` of every inlined module into `false`). A task's flags are
+ * declared and parsed with lib/flags.ts; its errors (one line naming the flag) come here.
  */
 
 /** The body of a task: returns its exit code, or nothing for success. */
@@ -24,35 +25,4 @@ export async function runTask(name: string, args: string[], body: TaskBody): Pro
     }
     return 1;
   }
-}
-
-/** A flag's value as a number, or a one-line error naming the flag. */
-export function numberFlag(
-  name: string,
-  value: string | undefined,
-  fallback: number,
-  integer = false,
-): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
-    throw new Error(`--${name} must be ${integer ? "an integer" : "a number"}, got "${value}"`);
-  }
-  return n;
-}
-
-/** A flag of a task's flag table: its kind, default and help text, as node:util parseArgs takes them. */
-export interface FlagHelp {
-  type: "string" | "boolean";
-  default?: string | boolean;
-  help: string;
-}
-
-/** `--help` text: the usage line, then each flag with its help and, when it has one, its default. */
-export function flagUsage(usageLine: string, flags: Record<string, FlagHelp>): string {
-  const lines = Object.entries(flags).map(([name, f]) => {
-    const def = "default" in f ? ` (default: ${f.default})` : "";
-    return `  --${name}${f.type === "string" ? " <value>" : ""}\n      ${f.help}${def}`;
-  });
-  return `${usageLine}\n\n${lines.join("\n")}\n`;
 }

@@ -1,6 +1,6 @@
 /**
- * Builds the tokenized training set from a prepared data file (SpecForge `build_eagle3_dataset`,
- * reference/specforge-spec.md §1.5): every record is tokenized with its loss mask (lib/data/preprocess.ts),
+ * Builds the tokenized training set from a prepared data file (SpecForge `specforge/data/preprocessing.py`
+ * `build_eagle3_dataset`): every record is tokenized with its loss mask (lib/data/preprocess.ts),
  * samples with fewer than `minLossTokens` supervised tokens are dropped and counted, and the result is
  * cached by content (lib/data/cache.ts): a second run with the same inputs reads the cache and says so.
  *

@@ -1,5 +1,6 @@
 /**
- * Preprocessing cache (reference/specforge-spec.md §1.5, reworked).
+ * Preprocessing cache (SpecForge `specforge/data/preprocessing.py` `build_eagle3_dataset`'s cache, reworked;
+ * SpecForge's classic scripts are [C], its current runtime (`specforge train`) [H].)
  *
  * The key is the sha256 of a canonical JSON of EVERYTHING that changes the tokenized result: the data file's
  * content hash (not its path), the tokenizer.json and tokenizer_config.json hashes, the hash of the chat

@@ -1,8 +1,8 @@
 /**
- * Dataset conversion (`deno task prepare-data`; SpecForge `scripts/prepare_data.py`,
- * reference/specforge-spec.md §1.1): raw rows of a known dataset → the conversations JSONL every later
- * step reads, `{"id", "conversations": [{"role": "user"|"assistant", "content"}]}`, written to
- * `<out>/<dataset>_train.jsonl` (and `<dataset>_test.jsonl` with a 5 % eval split).
+ * Dataset conversion (`deno task prepare-data`; SpecForge `scripts/prepare_data.py`): raw rows of a known
+ * dataset → the conversations JSONL every later step reads, `{"id", "conversations": [{"role":
+ * "user"|"assistant", "content"}]}`, written to `<out>/<dataset>_train.jsonl` (and `<dataset>_test.jsonl`
+ * with a 5 % eval split).
  *
  * Each preset names its Hugging Face dataset (repo, config, split) and converts one row. The `custom`
  * preset takes a local file of already-converted records: conversations (validated), preformatted
@@ -10,6 +10,8 @@
  *
  * Hugging Face downloads go through the injected `DatasetDownloader` (wired to lib/io/hub.ts by the task),
  * so this module never touches the network itself.
+ *
+ * SpecForge's classic scripts are [C], its current runtime (`specforge train`) [H].
  */
 
 import { createHash } from "node:crypto";

@@ -1,10 +1,10 @@
 /**
- * Batching (reference/specforge-spec.md §1.6): samples are padded on the right to the longest in the batch
- * with token id 0 (not pad_token_id), attention_mask 0 and loss_mask 0. The sample order follows torch's
- * DistributedSampler + DataLoader(drop_last=True): per epoch a seeded shuffle of all indices, padded by
- * repeating from the start to a multiple of the data-parallel world size, rank r taking every world-th index
- * from r, then full batches only. The shuffle stream is Eaglet's own (lib/data/random.ts), not torch's.
- * A position (epoch, step) is all it takes to resume.
+ * Batching (SpecForge `specforge/data/utils.py` `DataCollatorWithPadding`): samples are padded on the right
+ * to the longest in the batch with token id 0 (not pad_token_id), attention_mask 0 and loss_mask 0. The
+ * sample order follows torch's DistributedSampler + DataLoader(drop_last=True): per epoch a seeded shuffle of
+ * all indices, padded by repeating from the start to a multiple of the data-parallel world size, rank r
+ * taking every world-th index from r, then full batches only. The shuffle stream is Eaglet's own
+ * (lib/data/random.ts), not torch's. A position (epoch, step) is all it takes to resume.
  */
 
 import { DataError } from "./errors.ts";

@@ -1,7 +1,7 @@
 /**
  * Conversation → `input_ids` + `loss_mask`, as SpecForge's current parser builds them
- * (reference/specforge-spec.md §1.3–1.4; `specforge/data/parse.py` GeneralParser / ThinkingParser /
- * HarmonyParser at [H]):
+ * (SpecForge `specforge/data/parse.py` `GeneralParser.parse` / ThinkingParser / HarmonyParser in its current
+ * runtime [H]; [C] marks its classic scripts):
  *
  * 1. Normalize: `from/value` keys and human/gpt roles are mapped; a leading system message replaces the
  *    template's system prompt, otherwise the template's (if any) is prepended; leading non-user messages are
@@ -125,7 +125,7 @@ function sanitizeMessage(m: Message, keepReasoning: boolean): ChatMessage {
   return out;
 }
 
-/** §1.3 steps 1–2: the message list that gets rendered, and what was changed. */
+/** Step 1 of the module comment: the message list that gets rendered, and what was changed. */
 export function normalizeConversation(
   conversation: Array<Record<string, unknown>>,
   template: ChatTemplate,
@@ -281,8 +281,8 @@ function prefixTokens(tok: ChatTokenizer, text: string, charPos: number, memo: M
 }
 
 /**
- * The loss mask of rendered `text` whose kept tokens number `n` (§1.4): assistant spans set to 1, then the
- * template's ignore tokens set to 0.
+ * The loss mask of rendered `text` whose kept tokens number `n` (step 4 of the module comment): assistant
+ * spans set to 1, then the template's ignore tokens set to 0.
  */
 export function buildLossMask(
   tok: ChatTokenizer,
@@ -308,7 +308,7 @@ export function buildLossMask(
   return mask;
 }
 
-/** Tokenizes rendered (or preformatted) text and builds its mask: §1.3 steps 4–5 and §1.4. */
+/** Tokenizes rendered (or preformatted) text and builds its mask: steps 3–4 of the module comment. */
 export function preprocessText(
   tok: ChatTokenizer,
   template: ChatTemplate,
@@ -337,7 +337,7 @@ export function renderConversation(
   return tok.renderChat(messages, { tools, kwargs });
 }
 
-/** A whole conversation → sample (§1.3 + §1.4). */
+/** A whole conversation → sample (steps 1–4 of the module comment). */
 export function preprocessConversation(
   tok: ChatTokenizer,
   template: ChatTemplate,

@@ -1,5 +1,5 @@
 /**
- * Chat-template registry (SpecForge `specforge/data/template.py`, reference/specforge-spec.md §1.2).
+ * Chat-template registry (SpecForge `specforge/data/template.py` `TEMPLATE_REGISTRY`).
  *
  * A template here does NOT render text: text is rendered by the tokenizer's own Jinja `chat_template`
  * (lib/data/tokenizer.ts). The header and end-of-turn strings only locate the assistant spans that the
@@ -58,7 +58,7 @@ function general(
 
 const QWEN = general("<|im_start|>assistant\n", "<|im_start|>user\n", HELPFUL, "<|im_end|>\n");
 
-/** The templates SpecForge v0.1 ships, plus qwen3-thinking and qwen3-instruct (§1.2 table). */
+/** The templates SpecForge v0.1 ships (its `TEMPLATE_REGISTRY`), plus qwen3-thinking and qwen3-instruct. */
 const BUILTIN: Record<string, ChatTemplate> = {
   "llama3": general(
     "<|start_header_id|>assistant<|end_header_id|>\n\n",

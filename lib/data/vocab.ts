@@ -1,5 +1,5 @@
 /**
- * Draft vocabulary (reference/specforge-spec.md §1.7; SpecForge `generate_vocab_mapping_file`,
+ * Draft vocabulary (SpecForge `specforge/data/preprocessing.py` `generate_vocab_mapping_file`,
  * `process_token_dict_to_mappings`).
  *
  * 1. Count supervised tokens: for each sample in order, the ids where loss_mask == 1.

@@ -1,6 +1,7 @@
 /**
- * Reads a draft directory for evaluation: Eaglet's exports (lib/io/export.ts), SpecForge checkpoints and
- * SGLang draft directories alike (reference/specforge-spec.md §6.2): `config.json` (architectures
+ * Reads a draft directory for evaluation: Eaglet's exports (lib/models/export.ts), SpecForge checkpoints and
+ * SGLang draft directories alike (as SGLang `python/sglang/srt/models/llama_eagle3.py` `load_weights` reads
+ * them): `config.json` (architectures
  * ["LlamaForCausalLMEagle3"] or none) and `model.safetensors` (or a sharded index) with SpecForge's key
  * names in bf16, f16 or f32 (widened to f32). As SGLang does, `d2t` maps draft index i to target id
  * i + d2t[i] and `t2d` is not needed; an embedding in the file is ignored (the target's is used). Without

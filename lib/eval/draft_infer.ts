@@ -1,11 +1,9 @@
 /**
- * The EAGLE-3 draft's inference forward (SGLang's LlamaForCausalLMEagle3 at serving time), one sequence, with
- * its own KV cache [maxLen, nkv, hd]. The layer is the training step's (lib/models/eagle3.ts, reference/
- * specforge-spec.md §3.3) run on new rows only:
- *
- *   a = [RMSNorm_in(embed(token)), RMSNorm_hid(h)]; q, k, v = a·W{q,k,v}ᵀ with RoPE at the row's position
- *   r = h + o_proj(attention over the cached rows and the mask's rows);  y = r + mlp(RMSNorm_post(r))
- *   logits = lm_head(RMSNorm_final(y)) over the draft vocabulary
+ * The EAGLE-3 draft's inference forward (SGLang's `LlamaForCausalLMEagle3`,
+ * `python/sglang/srt/models/llama_eagle3.py`, at serving time), one sequence, with its own KV cache
+ * [maxLen, nkv, hd]. The layers are the training step's (lib/models/eagle3_layer.ts: fc, midlayer, head) run on
+ * new rows only; what differs is the attention ({@link CachedAttention}): RoPE at each row's position, keys
+ * and values written into the cache, attention over the cached rows and the mask's rows.
  *
  * Two passes, matching training's TTT unroll (row t at step k has position t + k, attends the step-0 keys
  * of rows ≤ t and its own keys of steps 1..k):
@@ -24,12 +22,17 @@ import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
 import type { Eagle3Draft } from "../models/eagle3.ts";
-import { linear } from "../ops/matmul.ts";
-import { rmsnormForward } from "../ops/rmsnorm.ts";
+import {
+  type Eagle3Attention,
+  eagle3FcForward,
+  eagle3HeadActivations,
+  eagle3HeadForward,
+  eagle3LayerActivations,
+  eagle3LayerForward,
+  type MakeTensor,
+} from "../models/eagle3_layer.ts";
 import { ropeTable } from "../ops/rope.ts";
-import { swigluForward } from "../ops/swiglu.ts";
-import { embeddingForward } from "../ops/embedding.ts";
-import { accumulate, copyColumns, copyStrided } from "../ops/elementwise.ts";
+import { copyStrided } from "../ops/elementwise.ts";
 import { gatherRows, ropeAtPositions, scatterRows, treeAttentionForward } from "../ops/tree_attention.ts";
 
 /** Sizes of a {@link DraftSession}. */
@@ -62,9 +65,10 @@ export class DraftSession {
   /** The output hidden states y of the last pass, [max(maxExtendRows, topk), H]. */
   readonly hidden: Tensor;
   /** i32 [2]: committed prefix length, slot where the pass writes its rows. */
-  readonly #meta: Tensor;
-  readonly #cos: Tensor;
-  readonly #sin: Tensor;
+  readonly meta: Tensor;
+  /** RoPE tables of positions 0..maxLen−1 [maxLen, hd/2]. */
+  readonly ropeCos: Tensor;
+  readonly ropeSin: Tensor;
   readonly #extends = new Map<number, PassProgram>();
   #step: PassProgram | null = null;
 
@@ -100,10 +104,10 @@ export class DraftSession {
       "f32",
       "draft y",
     );
-    this.#meta = Tensor.empty(gpu, [2], "i32", "spec draft meta");
+    this.meta = Tensor.empty(gpu, [2], "i32", "spec draft meta");
     const table = ropeTable(cfg, cfg.headDim, opts.maxLen);
-    this.#cos = Tensor.fromArray(gpu, table.cos, [opts.maxLen, cfg.headDim / 2], "f32", "draft rope cos");
-    this.#sin = Tensor.fromArray(gpu, table.sin, [opts.maxLen, cfg.headDim / 2], "f32", "draft rope sin");
+    this.ropeCos = Tensor.fromArray(gpu, table.cos, [opts.maxLen, cfg.headDim / 2], "f32", "draft rope cos");
+    this.ropeSin = Tensor.fromArray(gpu, table.sin, [opts.maxLen, cfg.headDim / 2], "f32", "draft rope sin");
   }
 
   /**
@@ -123,7 +127,7 @@ export class DraftSession {
     pass.index.write(Int32Array.from(auxRows));
     pass.ids.write(Int32Array.from(tokens));
     pass.positions.write(Int32Array.from({ length: R }, (_, i) => prefix + i));
-    this.#meta.write(Int32Array.from([prefix, prefix]));
+    this.meta.write(Int32Array.from([prefix, prefix]));
     pass.program.run();
     return await pass.logits.readFloat();
   }
@@ -147,7 +151,7 @@ export class DraftSession {
     pass.ids.write(Int32Array.from(tokens));
     pass.positions.write(new Int32Array(topk).fill(prefix - 1 + j));
     pass.mask.write(mask);
-    this.#meta.write(Int32Array.from([prefix, prefix + (j - 1) * topk]));
+    this.meta.write(Int32Array.from([prefix, prefix + (j - 1) * topk]));
     pass.program.run();
     return await pass.logits.readFloat();
   }
@@ -168,7 +172,7 @@ export class DraftSession {
       const aux = p.scratch([R, 3 * cfg.targetHiddenSize], "f32", "aux");
       const h = p.scratch([R, cfg.hiddenSize], "f32", "fc out");
       await gatherRows(p, this.targetAux, index, aux);
-      await linear(p, aux, this.draft.params["fc.weight"], h);
+      await eagle3FcForward(p, this.draft, aux, h);
       const pass = await this.#layer(p, R, R, index, h, (R - 1) * cfg.hiddenSize, 1);
       // Causal mask over the new rows, fixed for this program.
       pass.mask.write(Uint32Array.from({ length: R * R }, (_, i) => (i % R <= Math.floor(i / R) ? 1 : 0)));
@@ -210,57 +214,25 @@ export class DraftSession {
     headOffset: number,
     headRows: number,
   ): Promise<PassProgram> {
-    const cfg = this.draft.config, W = this.draft.params;
-    const H = cfg.hiddenSize, nh = cfg.numHeads, nkv = cfg.numKvHeads, hd = cfg.headDim;
-    const I = cfg.intermediateSize;
-    const eps = { eps: cfg.rmsNormEps };
-    const S = (shape: number[], label: string) => p.scratch(shape, "f32", label);
+    const cfg = this.draft.config, H = cfg.hiddenSize;
+    const make: MakeTensor<Tensor> = (shape, dtype, label) => p.scratch(shape, dtype, label);
     const ids = p.scratch([R], "i32", "ids");
     const positions = p.scratch([R], "i32", "positions");
     const mask = p.scratch([R, treeLen], "u32", "mask");
-    const e = S([R, H], "embed"), normed = S([R, H], "normed"), rstd = p.scratch([R], "f32", "rstd");
-    const a = S([R, 2 * H], "attention input");
-    const q = S([R, nh, hd], "q"), k = S([R, nkv, hd], "k"), v = S([R, nkv, hd], "v");
-    const att = S([R, nh, hd], "attention out");
-    const r = S([R, H], "residual"), n = S([R, H], "post norm");
-    const gate = S([R, I], "gate"), up = S([R, I], "up"), act = S([R, I], "swiglu");
-    const y = this.hidden.view(0, [R, H]);
-    const flat = (t: Tensor) => t.reshape([R, t.size / R]);
-    await embeddingForward(p, ids, this.embedding, e);
-    await rmsnormForward(p, e, W["midlayer.input_layernorm.weight"], normed, rstd, eps);
-    await copyColumns(p, normed, a, 0);
-    await rmsnormForward(p, h, W["midlayer.hidden_norm.weight"], normed, rstd, eps);
-    await copyColumns(p, normed, a, H);
-    await linear(p, a, W["midlayer.self_attn.q_proj.weight"], flat(q));
-    await linear(p, a, W["midlayer.self_attn.k_proj.weight"], flat(k));
-    await linear(p, a, W["midlayer.self_attn.v_proj.weight"], flat(v));
-    await ropeAtPositions(p, q, positions, this.#cos, this.#sin);
-    await ropeAtPositions(p, k, positions, this.#cos, this.#sin);
-    const W2 = nkv * hd;
-    await scatterRows(p, flat(k), this.k.reshape([this.opts.maxLen, W2]), this.#meta, 1);
-    await scatterRows(p, flat(v), this.v.reshape([this.opts.maxLen, W2]), this.#meta, 1);
-    await treeAttentionForward(p, { q, k: this.k, v: this.v, meta: this.#meta, mask, out: att });
-    await linear(p, flat(att), W["midlayer.self_attn.o_proj.weight"], r);
-    await accumulate(p, r, h);
-    await rmsnormForward(p, r, W["midlayer.post_attention_layernorm.weight"], n, rstd, eps);
-    await linear(p, n, W["midlayer.mlp.gate_proj.weight"], gate);
-    await linear(p, n, W["midlayer.mlp.up_proj.weight"], up);
-    await swigluForward(p, gate, up, act);
-    await linear(p, act, W["midlayer.mlp.down_proj.weight"], y);
-    await accumulate(p, y, r);
+    const act = eagle3LayerActivations(make, cfg, R, { out: this.hidden.view(0, [R, H]) });
+    const attention = new CachedAttention(this, positions, mask);
+    await eagle3LayerForward(p, this.draft, { ids, embedding: this.embedding, hidden: h }, act, attention);
     // The head's rows of y (a copy: a view at an arbitrary row may break the binding offset alignment).
-    const rows = S([headRows, H], "head rows");
+    const rows = make([headRows, H], "f32", "head rows");
     await copyStrided(p, this.hidden, rows, {
       count: [1, 1, headRows * H],
       srcStrides: [0, 0, 1],
       srcOffset: headOffset,
       dstStrides: [0, 0, 1],
     });
-    const fn = S([headRows, H], "final norm");
-    await rmsnormForward(p, rows, W["norm.weight"], fn, p.scratch([headRows], "f32", "rstd norm"), eps);
-    const logits = S([headRows, cfg.draftVocabSize], "logits");
-    await linear(p, fn, W["lm_head.weight"], logits);
-    return { program: p, index, ids, positions, mask, logits };
+    const head = eagle3HeadActivations(make, cfg, headRows);
+    await eagle3HeadForward(p, this.draft, rows, head);
+    return { program: p, index, ids, positions, mask, logits: head.logits };
   }
 
   /** Frees the cache and every program (the draft stays). */
@@ -269,8 +241,35 @@ export class DraftSession {
     this.#extends.clear();
     this.#step?.program.destroy();
     this.#step = null;
-    for (const t of [this.k, this.v, this.hidden, this.#meta, this.#cos, this.#sin]) {
+    for (const t of [this.k, this.v, this.hidden, this.meta, this.ropeCos, this.ropeSin]) {
       t.destroy();
     }
+  }
+}
+
+/**
+ * The midlayer's attention at inference: RoPE at each row's position, the rows' keys and values written into
+ * the session's cache at the pass's slot, attention over the committed prefix and the mask's rows.
+ */
+class CachedAttention implements Eagle3Attention {
+  constructor(readonly session: DraftSession, readonly positions: Tensor, readonly mask: Tensor) {}
+
+  async forward(p: Program, q: Tensor, k: Tensor, v: Tensor, att: Tensor): Promise<void> {
+    const s = this.session, cfg = s.draft.config, rows = q.shape[0];
+    const { numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
+    const q3 = q.reshape([rows, nh, hd]), k3 = k.reshape([rows, nkv, hd]);
+    await ropeAtPositions(p, q3, this.positions, s.ropeCos, s.ropeSin);
+    await ropeAtPositions(p, k3, this.positions, s.ropeCos, s.ropeSin);
+    const cache = (t: Tensor) => t.reshape([s.opts.maxLen, nkv * hd]);
+    await scatterRows(p, k, cache(s.k), s.meta, 1);
+    await scatterRows(p, v, cache(s.v), s.meta, 1);
+    await treeAttentionForward(p, {
+      q: q3,
+      k: s.k,
+      v: s.v,
+      meta: s.meta,
+      mask: this.mask,
+      out: att.reshape([rows, nh, hd]),
+    });
   }
 }

@@ -20,13 +20,13 @@
  * 2.9.6) dominate small models, which the measured speed-up includes.
  */
 import { ShapeError } from "../gpu/errors.ts";
-import { seededRandom } from "../data/random.ts";
+import { mulberry32 } from "../data/random.ts";
 import type { TargetModel } from "../models/target.ts";
 import { draftEmbedding, type Eagle3Draft } from "../models/eagle3.ts";
-import { argmax, Generator } from "../models/generate.ts";
+import { argmax, Generator, samplingProbs } from "../models/generate.ts";
 import { DraftSession } from "./draft_infer.ts";
 import { TargetSession } from "./target_infer.ts";
-import { DraftTree, samplingProbs, topkSoftmax, type Verdict, verifyGreedy, verifySampling } from "./tree.ts";
+import { DraftTree, topkSoftmax, type Verdict, verifyGreedy, verifySampling } from "./tree.ts";
 
 /** How to speculate (SGLang's --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens). */
 export interface SpeculativeConfig {
@@ -153,7 +153,7 @@ export class SpeculativeDecoder {
     const bad = prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= V);
     if (bad !== undefined) throw new ShapeError(`speculative: prompt token ${bad} outside 0..${V - 1}`);
     const eos = new Set(opts.eosTokenIds ?? this.target.config.eosTokenIds);
-    const random = seededRandom(opts.seed ?? 0);
+    const random = mulberry32(opts.seed ?? 0);
     const { target, draft } = this.#sessions(prompt.length, opts.maxNewTokens);
     const out: number[] = [];
     const rounds: RoundRecord[] = [];

@@ -256,29 +256,3 @@ function drawFrom(w: ArrayLike<number>, mass: number, u: number): number {
   }
   return last;
 }
-
-/**
- * The target's sampling distribution for one row of logits: softmax(logits / temperature) restricted to
- * the top-p nucleus (as lib/models/generate.ts `selectToken`: the smallest set of most probable tokens,
- * ties to the lower id, whose mass reaches topP) and renormalised. temperature must be > 0.
- */
-export function samplingProbs(logits: ArrayLike<number>, temperature: number, topP = 1): Float64Array {
-  const n = logits.length;
-  let max = -Infinity;
-  for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
-  const probs = new Float64Array(n);
-  let sum = 0;
-  for (let i = 0; i < n; i++) {
-    probs[i] = Math.exp((logits[i] - max) / temperature);
-    sum += probs[i];
-  }
-  if (topP < 1) {
-    const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => probs[b] - probs[a] || a - b);
-    let kept = 0, mass = 0;
-    while (kept < n && (kept === 0 || mass < topP * sum)) mass += probs[order[kept++]];
-    for (let r = kept; r < n; r++) probs[order[r]] = 0;
-    sum = mass;
-  }
-  for (let i = 0; i < n; i++) probs[i] /= sum;
-  return probs;
-}

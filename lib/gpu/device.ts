@@ -159,12 +159,6 @@ export class Gpu {
     return `${name}${this.info.isFallbackAdapter ? " (software)" : ""}${feats ? ` [${feats}]` : ""}`;
   }
 
-  /** A short stable key for this adapter (used to cache autotune results). */
-  adapterKey(): string {
-    const i = this.info;
-    return [i.vendor, i.architecture, i.device, i.description].join("|");
-  }
-
   /** Throws {@link GpuDeviceLostError} if the device has been lost. */
   assertAlive(): void {
     if (this.lostReason !== null) throw new GpuDeviceLostError(`GPU device lost (${this.lostReason})`);
@@ -261,6 +255,17 @@ export class Gpu {
     this.pool.clear();
     this.device.destroy();
   }
+}
+
+/**
+ * Whether the adapter is a CPU rasteriser (Mesa lavapipe/llvmpipe, SwiftShader, WARP): ops then default to
+ * their kernel variants without workgroup memory (lib/ops/variant.ts) and matmul to its `regtile` tile.
+ */
+export function isCpuAdapter(gpu: Gpu): boolean {
+  const i = gpu.info;
+  return i.isFallbackAdapter || /llvmpipe|lavapipe|softpipe|swiftshader|warp|microsoft basic/i.test(
+    [i.vendor, i.architecture, i.device, i.description].join(" "),
+  );
 }
 
 /** Rounds `n` up to a multiple of `to`. */

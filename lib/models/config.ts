@@ -1,7 +1,7 @@
 /**
  * Hugging Face `config.json` of a target model, parsed and validated into a typed {@link TargetConfig}, plus
  * the safetensors weight names of each architecture and the choice of auxiliary layers for EAGLE-3
- * (reference/specforge-spec.md §2.1).
+ * (SpecForge `specforge/modeling/target/eagle3_target_model.py` `set_aux_hidden_states_layers`).
  *
  * Supported: LlamaForCausalLM (Llama 2/3.x, with `rope_scaling` llama3, linear, dynamic or yarn),
  * Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (per-head RMSNorm on q and k, explicit head_dim) and
@@ -9,6 +9,10 @@
  * transformers config class; missing required ones, or values that cannot work, throw a
  * {@link ConfigError} naming the file and the field.
  */
+import type { RopeScaling } from "../ops/rope.ts";
+
+/** RoPE frequency scaling; the type lives with the rotary op (lib/ops/rope.ts), which consumes it. */
+export type { RopeScaling } from "../ops/rope.ts";
 
 /** The architectures Eaglet can run as a target. */
 export const SUPPORTED_ARCHITECTURES = [
@@ -20,36 +24,6 @@ export const SUPPORTED_ARCHITECTURES = [
 
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
 export type TargetArchitecture = typeof SUPPORTED_ARCHITECTURES[number];
-
-/**
- * RoPE frequency scaling (transformers' `rope_type`). `factor` etc. as in config.json; the formulas are in
- * reference/specforge-spec.md §3.4.
- */
-export type RopeScaling =
-  | { type: "default" }
-  | { type: "linear"; factor: number }
-  | { type: "dynamic"; factor: number; originalMaxPositionEmbeddings: number }
-  | {
-    type: "llama3";
-    factor: number;
-    lowFreqFactor: number;
-    highFreqFactor: number;
-    originalMaxPositionEmbeddings: number;
-  }
-  | {
-    type: "yarn";
-    factor: number;
-    originalMaxPositionEmbeddings: number;
-    betaFast: number;
-    betaSlow: number;
-    /** `mscale` / `mscale_all_dim` (DeepSeek style), null when absent. */
-    mscale: number | null;
-    mscaleAllDim: number | null;
-    /** Explicit `attention_factor`, null when it is to be derived from the factor. */
-    attentionFactor: number | null;
-    /** Round the correction range to integers (transformers' default true). */
-    truncate: boolean;
-  };
 
 /** A validated target config. */
 export interface TargetConfig {
@@ -532,7 +506,7 @@ export interface AuxLayerChoice {
 }
 
 /**
- * The default auxiliary layers `[1, N/2 - 1, N - 4]` (integer division; reference/specforge-spec.md §2.1).
+ * The default auxiliary layers: {@link specForgeDefaultAuxLayers} when N >= 7.
  *
  * The formula gives three distinct ascending layers only when N >= 7; below that some ids are negative or
  * repeat (N = 6 gives [1, 2, 2], N = 4 gives [1, 1, 0]), and SGLang captures a *set* of layers, so repeats
@@ -545,18 +519,25 @@ export function defaultAuxLayers(numLayers: number): AuxLayerChoice {
   if (!Number.isSafeInteger(numLayers) || numLayers < 1) {
     throw new ConfigError(`num_hidden_layers must be a positive integer, got ${numLayers}`);
   }
-  const n = numLayers;
-  if (n >= 7) return { layers: [1, Math.floor(n / 2) - 1, n - 4], message: null };
+  const n = numLayers, formula = specForgeDefaultAuxLayers(n);
+  if (n >= 7) return { layers: formula, message: null };
   const layers = [0, 1, 2].map((i) => Math.min(n - 1, Math.round((i * (n - 1)) / 2)));
   const repeats = n < 3 ? "; with fewer than 3 layers some repeat" : "";
   return {
     layers,
-    message: `target has ${n} layers, too few for the default aux layers [1, N/2-1, N-4] = [${[
-      1,
-      Math.floor(n / 2) - 1,
-      n - 4,
-    ]}]; using [${layers}] (first, middle, last${repeats})`,
+    message: `target has ${n} layers, too few for the default aux layers [1, N/2-1, N-4] = [${formula}]; ` +
+      `using [${layers}] (first, middle, last${repeats})`,
   };
+}
+
+/**
+ * SpecForge's and SGLang's default aux layers of an N-layer target, `[1, N/2 − 1, N − 4]` (integer division;
+ * SpecForge `specforge/modeling/target/eagle3_target_model.py` `set_aux_hidden_states_layers`, SGLang's
+ * default in `set_eagle3_layers_to_capture`), as the formula gives them even for N < 7. A server uses it when
+ * a draft's config.json has no `eagle_config`, so the export compares a draft's layers with it.
+ */
+export function specForgeDefaultAuxLayers(numLayers: number): number[] {
+  return [1, Math.floor(numLayers / 2) - 1, numLayers - 4];
 }
 
 /**

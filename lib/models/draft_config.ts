@@ -1,8 +1,10 @@
 /**
  * The EAGLE-3 draft model's `config.json` (SpecForge's `LlamaForCausalLMEagle3`, a LlamaConfig with
- * `draft_vocab_size`; reference/specforge-spec.md §3.1, §6.2, §6.3): parsed and validated into a typed
+ * `draft_vocab_size`; `specforge/modeling/draft/llama3_eagle.py`, the example `configs/llama3-8B-eagle3.json`
+ * and SGLang's `python/sglang/srt/models/llama_eagle3.py`): parsed and validated into a typed
  * {@link DraftConfig}, derived from a target when no draft config is given, checked against the target, and
- * written back as the config.json of an SGLang export.
+ * written back as the config.json of an SGLang export. SpecForge's classic scripts are [C], its current
+ * runtime (`specforge train`) [H].
  */
 import { ConfigError, parseRopeScaling, type RopeScaling, type TargetConfig } from "./config.ts";
 
@@ -226,7 +228,7 @@ export interface DeriveDraftOptions {
 }
 
 /**
- * The draft config SpecForge generates when none is given (§6.3): the template `llama3-8B-eagle3.json` with
+ * The draft config SpecForge generates when none is given: the template `llama3-8B-eagle3.json` with
  * the target's vocab_size, hidden_size, num_attention_heads, num_key_value_heads, intermediate_size,
  * max_position_embeddings, rms_norm_eps, hidden_act, bos/eos/pad ids and dtype, plus — as [H] does, unlike
  * [C] (issue #231) — its head_dim, rope_theta and rope_scaling. draft_vocab_size defaults to
@@ -350,9 +352,10 @@ export interface DraftConfigJsonOptions {
 }
 
 /**
- * The config.json of an SGLang export (§6.2): architectures ["LlamaForCausalLMEagle3"], model_type llama,
- * num_hidden_layers 1, tie_word_embeddings false, draft_vocab_size, rope fields, eagle_config when the aux
- * layers are not the default, and torch_dtype = the saved dtype. Parsing the result gives back `cfg`.
+ * The config.json of an SGLang export (as SGLang's `LlamaForCausalLMEagle3` loads it): architectures
+ * ["LlamaForCausalLMEagle3"], model_type llama, num_hidden_layers 1, tie_word_embeddings false,
+ * draft_vocab_size, rope fields, eagle_config when the aux layers are not the default, and torch_dtype = the
+ * saved dtype. Parsing the result gives back `cfg`.
  */
 export function draftConfigJson(cfg: DraftConfig, opts: DraftConfigJsonOptions = {}): Json {
   const out: Json = {

@@ -19,8 +19,8 @@
  * - temperature 0: greedy, the lowest index of the largest logit (as torch.argmax);
  * - else logits / temperature, softmax, then top-p (nucleus) filtering as transformers' TopPLogitsWarper
  *   (keep the smallest set of most probable tokens whose probability mass reaches top_p, at least one),
- *   and a draw from the renormalised distribution with {@link seededRandom} (lib/data/random.ts: a Weyl
- *   sequence through MurmurHash3's finaliser). Each prompt has its own stream, seeded from (seed, prompt
+ *   and a draw from the renormalised distribution with {@link mulberry32} (lib/data/random.ts, the
+ *   project's one generator). Each prompt has its own stream, seeded from (seed, prompt
  *   index), so a sequence's samples do not depend on how prompts are batched or on the cache. The streams
  *   are not torch's, so sampled text differs from transformers' for the same seed.
  */
@@ -29,7 +29,7 @@ import { ShapeError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
 import { copyStrided } from "../ops/elementwise.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
-import { seededRandom } from "../data/random.ts";
+import { mulberry32 } from "../data/random.ts";
 import { recordHead, recordTrunk, type TargetModel } from "./target.ts";
 
 /** Options of {@link generate}. */
@@ -116,7 +116,7 @@ export class Generator {
     const o = checkOptions(this.model, prompts, opts);
     const out = prompts.map(() => [] as number[]);
     if (o.maxNewTokens === 0 || prompts.length === 0) return out;
-    const streams = prompts.map((_, i) => seededRandom(streamSeed(o.seed, i)));
+    const streams = prompts.map((_, i) => mulberry32(streamSeed(o.seed, i)));
     const pick = (i: number, row: Float32Array): number => {
       const token = selectToken(row, o, streams[i]);
       out[i].push(token);
@@ -316,41 +316,65 @@ export function argmax(row: ArrayLike<number>): number {
   return best;
 }
 
+/** The top-p nucleus of softmax(logits / temperature), as {@link nucleus} returns it. */
+interface Nucleus {
+  /** Unnormalised probabilities exp((logits − max) / temperature) of every token. */
+  weights: Float64Array;
+  /** Token ids, most probable first (ties to the lower id); in id order when topP ≥ 1. */
+  order: ArrayLike<number>;
+  /** The nucleus is `order[0 .. kept)`. */
+  kept: number;
+  /** The nucleus's total weight. */
+  mass: number;
+}
+
 /**
- * The next token from one row of logits: greedy when temperature is 0, else a draw (with `random`, uniform
- * in [0, 1)) from softmax(logits / temperature) restricted to the top-p nucleus. The nucleus is the
- * smallest set of most probable tokens (ties broken by lower id) whose probabilities sum to at least topP,
- * always at least one token; this keeps what transformers' TopPLogitsWarper keeps (it drops the tokens
- * whose ascending cumulative probability is ≤ 1 − topP).
+ * The top-p nucleus of softmax(logits / temperature) (temperature > 0): the smallest set of most probable
+ * tokens (ties broken by lower id) whose probabilities sum to at least topP, always at least one token; this
+ * keeps what transformers' TopPLogitsWarper keeps (it drops the tokens whose ascending cumulative probability
+ * is ≤ 1 − topP). With topP ≥ 1 every token is kept, in id order.
+ */
+function nucleus(logits: ArrayLike<number>, temperature: number, topP: number): Nucleus {
+  const n = logits.length;
+  const max = logits[argmax(logits)];
+  const weights = new Float64Array(n);
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    weights[i] = Math.exp((logits[i] - max) / temperature);
+    sum += weights[i];
+  }
+  if (topP >= 1) return { weights, order: Int32Array.from({ length: n }, (_, i) => i), kept: n, mass: sum };
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => weights[b] - weights[a] || a - b);
+  let kept = 0, mass = 0;
+  while (kept < n && (kept === 0 || mass < topP * sum)) mass += weights[order[kept++]];
+  return { weights, order, kept, mass };
+}
+
+/**
+ * The next token from one row of logits: greedy when temperature is 0, else an inverse-CDF draw (with
+ * `random`, uniform in [0, 1)) over the top-p {@link nucleus} of softmax(logits / temperature), most probable
+ * token first, renormalised by the nucleus's mass.
  */
 export function selectToken(logits: ArrayLike<number>, opts: SamplingOptions, random: () => number): number {
   if (opts.temperature === 0) return argmax(logits);
-  const n = logits.length;
-  const max = logits[argmax(logits)];
-  const probs = new Float64Array(n);
-  let sum = 0;
-  for (let i = 0; i < n; i++) {
-    probs[i] = Math.exp((logits[i] - max) / opts.temperature);
-    sum += probs[i];
-  }
-  let order: number[] | Int32Array;
-  let kept: number;
-  let mass = 0;
-  if (opts.topP >= 1) {
-    order = Int32Array.from({ length: n }, (_, i) => i);
-    kept = n;
-    mass = sum;
-  } else {
-    order = Array.from({ length: n }, (_, i) => i).sort((a, b) => probs[b] - probs[a] || a - b);
-    kept = 0;
-    while (kept < n && (kept === 0 || mass < opts.topP * sum)) mass += probs[order[kept++]];
-  }
-  // Inverse-CDF draw over the kept tokens, renormalised by their mass.
+  const { weights, order, kept, mass } = nucleus(logits, opts.temperature, opts.topP);
   const u = random() * mass;
   let acc = 0;
   for (let r = 0; r < kept; r++) {
-    acc += probs[order[r]];
+    acc += weights[order[r]];
     if (u < acc) return order[r];
   }
   return order[kept - 1];
+}
+
+/**
+ * The sampling distribution {@link selectToken} draws from, as probabilities over the whole vocabulary:
+ * softmax(logits / temperature) restricted to the top-p nucleus and renormalised (zero outside it).
+ * temperature must be > 0. Speculative decoding verifies drafts against it (lib/eval/tree.ts).
+ */
+export function samplingProbs(logits: ArrayLike<number>, temperature: number, topP = 1): Float64Array {
+  const { weights, order, kept, mass } = nucleus(logits, temperature, topP);
+  for (let r = kept; r < order.length; r++) weights[order[r]] = 0;
+  for (let i = 0; i < weights.length; i++) weights[i] /= mass;
+  return weights;
 }

@@ -1,8 +1,9 @@
 /**
  * The frozen target model (Llama, Qwen2, Qwen3, Mistral) on WebGPU: weights loaded from a Hugging Face
  * checkpoint directory and kept on the GPU in their stored dtype, and a batched forward over right-padded
- * sequences that yields what EAGLE-3 training needs (reference/specforge-spec.md §2): the residual stream
- * after three auxiliary layers, the final post-norm hidden state, and logits (all of them, those of a
+ * sequences that yields what EAGLE-3 training needs (SpecForge
+ * `specforge/modeling/target/eagle3_target_model.py`; SGLang `set_eagle3_layers_to_capture`): the residual
+ * stream after three auxiliary layers, the final post-norm hidden state, and logits (all of them, those of a
  * vocabulary subset, or only the full-vocabulary log-sum-exp and argmax, computed chunk by chunk).
  *
  * One decoder layer, as transformers computes it:

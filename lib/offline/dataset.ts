@@ -1,7 +1,8 @@
 /**
  * A features directory opened for training: the manifest, and the tokens and loss masks of every sample
  * (read once from the files' small input_ids / loss_mask tensors, so the loader can batch and the draft
- * vocabulary can be counted, §5.2 [H]), with each sample's file path for reading its features per batch.
+ * vocabulary can be counted, as SpecForge's current runtime does in `specforge/data/preprocessing.py`
+ * `OfflineEagle3Dataset`), with each sample's file path for reading its features per batch.
  */
 
 import { SafetensorsError, SafetensorsFile } from "../io/safetensors.ts";

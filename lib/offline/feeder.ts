@@ -10,7 +10,8 @@
  *                                   top-k log-probabilities plus the evenly spread remaining mass
  *   teacherArgmax [B·T] i32       ← hidden-*: the full-vocabulary argmax of the head; topk: topk_ids[·, 0]
  *
- * Samples are right-padded to T with zeros like the online collator (§1.6); padding rows decode to finite
+ * Samples are right-padded to T with zeros like the online collator (SpecForge `specforge/data/utils.py`
+ * `DataCollatorWithPadding`); padding rows decode to finite
  * values that the step masks out. Only host→GPU writes happen here, so feeding batch i+1 overlaps with the
  * GPU work of batch i.
  */

@@ -1,7 +1,7 @@
 /**
  * Eaglet's offline feature format: what `prepare-hidden-states` writes and `train-offline` reads.
  *
- * Layout (SpecForge's grouping, reference/specforge-spec.md §5.1, with Eaglet's own files):
+ * Layout (SpecForge's grouping, `scripts/prepare_hidden_states.py`, with Eaglet's own files):
  *
  *   <dir>/eaglet_features.json                      the manifest ({@link FeaturesManifest})
  *   <dir>/rows_0-2000/data_0.safetensors            one file per sample; data_<i> holds dataset row i
@@ -171,7 +171,10 @@ export function bytesPerToken(m: Pick<FeaturesManifest, "storage" | "target" | "
   return idBytes + 1 + aux + teacher;
 }
 
-/** SpecForge's bytes per token for the same target (§5.1): bf16 aux (3·H_t) and final hidden (H_t), int64 ids and mask. */
+/**
+ * SpecForge's bytes per token for the same target (`scripts/prepare_hidden_states.py`): bf16 aux (3·H_t) and
+ * final hidden (H_t), int64 ids and mask.
+ */
 export function specForgeBytesPerToken(hiddenSize: number): number {
   return (3 * hiddenSize + hiddenSize) * 2 + 16;
 }

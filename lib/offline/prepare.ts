@@ -1,5 +1,5 @@
 /**
- * `prepare-hidden-states` (SpecForge's scripts/prepare_hidden_states.py, reference/specforge-spec.md §5.1):
+ * `prepare-hidden-states` (SpecForge's `scripts/prepare_hidden_states.py`):
  * runs the frozen target once over the processed dataset and writes, per sample, what offline training needs
  * in Eaglet's compact format (./format.ts).
  *

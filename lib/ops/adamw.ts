@@ -1,11 +1,13 @@
 /**
- * AdamW with global grad-norm clipping, as SpecForge steps its fp32 master weights (specforge-spec.md §4.6:
- * torch.nn.utils.clip_grad_norm_(max_norm) then torch.optim.AdamW, bias-corrected, decoupled weight decay),
- * with a plain-TS CPU reference. Formulas in kernels/adamw.ts.
+ * AdamW with global grad-norm clipping, as SpecForge updates its fp32 master weights (SpecForge
+ * `specforge/optimizer.py` `BF16Optimizer.step`: torch.nn.utils.clip_grad_norm_(max_norm) then
+ * torch.optim.AdamW, bias-corrected, decoupled weight decay), with a plain-TS CPU reference. Formulas in
+ * kernels/adamw.ts.
  *
- * A training step records, once: `globalNormSquared` (./reduce.ts) over all gradients into normSq, then one
- * {@link adamwStep} per parameter tensor. Before each replay the host writes the per-step scalars with
- * `state.write(adamwState(step, lr, maxNorm))`, so nothing is rebuilt and nothing is read back.
+ * The optimizer's program records, once: `globalNormSquared` (./reduce.ts) over all gradients into normSq,
+ * then one {@link adamwStep} per parameter tensor. Before each replay (one update) the host writes the
+ * per-update scalars with `state.write(adamwState(step, lr, maxNorm))`, so nothing is rebuilt and nothing
+ * is read back.
  */
 import * as K from "../../kernels/adamw.ts";
 import { params, type Program } from "../gpu/program.ts";
@@ -28,13 +30,13 @@ export interface AdamWOptions {
 /** SpecForge's AdamW settings: betas (0.9, 0.999), eps 1e-8, no weight decay. */
 export const ADAMW_DEFAULTS: Readonly<AdamWOptions> = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 };
 
-/** Length of the per-step state: lr, 1 − β1^t, 1 − β2^t, max_norm. */
+/** Length of the per-update state: lr, 1 − β1^t, 1 − β2^t, max_norm. */
 export const ADAMW_STATE_SIZE = 4;
 
 /**
- * The per-step state of update number `step` (1-based, as torch counts): [lr, 1 − β1^step, 1 − β2^step,
- * maxNorm]. maxNorm ≤ 0 turns clipping off (Infinity does too). Write it into the state tensor before the
- * step's program runs.
+ * The per-update state of update number `step` (1-based; torch's optimizer `step` count): [lr,
+ * 1 − β1^step, 1 − β2^step, maxNorm]. maxNorm ≤ 0 turns clipping off (Infinity does too). Write it into the
+ * state tensor before the update's program runs.
  */
 export function adamwState(
   step: number,
@@ -54,13 +56,13 @@ export interface AdamWTensors {
   param: Tensor;
   /** Its gradient (read only: the clipped gradient is not written back). */
   grad: Tensor;
-  /** First moment, updated in place (zeros before step 1). */
+  /** First moment, updated in place (zeros before update 1). */
   m: Tensor;
-  /** Second moment, updated in place (zeros before step 1). */
+  /** Second moment, updated in place (zeros before update 1). */
   v: Tensor;
   /** f32 [1]: Σ g² over every gradient of the model (`globalNormSquared`), for the clip coefficient. */
   normSq: Tensor;
-  /** f32 [ADAMW_STATE_SIZE]: {@link adamwState} of this step. */
+  /** f32 [ADAMW_STATE_SIZE]: {@link adamwState} of this update. */
   state: Tensor;
 }
 

@@ -2,10 +2,11 @@
  * Attention (f32): out = softmax(scale·q·kᵀ + mask)·v per query head, with grouped-query attention (query
  * head h reads kv head h / (nh / nkv)), a key-padding mask (keys s ≥ lengths[b] are masked), an optional
  * causal mask (key s allowed only if s ≤ t + queryOffset) and the EAGLE-3 test-time-training diagonal keys
- * (specforge-spec.md §3.3 and §4.3): at TTT step k, row t also attends its own keys kd[j, b, t], j < S = k,
- * unmasked, in the same softmax. RoPE is applied before this op. Forward and backward are flash-style
- * (kernels/attention.ts): the [B, nh, Tq, Tk] score matrix is never materialised; the forward saves the
- * log-sum-exp of each row, from which the backward recomputes the probabilities.
+ * (SpecForge `specforge/modeling/draft/llama3_eagle.py` `LlamaAttention.forward` with `cache_hidden`): at TTT
+ * position k, row t also attends its own keys kd[j, b, t], j < S = k, unmasked, in the same softmax. RoPE is
+ * applied before this op. Forward and backward are flash-style (kernels/attention.ts): the [B, nh, Tq, Tk]
+ * score matrix is never materialised; the forward saves the log-sum-exp of each row, from which the backward
+ * recomputes the probabilities.
  *
  * Layouts, all row-major: q, out [B, Tq, nh, hd]; k, v [B, Tk, nkv, hd]; kd, vd [S, B, Tq, nkv, hd] (S ≥ 1,
  * else null, and then Tq = Tk); lse [B, nh, Tq]; lengths i32 [B].
@@ -18,7 +19,7 @@ import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { type Binding, params, type Program } from "../gpu/program.ts";
 import { shapeString, type Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
-import { isCpuAdapter } from "./matmul.ts";
+import { kernelVariant } from "./variant.ts";
 
 /** Options of the attention ops. */
 export interface AttentionOptions {
@@ -219,12 +220,7 @@ function constants(hd: number, t: Tiles): Record<string, number> {
 
 /** The kernel family for this call: the requested one, else "rows" on CPU adapters and "tiled" on GPUs. */
 function kernelFor(gpu: Gpu, opts: AttentionOptions): AttentionKernel {
-  if (opts.kernel !== undefined && opts.kernel !== "tiled" && opts.kernel !== "rows") {
-    throw new ShapeError(
-      `attention: unknown kernel ${JSON.stringify(opts.kernel)} (expected "tiled" or "rows")`,
-    );
-  }
-  return opts.kernel ?? (isCpuAdapter(gpu) ? "rows" : "tiled");
+  return kernelVariant<AttentionKernel>(gpu, "attention", opts.kernel, { gpu: "tiled", cpu: "rows" });
 }
 
 /**

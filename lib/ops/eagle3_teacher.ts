@@ -1,31 +1,37 @@
 /**
- * The teacher of one EAGLE-3 TTT step, read from the UNshifted target outputs (reference/specforge-spec.md
- * §2.2, §4.1, §4.5), and the per-step metric accumulation, with plain-TS CPU references. Formulas in
- * kernels/eagle3.ts. Rows r = b·T + t of a right-padded batch [B, T]; k is the TTT step.
+ * The teacher of one EAGLE-3 TTT position, read from the UNshifted target outputs (SpecForge
+ * `specforge/core/eagle3.py` `_compute_target_p` and `OnlineEagle3Model.forward`; `specforge/utils.py`
+ * `padding`), and the per-position metric accumulation, with plain-TS CPU references. Formulas in
+ * kernels/eagle3.ts. Rows r = b·T + t of a right-padded batch [B, T]; k is the TTT position.
+ *
+ * SpecForge's classic scripts are [C], its current runtime (`specforge train`) [H].
  */
 import * as K from "../../kernels/eagle3.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { expectDisjoint, expectDtype, expectShape } from "./check.ts";
-import { rowKernelFor, type RowKernelOptions, rowsWorkgroups } from "./softmax.ts";
+import { rowsWorkgroups } from "./softmax.ts";
+import { rowKernelFor, type RowKernelOptions } from "./variant.ts";
 
-function checkStep(op: string, rows: number, seq: number, k: number): void {
+function checkPosition(op: string, rows: number, seq: number, k: number): void {
   if (!(seq > 0 && rows % seq === 0) || !Number.isInteger(k) || k < 0) {
-    throw new ShapeError(`${op}: ${rows} rows are not whole sequences of ${seq}, or step ${k} is not ≥ 0`);
+    throw new ShapeError(
+      `${op}: ${rows} rows are not whole sequences of ${seq}, or TTT position ${k} is not ≥ 0`,
+    );
   }
 }
 
 /**
  * Records p^k [B·T, Vd]: row (b, t) = softmax over the draft vocabulary of the target's draft-vocab logits
- * at position t + k + 1 of the same sequence, or 1/Vd past the end (§2.2 padding). `kernel`: see
+ * at position t + k + 1 of the same sequence, or 1/Vd past the end (SpecForge's TTT padding). `kernel`: see
  * {@link RowKernelOptions}.
  */
 export async function teacherProbs(
   p: Program,
   logits: Tensor,
   out: Tensor,
-  { seqLen, step, kernel }: { seqLen: number; step: number } & RowKernelOptions,
+  { seqLen, position, kernel }: { seqLen: number; position: number } & RowKernelOptions,
 ): Promise<void> {
   const op = "teacherProbs";
   expectDtype(op, "logits", logits, "f32");
@@ -34,8 +40,8 @@ export async function teacherProbs(
   expectShape(op, "out", out, logits.shape);
   expectDisjoint(op, "logits", logits, "out", out);
   const [rows, cols] = logits.shape;
-  checkStep(op, rows, seqLen, step);
-  const bindings = [params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", step]), logits, out];
+  checkPosition(op, rows, seqLen, position);
+  const bindings = [params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", position]), logits, out];
   if (rowKernelFor(p.gpu, op, kernel) === "workgroup") {
     await p.add({ name: "eagle3.teacher_probs", code: K.teacherProbs, entryPoint: "main" }, bindings, rows);
     return;
@@ -62,21 +68,21 @@ export interface TeacherRowsTensors {
   lossMask: Tensor;
   /** Target id → draft index, −1 outside the draft vocab, i32 [V] (see {@link targetToDraftMap}). */
   toDraft: Tensor;
-  /** Out: the tokens fed at step k, i32 [rows]. */
+  /** Out: the tokens fed at TTT position k, i32 [rows]. */
   idsK: Tensor;
-  /** Out: the loss mask of step k (pos_mask shifted k times), f32 [rows]. */
+  /** Out: the loss mask of TTT position k (pos_mask shifted k times), f32 [rows]. */
   posMaskK: Tensor;
-  /** Out: the accuracy mask of step k (loss_mask shifted k times), f32 [rows]. */
+  /** Out: the accuracy mask of TTT position k (loss_mask shifted k times), f32 [rows]. */
   lossMaskK: Tensor;
-  /** Out: the target's argmax at step k as a draft index (−1 outside the draft vocab), i32 [rows]. */
+  /** Out: the target's argmax at TTT position k as a draft index (−1 outside the draft vocab), i32 [rows]. */
   targetK: Tensor;
 }
 
-/** Records the per-row inputs of TTT step `step` (formulas in kernels/eagle3.ts `teacherRows`). */
+/** Records the per-row inputs of TTT position `position` (formulas in kernels/eagle3.ts `teacherRows`). */
 export async function teacherRows(
   p: Program,
   t: TeacherRowsTensors,
-  { seqLen, step }: { seqLen: number; step: number },
+  { seqLen, position }: { seqLen: number; position: number },
 ): Promise<void> {
   const op = "teacherRows";
   for (const name of ["ids", "argmax", "toDraft", "idsK", "targetK"] as const) {
@@ -88,11 +94,11 @@ export async function teacherRows(
     expectShape(op, name, t[name], [rows]);
   }
   expectShape(op, "toDraft", t.toDraft, [-1]);
-  checkStep(op, rows, seqLen, step);
+  checkPosition(op, rows, seqLen, position);
   await p.add(
     { name: "eagle3.teacher_rows", code: K.teacherRows, entryPoint: "main" },
     [
-      params(["u32", rows], ["u32", seqLen], ["u32", t.toDraft.size], ["u32", step]),
+      params(["u32", rows], ["u32", seqLen], ["u32", t.toDraft.size], ["u32", position]),
       t.ids,
       t.argmax,
       t.lossMask,
@@ -107,7 +113,7 @@ export async function teacherRows(
 }
 
 /**
- * Records metrics[step] += (tokens·Σ rowLoss, counts[0], counts[1], tokens) into metrics f32 [K, 4]
+ * Records metrics[position] += (tokens·Σ rowLoss, counts[0], counts[1], tokens) into metrics f32 [K, 4]
  * (columns: Σ loss_k·B·T, acc correct, acc total, Σ B·T).
  */
 export async function metricsAdd(
@@ -115,7 +121,7 @@ export async function metricsAdd(
   rowLoss: Tensor,
   counts: Tensor,
   metrics: Tensor,
-  { step, tokens }: { step: number; tokens: number },
+  { position, tokens }: { position: number; tokens: number },
 ): Promise<void> {
   const op = "metricsAdd";
   for (const [name, x] of [["rowLoss", rowLoss], ["counts", counts], ["metrics", metrics]] as const) {
@@ -123,12 +129,12 @@ export async function metricsAdd(
   }
   expectShape(op, "counts", counts, [2]);
   expectShape(op, "metrics", metrics, [-1, K.METRIC_COLS]);
-  if (!(step >= 0 && step < metrics.shape[0])) {
-    throw new ShapeError(`${op}: step ${step} outside metrics [${metrics.shape}]`);
+  if (!(position >= 0 && position < metrics.shape[0])) {
+    throw new ShapeError(`${op}: TTT position ${position} outside metrics [${metrics.shape}]`);
   }
   await p.add(
     { name: "eagle3.metrics_add", code: K.metricsAdd, entryPoint: "main" },
-    [params(["u32", rowLoss.size], ["u32", step], ["f32", tokens], ["u32", 0]), rowLoss, counts, metrics],
+    [params(["u32", rowLoss.size], ["u32", position], ["f32", tokens], ["u32", 0]), rowLoss, counts, metrics],
     1,
   );
 }
@@ -159,16 +165,16 @@ export function teacherProbsCpu(
   rows: number,
   cols: number,
   seqLen: number,
-  step: number,
+  position: number,
 ): Float64Array {
   const out = new Float64Array(rows * cols);
   for (let r = 0; r < rows; r++) {
     const t = r % seqLen;
-    if (t + step + 1 >= seqLen) {
+    if (t + position + 1 >= seqLen) {
       out.fill(1 / cols, r * cols, (r + 1) * cols);
       continue;
     }
-    const src = (r + step + 1) * cols;
+    const src = (r + position + 1) * cols;
     let m = -Infinity;
     for (let c = 0; c < cols; c++) m = Math.max(m, logits[src + c]);
     let s = 0;
@@ -185,17 +191,17 @@ export function teacherRowsCpu(
   lossMask: ArrayLike<number>,
   toDraft: ArrayLike<number>,
   seqLen: number,
-  step: number,
+  position: number,
 ): { idsK: Int32Array; posMaskK: Float32Array; lossMaskK: Float32Array; targetK: Int32Array } {
   const rows = ids.length;
   const idsK = new Int32Array(rows), targetK = new Int32Array(rows);
   const posMaskK = new Float32Array(rows), lossMaskK = new Float32Array(rows);
   for (let r = 0; r < rows; r++) {
-    const t = r % seqLen, j = t + step;
+    const t = r % seqLen, j = t + position;
     const inNext = j + 1 < seqLen;
-    idsK[r] = inNext ? ids[r + step + 1] : 0;
-    const full = inNext ? argmax[r + step + 1] : 0;
-    const m = j < seqLen ? lossMask[r + step] : 0;
+    idsK[r] = inNext ? ids[r + position + 1] : 0;
+    const full = inNext ? argmax[r + position + 1] : 0;
+    const m = j < seqLen ? lossMask[r + position] : 0;
     const d = full >= 0 && full < toDraft.length ? toDraft[full] : -1;
     lossMaskK[r] = m;
     targetK[r] = d;

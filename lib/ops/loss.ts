@@ -1,13 +1,16 @@
 /**
- * The EAGLE-3 draft loss (specforge-spec.md §4.4) and its accuracy metric (§4.5), with plain-TS CPU
- * references. For logits z [rows, V] of one TTT step against target probabilities p [rows, V] over the draft
+ * The EAGLE-3 draft loss (SpecForge `specforge/core/loss.py` `LogSoftmaxLoss`) and its accuracy metric (the
+ * `acces` of `specforge/core/eagle3.py` `OnlineEagle3Model.forward`), with plain-TS CPU references. For
+ * logits z [rows, V] of one TTT position against target probabilities p [rows, V] over the draft
  * vocabulary, with mask[rows] (the position mask; 0 = no loss) and denominator B·T (all rows, padding too):
  *
  *   rowLoss[r] = [mask_r ≠ 0] · (− Σ_v p_rv · log_softmax(z_r)_v) / denominator
  *   grad[r]    = gradScale · [mask_r ≠ 0] · (softmax(z_r) · Σ_v p_rv − p_r) / denominator
  *
  * loss_k = Σ_r rowLoss[r] (see `sum` in ./reduce.ts); grad is ∂(gradScale · loss_k)/∂z, e.g. gradScale =
- * 0.8^k / accumulation steps for the weighted sum over TTT steps.
+ * 0.8^k / accumulated micro-batches for the weighted sum over TTT positions.
+ *
+ * SpecForge's classic scripts are [C], its current runtime (`specforge train`) [H].
  */
 import * as K from "../../kernels/loss.ts";
 import { ShapeError } from "../gpu/errors.ts";
@@ -15,7 +18,8 @@ import { params, type Program } from "../gpu/program.ts";
 import { shapeString, type Tensor } from "../tensor.ts";
 import { expectDtype, expectSameShape, expectShape } from "./check.ts";
 import { argmaxCpu } from "./reduce.ts";
-import { logSumExpCpu, rowKernelFor, type RowKernelOptions, rowsWorkgroups } from "./softmax.ts";
+import { logSumExpCpu, rowsWorkgroups } from "./softmax.ts";
+import { rowKernelFor, type RowKernelOptions } from "./variant.ts";
 import { expectDisjoint, rowsAndCols } from "./check.ts";
 
 /** Throws unless `t` holds one value per row (shape = the logits' leading dims, or [rows]). */
@@ -54,8 +58,8 @@ export interface SoftCrossEntropyOptions extends RowKernelOptions {
 
 /**
  * Records the fused soft cross-entropy: rowLoss and grad (formulas in the module doc), one workgroup or (CPU
- * adapters, see `RowKernel` in ./softmax.ts) one invocation per row, without materialising probabilities. When `grad` is `logits` the gradient overwrites the logits: run
- * {@link argmaxAgreement} on them first.
+ * adapters, see `RowKernel` in ./variant.ts) one invocation per row, without materialising probabilities.
+ * When `grad` is `logits` the gradient overwrites the logits: run {@link argmaxAgreement} on them first.
  */
 export async function softCrossEntropy(
   p: Program,
@@ -129,11 +133,11 @@ export interface ArgmaxAgreementTensors {
 }
 
 /**
- * Records the acc_k metric's numerator and denominator (§4.5): counts = (Σ_r [correctMask_r ≠ 0]·[argmax z_r
- * = target_r], Σ_r [mask_r ≠ 0]), added to counts when `accumulate` (to sum over TTT steps, micro-batches and
- * logging intervals on the GPU; acc = counts[0] / max(counts[1], 1e-6) on the host). Argmax ties go to the
- * lowest index. Two dispatches: one workgroup (or, with the "rows" kernel family, one invocation) per row, then
- * one workgroup for the totals (no atomics).
+ * Records the acc_k metric's numerator and denominator (SpecForge's `acces`):
+ * counts = (Σ_r [correctMask_r ≠ 0]·[argmax z_r = target_r], Σ_r [mask_r ≠ 0]), added to counts when
+ * `accumulate` (to sum over TTT positions, micro-batches and logging intervals on the GPU; acc = counts[0] /
+ * max(counts[1], 1e-6) on the host). Argmax ties go to the lowest index. Two dispatches: one workgroup (or,
+ * with the "rows" kernel family, one invocation) per row, then one workgroup for the totals (no atomics).
  */
 export async function argmaxAgreement(
   p: Program,

@@ -2,15 +2,15 @@
  * Matrix products: `matmul` (out = alpha·op(A)·op(B), optionally + out, batched, B broadcast), the nn.Linear
  * helpers `linear` / `linearBackward` (weights stored [out, in] as in Hugging Face), and their CPU references.
  *
- * The kernel family and tile sizes come from the adapter: a measured choice recorded by `tuneMatmul`
- * (lib/ops/matmul_tune.ts) or the default for the adapter's kind (CPU drivers get `regtile`, GPUs `tiled`).
+ * The kernel family and tile sizes come from the adapter's kind (CPU drivers get `regtile`, GPUs `tiled`;
+ * {@link matmulTileFor}) unless the caller passes a `tile`.
  * Long contractions over few outputs (the weight gradient dW = dyᵀ·x over many rows) are split along K:
  * each slice writes a partial product to a scratch tensor and a reduce kernel sums the slices in order, so
  * results are deterministic (no atomics).
  */
 import * as K from "../../kernels/matmul.ts";
 import type { MatmulTile, MatmulVariant } from "../../kernels/matmul.ts";
-import type { Gpu } from "../gpu/device.ts";
+import { type Gpu, isCpuAdapter } from "../gpu/device.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import { shapeString, type Tensor } from "../tensor.ts";
@@ -47,36 +47,20 @@ interface Dims {
   batchedB: boolean;
 }
 
-/** Tile choices recorded per adapter (by `tuneMatmul` or {@link setMatmulTile}). */
-const chosenTiles = new Map<string, MatmulTile>();
-
 /**
  * The default `regtile` tile: 16 rows × 32 columns per invocation, 48 vec4 loads per 2048 FMAs per 4 k-steps.
  * Measured on lavapipe (2 cores, 1024³, machine shared): 15 GFLOP/s against 8-14 for 16×16, with a 3.6 s
- * compile per variant; 32×32 is faster still (18 GFLOP/s) but takes 11 s to compile, so it is left to
- * `tuneMatmul`.
+ * compile per variant; 32×32 is faster still (18 GFLOP/s) but takes 11 s to compile, so it is not the
+ * default (a caller may pass it as `tile`).
  */
 export const DEFAULT_CPU_TILE: MatmulTile = { kind: "regtile", tm: 16, tn4: 8 };
 
 /** The default `tiled` tile for GPUs. */
 export const DEFAULT_GPU_TILE: MatmulTile = { kind: "tiled", bm: 64, bn: 64, bk: 16 };
 
-/** Whether the adapter is a CPU rasteriser (Mesa lavapipe/llvmpipe, SwiftShader, WARP). */
-export function isCpuAdapter(gpu: Gpu): boolean {
-  const i = gpu.info;
-  return i.isFallbackAdapter || /llvmpipe|lavapipe|softpipe|swiftshader|warp|microsoft basic/i.test(
-    [i.vendor, i.architecture, i.device, i.description].join(" "),
-  );
-}
-
-/** Records `tile` as the matmul tile for this adapter (what `tuneMatmul` calls after measuring). */
-export function setMatmulTile(gpu: Gpu, tile: MatmulTile): void {
-  chosenTiles.set(gpu.adapterKey(), tile);
-}
-
-/** The tile used for this adapter: the recorded choice, else the default for its kind. */
+/** The tile for this adapter: {@link DEFAULT_CPU_TILE} on CPU adapters, else {@link DEFAULT_GPU_TILE}. */
 export function matmulTileFor(gpu: Gpu): MatmulTile {
-  return chosenTiles.get(gpu.adapterKey()) ?? (isCpuAdapter(gpu) ? DEFAULT_CPU_TILE : DEFAULT_GPU_TILE);
+  return isCpuAdapter(gpu) ? DEFAULT_CPU_TILE : DEFAULT_GPU_TILE;
 }
 
 /** A short name of a tile, e.g. "regtile 16x16" or "tiled 64x64x16". */

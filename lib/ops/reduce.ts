@@ -5,7 +5,7 @@
  * Every reduction is deterministic: no atomics, and each sum is taken in a fixed order (invocation strides,
  * then a fixed tree; large arrays in two stages, chunks of `REDUCE_CHUNK` elements → partials → one
  * workgroup), so the same inputs give bit-identical results on every run. The per-row ops have two kernel
- * families (`RowKernel` in ./softmax.ts): one workgroup per row (GPUs) or one invocation per row (CPU
+ * families (`RowKernel` in ./variant.ts): one workgroup per row (GPUs) or one invocation per row (CPU
  * adapters), whose row sums differ only in f32 rounding.
  */
 import * as K from "../../kernels/reduce.ts";
@@ -14,7 +14,8 @@ import { params, type Program } from "../gpu/program.ts";
 import { shapeString, type Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
 import { expectDisjoint, rowsAndCols } from "./check.ts";
-import { rowKernelFor, type RowKernelOptions, rowsWorkgroups } from "./softmax.ts";
+import { rowsWorkgroups } from "./softmax.ts";
+import { rowKernelFor, type RowKernelOptions } from "./variant.ts";
 
 /** Throws unless `out` holds one value per row of `x` (shape x.shape[:-1], or [rows]). */
 function expectPerRow(op: string, x: Tensor, out: Tensor, rows: number): void {

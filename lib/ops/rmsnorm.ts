@@ -12,7 +12,7 @@ import type { Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import type { Gpu } from "../gpu/device.ts";
-import { isCpuAdapter } from "./matmul.ts";
+import { type RowKernel, rowKernelFor } from "./variant.ts";
 
 /** Rows summed by one invocation of the first stage of dw. */
 export const RMSNORM_ROWS_PER_BLOCK = 64;
@@ -26,21 +26,11 @@ export interface RmsnormOptions {
 }
 
 /**
- * Kernel family of the row kernels: "workgroup" (one workgroup per row, a tree reduction in workgroup memory:
- * GPUs) or "rows" (one invocation per row, vec4 loads, no workgroup memory or barriers: CPU adapters, where
- * it is the default). Both compute the same math.
+ * Kernel family of the row kernels, the {@link RowKernel} of every row-wise op: "workgroup" (one workgroup
+ * per row, a tree reduction in workgroup memory: GPUs) or "rows" (one invocation per row, vec4 loads, no
+ * workgroup memory or barriers: CPU adapters, where it is the default). Both compute the same math.
  */
-export type RmsnormKernel = "workgroup" | "rows";
-
-/** The requested row kernel family, else "rows" on CPU adapters and "workgroup" on GPUs. */
-function rowKernel(gpu: Gpu, kernel: RmsnormKernel | undefined): RmsnormKernel {
-  if (kernel !== undefined && kernel !== "workgroup" && kernel !== "rows") {
-    throw new ShapeError(
-      `rmsnorm: unknown kernel ${JSON.stringify(kernel)} (expected "workgroup" or "rows")`,
-    );
-  }
-  return kernel ?? (isCpuAdapter(gpu) ? "rows" : "workgroup");
-}
+export type RmsnormKernel = RowKernel;
 
 /** The row kernel `entry` ("forward" or "backward_dx") of the chosen family, and its workgroup count. */
 function rowKernelSpec(
@@ -50,7 +40,7 @@ function rowKernelSpec(
   rows: number,
   hidden: number,
 ) {
-  if (rowKernel(gpu, kernel) === "rows") {
+  if (rowKernelFor(gpu, "rmsnorm", kernel) === "rows") {
     const vec4 = hidden % 4 === 0;
     const code = K.rowsKernels(vec4);
     return {

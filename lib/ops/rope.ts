@@ -2,19 +2,51 @@
  * Rotary position embedding (RoPE) as in Hugging Face Llama: half-rotation, rotate_half(x) = cat(−x[hd/2:],
  * x[:hd/2]), x' = x·cos + rotate_half(x)·sin with cos/sin = cat(freqs, freqs), freqs = outer(pos, inv_freq).
  *
- * The table is built on the CPU ({@link ropeTable}) for every `rope_scaling` variant of
- * reference/specforge-spec.md §3.4 (default, linear, dynamic NTK, llama3, yarn), following the spec's
- * recommendation: inv_freq and the angles in f32 (as PyTorch computes them), cos/sin in f32 with yarn's
- * attention factor folded in. The variant and its parameters are the `RopeScaling` that lib/models/config.ts
- * parsed, validated and defaulted from config.json. The kernels only rotate: {@link ropeForward} by +angle,
- * {@link ropeBackward} by −angle (the transpose, also for a yarn table whose rotation is scaled).
+ * The table is built on the CPU ({@link ropeTable}) for every `rope_scaling` variant SpecForge's draft
+ * supports (SpecForge `specforge/modeling/draft/llama3_eagle.py` `LlamaAttention._init_rope` and its rotary
+ * classes; transformers `modeling_rope_utils.py` for the defaults): default, linear, dynamic NTK, llama3,
+ * yarn. inv_freq and the angles are computed in f32 (as PyTorch computes them), cos/sin in f32 with yarn's
+ * attention factor folded in. The variant and its parameters are a {@link RopeScaling}, which
+ * lib/models/config.ts parses, validates and defaults from config.json. The kernels only rotate:
+ * {@link ropeForward} by +angle, {@link ropeBackward} by −angle (the transpose, also for a yarn table whose
+ * rotation is scaled).
  */
 import * as K from "../../kernels/rope.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { type Binding, params, type Program } from "../gpu/program.ts";
-import type { RopeScaling } from "../models/config.ts";
 import type { Tensor } from "../tensor.ts";
 import { expectDtype, expectSameShape, expectShape } from "./check.ts";
+
+/**
+ * RoPE frequency scaling (transformers' `rope_type`), parsed from config.json by lib/models/config.ts
+ * (`parseRopeScaling`); `factor` etc. as in config.json. The formulas are those of {@link ropeInvFreq} and
+ * {@link ropeTable}.
+ */
+export type RopeScaling =
+  | { type: "default" }
+  | { type: "linear"; factor: number }
+  | { type: "dynamic"; factor: number; originalMaxPositionEmbeddings: number }
+  | {
+    type: "llama3";
+    factor: number;
+    lowFreqFactor: number;
+    highFreqFactor: number;
+    originalMaxPositionEmbeddings: number;
+  }
+  | {
+    type: "yarn";
+    factor: number;
+    originalMaxPositionEmbeddings: number;
+    betaFast: number;
+    betaSlow: number;
+    /** `mscale` / `mscale_all_dim` (DeepSeek style), null when absent. */
+    mscale: number | null;
+    mscaleAllDim: number | null;
+    /** Explicit `attention_factor`, null when it is to be derived from the factor. */
+    attentionFactor: number | null;
+    /** Round the correction range to integers (transformers' default true). */
+    truncate: boolean;
+  };
 
 /**
  * The rotary fields of a model config, already validated and defaulted by lib/models/config.ts: a

@@ -6,39 +6,15 @@
  *   log-softmax:  y = x − m − log Σ exp(x − m)                        dx = dy − exp(y) · Σ dy
  *
  * Every op takes an optional kernel family ({@link RowKernel}): one workgroup per row on GPUs, one invocation
- * per row on CPU adapters (chosen automatically). The type and its choice are shared by the other row-wise
- * ops (./loss.ts, ./reduce.ts, ./eagle3_teacher.ts).
+ * per row on CPU adapters (chosen by ./variant.ts, like every op's kernel variant).
  */
 import * as K from "../../kernels/softmax.ts";
-import type { Gpu } from "../gpu/device.ts";
-import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { expectDisjoint, expectDtype, expectSameShape, rowsAndCols } from "./check.ts";
-import { isCpuAdapter } from "./matmul.ts";
+import { type RowKernel, rowKernelFor, type RowKernelOptions } from "./variant.ts";
 
-/**
- * Kernel family of the row-wise ops over a last dimension (softmax, the loss, argmax, row sums, the EAGLE-3
- * teacher): "workgroup" (one workgroup of 256 per row, tree reductions in workgroup memory: GPUs) or "rows"
- * (one invocation per row, vec4 loads when the width is a multiple of 4, no workgroup memory or barriers: CPU
- * adapters such as lavapipe, where it is the default). Both compute the same math; sums differ only by f32
- * rounding of a different summation order.
- */
-export type RowKernel = "workgroup" | "rows";
-
-/** The option of every op with a {@link RowKernel} choice. */
-export interface RowKernelOptions {
-  /** Kernel family (see {@link RowKernel}); default "rows" on CPU adapters, "workgroup" on GPUs. */
-  kernel?: RowKernel;
-}
-
-/** The requested kernel family of `op`, else "rows" on CPU adapters and "workgroup" on GPUs. */
-export function rowKernelFor(gpu: Gpu, op: string, kernel: RowKernel | undefined): RowKernel {
-  if (kernel !== undefined && kernel !== "workgroup" && kernel !== "rows") {
-    throw new ShapeError(`${op}: unknown kernel ${JSON.stringify(kernel)} (expected "workgroup" or "rows")`);
-  }
-  return kernel ?? (isCpuAdapter(gpu) ? "rows" : "workgroup");
-}
+export type { RowKernel, RowKernelOptions } from "./variant.ts";
 
 /** Workgroups of a rows kernel over `rows` rows (one invocation per row). */
 export function rowsWorkgroups(rows: number): number {

@@ -1,8 +1,9 @@
 /**
- * Training checkpoints (reference/specforge-spec.md §6.1), one directory per save,
- * `{output_dir}/epoch_{e}_step_{s}/` (SpecForge's [M] naming; `s` counts optimizer updates), holding:
+ * Training checkpoints (SpecForge `scripts/train_eagle3_online.py` `save_checkpoints`), one directory per
+ * save, `{output_dir}/epoch_{e}_step_{s}/` (the naming of SpecForge's merged script `scripts/train_eagle3.py`;
+ * `s` counts optimizer updates), holding:
  *
- *   config.json + model.safetensors   the SGLang export of the weights at that step (lib/io/export.ts), so
+ *   config.json + model.safetensors   the SGLang export of the weights at that step (lib/models/export.ts), so
  *                                     every checkpoint can be served as is
  *   training_weights.safetensors      the f32 master weights of every trainable tensor (bit-exact resume;
  *                                     the export may be bf16)
@@ -23,13 +24,17 @@ import {
   type ExportDtype,
   type NamedWeight,
   writeDraftExportFiles,
-} from "../io/export.ts";
+} from "../models/export.ts";
 import { loadDraftConfig } from "../models/draft_config.ts";
 import type { LoaderPosition } from "../data/loader.ts";
 import { loadVocabMapping, type VocabMapping } from "../data/vocab.ts";
 
-/** Version of the training_state.json layout. */
-export const CHECKPOINT_VERSION = 1;
+/**
+ * Version of the training state: its JSON layout and what its data position means. 2: epoch orders are
+ * drawn from mulberry32 (lib/data/random.ts); a version-1 position indexes another order, so resuming it
+ * would silently train on other samples, and it is refused.
+ */
+export const CHECKPOINT_VERSION = 2;
 
 /** File names inside a checkpoint directory. */
 export const CHECKPOINT_FILES = {
@@ -171,7 +176,10 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
     throw new CheckpointError(`${statePath}: ${(e as Error).message}`);
   }
   if (state?.version !== CHECKPOINT_VERSION) {
-    throw new CheckpointError(`${statePath}: version ${state?.version}, expected ${CHECKPOINT_VERSION}`);
+    throw new CheckpointError(
+      `${statePath}: version ${state?.version}, expected ${CHECKPOINT_VERSION} (a checkpoint of another ` +
+        `Eaglet version: its data position does not carry over; start the run again)`,
+    );
   }
   for (const k of ["globalStep", "microSteps", "totalSteps", "warmupSteps"] as const) {
     if (!Number.isSafeInteger(state[k]) || state[k] < 0) throw new CheckpointError(`${statePath}: bad ${k}`);

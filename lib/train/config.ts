@@ -1,8 +1,10 @@
 /**
- * The settings of an online training run: SpecForge's flags (reference/specforge-spec.md §7.1, defaults
- * §4.7) and the same settings from a YAML file (§7.6). One table, {@link TRAIN_OPTIONS}, lists every
- * setting with its flag, its YAML key, its type, its default and its help; the CLI's --help, the flag parser
- * and the YAML reader are all derived from it, so they cannot drift apart.
+ * The settings of a training run: SpecForge's flags (`scripts/train_eagle3_online.py` and
+ * `train_eagle3_offline.py` argparse, with their defaults) and the same settings from a YAML file (SpecForge's
+ * `specforge/config/schema.py`). One table of flags, {@link TRAIN_OPTIONS} (lib/flags.ts), declares every
+ * setting once with its type, default, help, check, YAML section and SpecForge aliases; the settings type,
+ * the CLI's parser and --help, the README's table, the YAML reader and the library's {@link trainSettings}
+ * all come from it, so they cannot drift apart.
  *
  * Precedence: defaults < YAML file < command-line flags. An unknown YAML key, a value of the wrong type, or a
  * missing required setting is an error naming the key (and the file).
@@ -12,419 +14,351 @@
  * setting sits in its section; SpecForge's own names `accumulation_steps`, `prompts_path`, `resume_from` and
  * `aux_hidden_state_layer_ids` are accepted for ours.
  */
-import { parseArgs } from "node:util";
 import { parse as parseYaml } from "yaml";
+import {
+  camelCase,
+  FlagError,
+  flagHelp,
+  type FlagTable,
+  parseValue,
+  readArgs,
+  resolveSettings,
+  type Settings,
+  type SettingsInput,
+  settingsOf,
+} from "../flags.ts";
 
 /** An invalid setting (flag, YAML key or value); the message names it. */
-export class TrainConfigError extends Error {
+export class TrainConfigError extends FlagError {
   /** Error name shown in stack traces and messages. */
   override name = "TrainConfigError";
 }
 
-type Kind = "string" | "int" | "float" | "bool" | "ints";
+/** The YAML sections of SpecForge's schema (`specforge/config/schema.py`); "top" is the top level. */
 type Section = "model" | "data" | "training" | "top";
+const SECTIONS: readonly Section[] = ["model", "data", "training"];
 
-interface OptionSpec {
-  kind: Kind;
-  section: Section;
-  help: string;
-  default?: string | number | boolean | number[] | null;
-  required?: boolean;
-  /** Accepted so SpecForge command lines run unchanged; has no effect here (said in --help). */
-  compat?: boolean;
-  /** Other YAML names (SpecForge [H] schema). */
-  aliases?: string[];
-  /** Allowed values of a string setting. */
-  choices?: string[];
-}
+/** The target tensor the draft's frozen embedding is copied from, unless --embedding-key says otherwise. */
+export const DEFAULT_EMBEDDING_KEY = "model.embed_tokens.weight";
 
-/** Every setting of `train-online`, by flag name. */
+/** Every setting of `train-online` and `train-offline`, by flag name. */
 export const TRAIN_OPTIONS = {
   "target-model-path": {
     kind: "string",
-    section: "model",
     required: true,
+    section: "model",
     help: "target: HF model dir or hub id",
   },
   "draft-model-config": {
     kind: "string",
-    section: "model",
     default: null,
-    help: "draft config.json (LlamaForCausalLMEagle3); absent: derived from the target (§6.3)",
+    section: "model",
+    help:
+      "draft config.json (LlamaForCausalLMEagle3); absent: derived from the target (SpecForge `configs/llama3-8B-eagle3.json` shows one)",
   },
   "embedding-key": {
     kind: "string",
+    default: DEFAULT_EMBEDDING_KEY,
     section: "model",
-    default: "model.embed_tokens.weight",
     help:
       "target tensor used as the draft's frozen embedding (the target's own embedding when the checkpoint lacks the default key, e.g. tied models)",
   },
   "aux-layers": {
     kind: "ints",
-    section: "model",
     default: null,
+    min: 0,
+    length: 3,
+    section: "model",
     aliases: ["aux_hidden_state_layer_ids"],
     help:
       "three target layer ids to capture, e.g. 1,15,28 (default: the draft config's eagle_config, else [1, N/2-1, N-4])",
   },
   "draft-vocab-size": {
     kind: "int",
-    section: "model",
     default: null,
+    min: 1,
+    section: "model",
     help: "draft vocabulary size (default: the draft config's, else min(32000, target vocab))",
   },
   "vocab-mapping-path": {
     kind: "string",
-    section: "model",
     default: null,
+    section: "model",
     aliases: ["vocab_mapping_path"],
     help: "use this d2t/t2d mapping (.safetensors or .json) instead of computing one from the data",
   },
   "train-data-path": {
     kind: "string",
-    section: "data",
     default: null,
+    section: "data",
     aliases: ["prompts_path"],
     help:
       "training data: conversations / preformatted text / pre-tokenized {input_ids, loss_mask} (.jsonl, .json, .parquet); required online",
   },
   "train-hidden-states-path": {
     kind: "string",
-    section: "data",
     default: null,
+    section: "data",
     help: "offline: features directory written by prepare-hidden-states (train-offline requires it)",
   },
   "eval-hidden-states-path": {
     kind: "string",
-    section: "data",
     default: null,
+    section: "data",
     help: "offline: held-out features directory",
   },
-  "eval-data-path": { kind: "string", section: "data", default: null, help: "held-out data, same formats" },
-  "chat-template": { kind: "string", section: "data", default: "llama3", help: "chat template name" },
-  "is-preformatted": {
-    kind: "bool",
-    section: "data",
-    default: false,
-    help: 'records are {"text": ...}, already rendered',
-  },
-  "train-only-last-turn": {
-    kind: "bool",
-    section: "data",
-    default: false,
-    help: "supervise only the last assistant turn",
-  },
+  "eval-data-path": { kind: "string", default: null, section: "data", help: "held-out data, same formats" },
+  "chat-template": { kind: "string", default: "llama3", section: "data", help: "chat template name" },
+  "is-preformatted": { kind: "bool", section: "data", help: 'records are {"text": ...}, already rendered' },
+  "train-only-last-turn": { kind: "bool", section: "data", help: "supervise only the last assistant turn" },
   "max-length": {
     kind: "int",
-    section: "data",
     default: 2048,
+    min: 1,
+    section: "data",
     help: "tokens kept per sample (right truncation)",
   },
-  "cache-dir": { kind: "string", section: "data", default: "./cache", help: "preprocessing cache directory" },
-  "output-dir": {
-    kind: "string",
-    section: "top",
-    required: true,
-    help: "checkpoints, exports, metrics and plots",
+  "cache-dir": { kind: "string", default: "./cache", section: "data", help: "preprocessing cache directory" },
+  "output-dir": { kind: "string", required: true, help: "checkpoints, exports, metrics and plots" },
+  "num-epochs": {
+    kind: "int",
+    default: 10,
+    min: 1,
+    section: "training",
+    help: "passes over the training data",
   },
-  "num-epochs": { kind: "int", section: "training", default: 10, help: "passes over the training data" },
-  "batch-size": { kind: "int", section: "training", default: 1, help: "samples per micro-batch" },
-  "learning-rate": { kind: "float", section: "training", default: 1e-4, help: "peak learning rate" },
+  "batch-size": { kind: "int", default: 1, min: 1, section: "training", help: "samples per micro-batch" },
+  "learning-rate": {
+    kind: "float",
+    default: 1e-4,
+    above: 0,
+    section: "training",
+    help: "peak learning rate",
+  },
   "warmup-ratio": {
     kind: "float",
-    section: "training",
     default: 0.015,
+    min: 0,
+    below: 1,
+    section: "training",
     help: "linear warmup share of the updates",
   },
   "total-steps": {
     kind: "int",
-    section: "training",
     default: null,
+    min: 1,
+    section: "training",
     help: "optimizer updates of the schedule (default: num_epochs · ceil(batches per epoch / accumulation))",
   },
   "max-num-steps": {
     kind: "int",
-    section: "training",
     default: null,
+    min: 1,
+    section: "training",
     aliases: ["max_steps"],
     help: "stop after this many updates (the schedule keeps --total-steps)",
   },
   "max-grad-norm": {
     kind: "float",
-    section: "training",
     default: 0.5,
+    min: 0,
+    section: "training",
     help: "global grad-norm clipping (0: off)",
   },
-  "ttt-length": { kind: "int", section: "training", default: 7, help: "test-time-training unroll steps K" },
+  "ttt-length": {
+    kind: "int",
+    default: 7,
+    min: 1,
+    section: "training",
+    help: "test-time-training unroll depth K (TTT positions 0..K-1)",
+  },
   "draft-accumulation-steps": {
     kind: "int",
-    section: "training",
     default: 1,
+    min: 1,
+    section: "training",
     aliases: ["accumulation_steps"],
     help: "micro-batches per optimizer update",
   },
-  "seed": { kind: "int", section: "training", default: 0, help: "seed of the draft init and the data order" },
+  "seed": {
+    kind: "int",
+    default: 0,
+    min: 0,
+    section: "training",
+    help: "seed of the draft init and the data order",
+  },
   "log-interval": {
     kind: "int",
-    section: "training",
     default: 50,
+    min: 1,
+    section: "training",
     help: "updates between progress lines and train metrics",
   },
   "eval-interval": {
     kind: "int",
-    section: "training",
     default: 5000,
+    min: 0,
+    section: "training",
     help: "updates between evaluations (0: only at the end)",
   },
   "save-interval": {
     kind: "int",
-    section: "training",
     default: 5000,
+    min: 0,
+    section: "training",
     help: "updates between checkpoints (0: only at the end)",
   },
   "resume": {
     kind: "bool",
     section: "training",
-    default: false,
     help: "continue from the latest checkpoint in --output-dir",
   },
   "resume-from": {
     kind: "string",
-    section: "training",
     default: null,
+    section: "training",
     aliases: ["resume_from"],
     help: "continue from this checkpoint directory",
   },
   "export-dtype": {
-    kind: "string",
-    section: "training",
-    default: "bf16",
+    kind: "choice",
     choices: ["bf16", "f16", "f32"],
+    default: "bf16",
+    section: "training",
     help: "dtype of the exported SGLang weights",
   },
   "eval-batches": {
     kind: "int",
-    section: "training",
     default: null,
+    min: 1,
+    section: "training",
     help: "evaluate on at most this many batches (default: the whole eval set)",
   },
   "eval-spec-samples": {
     kind: "int",
-    section: "training",
     default: 0,
+    min: 0,
+    section: "training",
     help: "at each eval, also run greedy speculative decoding on this many eval prompts and log tau (0: off)",
   },
   "eval-spec-steps": {
     kind: "int",
-    section: "training",
     default: 3,
+    min: 1,
+    section: "training",
     help: "draft steps (chain) of that speculative decoding",
   },
   "eval-spec-new-tokens": {
     kind: "int",
-    section: "training",
     default: 32,
+    min: 1,
+    section: "training",
     help: "new tokens per prompt of that speculative decoding",
   },
   "tp-size": {
     kind: "int",
-    section: "training",
     default: 1,
+    min: 0,
+    check: (n: number): string | null => n === 1 ? null : "1 (Eaglet runs the target on one device)",
+    section: "training",
     compat: true,
     help: "target tensor parallelism (must be 1)",
   },
   "attention-backend": {
-    kind: "string",
-    section: "training",
-    default: "flex_attention",
-    compat: true,
+    kind: "choice",
     choices: ["sdpa", "flex_attention", "fa", "eager"],
+    default: "flex_attention",
+    section: "training",
+    compat: true,
     help: "SpecForge's attention backend (all give the same math here)",
   },
   "target-model-backend": {
-    kind: "string",
-    section: "model",
-    default: "sglang",
-    compat: true,
+    kind: "choice",
     choices: ["sglang", "hf", "custom"],
+    default: "sglang",
+    section: "model",
+    compat: true,
     help: "SpecForge's target backend (the target always runs on WebGPU here)",
   },
   "build-dataset-num-proc": {
     kind: "int",
-    section: "data",
     default: 8,
+    min: 0,
+    section: "data",
     compat: true,
     help: "SpecForge's tokenizer workers",
   },
   "dist-timeout": {
     kind: "int",
-    section: "training",
     default: 20,
+    min: 0,
+    section: "training",
     compat: true,
     help: "SpecForge's NCCL timeout (minutes)",
   },
   "report-to": {
-    kind: "string",
-    section: "training",
-    default: "none",
-    compat: true,
+    kind: "choice",
     choices: ["none"],
+    default: "none",
+    section: "training",
+    compat: true,
     help: "experiment tracker (metrics go to <output-dir>/metrics.jsonl)",
   },
   "cache-key": {
     kind: "string",
-    section: "data",
     default: null,
+    section: "data",
     compat: true,
     help: "unused, as in SpecForge",
   },
-  "verbose": { kind: "bool", section: "top", default: false, compat: true, help: "more messages" },
-} satisfies Record<string, OptionSpec>;
+  "verbose": { kind: "bool", compat: true, help: "more messages" },
+} as const satisfies FlagTable;
 
 /** A flag name of {@link TRAIN_OPTIONS}. */
 export type TrainOptionName = keyof typeof TRAIN_OPTIONS;
 
-/** The resolved settings of a run (camelCase of the flag names). */
-export interface TrainSettings {
-  /** `--target-model-path`: target: HF model dir or hub id. */
-  targetModelPath: string;
-  /** `--draft-model-config`: draft config.json (LlamaForCausalLMEagle3); absent: derived from the target (§6.3). */
-  draftModelConfig: string | null;
-  /** `--embedding-key`: target tensor used as the draft's frozen embedding (the target's own embedding when the checkpoint lacks the default key, e.g. tied models). */
-  embeddingKey: string;
-  /** `--aux-layers`: three target layer ids to capture, e.g. 1,15,28 (default: the draft config's eagle_config, else [1, N/2-1, N-4]). */
-  auxLayers: number[] | null;
-  /** `--draft-vocab-size`: draft vocabulary size (default: the draft config's, else min(32000, target vocab)). */
-  draftVocabSize: number | null;
-  /** `--vocab-mapping-path`: use this d2t/t2d mapping (.safetensors or .json) instead of computing one from the data. */
-  vocabMappingPath: string | null;
-  /** `--train-data-path`: training data: conversations / preformatted text / pre-tokenized {input_ids, loss_mask} (.jsonl, .json, .parquet); required online. */
-  trainDataPath: string | null;
-  /** `--train-hidden-states-path`: offline: features directory written by prepare-hidden-states. */
-  trainHiddenStatesPath: string | null;
-  /** `--eval-hidden-states-path`: offline: held-out features directory. */
-  evalHiddenStatesPath: string | null;
-  /** `--eval-data-path`: held-out data, same formats. */
-  evalDataPath: string | null;
-  /** `--chat-template`: chat template name. */
-  chatTemplate: string;
-  /** `--is-preformatted`: records are {"text": ...}, already rendered. */
-  isPreformatted: boolean;
-  /** `--train-only-last-turn`: supervise only the last assistant turn. */
-  trainOnlyLastTurn: boolean;
-  /** `--max-length`: tokens kept per sample (right truncation). */
-  maxLength: number;
-  /** `--cache-dir`: preprocessing cache directory. */
-  cacheDir: string;
-  /** `--output-dir`: checkpoints, exports, metrics and plots. */
-  outputDir: string;
-  /** `--num-epochs`: passes over the training data. */
-  numEpochs: number;
-  /** `--batch-size`: samples per micro-batch. */
-  batchSize: number;
-  /** `--learning-rate`: peak learning rate. */
-  learningRate: number;
-  /** `--warmup-ratio`: linear warmup share of the updates. */
-  warmupRatio: number;
-  /** `--total-steps`: optimizer updates of the schedule (default: num_epochs · ceil(batches per epoch / accumulation)). */
-  totalSteps: number | null;
-  /** `--max-num-steps`: stop after this many updates (the schedule keeps --total-steps). */
-  maxNumSteps: number | null;
-  /** `--max-grad-norm`: global grad-norm clipping (0: off). */
-  maxGradNorm: number;
-  /** `--ttt-length`: test-time-training unroll steps K. */
-  tttLength: number;
-  /** `--draft-accumulation-steps`: micro-batches per optimizer update. */
-  draftAccumulationSteps: number;
-  /** `--seed`: seed of the draft init and the data order. */
-  seed: number;
-  /** `--log-interval`: updates between progress lines and train metrics. */
-  logInterval: number;
-  /** `--eval-interval`: updates between evaluations (0: only at the end). */
-  evalInterval: number;
-  /** `--save-interval`: updates between checkpoints (0: only at the end). */
-  saveInterval: number;
-  /** `--resume`: continue from the latest checkpoint in --output-dir. */
-  resume: boolean;
-  /** `--resume-from`: continue from this checkpoint directory. */
-  resumeFrom: string | null;
-  /** `--export-dtype`: dtype of the exported SGLang weights. */
-  exportDtype: "bf16" | "f16" | "f32";
-  /** `--eval-batches`: evaluate on at most this many batches (default: the whole eval set). */
-  evalBatches: number | null;
-  /** `--eval-spec-samples`: at each eval, also run greedy speculative decoding on this many eval prompts and log tau (0: off). */
-  evalSpecSamples: number;
-  /** `--eval-spec-steps`: draft steps (chain) of that speculative decoding. */
-  evalSpecSteps: number;
-  /** `--eval-spec-new-tokens`: new tokens per prompt of that speculative decoding. */
-  evalSpecNewTokens: number;
-  /** `--tp-size`: target tensor parallelism (must be 1). */
-  tpSize: number;
-  /** `--attention-backend`: SpecForge's attention backend (all give the same math here). */
-  attentionBackend: string;
-  /** `--target-model-backend`: SpecForge's target backend (the target always runs on WebGPU here). */
-  targetModelBackend: string;
-  /** `--build-dataset-num-proc`: SpecForge's tokenizer workers. */
-  buildDatasetNumProc: number;
-  /** `--dist-timeout`: SpecForge's NCCL timeout (minutes). */
-  distTimeout: number;
-  /** `--report-to`: experiment tracker (metrics go to <output-dir>/metrics.jsonl). */
-  reportTo: string;
-  /** `--cache-key`: unused, as in SpecForge. */
-  cacheKey: string | null;
-  /** `--verbose`: more messages. */
-  verbose: boolean;
+/** The resolved settings of a run: each flag of {@link TRAIN_OPTIONS} under its camelCase name. */
+export type TrainSettings = Settings<typeof TRAIN_OPTIONS>;
+
+/** What a library caller gives {@link trainSettings}: the required settings and any others. */
+export type TrainSettingsInput = SettingsInput<typeof TRAIN_OPTIONS>;
+
+/** The flags of the train tasks' command line: `--config` and the settings. */
+export const TRAIN_FLAGS = {
+  config: {
+    kind: "string",
+    arg: "file",
+    help: "YAML file with any of the settings below (flags override it)",
+  },
+  ...TRAIN_OPTIONS,
+} as const satisfies FlagTable;
+
+const SPECS: FlagTable = TRAIN_OPTIONS;
+
+/** Runs `f`, turning a {@link FlagError} into a {@link TrainConfigError} with the same message. */
+function asConfigError<R>(f: () => R): R {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof FlagError && !(e instanceof TrainConfigError)) throw new TrainConfigError(e.message);
+    throw e;
+  }
 }
 
-function camel(flag: string): string {
-  return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+/**
+ * The settings of a run from a library caller's object (camelCase names, e.g.
+ * `trainSettings({ targetModelPath, trainDataPath, outputDir, batchSize: 4 })`): every value checked as its
+ * flag's, defaults filled, then {@link checkSettings}. Errors name the setting.
+ */
+export function trainSettings(input: TrainSettingsInput): TrainSettings {
+  const s = asConfigError(() => settingsOf(TRAIN_OPTIONS, input));
+  checkSettings(s);
+  return s;
 }
 
-const SPECS = TRAIN_OPTIONS as Record<string, OptionSpec>;
-
-/** Converts a raw value (string from a flag, or any YAML value) to the setting's kind. */
-function convert(name: string, spec: OptionSpec, raw: unknown, where: string): unknown {
-  const bad = (what: string) =>
-    new TrainConfigError(`${where}: ${name} must be ${what}, got ${JSON.stringify(raw)}`);
-  if (raw === null) {
-    if (spec.default === null) return null;
-    throw bad(`a ${spec.kind}`);
-  }
-  switch (spec.kind) {
-    case "string": {
-      if (typeof raw !== "string" && typeof raw !== "number") throw bad("a string");
-      const s = String(raw);
-      if (spec.choices && !spec.choices.includes(s)) throw bad(`one of ${spec.choices.join(", ")}`);
-      return s;
-    }
-    case "bool":
-      if (typeof raw === "boolean") return raw;
-      if (raw === "true" || raw === "false") return raw === "true";
-      throw bad("true or false");
-    case "int": {
-      const n = typeof raw === "string" ? Number(raw.trim()) : raw;
-      if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 0) throw bad("a non-negative integer");
-      return n;
-    }
-    case "float": {
-      const n = typeof raw === "string" ? Number(raw.trim()) : raw;
-      if (typeof n !== "number" || !Number.isFinite(n) || (typeof raw === "string" && raw.trim() === "")) {
-        throw bad("a number");
-      }
-      return n;
-    }
-    case "ints": {
-      const list = typeof raw === "string" ? raw.split(",").map((s) => s.trim()) : raw;
-      if (!Array.isArray(list)) throw bad("a list of integers (e.g. 1,15,28)");
-      return list.map((x) => {
-        const n = typeof x === "string" ? Number(x) : x;
-        if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 0 || x === "") {
-          throw bad("a list of non-negative integers");
-        }
-        return n;
-      });
-    }
-  }
+/** The message of a thrown value. */
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }
 
 /** Finds the flag name of a YAML key (underscores or dashes, or a SpecForge alias); null when unknown. */
@@ -446,7 +380,7 @@ export function readYamlSettings(text: string, file: string): Map<string, unknow
   try {
     doc = parseYaml(text);
   } catch (e) {
-    throw new TrainConfigError(`${file}: not valid YAML (${(e as Error).message.split("\n")[0]})`);
+    throw new TrainConfigError(`${file}: not valid YAML (${errorText(e).split("\n")[0]})`);
   }
   const out = new Map<string, unknown>();
   if (doc === null || doc === undefined) return out;
@@ -458,43 +392,43 @@ export function readYamlSettings(text: string, file: string): Map<string, unknow
     const flag = flagOfKey(key);
     if (!flag) throw new TrainConfigError(`${file}: unknown setting '${where}'`);
     const spec = SPECS[flag];
-    if (section !== null && spec.section !== section) {
-      throw new TrainConfigError(`${file}: '${where}' belongs in section '${spec.section}'`);
+    const home = spec.section ?? "top";
+    if (section !== null && home !== section) {
+      throw new TrainConfigError(`${file}: '${where}' belongs in section '${home}'`);
     }
     if (out.has(flag)) throw new TrainConfigError(`${file}: '${where}' is set twice`);
-    out.set(flag, convert(where, spec, value, file));
+    if (value === null && "default" in spec && spec.default === null) out.set(flag, null);
+    else out.set(flag, asConfigError(() => parseValue(spec, value, `${file}: ${where}`)));
   };
-  for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
-    if (key === "model" || key === "data" || key === "training") {
-      if (value === null) continue;
-      if (typeof value !== "object" || Array.isArray(value)) {
-        throw new TrainConfigError(`${file}: section '${key}' must be a mapping`);
-      }
-      for (const [k, v] of Object.entries(value as Record<string, unknown>)) put(k, v, key);
-    } else {
+  for (const [key, value] of Object.entries(doc)) {
+    const section = SECTIONS.find((s) => s === key);
+    if (section === undefined) {
       put(key, value, null);
+      continue;
     }
+    if (value === null) continue;
+    if (typeof value !== "object" || Array.isArray(value)) {
+      throw new TrainConfigError(`${file}: section '${key}' must be a mapping`);
+    }
+    for (const [k, v] of Object.entries(value)) put(k, v, section);
   }
   return out;
-}
-
-/** The parseArgs option table of {@link TRAIN_OPTIONS} plus --config, --help and --debug. */
-function parseArgsOptions() {
-  const o: Record<string, { type: "string" | "boolean" }> = {
-    config: { type: "string" },
-    help: { type: "boolean" },
-    debug: { type: "boolean" },
-  };
-  for (const [flag, spec] of Object.entries(SPECS)) {
-    o[flag] = { type: spec.kind === "bool" ? "boolean" : "string" };
-  }
-  return o;
 }
 
 /** What {@link parseTrainArgs} returns: the settings, or a request for help. */
 export type ParsedTrainArgs =
   | { help: true; debug: boolean }
   | { help: false; debug: boolean; settings: TrainSettings; configFile: string | null };
+
+/** The text of the --config file, or an error naming it. */
+async function readConfig(file: string, readText: (path: string) => Promise<string>): Promise<string> {
+  try {
+    return await readText(file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new TrainConfigError(`config file not found: ${file}`);
+    throw new TrainConfigError(`cannot read config file ${file}: ${errorText(e)}`);
+  }
+}
 
 /**
  * Parses command-line arguments: `--config run.yaml` is read first, flags override it, defaults fill the
@@ -505,81 +439,34 @@ export async function parseTrainArgs(
   argv: string[],
   readText: (path: string) => Promise<string> = (p) => Deno.readTextFile(p),
 ): Promise<ParsedTrainArgs> {
-  let parsed;
-  try {
-    parsed = parseArgs({ args: argv, options: parseArgsOptions(), strict: true, allowPositionals: false });
-  } catch (e) {
-    throw new TrainConfigError((e as Error).message.split("\n")[0]);
-  }
-  const v = parsed.values as Record<string, string | boolean | undefined>;
-  const debug = v.debug === true;
-  if (v.help) return { help: true, debug };
+  const args = asConfigError(() => readArgs(TRAIN_FLAGS, argv));
+  if (args.help) return { help: true, debug: args.debug };
+  const configFile = args.given.get("config");
+  args.given.delete("config");
   const values = new Map<string, unknown>();
-  const configFile = typeof v.config === "string" ? v.config : null;
-  if (configFile) {
-    let text: string;
-    try {
-      text = await readText(configFile);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
-        throw new TrainConfigError(`config file not found: ${configFile}`);
-      }
-      throw new TrainConfigError(`cannot read config file ${configFile}: ${(e as Error).message}`);
+  if (typeof configFile === "string") {
+    for (const [k, x] of readYamlSettings(await readConfig(configFile, readText), configFile)) {
+      values.set(k, x);
     }
-    for (const [k, x] of readYamlSettings(text, configFile)) values.set(k, x);
   }
+  for (const [k, x] of args.given) values.set(k, x);
   for (const [flag, spec] of Object.entries(SPECS)) {
-    const raw = v[flag];
-    if (raw === undefined) continue;
-    values.set(flag, convert(`--${flag}`, spec, raw, "command line"));
-  }
-  const settings: Record<string, unknown> = {};
-  for (const [flag, spec] of Object.entries(SPECS)) {
-    if (values.has(flag)) settings[camel(flag)] = values.get(flag);
-    else if (spec.required) {
+    if (spec.required && values.get(flag) === undefined) {
       throw new TrainConfigError(`--${flag} is required (or ${flag.replace(/-/g, "_")} in --config)`);
-    } else settings[camel(flag)] = spec.default ?? null;
+    }
   }
-  const s = settings as unknown as TrainSettings;
-  checkSettings(s);
-  return { help: false, debug, settings: s, configFile };
+  const settings = asConfigError(() => resolveSettings(TRAIN_OPTIONS, values));
+  checkSettings(settings);
+  return {
+    help: false,
+    debug: args.debug,
+    settings,
+    configFile: typeof configFile === "string" ? configFile : null,
+  };
 }
 
-/** Range checks that need more than a type. */
+/** The checks across settings (each value's own checks are in {@link TRAIN_OPTIONS}). */
 export function checkSettings(s: TrainSettings): void {
-  const positive: Array<[string, number | null]> = [
-    ["num-epochs", s.numEpochs],
-    ["batch-size", s.batchSize],
-    ["max-length", s.maxLength],
-    ["ttt-length", s.tttLength],
-    ["draft-accumulation-steps", s.draftAccumulationSteps],
-    ["log-interval", s.logInterval],
-    ["total-steps", s.totalSteps],
-    ["max-num-steps", s.maxNumSteps],
-    ["draft-vocab-size", s.draftVocabSize],
-    ["eval-batches", s.evalBatches],
-    ["eval-spec-steps", s.evalSpecSteps],
-    ["eval-spec-new-tokens", s.evalSpecNewTokens],
-  ];
-  if (s.evalSpecSamples < 0) {
-    throw new TrainConfigError(`--eval-spec-samples must be >= 0, got ${s.evalSpecSamples}`);
-  }
-  for (const [name, n] of positive) {
-    if (n !== null && n < 1) throw new TrainConfigError(`--${name} must be at least 1, got ${n}`);
-  }
-  if (!(s.learningRate > 0)) {
-    throw new TrainConfigError(`--learning-rate must be positive, got ${s.learningRate}`);
-  }
-  if (!(s.warmupRatio >= 0 && s.warmupRatio < 1)) {
-    throw new TrainConfigError(`--warmup-ratio must be within [0, 1), got ${s.warmupRatio}`);
-  }
-  if (s.maxGradNorm < 0) throw new TrainConfigError(`--max-grad-norm must be ≥ 0, got ${s.maxGradNorm}`);
-  if (s.tpSize !== 1) {
-    throw new TrainConfigError(`--tp-size ${s.tpSize}: Eaglet runs the target on one device`);
-  }
-  if (s.auxLayers !== null && s.auxLayers.length !== 3) {
-    throw new TrainConfigError(`--aux-layers needs 3 layer ids, got [${s.auxLayers}]`);
-  }
   if (s.resume && s.resumeFrom) throw new TrainConfigError("give --resume or --resume-from, not both");
   if (!s.trainDataPath && !s.trainHiddenStatesPath) {
     throw new TrainConfigError(
@@ -591,39 +478,20 @@ export function checkSettings(s: TrainSettings): void {
 /** The --help text: every flag with its default, then the YAML layout. */
 export function trainUsage(task: "train-online" | "train-offline" = "train-online"): string {
   const data = task === "train-online" ? "--train-data-path <file>" : "--train-hidden-states-path <dir>";
-  const lines = [
-    `usage: deno task ${task} --target-model-path <dir|hub id> ${data} ` +
-    `--output-dir <dir> [options]\n       deno task ${task} --config run.yaml [flags that override it]\n`,
-  ];
-  lines.push("  --config <file>\n      YAML file with any of the settings below (flags override it)");
-  for (const [flag, spec] of Object.entries(SPECS)) {
-    const arg = spec.kind === "bool" ? "" : spec.kind === "ints" ? " <a,b,c>" : ` <${spec.kind}>`;
-    const def = spec.required
-      ? " (required)"
-      : spec.default === null || spec.default === undefined
-      ? ""
-      : ` (default: ${Array.isArray(spec.default) ? spec.default.join(",") : spec.default})`;
-    const compat = spec.compat ? " [accepted for SpecForge compatibility]" : "";
-    const choices = spec.choices && !spec.compat ? ` {${spec.choices.join(", ")}}` : "";
-    lines.push(`  --${flag}${arg}\n      ${spec.help}${choices}${def}${compat}`);
-  }
-  lines.push("  --debug\n      print stack traces");
-  lines.push("  --help\n      this text");
-  lines.push(
+  const usage = `usage: deno task ${task} --target-model-path <dir|hub id> ${data} ` +
+    `--output-dir <dir> [options]\n       deno task ${task} --config run.yaml [flags that override it]`;
+  return flagHelp(TRAIN_FLAGS, usage) +
     "\nYAML: flat keys (target_model_path: ..., the flag names with underscores) or SpecForge's sections\n" +
-      "model: {target_model_path, draft_model_config, embedding_key, aux_hidden_state_layer_ids, ...},\n" +
-      "data: {train_data_path | prompts_path, eval_data_path, max_length, chat_template, cache_dir, ...},\n" +
-      "training: {num_epochs, batch_size, learning_rate, accumulation_steps, ttt_length, seed, ...}, output_dir.\n" +
-      "Unknown keys are errors.",
-  );
-  return lines.join("\n") + "\n";
+    "model: {target_model_path, draft_model_config, embedding_key, aux_hidden_state_layer_ids, ...},\n" +
+    "data: {train_data_path | prompts_path, eval_data_path, max_length, chat_template, cache_dir, ...},\n" +
+    "training: {num_epochs, batch_size, learning_rate, accumulation_steps, ttt_length, seed, ...}, output_dir.\n" +
+    "Unknown keys are errors.\n";
 }
 
 /** The settings as the snake_case mapping saved in checkpoints (and accepted back as YAML). */
 export function settingsToJson(s: TrainSettings): Record<string, unknown> {
+  const values = new Map<string, unknown>(Object.entries(s));
   const out: Record<string, unknown> = {};
-  for (const flag of Object.keys(SPECS)) {
-    out[flag.replace(/-/g, "_")] = (s as unknown as Record<string, unknown>)[camel(flag)];
-  }
+  for (const flag of Object.keys(SPECS)) out[flag.replace(/-/g, "_")] = values.get(camelCase(flag));
   return out;
 }

@@ -1,25 +1,22 @@
 /**
- * What a user watches during training: per-step metrics (reference/specforge-spec.md §4.5) appended to a
- * JSONL file, and a progress line (loss, acc, tokens/s, lr, ETA) drawn as a bar on a terminal or printed as
- * plain lines otherwise.
+ * What a user watches during training: metrics per window of optimizer updates (SpecForge's trainer logs
+ * `train/ploss_k`, `train/acc_k`) appended to a JSONL file, and a progress line (loss, acc, tokens/s, lr,
+ * ETA) drawn as a bar on a terminal or printed as plain lines otherwise.
  *
- * Metric names follow SpecForge's: `loss` (the mean of the per-step losses, as its progress bar shows),
+ * Metric names follow SpecForge's: `loss` (the mean of the per-position losses ploss_k, as its progress bar
+ * shows; not the 0.8^k-weighted training objective),
  * `acc` (mean of acc_k), `ploss_k`, `acc_k`, and `simulated_acc_len` = Σ_k Π_{j≤k} acc_j, the expected
  * accepted length of a greedy chain if each position were accepted independently with probability acc_j.
  */
 import { writeFileAtomic } from "../io/atomic.ts";
+import { type Eagle3Metrics, simulatedAcceptanceLength } from "../models/eagle3_metrics.ts";
 
-/** Σ_k Π_{j≤k} acc_j (SpecForge `_simulated_acc_len`). */
-export function simulatedAcceptanceLength(acc: readonly number[]): number {
-  let total = 0, prod = 1;
-  for (const a of acc) {
-    prod *= a;
-    total += prod;
-  }
-  return total;
-}
+export { simulatedAcceptanceLength };
 
-/** One metrics record: a training window or an evaluation pass at optimizer update `step`. */
+/**
+ * One metrics record: a training window or an evaluation pass at optimizer update `step` (metrics.jsonl's
+ * `step`, SpecForge's name, counts optimizer updates).
+ */
 export interface MetricsRecord {
   /** "train" for a window of training updates, "eval" for a pass over the evaluation set. */
   split: "train" | "eval";
@@ -29,9 +26,9 @@ export interface MetricsRecord {
   epoch: number;
   /** Mean of ploss_k. */
   loss: number;
-  /** Per-TTT-step losses (unweighted), k = 0..K-1. */
+  /** Per-TTT-position losses ploss_k (unweighted), k = 0..K-1. */
   ploss: number[];
-  /** Per-TTT-step accuracies, k = 0..K-1. */
+  /** Per-TTT-position accuracies acc_k, k = 0..K-1. */
   acc: number[];
   /** Learning rate of the last update (train records). */
   lr?: number;
@@ -43,6 +40,17 @@ export interface MetricsRecord {
   tau?: number;
   /** Seconds since the run (or the resumed run) started. */
   elapsed: number;
+}
+
+/** The record of metrics `m` taken at optimizer update `update` (its `loss` is the mean of ploss_k). */
+export function metricsRecord(
+  split: "train" | "eval",
+  m: Eagle3Metrics,
+  update: number,
+  epoch: number,
+  elapsed: number,
+): MetricsRecord {
+  return { split, step: update, epoch, loss: mean(m.ploss), ploss: m.ploss, acc: m.acc, elapsed };
 }
 
 /** A record as the flat JSON object written to the JSONL file (SpecForge's key names). */
@@ -166,9 +174,9 @@ export interface ProgressState {
   totalSteps: number;
   /** 0-based epoch of the last micro-batch. */
   epoch: number;
-  /** Mean loss over the TTT steps of the last window. */
+  /** Mean loss over the TTT positions of the last window. */
   loss: number;
-  /** Mean accuracy over the TTT steps of the last window. */
+  /** Mean accuracy over the TTT positions of the last window. */
   acc: number;
   /** Tokens (padded positions) per second over the last window. */
   tokensPerSec: number;

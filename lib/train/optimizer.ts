@@ -1,6 +1,6 @@
 /**
- * The draft's optimizer (reference/specforge-spec.md §4.6): global grad-norm clipping then AdamW on f32
- * master weights, all on the GPU in one prebuilt program per update:
+ * The draft's optimizer (SpecForge `specforge/optimizer.py` `BF16Optimizer`): global grad-norm clipping then
+ * AdamW on f32 master weights, all on the GPU in one prebuilt program per update:
  *
  *   normSq = Σ_params Σ g²                                    (lib/ops/reduce.ts globalNormSquared)
  *   for each param: clipped AdamW update with coef = min(1, maxNorm / (sqrt(normSq) + 1e-6))

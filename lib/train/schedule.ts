@@ -1,5 +1,5 @@
 /**
- * The learning-rate schedule SpecForge trains with (reference/specforge-spec.md §4.6,
+ * The learning-rate schedule SpecForge trains with (`specforge/lr_scheduler.py`
  * `CosineAnnealingWarmupLR`): linear warmup over `W = int(warmup_ratio · total_steps)` updates, then a cosine
  * from the base rate down to 0 at `total_steps`.
  *

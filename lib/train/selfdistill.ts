@@ -1,6 +1,6 @@
 /**
  * Self-distilled training data: text the target wrote itself, the data that trains the best drafts
- * (SpecForge's `regenerate_train_data.py`, reference/specforge-spec.md §10 #192). Each sample is an opening
+ * (SpecForge's `regenerate_train_data.py`, SpecForge issue #192). Each sample is an opening
  * the target samples from its BOS token (temperature 1, one seeded stream per sample, so samples differ),
  * then the target's greedy continuation of that opening; the loss covers the continuation only. Samples are
  * pre-tokenized records `{"id", "input_ids", "loss_mask"}` that lib/data reads as they are.

@@ -27,7 +27,7 @@ export async function trainTask(task: "train-online" | "train-offline", argv: st
         simulatedAcceptanceLength(last.acc).toFixed(3)
       }`
       : "";
-    console.log(`done: ${r.globalStep} updates;${summary}`);
+    console.log(`done: ${r.updates} updates;${summary}`);
     if (r.checkpoint) console.log(`SGLang draft: ${r.checkpoint}`);
   } finally {
     gpu.destroy();

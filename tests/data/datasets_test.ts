@@ -1,4 +1,4 @@
-/** Dataset files, record validation (bad input names file and line) and the prepare-data conversions (spec §1.1). */
+/** Dataset files, record validation (bad input names file and line) and the prepare-data conversions (SpecForge `scripts/prepare_data.py`). */
 
 import assert from "node:assert/strict";
 import { join } from "node:path";

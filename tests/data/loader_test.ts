@@ -1,4 +1,4 @@
-/** Batching (spec §1.6): right padding with zeros, data-parallel shards, drop_last, resumable positions. */
+/** Batching (SpecForge `specforge/data/utils.py` `DataCollatorWithPadding`): right padding with zeros, data-parallel shards, drop_last, resumable positions. */
 
 import assert from "node:assert/strict";
 import { collate, DataLoader } from "../../lib/data/loader.ts";

@@ -1,4 +1,4 @@
-/** Tokenization and loss masks (spec §1.3–1.4): SpecForge's Qwen reference, normalization, truncation. */
+/** Tokenization and loss masks (SpecForge `specforge/data/parse.py` `GeneralParser`): SpecForge's Qwen reference, normalization, truncation. */
 
 import assert from "node:assert/strict";
 import {

@@ -1,4 +1,4 @@
-/** Draft vocabulary (spec §1.7) on a corpus small enough to check by hand, and its file forms. */
+/** Draft vocabulary (SpecForge `generate_vocab_mapping_file`) on a corpus small enough to check by hand, and its file forms. */
 
 import assert from "node:assert/strict";
 import { join } from "node:path";

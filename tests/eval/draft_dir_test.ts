@@ -4,7 +4,7 @@ import { deriveDraftConfig } from "../../lib/models/draft_config.ts";
 import { initEagle3Weights } from "../../lib/models/eagle3.ts";
 import type { TargetConfig } from "../../lib/models/config.ts";
 import { loadTargetConfig } from "../../lib/models/config.ts";
-import { exportDraft, type NamedWeight } from "../../lib/io/export.ts";
+import { exportDraft, type NamedWeight } from "../../lib/models/export.ts";
 import { eagle3ParamShapes } from "../../lib/models/eagle3.ts";
 import { roundBf16 } from "../../lib/tensor.ts";
 import { loadDraftDirectory } from "../../lib/eval/draft_dir.ts";

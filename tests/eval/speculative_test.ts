@@ -11,7 +11,7 @@ import {
   runSpeculativeEval,
   SpeculativeDecoder,
 } from "../../lib/eval/speculative.ts";
-import { samplingProbs } from "../../lib/eval/tree.ts";
+import { samplingProbs } from "../../lib/models/generate.ts";
 
 const GOLDEN_LLAMA = new URL("../golden/targets/llama", import.meta.url).pathname;
 const TINYSTORIES = new URL("../../../shared/models/tinystories-656K", import.meta.url).pathname;

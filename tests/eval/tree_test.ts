@@ -2,12 +2,12 @@ import assert from "node:assert/strict";
 import { rng } from "../gpu.ts";
 import {
   DraftTree,
-  samplingProbs,
   topkSoftmax,
   treeFromParents,
   verifyGreedy,
   verifySampling,
 } from "../../lib/eval/tree.ts";
+import { samplingProbs } from "../../lib/models/generate.ts";
 
 Deno.test("topkSoftmax: best first, ties to the lower index, mapped to target ids", () => {
   const t = topkSoftmax([0, 2, 2, 1], 3, [10, 11, 12, 13]);

@@ -1,6 +1,7 @@
 """Golden tensors for the attention op: SpecForge's "cache_hidden" attention across TTT steps, by autograd.
 
-specforge-spec.md section 4.3, transcribed: at step k, row t attends the prefix keys K^0_s (s <= t and s a
+SpecForge's TTT attention (`specforge/modeling/draft/llama3_eagle.py` `LlamaAttention.forward`,
+cache_hidden path), transcribed: at step k, row t attends the prefix keys K^0_s (s <= t and s a
 real token, additive min-value mask) and its own keys K^j_t of steps j = 1..k (no mask); one softmax over the
 concatenated scores, then out = P_prefix @ V^0 + sum_j P_j V^j_t. GQA as repeat_kv (query head h reads kv head
 h // (nh / nkv)); scale 1/sqrt(hd). RoPE is left out (q and k are taken as already rotated).

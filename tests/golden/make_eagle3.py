@@ -1,6 +1,7 @@
 """Golden tensors for one whole EAGLE-3 training step (tests/models/eagle3_test.ts).
 
-An independent PyTorch transcription of reference/specforge-spec.md §2.2 (teacher), §3 (draft), §4.1-§4.5 (TTT
+An independent PyTorch transcription of SpecForge's teacher (`specforge/core/eagle3.py` `_compute_target_p`), draft
+(`specforge/modeling/draft/llama3_eagle.py`) and TTT unroll (`OnlineEagle3Model.forward`; TTT
 unroll, attention across steps, loss, metrics), differentiated by autograd in float64, then one
 clip_grad_norm_(0.5) + torch.optim.AdamW(lr 1e-3) step. Inputs and weights are rounded to f32 first, so the
 test feeds the GPU exactly what this script computed with.
@@ -120,7 +121,7 @@ def repeat_kv(x):
 
 
 def midlayer(w, e, h, cache_k, cache_v, k):
-    """One draft decoder step (§3.3) with the attention across TTT steps (§4.3, sdpa cache_hidden path)."""
+    """One draft decoder pass (LlamaDecoderLayer) with the attention across TTT positions (sdpa cache_hidden path)."""
     a = torch.cat([rmsnorm(e, w["midlayer.input_layernorm.weight"]), rmsnorm(h, w["midlayer.hidden_norm.weight"])], -1)
     q = (a @ w["midlayer.self_attn.q_proj.weight"].T).view(B, T, NH, HD)
     kk = (a @ w["midlayer.self_attn.k_proj.weight"].T).view(B, T, NKV, HD)
@@ -152,9 +153,9 @@ def midlayer(w, e, h, cache_k, cache_v, k):
 
 
 def train_step(w, inp, K):
-    """OnlineEagle3Model.forward (§4.2) + the 0.8^k-weighted loss (§4.4) and the [H] metrics (§4.5)."""
+    """OnlineEagle3Model.forward + the 0.8^k-weighted loss (LogSoftmaxLoss) and the current trainer's metrics."""
     t2d, d2t = inp["t2d"], inp["d2t"]
-    # §2.2 teacher (no grad), from the target logits shifted by one.
+    # _compute_target_p teacher (no grad), from the target logits shifted by one.
     target = shift_left(inp["logits"])
     tgt_ids = target.argmax(-1)
     loss_mask = inp["loss_mask"]

@@ -3,7 +3,7 @@
 Run with Debian's torch (1.13, no transformers):  /usr/bin/python3 tests/golden/make_layers.py
 Writes tests/golden/layers.safetensors. Everything is computed in float64 and stored as f32.
 
-The formulas are transcribed from reference/specforge-spec.md §3.3-§3.4 (Hugging Face Llama: LlamaRMSNorm,
+The formulas are transcribed from SpecForge's `specforge/modeling/draft/llama3_eagle.py` (Hugging Face Llama: LlamaRMSNorm,
 rotate_half RoPE, the rope_scaling variants of modeling_rope_utils), written here independently of the
 TypeScript code they check.
 """

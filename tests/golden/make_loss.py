@@ -3,8 +3,8 @@
 Run: /usr/bin/python3 tests/golden/make_loss.py  -> tests/golden/loss.safetensors
 
 Everything is computed in float64 from inputs first rounded to float32 (so the f32 inputs the tests read are
-exactly the ones used here), then stored as f32. The loss is a transcription of specforge-spec.md §4.4/§4.5,
-the optimizer step is torch.nn.utils.clip_grad_norm_ followed by torch.optim.AdamW (§4.6).
+exactly the ones used here), then stored as f32. The loss is a transcription of SpecForge's `specforge/core/loss.py` `_compute_loss` and its acc metric,
+the optimizer step is torch.nn.utils.clip_grad_norm_ followed by torch.optim.AdamW (SpecForge `specforge/optimizer.py` `BF16Optimizer`).
 """
 import os
 
@@ -55,7 +55,7 @@ out.update({
     "loss.z": z, "loss.target": p, "loss.mask": mask, "loss.row_loss": row_loss, "loss.loss": loss.reshape(1),
     "loss.dz": dz,
 })
-# acc metric (§4.5): argmax agreement on rows with mask != 0; torch.argmax returns the first maximal index.
+# acc metric (OnlineEagle3Model.forward): argmax agreement on rows with mask != 0; torch.argmax returns the first maximal index.
 agree = (z.argmax(-1) == p.argmax(-1)) & (mask != 0)
 out.update({
     "loss.target_ids": p.argmax(-1),

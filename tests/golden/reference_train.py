@@ -1,6 +1,7 @@
 """The control of the [train] learning check: SpecForge's training math in PyTorch on the same data as Eaglet.
 
-A plain PyTorch transcription of reference/specforge-spec.md §2.2 (teacher), §3 (draft), §4.1-§4.6 (TTT unroll,
+A plain PyTorch transcription of SpecForge's teacher (`_compute_target_p`), draft (`llama3_eagle.py`), TTT unroll
+(`OnlineEagle3Model.forward`),
 attention across steps, 0.8^k loss over B·T, AdamW with clipping 0.5, linear warmup then cosine), trained on the
 features Eaglet's prepare-hidden-states wrote in its lossless storage (f32 aux, f32 final hidden; the teacher
 logits are the target's lm_head applied to the hidden state, as SpecForge's offline TargetHead does). Each
@@ -51,7 +52,7 @@ def load_features(d):
 
 
 class Draft(torch.nn.Module):
-    """LlamaForCausalLMEagle3 (§3.2) with the target's frozen embedding; full draft vocabulary."""
+    """LlamaForCausalLMEagle3 with the target's frozen embedding; full draft vocabulary."""
 
     def __init__(self, cfg, embed):
         super().__init__()
@@ -105,7 +106,7 @@ def shift_left(t):
 
 
 def run_batch(model, lm_head, batch):
-    """Loss (§4.4) and per-step (correct, total) of one batch (§4.5 [H])."""
+    """Loss (LogSoftmaxLoss) and per-position (correct, total) of one batch (the current trainer's acc)."""
     T = max(len(s[0]) for s in batch)
     pad = lambda x, fill=0: torch.stack([F.pad(s, (0, 0, 0, T - len(s)) if s.dim() == 2 else (0, T - len(s)), value=fill) for s in x])  # noqa: E731
     ids = pad([s[0] for s in batch])

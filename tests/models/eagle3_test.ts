@@ -141,7 +141,7 @@ Deno.test({ name: "eagle3 teacher kernels match their CPU references", ...needsG
     await runOnce(g, "teacher", async (p) => {
       await teacherRows(p, { ids: tIds, argmax: tArg, lossMask: tMask, toDraft: tMap, ...outs }, {
         seqLen: seq,
-        step,
+        position: step,
       });
     });
     const want = teacherRowsCpu(ids, argmax, lossMask, toDraftHost, seq, step);
@@ -155,7 +155,7 @@ Deno.test({ name: "eagle3 teacher kernels match their CPU references", ...needsG
         const tLogits = Tensor.fromArray(g, logits, [rows, cols], "f32", "logits");
         const probs = Tensor.empty(g, [rows, cols], "f32", "probs");
         await runOnce(g, "teacher probs", async (p) => {
-          await teacherProbs(p, tLogits, probs, { seqLen: seq, step, kernel });
+          await teacherProbs(p, tLogits, probs, { seqLen: seq, position: step, kernel });
           assert.equal(
             p.dispatches[0].label.includes("_rows"),
             kernel === "rows",
@@ -197,7 +197,7 @@ for (const K of [3, 7]) {
       step.run();
       const m = await step.readMetrics();
       assert.equal(m.microBatches, 1);
-      assertClose([m.loss], gold.f32(`k${K}.loss`), "loss", { atol: 0, rtol: 2e-5 });
+      assertClose([m.weightedLoss], gold.f32(`k${K}.loss`), "loss", { atol: 0, rtol: 2e-5 });
       assertClose(m.ploss, gold.f32(`k${K}.ploss`), "ploss_k", { atol: 1e-6, rtol: 2e-5 });
       assert.deepEqual(m.correct, Array.from(gold.f32(`k${K}.correct`)), "acc_k numerators");
       assert.deepEqual(m.total, Array.from(gold.f32(`k${K}.total`)), "acc_k denominators");
@@ -210,7 +210,7 @@ for (const K of [3, 7]) {
         );
       }
       console.log(
-        `K=${K}: loss ${m.loss.toFixed(6)}, worst gradient error ${worst.toExponential(2)} of scale`,
+        `K=${K}: loss ${m.weightedLoss.toFixed(6)}, worst gradient error ${worst.toExponential(2)} of scale`,
       );
     } finally {
       step.destroy();
@@ -373,7 +373,7 @@ Deno.test({ name: "eagle3 gradients match finite differences of the GPU loss", .
     const lossAt = async (): Promise<number> => {
       evalStep.resetMetrics();
       evalStep.run();
-      return (await evalStep.readMetrics()).loss;
+      return (await evalStep.readMetrics()).weightedLoss;
     };
     const eps = 1e-2;
     for (

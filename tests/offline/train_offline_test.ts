@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gpu, needsGpu } from "../gpu.ts";
 import { trainFixture, trainSettings } from "../train/fixtures.ts";
+import type { TrainSettingsInput } from "../../lib/train/config.ts";
 import { supervisedMask, trainOffline, trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 import { prepareHiddenStates } from "../../lib/offline/prepare.ts";
@@ -64,16 +65,14 @@ Deno.test(
         progress: quiet(),
       });
       const offline = await trainOffline(gpu!, {
-        settings: await trainSettings(root, "offline", [
-          "--train-hidden-states-path",
-          join(root, "features/train"),
-          "--eval-hidden-states-path",
-          join(root, "features/eval"),
-        ]),
+        settings: await trainSettings(root, "offline", {
+          trainHiddenStatesPath: join(root, "features/train"),
+          evalHiddenStatesPath: join(root, "features/eval"),
+        }),
         hub,
         progress: quiet(),
       });
-      assert.equal(offline.globalStep, online.globalStep);
+      assert.equal(offline.updates, online.updates);
       assert.deepEqual(offline.mapping.draftToTarget, online.mapping.draftToTarget);
       for (const f of ["training_weights.safetensors", "optimizer.safetensors", "model.safetensors"]) {
         const x = await Deno.readFile(join(online.checkpoint!, f));
@@ -154,7 +153,7 @@ Deno.test(
           for (const [, , g] of draft.entries()) grads.push(...(await g.read() as Float32Array));
           step.destroy();
           draft.destroy();
-          return { loss: metrics.loss, grads };
+          return { loss: metrics.weightedLoss, grads };
         };
 
         const forward = await target.forward(Bsz, batch.seqLen, {
@@ -211,7 +210,7 @@ Deno.test({ name: "train-offline: bad input is named", ...needsGpu }, async () =
   try {
     const hub = { cacheDir: join(root, "hub"), offline: true };
     await prepare(root, "train", LOSSLESS, "features/train");
-    const run = async (extra: string[], mode: "online" | "offline" = "offline") => {
+    const run = async (extra: Partial<TrainSettingsInput>, mode: "online" | "offline" = "offline") => {
       const settings = await trainSettings(root, "out", extra);
       return await (mode === "offline" ? trainOffline : trainOnline)(gpu!, {
         settings,
@@ -219,15 +218,15 @@ Deno.test({ name: "train-offline: bad input is named", ...needsGpu }, async () =
         progress: quiet(),
       });
     };
-    const features = ["--train-hidden-states-path", join(root, "features/train")];
-    await assert.rejects(() => run([]), /train-offline needs --train-hidden-states-path/);
+    const features = { trainHiddenStatesPath: join(root, "features/train") };
+    await assert.rejects(() => run({}), /train-offline needs --train-hidden-states-path/);
     await assert.rejects(() => run(features, "online"), /--train-hidden-states-path is for train-offline/);
     await assert.rejects(
-      () => run([...features, "--aux-layers", "1,2,3"]),
+      () => run({ ...features, auxLayers: [1, 2, 3] }),
       /features hold aux layers \[1,3,4\], the run trains with \[1,2,3\]/,
     );
     await assert.rejects(
-      () => run(["--train-hidden-states-path", join(root, "nowhere")]),
+      () => run({ trainHiddenStatesPath: join(root, "nowhere") }),
       /nowhere: not a features directory/,
     );
     // A target whose config differs from the one the features were captured from.

@@ -4,7 +4,7 @@ import { Golden } from "../golden.ts";
 import { runOnce } from "../../lib/gpu/program.ts";
 import { ShapeError } from "../../lib/gpu/errors.ts";
 import { Tensor } from "../../lib/tensor.ts";
-import { isCpuAdapter } from "../../lib/ops/matmul.ts";
+import { isCpuAdapter } from "../../lib/gpu/device.ts";
 import {
   attentionBackward,
   attentionBackwardCpu,

@@ -10,12 +10,12 @@ import {
   logSoftmaxCpu,
   logSoftmaxForward,
   type RowKernel,
-  rowKernelFor,
   softmaxBackward,
   softmaxBackwardCpu,
   softmaxCpu,
   softmaxForward,
 } from "../../lib/ops/softmax.ts";
+import { rowKernelFor } from "../../lib/ops/variant.ts";
 
 interface Outputs {
   y: Float32Array;

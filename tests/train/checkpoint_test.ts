@@ -10,7 +10,7 @@ import {
   loadCheckpoint,
   saveCheckpoint,
 } from "../../lib/train/checkpoint.ts";
-import { checkDraftExport } from "../../lib/io/export.ts";
+import { checkDraftExport } from "../../lib/models/export.ts";
 import { fromFloat32, SafetensorsFile, toFloat32 } from "../../lib/io/safetensors.ts";
 
 function contents(step: number): CheckpointContents {

@@ -1,6 +1,13 @@
 /** train-online settings: flags, YAML (flat and sectioned), precedence, unknown keys, --help. */
 import assert from "node:assert/strict";
-import { parseTrainArgs, readYamlSettings, TRAIN_OPTIONS, trainUsage } from "../../lib/train/config.ts";
+import {
+  parseTrainArgs,
+  readYamlSettings,
+  settingsToJson,
+  TRAIN_OPTIONS,
+  trainSettings,
+  trainUsage,
+} from "../../lib/train/config.ts";
 
 const REQUIRED = ["--target-model-path", "t", "--train-data-path", "d.jsonl", "--output-dir", "out"];
 
@@ -11,7 +18,7 @@ function files(map: Record<string, string>) {
   };
 }
 
-Deno.test("config: defaults are SpecForge's (§4.7, §7.1)", async () => {
+Deno.test("config: defaults are SpecForge's (scripts/train_eagle3_online.py argparse)", async () => {
   const r = await parseTrainArgs(REQUIRED);
   assert.ok(!r.help);
   const s = r.settings;
@@ -137,4 +144,25 @@ Deno.test("config: shipped draft configs and run configs parse", async () => {
   const llama70 = parseDraftConfig(JSON.parse(await Deno.readTextFile(dir + "llama3-70B-eagle3.json")));
   assert.equal(llama70.ropeScaling.type, "llama3");
   assert.equal(llama70.ropeTheta, 500000);
+});
+
+Deno.test("config: trainSettings takes a typed object, checked and filled like the command line", async () => {
+  const fromObject = trainSettings({ targetModelPath: "t", trainDataPath: "d.jsonl", outputDir: "out" });
+  const r = await parseTrainArgs(REQUIRED);
+  assert.ok(!r.help);
+  assert.deepEqual(fromObject, r.settings);
+  assert.deepEqual(settingsToJson(fromObject), settingsToJson(r.settings));
+  assert.equal(settingsToJson(fromObject).max_length, 2048);
+  assert.throws(
+    () => trainSettings({ targetModelPath: "t", trainDataPath: "d", outputDir: "o", batchSize: 0 }),
+    /batchSize must be at least 1, got 0/,
+  );
+  assert.throws(
+    () => trainSettings({ targetModelPath: "t", outputDir: "o" }),
+    /--train-data-path is required/,
+  );
+  assert.throws(
+    () => readYamlSettings("training:\n  warmup_ratio: 1.5\n", "run.yaml"),
+    /run\.yaml: training\.warmup_ratio must be within \[0, 1\)/,
+  );
 });

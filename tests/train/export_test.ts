@@ -1,8 +1,8 @@
-/** SGLang export (spec §6.2): keys, shapes, dtypes, config.json fields, and the checks on write. */
+/** SGLang export (SGLang `python/sglang/srt/models/llama_eagle3.py` `load_weights`): keys, shapes, dtypes, config.json fields, and the checks on write. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { tinyExport } from "./fixtures.ts";
-import { checkDraftExport, exportDraft } from "../../lib/io/export.ts";
+import { checkDraftExport, exportDraft } from "../../lib/models/export.ts";
 import { SafetensorsFile, toFloat32, toNumbers } from "../../lib/io/safetensors.ts";
 import { roundBf16 } from "../../lib/tensor.ts";
 
@@ -15,7 +15,7 @@ async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
   }
 }
 
-Deno.test("export: exactly the §6.2 keys, bf16 weights, int64 d2t, bool t2d, no embedding", async () => {
+Deno.test("export: exactly the keys SGLang loads, bf16 weights, int64 d2t, bool t2d, no embedding", async () => {
   await withTempDir(async (root) => {
     const exp = tinyExport();
     const dir = join(root, "draft");

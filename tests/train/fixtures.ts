@@ -1,10 +1,13 @@
 /** Shared fixtures of the train tests. */
-import assert from "node:assert/strict";
 import { join } from "node:path";
 import { wordLevelTokenizerJson } from "../../lib/data/tokenizer.ts";
 import { randomArray, rng } from "../gpu.ts";
-import { parseTrainArgs, type TrainSettings } from "../../lib/train/config.ts";
-import { type DraftExport, draftWeightShapes, type NamedWeight } from "../../lib/io/export.ts";
+import {
+  type TrainSettings,
+  trainSettings as settingsOf,
+  type TrainSettingsInput,
+} from "../../lib/train/config.ts";
+import { type DraftExport, draftWeightShapes, type NamedWeight } from "../../lib/models/export.ts";
 import { parseDraftConfig } from "../../lib/models/draft_config.ts";
 import { countSupervisedTokens, selectDraftVocab } from "../../lib/data/vocab.ts";
 
@@ -66,39 +69,27 @@ export async function trainFixture(): Promise<string> {
   return root;
 }
 
-/** train-online settings on a {@link trainFixture} (batch 2, 2 epochs, ttt 3, lr 1e-2, seed 3) plus `extra` flags. */
-export async function trainSettings(root: string, out: string, extra: string[] = []): Promise<TrainSettings> {
-  const r = await parseTrainArgs([
-    "--target-model-path",
-    join(root, "target"),
-    "--train-data-path",
-    join(root, "train.jsonl"),
-    "--eval-data-path",
-    join(root, "eval.jsonl"),
-    "--output-dir",
-    join(root, out),
-    "--cache-dir",
-    join(root, "cache"),
-    "--chat-template",
-    "llama3",
-    "--batch-size",
-    "2",
-    "--num-epochs",
-    "2",
-    "--ttt-length",
-    "3",
-    "--learning-rate",
-    "1e-2",
-    "--log-interval",
-    "1",
-    "--eval-interval",
-    "4",
-    "--save-interval",
-    "4",
-    "--seed",
-    "3",
+/** train-online settings on a {@link trainFixture} (batch 2, 2 epochs, ttt 3, lr 1e-2, seed 3) plus `extra` settings. */
+export function trainSettings(
+  root: string,
+  out: string,
+  extra: Partial<TrainSettingsInput> = {},
+): Promise<TrainSettings> {
+  return Promise.resolve(settingsOf({
+    targetModelPath: join(root, "target"),
+    trainDataPath: join(root, "train.jsonl"),
+    evalDataPath: join(root, "eval.jsonl"),
+    outputDir: join(root, out),
+    cacheDir: join(root, "cache"),
+    chatTemplate: "llama3",
+    batchSize: 2,
+    numEpochs: 2,
+    tttLength: 3,
+    learningRate: 1e-2,
+    logInterval: 1,
+    evalInterval: 4,
+    saveInterval: 4,
+    seed: 3,
     ...extra,
-  ]);
-  assert.ok(!r.help);
-  return r.settings;
+  }));
 }

@@ -7,9 +7,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gpu, needsGpu } from "../gpu.ts";
 import { TARGET, trainFixture, trainSettings } from "./fixtures.ts";
+import type { TrainSettingsInput } from "../../lib/train/config.ts";
 import { TrainingDivergedError, trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
-import { checkDraftExport } from "../../lib/io/export.ts";
+import { checkDraftExport } from "../../lib/models/export.ts";
 import { findLatestCheckpoint, loadCheckpoint } from "../../lib/train/checkpoint.ts";
 
 const quiet = () => new ProgressPrinter(() => {}, false);
@@ -26,19 +27,19 @@ Deno.test(
         hub,
         progress: quiet(),
       });
-      assert.equal(a.globalStep, 8);
+      assert.equal(a.updates, 8);
       const first = await trainOnline(gpu!, {
-        settings: await trainSettings(root, "resumed", ["--max-num-steps", "4"]),
+        settings: await trainSettings(root, "resumed", { maxNumSteps: 4 }),
         hub,
         progress: quiet(),
       });
-      assert.equal(first.globalStep, 4);
+      assert.equal(first.updates, 4);
       const b = await trainOnline(gpu!, {
-        settings: await trainSettings(root, "resumed", ["--resume"]),
+        settings: await trainSettings(root, "resumed", { resume: true }),
         hub,
         progress: quiet(),
       });
-      assert.equal(b.globalStep, 8);
+      assert.equal(b.updates, 8);
       assert.equal(a.checkpoint, join(root, "straight", "epoch_1_step_8"));
       assert.equal(b.checkpoint, join(root, "resumed", "epoch_1_step_8"));
       for (const f of ["training_weights.safetensors", "optimizer.safetensors", "model.safetensors"]) {
@@ -86,14 +87,9 @@ Deno.test(
   async () => {
     const root = await trainFixture();
     try {
-      const s = await trainSettings(root, "nan", [
-        "--save-interval",
-        "2",
-        "--eval-interval",
-        "0",
-        "--draft-vocab-size",
-        "48",
-      ]);
+      // The full draft vocabulary, so that every batch has loss rows (with a small one, a random target's argmax
+      // may miss it in a whole batch: then the loss stays finite and the gradient norm reports the NaN).
+      const s = await trainSettings(root, "nan", { saveInterval: 2, evalInterval: 0 });
       const err = await trainOnline(gpu!, {
         settings: s,
         hub: { cacheDir: join(root, "hub"), offline: true },
@@ -120,16 +116,12 @@ Deno.test(
     const root = await trainFixture();
     try {
       const r = await trainOnline(gpu!, {
-        settings: await trainSettings(root, "tau", [
-          "--max-num-steps",
-          "4",
-          "--eval-spec-samples",
-          "2",
-          "--eval-spec-steps",
-          "2",
-          "--eval-spec-new-tokens",
-          "5",
-        ]),
+        settings: await trainSettings(root, "tau", {
+          maxNumSteps: 4,
+          evalSpecSamples: 2,
+          evalSpecSteps: 2,
+          evalSpecNewTokens: 5,
+        }),
         hub: { cacheDir: join(root, "hub"), offline: true },
         progress: quiet(),
       });
@@ -155,27 +147,27 @@ Deno.test({ name: "trainer: bad input is named", ...needsGpu }, async () => {
     bad.architectures = ["LlamaForCausalLMEagle3"];
     bad.num_hidden_layers = 1;
     await Deno.writeTextFile(join(root, "draft.json"), JSON.stringify(bad));
-    const run = async (extra: string[]) =>
+    const run = async (extra: Partial<TrainSettingsInput>) =>
       trainOnline(gpu!, {
         settings: await trainSettings(root, "bad", extra),
         hub: { cacheDir: join(root, "hub"), offline: true },
         progress: quiet(),
       });
     await assert.rejects(
-      () => run(["--draft-model-config", join(root, "draft.json")]),
+      () => run({ draftModelConfig: join(root, "draft.json") }),
       /hidden_size 64 does not match the target's hidden_size 32/,
     );
     await assert.rejects(
-      () => run(["--draft-model-config", join(root, "nope.json")]),
+      () => run({ draftModelConfig: join(root, "nope.json") }),
       /nope\.json: no such file/,
     );
     await assert.rejects(
-      () => run(["--train-data-path", join(root, "missing.jsonl")]),
+      () => run({ trainDataPath: join(root, "missing.jsonl") }),
       /data file not found: .*missing\.jsonl/,
     );
-    await assert.rejects(() => run(["--draft-vocab-size", "300"]), /300.*256/);
+    await assert.rejects(() => run({ draftVocabSize: 300 }), /300.*256/);
     await assert.rejects(
-      () => run(["--resume-from", join(root, "nowhere")]),
+      () => run({ resumeFrom: join(root, "nowhere") }),
       /nowhere.*training_state\.json: missing/,
     );
   } finally {

@@ -1,6 +1,8 @@
 /**
- * The SGLang serving directory of a trained EAGLE-3 draft (reference/specforge-spec.md §6.2): `config.json`
- * (lib/models/draft_config.ts `draftConfigJson`) and `model.safetensors` with exactly these tensors:
+ * The SGLang serving directory of a trained EAGLE-3 draft (what SGLang
+ * `python/sglang/srt/models/llama_eagle3.py` `LlamaForCausalLMEagle3.load_weights` reads; SpecForge
+ * `specforge/export/to_sglang.py`): `config.json` (lib/models/draft_config.ts `draftConfigJson`) and
+ * `model.safetensors` with exactly these tensors:
  *
  *   fc.weight                                   [H, 3·H_t]
  *   midlayer.hidden_norm.weight                 [H]
@@ -19,7 +21,7 @@
  * config's fields, d2t/t2d consistency). The directory is written atomically.
  */
 import { join } from "node:path";
-import { writeDirAtomic, writeJsonAtomic } from "./atomic.ts";
+import { writeDirAtomic, writeJsonAtomic } from "../io/atomic.ts";
 import {
   fromFloat32As,
   type RawTensor,
@@ -27,8 +29,8 @@ import {
   SafetensorsFile,
   toNumbers,
   writeSafetensors,
-} from "./safetensors.ts";
-import { type DraftConfig, draftConfigJson, parseDraftConfig } from "../models/draft_config.ts";
+} from "../io/safetensors.ts";
+import { type DraftConfig, draftConfigJson, parseDraftConfig } from "./draft_config.ts";
 import { type VocabMapping, vocabMappingTensors } from "../data/vocab.ts";
 import { shapeString } from "../tensor.ts";
 
@@ -44,7 +46,7 @@ export class ExportError extends Error {
   override name = "ExportError";
 }
 
-/** The float weights of an export (every key of §6.2 but d2t and t2d) with their shapes for `cfg`. */
+/** The float weights of an export (the module comment's keys but d2t and t2d) with their shapes for `cfg`. */
 export function draftWeightShapes(cfg: DraftConfig): Map<string, number[]> {
   const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
   return new Map<string, number[]>([
@@ -170,7 +172,7 @@ export interface CheckedExport {
 /**
  * Reads an SGLang draft directory and checks it: config.json parses as a draft config with architectures
  * ["LlamaForCausalLMEagle3"], tie_word_embeddings false and draft_vocab_size set; model.safetensors holds
- * exactly the keys of §6.2 with the config's shapes, one float dtype matching torch_dtype, d2t I64 and t2d
+ * exactly the keys listed in the module comment with the config's shapes, one float dtype matching torch_dtype, d2t I64 and t2d
  * BOOL, and d2t and t2d agree. Throws an {@link ExportError} naming the file and the tensor or field.
  */
 export async function checkDraftExport(dir: string): Promise<CheckedExport> {

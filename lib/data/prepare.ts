@@ -1,0 +1,176 @@
+/**
+ * `prepare-data` (SpecForge's `scripts/prepare_data.py`, plus tokenization and the draft vocabulary): converts
+ * a dataset to conversations JSONL and, with a tokenizer, tokenizes it into the preprocessing cache and, with
+ * a draft vocabulary size or a mapping file, writes the draft vocabulary mapping (d2t/t2d safetensors). The
+ * settings are the task's flags, declared once (lib/flags.ts); a library caller writes
+ * `prepareData(prepareDataSettings({ dataset: "sharegpt", input: ["data.jsonl"] }), { hub })`.
+ */
+import { join } from "node:path";
+import { type FlagTable, type Settings, type SettingsInput, settingsOf, type StringFlag } from "../flags.ts";
+import { type HubOptions, listHubFiles, resolveHubFile } from "../io/hub.ts";
+import { type BuildResult, buildTokenizedDataset } from "./build.ts";
+import { convertDataset, DATASET_NAMES, type DatasetDownloader, isHubId } from "./datasets.ts";
+import { DataError } from "./errors.ts";
+import { templates } from "./templates.ts";
+import { type ChatTokenizer, loadTokenizer } from "./tokenizer.ts";
+import { countSupervisedTokens, loadVocabMapping, saveVocabMapping, selectDraftVocab } from "./vocab.ts";
+
+/** The chat template flag of the data tasks: a name of lib/data/templates.ts's registry. */
+export const CHAT_TEMPLATE_FLAG: StringFlag & { readonly default: string } = {
+  kind: "string",
+  default: "llama3",
+  help: `template name: ${templates.names().join(", ")}`,
+  check: (name: string): string | null =>
+    templates.has(name) ? null : `a known chat template (${templates.names().join(", ")})`,
+};
+
+/** Every flag of `prepare-data`. */
+export const PREPARE_DATA_FLAGS = {
+  "dataset": { kind: "choice", choices: DATASET_NAMES, required: true, help: "dataset preset" },
+  "input": {
+    kind: "strings",
+    help: "local .jsonl/.json/.parquet file(s) or a HF dataset id; default: the preset's HF dataset",
+  },
+  "split": { kind: "string", default: "train", help: "split of a HF dataset id given with --input" },
+  "output-path": { kind: "string", default: "cache/dataset", help: "output directory" },
+  "sample-size": { kind: "int", min: 1, help: "convert only the first N rows" },
+  "split-eval": { kind: "bool", help: "also write a 5 % eval split (<dataset>_test.jsonl)" },
+  "seed": { kind: "int", default: 42, help: "seed of the eval split" },
+  "opc-subset": { kind: "string", default: "largescale_diverse_instruct", help: "opc subset or 'all'" },
+  "overwrite": { kind: "bool", help: "redo the conversion when the output exists" },
+  "tokenizer": {
+    kind: "string",
+    help: "tokenizer directory (tokenizer.json [+ tokenizer_config.json]); enables tokenization",
+  },
+  "chat-template": CHAT_TEMPLATE_FLAG,
+  "chat-template-file": { kind: "string", help: "Jinja file replacing the tokenizer's own chat template" },
+  "max-length": { kind: "int", default: 2048, min: 1, help: "tokens kept per sample (right truncation)" },
+  "is-preformatted": { kind: "bool", help: 'records are {"text": ...} already rendered' },
+  "train-only-last-turn": { kind: "bool", help: "supervise only the last assistant turn" },
+  "min-loss-tokens": { kind: "int", default: 1, min: 0, help: "drop samples with fewer supervised tokens" },
+  "cache-dir": { kind: "string", default: "cache/processed", help: "preprocessing cache directory" },
+  "cache-name": { kind: "string", help: "name the cache entry instead of using its content key" },
+  "draft-vocab-size": {
+    kind: "int",
+    min: 1,
+    help: "write <output-path>/vocab_mapping.safetensors with this many draft tokens",
+  },
+  "target-vocab-size": { kind: "int", min: 1, help: "target vocab_size (default: the tokenizer's)" },
+  "vocab-mapping": {
+    kind: "string",
+    help: "use this mapping file (.safetensors or .json) instead of computing one",
+  },
+} as const satisfies FlagTable;
+
+/** The settings of `prepare-data`, each flag under its camelCase name. */
+export type PrepareDataSettings = Settings<typeof PREPARE_DATA_FLAGS>;
+
+/** What a library caller gives {@link prepareDataSettings}: the required settings and any others. */
+export type PrepareDataInput = SettingsInput<typeof PREPARE_DATA_FLAGS>;
+
+/** The settings of a `prepare-data` run from a library caller's object: defaults filled, values checked. */
+export function prepareDataSettings(input: PrepareDataInput): PrepareDataSettings {
+  return settingsOf(PREPARE_DATA_FLAGS, input);
+}
+
+/** Where hub ids are resolved and where progress lines go (not flags). */
+export interface PrepareDataContext {
+  /** How dataset ids are resolved (e.g. `hubOptionsFromEnv(Deno.env.toObject())`). */
+  hub: HubOptions;
+  /** Progress lines (default: none). */
+  log?: (line: string) => void;
+}
+
+/** Converts, then (with a tokenizer) tokenizes and writes the draft vocabulary, as the settings say. */
+export async function prepareData(v: PrepareDataSettings, ctx: PrepareDataContext): Promise<void> {
+  const log = ctx.log ?? (() => {});
+  const inputs = v.input;
+  const hubIds = inputs.filter((i) => !existsSync(i) && isHubId(i));
+  if (hubIds.length > 1 || (hubIds.length === 1 && inputs.length > 1)) {
+    throw new DataError("give either local files or one HF dataset id with --input");
+  }
+  // Resolve the template and tokenizer first, so a typo fails before any conversion work.
+  const template = v.tokenizer ? templates.get(v.chatTemplate) : null;
+  const chatTemplate = v.chatTemplateFile ? await Deno.readTextFile(v.chatTemplateFile) : undefined;
+  const tokenizer = v.tokenizer ? await loadTokenizer(v.tokenizer, { chatTemplate }) : null;
+  const report = await convertDataset({
+    dataset: v.dataset,
+    inputs: hubIds.length ? undefined : inputs,
+    hubId: hubIds[0],
+    split: v.split,
+    outputDir: v.outputPath,
+    sampleSize: v.sampleSize ?? undefined,
+    splitEval: v.splitEval,
+    seed: v.seed,
+    overwrite: v.overwrite,
+    preset: { opcSubset: v.opcSubset },
+    downloader: hubDownloader(ctx.hub),
+    log,
+  });
+  if (!tokenizer || !template) return;
+  log(
+    `tokenizer ${tokenizer.source.tokenizerJsonPath} (vocab ${tokenizer.vocabSize}, chat template: ${
+      tokenizer.source.chatTemplateOrigin ?? "none, fallback renderer"
+    })`,
+  );
+  const built = await buildTokenizedDataset({
+    dataPath: report.trainPath,
+    tokenizer,
+    templateName: v.chatTemplate,
+    template,
+    maxLength: v.maxLength,
+    isPreformatted: v.isPreformatted,
+    trainOnlyLastTurn: v.trainOnlyLastTurn,
+    minLossTokens: v.minLossTokens,
+    cacheDir: v.cacheDir,
+    cacheName: v.cacheName ?? undefined,
+    log,
+  });
+  const s = built.stats;
+  log(
+    `${s.samples} samples, ${s.tokens} tokens, ${s.supervisedTokens} supervised; ${s.truncated} truncated at max_length, ` +
+      `${s.droppedUnsupervised} dropped without supervised tokens`,
+  );
+  await writeDraftVocab(v, tokenizer, built, log);
+}
+
+/** The draft vocabulary mapping: the given file checked and copied, or the most frequent supervised tokens. */
+async function writeDraftVocab(
+  v: PrepareDataSettings,
+  tokenizer: ChatTokenizer,
+  built: BuildResult,
+  log: (line: string) => void,
+): Promise<void> {
+  const targetVocab = v.targetVocabSize ?? tokenizer.vocabSize;
+  const out = join(v.outputPath, "vocab_mapping.safetensors");
+  if (v.vocabMapping) {
+    const m = await loadVocabMapping(v.vocabMapping, { targetVocabSize: targetVocab });
+    await saveVocabMapping(out, m);
+    log(`vocab mapping ${v.vocabMapping} (${m.draftVocabSize} draft tokens) checked and written to ${out}`);
+  } else if (v.draftVocabSize) {
+    const draft = v.draftVocabSize;
+    const counter = countSupervisedTokens(
+      Array.from({ length: built.dataset.length }, (_, i) => built.dataset.sample(i)),
+    );
+    const m = selectDraftVocab(counter, draft, targetVocab);
+    await saveVocabMapping(out, m);
+    log(`draft vocab: ${draft} of ${targetVocab} tokens (${counter.distinct} distinct supervised) → ${out}`);
+  }
+}
+
+/** Dataset downloads through lib/io/hub.ts. */
+function hubDownloader(hub: HubOptions): DatasetDownloader {
+  return {
+    listFiles: (repo) => listHubFiles(repo, { ...hub, repoType: "dataset" }),
+    download: async (repo, path) => (await resolveHubFile(repo, path, { ...hub, repoType: "dataset" }))!,
+  };
+}
+
+function existsSync(p: string): boolean {
+  try {
+    Deno.statSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}

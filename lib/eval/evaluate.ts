@@ -1,0 +1,182 @@
+/**
+ * Evaluation of a draft by speculative decoding with its target on WebGPU (no serving engine): the prompts of
+ * a jsonl file, the draft loaded from a directory (or random), the acceptance statistics and speeds, and the
+ * report (eval.json, accept_length_histogram.svg, samples.html). The settings are `eval`'s flags
+ * (./settings.ts).
+ */
+import { join } from "node:path";
+import type { Gpu } from "../gpu/device.ts";
+import { type HubOptions, resolveModelPath } from "../io/hub.ts";
+import { type ChatTokenizer, loadTokenizer } from "../data/tokenizer.ts";
+import { defaultAuxLayers } from "../models/config.ts";
+import { checkDraftFitsTarget, deriveDraftConfig } from "../models/draft_config.ts";
+import { Eagle3Draft } from "../models/eagle3.ts";
+import { TargetModel } from "../models/target.ts";
+import { loadDraftDirectory, type LoadedDraft } from "./draft_dir.ts";
+import { type EvalReportFiles, evalSummary, writeEvalReport } from "./report.ts";
+import type { EvalSettings } from "./settings.ts";
+import { runSpeculativeEval } from "./speculative.ts";
+
+/**
+ * Prompt token ids from the lines of a jsonl file: `{"input_ids": [...]}` (with a `loss_mask`, the ids before
+ * the first supervised token), `{"prompt": "..."}`, `{"text": "..."}` or `{"conversations": [...]}` (rendered
+ * with the tokenizer's chat template up to the first assistant turn); at most `limit`, each cut to its last
+ * `maxLen` tokens.
+ */
+export async function readPrompts(
+  path: string,
+  tokenizer: ChatTokenizer | null,
+  limit: number,
+  maxLen: number,
+): Promise<number[][]> {
+  const lines = (await Deno.readTextFile(path)).split("\n");
+  const prompts: number[][] = [];
+  for (const [i, line] of lines.entries()) {
+    if (prompts.length >= limit) break;
+    if (line.trim() === "") continue;
+    let o: Record<string, unknown>;
+    try {
+      o = JSON.parse(line);
+    } catch (e) {
+      throw new Error(`${path}:${i + 1}: not JSON (${(e as Error).message})`);
+    }
+    let ids: number[];
+    if (Array.isArray(o.input_ids)) {
+      ids = (o.input_ids as unknown[]).map(Number);
+      // A pre-tokenized training sample: its prompt is what precedes the first supervised token.
+      if (Array.isArray(o.loss_mask)) {
+        const first = (o.loss_mask as unknown[]).findIndex((m) => Number(m) !== 0);
+        if (first > 0) ids = ids.slice(0, first);
+      }
+    } else {
+      if (!tokenizer) throw new Error(`${path}:${i + 1}: text prompts need the target's tokenizer.json`);
+      const text = typeof o.prompt === "string" ? o.prompt : typeof o.text === "string" ? o.text : null;
+      if (text !== null) {
+        ids = tokenizer.encode(text, { addSpecialTokens: true });
+      } else if (Array.isArray(o.conversations)) {
+        // OpenAI-style {role, content} or ShareGPT-style {from, value} turns.
+        const msgs = (o.conversations as Array<Record<string, unknown>>).map((m) => {
+          const role = String(m.role ?? m.from);
+          return {
+            role: role === "human"
+              ? "user"
+              : ["gpt", "chatgpt", "bing", "bard"].includes(role)
+              ? "assistant"
+              : role,
+            content: String(m.content ?? m.value),
+          };
+        });
+        const cut = msgs.findIndex((m) => m.role === "assistant");
+        const turns = cut < 0 ? msgs : msgs.slice(0, cut);
+        ids = tokenizer.chatTemplate
+          ? tokenizer.encode(tokenizer.renderChat(turns, { addGenerationPrompt: true }))
+          : tokenizer.encode(turns.map((m) => m.content).join("\n"), { addSpecialTokens: true });
+      } else {
+        throw new Error(`${path}:${i + 1}: expected input_ids, prompt, text or conversations`);
+      }
+    }
+    if (ids.length === 0) continue;
+    prompts.push(ids.slice(-maxLen));
+  }
+  if (prompts.length === 0) throw new Error(`${path}: no prompts`);
+  return prompts;
+}
+
+/** Where hub ids are resolved and where progress lines go (not flags). */
+export interface EvalContext {
+  /** How hub ids are resolved (e.g. `hubOptionsFromEnv(Deno.env.toObject())`). */
+  hub: HubOptions;
+  /** Progress lines (default: none). */
+  log?: (line: string) => void;
+}
+
+/** What {@link evaluateDraft} measured and wrote. */
+export interface EvaluatedDraft {
+  /** eval.json's object. */
+  summary: Record<string, unknown>;
+  /** The report's files. */
+  files: EvalReportFiles;
+}
+
+/** A loaded draft, checked against its target. */
+function fittedDraft(loaded: LoadedDraft, target: TargetModel): { draft: Eagle3Draft; map: Int32Array } {
+  checkDraftFitsTarget(loaded.config, target.config);
+  return { draft: loaded.draft, map: loaded.draftToTarget };
+}
+
+/** A randomly initialised draft for `target` over its whole vocabulary (a baseline: tau ≈ 1). */
+function randomDraft(gpu: Gpu, target: TargetModel, seed: number): { draft: Eagle3Draft; map: Int32Array } {
+  const cfg = deriveDraftConfig(target.config, {
+    draftVocabSize: target.config.vocabSize,
+    auxLayers: defaultAuxLayers(target.config.numLayers).layers,
+  });
+  const draft = Eagle3Draft.create(gpu, cfg, { seed });
+  return { draft, map: Int32Array.from({ length: cfg.draftVocabSize }, (_, i) => i) };
+}
+
+/**
+ * Loads the target and the draft (or a random one for `draftModelPath: "random"`), runs speculative decoding
+ * of the prompts of `s.dataPath` and writes the report into `s.outputDir` (lib/eval/report.ts).
+ */
+export async function evaluateDraft(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Promise<EvaluatedDraft> {
+  const log = ctx.log ?? (() => {});
+  const { numSteps, topk, temperature, topP, maxNewTokens, seed } = s;
+  const numDraftTokens = s.numDraftTokens ?? undefined;
+  const targetDir = await resolveModelPath(s.targetModelPath, ctx.hub);
+  const tokenizer = await Deno.stat(join(targetDir, "tokenizer.json")).then(
+    () => loadTokenizer(targetDir),
+    () => null,
+  );
+  const prompts = await readPrompts(s.dataPath, tokenizer, s.numSamples, s.maxPromptLen);
+  const draftPath = s.draftModelPath;
+  let loaded: LoadedDraft | null = null;
+  if (draftPath !== "random") loaded = await loadDraftDirectory(gpu, draftPath);
+  const target = await TargetModel.load(gpu, targetDir, {
+    auxLayers: loaded?.config.auxLayerIds ?? undefined,
+    onMessage: log,
+  });
+  try {
+    const { draft, map } = loaded ? fittedDraft(loaded, target) : randomDraft(gpu, target, seed);
+    log(
+      `target ${targetDir}, draft ${draftPath}${
+        loaded ? ` (${loaded.storedDtype})` : ""
+      }; ${prompts.length} prompts, ` +
+        `num_steps ${numSteps}, topk ${topk}, temperature ${temperature} on ${
+          gpu.info.description || "WebGPU"
+        }`,
+    );
+    const result = await runSpeculativeEval(target, draft, prompts, {
+      numSteps,
+      topk,
+      numDraftTokens,
+      temperature,
+      topP,
+      maxNewTokens,
+      seed,
+      draftToTarget: map,
+      measureSpeed: !s.noSpeed,
+      onSample: (i, s) => {
+        const rounds = s.output.rounds.length;
+        log(
+          `sample ${i + 1}/${prompts.length}: ${s.output.tokens.length} tokens in ${rounds} rounds`,
+        );
+      },
+    });
+    const summary = evalSummary(result, {
+      target_model_path: targetDir,
+      draft_model_path: draftPath,
+      data_path: s.dataPath,
+      device: gpu.info.description || gpu.info.vendor || "WebGPU",
+    });
+    const files = await writeEvalReport(
+      s.outputDir,
+      result,
+      summary,
+      tokenizer ? (ids) => tokenizer.decode(ids) : undefined,
+    );
+    draft.destroy();
+    return { summary, files };
+  } finally {
+    target.destroy();
+  }
+}

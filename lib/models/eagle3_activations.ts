@@ -1,0 +1,160 @@
+/**
+ * Every tensor an EAGLE-3 training (or evaluation) step of shape (B, T, K) allocates besides its inputs and
+ * the draft's parameters and gradients, named in one record ({@link Eagle3Activations}) and laid out by one
+ * function ({@link eagle3Activations}) that serves both the allocation (lib/models/eagle3.ts) and the byte
+ * count ({@link eagle3ActivationBytes}), so the count is the allocation's by construction.
+ *
+ * Training keeps one midlayer record per TTT position (the backward reads them all); evaluation keeps one and
+ * alternates two output buffers (position k reads k − 1's output). One logits buffer serves every position:
+ * the head's backward runs right after each position's loss.
+ */
+import type { DraftConfig } from "./draft_config.ts";
+import {
+  type Eagle3HeadActivations,
+  eagle3HeadActivations,
+  type Eagle3LayerActivations,
+  eagle3LayerActivations,
+  type Eagle3LayerGrads,
+  eagle3LayerGrads,
+  type MakeTensor,
+} from "./eagle3_layer.ts";
+import {
+  type TttAttentionGrads,
+  tttAttentionGrads,
+  type TttAttentionTensors,
+  tttAttentionTensors,
+  tttKeysOf,
+  type TttShape,
+} from "./eagle3_ttt_attention.ts";
+import { METRIC_COLS } from "./eagle3_metrics.ts";
+import { rmsnormScratchSize } from "../ops/rmsnorm.ts";
+import type { Tensor } from "../tensor.ts";
+
+/** The shape of a step: B sequences of T rows, K TTT positions, training or evaluation only. */
+export interface Eagle3StepShape extends TttShape {
+  /** Forward + loss + backward (true) or forward and metrics only (false). */
+  train: boolean;
+}
+
+/** The teacher rows of TTT position k (lib/ops/eagle3_teacher.ts `teacherRows`), each [B·T]. */
+export interface TeacherRows<T = Tensor> {
+  /** u^k = x_{t+k+1} (0 past the end), i32. */
+  ids: T;
+  /** Rows whose loss counts: M_{t+k} · t2d[argmax L_{t+k+1}], f32. */
+  posMask: T;
+  /** M_{t+k}: the rows acc_k counts, f32. */
+  lossMask: T;
+  /** argmax L_{t+k+1} over the target vocabulary, i32. */
+  targetIds: T;
+}
+
+/** The backward's tensors (training steps only). */
+export interface Eagle3StepGrads<T = Tensor> {
+  /** ∂/∂y^k of the head's share, per TTT position [B·T, H]. */
+  headOut: T[];
+  /** ∂/∂RMSNorm_final(y) [B·T, H] (scratch of the head's backward). */
+  headNormed: T;
+  /** ∂/∂y^k in total (head share + ∂/∂h^{k+1} carried back) [B·T, H]. */
+  out: T;
+  /** The midlayer backward's scratch; its `hidden` carries ∂/∂h^k to position k − 1. */
+  layer: Eagle3LayerGrads<T>;
+  /** The TTT attention's backward scratch and key/value gradient sums. */
+  attention: TttAttentionGrads<T>;
+}
+
+/** Everything a step allocates besides its inputs, by name. */
+export interface Eagle3Activations<T = Tensor> {
+  /** t2d as an index: target id → draft id or −1, i32 [V]. */
+  targetToDraft: T;
+  /** Metric sums per TTT position, f32 [K, 4] (lib/models/eagle3_metrics.ts). */
+  metrics: T;
+  /** Teacher rows per TTT position. */
+  teacher: TeacherRows<T>[];
+  /** h⁰ = fc(aux) [B·T, H]. */
+  fcOut: T;
+  /** The midlayer's saved tensors per TTT position (training), or one record (evaluation). */
+  layer: Eagle3LayerActivations<T>[];
+  /** Evaluation: the second output buffer (positions alternate between it and layer[0].out). */
+  altOut: T | null;
+  /** The keys and values the positions share, RoPE tables, log-sum-exps. */
+  attention: TttAttentionTensors<T>;
+  /** Final norm + lm_head of the current position. */
+  head: Eagle3HeadActivations<T>;
+  /** The teacher distribution p^k over the draft vocabulary [B·T, Vd]. */
+  teacherProbs: T;
+  /** Each row's loss [B·T]. */
+  rowLoss: T;
+  /** Correct and counted rows of the current position [2], and per row [B·T, 2]. */
+  accCounts: T;
+  accPerRow: T;
+  /** The backward's tensors (null when evaluating). */
+  grads: Eagle3StepGrads<T> | null;
+}
+
+/** The layout of a step's tensors; `make` allocates (or counts) each one. */
+export function eagle3Activations<T>(
+  make: MakeTensor<T>,
+  cfg: DraftConfig,
+  s: Eagle3StepShape,
+): Eagle3Activations<T> {
+  const N = s.batch * s.seqLen, K = s.tttLength, H = cfg.hiddenSize;
+  const slots = s.train ? K : 1;
+  const perPosition = <X>(n: number, f: (k: number) => X) => Array.from({ length: n }, (_, k) => f(k));
+  const attention = tttAttentionTensors(make, cfg, s, slots);
+  const normed = {
+    normedEmbed: make([N, H], "f32", "normed embed"),
+    normedHidden: make([N, H], "f32", "normed hidden"),
+  };
+  const layer = perPosition(slots, (k) =>
+    eagle3LayerActivations(
+      (shape, dtype, label) => make(shape, dtype, `${label}[${k}]`),
+      cfg,
+      N,
+      { ...normed, ...tttKeysOf(attention, k) },
+    ));
+  return {
+    targetToDraft: make([cfg.vocabSize], "i32", "target→draft map"),
+    metrics: make([K, METRIC_COLS], "f32", "metrics"),
+    teacher: perPosition(K, (k) => ({
+      ids: make([N], "i32", `ids_k[${k}]`),
+      posMask: make([N], "f32", `pos_mask_k[${k}]`),
+      lossMask: make([N], "f32", `loss_mask_k[${k}]`),
+      targetIds: make([N], "i32", `target_k[${k}]`),
+    })),
+    fcOut: make([N, H], "f32", "fc out"),
+    layer,
+    altOut: s.train ? null : make([N, H], "f32", "out (alternate)"),
+    attention,
+    head: eagle3HeadActivations(make, cfg, N),
+    teacherProbs: make([N, cfg.draftVocabSize], "f32", "teacher p_k"),
+    rowLoss: make([N], "f32", "row loss"),
+    accCounts: make([2], "f32", "acc counts"),
+    accPerRow: make([N, 2], "f32", "acc per row"),
+    grads: s.train
+      ? {
+        headOut: perPosition(K, (k) => make([N, H], "f32", `d out (head)[${k}]`)),
+        headNormed: make([N, H], "f32", "d final norm"),
+        out: make([N, H], "f32", "d out"),
+        layer: eagle3LayerGrads(make, cfg, N, rmsnormScratchSize(N, H)),
+        attention: tttAttentionGrads(make, cfg, s),
+      }
+      : null,
+  };
+}
+
+/**
+ * The bytes of every tensor {@link eagle3Activations} lays out for this shape (what one cached step program
+ * holds besides its inputs, the draft's weights and gradients, and the matmuls' split-K partials).
+ */
+export function eagle3ActivationBytes(cfg: DraftConfig, s: Eagle3StepShape): number {
+  let bytes = 0;
+  eagle3Activations(
+    (shape) => {
+      bytes += 4 * shape.reduce((a, b) => a * b, 1); // f32 and i32
+      return shape;
+    },
+    cfg,
+    s,
+  );
+  return bytes;
+}

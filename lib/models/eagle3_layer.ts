@@ -1,0 +1,329 @@
+/**
+ * The EAGLE-3 draft's layers, forward and backward side by side, shared by training (every TTT position of
+ * lib/models/eagle3.ts) and by inference (lib/eval/draft_infer.ts). SpecForge's
+ * `specforge/modeling/draft/llama3_eagle.py` (`LlamaForCausalLMEagle3`: `fc`, the one `midlayer`
+ * `LlamaDecoderLayer`, `norm`, `lm_head`) and SGLang's `python/sglang/srt/models/llama_eagle3.py` compute the
+ * same, on R rows (all f32):
+ *
+ *   fc:        h⁰ = aux·W_fcᵀ                                aux = the target's 3 captured states [R, 3·H_t]
+ *   midlayer:  a = [RMSNorm_in(embed(u)), RMSNorm_hid(h)]     [R, 2H], embedding first
+ *              q, k, v = a·W_{q,k,v}ᵀ;  att = attention(RoPE(q), RoPE(k), v)   (the caller's {@link Eagle3Attention})
+ *              r = h + att·W_oᵀ;  y = r + down(silu(gate(n)) ⊙ up(n)),  n = RMSNorm_post(r)
+ *   head:      z = lm_head(RMSNorm_final(y)) over the draft vocabulary [R, Vd]
+ *
+ * Which keys a row attends and at which position its RoPE is taken is the only thing that differs between
+ * training (the TTT prefix + diagonal pattern) and inference (a KV cache with a tree mask), so the layer takes
+ * it as an {@link Eagle3Attention}, as the target's decoder layer takes an `Attend` (lib/models/target.ts).
+ *
+ * Backward functions ADD the weight gradients into the draft's gradients (micro-batches accumulate).
+ */
+import type { Program } from "../gpu/program.ts";
+import type { Tensor } from "../tensor.ts";
+import { linear, linearBackward } from "../ops/matmul.ts";
+import { rmsnormBackward, rmsnormForward } from "../ops/rmsnorm.ts";
+import { swigluBackward, swigluForward } from "../ops/swiglu.ts";
+import { embeddingForward } from "../ops/embedding.ts";
+import { accumulate, copyColumns, copyStrided } from "../ops/elementwise.ts";
+import type { DraftConfig } from "./draft_config.ts";
+import type { Eagle3Draft } from "./eagle3.ts";
+
+/** Makes one named tensor of a layout: a GPU allocation, or (for counting) just its size. */
+export type MakeTensor<T> = (shape: number[], dtype: "f32" | "i32", label: string) => T;
+
+/**
+ * What one pass of the midlayer over R rows computes and its backward reads. `normedEmbed` and
+ * `normedHidden` are scratch (the backward re-derives the norms from `embed`, `hidden` and the rstd).
+ */
+export interface Eagle3LayerActivations<T = Tensor> {
+  /** e = embed(u) [R, H]. */
+  embed: T;
+  /** 1/rms of each row of e [R]. */
+  rstdEmbed: T;
+  /** RMSNorm_in(e) [R, H] (scratch). */
+  normedEmbed: T;
+  /** 1/rms of each row of the input hidden h [R]. */
+  rstdHidden: T;
+  /** RMSNorm_hid(h) [R, H] (scratch). */
+  normedHidden: T;
+  /** a = [RMSNorm_in(e), RMSNorm_hid(h)] [R, 2H]. */
+  attnInput: T;
+  /** q [R, nh·hd], RoPE applied. */
+  q: T;
+  /** This pass's keys [R, nkv·hd] (RoPE applied; the attention keeps them). */
+  k: T;
+  /** This pass's values [R, nkv·hd]. */
+  v: T;
+  /** Attention output [R, nh·hd]. */
+  att: T;
+  /** r = h + o_proj(att) [R, H]. */
+  residual: T;
+  /** 1/rms of each row of r [R]. */
+  rstdPost: T;
+  /** n = RMSNorm_post(r) [R, H]. */
+  postNorm: T;
+  /** gate(n) [R, I]. */
+  gate: T;
+  /** up(n) [R, I]. */
+  up: T;
+  /** silu(gate) ⊙ up [R, I]. */
+  act: T;
+  /** y = r + down(act) [R, H], the layer's output (fed back as the next TTT position's hidden). */
+  out: T;
+}
+
+/** The layout of one midlayer pass over `rows` rows; `shared` supplies tensors another pass also uses. */
+export function eagle3LayerActivations<T>(
+  make: MakeTensor<T>,
+  cfg: DraftConfig,
+  rows: number,
+  shared: Partial<Eagle3LayerActivations<T>> = {},
+): Eagle3LayerActivations<T> {
+  const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
+  const f = (name: keyof Eagle3LayerActivations, cols: number[]) =>
+    shared[name] ?? make([rows, ...cols], "f32", name);
+  return {
+    embed: f("embed", [H]),
+    rstdEmbed: shared.rstdEmbed ?? make([rows], "f32", "rstdEmbed"),
+    normedEmbed: f("normedEmbed", [H]),
+    rstdHidden: shared.rstdHidden ?? make([rows], "f32", "rstdHidden"),
+    normedHidden: f("normedHidden", [H]),
+    attnInput: f("attnInput", [2 * H]),
+    q: f("q", [nh * hd]),
+    k: f("k", [nkv * hd]),
+    v: f("v", [nkv * hd]),
+    att: f("att", [nh * hd]),
+    residual: f("residual", [H]),
+    rstdPost: shared.rstdPost ?? make([rows], "f32", "rstdPost"),
+    postNorm: f("postNorm", [H]),
+    gate: f("gate", [I]),
+    up: f("up", [I]),
+    act: f("act", [I]),
+    out: f("out", [H]),
+  };
+}
+
+/** Scratch of one midlayer backward over R rows (reused by every pass). */
+export interface Eagle3LayerGrads<T = Tensor> {
+  /** ∂/∂act [R, I]. */
+  act: T;
+  /** ∂/∂gate [R, I]. */
+  gate: T;
+  /** ∂/∂up [R, I]. */
+  up: T;
+  /** ∂/∂n [R, H]. */
+  postNorm: T;
+  /** ∂/∂r [R, H]. */
+  residual: T;
+  /** ∂/∂att [R, nh·hd]. */
+  att: T;
+  /** ∂/∂a [R, 2H]. */
+  attnInput: T;
+  /** ∂/∂RMSNorm_in(e) [R, H]. */
+  normedEmbed: T;
+  /** ∂/∂RMSNorm_hid(h) [R, H]. */
+  normedHidden: T;
+  /** ∂/∂e [R, H] (discarded: the embedding is frozen). */
+  embed: T;
+  /** ∂/∂h [R, H]: the backward's output, the gradient of the pass's input hidden. */
+  hidden: T;
+  /** Partials of the RMSNorm weight gradients. */
+  normScratch: T;
+}
+
+/** The layout of {@link Eagle3LayerGrads} over `rows` rows; `normScratch` has `normScratchSize` floats. */
+export function eagle3LayerGrads<T>(
+  make: MakeTensor<T>,
+  cfg: DraftConfig,
+  rows: number,
+  normScratchSize: number,
+): Eagle3LayerGrads<T> {
+  const { hiddenSize: H, intermediateSize: I, numHeads: nh, headDim: hd } = cfg;
+  const f = (name: string, cols: number) => make([rows, cols], "f32", `d ${name}`);
+  return {
+    act: f("act", I),
+    gate: f("gate", I),
+    up: f("up", I),
+    postNorm: f("postNorm", H),
+    residual: f("residual", H),
+    att: f("att", nh * hd),
+    attnInput: f("attnInput", 2 * H),
+    normedEmbed: f("normedEmbed", H),
+    normedHidden: f("normedHidden", H),
+    embed: f("embed", H),
+    hidden: f("hidden", H),
+    normScratch: make([Math.max(1, normScratchSize)], "f32", "rmsnorm dw partials"),
+  };
+}
+
+/** The gradients of a pass's q, k, v projections' outputs (before RoPE), from {@link Eagle3Attention.backward}. */
+export interface QkvGrads {
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+}
+
+/**
+ * How the rows of a midlayer pass attend: RoPE at the rows' positions, where this pass's keys and values
+ * are kept, and the attention itself (training: lib/models/eagle3_ttt_attention.ts; inference: the KV
+ * cache of lib/eval/draft_infer.ts).
+ */
+export interface Eagle3Attention {
+  /** RoPE on q [R, nh·hd] and k [R, nkv·hd] in place, keeps k and v, and writes att [R, nh·hd]. */
+  forward(p: Program, q: Tensor, k: Tensor, v: Tensor, att: Tensor): Promise<void>;
+  /**
+   * From ∂/∂att, the complete gradients of this pass's q, k, v projections (through the attention and
+   * RoPE's backward); `saved` holds the forward's q (RoPE applied) and att. Training only.
+   */
+  backward?(p: Program, dAtt: Tensor, saved: { q: Tensor; att: Tensor }): Promise<QkvGrads>;
+}
+
+/** h⁰ = fc(aux): the projection of the target's captured states [R, 3·H_t] to the draft's width [R, H]. */
+export async function eagle3FcForward(p: Program, draft: Eagle3Draft, aux: Tensor, hidden: Tensor) {
+  await linear(p, aux, draft.params["fc.weight"], hidden);
+}
+
+/** Adds ∂/∂W_fc of h⁰ = fc(aux) for ∂/∂h⁰ = `dHidden` (aux is frozen: no input gradient). */
+export async function eagle3FcBackward(p: Program, draft: Eagle3Draft, aux: Tensor, dHidden: Tensor) {
+  await linearBackward(p, dHidden, aux, draft.params["fc.weight"], null, draft.grads["fc.weight"], {
+    accumulateDw: true,
+  });
+}
+
+/**
+ * One midlayer pass: tokens `ids` [R] (looked up in the frozen `embedding` [V, H]) and input hidden
+ * `hidden` [R, H] → `a.out` [R, H], saving what the backward reads in `a`.
+ */
+export async function eagle3LayerForward(
+  p: Program,
+  draft: Eagle3Draft,
+  x: { ids: Tensor; embedding: Tensor; hidden: Tensor },
+  a: Eagle3LayerActivations,
+  attention: Eagle3Attention,
+): Promise<void> {
+  const W = draft.params, H = draft.config.hiddenSize;
+  const eps = { eps: draft.config.rmsNormEps };
+  await embeddingForward(p, x.ids, x.embedding, a.embed);
+  await rmsnormForward(p, a.embed, W["midlayer.input_layernorm.weight"], a.normedEmbed, a.rstdEmbed, eps);
+  await copyColumns(p, a.normedEmbed, a.attnInput, 0);
+  await rmsnormForward(p, x.hidden, W["midlayer.hidden_norm.weight"], a.normedHidden, a.rstdHidden, eps);
+  await copyColumns(p, a.normedHidden, a.attnInput, H);
+  await linear(p, a.attnInput, W["midlayer.self_attn.q_proj.weight"], a.q);
+  await linear(p, a.attnInput, W["midlayer.self_attn.k_proj.weight"], a.k);
+  await linear(p, a.attnInput, W["midlayer.self_attn.v_proj.weight"], a.v);
+  await attention.forward(p, a.q, a.k, a.v, a.att);
+  await linear(p, a.att, W["midlayer.self_attn.o_proj.weight"], a.residual);
+  await accumulate(p, a.residual, x.hidden);
+  const post = W["midlayer.post_attention_layernorm.weight"];
+  await rmsnormForward(p, a.residual, post, a.postNorm, a.rstdPost, eps);
+  await linear(p, a.postNorm, W["midlayer.mlp.gate_proj.weight"], a.gate);
+  await linear(p, a.postNorm, W["midlayer.mlp.up_proj.weight"], a.up);
+  await swigluForward(p, a.gate, a.up, a.act);
+  await linear(p, a.act, W["midlayer.mlp.down_proj.weight"], a.out);
+  await accumulate(p, a.out, a.residual);
+}
+
+/**
+ * The backward of {@link eagle3LayerForward}: from ∂/∂y = `dOut`, adds every midlayer weight gradient and
+ * writes ∂/∂h (the input hidden `hidden`'s gradient) into `g.hidden`. `dOut` is overwritten.
+ */
+export async function eagle3LayerBackward(
+  p: Program,
+  draft: Eagle3Draft,
+  hidden: Tensor,
+  a: Eagle3LayerActivations,
+  dOut: Tensor,
+  g: Eagle3LayerGrads,
+  attention: Eagle3Attention,
+): Promise<void> {
+  const W = draft.params, G = draft.grads, H = draft.config.hiddenSize;
+  const acc = { accumulateDw: true }, accBoth = { accumulateDx: true, accumulateDw: true };
+  const norm = { accumulateDw: true, scratch: g.normScratch };
+  const down = "midlayer.mlp.down_proj.weight", gate = "midlayer.mlp.gate_proj.weight";
+  const up = "midlayer.mlp.up_proj.weight", post = "midlayer.post_attention_layernorm.weight";
+  await linearBackward(p, dOut, a.act, W[down], g.act, G[down], acc);
+  await swigluBackward(p, g.act, a.gate, a.up, g.gate, g.up);
+  await linearBackward(p, g.gate, a.postNorm, W[gate], g.postNorm, G[gate], acc);
+  await linearBackward(p, g.up, a.postNorm, W[up], g.postNorm, G[up], accBoth);
+  await rmsnormBackward(p, g.postNorm, a.residual, W[post], a.rstdPost, g.residual, G[post], norm);
+  await accumulate(p, g.residual, dOut); // y = r + mlp(r)
+  const o = "midlayer.self_attn.o_proj.weight";
+  await linearBackward(p, g.residual, a.att, W[o], g.att, G[o], acc);
+  const d = await attention.backward!(p, g.att, a);
+  const [q, k, v] = (["q", "k", "v"] as const).map((x) => `midlayer.self_attn.${x}_proj.weight` as const);
+  await linearBackward(p, d.q, a.attnInput, W[q], g.attnInput, G[q], acc);
+  await linearBackward(p, d.k, a.attnInput, W[k], g.attnInput, G[k], accBoth);
+  await linearBackward(p, d.v, a.attnInput, W[v], g.attnInput, G[v], accBoth);
+  // The two input norms (the embedding's gradient is dropped: it is frozen).
+  const rows = a.embed.shape[0];
+  const half = (col0: number, dst: Tensor) =>
+    copyStrided(p, g.attnInput, dst, {
+      count: [1, rows, H],
+      srcStrides: [0, 2 * H, 1],
+      srcOffset: col0,
+      dstStrides: [0, H, 1],
+    });
+  await half(0, g.normedEmbed);
+  await half(H, g.normedHidden);
+  const inNorm = "midlayer.input_layernorm.weight", hidNorm = "midlayer.hidden_norm.weight";
+  await rmsnormBackward(p, g.normedEmbed, a.embed, W[inNorm], a.rstdEmbed, g.embed, G[inNorm], norm);
+  await rmsnormBackward(p, g.normedHidden, hidden, W[hidNorm], a.rstdHidden, g.hidden, G[hidNorm], norm);
+  await accumulate(p, g.hidden, g.residual); // r = h + o_proj(att)
+}
+
+/** What the head (final norm + lm_head) of R rows computes: the normed rows, their rstd and the logits. */
+export interface Eagle3HeadActivations<T = Tensor> {
+  /** RMSNorm_final(y) [R, H]. */
+  normed: T;
+  /** 1/rms of each row of y [R]. */
+  rstd: T;
+  /** z [R, Vd]; the loss overwrites it with ∂/∂z in training. */
+  logits: T;
+}
+
+/** The layout of {@link Eagle3HeadActivations} over `rows` rows. */
+export function eagle3HeadActivations<T>(
+  make: MakeTensor<T>,
+  cfg: DraftConfig,
+  rows: number,
+): Eagle3HeadActivations<T> {
+  return {
+    normed: make([rows, cfg.hiddenSize], "f32", "final norm"),
+    rstd: make([rows], "f32", "rstd final norm"),
+    logits: make([rows, cfg.draftVocabSize], "f32", "logits"),
+  };
+}
+
+/** z = lm_head(RMSNorm_final(y)) of rows y [R, H] into `h.logits` [R, Vd]. */
+export async function eagle3HeadForward(
+  p: Program,
+  draft: Eagle3Draft,
+  y: Tensor,
+  h: Eagle3HeadActivations,
+): Promise<void> {
+  const W = draft.params;
+  await rmsnormForward(p, y, W["norm.weight"], h.normed, h.rstd, { eps: draft.config.rmsNormEps });
+  await linear(p, h.normed, W["lm_head.weight"], h.logits);
+}
+
+/**
+ * The backward of {@link eagle3HeadForward} from ∂/∂z (in `h.logits`): adds the lm_head and final-norm
+ * gradients and writes ∂/∂y into `dY`; `dNormed` [R, H] and `normScratch` are scratch.
+ */
+export async function eagle3HeadBackward(
+  p: Program,
+  draft: Eagle3Draft,
+  y: Tensor,
+  h: Eagle3HeadActivations,
+  dNormed: Tensor,
+  dY: Tensor,
+  normScratch: Tensor,
+): Promise<void> {
+  const W = draft.params, G = draft.grads;
+  await linearBackward(p, h.logits, h.normed, W["lm_head.weight"], dNormed, G["lm_head.weight"], {
+    accumulateDw: true,
+  });
+  await rmsnormBackward(p, dNormed, y, W["norm.weight"], h.rstd, dY, G["norm.weight"], {
+    accumulateDw: true,
+    scratch: normScratch,
+  });
+}

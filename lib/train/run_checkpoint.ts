@@ -1,0 +1,71 @@
+/**
+ * A run's checkpoints (SpecForge `scripts/train_eagle3_online.py` `save_checkpoints`; the layout is
+ * ./checkpoint.ts): {@link saveRun} writes the master weights, AdamW's moments, the run state and the SGLang
+ * export of the draft; {@link restoreRun} puts a loaded checkpoint back into the draft, the optimizer and a
+ * fresh {@link RunState}, so that the resumed run continues bit for bit.
+ */
+import { fromFloat32, type RawTensor, toFloat32 } from "../io/safetensors.ts";
+import type { NamedWeight } from "../models/export.ts";
+import { specForgeDefaultAuxLayers } from "../models/config.ts";
+import type { Eagle3Draft } from "../models/eagle3.ts";
+import {
+  CHECKPOINT_VERSION,
+  type LoadedCheckpoint,
+  saveCheckpoint,
+  type TrainingState,
+} from "./checkpoint.ts";
+import { settingsToJson } from "./config.ts";
+import { checkFinite } from "./divergence.ts";
+import type { AdamWOptimizer } from "./optimizer.ts";
+import { type Run, RunState } from "./run.ts";
+
+/** Loads checkpoint `r` into `draft` and `optimizer`; returns the state the run continues from. */
+export function restoreRun(r: LoadedCheckpoint, draft: Eagle3Draft, optimizer: AdamWOptimizer): RunState {
+  const weights = new Map<string, Float32Array>();
+  for (const [name, t] of r.weights) weights.set(name, toFloat32(t, `${r.dir} ${name}`));
+  draft.setWeights(weights);
+  optimizer.loadState(r.optimizer, r.state.globalStep, r.dir);
+  return RunState.resumed(r.state, r.dir);
+}
+
+/**
+ * Checks the run has not diverged, then saves a checkpoint of the current update as
+ * `epoch_{epoch}_step_{update}` (SpecForge's names; its `step` counts updates) and records it in the state.
+ */
+export async function saveRun(run: Run): Promise<void> {
+  const { settings: s, setup, state, draft } = run;
+  await checkFinite(run, `before saving update ${state.update}`);
+  const weights = await draft.getWeights();
+  const shapes = new Map<string, number[]>(draft.entries().map(([name, p]) => [name, [...p.shape]]));
+  const raw = new Map<string, RawTensor>();
+  const named = new Map<string, NamedWeight>();
+  for (const [name, w] of weights) {
+    raw.set(name, fromFloat32(w, shapes.get(name)!));
+    named.set(name, { values: w, shape: shapes.get(name)! });
+  }
+  const saved: TrainingState = {
+    version: CHECKPOINT_VERSION,
+    globalStep: state.update,
+    microSteps: state.microBatches,
+    position: state.position,
+    totalSteps: run.schedule.totalSteps,
+    warmupSteps: run.schedule.warmupSteps,
+    rng: { seed: s.seed },
+    settings: settingsToJson(s),
+    elapsed: state.elapsed(),
+  };
+  state.lastCheckpoint = await saveCheckpoint(s.outputDir, state.epoch, {
+    state: saved,
+    weights: raw,
+    optimizer: await run.optimizer.stateTensors(),
+    export: {
+      config: setup.draftConfig,
+      weights: named,
+      mapping: setup.mapping,
+      defaultAuxLayers: specForgeDefaultAuxLayers(setup.targetConfig.numLayers),
+    },
+    exportDtype: s.exportDtype,
+  });
+  state.savedAt = state.update;
+  run.note(`saved ${state.lastCheckpoint}`);
+}

@@ -1,0 +1,348 @@
+/**
+ * The resolution of a run's settings before its first micro-batch: the target's config, the resume
+ * checkpoint and its contract, the draft config and its aux layers, the data (tokenized online, the features'
+ * tokens offline), the draft vocabulary, and the draft's frozen embedding. Each step is a function; each
+ * error names the setting or the file. Sources: SpecForge `scripts/train_eagle3_online.py` /
+ * `train_eagle3_offline.py` (their set-up before the loop).
+ */
+import { join } from "node:path";
+import type { Gpu } from "../gpu/device.ts";
+import { type HubOptions, resolveModelPath } from "../io/hub.ts";
+import { SafetensorsCheckpoint } from "../io/safetensors.ts";
+import { Tensor } from "../tensor.ts";
+import { buildTokenizedDataset } from "../data/build.ts";
+import { templates } from "../data/templates.ts";
+import { loadTokenizer } from "../data/tokenizer.ts";
+import type { TokenizedDataset } from "../data/tokenized.ts";
+import {
+  countSupervisedTokens,
+  loadVocabMapping,
+  selectDraftVocab,
+  type VocabMapping,
+} from "../data/vocab.ts";
+import {
+  ConfigError,
+  defaultAuxLayers,
+  loadTargetConfig,
+  resolveWeightNames,
+  type TargetConfig,
+} from "../models/config.ts";
+import {
+  checkDraftFitsTarget,
+  deriveDraftConfig,
+  type DraftConfig,
+  loadDraftConfig,
+} from "../models/draft_config.ts";
+import { type FeatureSet, openFeatureSet } from "../offline/dataset.ts";
+import { FeatureFileError, type FeaturesManifest, fileSha256, readManifest } from "../offline/format.ts";
+import {
+  CheckpointError,
+  findLatestCheckpoint,
+  loadCheckpoint,
+  type LoadedCheckpoint,
+} from "./checkpoint.ts";
+import { DEFAULT_EMBEDDING_KEY, settingsToJson, type TrainSettings } from "./config.ts";
+
+/** Prints one note line for the user. */
+export type Note = (message: string) => void;
+
+/** Everything a run needs before its first micro-batch. */
+export interface RunSetup {
+  /** Offline: the feature sets the batches are read from; null online (the target runs on every batch). */
+  offline: { train: FeatureSet; eval: FeatureSet | null } | null;
+  /** The target's checkpoint directory (resolved from a hub id if need be). */
+  targetDir: string;
+  /** The target's config.json. */
+  targetConfig: TargetConfig;
+  /** The draft config, its aux layers filled in. */
+  draftConfig: DraftConfig;
+  /** The target layers whose hidden states the draft reads. */
+  auxLayers: number[];
+  /** Training samples. */
+  train: TokenizedDataset;
+  /** Evaluation samples, null when there are none. */
+  eval: TokenizedDataset | null;
+  /** The draft ↔ target vocabulary mapping. */
+  mapping: VocabMapping;
+  /** The checkpoint the run continues from, null for a fresh run. */
+  resume: LoadedCheckpoint | null;
+}
+
+/** The settings that must not change across a resume (the continuation would not be the same run). */
+const RESUME_CONTRACT = [
+  "batch_size",
+  "draft_accumulation_steps",
+  "ttt_length",
+  "seed",
+  "learning_rate",
+  "warmup_ratio",
+  "num_epochs",
+  "total_steps",
+  "max_length",
+  "max_grad_norm",
+] as const;
+
+/** Resolves the settings `s` into a {@link RunSetup} (reads configs, data, features and the checkpoint). */
+export async function setUpRun(s: TrainSettings, hub: HubOptions, note: Note): Promise<RunSetup> {
+  const targetDir = await resolveModelPath(s.targetModelPath, hub);
+  const targetConfig = await loadTargetConfig(join(targetDir, "config.json"));
+  const resume = await resolveResume(s, note);
+  let draftConfig = await resolveDraftConfig(s, targetConfig, note);
+  const auxLayers = await resolveAuxLayers(s, draftConfig, targetConfig, note);
+  draftConfig = { ...draftConfig, auxLayerIds: [...auxLayers] };
+  checkDraftFitsTarget(draftConfig, targetConfig);
+  const data = s.trainHiddenStatesPath
+    ? await openFeatures(s, targetConfig, targetDir, auxLayers, note)
+    : await tokenizeData(s, targetDir, note);
+  checkTokenIds(data.train, data.eval, targetConfig);
+  const mapping = await resolveVocab(s, resume, data.train, draftConfig, targetConfig, note);
+  return { ...data, targetDir, targetConfig, draftConfig, auxLayers, mapping, resume };
+}
+
+/** The checkpoint to continue from (--resume-from, or the latest in the output dir with --resume), checked. */
+async function resolveResume(s: TrainSettings, note: Note): Promise<LoadedCheckpoint | null> {
+  let resume: LoadedCheckpoint | null = null;
+  if (s.resumeFrom) {
+    resume = await loadCheckpoint(s.resumeFrom);
+  } else if (s.resume) {
+    const dir = await findLatestCheckpoint(s.outputDir);
+    if (dir) resume = await loadCheckpoint(dir);
+    else note(`--resume: no checkpoint in ${s.outputDir}, starting from scratch`);
+  }
+  if (!resume) return null;
+  const saved = resume.state.settings;
+  const now = settingsToJson(s);
+  for (const key of RESUME_CONTRACT) {
+    if (JSON.stringify(saved[key]) !== JSON.stringify(now[key])) {
+      throw new CheckpointError(
+        `${resume.dir}: the run was saved with ${key} = ${JSON.stringify(saved[key])}, resumed with ` +
+          `${JSON.stringify(now[key])}; a resumed run must keep it`,
+      );
+    }
+  }
+  return resume;
+}
+
+/**
+ * The draft config: given (--draft-model-config, --draft-vocab-size overriding its vocabulary), or derived
+ * from the target (as SpecForge's example configs, e.g. `configs/llama3-8B-eagle3.json`, follow theirs).
+ */
+async function resolveDraftConfig(s: TrainSettings, target: TargetConfig, note: Note): Promise<DraftConfig> {
+  let cfg: DraftConfig;
+  if (s.draftModelConfig) {
+    cfg = await loadDraftConfig(s.draftModelConfig);
+    if (s.draftVocabSize !== null && s.draftVocabSize !== cfg.draftVocabSize) {
+      note(`--draft-vocab-size ${s.draftVocabSize} overrides the draft config's ${cfg.draftVocabSize}`);
+      cfg = { ...cfg, draftVocabSize: s.draftVocabSize };
+    }
+  } else {
+    cfg = deriveDraftConfig(target, { draftVocabSize: s.draftVocabSize ?? undefined });
+    note(
+      `no --draft-model-config: derived a draft from the target (hidden ${cfg.hiddenSize}, ` +
+        `intermediate ${cfg.intermediateSize}, heads ${cfg.numHeads}/${cfg.numKvHeads}, ` +
+        `draft vocab ${cfg.draftVocabSize})`,
+    );
+  }
+  if (cfg.draftVocabSize > target.vocabSize) {
+    throw new ConfigError(
+      `draft_vocab_size ${cfg.draftVocabSize} exceeds the target's vocab_size ${target.vocabSize}`,
+    );
+  }
+  return cfg;
+}
+
+/** The aux layers: --aux-layers > the draft config's > (offline) the features' > the target's default. */
+async function resolveAuxLayers(
+  s: TrainSettings,
+  draft: DraftConfig,
+  target: TargetConfig,
+  note: Note,
+): Promise<number[]> {
+  const captured = s.trainHiddenStatesPath ? (await readManifest(s.trainHiddenStatesPath)).auxLayers : null;
+  const chosen = s.auxLayers ?? draft.auxLayerIds ?? captured;
+  if (chosen) return chosen;
+  const fallback = defaultAuxLayers(target.numLayers);
+  if (fallback.message) note(fallback.message);
+  return fallback.layers;
+}
+
+type RunData = Pick<RunSetup, "offline" | "train" | "eval">;
+
+/** Online data: tokenized with the target's tokenizer and the chat template, through the cache. */
+async function tokenizeData(s: TrainSettings, targetDir: string, note: Note): Promise<RunData> {
+  if (!s.trainDataPath) throw new ConfigError("--train-data-path is required for online training");
+  const template = templates.get(s.chatTemplate);
+  const tokenizer = await loadTokenizer(targetDir);
+  const build = async (path: string) =>
+    (await buildTokenizedDataset({
+      dataPath: path,
+      tokenizer,
+      templateName: s.chatTemplate,
+      template,
+      maxLength: s.maxLength,
+      isPreformatted: s.isPreformatted,
+      trainOnlyLastTurn: s.trainOnlyLastTurn,
+      cacheDir: s.cacheDir,
+      log: note,
+    })).dataset;
+  const train = await build(s.trainDataPath);
+  return { offline: null, train, eval: s.evalDataPath ? await build(s.evalDataPath) : null };
+}
+
+/** Offline data: the feature directories, checked against the target; tokens and masks from their files. */
+async function openFeatures(
+  s: TrainSettings,
+  targetConfig: TargetConfig,
+  targetDir: string,
+  auxLayers: number[],
+  note: Note,
+): Promise<RunData> {
+  const open = async (dir: string) => {
+    const set = await openFeatureSet(dir, { maxLength: s.maxLength });
+    await checkFeaturesFitTarget(set.manifest, dir, targetConfig, targetDir, auxLayers);
+    if (set.missing > 0) {
+      note(`${dir}: ${set.missing} of ${set.manifest.data.numSamples} samples have no file`);
+    }
+    return set;
+  };
+  const train = await open(s.trainHiddenStatesPath!);
+  const evalSet = s.evalHiddenStatesPath ? await open(s.evalHiddenStatesPath) : null;
+  const storage = (set: FeatureSet) => JSON.stringify(set.manifest.storage);
+  if (evalSet && storage(evalSet) !== storage(train)) {
+    throw new FeatureFileError(
+      `${s.evalHiddenStatesPath}: stored as ${storage(evalSet)}, the training features as ` +
+        `${storage(train)}; prepare both with the same storage flags`,
+    );
+  }
+  if (s.evalDataPath && !evalSet) {
+    note("--eval-data-path is not used offline; give --eval-hidden-states-path for evaluation");
+  }
+  return { offline: { train, eval: evalSet }, train: train.dataset, eval: evalSet?.dataset ?? null };
+}
+
+/**
+ * Checks that features were captured from this target with the aux layers this run trains with; the error
+ * names the features directory and both values.
+ */
+async function checkFeaturesFitTarget(
+  m: FeaturesManifest,
+  dir: string,
+  cfg: TargetConfig,
+  targetDir: string,
+  auxLayers: number[],
+): Promise<void> {
+  const pairs: Array<[string, unknown, unknown]> = [
+    ["hidden_size", m.target.hiddenSize, cfg.hiddenSize],
+    ["vocab_size", m.target.vocabSize, cfg.vocabSize],
+    ["num_hidden_layers", m.target.numLayers, cfg.numLayers],
+  ];
+  for (const [key, stored, now] of pairs) {
+    if (stored !== now) {
+      throw new FeatureFileError(
+        `${dir}: features of a target with ${key} ${stored}, but ${targetDir} has ${key} ${now}`,
+      );
+    }
+  }
+  if (m.target.configSha256 !== await fileSha256(join(targetDir, "config.json"))) {
+    throw new FeatureFileError(
+      `${dir}: features were captured from a target whose config.json differs from ${targetDir}'s ` +
+        `(captured from ${m.target.path})`,
+    );
+  }
+  if (m.auxLayers.length !== auxLayers.length || m.auxLayers.some((l, i) => l !== auxLayers[i])) {
+    throw new FeatureFileError(
+      `${dir}: features hold aux layers [${m.auxLayers}], the run trains with [${auxLayers}] ` +
+        `(drop --aux-layers, or re-run prepare-hidden-states with these layers)`,
+    );
+  }
+}
+
+/** Every token id of the data must be a target token. */
+function checkTokenIds(
+  train: TokenizedDataset,
+  evalSet: TokenizedDataset | null,
+  target: TargetConfig,
+): void {
+  for (const [name, d] of [["train", train], ["eval", evalSet]] as const) {
+    if (!d) continue;
+    const max = d.inputIds.reduce((m, t) => Math.max(m, t), 0);
+    if (max >= target.vocabSize) {
+      throw new ConfigError(
+        `${name} data has token id ${max}, outside the target's vocab_size ${target.vocabSize}`,
+      );
+    }
+  }
+}
+
+/**
+ * The draft vocabulary (SpecForge `specforge/data/preprocessing.py` `generate_vocab_mapping_file`): from the
+ * resumed checkpoint, a given file, or the supervised-token counts of the training data.
+ */
+async function resolveVocab(
+  s: TrainSettings,
+  resume: LoadedCheckpoint | null,
+  train: TokenizedDataset,
+  draft: DraftConfig,
+  target: TargetConfig,
+  note: Note,
+): Promise<VocabMapping> {
+  let mapping: VocabMapping;
+  const Vd = draft.draftVocabSize, V = target.vocabSize;
+  if (resume) {
+    mapping = resume.mapping;
+  } else if (s.vocabMappingPath) {
+    mapping = await loadVocabMapping(s.vocabMappingPath, { draftVocabSize: Vd, targetVocabSize: V });
+  } else {
+    const counter = countSupervisedTokens(Array.from({ length: train.length }, (_, i) => train.sample(i)));
+    mapping = selectDraftVocab(counter, Vd, V);
+    note(
+      `draft vocabulary: ${Vd} of ${V} tokens (${counter.distinct} distinct supervised tokens in the data)`,
+    );
+  }
+  if (mapping.draftVocabSize !== Vd || mapping.targetVocabSize !== V) {
+    throw new ConfigError(
+      `vocab mapping ${mapping.draftVocabSize} → ${mapping.targetVocabSize} does not match draft_vocab_size ${Vd} ` +
+        `and the target's vocab_size ${V}`,
+    );
+  }
+  return mapping;
+}
+
+/**
+ * The draft's frozen embedding when --embedding-key names another tensor than the one the target model uses
+ * (then that tensor is read, checked against [V, H] and uploaded as f32); null to share the target's. The
+ * default key falls back to the target's own embedding when the checkpoint does not store it (tied models
+ * saved with lm_head.weight only).
+ */
+export async function embeddingOverride(
+  gpu: Gpu,
+  setup: RunSetup,
+  key: string,
+  note: Note,
+): Promise<Tensor | null> {
+  const ckpt = await SafetensorsCheckpoint.open(setup.targetDir);
+  try {
+    const cfg = setup.targetConfig;
+    const names = resolveWeightNames(cfg, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, setup.targetDir);
+    if (key === names.embed) return null;
+    if (!ckpt.has(key)) {
+      if (key === DEFAULT_EMBEDDING_KEY) {
+        note(`the target stores no ${key}; the draft embedding is the target's ${names.embed}`);
+        return null;
+      }
+      throw new ConfigError(
+        `--embedding-key ${key}: the target checkpoint ${setup.targetDir} has no such tensor`,
+      );
+    }
+    const shape = ckpt.info(key).shape;
+    const want = [cfg.vocabSize, setup.draftConfig.hiddenSize];
+    if (shape.length !== 2 || shape[0] !== want[0] || shape[1] !== want[1]) {
+      throw new ConfigError(
+        `--embedding-key ${key}: shape [${shape}], the draft needs [${want}] (vocab_size × hidden_size)`,
+      );
+    }
+    return Tensor.fromArray(gpu, await ckpt.readFloat32(key), shape, "f32", `draft embedding ${key}`);
+  } finally {
+    ckpt.close();
+  }
+}

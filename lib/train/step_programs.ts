@@ -1,0 +1,163 @@
+/**
+ * The programs of each batch shape a run meets. Batches are padded to their longest sample (SpecForge
+ * `specforge/data/utils.py` `DataCollatorWithPadding`; the loss denominator B·T depends on it), so each
+ * distinct (B, T) gets its own feed (the {@link BatchSource}'s target forward or feature decoder) and draft
+ * steps (training and evaluation, lib/models/eagle3.ts) bound to the feed's output tensors, built on first use
+ * and kept for the {@link MAX_SHAPES} most recently used shapes. Metrics stay in each step's GPU accumulators
+ * until {@link StepPrograms.collect} reads them (one sync per step) into host sums.
+ */
+import type { Tensor } from "../tensor.ts";
+import type { VocabMapping } from "../data/vocab.ts";
+import { buildEagle3Step, type Eagle3Draft, type Eagle3Step } from "../models/eagle3.ts";
+import { type Eagle3Metrics, eagle3MetricsFrom } from "../models/eagle3_metrics.ts";
+import {
+  type BatchFeed,
+  type BatchSource,
+  type SourcedBatch,
+  type Split,
+  supervisedMask,
+} from "./batch_source.ts";
+
+/** At most this many batch shapes keep their programs (the least recently used is freed). */
+export const MAX_SHAPES = 4;
+
+/** Metric sums read from the GPU accumulators, kept on the host until a record is taken. */
+export class MetricSums {
+  readonly #sums: Float64Array;
+  #microBatches = 0;
+
+  /** Sums of `tttLength` TTT positions. */
+  constructor(readonly tttLength: number) {
+    this.#sums = new Float64Array(tttLength * 4);
+  }
+
+  /** Adds `step`'s accumulated sums (one sync) and zeroes its accumulators; nothing when it has not run. */
+  async collect(step: Eagle3Step): Promise<void> {
+    if (step.runs === 0) return;
+    const raw = await step.metrics.readFloat();
+    for (let i = 0; i < raw.length; i++) this.#sums[i] += raw[i];
+    this.#microBatches += step.runs;
+    step.resetMetrics();
+  }
+
+  /** The metrics of everything collected since the last take, and a fresh window. */
+  take(): Eagle3Metrics {
+    const m = eagle3MetricsFrom(this.#sums, this.tttLength, this.#microBatches);
+    this.#sums.fill(0);
+    this.#microBatches = 0;
+    return m;
+  }
+
+  /** Whether every sum (losses included) is finite. */
+  finite(): boolean {
+    return this.#sums.every(Number.isFinite);
+  }
+}
+
+/** What the draft steps are built with, besides the shape. */
+export interface StepSettings {
+  /** The draft the steps train. */
+  draft: Eagle3Draft;
+  /** K: TTT positions. */
+  tttLength: number;
+  /** The draft's frozen embedding. */
+  embedding: Tensor;
+  /** The draft ↔ target vocabulary mapping. */
+  vocab: VocabMapping;
+  /** Micro-batches per optimizer update (the training step's loss is divided by it). */
+  accumulationSteps: number;
+}
+
+interface Shape<S extends SourcedBatch> {
+  feed: BatchFeed<S>;
+  steps: Record<Split, Eagle3Step | null>;
+}
+
+/** The per-shape feeds and draft steps of a run (see the module comment), and their metric sums. */
+export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
+  readonly #shapes = new Map<string, Shape<S>>();
+  /** Host sums of the training and evaluation metrics collected so far (see {@link collect}). */
+  readonly sums: Record<Split, MetricSums>;
+
+  /** Steps of `settings` fed by `source`'s feeds. */
+  constructor(readonly source: BatchSource<S>, readonly settings: StepSettings) {
+    this.sums = { train: new MetricSums(settings.tttLength), eval: new MetricSums(settings.tttLength) };
+  }
+
+  /**
+   * Runs one micro-batch of `split` (training: forward, backward into the draft's gradients; evaluation:
+   * forward and metrics), no sync. Returns its tokens (the samples' valid lengths summed).
+   */
+  async run(b: S, split: Split): Promise<number> {
+    const shape = await this.#shape(b.batch.batchSize, b.batch.seqLen);
+    const step = shape.steps[split] ??= await this.#buildStep(
+      shape.feed,
+      b.batch.batchSize,
+      b.batch.seqLen,
+      split,
+    );
+    const lengths = shape.feed.feed(b);
+    step.lossMask.write(supervisedMask(b.batch.lossMask, lengths, b.batch.seqLen));
+    step.run();
+    return lengths.reduce((a, c) => a + c, 0);
+  }
+
+  /** Moves the metrics of every `split` step into {@link sums}[split] (one sync per step that ran). */
+  async collect(split: Split): Promise<void> {
+    for (const shape of this.#shapes.values()) {
+      const step = shape.steps[split];
+      if (step) await this.sums[split].collect(step);
+    }
+  }
+
+  /** Frees every feed and step. */
+  destroy(): void {
+    for (const shape of this.#shapes.values()) this.#free(shape);
+    this.#shapes.clear();
+  }
+
+  async #shape(batch: number, seqLen: number): Promise<Shape<S>> {
+    const key = `${batch}x${seqLen}`;
+    const hit = this.#shapes.get(key);
+    if (hit) {
+      this.#shapes.delete(key);
+      this.#shapes.set(key, hit); // most recently used last
+      return hit;
+    }
+    if (this.#shapes.size >= MAX_SHAPES) {
+      const [oldKey, old] = this.#shapes.entries().next().value!;
+      for (const split of ["train", "eval"] as const) {
+        const step = old.steps[split];
+        if (step) await this.sums[split].collect(step);
+      }
+      this.#free(old);
+      this.#shapes.delete(oldKey);
+    }
+    const shape: Shape<S> = {
+      feed: await this.source.createFeed(batch, seqLen),
+      steps: { train: null, eval: null },
+    };
+    this.#shapes.set(key, shape);
+    return shape;
+  }
+
+  #buildStep(feed: BatchFeed<S>, batch: number, seqLen: number, split: Split): Promise<Eagle3Step> {
+    const s = this.settings;
+    return buildEagle3Step(s.draft, {
+      batch,
+      seqLen,
+      tttLength: s.tttLength,
+      embedding: s.embedding,
+      vocab: s.vocab,
+      train: split === "train",
+      accumulationSteps: s.accumulationSteps,
+      inputs: feed.inputs,
+    });
+  }
+
+  #free(shape: Shape<S>): void {
+    shape.steps.train?.destroy();
+    shape.steps.eval?.destroy();
+    shape.feed.destroy();
+  }
+}

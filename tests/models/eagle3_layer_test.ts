@@ -1,0 +1,144 @@
+/**
+ * The EAGLE-3 draft layer shared by training and inference: the activation record's byte count, and the
+ * inference session (KV cache, tree attention) against the training layout (TTT attention) on the same rows.
+ */
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
+import { Program } from "../../lib/gpu/program.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { type DraftConfig, parseDraftConfig } from "../../lib/models/draft_config.ts";
+import { buildEagle3Step, Eagle3Draft } from "../../lib/models/eagle3.ts";
+import { eagle3ActivationBytes, eagle3Activations } from "../../lib/models/eagle3_activations.ts";
+import { eagle3FcForward, eagle3HeadForward, eagle3LayerForward } from "../../lib/models/eagle3_layer.ts";
+import { TttAttention } from "../../lib/models/eagle3_ttt_attention.ts";
+import { ropeTable } from "../../lib/ops/rope.ts";
+import { DraftSession } from "../../lib/eval/draft_infer.ts";
+import type { VocabMapping } from "../../lib/data/vocab.ts";
+
+const CFG: DraftConfig = parseDraftConfig({
+  architectures: ["LlamaForCausalLMEagle3"],
+  hidden_size: 32,
+  intermediate_size: 48,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  head_dim: 8,
+  vocab_size: 64,
+  draft_vocab_size: 40,
+  rms_norm_eps: 1e-5,
+  max_position_embeddings: 64,
+}, "test draft config");
+
+function identityVocab(): VocabMapping {
+  const Vd = CFG.draftVocabSize, V = CFG.vocabSize;
+  return {
+    draftVocabSize: Vd,
+    targetVocabSize: V,
+    d2t: new BigInt64Array(Vd),
+    t2d: Uint8Array.from({ length: V }, (_, i) => i < Vd ? 1 : 0),
+    draftToTarget: Int32Array.from({ length: Vd }, (_, i) => i),
+  };
+}
+
+/** Every distinct tensor reachable in a record. */
+function tensorsOf(x: unknown, out = new Set<Tensor>()): Set<Tensor> {
+  if (x instanceof Tensor) out.add(x);
+  else if (Array.isArray(x)) x.forEach((y) => tensorsOf(y, out));
+  else if (x && typeof x === "object") Object.values(x).forEach((y) => tensorsOf(y, out));
+  return out;
+}
+
+Deno.test(
+  { name: "eagle3 step: the activation record holds exactly the counted bytes", ...needsGpu },
+  async () => {
+    const draft = Eagle3Draft.create(gpu!, CFG, { seed: 1 });
+    const embedding = Tensor.zeros(gpu!, [CFG.vocabSize, CFG.hiddenSize], "f32", "embed");
+    try {
+      for (const train of [true, false]) {
+        const shape = { batch: 2, seqLen: 12, tttLength: 3, train };
+        const step = await buildEagle3Step(draft, { ...shape, embedding, vocab: identityVocab() });
+        try {
+          let bytes = 0;
+          for (const t of tensorsOf(step.activations)) bytes += 4 * t.size;
+          assert.equal(step.activationBytes, bytes, `train=${train}: counted = allocated`);
+          assert.equal(eagle3ActivationBytes(CFG, shape), bytes);
+        } finally {
+          step.destroy();
+        }
+      }
+      const at = (train: boolean, tttLength: number) =>
+        eagle3ActivationBytes(CFG, { batch: 2, seqLen: 12, tttLength, train });
+      assert.ok(at(false, 7) < at(true, 7), "evaluation keeps one position's activations");
+      assert.ok(at(true, 3) < at(true, 7), "training keeps every position's");
+    } finally {
+      embedding.destroy();
+      draft.destroy();
+    }
+  },
+);
+
+Deno.test({
+  name: "eagle3 inference (KV cache, tree attention) equals the training layout at TTT positions 0 and 1",
+  ...needsGpu,
+}, async () => {
+  const g = gpu!, R = 6, H = CFG.hiddenSize, Ht = CFG.targetHiddenSize;
+  const draft = Eagle3Draft.create(g, CFG, { seed: 3 });
+  const embedding = Tensor.fromArray(
+    g,
+    randomArray(CFG.vocabSize * H, 5),
+    [CFG.vocabSize, H],
+    "f32",
+    "embed",
+  );
+  const aux = Tensor.fromArray(g, randomArray(R * 3 * Ht, 6), [R, 3 * Ht], "f32", "aux");
+  const ids0 = Int32Array.from({ length: R }, (_, i) => (7 * i + 3) % CFG.vocabSize);
+  const ids1 = Int32Array.from({ length: R }, (_, i) => (5 * i + 11) % CFG.vocabSize);
+  // Training layout: one sequence of R rows, TTT positions 0 and 1, logits of each position.
+  const shape = { batch: 1, seqLen: R, tttLength: 2, train: false };
+  const p = new Program(g, "ttt positions 0 and 1");
+  const session = new DraftSession(draft, embedding, aux, {
+    maxLen: 16,
+    maxExtendRows: R,
+    topk: 1,
+    numSteps: 2,
+  });
+  try {
+    const act = eagle3Activations((s, dtype, label) => p.scratch(s, dtype, label), CFG, shape);
+    const table = ropeTable(CFG, CFG.headDim, R + 1);
+    act.attention.cos.write(table.cos);
+    act.attention.sin.write(table.sin);
+    const lengths = p.scratch([1], "i32", "lengths");
+    lengths.write(Int32Array.from([R]));
+    const logits: Tensor[] = [];
+    await eagle3FcForward(p, draft, aux, act.fcOut);
+    for (const [k, ids] of [ids0, ids1].entries()) {
+      const idsK = p.scratch([R], "i32", `ids ${k}`);
+      idsK.write(ids);
+      const layer = {
+        ...act.layer[0],
+        ...(k === 0 ? {} : { k: act.attention.kStep, v: act.attention.vStep }),
+      };
+      const out = k === 0 ? act.layer[0].out : act.altOut!;
+      const hidden = k === 0 ? act.fcOut : act.layer[0].out;
+      const attention = new TttAttention(CFG, shape, act.attention, lengths, k, 0);
+      await eagle3LayerForward(p, draft, { ids: idsK, embedding, hidden }, { ...layer, out }, attention);
+      const head = { ...act.head, logits: p.scratch([R, CFG.draftVocabSize], "f32", `logits ${k}`) };
+      await eagle3HeadForward(p, draft, out, head);
+      logits.push(head.logits);
+    }
+    p.run();
+    const want0 = await logits[0].readFloat(), want1 = await logits[1].readFloat();
+    const Vd = CFG.draftVocabSize, row = (x: Float32Array, r: number) => x.subarray(r * Vd, (r + 1) * Vd);
+    // Inference: committed rows one at a time (each extend returns its row's logits), then draft step 1.
+    for (let r = 0; r < R; r++) {
+      const got = await session.extend(r, [r], [ids0[r]]);
+      assertClose(got, row(want0, r), `position 0, row ${r}`, { atol: 1e-5, rtol: 1e-4 });
+    }
+    const got1 = await session.step(1, R, [0], [ids1[R - 1]], [[0]]);
+    assertClose(got1, row(want1, R - 1), "position 1, last row", { atol: 1e-5, rtol: 1e-4 });
+  } finally {
+    session.destroy();
+    p.destroy();
+    for (const t of [embedding, aux]) t.destroy();
+    draft.destroy();
+  }
+});
