@@ -24,11 +24,14 @@ import { Tensor } from "../tensor.ts";
 import type { Eagle3Draft } from "../models/eagle3.ts";
 import {
   type Eagle3Attention,
+  eagle3FcActivations,
   eagle3FcForward,
+  eagle3FinalNorm,
   eagle3HeadActivations,
   eagle3HeadForward,
   eagle3LayerActivations,
   eagle3LayerForward,
+  eagle3LmHead,
   type MakeTensor,
 } from "../models/eagle3_layer.ts";
 import { ropeTable } from "../ops/rope.ts";
@@ -62,7 +65,10 @@ export class DraftSession {
   readonly gpu: Gpu;
   readonly k: Tensor;
   readonly v: Tensor;
-  /** The output hidden states y of the last pass, [max(maxExtendRows, topk), H]. */
+  /**
+   * The states the next draft step consumes, of the last pass's rows: y, or RMSNorm_final(y) for a draft
+   * with DraftConfig.feedNormedHidden [max(maxExtendRows, topk), H].
+   */
   readonly hidden: Tensor;
   /** i32 [2]: committed prefix length, slot where the pass writes its rows. */
   readonly meta: Tensor;
@@ -172,7 +178,8 @@ export class DraftSession {
       const aux = p.scratch([R, 3 * cfg.targetHiddenSize], "f32", "aux");
       const h = p.scratch([R, cfg.hiddenSize], "f32", "fc out");
       await gatherRows(p, this.targetAux, index, aux);
-      await eagle3FcForward(p, this.draft, aux, h);
+      const make: MakeTensor<Tensor> = (shape, dtype, label) => p.scratch(shape, dtype, label);
+      await eagle3FcForward(p, this.draft, aux, h, eagle3FcActivations(make, cfg, R));
       const pass = await this.#layer(p, R, R, index, h, (R - 1) * cfg.hiddenSize, 1);
       // Causal mask over the new rows, fixed for this program.
       pass.mask.write(Uint32Array.from({ length: R * R }, (_, i) => (i % R <= Math.floor(i / R) ? 1 : 0)));
@@ -219,10 +226,16 @@ export class DraftSession {
     const ids = p.scratch([R], "i32", "ids");
     const positions = p.scratch([R], "i32", "positions");
     const mask = p.scratch([R, treeLen], "u32", "mask");
-    const act = eagle3LayerActivations(make, cfg, R, { out: this.hidden.view(0, [R, H]) });
+    // The state the next draft step consumes goes to `hidden`: y, or RMSNorm_final(y) (feedNormedHidden).
+    const fed = this.hidden.view(0, [R, H]), feedNormed = cfg.feedNormedHidden;
+    const act = eagle3LayerActivations(make, cfg, R, feedNormed ? {} : { out: fed });
     const attention = new CachedAttention(this, positions, mask);
     await eagle3LayerForward(p, this.draft, { ids, embedding: this.embedding, hidden: h }, act, attention);
-    // The head's rows of y (a copy: a view at an arbitrary row may break the binding offset alignment).
+    const head = eagle3HeadActivations(make, cfg, headRows);
+    if (feedNormed) {
+      await eagle3FinalNorm(p, this.draft, act.out, { ...head, normed: fed, rstd: make([R], "f32", "rstd") });
+    }
+    // The head's rows of `hidden` (a copy: a view at an arbitrary row may break the binding offset alignment).
     const rows = make([headRows, H], "f32", "head rows");
     await copyStrided(p, this.hidden, rows, {
       count: [1, 1, headRows * H],
@@ -230,8 +243,8 @@ export class DraftSession {
       srcOffset: headOffset,
       dstStrides: [0, 0, 1],
     });
-    const head = eagle3HeadActivations(make, cfg, headRows);
-    await eagle3HeadForward(p, this.draft, rows, head);
+    if (feedNormed) await eagle3LmHead(p, this.draft, rows, head.logits);
+    else await eagle3HeadForward(p, this.draft, rows, head);
     return { program: p, index, ids, positions, mask, logits: head.logits };
   }
 

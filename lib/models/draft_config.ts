@@ -54,7 +54,35 @@ export interface DraftConfig {
   torchDtype: string | null;
   /** `initializer_range` (kept for the export; Eaglet initialises as SpecForge [C], see lib/models/eagle3.ts). */
   initializerRange: number;
+  /**
+   * EAGLE-3.1's `fc_norm`: one RMSNorm (weight `fc_norm.i.weight` [H_t]) on each of the 3 captured target
+   * states before fc (SGLang's `llama_eagle3.py`, SpecForge's `project_hidden_states`).
+   */
+  fcNorm: boolean;
+  /**
+   * The state the next TTT position (or draft step) consumes is the final-normed one, RMSNorm_final(y), not y:
+   * EAGLE-3.1's `norm_output: true` as SGLang and vLLM serve it (see {@link NormOutputMeaning}).
+   */
+  feedNormedHidden: boolean;
+  /**
+   * The logits are lm_head(RMSNorm_final(y)) (true everywhere but SpecForge's `norm_output: false`, whose logits
+   * are lm_head(y)).
+   */
+  headNorm: boolean;
 }
+
+/**
+ * What a config's `norm_output` means. "upstream" (the default): SGLang's and vLLM's EAGLE-3.1, where the
+ * logits always come from the final norm and `norm_output: true` feeds the normed state to the next step
+ * (default false; arXiv 2605.09992, SGLang `llama_eagle3.py`). "specforge": SpecForge's
+ * `LlamaForCausalLMEagle3.compute_logits` (`specforge/modeling/draft/llama3_eagle.py` at a6b6b023), where
+ * `norm_output` only says whether the logits come from the final norm (default true) and the raw state is
+ * always fed back; for parity with drafts trained there.
+ */
+export type NormOutputMeaning = "upstream" | "specforge";
+
+/** The values of {@link NormOutputMeaning}. */
+export const NORM_OUTPUT_MEANINGS = ["upstream", "specforge"] as const;
 
 /** A parsed JSON object. */
 export type Json = Record<string, unknown>;
@@ -95,10 +123,15 @@ function optId(file: string, o: Json, field: string): number | null {
  * Validates a parsed draft config.json (`file` names it in errors). Accepts `architectures`
  * ["LlamaForCausalLMEagle3"] (or none: SpecForge's AutoDraftModelConfig needs it, but hand-written configs
  * often omit it), `num_hidden_layers` 1, `hidden_act` silu; `rope_scaling` or Transformers 5's
- * `rope_parameters`; `eagle_config.eagle_aux_hidden_state_layer_ids` (3 ascending non-negative ids).
- * EAGLE3.1's `fc_norm: true` and `norm_output: false` are refused (not implemented).
+ * `rope_parameters`; `eagle_config.eagle_aux_hidden_state_layer_ids` (3 ascending non-negative ids);
+ * EAGLE-3.1's `fc_norm` and `norm_output`, the latter read with `normOutput`'s meaning (default "upstream",
+ * as SGLang and vLLM read it).
  */
-export function parseDraftConfig(json: unknown, file = "config.json"): DraftConfig {
+export function parseDraftConfig(
+  json: unknown,
+  file = "config.json",
+  normOutput: NormOutputMeaning = "upstream",
+): DraftConfig {
   if (json === null || typeof json !== "object" || Array.isArray(json)) {
     throw new ConfigError(`${file}: not a JSON object`);
   }
@@ -113,8 +146,8 @@ export function parseDraftConfig(json: unknown, file = "config.json"): DraftConf
   if (layers !== 1) fail(file, "num_hidden_layers", `must be 1 for an EAGLE-3 draft, got ${layers}`);
   const act = o.hidden_act ?? "silu";
   if (act !== "silu") fail(file, "hidden_act", `${JSON.stringify(act)} is not supported (silu)`);
-  if (o.fc_norm === true) fail(file, "fc_norm", "true (EAGLE3.1) is not supported");
-  if (o.norm_output === false) fail(file, "norm_output", "false (EAGLE3.1) is not supported");
+  const fcNorm = bool(file, o, "fc_norm", false);
+  const normOut = bool(file, o, "norm_output", normOutput === "specforge");
   const hiddenSize = int(file, o, "hidden_size");
   const numHeads = int(file, o, "num_attention_heads");
   const numKvHeads = int(file, o, "num_key_value_heads", numHeads);
@@ -198,11 +231,26 @@ export function parseDraftConfig(json: unknown, file = "config.json"): DraftConf
     eosTokenId,
     torchDtype: typeof dtype === "string" ? dtype : null,
     initializerRange: num(file, o, "initializer_range", 0.02),
+    fcNorm,
+    feedNormedHidden: normOutput === "upstream" && normOut,
+    headNorm: normOutput === "upstream" || normOut,
   };
 }
 
-/** Reads and validates a draft config.json at `path`; a missing or malformed file is named. */
-export async function loadDraftConfig(path: string): Promise<DraftConfig> {
+function bool(file: string, o: Json, field: string, fallback: boolean): boolean {
+  const v = o[field] ?? fallback;
+  if (typeof v !== "boolean") fail(file, field, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/**
+ * Reads and validates a draft config.json at `path` (`norm_output` read with `normOutput`'s meaning); a
+ * missing or malformed file is named.
+ */
+export async function loadDraftConfig(
+  path: string,
+  normOutput: NormOutputMeaning = "upstream",
+): Promise<DraftConfig> {
   let text: string;
   try {
     text = await Deno.readTextFile(path);
@@ -216,7 +264,7 @@ export async function loadDraftConfig(path: string): Promise<DraftConfig> {
   } catch (e) {
     throw new ConfigError(`${path}: not valid JSON (${(e as Error).message})`);
   }
-  return parseDraftConfig(json, path);
+  return parseDraftConfig(json, path, normOutput);
 }
 
 /** Options of {@link deriveDraftConfig}. */
@@ -262,6 +310,9 @@ export function deriveDraftConfig(target: TargetConfig, opts: DeriveDraftOptions
     eosTokenId: eos.length === 0 ? null : eos.length === 1 ? eos[0] : [...eos],
     torchDtype: target.torchDtype,
     initializerRange: 0.02,
+    fcNorm: false,
+    feedNormedHidden: false,
+    headNorm: true,
   };
 }
 
@@ -354,10 +405,18 @@ export interface DraftConfigJsonOptions {
 /**
  * The config.json of an SGLang export (as SGLang's `LlamaForCausalLMEagle3` loads it): architectures
  * ["LlamaForCausalLMEagle3"], model_type llama, num_hidden_layers 1, tie_word_embeddings false,
- * draft_vocab_size, rope fields, eagle_config when the aux layers are not the default, and torch_dtype = the
- * saved dtype. Parsing the result gives back `cfg`.
+ * draft_vocab_size, rope fields, eagle_config when the aux layers are not the default, torch_dtype = the
+ * saved dtype, and EAGLE-3.1's `fc_norm` / `norm_output` (in SGLang's meaning) when they are not EAGLE-3's.
+ * Parsing the result gives back `cfg`. A draft whose logits skip the final norm (SpecForge's `norm_output:
+ * false`) has no SGLang form and is refused.
  */
 export function draftConfigJson(cfg: DraftConfig, opts: DraftConfigJsonOptions = {}): Json {
+  if (!cfg.headNorm) {
+    throw new ConfigError(
+      "this draft's logits skip the final norm (SpecForge's norm_output: false), which SGLang and vLLM " +
+        "cannot serve (their logits always come from the final norm)",
+    );
+  }
   const out: Json = {
     architectures: ["LlamaForCausalLMEagle3"],
     model_type: "llama",
@@ -383,6 +442,8 @@ export function draftConfigJson(cfg: DraftConfig, opts: DraftConfigJsonOptions =
   if (cfg.padTokenId !== null) out.pad_token_id = cfg.padTokenId;
   if (cfg.bosTokenId !== null) out.bos_token_id = cfg.bosTokenId;
   if (cfg.eosTokenId !== null) out.eos_token_id = cfg.eosTokenId;
+  if (cfg.fcNorm) out.fc_norm = true;
+  if (cfg.fcNorm || cfg.feedNormedHidden) out.norm_output = cfg.feedNormedHidden;
   const ids = cfg.auxLayerIds;
   const dflt = opts.defaultAuxLayers;
   if (ids && !(dflt && dflt.length === ids.length && dflt.every((x, i) => x === ids[i]))) {

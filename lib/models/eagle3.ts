@@ -49,6 +49,7 @@ import { type Eagle3Metrics, eagle3MetricsFrom, STEP_DECAY } from "./eagle3_metr
 import {
   eagle3FcBackward,
   eagle3FcForward,
+  eagle3FinalNormBackward,
   eagle3HeadBackward,
   eagle3HeadForward,
   eagle3LayerBackward,
@@ -79,13 +80,31 @@ export const EAGLE3_PARAM_NAMES = [
   "lm_head.weight",
 ] as const;
 
-/** One of {@link EAGLE3_PARAM_NAMES}. */
-export type Eagle3ParamName = typeof EAGLE3_PARAM_NAMES[number];
+/** EAGLE-3.1's per-state norms before fc (`fc_norm: true`), in capture order. */
+export const FC_NORM_PARAM_NAMES = ["fc_norm.0.weight", "fc_norm.1.weight", "fc_norm.2.weight"] as const;
 
-/** The shape of every parameter of a draft with config `cfg` (all Linear layers without bias). */
-export function eagle3ParamShapes(cfg: DraftConfig): Record<Eagle3ParamName, number[]> {
+/** A parameter of every draft ({@link EAGLE3_PARAM_NAMES}). */
+export type Eagle3CoreParamName = typeof EAGLE3_PARAM_NAMES[number];
+
+/** A parameter of a draft: {@link EAGLE3_PARAM_NAMES}, or one of {@link FC_NORM_PARAM_NAMES} with `fc_norm`. */
+export type Eagle3ParamName = Eagle3CoreParamName | typeof FC_NORM_PARAM_NAMES[number];
+
+/** Something per parameter of a draft: every core parameter, the fc_norm ones when the config has them. */
+export type PerEagle3Param<X> = Record<Eagle3CoreParamName, X> & Partial<Record<Eagle3ParamName, X>>;
+
+/** The parameter names of a draft with config `cfg`, in a fixed order (fc, its norms, midlayer, head). */
+export function eagle3ParamNames(cfg: DraftConfig): Eagle3ParamName[] {
+  const [fc, ...rest] = EAGLE3_PARAM_NAMES;
+  return cfg.fcNorm ? [fc, ...FC_NORM_PARAM_NAMES, ...rest] : [...EAGLE3_PARAM_NAMES];
+}
+
+/**
+ * The shape of every parameter of a draft with config `cfg` (all Linear layers without bias), by name: the
+ * names of {@link eagle3ParamNames}(cfg) and no other.
+ */
+export function eagle3ParamShapes(cfg: DraftConfig): Record<Eagle3CoreParamName | string, number[]> {
   const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
-  return {
+  const shapes: Record<Eagle3CoreParamName | string, number[]> = {
     "fc.weight": [H, 3 * cfg.targetHiddenSize],
     "midlayer.input_layernorm.weight": [H],
     "midlayer.hidden_norm.weight": [H],
@@ -100,6 +119,8 @@ export function eagle3ParamShapes(cfg: DraftConfig): Record<Eagle3ParamName, num
     "norm.weight": [H],
     "lm_head.weight": [cfg.draftVocabSize, H],
   };
+  if (cfg.fcNorm) { for (const name of FC_NORM_PARAM_NAMES) shapes[name] = [cfg.targetHiddenSize]; }
+  return shapes;
 }
 
 /** Host weights by state-dict key. */
@@ -117,8 +138,8 @@ export function initEagle3Weights(cfg: DraftConfig, seed: number): Eagle3Weights
   const rand = mulberry32(seed);
   const shapes = eagle3ParamShapes(cfg);
   const out: Eagle3Weights = new Map();
-  for (const name of EAGLE3_PARAM_NAMES) {
-    const shape = shapes[name];
+  for (const name of eagle3ParamNames(cfg)) {
+    const shape = shapes[name]!;
     const n = shape.reduce((a, b) => a * b, 1);
     const w = new Float32Array(n);
     if (shape.length === 1) {
@@ -154,26 +175,31 @@ export function draftEmbedding(embed: RowSplitMatrix): Tensor {
  */
 export class Eagle3Draft {
   /** Parameters by key (f32, shapes of {@link eagle3ParamShapes}). */
-  readonly params: Record<Eagle3ParamName, Tensor>;
+  readonly params: PerEagle3Param<Tensor>;
   /** Gradients by key, same shapes; training steps ADD into them. */
-  readonly grads: Record<Eagle3ParamName, Tensor>;
+  readonly grads: PerEagle3Param<Tensor>;
+  /** The parameter names of this draft ({@link eagle3ParamNames}). */
+  readonly names: readonly Eagle3ParamName[];
   #zero: Program | null = null;
 
   private constructor(readonly gpu: Gpu, readonly config: DraftConfig) {
     const shapes = eagle3ParamShapes(config);
-    const params = {} as Record<Eagle3ParamName, Tensor>;
-    const grads = {} as Record<Eagle3ParamName, Tensor>;
-    for (const name of EAGLE3_PARAM_NAMES) {
-      params[name] = Tensor.empty(gpu, shapes[name], "f32", `draft ${name}`);
-      grads[name] = Tensor.zeros(gpu, shapes[name], "f32", `draft grad ${name}`);
-    }
-    this.params = params;
-    this.grads = grads;
+    this.names = eagle3ParamNames(config);
+    const make = (zero: boolean, prefix: string) => {
+      const out: Partial<Record<Eagle3ParamName, Tensor>> = {};
+      for (const name of this.names) {
+        const shape = shapes[name]!, label = `${prefix} ${name}`;
+        out[name] = zero ? Tensor.zeros(gpu, shape, "f32", label) : Tensor.empty(gpu, shape, "f32", label);
+      }
+      return out as PerEagle3Param<Tensor>; // every core name is in this.names
+    };
+    this.params = make(false, "draft");
+    this.grads = make(true, "draft grad");
   }
 
   /**
    * A draft with weights from {@link initEagle3Weights}(config, seed) (default seed 0) or from `weights`
-   * (every key of {@link EAGLE3_PARAM_NAMES}, checked), and zero gradients.
+   * (every key of {@link eagle3ParamNames}, checked), and zero gradients.
    */
   static create(
     gpu: Gpu,
@@ -185,16 +211,15 @@ export class Eagle3Draft {
     return d;
   }
 
-  /** [name, parameter, gradient] for every parameter, in {@link EAGLE3_PARAM_NAMES} order. */
+  /** [name, parameter, gradient] for every parameter, in {@link Eagle3Draft.names} order. */
   entries(): Array<[Eagle3ParamName, Tensor, Tensor]> {
-    return EAGLE3_PARAM_NAMES.map((n) => [n, this.params[n], this.grads[n]]);
+    return this.names.map((n) => [n, this.params[n]!, this.grads[n]!]);
   }
 
   /** Copies host weights into the parameters; every key must be present with its exact element count. */
   setWeights(weights: Eagle3Weights): void {
-    for (const name of EAGLE3_PARAM_NAMES) {
+    for (const [name, t] of this.entries()) {
       const w = weights.get(name);
-      const t = this.params[name];
       if (!w) throw new ShapeError(`eagle3 weights: ${name} is missing`);
       if (w.length !== t.size) {
         throw new ShapeError(
@@ -204,7 +229,7 @@ export class Eagle3Draft {
       t.write(w as Float32Array<ArrayBuffer>);
     }
     for (const key of weights.keys()) {
-      if (!(EAGLE3_PARAM_NAMES as readonly string[]).includes(key)) {
+      if (!(this.names as readonly string[]).includes(key)) {
         throw new ShapeError(`eagle3 weights: unexpected key ${key}`);
       }
     }
@@ -213,14 +238,14 @@ export class Eagle3Draft {
   /** Reads every parameter to the host (one sync per tensor). */
   async getWeights(): Promise<Eagle3Weights> {
     const out: Eagle3Weights = new Map();
-    for (const name of EAGLE3_PARAM_NAMES) out.set(name, await this.params[name].readFloat());
+    for (const [name, t] of this.entries()) out.set(name, await t.readFloat());
     return out;
   }
 
   /** Reads every gradient to the host (one sync per tensor). */
   async getGrads(): Promise<Eagle3Weights> {
     const out: Eagle3Weights = new Map();
-    for (const name of EAGLE3_PARAM_NAMES) out.set(name, await this.grads[name].readFloat());
+    for (const [name, , g] of this.entries()) out.set(name, await g.readFloat());
     return out;
   }
 
@@ -228,7 +253,7 @@ export class Eagle3Draft {
   async zeroGradsProgram(): Promise<Program> {
     if (!this.#zero) {
       const p = new Program(this.gpu, "eagle3 zero grads");
-      for (const name of EAGLE3_PARAM_NAMES) await fill(p, this.grads[name], 0);
+      for (const [, , g] of this.entries()) await fill(p, g, 0);
       this.#zero = p;
     }
     return this.#zero;
@@ -242,9 +267,9 @@ export class Eagle3Draft {
   /** Frees parameters, gradients and the zeroing program. */
   destroy(): void {
     this.#zero?.destroy();
-    for (const name of EAGLE3_PARAM_NAMES) {
-      this.params[name].destroy();
-      this.grads[name].destroy();
+    for (const [, t, g] of this.entries()) {
+      t.destroy();
+      g.destroy();
     }
   }
 }
@@ -388,9 +413,12 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
       ...tttKeysOf(act.attention, k),
       out: k % 2 === 0 ? act.layer[0].out : act.altOut!,
     };
-  const hiddenIn = (k: number) => k === 0 ? act.fcOut : layerAt(k - 1).out;
+  // The hidden state position k consumes: h⁰, else the previous position's output (or its normed form).
+  const headAt = (k: number) => act.head[k % act.head.length];
+  const hiddenIn = (k: number) =>
+    k === 0 ? act.fcOut : draft.config.feedNormedHidden ? headAt(k - 1).normed : layerAt(k - 1).out;
 
-  await eagle3FcForward(p, draft, step.aux, act.fcOut);
+  await eagle3FcForward(p, draft, step.aux, act.fcOut, act.fc);
   for (let k = 0; k < K; k++) {
     const teacher = act.teacher[k];
     await teacherRows(p, {
@@ -405,7 +433,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     }, { seqLen: shape.seqLen, position: k });
     const x = { ids: teacher.ids, embedding: opts.embedding, hidden: hiddenIn(k) };
     await eagle3LayerForward(p, draft, x, layerAt(k), attentionAt(k));
-    await eagle3HeadForward(p, draft, layerAt(k).out, act.head);
+    await eagle3HeadForward(p, draft, layerAt(k).out, headAt(k));
     await recordLoss(step, k, opts.accumulationSteps ?? 1);
     const g = act.grads;
     if (g) {
@@ -413,7 +441,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
         p,
         draft,
         act.layer[k].out,
-        act.head,
+        headAt(k),
         g.headNormed,
         g.headOut[k],
         g.layer.normScratch,
@@ -425,12 +453,29 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
 
   await resetTttAttentionGrads(p, g.attention);
   for (let k = K - 1; k >= 0; k--) {
-    // ∂/∂y^k = the head's share + ∂/∂h^{k+1} carried from position k + 1.
-    if (k < K - 1) await add(p, g.headOut[k], g.layer.hidden, g.out);
-    const dOut = k === K - 1 ? g.headOut[k] : g.out;
+    // ∂/∂y^k = the head's share + ∂/∂h^{k+1} carried from position k + 1 (through the final norm when the
+    // normed state was fed).
+    let dOut = g.headOut[k];
+    if (k < K - 1) {
+      let carried = g.layer.hidden;
+      if (g.carried) {
+        await eagle3FinalNormBackward(
+          p,
+          draft,
+          act.layer[k].out,
+          headAt(k),
+          carried,
+          g.carried,
+          g.layer.normScratch,
+        );
+        carried = g.carried;
+      }
+      await add(p, g.headOut[k], carried, g.out);
+      dOut = g.out;
+    }
     await eagle3LayerBackward(p, draft, hiddenIn(k), act.layer[k], dOut, g.layer, attentionAt(k));
   }
-  await eagle3FcBackward(p, draft, step.aux, g.layer.hidden);
+  await eagle3FcBackward(p, draft, step.aux, g.layer.hidden, act.fc, g.fc);
   return step;
 }
 
@@ -439,7 +484,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
  * overwrites them with ∂/∂z = 0.8^k/accumulationSteps · ∂loss_k/∂z.
  */
 async function recordLoss(step: Eagle3Step, k: number, accumulationSteps: number): Promise<void> {
-  const p = step.program, act = step.activations, teacher = act.teacher[k], logits = act.head.logits;
+  const p = step.program, act = step.activations, teacher = act.teacher[k], logits = act.head[0].logits;
   const { seqLen } = step.shape, N = step.shape.batch * seqLen;
   await teacherProbs(p, step.teacherLogits, act.teacherProbs, { seqLen, position: k });
   await argmaxAgreement(p, {

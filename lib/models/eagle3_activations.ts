@@ -10,6 +10,10 @@
  */
 import type { DraftConfig } from "./draft_config.ts";
 import {
+  type Eagle3FcActivations,
+  eagle3FcActivations,
+  type Eagle3FcGrads,
+  eagle3FcGrads,
   type Eagle3HeadActivations,
   eagle3HeadActivations,
   type Eagle3LayerActivations,
@@ -56,6 +60,10 @@ export interface Eagle3StepGrads<T = Tensor> {
   headNormed: T;
   /** ∂/∂y^k in total (head share + ∂/∂h^{k+1} carried back) [B·T, H]. */
   out: T;
+  /** ∂/∂y^k of the next position's share through the final norm (fed normed state only) [B·T, H]. */
+  carried: T | null;
+  /** fc's backward scratch with fc_norm. */
+  fc: Eagle3FcGrads<T> | null;
   /** The midlayer backward's scratch; its `hidden` carries ∂/∂h^k to position k − 1. */
   layer: Eagle3LayerGrads<T>;
   /** The TTT attention's backward scratch and key/value gradient sums. */
@@ -70,6 +78,8 @@ export interface Eagle3Activations<T = Tensor> {
   metrics: T;
   /** Teacher rows per TTT position. */
   teacher: TeacherRows<T>[];
+  /** What fc saves with fc_norm. */
+  fc: Eagle3FcActivations<T> | null;
   /** h⁰ = fc(aux) [B·T, H]. */
   fcOut: T;
   /** The midlayer's saved tensors per TTT position (training), or one record (evaluation). */
@@ -78,8 +88,12 @@ export interface Eagle3Activations<T = Tensor> {
   altOut: T | null;
   /** The keys and values the positions share, RoPE tables, log-sum-exps. */
   attention: TttAttentionTensors<T>;
-  /** Final norm + lm_head of the current position. */
-  head: Eagle3HeadActivations<T>;
+  /**
+   * Final norm + lm_head: one record whose normed rows are overwritten by each position, or, when the
+   * normed state is fed to the next position, one per position (training) or two alternating (evaluation).
+   * All share one logits buffer.
+   */
+  head: Eagle3HeadActivations<T>[];
   /** The teacher distribution p^k over the draft vocabulary [B·T, Vd]. */
   teacherProbs: T;
   /** Each row's loss [B·T]. */
@@ -99,6 +113,8 @@ export function eagle3Activations<T>(
 ): Eagle3Activations<T> {
   const N = s.batch * s.seqLen, K = s.tttLength, H = cfg.hiddenSize;
   const slots = s.train ? K : 1;
+  const headSlots = cfg.feedNormedHidden ? (s.train ? K : 2) : 1;
+  const logits = make([N, cfg.draftVocabSize], "f32", "logits");
   const perPosition = <X>(n: number, f: (k: number) => X) => Array.from({ length: n }, (_, k) => f(k));
   const attention = tttAttentionTensors(make, cfg, s, slots);
   const normed = {
@@ -121,11 +137,16 @@ export function eagle3Activations<T>(
       lossMask: make([N], "f32", `loss_mask_k[${k}]`),
       targetIds: make([N], "i32", `target_k[${k}]`),
     })),
+    fc: eagle3FcActivations(make, cfg, N),
     fcOut: make([N, H], "f32", "fc out"),
     layer,
     altOut: s.train ? null : make([N, H], "f32", "out (alternate)"),
     attention,
-    head: eagle3HeadActivations(make, cfg, N),
+    head: perPosition(
+      headSlots,
+      (k) =>
+        eagle3HeadActivations((shape, dtype, label) => make(shape, dtype, `${label}[${k}]`), cfg, N, logits),
+    ),
     teacherProbs: make([N, cfg.draftVocabSize], "f32", "teacher p_k"),
     rowLoss: make([N], "f32", "row loss"),
     accCounts: make([2], "f32", "acc counts"),
@@ -135,6 +156,8 @@ export function eagle3Activations<T>(
         headOut: perPosition(K, (k) => make([N, H], "f32", `d out (head)[${k}]`)),
         headNormed: make([N, H], "f32", "d final norm"),
         out: make([N, H], "f32", "d out"),
+        carried: cfg.feedNormedHidden ? make([N, H], "f32", "d out (carried)") : null,
+        fc: eagle3FcGrads(make, cfg, N),
         layer: eagle3LayerGrads(make, cfg, N, rmsnormScratchSize(N, H)),
         attention: tttAttentionGrads(make, cfg, s),
       }

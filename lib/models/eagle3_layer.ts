@@ -5,11 +5,14 @@
  * `LlamaDecoderLayer`, `norm`, `lm_head`) and SGLang's `python/sglang/srt/models/llama_eagle3.py` compute the
  * same, on R rows (all f32):
  *
- *   fc:        h⁰ = aux·W_fcᵀ                                aux = the target's 3 captured states [R, 3·H_t]
+ *   fc:        h⁰ = [RMSNorm_i(aux_i)]_i · W_fcᵀ               aux = the target's 3 captured states [R, 3·H_t];
+ *              the per-state norms only with EAGLE-3.1's fc_norm (SpecForge `project_hidden_states`)
  *   midlayer:  a = [RMSNorm_in(embed(u)), RMSNorm_hid(h)]     [R, 2H], embedding first
  *              q, k, v = a·W_{q,k,v}ᵀ;  att = attention(RoPE(q), RoPE(k), v)   (the caller's {@link Eagle3Attention})
  *              r = h + att·W_oᵀ;  y = r + down(silu(gate(n)) ⊙ up(n)),  n = RMSNorm_post(r)
- *   head:      z = lm_head(RMSNorm_final(y)) over the draft vocabulary [R, Vd]
+ *   head:      z = lm_head(RMSNorm_final(y)) over the draft vocabulary [R, Vd] (lm_head(y) for SpecForge's
+ *              norm_output: false); the next position consumes y, or RMSNorm_final(y) with EAGLE-3.1's
+ *              norm_output: true as SGLang serves it (DraftConfig.feedNormedHidden)
  *
  * Which keys a row attends and at which position its RoPE is taken is the only thing that differs between
  * training (the TTT prefix + diagonal pattern) and inference (a KV cache with a tree mask), so the layer takes
@@ -20,12 +23,12 @@
 import type { Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { linear, linearBackward } from "../ops/matmul.ts";
-import { rmsnormBackward, rmsnormForward } from "../ops/rmsnorm.ts";
+import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import { swigluBackward, swigluForward } from "../ops/swiglu.ts";
 import { embeddingForward } from "../ops/embedding.ts";
 import { accumulate, copyColumns, copyStrided } from "../ops/elementwise.ts";
 import type { DraftConfig } from "./draft_config.ts";
-import type { Eagle3Draft } from "./eagle3.ts";
+import { type Eagle3Draft, FC_NORM_PARAM_NAMES } from "./eagle3.ts";
 
 /** Makes one named tensor of a layout: a GPU allocation, or (for counting) just its size. */
 export type MakeTensor<T> = (shape: number[], dtype: "f32" | "i32", label: string) => T;
@@ -177,16 +180,122 @@ export interface Eagle3Attention {
   backward?(p: Program, dAtt: Tensor, saved: { q: Tensor; att: Tensor }): Promise<QkvGrads>;
 }
 
-/** h⁰ = fc(aux): the projection of the target's captured states [R, 3·H_t] to the draft's width [R, H]. */
-export async function eagle3FcForward(p: Program, draft: Eagle3Draft, aux: Tensor, hidden: Tensor) {
-  await linear(p, aux, draft.params["fc.weight"], hidden);
+/** What fc saves with EAGLE-3.1's fc_norm (null without): the captured states, each normed, R rows. */
+export interface Eagle3FcActivations<T = Tensor> {
+  /** Each captured state aux_i as a contiguous copy [R, H_t] (the norm's backward reads it). */
+  states: T[];
+  /** 1/rms of each row of aux_i [R]. */
+  rstd: T[];
+  /** RMSNorm_i(aux_i) [R, H_t] (scratch, one at a time). */
+  normedState: T;
+  /** [RMSNorm_0(aux_0), RMSNorm_1(aux_1), RMSNorm_2(aux_2)] [R, 3·H_t], fc's input. */
+  normed: T;
 }
 
-/** Adds ∂/∂W_fc of h⁰ = fc(aux) for ∂/∂h⁰ = `dHidden` (aux is frozen: no input gradient). */
-export async function eagle3FcBackward(p: Program, draft: Eagle3Draft, aux: Tensor, dHidden: Tensor) {
-  await linearBackward(p, dHidden, aux, draft.params["fc.weight"], null, draft.grads["fc.weight"], {
-    accumulateDw: true,
-  });
+/** The layout of {@link Eagle3FcActivations} over `rows` rows; null when the config has no fc_norm. */
+export function eagle3FcActivations<T>(
+  make: MakeTensor<T>,
+  cfg: DraftConfig,
+  rows: number,
+): Eagle3FcActivations<T> | null {
+  if (!cfg.fcNorm) return null;
+  const Ht = cfg.targetHiddenSize;
+  return {
+    states: [0, 1, 2].map((i) => make([rows, Ht], "f32", `fc_norm input ${i}`)),
+    rstd: [0, 1, 2].map((i) => make([rows], "f32", `fc_norm rstd ${i}`)),
+    normedState: make([rows, Ht], "f32", "fc_norm out"),
+    normed: make([rows, 3 * Ht], "f32", "fc input (normed)"),
+  };
+}
+
+/** Scratch of fc's backward with fc_norm (null without). */
+export interface Eagle3FcGrads<T = Tensor> {
+  /** ∂/∂(fc's input) [R, 3·H_t]. */
+  normed: T;
+  /** ∂/∂RMSNorm_i(aux_i) [R, H_t]. */
+  normedState: T;
+  /** ∂/∂aux_i [R, H_t] (discarded: the target's states are frozen). */
+  state: T;
+  /** Partials of the fc_norm weight gradients. */
+  normScratch: T;
+}
+
+/** The layout of {@link Eagle3FcGrads}; null when the config has no fc_norm. */
+export function eagle3FcGrads<T>(
+  make: MakeTensor<T>,
+  cfg: DraftConfig,
+  rows: number,
+): Eagle3FcGrads<T> | null {
+  if (!cfg.fcNorm) return null;
+  const Ht = cfg.targetHiddenSize;
+  return {
+    normed: make([rows, 3 * Ht], "f32", "d fc input"),
+    normedState: make([rows, Ht], "f32", "d fc_norm out"),
+    state: make([rows, Ht], "f32", "d fc_norm input (discarded)"),
+    normScratch: make([Math.max(1, rmsnormScratchSize(rows, Ht))], "f32", "fc_norm dw partials"),
+  };
+}
+
+/** Copies column block i (width H_t) of x [R, 3·H_t] into `block` [R, H_t] ("out"), or back ("into"). */
+function stateBlock(p: Program, x: Tensor, block: Tensor, i: number, dir: "out" | "into"): Promise<void> {
+  const [rows, Ht] = block.shape;
+  const wide = { strides: [0, 3 * Ht, 1] as [number, number, number], offset: i * Ht };
+  const narrow: [number, number, number] = [0, Ht, 1];
+  return dir === "out"
+    ? copyStrided(p, x, block, {
+      count: [1, rows, Ht],
+      srcStrides: wide.strides,
+      srcOffset: wide.offset,
+      dstStrides: narrow,
+    })
+    : copyStrided(p, block, x, {
+      count: [1, rows, Ht],
+      srcStrides: narrow,
+      dstStrides: wide.strides,
+      dstOffset: wide.offset,
+    });
+}
+
+/**
+ * h⁰ = fc(aux): the projection of the target's captured states [R, 3·H_t] to the draft's width [R, H], each
+ * state RMS-normed first with EAGLE-3.1's fc_norm (`f` holds what that saves).
+ */
+export async function eagle3FcForward(
+  p: Program,
+  draft: Eagle3Draft,
+  aux: Tensor,
+  hidden: Tensor,
+  f: Eagle3FcActivations | null,
+): Promise<void> {
+  if (!f) return await linear(p, aux, draft.params["fc.weight"], hidden);
+  const eps = { eps: draft.config.rmsNormEps };
+  for (const [i, name] of FC_NORM_PARAM_NAMES.entries()) {
+    await stateBlock(p, aux, f.states[i], i, "out");
+    await rmsnormForward(p, f.states[i], draft.params[name]!, f.normedState, f.rstd[i], eps);
+    await stateBlock(p, f.normed, f.normedState, i, "into");
+  }
+  await linear(p, f.normed, draft.params["fc.weight"], hidden);
+}
+
+/** Adds ∂/∂W_fc (and the fc_norm weights') of {@link eagle3FcForward} for ∂/∂h⁰ = `dHidden` (aux is frozen). */
+export async function eagle3FcBackward(
+  p: Program,
+  draft: Eagle3Draft,
+  aux: Tensor,
+  dHidden: Tensor,
+  f: Eagle3FcActivations | null,
+  g: Eagle3FcGrads | null,
+): Promise<void> {
+  const W = draft.params, G = draft.grads, acc = { accumulateDw: true };
+  if (!f || !g) return await linearBackward(p, dHidden, aux, W["fc.weight"], null, G["fc.weight"], acc);
+  await linearBackward(p, dHidden, f.normed, W["fc.weight"], g.normed, G["fc.weight"], acc);
+  for (const [i, name] of FC_NORM_PARAM_NAMES.entries()) {
+    await stateBlock(p, g.normed, g.normedState, i, "out");
+    await rmsnormBackward(p, g.normedState, f.states[i], W[name]!, f.rstd[i], g.state, G[name]!, {
+      accumulateDw: true,
+      scratch: g.normScratch,
+    });
+  }
 }
 
 /**
@@ -272,7 +381,7 @@ export async function eagle3LayerBackward(
 
 /** What the head (final norm + lm_head) of R rows computes: the normed rows, their rstd and the logits. */
 export interface Eagle3HeadActivations<T = Tensor> {
-  /** RMSNorm_final(y) [R, H]. */
+  /** RMSNorm_final(y) [R, H] (also the next position's input with DraftConfig.feedNormedHidden). */
   normed: T;
   /** 1/rms of each row of y [R]. */
   rstd: T;
@@ -280,29 +389,48 @@ export interface Eagle3HeadActivations<T = Tensor> {
   logits: T;
 }
 
-/** The layout of {@link Eagle3HeadActivations} over `rows` rows. */
+/** The layout of {@link Eagle3HeadActivations} over `rows` rows; `logits` may be shared. */
 export function eagle3HeadActivations<T>(
   make: MakeTensor<T>,
   cfg: DraftConfig,
   rows: number,
+  logits?: T,
 ): Eagle3HeadActivations<T> {
   return {
     normed: make([rows, cfg.hiddenSize], "f32", "final norm"),
     rstd: make([rows], "f32", "rstd final norm"),
-    logits: make([rows, cfg.draftVocabSize], "f32", "logits"),
+    logits: logits ?? make([rows, cfg.draftVocabSize], "f32", "logits"),
   };
 }
 
-/** z = lm_head(RMSNorm_final(y)) of rows y [R, H] into `h.logits` [R, Vd]. */
+/** RMSNorm_final(y) of rows y [R, H] into `h.normed` (and `h.rstd`). */
+export async function eagle3FinalNorm(
+  p: Program,
+  draft: Eagle3Draft,
+  y: Tensor,
+  h: Eagle3HeadActivations,
+): Promise<void> {
+  await rmsnormForward(p, y, draft.params["norm.weight"], h.normed, h.rstd, { eps: draft.config.rmsNormEps });
+}
+
+/**
+ * z = lm_head(RMSNorm_final(y)) of rows y [R, H] into `h.logits` [R, Vd]; z = lm_head(y) when the config's
+ * logits skip the final norm (SpecForge's norm_output: false).
+ */
 export async function eagle3HeadForward(
   p: Program,
   draft: Eagle3Draft,
   y: Tensor,
   h: Eagle3HeadActivations,
 ): Promise<void> {
-  const W = draft.params;
-  await rmsnormForward(p, y, W["norm.weight"], h.normed, h.rstd, { eps: draft.config.rmsNormEps });
-  await linear(p, h.normed, W["lm_head.weight"], h.logits);
+  if (!draft.config.headNorm) return await eagle3LmHead(p, draft, y, h.logits);
+  await eagle3FinalNorm(p, draft, y, h);
+  await eagle3LmHead(p, draft, h.normed, h.logits);
+}
+
+/** z = lm_head(x) of rows x [R, H] into `logits` [R, Vd] (x already through the final norm, or not). */
+export async function eagle3LmHead(p: Program, draft: Eagle3Draft, x: Tensor, logits: Tensor): Promise<void> {
+  await linear(p, x, draft.params["lm_head.weight"], logits);
 }
 
 /**
@@ -318,11 +446,25 @@ export async function eagle3HeadBackward(
   dY: Tensor,
   normScratch: Tensor,
 ): Promise<void> {
-  const W = draft.params, G = draft.grads;
-  await linearBackward(p, h.logits, h.normed, W["lm_head.weight"], dNormed, G["lm_head.weight"], {
-    accumulateDw: true,
-  });
-  await rmsnormBackward(p, dNormed, y, W["norm.weight"], h.rstd, dY, G["norm.weight"], {
+  const W = draft.params, G = draft.grads, acc = { accumulateDw: true };
+  if (!draft.config.headNorm) {
+    return await linearBackward(p, h.logits, y, W["lm_head.weight"], dY, G["lm_head.weight"], acc);
+  }
+  await linearBackward(p, h.logits, h.normed, W["lm_head.weight"], dNormed, G["lm_head.weight"], acc);
+  await eagle3FinalNormBackward(p, draft, y, h, dNormed, dY, normScratch);
+}
+
+/** The backward of {@link eagle3FinalNorm}: ∂/∂y into `dY` from ∂/∂RMSNorm_final(y) = `dNormed`; adds ∂/∂w. */
+export async function eagle3FinalNormBackward(
+  p: Program,
+  draft: Eagle3Draft,
+  y: Tensor,
+  h: Eagle3HeadActivations,
+  dNormed: Tensor,
+  dY: Tensor,
+  normScratch: Tensor,
+): Promise<void> {
+  await rmsnormBackward(p, dNormed, y, draft.params["norm.weight"], h.rstd, dY, draft.grads["norm.weight"], {
     accumulateDw: true,
     scratch: normScratch,
   });

@@ -5,6 +5,7 @@
  * `model.safetensors` with exactly these tensors:
  *
  *   fc.weight                                   [H, 3·H_t]
+ *   fc_norm.{0,1,2}.weight                      [H_t] each (EAGLE-3.1's fc_norm only)
  *   midlayer.hidden_norm.weight                 [H]
  *   midlayer.input_layernorm.weight             [H]
  *   midlayer.post_attention_layernorm.weight    [H]
@@ -31,6 +32,7 @@ import {
   writeSafetensors,
 } from "../io/safetensors.ts";
 import { type DraftConfig, draftConfigJson, parseDraftConfig } from "./draft_config.ts";
+import { eagle3ParamNames, eagle3ParamShapes } from "./eagle3.ts";
 import { type VocabMapping, vocabMappingTensors } from "../data/vocab.ts";
 import { shapeString } from "../tensor.ts";
 
@@ -48,22 +50,8 @@ export class ExportError extends Error {
 
 /** The float weights of an export (the module comment's keys but d2t and t2d) with their shapes for `cfg`. */
 export function draftWeightShapes(cfg: DraftConfig): Map<string, number[]> {
-  const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
-  return new Map<string, number[]>([
-    ["fc.weight", [H, 3 * cfg.targetHiddenSize]],
-    ["midlayer.hidden_norm.weight", [H]],
-    ["midlayer.input_layernorm.weight", [H]],
-    ["midlayer.post_attention_layernorm.weight", [H]],
-    ["midlayer.self_attn.q_proj.weight", [nh * hd, 2 * H]],
-    ["midlayer.self_attn.k_proj.weight", [nkv * hd, 2 * H]],
-    ["midlayer.self_attn.v_proj.weight", [nkv * hd, 2 * H]],
-    ["midlayer.self_attn.o_proj.weight", [H, nh * hd]],
-    ["midlayer.mlp.gate_proj.weight", [I, H]],
-    ["midlayer.mlp.up_proj.weight", [I, H]],
-    ["midlayer.mlp.down_proj.weight", [H, I]],
-    ["norm.weight", [H]],
-    ["lm_head.weight", [cfg.draftVocabSize, H]],
-  ]);
+  const shapes = eagle3ParamShapes(cfg);
+  return new Map(eagle3ParamNames(cfg).map((name) => [name, shapes[name]!]));
 }
 
 /** One weight: f32 values and the shape they have. */

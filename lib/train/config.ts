@@ -56,6 +56,14 @@ export const TRAIN_OPTIONS = {
     help:
       "draft config.json (LlamaForCausalLMEagle3); absent: derived from the target (SpecForge `configs/llama3-8B-eagle3.json` shows one)",
   },
+  "norm-output-semantics": {
+    kind: "choice",
+    choices: ["upstream", "specforge"],
+    default: "upstream",
+    section: "model",
+    help:
+      "what the draft config's EAGLE-3.1 norm_output means: upstream (SGLang and vLLM: true feeds the final-normed state to the next step) or specforge (SpecForge a6b6b023: it only says whether the logits use the final norm); exports are always written in SGLang's meaning",
+  },
   "embedding-key": {
     kind: "string",
     default: DEFAULT_EMBEDDING_KEY,

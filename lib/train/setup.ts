@@ -80,6 +80,7 @@ const RESUME_CONTRACT = [
   "total_steps",
   "max_length",
   "max_grad_norm",
+  "norm_output_semantics",
 ] as const;
 
 /** Resolves the settings `s` into a {@link RunSetup} (reads configs, data, features and the checkpoint). */
@@ -130,7 +131,7 @@ async function resolveResume(s: TrainSettings, note: Note): Promise<LoadedCheckp
 async function resolveDraftConfig(s: TrainSettings, target: TargetConfig, note: Note): Promise<DraftConfig> {
   let cfg: DraftConfig;
   if (s.draftModelConfig) {
-    cfg = await loadDraftConfig(s.draftModelConfig);
+    cfg = await loadDraftConfig(s.draftModelConfig, s.normOutputSemantics);
     if (s.draftVocabSize !== null && s.draftVocabSize !== cfg.draftVocabSize) {
       note(`--draft-vocab-size ${s.draftVocabSize} overrides the draft config's ${cfg.draftVocabSize}`);
       cfg = { ...cfg, draftVocabSize: s.draftVocabSize };

@@ -152,8 +152,20 @@ def midlayer(w, e, h, cache_k, cache_v, k):
     return r + mlp
 
 
-def train_step(w, inp, K):
-    """OnlineEagle3Model.forward + the 0.8^k-weighted loss (LogSoftmaxLoss) and the current trainer's metrics."""
+def project(w, aux, fc_norm=False):
+    """fc(aux); with EAGLE-3.1's fc_norm each captured state aux_i is RMS-normed first (project_hidden_states)."""
+    if fc_norm:
+        aux = torch.cat([rmsnorm(c, w[f"fc_norm.{i}.weight"]) for i, c in enumerate(aux.split(HT, -1))], -1)
+    return aux @ w["fc.weight"].T
+
+
+def train_step(w, inp, K, fc_norm=False, feed_normed=False, head_norm=True):
+    """OnlineEagle3Model.forward + the 0.8^k-weighted loss (LogSoftmaxLoss) and the current trainer's metrics.
+
+    EAGLE-3.1 switches: fc_norm (per-state norms before fc); feed_normed (the next TTT position consumes
+    RMSNorm_final(y), SGLang's norm_output: true); head_norm False (logits from y, SpecForge's norm_output:
+    false at a6b6b023). The defaults are EAGLE-3.
+    """
     t2d, d2t = inp["t2d"], inp["d2t"]
     # _compute_target_p teacher (no grad), from the target logits shifted by one.
     target = shift_left(inp["logits"])
@@ -164,13 +176,15 @@ def train_step(w, inp, K):
     p_pad = F.pad(p, (0, 0, 0, K), value=1.0 / VD)
     ids_pad = F.pad(tgt_ids, (0, K), value=0)
     input_ids = shift_left(inp["ids"])
-    h = inp["aux"] @ w["fc.weight"].T
+    h = project(w, inp["aux"], fc_norm)
     cache_k, cache_v = [], []
     plosses, corrects, totals = [], [], []
     for k in range(K):
         e = inp["embed"][input_ids]
-        h = midlayer(w, e, h, cache_k, cache_v, k)
-        z = rmsnorm(h, w["norm.weight"]) @ w["lm_head.weight"].T
+        y = midlayer(w, e, h, cache_k, cache_v, k)
+        normed = rmsnorm(y, w["norm.weight"])
+        z = (normed if head_norm else y) @ w["lm_head.weight"].T
+        h = normed if feed_normed else y
         p_k = p_pad[:, k: k + T]
         ids_k = ids_pad[:, k: k + T]
         am = z.argmax(-1)

@@ -76,69 +76,83 @@ Deno.test(
   },
 );
 
-Deno.test({
-  name: "eagle3 inference (KV cache, tree attention) equals the training layout at TTT positions 0 and 1",
-  ...needsGpu,
-}, async () => {
-  const g = gpu!, R = 6, H = CFG.hiddenSize, Ht = CFG.targetHiddenSize;
-  const draft = Eagle3Draft.create(g, CFG, { seed: 3 });
-  const embedding = Tensor.fromArray(
-    g,
-    randomArray(CFG.vocabSize * H, 5),
-    [CFG.vocabSize, H],
-    "f32",
-    "embed",
-  );
-  const aux = Tensor.fromArray(g, randomArray(R * 3 * Ht, 6), [R, 3 * Ht], "f32", "aux");
-  const ids0 = Int32Array.from({ length: R }, (_, i) => (7 * i + 3) % CFG.vocabSize);
-  const ids1 = Int32Array.from({ length: R }, (_, i) => (5 * i + 11) % CFG.vocabSize);
-  // Training layout: one sequence of R rows, TTT positions 0 and 1, logits of each position.
-  const shape = { batch: 1, seqLen: R, tttLength: 2, train: false };
-  const p = new Program(g, "ttt positions 0 and 1");
-  const session = new DraftSession(draft, embedding, aux, {
-    maxLen: 16,
-    maxExtendRows: R,
-    topk: 1,
-    numSteps: 2,
+/** The draft configs whose layer wiring differs: EAGLE-3, EAGLE-3.1 as served, SpecForge's norm_output false. */
+const VARIANTS: Array<[string, DraftConfig]> = [
+  ["EAGLE-3", CFG],
+  ["EAGLE-3.1 (fc_norm, normed state fed back)", { ...CFG, fcNorm: true, feedNormedHidden: true }],
+  ["SpecForge norm_output false (logits without the final norm)", { ...CFG, headNorm: false }],
+];
+
+for (const [variant, cfg] of VARIANTS) {
+  Deno.test({
+    name:
+      `eagle3 inference (KV cache, tree attention) equals the training layout at TTT positions 0 and 1: ${variant}`,
+    ...needsGpu,
+  }, async () => {
+    const g = gpu!, R = 6, H = cfg.hiddenSize, Ht = cfg.targetHiddenSize, Vd = cfg.draftVocabSize;
+    const draft = Eagle3Draft.create(g, cfg, { seed: 3 });
+    // Norm weights away from 1, so that a norm applied to the wrong tensor shows.
+    for (const [name, t] of draft.entries()) {
+      if (t.shape.length === 1) {
+        t.write(Float32Array.from(randomArray(t.size, t.size + name.length), (x) => 1 + 0.3 * x));
+      }
+    }
+    const embedding = Tensor.fromArray(
+      g,
+      randomArray(cfg.vocabSize * H, 5),
+      [cfg.vocabSize, H],
+      "f32",
+      "embed",
+    );
+    const aux = Tensor.fromArray(g, randomArray(R * 3 * Ht, 6), [R, 3 * Ht], "f32", "aux");
+    const ids0 = Int32Array.from({ length: R }, (_, i) => (7 * i + 3) % cfg.vocabSize);
+    const ids1 = Int32Array.from({ length: R }, (_, i) => (5 * i + 11) % cfg.vocabSize);
+    // Training layout: one sequence of R rows, TTT positions 0 and 1, logits of each position.
+    const shape = { batch: 1, seqLen: R, tttLength: 2, train: false };
+    const p = new Program(g, "ttt positions 0 and 1");
+    const session = new DraftSession(draft, embedding, aux, {
+      maxLen: 16,
+      maxExtendRows: R,
+      topk: 1,
+      numSteps: 2,
+    });
+    try {
+      const act = eagle3Activations((s, dtype, label) => p.scratch(s, dtype, label), cfg, shape);
+      const table = ropeTable(cfg, cfg.headDim, R + 1);
+      act.attention.cos.write(table.cos);
+      act.attention.sin.write(table.sin);
+      const lengths = p.scratch([1], "i32", "lengths");
+      lengths.write(Int32Array.from([R]));
+      const logits: Tensor[] = [];
+      await eagle3FcForward(p, draft, aux, act.fcOut, act.fc);
+      let hidden = act.fcOut;
+      for (const [k, ids] of [ids0, ids1].entries()) {
+        const idsK = p.scratch([R], "i32", `ids ${k}`);
+        idsK.write(ids);
+        const keys = k === 0 ? {} : { k: act.attention.kStep, v: act.attention.vStep };
+        const layer = { ...act.layer[0], ...keys, out: k === 0 ? act.layer[0].out : act.altOut! };
+        const attention = new TttAttention(cfg, shape, act.attention, lengths, k, 0);
+        await eagle3LayerForward(p, draft, { ids: idsK, embedding, hidden }, layer, attention);
+        const head = { ...act.head[k % act.head.length], logits: p.scratch([R, Vd], "f32", `logits ${k}`) };
+        await eagle3HeadForward(p, draft, layer.out, head);
+        logits.push(head.logits);
+        hidden = cfg.feedNormedHidden ? head.normed : layer.out;
+      }
+      p.run();
+      const want0 = await logits[0].readFloat(), want1 = await logits[1].readFloat();
+      const row = (x: Float32Array, r: number) => x.subarray(r * Vd, (r + 1) * Vd);
+      // Inference: committed rows one at a time (each extend returns its row's logits), then draft step 1.
+      for (let r = 0; r < R; r++) {
+        const got = await session.extend(r, [r], [ids0[r]]);
+        assertClose(got, row(want0, r), `position 0, row ${r}`, { atol: 1e-5, rtol: 1e-4 });
+      }
+      const got1 = await session.step(1, R, [0], [ids1[R - 1]], [[0]]);
+      assertClose(got1, row(want1, R - 1), "position 1, last row", { atol: 1e-5, rtol: 1e-4 });
+    } finally {
+      session.destroy();
+      p.destroy();
+      for (const t of [embedding, aux]) t.destroy();
+      draft.destroy();
+    }
   });
-  try {
-    const act = eagle3Activations((s, dtype, label) => p.scratch(s, dtype, label), CFG, shape);
-    const table = ropeTable(CFG, CFG.headDim, R + 1);
-    act.attention.cos.write(table.cos);
-    act.attention.sin.write(table.sin);
-    const lengths = p.scratch([1], "i32", "lengths");
-    lengths.write(Int32Array.from([R]));
-    const logits: Tensor[] = [];
-    await eagle3FcForward(p, draft, aux, act.fcOut);
-    for (const [k, ids] of [ids0, ids1].entries()) {
-      const idsK = p.scratch([R], "i32", `ids ${k}`);
-      idsK.write(ids);
-      const layer = {
-        ...act.layer[0],
-        ...(k === 0 ? {} : { k: act.attention.kStep, v: act.attention.vStep }),
-      };
-      const out = k === 0 ? act.layer[0].out : act.altOut!;
-      const hidden = k === 0 ? act.fcOut : act.layer[0].out;
-      const attention = new TttAttention(CFG, shape, act.attention, lengths, k, 0);
-      await eagle3LayerForward(p, draft, { ids: idsK, embedding, hidden }, { ...layer, out }, attention);
-      const head = { ...act.head, logits: p.scratch([R, CFG.draftVocabSize], "f32", `logits ${k}`) };
-      await eagle3HeadForward(p, draft, out, head);
-      logits.push(head.logits);
-    }
-    p.run();
-    const want0 = await logits[0].readFloat(), want1 = await logits[1].readFloat();
-    const Vd = CFG.draftVocabSize, row = (x: Float32Array, r: number) => x.subarray(r * Vd, (r + 1) * Vd);
-    // Inference: committed rows one at a time (each extend returns its row's logits), then draft step 1.
-    for (let r = 0; r < R; r++) {
-      const got = await session.extend(r, [r], [ids0[r]]);
-      assertClose(got, row(want0, r), `position 0, row ${r}`, { atol: 1e-5, rtol: 1e-4 });
-    }
-    const got1 = await session.step(1, R, [0], [ids1[R - 1]], [[0]]);
-    assertClose(got1, row(want1, R - 1), "position 1, last row", { atol: 1e-5, rtol: 1e-4 });
-  } finally {
-    session.destroy();
-    p.destroy();
-    for (const t of [embedding, aux]) t.destroy();
-    draft.destroy();
-  }
-});
+}
