@@ -64,6 +64,13 @@ export const TRAIN_OPTIONS = {
     help:
       "what the draft config's EAGLE-3.1 norm_output means: upstream (SGLang and vLLM: true feeds the final-normed state to the next step) or specforge (SpecForge a6b6b023: it only says whether the logits use the final norm); exports are always written in SGLang's meaning",
   },
+  "init-head-from-target": {
+    kind: "bool",
+    default: false,
+    section: "model",
+    help:
+      "start the draft's lm_head from the target's lm_head rows of the draft vocabulary and its norm from the target's final norm (hidden sizes must match); default: SpecForge's random init",
+  },
   "embedding-key": {
     kind: "string",
     default: DEFAULT_EMBEDDING_KEY,

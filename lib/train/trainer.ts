@@ -29,6 +29,7 @@ import type { DraftConfig } from "../models/draft_config.ts";
 import { TargetEnds, TargetModel } from "../models/target.ts";
 import { draftEmbedding, Eagle3Draft } from "../models/eagle3.ts";
 import { eagle3ActivationBytes } from "../models/eagle3_activations.ts";
+import { initEagle3WeightsFromTargetHead } from "../models/eagle3_init.ts";
 import { DataLoader } from "../data/loader.ts";
 import { saveVocabMapping, type VocabMapping } from "../data/vocab.ts";
 import { AdamWOptimizer } from "./optimizer.ts";
@@ -132,7 +133,15 @@ async function train(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   let log: MetricsLog | null = null;
   try {
     const { source, target, embedding } = await openSource(gpu, s, setup, note, owned);
-    const draft = own(owned, Eagle3Draft.create(gpu, setup.draftConfig, { seed: s.seed }));
+    const weights = s.initHeadFromTarget
+      ? await initEagle3WeightsFromTargetHead(
+        setup.draftConfig,
+        s.seed,
+        setup.targetDir,
+        setup.mapping.draftToTarget,
+      )
+      : undefined;
+    const draft = own(owned, Eagle3Draft.create(gpu, setup.draftConfig, { seed: s.seed, weights }));
     const params = draft.entries().map(([name, param, grad]) => ({ name, param, grad }));
     const optimizer = own(owned, await AdamWOptimizer.create(gpu, params, { maxGradNorm: s.maxGradNorm }));
     const K = s.tttLength, vocab = setup.mapping, accumulationSteps = s.draftAccumulationSteps;
