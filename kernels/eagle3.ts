@@ -137,22 +137,28 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 `;
 
-/** Columns of one TTT position's row in the metrics tensor [K, METRIC_COLS]. */
-export const METRIC_COLS = 4;
+/**
+ * Columns of one TTT position's row in the metrics tensor [K, METRIC_COLS]: Σ loss_k·B·T, acc correct, acc
+ * total, Σ B·T, Σ m·α (expected acceptance, kernels/lk_loss.ts), Σ m.
+ */
+export const METRIC_COLS = 6;
 
 /**
- * metrics[k] += (tokens · Σ_r row_loss[r], counts[0], counts[1], tokens): the step's loss_k (row_loss already
- * divided by B·T) weighted by the micro-batch's B·T rows, as SpecForge [H] aggregates ploss_k, and the acc_k
- * numerator and denominator. One workgroup (fixed-shape tree sum: deterministic). Bindings: 0 params
- * {rows, k, tokens}, 1 row_loss [rows], 2 counts [2], 3 metrics [K, 4] (read_write).
+ * metrics[k] += (tokens · Σ_r row_loss[r], counts[0], counts[1], tokens, acceptance[0], acceptance[1]): the
+ * step's loss_k (row_loss already divided by B·T) weighted by the micro-batch's B·T rows, as SpecForge [H]
+ * aggregates ploss_k, the acc_k numerator and denominator, and (when `has_acceptance`) the masked sums of the
+ * expected acceptance α. One workgroup (fixed-shape tree sum: deterministic). Bindings: 0 params
+ * {rows, k, tokens, has_acceptance}, 1 row_loss [rows], 2 counts [2], 3 metrics [K, 6] (read_write),
+ * 4 acceptance [4] (lk stats: Σ m α, Σ m, ...; any buffer when has_acceptance is 0).
  */
 export const metricsAdd = /* wgsl */ `
-struct Params { rows: u32, k: u32, tokens: f32, _pad: u32 }
+struct Params { rows: u32, k: u32, tokens: f32, has_acceptance: u32 }
 ${ROW_REDUCE}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> row_loss: array<f32>;
 @group(0) @binding(2) var<storage, read> counts: array<f32>;
 @group(0) @binding(3) var<storage, read_write> metrics: array<f32>;
+@group(0) @binding(4) var<storage, read> acceptance: array<f32>;
 
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(local_invocation_index) lid: u32) {
@@ -165,6 +171,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     metrics[o + 1u] = metrics[o + 1u] + counts[0];
     metrics[o + 2u] = metrics[o + 2u] + counts[1];
     metrics[o + 3u] = metrics[o + 3u] + p.tokens;
+    if (p.has_acceptance != 0u) {
+      metrics[o + 4u] = metrics[o + 4u] + acceptance[0];
+      metrics[o + 5u] = metrics[o + 5u] + acceptance[1];
+    }
   }
 }
 `;

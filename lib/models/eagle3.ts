@@ -41,6 +41,7 @@ import type { VocabMapping } from "../data/vocab.ts";
 import { mulberry32 } from "../data/random.ts";
 import { ropeTable } from "../ops/rope.ts";
 import { argmaxAgreement, softCrossEntropy } from "../ops/loss.ts";
+import { lkAcceptance, lkGradient, type LkLossOptions } from "../ops/lk_loss.ts";
 import { add, fill } from "../ops/elementwise.ts";
 import { metricsAdd, targetToDraftMap, teacherProbs, teacherRows } from "../ops/eagle3_teacher.ts";
 import type { DraftConfig } from "./draft_config.ts";
@@ -291,8 +292,18 @@ export interface Eagle3StepOptions {
   /** The gradient is of loss / accumulationSteps (default 1). The metrics are not scaled. */
   accumulationSteps?: number;
   /**
+   * Train with an acceptance-targeted LK loss (lib/ops/lk_loss.ts) instead of the KL loss (default null: the
+   * KL loss, as SpecForge). Needs the `teacherMaxSum` input.
+   */
+  lk?: LkLossOptions | null;
+  /**
+   * Measure the expected acceptance α_k (metrics' `acceptance`; needs `teacherMaxSum`). Default: when `lk` is
+   * set or `inputs.teacherMaxSum` is bound.
+   */
+  acceptance?: boolean;
+  /**
    * Input tensors to use instead of allocating them (e.g. the TargetForward's `aux`, `subsetLogits`,
-   * `vocabArgmax`, `ids`, `lengths`), so that nothing is copied; shapes and dtypes are checked.
+   * `vocabArgmax`, `vocabMaxSum`, `ids`, `lengths`), so that nothing is copied; shapes and dtypes are checked.
    */
   inputs?: Partial<Eagle3StepInputs>;
 }
@@ -311,6 +322,11 @@ export interface Eagle3StepInputs {
   teacherLogits: Tensor;
   /** Full-vocabulary argmax of the target logits, i32 [B·T], UNshifted. */
   teacherArgmax: Tensor;
+  /**
+   * The target logits' full-vocabulary running (max, Σ exp(x − max)), f32 [B·T, 2], UNshifted: their
+   * log-sum-exp is max + log Σ (read only for the expected acceptance and the LK losses).
+   */
+  teacherMaxSum: Tensor;
 }
 
 /**
@@ -326,6 +342,7 @@ export class Eagle3Step implements Eagle3StepInputs {
   lossMask!: Tensor;
   teacherLogits!: Tensor;
   teacherArgmax!: Tensor;
+  teacherMaxSum!: Tensor;
   /** Every tensor the step allocated besides its inputs, by name (lib/models/eagle3_activations.ts). */
   readonly activations: Eagle3Activations;
   /** The bytes of {@link Eagle3Step.activations} ({@link eagle3ActivationBytes} of this shape). */
@@ -480,13 +497,14 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
 }
 
 /**
- * Loss and metrics of TTT position k (lib/ops/loss.ts): the agreement reads the logits before the loss
- * overwrites them with ∂/∂z = 0.8^k/accumulationSteps · ∂loss_k/∂z.
+ * Loss and metrics of TTT position k (lib/ops/loss.ts, lib/ops/lk_loss.ts): the agreement and the expected
+ * acceptance read the logits before the loss overwrites them with ∂/∂z = 0.8^k/accumulationSteps ·
+ * ∂loss_k/∂z (the KL loss's, or the LK loss's built on it).
  */
 async function recordLoss(step: Eagle3Step, k: number, accumulationSteps: number): Promise<void> {
   const p = step.program, act = step.activations, teacher = act.teacher[k], logits = act.head[0].logits;
-  const { seqLen } = step.shape, N = step.shape.batch * seqLen;
-  await teacherProbs(p, step.teacherLogits, act.teacherProbs, { seqLen, position: k });
+  const { seqLen, lk, train } = step.shape, N = step.shape.batch * seqLen, position = k;
+  await teacherProbs(p, step.teacherLogits, act.teacherProbs, { seqLen, position });
   await argmaxAgreement(p, {
     logits,
     targetIds: teacher.targetIds,
@@ -494,17 +512,34 @@ async function recordLoss(step: Eagle3Step, k: number, accumulationSteps: number
     counts: act.accCounts,
     perRow: act.accPerRow,
   });
+  const acc = act.acceptance;
+  const lkTensors = acc && {
+    logits,
+    teacherLogits: step.teacherLogits,
+    teacherMaxSum: step.teacherMaxSum,
+    mask: teacher.posMask,
+    alphaS: acc.rows,
+    stats: acc.stats,
+  };
+  if (lkTensors) await lkAcceptance(p, lkTensors, { seqLen, position });
+  const scale = STEP_DECAY ** k / accumulationSteps;
+  const klGrad = act.klGrad ?? logits;
   await softCrossEntropy(p, {
     logits,
     target: act.teacherProbs,
     mask: teacher.posMask,
     rowLoss: act.rowLoss,
-    grad: logits,
+    grad: klGrad,
   }, {
     denominator: N,
-    gradScale: STEP_DECAY ** k / accumulationSteps,
+    gradScale: scale,
   });
-  await metricsAdd(p, act.rowLoss, act.accCounts, act.metrics, { position: k, tokens: N });
+  if (lk && train && lkTensors) await lkGradient(p, lkTensors, klGrad, lk, { seqLen, position, scale });
+  await metricsAdd(p, act.rowLoss, act.accCounts, act.metrics, {
+    position,
+    tokens: N,
+    acceptance: acc?.stats,
+  });
 }
 
 /** Checks the options against the draft config; returns the step's shape. */
@@ -533,7 +568,10 @@ function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3Step
         `config's draft_vocab_size ${cfg.draftVocabSize} and vocab_size ${V}`,
     );
   }
-  return { batch, seqLen, tttLength, train: opts.train ?? true };
+  const lk = opts.lk ?? null;
+  const acceptance = opts.acceptance ?? (lk !== null || opts.inputs?.teacherMaxSum !== undefined);
+  if (lk && !acceptance) throw new ShapeError("eagle3 step: an LK loss needs the acceptance measured");
+  return { batch, seqLen, tttLength, train: opts.train ?? true, lk, acceptance };
 }
 
 /** Binds the given inputs (shapes and dtypes checked) and allocates the others in the step's program. */
@@ -546,6 +584,7 @@ function bindInputs(step: Eagle3Step, given: Partial<Eagle3StepInputs>): void {
     lossMask: [[N], "f32"],
     teacherLogits: [[N, cfg.draftVocabSize], "f32"],
     teacherArgmax: [[N], "i32"],
+    teacherMaxSum: [[N, 2], "f32"],
   };
   for (const name of Object.keys(shapes) as Array<keyof Eagle3StepInputs>) {
     const [shape, dtype] = shapes[name];

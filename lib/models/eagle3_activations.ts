@@ -33,11 +33,16 @@ import {
 import { METRIC_COLS } from "./eagle3_metrics.ts";
 import { rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import type { Tensor } from "../tensor.ts";
+import type { LkLossOptions } from "../ops/lk_loss.ts";
 
 /** The shape of a step: B sequences of T rows, K TTT positions, training or evaluation only. */
 export interface Eagle3StepShape extends TttShape {
   /** Forward + loss + backward (true) or forward and metrics only (false). */
   train: boolean;
+  /** The LK loss the step trains with (lib/ops/lk_loss.ts), null or absent for the KL loss. */
+  lk?: LkLossOptions | null;
+  /** Whether the step measures the expected acceptance α_k (default false). */
+  acceptance?: boolean;
 }
 
 /** The teacher rows of TTT position k (lib/ops/eagle3_teacher.ts `teacherRows`), each [B·T]. */
@@ -101,6 +106,10 @@ export interface Eagle3Activations<T = Tensor> {
   /** Correct and counted rows of the current position [2], and per row [B·T, 2]. */
   accCounts: T;
   accPerRow: T;
+  /** The expected acceptance of the current position: (α, S) per row [B·T, 2] and the masked sums [4]. */
+  acceptance: { rows: T; stats: T } | null;
+  /** The KL gradient the LK loss mixes in [B·T, Vd] (LK training only; else it goes over the logits). */
+  klGrad: T | null;
   /** The backward's tensors (null when evaluating). */
   grads: Eagle3StepGrads<T> | null;
 }
@@ -151,6 +160,10 @@ export function eagle3Activations<T>(
     rowLoss: make([N], "f32", "row loss"),
     accCounts: make([2], "f32", "acc counts"),
     accPerRow: make([N, 2], "f32", "acc per row"),
+    acceptance: s.acceptance || s.lk
+      ? { rows: make([N, 2], "f32", "acceptance per row"), stats: make([4], "f32", "acceptance sums") }
+      : null,
+    klGrad: s.lk && s.train ? make([N, cfg.draftVocabSize], "f32", "KL gradient") : null,
     grads: s.train
       ? {
         headOut: perPosition(K, (k) => make([N, H], "f32", `d out (head)[${k}]`)),

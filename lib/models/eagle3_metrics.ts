@@ -4,9 +4,11 @@
  * `_simulated_acc_len` aggregate them): the unweighted loss ploss_k, the accuracy acc_k, and the simulated
  * acceptance length Σ_k Π_{j≤k} acc_j.
  *
- * The GPU accumulates, per TTT position, four sums ({@link METRIC_COLS} columns of the metrics tensor
- * [K, 4]): Σ loss_k·B·T, the correct rows, the supervised rows, Σ B·T. Numerators and denominators are summed
- * separately across micro-batches before dividing, as SpecForge's current trainer aggregates them.
+ * The GPU accumulates, per TTT position, six sums ({@link METRIC_COLS} columns of the metrics tensor
+ * [K, 6]): Σ loss_k·B·T, the correct rows, the supervised rows, Σ B·T, and, when the step measures it, Σ m·α
+ * and Σ m of the expected acceptance α (SpecForge's `acceptance_rate_k`, lib/ops/lk_loss.ts). Numerators and
+ * denominators are summed separately across micro-batches before dividing, as SpecForge's current trainer
+ * aggregates them.
  */
 import { METRIC_COLS } from "../../kernels/eagle3.ts";
 
@@ -34,6 +36,11 @@ export interface Eagle3Metrics {
   weightedLoss: number;
   /** Simulated acceptance length Σ_k Π_{j≤k} acc_j ({@link simulatedAcceptanceLength}). */
   simulatedAcceptLength: number;
+  /**
+   * The expected acceptance α_k = Σ m·α / Σ m of the draft's distribution against the target's (SpecForge's
+   * `acceptance_rate_k`), or null when the step did not measure it.
+   */
+  acceptance: number[] | null;
 }
 
 /**
@@ -49,7 +56,7 @@ export function simulatedAcceptanceLength(acc: readonly number[]): number {
   return total;
 }
 
-/** Metrics of raw metric sums [K, {@link METRIC_COLS}] (columns Σ loss·B·T, correct, total, Σ B·T). */
+/** Metrics of raw metric sums [K, {@link METRIC_COLS}] (columns as the module comment says). */
 export function eagle3MetricsFrom(
   raw: ArrayLike<number>,
   tttLength: number,
@@ -57,6 +64,8 @@ export function eagle3MetricsFrom(
 ): Eagle3Metrics {
   const ploss: number[] = [], acc: number[] = [], correct: number[] = [], total: number[] = [];
   let weightedLoss = 0;
+  const acceptance: number[] = [];
+  let measured = false;
   for (let k = 0; k < tttLength; k++) {
     const o = k * METRIC_COLS;
     const tokens = raw[o + 3];
@@ -65,6 +74,8 @@ export function eagle3MetricsFrom(
     total.push(raw[o + 2]);
     acc.push(raw[o + 1] / Math.max(raw[o + 2], 1e-6));
     weightedLoss += STEP_DECAY ** k * ploss[k];
+    acceptance.push(raw[o + 4] / Math.max(raw[o + 5], 1e-8));
+    measured ||= raw[o + 5] > 0;
   }
   return {
     microBatches,
@@ -74,5 +85,6 @@ export function eagle3MetricsFrom(
     total,
     weightedLoss,
     simulatedAcceptLength: simulatedAcceptanceLength(acc),
+    acceptance: measured ? acceptance : null,
   };
 }

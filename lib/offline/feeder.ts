@@ -9,6 +9,8 @@
  *                                   stored final hidden (as online); topk: the dense row rebuilt from the
  *                                   top-k log-probabilities plus the evenly spread remaining mass
  *   teacherArgmax [B·T] i32       ← hidden-*: the full-vocabulary argmax of the head; topk: topk_ids[·, 0]
+ *   teacherMaxSum [B·T, 2] f32    ← hidden-*: the head's full-vocabulary (max, Σexp); topk: (0, 1), the
+ *                                   rebuilt rows being full-vocabulary log-probabilities
  *
  * Samples are right-padded to T with zeros like the online collator (SpecForge `specforge/data/utils.py`
  * `DataCollatorWithPadding`); padding rows decode to finite
@@ -53,6 +55,7 @@ export class FeatureFeeder {
   readonly #lengths: Tensor;
   #teacherLogits: Tensor | null = null;
   #teacherArgmax: Tensor | null = null;
+  #teacherMaxSum: Tensor | null = null;
 
   private constructor(
     readonly manifest: FeaturesManifest,
@@ -76,6 +79,7 @@ export class FeatureFeeder {
       lengths: this.#lengths,
       teacherLogits: this.#teacherLogits!,
       teacherArgmax: this.#teacherArgmax!,
+      teacherMaxSum: this.#teacherMaxSum!,
     };
   }
 
@@ -149,6 +153,9 @@ export class FeatureFeeder {
         toDraft,
         out: this.#teacherLogits,
       });
+      // The rebuilt rows are full-vocabulary log-probabilities: their log-sum-exp is 0 = max 0 + log Σ 1.
+      this.#teacherMaxSum = p.scratch([N, 2], "f32", "teacher max/sum (log-probabilities)");
+      this.#teacherMaxSum.write(Float32Array.from({ length: 2 * N }, (_, i) => i % 2));
     } else {
       if (!head) throw new ShapeError("offline features: a hidden-state teacher needs the target's lm_head");
       const final = p.scratch([N, Ht], "f32", "final hidden");
@@ -157,6 +164,7 @@ export class FeatureFeeder {
       const out = await recordHeadOutputs(p, final, head, { subsetIds: draftToTarget, vocabStats: true });
       this.#teacherLogits = out.subsetLogits!;
       this.#teacherArgmax = out.vocabArgmax!;
+      this.#teacherMaxSum = out.vocabMaxSum!;
     }
   }
 

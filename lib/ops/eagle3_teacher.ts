@@ -113,17 +113,22 @@ export async function teacherRows(
 }
 
 /**
- * Records metrics[position] += (tokens·Σ rowLoss, counts[0], counts[1], tokens) into metrics f32 [K, 4]
- * (columns: Σ loss_k·B·T, acc correct, acc total, Σ B·T).
+ * Records metrics[position] += (tokens·Σ rowLoss, counts[0], counts[1], tokens, acceptance[0],
+ * acceptance[1]) into metrics f32 [K, 6] (columns: Σ loss_k·B·T, acc correct, acc total, Σ B·T, Σ m·α, Σ m;
+ * the last two stay as they are without `acceptance`, the LK stats of lib/ops/lk_loss.ts).
  */
 export async function metricsAdd(
   p: Program,
   rowLoss: Tensor,
   counts: Tensor,
   metrics: Tensor,
-  { position, tokens }: { position: number; tokens: number },
+  { position, tokens, acceptance = null }: { position: number; tokens: number; acceptance?: Tensor | null },
 ): Promise<void> {
   const op = "metricsAdd";
+  if (acceptance) {
+    expectDtype(op, "acceptance", acceptance, "f32");
+    expectShape(op, "acceptance", acceptance, [4]);
+  }
   for (const [name, x] of [["rowLoss", rowLoss], ["counts", counts], ["metrics", metrics]] as const) {
     expectDtype(op, name, x, "f32");
   }
@@ -134,7 +139,13 @@ export async function metricsAdd(
   }
   await p.add(
     { name: "eagle3.metrics_add", code: K.metricsAdd, entryPoint: "main" },
-    [params(["u32", rowLoss.size], ["u32", position], ["f32", tokens], ["u32", 0]), rowLoss, counts, metrics],
+    [
+      params(["u32", rowLoss.size], ["u32", position], ["f32", tokens], ["u32", acceptance ? 1 : 0]),
+      rowLoss,
+      counts,
+      metrics,
+      acceptance ?? counts,
+    ],
     1,
   );
 }

@@ -187,6 +187,28 @@ export const TRAIN_OPTIONS = {
     section: "training",
     help: "test-time-training unroll depth K (TTT positions 0..K-1)",
   },
+  "lk-loss-type": {
+    kind: "choice",
+    choices: ["none", "alpha", "lambda"],
+    default: "none",
+    section: "training",
+    help:
+      "acceptance-targeted LK loss (arXiv 2602.23881, SpecForge lk_loss_type): alpha = -mean log(expected acceptance), lambda = a KL/acceptance mix weighted by --kl-scale, --kl-decay; none = SpecForge's KL loss",
+  },
+  "kl-scale": {
+    kind: "float",
+    default: 1,
+    min: 0,
+    section: "training",
+    help: "lambda LK loss: lambda = kl_scale * exp(-kl_decay * mean acceptance)",
+  },
+  "kl-decay": {
+    kind: "float",
+    default: 1,
+    min: 0,
+    section: "training",
+    help: "lambda LK loss: see --kl-scale (SpecForge's YAML default 1; its old CLI and the paper used 3)",
+  },
   "draft-accumulation-steps": {
     kind: "int",
     default: 1,

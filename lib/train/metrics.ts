@@ -38,6 +38,11 @@ export interface MetricsRecord {
   tokensPerSec?: number;
   /** Mean accepted tokens per target forward of real speculative decoding (eval records, when measured). */
   tau?: number;
+  /**
+   * Per-TTT-position expected acceptance α_k of the draft's distribution against the target's (SpecForge's
+   * `acceptance_rate_k`), when the steps measured it.
+   */
+  acceptance?: number[];
   /** Seconds since the run (or the resumed run) started. */
   elapsed: number;
 }
@@ -50,7 +55,17 @@ export function metricsRecord(
   epoch: number,
   elapsed: number,
 ): MetricsRecord {
-  return { split, step: update, epoch, loss: mean(m.ploss), ploss: m.ploss, acc: m.acc, elapsed };
+  const r: MetricsRecord = {
+    split,
+    step: update,
+    epoch,
+    loss: mean(m.ploss),
+    ploss: m.ploss,
+    acc: m.acc,
+    elapsed,
+  };
+  if (m.acceptance) r.acceptance = m.acceptance;
+  return r;
 }
 
 /** A record as the flat JSON object written to the JSONL file (SpecForge's key names). */
@@ -60,6 +75,7 @@ export function recordToJson(r: MetricsRecord): Record<string, number | string> 
   r.ploss.forEach((v, k) => out[`ploss_${k}`] = v);
   r.acc.forEach((v, k) => out[`acc_${k}`] = v);
   out.simulated_acc_len = simulatedAcceptanceLength(r.acc);
+  r.acceptance?.forEach((v, k) => out[`acceptance_rate_${k}`] = v);
   if (r.lr !== undefined) out.lr = r.lr;
   if (r.gradNorm !== undefined) out.grad_norm = r.gradNorm;
   if (r.tokensPerSec !== undefined) out.tokens_per_sec = r.tokensPerSec;
@@ -92,6 +108,7 @@ export function recordFromJson(o: Record<string, unknown>, where: string): Metri
     ...(typeof o.grad_norm === "number" ? { gradNorm: o.grad_norm } : {}),
     ...(typeof o.tokens_per_sec === "number" ? { tokensPerSec: o.tokens_per_sec } : {}),
     ...(typeof o.tau === "number" ? { tau: o.tau } : {}),
+    ...(typeof o.acceptance_rate_0 === "number" ? { acceptance: series("acceptance_rate") } : {}),
     elapsed: typeof o.elapsed === "number" ? o.elapsed : 0,
   };
 }

@@ -81,6 +81,9 @@ const RESUME_CONTRACT = [
   "max_length",
   "max_grad_norm",
   "norm_output_semantics",
+  "lk_loss_type",
+  "kl_scale",
+  "kl_decay",
 ] as const;
 
 /** Resolves the settings `s` into a {@link RunSetup} (reads configs, data, features and the checkpoint). */

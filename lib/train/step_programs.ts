@@ -8,8 +8,9 @@
  */
 import type { Tensor } from "../tensor.ts";
 import type { VocabMapping } from "../data/vocab.ts";
+import type { LkLossOptions } from "../ops/lk_loss.ts";
 import { buildEagle3Step, type Eagle3Draft, type Eagle3Step } from "../models/eagle3.ts";
-import { type Eagle3Metrics, eagle3MetricsFrom } from "../models/eagle3_metrics.ts";
+import { type Eagle3Metrics, eagle3MetricsFrom, METRIC_COLS } from "../models/eagle3_metrics.ts";
 import {
   type BatchFeed,
   type BatchSource,
@@ -28,7 +29,7 @@ export class MetricSums {
 
   /** Sums of `tttLength` TTT positions. */
   constructor(readonly tttLength: number) {
-    this.#sums = new Float64Array(tttLength * 4);
+    this.#sums = new Float64Array(tttLength * METRIC_COLS);
   }
 
   /** Adds `step`'s accumulated sums (one sync) and zeroes its accumulators; nothing when it has not run. */
@@ -66,6 +67,8 @@ export interface StepSettings {
   vocab: VocabMapping;
   /** Micro-batches per optimizer update (the training step's loss is divided by it). */
   accumulationSteps: number;
+  /** The LK loss the training steps use (null: the KL loss). */
+  lk: LkLossOptions | null;
 }
 
 interface Shape<S extends SourcedBatch> {
@@ -151,6 +154,7 @@ export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
       vocab: s.vocab,
       train: split === "train",
       accumulationSteps: s.accumulationSteps,
+      lk: s.lk,
       inputs: feed.inputs,
     });
   }

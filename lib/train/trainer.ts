@@ -30,6 +30,7 @@ import { TargetEnds, TargetModel } from "../models/target.ts";
 import { draftEmbedding, Eagle3Draft } from "../models/eagle3.ts";
 import { eagle3ActivationBytes } from "../models/eagle3_activations.ts";
 import { initEagle3WeightsFromTargetHead } from "../models/eagle3_init.ts";
+import type { LkLossOptions } from "../ops/lk_loss.ts";
 import { DataLoader } from "../data/loader.ts";
 import { saveVocabMapping, type VocabMapping } from "../data/vocab.ts";
 import { AdamWOptimizer } from "./optimizer.ts";
@@ -147,7 +148,7 @@ async function train(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
     const K = s.tttLength, vocab = setup.mapping, accumulationSteps = s.draftAccumulationSteps;
     const programs = own(
       owned,
-      new StepPrograms(source, { draft, tttLength: K, embedding, vocab, accumulationSteps }),
+      new StepPrograms(source, { draft, tttLength: K, embedding, vocab, accumulationSteps, lk: lkOf(s) }),
     );
     const state = setup.resume ? restoreRun(setup.resume, draft, optimizer) : new RunState();
     if (setup.resume) {
@@ -241,6 +242,11 @@ async function openSource(
   return { source, target, embedding: override ?? draftEmbedding(source.embed) };
 }
 
+/** The LK loss of the settings (--lk-loss-type, --kl-scale, --kl-decay), null for SpecForge's KL loss. */
+function lkOf(s: TrainSettings): LkLossOptions | null {
+  return s.lkLossType === "none" ? null : { type: s.lkLossType, klScale: s.klScale, klDecay: s.klDecay };
+}
+
 /** Prints the run's plan and the step's activation memory; returns the activation bytes. */
 function announce(run: Run): number {
   const { settings: s, setup, loader, schedule } = run;
@@ -249,7 +255,14 @@ function announce(run: Run): number {
       `${s.numEpochs} epochs, ${schedule.totalSteps} updates (warmup ${schedule.warmupSteps}), ` +
       `ttt ${s.tttLength}, aux layers [${setup.auxLayers}]`,
   );
-  const shape = { batch: s.batchSize, seqLen: s.maxLength, tttLength: s.tttLength, train: true };
+  const shape = {
+    batch: s.batchSize,
+    seqLen: s.maxLength,
+    tttLength: s.tttLength,
+    train: true,
+    lk: lkOf(s),
+    acceptance: true,
+  };
   const bytes = eagle3ActivationBytes(setup.draftConfig, shape);
   run.note(
     `draft step activations: ${(bytes / 2 ** 20).toFixed(1)} MiB per micro-batch ` +

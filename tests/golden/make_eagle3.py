@@ -159,12 +159,14 @@ def project(w, aux, fc_norm=False):
     return aux @ w["fc.weight"].T
 
 
-def train_step(w, inp, K, fc_norm=False, feed_normed=False, head_norm=True):
+def train_step(w, inp, K, fc_norm=False, feed_normed=False, head_norm=True, lk=None):
     """OnlineEagle3Model.forward + the 0.8^k-weighted loss (LogSoftmaxLoss) and the current trainer's metrics.
 
     EAGLE-3.1 switches: fc_norm (per-state norms before fc); feed_normed (the next TTT position consumes
     RMSNorm_final(y), SGLang's norm_output: true); head_norm False (logits from y, SpecForge's norm_output:
-    false at a6b6b023). The defaults are EAGLE-3.
+    false at a6b6b023). The defaults are EAGLE-3. lk = (type, kl_scale, kl_decay) trains with an LK loss
+    (specforge/core/lk_loss.py compute_lk_loss; arXiv 2602.23881) instead of the KL one; plosses stay the KL
+    losses and train_step.acceptance gets (Σ m·α, Σ m) per position.
     """
     t2d, d2t = inp["t2d"], inp["d2t"]
     # _compute_target_p teacher (no grad), from the target logits shifted by one.
@@ -174,6 +176,9 @@ def train_step(w, inp, K, fc_norm=False, feed_normed=False, head_norm=True):
     pos_mask = t2d[tgt_ids].to(f64) * loss_mask
     p = torch.softmax(target[..., t2d], -1)
     p_pad = F.pad(p, (0, 0, 0, K), value=1.0 / VD)
+    p_on_pad = F.pad(torch.exp(target[..., t2d] - torch.logsumexp(target, -1, keepdim=True)), (0, 0, 0, K))
+    lk_losses = []
+    train_step.acceptance = []
     ids_pad = F.pad(tgt_ids, (0, K), value=0)
     input_ids = shift_left(inp["ids"])
     h = project(w, inp["aux"], fc_norm)
@@ -192,13 +197,25 @@ def train_step(w, inp, K, fc_norm=False, feed_normed=False, head_norm=True):
         totals.append(loss_mask.sum())
         row = -(p_k * torch.log_softmax(z, -1)).sum(-1)
         plosses.append((row * (pos_mask != 0).to(f64)).sum() / (B * T))
+        if lk:
+            m = (pos_mask != 0).to(f64)
+            alpha = torch.minimum(p_on_pad[:, k: k + T], torch.softmax(z, -1)).sum(-1)
+            total = m.sum().clamp(min=1e-8)
+            mean_alpha = (m * alpha).sum() / total
+            train_step.acceptance.append(torch.stack([(m * alpha).sum(), m.sum()]).detach())
+            if lk[0] == "alpha":
+                log_alpha = torch.where(alpha > 0, torch.log(torch.where(alpha > 0, alpha, torch.ones_like(alpha))), 0 * alpha)
+                lk_losses.append(-(m * log_alpha).sum() / total)
+            else:
+                lam = lk[1] * torch.exp(-lk[2] * mean_alpha.detach())
+                lk_losses.append(lam * plosses[-1] + (1 - lam) * (1 - mean_alpha))
         # Logit margins (argmax stability between f32 and f64), rows that count only.
         top2 = z.detach().topk(2, -1).values
         margin = (top2[..., 0] - top2[..., 1])[loss_mask != 0]
         train_step.min_margin = min(train_step.min_margin, margin.min().item())
         if k < K - 1:
             input_ids, pos_mask, loss_mask = shift_left(input_ids), shift_left(pos_mask), shift_left(loss_mask)
-    loss = sum(0.8 ** k * plosses[k] for k in range(K))
+    loss = sum(0.8 ** k * (lk_losses if lk else plosses)[k] for k in range(K))
     return loss, plosses, corrects, totals
 
 

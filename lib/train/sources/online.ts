@@ -31,6 +31,7 @@ class TargetFeed implements BatchFeed {
       lengths: f.lengths,
       teacherLogits: f.subsetLogits!,
       teacherArgmax: f.vocabArgmax!,
+      teacherMaxSum: f.vocabMaxSum!,
     };
   }
 
