@@ -14,7 +14,7 @@ import type { Gpu } from "../gpu/device.ts";
 import { fromFloat32, writeSafetensors } from "../io/safetensors.ts";
 import { TargetModel } from "../models/target.ts";
 import { type DraftConfig, parseDraftConfig } from "../models/draft_config.ts";
-import { buildEagle3Step, draftEmbedding, Eagle3Draft } from "../models/eagle3.ts";
+import { buildEagle3Step, Eagle3Draft } from "../models/eagle3.ts";
 import { identityVocabMapping } from "../data/vocab.ts";
 import { AdamWOptimizer } from "../train/optimizer.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
@@ -141,7 +141,7 @@ async function benchOfflineStep(
     batch: B,
     seqLen: T,
     tttLength: K,
-    embedding: draftEmbedding(o.target.embed),
+    embedding: o.target.embed,
     vocab: o.vocab,
     inputs: feeder.inputs,
   });
@@ -231,7 +231,7 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
       batch: B,
       seqLen: T,
       tttLength: K,
-      embedding: draftEmbedding(target.embed),
+      embedding: target.embed,
       vocab,
       train: true,
       inputs: {

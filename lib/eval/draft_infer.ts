@@ -21,7 +21,8 @@ import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
-import type { Eagle3Draft } from "../models/eagle3.ts";
+import { checkEmbedding, type Eagle3Draft } from "../models/eagle3.ts";
+import { asRowSplit, type RowSplitMatrix } from "../ops/row_split.ts";
 import {
   type Eagle3Attention,
   eagle3FcActivations,
@@ -84,18 +85,13 @@ export class DraftSession {
    */
   constructor(
     readonly draft: Eagle3Draft,
-    readonly embedding: Tensor,
+    readonly embedding: Tensor | RowSplitMatrix,
     readonly targetAux: Tensor,
     readonly opts: DraftSessionOptions,
   ) {
     const gpu = this.gpu = draft.gpu;
     const cfg = draft.config;
-    if (embedding.shape[0] !== cfg.vocabSize || embedding.shape[1] !== cfg.hiddenSize) {
-      throw new ShapeError(
-        `draft session: embedding [${embedding.shape}] does not match the draft's vocab_size ${cfg.vocabSize} × ` +
-          `hidden_size ${cfg.hiddenSize}`,
-      );
-    }
+    checkEmbedding("draft session", embedding, cfg);
     if (targetAux.shape[1] !== 3 * cfg.targetHiddenSize) {
       throw new ShapeError(
         `draft session: target aux [${targetAux.shape}] is not 3 × target_hidden_size ${cfg.targetHiddenSize}`,
@@ -230,7 +226,8 @@ export class DraftSession {
     const fed = this.hidden.view(0, [R, H]), feedNormed = cfg.feedNormedHidden;
     const act = eagle3LayerActivations(make, cfg, R, feedNormed ? {} : { out: fed });
     const attention = new CachedAttention(this, positions, mask);
-    await eagle3LayerForward(p, this.draft, { ids, embedding: this.embedding, hidden: h }, act, attention);
+    const embedding = asRowSplit(this.embedding);
+    await eagle3LayerForward(p, this.draft, { ids, embedding, hidden: h }, act, attention);
     const head = eagle3HeadActivations(make, cfg, headRows);
     if (feedNormed) {
       await eagle3FinalNorm(p, this.draft, act.out, { ...head, normed: fed, rstd: make([R], "f32", "rstd") });

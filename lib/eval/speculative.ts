@@ -22,7 +22,7 @@
 import { ShapeError } from "../gpu/errors.ts";
 import { mulberry32 } from "../data/random.ts";
 import type { TargetModel } from "../models/target.ts";
-import { draftEmbedding, type Eagle3Draft } from "../models/eagle3.ts";
+import type { Eagle3Draft } from "../models/eagle3.ts";
 import { argmax, Generator, samplingProbs } from "../models/generate.ts";
 import { DraftSession } from "./draft_infer.ts";
 import { TargetSession } from "./target_infer.ts";
@@ -239,7 +239,7 @@ export class SpeculativeDecoder {
     const auxRows = Math.ceil(rows / ROUNDING) * ROUNDING;
     this.target.checkPositions(0, Math.min(needed, promptLen + maxNewTokens + numSteps));
     const target = new TargetSession(this.target, maxLen, auxRows);
-    const draft = new DraftSession(this.draft, draftEmbedding(this.target.embed), target.aux, {
+    const draft = new DraftSession(this.draft, this.target.embed, target.aux, {
       maxLen,
       maxExtendRows: auxRows,
       topk,

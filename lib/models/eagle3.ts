@@ -45,7 +45,7 @@ import { lkAcceptance, lkGradient, type LkLossOptions } from "../ops/lk_loss.ts"
 import { add, fill } from "../ops/elementwise.ts";
 import { metricsAdd, targetToDraftMap, teacherProbs, teacherRows } from "../ops/eagle3_teacher.ts";
 import type { DraftConfig } from "./draft_config.ts";
-import type { RowSplitMatrix } from "./target.ts";
+import { asRowSplit, type RowSplitMatrix } from "../ops/row_split.ts";
 import { type Eagle3Metrics, eagle3MetricsFrom, STEP_DECAY } from "./eagle3_metrics.ts";
 import {
   eagle3FcBackward,
@@ -152,22 +152,6 @@ export function initEagle3Weights(cfg: DraftConfig, seed: number): Eagle3Weights
     out.set(name, w);
   }
   return out;
-}
-
-/**
- * The frozen embedding the draft shares with the target (SpecForge `load_embedding` + `freeze_embedding`), as
- * one tensor [V, H]: the target model's
- * `embed` matrix. Throws when it is row-split into several blocks (vocabularies whose embedding exceeds
- * the device's binding limit are not supported by the draft step yet).
- */
-export function draftEmbedding(embed: RowSplitMatrix): Tensor {
-  if (embed.blocks.length !== 1) {
-    throw new ShapeError(
-      `eagle3: the target embedding [${embed.rows}, ${embed.cols}] is split into ${embed.blocks.length} blocks ` +
-        `(larger than the device's maxStorageBufferBindingSize); the draft step needs it as one tensor`,
-    );
-  }
-  return embed.blocks[0].tensor;
 }
 
 /**
@@ -283,8 +267,11 @@ export interface Eagle3StepOptions {
   seqLen: number;
   /** K: TTT steps (SpecForge's ttt_length, default 7). */
   tttLength: number;
-  /** The target's frozen embedding [V, H] (f32, f16 or bf16), e.g. {@link draftEmbedding}(target.embed). */
-  embedding: Tensor;
+  /**
+   * The frozen embedding the draft shares with the target [V, H] (f32, f16 or bf16; SpecForge
+   * `load_embedding` + `freeze_embedding`): the target's `embed`, one tensor or row blocks.
+   */
+  embedding: Tensor | RowSplitMatrix;
   /** The draft ↔ target vocabulary mapping (d2t, t2d; lib/data/vocab.ts). */
   vocab: VocabMapping;
   /** Forward + loss + backward (default true); false = forward and metrics only (evaluation). */
@@ -448,7 +435,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
       lossMaskK: teacher.lossMask,
       targetK: teacher.targetIds,
     }, { seqLen: shape.seqLen, position: k });
-    const x = { ids: teacher.ids, embedding: opts.embedding, hidden: hiddenIn(k) };
+    const x = { ids: teacher.ids, embedding: asRowSplit(opts.embedding), hidden: hiddenIn(k) };
     await eagle3LayerForward(p, draft, x, layerAt(k), attentionAt(k));
     await eagle3HeadForward(p, draft, layerAt(k).out, headAt(k));
     await recordLoss(step, k, opts.accumulationSteps ?? 1);
@@ -542,6 +529,20 @@ async function recordLoss(step: Eagle3Step, k: number, accumulationSteps: number
   });
 }
 
+/** Throws unless `embedding` is [vocab_size, hidden_size] of `cfg`; `where` starts the message. */
+export function checkEmbedding(where: string, embedding: Tensor | RowSplitMatrix, cfg: DraftConfig): void {
+  const m = asRowSplit(embedding), V = cfg.vocabSize, H = cfg.hiddenSize;
+  const is2d = "blocks" in embedding || embedding.shape.length === 2;
+  if (!is2d || m.rows !== V || m.cols !== H) {
+    const what = "blocks" in embedding
+      ? `[${m.rows}, ${m.cols}] in ${m.blocks.length} blocks`
+      : `(${embedding.label}) ${shapeString(embedding.shape)}`;
+    throw new ShapeError(
+      `${where}: embedding ${what} does not match the draft config's vocab_size ${V} × hidden_size ${H}`,
+    );
+  }
+}
+
 /** Checks the options against the draft config; returns the step's shape. */
 function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3StepShape {
   const { batch, seqLen, tttLength } = opts;
@@ -554,18 +555,12 @@ function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3Step
   if (!(accum >= 1 && Number.isInteger(accum))) {
     throw new ShapeError(`eagle3 step: accumulationSteps must be a positive integer, got ${accum}`);
   }
-  const emb = opts.embedding, V = cfg.vocabSize, H = cfg.hiddenSize;
-  if (emb.shape.length !== 2 || emb.shape[0] !== V || emb.shape[1] !== H) {
-    throw new ShapeError(
-      `eagle3 step: embedding (${emb.label}) ${shapeString(emb.shape)} does not match the draft config's ` +
-        `vocab_size ${V} × hidden_size ${H}`,
-    );
-  }
+  checkEmbedding("eagle3 step", opts.embedding, cfg);
   const vocab = opts.vocab;
-  if (vocab.draftVocabSize !== cfg.draftVocabSize || vocab.targetVocabSize !== V) {
+  if (vocab.draftVocabSize !== cfg.draftVocabSize || vocab.targetVocabSize !== cfg.vocabSize) {
     throw new ShapeError(
       `eagle3 step: vocab mapping ${vocab.draftVocabSize} → ${vocab.targetVocabSize} does not match the draft ` +
-        `config's draft_vocab_size ${cfg.draftVocabSize} and vocab_size ${V}`,
+        `config's draft_vocab_size ${cfg.draftVocabSize} and vocab_size ${cfg.vocabSize}`,
     );
   }
   const lk = opts.lk ?? null;

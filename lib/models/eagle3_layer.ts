@@ -25,7 +25,7 @@ import type { Tensor } from "../tensor.ts";
 import { linear, linearBackward } from "../ops/matmul.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import { swigluBackward, swigluForward } from "../ops/swiglu.ts";
-import { embeddingForward } from "../ops/embedding.ts";
+import { embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
 import { accumulate, copyColumns, copyStrided } from "../ops/elementwise.ts";
 import type { DraftConfig } from "./draft_config.ts";
 import { type Eagle3Draft, FC_NORM_PARAM_NAMES } from "./eagle3.ts";
@@ -299,19 +299,19 @@ export async function eagle3FcBackward(
 }
 
 /**
- * One midlayer pass: tokens `ids` [R] (looked up in the frozen `embedding` [V, H]) and input hidden
+ * One midlayer pass: tokens `ids` [R] (looked up in the frozen `embedding` [V, H], row blocks) and input hidden
  * `hidden` [R, H] → `a.out` [R, H], saving what the backward reads in `a`.
  */
 export async function eagle3LayerForward(
   p: Program,
   draft: Eagle3Draft,
-  x: { ids: Tensor; embedding: Tensor; hidden: Tensor },
+  x: { ids: Tensor; embedding: RowSplitMatrix; hidden: Tensor },
   a: Eagle3LayerActivations,
   attention: Eagle3Attention,
 ): Promise<void> {
   const W = draft.params, H = draft.config.hiddenSize;
   const eps = { eps: draft.config.rmsNormEps };
-  await embeddingForward(p, x.ids, x.embedding, a.embed);
+  await embeddingRows(p, x.embedding, x.ids, a.embed);
   await rmsnormForward(p, a.embed, W["midlayer.input_layernorm.weight"], a.normedEmbed, a.rstdEmbed, eps);
   await copyColumns(p, a.normedEmbed, a.attnInput, 0);
   await rmsnormForward(p, x.hidden, W["midlayer.hidden_norm.weight"], a.normedHidden, a.rstdHidden, eps);

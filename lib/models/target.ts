@@ -28,23 +28,12 @@ import { rmsnormForward } from "../ops/rmsnorm.ts";
 import { ropeForward, ropeTable } from "../ops/rope.ts";
 import { attentionForward } from "../ops/attention.ts";
 import { swigluForward } from "../ops/swiglu.ts";
-import { embeddingForward } from "../ops/embedding.ts";
-import { accumulate, addBias, copyColumns, copyStrided, fill, shiftIds } from "../ops/elementwise.ts";
+import { addBias, copyColumns, copyStrided } from "../ops/elementwise.ts";
 import { vocabStatsMerge } from "../ops/vocab_stats.ts";
 import { topkMerge } from "../ops/features.ts";
+import { embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
 
-/** A matrix stored as row blocks, each small enough to bind (embedding and lm_head of big vocabularies). */
-export interface RowSplitMatrix {
-  /** Total rows of the whole matrix (e.g. the vocabulary size V). */
-  rows: number;
-  /** Columns of every row (e.g. the hidden size H). */
-  cols: number;
-  /**
-   * The row blocks in order: `tensor` holds rows [row0, row0 + tensor.shape[0]) in the checkpoint's stored
-   * dtype.
-   */
-  blocks: Array<{ row0: number; tensor: Tensor }>;
-}
+export type { RowSplitMatrix };
 
 /** GPU weights of one decoder layer; optional tensors are null when the architecture has none. */
 export interface TargetLayerWeights {
@@ -532,7 +521,7 @@ export async function recordTrunk(p: Program, model: TargetModel, a: TrunkArgs):
   const H = cfg.hiddenSize, hd = cfg.headDim, nh = cfg.numHeads, nkv = cfg.numKvHeads;
   model.checkPositions(a.positionOffset, T);
   const x = p.scratch([B * T, H], "f32", "residual");
-  await recordEmbedding(p, model.embed, a.ids, x);
+  await embeddingRows(p, model.embed, a.ids, x);
   const s = layerScratch(p, cfg, [B, T]);
   const lse = p.scratch([B, nh, T], "f32", "attention lse");
   const rope = { positionOffset: a.positionOffset };
@@ -663,24 +652,6 @@ export async function recordDecoderLayer(
 async function projection(p: Program, x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): Promise<void> {
   await linear(p, x, w, out);
   if (bias) await addBias(p, out, bias);
-}
-
-/** out[r] = table[ids[r]] for a row-split table: each block contributes the rows it holds. */
-async function recordEmbedding(p: Program, table: RowSplitMatrix, ids: Tensor, out: Tensor): Promise<void> {
-  if (table.blocks.length === 1) {
-    await embeddingForward(p, ids, table.blocks[0].tensor, out);
-    return;
-  }
-  // Several blocks: ids outside a block give zero rows, so the blocks' lookups (with ids shifted by the
-  // block's first row) sum to the full lookup.
-  const shifted = p.scratch(ids.shape, "i32", "block ids");
-  const part = p.scratch(out.shape, "f32", "block rows");
-  await fill(p, out, 0);
-  for (const { row0, tensor } of table.blocks) {
-    await shiftIds(p, ids, shifted, -row0);
-    await embeddingForward(p, shifted, tensor, part);
-    await accumulate(p, out, part);
-  }
 }
 
 /**

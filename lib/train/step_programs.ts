@@ -9,6 +9,7 @@
 import type { Tensor } from "../tensor.ts";
 import type { VocabMapping } from "../data/vocab.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
+import type { RowSplitMatrix } from "../ops/row_split.ts";
 import { buildEagle3Step, type Eagle3Draft, type Eagle3Step } from "../models/eagle3.ts";
 import { type Eagle3Metrics, eagle3MetricsFrom, METRIC_COLS } from "../models/eagle3_metrics.ts";
 import {
@@ -62,7 +63,7 @@ export interface StepSettings {
   /** K: TTT positions. */
   tttLength: number;
   /** The draft's frozen embedding. */
-  embedding: Tensor;
+  embedding: Tensor | RowSplitMatrix;
   /** The draft ↔ target vocabulary mapping. */
   vocab: VocabMapping;
   /** Micro-batches per optimizer update (the training step's loss is divided by it). */

@@ -27,10 +27,11 @@ import type { Tensor } from "../tensor.ts";
 import { ConfigError } from "../models/config.ts";
 import type { DraftConfig } from "../models/draft_config.ts";
 import { TargetEnds, TargetModel } from "../models/target.ts";
-import { draftEmbedding, Eagle3Draft } from "../models/eagle3.ts";
+import { Eagle3Draft } from "../models/eagle3.ts";
 import { eagle3ActivationBytes } from "../models/eagle3_activations.ts";
 import { initEagle3WeightsFromTargetHead } from "../models/eagle3_init.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
+import type { RowSplitMatrix } from "../ops/row_split.ts";
 import { DataLoader } from "../data/loader.ts";
 import { saveVocabMapping, type VocabMapping } from "../data/vocab.ts";
 import { AdamWOptimizer } from "./optimizer.ts";
@@ -221,7 +222,7 @@ async function openSource(
   setup: RunSetup,
   note: Note,
   owned: Array<{ destroy(): void }>,
-): Promise<{ source: BatchSource; target: TargetModel | null; embedding: Tensor }> {
+): Promise<{ source: BatchSource; target: TargetModel | null; embedding: Tensor | RowSplitMatrix }> {
   const d2t = setup.mapping.draftToTarget;
   let source: OnlineSource | OfflineSource, target: TargetModel | null = null;
   if (setup.offline) {
@@ -239,7 +240,7 @@ async function openSource(
       "--eval-spec-samples: offline training has no target forward; tau is not measured (use deno task eval)",
     );
   }
-  return { source, target, embedding: override ?? draftEmbedding(source.embed) };
+  return { source, target, embedding: override ?? source.embed };
 }
 
 /** The LK loss of the settings (--lk-loss-type, --kl-scale, --kl-decay), null for SpecForge's KL loss. */

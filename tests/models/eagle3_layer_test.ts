@@ -12,6 +12,7 @@ import { eagle3ActivationBytes, eagle3Activations } from "../../lib/models/eagle
 import { eagle3FcForward, eagle3HeadForward, eagle3LayerForward } from "../../lib/models/eagle3_layer.ts";
 import { TttAttention } from "../../lib/models/eagle3_ttt_attention.ts";
 import { ropeTable } from "../../lib/ops/rope.ts";
+import { asRowSplit } from "../../lib/ops/row_split.ts";
 import { DraftSession } from "../../lib/eval/draft_infer.ts";
 import type { VocabMapping } from "../../lib/data/vocab.ts";
 
@@ -132,7 +133,13 @@ for (const [variant, cfg] of VARIANTS) {
         const keys = k === 0 ? {} : { k: act.attention.kStep, v: act.attention.vStep };
         const layer = { ...act.layer[0], ...keys, out: k === 0 ? act.layer[0].out : act.altOut! };
         const attention = new TttAttention(cfg, shape, act.attention, lengths, k, 0);
-        await eagle3LayerForward(p, draft, { ids: idsK, embedding, hidden }, layer, attention);
+        await eagle3LayerForward(
+          p,
+          draft,
+          { ids: idsK, embedding: asRowSplit(embedding), hidden },
+          layer,
+          attention,
+        );
         const head = { ...act.head[k % act.head.length], logits: p.scratch([R, Vd], "f32", `logits ${k}`) };
         await eagle3HeadForward(p, draft, layer.out, head);
         logits.push(head.logits);
@@ -156,3 +163,56 @@ for (const [variant, cfg] of VARIANTS) {
     }
   });
 }
+
+Deno.test({
+  name:
+    "eagle3 step: an embedding in row blocks gives the one-tensor step's metrics and gradients bit for bit",
+  ...needsGpu,
+}, async () => {
+  const g = gpu!, V = CFG.vocabSize, H = CFG.hiddenSize, B = 2, T = 8, N = B * T;
+  const values = randomArray(V * H, 21, 0.5);
+  const whole = Tensor.fromArray(g, values, [V, H], "f32", "embed");
+  const cuts = [0, 20, 21, V]; // uneven blocks, one of a single row
+  const blocks = cuts.slice(0, -1).map((row0, i) => ({
+    row0,
+    tensor: Tensor.fromArray(
+      g,
+      values.slice(row0 * H, cuts[i + 1] * H),
+      [cuts[i + 1] - row0, H],
+      "f32",
+      `block ${i}`,
+    ),
+  }));
+  const split = { rows: V, cols: H, blocks };
+  const run = async (embedding: Tensor | typeof split) => {
+    const draft = Eagle3Draft.create(g, CFG, { seed: 9 });
+    const step = await buildEagle3Step(draft, {
+      batch: B,
+      seqLen: T,
+      tttLength: 3,
+      embedding,
+      vocab: identityVocab(),
+    });
+    try {
+      step.aux.write(randomArray(N * 3 * CFG.targetHiddenSize, 22));
+      step.ids.write(Int32Array.from({ length: N }, (_, i) => (i * 13 + 5) % V));
+      step.lengths.write(Int32Array.from([T, T - 3]));
+      step.lossMask.write(Float32Array.from({ length: N }, (_, i) => i % T > 1 ? 1 : 0));
+      step.teacherLogits.write(randomArray(N * CFG.draftVocabSize, 23, 3));
+      step.teacherArgmax.write(Int32Array.from({ length: N }, (_, i) => (i * 7) % CFG.draftVocabSize));
+      step.run();
+      return { metrics: await step.readMetrics(), grads: await draft.getGrads() };
+    } finally {
+      step.destroy();
+      draft.destroy();
+    }
+  };
+  try {
+    const a = await run(whole), b = await run(split);
+    assert.deepEqual(b.metrics, a.metrics);
+    for (const [name, grad] of a.grads) assert.deepEqual(b.grads.get(name), grad, name);
+  } finally {
+    whole.destroy();
+    for (const { tensor } of blocks) tensor.destroy();
+  }
+});

@@ -18,12 +18,7 @@ import { FeatureFeeder } from "../../lib/offline/feeder.ts";
 import type { FeatureStorage } from "../../lib/offline/format.ts";
 import { TargetEnds, TargetModel } from "../../lib/models/target.ts";
 import { deriveDraftConfig } from "../../lib/models/draft_config.ts";
-import {
-  buildEagle3Step,
-  draftEmbedding,
-  Eagle3Draft,
-  type Eagle3StepInputs,
-} from "../../lib/models/eagle3.ts";
+import { buildEagle3Step, Eagle3Draft, type Eagle3StepInputs } from "../../lib/models/eagle3.ts";
 import { collate } from "../../lib/data/loader.ts";
 import { countSupervisedTokens, selectDraftVocab } from "../../lib/data/vocab.ts";
 
@@ -132,7 +127,7 @@ Deno.test(
         const counts = countSupervisedTokens(idx.map((i) => set.dataset.sample(i)));
         const mapping = selectDraftVocab(counts, 64, 256);
         const cfg = deriveDraftConfig(target.config, { draftVocabSize: 64 });
-        const embedding = draftEmbedding(target.embed);
+        const embedding = target.embed;
         const lengths = idx.map((i) => set.dataset.sampleLength(i));
 
         const runStep = async (inputs: Partial<Eagle3StepInputs>, feed: () => void) => {
