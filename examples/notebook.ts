@@ -5,11 +5,13 @@
  *
  *   deno run -A examples/notebook.ts [target dir or hub id] [output dir]
  *
- * In a Jupyter notebook with the Deno kernel, or from any other machine, import a published copy instead:
+ * From anywhere else (a script in another directory, a Jupyter notebook with the Deno kernel: see
+ * examples/eaglet.ipynb), import a checkout served by `deno task serve`, or a published copy:
  *
- *   const eaglet = await import("https://raw.githubusercontent.com/<owner>/eaglet/<commit>/mod.ts");
+ *   import * as eaglet from "http://127.0.0.1:8000/mod.ts";
+ *   import * as eaglet from "https://raw.githubusercontent.com/OWNER/eaglet/COMMIT/mod.ts";
  *
- * (a remote import needs the same npm packages as deno.json's import map; `deno run` fetches them).
+ * No import map is needed: lib/npm.ts names the npm packages with their versions, and Deno fetches them.
  */
 
 // mod.ts by URL: here a file:// URL built from this file's own URL, which works offline.

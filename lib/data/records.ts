@@ -13,8 +13,7 @@
  * - tokens: `{"id"?, "input_ids": [...], "loss_mask": [...]}` (pre-tokenized, e.g. self-distilled data).
  */
 
-import { parquetMetadataAsync, parquetReadObjects } from "hyparquet";
-import type { AsyncBuffer } from "hyparquet";
+import { type AsyncBuffer, parquetMetadataAsync, parquetReadObjects } from "../npm.ts";
 import { extname } from "node:path";
 import { DataError, type RecordSource } from "./errors.ts";
 import type { Message } from "./preprocess.ts";

@@ -9,8 +9,7 @@
  * such as enable_thinking; the package itself provides raise_exception and strftime_now).
  */
 
-import { Tokenizer } from "@huggingface/tokenizers";
-import { Template } from "@huggingface/jinja";
+import { Template, Tokenizer } from "../npm.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { DataError } from "./errors.ts";

@@ -14,7 +14,7 @@
  * setting sits in its section; SpecForge's own names `accumulation_steps`, `prompts_path`, `resume_from` and
  * `aux_hidden_state_layer_ids` are accepted for ours.
  */
-import { parse as parseYaml } from "yaml";
+import { parseYaml } from "../npm.ts";
 import {
   camelCase,
   FlagError,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { Tokenizer } from "@huggingface/tokenizers";
+import { Tokenizer } from "../../lib/npm.ts";
 import {
   convertLlama2c,
   decodeLlama2c,
