@@ -276,7 +276,8 @@ export const TRAIN_OPTIONS = {
     default: 0,
     min: 0,
     section: "training",
-    help: "at each eval, also run greedy speculative decoding on this many eval prompts and log tau (0: off)",
+    help:
+      "at each eval, also run greedy speculative decoding on this many eval prompts, log tau, and export the draft with the best tau as <output-dir>/best (0: off)",
   },
   "eval-spec-steps": {
     kind: "int",

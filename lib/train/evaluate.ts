@@ -9,6 +9,7 @@ import type { TokenizedDataset } from "../data/tokenized.ts";
 import type { TargetModel } from "../models/target.ts";
 import { evaluateAcceptance, promptsFromSamples } from "../eval/speculative.ts";
 import { metricsRecord } from "./metrics.ts";
+import { keepIfBest } from "./best.ts";
 import type { Run } from "./run.ts";
 
 /** Runs an evaluation pass at the current update (nothing without evaluation data) and logs its record. */
@@ -22,7 +23,10 @@ export async function evaluate(run: Run): Promise<void> {
   await programs.collect("eval");
   const m = programs.sums.eval.take();
   const record = metricsRecord("eval", m, state.update, state.epoch, state.elapsed());
-  if (s.evalSpecSamples > 0 && run.target) record.tau = await measureTau(run, run.target, setup.eval);
+  if (s.evalSpecSamples > 0 && run.target) {
+    record.tau = await measureTau(run, run.target, setup.eval);
+    await keepIfBest(run, record.tau);
+  }
   state.lastEval = record;
   await run.log.append(record);
   run.note(

@@ -9,6 +9,7 @@ import type { DataLoader, LoaderPosition } from "../data/loader.ts";
 import type { Eagle3Draft } from "../models/eagle3.ts";
 import type { TargetModel } from "../models/target.ts";
 import type { BatchSource, SourcedBatch } from "./batch_source.ts";
+import type { BestRecord } from "./best.ts";
 import type { TrainingState } from "./checkpoint.ts";
 import type { TrainSettings } from "./config.ts";
 import type { MetricsLog, MetricsRecord, ProgressPrinter } from "./metrics.ts";
@@ -77,6 +78,8 @@ export class RunState {
   lastTrain: MetricsRecord | null = null;
   /** The last evaluation record, null when no evaluation ran. */
   lastEval: MetricsRecord | null = null;
+  /** The best measured τ of the run and its update (./best.ts), null before the first. */
+  best: BestRecord | null = null;
   /** Seconds of training before this process started (a resumed run's earlier time). */
   elapsedBefore = 0;
   /** The update this process started from. */

@@ -5,9 +5,9 @@
  * fresh {@link RunState}, so that the resumed run continues bit for bit.
  */
 import { fromFloat32, type RawTensor, toFloat32 } from "../io/safetensors.ts";
-import type { NamedWeight } from "../models/export.ts";
+import type { DraftExport, NamedWeight } from "../models/export.ts";
 import { specForgeDefaultAuxLayers } from "../models/config.ts";
-import type { Eagle3Draft } from "../models/eagle3.ts";
+import type { Eagle3Draft, Eagle3ParamName } from "../models/eagle3.ts";
 import {
   CHECKPOINT_VERSION,
   type LoadedCheckpoint,
@@ -18,6 +18,21 @@ import { settingsToJson } from "./config.ts";
 import { checkFinite } from "./divergence.ts";
 import type { AdamWOptimizer } from "./optimizer.ts";
 import { type Run, RunState } from "./run.ts";
+
+/** The run's draft as an SGLang export: its current weights (one sync per tensor), config and vocabulary. */
+export async function draftExportOf(run: Run): Promise<DraftExport> {
+  const { setup, draft } = run;
+  const weights = new Map<string, NamedWeight>();
+  for (const [name, w] of await draft.getWeights()) {
+    weights.set(name, { values: w, shape: [...draft.params[name as Eagle3ParamName]!.shape] });
+  }
+  return {
+    config: setup.draftConfig,
+    weights,
+    mapping: setup.mapping,
+    defaultAuxLayers: specForgeDefaultAuxLayers(setup.targetConfig.numLayers),
+  };
+}
 
 /** Loads checkpoint `r` into `draft` and `optimizer`; returns the state the run continues from. */
 export function restoreRun(r: LoadedCheckpoint, draft: Eagle3Draft, optimizer: AdamWOptimizer): RunState {
@@ -33,16 +48,11 @@ export function restoreRun(r: LoadedCheckpoint, draft: Eagle3Draft, optimizer: A
  * `epoch_{epoch}_step_{update}` (SpecForge's names; its `step` counts updates) and records it in the state.
  */
 export async function saveRun(run: Run): Promise<void> {
-  const { settings: s, setup, state, draft } = run;
+  const { settings: s, state } = run;
   await checkFinite(run, `before saving update ${state.update}`);
-  const weights = await draft.getWeights();
-  const shapes = new Map<string, number[]>(draft.entries().map(([name, p]) => [name, [...p.shape]]));
+  const exp = await draftExportOf(run);
   const raw = new Map<string, RawTensor>();
-  const named = new Map<string, NamedWeight>();
-  for (const [name, w] of weights) {
-    raw.set(name, fromFloat32(w, shapes.get(name)!));
-    named.set(name, { values: w, shape: shapes.get(name)! });
-  }
+  for (const [name, w] of exp.weights) raw.set(name, fromFloat32(w.values, w.shape));
   const saved: TrainingState = {
     version: CHECKPOINT_VERSION,
     globalStep: state.update,
@@ -58,12 +68,7 @@ export async function saveRun(run: Run): Promise<void> {
     state: saved,
     weights: raw,
     optimizer: await run.optimizer.stateTensors(),
-    export: {
-      config: setup.draftConfig,
-      weights: named,
-      mapping: setup.mapping,
-      defaultAuxLayers: specForgeDefaultAuxLayers(setup.targetConfig.numLayers),
-    },
+    export: exp,
     exportDtype: s.exportDtype,
   });
   state.savedAt = state.update;

@@ -48,6 +48,7 @@ import { type Run, RunState, type TrainHooks } from "./run.ts";
 import { checkFinite, TrainingDivergedError } from "./divergence.ts";
 import { restoreRun, saveRun } from "./run_checkpoint.ts";
 import { evaluate } from "./evaluate.ts";
+import { readBest } from "./best.ts";
 
 export { TrainingDivergedError };
 export { supervisedMask } from "./batch_source.ts";
@@ -153,6 +154,7 @@ async function train(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
     );
     const state = setup.resume ? restoreRun(setup.resume, draft, optimizer) : new RunState();
     if (setup.resume) {
+      state.best = await readBest(s.outputDir); // the best τ before the interruption
       note(
         `resumed from ${setup.resume.dir}: update ${state.update}, epoch ${state.epoch}, batch ${state.position.step}`,
       );
