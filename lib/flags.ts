@@ -373,6 +373,26 @@ export interface ReadArgs {
   positionals: string[];
 }
 
+/** A value that starts with "-" but is a number (or a list of them), not a flag: `-4`, `-0.5`, `-1,2`, `-inf`. */
+const NEGATIVE_VALUE = /^-(\d|\.\d|inf)/i;
+
+/**
+ * `--flag -4` as `--flag=-4` for a flag that takes a value: node's parseArgs would call `-4` an ambiguous
+ * option, so a negative number after a space reaches the flag's own range check instead.
+ */
+function joinNegativeValues(table: FlagTable, argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i], next = argv[i + 1];
+    const spec = a.startsWith("--") && !a.includes("=") ? table[a.slice(2)] : undefined;
+    if (spec && spec.kind !== "bool" && next !== undefined && NEGATIVE_VALUE.test(next)) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
 /**
  * Reads a command line against `table` (plus `--help` and `--debug`): unknown flags, a missing value and bad
  * values are one-line errors naming the flag. Defaults are not applied (see {@link resolveSettings}).
@@ -389,7 +409,8 @@ export function readArgs(table: FlagTable, argv: string[], opts: { positionals?:
   }
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: opts.positionals ?? false });
+    const args = joinNegativeValues(table, argv);
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: opts.positionals ?? false });
   } catch (e) {
     throw new FlagError((e instanceof Error ? e.message : String(e)).split("\n")[0]);
   }

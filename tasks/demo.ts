@@ -1,11 +1,11 @@
 /**
  * `deno task demo`: the whole mission end to end on a real tiny target, tinystories-656K (the local copy in
  * ../shared/models when present, else the Hugging Face id raincandy-u/TinyStories-656K through the hub
- * code):
+ * code, else, with no network, the stories260K shipped in models/stories260K):
  *
  * 1. self-distilled data: story openings the target samples, continued greedily by the target itself;
  * 2. preparation: tokenized through the preprocessing cache, one sample rendered as an HTML view;
- * 3. online training of an EAGLE-3 draft (checkpoints, metrics.jsonl, training_curves.svg);
+ * 3. online training of an EAGLE-3 draft (checkpoints, metrics.jsonl, training_curves.svg, TensorBoard events);
  * 4. export for SGLang (bf16), checked after writing;
  * 5. evaluation by speculative decoding with the target: acceptance length and speedup.
  *
@@ -14,9 +14,10 @@
  * (lib/bench/self_check.ts).
  */
 import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Gpu } from "../lib/gpu/device.ts";
 import { selfCheck } from "../lib/bench/self_check.ts";
-import { type HubOptions, hubOptionsFromEnv, resolveModelPath } from "../lib/io/hub.ts";
+import { HubError, type HubOptions, hubOptionsFromEnv, resolveModelPath } from "../lib/io/hub.ts";
 import { pathExists, writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { checkDraftExport } from "../lib/models/export.ts";
 import { TargetModel } from "../lib/models/target.ts";
@@ -35,7 +36,13 @@ import {
   runSpeculativeEval,
   type SpeculativeEvalResult,
 } from "../lib/eval/speculative.ts";
-import { type EvalReportFiles, evalSummary, writeEvalReport } from "../lib/eval/report.ts";
+import {
+  type EvalReportFiles,
+  evalSummary,
+  type SpeedupProjection,
+  speedupProjection,
+  writeEvalReport,
+} from "../lib/eval/report.ts";
 import { runTask } from "../lib/cli/run.ts";
 import { flagHelp, type FlagTable, parseCommand, type Settings } from "../lib/flags.ts";
 import { ProgressBar } from "../lib/cli/progress.ts";
@@ -44,6 +51,11 @@ import { ProgressBar } from "../lib/cli/progress.ts";
 const LOCAL_TARGET = "../shared/models/tinystories-656K";
 /** The same model on the Hugging Face hub. */
 const HUB_TARGET = "raincandy-u/TinyStories-656K";
+/**
+ * The target shipped in the repository (Karpathy's stories260K, converted by convert-llama2c; provenance and
+ * license in its PROVENANCE.md): used when neither the local copy nor the hub is reachable.
+ */
+export const EMBEDDED_TARGET = fileURLToPath(new URL("../models/stories260K", import.meta.url));
 /** The chat template of the demo's data (pre-tokenized: it only names the cache entry). */
 const TEMPLATE = "llama3";
 
@@ -51,7 +63,8 @@ const TEMPLATE = "llama3";
 export const DEMO_FLAGS = {
   "target-model-path": {
     kind: "string",
-    help: `target checkpoint (default: ${LOCAL_TARGET} if present, else ${HUB_TARGET})`,
+    help:
+      `target checkpoint (default: ${LOCAL_TARGET} if present, else ${HUB_TARGET}, else the embedded models/stories260K)`,
   },
   "output-dir": {
     kind: "string",
@@ -121,8 +134,8 @@ type DemoSettings = Settings<typeof DEMO_FLAGS>;
 
 const USAGE = "deno task demo [options]";
 const ABOUT =
-  `End to end on tinystories-656K: self-distilled data → preparation → online EAGLE-3 training → SGLang
-export → speculative-decoding evaluation (acceptance length, speedup). About 5 minutes on 2 CPU cores.`;
+  `End to end on tinystories-656K (else the embedded stories260K): self-distilled data → preparation →
+online EAGLE-3 training → SGLang export → speculative-decoding evaluation (acceptance length, speedup). About 5 minutes on 2 CPU cores.`;
 
 /** Runs `demo` with command-line arguments `args`; returns the exit code. */
 export function main(args: string[]): Promise<number> {
@@ -201,10 +214,11 @@ async function runDemo(o: DemoSettings): Promise<void> {
   const paths = layout(o.outputDir);
   await clearOutputs(paths);
   const hub = hubOptionsFromEnv(Deno.env.toObject());
-  const { spec, targetDir } = await resolveTarget(o.targetModelPath, hub);
+  const { spec, targetDir, source, note } = await resolveDemoTarget(o.targetModelPath, hub);
   const gpu = await Gpu.create();
   console.log(
-    `Eaglet demo on ${gpu.describe()}\ntarget: ${spec}${spec === targetDir ? "" : ` (${targetDir})`}`,
+    `Eaglet demo on ${gpu.describe()}\ntarget: ${spec}${spec === targetDir ? "" : ` (${targetDir})`} ` +
+      `[${source}${note ? `: ${note}` : ""}]`,
   );
   const d: Demo = { o, paths, gpu, hub, spec, targetDir };
   try {
@@ -250,19 +264,50 @@ async function clearOutputs(paths: Paths): Promise<void> {
   await Deno.mkdir(paths.data, { recursive: true });
 }
 
-/** The target: the one given, else the local copy, else the hub (downloaded once into the cache). */
-async function resolveTarget(
+/** Which target the demo uses and why. */
+export interface DemoTarget {
+  /** The target as given or chosen (a directory or a hub id). */
+  spec: string;
+  /** Its local directory. */
+  targetDir: string;
+  /** "given" (--target-model-path), "local" (../shared), "hub" or "embedded" (models/stories260K). */
+  source: "given" | "local" | "hub" | "embedded";
+  /** Why the embedded target was chosen (the hub's one-line error), else null. */
+  note: string | null;
+}
+
+/**
+ * The demo's target: the one given, else the local tinystories-656K, else the hub's (downloaded once into the
+ * cache), else, when the hub cannot be reached (no network, HF_HUB_OFFLINE without a cached copy), the
+ * embedded stories260K. `where` overrides the three candidates (tests).
+ */
+export async function resolveDemoTarget(
   given: string | null,
   hub: HubOptions,
-): Promise<{ spec: string; targetDir: string }> {
-  const spec = given || ((await pathExists(join(LOCAL_TARGET, "config.json"))) ? LOCAL_TARGET : HUB_TARGET);
-  const targetDir = await resolveModelPath(spec, {
+  where: { local?: string; hubId?: string; embedded?: string } = {},
+): Promise<DemoTarget> {
+  const local = where.local ?? LOCAL_TARGET, hubId = where.hubId ?? HUB_TARGET;
+  const embedded = where.embedded ?? EMBEDDED_TARGET;
+  const opts: HubOptions = {
     ...hub,
     onProgress: (p) => {
       if (p.total !== null && p.received === p.total) console.log(`  downloaded ${p.repo}/${p.file}`);
     },
-  });
-  return { spec, targetDir };
+  };
+  if (given) {
+    return { spec: given, targetDir: await resolveModelPath(given, opts), source: "given", note: null };
+  }
+  if (await pathExists(join(local, "config.json"))) {
+    return { spec: local, targetDir: local, source: "local", note: null };
+  }
+  try {
+    return { spec: hubId, targetDir: await resolveModelPath(hubId, opts), source: "hub", note: null };
+  } catch (e) {
+    if (!(e instanceof HubError) && !(e instanceof TypeError)) throw e;
+    if (!(await pathExists(join(embedded, "config.json")))) throw e;
+    const why = (e as Error).message.split("\n")[0];
+    return { spec: embedded, targetDir: embedded, source: "embedded", note: `hub unreachable (${why})` };
+  }
 }
 
 /** 1. Samples the target writes itself; writes train.jsonl and eval.jsonl; returns all of them. */
@@ -332,6 +377,7 @@ function trainDraft({ o, paths, gpu, hub, targetDir }: Demo, tokenizer: ChatToke
     logInterval: Math.max(1, Math.round(updates / 12)),
     evalInterval: Math.max(1, Math.round(updates / 3)),
     saveInterval: 0,
+    reportTo: "tensorboard",
   });
   return trainOnline(gpu, { settings, hub });
 }
@@ -419,6 +465,7 @@ async function summarize(
       speculative_tokens_per_second: result.speculativeTokensPerSecond,
       speedup: result.speedup,
       matches_target_greedy: result.matchesTargetGreedy,
+      projection: speedupProjection(result),
     },
     files: {
       data: [paths.trainJsonl, paths.evalJsonl],
@@ -426,16 +473,19 @@ async function summarize(
       checkpoint: run.checkpoint,
       metrics: join(paths.train, RUN_FILES.metrics),
       training_plot: join(paths.train, RUN_FILES.plot),
+      tensorboard: join(paths.train, RUN_FILES.tensorboard),
       sglang_export: paths.export,
       eval_report: files.json,
       accept_length_histogram: files.svg,
       eval_samples_view: files.html,
+      eval_page: files.report,
+      training_page: join(paths.train, RUN_FILES.report),
     },
   };
   await writeJsonAtomic(paths.summary, report);
   const fmt = (x: number | null, digits = 2) => x === null ? "n/a" : x.toFixed(digits);
   const slow = result.speedup !== null && result.speedup < 1
-    ? "\n                     (a 656K-parameter target costs no more per forward than its draft, so the draft's\n" +
+    ? "\n                     (a tiny target costs no more per forward than its draft, so the draft's\n" +
       "                     steps and readbacks cost more than the target forwards they save; the speedup\n" +
       "                     comes with targets whose forward is much dearer than the draft's)"
     : "";
@@ -452,15 +502,33 @@ Eaglet demo done in ${formatDuration(seconds)} — all outputs in ${report.outpu
   } with the draft: speedup ${fmt(result.speedup)}×${
     result.matchesTargetGreedy ? " (outputs identical to the target's greedy ones)" : ""
   }${slow}
+${projectionLines(report.eval.projection, o.numSteps)}
   SGLang draft       ${paths.export}
   training plot      ${report.files.training_plot}
+  TensorBoard        tensorboard --logdir ${report.files.tensorboard}
   HTML views         ${paths.sampleHtml} (a training sample), ${files.html} (speculative rounds)
   eval report        ${files.json}, ${files.svg}
+  report pages       ${report.files.training_page} (training), ${files.report} (evaluation)
   summary            ${paths.summary}
 
-Serve it: python3 -m sglang.launch_server --model <tinystories-656K dir> --speculative-algorithm EAGLE3 \\
+Serve it: python3 -m sglang.launch_server --model ${d.targetDir} --speculative-algorithm EAGLE3 \\
   --speculative-draft-model-path ${paths.export} --speculative-num-steps ${o.numSteps} \\
   --speculative-eagle-topk 1 --speculative-num-draft-tokens ${o.numSteps + 1}`);
+}
+
+/** The summary's lines on the measured time split and the labelled projection to dearer targets. */
+function projectionLines(p: SpeedupProjection | null, k: number): string {
+  if (!p) return "  projection         n/a (speed not measured)";
+  const ms = (s: number) => `${(s * 1000).toFixed(2)} ms`;
+  const at = p.projected.map((x) => `N=${x.factor}: ${x.speedup.toFixed(2)}×`).join(", ");
+  return `  measured split     target forward ${ms(p.targetForwardSeconds)}, speculative round ${
+    ms(p.roundSeconds)
+  } (${k} draft forwards at ${ms(p.draftForwardSeconds)} each, draft-side overheads included), ` +
+    `${p.tokensPerRound.toFixed(2)} tokens per round; here the target costs ${
+      p.measuredRatio.toFixed(2)
+    } draft forwards
+  PROJECTION         (a model, not a measurement) for a target N× dearer per forward than the draft, verify
+                     ≈ one forward: speedup = tokens per round × N / (N + ${k}) → ${at}`;
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

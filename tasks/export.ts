@@ -25,6 +25,12 @@ export const EXPORT_FLAGS = {
     arg: "dir",
     help: "the SGLang directory to write (atomically); required unless --check",
   },
+  format: {
+    kind: "choice",
+    choices: ["sglang", "vllm"],
+    default: "sglang",
+    help: "serving engine: vllm moves the aux layer ids to vLLM's top-level key and convention, checked",
+  },
   dtype: {
     kind: "choice",
     choices: ["bf16", "f16", "f32"],
@@ -72,8 +78,8 @@ async function exportTask(args: string[]): Promise<void> {
   const dtype = v.dtype;
   const dir = (await findLatestCheckpoint(v.checkpoint)) ?? v.checkpoint;
   const vocabMapping = v.vocabMapping ? await loadVocabMapping(v.vocabMapping) : undefined;
-  await exportCheckpoint(dir, v.outputDir, { dtype, overwrite: v.overwrite, vocabMapping });
-  console.log(`exported ${dir} → ${v.outputDir} (${dtype}, checked)`);
+  await exportCheckpoint(dir, v.outputDir, { dtype, overwrite: v.overwrite, vocabMapping, format: v.format });
+  console.log(`exported ${dir} → ${v.outputDir} (${v.format}, ${dtype}, checked)`);
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -4,6 +4,7 @@
  * report (eval.json, accept_length_histogram.svg, samples.html). The settings are `eval`'s flags
  * (./settings.ts).
  */
+import { claimOutputDir } from "../io/lock.ts";
 import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { type HubOptions, resolveModelPath } from "../io/hub.ts";
@@ -119,6 +120,16 @@ function randomDraft(gpu: Gpu, target: TargetModel, seed: number): { draft: Eagl
  * of the prompts of `s.dataPath` and writes the report into `s.outputDir` (lib/eval/report.ts).
  */
 export async function evaluateDraft(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Promise<EvaluatedDraft> {
+  // The output directory first (lib/io/lock.ts): a bad or busy --output-dir fails before the evaluation runs.
+  const lock = await claimOutputDir(s.outputDir, "eval", { note: ctx.log });
+  try {
+    return await evaluateLocked(gpu, s, ctx);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Promise<EvaluatedDraft> {
   const log = ctx.log ?? (() => {});
   const { numSteps, topk, temperature, topP, maxNewTokens, seed } = s;
   const numDraftTokens = s.numDraftTokens ?? undefined;

@@ -134,15 +134,125 @@ export async function writeDraftExportFiles(
   await checkDraftExport(dir);
 }
 
-/** Writes the SGLang directory `dir` atomically (replacing it when `overwrite`), checked after writing. */
+/** Serving engines an export targets. */
+export type ExportFormat = "sglang" | "vllm";
+
+/**
+ * Writes the SGLang (or, with `format: "vllm"`, vLLM) directory `dir` atomically (replacing it when
+ * `overwrite`), checked after writing.
+ */
 export async function exportDraft(
   dir: string,
   exp: DraftExport,
-  opts: { dtype?: ExportDtype; overwrite?: boolean } = {},
+  opts: { dtype?: ExportDtype; overwrite?: boolean; format?: ExportFormat } = {},
 ): Promise<void> {
-  await writeDirAtomic(dir, (tmp) => writeDraftExportFiles(tmp, exp, opts.dtype ?? "bf16"), {
-    overwrite: opts.overwrite,
-  });
+  await writeDirAtomic(dir, async (tmp) => {
+    await writeDraftExportFiles(tmp, exp, opts.dtype ?? "bf16");
+    if (opts.format === "vllm") await sglangToVllm(tmp);
+  }, { overwrite: opts.overwrite });
+}
+
+/**
+ * The tensor names vLLM's EAGLE-3 loader maps to a parameter (vLLM
+ * `vllm/model_executor/models/llama_eagle3.py`: `Eagle3LlamaForCausalLM.load_weights` renames d2t to
+ * `draft_id_to_target_id`, skips t2d and prefixes the rest with `model.` except lm_head;
+ * `LlamaModel.load_weights` renames `midlayer.` to `layers.0.` and stacks q/k/v and gate/up; any other name
+ * is a KeyError there, e.g. EAGLE-3.1's fc_norm, which that model does not have).
+ */
+const VLLM_TENSOR = new RegExp(
+  "^(fc\\.weight|norm\\.weight|lm_head\\.weight|d2t|t2d|" +
+    "midlayer\\.(hidden_norm|input_layernorm|post_attention_layernorm)\\.weight|" +
+    "midlayer\\.self_attn\\.[qkvo]_proj\\.weight|midlayer\\.mlp\\.(gate|up|down)_proj\\.weight)$",
+);
+
+/**
+ * Rewrites the config.json of a checked SGLang export in `dir` for vLLM. Weights and architecture stay:
+ * vLLM's model registry maps "LlamaForCausalLMEagle3" to its Eagle3LlamaForCausalLM. The aux layer ids move
+ * to the top-level `eagle_aux_hidden_state_layer_ids` that vLLM's GPU model runner reads, in vLLM's
+ * convention: vLLM's `LlamaModel.forward` captures the input of layer j (`hidden_states + residual` before
+ * layer j), SGLang's the output of layer j (its `set_eagle3_layers_to_capture` adds 1), so each id is
+ * SGLang's + 1. Default ids are left out: both engines default to capturing the inputs of layers
+ * (2, N/2, N−3). Then {@link checkVllmExport}.
+ */
+export async function sglangToVllm(dir: string): Promise<void> {
+  const checked = await checkDraftExport(dir);
+  const json = { ...checked.json };
+  const eagle = json.eagle_config as Record<string, unknown> | undefined;
+  if (eagle && Array.isArray(eagle.eagle_aux_hidden_state_layer_ids)) {
+    json.eagle_aux_hidden_state_layer_ids = (eagle.eagle_aux_hidden_state_layer_ids as number[]).map((l) =>
+      l + 1
+    );
+    const rest = { ...eagle };
+    delete rest.eagle_aux_hidden_state_layer_ids;
+    json.eagle_config = { ...rest, use_aux_hidden_state: true };
+  }
+  await writeJsonAtomic(join(dir, "config.json"), json);
+  await checkVllmExport(dir);
+}
+
+/**
+ * Checks a vLLM EAGLE-3 directory: config.json names an architecture vLLM maps to Eagle3LlamaForCausalLM,
+ * sets draft_vocab_size, has no aux ids inside eagle_config (ids go top-level, ≥ 1, in vLLM's convention);
+ * model.safetensors holds only names vLLM's loader maps ({@link VLLM_TENSOR}) and fc's input width is
+ * 3·target_hidden_size (vLLM sizes fc from `target_hidden_size`, else hidden_size). Throws an
+ * {@link ExportError} naming the file and the field or tensor.
+ */
+export async function checkVllmExport(
+  dir: string,
+): Promise<{ names: string[]; auxLayerIds: number[] | null }> {
+  const cfgPath = join(dir, "config.json");
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(await Deno.readTextFile(cfgPath));
+  } catch (e) {
+    throw new ExportError(`${cfgPath}: ${(e as Error).message}`);
+  }
+  const archs = json.architectures;
+  if (!Array.isArray(archs) || !["LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM"].includes(archs[0])) {
+    throw new ExportError(
+      `${cfgPath}: architectures ${JSON.stringify(archs)} is not an EAGLE-3 Llama of vLLM's`,
+    );
+  }
+  if (typeof json.draft_vocab_size !== "number") {
+    throw new ExportError(`${cfgPath}: draft_vocab_size is missing`);
+  }
+  const eagle = json.eagle_config as Record<string, unknown> | undefined;
+  if (eagle && "eagle_aux_hidden_state_layer_ids" in eagle) {
+    throw new ExportError(
+      `${cfgPath}: eagle_config.eagle_aux_hidden_state_layer_ids is SGLang's; vLLM reads the top level`,
+    );
+  }
+  const ids = json.eagle_aux_hidden_state_layer_ids;
+  if (ids !== undefined && (!Array.isArray(ids) || !ids.every((l) => Number.isInteger(l) && l >= 1))) {
+    throw new ExportError(
+      `${cfgPath}: eagle_aux_hidden_state_layer_ids must be integers ≥ 1, got ${JSON.stringify(ids)}`,
+    );
+  }
+  const stPath = join(dir, SAFETENSORS_SINGLE);
+  let f: SafetensorsFile;
+  try {
+    f = await SafetensorsFile.open(stPath);
+  } catch (e) {
+    throw new ExportError(`${stPath}: ${(e as Error).message}`);
+  }
+  try {
+    for (const name of f.names) {
+      if (!VLLM_TENSOR.test(name)) {
+        throw new ExportError(`${stPath}: ${name} has no parameter in vLLM's Eagle3LlamaForCausalLM`);
+      }
+    }
+    const hidden = json.hidden_size as number;
+    const th = typeof json.target_hidden_size === "number" ? json.target_hidden_size : hidden;
+    const fc = f.has("fc.weight") ? f.info("fc.weight").shape : null;
+    if (!fc || fc[0] !== hidden || fc[1] !== 3 * th) {
+      throw new ExportError(
+        `${stPath}: fc.weight must be [${hidden}, ${3 * th}], got ${fc ? shapeString(fc) : "none"}`,
+      );
+    }
+    return { names: f.names, auxLayerIds: ids === undefined ? null : ids as number[] };
+  } finally {
+    f.close();
+  }
 }
 
 /** What {@link checkDraftExport} found. */

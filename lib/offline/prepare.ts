@@ -10,6 +10,7 @@
  * not finite is skipped, counted and reported.
  */
 
+import { claimOutputDir, LOCK_FILE } from "../io/lock.ts";
 import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { writeJsonAtomic } from "../io/atomic.ts";
@@ -191,7 +192,32 @@ export async function prepareHiddenStates(gpu: Gpu, o: PrepareOptions): Promise<
     data: { path: o.dataPath, chatTemplate: o.chatTemplate, maxLength: o.maxLength, numSamples },
     fileGroupSize: o.fileGroupSize,
   };
-  await ensureManifest(o.outputPath, manifest);
+  const lockName = o.shard.count > 1 ? `${LOCK_FILE}.shard-${o.shard.index}-of-${o.shard.count}` : LOCK_FILE;
+  const lock = await claimOutputDir(o.outputPath, "prepare-hidden-states", {
+    flag: "--output-path",
+    note: o.log,
+    name: lockName,
+  });
+  try {
+    await ensureManifest(o.outputPath, manifest);
+    return await prepareLocked(gpu, o, { targetDir, auxLayers, manifest, all, numSamples });
+  } finally {
+    await lock.release();
+  }
+}
+
+/** What {@link prepareHiddenStates} resolved before taking the output directory's lock. */
+interface PrepareInputs {
+  targetDir: string;
+  auxLayers: number[];
+  manifest: FeaturesManifest;
+  all: TokenizedDataset;
+  numSamples: number;
+}
+
+async function prepareLocked(gpu: Gpu, o: PrepareOptions, p: PrepareInputs): Promise<PrepareResult> {
+  const { targetDir, auxLayers, manifest, all, numSamples } = p;
+  const cfg = manifest.target;
 
   const rows: number[] = [];
   for (let r = o.shard.index; r < numSamples; r += o.shard.count) rows.push(r);
@@ -250,6 +276,12 @@ export async function prepareHiddenStates(gpu: Gpu, o: PrepareOptions): Promise<
       }
     }
     await writes;
+    if (result.written === 0 && result.nonFinite.length > 0) {
+      throw new FeatureFileError(
+        `${o.outputPath}: all ${result.nonFinite.length} samples to write had NaN/Inf captured states ` +
+          `(rows ${result.nonFinite.slice(0, 10)}): check the target ${targetDir}`,
+      );
+    }
   } finally {
     await writes.catch(() => {});
     for (const f of forwards.values()) f.destroy();

@@ -4,24 +4,30 @@
  * `s` counts optimizer updates), holding:
  *
  *   config.json + model.safetensors   the SGLang export of the weights at that step (lib/models/export.ts), so
- *                                     every checkpoint can be served as is
- *   training_weights.safetensors      the f32 master weights of every trainable tensor (bit-exact resume;
- *                                     the export may be bf16)
- *   optimizer.safetensors             AdamW's moments, `<param>.exp_avg` / `<param>.exp_avg_sq`, f32
+ *                                     every checkpoint can be served as is; the only safetensors file of
+ *                                     the directory, since SGLang's and vLLM's loaders read every
+ *                                     `*.safetensors` of a model directory without an index (not its
+ *                                     subdirectories; SpecForge keeps its training state in a .pt for the
+ *                                     same reason)
  *   training_state.json               update and micro-batch counts, epoch, data position (the next
  *                                     micro-batch), RNG state, schedule, the run's settings
+ *   training_state/                   what no serving loader should see:
+ *     training_weights.safetensors    the f32 master weights of every trainable tensor (bit-exact resume;
+ *                                     the export may be bf16)
+ *     optimizer.safetensors           AdamW's moments, `<param>.exp_avg` / `<param>.exp_avg_sq`, f32
  *
  * The directory is written under a temporary name and renamed when complete (lib/io/atomic.ts), so a crash
  * or a kill mid-save never leaves a half checkpoint: {@link findLatestCheckpoint} only sees complete ones.
  * The frozen embedding is not saved (it is the target's, reloaded from it), as in SpecForge.
  */
 import { join } from "node:path";
-import { writeDirAtomic, writeJsonAtomic } from "../io/atomic.ts";
+import { pathExists, writeDirAtomic, writeJsonAtomic } from "../io/atomic.ts";
 import { type RawTensor, SafetensorsFile, toFloat32, writeSafetensors } from "../io/safetensors.ts";
 import {
   type DraftExport,
   exportDraft,
   type ExportDtype,
+  type ExportFormat,
   type NamedWeight,
   writeDraftExportFiles,
 } from "../models/export.ts";
@@ -36,11 +42,14 @@ import { loadVocabMapping, type VocabMapping } from "../data/vocab.ts";
  */
 export const CHECKPOINT_VERSION = 2;
 
-/** File names inside a checkpoint directory. */
+/** The subdirectory of a checkpoint that holds the training-only tensors (out of serving loaders' glob). */
+export const TRAINING_STATE_DIR = "training_state";
+
+/** File names inside a checkpoint directory (relative paths). */
 export const CHECKPOINT_FILES = {
   state: "training_state.json",
-  weights: "training_weights.safetensors",
-  optimizer: "optimizer.safetensors",
+  weights: `${TRAINING_STATE_DIR}/training_weights.safetensors`,
+  optimizer: `${TRAINING_STATE_DIR}/optimizer.safetensors`,
   model: "model.safetensors",
   config: "config.json",
 } as const;
@@ -107,6 +116,7 @@ export async function saveCheckpoint(
   const dir = join(outputDir, checkpointName(epoch, c.state.globalStep));
   await writeDirAtomic(dir, async (tmp) => {
     await writeDraftExportFiles(tmp, c.export, c.exportDtype);
+    await Deno.mkdir(join(tmp, TRAINING_STATE_DIR));
     await writeSafetensors(join(tmp, CHECKPOINT_FILES.weights), c.weights, { format: "pt" });
     await writeSafetensors(join(tmp, CHECKPOINT_FILES.optimizer), c.optimizer, { format: "pt" });
     await writeJsonAtomic(join(tmp, CHECKPOINT_FILES.state), c.state);
@@ -139,9 +149,9 @@ export interface LoadedCheckpoint {
   dir: string;
   /** training_state.json, parsed and checked. */
   state: TrainingState;
-  /** training_weights.safetensors: the f32 master weight of every trainable tensor, by name. */
+  /** training_state/training_weights.safetensors: the f32 master weight of every trainable tensor, by name. */
   weights: Map<string, RawTensor>;
-  /** optimizer.safetensors: AdamW's moments, `<param>.exp_avg` and `<param>.exp_avg_sq`, f32. */
+  /** training_state/optimizer.safetensors: AdamW's moments, `<param>.exp_avg` and `<param>.exp_avg_sq`, f32. */
   optimizer: Map<string, RawTensor>;
   /** The draft vocabulary mapping (d2t/t2d) read from the checkpoint's model.safetensors. */
   mapping: VocabMapping;
@@ -161,6 +171,17 @@ async function readAll(path: string): Promise<Map<string, RawTensor>> {
   } finally {
     f.close();
   }
+}
+
+/**
+ * The path of a training-state file: under training_state/, or at the top of a checkpoint written before
+ * that subdirectory existed (same content, still resumable).
+ */
+async function trainingFile(dir: string, file: string): Promise<string> {
+  const path = join(dir, file);
+  const flat = join(dir, file.slice(TRAINING_STATE_DIR.length + 1));
+  if (await pathExists(path) || !(await pathExists(flat))) return path;
+  return flat;
 }
 
 /** Reads a checkpoint directory; a missing or malformed file is named. */
@@ -188,8 +209,8 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   if (!p || !Number.isSafeInteger(p.epoch) || !Number.isSafeInteger(p.step)) {
     throw new CheckpointError(`${statePath}: bad position`);
   }
-  const weights = await readAll(join(dir, CHECKPOINT_FILES.weights));
-  const optimizer = await readAll(join(dir, CHECKPOINT_FILES.optimizer));
+  const weights = await readAll(await trainingFile(dir, CHECKPOINT_FILES.weights));
+  const optimizer = await readAll(await trainingFile(dir, CHECKPOINT_FILES.optimizer));
   const mapping = await loadVocabMapping(join(dir, CHECKPOINT_FILES.model)).catch((e) => {
     throw new CheckpointError(`${join(dir, CHECKPOINT_FILES.model)}: ${(e as Error).message}`);
   });
@@ -197,14 +218,14 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
 }
 
 /**
- * Re-exports a training checkpoint as an SGLang directory `outDir` in `dtype` (`deno task export`): the f32
+ * Re-exports a training checkpoint as an SGLang (or vLLM, `format`) directory `outDir` in `dtype` (`deno task export`): the f32
  * master weights, the checkpoint's config.json (draft config, eagle_config included) and its d2t/t2d, checked
  * on write. `vocabMapping` replaces d2t/t2d (sizes must match).
  */
 export async function exportCheckpoint(
   checkpointDir: string,
   outDir: string,
-  opts: { dtype?: ExportDtype; overwrite?: boolean; vocabMapping?: VocabMapping } = {},
+  opts: { dtype?: ExportDtype; overwrite?: boolean; vocabMapping?: VocabMapping; format?: ExportFormat } = {},
 ): Promise<void> {
   const ckpt = await loadCheckpoint(checkpointDir);
   const config = await loadDraftConfig(join(checkpointDir, CHECKPOINT_FILES.config));
@@ -213,5 +234,6 @@ export async function exportCheckpoint(
   await exportDraft(outDir, { config, weights, mapping: opts.vocabMapping ?? ckpt.mapping }, {
     dtype: opts.dtype,
     overwrite: opts.overwrite,
+    format: opts.format,
   });
 }

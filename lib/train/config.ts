@@ -336,11 +336,11 @@ export const TRAIN_OPTIONS = {
   },
   "report-to": {
     kind: "choice",
-    choices: ["none"],
+    choices: ["none", "tensorboard"],
     default: "none",
     section: "training",
-    compat: true,
-    help: "experiment tracker (metrics go to <output-dir>/metrics.jsonl)",
+    help: "experiment tracker besides <output-dir>/metrics.jsonl: tensorboard writes event files to " +
+      "<output-dir>/runs (tensorboard --logdir <output-dir>/runs)",
   },
   "cache-key": {
     kind: "string",

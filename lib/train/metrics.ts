@@ -8,6 +8,7 @@
  * `acc` (mean of acc_k), `ploss_k`, `acc_k`, and `simulated_acc_len` = Σ_k Π_{j≤k} acc_j, the expected
  * accepted length of a greedy chain if each position were accepted independently with probability acc_j.
  */
+import { TensorBoardWriter } from "../io/tensorboard.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { type Eagle3Metrics, simulatedAcceptanceLength } from "../models/eagle3_metrics.ts";
 
@@ -119,6 +120,22 @@ export function mean(xs: readonly number[]): number {
 }
 
 /**
+ * A record's TensorBoard scalars, tagged `{split}/{name}` with metrics.jsonl's names: loss, ploss_k, acc_k,
+ * acceptance_k, lr, grad_norm, tokens_per_s, tau.
+ */
+export function tensorboardScalars(r: MetricsRecord): Record<string, number | undefined> {
+  const out: Record<string, number | undefined> = { [`${r.split}/loss`]: r.loss };
+  r.ploss.forEach((v, k) => out[`${r.split}/ploss_${k}`] = v);
+  r.acc.forEach((v, k) => out[`${r.split}/acc_${k}`] = v);
+  r.acceptance?.forEach((v, k) => out[`${r.split}/acceptance_${k}`] = v);
+  out[`${r.split}/lr`] = r.lr;
+  out[`${r.split}/grad_norm`] = r.gradNorm;
+  out[`${r.split}/tokens_per_s`] = r.tokensPerSec;
+  out[`${r.split}/tau`] = r.tau;
+  return out;
+}
+
+/**
  * The metrics file of a run: JSONL, one {@link recordToJson} object a line, appended as records come. When
  * a run resumes from the checkpoint of update `resumeStep`, records after that step (written by the run that
  * was interrupted, and about to be redone) are dropped first, so the file reads as one uninterrupted run.
@@ -127,10 +144,22 @@ export class MetricsLog {
   /** Every record in the file, in order (those kept on resume, then those appended). */
   readonly records: MetricsRecord[] = [];
 
-  private constructor(readonly path: string, private file: Deno.FsFile) {}
+  private constructor(
+    readonly path: string,
+    private file: Deno.FsFile,
+    private tensorboard: TensorBoardWriter | null,
+  ) {}
 
-  /** Opens (creates) the file; with `resumeStep`, keeps the records up to that step, else starts empty. */
-  static async open(path: string, resumeStep: number | null): Promise<MetricsLog> {
+  /**
+   * Opens (creates) the file; with `resumeStep`, keeps the records up to that step, else starts empty. With
+   * `tensorboardDir`, every appended record also goes to a new TensorBoard event file there
+   * ({@link tensorboardScalars}).
+   */
+  static async open(
+    path: string,
+    resumeStep: number | null,
+    opts: { tensorboardDir?: string } = {},
+  ): Promise<MetricsLog> {
     const kept: MetricsRecord[] = [];
     if (resumeStep !== null) {
       let text = "";
@@ -152,7 +181,8 @@ export class MetricsLog {
     }
     await writeFileAtomic(path, kept.map((r) => JSON.stringify(recordToJson(r)) + "\n").join(""));
     const file = await Deno.open(path, { append: true });
-    const log = new MetricsLog(path, file);
+    const tb = opts.tensorboardDir ? await TensorBoardWriter.create(opts.tensorboardDir) : null;
+    const log = new MetricsLog(path, file, tb);
     log.records.push(...kept);
     return log;
   }
@@ -163,12 +193,21 @@ export class MetricsLog {
     const bytes = new TextEncoder().encode(JSON.stringify(recordToJson(r)) + "\n");
     let done = 0;
     while (done < bytes.length) done += await this.file.write(bytes.subarray(done));
+    await this.tensorboard?.scalars(r.step, tensorboardScalars(r));
   }
 
-  /** Closes the file. */
+  /** The TensorBoard event file, when one is written. */
+  get tensorboardPath(): string | null {
+    return this.tensorboard?.path ?? null;
+  }
+
+  /** Closes the file(s). */
   close(): void {
     try {
       this.file.close();
+    } catch { /* already closed */ }
+    try {
+      this.tensorboard?.close();
     } catch { /* already closed */ }
   }
 }

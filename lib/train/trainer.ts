@@ -19,10 +19,12 @@
  * sync). A non-finite loss or gradient norm stops the run with {@link TrainingDivergedError} before anything
  * is saved (./divergence.ts).
  */
+import { renderReportHtml } from "../eval/report.ts";
 import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import type { HubOptions } from "../io/hub.ts";
+import { claimOutputDir } from "../io/lock.ts";
 import type { Tensor } from "../tensor.ts";
 import { ConfigError } from "../models/config.ts";
 import type { DraftConfig } from "../models/draft_config.ts";
@@ -57,7 +59,11 @@ export type { TrainHooks };
 /** Files a run writes in its output directory besides the checkpoints. */
 export const RUN_FILES = {
   metrics: "metrics.jsonl",
+  /** TensorBoard event files (--report-to tensorboard). */
+  tensorboard: "runs",
   plot: "training_curves.svg",
+  /** One HTML page: curves, settings, links (lib/eval/report.ts renderReportHtml). */
+  report: "report.html",
   vocabMapping: "vocab_mapping.safetensors",
 } as const;
 
@@ -119,11 +125,24 @@ export function trainOffline(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   return train(gpu, o);
 }
 
+/**
+ * Holds the output directory's lock (lib/io/lock.ts: a second run into it fails at once; stale temporary
+ * files of killed runs are removed) for the whole run.
+ */
 async function train(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
+  const progress = o.progress ?? new ProgressPrinter();
+  const lock = await claimOutputDir(o.settings.outputDir, "train", { note: (m) => progress.note(m) });
+  try {
+    return await trainLocked(gpu, { ...o, progress });
+  } finally {
+    await lock.release();
+  }
+}
+
+async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   const progress = o.progress ?? new ProgressPrinter();
   const note: Note = (m) => progress.note(m);
-  await Deno.mkdir(s.outputDir, { recursive: true });
   const setup = await setUpRun(s, o.hub, note);
   const loader = new DataLoader(setup.train, { batchSize: s.batchSize, shuffle: true, seed: s.seed });
   if (loader.stepsPerEpoch === 0) {
@@ -160,7 +179,9 @@ async function train(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
       );
     }
     await saveVocabMapping(join(s.outputDir, RUN_FILES.vocabMapping), setup.mapping);
-    log = await MetricsLog.open(join(s.outputDir, RUN_FILES.metrics), setup.resume ? state.update : null);
+    log = await MetricsLog.open(join(s.outputDir, RUN_FILES.metrics), setup.resume ? state.update : null, {
+      tensorboardDir: s.reportTo === "tensorboard" ? join(s.outputDir, RUN_FILES.tensorboard) : undefined,
+    });
     const limit = Math.min(schedule.totalSteps, s.maxNumSteps ?? Infinity);
     const hooks = o.hooks ?? {};
     const run: Run = {
@@ -343,8 +364,28 @@ async function finish(run: Run): Promise<void> {
 }
 
 async function writePlot(run: Run): Promise<void> {
+  const svg = renderTrainingPlot(run.log.records, `EAGLE-3 draft of ${run.settings.targetModelPath}`);
+  await writeFileAtomic(join(run.settings.outputDir, RUN_FILES.plot), svg);
+  const last = run.log.records.at(-1);
+  const links: { label: string; href: string }[] = [{ label: "metrics.jsonl", href: RUN_FILES.metrics }, {
+    label: "curves (SVG)",
+    href: RUN_FILES.plot,
+  }];
+  if (run.log.tensorboardPath) links.push({ label: "TensorBoard events", href: RUN_FILES.tensorboard });
   await writeFileAtomic(
-    join(run.settings.outputDir, RUN_FILES.plot),
-    renderTrainingPlot(run.log.records, `EAGLE-3 draft of ${run.settings.targetModelPath}`),
+    join(run.settings.outputDir, RUN_FILES.report),
+    renderReportHtml({
+      title: `Eaglet training: EAGLE-3 draft of ${run.settings.targetModelPath}`,
+      headline: last
+        ? {
+          "updates": String(run.state.update),
+          [`last ${last.split} loss`]: last.loss.toFixed(4),
+          [`last ${last.split} acc per TTT position`]: last.acc.map((a) => a.toFixed(3)).join(" "),
+        }
+        : undefined,
+      curvesSvg: svg,
+      settings: { ...run.settings },
+      links,
+    }),
   );
 }

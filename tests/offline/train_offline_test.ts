@@ -5,6 +5,7 @@
  *   train-online's bit for bit over a whole run (same batches, same draft vocabulary from the files' tokens);
  * - lossy features: one step's loss and gradients stay within the stated tolerances of the online step's.
  */
+import { CHECKPOINT_FILES } from "../../lib/train/checkpoint.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gpu, needsGpu } from "../gpu.ts";
@@ -69,7 +70,7 @@ Deno.test(
       });
       assert.equal(offline.updates, online.updates);
       assert.deepEqual(offline.mapping.draftToTarget, online.mapping.draftToTarget);
-      for (const f of ["training_weights.safetensors", "optimizer.safetensors", "model.safetensors"]) {
+      for (const f of [CHECKPOINT_FILES.weights, CHECKPOINT_FILES.optimizer, CHECKPOINT_FILES.model]) {
         const x = await Deno.readFile(join(online.checkpoint!, f));
         const y = await Deno.readFile(join(offline.checkpoint!, f));
         assert.ok(x.length === y.length && x.every((v, i) => v === y[i]), `${f} identical`);

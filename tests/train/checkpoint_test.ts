@@ -9,6 +9,7 @@ import {
   findLatestCheckpoint,
   loadCheckpoint,
   saveCheckpoint,
+  TRAINING_STATE_DIR,
 } from "../../lib/train/checkpoint.ts";
 import { checkDraftExport } from "../../lib/models/export.ts";
 import { fromFloat32, SafetensorsFile, toFloat32 } from "../../lib/io/safetensors.ts";
@@ -87,6 +88,30 @@ Deno.test("checkpoint: re-export from the f32 master weights in another dtype", 
     );
     f.close();
     await assert.rejects(() => exportCheckpoint(dir, target), /already exists/);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("checkpoint: only the servable weights are *.safetensors beside config.json; old flat layout loads", async () => {
+  const out = await Deno.makeTempDir({ prefix: "eaglet-ckpt-" });
+  try {
+    const dir = await saveCheckpoint(out, 0, contents(3));
+    const top = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(
+      top,
+      ["config.json", "model.safetensors", TRAINING_STATE_DIR, "training_state.json"].sort(),
+    );
+    const inner = [...Deno.readDirSync(join(dir, TRAINING_STATE_DIR))].map((e) => e.name).sort();
+    assert.deepEqual(inner, ["optimizer.safetensors", "training_weights.safetensors"]);
+    const want = await loadCheckpoint(dir);
+    // A checkpoint written before training_state/ existed (files at the top) still resumes, same tensors.
+    for (const f of inner) await Deno.rename(join(dir, TRAINING_STATE_DIR, f), join(dir, f));
+    await Deno.remove(join(dir, TRAINING_STATE_DIR));
+    const flat = await loadCheckpoint(dir);
+    assert.deepEqual(flat.state, want.state);
+    for (const [name, t] of want.weights) assert.deepEqual(toFloat32(flat.weights.get(name)!), toFloat32(t));
+    assert.equal(flat.optimizer.size, want.optimizer.size);
   } finally {
     await Deno.remove(out, { recursive: true });
   }

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { tinyExport } from "./fixtures.ts";
-import { checkDraftExport, exportDraft } from "../../lib/models/export.ts";
+import { checkDraftExport, checkVllmExport, exportDraft } from "../../lib/models/export.ts";
 import { SafetensorsFile, toFloat32, toNumbers } from "../../lib/io/safetensors.ts";
 import { roundBf16 } from "../../lib/tensor.ts";
 
@@ -141,5 +141,29 @@ Deno.test("export check: a tampered directory is named", async () => {
     );
     await Deno.remove(join(dir, "config.json"));
     await assert.rejects(() => checkDraftExport(dir), /config\.json: missing/);
+  });
+});
+
+Deno.test("export --format vllm: same tensors, aux ids top-level in vLLM's convention (+1), checked", async () => {
+  await withTempDir(async (root) => {
+    const exp = tinyExport();
+    const sglang = join(root, "sglang"), vllm = join(root, "vllm");
+    await exportDraft(sglang, exp);
+    await exportDraft(vllm, exp, { format: "vllm" });
+    const ids = exp.config.auxLayerIds!;
+    assert.ok(ids && ids.length === 3, "the fixture pins aux ids");
+    const json = JSON.parse(await Deno.readTextFile(join(vllm, "config.json")));
+    assert.deepEqual(json.eagle_aux_hidden_state_layer_ids, ids.map((l) => l + 1));
+    assert.equal(json.eagle_config.eagle_aux_hidden_state_layer_ids, undefined);
+    assert.equal(json.eagle_config.use_aux_hidden_state, true);
+    assert.deepEqual(json.architectures, ["LlamaForCausalLMEagle3"]);
+    const checked = await checkVllmExport(vllm);
+    assert.deepEqual(checked.auxLayerIds, ids.map((l) => l + 1));
+    assert.deepEqual(
+      await Deno.readFile(join(vllm, "model.safetensors")),
+      await Deno.readFile(join(sglang, "model.safetensors")),
+    );
+    // An SGLang directory is not a vLLM one (its ids sit in eagle_config, in SGLang's convention).
+    await assert.rejects(() => checkVllmExport(sglang), /eagle_config\.eagle_aux_hidden_state_layer_ids/);
   });
 });

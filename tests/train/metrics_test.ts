@@ -9,6 +9,7 @@ import {
   ProgressPrinter,
   recordToJson,
   simulatedAcceptanceLength,
+  tensorboardScalars,
 } from "../../lib/train/metrics.ts";
 import { renderTrainingPlot } from "../../lib/train/plot.ts";
 
@@ -91,4 +92,27 @@ Deno.test("plot: a self-contained SVG with loss and every acc_k", () => {
     assert.ok(svg.includes(label), label);
   }
   assert.equal((svg.match(/<path /g) ?? []).length, 4, "one train loss line + 3 acc lines");
+});
+
+Deno.test("metrics log: --report-to tensorboard mirrors each record as scalars in an event file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const r = { ...rec(10), lr: 1e-3, tokensPerSec: 250 };
+    const tags = tensorboardScalars(r);
+    assert.equal(tags["train/loss"], r.loss);
+    assert.equal(tags["train/ploss_1"], r.ploss[1]);
+    assert.equal(tags["train/acc_0"], r.acc[0]);
+    assert.equal(tags["train/lr"], 1e-3);
+    assert.equal(tags["train/tokens_per_s"], 250);
+    const log = await MetricsLog.open(join(dir, "metrics.jsonl"), null, {
+      tensorboardDir: join(dir, "runs"),
+    });
+    await log.append(r);
+    log.close();
+    const bytes = await Deno.readFile(log.tensorboardPath!);
+    const text = new TextDecoder().decode(bytes);
+    assert.ok(text.includes("brain.Event:2") && text.includes("train/ploss_1"), "version + scalar events");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

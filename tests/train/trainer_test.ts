@@ -11,7 +11,7 @@ import type { TrainSettingsInput } from "../../lib/train/config.ts";
 import { TrainingDivergedError, trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 import { checkDraftExport } from "../../lib/models/export.ts";
-import { findLatestCheckpoint, loadCheckpoint } from "../../lib/train/checkpoint.ts";
+import { CHECKPOINT_FILES, findLatestCheckpoint, loadCheckpoint } from "../../lib/train/checkpoint.ts";
 
 const quiet = () => new ProgressPrinter(() => {}, false);
 
@@ -42,10 +42,15 @@ Deno.test(
       assert.equal(b.updates, 8);
       assert.equal(a.checkpoint, join(root, "straight", "epoch_1_step_8"));
       assert.equal(b.checkpoint, join(root, "resumed", "epoch_1_step_8"));
-      for (const f of ["training_weights.safetensors", "optimizer.safetensors", "model.safetensors"]) {
+      for (const f of [CHECKPOINT_FILES.weights, CHECKPOINT_FILES.optimizer, CHECKPOINT_FILES.model]) {
         const x = await Deno.readFile(join(a.checkpoint!, f));
         const y = await Deno.readFile(join(b.checkpoint!, f));
         assert.ok(x.length === y.length && x.every((v, i) => v === y[i]), `${f} identical`);
+      }
+      // Serving loaders glob *.safetensors: the servable weights are the checkpoint's only ones.
+      for (const dir of [a.checkpoint!, b.checkpoint!]) {
+        const top = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".safetensors"));
+        assert.deepEqual(top, [CHECKPOINT_FILES.model], `${dir}: safetensors beside config.json`);
       }
       const state = (await loadCheckpoint(b.checkpoint!)).state;
       assert.deepEqual(state.position, { epoch: 2, step: 0 });
