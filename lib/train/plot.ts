@@ -1,6 +1,6 @@
 /**
  * A self-contained SVG of a run's curves: the loss per optimizer update (train as a line, eval as dots) and
- * every acc_k per update (one line per TTT step k, eval as dots of the same colour). No scripts, no external
+ * every acc_k per update (one line per TTT position k, eval as dots of the same colour). No scripts, no external
  * files: it opens in any browser or image viewer. Written at each evaluation and at the end of a run.
  */
 import type { MetricsRecord } from "./metrics.ts";
@@ -60,7 +60,7 @@ function panel(title: string, y0: number, series: Series[], xMax: number, yRange
   parts.push(
     `<text x="${(PAD_L + x1) / 2}" y="${
       yBot + 32
-    }" font-size="11" text-anchor="middle">optimizer step</text>`,
+    }" font-size="11" text-anchor="middle">optimizer update</text>`,
   );
   series.forEach((s, i) => {
     const pts = s.points.filter(([, y]) => Number.isFinite(y));
@@ -132,7 +132,7 @@ export function renderTrainingPlot(records: readonly MetricsRecord[], title: str
     `<rect width="100%" height="100%" fill="#fff"/>`,
     `<text x="${W / 2}" y="22" font-size="15" text-anchor="middle">${esc(title)}</text>`,
     panel("loss (mean of ploss_k)", 30, lossSeries, xMax),
-    panel("accuracy per TTT step", 30 + PANEL_H, accSeries, xMax, [0, 1]),
+    panel("accuracy per TTT position", 30 + PANEL_H, accSeries, xMax, [0, 1]),
     `</svg>`,
     "",
   ].join("\n");
