@@ -229,12 +229,7 @@ export async function checkVllmExport(
     );
   }
   const stPath = join(dir, SAFETENSORS_SINGLE);
-  let f: SafetensorsFile;
-  try {
-    f = await SafetensorsFile.open(stPath);
-  } catch (e) {
-    throw new ExportError(`${stPath}: ${(e as Error).message}`);
-  }
+  const f = await openExportWeights(stPath);
   try {
     for (const name of f.names) {
       if (!VLLM_TENSOR.test(name)) {
@@ -252,6 +247,15 @@ export async function checkVllmExport(
     return { names: f.names, auxLayerIds: ids === undefined ? null : ids as number[] };
   } finally {
     f.close();
+  }
+}
+
+/** An export's model.safetensors at `path`, opened; an unreadable file is an {@link ExportError} naming it. */
+async function openExportWeights(path: string): Promise<SafetensorsFile> {
+  try {
+    return await SafetensorsFile.open(path);
+  } catch (e) {
+    throw new ExportError(`${path}: ${(e as Error).message}`);
   }
 }
 
@@ -304,12 +308,7 @@ export async function checkDraftExport(dir: string): Promise<CheckedExport> {
     );
   }
   const stPath = join(dir, SAFETENSORS_SINGLE);
-  let f: SafetensorsFile;
-  try {
-    f = await SafetensorsFile.open(stPath);
-  } catch (e) {
-    throw new ExportError(`${stPath}: ${(e as Error).message}`);
-  }
+  const f = await openExportWeights(stPath);
   try {
     const expected = draftWeightShapes(config);
     expected.set("d2t", [config.draftVocabSize]);

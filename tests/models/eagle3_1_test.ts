@@ -7,40 +7,17 @@ import assert from "node:assert/strict";
 import { assertClose, gpu, needsGpu } from "../gpu.ts";
 import { Golden } from "../golden.ts";
 import { Tensor } from "../../lib/tensor.ts";
-import type { VocabMapping } from "../../lib/data/vocab.ts";
 import { type DraftConfig, draftConfigJson, parseDraftConfig } from "../../lib/models/draft_config.ts";
 import { buildEagle3Step, Eagle3Draft, eagle3ParamNames } from "../../lib/models/eagle3.ts";
+import { assertScaled, goldenVocab, TINY_DRAFT_JSON, writeGoldenInputs } from "./draft_fixtures.ts";
 
-const JSON_CFG = {
-  architectures: ["LlamaForCausalLMEagle3"],
-  hidden_size: 32,
-  intermediate_size: 48,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  head_dim: 8,
-  vocab_size: 64,
-  draft_vocab_size: 40,
-  rms_norm_eps: 1e-5,
-  max_position_embeddings: 64,
-};
+const JSON_CFG = TINY_DRAFT_JSON;
 const B = 2, T = 16, K = 3;
 
 const VARIANTS: Array<[string, DraftConfig]> = [
   ["served", parseDraftConfig({ ...JSON_CFG, fc_norm: true, norm_output: true }, "served")],
   ["specforge_no_norm", parseDraftConfig({ ...JSON_CFG, norm_output: false }, "sf", "specforge")],
 ];
-
-/** |a − e| ≤ tol·max|e| elementwise; returns the worst ratio. */
-function assertScaled(actual: ArrayLike<number>, expected: ArrayLike<number>, label: string, tol: number) {
-  let scale = 0;
-  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]));
-  assertClose(actual, expected, label, { atol: tol * Math.max(scale, 1e-30), rtol: 0 });
-  let worst = 0;
-  for (let i = 0; i < expected.length; i++) {
-    worst = Math.max(worst, Math.abs(actual[i] - expected[i]) / scale);
-  }
-  return scale === 0 ? 0 : worst;
-}
 
 Deno.test("eagle3.1 config: fc_norm and norm_output in both meanings, written back as SGLang reads them", () => {
   const [served, sf] = [VARIANTS[0][1], VARIANTS[1][1]];
@@ -80,22 +57,10 @@ for (const [variant, cfg] of VARIANTS) {
     const weights = new Map(eagle3ParamNames(cfg).map((n) => [n, gold.f32(`weight.${n}`)]));
     const draft = Eagle3Draft.create(g, cfg, { weights });
     const embedding = Tensor.fromArray(g, gold.f32("embed"), [cfg.vocabSize, cfg.hiddenSize], "f32", "embed");
-    const d2t = gold.ints("d2t"), t2d = gold.ints("t2d");
-    const vocab: VocabMapping = {
-      draftVocabSize: d2t.length,
-      targetVocabSize: t2d.length,
-      d2t: BigInt64Array.from(d2t, (x) => BigInt(x)),
-      t2d: Uint8Array.from(t2d),
-      draftToTarget: Int32Array.from(d2t, (o, i) => i + o),
-    };
+    const vocab = goldenVocab(gold);
     const step = await buildEagle3Step(draft, { batch: B, seqLen: T, tttLength: K, embedding, vocab });
     try {
-      step.aux.write(gold.f32("aux"));
-      step.ids.write(Int32Array.from(gold.ints("ids")));
-      step.lengths.write(Int32Array.from(gold.ints("lengths")));
-      step.lossMask.write(gold.f32("loss_mask"));
-      step.teacherLogits.write(gold.f32("teacher_logits"));
-      step.teacherArgmax.write(Int32Array.from(gold.ints("teacher_argmax")));
+      writeGoldenInputs(step, gold);
       step.run();
       const m = await step.readMetrics();
       assertClose([m.weightedLoss], gold.f32(`${variant}.loss`), "loss", { atol: 0, rtol: 2e-5 });

@@ -14,20 +14,10 @@ import { TttAttention } from "../../lib/models/eagle3_ttt_attention.ts";
 import { ropeTable } from "../../lib/ops/rope.ts";
 import { asRowSplit } from "../../lib/ops/row_split.ts";
 import { DraftSession } from "../../lib/eval/draft_infer.ts";
+import { TINY_DRAFT_JSON } from "./draft_fixtures.ts";
 import type { VocabMapping } from "../../lib/data/vocab.ts";
 
-const CFG: DraftConfig = parseDraftConfig({
-  architectures: ["LlamaForCausalLMEagle3"],
-  hidden_size: 32,
-  intermediate_size: 48,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  head_dim: 8,
-  vocab_size: 64,
-  draft_vocab_size: 40,
-  rms_norm_eps: 1e-5,
-  max_position_embeddings: 64,
-}, "test draft config");
+const CFG: DraftConfig = parseDraftConfig(TINY_DRAFT_JSON, "test draft config");
 
 function identityVocab(): VocabMapping {
   const Vd = CFG.draftVocabSize, V = CFG.vocabSize;
