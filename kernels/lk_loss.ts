@@ -41,6 +41,15 @@ fn draft_stats(base: u32, cols: u32) -> vec2<f32> {
   for (var v = 0u; v < cols; v++) { s = s + exp(z[base + v] - m); }
   return vec2<f32>(m, s);
 }
+// Whether row r has a target row j = t + k + 1 inside its sequence (past the end p ≡ 0 and α = 0).
+fn has_teacher(r: u32) -> bool {
+  return r % p.seq + p.k + 1u < p.seq;
+}
+// The target's full-vocabulary log-sum-exp of row src, from its running (max, Σexp).
+fn target_lse(src: u32) -> f32 {
+  let ms = max_sum[src];
+  return ms.x + log(ms.y);
+}
 fn weight_of(q: f32, pv: f32) -> f32 {
   return select(select(0.0, 0.5, q == pv), 1.0, q < pv);
 }
@@ -65,10 +74,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) lid: u32) {
   let r = row_index(wg, nwg, lid);
   if (r >= p.rows) { return; }
-  if (r % p.seq + p.k + 1u >= p.seq) { out[r] = vec2<f32>(0.0, 0.0); return; }
+  if (!has_teacher(r)) { out[r] = vec2<f32>(0.0, 0.0); return; }
   let src = r + p.k + 1u;
-  let ms = max_sum[src];
-  let lse = ms.x + log(ms.y);
+  let lse = target_lse(src);
   let base = r * p.cols;
   let st = draft_stats(base, p.cols);
   var alpha = 0.0;
@@ -156,13 +164,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   } else if (as_.x > 0.0) {
     c = -m / (total * as_.x);
   }
-  if (c == 0.0 || r % p.seq + p.k + 1u >= p.seq) {
+  if (c == 0.0 || !has_teacher(r)) {
     for (var v = 0u; v < p.cols; v++) { z[base + v] = w_kl * g[base + v]; }
     return;
   }
   let src = r + p.k + 1u;
-  let ms = max_sum[src];
-  let lse = ms.x + log(ms.y);
+  let lse = target_lse(src);
   let st = draft_stats(base, p.cols);
   for (var v = 0u; v < p.cols; v++) {
     let q = exp(z[base + v] - st.x) / st.y;
