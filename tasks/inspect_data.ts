@@ -61,7 +61,9 @@ async function inspectData(v: Settings<typeof INSPECT_DATA_FLAGS>): Promise<void
     } else {
       sample = { id: rec.id, ...preprocessConversation(tok, template, rec.conversations, opts, rec.tools) };
     }
-    const view = inspectSample(tok, sample, v.chatTemplate, maxLength);
+    // Pre-tokenized records go through no chat template: say so rather than name the default one.
+    const templateLabel = rec.kind === "tokens" ? "none (pre-tokenized input_ids)" : v.chatTemplate;
+    const view = inspectSample(tok, sample, templateLabel, maxLength);
     if (v.json) {
       console.log(JSON.stringify({
         id: view.id,

@@ -108,11 +108,39 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 3
 span { font-family: monospace; padding: 0 2px; }
 </style></head><body>
 <h1>Speculative decoding</h1>
-<pre>${esc(JSON.stringify(summary, null, 2))}</pre>
+${headlineTable(summary)}
+<p>All figures: <a href="eval.json">eval.json</a>; curves and settings: <a href="report.html">report.html</a>.</p>
 <img src="accept_length_histogram.svg" alt="accept length histogram">
 ${sections}
 </body></html>
 `;
+}
+
+/** The summary's headline figures as a two-column table, labelled in words (the page opens with these). */
+function headlineTable(summary: Record<string, unknown>): string {
+  const fmt = (v: unknown) =>
+    typeof v === "number"
+      ? (Number.isInteger(v) ? String(v) : v.toFixed(3))
+      : v === null
+      ? "not measured"
+      : String(v);
+  const rows: [string, unknown][] = [
+    ["accept length τ (tokens per target forward)", summary.tau],
+    [
+      "draft steps / branches per level / verified nodes",
+      `${summary.num_steps} / ${summary.topk} / ${summary.num_draft_tokens}`,
+    ],
+    ["temperature", summary.temperature],
+    ["samples / new tokens / rounds", `${summary.num_samples} / ${summary.new_tokens} / ${summary.rounds}`],
+    ["speed-up (measured tokens/s with the draft ÷ without)", summary.speedup],
+    ["output equals the target's greedy output", summary.matches_target_greedy],
+  ];
+  return `<table>${
+    rows.filter(([, v]) => v !== undefined).map(([k, v]) =>
+      `<tr><th>${esc(k)}</th><td>${esc(fmt(v))}</td></tr>`
+    )
+      .join("")
+  }</table>`;
 }
 
 function depthOf(parents: number[], node: number): number {

@@ -108,6 +108,16 @@ Deno.test("prepare-data end to end: convert, tokenize into the cache, draft voca
   assert.equal(j.tokens.filter((_: string, i: number) => j.loss_mask[i]).join(""), "Hi.<|im_end|>\n");
   const html = await Deno.readTextFile(join(dir, "s.html"));
   assert.ok(html.includes("qwen3-instruct") && html.includes('class="sup'));
+  await Deno.writeTextFile(join(dir, "tokens.jsonl"), '{"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}\n');
+  const pre = await run("inspect_data", [
+    "--input",
+    join(dir, "tokens.jsonl"),
+    "--tokenizer",
+    QWEN3_DIR,
+    "--json",
+  ]);
+  assert.equal(pre.code, 0, pre.stderr);
+  assert.equal(JSON.parse(pre.stdout).template, "none (pre-tokenized input_ids)", "no template was applied");
   const missing = await run("inspect_data", [
     "--input",
     join(dir, "sharegpt_train.jsonl"),

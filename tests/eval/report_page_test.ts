@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { renderReportHtml } from "../../lib/eval/report.ts";
+import { evalSummary, renderReportHtml, samplesHtml } from "../../lib/eval/report.ts";
+import type { SpeculativeEvalResult } from "../../lib/eval/speculative.ts";
 import { renderTrainingPlot } from "../../lib/train/plot.ts";
 import type { MetricsRecord } from "../../lib/train/metrics.ts";
 
@@ -95,4 +96,27 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("samples page: opens with the headline figures in words, not a JSON dump", () => {
+  const result = {
+    config: { numSteps: 3, topk: 1, numDraftTokens: 4 },
+    temperature: 0,
+    stats: {
+      rounds: 2,
+      tau: 1.5,
+      acceptedAtPosition: [0.5],
+      conditionalAcceptance: [0.5],
+      histogram: [1, 1],
+    },
+    targetTokensPerSecond: null,
+    speculativeTokensPerSecond: null,
+    speedup: null,
+    matchesTargetGreedy: true,
+    samples: [],
+  } as unknown as SpeculativeEvalResult;
+  const page = samplesHtml(result, evalSummary(result));
+  assert.ok(page.includes("<th>accept length τ (tokens per target forward)</th><td>1.500</td>"), page);
+  assert.ok(page.includes("<td>not measured</td>") && page.includes('href="eval.json"'));
+  assert.ok(!page.includes("<pre>") && !page.includes('"tau"'));
 });
