@@ -14,8 +14,7 @@
 import { Gpu } from "../lib/gpu/device.ts";
 import { flagHelp, type FlagTable, parseCommand } from "../lib/flags.ts";
 import { hubOptionsFromEnv, resolveModelPath } from "../lib/io/hub.ts";
-import { TargetModel } from "../lib/models/target.ts";
-import { selfDistilledSamples, writeJsonl } from "../lib/train/selfdistill.ts";
+import { writeSelfDistilledSplit } from "../lib/train/selfdistill.ts";
 
 /** The flags of this script. */
 const FLAGS = {
@@ -46,29 +45,21 @@ if (cmd.help) {
 }
 const { targetModelPath: target, outputDir: outDir, trainSamples: train, evalSamples: held } = cmd.settings;
 const continuation = cmd.settings.continuationTokens;
-const openingTokens = 16;
 const modelDir = await resolveModelPath(target, hubOptionsFromEnv(Deno.env.toObject()));
 const gpu = await Gpu.create();
-const model = await TargetModel.load(gpu, modelDir);
 const t0 = performance.now();
-const samples = await selfDistilledSamples(model, {
-  count: train + held,
-  openingTokens,
+const split = await writeSelfDistilledSplit(gpu, modelDir, {
+  trainSamples: train,
+  evalSamples: held,
+  outputDir: outDir,
+  openingTokens: 16,
   continuationTokens: continuation,
   seed: 0,
   batch: 50,
   onProgress: (n) => console.log(`${n} samples, ${((performance.now() - t0) / 1000).toFixed(0)} s`),
 });
-await Deno.mkdir(outDir, { recursive: true });
-await writeJsonl(`${outDir}/train.jsonl`, samples.slice(0, train));
-await writeJsonl(`${outDir}/eval.jsonl`, samples.slice(train));
-await writeJsonl(
-  `${outDir}/eval_prompts.jsonl`,
-  samples.slice(train).map((s) => ({ id: s.id, input_ids: s.input_ids.slice(0, openingTokens) })),
-);
 console.log(
-  `wrote ${outDir}/train.jsonl (${train} samples), ${outDir}/eval.jsonl (${held} samples) and ` +
-    `${outDir}/eval_prompts.jsonl (their openings)`,
+  `wrote ${split.trainJsonl} (${train} samples), ${split.evalJsonl} (${held} samples) and ` +
+    `${split.evalPromptsJsonl} (their openings)`,
 );
-model.destroy();
 gpu.destroy();

@@ -25,7 +25,7 @@ import { buildTokenizedDataset } from "../lib/data/build.ts";
 import { inspectSample, renderHtml } from "../lib/data/inspect.ts";
 import { templates } from "../lib/data/templates.ts";
 import { type ChatTokenizer, loadTokenizer } from "../lib/data/tokenizer.ts";
-import { type SelfDistilledSample, selfDistilledSamples, writeJsonl } from "../lib/train/selfdistill.ts";
+import { type SelfDistilledSample, writeSelfDistilledSplit } from "../lib/train/selfdistill.ts";
 import { trainSettings } from "../lib/train/config.ts";
 import { RUN_FILES, trainOnline } from "../lib/train/trainer.ts";
 import { exportCheckpoint } from "../lib/train/checkpoint.ts";
@@ -312,13 +312,13 @@ export async function resolveDemoTarget(
 
 /** 1. Samples the target writes itself; writes train.jsonl and eval.jsonl; returns all of them. */
 async function selfDistilledData({ o, gpu, targetDir, paths }: Demo): Promise<SelfDistilledSample[]> {
-  const total = o.trainSamples + o.evalSamples;
-  const target = await TargetModel.load(gpu, targetDir);
-  const bar = new ProgressBar("  samples", total);
-  let samples;
+  const bar = new ProgressBar("  samples", o.trainSamples + o.evalSamples);
+  let split;
   try {
-    samples = await selfDistilledSamples(target, {
-      count: total,
+    split = await writeSelfDistilledSplit(gpu, targetDir, {
+      trainSamples: o.trainSamples,
+      evalSamples: o.evalSamples,
+      outputDir: paths.data,
       openingTokens: o.openingTokens,
       continuationTokens: o.continuationTokens,
       seed: o.seed,
@@ -327,12 +327,9 @@ async function selfDistilledData({ o, gpu, targetDir, paths }: Demo): Promise<Se
     });
   } finally {
     bar.done();
-    target.destroy();
   }
-  await writeJsonl(paths.trainJsonl, samples.slice(0, o.trainSamples));
-  await writeJsonl(paths.evalJsonl, samples.slice(o.trainSamples));
-  console.log(`  wrote ${paths.trainJsonl} (${o.trainSamples}) and ${paths.evalJsonl} (${o.evalSamples})`);
-  return samples;
+  console.log(`  wrote ${split.trainJsonl} (${o.trainSamples}) and ${split.evalJsonl} (${o.evalSamples})`);
+  return split.samples;
 }
 
 /** 2. The same build (and cache entry) the trainer reads next, and an HTML view of one sample. */

@@ -8,7 +8,9 @@
  * This is the data of the tinystories learning check: 16-token openings (BOS + 15 sampled tokens), 112
  * greedy tokens, loss on those 112.
  */
-import type { TargetModel } from "../models/target.ts";
+import { join } from "node:path";
+import type { Gpu } from "../gpu/device.ts";
+import { TargetModel } from "../models/target.ts";
 import { generate } from "../models/generate.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 
@@ -81,4 +83,59 @@ export async function selfDistilledSamples(
 /** Writes samples as JSON lines, atomically. */
 export async function writeJsonl(path: string, rows: readonly unknown[]): Promise<void> {
   await writeFileAtomic(path, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+}
+
+/** Options of {@link writeSelfDistilledSplit}: the samples' shape and where the files go. */
+export interface SelfDistilledSplitOptions extends Omit<SelfDistillOptions, "count"> {
+  /** Training samples (the first ones made). */
+  trainSamples: number;
+  /** Held-out samples (the rest). */
+  evalSamples: number;
+  /** Directory of train.jsonl, eval.jsonl and eval_prompts.jsonl (created if needed). */
+  outputDir: string;
+}
+
+/** The files {@link writeSelfDistilledSplit} wrote, and every sample in order (training ones first). */
+export interface SelfDistilledSplit {
+  /** The pre-tokenized training samples, as train-online reads them. */
+  trainJsonl: string;
+  /** The held-out samples, same form (eval loss and `deno task eval` prompts from their loss masks). */
+  evalJsonl: string;
+  /** The held-out openings alone, `{"id", "input_ids"}`: prompts for `deno task eval`. */
+  evalPromptsJsonl: string;
+  /** All samples, the training ones first. */
+  samples: SelfDistilledSample[];
+}
+
+/**
+ * Loads the target in `targetDir`, makes trainSamples + evalSamples samples with {@link selfDistilledSamples}
+ * and writes the train / held-out split (the demo's step 1 and examples/tinystories_selfdistill.ts).
+ */
+export async function writeSelfDistilledSplit(
+  gpu: Gpu,
+  targetDir: string,
+  o: SelfDistilledSplitOptions,
+): Promise<SelfDistilledSplit> {
+  const model = await TargetModel.load(gpu, targetDir);
+  let samples;
+  try {
+    samples = await selfDistilledSamples(model, { ...o, count: o.trainSamples + o.evalSamples });
+  } finally {
+    model.destroy();
+  }
+  const opening = o.openingTokens ?? 16;
+  const held = samples.slice(o.trainSamples);
+  await Deno.mkdir(o.outputDir, { recursive: true });
+  const files = {
+    trainJsonl: join(o.outputDir, "train.jsonl"),
+    evalJsonl: join(o.outputDir, "eval.jsonl"),
+    evalPromptsJsonl: join(o.outputDir, "eval_prompts.jsonl"),
+  };
+  await writeJsonl(files.trainJsonl, samples.slice(0, o.trainSamples));
+  await writeJsonl(files.evalJsonl, held);
+  await writeJsonl(
+    files.evalPromptsJsonl,
+    held.map((s) => ({ id: s.id, input_ids: s.input_ids.slice(0, opening) })),
+  );
+  return { ...files, samples };
 }
