@@ -109,11 +109,27 @@ export {
   loadDraftConfig,
   parseDraftConfig,
 } from "./lib/models/draft_config.ts";
-export type { DraftConfig } from "./lib/models/draft_config.ts";
+export type { DraftConfig, NormOutputMeaning } from "./lib/models/draft_config.ts";
 export { buildEagle3Step, EAGLE3_PARAM_NAMES, Eagle3Draft, Eagle3Step } from "./lib/models/eagle3.ts";
 export type { Eagle3StepInputs, Eagle3StepOptions } from "./lib/models/eagle3.ts";
+export { FC_NORM_PARAM_NAMES } from "./lib/models/eagle3.ts";
+export type { Eagle3CoreParamName, PerEagle3Param } from "./lib/models/eagle3.ts";
+export type {
+  Eagle3FcActivations,
+  Eagle3FcGrads,
+  Eagle3HeadActivations,
+  Eagle3LayerActivations,
+  Eagle3LayerGrads,
+} from "./lib/models/eagle3_layer.ts";
+export type { TttAttentionGrads, TttAttentionTensors, TttShape } from "./lib/models/eagle3_ttt_attention.ts";
+export type { LkLossOptions, LkLossType } from "./lib/ops/lk_loss.ts";
 export { eagle3ActivationBytes } from "./lib/models/eagle3_activations.ts";
-export type { Eagle3Activations, Eagle3StepShape } from "./lib/models/eagle3_activations.ts";
+export type {
+  Eagle3Activations,
+  Eagle3StepGrads,
+  Eagle3StepShape,
+  TeacherRows,
+} from "./lib/models/eagle3_activations.ts";
 export type { Eagle3Metrics } from "./lib/models/eagle3_metrics.ts";
 export { convertLlama2c } from "./lib/models/llama2c.ts";
 
@@ -229,7 +245,16 @@ export type { LoadedCheckpoint, TrainingState } from "./lib/train/checkpoint.ts"
 
 // Export for SGLang.
 export { checkDraftExport, exportDraft, ExportError } from "./lib/models/export.ts";
-export type { CheckedExport, DraftExport, ExportDtype, NamedWeight } from "./lib/models/export.ts";
+export type {
+  CheckedExport,
+  DraftExport,
+  ExportDtype,
+  ExportFormat,
+  ExportOptions,
+  NamedWeight,
+} from "./lib/models/export.ts";
+export { checkSpeculatorsExport } from "./lib/models/export_speculators.ts";
+export type { SpeculatorsOptions, SpeculatorsVerifier } from "./lib/models/export_speculators.ts";
 
 // Evaluation by speculative decoding.
 export {

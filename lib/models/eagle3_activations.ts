@@ -103,8 +103,9 @@ export interface Eagle3Activations<T = Tensor> {
   teacherProbs: T;
   /** Each row's loss [B·T]. */
   rowLoss: T;
-  /** Correct and counted rows of the current position [2], and per row [B·T, 2]. */
+  /** Correct and counted rows of the current position [2]. */
   accCounts: T;
+  /** The same per row [B·T, 2]. */
   accPerRow: T;
   /** The expected acceptance of the current position: (α, S) per row [B·T, 2] and the masked sums [4]. */
   acceptance: { rows: T; stats: T } | null;

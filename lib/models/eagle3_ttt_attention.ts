@@ -20,8 +20,11 @@ import type { Eagle3Attention, MakeTensor, QkvGrads } from "./eagle3_layer.ts";
 
 /** B sequences of T rows, K TTT positions. */
 export interface TttShape {
+  /** Sequences B. */
   batch: number;
+  /** Rows per sequence T. */
   seqLen: number;
+  /** TTT positions K. */
   tttLength: number;
 }
 
@@ -29,15 +32,19 @@ export interface TttShape {
 export interface TttAttentionTensors<T = Tensor> {
   /** RoPE cos and sin for positions 0..T+K−2 [T+K−1, hd/2]. */
   cos: T;
+  /** See `cos`. */
   sin: T;
   /** Position 0's keys and values [N, KV] (RoPE applied to the keys). */
   k0: T;
+  /** See `k0`. */
   v0: T;
   /** Positions 1..K−1's keys and values [K−1, N·KV]; null when K = 1. */
   kd: T | null;
+  /** See `kd`. */
   vd: T | null;
   /** Where positions ≥ 1 project their keys and values before they are copied into kd, vd [N, KV]. */
   kStep: T;
+  /** See `kStep`. */
   vStep: T;
   /** Log-sum-exp of each query row, per saved position [B, nh, T]. */
   lse: T[];
@@ -47,18 +54,25 @@ export interface TttAttentionTensors<T = Tensor> {
 export interface TttAttentionGrads<T = Tensor> {
   /** ∂/∂q of the current position [N, nh·hd]. */
   q: T;
-  /** The current position's share of ∂/∂K⁰, ∂/∂V⁰ [N, KV], and their sums over the positions so far. */
+  /** The current position's share of ∂/∂K⁰ [N, KV]. */
   k0Part: T;
+  /** The current position's share of ∂/∂V⁰ [N, KV]. */
   v0Part: T;
+  /** ∂/∂K⁰ summed over the positions so far [N, KV]. */
   k0: T;
+  /** ∂/∂V⁰ summed over the positions so far [N, KV]. */
   v0: T;
-  /** The current position's share of ∂/∂K^j, ∂/∂V^j (j = 1..k) [K−1, N·KV], and their sums; null when K = 1. */
+  /** The current position's share of ∂/∂K^j (j = 1..k) [K−1, N·KV]; null when K = 1. */
   kdPart: T | null;
+  /** The current position's share of ∂/∂V^j [K−1, N·KV]; null when K = 1. */
   vdPart: T | null;
+  /** ∂/∂K^j summed over the positions so far [K−1, N·KV]; null when K = 1. */
   kd: T | null;
+  /** ∂/∂V^j summed over the positions so far [K−1, N·KV]; null when K = 1. */
   vd: T | null;
-  /** ∂/∂K^k, ∂/∂V^k of a position k ≥ 1, copied out of kd, vd [N, KV]. */
+  /** ∂/∂K^k of a position k ≥ 1, copied out of kd [N, KV]. */
   kStep: T;
+  /** ∂/∂V^k of a position k ≥ 1, copied out of vd [N, KV]. */
   vStep: T;
 }
 

@@ -35,6 +35,8 @@ import { type DraftConfig, draftConfigJson, parseDraftConfig } from "./draft_con
 import { eagle3ParamNames, eagle3ParamShapes } from "./eagle3.ts";
 import { type VocabMapping, vocabMappingTensors } from "../data/vocab.ts";
 import { shapeString } from "../tensor.ts";
+import { ExportError } from "./export_error.ts";
+import { sglangToSpeculators, type SpeculatorsOptions } from "./export_speculators.ts";
 
 /** Dtypes an export can store its float weights in. */
 export type ExportDtype = "bf16" | "f16" | "f32";
@@ -42,11 +44,7 @@ export type ExportDtype = "bf16" | "f16" | "f32";
 const SAFETENSORS_DTYPE = { bf16: "BF16", f16: "F16", f32: "F32" } as const;
 const TORCH_DTYPE = { bf16: "bfloat16", f16: "float16", f32: "float32" } as const;
 
-/** A bad export: a missing or unexpected tensor, a wrong shape or dtype, a config that does not match. */
-export class ExportError extends Error {
-  /** Error name shown in stack traces and messages. */
-  override name = "ExportError";
-}
+export { ExportError } from "./export_error.ts";
 
 /** The float weights of an export (the module comment's keys but d2t and t2d) with their shapes for `cfg`. */
 export function draftWeightShapes(cfg: DraftConfig): Map<string, number[]> {
@@ -134,21 +132,35 @@ export async function writeDraftExportFiles(
   await checkDraftExport(dir);
 }
 
-/** Serving engines an export targets. */
-export type ExportFormat = "sglang" | "vllm";
+/** Serving formats an export targets: SGLang's, vLLM's EAGLE-3 config, speculators' (vLLM's own library). */
+export type ExportFormat = "sglang" | "vllm" | "speculators";
+
+/** Options of {@link exportDraft}. */
+export interface ExportOptions {
+  /** Dtype of the float weights (default bf16). */
+  dtype?: ExportDtype;
+  /** Replace `dir` if it exists. */
+  overwrite?: boolean;
+  /** Serving format (default sglang). */
+  format?: ExportFormat;
+  /** The speculators format's verifier and proposal length (required with format "speculators"). */
+  speculators?: SpeculatorsOptions;
+}
 
 /**
- * Writes the SGLang (or, with `format: "vllm"`, vLLM) directory `dir` atomically (replacing it when
+ * Writes the SGLang (or vLLM, or speculators: `format`) directory `dir` atomically (replacing it when
  * `overwrite`), checked after writing.
  */
-export async function exportDraft(
-  dir: string,
-  exp: DraftExport,
-  opts: { dtype?: ExportDtype; overwrite?: boolean; format?: ExportFormat } = {},
-): Promise<void> {
+export async function exportDraft(dir: string, exp: DraftExport, opts: ExportOptions = {}): Promise<void> {
+  if (opts.format === "speculators" && !opts.speculators) {
+    throw new ExportError(`${dir}: the speculators format needs the verifier (target) to name`);
+  }
   await writeDirAtomic(dir, async (tmp) => {
     await writeDraftExportFiles(tmp, exp, opts.dtype ?? "bf16");
     if (opts.format === "vllm") await sglangToVllm(tmp);
+    if (opts.format === "speculators") {
+      await sglangToSpeculators(tmp, await checkDraftExport(tmp), opts.speculators!);
+    }
   }, { overwrite: opts.overwrite });
 }
 

@@ -12,12 +12,15 @@ import type { Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
 
 /** The LK loss variants (SpecForge's `lk_loss_type`). */
-export type LkLossType = keyof typeof K.LK_VARIANT;
+export type LkLossType = "alpha" | "lambda";
 
 /** The settings of an LK loss: its type, and λ's `kl_scale` and `kl_decay` (lambda only). */
 export interface LkLossOptions {
+  /** alpha or lambda. */
   type: LkLossType;
+  /** lambda = kl_scale · exp(−kl_decay · mean acceptance). */
   klScale: number;
+  /** See `klScale`. */
   klDecay: number;
 }
 

@@ -27,7 +27,7 @@ import {
   type DraftExport,
   exportDraft,
   type ExportDtype,
-  type ExportFormat,
+  type ExportOptions,
   type NamedWeight,
   writeDraftExportFiles,
 } from "../models/export.ts";
@@ -225,15 +225,24 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
 export async function exportCheckpoint(
   checkpointDir: string,
   outDir: string,
-  opts: { dtype?: ExportDtype; overwrite?: boolean; vocabMapping?: VocabMapping; format?: ExportFormat } = {},
+  opts: ExportOptions & { vocabMapping?: VocabMapping } = {},
 ): Promise<void> {
   const ckpt = await loadCheckpoint(checkpointDir);
   const config = await loadDraftConfig(join(checkpointDir, CHECKPOINT_FILES.config));
   const weights = new Map<string, NamedWeight>();
   for (const [name, t] of ckpt.weights) weights.set(name, { values: toFloat32(t, name), shape: t.shape });
-  await exportDraft(outDir, { config, weights, mapping: opts.vocabMapping ?? ckpt.mapping }, {
-    dtype: opts.dtype,
-    overwrite: opts.overwrite,
-    format: opts.format,
-  });
+  await exportDraft(outDir, { config, weights, mapping: opts.vocabMapping ?? ckpt.mapping }, opts);
+}
+
+/** The target a checkpoint was trained against (its run's target_model_path), or null when not recorded. */
+export async function checkpointTarget(checkpointDir: string): Promise<string | null> {
+  const file = join(checkpointDir, CHECKPOINT_FILES.state);
+  let state: Partial<TrainingState>;
+  try {
+    state = JSON.parse(await Deno.readTextFile(file));
+  } catch (e) {
+    throw new CheckpointError(`${file}: ${(e as Error).message}`);
+  }
+  const path = state.settings?.target_model_path;
+  return typeof path === "string" && path !== "" ? path : null;
 }

@@ -3,7 +3,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { tinyExport } from "./fixtures.ts";
 import { checkDraftExport, checkVllmExport, exportDraft } from "../../lib/models/export.ts";
-import { SafetensorsFile, toFloat32, toNumbers } from "../../lib/io/safetensors.ts";
+import { checkSpeculatorsExport } from "../../lib/models/export_speculators.ts";
+import { fromFloat32, SafetensorsFile, toFloat32, toNumbers } from "../../lib/io/safetensors.ts";
+import { CHECKPOINT_VERSION, saveCheckpoint } from "../../lib/train/checkpoint.ts";
 import { roundBf16 } from "../../lib/tensor.ts";
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
@@ -165,5 +167,132 @@ Deno.test("export --format vllm: same tensors, aux ids top-level in vLLM's conve
     );
     // An SGLang directory is not a vLLM one (its ids sit in eagle_config, in SGLang's convention).
     await assert.rejects(() => checkVllmExport(sglang), /eagle_config\.eagle_aux_hidden_state_layer_ids/);
+  });
+});
+
+Deno.test("export --format speculators: Eagle3Speculator config and names, verifier inside, checked", async () => {
+  await withTempDir(async (root) => {
+    const exp = tinyExport();
+    const sglang = join(root, "sglang"), spec = join(root, "spec");
+    await exportDraft(sglang, exp);
+    const verifier = { nameOrPath: "org/target", architectures: ["LlamaForCausalLM"] };
+    await exportDraft(spec, exp, { format: "speculators", speculators: { verifier, speculativeTokens: 5 } });
+    const json = JSON.parse(await Deno.readTextFile(join(spec, "config.json")));
+    assert.deepEqual(json.architectures, ["Eagle3Speculator"]);
+    assert.equal(json.speculators_model_type, "eagle3");
+    assert.equal(json.norm_before_residual, false, "SpecForge's residual is the un-normed fc output");
+    assert.equal(json.draft_vocab_size, 12);
+    assert.equal(json.target_hidden_size, 32);
+    assert.deepEqual(json.eagle_aux_hidden_state_layer_ids, [1, 2, 2], "vLLM's convention: SGLang's + 1");
+    assert.equal(json.transformer_layer_config.model_type, "llama");
+    assert.equal(json.transformer_layer_config.hidden_size, 32);
+    assert.equal(json.transformer_layer_config.vocab_size, 50);
+    assert.equal(json.transformer_layer_config.num_hidden_layers, 1);
+    assert.deepEqual(json.speculators_config.proposal_methods[0].speculative_tokens, 5);
+    assert.deepEqual(json.speculators_config.verifier, {
+      name_or_path: "org/target",
+      architectures: ["LlamaForCausalLM"],
+    });
+    const checked = await checkSpeculatorsExport(spec);
+    assert.equal(checked.speculativeTokens, 5);
+    // Same tensors as the SGLang export, midlayer.* named layers.0.* (Eagle3Speculator's modules).
+    const a = await SafetensorsFile.open(join(sglang, "model.safetensors"));
+    const b = await SafetensorsFile.open(join(spec, "model.safetensors"));
+    try {
+      assert.deepEqual(b.names.sort(), a.names.map((n) => n.replace(/^midlayer\./, "layers.0.")).sort());
+      assert.ok(b.names.includes("layers.0.self_attn.q_proj.weight"));
+      for (const name of a.names) {
+        const other = await b.read(name.replace(/^midlayer\./, "layers.0."));
+        const mine = await a.read(name);
+        assert.deepEqual([other.dtype, other.shape, other.bytes], [mine.dtype, mine.shape, mine.bytes], name);
+      }
+    } finally {
+      a.close();
+      b.close();
+    }
+    await assert.rejects(() => checkSpeculatorsExport(sglang), /speculators_model_type must be "eagle3"/);
+    await assert.rejects(
+      () => exportDraft(join(root, "nov"), exp, { format: "speculators" }),
+      /needs the verifier/,
+    );
+    assert.equal(pathExistsSync(join(root, "nov")), false, "nothing written");
+  });
+});
+
+Deno.test("export --format speculators refuses an EAGLE-3.1 draft (no fc_norm in Eagle3SpeculatorConfig)", async () => {
+  await withTempDir(async (root) => {
+    const base = tinyExport();
+    const config = { ...base.config, fcNorm: true };
+    const weights = new Map(base.weights);
+    for (let i = 0; i < 3; i++) {
+      weights.set(`fc_norm.${i}.weight`, { values: new Float32Array(32).fill(1), shape: [32] });
+    }
+    const out = join(root, "spec");
+    await assert.rejects(
+      () =>
+        exportDraft(out, { ...base, config, weights }, {
+          format: "speculators",
+          speculators: { verifier: { nameOrPath: "t" } },
+        }),
+      /EAGLE-3\.1 draft \(fc_norm\) has no speculators form/,
+    );
+    assert.equal(pathExistsSync(out), false, "nothing half-written");
+  });
+});
+
+function pathExistsSync(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("deno task export --format speculators: the checkpoint's target is the verifier; --check reads it", async () => {
+  await withTempDir(async (root) => {
+    const exp = tinyExport(3);
+    const target = join(root, "target");
+    await Deno.mkdir(target);
+    await Deno.writeTextFile(
+      join(target, "config.json"),
+      JSON.stringify({ architectures: ["LlamaForCausalLM"] }),
+    );
+    const weights = new Map([...exp.weights].map(([n, w]) => [n, fromFloat32(w.values, w.shape)]));
+    const ckpt = await saveCheckpoint(join(root, "run"), 0, {
+      state: {
+        version: CHECKPOINT_VERSION,
+        globalStep: 3,
+        microSteps: 3,
+        position: { epoch: 1, step: 0 },
+        totalSteps: 3,
+        warmupSteps: 0,
+        rng: { seed: 0 },
+        settings: { target_model_path: target },
+        elapsed: 1,
+      },
+      weights,
+      optimizer: new Map(),
+      export: exp,
+      exportDtype: "bf16",
+    });
+    const task = (args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../../tasks/export.ts", import.meta.url).pathname, ...args],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const out = join(root, "spec");
+    const made = await task(["--checkpoint", ckpt, "--output-dir", out, "--format", "speculators"]);
+    assert.equal(made.code, 0, new TextDecoder().decode(made.stderr));
+    const json = JSON.parse(await Deno.readTextFile(join(out, "config.json")));
+    assert.deepEqual(json.speculators_config.verifier, {
+      name_or_path: target,
+      architectures: ["LlamaForCausalLM"],
+    });
+    assert.equal(json.speculators_config.proposal_methods[0].speculative_tokens, 3);
+    const check = await task(["--check", out]);
+    assert.equal(check.code, 0, new TextDecoder().decode(check.stderr));
+    assert.match(new TextDecoder().decode(check.stdout), /OK — speculators EAGLE-3, 3 tokens per round/);
   });
 });
