@@ -73,6 +73,12 @@ export interface GpuOptions {
   disableFeatures?: Array<(typeof OPTIONAL_FEATURES)[number]>;
   /** Called with a one-line message on every uncaptured error (defaults to console.error). */
   onUncapturedError?: (message: string) => void;
+  /**
+   * Request at most these limits (bytes), below the adapter's: a small device on any adapter, so that the
+   * paths for tensors over the binding or buffer size run (and are tested) where the hardware would not need
+   * them.
+   */
+  capLimits?: { maxStorageBufferBindingSize?: number; maxBufferSize?: number };
 }
 
 /** The install hint printed when no adapter is found. */
@@ -115,6 +121,7 @@ export class Gpu {
       const value = (adapter.limits as unknown as Record<string, number>)[name];
       if (typeof value === "number") requiredLimits[name] = value;
     }
+
     const disabled = new Set(options.disableFeatures ?? []);
     const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f) && !disabled.has(f));
     const device = await adapter.requestDevice({
@@ -123,8 +130,13 @@ export class Gpu {
     });
     const l = device.limits;
     const limits: GpuLimits = {
-      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-      maxBufferSize: l.maxBufferSize,
+      // WebGPU raises a requested limit below its default back to the default, so a cap lives here, in the
+      // limits Eaglet's ops and buffer pool read.
+      maxStorageBufferBindingSize: Math.min(
+        l.maxStorageBufferBindingSize,
+        options.capLimits?.maxStorageBufferBindingSize ?? Infinity,
+      ),
+      maxBufferSize: Math.min(l.maxBufferSize, options.capLimits?.maxBufferSize ?? Infinity),
       maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
       maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
       maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,

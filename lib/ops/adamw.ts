@@ -14,6 +14,7 @@ import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { expectDtype, expectSameShape, expectShape } from "./check.ts";
 import { expectDisjoint } from "./check.ts";
+import { blockElements, flatBlocks } from "./blocks.ts";
 
 /** AdamW hyper-parameters fixed for a run. */
 export interface AdamWOptions {
@@ -88,30 +89,34 @@ export async function adamwStep(
       if (!bothRead) expectDisjoint(op, nameA, a, nameB, b);
     }
   }
-  const n = t.param.size;
-  if (n === 0) return;
-  await p.add(
-    { name: "adamw.step", code: K.adamw, entryPoint: "main" },
-    [
-      params(
-        ["u32", n],
-        ["f32", beta1],
-        ["f32", 1 - beta1],
-        ["f32", beta2],
-        ["f32", 1 - beta2],
-        ["f32", eps],
-        ["f32", weightDecay],
-      ),
-      t.param,
-      t.grad,
-      t.m,
-      t.v,
-      t.normSq,
-      t.state,
-    ],
-    Math.ceil(n / K.ADAMW_WG),
-    `adamw.step (${t.param.label})`,
-  );
+  if (t.param.size === 0) return;
+  // A tensor over the binding size goes block by block (the update is element-wise: bit-identical).
+  const per = blockElements(t.param);
+  const [params_, grads, ms, vs] = [t.param, t.grad, t.m, t.v].map((x) => flatBlocks(x, per));
+  for (const [i, param] of params_.entries()) {
+    await p.add(
+      { name: "adamw.step", code: K.adamw, entryPoint: "main" },
+      [
+        params(
+          ["u32", param.size],
+          ["f32", beta1],
+          ["f32", 1 - beta1],
+          ["f32", beta2],
+          ["f32", 1 - beta2],
+          ["f32", eps],
+          ["f32", weightDecay],
+        ),
+        param,
+        grads[i],
+        ms[i],
+        vs[i],
+        t.normSq,
+        t.state,
+      ],
+      Math.ceil(param.size / K.ADAMW_WG),
+      `adamw.step (${param.label})`,
+    );
+  }
 }
 
 /** Host arrays of one parameter tensor for {@link adamwStepCpu}. */

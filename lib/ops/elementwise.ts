@@ -8,6 +8,7 @@ import type { Tensor } from "../tensor.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { shapeString } from "../tensor.ts";
 import { expectDtype, expectSameShape, expectShape } from "./check.ts";
+import { blockElements, flatBlocks } from "./blocks.ts";
 
 function groups(n: number): number {
   return Math.ceil(n / K.ELEMENTWISE_WG);
@@ -81,11 +82,13 @@ export async function scale(p: Program, a: Tensor, alpha: number, out: Tensor): 
 /** out[i] = value. */
 export async function fill(p: Program, out: Tensor, value: number): Promise<void> {
   expectDtype("fill", "out", out, "f32");
-  await p.add(
-    { name: "elementwise.fill", code: K.fill, entryPoint: "main" },
-    [params(["u32", out.size], ["f32", value], ["f32", 0]), out],
-    groups(out.size),
-  );
+  for (const block of flatBlocks(out, blockElements(out))) {
+    await p.add(
+      { name: "elementwise.fill", code: K.fill, entryPoint: "main" },
+      [params(["u32", block.size], ["f32", value], ["f32", 0]), block],
+      groups(block.size),
+    );
+  }
 }
 
 /**

@@ -16,6 +16,7 @@ import { expectDtype, expectShape } from "./check.ts";
 import { expectDisjoint, rowsAndCols } from "./check.ts";
 import { rowsWorkgroups } from "./softmax.ts";
 import { rowKernelFor, type RowKernelOptions } from "./variant.ts";
+import { blockElements, flatBlocks } from "./blocks.ts";
 
 /** Throws unless `out` holds one value per row of `x` (shape x.shape[:-1], or [rows]). */
 function expectPerRow(op: string, x: Tensor, out: Tensor, rows: number): void {
@@ -200,16 +201,19 @@ export async function globalNormSquared(
   tensors.forEach((t, i) => expectDisjoint(op, "partials", partials, `tensors[${i}]`, t));
   expectDisjoint(op, "partials", partials, "out", out);
   let base = 0;
-  for (const [i, t] of tensors.entries()) {
-    const chunks = Math.ceil(t.size / K.REDUCE_CHUNK);
-    if (chunks === 0) continue;
-    await p.add(
-      { name: "reduce.sum_squares_chunks", code: K.sumChunks, entryPoint: "sum_squares_chunks" },
-      [params(["u32", t.size], ["u32", base]), t, partials],
-      chunks,
-      `reduce.sum_squares_chunks (tensors[${i}] ${t.label})`,
-    );
-    base += chunks;
+  for (const [i, whole] of tensors.entries()) {
+    // Blocks of whole REDUCE_CHUNKs: the same chunks, in the same partial slots, as the unsplit tensor.
+    for (const t of flatBlocks(whole, blockElements(whole, K.REDUCE_CHUNK))) {
+      const chunks = Math.ceil(t.size / K.REDUCE_CHUNK);
+      if (chunks === 0) continue;
+      await p.add(
+        { name: "reduce.sum_squares_chunks", code: K.sumChunks, entryPoint: "sum_squares_chunks" },
+        [params(["u32", t.size], ["u32", base]), t, partials],
+        chunks,
+        `reduce.sum_squares_chunks (tensors[${i}] ${t.label})`,
+      );
+      base += chunks;
+    }
   }
   await finish(p, "global_norm_squared", partials, total, out, 1, false);
 }
