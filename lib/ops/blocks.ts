@@ -44,3 +44,41 @@ export function flatBlocks(t: Tensor, per: number): Tensor[] {
   }
   return out;
 }
+
+/** Rows [row0, row0 + rows) of a matrix, and its view. */
+export interface RowBlock {
+  /** First row. */
+  row0: number;
+  /** Rows in the block. */
+  rows: number;
+}
+
+/**
+ * Row blocks of a [rows, cols] matrix stored in each of `dtypes` (a weight and its f32 gradient, say) such
+ * that every block binds in every dtype and starts at a bindable offset; one block when the matrix binds.
+ */
+export function rowBlocks(
+  limits: { maxStorageBufferBindingSize: number; minStorageBufferOffsetAlignment: number },
+  rows: number,
+  cols: number,
+  dtypeBytes: readonly number[],
+): RowBlock[] {
+  const widest = Math.max(...dtypeBytes);
+  if (rows * cols * widest <= limits.maxStorageBufferBindingSize) return [{ row0: 0, rows }];
+  const align = limits.minStorageBufferOffsetAlignment;
+  // A block of `unit` rows starts at a multiple of `align` bytes in every dtype.
+  const unit = dtypeBytes.reduce((u, b) => {
+    const need = align / gcd(cols * b, align);
+    return (u * need) / gcd(u, need);
+  }, 1);
+  const per = Math.floor(limits.maxStorageBufferBindingSize / (cols * widest) / unit) * unit;
+  if (per === 0) {
+    throw new LimitError(
+      `a row block of ${unit} rows × ${cols} columns does not fit the device's maxStorageBufferBindingSize ` +
+        `(${limits.maxStorageBufferBindingSize} bytes)`,
+    );
+  }
+  const out: RowBlock[] = [];
+  for (let row0 = 0; row0 < rows; row0 += per) out.push({ row0, rows: Math.min(per, rows - row0) });
+  return out;
+}

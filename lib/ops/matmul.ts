@@ -13,8 +13,9 @@ import type { MatmulTile, MatmulVariant } from "../../kernels/matmul.ts";
 import { type Gpu, isCpuAdapter } from "../gpu/device.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
-import { shapeString, type Tensor } from "../tensor.ts";
-import { fill } from "./elementwise.ts";
+import { DTYPE_BYTES, shapeString, type Tensor } from "../tensor.ts";
+import { type RowBlock, rowBlocks } from "./blocks.ts";
+import { copyStrided, fill, type StridedCopy } from "./elementwise.ts";
 
 export type { MatmulTile } from "../../kernels/matmul.ts";
 
@@ -327,7 +328,38 @@ export async function linear(
   }
   const x2 = x.shape.length === 1 ? x.reshape([1, x.shape[0]]) : rows2d(x);
   const y2 = y.shape.length === 1 ? y.reshape([1, y.shape[0]]) : rows2d(y);
-  await matmul(p, x2, w, y2, { transB: true, accumulate: opts.accumulate });
+  const blocks = weightBlocks(w, null);
+  if (blocks.length === 1) return await matmul(p, x2, w, y2, { transB: true, accumulate: opts.accumulate });
+  // W over one binding: y[:, block] = x·W[block]ᵀ per row block of W, through a scratch column block.
+  const R = y2.shape[0], out = y2.shape[1];
+  for (const { row0, rows } of blocks) {
+    const yb = p.scratch([R, rows], "f32", `${y.label}[:, ${row0}:]`);
+    const column: StridedCopy = {
+      count: [1, R, rows],
+      srcStrides: [0, out, 1],
+      srcOffset: row0,
+      dstStrides: [0, rows, 1],
+    };
+    if (opts.accumulate) await copyStrided(p, y2, yb, column);
+    await matmul(p, x2, weightRows(w, row0, rows), yb, { transB: true, accumulate: opts.accumulate });
+    await copyStrided(p, yb, y2, {
+      count: [1, R, rows],
+      srcStrides: [0, rows, 1],
+      dstStrides: [0, out, 1],
+      dstOffset: row0,
+    });
+  }
+}
+
+/** The row blocks of W (and of its gradient dW when given) that each bind (lib/ops/blocks.ts rowBlocks). */
+function weightBlocks(w: Tensor, dw: Tensor | null): RowBlock[] {
+  const bytes = [DTYPE_BYTES[w.dtype], ...(dw ? [DTYPE_BYTES[dw.dtype]] : [])];
+  return rowBlocks(w.gpu.limits, w.shape[0], w.shape[1], bytes);
+}
+
+/** Rows [row0, row0 + rows) of a [out, in] matrix, as a view. */
+function weightRows(w: Tensor, row0: number, rows: number): Tensor {
+  return w.view(row0 * w.shape[1], [rows, w.shape[1]], `${w.label}[${row0}:${row0 + rows}]`);
 }
 
 /** Options of {@link linearBackward}. */
@@ -383,8 +415,45 @@ export async function linearBackward(
       }`,
     );
   }
+  const blocks = weightBlocks(w, dw);
+  if (blocks.length > 1) return await linearBackwardByRows(p, { dy2, x2, w, dx, dw }, blocks, opts);
   if (dx) await matmul(p, dy2, w, dx.reshape(x2.shape), { accumulate: opts.accumulateDx });
   if (dw) await matmul(p, dy2, x2, dw, { transA: true, accumulate: opts.accumulateDw, splitK: opts.splitK });
+}
+
+/**
+ * {@link linearBackward} for a W (or dW) over one binding, per row block b of W: dy's column block
+ * copied out, dx (+)= dy[:, b]·W[b] (the contraction over `out` then sums block by block, so dx may differ
+ * from the unsplit product in the last bits), dW[b] (+)= dy[:, b]ᵀ·x.
+ */
+async function linearBackwardByRows(
+  p: Program,
+  t: { dy2: Tensor; x2: Tensor; w: Tensor; dx: Tensor | null; dw: Tensor | null },
+  blocks: RowBlock[],
+  opts: LinearBackwardOptions,
+): Promise<void> {
+  const [R, out] = t.dy2.shape;
+  for (const [i, { row0, rows }] of blocks.entries()) {
+    const dyb = p.scratch([R, rows], "f32", `${t.dy2.label}[:, ${row0}:]`);
+    await copyStrided(p, t.dy2, dyb, {
+      count: [1, R, rows],
+      srcStrides: [0, out, 1],
+      srcOffset: row0,
+      dstStrides: [0, rows, 1],
+    });
+    if (t.dx) {
+      await matmul(p, dyb, weightRows(t.w, row0, rows), t.dx.reshape(t.x2.shape), {
+        accumulate: i > 0 || opts.accumulateDx,
+      });
+    }
+    if (t.dw) {
+      await matmul(p, dyb, t.x2, weightRows(t.dw, row0, rows), {
+        transA: true,
+        accumulate: opts.accumulateDw,
+        splitK: opts.splitK,
+      });
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
