@@ -110,6 +110,8 @@ export {
   parseDraftConfig,
 } from "./lib/models/draft_config.ts";
 export type { DraftConfig, NormOutputMeaning } from "./lib/models/draft_config.ts";
+export { checkFiniteFile, checkFiniteWeights, NonFiniteWeightError } from "./lib/models/finite_weights.ts";
+export type { LoadedWeight } from "./lib/models/finite_weights.ts";
 export { buildEagle3Step, EAGLE3_PARAM_NAMES, Eagle3Draft, Eagle3Step } from "./lib/models/eagle3.ts";
 export type { Eagle3StepInputs, Eagle3StepOptions } from "./lib/models/eagle3.ts";
 export { FC_NORM_PARAM_NAMES } from "./lib/models/eagle3.ts";
@@ -238,9 +240,13 @@ export type { SelfDistilledSample, SelfDistillOptions } from "./lib/train/selfdi
 export {
   CheckpointError,
   exportCheckpoint,
+  findIntactCheckpoint,
   findLatestCheckpoint,
+  listCheckpoints,
   loadCheckpoint,
 } from "./lib/train/checkpoint.ts";
+export { FINGERPRINT_ITEMS, RESUME_CONTRACT, runChanges } from "./lib/train/fingerprint.ts";
+export type { FingerprintItem, RunChange, RunFingerprint } from "./lib/train/fingerprint.ts";
 export type { LoadedCheckpoint, TrainingState } from "./lib/train/checkpoint.ts";
 
 // Export for SGLang.
@@ -303,6 +309,7 @@ export { SAFETENSORS_DTYPES } from "./lib/io/safetensors.ts";
 export type { TensorInfo } from "./lib/io/safetensors.ts";
 export type { DownloadProgress, RepoType } from "./lib/io/hub.ts";
 export type { BuildOptions, BuildResult, BuildStats } from "./lib/data/build.ts";
+export type { CacheKeyInputs } from "./lib/data/cache.ts";
 export type { ConvertOptions, ConvertReport } from "./lib/data/datasets.ts";
 export type {
   ChatMessage,

@@ -82,6 +82,8 @@ export interface BuildResult {
   stats: BuildStats;
   /** "hit" when read from the cache; "built" otherwise (with why the cache was not used). */
   cache: { status: "hit" | "built"; path: string | null; reason?: string };
+  /** What the result depends on (the cache key's inputs): the data file's hash, tokenizer, template, … */
+  inputs: CacheKeyInputs;
 }
 
 /** The cache key inputs of a build. */
@@ -119,6 +121,7 @@ export async function buildTokenizedDataset(options: BuildOptions): Promise<Buil
         dataset: found.dataset,
         stats: found.stats as unknown as BuildStats,
         cache: { status: "hit", path: found.path },
+        inputs,
       };
     }
     reason = found.status === "miss" ? "no cache entry" : `cache entry ${found.status}: ${found.reason}`;
@@ -195,7 +198,9 @@ export async function buildTokenizedDataset(options: BuildOptions): Promise<Buil
     }
     let supervised = 0;
     for (let i = 0; i < mask.length; i++) supervised += mask[i];
-    if (supervised < minLoss) {
+    // A single token has no next token to predict: after the shift of the targets (SpecForge
+    // `specforge/utils.py` `padding(t, left=False)`) none of its rows carries loss.
+    if (supervised < minLoss || ids.length < 2) {
       stats.droppedUnsupervised++;
       continue;
     }
@@ -208,7 +213,8 @@ export async function buildTokenizedDataset(options: BuildOptions): Promise<Buil
   }
   if (stats.droppedUnsupervised > 0) {
     log(
-      `dropped ${stats.droppedUnsupervised} of ${stats.records} samples with fewer than ${minLoss} supervised tokens`,
+      `dropped ${stats.droppedUnsupervised} of ${stats.records} samples with fewer than ${minLoss} supervised ` +
+        "tokens or a single token",
     );
   }
   if (stats.cutConversations > 0) {
@@ -226,5 +232,5 @@ export async function buildTokenizedDataset(options: BuildOptions): Promise<Buil
     );
     log(`wrote preprocessed cache ${path}`);
   }
-  return { dataset, stats, cache: { status: "built", path, reason } };
+  return { dataset, stats, cache: { status: "built", path, reason }, inputs };
 }

@@ -25,20 +25,27 @@ import type { ChatTemplate } from "./templates.ts";
 import { TokenizedDataset } from "./tokenized.ts";
 import type { TokenizerFingerprint } from "./tokenizer.ts";
 
-/** Bumped whenever preprocessing code changes what it produces, so old entries become unreachable. */
-export const PIPELINE_VERSION = 1;
+/** Bumped whenever preprocessing code changes what it produces, so old entries become unreachable (2: samples of a single token are dropped). */
+export const PIPELINE_VERSION = 2;
 const MAGIC = "EAGLTOK1";
 
 /** Everything that determines a tokenized dataset. */
 export interface CacheKeyInputs {
+  /** {@link PIPELINE_VERSION} of the code that built it. */
   pipelineVersion: number;
   /** sha256 and byte size of the data file. */
   data: { sha256: string; bytes: number };
+  /** The hashes of the tokenizer's files. */
   tokenizer: TokenizerFingerprint;
+  /** The chat template's name and its whole definition. */
   template: { name: string; definition: ChatTemplate };
+  /** Tokens kept per sample. */
   maxLength: number;
+  /** Records are rendered text already. */
   isPreformatted: boolean;
+  /** Only the last assistant turn is supervised. */
   trainOnlyLastTurn: boolean;
+  /** Samples with fewer supervised tokens are dropped. */
   minLossTokens: number;
 }
 

@@ -447,6 +447,11 @@ async function resolveInputs(preset: DatasetPreset, options: ConvertOptions): Pr
   return paths;
 }
 
+/** The conversations file {@link convertDataset} writes for `dataset` in `outputDir`. */
+export function convertedTrainPath(outputDir: string, dataset: string): string {
+  return join(outputDir, `${dataset}_train.jsonl`);
+}
+
 /**
  * Converts a dataset to conversations JSONL (plus an eval split), atomically. Dropped messages and rows are
  * counted in the report; structural errors (a missing field, a malformed line) throw DataError naming the
@@ -458,7 +463,7 @@ export async function convertDataset(options: ConvertOptions): Promise<ConvertRe
     throw new DataError(`--sample-size must be a positive integer, got ${options.sampleSize}`);
   }
   await Deno.mkdir(options.outputDir, { recursive: true });
-  const trainPath = join(options.outputDir, `${options.dataset}_train.jsonl`);
+  const trainPath = convertedTrainPath(options.outputDir, options.dataset);
   const testPath = options.splitEval ? join(options.outputDir, `${options.dataset}_test.jsonl`) : null;
   const report: ConvertReport = {
     trainPath,

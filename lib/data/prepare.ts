@@ -8,8 +8,17 @@
 import { join } from "node:path";
 import { type FlagTable, type Settings, type SettingsInput, settingsOf, type StringFlag } from "../flags.ts";
 import { type HubOptions, listHubFiles, resolveHubFile } from "../io/hub.ts";
+import { pathExists, writeJsonAtomic } from "../io/atomic.ts";
+import { claimOutputDir, removeStaleTemps } from "../io/lock.ts";
+import { canonicalJson, hashFile } from "./cache.ts";
 import { type BuildResult, buildTokenizedDataset } from "./build.ts";
-import { convertDataset, DATASET_NAMES, type DatasetDownloader, isHubId } from "./datasets.ts";
+import {
+  convertDataset,
+  convertedTrainPath,
+  DATASET_NAMES,
+  type DatasetDownloader,
+  isHubId,
+} from "./datasets.ts";
 import { DataError } from "./errors.ts";
 import { templates } from "./templates.ts";
 import { type ChatTokenizer, loadTokenizer } from "./tokenizer.ts";
@@ -81,9 +90,30 @@ export interface PrepareDataContext {
   log?: (line: string) => void;
 }
 
-/** Converts, then (with a tokenizer) tokenizes and writes the draft vocabulary, as the settings say. */
+/**
+ * Converts, then (with a tokenizer) tokenizes and writes the draft vocabulary, as the settings say; holds
+ * the lock of --output-path throughout (a second writer fails at once) and first removes the temporary files
+ * of killed runs there and in --cache-dir.
+ */
 export async function prepareData(v: PrepareDataSettings, ctx: PrepareDataContext): Promise<void> {
   const log = ctx.log ?? (() => {});
+  const lock = await claimOutputDir(v.outputPath, "prepare-data", { flag: "--output-path", note: log });
+  try {
+    const { count, bytes } = await removeStaleTemps(v.cacheDir, 1);
+    if (count > 0) {
+      log(`${v.cacheDir}: removed ${count} stale temporary file(s) of killed runs, ${bytes} bytes freed`);
+    }
+    await prepareLocked(v, ctx.hub, log);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function prepareLocked(
+  v: PrepareDataSettings,
+  hub: HubOptions,
+  log: (line: string) => void,
+): Promise<void> {
   const inputs = v.input;
   const hubIds = inputs.filter((i) => !existsSync(i) && isHubId(i));
   if (hubIds.length > 1 || (hubIds.length === 1 && inputs.length > 1)) {
@@ -93,6 +123,9 @@ export async function prepareData(v: PrepareDataSettings, ctx: PrepareDataContex
   const template = v.tokenizer ? templates.get(v.chatTemplate) : null;
   const chatTemplate = v.chatTemplateFile ? await Deno.readTextFile(v.chatTemplateFile) : undefined;
   const tokenizer = v.tokenizer ? await loadTokenizer(v.tokenizer, { chatTemplate }) : null;
+  const source = await conversionSource(v, hubIds[0] ?? null);
+  const converted = convertedTrainPath(v.outputPath, v.dataset);
+  if (!v.overwrite && await pathExists(converted)) await checkSameSource(converted, source);
   const report = await convertDataset({
     dataset: v.dataset,
     inputs: hubIds.length ? undefined : inputs,
@@ -104,9 +137,10 @@ export async function prepareData(v: PrepareDataSettings, ctx: PrepareDataContex
     seed: v.seed,
     overwrite: v.overwrite,
     preset: { opcSubset: v.opcSubset },
-    downloader: hubDownloader(ctx.hub),
+    downloader: hubDownloader(hub),
     log,
   });
+  if (!report.skippedExisting) await writeJsonAtomic(sourcePath(report.trainPath), source);
   if (!tokenizer || !template) return;
   log(
     `tokenizer ${tokenizer.source.tokenizerJsonPath} (vocab ${tokenizer.vocabSize}, chat template: ${
@@ -132,6 +166,60 @@ export async function prepareData(v: PrepareDataSettings, ctx: PrepareDataContex
       `${s.droppedUnsupervised} dropped without supervised tokens`,
   );
   await writeDraftVocab(v, tokenizer, built, log);
+}
+
+/** The record beside a converted file of what it was converted from: `<file>.source.json`. */
+function sourcePath(converted: string): string {
+  return `${converted}.source.json`;
+}
+
+/**
+ * What a conversion reads, to tell whether an existing output came from it: the preset, each local input's
+ * sha256 (its contents, wherever it lies; or the hub id and split), and the settings that change the rows.
+ */
+async function conversionSource(
+  v: PrepareDataSettings,
+  hubId: string | null,
+): Promise<Record<string, unknown>> {
+  const hash = async (path: string) => {
+    try {
+      return (await hashFile(path)).sha256;
+    } catch (e) {
+      const why = e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message;
+      throw new DataError(`--input ${path}: ${why}`);
+    }
+  };
+  return {
+    dataset: v.dataset,
+    inputSha256: hubId ? [] : await Promise.all(v.input.map(hash)),
+    hubId: hubId ?? (v.input.length ? null : "preset default"),
+    split: v.split,
+    sampleSize: v.sampleSize,
+    splitEval: v.splitEval,
+    seed: v.seed,
+    opcSubset: v.opcSubset,
+  };
+}
+
+/**
+ * An existing conversion is reused only when it came from the same source; otherwise (or when it has no
+ * record of its source) the error names the file and asks for --overwrite or another --output-path.
+ */
+async function checkSameSource(converted: string, source: Record<string, unknown>): Promise<void> {
+  const path = sourcePath(converted);
+  let saved: unknown = null;
+  try {
+    saved = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound || e instanceof SyntaxError)) throw e;
+  }
+  if (canonicalJson(saved) === canonicalJson(source)) return;
+  const why = saved === null
+    ? `has no readable record of its source (${path})`
+    : `was converted from other inputs (${path})`;
+  throw new DataError(
+    `${converted} exists but ${why}; pass --overwrite to convert again, or choose another --output-path`,
+  );
 }
 
 /** The draft vocabulary mapping: the given file checked and copied, or the most frequent supervised tokens. */

@@ -12,6 +12,7 @@ import { ConfigError } from "../models/config.ts";
 import { type DraftConfig, parseDraftConfig } from "../models/draft_config.ts";
 import { Eagle3Draft, eagle3ParamShapes, type Eagle3Weights } from "../models/eagle3.ts";
 import { SafetensorsCheckpoint, toFloat32, toNumbers } from "../io/safetensors.ts";
+import { checkFiniteWeights } from "../models/finite_weights.ts";
 import { shapeString } from "../tensor.ts";
 
 /** A draft loaded on the GPU with its vocabulary map. */
@@ -79,8 +80,18 @@ export async function loadDraftDirectory(gpu: Gpu, dir: string): Promise<LoadedD
         `${dir}: no d2t tensor, and draft_vocab_size ${config.draftVocabSize} ≠ vocab_size`,
       );
     }
+    const draft = Eagle3Draft.create(gpu, config, { weights });
+    const loaded = draft.names.map((name) => ({
+      name,
+      tensor: draft.params[name]!,
+      file: ckpt.info(name).file,
+    }));
+    await checkFiniteWeights(gpu, loaded, "draft").catch((e) => {
+      draft.destroy();
+      throw e;
+    });
     return {
-      draft: Eagle3Draft.create(gpu, config, { weights }),
+      draft,
       config,
       draftToTarget,
       storedDtype: [...dtypes].join("/"),

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { type HubOptions, resolveModelPath } from "../io/hub.ts";
 import { type ChatTokenizer, loadTokenizer } from "../data/tokenizer.ts";
-import { defaultAuxLayers } from "../models/config.ts";
+import { ConfigError, defaultAuxLayers, loadTargetConfig } from "../models/config.ts";
 import { checkDraftFitsTarget, deriveDraftConfig } from "../models/draft_config.ts";
 import { Eagle3Draft } from "../models/eagle3.ts";
 import { TargetModel } from "../models/target.ts";
@@ -99,12 +99,6 @@ export interface EvaluatedDraft {
   files: EvalReportFiles;
 }
 
-/** A loaded draft, checked against its target. */
-function fittedDraft(loaded: LoadedDraft, target: TargetModel): { draft: Eagle3Draft; map: Int32Array } {
-  checkDraftFitsTarget(loaded.config, target.config);
-  return { draft: loaded.draft, map: loaded.draftToTarget };
-}
-
 /** A randomly initialised draft for `target` over its whole vocabulary (a baseline: tau ≈ 1). */
 function randomDraft(gpu: Gpu, target: TargetModel, seed: number): { draft: Eagle3Draft; map: Int32Array } {
   const cfg = deriveDraftConfig(target.config, {
@@ -141,13 +135,25 @@ async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Prom
   const prompts = await readPrompts(s.dataPath, tokenizer, s.numSamples, s.maxPromptLen);
   const draftPath = s.draftModelPath;
   let loaded: LoadedDraft | null = null;
-  if (draftPath !== "random") loaded = await loadDraftDirectory(gpu, draftPath);
+  if (draftPath !== "random") {
+    loaded = await loadDraftDirectory(gpu, draftPath);
+    // Before the target's own checks, so that a draft of another target is named as such.
+    const targetConfig = await loadTargetConfig(join(targetDir, "config.json"));
+    try {
+      checkDraftFitsTarget(loaded.config, targetConfig);
+    } catch (e) {
+      loaded.draft.destroy();
+      throw new ConfigError(`${draftPath}: ${(e as Error).message} (target ${targetDir})`);
+    }
+  }
   const target = await TargetModel.load(gpu, targetDir, {
     auxLayers: loaded?.config.auxLayerIds ?? undefined,
     onMessage: log,
   });
   try {
-    const { draft, map } = loaded ? fittedDraft(loaded, target) : randomDraft(gpu, target, seed);
+    const { draft, map } = loaded
+      ? { draft: loaded.draft, map: loaded.draftToTarget }
+      : randomDraft(gpu, target, seed);
     log(
       `target ${targetDir}, draft ${draftPath}${
         loaded ? ` (${loaded.storedDtype})` : ""

@@ -14,6 +14,21 @@ export function tempSibling(path: string): string {
   return join(dirname(path), `.${basename(path)}.tmp-${Deno.pid}-${++counter}-${rand}`);
 }
 
+/**
+ * An OS error `e` (one of `Deno.errors`, or an "(os error N)") with `path` in front of its message when the message does not name
+ * it yet ("No space left on device (os error 28)" names no file); the error keeps its class, so `instanceof
+ * Deno.errors.X` checks still hold. Other errors are returned as they are.
+ */
+export function namingPath(path: string, e: unknown): unknown {
+  if (!(e instanceof Error) || e.message.includes(path)) return e;
+  // Deno raises some OS errors (ENOSPC among them) as a plain Error whose message ends "(os error N)".
+  const os = Object.values(Deno.errors).some((c) => e instanceof c) || /\(os error \d+\)$/.test(e.message);
+  if (!os) return e;
+  const named = new (e.constructor as new (message: string) => Error)(`${path}: ${e.message}`);
+  named.name = e.name;
+  return named;
+}
+
 /** Removes `path` (file or directory tree), ignoring "not found". */
 export async function removeIfExists(path: string): Promise<void> {
   try {
@@ -45,10 +60,14 @@ export class AtomicFile {
 
   /** Opens a temporary sibling of `path` for writing (creating the parent directory if needed). */
   static async create(path: string): Promise<AtomicFile> {
-    await Deno.mkdir(dirname(path), { recursive: true });
-    const tempPath = tempSibling(path);
-    const file = await Deno.open(tempPath, { write: true, createNew: true });
-    return new AtomicFile(path, tempPath, file);
+    try {
+      await Deno.mkdir(dirname(path), { recursive: true });
+      const tempPath = tempSibling(path);
+      const file = await Deno.open(tempPath, { write: true, createNew: true });
+      return new AtomicFile(path, tempPath, file);
+    } catch (e) {
+      throw namingPath(path, e);
+    }
   }
 
   /** Appends all of `bytes`. */
@@ -58,7 +77,7 @@ export class AtomicFile {
       while (done < bytes.byteLength) done += await this.file.write(bytes.subarray(done));
     } catch (e) {
       await this.abort();
-      throw e;
+      throw namingPath(this.path, e);
     }
   }
 
@@ -72,7 +91,7 @@ export class AtomicFile {
       await Deno.rename(this.tempPath, this.path);
     } catch (e) {
       await removeIfExists(this.tempPath);
-      throw e;
+      throw namingPath(this.path, e);
     }
   }
 
@@ -115,15 +134,19 @@ export async function writeDirAtomic<T>(
     throw e;
   });
   if (exists && !opts.overwrite) throw new Deno.errors.AlreadyExists(`${dir} already exists`);
-  await Deno.mkdir(dirname(dir), { recursive: true });
   const temp = tempSibling(dir);
-  await Deno.mkdir(temp);
+  try {
+    await Deno.mkdir(dirname(dir), { recursive: true });
+    await Deno.mkdir(temp);
+  } catch (e) {
+    throw namingPath(dir, e);
+  }
   let result: T;
   try {
     result = await fill(temp);
   } catch (e) {
     await removeIfExists(temp);
-    throw e;
+    throw namingPath(dir, e);
   }
   if (exists) {
     const old = tempSibling(dir);
@@ -133,7 +156,7 @@ export async function writeDirAtomic<T>(
     } catch (e) {
       await Deno.rename(old, dir);
       await removeIfExists(temp);
-      throw e;
+      throw namingPath(dir, e);
     }
     await removeIfExists(old);
   } else {
@@ -141,7 +164,7 @@ export async function writeDirAtomic<T>(
       await Deno.rename(temp, dir);
     } catch (e) {
       await removeIfExists(temp);
-      throw e;
+      throw namingPath(dir, e);
     }
   }
   return result;

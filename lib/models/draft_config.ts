@@ -6,7 +6,13 @@
  * written back as the config.json of an SGLang export. SpecForge's classic scripts are [C], its current
  * runtime (`specforge train`) [H].
  */
-import { ConfigError, parseRopeScaling, type RopeScaling, type TargetConfig } from "./config.ts";
+import {
+  checkAuxLayers,
+  ConfigError,
+  parseRopeScaling,
+  type RopeScaling,
+  type TargetConfig,
+} from "./config.ts";
 
 /** A validated draft config (one decoder layer, the "midlayer"). */
 export interface DraftConfig {
@@ -345,9 +351,21 @@ export function checkDraftFitsTarget(draft: DraftConfig, target: TargetConfig): 
       if (l >= target.numLayers) {
         throw new ConfigError(
           `draft config eagle_aux_hidden_state_layer_ids [${draft.auxLayerIds}] names layer ${l}, but the target ` +
-            `has ${target.numLayers} layers (0..${target.numLayers - 1})`,
+            `has ${target.numLayers} layers (0..${
+              target.numLayers - 1
+            }): a draft trained for another target?`,
         );
       }
+    }
+    try {
+      checkAuxLayers(draft.auxLayerIds, target.numLayers);
+    } catch (e) {
+      throw new ConfigError(
+        `draft config eagle_aux_hidden_state_layer_ids: ${
+          (e as Error).message
+        } for this ${target.numLayers}-layer ` +
+          "target: a draft trained for another target?",
+      );
     }
   }
 }

@@ -36,6 +36,7 @@ import { eagle3ParamNames, eagle3ParamShapes } from "./eagle3.ts";
 import { type VocabMapping, vocabMappingTensors } from "../data/vocab.ts";
 import { shapeString } from "../tensor.ts";
 import { ExportError } from "./export_error.ts";
+import { checkFiniteFile } from "./finite_weights.ts";
 import { sglangToSpeculators, type SpeculatorsOptions } from "./export_speculators.ts";
 
 /** Dtypes an export can store its float weights in. */
@@ -256,6 +257,7 @@ export async function checkVllmExport(
         `${stPath}: fc.weight must be [${hidden}, ${3 * th}], got ${fc ? shapeString(fc) : "none"}`,
       );
     }
+    await checkFiniteFile(f, "draft");
     return { names: f.names, auxLayerIds: ids === undefined ? null : ids as number[] };
   } finally {
     f.close();
@@ -353,6 +355,7 @@ export async function checkDraftExport(dir: string): Promise<CheckedExport> {
       k++;
     }
     if (k !== d2t.length) throw new ExportError(`${stPath}: t2d marks ${k} tokens, d2t has ${d2t.length}`);
+    await checkFiniteFile(f, "draft");
     return { config, json, dtype: dtypeName, names: f.names };
   } finally {
     f.close();

@@ -26,6 +26,7 @@ import { type RawTensor, SAFETENSORS_SINGLE, SafetensorsFile, writeSafetensors }
 import { shapeString } from "../tensor.ts";
 import type { DraftConfig } from "./draft_config.ts";
 import { ExportError } from "./export_error.ts";
+import { checkFiniteFile } from "./finite_weights.ts";
 
 /** The target model a speculators directory names as its verifier. */
 export interface SpeculatorsVerifier {
@@ -214,6 +215,7 @@ async function checkSpeculatorsTensors(
         `${stPath}: fc.weight must be [${hidden}, ${3 * th}], got ${fc ? shapeString(fc) : "none"}`,
       );
     }
+    await checkFiniteFile(f, "draft");
     return f.names;
   } finally {
     f.close();

@@ -15,6 +15,7 @@ import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { type DType, Tensor } from "../tensor.ts";
 import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
+import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
 import {
   checkAuxLayers,
   defaultAuxLayers,
@@ -160,6 +161,7 @@ export class TargetModel implements HeadSource {
       const embed = await load.rowSplit(names.embed, maxBlockBytes);
       const lmHead = names.lmHead === names.embed ? embed : await load.rowSplit(names.lmHead, maxBlockBytes);
       const finalNorm = await load.vector(names.finalNorm);
+      await load.checkFinite();
       const maxPositions = opts.maxPositions ?? config.maxPositionEmbeddings;
       const { cos, sin } = ropeTable(config, config.headDim, maxPositions);
       const half = config.headDim / 2;
@@ -465,6 +467,7 @@ export class TargetEnds implements HeadSource {
         : names.lmHead === names.embed
         ? embed
         : await load.rowSplit(names.lmHead, maxBlockBytes);
+      await load.checkFinite();
       return new TargetEnds(gpu, config, embed, head, maxBlockBytes);
     } finally {
       ckpt.close();
@@ -676,6 +679,9 @@ export async function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, lo
  * the device has shader-f16, else widened to f32), vectors (norms, biases) become f32.
  */
 class WeightLoader {
+  /** Every tensor uploaded, for the finite-weight check. */
+  readonly loaded: LoadedWeight[] = [];
+
   constructor(readonly gpu: Gpu, readonly ckpt: SafetensorsCheckpoint) {}
 
   async matrix(name: string): Promise<Tensor> {
@@ -684,7 +690,12 @@ class WeightLoader {
 
   async vector(name: string): Promise<Tensor> {
     const raw = await this.ckpt.read(name);
-    return Tensor.fromArray(this.gpu, toFloat32(raw, name), raw.shape, "f32", name);
+    return this.#keep(name, Tensor.fromArray(this.gpu, toFloat32(raw, name), raw.shape, "f32", name));
+  }
+
+  /** Checks every uploaded tensor is finite ({@link checkFiniteWeights}); the error names file and tensor. */
+  checkFinite(): Promise<void> {
+    return checkFiniteWeights(this.gpu, this.loaded, "target");
   }
 
   async optionalVector(name: string | null): Promise<Tensor | null> {
@@ -723,7 +734,7 @@ class WeightLoader {
     for (let row0 = 0; row0 < rows; row0 += blockRows) {
       const end = Math.min(rows, row0 + blockRows);
       const raw = blockRows >= rows ? await this.ckpt.read(name) : await this.ckpt.readRows(name, row0, end);
-      blocks.push({ row0, tensor: this.#upload(`${name}[${row0}:${end}]`, raw) });
+      blocks.push({ row0, tensor: this.#upload(name, raw, `${name}[${row0}:${end}]`) });
     }
     return { rows, cols, blocks };
   }
@@ -732,21 +743,23 @@ class WeightLoader {
     return dtype === "F16" && !this.gpu.features.shaderF16 ? 4 : dtype === "F16" || dtype === "BF16" ? 2 : 4;
   }
 
-  #upload(name: string, raw: RawTensor): Tensor {
+  /** Records `tensor`, the upload of checkpoint tensor `name` (all of it, or the rows its label says). */
+  #keep(name: string, tensor: Tensor): Tensor {
+    this.loaded.push({ name: tensor.label, tensor, file: this.ckpt.info(name).file });
+    return tensor;
+  }
+
+  /** Uploads `raw`, checkpoint tensor `name` (or rows of it, named by `label`), as bf16, f16 or f32. */
+  #upload(name: string, raw: RawTensor, label = name): Tensor {
     const n = raw.shape.reduce((a, b) => a * b, 1);
     const keep: Partial<Record<string, DType>> = { BF16: "bf16", F32: "f32" };
     if (this.gpu.features.shaderF16) keep.F16 = "f16";
     const dtype = keep[raw.dtype];
     if (dtype === "bf16" || dtype === "f16") {
-      return Tensor.fromArray(
-        this.gpu,
-        new Uint16Array(raw.bytes.buffer, raw.bytes.byteOffset, n),
-        raw.shape,
-        dtype,
-        name,
-      );
+      const bits = new Uint16Array(raw.bytes.buffer, raw.bytes.byteOffset, n);
+      return this.#keep(name, Tensor.fromArray(this.gpu, bits, raw.shape, dtype, label));
     }
-    return Tensor.fromArray(this.gpu, toFloat32(raw, name), raw.shape, "f32", name);
+    return this.#keep(name, Tensor.fromArray(this.gpu, toFloat32(raw, label), raw.shape, "f32", label));
   }
 }
 

@@ -22,7 +22,13 @@
  */
 import { join } from "node:path";
 import { pathExists, writeDirAtomic, writeJsonAtomic } from "../io/atomic.ts";
-import { type RawTensor, SafetensorsFile, toFloat32, writeSafetensors } from "../io/safetensors.ts";
+import {
+  type RawTensor,
+  SafetensorsError,
+  SafetensorsFile,
+  toFloat32,
+  writeSafetensors,
+} from "../io/safetensors.ts";
 import {
   type DraftExport,
   exportDraft,
@@ -34,6 +40,7 @@ import {
 import { loadDraftConfig } from "../models/draft_config.ts";
 import type { LoaderPosition } from "../data/loader.ts";
 import { loadVocabMapping, type VocabMapping } from "../data/vocab.ts";
+import type { RunFingerprint } from "./fingerprint.ts";
 
 /**
  * Version of the training state: its JSON layout and what its data position means. 2: epoch orders are
@@ -81,6 +88,8 @@ export interface TrainingState {
   rng: { seed: number };
   /** The run's settings (snake_case, as train-online's YAML). */
   settings: Record<string, unknown>;
+  /** Content hashes of the run's inputs (./fingerprint.ts); absent in checkpoints saved before them. */
+  fingerprint?: RunFingerprint;
   /** Seconds of training before this save (summed over resumed runs). */
   elapsed: number;
 }
@@ -124,23 +133,47 @@ export async function saveCheckpoint(
   return dir;
 }
 
-/** The checkpoint of `outputDir` with the most updates (then the latest epoch), or null when there is none. */
-export async function findLatestCheckpoint(outputDir: string): Promise<string | null> {
-  let best: { dir: string; step: number; epoch: number } | null = null;
+/** The checkpoints of `outputDir`, newest first (most updates, then the latest epoch); [] when it is absent. */
+export async function listCheckpoints(outputDir: string): Promise<string[]> {
+  const found: Array<{ dir: string; step: number; epoch: number }> = [];
   try {
     for await (const e of Deno.readDir(outputDir)) {
       const m = NAME.exec(e.name);
-      if (!e.isDirectory || !m) continue;
-      const epoch = Number(m[1]), step = Number(m[2]);
-      if (!best || step > best.step || (step === best.step && epoch > best.epoch)) {
-        best = { dir: join(outputDir, e.name), step, epoch };
+      if (e.isDirectory && m) {
+        found.push({ dir: join(outputDir, e.name), step: Number(m[2]), epoch: Number(m[1]) });
       }
     }
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
+    if (e instanceof Deno.errors.NotFound) return [];
     throw e;
   }
-  return best?.dir ?? null;
+  return found.sort((a, b) => b.step - a.step || b.epoch - a.epoch).map((c) => c.dir);
+}
+
+/** The checkpoint of `outputDir` with the most updates (then the latest epoch), or null when there is none. */
+export async function findLatestCheckpoint(outputDir: string): Promise<string | null> {
+  return (await listCheckpoints(outputDir))[0] ?? null;
+}
+
+/**
+ * The newest checkpoint of `outputDir` that loads ({@link loadCheckpoint}), skipping `skip`; each one that
+ * does not load is noted with why. Null when none loads.
+ */
+export async function findIntactCheckpoint(
+  outputDir: string,
+  note: (message: string) => void,
+  skip: string | null = null,
+): Promise<LoadedCheckpoint | null> {
+  for (const dir of await listCheckpoints(outputDir)) {
+    if (dir === skip) continue;
+    try {
+      return await loadCheckpoint(dir);
+    } catch (e) {
+      if (!(e instanceof CheckpointError || e instanceof SafetensorsError)) throw e;
+      note(`skipping ${dir}: ${e.message}`);
+    }
+  }
+  return null;
 }
 
 /** What {@link loadCheckpoint} reads back. */
@@ -151,6 +184,8 @@ export interface LoadedCheckpoint {
   state: TrainingState;
   /** training_state/training_weights.safetensors: the f32 master weight of every trainable tensor, by name. */
   weights: Map<string, RawTensor>;
+  /** The path of that file (training_state/training_weights.safetensors, or a flat checkpoint's). */
+  weightsFile: string;
   /** training_state/optimizer.safetensors: AdamW's moments, `<param>.exp_avg` and `<param>.exp_avg_sq`, f32. */
   optimizer: Map<string, RawTensor>;
   /** The draft vocabulary mapping (d2t/t2d) read from the checkpoint's model.safetensors. */
@@ -209,12 +244,13 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   if (!p || !Number.isSafeInteger(p.epoch) || !Number.isSafeInteger(p.step)) {
     throw new CheckpointError(`${statePath}: bad position`);
   }
-  const weights = await readAll(await trainingFile(dir, CHECKPOINT_FILES.weights));
+  const weightsFile = await trainingFile(dir, CHECKPOINT_FILES.weights);
+  const weights = await readAll(weightsFile);
   const optimizer = await readAll(await trainingFile(dir, CHECKPOINT_FILES.optimizer));
   const mapping = await loadVocabMapping(join(dir, CHECKPOINT_FILES.model)).catch((e) => {
     throw new CheckpointError(`${join(dir, CHECKPOINT_FILES.model)}: ${(e as Error).message}`);
   });
-  return { dir, state, weights, optimizer, mapping };
+  return { dir, state, weights, weightsFile, optimizer, mapping };
 }
 
 /**

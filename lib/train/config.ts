@@ -15,6 +15,7 @@
  * `aux_hidden_state_layer_ids` are accepted for ours.
  */
 import { parseYaml } from "../npm.ts";
+import { listedNames, RESUME_CHANGEABLE } from "./fingerprint.ts";
 import {
   camelCase,
   FlagError,
@@ -27,6 +28,9 @@ import {
   type SettingsInput,
   settingsOf,
 } from "../flags.ts";
+
+/** `--resume-from latest-good`: the newest checkpoint of the output directory that loads. */
+export const RESUME_LATEST_GOOD = "latest-good";
 
 /** An invalid setting (flag, YAML key or value); the message names it. */
 export class TrainConfigError extends FlagError {
@@ -255,7 +259,14 @@ export const TRAIN_OPTIONS = {
     default: null,
     section: "training",
     aliases: ["resume_from"],
-    help: "continue from this checkpoint directory",
+    help: `continue from this checkpoint directory; ${RESUME_LATEST_GOOD}: the newest checkpoint in ` +
+      "--output-dir that loads (when the latest is corrupt)",
+  },
+  "resume-allow-changed": {
+    kind: "strings",
+    section: "training",
+    help: "resume although these changed (comma-separated): a setting (num_epochs, …) or train_data, " +
+      "eval_data, tokenizer, chat_template, target_config, draft_config",
   },
   "export-dtype": {
     kind: "choice",
@@ -506,6 +517,15 @@ export async function parseTrainArgs(
 /** The checks across settings (each value's own checks are in {@link TRAIN_OPTIONS}). */
 export function checkSettings(s: TrainSettings): void {
   if (s.resume && s.resumeFrom) throw new TrainConfigError("give --resume or --resume-from, not both");
+  for (const name of listedNames(s.resumeAllowChanged)) {
+    if (!RESUME_CHANGEABLE.includes(name)) {
+      throw new TrainConfigError(
+        `--resume-allow-changed: unknown name ${JSON.stringify(name)} (one of ${
+          RESUME_CHANGEABLE.join(", ")
+        })`,
+      );
+    }
+  }
   if (!s.trainDataPath && !s.trainHiddenStatesPath) {
     throw new TrainConfigError(
       "--train-data-path is required (or train_data_path in --config; --train-hidden-states-path for train-offline)",

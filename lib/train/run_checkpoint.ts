@@ -16,6 +16,7 @@ import {
 } from "./checkpoint.ts";
 import { settingsToJson } from "./config.ts";
 import { checkFinite } from "./divergence.ts";
+import { checkFiniteWeights } from "../models/finite_weights.ts";
 import type { AdamWOptimizer } from "./optimizer.ts";
 import { type Run, RunState } from "./run.ts";
 
@@ -34,11 +35,20 @@ export async function draftExportOf(run: Run): Promise<DraftExport> {
   };
 }
 
-/** Loads checkpoint `r` into `draft` and `optimizer`; returns the state the run continues from. */
-export function restoreRun(r: LoadedCheckpoint, draft: Eagle3Draft, optimizer: AdamWOptimizer): RunState {
+/**
+ * Loads checkpoint `r` into `draft` and `optimizer` (a NaN or infinite master weight is an error naming the
+ * file and tensor); returns the state the run continues from.
+ */
+export async function restoreRun(
+  r: LoadedCheckpoint,
+  draft: Eagle3Draft,
+  optimizer: AdamWOptimizer,
+): Promise<RunState> {
   const weights = new Map<string, Float32Array>();
   for (const [name, t] of r.weights) weights.set(name, toFloat32(t, `${r.dir} ${name}`));
   draft.setWeights(weights);
+  const loaded = draft.names.map((name) => ({ name, tensor: draft.params[name]!, file: r.weightsFile }));
+  await checkFiniteWeights(draft.gpu, loaded, "draft");
   optimizer.loadState(r.optimizer, r.state.globalStep, r.dir);
   return RunState.resumed(r.state, r.dir);
 }
@@ -62,6 +72,7 @@ export async function saveRun(run: Run): Promise<void> {
     warmupSteps: run.schedule.warmupSteps,
     rng: { seed: s.seed },
     settings: settingsToJson(s),
+    fingerprint: run.setup.fingerprint,
     elapsed: state.elapsed(),
   };
   state.lastCheckpoint = await saveCheckpoint(s.outputDir, state.epoch, {

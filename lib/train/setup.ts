@@ -5,10 +5,11 @@
  * error names the setting or the file. Sources: SpecForge `scripts/train_eagle3_online.py` /
  * `train_eagle3_offline.py` (their set-up before the loop).
  */
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { type HubOptions, resolveModelPath } from "../io/hub.ts";
-import { SafetensorsCheckpoint } from "../io/safetensors.ts";
+import { SafetensorsCheckpoint, SafetensorsError } from "../io/safetensors.ts";
 import { Tensor } from "../tensor.ts";
 import { buildTokenizedDataset } from "../data/build.ts";
 import { templates } from "../data/templates.ts";
@@ -37,11 +38,13 @@ import { type FeatureSet, openFeatureSet } from "../offline/dataset.ts";
 import { FeatureFileError, type FeaturesManifest, fileSha256, readManifest } from "../offline/format.ts";
 import {
   CheckpointError,
+  findIntactCheckpoint,
   findLatestCheckpoint,
   loadCheckpoint,
   type LoadedCheckpoint,
 } from "./checkpoint.ts";
-import { DEFAULT_EMBEDDING_KEY, settingsToJson, type TrainSettings } from "./config.ts";
+import { describeChange, jsonSha256, listedNames, runChanges, type RunFingerprint } from "./fingerprint.ts";
+import { DEFAULT_EMBEDDING_KEY, RESUME_LATEST_GOOD, settingsToJson, type TrainSettings } from "./config.ts";
 
 /** Prints one note line for the user. */
 export type Note = (message: string) => void;
@@ -66,25 +69,9 @@ export interface RunSetup {
   mapping: VocabMapping;
   /** The checkpoint the run continues from, null for a fresh run. */
   resume: LoadedCheckpoint | null;
+  /** Content hashes of the run's inputs, saved in its checkpoints and compared on resume. */
+  fingerprint: RunFingerprint;
 }
-
-/** The settings that must not change across a resume (the continuation would not be the same run). */
-const RESUME_CONTRACT = [
-  "batch_size",
-  "draft_accumulation_steps",
-  "ttt_length",
-  "seed",
-  "learning_rate",
-  "warmup_ratio",
-  "num_epochs",
-  "total_steps",
-  "max_length",
-  "max_grad_norm",
-  "norm_output_semantics",
-  "lk_loss_type",
-  "kl_scale",
-  "kl_decay",
-] as const;
 
 /** Resolves the settings `s` into a {@link RunSetup} (reads configs, data, features and the checkpoint). */
 export async function setUpRun(s: TrainSettings, hub: HubOptions, note: Note): Promise<RunSetup> {
@@ -99,32 +86,77 @@ export async function setUpRun(s: TrainSettings, hub: HubOptions, note: Note): P
     ? await openFeatures(s, targetConfig, targetDir, auxLayers, note)
     : await tokenizeData(s, targetDir, note);
   checkTokenIds(data.train, data.eval, targetConfig);
+  const fingerprint: RunFingerprint = {
+    ...data.fingerprint,
+    target_config: await fileSha256(join(targetDir, "config.json")),
+    draft_config: jsonSha256(draftConfig),
+  };
+  if (resume) checkResumedRun(s, resume, fingerprint, note);
   const mapping = await resolveVocab(s, resume, data.train, draftConfig, targetConfig, note);
-  return { ...data, targetDir, targetConfig, draftConfig, auxLayers, mapping, resume };
+  return { ...data, targetDir, targetConfig, draftConfig, auxLayers, mapping, resume, fingerprint };
 }
 
-/** The checkpoint to continue from (--resume-from, or the latest in the output dir with --resume), checked. */
+/**
+ * The checkpoint to continue from: --resume-from's directory, or with --resume the latest in the output
+ * directory (an error naming the newest intact one when the latest does not load), or with `--resume-from
+ * latest-good` the newest that loads.
+ */
 async function resolveResume(s: TrainSettings, note: Note): Promise<LoadedCheckpoint | null> {
-  let resume: LoadedCheckpoint | null = null;
-  if (s.resumeFrom) {
-    resume = await loadCheckpoint(s.resumeFrom);
-  } else if (s.resume) {
-    const dir = await findLatestCheckpoint(s.outputDir);
-    if (dir) resume = await loadCheckpoint(dir);
-    else note(`--resume: no checkpoint in ${s.outputDir}, starting from scratch`);
-  }
-  if (!resume) return null;
-  const saved = resume.state.settings;
-  const now = settingsToJson(s);
-  for (const key of RESUME_CONTRACT) {
-    if (JSON.stringify(saved[key]) !== JSON.stringify(now[key])) {
-      throw new CheckpointError(
-        `${resume.dir}: the run was saved with ${key} = ${JSON.stringify(saved[key])}, resumed with ` +
-          `${JSON.stringify(now[key])}; a resumed run must keep it`,
-      );
+  if (s.resumeFrom === RESUME_LATEST_GOOD) {
+    const good = await findIntactCheckpoint(s.outputDir, note);
+    if (!good) {
+      throw new CheckpointError(`--resume-from ${RESUME_LATEST_GOOD}: no checkpoint in ${s.outputDir} loads`);
     }
+    return good;
   }
-  return resume;
+  if (s.resumeFrom) return await loadCheckpoint(s.resumeFrom);
+  if (!s.resume) return null;
+  const dir = await findLatestCheckpoint(s.outputDir);
+  if (!dir) {
+    note(`--resume: no checkpoint in ${s.outputDir}, starting from scratch`);
+    return null;
+  }
+  try {
+    return await loadCheckpoint(dir);
+  } catch (e) {
+    if (!(e instanceof CheckpointError || e instanceof SafetensorsError)) throw e;
+    const good = await findIntactCheckpoint(s.outputDir, () => {}, dir);
+    throw new CheckpointError(
+      `${e.message}; ` +
+        (good
+          ? `the newest intact checkpoint is ${good.dir} (continue from it with --resume-from ${RESUME_LATEST_GOOD})`
+          : `no other checkpoint in ${s.outputDir} loads`),
+    );
+  }
+}
+
+/**
+ * Refuses a resumed run that differs from its checkpoint's in a setting of RESUME_CONTRACT or a fingerprint
+ * item, unless the user named it in --resume-allow-changed (then it is noted); the error names every change.
+ */
+function checkResumedRun(
+  s: TrainSettings,
+  resume: LoadedCheckpoint,
+  fingerprint: RunFingerprint,
+  note: Note,
+): void {
+  const saved = resume.state.fingerprint ?? null;
+  if (!saved) note(`${resume.dir} was saved before run fingerprints: its data and configs are not compared`);
+  const changes = runChanges(resume.state.settings, settingsToJson(s), saved, fingerprint);
+  const allowed = new Set(listedNames(s.resumeAllowChanged));
+  const refused = changes.filter((c) => !allowed.has(c.name));
+  for (const c of changes.filter((c) => allowed.has(c.name))) {
+    note(`resuming with a changed ${describeChange(c)}, as --resume-allow-changed allows`);
+  }
+  if (refused.length === 0) return;
+  throw new CheckpointError(
+    `${resume.dir}: the resumed run differs from the saved one in ${
+      refused.map(describeChange).join(", ")
+    }; ` +
+      `keep them, or name them in --resume-allow-changed ${
+        refused.map((c) => c.name).join(",")
+      } if you mean it`,
+  );
 }
 
 /**
@@ -170,27 +202,34 @@ async function resolveAuxLayers(
   return fallback.layers;
 }
 
-type RunData = Pick<RunSetup, "offline" | "train" | "eval">;
+/** The data of a run and the fingerprint items it determines (data, tokenizer, template). */
+type RunData = Pick<RunSetup, "offline" | "train" | "eval"> & { fingerprint: RunFingerprint };
 
 /** Online data: tokenized with the target's tokenizer and the chat template, through the cache. */
 async function tokenizeData(s: TrainSettings, targetDir: string, note: Note): Promise<RunData> {
   if (!s.trainDataPath) throw new ConfigError("--train-data-path is required for online training");
   const template = templates.get(s.chatTemplate);
   const tokenizer = await loadTokenizer(targetDir);
-  const build = async (path: string) =>
-    (await buildTokenizedDataset({
-      dataPath: path,
-      tokenizer,
-      templateName: s.chatTemplate,
-      template,
-      maxLength: s.maxLength,
-      isPreformatted: s.isPreformatted,
-      trainOnlyLastTurn: s.trainOnlyLastTurn,
-      cacheDir: s.cacheDir,
-      log: note,
-    })).dataset;
+  const build = async (path: string) => (await buildTokenizedDataset({
+    dataPath: path,
+    tokenizer,
+    templateName: s.chatTemplate,
+    template,
+    maxLength: s.maxLength,
+    isPreformatted: s.isPreformatted,
+    trainOnlyLastTurn: s.trainOnlyLastTurn,
+    cacheDir: s.cacheDir,
+    log: note,
+  }));
   const train = await build(s.trainDataPath);
-  return { offline: null, train, eval: s.evalDataPath ? await build(s.evalDataPath) : null };
+  const evalSet = s.evalDataPath ? await build(s.evalDataPath) : null;
+  const fingerprint: RunFingerprint = {
+    train_data: train.inputs.data.sha256,
+    tokenizer: jsonSha256(train.inputs.tokenizer),
+    chat_template: jsonSha256(train.inputs.template),
+  };
+  if (evalSet) fingerprint.eval_data = evalSet.inputs.data.sha256;
+  return { offline: null, train: train.dataset, eval: evalSet?.dataset ?? null, fingerprint };
 }
 
 /** Offline data: the feature directories, checked against the target; tokens and masks from their files. */
@@ -221,7 +260,23 @@ async function openFeatures(
   if (s.evalDataPath && !evalSet) {
     note("--eval-data-path is not used offline; give --eval-hidden-states-path for evaluation");
   }
-  return { offline: { train, eval: evalSet }, train: train.dataset, eval: evalSet?.dataset ?? null };
+  const fingerprint: RunFingerprint = { train_data: tokensSha256(train.dataset) };
+  if (evalSet) fingerprint.eval_data = tokensSha256(evalSet.dataset);
+  return {
+    offline: { train, eval: evalSet },
+    train: train.dataset,
+    eval: evalSet?.dataset ?? null,
+    fingerprint,
+  };
+}
+
+/** The sha256 of a dataset's samples (offsets, token ids, loss mask): what offline features train on. */
+function tokensSha256(d: TokenizedDataset): string {
+  const h = createHash("sha256");
+  for (const a of [d.offsets, d.inputIds, d.lossMask]) {
+    h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  }
+  return h.digest("hex");
 }
 
 /**

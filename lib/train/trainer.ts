@@ -171,7 +171,7 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
       owned,
       new StepPrograms(source, { draft, tttLength: K, embedding, vocab, accumulationSteps, lk: lkOf(s) }),
     );
-    const state = setup.resume ? restoreRun(setup.resume, draft, optimizer) : new RunState();
+    const state = setup.resume ? await restoreRun(setup.resume, draft, optimizer) : new RunState();
     if (setup.resume) {
       state.best = await readBest(s.outputDir); // the best τ before the interruption
       note(

@@ -53,6 +53,19 @@ Deno.test("build: every record kind, unsupervised samples dropped and counted", 
   assert.equal(r.cache.status, "built");
 });
 
+Deno.test("build: a single-token sample is dropped and counted (no next token to predict)", async () => {
+  const dir = await tempDir();
+  const data = join(dir, "short.jsonl");
+  const rows = [
+    { id: "one", input_ids: [5], loss_mask: [1] },
+    { id: "two", input_ids: [5, 6], loss_mask: [1, 1] },
+  ];
+  await Deno.writeTextFile(data, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  const r = await buildTokenizedDataset(await options(null, data));
+  assert.deepEqual(r.dataset.ids, ["two"]);
+  assert.equal(r.stats.droppedUnsupervised, 1);
+});
+
 Deno.test("build: preformatted flag and token ids are checked", async () => {
   const o = await options(null);
   await assert.rejects(
