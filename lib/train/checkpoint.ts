@@ -90,6 +90,8 @@ export interface TrainingState {
   settings: Record<string, unknown>;
   /** Content hashes of the run's inputs (./fingerprint.ts); absent in checkpoints saved before them. */
   fingerprint?: RunFingerprint;
+  /** Data-parallel ranks of the run that saved it (absent: 1); the data position counts global batches. */
+  worldSize?: number;
   /** Seconds of training before this save (summed over resumed runs). */
   elapsed: number;
 }

@@ -2,7 +2,9 @@
  * Evaluation during training: a pass of the draft step (forward and metrics only) over the evaluation set,
  * logged as an `eval` record (SpecForge's trainer evaluates the same per-position ploss_k and acc_k), and,
  * when asked and a target is loaded, tau: the acceptance length of real greedy chain speculative decoding
- * with the live draft (lib/eval/speculative.ts), next to the simulated one from acc_k.
+ * with the live draft (lib/eval/speculative.ts), next to the simulated one from acc_k. In a data-parallel run
+ * every rank evaluates the whole set (same weights, same records); rank 0 alone measures tau and keeps the
+ * best draft.
  */
 import { type Batch, collate } from "../data/loader.ts";
 import type { TokenizedDataset } from "../data/tokenized.ts";
@@ -23,7 +25,7 @@ export async function evaluate(run: Run): Promise<void> {
   await programs.collect("eval");
   const m = programs.sums.eval.take();
   const record = metricsRecord("eval", m, state.update, state.epoch, state.elapsed());
-  if (s.evalSpecSamples > 0 && run.target) {
+  if (s.evalSpecSamples > 0 && run.target && run.world.rank === 0) {
     record.tau = await measureTau(run, run.target, setup.eval);
     await keepIfBest(run, record.tau);
   }

@@ -26,7 +26,7 @@ export type FingerprintItem = keyof typeof FINGERPRINT_ITEMS;
 
 /** The settings that change the math, which a resumed run must keep unless allowed (snake_case names). */
 export const RESUME_CONTRACT = [
-  "batch_size",
+  "global_batch_size",
   "draft_accumulation_steps",
   "ttt_length",
   "seed",
@@ -44,6 +44,18 @@ export const RESUME_CONTRACT = [
   "is_preformatted",
   "train_only_last_turn",
 ] as const;
+
+/**
+ * A run's settings (snake_case) as the resume contract compares them: with `global_batch_size`, the batch
+ * per rank times the ranks (`worldSize`), so that a run resumes on another number of ranks at the same
+ * global batch (and data position).
+ */
+export function contractSettings(
+  settings: Record<string, unknown>,
+  worldSize: number,
+): Record<string, unknown> {
+  return { ...settings, global_batch_size: Number(settings.batch_size) * worldSize };
+}
 
 /** Every name `--resume-allow-changed` accepts. */
 export const RESUME_CHANGEABLE: readonly string[] = [...RESUME_CONTRACT, ...Object.keys(FINGERPRINT_ITEMS)];

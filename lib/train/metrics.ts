@@ -146,9 +146,14 @@ export class MetricsLog {
 
   private constructor(
     readonly path: string,
-    private file: Deno.FsFile,
+    private file: Deno.FsFile | null,
     private tensorboard: TensorBoardWriter | null,
   ) {}
+
+  /** A log that keeps its records in memory only (the ranks of a data-parallel run other than rank 0). */
+  static inMemory(): MetricsLog {
+    return new MetricsLog("", null, null);
+  }
 
   /**
    * Opens (creates) the file; with `resumeStep`, keeps the records up to that step, else starts empty. With
@@ -190,6 +195,7 @@ export class MetricsLog {
   /** Appends one record (one line, written at once). */
   async append(r: MetricsRecord): Promise<void> {
     this.records.push(r);
+    if (!this.file) return;
     const bytes = new TextEncoder().encode(JSON.stringify(recordToJson(r)) + "\n");
     let done = 0;
     while (done < bytes.length) done += await this.file.write(bytes.subarray(done));
@@ -204,7 +210,7 @@ export class MetricsLog {
   /** Closes the file(s). */
   close(): void {
     try {
-      this.file.close();
+      this.file?.close();
     } catch { /* already closed */ }
     try {
       this.tensorboard?.close();

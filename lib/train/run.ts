@@ -6,6 +6,7 @@
  * progress line).
  */
 import type { DataLoader, LoaderPosition } from "../data/loader.ts";
+import type { World } from "../dist/world.ts";
 import type { Eagle3Draft } from "../models/eagle3.ts";
 import type { TargetModel } from "../models/target.ts";
 import type { BatchSource, SourcedBatch } from "./batch_source.ts";
@@ -54,6 +55,8 @@ export interface Run {
   note: Note;
   /** Observers. */
   hooks: TrainHooks;
+  /** The data-parallel ranks (one process: lib/dist/world.ts SINGLE_PROCESS); rank 0 writes the files. */
+  world: World;
   /** The mutable state. */
   state: RunState;
 }

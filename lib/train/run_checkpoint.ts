@@ -16,6 +16,7 @@ import {
 } from "./checkpoint.ts";
 import { settingsToJson } from "./config.ts";
 import { checkFinite } from "./divergence.ts";
+import { checkRanksAgree } from "./data_parallel.ts";
 import { checkFiniteWeights } from "../models/finite_weights.ts";
 import type { AdamWOptimizer } from "./optimizer.ts";
 import { type Run, RunState } from "./run.ts";
@@ -54,12 +55,17 @@ export async function restoreRun(
 }
 
 /**
- * Checks the run has not diverged, then saves a checkpoint of the current update as
+ * Checks the run has not diverged (nor its ranks drifted apart), then saves a checkpoint of the current update as
  * `epoch_{epoch}_step_{update}` (SpecForge's names; its `step` counts updates) and records it in the state.
  */
 export async function saveRun(run: Run): Promise<void> {
   const { settings: s, state } = run;
   await checkFinite(run, `before saving update ${state.update}`);
+  await checkRanksAgree(run.world, run.draft, `at update ${state.update}`);
+  if (run.world.rank !== 0) { // rank 0 writes the checkpoint every rank would have written
+    state.savedAt = state.update;
+    return;
+  }
   const exp = await draftExportOf(run);
   const raw = new Map<string, RawTensor>();
   for (const [name, w] of exp.weights) raw.set(name, fromFloat32(w.values, w.shape));
@@ -73,6 +79,7 @@ export async function saveRun(run: Run): Promise<void> {
     rng: { seed: s.seed },
     settings: settingsToJson(s),
     fingerprint: run.setup.fingerprint,
+    worldSize: run.world.size,
     elapsed: state.elapsed(),
   };
   state.lastCheckpoint = await saveCheckpoint(s.outputDir, state.epoch, {

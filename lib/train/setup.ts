@@ -43,7 +43,14 @@ import {
   loadCheckpoint,
   type LoadedCheckpoint,
 } from "./checkpoint.ts";
-import { describeChange, jsonSha256, listedNames, runChanges, type RunFingerprint } from "./fingerprint.ts";
+import {
+  contractSettings,
+  describeChange,
+  jsonSha256,
+  listedNames,
+  runChanges,
+  type RunFingerprint,
+} from "./fingerprint.ts";
 import { DEFAULT_EMBEDDING_KEY, RESUME_LATEST_GOOD, settingsToJson, type TrainSettings } from "./config.ts";
 
 /** Prints one note line for the user. */
@@ -74,7 +81,12 @@ export interface RunSetup {
 }
 
 /** Resolves the settings `s` into a {@link RunSetup} (reads configs, data, features and the checkpoint). */
-export async function setUpRun(s: TrainSettings, hub: HubOptions, note: Note): Promise<RunSetup> {
+export async function setUpRun(
+  s: TrainSettings,
+  hub: HubOptions,
+  note: Note,
+  worldSize = 1,
+): Promise<RunSetup> {
   const targetDir = await resolveModelPath(s.targetModelPath, hub);
   const targetConfig = await loadTargetConfig(join(targetDir, "config.json"));
   const resume = await resolveResume(s, note);
@@ -91,7 +103,7 @@ export async function setUpRun(s: TrainSettings, hub: HubOptions, note: Note): P
     target_config: await fileSha256(join(targetDir, "config.json")),
     draft_config: jsonSha256(draftConfig),
   };
-  if (resume) checkResumedRun(s, resume, fingerprint, note);
+  if (resume) checkResumedRun(s, worldSize, resume, fingerprint, note);
   const mapping = await resolveVocab(s, resume, data.train, draftConfig, targetConfig, note);
   return { ...data, targetDir, targetConfig, draftConfig, auxLayers, mapping, resume, fingerprint };
 }
@@ -131,18 +143,24 @@ async function resolveResume(s: TrainSettings, note: Note): Promise<LoadedCheckp
 }
 
 /**
- * Refuses a resumed run that differs from its checkpoint's in a setting of RESUME_CONTRACT or a fingerprint
- * item, unless the user named it in --resume-allow-changed (then it is noted); the error names every change.
+ * Refuses a resumed run that differs from its checkpoint's in a setting of RESUME_CONTRACT (the global batch:
+ * per rank × `worldSize` ranks, so the rank count may change) or a fingerprint item, unless the user named it in --resume-allow-changed (then it is noted); the error names every change.
  */
 function checkResumedRun(
   s: TrainSettings,
+  worldSize: number,
   resume: LoadedCheckpoint,
   fingerprint: RunFingerprint,
   note: Note,
 ): void {
   const saved = resume.state.fingerprint ?? null;
   if (!saved) note(`${resume.dir} was saved before run fingerprints: its data and configs are not compared`);
-  const changes = runChanges(resume.state.settings, settingsToJson(s), saved, fingerprint);
+  const changes = runChanges(
+    contractSettings(resume.state.settings, resume.state.worldSize ?? 1),
+    contractSettings(settingsToJson(s), worldSize),
+    saved,
+    fingerprint,
+  );
   const allowed = new Set(listedNames(s.resumeAllowChanged));
   const refused = changes.filter((c) => !allowed.has(c.name));
   for (const c of changes.filter((c) => allowed.has(c.name))) {

@@ -6,6 +6,7 @@
  * and kept for the {@link MAX_SHAPES} most recently used shapes. Metrics stay in each step's GPU accumulators
  * until {@link StepPrograms.collect} reads them (one sync per step) into host sums.
  */
+import type { World } from "../dist/world.ts";
 import type { Tensor } from "../tensor.ts";
 import type { VocabMapping } from "../data/vocab.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
@@ -48,6 +49,21 @@ export class MetricSums {
     this.#sums.fill(0);
     this.#microBatches = 0;
     return m;
+  }
+
+  /**
+   * Sums the host sums and micro-batch counts over the ranks of `world`, in place (numerators and
+   * denominators alike, so the ratios {@link take} forms are those of the union of the ranks' batches).
+   */
+  reduce(world: World): void {
+    if (world.size === 1) return;
+    const n = this.#sums.length;
+    const all = new Float64Array(n + 1);
+    all.set(this.#sums);
+    all[n] = this.#microBatches;
+    world.sum(all);
+    this.#sums.set(all.subarray(0, n));
+    this.#microBatches = all[n];
   }
 
   /** Whether every sum (losses included) is finite. */

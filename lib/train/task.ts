@@ -5,30 +5,61 @@
  */
 import { Gpu } from "../gpu/device.ts";
 import { hubOptionsFromEnv } from "../io/hub.ts";
-import { parseTrainArgs, trainUsage } from "./config.ts";
+import { type World, worldFromEnv } from "../dist/world.ts";
+import { parseTrainArgs, type TrainSettings, trainUsage } from "./config.ts";
 import { trainOffline, trainOnline } from "./trainer.ts";
-import { simulatedAcceptanceLength } from "./metrics.ts";
+import { ProgressPrinter, simulatedAcceptanceLength } from "./metrics.ts";
 
-/** Runs `task` with command-line arguments `argv` (errors are thrown, for lib/cli/run.ts to print). */
+/**
+ * Runs `task` with command-line arguments `argv` (errors are thrown, for lib/cli/run.ts to print). Under
+ * Open MPI's `mpirun` each rank runs this (lib/dist/world.ts); rank 0 alone prints, and an error on any rank
+ * is printed with the rank's number and stops every rank (MPI_Abort).
+ */
 export async function trainTask(task: "train-online" | "train-offline", argv: string[]): Promise<void> {
   const args = await parseTrainArgs(argv);
   if (args.help) {
     console.log(trainUsage(task));
     return;
   }
+  const world = worldFromEnv();
+  try {
+    await trainOnRank(task, args.settings, args.configFile, world);
+  } catch (e) {
+    if (world.size === 1) throw e;
+    console.error(
+      `${task} (rank ${world.rank} of ${world.size}): ${String((e as Error)?.message ?? e).split("\n")[0]}`,
+    );
+    world.abort(1);
+  }
+  world.finalize();
+}
+
+async function trainOnRank(
+  task: "train-online" | "train-offline",
+  settings: TrainSettings,
+  configFile: string | null,
+  world: World,
+): Promise<void> {
+  const say = world.rank === 0 ? (line: string) => console.log(line) : () => {};
   const gpu = await Gpu.create();
-  console.log(`${task} on ${gpu.describe()}${args.configFile ? ` (settings from ${args.configFile})` : ""}`);
+  const ranks = world.size > 1 ? `, rank ${world.rank} of ${world.size}` : "";
+  say(`${task} on ${gpu.describe()}${ranks}${configFile ? ` (settings from ${configFile})` : ""}`);
   try {
     const train = task === "train-online" ? trainOnline : trainOffline;
-    const r = await train(gpu, { settings: args.settings, hub: hubOptionsFromEnv(Deno.env.toObject()) });
+    const r = await train(gpu, {
+      settings,
+      hub: hubOptionsFromEnv(Deno.env.toObject()),
+      world,
+      progress: world.rank === 0 ? undefined : new ProgressPrinter(() => {}, false),
+    });
     const last = r.lastEval ?? r.lastTrain;
     const summary = last
       ? ` ${last.split} acc ${last.acc.map((a) => a.toFixed(3)).join(" ")}, simulated acc len ${
         simulatedAcceptanceLength(last.acc).toFixed(3)
       }`
       : "";
-    console.log(`done: ${r.updates} updates;${summary}`);
-    if (r.checkpoint) console.log(`SGLang draft: ${r.checkpoint}`);
+    say(`done: ${r.updates} updates;${summary}`);
+    if (r.checkpoint) say(`SGLang draft: ${r.checkpoint}`);
   } finally {
     gpu.destroy();
   }

@@ -51,6 +51,8 @@ import { checkFinite, TrainingDivergedError } from "./divergence.ts";
 import { restoreRun, saveRun } from "./run_checkpoint.ts";
 import { evaluate } from "./evaluate.ts";
 import { readBest } from "./best.ts";
+import { averageGradients } from "./data_parallel.ts";
+import { SINGLE_PROCESS, type World } from "../dist/world.ts";
 
 export { TrainingDivergedError };
 export { supervisedMask } from "./batch_source.ts";
@@ -77,6 +79,11 @@ export interface TrainOptions {
   progress?: ProgressPrinter;
   /** Observers called during the run (none by default). */
   hooks?: TrainHooks;
+  /**
+   * The data-parallel ranks (lib/dist/world.ts; default one process). Each rank trains on its share of every
+   * batch (`batchSize` is per rank); rank 0 alone holds the lock and writes logs, plots and checkpoints.
+   */
+  world?: World;
 }
 
 /** What a run did. */
@@ -131,6 +138,7 @@ export function trainOffline(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
  */
 async function train(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   const progress = o.progress ?? new ProgressPrinter();
+  if ((o.world?.rank ?? 0) !== 0) return await trainLocked(gpu, { ...o, progress }); // rank 0 holds the lock
   const lock = await claimOutputDir(o.settings.outputDir, "train", { note: (m) => progress.note(m) });
   try {
     return await trainLocked(gpu, { ...o, progress });
@@ -143,8 +151,15 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   const progress = o.progress ?? new ProgressPrinter();
   const note: Note = (m) => progress.note(m);
-  const setup = await setUpRun(s, o.hub, note);
-  const loader = new DataLoader(setup.train, { batchSize: s.batchSize, shuffle: true, seed: s.seed });
+  const world = o.world ?? SINGLE_PROCESS;
+  const setup = await setUpRun(s, o.hub, note, world.size);
+  const loader = new DataLoader(setup.train, {
+    batchSize: s.batchSize,
+    shuffle: true,
+    seed: s.seed,
+    rank: world.rank,
+    worldSize: world.size,
+  });
   if (loader.stepsPerEpoch === 0) {
     throw new ConfigError(
       `${s.trainDataPath}: ${setup.train.length} samples make no full batch of ${s.batchSize}`,
@@ -178,10 +193,14 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
         `resumed from ${setup.resume.dir}: update ${state.update}, epoch ${state.epoch}, batch ${state.position.step}`,
       );
     }
-    await saveVocabMapping(join(s.outputDir, RUN_FILES.vocabMapping), setup.mapping);
-    log = await MetricsLog.open(join(s.outputDir, RUN_FILES.metrics), setup.resume ? state.update : null, {
-      tensorboardDir: s.reportTo === "tensorboard" ? join(s.outputDir, RUN_FILES.tensorboard) : undefined,
-    });
+    if (world.rank === 0) {
+      await saveVocabMapping(join(s.outputDir, RUN_FILES.vocabMapping), setup.mapping);
+      log = await MetricsLog.open(join(s.outputDir, RUN_FILES.metrics), setup.resume ? state.update : null, {
+        tensorboardDir: s.reportTo === "tensorboard" ? join(s.outputDir, RUN_FILES.tensorboard) : undefined,
+      });
+    } else {
+      log = MetricsLog.inMemory();
+    }
     const limit = Math.min(schedule.totalSteps, s.maxNumSteps ?? Infinity);
     const hooks = o.hooks ?? {};
     const run: Run = {
@@ -199,6 +218,7 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
       progress,
       note,
       hooks,
+      world,
       state,
     };
     const activationBytes = announce(run);
@@ -318,6 +338,7 @@ async function update(run: Run): Promise<void> {
   const { settings: s, state } = run;
   state.update++;
   const lr = lrAt(state.update, run.schedule);
+  await averageGradients(run.world, run.draft);
   run.optimizer.update(lr);
   await run.hooks.afterUpdate?.(state.update, run.draft);
   if (state.update % s.logInterval === 0 || state.update === run.limit) await logTraining(run, lr);
@@ -332,8 +353,11 @@ async function update(run: Run): Promise<void> {
 async function logTraining(run: Run, lr: number): Promise<void> {
   const { state } = run;
   await checkFinite(run, `at the log of update ${state.update}`);
+  run.programs.sums.train.reduce(run.world);
   const m = run.programs.sums.train.take();
-  const tokensPerSec = state.takeWindow();
+  const rate = new Float64Array([state.takeWindow()]);
+  run.world.sum(rate); // tokens/s of all ranks together
+  const tokensPerSec = rate[0];
   const record: MetricsRecord = {
     ...metricsRecord("train", m, state.update, state.epoch, state.elapsed()),
     lr,
@@ -363,7 +387,9 @@ async function finish(run: Run): Promise<void> {
   await writePlot(run);
 }
 
+/** The curves and report.html (rank 0 alone writes them). */
 async function writePlot(run: Run): Promise<void> {
+  if (run.world.rank !== 0) return;
   const svg = renderTrainingPlot(run.log.records, `EAGLE-3 draft of ${run.settings.targetModelPath}`);
   await writeFileAtomic(join(run.settings.outputDir, RUN_FILES.plot), svg);
   const last = run.log.records.at(-1);
