@@ -249,6 +249,10 @@ export { FINGERPRINT_ITEMS, RESUME_CONTRACT, runChanges } from "./lib/train/fing
 export type { FingerprintItem, RunChange, RunFingerprint } from "./lib/train/fingerprint.ts";
 export type { LoadedCheckpoint, TrainingState } from "./lib/train/checkpoint.ts";
 
+// Data-parallel ranks (Open MPI's mpirun).
+export { DistError, MpiWorld, SINGLE_PROCESS, worldFromEnv } from "./lib/dist/world.ts";
+export type { World } from "./lib/dist/world.ts";
+
 // Export for SGLang.
 export { checkDraftExport, exportDraft, ExportError } from "./lib/models/export.ts";
 export type {
