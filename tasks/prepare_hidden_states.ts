@@ -8,7 +8,12 @@ import { hubOptionsFromEnv } from "../lib/io/hub.ts";
 import { runTask } from "../lib/cli/run.ts";
 import { flagHelp, parseCommand } from "../lib/flags.ts";
 import { prepareHiddenStates } from "../lib/offline/prepare.ts";
-import { PREPARE_HIDDEN_STATES_FLAGS, toPrepareOptions } from "../lib/offline/settings.ts";
+import {
+  PREPARE_HIDDEN_STATES_FLAGS,
+  type PrepareHiddenStatesSettings,
+  toPrepareOptions,
+} from "../lib/offline/settings.ts";
+import { type World, worldFromEnv } from "../lib/dist/world.ts";
 
 const USAGE =
   "usage: deno task prepare-hidden-states --target-model-path <dir> --data-path <file> --output-path <dir> [options]";
@@ -21,12 +26,27 @@ export function main(args: string[]): Promise<number> {
 async function prepareTask(args: string[]): Promise<void> {
   const cmd = parseCommand(PREPARE_HIDDEN_STATES_FLAGS, args);
   if (cmd.help) return console.log(flagHelp(PREPARE_HIDDEN_STATES_FLAGS, USAGE));
-  const options = toPrepareOptions(cmd.settings, {
+  const world = worldFromEnv();
+  try {
+    await prepareOnRank(cmd.settings, world);
+  } catch (e) {
+    if (world.size === 1) throw e;
+    console.error(`prepare-hidden-states (rank ${world.rank} of ${world.size}): ${(e as Error).message}`);
+    world.abort(1);
+  }
+  world.finalize();
+}
+
+/** One process's shard: under `mpirun` without --shard, rank r of N writes rows r, r + N, … */
+async function prepareOnRank(settings: PrepareHiddenStatesSettings, world: World): Promise<void> {
+  const options = toPrepareOptions(settings, {
     hub: hubOptionsFromEnv(Deno.env.toObject()),
-    log: (line) => console.log(line),
-  });
+    log: (line) => console.log(world.size > 1 ? `[rank ${world.rank}] ${line}` : line),
+  }, world);
   const gpu = await Gpu.create();
-  console.log(`prepare-hidden-states on ${gpu.describe()}`);
+  console.log(
+    `prepare-hidden-states on ${gpu.describe()}, shard ${options.shard.index}/${options.shard.count}`,
+  );
   try {
     const r = await prepareHiddenStates(gpu, options);
     const perToken = r.tokens > 0 ? r.bytes / r.tokens : 0;

@@ -26,9 +26,9 @@ export const PREPARE_HIDDEN_STATES_FLAGS = {
   "batch-size": { kind: "int", default: 8, min: 1, help: "samples per target forward" },
   "shard": {
     kind: "string",
-    default: "0/1",
+    default: null,
     arg: "i/N",
-    help: "this process writes rows r with r % N == i",
+    help: "this process writes rows r with r % N == i (default: 0/1; under mpirun, rank/ranks)",
     check: (s: string): string | null => /^\d+\/\d+$/.test(s) ? null : "i/N",
   },
   "aux-layers": {
@@ -81,9 +81,16 @@ export interface PrepareContext {
   log?: (line: string) => void;
 }
 
-/** {@link PrepareOptions} of parsed settings: `--shard i/N` split, the storage grouped, '' cache dir off. */
-export function toPrepareOptions(s: PrepareHiddenStatesSettings, ctx: PrepareContext): PrepareOptions {
-  const [index, count] = s.shard.split("/").map(Number);
+/**
+ * {@link PrepareOptions} of parsed settings: `--shard i/N` split (without it, this rank's share of an
+ * `mpirun` job: rank/ranks of `world`), the storage grouped, '' cache dir off.
+ */
+export function toPrepareOptions(
+  s: PrepareHiddenStatesSettings,
+  ctx: PrepareContext,
+  world: { rank: number; size: number } = { rank: 0, size: 1 },
+): PrepareOptions {
+  const [index, count] = (s.shard ?? `${world.rank}/${world.size}`).split("/").map(Number);
   return {
     targetModelPath: s.targetModelPath,
     dataPath: s.dataPath,

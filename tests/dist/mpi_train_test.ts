@@ -2,7 +2,8 @@
  * Data-parallel training under Open MPI (lib/dist/world.ts, lib/train/data_parallel.ts): `mpirun -np 2` with
  * batch 2 per rank against one process with batch 4 on the same data logs the same losses and ends with the
  * same weights up to f32 summation order; only rank 0 writes; a checkpoint of 2 ranks resumes in one process
- * at the same global position; a rank killed with -9 stops the job, and the last checkpoint stays intact.
+ * at the same global position; a rank killed with -9 stops the job, and the last checkpoint stays intact;
+ * prepare-hidden-states splits its rows across the ranks.
  * Skipped, saying why, where Open MPI's mpirun is not installed (.ci/run installs openmpi-bin).
  */
 import assert from "node:assert/strict";
@@ -12,6 +13,7 @@ import { TARGET } from "../train/fixtures.ts";
 import { wordLevelTokenizerJson } from "../../lib/data/tokenizer.ts";
 import { parseSafetensors, toFloat32 } from "../../lib/io/safetensors.ts";
 import { CHECKPOINT_FILES, listCheckpoints, loadCheckpoint } from "../../lib/train/checkpoint.ts";
+import { openFeatureSet } from "../../lib/offline/dataset.ts";
 
 const TASK = new URL("../../tasks/train_online.ts", import.meta.url).pathname;
 const ENV = { NODEVICE_SELECT: "1", OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1" };
@@ -126,6 +128,40 @@ Deno.test({
     assert.equal((await run(Deno.execPath(), trainArgs(root, "switch", 4, ["--resume"]))).code, 0);
     assert.deepEqual(losses(root, "switch").map((l) => l.toFixed(4)), a.map((l) => l.toFixed(4)));
     assertWeightsClose(join(root, "single", "epoch_1_step_4"), join(root, "switch", "epoch_1_step_4"), 1e-3);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "mpirun -np 2 prepare-hidden-states: each rank writes its shard, together every row",
+  ...needsMpi,
+}, async () => {
+  const root = await fixture();
+  try {
+    const out = join(root, "features");
+    const task = new URL("../../tasks/prepare_hidden_states.ts", import.meta.url).pathname;
+    const r = await mpirun([
+      "run",
+      "-A",
+      task,
+      "--target-model-path",
+      join(root, "target"),
+      "--data-path",
+      join(root, "train.jsonl"),
+      "--output-path",
+      out,
+      "--chat-template",
+      "llama3",
+      "--batch-size",
+      "2",
+      "--cache-dir",
+      "",
+    ]); // deno-fmt-ignore
+    assert.equal(r.code, 0, r.stderr);
+    const set = await openFeatureSet(out);
+    assert.equal(set.dataset.length, 8);
+    assert.equal(set.missing, 0, "rows of both shards are there");
   } finally {
     await Deno.remove(root, { recursive: true });
   }
