@@ -18,6 +18,16 @@
 const MOD_URL = new URL("../mod.ts", import.meta.url).href;
 const eaglet: typeof import("../mod.ts") = await import(MOD_URL);
 
+if (Deno.args.some((a) => a === "--help" || a === "-h")) {
+  console.log(
+    "usage: deno run -A examples/notebook.ts [target] [output dir]\n\n" +
+      "Makes self-distilled data with the target, trains an EAGLE-3 draft for a few updates, exports it for\n" +
+      "SGLang and measures its acceptance length, through mod.ts imported by URL.\n\n" +
+      "  target      HF model dir or hub id (default: ../shared/models/tinystories-656K)\n" +
+      "  output dir  where the draft and its report go (default: out/notebook)",
+  );
+  Deno.exit(0);
+}
 const [target = "../shared/models/tinystories-656K", outDir = "out/notebook"] = Deno.args;
 // Hub downloads honour HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and EAGLET_CACHE, as the tasks do.
 const hub = eaglet.hubOptionsFromEnv(Deno.env.toObject());

@@ -17,6 +17,7 @@ import { type AsyncBuffer, parquetMetadataAsync, parquetReadObjects } from "../n
 import { extname } from "node:path";
 import { DataError, type RecordSource } from "./errors.ts";
 import type { Message } from "./preprocess.ts";
+import { printable } from "../io/printable.ts";
 
 /** A raw record and where it came from. */
 export interface RawRecord {
@@ -273,7 +274,7 @@ export function parseRecord(raw: RawRecord, options: ParseRecordOptions = {}): D
   if (conv === undefined) {
     throw new DataError(
       `${source}: no "conversations", "text" or "input_ids"+"loss_mask" field (keys: ${
-        Object.keys(r).join(", ")
+        Object.keys(r).map(printable).join(", ")
       })`,
     );
   }
@@ -293,12 +294,14 @@ export function parseRecord(raw: RawRecord, options: ParseRecordOptions = {}): D
     else if (role === "gpt") role = "assistant";
     if (!known.includes(role as string)) {
       throw new DataError(
-        `${source}: message ${i} has unknown role '${role}' (expected ${known.join(", ")})`,
+        `${source}: message ${i} has unknown role '${printable(role as string)}' (expected ${
+          known.join(", ")
+        })`,
       );
     }
     const content = msg.content ?? msg.value ?? (msg.tool_calls !== undefined ? "" : undefined);
     if (typeof content !== "string") {
-      throw new DataError(`${source}: message ${i} (${role}) has no string content`);
+      throw new DataError(`${source}: message ${i} (${printable(role as string)}) has no string content`);
     }
     const out: Message = { ...msg, role: role as string, content };
     delete out.from;

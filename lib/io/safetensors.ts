@@ -18,6 +18,7 @@
 import { basename, join } from "node:path";
 import { AtomicFile, writeJsonAtomic } from "./atomic.ts";
 import { f32ToBf16Bits } from "../tensor.ts";
+import { printable } from "./printable.ts";
 
 /** safetensors dtypes Eaglet reads and writes, with their element sizes in bytes. */
 export const SAFETENSORS_DTYPES = {
@@ -106,7 +107,7 @@ function checkHeader(header: unknown, file: string, dataBytes: number): {
       }
       for (const [k, v] of Object.entries(entry)) {
         if (typeof v !== "string") {
-          throw new SafetensorsError(`${file}: __metadata__.${k} is not a string`);
+          throw new SafetensorsError(`${file}: __metadata__.${printable(k)} is not a string`);
         }
       }
       metadata = entry as Record<string, string>;
@@ -115,30 +116,36 @@ function checkHeader(header: unknown, file: string, dataBytes: number): {
     const { dtype, shape, data_offsets } = (entry ?? {}) as Record<string, unknown>;
     if (typeof dtype !== "string" || !Object.hasOwn(SAFETENSORS_DTYPES, dtype)) {
       throw new SafetensorsError(
-        `${file}: tensor ${name} has unknown dtype ${JSON.stringify(dtype)} (known: ${
+        `${file}: tensor ${printable(name)} has unknown dtype ${JSON.stringify(dtype)} (known: ${
           Object.keys(SAFETENSORS_DTYPES).join(", ")
         })`,
       );
     }
     if (!Array.isArray(shape) || !shape.every(isCount)) {
-      throw new SafetensorsError(`${file}: tensor ${name} has a malformed shape ${JSON.stringify(shape)}`);
+      throw new SafetensorsError(
+        `${file}: tensor ${printable(name)} has a malformed shape ${JSON.stringify(shape)}`,
+      );
     }
     if (!Array.isArray(data_offsets) || data_offsets.length !== 2 || !data_offsets.every(isCount)) {
       throw new SafetensorsError(
-        `${file}: tensor ${name} has malformed data_offsets ${JSON.stringify(data_offsets)}`,
+        `${file}: tensor ${printable(name)} has malformed data_offsets ${JSON.stringify(data_offsets)}`,
       );
     }
     const [begin, end] = data_offsets as number[];
     if (end < begin || end > dataBytes) {
       throw new SafetensorsError(
-        `${file}: tensor ${name} offsets [${begin}, ${end}] lie outside the ${dataBytes} data bytes`,
+        `${file}: tensor ${
+          printable(name)
+        } offsets [${begin}, ${end}] lie outside the ${dataBytes} data bytes`,
       );
     }
     const d = dtype as SafetensorsDtype;
     const expected = numelOf(shape) * SAFETENSORS_DTYPES[d];
     if (end - begin !== expected) {
       throw new SafetensorsError(
-        `${file}: tensor ${name} holds ${end - begin} bytes but ${dtype} [${shape}] needs ${expected}`,
+        `${file}: tensor ${printable(name)} holds ${
+          end - begin
+        } bytes but ${dtype} [${shape}] needs ${expected}`,
       );
     }
     infos.push({ name, dtype: d, shape, begin, end, file });
@@ -201,18 +208,20 @@ function checkTensorsToWrite(entries: Array<[string, RawTensor]>, file: string):
   const seen = new Set<string>();
   for (const [name, t] of entries) {
     if (name === "__metadata__") throw new SafetensorsError(`${file}: "__metadata__" is not a tensor name`);
-    if (seen.has(name)) throw new SafetensorsError(`${file}: tensor ${name} is given twice`);
+    if (seen.has(name)) throw new SafetensorsError(`${file}: tensor ${printable(name)} is given twice`);
     seen.add(name);
     if (!Object.hasOwn(SAFETENSORS_DTYPES, t.dtype)) {
-      throw new SafetensorsError(`${file}: tensor ${name} has unknown dtype ${t.dtype}`);
+      throw new SafetensorsError(`${file}: tensor ${printable(name)} has unknown dtype ${t.dtype}`);
     }
     if (!t.shape.every(isCount)) {
-      throw new SafetensorsError(`${file}: tensor ${name} has a malformed shape [${t.shape}]`);
+      throw new SafetensorsError(`${file}: tensor ${printable(name)} has a malformed shape [${t.shape}]`);
     }
     const expected = numelOf(t.shape) * SAFETENSORS_DTYPES[t.dtype];
     if (t.bytes.byteLength !== expected) {
       throw new SafetensorsError(
-        `${file}: tensor ${name} has ${t.bytes.byteLength} bytes but ${t.dtype} [${t.shape}] needs ${expected}`,
+        `${file}: tensor ${
+          printable(name)
+        } has ${t.bytes.byteLength} bytes but ${t.dtype} [${t.shape}] needs ${expected}`,
       );
     }
   }
