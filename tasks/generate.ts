@@ -34,16 +34,18 @@ export const GENERATE_FLAGS = {
   "max-new-tokens": {
     kind: "int",
     default: 64,
+    min: 1,
     arg: "n",
     help: "new tokens at most; generation stops after an EOS token",
   },
   temperature: {
     kind: "float",
     default: 0,
+    min: 0,
     arg: "t",
     help: "0 = greedy; > 0 samples from softmax(logits / t)",
   },
-  "top-p": { kind: "float", default: 1, arg: "p", help: "nucleus sampling mass in (0, 1]" },
+  "top-p": { kind: "float", default: 1, above: 0, max: 1, arg: "p", help: "nucleus sampling mass in (0, 1]" },
   seed: { kind: "int", default: 0, arg: "n", help: "sampling seed" },
   "no-cache": {
     kind: "bool",

@@ -22,7 +22,13 @@ import {
 import { DataError } from "./errors.ts";
 import { templates } from "./templates.ts";
 import { type ChatTokenizer, loadTokenizer } from "./tokenizer.ts";
-import { countSupervisedTokens, loadVocabMapping, saveVocabMapping, selectDraftVocab } from "./vocab.ts";
+import {
+  countSupervisedTokens,
+  loadVocabMapping,
+  saveVocabMapping,
+  selectDraftVocab,
+  type VocabMapping,
+} from "./vocab.ts";
 
 /** The chat template flag of the data tasks: a name of lib/data/templates.ts's registry. */
 export const CHAT_TEMPLATE_FLAG: StringFlag & { readonly default: string } = {
@@ -123,6 +129,10 @@ async function prepareLocked(
   const template = v.tokenizer ? templates.get(v.chatTemplate) : null;
   const chatTemplate = v.chatTemplateFile ? await Deno.readTextFile(v.chatTemplateFile) : undefined;
   const tokenizer = v.tokenizer ? await loadTokenizer(v.tokenizer, { chatTemplate }) : null;
+  // A given mapping is read now, so that a bad one fails before anything is written.
+  const mapping = v.vocabMapping && tokenizer
+    ? await loadVocabMapping(v.vocabMapping, { targetVocabSize: v.targetVocabSize ?? tokenizer.vocabSize })
+    : null;
   const source = await conversionSource(v, hubIds[0] ?? null);
   const converted = convertedTrainPath(v.outputPath, v.dataset);
   if (!v.overwrite && await pathExists(converted)) await checkSameSource(converted, source);
@@ -165,7 +175,7 @@ async function prepareLocked(
     `${s.samples} samples, ${s.tokens} tokens, ${s.supervisedTokens} supervised; ${s.truncated} truncated at max_length, ` +
       `${s.droppedUnsupervised} dropped without supervised tokens`,
   );
-  await writeDraftVocab(v, tokenizer, built, log);
+  await writeDraftVocab(v, tokenizer, built, mapping, log);
 }
 
 /** The record beside a converted file of what it was converted from: `<file>.source.json`. */
@@ -227,14 +237,16 @@ async function writeDraftVocab(
   v: PrepareDataSettings,
   tokenizer: ChatTokenizer,
   built: BuildResult,
+  given: VocabMapping | null,
   log: (line: string) => void,
 ): Promise<void> {
   const targetVocab = v.targetVocabSize ?? tokenizer.vocabSize;
   const out = join(v.outputPath, "vocab_mapping.safetensors");
-  if (v.vocabMapping) {
-    const m = await loadVocabMapping(v.vocabMapping, { targetVocabSize: targetVocab });
-    await saveVocabMapping(out, m);
-    log(`vocab mapping ${v.vocabMapping} (${m.draftVocabSize} draft tokens) checked and written to ${out}`);
+  if (given) {
+    await saveVocabMapping(out, given);
+    log(
+      `vocab mapping ${v.vocabMapping} (${given.draftVocabSize} draft tokens) checked and written to ${out}`,
+    );
   } else if (v.draftVocabSize) {
     const draft = v.draftVocabSize;
     const counter = countSupervisedTokens(

@@ -13,7 +13,7 @@
 import { claimOutputDir, LOCK_FILE } from "../io/lock.ts";
 import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
-import { writeJsonAtomic } from "../io/atomic.ts";
+import { removeIfExists, writeJsonAtomic } from "../io/atomic.ts";
 import { type HubOptions, resolveModelPath } from "../io/hub.ts";
 import { writeSafetensors } from "../io/safetensors.ts";
 import { checkAuxLayers, ConfigError, defaultAuxLayers, loadTargetConfig } from "../models/config.ts";
@@ -95,8 +95,11 @@ export interface PrepareResult {
   bytes: number;
 }
 
-/** Writes the manifest, or checks that the one in `dir` describes the same run (else an error naming the difference). */
-async function ensureManifest(dir: string, m: FeaturesManifest): Promise<void> {
+/**
+ * Writes the manifest, or checks that the one in `dir` describes the same run (else an error naming the
+ * difference); whether it wrote one.
+ */
+async function ensureManifest(dir: string, m: FeaturesManifest): Promise<boolean> {
   const path = join(dir, FEATURES_MANIFEST);
   let existing: FeaturesManifest | null = null;
   try {
@@ -109,7 +112,7 @@ async function ensureManifest(dir: string, m: FeaturesManifest): Promise<void> {
   if (!existing) {
     await Deno.mkdir(dir, { recursive: true });
     await writeJsonAtomic(path, m);
-    return;
+    return true;
   }
   const flat = (x: unknown, prefix = ""): Map<string, string> => {
     const out = new Map<string, string>();
@@ -135,6 +138,7 @@ async function ensureManifest(dir: string, m: FeaturesManifest): Promise<void> {
       );
     }
   }
+  return false;
 }
 
 /** Runs the target over the dataset and writes the missing feature files of this shard. */
@@ -198,12 +202,28 @@ export async function prepareHiddenStates(gpu: Gpu, o: PrepareOptions): Promise<
     note: o.log,
     name: lockName,
   });
+  let created = false;
   try {
-    await ensureManifest(o.outputPath, manifest);
+    created = await ensureManifest(o.outputPath, manifest);
     return await prepareLocked(gpu, o, { targetDir, auxLayers, manifest, all, numSamples });
+  } catch (e) {
+    // A run that failed before its first sample file (a bad target, say) takes back the manifest it wrote,
+    // so that the lock's release leaves no directory behind.
+    if (created && await onlyManifest(o.outputPath)) {
+      await removeIfExists(join(o.outputPath, FEATURES_MANIFEST));
+    }
+    throw e;
   } finally {
     await lock.release();
   }
+}
+
+/** Whether `dir` holds nothing but the features manifest and lock files. */
+async function onlyManifest(dir: string): Promise<boolean> {
+  for await (const e of Deno.readDir(dir)) {
+    if (e.name !== FEATURES_MANIFEST && !e.name.startsWith(LOCK_FILE)) return false;
+  }
+  return true;
 }
 
 /** What {@link prepareHiddenStates} resolved before taking the output directory's lock. */

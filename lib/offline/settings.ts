@@ -56,7 +56,7 @@ export const PREPARE_HIDDEN_STATES_FLAGS = {
     default: DEFAULT_STORAGE.teacherFormat,
     help: "the final hidden state (SpecForge's) or the top-k next-token log-probs",
   },
-  "topk": { kind: "int", default: DEFAULT_STORAGE.topk, help: "k of the topk teacher (1..64)" },
+  "topk": { kind: "int", default: DEFAULT_STORAGE.topk, min: 1, max: 64, help: "k of the topk teacher" },
   "cache-dir": { kind: "string", default: "./cache", help: "preprocessing cache ('' disables it)" },
   "is-preformatted": { kind: "bool", help: 'records are {"text": ...} already rendered' },
   "file-group-size": {

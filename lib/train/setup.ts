@@ -11,7 +11,7 @@ import type { Gpu } from "../gpu/device.ts";
 import { type HubOptions, resolveModelPath } from "../io/hub.ts";
 import { SafetensorsCheckpoint, SafetensorsError } from "../io/safetensors.ts";
 import { Tensor } from "../tensor.ts";
-import { buildTokenizedDataset } from "../data/build.ts";
+import { type BuildResult, buildTokenizedDataset } from "../data/build.ts";
 import { templates } from "../data/templates.ts";
 import { loadTokenizer } from "../data/tokenizer.ts";
 import type { TokenizedDataset } from "../data/tokenized.ts";
@@ -228,17 +228,21 @@ async function tokenizeData(s: TrainSettings, targetDir: string, note: Note): Pr
   if (!s.trainDataPath) throw new ConfigError("--train-data-path is required for online training");
   const template = templates.get(s.chatTemplate);
   const tokenizer = await loadTokenizer(targetDir);
-  const build = async (path: string) => (await buildTokenizedDataset({
-    dataPath: path,
-    tokenizer,
-    templateName: s.chatTemplate,
-    template,
-    maxLength: s.maxLength,
-    isPreformatted: s.isPreformatted,
-    trainOnlyLastTurn: s.trainOnlyLastTurn,
-    cacheDir: s.cacheDir,
-    log: note,
-  }));
+  const build = async (path: string) =>
+    checkNotEmpty(
+      path,
+      await buildTokenizedDataset({
+        dataPath: path,
+        tokenizer,
+        templateName: s.chatTemplate,
+        template,
+        maxLength: s.maxLength,
+        isPreformatted: s.isPreformatted,
+        trainOnlyLastTurn: s.trainOnlyLastTurn,
+        cacheDir: s.cacheDir,
+        log: note,
+      }),
+    );
   const train = await build(s.trainDataPath);
   const evalSet = s.evalDataPath ? await build(s.evalDataPath) : null;
   const fingerprint: RunFingerprint = {
@@ -248,6 +252,16 @@ async function tokenizeData(s: TrainSettings, targetDir: string, note: Note): Pr
   };
   if (evalSet) fingerprint.eval_data = evalSet.inputs.data.sha256;
   return { offline: null, train: train.dataset, eval: evalSet?.dataset ?? null, fingerprint };
+}
+
+/** A build that kept no sample is an error naming the file and why its records were dropped. */
+function checkNotEmpty(path: string, built: BuildResult): BuildResult {
+  const st = built.stats;
+  if (st.samples > 0) return built;
+  throw new ConfigError(
+    `${path}: no sample left to train on (${st.records} records; ${st.droppedUnsupervised} without ` +
+      `supervised tokens or of a single token at max_length ${built.inputs.maxLength})`,
+  );
 }
 
 /** Offline data: the feature directories, checked against the target; tokens and masks from their files. */
