@@ -7,7 +7,8 @@
  * ./step_programs.ts) runs the TTT unroll forward and backward into the accumulated gradients, and every
  * `draft_accumulation_steps` micro-batches the optimizer (./optimizer.ts) clips and updates with the learning
  * rate of ./schedule.ts. Evaluation is ./evaluate.ts; checkpoints ./run_checkpoint.ts; the run's mutable
- * state is one {@link RunState} (./run.ts).
+ * state is one {@link RunState} (./run.ts). Under Open MPI's `mpirun` (lib/dist/world.ts) each rank trains on
+ * its share of every batch and ./data_parallel.ts averages the gradients before each update; rank 0 writes.
  *
  * Counting: an update is one optimizer update (SpecForge's `global_step`). Micro-batches form one stream
  * across epochs, so an accumulation window may span an epoch boundary, as in SpecForge's scripts, where the
