@@ -6,7 +6,8 @@
 import { Gpu } from "../lib/gpu/device.ts";
 import { hubOptionsFromEnv } from "../lib/io/hub.ts";
 import { evaluateDraft } from "../lib/eval/evaluate.ts";
-import { EVAL_FLAGS } from "../lib/eval/settings.ts";
+import { EVAL_FLAGS, type EvalSettings } from "../lib/eval/settings.ts";
+import { type World, worldFromEnv } from "../lib/dist/world.ts";
 import { runTask } from "../lib/cli/run.ts";
 import { flagHelp, parseCommand } from "../lib/flags.ts";
 
@@ -23,12 +24,27 @@ export function main(args: string[]): Promise<number> {
 async function evalTask(args: string[]): Promise<void> {
   const cmd = parseCommand(EVAL_FLAGS, args);
   if (cmd.help) return console.log(flagHelp(EVAL_FLAGS, USAGE, ABOUT));
+  // Under Open MPI's mpirun each rank decodes a share of the prompts; rank 0 prints and writes the report.
+  const world = worldFromEnv();
+  try {
+    await evalOnRank(cmd.settings, world);
+  } catch (e) {
+    if (world.size === 1) throw e;
+    console.error(`eval (rank ${world.rank} of ${world.size}): ${(e as Error).message}`);
+    world.abort(1);
+  }
+  world.finalize();
+}
+
+async function evalOnRank(settings: EvalSettings, world: World): Promise<void> {
   const gpu = await Gpu.create();
   try {
-    const r = await evaluateDraft(gpu, cmd.settings, {
+    const r = await evaluateDraft(gpu, settings, {
       hub: hubOptionsFromEnv(Deno.env.toObject()),
-      log: (line) => console.error(line),
+      log: world.rank === 0 ? (line) => console.error(line) : undefined,
+      world,
     });
+    if (!r.files) return;
     console.log(JSON.stringify(r.summary, null, 2));
     console.error(`wrote ${r.files.json}, ${r.files.svg}, ${r.files.html}`);
   } finally {

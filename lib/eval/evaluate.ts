@@ -16,7 +16,9 @@ import { TargetModel } from "../models/target.ts";
 import { loadDraftDirectory, type LoadedDraft } from "./draft_dir.ts";
 import { type EvalReportFiles, evalSummary, writeEvalReport } from "./report.ts";
 import type { EvalSettings } from "./settings.ts";
-import { runSpeculativeEval } from "./speculative.ts";
+import { runSpeculativeEval, type SpeculativeEvalResult, summarizeSpeculativeEval } from "./speculative.ts";
+import { SINGLE_PROCESS, type World } from "../dist/world.ts";
+import { gatherJson } from "../dist/gather.ts";
 
 /**
  * Prompt token ids from the lines of a jsonl file: `{"input_ids": [...]}` (with a `loss_mask`, the ids before
@@ -89,14 +91,35 @@ export interface EvalContext {
   hub: HubOptions;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
+  /**
+   * The data-parallel ranks (lib/dist/world.ts; default one process): rank r decodes prompts r, r+N, …, the
+   * per-prompt results are gathered, and rank 0 writes the report of all of them.
+   */
+  world?: World;
 }
 
 /** What {@link evaluateDraft} measured and wrote. */
 export interface EvaluatedDraft {
   /** eval.json's object. */
   summary: Record<string, unknown>;
-  /** The report's files. */
-  files: EvalReportFiles;
+  /** The report's files (null on ranks other than 0, which write nothing). */
+  files: EvalReportFiles | null;
+}
+
+/**
+ * The result of every rank's prompts from each rank's `local` result of prompts `mine` (their indices in the
+ * whole set): the per-prompt results gathered (lib/dist/gather.ts), put back in prompt order and summarised
+ * as one process would have.
+ */
+function gatherResults(
+  world: World,
+  mine: number[],
+  local: SpeculativeEvalResult,
+  measured: boolean,
+): SpeculativeEvalResult {
+  const parts = gatherJson(world, mine.map((index, i) => ({ index, sample: local.samples[i] })));
+  const samples = parts.flat().sort((a, b) => a.index - b.index).map((p) => p.sample);
+  return summarizeSpeculativeEval(samples, local.config, local.temperature, measured);
 }
 
 /** A randomly initialised draft for `target` over its whole vocabulary (a baseline: tau ≈ 1). */
@@ -114,6 +137,7 @@ function randomDraft(gpu: Gpu, target: TargetModel, seed: number): { draft: Eagl
  * of the prompts of `s.dataPath` and writes the report into `s.outputDir` (lib/eval/report.ts).
  */
 export async function evaluateDraft(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Promise<EvaluatedDraft> {
+  if ((ctx.world?.rank ?? 0) !== 0) return await evaluateLocked(gpu, s, ctx); // rank 0 holds the lock
   // The output directory first (lib/io/lock.ts): a bad or busy --output-dir fails before the evaluation runs.
   const lock = await claimOutputDir(s.outputDir, "eval", { note: ctx.log });
   try {
@@ -162,7 +186,9 @@ async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Prom
           gpu.info.description || "WebGPU"
         }`,
     );
-    const result = await runSpeculativeEval(target, draft, prompts, {
+    const world = ctx.world ?? SINGLE_PROCESS;
+    const mine = [...prompts.keys()].filter((i) => i % world.size === world.rank);
+    const local = await runSpeculativeEval(target, draft, mine.map((i) => prompts[i]), {
       numSteps,
       topk,
       numDraftTokens,
@@ -172,6 +198,7 @@ async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Prom
       seed,
       draftToTarget: map,
       measureSpeed: !s.noSpeed,
+      promptIndices: mine,
       onSample: (i, s) => {
         const rounds = s.output.rounds.length;
         log(
@@ -179,19 +206,21 @@ async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Prom
         );
       },
     });
+    const result = world.size === 1 ? local : gatherResults(world, mine, local, !s.noSpeed);
+    draft.destroy();
     const summary = evalSummary(result, {
       target_model_path: targetDir,
       draft_model_path: draftPath,
       data_path: s.dataPath,
       device: gpu.info.description || gpu.info.vendor || "WebGPU",
     });
+    if (world.rank !== 0) return { summary, files: null };
     const files = await writeEvalReport(
       s.outputDir,
       result,
       summary,
       tokenizer ? (ids) => tokenizer.decode(ids) : undefined,
     );
-    draft.destroy();
     return { summary, files };
   } finally {
     target.destroy();

@@ -375,6 +375,11 @@ export interface SpeculativeEvalOptions extends SpeculativeConfig, SpeculativeGe
   measureSpeed?: boolean;
   /** Called after each prompt with its index. */
   onSample?: (index: number, result: SampleResult) => void;
+  /**
+   * The index of each prompt in the whole evaluation set (default 0, 1, …): prompt i's seed is seed + its
+   * index, so that a data-parallel rank evaluating a share of the prompts draws what one process would.
+   */
+  promptIndices?: number[];
 }
 
 /** One prompt's outcome. */
@@ -427,9 +432,9 @@ export async function runSpeculativeEval(
   const gen = new Generator(target);
   const samples: SampleResult[] = [];
   try {
-    let specTokens = 0, specTime = 0, targetTokens = 0, targetTime = 0;
     for (const [i, prompt] of prompts.entries()) {
-      const g = { ...opts, seed: (opts.seed ?? 0) + i };
+      const index = opts.promptIndices?.[i] ?? i;
+      const g = { ...opts, seed: (opts.seed ?? 0) + index };
       if (measure) await dec.generate(prompt, g);
       const output = await dec.generate(prompt, g);
       let plain: number[] | null = null, plainSeconds: number | null = null;
@@ -451,34 +456,49 @@ export async function runSpeculativeEval(
         plain = r.tokens;
         plainSeconds = r.seconds;
       }
-      if (measure) {
-        specTokens += Math.max(0, output.tokens.length - 1);
-        specTime += output.decodeSeconds;
-        targetTokens += Math.max(0, (plain?.length ?? 1) - 1);
-        targetTime += plainSeconds ?? 0;
-      }
       const result = { prompt, output, targetTokens: plain, targetDecodeSeconds: plainSeconds };
       samples.push(result);
-      opts.onSample?.(i, result);
+      opts.onSample?.(index, result);
     }
-    const targetTps = measure && targetTime > 0 ? targetTokens / targetTime : null;
-    const specTps = measure && specTime > 0 ? specTokens / specTime : null;
-    return {
-      config: dec.config,
-      temperature,
-      stats: acceptanceStats(samples.flatMap((s) => s.output.rounds), dec.config.numSteps),
-      targetTokensPerSecond: targetTps,
-      speculativeTokensPerSecond: specTps,
-      speedup: targetTps && specTps ? specTps / targetTps : null,
-      matchesTargetGreedy: temperature === 0
-        ? samples.every((s) => s.targetTokens !== null && sameTokens(s.targetTokens, s.output.tokens))
-        : null,
-      samples,
-    };
+    return summarizeSpeculativeEval(samples, dec.config, temperature, measure);
   } finally {
     dec.destroy();
     gen.destroy();
   }
+}
+
+/**
+ * The {@link SpeculativeEvalResult} of per-prompt results (in prompt order): acceptance statistics over every
+ * round; speeds (when `measured`) as new tokens after the first over the summed decode seconds, for
+ * speculation and for the target alone; at temperature 0, whether every output is the target's own.
+ */
+export function summarizeSpeculativeEval(
+  samples: SampleResult[],
+  config: ResolvedSpeculativeConfig,
+  temperature: number,
+  measured: boolean,
+): SpeculativeEvalResult {
+  let specTokens = 0, specTime = 0, targetTokens = 0, targetTime = 0;
+  for (const s of samples) {
+    specTokens += Math.max(0, s.output.tokens.length - 1);
+    specTime += s.output.decodeSeconds;
+    targetTokens += Math.max(0, (s.targetTokens?.length ?? 1) - 1);
+    targetTime += s.targetDecodeSeconds ?? 0;
+  }
+  const targetTps = measured && targetTime > 0 ? targetTokens / targetTime : null;
+  const specTps = measured && specTime > 0 ? specTokens / specTime : null;
+  return {
+    config,
+    temperature,
+    stats: acceptanceStats(samples.flatMap((s) => s.output.rounds), config.numSteps),
+    targetTokensPerSecond: targetTps,
+    speculativeTokensPerSecond: specTps,
+    speedup: targetTps && specTps ? specTps / targetTps : null,
+    matchesTargetGreedy: temperature === 0
+      ? samples.every((s) => s.targetTokens !== null && sameTokens(s.targetTokens, s.output.tokens))
+      : null,
+    samples,
+  };
 }
 
 function sameTokens(a: number[], b: number[]): boolean {

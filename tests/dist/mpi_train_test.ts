@@ -3,7 +3,8 @@
  * batch 2 per rank against one process with batch 4 on the same data logs the same losses and ends with the
  * same weights up to f32 summation order; only rank 0 writes; a checkpoint of 2 ranks resumes in one process
  * at the same global position; a rank killed with -9 stops the job, and the last checkpoint stays intact;
- * prepare-hidden-states splits its rows across the ranks.
+ * prepare-hidden-states splits its rows across the ranks; eval decodes a share of the prompts on each rank and
+ * writes one process's report.
  * Skipped, saying why, where Open MPI's mpirun is not installed (.ci/run installs openmpi-bin).
  */
 import assert from "node:assert/strict";
@@ -162,6 +163,56 @@ Deno.test({
     const set = await openFeatureSet(out);
     assert.equal(set.dataset.length, 8);
     assert.equal(set.missing, 0, "rows of both shards are there");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "mpirun -np 2 eval: the ranks' prompts gathered give one process's eval.json",
+  ...needsMpi,
+}, async () => {
+  const root = await fixture();
+  try {
+    const task = new URL("../../tasks/eval.ts", import.meta.url).pathname;
+    const args = (out: string) => [
+      "run",
+      "-A",
+      task,
+      "--target-model-path",
+      join(root, "target"),
+      "--draft-model-path",
+      "random",
+      "--data-path",
+      join(root, "train.jsonl"),
+      "--num-samples",
+      "8",
+      "--max-new-tokens",
+      "8",
+      "--num-steps",
+      "3",
+      "--temperature",
+      "0.7",
+      "--no-speed",
+      "--output-dir",
+      join(root, out),
+    ]; // deno-fmt-ignore
+    assert.equal((await run(Deno.execPath(), args("one"))).code, 0);
+    const two = await mpirun(args("two"));
+    assert.equal(two.code, 0, two.stderr);
+    const summary = (out: string) => {
+      const j = JSON.parse(Deno.readTextFileSync(join(root, out, "eval.json")));
+      delete j.settings; // names the output directory
+      return j;
+    };
+    assert.deepEqual(summary("two"), summary("one"));
+    assert.equal(
+      Deno.readTextFileSync(join(root, "two", "samples.html")),
+      Deno.readTextFileSync(join(root, "one", "samples.html")).replaceAll(
+        join(root, "one"),
+        join(root, "two"),
+      ),
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }
