@@ -11,7 +11,7 @@ import { CHECKPOINT_FILES } from "../../lib/train/checkpoint.ts";
 
 const TASK = new URL("../../tasks/train_online.ts", import.meta.url).pathname;
 
-/** train-online's command line on a train fixture (batch 2, 2 epochs = 8 updates, a save after each update). */
+/** train-online's command line on a train fixture (batch 2, 4 epochs = 16 updates, a save after each update: long enough for every kill to land mid-run). */
 function trainArgs(root: string, out: string): string[] {
   return [
     "run",
@@ -30,7 +30,7 @@ function trainArgs(root: string, out: string): string[] {
     "--batch-size",
     "2",
     "--num-epochs",
-    "2",
+    "4",
     "--ttt-length",
     "3",
     "--learning-rate",
@@ -97,7 +97,7 @@ Deno.test({
         killed = await killDuringSave(child, out, 60_000);
         if (killed) duringSave++;
       } else {
-        await new Promise((r) => setTimeout(r, 1500 + random() * 2500));
+        await new Promise((r) => setTimeout(r, 1000 + random() * 2000));
         killed = true;
         try {
           child.kill("SIGKILL");
@@ -112,8 +112,8 @@ Deno.test({
     const last = await start(args).status;
     assert.equal(last.code, 0);
     for (const f of [CHECKPOINT_FILES.weights, CHECKPOINT_FILES.optimizer, CHECKPOINT_FILES.model]) {
-      const a = await Deno.readFile(join(root, "straight", "epoch_1_step_8", f));
-      const b = await Deno.readFile(join(out, "epoch_1_step_8", f));
+      const a = await Deno.readFile(join(root, "straight", "epoch_3_step_16", f));
+      const b = await Deno.readFile(join(out, "epoch_3_step_16", f));
       assert.ok(
         a.length === b.length && a.every((v, i) => v === b[i]),
         `${f} identical after ${kills} kills`,
