@@ -36,6 +36,7 @@ import { initEagle3WeightsFromTargetHead } from "../models/eagle3_init.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
 import type { RowSplitMatrix } from "../ops/row_split.ts";
 import { DataLoader } from "../data/loader.ts";
+import type { TokenizedDataset } from "../data/tokenized.ts";
 import { saveVocabMapping, type VocabMapping } from "../data/vocab.ts";
 import { AdamWOptimizer } from "./optimizer.ts";
 import { lrAt, type LrSchedule, warmupStepsFor } from "./schedule.ts";
@@ -101,7 +102,7 @@ export interface TrainResult {
   draftConfig: DraftConfig;
   /** The draft ↔ target vocabulary mapping the run used. */
   mapping: VocabMapping;
-  /** Bytes of the draft step's activations for the largest micro-batch the run can meet (B × max length). */
+  /** Bytes of the draft step's activations for the largest micro-batch the run can meet (B × its longest sample). */
   activationBytes: number;
 }
 
@@ -300,9 +301,12 @@ function announce(run: Run): number {
       `${s.numEpochs} epochs, ${schedule.totalSteps} updates (warmup ${schedule.warmupSteps}), ` +
       `ttt ${s.tttLength}, aux layers [${setup.auxLayers}]`,
   );
+  // The longest micro-batch the data can make: its longest sample (already cut at --max-length).
+  const longest = (d: TokenizedDataset | null) =>
+    d ? Array.from({ length: d.length }, (_, i) => d.sampleLength(i)).reduce((a, b) => Math.max(a, b), 0) : 0;
   const shape = {
     batch: s.batchSize,
-    seqLen: s.maxLength,
+    seqLen: Math.max(longest(setup.train), longest(setup.eval)),
     tttLength: s.tttLength,
     train: true,
     lk: lkOf(s),
@@ -310,8 +314,8 @@ function announce(run: Run): number {
   };
   const bytes = eagle3ActivationBytes(setup.draftConfig, shape);
   run.note(
-    `draft step activations: ${(bytes / 2 ** 20).toFixed(1)} MiB per micro-batch ` +
-      `(B ${shape.batch} × T ${shape.seqLen}, ttt ${shape.tttLength})`,
+    `draft step activations: ${(bytes / 2 ** 20).toFixed(1)} MiB per micro-batch at most ` +
+      `(B ${shape.batch} × T ${shape.seqLen}, the longest sample; ttt ${shape.tttLength})`,
   );
   return bytes;
 }
