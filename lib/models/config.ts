@@ -20,6 +20,7 @@ export const SUPPORTED_ARCHITECTURES = [
   "Qwen2ForCausalLM",
   "Qwen3ForCausalLM",
   "MistralForCausalLM",
+  "Phi3ForCausalLM",
 ] as const;
 
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
@@ -63,6 +64,11 @@ export interface TargetConfig {
   mlpBias: boolean;
   /** Per-head RMSNorm of q and k before RoPE (Qwen3). */
   qkNorm: boolean;
+  /**
+   * q, k, v stored as one `qkv_proj` and gate, up as one `gate_up_proj` (Phi-3, Phi-4): the loader reads each
+   * as rows of the fused matrix ({@link fusedRows}).
+   */
+  fusedProjections: boolean;
   /**
    * Attention window in tokens when sliding-window attention is on (Mistral `sliding_window`; Qwen2/3 only
    * when `use_sliding_window`), else null. Sequences no longer than it are unaffected.
@@ -156,6 +162,7 @@ const DEFAULTS: Record<TargetArchitecture, { rmsNormEps: number; maxPos: number;
   Qwen2ForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   Qwen3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   MistralForCausalLM: { rmsNormEps: 1e-6, maxPos: 4096 * 32, ropeTheta: 10000 },
+  Phi3ForCausalLM: { rmsNormEps: 1e-5, maxPos: 4096, ropeTheta: 10000 },
 };
 
 /**
@@ -290,13 +297,23 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   if (act !== "silu") {
     throw new ConfigError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (silu)`);
   }
+  if (f.has("partial_rotary_factor") && f.num("partial_rotary_factor") !== 1) {
+    throw new ConfigError(
+      `${file}: partial_rotary_factor ${f.obj.partial_rotary_factor} is not supported yet (RoPE over the whole ` +
+        "head only; Phi-4-mini's 0.75 is not)",
+    );
+  }
   const maxPositionEmbeddings = f.int("max_position_embeddings", d.maxPos);
   const { theta, scaling } = parseRope(f, maxPositionEmbeddings, d.ropeTheta);
   const attentionBias = f.bool("attention_bias", false);
   const qwen2 = architecture === "Qwen2ForCausalLM";
   const mistral = architecture === "MistralForCausalLM";
+  const phi3 = architecture === "Phi3ForCausalLM";
   let slidingWindow: number | null = null;
-  if (mistral) {
+  if (phi3) {
+    // Phi3Config's attention uses `sliding_window` whenever it is set (Phi-3-mini-4k: 2047).
+    if (f.has("sliding_window")) slidingWindow = f.int("sliding_window");
+  } else if (mistral) {
     // MistralConfig defaults to a 4096-token window when the key is absent; an explicit null turns it off.
     if (f.obj.sliding_window !== null) slidingWindow = f.int("sliding_window", 4096);
   } else if (f.bool("use_sliding_window", false) && f.has("sliding_window")) {
@@ -317,10 +334,11 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     ropeScaling: scaling,
     maxPositionEmbeddings,
     tieWordEmbeddings: f.bool("tie_word_embeddings", false),
-    qkvBias: qwen2 || (!mistral && attentionBias),
-    oBias: !qwen2 && !mistral && attentionBias,
+    qkvBias: qwen2 || (!mistral && !phi3 && attentionBias),
+    oBias: !qwen2 && !mistral && !phi3 && attentionBias,
     mlpBias: architecture === "LlamaForCausalLM" && f.bool("mlp_bias", false),
     qkNorm: architecture === "Qwen3ForCausalLM",
+    fusedProjections: phi3,
     slidingWindow,
     bosTokenId: f.optId("bos_token_id"),
     eosTokenIds: f.ids("eos_token_id"),
@@ -381,19 +399,39 @@ export interface TargetWeightNames {
 }
 
 const EMBED = "model.embed_tokens.weight";
+
+/** Marks a weight name as rows of a fused matrix: `…qkv_proj.weight#rows=0:3072`. */
+const ROWS = "#rows=";
+
+/**
+ * The stored tensor and row range of a weight name: rows [from, to) of a fused matrix (Phi-3's `qkv_proj`,
+ * `gate_up_proj`, in transformers' order q, k, v and gate, up), or null for a whole tensor.
+ */
+export function fusedRows(name: string): { tensor: string; from: number; to: number } | null {
+  const at = name.indexOf(ROWS);
+  if (at < 0) return null;
+  const [from, to] = name.slice(at + ROWS.length).split(":").map(Number);
+  return { tensor: name.slice(0, at), from, to };
+}
 const LM_HEAD = "lm_head.weight";
 
-/** Per-layer names as stored by transformers for all four architectures (`model.layers.{i}.…`). */
+/** Per-layer names as stored by transformers (`model.layers.{i}.…`; Phi-3's fused matrices as row ranges). */
 function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
   const p = `model.layers.${i}`;
   const a = `${p}.self_attn`;
   const m = `${p}.mlp`;
   const bias = (on: boolean, name: string) => (on ? `${name}.bias` : null);
+  const qOut = cfg.numHeads * cfg.headDim, kvOut = cfg.numKvHeads * cfg.headDim, f = cfg.intermediateSize;
+  const fused = cfg.fusedProjections;
+  const qkv = (name: string, from: number, to: number) =>
+    fused ? `${a}.qkv_proj.weight${ROWS}${from}:${to}` : `${a}.${name}.weight`;
+  const gateUp = (name: string, from: number, to: number) =>
+    fused ? `${m}.gate_up_proj.weight${ROWS}${from}:${to}` : `${m}.${name}.weight`;
   return {
     inputNorm: `${p}.input_layernorm.weight`,
-    q: `${a}.q_proj.weight`,
-    k: `${a}.k_proj.weight`,
-    v: `${a}.v_proj.weight`,
+    q: qkv("q_proj", 0, qOut),
+    k: qkv("k_proj", qOut, qOut + kvOut),
+    v: qkv("v_proj", qOut + kvOut, qOut + 2 * kvOut),
     o: `${a}.o_proj.weight`,
     qBias: bias(cfg.qkvBias, `${a}.q_proj`),
     kBias: bias(cfg.qkvBias, `${a}.k_proj`),
@@ -402,8 +440,8 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
     qNorm: cfg.qkNorm ? `${a}.q_norm.weight` : null,
     kNorm: cfg.qkNorm ? `${a}.k_norm.weight` : null,
     postAttentionNorm: `${p}.post_attention_layernorm.weight`,
-    gate: `${m}.gate_proj.weight`,
-    up: `${m}.up_proj.weight`,
+    gate: gateUp("gate_proj", 0, f),
+    up: gateUp("up_proj", f, 2 * f),
     down: `${m}.down_proj.weight`,
     gateBias: bias(cfg.mlpBias, `${m}.gate_proj`),
     upBias: bias(cfg.mlpBias, `${m}.up_proj`),
@@ -443,7 +481,13 @@ export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames
       [l.upBias, [f]],
       [l.downBias, [h]],
     ];
-    for (const [name, shape] of entries) if (name) shapes.set(name, shape);
+    for (const [name, shape] of entries) {
+      if (!name) continue;
+      // A fused matrix (Phi-3) is checked whole: its rows end with the last slice's.
+      const fused = fusedRows(name);
+      if (fused) shapes.set(fused.tensor, [Math.max(shapes.get(fused.tensor)?.[0] ?? 0, fused.to), shape[1]]);
+      else shapes.set(name, shape);
+    }
   }
   return shapes;
 }

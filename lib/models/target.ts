@@ -19,6 +19,7 @@ import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
 import {
   checkAuxLayers,
   defaultAuxLayers,
+  fusedRows,
   type LayerWeightNames,
   loadTargetConfig,
   resolveWeightNames,
@@ -684,8 +685,12 @@ class WeightLoader {
 
   constructor(readonly gpu: Gpu, readonly ckpt: SafetensorsCheckpoint) {}
 
+  /** A projection matrix, whole, or rows of a fused one (Phi-3's qkv_proj / gate_up_proj, `fusedRows`). */
   async matrix(name: string): Promise<Tensor> {
-    return this.#upload(name, await this.ckpt.read(name));
+    const fused = fusedRows(name);
+    if (!fused) return this.#upload(name, await this.ckpt.read(name));
+    const rows = await this.ckpt.readRows(fused.tensor, fused.from, fused.to);
+    return this.#upload(fused.tensor, rows, `${fused.tensor}[${fused.from}:${fused.to}]`);
   }
 
   async vector(name: string): Promise<Tensor> {

@@ -6,8 +6,8 @@ float32 from exactly those stored weights and run with eager attention on a righ
 tests/golden/targets/<name>/golden.safetensors: input_ids, attention_mask, the residual stream after every
 decoder layer (hidden_states[1:], before the final norm), the final post-norm hidden state and the logits.
 
-Run with the venv described in DESIGN.md (torch 2.x, transformers 5.x):
-  .venv-golden/bin/python tests/golden/make_targets.py
+Run with the venv described in DESIGN.md (torch 2.x, transformers 5.x); name cases to write only those:
+  .venv-golden/bin/python tests/golden/make_targets.py [phi3 ...]
 """
 import os
 import sys
@@ -58,6 +58,13 @@ CASES = {
     ),
     # Mistral: f16 storage, linear rope scaling is not Mistral's, plain rope.
     "mistral": (transformers.MistralConfig, dict(rope_theta=10000.0, sliding_window=None), torch.float16),
+    # Phi-3: fused qkv_proj and gate_up_proj, whole-head RoPE, no scaling, bf16 storage.
+    "phi3": (
+        transformers.Phi3Config,
+        dict(rope_theta=10000.0, partial_rotary_factor=1.0, rope_scaling=None, sliding_window=None,
+             tie_word_embeddings=False),
+        torch.bfloat16,
+    ),
 }
 
 
@@ -67,7 +74,10 @@ def main():
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
     ids[1, 7:] = COMMON["pad_token_id"]
+    only = set(sys.argv[1:])
     for name, (config_cls, extra, dtype) in CASES.items():
+        if only and name not in only:
+            continue
         config = config_cls(**COMMON, **extra)
         config._attn_implementation = "eager"
         model = transformers.AutoModelForCausalLM.from_config(config)

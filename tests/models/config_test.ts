@@ -183,6 +183,53 @@ Deno.test("config: Mistral's sliding window (default 4096 when absent, null turn
   assert.equal(parseTargetConfig(MISTRAL_7B).qkvBias, false);
 });
 
+/** Phi-3-mini-4k-instruct's config.json (the fields Eaglet reads). */
+const PHI3_MINI = {
+  architectures: ["Phi3ForCausalLM"],
+  model_type: "phi3",
+  hidden_size: 3072,
+  intermediate_size: 8192,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
+  num_key_value_heads: 32,
+  vocab_size: 32064,
+  max_position_embeddings: 4096,
+  original_max_position_embeddings: 4096,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000.0,
+  rope_scaling: null,
+  sliding_window: 2047,
+  tie_word_embeddings: false,
+  bos_token_id: 1,
+  eos_token_id: 32000,
+};
+
+Deno.test("config: Phi-3 reads fused qkv_proj / gate_up_proj rows; partial RoPE and longrope are refused", () => {
+  const cfg = parseTargetConfig(PHI3_MINI);
+  assert.equal(cfg.fusedProjections, true);
+  assert.equal(cfg.slidingWindow, 2047);
+  assert.equal(cfg.qkvBias, false);
+  const shapes = expectedWeightShapes(cfg, targetWeightNames(cfg));
+  assert.deepEqual(shapes.get("model.layers.0.self_attn.qkv_proj.weight"), [3 * 3072, 3072]);
+  assert.deepEqual(shapes.get("model.layers.0.mlp.gate_up_proj.weight"), [2 * 8192, 3072]);
+  const l0 = targetWeightNames(cfg).layers[0];
+  assert.deepEqual([l0.k, l0.up], [
+    "model.layers.0.self_attn.qkv_proj.weight#rows=3072:6144",
+    "model.layers.0.mlp.gate_up_proj.weight#rows=8192:16384",
+  ]);
+  assert.throws(
+    () => parseTargetConfig(edit(PHI3_MINI, { partial_rotary_factor: 0.75 }), "phi4-mini/config.json"),
+    /phi4-mini\/config\.json: partial_rotary_factor 0\.75 is not supported yet/,
+  );
+  assert.throws(
+    () =>
+      parseTargetConfig(
+        edit(PHI3_MINI, { rope_scaling: { type: "longrope", short_factor: [1], long_factor: [1] } }),
+      ),
+    /rope_scaling type "longrope" is not supported/,
+  );
+});
+
 Deno.test("config: rope scaling forms (legacy type, linear, dynamic, yarn, Transformers-5 rope_parameters)", () => {
   const base = edit(LLAMA31_8B, { rope_scaling: undefined });
   assert.deepEqual(parseTargetConfig(base).ropeScaling, { type: "default" });
