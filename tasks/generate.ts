@@ -55,7 +55,8 @@ export const GENERATE_FLAGS = {
 } as const satisfies FlagTable;
 
 const USAGE = "deno task generate --model-path <dir|hf id> (--prompt <text> | --prompt-ids <ids>) [options]";
-const ABOUT = "Generates a continuation of one prompt with a Llama / Qwen2 / Qwen3 / Mistral / Phi-3 checkpoint.";
+const ABOUT =
+  "Generates a continuation of one prompt with a Llama / Qwen2 / Qwen3 / Mistral / Phi-3 checkpoint.";
 
 function parseIds(text: string): number[] {
   const ids = text.split(",").map((s) => s.trim()).filter((s) => s !== "").map(Number);
