@@ -1,12 +1,14 @@
 /**
  * Rotary position embedding kernels (Hugging Face half-rotation, not interleaved), on f32 x[B, T, nheads, hd]
- * with a table cos/sin[maxPositions, hd/2] (scaling variants and yarn's attention factor already folded in).
+ * with a table cos/sin[maxPositions, r/2] (scaling variants and yarn's attention factor already folded in),
+ * r ≤ hd the rotary width: r = hd, or the first r = partial_rotary_factor·hd columns of each head (Phi-4-mini,
+ * transformers' `q_rot, q_pass` split), the other hd − r columns passing through unchanged.
  *
- * For column j < hd/2 of a head, the pair (x1, x2) = (x[j], x[j + hd/2]) at position pos = t + offset becomes
+ * For column j < r/2 of a head, the pair (x1, x2) = (x[j], x[j + r/2]) at position pos = t + offset becomes
  *   forward:  (x1·c − x2·s, x2·c + x1·s)        i.e. x·cos + rotate_half(x)·sin, rotate_half(x) = (−x2, x1)
  *   backward: (d1·c + d2·s, d2·c − d1·s)        the transpose: rotation by −angle
- * with c = cos[pos, j], s = sin[pos, j]. One invocation per pair; it reads both elements before writing
- * them, so the output may be the input (in place).
+ * with c = cos[pos, j], s = sin[pos, j]. One invocation per unit j < hd/2 of a head: a pair to rotate when
+ * j < r/2, else two pass-through columns to copy; it reads before writing, so the output may be the input.
  *
  * Two modules with the same entry points `forward` and `backward`: `separate` (input and output in distinct
  * buffers) and `aliased` (input and output in the same buffer, bound once read-write, at element offsets
@@ -33,21 +35,30 @@ fn store(k: u32, v: f32) { buf[p.out_offset + k] = v; }`
 fn load(k: u32) -> f32 { return src[k]; }
 fn store(k: u32, v: f32) { dst[k] = v; }`;
   return /* wgsl */ `
-// pairs = B·T·nheads·half; seq = T; position of time step t is t + pos_offset.
-struct Params { pairs: u32, seq: u32, nheads: u32, half: u32, pos_offset: u32, in_offset: u32, out_offset: u32 }
+// units = B·T·nheads·(hd/2); half = r/2 (the table's width); head_half = hd/2; position of step t: t + pos_offset.
+struct Params {
+  units: u32, seq: u32, nheads: u32, half: u32, pos_offset: u32, in_offset: u32, out_offset: u32, head_half: u32,
+}
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 ${buffers}
 
-// Rotates pair i by +angle (direction 1) or −angle (direction −1).
+// Rotates pair i by +angle (direction 1) or −angle (direction −1), or copies two pass-through columns.
 fn rotate_pair(i: u32, direction: f32) {
-  let row = i / p.half;             // (b, t, head)
-  let j = i % p.half;
+  let row = i / p.head_half;        // (b, t, head)
+  let j = i % p.head_half;
+  let base = row * 2u * p.head_half;
+  if (j >= p.half) {
+    let e = base + 2u * j;          // columns 2j, 2j + 1 ≥ r: not rotated
+    store(e, load(e));
+    store(e + 1u, load(e + 1u));
+    return;
+  }
   let t = (row / p.nheads) % p.seq;
   let k = (t + p.pos_offset) * p.half + j;
   let c = cos_table[k];
   let s = direction * sin_table[k];
-  let e = row * 2u * p.half + j;
+  let e = base + j;
   let x1 = load(e);
   let x2 = load(e + p.half);
   store(e, x1 * c - x2 * s);
@@ -58,7 +69,7 @@ fn rotate_pair(i: u32, direction: f32) {
 fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
   let i = linear_workgroup(wg, nwg) * ${ROPE_WG}u + lid;
-  if (i >= p.pairs) { return; }
+  if (i >= p.units) { return; }
   rotate_pair(i, 1.0);
 }
 
@@ -66,7 +77,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
   let i = linear_workgroup(wg, nwg) * ${ROPE_WG}u + lid;
-  if (i >= p.pairs) { return; }
+  if (i >= p.units) { return; }
   rotate_pair(i, -1.0);
 }
 `;

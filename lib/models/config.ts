@@ -44,6 +44,11 @@ export interface TargetConfig {
   numKvHeads: number;
   /** Per-head width; explicit in Qwen3 and newer Llama/Mistral configs, else hiddenSize / numHeads. */
   headDim: number;
+  /**
+   * Columns of each head that RoPE rotates: headDim, or `int(headDim · partial_rotary_factor)` (Phi-4-mini's
+   * 0.75), the others passing through.
+   */
+  rotaryDim: number;
   /** Vocabulary size V (`vocab_size`): rows of the embedding and of lm_head. */
   vocabSize: number;
   /** Epsilon added to the mean square in every RMSNorm (`rms_norm_eps`). */
@@ -169,16 +174,29 @@ const DEFAULTS: Record<TargetArchitecture, { rmsNormEps: number; maxPos: number;
  * Reads the rope scaling from `rope_scaling` (Transformers 4: `type` or `rope_type`), or from Transformers 5's
  * `rope_parameters` (which also carries `rope_theta`).
  */
-function parseRope(f: Fields, maxPos: number, defaultTheta: number): { theta: number; scaling: RopeScaling } {
+function parseRope(
+  f: Fields,
+  maxPos: number,
+  defaultTheta: number,
+): { theta: number; scaling: RopeScaling; partialRotaryFactor: number } {
   let theta = f.has("rope_theta") ? f.num("rope_theta") : defaultTheta;
   const field = f.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
-  const raw = f.obj[field];
+  let raw = f.obj[field];
+  // The partial rotary factor sits at the top level (Phi-3/4) or, in Transformers 5, in rope_parameters.
+  let partialRotaryFactor = f.has("partial_rotary_factor") ? f.num("partial_rotary_factor") : 1;
+  if (raw && typeof raw === "object" && !Array.isArray(raw) && "partial_rotary_factor" in raw) {
+    const { partial_rotary_factor, ...rest } = raw as Json;
+    partialRotaryFactor = new Fields(f.file, { partial_rotary_factor }, `${field}.`).num(
+      "partial_rotary_factor",
+    );
+    raw = rest;
+  }
   const scaling = parseRopeScaling(raw, maxPos, f.file, field);
   if (field === "rope_parameters") {
     const r = new Fields(f.file, raw as Json, `${field}.`);
     if (r.has("rope_theta")) theta = r.num("rope_theta");
   }
-  return { theta, scaling };
+  return { theta, scaling, partialRotaryFactor };
 }
 
 /**
@@ -297,14 +315,9 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   if (act !== "silu") {
     throw new ConfigError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (silu)`);
   }
-  if (f.has("partial_rotary_factor") && f.num("partial_rotary_factor") !== 1) {
-    throw new ConfigError(
-      `${file}: partial_rotary_factor ${f.obj.partial_rotary_factor} is not supported yet (RoPE over the whole ` +
-        "head only; Phi-4-mini's 0.75 is not)",
-    );
-  }
   const maxPositionEmbeddings = f.int("max_position_embeddings", d.maxPos);
-  const { theta, scaling } = parseRope(f, maxPositionEmbeddings, d.ropeTheta);
+  const { theta, scaling, partialRotaryFactor } = parseRope(f, maxPositionEmbeddings, d.ropeTheta);
+  const rotaryDim = rotaryDimOf(partialRotaryFactor, headDim, architecture, file);
   const attentionBias = f.bool("attention_bias", false);
   const qwen2 = architecture === "Qwen2ForCausalLM";
   const mistral = architecture === "MistralForCausalLM";
@@ -328,6 +341,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     numHeads,
     numKvHeads,
     headDim,
+    rotaryDim,
     vocabSize: f.int("vocab_size"),
     rmsNormEps: f.num("rms_norm_eps", d.rmsNormEps),
     ropeTheta: theta,
@@ -345,6 +359,25 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     padTokenId: f.optId("pad_token_id"),
     torchDtype: f.str("torch_dtype") ?? f.str("dtype"),
   };
+}
+
+/**
+ * The rotary width of a head, as transformers computes it (`int(head_dim * partial_rotary_factor)`): even, at
+ * least 2; a factor other than 1 only for Phi-3's family, the one architecture here whose attention splits
+ * q/k into rotated and passed columns.
+ */
+function rotaryDimOf(factor: number, headDim: number, arch: TargetArchitecture, file: string): number {
+  if (factor === 1) return headDim;
+  if (arch !== "Phi3ForCausalLM" || !(factor > 0 && factor < 1)) {
+    throw new ConfigError(`${file}: partial_rotary_factor ${factor} is not supported for ${arch}`);
+  }
+  const dim = Math.floor(headDim * factor);
+  if (dim < 2 || dim % 2 !== 0) {
+    throw new ConfigError(
+      `${file}: partial_rotary_factor ${factor} gives an odd or empty rotary width ${dim} of head_dim ${headDim}`,
+    );
+  }
+  return dim;
 }
 
 /** Reads and validates `path` (a config.json file). */

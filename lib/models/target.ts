@@ -164,8 +164,8 @@ export class TargetModel implements HeadSource {
       const finalNorm = await load.vector(names.finalNorm);
       await load.checkFinite();
       const maxPositions = opts.maxPositions ?? config.maxPositionEmbeddings;
-      const { cos, sin } = ropeTable(config, config.headDim, maxPositions);
-      const half = config.headDim / 2;
+      const { cos, sin } = ropeTable(config, config.rotaryDim, maxPositions);
+      const half = config.rotaryDim / 2;
       return new TargetModel(
         gpu,
         config,

@@ -213,8 +213,13 @@ async function rotate(
   expectSameShape(op, "x", x, "out", out);
   const [batch, seq, heads, headDim] = x.shape;
   checkHeadDim(headDim);
-  const half = headDim / 2;
-  expectShape(op, "cos", cos, [-1, half]);
+  // The table's width is half the rotary width: hd/2, or fewer columns for a partial RoPE.
+  const half = cos.shape[1];
+  if (cos.shape.length !== 2 || !(half >= 1 && half <= headDim / 2)) {
+    throw new ShapeError(
+      `${op}: cos (${cos.label}) has shape [${cos.shape}], expected [positions, 1..${headDim / 2}]`,
+    );
+  }
   expectSameShape(op, "cos", cos, "sin", sin);
   if (!Number.isInteger(positionOffset) || positionOffset < 0) {
     throw new ShapeError(`${op}: positionOffset ${positionOffset} must be a non-negative integer`);
@@ -228,18 +233,19 @@ async function rotate(
         `table's ${tablePositions} positions`,
     );
   }
-  const pairs = batch * seq * heads * half;
+  const units = batch * seq * heads * (headDim / 2);
   const fields = (inOffset: number, outOffset: number) =>
     params(
-      ["u32", pairs],
+      ["u32", units],
       ["u32", seq],
       ["u32", heads],
       ["u32", half],
       ["u32", positionOffset],
       ["u32", inOffset],
       ["u32", outOffset],
+      ["u32", headDim / 2],
     );
-  const workgroups = Math.ceil(pairs / K.ROPE_WG);
+  const workgroups = Math.ceil(units / K.ROPE_WG);
   const name = `rope.${entryPoint}`;
   if (x.buffer !== out.buffer) {
     await p.add({ name, code: K.separate, entryPoint }, [fields(0, 0), x, out, cos, sin], workgroups);
@@ -264,8 +270,9 @@ async function rotate(
 
 /**
  * Records out = x·cos + rotate_half(x)·sin for x[B, T, nheads, hd] at positions t + positionOffset, with
- * cos/sin f32 tensors [maxPositions, hd/2] from {@link ropeTable}. `out` may be `x` (in place). An error if
- * positionOffset + T exceeds the table.
+ * cos/sin f32 tensors [maxPositions, r/2] from {@link ropeTable}(cfg, r): r = hd, or a partial rotary width
+ * r < hd whose first r columns of each head rotate and the rest pass through. `out` may be `x` (in place).
+ * An error if positionOffset + T exceeds the table.
  */
 export function ropeForward(
   p: Program,
@@ -300,9 +307,10 @@ function rotateCpu(
   [batch, seq, heads, headDim]: RopeShape,
   positionOffset: number,
   direction: 1 | -1,
+  rotaryDim: number,
 ): Float64Array {
-  const half = headDim / 2;
-  const out = new Float64Array(batch * seq * heads * headDim);
+  const half = rotaryDim / 2;
+  const out = Float64Array.from(x); // columns ≥ rotaryDim pass through
   for (let b = 0; b < batch; b++) {
     for (let t = 0; t < seq; t++) {
       for (let h = 0; h < heads; h++) {
@@ -320,15 +328,19 @@ function rotateCpu(
   return out;
 }
 
-/** CPU reference of {@link ropeForward} (f64): x·cos + rotate_half(x)·sin. */
+/**
+ * CPU reference of {@link ropeForward} (f64): x·cos + rotate_half(x)·sin over the first `rotaryDim` columns
+ * of each head (default all; the table then has rotaryDim/2 columns).
+ */
 export function ropeCpu(
   x: ArrayLike<number>,
   cos: ArrayLike<number>,
   sin: ArrayLike<number>,
   shape: RopeShape,
   positionOffset = 0,
+  rotaryDim = shape[3],
 ): Float64Array {
-  return rotateCpu(x, cos, sin, shape, positionOffset, 1);
+  return rotateCpu(x, cos, sin, shape, positionOffset, 1, rotaryDim);
 }
 
 /** CPU reference of {@link ropeBackward} (f64): dout·cos − rotate_half(dout·sin), the transpose. */
@@ -338,6 +350,7 @@ export function ropeBackwardCpu(
   sin: ArrayLike<number>,
   shape: RopeShape,
   positionOffset = 0,
+  rotaryDim = shape[3],
 ): Float64Array {
-  return rotateCpu(dout, cos, sin, shape, positionOffset, -1);
+  return rotateCpu(dout, cos, sin, shape, positionOffset, -1, rotaryDim);
 }

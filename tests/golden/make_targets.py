@@ -65,6 +65,13 @@ CASES = {
              tie_word_embeddings=False),
         torch.bfloat16,
     ),
+    # Phi-4-mini-style partial RoPE: the first 0.75 of each head rotates (6 of 8 columns), f32 storage.
+    "phi3_partial": (
+        transformers.Phi3Config,
+        dict(rope_theta=10000.0, partial_rotary_factor=0.75, rope_scaling=None, sliding_window=None,
+             tie_word_embeddings=True),
+        torch.float32,
+    ),
 }
 
 

@@ -204,7 +204,7 @@ const PHI3_MINI = {
   eos_token_id: 32000,
 };
 
-Deno.test("config: Phi-3 reads fused qkv_proj / gate_up_proj rows; partial RoPE and longrope are refused", () => {
+Deno.test("config: Phi-3 reads fused qkv_proj / gate_up_proj rows and a partial RoPE width; longrope is refused", () => {
   const cfg = parseTargetConfig(PHI3_MINI);
   assert.equal(cfg.fusedProjections, true);
   assert.equal(cfg.slidingWindow, 2047);
@@ -217,9 +217,25 @@ Deno.test("config: Phi-3 reads fused qkv_proj / gate_up_proj rows; partial RoPE 
     "model.layers.0.self_attn.qkv_proj.weight#rows=3072:6144",
     "model.layers.0.mlp.gate_up_proj.weight#rows=8192:16384",
   ]);
+  assert.equal(cfg.rotaryDim, 96);
+  // Phi-4-mini: RoPE over the first 0.75 of each 128-wide head (top level, or Transformers 5's rope_parameters).
+  const phi4mini = {
+    ...PHI3_MINI,
+    num_attention_heads: 24,
+    num_key_value_heads: 8,
+    partial_rotary_factor: 0.75,
+  };
+  assert.equal(parseTargetConfig(phi4mini).rotaryDim, 96);
+  assert.equal(
+    parseTargetConfig(edit(phi4mini, {
+      partial_rotary_factor: undefined,
+      rope_parameters: { rope_type: "default", rope_theta: 10000, partial_rotary_factor: 0.75 },
+    })).rotaryDim,
+    96,
+  );
   assert.throws(
-    () => parseTargetConfig(edit(PHI3_MINI, { partial_rotary_factor: 0.75 }), "phi4-mini/config.json"),
-    /phi4-mini\/config\.json: partial_rotary_factor 0\.75 is not supported yet/,
+    () => parseTargetConfig(edit(LLAMA31_8B, { partial_rotary_factor: 0.5 }), "llama/config.json"),
+    /llama\/config\.json: partial_rotary_factor 0\.5 is not supported for LlamaForCausalLM/,
   );
   assert.throws(
     () =>

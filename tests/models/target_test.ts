@@ -19,7 +19,7 @@ function validRows(data: Float32Array, lengths: number[], T: number, width: numb
   return out;
 }
 
-for (const arch of ["llama", "qwen2", "qwen3", "mistral", "phi3"]) {
+for (const arch of ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial"]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
     ...needsGpu,
