@@ -191,6 +191,18 @@ function parseRope(
     );
     raw = rest;
   }
+  // Phi-3 keeps the pretrained context at the top level; transformers then takes factor = max / original.
+  const type = raw && typeof raw === "object" ? (raw as Json).rope_type ?? (raw as Json).type : null;
+  if ((type === "longrope" || type === "su") && f.has("original_max_position_embeddings")) {
+    const orig = f.int("original_max_position_embeddings");
+    raw = {
+      ...(raw as Json),
+      type: "longrope",
+      rope_type: "longrope",
+      original_max_position_embeddings: orig,
+    };
+    raw = { ...(raw as Json), factor: maxPos / orig };
+  }
   const scaling = parseRopeScaling(raw, maxPos, f.file, field);
   if (field === "rope_parameters") {
     const r = new Fields(f.file, raw as Json, `${field}.`);
@@ -254,11 +266,29 @@ export function parseRopeScaling(
         attentionFactor: r.has("attention_factor") ? r.num("attention_factor") : null,
         truncate: r.bool("truncate", true),
       };
+    case "longrope": {
+      const factors = (name: string) => {
+        const v = (raw as Json)[name];
+        if (!Array.isArray(v) || !v.every((x) => typeof x === "number" && x > 0)) {
+          throw new ConfigError(`${file}: ${field}.${name} must be a list of positive numbers`);
+        }
+        return v as number[];
+      };
+      const orig = origMax(maxPositionEmbeddings);
+      return {
+        type,
+        shortFactor: factors("short_factor"),
+        longFactor: factors("long_factor"),
+        originalMaxPositionEmbeddings: orig,
+        factor: r.has("factor") ? r.num("factor") : maxPositionEmbeddings / orig,
+        attentionFactor: r.has("attention_factor") ? r.num("attention_factor") : null,
+      };
+    }
     default:
       throw new ConfigError(
         `${file}: ${field} type ${
           JSON.stringify(type)
-        } is not supported (default, linear, dynamic, llama3, yarn)`,
+        } is not supported (default, linear, dynamic, llama3, yarn, longrope)`,
       );
   }
 }

@@ -405,6 +405,17 @@ export function ropeScalingJson(s: RopeScaling): Json | null {
       if (!s.truncate) out.truncate = false;
       return out;
     }
+    case "longrope": {
+      const out: Json = {
+        rope_type: "longrope",
+        short_factor: s.shortFactor,
+        long_factor: s.longFactor,
+        original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+        factor: s.factor,
+      };
+      if (s.attentionFactor !== null) out.attention_factor = s.attentionFactor;
+      return out;
+    }
   }
 }
 

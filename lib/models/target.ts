@@ -163,7 +163,12 @@ export class TargetModel implements HeadSource {
       const lmHead = names.lmHead === names.embed ? embed : await load.rowSplit(names.lmHead, maxBlockBytes);
       const finalNorm = await load.vector(names.finalNorm);
       await load.checkFinite();
-      const maxPositions = opts.maxPositions ?? config.maxPositionEmbeddings;
+      // LongRoPE switches to its long factors beyond the original context; the tables here cover that context.
+      const rope = config.ropeScaling;
+      const limit = rope.type === "longrope"
+        ? rope.originalMaxPositionEmbeddings
+        : config.maxPositionEmbeddings;
+      const maxPositions = Math.min(opts.maxPositions ?? limit, limit);
       const { cos, sin } = ropeTable(config, config.rotaryDim, maxPositions);
       const half = config.rotaryDim / 2;
       return new TargetModel(
@@ -221,11 +226,14 @@ export class TargetModel implements HeadSource {
   /** Checks that a sequence of `len` positions starting at `offset` fits the RoPE table and the window. */
   checkPositions(offset: number, len: number): void {
     if (offset + len > this.maxPositions) {
+      const why = this.config.ropeScaling.type === "longrope"
+        ? "the original context of its longrope scaling (the long factors beyond it are not supported yet)"
+        : "maxPositions / max_position_embeddings";
       throw new LimitError(
         `target ${this.dir}: positions up to ${
           offset + len
         } exceed the ${this.maxPositions} the RoPE table ` +
-          `was built for (maxPositions / max_position_embeddings)`,
+          `was built for (${why})`,
       );
     }
     const w = this.config.slidingWindow;

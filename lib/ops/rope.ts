@@ -46,6 +46,20 @@ export type RopeScaling =
     attentionFactor: number | null;
     /** Round the correction range to integers (transformers' default true). */
     truncate: boolean;
+  }
+  | {
+    /** Phi-3's LongRoPE ("su"): per-frequency factors, short ones within the original context. */
+    type: "longrope";
+    /** Divisors of the rotary frequencies for sequences within originalMaxPositionEmbeddings ([r/2]). */
+    shortFactor: number[];
+    /** Their counterparts beyond it ([r/2]); Eaglet's tables cover the original context only. */
+    longFactor: number[];
+    /** The pretrained context (Phi-3: the top-level original_max_position_embeddings). */
+    originalMaxPositionEmbeddings: number;
+    /** max_position_embeddings / original (or rope_scaling.factor), for the default attention factor. */
+    factor: number;
+    /** Explicit `attention_factor`, null when derived: √(1 + ln factor / ln original) when factor > 1. */
+    attentionFactor: number | null;
   };
 
 /**
@@ -145,6 +159,22 @@ export function ropeInvFreq(
         return f32(extrapolated / factor * ramp + extrapolated * (1 - ramp));
       });
     }
+    case "longrope": {
+      // transformers' `_compute_longrope_parameters` within the original context: inv_freq_i =
+      // 1 / (short_factor_i · base^(2i/r)), in f32.
+      if (s.shortFactor.length !== headDim / 2) {
+        throw new ShapeError(
+          `rope: longrope short_factor has ${s.shortFactor.length} entries, the rotary width ${headDim} needs ${
+            headDim / 2
+          }`,
+        );
+      }
+      const plain = new Float32Array(headDim / 2);
+      for (let i = 0; i < plain.length; i++) {
+        plain[i] = f32(1 / f32(f32(s.shortFactor[i]) * f32(Math.pow(f32(base), f32((2 * i) / headDim)))));
+      }
+      return plain;
+    }
     default: {
       const unknown: never = s;
       throw new Error(`rope: unsupported rope_scaling ${JSON.stringify(unknown)}`);
@@ -156,10 +186,15 @@ export function ropeInvFreq(
  * The factor cos and sin are multiplied by: 1 except for yarn, where it is rope_scaling.attention_factor if
  * given, else m(factor, mscale)/m(factor, mscale_all_dim) when both are given and non-zero, else
  * m(factor, 1) = 0.1·ln(factor) + 1, with m(s, μ) = 1 if s ≤ 1 else 0.1·μ·ln s + 1 (transformers'
- * `_compute_yarn_parameters`).
+ * `_compute_yarn_parameters`), and longrope, where it is attention_factor if given, else
+ * √(1 + ln factor / ln original) for factor > 1 (`_compute_longrope_parameters`).
  */
 export function ropeAttentionFactor(cfg: RopeConfig): number {
   const s = cfg.ropeScaling;
+  if (s.type === "longrope") {
+    if (s.attentionFactor !== null) return s.attentionFactor;
+    return s.factor <= 1 ? 1 : Math.sqrt(1 + Math.log(s.factor) / Math.log(s.originalMaxPositionEmbeddings));
+  }
   if (s.type !== "yarn") return 1;
   if (s.attentionFactor !== null) return s.attentionFactor;
   const m = (scale: number, mu: number) => scale <= 1 ? 1 : 0.1 * mu * Math.log(scale) + 1;

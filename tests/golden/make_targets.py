@@ -72,6 +72,15 @@ CASES = {
              tie_word_embeddings=True),
         torch.float32,
     ),
+    # Phi-3-128k-style LongRoPE within its original context (16 here: the golden batch is 11 tokens), short
+    # factors and the attention factor √(1 + ln(128/16)/ln 16), bf16 storage.
+    "phi3_longrope": (
+        transformers.Phi3Config,
+        dict(rope_theta=10000.0, partial_rotary_factor=1.0, sliding_window=None, tie_word_embeddings=False,
+             original_max_position_embeddings=16,
+             rope_scaling=dict(type="longrope", short_factor=[1.0, 1.3, 2.1, 3.7], long_factor=[2.0, 4.0, 8.0, 16.0])),
+        torch.bfloat16,
+    ),
 }
 
 

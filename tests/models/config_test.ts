@@ -204,7 +204,7 @@ const PHI3_MINI = {
   eos_token_id: 32000,
 };
 
-Deno.test("config: Phi-3 reads fused qkv_proj / gate_up_proj rows and a partial RoPE width; longrope is refused", () => {
+Deno.test("config: Phi-3 reads fused qkv_proj / gate_up_proj rows, a partial RoPE width and LongRoPE", () => {
   const cfg = parseTargetConfig(PHI3_MINI);
   assert.equal(cfg.fusedProjections, true);
   assert.equal(cfg.slidingWindow, 2047);
@@ -237,12 +237,25 @@ Deno.test("config: Phi-3 reads fused qkv_proj / gate_up_proj rows and a partial 
     () => parseTargetConfig(edit(LLAMA31_8B, { partial_rotary_factor: 0.5 }), "llama/config.json"),
     /llama\/config\.json: partial_rotary_factor 0\.5 is not supported for LlamaForCausalLM/,
   );
+  // Phi-3-mini-128k: LongRoPE ("su" in older configs), factor = max / original = 32 for the attention factor.
+  const long = parseTargetConfig(edit(PHI3_MINI, {
+    max_position_embeddings: 131072,
+    rope_scaling: { type: "su", short_factor: [1, 1.5], long_factor: [4, 8] },
+  }));
+  assert.deepEqual(long.ropeScaling, {
+    type: "longrope",
+    shortFactor: [1, 1.5],
+    longFactor: [4, 8],
+    originalMaxPositionEmbeddings: 4096,
+    factor: 32,
+    attentionFactor: null,
+  });
   assert.throws(
     () =>
       parseTargetConfig(
-        edit(PHI3_MINI, { rope_scaling: { type: "longrope", short_factor: [1], long_factor: [1] } }),
+        edit(PHI3_MINI, { rope_scaling: { type: "longrope", short_factor: "x", long_factor: [] } }),
       ),
-    /rope_scaling type "longrope" is not supported/,
+    /rope_scaling\.short_factor must be a list of positive numbers/,
   );
 });
 
@@ -392,8 +405,8 @@ Deno.test("config: errors name config.json and the field", () => {
     [edit(LLAMA31_8B, { hidden_act: "gelu" }), /config\.json: hidden_act "gelu" is not supported/],
     [edit(LLAMA31_8B, { rms_norm_eps: -1 }), /config\.json: rms_norm_eps must be positive/],
     [
-      edit(LLAMA31_8B, { rope_scaling: { rope_type: "longrope", factor: 2 } }),
-      /config\.json: rope_scaling type "longrope" is not supported/,
+      edit(LLAMA31_8B, { rope_scaling: { rope_type: "mrope", factor: 2 } }),
+      /config\.json: rope_scaling type "mrope" is not supported/,
     ],
     [
       edit(LLAMA31_8B, {

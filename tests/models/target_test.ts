@@ -19,7 +19,7 @@ function validRows(data: Float32Array, lengths: number[], T: number, width: numb
   return out;
 }
 
-for (const arch of ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial"]) {
+for (const arch of ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "phi3_longrope"]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
     ...needsGpu,
@@ -129,4 +129,20 @@ Deno.test({ name: "target: row-split embedding and lm_head give the same logits"
   );
   f.destroy();
   model.destroy();
+});
+
+Deno.test({
+  name: "target: LongRoPE tables cover the original context; beyond it is refused by name",
+  ...needsGpu,
+}, async () => {
+  const model = await TargetModel.load(gpu!, `${GOLDEN_DIR}phi3_longrope`);
+  try {
+    assert.equal(model.maxPositions, 16);
+    await assert.rejects(
+      model.forward(1, 17, { logits: true }),
+      /positions up to 17 exceed the 16 the RoPE table was built for \(the original context of its longrope/,
+    );
+  } finally {
+    model.destroy();
+  }
 });
