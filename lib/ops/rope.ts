@@ -15,7 +15,7 @@ import * as K from "../../kernels/rope.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { type Binding, params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
-import { expectDtype, expectSameShape, expectShape } from "./check.ts";
+import { expectDtype, expectSameShape } from "./check.ts";
 
 /**
  * RoPE frequency scaling (transformers' `rope_type`), parsed from config.json by lib/models/config.ts
