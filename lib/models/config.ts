@@ -195,13 +195,7 @@ function parseRope(
   const type = raw && typeof raw === "object" ? (raw as Json).rope_type ?? (raw as Json).type : null;
   if ((type === "longrope" || type === "su") && f.has("original_max_position_embeddings")) {
     const orig = f.int("original_max_position_embeddings");
-    raw = {
-      ...(raw as Json),
-      type: "longrope",
-      rope_type: "longrope",
-      original_max_position_embeddings: orig,
-    };
-    raw = { ...(raw as Json), factor: maxPos / orig };
+    raw = { ...(raw as Json), original_max_position_embeddings: orig, factor: maxPos / orig };
   }
   const scaling = parseRopeScaling(raw, maxPos, f.file, field);
   if (field === "rope_parameters") {
@@ -266,6 +260,7 @@ export function parseRopeScaling(
         attentionFactor: r.has("attention_factor") ? r.num("attention_factor") : null,
         truncate: r.bool("truncate", true),
       };
+    case "su": // the name of longrope in Phi-3's first configs
     case "longrope": {
       const factors = (name: string) => {
         const v = (raw as Json)[name];
@@ -276,7 +271,7 @@ export function parseRopeScaling(
       };
       const orig = origMax(maxPositionEmbeddings);
       return {
-        type,
+        type: "longrope",
         shortFactor: factors("short_factor"),
         longFactor: factors("long_factor"),
         originalMaxPositionEmbeddings: orig,
@@ -288,7 +283,7 @@ export function parseRopeScaling(
       throw new ConfigError(
         `${file}: ${field} type ${
           JSON.stringify(type)
-        } is not supported (default, linear, dynamic, llama3, yarn, longrope)`,
+        } is not supported (default, linear, dynamic, llama3, yarn, longrope/su)`,
       );
   }
 }
