@@ -23,6 +23,8 @@ export class BufferPool {
   liveBytes = 0;
   /** Bytes parked in the pool, ready for reuse. */
   freeBytes = 0;
+  /** The most bytes the pool has held at once (live + parked) since it was made or {@link resetPeak}. */
+  peakBytes = 0;
 
   /** An empty pool for `gpu`'s device; {@link Gpu} makes one, reach it as `gpu.pool`. */
   constructor(private gpu: Gpu) {}
@@ -40,6 +42,7 @@ export class BufferPool {
     if (reused) this.freeBytes -= size;
     const buffer = reused ?? this.gpu.createBuffer(size, STORAGE_USAGE, label);
     this.liveBytes += size;
+    this.peakBytes = Math.max(this.peakBytes, this.liveBytes + this.freeBytes);
     return buffer;
   }
 
@@ -51,6 +54,11 @@ export class BufferPool {
     list.push(buffer);
     this.liveBytes -= size;
     this.freeBytes += size;
+  }
+
+  /** Starts a new peak measurement from what the pool holds now. */
+  resetPeak(): void {
+    this.peakBytes = this.liveBytes + this.freeBytes;
   }
 
   /** Destroys every parked buffer. */

@@ -104,6 +104,8 @@ export interface TrainResult {
   mapping: VocabMapping;
   /** Bytes of the draft step's activations for the largest micro-batch the run can meet (B × its longest sample). */
   activationBytes: number;
+  /** The most bytes of GPU storage buffers the run held at once (the device's buffer pool, from the run's start). */
+  peakBytes: number;
 }
 
 /**
@@ -154,6 +156,7 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   const progress = o.progress ?? new ProgressPrinter();
   const note: Note = (m) => progress.note(m);
   const world = o.world ?? SINGLE_PROCESS;
+  gpu.pool.resetPeak();
   const setup = await setUpRun(s, o.hub, note, world.size);
   const loader = new DataLoader(setup.train, {
     batchSize: s.batchSize,
@@ -226,6 +229,12 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
     const activationBytes = announce(run);
     await trainLoop(run);
     await finish(run);
+    const peakBytes = gpu.pool.peakBytes;
+    note(
+      `GPU storage buffers: at most ${
+        (peakBytes / 2 ** 20).toFixed(1)
+      } MiB held at once (the buffer pool's peak)`,
+    );
     return {
       updates: state.update,
       checkpoint: state.lastCheckpoint,
@@ -234,6 +243,7 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
       draftConfig: setup.draftConfig,
       mapping: setup.mapping,
       activationBytes,
+      peakBytes,
     };
   } finally {
     progress.done();

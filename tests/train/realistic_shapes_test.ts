@@ -16,7 +16,7 @@ import { TargetModel } from "../../lib/models/target.ts";
 import { trainSettings } from "../../lib/train/config.ts";
 import { trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
-import { CHECKPOINT_FILES, loadCheckpoint } from "../../lib/train/checkpoint.ts";
+import { loadCheckpoint } from "../../lib/train/checkpoint.ts";
 
 const CAP = 6 * 2 ** 20;
 const H = 64, I = 128, HEADS = 4, KV = 2, HD = 16;
@@ -103,7 +103,7 @@ async function twoUpdates(device: Gpu, root: string, out: string) {
   const state = await loadCheckpoint(r.checkpoint!);
   const losses = (await Deno.readTextFile(join(root, out, "metrics.jsonl"))).trim().split("\n")
     .map((l) => JSON.parse(l).loss as number);
-  return { losses, weights: state.weights, file: join(r.checkpoint!, CHECKPOINT_FILES.weights) };
+  return { losses, weights: state.weights, peak: r.peakBytes };
 }
 
 for (const t of TARGETS) {
@@ -133,6 +133,10 @@ for (const t of TARGETS) {
 
         const whole = await twoUpdates(gpu!, root, "whole");
         const split = await twoUpdates(small, root, "split");
+        // The pool's peak holds at least the target's embedding and lm_head (2 × V × 64 f32) and the draft's
+        // lm_head with its gradient and Adam moments (4 × 32,000 × 64 f32), and not much more at these shapes.
+        const floor = (2 * t.vocab * H + 4 * 32000 * H) * 4;
+        assert.ok(split.peak >= floor && split.peak <= 1.5 * floor, `peak ${split.peak} vs ${floor}`);
         assert.equal(whole.losses.length, 2);
         whole.losses.forEach((l, i) =>
           assert.ok(Math.abs(l - split.losses[i]) <= 1e-5 * Math.abs(l), `${l} vs ${split.losses[i]}`)
