@@ -28,6 +28,12 @@ if (Deno.args.some((a) => a === "--help" || a === "-h")) {
   );
   Deno.exit(0);
 }
+const flag = Deno.args.find((a) => a.startsWith("-"));
+if (flag !== undefined) {
+  // Only positionals: a flag would otherwise be taken for the target's path.
+  console.error(`notebook: unknown option '${flag}' (see --help)`);
+  Deno.exit(1);
+}
 const [target = "../shared/models/tinystories-656K", outDir = "out/notebook"] = Deno.args;
 // Hub downloads honour HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and EAGLET_CACHE, as the tasks do.
 const hub = eaglet.hubOptionsFromEnv(Deno.env.toObject());

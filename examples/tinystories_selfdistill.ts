@@ -12,7 +12,8 @@
  * train.jsonl, eval.jsonl and eval_prompts.jsonl.
  */
 import { Gpu } from "../lib/gpu/device.ts";
-import { flagHelp, type FlagTable, parseCommand } from "../lib/flags.ts";
+import { flagHelp, type FlagTable, parseCommand, type Settings } from "../lib/flags.ts";
+import { runTask } from "../lib/cli/run.ts";
 import { hubOptionsFromEnv, resolveModelPath } from "../lib/io/hub.ts";
 import { writeSelfDistilledSplit } from "../lib/train/selfdistill.ts";
 
@@ -38,28 +39,39 @@ const FLAGS = {
   },
 } as const satisfies FlagTable;
 
-const cmd = parseCommand(FLAGS, Deno.args);
-if (cmd.help) {
-  console.log(flagHelp(FLAGS, "deno run -A examples/tinystories_selfdistill.ts [options]"));
-  Deno.exit(0);
+const USAGE = "usage: deno run -A examples/tinystories_selfdistill.ts [options]";
+
+/** Writes the split that `v` asks for. */
+async function selfDistill(v: Settings<typeof FLAGS>): Promise<void> {
+  const { targetModelPath: target, outputDir: outDir, trainSamples: train, evalSamples: held } = v;
+  const modelDir = await resolveModelPath(target, hubOptionsFromEnv(Deno.env.toObject()));
+  const gpu = await Gpu.create();
+  try {
+    const t0 = performance.now();
+    const split = await writeSelfDistilledSplit(gpu, modelDir, {
+      trainSamples: train,
+      evalSamples: held,
+      outputDir: outDir,
+      openingTokens: 16,
+      continuationTokens: v.continuationTokens,
+      seed: 0,
+      batch: 50,
+      onProgress: (n) => console.log(`${n} samples, ${((performance.now() - t0) / 1000).toFixed(0)} s`),
+    });
+    console.log(
+      `wrote ${split.trainJsonl} (${train} samples), ${split.evalJsonl} (${held} samples) and ` +
+        `${split.evalPromptsJsonl} (their openings)`,
+    );
+  } finally {
+    gpu.destroy();
+  }
 }
-const { targetModelPath: target, outputDir: outDir, trainSamples: train, evalSamples: held } = cmd.settings;
-const continuation = cmd.settings.continuationTokens;
-const modelDir = await resolveModelPath(target, hubOptionsFromEnv(Deno.env.toObject()));
-const gpu = await Gpu.create();
-const t0 = performance.now();
-const split = await writeSelfDistilledSplit(gpu, modelDir, {
-  trainSamples: train,
-  evalSamples: held,
-  outputDir: outDir,
-  openingTokens: 16,
-  continuationTokens: continuation,
-  seed: 0,
-  batch: 50,
-  onProgress: (n) => console.log(`${n} samples, ${((performance.now() - t0) / 1000).toFixed(0)} s`),
-});
-console.log(
-  `wrote ${split.trainJsonl} (${train} samples), ${split.evalJsonl} (${held} samples) and ` +
-    `${split.evalPromptsJsonl} (their openings)`,
+
+// As tasks/*.ts do: --help prints the flags and their defaults; a bad flag is one line and exit code 1.
+Deno.exit(
+  await runTask("tinystories_selfdistill", Deno.args, async (argv) => {
+    const cmd = parseCommand(FLAGS, argv);
+    if (cmd.help) console.log(flagHelp(FLAGS, USAGE));
+    else await selfDistill(cmd.settings);
+  }),
 );
-gpu.destroy();

@@ -17,7 +17,7 @@ import { type AsyncBuffer, parquetMetadataAsync, parquetReadObjects } from "../n
 import { extname } from "node:path";
 import { DataError, type RecordSource } from "./errors.ts";
 import type { Message } from "./preprocess.ts";
-import { printable } from "../io/printable.ts";
+import { oneLine, printable } from "../io/printable.ts";
 
 /** A raw record and where it came from. */
 export interface RawRecord {
@@ -97,8 +97,13 @@ function fileAsyncBuffer(file: Deno.FsFile, size: number): AsyncBuffer {
   };
 }
 
+/** A value from a record, for a one-line message (numbers as JavaScript writes them: 1e400 is Infinity). */
+function shownValue(v: unknown): string {
+  return oneLine(typeof v === "number" ? String(v) : String(JSON.stringify(v)));
+}
+
 function jsonLineError(path: string, line: number, e: unknown): DataError {
-  return new DataError(`${path}:${line}: malformed JSON (${(e as Error).message})`);
+  return new DataError(`${path}:${line}: malformed JSON (${oneLine((e as Error).message)})`);
 }
 
 async function* readJsonLines(path: string, text: string | null): AsyncGenerator<RawRecord> {
@@ -184,7 +189,7 @@ export async function* readRecords(path: string): AsyncGenerator<RawRecord> {
       try {
         arr = JSON.parse(text);
       } catch (e) {
-        throw new DataError(`${path}: malformed JSON array (${(e as Error).message})`);
+        throw new DataError(`${path}: malformed JSON array (${oneLine((e as Error).message)})`);
       }
       const list = arr as unknown[];
       for (let i = 0; i < list.length; i++) {
@@ -217,7 +222,7 @@ function intSequence(value: unknown, field: string, source: string, binary: bool
   for (let i = 0; i < list.length; i++) {
     const n = typeof list[i] === "boolean" && binary ? (list[i] ? 1 : 0) : asInt(list[i]);
     if (n === null) {
-      throw new DataError(`${source}: ${field}[${i}] must be an integer, got ${JSON.stringify(list[i])}`);
+      throw new DataError(`${source}: ${field}[${i}] must be an integer, got ${shownValue(list[i])}`);
     }
     if (binary && n !== 0 && n !== 1) {
       throw new DataError(`${source}: ${field}[${i}] must be 0 or 1, got ${n}`);

@@ -18,7 +18,7 @@
 import { basename, join } from "node:path";
 import { AtomicFile, writeJsonAtomic } from "./atomic.ts";
 import { f32ToBf16Bits } from "../tensor.ts";
-import { printable } from "./printable.ts";
+import { oneLine, printable } from "./printable.ts";
 
 /** safetensors dtypes Eaglet reads and writes, with their element sizes in bytes. */
 export const SAFETENSORS_DTYPES = {
@@ -79,6 +79,11 @@ export const SAFETENSORS_INDEX = "model.safetensors.index.json";
 /** Name of the single file of an unsharded checkpoint. */
 export const SAFETENSORS_SINGLE = "model.safetensors";
 
+/** A JSON value from a header, for a one-line message. */
+function shownJson(value: unknown): string {
+  return oneLine(String(JSON.stringify(value)));
+}
+
 function numelOf(shape: number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
@@ -116,19 +121,19 @@ function checkHeader(header: unknown, file: string, dataBytes: number): {
     const { dtype, shape, data_offsets } = (entry ?? {}) as Record<string, unknown>;
     if (typeof dtype !== "string" || !Object.hasOwn(SAFETENSORS_DTYPES, dtype)) {
       throw new SafetensorsError(
-        `${file}: tensor ${printable(name)} has unknown dtype ${JSON.stringify(dtype)} (known: ${
+        `${file}: tensor ${printable(name)} has unknown dtype ${shownJson(dtype)} (known: ${
           Object.keys(SAFETENSORS_DTYPES).join(", ")
         })`,
       );
     }
     if (!Array.isArray(shape) || !shape.every(isCount)) {
       throw new SafetensorsError(
-        `${file}: tensor ${printable(name)} has a malformed shape ${JSON.stringify(shape)}`,
+        `${file}: tensor ${printable(name)} has a malformed shape ${shownJson(shape)}`,
       );
     }
     if (!Array.isArray(data_offsets) || data_offsets.length !== 2 || !data_offsets.every(isCount)) {
       throw new SafetensorsError(
-        `${file}: tensor ${printable(name)} has malformed data_offsets ${JSON.stringify(data_offsets)}`,
+        `${file}: tensor ${printable(name)} has malformed data_offsets ${shownJson(data_offsets)}`,
       );
     }
     const [begin, end] = data_offsets as number[];
@@ -148,12 +153,22 @@ function checkHeader(header: unknown, file: string, dataBytes: number): {
         } bytes but ${dtype} [${shape}] needs ${expected}`,
       );
     }
-    infos.push({ name, dtype: d, shape, begin, end, file });
+    // JSON's -0 is a valid 0 (as serde_json reads it into a usize); n + 0 makes it +0 (IEEE 754: -0 + 0 = +0).
+    infos.push({
+      name,
+      dtype: d,
+      shape: shape.map((n: number) => n + 0),
+      begin: begin + 0,
+      end: end + 0,
+      file,
+    });
   }
   const spans = infos.filter((t) => t.end > t.begin).sort((a, b) => a.begin - b.begin);
   for (let i = 1; i < spans.length; i++) {
     if (spans[i].begin < spans[i - 1].end) {
-      throw new SafetensorsError(`${file}: tensors ${spans[i - 1].name} and ${spans[i].name} overlap`);
+      throw new SafetensorsError(
+        `${file}: tensors ${printable(spans[i - 1].name)} and ${printable(spans[i].name)} overlap`,
+      );
     }
   }
   return { infos, metadata };
@@ -163,19 +178,24 @@ function decodeHeaderJson(bytes: Uint8Array, file: string): unknown {
   try {
     return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch (e) {
-    throw new SafetensorsError(`${file}: header is not valid JSON (${(e as Error).message})`);
+    throw new SafetensorsError(`${file}: header is not valid JSON (${oneLine((e as Error).message)})`);
   }
 }
 
-function checkHeaderLength(headerLen: number, fileBytes: number, file: string): void {
-  if (headerLen > fileBytes - 8) {
+/**
+ * The header length a file's 8-byte prefix gives, checked against the file's size; returned as a number once
+ * known to be small (errors write the u64 as the file holds it, not rounded to a double).
+ */
+function checkHeaderLength(prefix: bigint, fileBytes: number, file: string): number {
+  if (prefix > BigInt(fileBytes - 8)) {
     throw new SafetensorsError(
-      `${file}: header length ${headerLen} runs past the end of the file (${fileBytes} bytes)`,
+      `${file}: header length ${prefix} runs past the end of the file (${fileBytes} bytes)`,
     );
   }
-  if (headerLen > MAX_HEADER_BYTES) {
-    throw new SafetensorsError(`${file}: header length ${headerLen} exceeds ${MAX_HEADER_BYTES} bytes`);
+  if (prefix > BigInt(MAX_HEADER_BYTES)) {
+    throw new SafetensorsError(`${file}: header length ${prefix} exceeds ${MAX_HEADER_BYTES} bytes`);
   }
+  return Number(prefix);
 }
 
 /** Parses a whole safetensors file held in memory. `file` names it in errors. */
@@ -187,8 +207,7 @@ export function parseSafetensors(data: Uint8Array<ArrayBuffer>, file: string): {
     throw new SafetensorsError(`${file}: ${data.byteLength} bytes, too short for a header`);
   }
   const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
-  const headerLen = Number(view.getBigUint64(0, true));
-  checkHeaderLength(headerLen, data.byteLength, file);
+  const headerLen = checkHeaderLength(view.getBigUint64(0, true), data.byteLength, file);
   const body = 8 + headerLen;
   const header = decodeHeaderJson(data.subarray(8, body), file);
   const { infos, metadata } = checkHeader(header, file, data.byteLength - body);
@@ -381,8 +400,7 @@ export class SafetensorsFile {
       const size = (await f.stat()).size;
       if (size < 8) throw new SafetensorsError(`${path}: ${size} bytes, too short for a header`);
       const lenBytes = await readExactly(f, 0, 8, path);
-      const headerLen = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
-      checkHeaderLength(headerLen, size, path);
+      const headerLen = checkHeaderLength(new DataView(lenBytes.buffer).getBigUint64(0, true), size, path);
       const header = decodeHeaderJson(await readExactly(f, 8, headerLen, path), path);
       const { infos, metadata } = checkHeader(header, path, size - 8 - headerLen);
       return new SafetensorsFile(path, f, 8 + headerLen, new Map(infos.map((t) => [t.name, t])), metadata);

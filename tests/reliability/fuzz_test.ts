@@ -37,9 +37,32 @@ const tensor: fc.Arbitrary<RawTensor> = fc.record({
 
 /** Strings of the characters that break messages and parsers: line breaks, quotes, NUL, non-ASCII. */
 const hostile = fc.string({
-  unit: fc.constantFrom("a", "Z", " ", "\n", "\r", "\u2028", "'", '"', "\\", "é", "\u0000", "{"),
+  unit: fc.constantFrom(
+    "a",
+    "Z",
+    " ",
+    "\n",
+    "\r",
+    "\u2028",
+    "\u2029",
+    "\u001b",
+    "\u007f",
+    "'",
+    '"',
+    "\\",
+    "é",
+    "\u0000",
+    "{",
+  ),
   maxLength: 8,
 });
+
+/**
+ * Characters that break a one-line message or drive a terminal: line breaks (\n, \r, U+2028, U+2029) and the
+ * other C0 controls and DEL (as lib/io/printable.ts quotes them).
+ */
+// deno-lint-ignore no-control-regex
+const BREAKS = /[\u0000-\u001f\u007f\u2028\u2029]/;
 
 /** Asserts `f()` returns, or throws `ErrorClass` with a one-line message containing `name`. */
 function parsesOrNames(f: () => unknown, ErrorClass: new (...a: never[]) => Error, name: string): void {
@@ -47,7 +70,7 @@ function parsesOrNames(f: () => unknown, ErrorClass: new (...a: never[]) => Erro
     f();
   } catch (e) {
     assert.ok(e instanceof ErrorClass, `${(e as Error)?.name}: ${(e as Error)?.message}`);
-    assert.ok(!e.message.includes("\n"), `one line: ${JSON.stringify(e.message)}`);
+    assert.doesNotMatch(e.message, BREAKS, `one line: ${JSON.stringify(e.message)}`);
     assert.ok(e.message.includes(name), `names ${name}: ${e.message}`);
   }
 }
@@ -148,6 +171,104 @@ Deno.test("fuzz: hostile safetensors headers parse consistently or fail naming t
   );
 });
 
+/** A file of `json` (any text) as its header, with the length prefix `len` (default: its UTF-8 length). */
+function withHeader(json: string, dataBytes: number, len?: bigint): Uint8Array<ArrayBuffer> {
+  const text = new TextEncoder().encode(json);
+  const b = new Uint8Array(8 + text.length + dataBytes);
+  new DataView(b.buffer).setBigUint64(0, len ?? BigInt(text.length), true);
+  b.set(text, 8);
+  return b;
+}
+
+/**
+ * What a parse that returns must satisfy: every tensor's bytes match its dtype and shape (so none was read
+ * past the end of the file), and the metadata holds strings only.
+ */
+function assertConsistent(parsed: ReturnType<typeof parseSafetensors>): void {
+  for (const [name, t] of parsed.tensors) {
+    assert.ok(Object.hasOwn(SAFETENSORS_DTYPES, t.dtype), `${name}: dtype ${t.dtype}`);
+    assert.ok(t.shape.every((d) => Number.isSafeInteger(d) && d >= 0), `${name}: shape ${t.shape}`);
+    const n = t.shape.reduce((x, y) => x * y, 1) * SAFETENSORS_DTYPES[t.dtype];
+    assert.equal(t.bytes.byteLength, n, `${name}: bytes match dtype and shape`);
+  }
+  for (const v of Object.values(parsed.metadata)) assert.equal(typeof v, "string");
+}
+
+/** A tensor entry, valid or not, written as JSON text. */
+const entryText = fc.oneof(
+  fc.record({
+    dtype: fc.constantFrom(...DTYPES),
+    shape: fc.array(fc.nat({ max: 3 }), { maxLength: 2 }),
+    data_offsets: fc.tuple(fc.nat({ max: 24 }), fc.nat({ max: 24 })),
+  }).map((e) => JSON.stringify(e)),
+  headerValue.map((v) => JSON.stringify(v)),
+  // Numbers JSON.parse rounds or overflows, and numbers as strings.
+  fc.constantFrom(
+    '{"dtype":"U8","shape":[1e400],"data_offsets":[0,0]}',
+    '{"dtype":"U8","shape":[9007199254740993],"data_offsets":[0,9007199254740993]}',
+    '{"dtype":"U8","shape":[2.0],"data_offsets":[0,2.0]}',
+    '{"dtype":"U8","shape":[-0],"data_offsets":[-0,0]}',
+    '{"dtype":"U8","shape":["2"],"data_offsets":["0","2"]}',
+    '{"dtype":"F64","shape":[4503599627370496,4503599627370496,0],"data_offsets":[0,0]}',
+  ),
+);
+
+/** A header as JSON text: names may repeat, `__metadata__` may be anything, the top level may not be an object. */
+const headerText = fc.oneof(
+  fc.array(
+    fc.tuple(
+      fc.oneof(fc.constantFrom("a", "b", "__metadata__", "__proto__"), hostile),
+      fc.oneof(
+        entryText,
+        fc.jsonValue({ maxDepth: 1 }).map((v) => JSON.stringify(v)),
+        fc.dictionary(hostile, fc.oneof(fc.string({ maxLength: 3 }), fc.integer()), { maxKeys: 2 })
+          .map((v) => JSON.stringify(v)),
+      ),
+    ),
+    { maxLength: 4 },
+  ).map((kv) => `{${kv.map(([k, v]) => `${JSON.stringify(k)}:${v}`).join(",")}}`),
+  fc.jsonValue({ maxDepth: 2 }).map((v) => JSON.stringify(v)),
+  // Not JSON at all, with raw line breaks and controls (which V8's JSON.parse messages quote).
+  fc.oneof(hostile, fc.string({ maxLength: 40, unit: "binary" })),
+);
+
+Deno.test("fuzz: safetensors header texts (duplicates, non-objects, bad __metadata__) parse consistently or fail", () => {
+  fc.assert(
+    fc.property(headerText, fc.nat({ max: 32 }), (json, dataBytes) => {
+      const b = withHeader(json, dataBytes);
+      parsesOrNames(() => assertConsistent(parseSafetensors(b, FILE)), SafetensorsError, FILE);
+    }),
+    { numRuns: 1500 },
+  );
+});
+
+Deno.test("fuzz: mutated safetensors header lengths fail naming the file, or parse consistently", () => {
+  const json = JSON.stringify({ w: { dtype: "U8", shape: [3], data_offsets: [0, 3] } });
+  const lengths = fc.oneof(
+    fc.bigInt({ min: 0n, max: BigInt(json.length + 8) }),
+    fc.constantFrom(
+      2n ** 32n,
+      2n ** 53n - 1n,
+      2n ** 53n + 1n,
+      2n ** 63n,
+      2n ** 64n - 1n,
+      100n * 2n ** 20n + 1n,
+    ),
+    fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+  );
+  fc.assert(
+    fc.property(lengths, fc.nat({ max: 8 }), (len, pad) => {
+      const b = withHeader(json + " ".repeat(pad), 3, len);
+      parsesOrNames(() => assertConsistent(parseSafetensors(b, FILE)), SafetensorsError, FILE);
+      if (len > BigInt(b.length - 8)) {
+        // A length past the end is reported exactly as the file holds it (not rounded to a double).
+        assert.throws(() => parseSafetensors(b, FILE), (e: Error) => e.message.includes(String(len)));
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
 /** A valid record of each kind. */
 const message = (role: string) =>
   fc.record({ role: fc.constant(role), content: fc.string({ maxLength: 20, unit: "binary" }) });
@@ -214,6 +335,35 @@ Deno.test("fuzz: arbitrary JSON values as records parse or fail with one line na
   );
 });
 
+Deno.test("fuzz: valid records written as jsonl (CRLF, BOM, blank lines) read back exactly", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "eaglet-fuzz-" });
+  try {
+    const path = join(dir, "data.jsonl");
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(validRecord, { minLength: 1, maxLength: 5 }),
+        fc.constantFrom("\n", "\r\n"),
+        fc.boolean(),
+        fc.boolean(),
+        async (recs, eol, bom, blank) => {
+          const lines = recs.map((r) => JSON.stringify(recordToJson(r)));
+          const text = (bom ? "\ufeff" : "") + lines.join(blank ? eol + eol : eol) + eol;
+          await Deno.writeTextFile(path, text);
+          const back: DataRecord[] = [];
+          for await (const raw of readRecords(path)) back.push(parseRecord(raw));
+          assert.deepEqual(
+            back.map((r) => JSON.stringify(recordToJson(r))),
+            recs.map((r) => JSON.stringify(recordToJson(r))),
+          );
+        },
+      ),
+      { numRuns: 150 },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("fuzz: jsonl files of arbitrary lines read or fail naming the file and line", async () => {
   const dir = await Deno.makeTempDir({ prefix: "eaglet-fuzz-" });
   try {
@@ -222,6 +372,15 @@ Deno.test("fuzz: jsonl files of arbitrary lines read or fail naming the file and
       fc.jsonValue({ maxDepth: 2, stringUnit: "binary" }).map((v) => JSON.stringify(v)),
       fc.string({ maxLength: 20, unit: "binary" }),
       fc.constantFrom("", "\r", "\ufeff{}", '{"a":', "[1,2", "1e999", '{"input_ids":[1],"loss_mask":[1]}'),
+      // Huge, rounded and non-integer numbers where integers belong; unknown roles; missing fields.
+      fc.tuple(
+        fc.constantFrom("1e400", "-1e400", "9007199254740993", "1.5", "-1", "2", "1.0", "-0", '"1"', "true"),
+        fc.constantFrom("1", "0", "1e400", "2", "0.5", "true"),
+      ).map(([id, m]) => `{"input_ids":[${id}],"loss_mask":[${m}]}`),
+      fc.tuple(hostile, hostile).map(([role, content]) =>
+        `{"conversations":[{"role":${JSON.stringify(role)},"content":${JSON.stringify(content)}}]}`
+      ),
+      hostile,
     );
     await fc.assert(
       fc.asyncProperty(
@@ -236,7 +395,8 @@ Deno.test("fuzz: jsonl files of arbitrary lines read or fail naming the file and
             }
           } catch (e) {
             assert.ok(e instanceof DataError, `${(e as Error).name}: ${(e as Error).message}`);
-            assert.ok(!e.message.includes("\n") && e.message.includes(path), e.message);
+            assert.ok(e.message.includes(path), e.message);
+            assert.doesNotMatch(e.message, BREAKS, `one line: ${JSON.stringify(e.message)}`);
             assert.match(e.message, /:\d+/, `names the line: ${e.message}`);
           }
         },
