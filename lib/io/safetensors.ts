@@ -515,7 +515,7 @@ export class SafetensorsCheckpoint {
     try {
       index = JSON.parse(indexText);
     } catch (e) {
-      throw new SafetensorsError(`${indexPath}: not valid JSON (${(e as Error).message})`);
+      throw new SafetensorsError(`${indexPath}: not valid JSON (${oneLine((e as Error).message)})`);
     }
     const map = index?.weight_map;
     if (map === null || typeof map !== "object" || Array.isArray(map)) {
@@ -525,7 +525,9 @@ export class SafetensorsCheckpoint {
     for (const [name, shard] of entries) {
       if (typeof shard !== "string" || shard !== basename(shard) || shard === ".." || shard === "") {
         throw new SafetensorsError(
-          `${indexPath}: tensor ${name} maps to ${JSON.stringify(shard)}, not a file name in ${dir}`,
+          `${indexPath}: tensor ${printable(name)} maps to ${
+            oneLine(String(JSON.stringify(shard)))
+          }, not a file name in ${dir}`,
         );
       }
     }
@@ -540,7 +542,9 @@ export class SafetensorsCheckpoint {
           } catch (e) {
             if (e instanceof SafetensorsError && e.message.endsWith(": no such file")) {
               throw new SafetensorsError(
-                `${indexPath}: tensor ${name} is in shard ${shard}, which does not exist`,
+                `${indexPath}: tensor ${printable(name)} is in shard ${
+                  printable(shard)
+                }, which does not exist`,
               );
             }
             throw e;
@@ -549,7 +553,9 @@ export class SafetensorsCheckpoint {
         }
         if (!f.has(name)) {
           throw new SafetensorsError(
-            `${indexPath}: tensor ${name} is said to be in ${shard}, but that file has no such tensor`,
+            `${indexPath}: tensor ${printable(name)} is said to be in ${
+              printable(shard)
+            }, but that file has no such tensor`,
           );
         }
         where.set(name, f);
