@@ -632,6 +632,9 @@ Deno.test(
     const f = await makeFixture();
     const failures: string[] = [];
     const table = cases(f);
+    // Defaults relative to the working directory (./cache, out/eval) land in the fixture, not the checkout.
+    const cwd = Deno.cwd();
+    Deno.chdir(f.root);
     try {
       for (const k of table) {
         const { code, errors } = await runCase(k);
@@ -662,6 +665,7 @@ Deno.test(
         `${failures.length} of ${table.length} cases failed:\n${failures.join("\n")}`,
       );
     } finally {
+      Deno.chdir(cwd);
       await Deno.remove(f.root, { recursive: true });
     }
   },
