@@ -18,6 +18,7 @@ import { main as prepareHiddenStates } from "../../tasks/prepare_hidden_states.t
 import { main as exportTask } from "../../tasks/export.ts";
 import { main as evalTask } from "../../tasks/eval.ts";
 import { main as convertLlama2c } from "../../tasks/convert_llama2c.ts";
+import { runMain } from "./run_main.ts";
 
 const MAINS = {
   "prepare-data": prepareData,
@@ -599,20 +600,6 @@ function cases(f: Fixture): Case[] {
   ]; // deno-fmt-ignore
 }
 
-/** Runs a task's `main` with console output captured: its exit code and the lines it wrote to stderr. */
-async function runCase(k: Case): Promise<{ code: number; errors: string[] }> {
-  const errors: string[] = [];
-  const [error, log, warn] = [console.error, console.log, console.warn];
-  console.error = (...a: unknown[]) => errors.push(...a.map(String).join(" ").split("\n"));
-  console.warn = console.error;
-  console.log = () => {};
-  try {
-    return { code: await MAINS[k.task](k.args), errors };
-  } finally {
-    [console.error, console.log, console.warn] = [error, log, warn];
-  }
-}
-
 /** Everything under `dir` whose name marks an unfinished atomic write. */
 function temporaries(dir: string): string[] {
   const out: string[] = [];
@@ -637,7 +624,7 @@ Deno.test(
     Deno.chdir(f.root);
     try {
       for (const k of table) {
-        const { code, errors } = await runCase(k);
+        const { code, errors } = await runMain(MAINS[k.task], k.args);
         const mine = errors.filter((l) => l.startsWith(`${k.task}: `));
         const why = code !== 1
           ? `exit ${code}`

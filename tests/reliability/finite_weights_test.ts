@@ -13,25 +13,13 @@ import { loadDraftDirectory } from "../../lib/eval/draft_dir.ts";
 import { main as exportMain } from "../../tasks/export.ts";
 import { TARGET, tinyExport } from "../train/fixtures.ts";
 import { poisonTensor } from "./poison.ts";
+import { runMain } from "./run_main.ts";
 
 /** A copy of the tiny golden Llama target in a temp dir. */
 async function targetCopy(): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "eaglet-finite-" });
   for (const f of ["config.json", "model.safetensors"]) await Deno.copyFile(join(TARGET, f), join(dir, f));
   return dir;
-}
-
-/** Runs a task's `main` with stderr captured; returns the exit code and the lines written to stderr. */
-async function capture(main: (args: string[]) => Promise<number>, args: string[]) {
-  const lines: string[] = [];
-  const [error, log] = [console.error, console.log];
-  console.error = (...a: unknown[]) => lines.push(a.join(" "));
-  console.log = () => {};
-  try {
-    return { code: await main(args), lines };
-  } finally {
-    [console.error, console.log] = [error, log];
-  }
 }
 
 Deno.test({
@@ -107,9 +95,9 @@ Deno.test({
       checkDraftExport(dir),
       (e: Error) => e instanceof NonFiniteWeightError && e.message === message,
     );
-    const r = await capture(exportMain, ["--check", dir]);
+    const r = await runMain(exportMain, ["--check", dir]);
     assert.equal(r.code, 1);
-    assert.deepEqual(r.lines, [`export: ${message}`]);
+    assert.deepEqual(r.errors, [`export: ${message}`]);
   } finally {
     await Deno.remove(root, { recursive: true });
   }

@@ -8,21 +8,15 @@ import { join } from "node:path";
 import { main } from "../../tasks/prepare_data.ts";
 import { lockOutputDir } from "../../lib/io/lock.ts";
 import { fixture } from "../data/fixtures.ts";
+import { runMain } from "./run_main.ts";
 
 /** A PID that no process has: above the kernel's pid_max. */
 const DEAD_PID = 1 << 23;
 
-/** Runs prepare-data's `main` in-process; returns the exit code and its stderr lines. */
+/** Runs prepare-data's `main` in-process; returns the exit code and every line it printed. */
 async function prepare(args: string[]): Promise<{ code: number; lines: string[] }> {
-  const lines: string[] = [];
-  const [error, log] = [console.error, console.log];
-  console.error = (...a: unknown[]) => lines.push(a.join(" "));
-  console.log = (...a: unknown[]) => lines.push(a.join(" "));
-  try {
-    return { code: await main(args), lines };
-  } finally {
-    [console.error, console.log] = [error, log];
-  }
+  const r = await runMain(main, args);
+  return { code: r.code, lines: [...r.errors, ...r.output] };
 }
 
 Deno.test("prepare-data: other inputs into an existing output are refused; the same input is reused", async () => {
