@@ -180,6 +180,7 @@ export type {
   TrainSettingsInput,
 } from "./lib/train/config.ts";
 export {
+  planTrainingRun,
   RUN_FILES,
   supervisedMask,
   TrainingDivergedError,
@@ -187,6 +188,13 @@ export {
   trainOnline,
 } from "./lib/train/trainer.ts";
 export type { TrainHooks, TrainOptions, TrainResult } from "./lib/train/trainer.ts";
+
+// Memory plans: what a run will hold on its device, before it loads anything.
+export { checkPlanFits, formatPlan, PLAN_CATEGORIES } from "./lib/models/memory_plan.ts";
+export type { MemoryPlan, PlanCategory, PlanCategoryKey, PlanLimits } from "./lib/models/memory_plan.ts";
+export type { PlannedTensor } from "./lib/models/target_memory.ts";
+export { deviceMemory, formatBytes, parseByteSize } from "./lib/gpu/device_memory.ts";
+export type { DeviceMemory } from "./lib/gpu/device_memory.ts";
 
 // Offline mode: features prepared once, stored compactly, trained from disk.
 export {
@@ -211,7 +219,7 @@ export type {
 } from "./lib/offline/format.ts";
 export { dequantizeGroupsHost, quantizeGroups } from "./lib/offline/quantize.ts";
 export type { QuantBits, QuantizedGroups, QuantOptions } from "./lib/offline/quantize.ts";
-export { DEFAULT_STORAGE, prepareHiddenStates } from "./lib/offline/prepare.ts";
+export { DEFAULT_STORAGE, planPrepare, prepareHiddenStates } from "./lib/offline/prepare.ts";
 export type { PrepareOptions, PrepareResult } from "./lib/offline/prepare.ts";
 export {
   PREPARE_HIDDEN_STATES_FLAGS,

@@ -31,6 +31,11 @@ export function numel(shape: readonly number[]): number {
   return n;
 }
 
+/** Bytes {@link Tensor.empty} asks the buffer pool for: the elements' bytes rounded up to 4, at least 4. */
+export function allocationBytes(shape: readonly number[], dtype: DType): number {
+  return Math.max(4, Math.ceil(numel(shape) * DTYPE_BYTES[dtype] / 4) * 4);
+}
+
 /** "[2, 3, 4]". */
 export function shapeString(shape: readonly number[]): string {
   return `[${shape.join(", ")}]`;
@@ -71,8 +76,7 @@ export class Tensor {
 
   /** A new uninitialised (zero-filled on first allocation, not after reuse) tensor from the buffer pool. */
   static empty(gpu: Gpu, shape: readonly number[], dtype: DType, label: string): Tensor {
-    const bytes = Math.max(4, Math.ceil(numel(shape) * DTYPE_BYTES[dtype] / 4) * 4);
-    const buffer = gpu.pool.acquire(bytes, label);
+    const buffer = gpu.pool.acquire(allocationBytes(shape, dtype), label);
     return new Tensor(gpu, buffer, [...shape], dtype, label, 0, true);
   }
 

@@ -7,7 +7,8 @@ import { Gpu } from "../lib/gpu/device.ts";
 import { hubOptionsFromEnv } from "../lib/io/hub.ts";
 import { runTask } from "../lib/cli/run.ts";
 import { flagHelp, parseCommand } from "../lib/flags.ts";
-import { prepareHiddenStates } from "../lib/offline/prepare.ts";
+import { planPrepare, prepareHiddenStates } from "../lib/offline/prepare.ts";
+import { checkPlanFits, formatPlan } from "../lib/models/memory_plan.ts";
 import {
   PREPARE_HIDDEN_STATES_FLAGS,
   type PrepareHiddenStatesSettings,
@@ -48,6 +49,13 @@ async function prepareOnRank(settings: PrepareHiddenStatesSettings, world: World
     `prepare-hidden-states on ${gpu.describe()}, shard ${options.shard.index}/${options.shard.count}`,
   );
   try {
+    if (settings.dryRun) {
+      const { plan, limits } = await planPrepare(gpu, options);
+      for (const line of formatPlan(plan, limits)) console.log(line);
+      checkPlanFits(plan, limits);
+      console.log("the shard fits (--dry-run: nothing was loaded or written)");
+      return;
+    }
     const r = await prepareHiddenStates(gpu, options);
     const perToken = r.tokens > 0 ? r.bytes / r.tokens : 0;
     console.log(

@@ -27,12 +27,17 @@ export interface Batch {
   sampleIndices: Int32Array;
 }
 
+/** The length {@link collate} pads the samples `indices` to: the longest, rounded up to `padMultiple`. */
+export function paddedLength(dataset: TokenizedDataset, indices: ArrayLike<number>, padMultiple = 1): number {
+  let t = 0;
+  for (let r = 0; r < indices.length; r++) t = Math.max(t, dataset.sampleLength(indices[r]));
+  return Math.ceil(t / padMultiple) * padMultiple;
+}
+
 /** Pads samples `indices` of `dataset` on the right with zeros to the longest (rounded up to `padMultiple`). */
 export function collate(dataset: TokenizedDataset, indices: ArrayLike<number>, padMultiple = 1): Batch {
   const b = indices.length;
-  let t = 0;
-  for (let r = 0; r < b; r++) t = Math.max(t, dataset.sampleLength(indices[r]));
-  t = Math.ceil(t / padMultiple) * padMultiple;
+  const t = paddedLength(dataset, indices, padMultiple);
   const inputIds = new Int32Array(b * t);
   const attentionMask = new Uint8Array(b * t);
   const lossMask = new Uint8Array(b * t);
@@ -129,6 +134,15 @@ export class DataLoader {
     for (let s = startStep; s < this.stepsPerEpoch; s++) {
       yield collate(this.dataset, idx.subarray(s * bs, (s + 1) * bs), this.options.padMultiple);
     }
+  }
+
+  /** The padded length of each batch of `epoch` (what {@link batches} yields, without collating). */
+  batchLengths(epoch: number): number[] {
+    const idx = this.epochIndices(epoch), bs = this.options.batchSize;
+    return Array.from(
+      { length: this.stepsPerEpoch },
+      (_, s) => paddedLength(this.dataset, idx.subarray(s * bs, (s + 1) * bs), this.options.padMultiple),
+    );
   }
 
   /** The position after `position` (next step, or the next epoch's first). */

@@ -189,7 +189,7 @@ export class TargetSession {
       const scratch = layerScratch(p, cfg, [N]);
       const cacheRows = (t: Tensor) => t.reshape([this.maxLen, nkv * hd]);
       for (let l = 0; l < model.layers.length; l++) {
-        await recordDecoderLayer(p, model, l, x, scratch, async (q, k, v, att) => {
+        await recordDecoderLayer(p, cfg, model.layers[l], x, scratch, async (q, k, v, att) => {
           await ropeAtPositions(p, q, positions, model.ropeCos, model.ropeSin);
           await ropeAtPositions(p, k, positions, model.ropeCos, model.ropeSin);
           await scatterRows(p, k.reshape([N, nkv * hd]), cacheRows(this.k[l]), this.#prefix, 0);

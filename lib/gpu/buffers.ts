@@ -16,6 +16,48 @@ export function sizeClass(bytes: number): number {
   return Math.ceil(bytes / step) * step;
 }
 
+/** The size of the buffer the pool makes for `bytes`: its size class, or the bytes when the class exceeds `maxBufferSize`. */
+export function pooledSize(bytes: number, maxBufferSize: number): number {
+  return sizeClass(bytes) <= maxBufferSize ? sizeClass(bytes) : Math.ceil(bytes / 4) * 4;
+}
+
+/**
+ * A {@link BufferPool} without a device: the same size classes and reuse, so that a run's allocations replayed
+ * into it give the bytes the real pool would hold at its peak (the memory plan, lib/train/memory_plan.ts).
+ */
+export class SimulatedPool {
+  #free = new Map<number, number>();
+  /** Bytes of live (acquired) buffers. */
+  liveBytes = 0;
+  /** Bytes of parked buffers. */
+  freeBytes = 0;
+  /** The most bytes held at once (live + parked). */
+  peakBytes = 0;
+
+  /** A pool of a device whose largest buffer is `maxBufferSize` bytes. */
+  constructor(readonly maxBufferSize: number) {}
+
+  /** Takes a buffer for `bytes` (a parked one of its size when there is one); returns its size. */
+  acquire(bytes: number): number {
+    const size = pooledSize(bytes, this.maxBufferSize);
+    const parked = this.#free.get(size) ?? 0;
+    if (parked > 0) {
+      this.#free.set(size, parked - 1);
+      this.freeBytes -= size;
+    }
+    this.liveBytes += size;
+    this.peakBytes = Math.max(this.peakBytes, this.liveBytes + this.freeBytes);
+    return size;
+  }
+
+  /** Parks a buffer of `size` (a value {@link acquire} returned). */
+  release(size: number): void {
+    this.#free.set(size, (this.#free.get(size) ?? 0) + 1);
+    this.liveBytes -= size;
+    this.freeBytes += size;
+  }
+}
+
 /** Storage buffers by size class. */
 export class BufferPool {
   #free = new Map<number, GPUBuffer[]>();
@@ -37,7 +79,7 @@ export class BufferPool {
         `tensor ${label}: ${bytes} bytes exceed the device's maxBufferSize of ${max} bytes`,
       );
     }
-    const size = sizeClass(bytes) <= max ? sizeClass(bytes) : Math.ceil(bytes / 4) * 4;
+    const size = pooledSize(bytes, max);
     const reused = this.#free.get(size)?.pop();
     if (reused) this.freeBytes -= size;
     const buffer = reused ?? this.gpu.createBuffer(size, STORAGE_USAGE, label);

@@ -70,6 +70,7 @@ export class Program {
   readonly dispatches: Dispatch[] = [];
   #uniforms: GPUBuffer[] = [];
   #owned: Tensor[] = [];
+  #transients = new Map<string, Tensor>();
 
   /** An empty program on `gpu`; `label` names it in errors and in the command encoder. */
   constructor(readonly gpu: Gpu, readonly label: string) {}
@@ -159,12 +160,29 @@ export class Program {
     return t;
   }
 
+  /**
+   * A scratch tensor shared by every caller in this program that asks for the same `kind`, shape and dtype:
+   * for values that only the dispatches recorded right after it read (a split-K product's partials, a column
+   * block of a split linear copied out and back). A program's dispatches run in order, each seeing the writes
+   * of those before it, so the next caller's writes cannot reach a value still in use.
+   */
+  transient(kind: string, shape: readonly number[], dtype: DType): Tensor {
+    const key = `${kind}|${shape.join("x")}|${dtype}`;
+    let t = this.#transients.get(key);
+    if (!t) {
+      t = this.scratch(shape, dtype, kind);
+      this.#transients.set(key, t);
+    }
+    return t;
+  }
+
   /** Frees the uniform buffers and scratch tensors this program made. */
   destroy(): void {
     for (const b of this.#uniforms) b.destroy();
     for (const t of this.#owned) t.destroy();
     this.#uniforms = [];
     this.#owned = [];
+    this.#transients.clear();
     this.dispatches.length = 0;
   }
 }

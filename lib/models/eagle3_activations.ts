@@ -34,6 +34,7 @@ import { METRIC_COLS } from "./eagle3_metrics.ts";
 import { rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import type { Tensor } from "../tensor.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
+import { planned, type PlannedTensor, splitScratchTensors } from "./target_memory.ts";
 
 /** The shape of a step: B sequences of T rows, K TTT positions, training or evaluation only. */
 export interface Eagle3StepShape extends TttShape {
@@ -194,4 +195,23 @@ export function eagle3ActivationBytes(cfg: DraftConfig, s: Eagle3StepShape): num
     s,
   );
   return bytes;
+}
+
+/**
+ * The tensors a step program of this shape allocates, as planned tensors (lib/train/memory_plan.ts): every
+ * tensor of {@link eagle3Activations}, the loss-mask input (which no batch source supplies) and the shared
+ * scratch of split weights (`splits`: whether the frozen embedding is in row blocks, and the block row counts
+ * of the draft's matrices over one binding). Not counted: the matmuls' split-K partials, small beside these.
+ */
+export function eagle3StepTensors(
+  cfg: DraftConfig,
+  s: Eagle3StepShape,
+  splits: { embedSplit: boolean; matrixBlockRows: number[] },
+): PlannedTensor[] {
+  const out: PlannedTensor[] = [];
+  eagle3Activations((shape, dtype, label) => out.push(planned(label, shape, dtype)), cfg, s);
+  const N = s.batch * s.seqLen;
+  out.push(planned("input lossMask", [N], "f32"));
+  out.push(...splitScratchTensors(N, cfg.hiddenSize, splits.embedSplit, splits.matrixBlockRows));
+  return out;
 }

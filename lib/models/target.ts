@@ -13,7 +13,8 @@
 import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
-import { type DType, Tensor } from "../tensor.ts";
+import { DTYPE_BYTES, Tensor } from "../tensor.ts";
+import { rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
 import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
 import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
 import {
@@ -164,11 +165,7 @@ export class TargetModel implements HeadSource {
       const finalNorm = await load.vector(names.finalNorm);
       await load.checkFinite();
       // LongRoPE switches to its long factors beyond the original context; the tables here cover that context.
-      const rope = config.ropeScaling;
-      const limit = rope.type === "longrope"
-        ? rope.originalMaxPositionEmbeddings
-        : config.maxPositionEmbeddings;
-      const maxPositions = Math.min(opts.maxPositions ?? limit, limit);
+      const maxPositions = targetRopePositions(config, opts.maxPositions);
       const { cos, sin } = ropeTable(config, config.rotaryDim, maxPositions);
       const half = config.rotaryDim / 2;
       return new TargetModel(
@@ -530,40 +527,57 @@ export interface TrunkArgs {
 export async function recordTrunk(p: Program, model: TargetModel, a: TrunkArgs): Promise<Tensor> {
   const cfg = model.config;
   const { batch: B, queryLen: T } = a;
-  const H = cfg.hiddenSize, hd = cfg.headDim, nh = cfg.numHeads, nkv = cfg.numKvHeads;
+  const H = cfg.hiddenSize, nh = cfg.numHeads;
   model.checkPositions(a.positionOffset, T);
   const x = p.scratch([B * T, H], "f32", "residual");
   await embeddingRows(p, model.embed, a.ids, x);
   const s = layerScratch(p, cfg, [B, T]);
   const lse = p.scratch([B, nh, T], "f32", "attention lse");
-  const rope = { positionOffset: a.positionOffset };
   for (let i = 0; i < model.layers.length; i++) {
-    await recordDecoderLayer(p, model, i, x, s, async (q, k, v, att) => {
-      await ropeForward(p, q, q, model.ropeCos, model.ropeSin, rope);
-      await ropeForward(p, k, k, model.ropeCos, model.ropeSin, rope);
-      let keys = k, values = v, queryOffset = 0;
-      if (a.cache) {
-        const { maxLen } = a.cache;
-        const copy = {
-          count: [B, T, nkv * hd] as [number, number, number],
-          srcStrides: [T * nkv * hd, nkv * hd, 1] as [number, number, number],
-          dstStrides: [maxLen * nkv * hd, nkv * hd, 1] as [number, number, number],
-          dstOffset: a.positionOffset * nkv * hd,
-        };
-        await copyStrided(p, k, a.cache.k[i], copy);
-        await copyStrided(p, v, a.cache.v[i], copy);
-        keys = a.cache.k[i];
-        values = a.cache.v[i];
-        queryOffset = a.positionOffset;
-      }
-      await attentionForward(p, { q, k: keys, v: values, lengths: a.lengths, out: att, lse }, {
-        causal: true,
-        queryOffset,
-      });
-    });
+    await recordDecoderLayer(p, cfg, model.layers[i], x, s, trunkAttend(p, model, a, i, lse));
     await a.onLayerOutput?.(i, x);
   }
   return x;
+}
+
+/**
+ * The attention of decoder layer `layer` in a trunk pass `a`: q and k rotated at their positions (from
+ * `a.positionOffset`), k and v stored in the layer's KV cache when the pass has one, then causal attention over
+ * the valid keys (`a.lengths`); `lse` [B, nh, Tq] receives the log-sum-exps.
+ */
+export function trunkAttend(
+  p: Program,
+  rope: { ropeCos: Tensor; ropeSin: Tensor },
+  a: TrunkArgs,
+  layer: number,
+  lse: Tensor,
+): Attend {
+  return async (q, k, v, att) => {
+    const { batch: B, queryLen: T } = a;
+    const positions = { positionOffset: a.positionOffset };
+    await ropeForward(p, q, q, rope.ropeCos, rope.ropeSin, positions);
+    await ropeForward(p, k, k, rope.ropeCos, rope.ropeSin, positions);
+    let keys = k, values = v, queryOffset = 0;
+    if (a.cache) {
+      const { maxLen } = a.cache;
+      const row = k.size / (B * T); // nkv·hd
+      const copy = {
+        count: [B, T, row] as [number, number, number],
+        srcStrides: [T * row, row, 1] as [number, number, number],
+        dstStrides: [maxLen * row, row, 1] as [number, number, number],
+        dstOffset: a.positionOffset * row,
+      };
+      await copyStrided(p, k, a.cache.k[layer], copy);
+      await copyStrided(p, v, a.cache.v[layer], copy);
+      keys = a.cache.k[layer];
+      values = a.cache.v[layer];
+      queryOffset = a.positionOffset;
+    }
+    await attentionForward(p, { q, k: keys, v: values, lengths: a.lengths, out: att, lse }, {
+      causal: true,
+      queryOffset,
+    });
+  };
 }
 
 /** Per-pass scratch of the decoder layers for tokens laid out as `lead` (e.g. [B, T]). */
@@ -613,20 +627,18 @@ export function layerScratch(p: Program, cfg: TargetConfig, lead: number[]): Lay
 export type Attend = (q: Tensor, k: Tensor, v: Tensor, att: Tensor) => Promise<void>;
 
 /**
- * Records decoder layer `layer` on the residual stream x [rows, H] (updated in place): the norms,
+ * Records a decoder layer of weights `w` on the residual stream x [rows, H] (updated in place): the norms,
  * projections (with biases), Qwen3's q/k norms, o_proj, and the SwiGLU MLP; `attend` supplies RoPE, caching
  * and the attention pattern (causal over a KV cache, or a draft tree's mask).
  */
 export async function recordDecoderLayer(
   p: Program,
-  model: TargetModel,
-  layer: number,
+  cfg: TargetConfig,
+  w: TargetLayerWeights,
   x: Tensor,
   s: LayerScratch,
   attend: Attend,
 ): Promise<void> {
-  const cfg = model.config;
-  const w = model.layers[layer];
   const rows = x.shape[0];
   const { headDim: hd, numHeads: nh, numKvHeads: nkv } = cfg;
   const flat = (t: Tensor) => t.reshape([rows, t.size / rows]);
@@ -677,7 +689,7 @@ export async function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, lo
   }
   const rows = x.shape[0];
   for (const { row0, tensor } of head.blocks) {
-    const part = p.scratch([rows, tensor.shape[0]], "f32", `head rows ${row0}..`);
+    const part = p.transient("head rows", [rows, tensor.shape[0]], "f32");
     await linear(p, x, tensor, part);
     await copyColumns(p, part, logits, row0);
   }
@@ -753,7 +765,7 @@ class WeightLoader {
   }
 
   #elementBytes(dtype: string): number {
-    return dtype === "F16" && !this.gpu.features.shaderF16 ? 4 : dtype === "F16" || dtype === "BF16" ? 2 : 4;
+    return DTYPE_BYTES[uploadDtype(dtype, this.gpu.features.shaderF16)];
   }
 
   /** Records `tensor`, the upload of checkpoint tensor `name` (all of it, or the rows its label says). */
@@ -765,27 +777,13 @@ class WeightLoader {
   /** Uploads `raw`, checkpoint tensor `name` (or rows of it, named by `label`), as bf16, f16 or f32. */
   #upload(name: string, raw: RawTensor, label = name): Tensor {
     const n = raw.shape.reduce((a, b) => a * b, 1);
-    const keep: Partial<Record<string, DType>> = { BF16: "bf16", F32: "f32" };
-    if (this.gpu.features.shaderF16) keep.F16 = "f16";
-    const dtype = keep[raw.dtype];
+    const dtype = uploadDtype(raw.dtype, this.gpu.features.shaderF16);
     if (dtype === "bf16" || dtype === "f16") {
       const bits = new Uint16Array(raw.bytes.buffer, raw.bytes.byteOffset, n);
       return this.#keep(name, Tensor.fromArray(this.gpu, bits, raw.shape, dtype, label));
     }
     return this.#keep(name, Tensor.fromArray(this.gpu, toFloat32(raw, label), raw.shape, "f32", label));
   }
-}
-
-/** Rows per block so that each block (its own tensor) fits `maxBytes`. */
-function rowsPerBlock(rows: number, bytesPerRow: number, maxBytes: number, name: string): number {
-  if (rows * bytesPerRow <= maxBytes) return rows;
-  const fit = Math.floor(maxBytes / bytesPerRow);
-  if (fit < 1) {
-    throw new LimitError(
-      `tensor ${name}: one row of ${bytesPerRow} bytes exceeds the binding limit of ${maxBytes}`,
-    );
-  }
-  return fit;
 }
 
 /** The rows `ids` of `m`, gathered once per distinct id set and kept in `cache`. */

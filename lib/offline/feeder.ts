@@ -28,6 +28,7 @@ import { dequantizeGroups, scatterTopkTeacher } from "../ops/features.ts";
 import { targetToDraftMap } from "../ops/eagle3_teacher.ts";
 import { type HeadSource, recordHeadOutputs } from "../models/target.ts";
 import type { Eagle3StepInputs } from "../models/eagle3.ts";
+import { planned, type PlannedTensor } from "../models/target_memory.ts";
 import { toFloat32 } from "../io/safetensors.ts";
 import { type FeatureSample, type FeaturesManifest, quantBitsOf } from "./format.ts";
 
@@ -43,6 +44,63 @@ export function topkTailLogprob(logprobs: ArrayLike<number>, vocabSize: number):
   for (let i = 0; i < logprobs.length; i++) mass += Math.exp(logprobs[i]);
   const rest = 1 - mass, others = vocabSize - logprobs.length;
   return rest > 0 && others > 0 ? Math.max(LOG_ZERO, Math.log(rest / others)) : LOG_ZERO;
+}
+
+/**
+ * The tensors a {@link FeatureFeeder} of batches B × T allocates (its uploads, the decoded aux states and the
+ * teacher rows; for hidden-state teachers the head's outputs as the online forward makes them), for the memory
+ * plan (lib/train/memory_plan.ts). `subsetBlockRows`: the row blocks of the lm_head's draft-vocabulary subset.
+ */
+export function featureFeederTensors(
+  manifest: FeaturesManifest,
+  B: number,
+  T: number,
+  draftVocabSize: number,
+  subsetBlockRows: number[],
+): PlannedTensor[] {
+  const s = manifest.storage, N = B * T, Ht = manifest.target.hiddenSize, V = manifest.target.vocabSize;
+  const cols = manifest.storedLayers.length * Ht;
+  const identity = manifest.storedLayers.length === 3 &&
+    manifest.storedLayers.every((l, i) => l === manifest.auxLayers[i]);
+  const out = [
+    planned("aux hidden states", [N, 3 * Ht], "f32"),
+    planned("ids", [N], "i32"),
+    planned("lengths", [B], "i32"),
+  ];
+  if (!identity) out.push(planned("aux distinct layers", [N, cols], "f32"));
+  const bits = quantBitsOf(s.auxFormat);
+  if (bits) {
+    out.push(
+      planned("stored aux", [N * cols * bits / 32], "u32"),
+      planned("stored aux_scale", [N, cols / s.groupSize], "f32"),
+    );
+  } else if (s.auxFormat === "bf16") out.push(planned("stored aux", [N, cols], "bf16"));
+  else if (!identity) out.push(planned("stored aux", [N, cols], "f32"));
+  if (s.teacherFormat === "topk") {
+    const k = s.topk;
+    out.push(
+      planned("teacher logits (rebuilt)", [N, draftVocabSize], "f32"),
+      planned("stored argmax", [N], "i32"),
+      planned("target→draft map", [V], "i32"),
+      planned("stored topk_ids", [N, k], "i32"),
+      planned("stored topk_logprobs", [N, k], "f32"),
+      planned("stored tail", [N], "f32"),
+      planned("teacher max/sum (log-probabilities)", [N, 2], "f32"),
+    );
+    return out;
+  }
+  out.push(planned("final hidden", [N, Ht], "f32"));
+  if (s.teacherFormat !== "hidden-f32") out.push(planned("stored hidden", [N, Ht], "bf16"));
+  out.push(planned("subset logits", [N, draftVocabSize], "f32"));
+  for (const n of subsetBlockRows.length > 1 ? new Set(subsetBlockRows) : []) {
+    out.push(planned("head rows", [N, n], "f32"));
+  }
+  out.push(
+    planned("vocab max/sum", [N, 2], "f32"),
+    planned("vocab argmax", [N], "i32"),
+    planned("logits chunk", [N, Math.min(4096, V)], "f32"),
+  );
+  return out;
 }
 
 /** Decodes stored features of batches of shape (B, T) into the draft step's inputs. */

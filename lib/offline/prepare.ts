@@ -16,9 +16,25 @@ import type { Gpu } from "../gpu/device.ts";
 import { removeIfExists, writeJsonAtomic } from "../io/atomic.ts";
 import { type HubOptions, resolveModelPath } from "../io/hub.ts";
 import { writeSafetensors } from "../io/safetensors.ts";
-import { checkAuxLayers, ConfigError, defaultAuxLayers, loadTargetConfig } from "../models/config.ts";
+import {
+  checkAuxLayers,
+  ConfigError,
+  defaultAuxLayers,
+  loadTargetConfig,
+  type TargetConfig,
+} from "../models/config.ts";
 import { loadDraftConfig } from "../models/draft_config.ts";
-import { type TargetForward, TargetModel } from "../models/target.ts";
+import { type TargetForward, TargetModel, type TargetOutputs } from "../models/target.ts";
+import {
+  checkPlanFits,
+  MAX_SHAPES,
+  type MemoryPlan,
+  type PlanLimits,
+  planLimitsOf,
+  planTargetForwards,
+  withTargetPlanInput,
+} from "../models/memory_plan.ts";
+import { targetRopePositions } from "../models/target_memory.ts";
 import { buildTokenizedDataset } from "../data/build.ts";
 import { templates } from "../data/templates.ts";
 import { loadTokenizer } from "../data/tokenizer.ts";
@@ -71,6 +87,8 @@ export interface PrepareOptions {
   isPreformatted: boolean;
   /** Files per rows_* folder. */
   fileGroupSize: number;
+  /** The device's memory in bytes for the memory plan's fit check (null or absent: lib/gpu/device_memory.ts). */
+  deviceMemory?: number | null;
   /** How hub ids are resolved. */
   hub: HubOptions;
   /** Progress lines. */
@@ -143,6 +161,69 @@ async function ensureManifest(dir: string, m: FeaturesManifest): Promise<boolean
 
 /** Runs the target over the dataset and writes the missing feature files of this shard. */
 export async function prepareHiddenStates(gpu: Gpu, o: PrepareOptions): Promise<PrepareResult> {
+  const inputs = await resolvePrepare(o);
+  const lockName = o.shard.count > 1 ? `${LOCK_FILE}.shard-${o.shard.index}-of-${o.shard.count}` : LOCK_FILE;
+  const lock = await claimOutputDir(o.outputPath, "prepare-hidden-states", {
+    flag: "--output-path",
+    note: o.log,
+    name: lockName,
+  });
+  let created = false;
+  try {
+    created = await ensureManifest(o.outputPath, inputs.manifest);
+    return await prepareLocked(gpu, o, inputs);
+  } catch (e) {
+    // A run that failed before its first sample file (a bad target, say) takes back the manifest it wrote,
+    // so that the lock's release leaves no directory behind.
+    if (created && await onlyManifest(o.outputPath)) {
+      await removeIfExists(join(o.outputPath, FEATURES_MANIFEST));
+    }
+    throw e;
+  } finally {
+    await lock.release();
+  }
+}
+
+/**
+ * The memory plan of this shard's forwards (lib/models/memory_plan.ts) and the device limits it is checked
+ * against, without loading a weight or writing a feature (`--dry-run`; the data is tokenized through the cache).
+ */
+export async function planPrepare(
+  gpu: Gpu,
+  o: PrepareOptions,
+): Promise<{ plan: MemoryPlan; limits: PlanLimits }> {
+  const inputs = await resolvePrepare(o);
+  return {
+    plan: await planForwards(gpu, o, inputs, shardRows(o, inputs.numSamples)),
+    limits: planLimitsOf(gpu, o.deviceMemory ?? null),
+  };
+}
+
+/** The plan of the forwards over `rows`: the whole target and one program per batch shape ({@link forwardFor}). */
+function planForwards(gpu: Gpu, o: PrepareOptions, p: PrepareInputs, rows: number[]): Promise<MemoryPlan> {
+  const shapes: Array<[number, number]> = [];
+  const maxPositions = targetRopePositions(p.cfg);
+  for (let i = 0; i < rows.length; i += o.batchSize) {
+    const batch = rows.slice(i, i + o.batchSize);
+    shapes.push([batch.length, forwardLength(longest(p.all, batch), maxPositions)]);
+  }
+  return withTargetPlanInput(
+    gpu,
+    p.targetDir,
+    p.cfg,
+    (target) => planTargetForwards(target, forwardOutputs(p.manifest), shapes),
+  );
+}
+
+/** The rows of this shard: r with r % count === index. */
+function shardRows(o: PrepareOptions, numSamples: number): number[] {
+  const rows: number[] = [];
+  for (let r = o.shard.index; r < numSamples; r += o.shard.count) rows.push(r);
+  return rows;
+}
+
+/** Resolves the target, aux layers, data and manifest of a prepare run (reads configs; tokenizes the data). */
+async function resolvePrepare(o: PrepareOptions): Promise<PrepareInputs> {
   const targetDir = await resolveModelPath(o.targetModelPath, o.hub);
   const cfg = await loadTargetConfig(join(targetDir, "config.json"));
   checkStorage(o.storage, cfg.hiddenSize, cfg.vocabSize);
@@ -196,26 +277,7 @@ export async function prepareHiddenStates(gpu: Gpu, o: PrepareOptions): Promise<
     data: { path: o.dataPath, chatTemplate: o.chatTemplate, maxLength: o.maxLength, numSamples },
     fileGroupSize: o.fileGroupSize,
   };
-  const lockName = o.shard.count > 1 ? `${LOCK_FILE}.shard-${o.shard.index}-of-${o.shard.count}` : LOCK_FILE;
-  const lock = await claimOutputDir(o.outputPath, "prepare-hidden-states", {
-    flag: "--output-path",
-    note: o.log,
-    name: lockName,
-  });
-  let created = false;
-  try {
-    created = await ensureManifest(o.outputPath, manifest);
-    return await prepareLocked(gpu, o, { targetDir, auxLayers, manifest, all, numSamples });
-  } catch (e) {
-    // A run that failed before its first sample file (a bad target, say) takes back the manifest it wrote,
-    // so that the lock's release leaves no directory behind.
-    if (created && await onlyManifest(o.outputPath)) {
-      await removeIfExists(join(o.outputPath, FEATURES_MANIFEST));
-    }
-    throw e;
-  } finally {
-    await lock.release();
-  }
+  return { targetDir, cfg, auxLayers, manifest, all, numSamples };
 }
 
 /** Whether `dir` holds nothing but the features manifest and lock files. */
@@ -229,6 +291,7 @@ async function onlyManifest(dir: string): Promise<boolean> {
 /** What {@link prepareHiddenStates} resolved before taking the output directory's lock. */
 interface PrepareInputs {
   targetDir: string;
+  cfg: TargetConfig;
   auxLayers: number[];
   manifest: FeaturesManifest;
   all: TokenizedDataset;
@@ -239,8 +302,7 @@ async function prepareLocked(gpu: Gpu, o: PrepareOptions, p: PrepareInputs): Pro
   const { targetDir, auxLayers, manifest, all, numSamples } = p;
   const cfg = manifest.target;
 
-  const rows: number[] = [];
-  for (let r = o.shard.index; r < numSamples; r += o.shard.count) rows.push(r);
+  const rows = shardRows(o, numSamples);
   const pending: number[] = [];
   for (const r of rows) {
     try {
@@ -269,6 +331,7 @@ async function prepareLocked(gpu: Gpu, o: PrepareOptions, p: PrepareInputs): Pro
   );
   if (pending.length === 0) return result;
 
+  checkPlanFits(await planForwards(gpu, o, p, pending), planLimitsOf(gpu, o.deviceMemory ?? null));
   const target = await TargetModel.load(gpu, targetDir, { auxLayers });
   const forwards = new Map<string, TargetForward>();
   let writes: Promise<void> = Promise.resolve();
@@ -314,7 +377,18 @@ function longest(d: TokenizedDataset, rows: number[]): number {
   return rows.reduce((m, r) => Math.max(m, d.sampleLength(r)), 0);
 }
 
-/** The forward for `batch` samples of at most `len` tokens; T is rounded up to a multiple of 32 to reuse programs. */
+/** The padded length of a batch whose longest sample is `len`: up to a multiple of 32, to reuse programs. */
+function forwardLength(len: number, maxPositions: number): number {
+  return Math.max(len, Math.min(Math.ceil(len / 32) * 32, maxPositions));
+}
+
+/** What the forward captures for features stored as `m` says: the aux states and the teacher's form. */
+function forwardOutputs(m: FeaturesManifest): TargetOutputs {
+  const topk = m.storage.teacherFormat === "topk";
+  return { aux: true, finalHidden: !topk, vocabStats: topk, topk: topk ? m.storage.topk : undefined };
+}
+
+/** The forward for `batch` samples of at most `len` tokens (padded to {@link forwardLength}; 4 shapes kept). */
 async function forwardFor(
   target: TargetModel,
   cache: Map<string, TargetForward>,
@@ -322,22 +396,16 @@ async function forwardFor(
   len: number,
   m: FeaturesManifest,
 ): Promise<TargetForward> {
-  const T = Math.max(len, Math.min(Math.ceil(len / 32) * 32, target.maxPositions));
+  const T = forwardLength(len, target.maxPositions);
   const key = `${batch}x${T}`;
   let f = cache.get(key);
   if (!f) {
-    if (cache.size >= 4) {
+    if (cache.size >= MAX_SHAPES) {
       const [oldKey, old] = cache.entries().next().value!;
       old.destroy();
       cache.delete(oldKey);
     }
-    const topk = m.storage.teacherFormat === "topk";
-    f = await target.forward(batch, T, {
-      aux: true,
-      finalHidden: !topk,
-      vocabStats: topk,
-      topk: topk ? m.storage.topk : undefined,
-    });
+    f = await target.forward(batch, T, forwardOutputs(m));
     cache.set(key, f);
   }
   return f;

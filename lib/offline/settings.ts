@@ -5,6 +5,7 @@
  * `prepareHiddenStatesOptions({ targetModelPath, dataPath, outputPath, maxLength: 128 })`; the CLI parses the
  * same table.
  */
+import { DEVICE_MEMORY_FLAG, parseByteSize } from "../gpu/device_memory.ts";
 import { type FlagTable, type Settings, type SettingsInput, settingsOf } from "../flags.ts";
 import type { HubOptions } from "../io/hub.ts";
 import { CHAT_TEMPLATE_FLAG } from "../data/prepare.ts";
@@ -65,6 +66,12 @@ export const PREPARE_HIDDEN_STATES_FLAGS = {
     min: 1,
     help: "files per rows_* folder",
   },
+  "dry-run": {
+    kind: "bool",
+    help: "print the memory plan (bytes by category at the peak, against the device's limits) and exit, " +
+      "loading no weight and writing no feature",
+  },
+  "device-memory": DEVICE_MEMORY_FLAG,
 } as const satisfies FlagTable;
 
 /** The settings of `prepare-hidden-states`, each flag under its camelCase name. */
@@ -106,6 +113,7 @@ export function toPrepareOptions(
     cacheDir: s.cacheDir || null,
     isPreformatted: s.isPreformatted,
     fileGroupSize: s.fileGroupSize,
+    deviceMemory: s.deviceMemory === null ? null : parseByteSize(s.deviceMemory),
     hub: ctx.hub,
     log: ctx.log ?? (() => {}),
   };

@@ -224,7 +224,7 @@ export async function matmul(
   const gridX = Math.ceil(d.N / cols), gridY = Math.ceil(d.M / rows);
   const [splits, kChunk] = chooseSplit(gpu, d, tile, gridX * gridY * d.batch, opts.splitK);
   const split = splits > 1;
-  const scratch = split ? p.scratch([d.batch * splits, d.M, d.N], "f32", `${out.label} split-K`) : null;
+  const scratch = split ? p.transient("split-K partials", [d.batch * splits, d.M, d.N], "f32") : null;
   const variant: MatmulVariant = {
     transA: opts.transA ?? false,
     transB: opts.transB ?? false,
@@ -297,6 +297,12 @@ function rows2d(t: Tensor): Tensor {
   return t.reshape([n === 0 ? 0 : t.size / n, n]);
 }
 
+/**
+ * The scratch kind of a split linear's column block [rows, block rows of W] (one per distinct block size in a
+ * program, shared by the forward and backward; {@link Program.transient}).
+ */
+export const SPLIT_LINEAR_BLOCK = "split linear column block";
+
 /** Options of {@link linear}. */
 export interface LinearOptions {
   /** y += x·Wᵀ instead of y = x·Wᵀ. */
@@ -333,7 +339,7 @@ export async function linear(
   // W over one binding: y[:, block] = x·W[block]ᵀ per row block of W, through a scratch column block.
   const R = y2.shape[0], out = y2.shape[1];
   for (const { row0, rows } of blocks) {
-    const yb = p.scratch([R, rows], "f32", `${y.label}[:, ${row0}:]`);
+    const yb = p.transient(SPLIT_LINEAR_BLOCK, [R, rows], "f32");
     const column: StridedCopy = {
       count: [1, R, rows],
       srcStrides: [0, out, 1],
@@ -434,7 +440,7 @@ async function linearBackwardByRows(
 ): Promise<void> {
   const [R, out] = t.dy2.shape;
   for (const [i, { row0, rows }] of blocks.entries()) {
-    const dyb = p.scratch([R, rows], "f32", `${t.dy2.label}[:, ${row0}:]`);
+    const dyb = p.transient(SPLIT_LINEAR_BLOCK, [R, rows], "f32");
     await copyStrided(p, t.dy2, dyb, {
       count: [1, R, rows],
       srcStrides: [0, out, 1],

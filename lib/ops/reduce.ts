@@ -104,7 +104,7 @@ export function sumPartialsSize(n: number): number {
 }
 
 /** Number of partial sums {@link globalNormSquared} needs for `tensors`. */
-export function globalNormPartialsSize(tensors: readonly Tensor[]): number {
+export function globalNormPartialsSize(tensors: readonly { readonly size: number }[]): number {
   return tensors.reduce((total, t) => total + Math.ceil(t.size / K.REDUCE_CHUNK), 0);
 }
 

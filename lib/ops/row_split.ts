@@ -39,8 +39,8 @@ export async function embeddingRows(
     await embeddingForward(p, ids, table.blocks[0].tensor, out);
     return;
   }
-  const shifted = p.scratch(ids.shape, "i32", "block ids");
-  const part = p.scratch(out.shape, "f32", "block rows");
+  const shifted = p.transient("embedding block ids", ids.shape, "i32");
+  const part = p.transient("embedding block rows", out.shape, "f32");
   await fill(p, out, 0);
   for (const { row0, tensor } of table.blocks) {
     await shiftIds(p, ids, shifted, -row0);

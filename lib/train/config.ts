@@ -14,6 +14,7 @@
  * setting sits in its section; SpecForge's own names `accumulation_steps`, `prompts_path`, `resume_from` and
  * `aux_hidden_state_layer_ids` are accepted for ours.
  */
+import { DEVICE_MEMORY_FLAG } from "../gpu/device_memory.ts";
 import { parseYaml } from "../npm.ts";
 import { listedNames, RESUME_CHANGEABLE } from "./fingerprint.ts";
 import {
@@ -361,6 +362,12 @@ export const TRAIN_OPTIONS = {
     help: "unused, as in SpecForge",
   },
   "verbose": { kind: "bool", compat: true, help: "more messages" },
+  "dry-run": {
+    kind: "bool",
+    help: "print the memory plan (bytes by category at the peak, against the device's limits) and exit, " +
+      "loading no weight and writing nothing but the tokenized-data cache",
+  },
+  "device-memory": DEVICE_MEMORY_FLAG,
 } as const satisfies FlagTable;
 
 /** A flag name of {@link TRAIN_OPTIONS}. */

@@ -42,8 +42,13 @@ export async function evaluate(run: Run): Promise<void> {
 
 /** The evaluation set in order, in batches of `batchSize` (the last one may be smaller), at most `max`. */
 function* evalBatches(set: TokenizedDataset, batchSize: number, max: number | null): Generator<Batch> {
-  for (let i = 0, n = 0; i < set.length && (max === null || n < max); i += batchSize, n++) {
-    yield collate(set, Int32Array.from({ length: Math.min(batchSize, set.length - i) }, (_, j) => i + j));
+  for (const indices of evalBatchIndices(set.length, batchSize, max)) yield collate(set, indices);
+}
+
+/** The sample indices of each evaluation batch of a set of `n` samples (see {@link evalBatches}). */
+export function* evalBatchIndices(n: number, batchSize: number, max: number | null): Generator<Int32Array> {
+  for (let i = 0, k = 0; i < n && (max === null || k < max); i += batchSize, k++) {
+    yield Int32Array.from({ length: Math.min(batchSize, n - i) }, (_, j) => i + j);
   }
 }
 

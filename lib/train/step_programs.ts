@@ -7,6 +7,7 @@
  * until {@link StepPrograms.collect} reads them (one sync per step) into host sums.
  */
 import type { World } from "../dist/world.ts";
+import { MAX_SHAPES } from "../models/memory_plan.ts";
 import type { Tensor } from "../tensor.ts";
 import type { VocabMapping } from "../data/vocab.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
@@ -22,7 +23,6 @@ import {
 } from "./batch_source.ts";
 
 /** At most this many batch shapes keep their programs (the least recently used is freed). */
-export const MAX_SHAPES = 4;
 
 /** Metric sums read from the GPU accumulators, kept on the host until a record is taken. */
 export class MetricSums {

@@ -7,7 +7,8 @@ import { Gpu } from "../gpu/device.ts";
 import { hubOptionsFromEnv } from "../io/hub.ts";
 import { type World, worldFromEnv } from "../dist/world.ts";
 import { parseTrainArgs, type TrainSettings, trainUsage } from "./config.ts";
-import { trainOffline, trainOnline } from "./trainer.ts";
+import { planTrainingRun, trainOffline, trainOnline } from "./trainer.ts";
+import { checkPlanFits, formatPlan } from "../models/memory_plan.ts";
 import { ProgressPrinter, simulatedAcceptanceLength } from "./metrics.ts";
 
 /**
@@ -45,6 +46,17 @@ async function trainOnRank(
   const ranks = world.size > 1 ? `, rank ${world.rank} of ${world.size}` : "";
   say(`${task} on ${gpu.describe()}${ranks}${configFile ? ` (settings from ${configFile})` : ""}`);
   try {
+    if (settings.dryRun) {
+      const { plan, limits } = await planTrainingRun(gpu, {
+        settings,
+        hub: hubOptionsFromEnv(Deno.env.toObject()),
+        world,
+      });
+      for (const line of formatPlan(plan, limits)) say(line);
+      checkPlanFits(plan, limits);
+      say("the run fits (--dry-run: nothing was loaded or trained)");
+      return;
+    }
     const train = task === "train-online" ? trainOnline : trainOffline;
     const r = await train(gpu, {
       settings,

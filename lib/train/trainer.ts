@@ -54,6 +54,9 @@ import { restoreRun, saveRun } from "./run_checkpoint.ts";
 import { evaluate } from "./evaluate.ts";
 import { readBest } from "./best.ts";
 import { averageGradients } from "./data_parallel.ts";
+import { checkPlanFits, type MemoryPlan, type PlanLimits } from "../models/memory_plan.ts";
+import { planLimits, planRun } from "./training_plan.ts";
+import { formatBytes } from "../gpu/device_memory.ts";
 import { SINGLE_PROCESS, type World } from "../dist/world.ts";
 
 export { TrainingDivergedError };
@@ -106,6 +109,26 @@ export interface TrainResult {
   activationBytes: number;
   /** The most bytes of GPU storage buffers the run held at once (the device's buffer pool, from the run's start). */
   peakBytes: number;
+  /** The peak its memory plan foresaw (lib/train/memory_plan.ts). */
+  plannedPeakBytes: number;
+}
+
+/**
+ * The memory plan of the run the settings describe, and the device limits it is checked against, without
+ * loading a weight or allocating anything (`--dry-run`). The data is tokenized (through the cache) for its
+ * sample lengths; nothing else is written.
+ */
+export async function planTrainingRun(
+  gpu: Gpu,
+  o: TrainOptions,
+): Promise<{ plan: MemoryPlan; limits: PlanLimits }> {
+  const s = o.settings, world = o.world ?? SINGLE_PROCESS;
+  const progress = o.progress ?? new ProgressPrinter();
+  const setup = await setUpRun(s, o.hub, (m) => progress.note(m), world.size);
+  const loader = loaderOf(s, setup, world);
+  const schedule = scheduleOf(s, loader.stepsPerEpoch);
+  const limit = Math.min(schedule.totalSteps, s.maxNumSteps ?? Infinity);
+  return { plan: await planRun(gpu, s, setup, loader, limit, lkOf(s)), limits: planLimits(gpu, s) };
 }
 
 /**
@@ -158,19 +181,16 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   const world = o.world ?? SINGLE_PROCESS;
   gpu.pool.resetPeak();
   const setup = await setUpRun(s, o.hub, note, world.size);
-  const loader = new DataLoader(setup.train, {
-    batchSize: s.batchSize,
-    shuffle: true,
-    seed: s.seed,
-    rank: world.rank,
-    worldSize: world.size,
-  });
-  if (loader.stepsPerEpoch === 0) {
-    throw new ConfigError(
-      `${s.trainDataPath}: ${setup.train.length} samples make no full batch of ${s.batchSize}`,
-    );
-  }
+  const loader = loaderOf(s, setup, world);
   const schedule = scheduleOf(s, loader.stepsPerEpoch);
+  const limit = Math.min(schedule.totalSteps, s.maxNumSteps ?? Infinity);
+  const plan = await planRun(gpu, s, setup, loader, limit, lkOf(s));
+  checkPlanFits(plan, planLimits(gpu, s));
+  const top = [...plan.categories].sort((a, b) => b.bytes - a.bytes)[0];
+  note(
+    `memory plan: ${formatBytes(plan.peakBytes)} of GPU buffers at most, the largest part ${top.name} ` +
+      `(${formatBytes(top.bytes)}); --dry-run lists every part`,
+  );
   const owned: Array<{ destroy(): void }> = []; // freed in reverse order
   let log: MetricsLog | null = null;
   try {
@@ -206,7 +226,6 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
     } else {
       log = MetricsLog.inMemory();
     }
-    const limit = Math.min(schedule.totalSteps, s.maxNumSteps ?? Infinity);
     const hooks = o.hooks ?? {};
     const run: Run = {
       settings: s,
@@ -232,8 +251,9 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
     const peakBytes = gpu.pool.peakBytes;
     note(
       `GPU storage buffers: at most ${
-        (peakBytes / 2 ** 20).toFixed(1)
-      } MiB held at once (the buffer pool's peak)`,
+        formatBytes(peakBytes)
+      } held at once (the buffer pool's peak; planned ` +
+        `${formatBytes(plan.peakBytes)})`,
     );
     return {
       updates: state.update,
@@ -244,6 +264,7 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
       mapping: setup.mapping,
       activationBytes,
       peakBytes,
+      plannedPeakBytes: plan.peakBytes,
     };
   } finally {
     progress.done();
@@ -262,6 +283,23 @@ function own<T extends { destroy(): void }>(owned: Array<{ destroy(): void }>, x
  * The schedule: `--total-steps` updates, else `num_epochs · ceil(batches per epoch / accumulation)`, the first
  * `int(warmup_ratio · total)` of them warmup.
  */
+/** This rank's loader of the training data; an error when the data makes no full batch. */
+function loaderOf(s: TrainSettings, setup: RunSetup, world: World): DataLoader {
+  const loader = new DataLoader(setup.train, {
+    batchSize: s.batchSize,
+    shuffle: true,
+    seed: s.seed,
+    rank: world.rank,
+    worldSize: world.size,
+  });
+  if (loader.stepsPerEpoch === 0) {
+    throw new ConfigError(
+      `${s.trainDataPath}: ${setup.train.length} samples make no full batch of ${s.batchSize}`,
+    );
+  }
+  return loader;
+}
+
 function scheduleOf(s: TrainSettings, batchesPerEpoch: number): LrSchedule {
   const totalSteps = s.totalSteps ?? s.numEpochs * Math.ceil(batchesPerEpoch / s.draftAccumulationSteps);
   return { base: s.learningRate, warmupSteps: warmupStepsFor(totalSteps, s.warmupRatio), totalSteps };

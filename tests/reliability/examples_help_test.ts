@@ -18,6 +18,7 @@ const EXPECTED: Record<string, { names: string[]; defaults: string[] }> = {
     names: ["target", "output dir"],
     defaults: ["../shared/models/tinystories-656K", "out/notebook"],
   },
+  "sizing.ts": { names: ["--lengths"], defaults: ["(default: 2048,8192)"] },
   "tinystories_selfdistill.ts": {
     names: [
       "--target-model-path",

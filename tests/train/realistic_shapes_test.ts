@@ -103,7 +103,7 @@ async function twoUpdates(device: Gpu, root: string, out: string) {
   const state = await loadCheckpoint(r.checkpoint!);
   const losses = (await Deno.readTextFile(join(root, out, "metrics.jsonl"))).trim().split("\n")
     .map((l) => JSON.parse(l).loss as number);
-  return { losses, weights: state.weights, peak: r.peakBytes };
+  return { losses, weights: state.weights, peak: r.peakBytes, planned: r.plannedPeakBytes };
 }
 
 for (const t of TARGETS) {
@@ -137,6 +137,11 @@ for (const t of TARGETS) {
         // lm_head with its gradient and Adam moments (4 × 32,000 × 64 f32), and not much more at these shapes.
         const floor = (2 * t.vocab * H + 4 * 32000 * H) * 4;
         assert.ok(split.peak >= floor && split.peak <= 1.5 * floor, `peak ${split.peak} vs ${floor}`);
+        // The memory plan, made before anything was loaded, foresaw that peak (lib/train/memory_plan.ts).
+        assert.ok(
+          Math.abs(split.planned - split.peak) <= 0.1 * split.peak,
+          `planned ${split.planned}, peak ${split.peak}`,
+        );
         assert.equal(whole.losses.length, 2);
         whole.losses.forEach((l, i) =>
           assert.ok(Math.abs(l - split.losses[i]) <= 1e-5 * Math.abs(l), `${l} vs ${split.losses[i]}`)

@@ -1,0 +1,211 @@
+/**
+ * Sizing: what training an EAGLE-3 draft for a published target needs on one device, from the memory planner
+ * (lib/models/memory_plan.ts, lib/train/training_plan.ts) alone: no weight is downloaded or read. For
+ * Llama-3.1-8B, Qwen3-8B and Llama-3.3-70B (their config.json values, bf16 weights) and the draft derived
+ * from each (draft vocabulary 32,000, SpecForge's recipe), it prints the plan of an online run, an offline
+ * run (features stored in Eaglet's default form) and prepare-hidden-states, at batch 1 and each sample of the
+ * given lengths, then the longest sample that fits a 24, 80 and 141 GB device. The device's per-tensor limits
+ * are those of the adapter this runs on (they decide only how large tensors are split).
+ *
+ *   deno run -A examples/sizing.ts [--lengths 2048,8192]      (--help lists the defaults)
+ */
+import { runTask } from "../lib/cli/run.ts";
+import { flagHelp, type FlagTable, parseCommand } from "../lib/flags.ts";
+import { Gpu } from "../lib/gpu/device.ts";
+import { formatBytes } from "../lib/gpu/device_memory.ts";
+import {
+  defaultAuxLayers,
+  expectedWeightShapes,
+  parseTargetConfig,
+  targetWeightNames,
+} from "../lib/models/config.ts";
+import { deriveDraftConfig } from "../lib/models/draft_config.ts";
+import { type MemoryPlan, planTargetForwards, type TargetPlanInput } from "../lib/models/memory_plan.ts";
+import { TokenizedDataset } from "../lib/data/tokenized.ts";
+import { DataLoader } from "../lib/data/loader.ts";
+import { FEATURES_VERSION, type FeaturesManifest, storedLayersOf } from "../lib/offline/format.ts";
+import { DEFAULT_STORAGE } from "../lib/offline/prepare.ts";
+import { planTraining } from "../lib/train/training_plan.ts";
+
+/** config.json values of the published checkpoints (the keys the planner reads). */
+const LLAMA3_ROPE = {
+  rope_type: "llama3",
+  factor: 8,
+  low_freq_factor: 1,
+  high_freq_factor: 4,
+  original_max_position_embeddings: 8192,
+};
+const TARGETS: Record<string, Record<string, unknown>> = {
+  "Llama-3.1-8B": {
+    architectures: ["LlamaForCausalLM"],
+    hidden_size: 4096,
+    intermediate_size: 14336,
+    num_hidden_layers: 32,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    vocab_size: 128256,
+    max_position_embeddings: 131072,
+    rope_theta: 500000,
+    rope_scaling: LLAMA3_ROPE,
+    rms_norm_eps: 1e-5,
+  },
+  "Qwen3-8B": {
+    architectures: ["Qwen3ForCausalLM"],
+    hidden_size: 4096,
+    intermediate_size: 12288,
+    num_hidden_layers: 36,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rope_theta: 1000000,
+    rms_norm_eps: 1e-6,
+  },
+  "Llama-3.3-70B": {
+    architectures: ["LlamaForCausalLM"],
+    hidden_size: 8192,
+    intermediate_size: 28672,
+    num_hidden_layers: 80,
+    num_attention_heads: 64,
+    num_key_value_heads: 8,
+    vocab_size: 128256,
+    max_position_embeddings: 131072,
+    rope_theta: 500000,
+    rope_scaling: LLAMA3_ROPE,
+    rms_norm_eps: 1e-5,
+  },
+};
+const DEVICES_GB = [24, 80, 141];
+type Mode = "online" | "offline" | "prepare-hidden-states";
+
+/** The plan input of a target stored in bf16 (shapes from its config, as a checkpoint's headers would give). */
+function targetInput(name: string, gpu: Gpu): TargetPlanInput {
+  const cfg = parseTargetConfig(
+    { ...TARGETS[name], tie_word_embeddings: false, torch_dtype: "bfloat16" },
+    name,
+  );
+  const names = targetWeightNames(cfg);
+  const shapes = expectedWeightShapes(cfg, names);
+  return {
+    target: cfg,
+    weights: { names, stored: (n) => ({ dtype: "BF16", shape: shapes.get(n)! }) },
+    device: {
+      shaderF16: gpu.features.shaderF16,
+      maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize,
+      maxBufferSize: gpu.limits.maxBufferSize,
+      minStorageBufferOffsetAlignment: gpu.limits.minStorageBufferOffsetAlignment,
+    },
+  };
+}
+
+/** The plan of `mode` for 8 samples of `T` tokens at batch 1 (one batch shape), TTT 7, no evaluation. */
+function plan(t: TargetPlanInput, mode: Mode, T: number): MemoryPlan {
+  const samples = 8;
+  const offsets = Uint32Array.from({ length: samples + 1 }, (_, i) => i * T);
+  const data = new TokenizedDataset(
+    Array.from({ length: samples }, (_, i) => `s${i}`),
+    offsets,
+    new Int32Array(samples * T),
+    new Uint8Array(samples * T).fill(1),
+  );
+  const draft = deriveDraftConfig(t.target, { draftVocabSize: 32000 });
+  const aux = draft.auxLayerIds ?? defaultAuxLayers(t.target.numLayers).layers;
+  if (mode === "prepare-hidden-states") {
+    const shapes = Array.from({ length: samples }, (): [number, number] => [1, T]);
+    return planTargetForwards(t, { aux: true, vocabStats: true, topk: DEFAULT_STORAGE.topk }, shapes);
+  }
+  return planTraining({
+    ...t,
+    draft,
+    features: mode === "offline" ? manifest(t, aux) : null,
+    embeddingOverride: false,
+    loader: new DataLoader(data, { batchSize: 1, seed: 0 }),
+    evalSet: null,
+    updates: samples,
+    tttLength: 7,
+    accumulationSteps: 1,
+    evalInterval: 0,
+    evalBatches: null,
+    lk: null,
+  });
+}
+
+/** The manifest of features in Eaglet's default storage (what the offline feeder decodes). */
+function manifest(t: TargetPlanInput, auxLayers: number[]): FeaturesManifest {
+  const { hiddenSize, vocabSize, numLayers } = t.target;
+  return {
+    format: "eaglet-features",
+    version: FEATURES_VERSION,
+    storage: DEFAULT_STORAGE,
+    target: { path: "", hiddenSize, vocabSize, numLayers, configSha256: "" },
+    auxLayers,
+    storedLayers: storedLayersOf(auxLayers),
+    data: { path: "", chatTemplate: "", maxLength: 0, numSamples: 0 },
+    fileGroupSize: 1,
+  };
+}
+
+/** The longest sample (of 1,024 × 2^k tokens, up to 32,768) whose plan fits `gb` GB, or "no". */
+function longestFitting(t: TargetPlanInput, mode: Mode, gb: number): string {
+  let best = "no";
+  for (let T = 1024; T <= 32768; T *= 2) {
+    if (plan(t, mode, T).peakBytes > gb * 1e9) break;
+    best = String(T);
+  }
+  return best;
+}
+
+const FLAGS = {
+  lengths: {
+    kind: "ints",
+    default: [2048, 8192],
+    min: 1,
+    help: "sample lengths (tokens) of the first table",
+  },
+} as const satisfies FlagTable;
+
+const USAGE = "usage: deno run -A examples/sizing.ts [--lengths 2048,8192]";
+
+/** Prints both tables for samples of `lengths` tokens. */
+async function sizing(lengths: readonly number[]): Promise<void> {
+  const gpu = await Gpu.create();
+  try {
+    const modes: Mode[] = ["online", "offline", "prepare-hidden-states"];
+    console.log(`per-tensor limits of ${gpu.describe()}; batch 1, TTT 7, draft vocabulary 32,000\n`);
+    console.log("| target | task | T | plan by category | peak |");
+    console.log("|---|---|---|---|---|");
+    for (const name of Object.keys(TARGETS)) {
+      const t = targetInput(name, gpu);
+      for (const mode of modes) {
+        for (const T of lengths) {
+          const p = plan(t, mode, T);
+          const parts = p.categories.filter((c) => c.bytes >= 2 ** 30 / 10)
+            .map((c) => `${c.name.replace(/ \(.*\)$/, "")} ${formatBytes(c.bytes)}`).join("; ");
+          console.log(`| ${name} | ${mode} | ${T} | ${parts} | **${formatBytes(p.peakBytes)}** |`);
+        }
+      }
+    }
+    console.log(`\n| target | task | ${DEVICES_GB.map((g) => `longest sample on ${g} GB`).join(" | ")} |`);
+    console.log(`|---|---|${DEVICES_GB.map(() => "---").join("|")}|`);
+    for (const name of Object.keys(TARGETS)) {
+      const t = targetInput(name, gpu);
+      for (const mode of modes) {
+        console.log(
+          `| ${name} | ${mode} | ${DEVICES_GB.map((g) => longestFitting(t, mode, g)).join(" | ")} |`,
+        );
+      }
+    }
+  } finally {
+    gpu.destroy();
+  }
+}
+
+// As tasks/*.ts do: --help prints the flags and their defaults; a bad flag is one line and exit code 1.
+Deno.exit(
+  await runTask("sizing", Deno.args, async (argv) => {
+    const cmd = parseCommand(FLAGS, argv);
+    if (cmd.help) console.log(flagHelp(FLAGS, USAGE));
+    else await sizing(cmd.settings.lengths!);
+  }),
+);

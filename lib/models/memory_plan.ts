@@ -1,0 +1,411 @@
+/**
+ * Memory plans: every GPU tensor a task will allocate, listed from the shapes alone (a target's from its config
+ * and checkpoint headers, ./target_memory.ts; a draft step's, ./eagle3_activations.ts) and replayed, in the
+ * order the task allocates them, through a {@link SimulatedPool} with the buffer pool's size classes and reuse:
+ * the fixed tensors first, then the programs of each batch shape met, the {@link MAX_SHAPES} most recently used
+ * kept (as lib/train/step_programs.ts and prepare-hidden-states keep them). The plan's peak is what the pool
+ * will hold at most (the tests hold it to the measured peak); its categories are what that peak is made of.
+ * SpecForge has none: its users learn that a run does not fit from an out-of-memory error (its issues #61,
+ * #112, #326, #466). Training's plan is lib/train/training_plan.ts.
+ */
+import { SimulatedPool } from "../gpu/buffers.ts";
+import type { Gpu } from "../gpu/device.ts";
+import { type DeviceMemory, deviceMemory, formatBytes } from "../gpu/device_memory.ts";
+import { SafetensorsCheckpoint } from "../io/safetensors.ts";
+import { LimitError } from "../gpu/errors.ts";
+import { rowBlocks } from "../ops/blocks.ts";
+import { DTYPE_BYTES } from "../tensor.ts";
+import { fusedRows, resolveWeightNames, type TargetConfig, type TargetWeightNames } from "./config.ts";
+import {
+  type ForwardOutputs,
+  type PlannedTensor,
+  rowsPerBlock,
+  type StoredTensor,
+  targetForwardTensors,
+  type TargetParts,
+  targetRopePositions,
+  type TargetSplits,
+  targetWeightTensors,
+  uploadDtype,
+} from "./target_memory.ts";
+
+/** At most this many batch shapes keep their programs (the least recently used is freed). */
+export const MAX_SHAPES = 4;
+
+/** The categories of a plan, in the order they are printed, with the settings that shrink each. */
+export const PLAN_CATEGORIES = {
+  targetLayers: {
+    name: "target weights (decoder layers, final norm, RoPE tables)",
+    shrink: "train offline (prepare-hidden-states once; train-offline loads no decoder layer)",
+  },
+  targetEnds: {
+    name: "target embedding and lm_head",
+    shrink: "a bf16 target checkpoint, or train-offline with --teacher-format topk features (no lm_head)",
+  },
+  teacherHead: { name: "teacher head (lm_head rows of the draft vocabulary)", shrink: "--draft-vocab-size" },
+  draftEmbedding: { name: "draft embedding (--embedding-key)", shrink: "drop --embedding-key" },
+  draftWeights: { name: "draft weights", shrink: "a smaller --draft-model-config or --draft-vocab-size" },
+  gradients: { name: "draft gradients", shrink: "a smaller --draft-model-config or --draft-vocab-size" },
+  optimizer: { name: "optimizer state (AdamW moments)", shrink: "a smaller --draft-model-config" },
+  feed: {
+    name: "target forward / feature staging (largest batch shape)",
+    shrink: "--batch-size, --max-length",
+  },
+  trainStep: {
+    name: "draft step activations, training (largest batch shape)",
+    shrink: "--batch-size, --max-length, --ttt-length",
+  },
+  evalStep: {
+    name: "draft step activations, evaluation (largest batch shape)",
+    shrink: "--batch-size, --max-length, --eval-batches",
+  },
+  logits: {
+    name: "logits and teacher rows (largest batch shape)",
+    shrink: "--draft-vocab-size, --batch-size, --max-length",
+  },
+  otherShapes: {
+    name: `other batch shapes kept (up to ${MAX_SHAPES} programs) and parked buffers`,
+    shrink: "--max-length, --batch-size",
+  },
+} as const;
+
+/** A key of {@link PLAN_CATEGORIES}. */
+export type PlanCategoryKey = keyof typeof PLAN_CATEGORIES;
+
+/** One category's bytes at the plan's peak. */
+export interface PlanCategory {
+  /** Its key in {@link PLAN_CATEGORIES}. */
+  key: PlanCategoryKey;
+  /** What it holds. */
+  name: string;
+  /** Its bytes at the peak. */
+  bytes: number;
+  /** The settings that shrink it. */
+  shrink: string;
+}
+
+/** What a run will hold on its device. */
+export interface MemoryPlan {
+  /** The non-empty categories, in {@link PLAN_CATEGORIES} order; their bytes sum to {@link peakBytes}. */
+  categories: PlanCategory[];
+  /** The most bytes the buffer pool will hold at once. */
+  peakBytes: number;
+  /** The largest single tensor (bytes as asked of the pool). */
+  /** The largest single tensor (bytes as asked of the pool). */
+  largestTensor: PlannedTensor;
+  /** The largest batch shape met (by its feed's and steps' bytes). */
+  largestShape: { batch: number; seqLen: number };
+  /** Distinct batch shapes met in the run. */
+  shapes: number;
+}
+
+/** What every plan with a target is made from. */
+export interface TargetPlanInput {
+  /** The target's config. */
+  target: TargetConfig;
+  /** The target's weight names and each stored tensor's header (no weight is read). */
+  weights: { names: TargetWeightNames; stored: (name: string) => StoredTensor };
+  /** The device's features and limits that decide dtypes and splits. */
+  device: {
+    shaderF16: boolean;
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    minStorageBufferOffsetAlignment: number;
+  };
+}
+
+/** A target's weights as uploaded: the decoder layers (final norm, RoPE tables) and the two ends. */
+export function targetWeightCategories(
+  i: TargetPlanInput,
+  parts: TargetParts,
+): Array<[PlanCategoryKey, PlannedTensor[]]> {
+  const { target: cfg, weights: w } = i;
+  const upload = {
+    shaderF16: i.device.shaderF16,
+    maxBlockBytes: i.device.maxStorageBufferBindingSize,
+    maxPositions: targetRopePositions(cfg),
+  };
+  const all = targetWeightTensors(cfg, w.names, w.stored, parts, upload);
+  const ends = new Set([w.names.embed, w.names.lmHead]);
+  const isEnd = (t: PlannedTensor) => ends.has(t.label.replace(/\[\d+:\d+\]$/, ""));
+  return [["targetLayers", all.filter((t) => !isEnd(t))], ["targetEnds", all.filter(isEnd)]];
+}
+
+/**
+ * The plan of target forwards over batch `shapes` (prepare-hidden-states): the whole target, then one
+ * forward program with `outputs` per shape, the {@link MAX_SHAPES} most recently used kept.
+ */
+export function planTargetForwards(
+  i: TargetPlanInput,
+  outputs: ForwardOutputs,
+  shapes: Iterable<[number, number]>,
+): MemoryPlan {
+  const replay = new Replay(i.device.maxBufferSize);
+  for (const [key, tensors] of targetWeightCategories(i, { layers: true })) {
+    replay.allocate(key, null, tensors);
+  }
+  const splits = targetSplits(i);
+  const cache = new ShapeCache(
+    replay,
+    (B, T) => targetForwardTensors(i.target, B, T, outputs, splits),
+    () => null,
+  );
+  for (const [batch, seqLen] of shapes) cache.use("train", batch, seqLen);
+  return { ...replay.plan(), shapes: cache.distinct.size };
+}
+
+/** The row counts of the blocks a [rows, cols] checkpoint matrix of `dtype` loads as (lib/models/target.ts). */
+export function blockRowsOf(
+  i: TargetPlanInput,
+  rows: number,
+  cols: number,
+  dtype: string,
+  name: string,
+): number[] {
+  const bytesPerRow = cols * DTYPE_BYTES[uploadDtype(dtype, i.device.shaderF16)];
+  const per = rowsPerBlock(rows, bytesPerRow, i.device.maxStorageBufferBindingSize, name);
+  return Array.from({ length: Math.ceil(rows / per) }, (_, b) => Math.min(per, rows - b * per));
+}
+
+/** The blocks a [rows, cols] matrix of `dtypeBytes` takes in a split linear; none when it binds whole. */
+export function linearBlockRows(
+  i: TargetPlanInput,
+  rows: number,
+  cols: number,
+  dtypeBytes: number[],
+): number[] {
+  const blocks = rowBlocks(i.device, rows, cols, dtypeBytes);
+  return blocks.length > 1 ? blocks.map((b) => b.rows) : [];
+}
+
+/** How the target's embedding, lm_head and decoder matrices split on the device. */
+export function targetSplits(i: TargetPlanInput): TargetSplits {
+  const { names, stored } = i.weights;
+  const whole = (name: string) => {
+    const t = stored(name);
+    return blockRowsOf(i, t.shape[0], t.shape[1], t.dtype, name);
+  };
+  const matrixBlockRows: number[] = [];
+  for (const l of names.layers) {
+    for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) {
+      const fused = fusedRows(m);
+      const t = stored(fused ? fused.tensor : m);
+      const rows = fused ? fused.to - fused.from : t.shape[0];
+      const bytes = DTYPE_BYTES[uploadDtype(t.dtype, i.device.shaderF16)];
+      matrixBlockRows.push(...linearBlockRows(i, rows, t.shape[1], [bytes]));
+    }
+  }
+  return { embedBlockRows: whole(names.embed), lmHeadBlockRows: whole(names.lmHead), matrixBlockRows };
+}
+
+/** A batch shape's feed and its steps by split. */
+export type Split = "train" | "eval";
+
+/**
+ * The feeds and steps of the batch shapes, kept for the {@link MAX_SHAPES} most recently used: `feedOf` lists
+ * a shape's feed (target forward or feature decoder), `stepOf` its step of a split (none for a bare forward).
+ */
+export class ShapeCache {
+  readonly #shapes = new Map<
+    string,
+    { feed: Allocation; train: Allocation | null; eval: Allocation | null }
+  >();
+  /** Every shape met. */
+  readonly distinct = new Set<string>();
+
+  constructor(
+    readonly replay: Replay,
+    readonly feedOf: (batch: number, seqLen: number) => PlannedTensor[],
+    readonly stepOf: (split: Split, batch: number, seqLen: number) => PlannedTensor[] | null,
+  ) {}
+
+  use(split: Split, batch: number, seqLen: number): void {
+    const key = `${batch}x${seqLen}`;
+    this.distinct.add(key);
+    let shape = this.#shapes.get(key);
+    if (shape) {
+      this.#shapes.delete(key);
+    } else {
+      if (this.#shapes.size >= MAX_SHAPES) {
+        const [oldKey, old] = this.#shapes.entries().next().value!;
+        for (const a of [old.feed, old.train, old.eval]) if (a) this.replay.free(a);
+        this.#shapes.delete(oldKey);
+      }
+      shape = {
+        feed: this.replay.allocate("feed", key, this.feedOf(batch, seqLen)),
+        train: null,
+        eval: null,
+      };
+    }
+    this.#shapes.set(key, shape);
+    const step = shape[split] ? null : this.stepOf(split, batch, seqLen);
+    if (step) shape[split] = this.replay.allocate(split === "train" ? "trainStep" : "evalStep", key, step);
+  }
+}
+
+/** The tensors of one allocation: each one's category, shape key and pooled size. */
+type Allocation = Array<{ key: PlanCategoryKey; shape: string | null; size: number }>;
+
+/** Logits-sized rows: the teacher's and the draft's vocabulary rows, wherever they are allocated. */
+const LOGITS = /logits|teacher p_k|KL gradient|head rows/;
+
+/** The simulated pool and what is live in it by category and shape, with the breakdown at its peak. */
+export class Replay {
+  readonly #pool: SimulatedPool;
+  readonly #live = new Map<string, number>();
+  #atPeak = new Map<string, number>();
+  #parkedAtPeak = 0;
+  #largest: PlannedTensor = { label: "none", bytes: 0 };
+
+  constructor(maxBufferSize: number) {
+    this.#pool = new SimulatedPool(maxBufferSize);
+  }
+
+  allocate(key: PlanCategoryKey, shape: string | null, tensors: PlannedTensor[]): Allocation {
+    return tensors.map((t) => {
+      if (t.bytes > this.#largest.bytes) this.#largest = t;
+      const k: PlanCategoryKey = shape !== null && LOGITS.test(t.label) ? "logits" : key;
+      const before = this.#pool.peakBytes;
+      const size = this.#pool.acquire(t.bytes);
+      this.#add(k, shape, size);
+      if (this.#pool.peakBytes > before) {
+        this.#atPeak = new Map(this.#live);
+        this.#parkedAtPeak = this.#pool.freeBytes;
+      }
+      return { key: k, shape, size };
+    });
+  }
+
+  free(a: Allocation): void {
+    for (const t of a) {
+      this.#pool.release(t.size);
+      this.#add(t.key, t.shape, -t.size);
+    }
+  }
+
+  #add(key: PlanCategoryKey, shape: string | null, bytes: number): void {
+    const id = `${key}|${shape ?? ""}`;
+    this.#live.set(id, (this.#live.get(id) ?? 0) + bytes);
+  }
+
+  /** The categories at the peak: the fixed ones, the largest live shape's, and the rest as other shapes. */
+  plan(): Omit<MemoryPlan, "shapes"> {
+    const byShape = new Map<string, number>();
+    for (const [id, bytes] of this.#atPeak) {
+      const shape = id.split("|")[1];
+      if (shape) byShape.set(shape, (byShape.get(shape) ?? 0) + bytes);
+    }
+    const largest = [...byShape].sort((a, b) => b[1] - a[1])[0]?.[0] ?? "";
+    const sums = new Map<PlanCategoryKey, number>([["otherShapes", this.#parkedAtPeak]]);
+    for (const [id, bytes] of this.#atPeak) {
+      const [key, shape] = id.split("|") as [PlanCategoryKey, string];
+      const k: PlanCategoryKey = shape && shape !== largest ? "otherShapes" : key;
+      sums.set(k, (sums.get(k) ?? 0) + bytes);
+    }
+    const categories = (Object.keys(PLAN_CATEGORIES) as PlanCategoryKey[])
+      .filter((k) => (sums.get(k) ?? 0) > 0)
+      .map((k) => ({ key: k, ...PLAN_CATEGORIES[k], bytes: sums.get(k)! }));
+    const [batch, seqLen] = largest ? largest.split("x").map(Number) : [0, 0];
+    return {
+      categories,
+      peakBytes: this.#pool.peakBytes,
+      largestTensor: this.#largest,
+      largestShape: { batch, seqLen },
+    };
+  }
+}
+
+/** The device limits a plan is checked against. */
+export interface PlanLimits {
+  /** The device's largest buffer. */
+  maxBufferSize: number;
+  /** The device's largest storage binding. */
+  maxStorageBufferBindingSize: number;
+  /** The device's memory (lib/gpu/device_memory.ts). */
+  memory: DeviceMemory;
+}
+
+/** The plan as lines for the user: each category, the peak, the largest tensor, and the device's limits. */
+export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
+  const width = Math.max(...plan.categories.map((c) => c.name.length));
+  const { batch, seqLen } = plan.largestShape;
+  return [
+    `memory plan (${plan.shapes} batch shape${
+      plan.shapes === 1 ? "" : "s"
+    }, the largest B ${batch} × T ${seqLen}):`,
+    ...plan.categories.map((c) => `  ${c.name.padEnd(width)}  ${formatBytes(c.bytes).padStart(10)}`),
+    `  ${"peak (GPU storage buffers held at once)".padEnd(width)}  ${
+      formatBytes(plan.peakBytes).padStart(10)
+    }`,
+    `largest tensor: ${plan.largestTensor.label}, ${formatBytes(plan.largestTensor.bytes)} ` +
+    `(device: maxBufferSize ${formatBytes(limits.maxBufferSize)}, ` +
+    `maxStorageBufferBindingSize ${formatBytes(limits.maxStorageBufferBindingSize)})`,
+    `device memory: ${
+      limits.memory.bytes === null ? "" : `${formatBytes(limits.memory.bytes)}, `
+    }${limits.memory.source}`,
+  ];
+}
+
+/**
+ * Throws a {@link LimitError} when the plan does not fit: a tensor over maxBufferSize, or the peak over the
+ * device's memory (when known); the message names the largest category and the settings that shrink it.
+ */
+export function checkPlanFits(plan: MemoryPlan, limits: PlanLimits): void {
+  const top = [...plan.categories].sort((a, b) => b.bytes - a.bytes)[0];
+  const hint = top
+    ? `; the largest part is ${top.name}, ${formatBytes(top.bytes)} (shrink it with ${top.shrink})`
+    : "";
+  if (plan.largestTensor.bytes > limits.maxBufferSize) {
+    throw new LimitError(
+      `memory plan: tensor ${plan.largestTensor.label} needs ${
+        formatBytes(plan.largestTensor.bytes)
+      }, over the ` +
+        `device's maxBufferSize of ${formatBytes(limits.maxBufferSize)}`,
+    );
+  }
+  const memory = limits.memory.bytes;
+  if (memory !== null && plan.peakBytes > memory) {
+    throw new LimitError(
+      `memory plan: the run needs ${formatBytes(plan.peakBytes)} of GPU buffers, the device has ` +
+        `${formatBytes(memory)} (${limits.memory.source})${hint}`,
+    );
+  }
+}
+
+/**
+ * Runs `f` with the plan input of the target in `dir` (its config `cfg`, the checkpoint's tensor headers,
+ * `gpu`'s features and limits) and whether the checkpoint stores a tensor; no weight is read.
+ */
+export async function withTargetPlanInput<T>(
+  gpu: Gpu,
+  dir: string,
+  cfg: TargetConfig,
+  f: (input: TargetPlanInput, has: (name: string) => boolean) => T,
+): Promise<T> {
+  const ckpt = await SafetensorsCheckpoint.open(dir);
+  try {
+    const names = resolveWeightNames(cfg, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, dir);
+    const input: TargetPlanInput = {
+      target: cfg,
+      weights: { names, stored: (n) => ckpt.info(n) },
+      device: {
+        shaderF16: gpu.features.shaderF16,
+        maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize,
+        maxBufferSize: gpu.limits.maxBufferSize,
+        minStorageBufferOffsetAlignment: gpu.limits.minStorageBufferOffsetAlignment,
+      },
+    };
+    return f(input, (n) => ckpt.has(n));
+  } finally {
+    ckpt.close();
+  }
+}
+
+/** The limits of `gpu`, with `memoryBytes` (a --device-memory) or else the memory lib/gpu/device_memory.ts finds. */
+export function planLimitsOf(gpu: Gpu, memoryBytes: number | null): PlanLimits {
+  return {
+    maxBufferSize: gpu.limits.maxBufferSize,
+    maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize,
+    memory: deviceMemory(gpu, memoryBytes),
+  };
+}

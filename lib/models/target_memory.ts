@@ -1,0 +1,264 @@
+/**
+ * The GPU tensors a target allocates, as lists of (label, bytes) computed from its config and the checkpoint's
+ * tensor headers, without reading a weight: its weights as lib/models/target.ts uploads them (stored dtype,
+ * embedding and lm_head in row blocks that fit one binding) and the scratch of one batched forward
+ * (`TargetForward`). The memory plan (lib/train/memory_plan.ts) replays them; the rules that decide dtypes and
+ * row blocks live here and target.ts uses them, so the plan and the load cannot disagree.
+ */
+import { LimitError } from "../gpu/errors.ts";
+import { allocationBytes, type DType } from "../tensor.ts";
+import type { TargetConfig, TargetWeightNames } from "./config.ts";
+import { fusedRows } from "./config.ts";
+
+/** One tensor of a plan: its label and the bytes it asks the buffer pool for. */
+export interface PlannedTensor {
+  /** What it holds (the label the allocation gives it). */
+  label: string;
+  /** Bytes asked of the buffer pool (before its size classes). */
+  bytes: number;
+}
+
+/** A tensor of `shape` and `dtype` as planned. */
+export function planned(label: string, shape: readonly number[], dtype: DType): PlannedTensor {
+  return { label, bytes: allocationBytes(shape, dtype) };
+}
+
+/** What a checkpoint's header says of a tensor. */
+export interface StoredTensor {
+  /** Safetensors dtype ("BF16", "F16", "F32", ...). */
+  dtype: string;
+  shape: number[];
+}
+
+/** The dtype a stored matrix is uploaded as: bf16 and f32 kept, f16 kept with shader-f16, else f32. */
+export function uploadDtype(stored: string, shaderF16: boolean): DType {
+  if (stored === "BF16") return "bf16";
+  if (stored === "F16" && shaderF16) return "f16";
+  return "f32";
+}
+
+/** Rows per block so that each block (its own tensor) fits `maxBytes`. */
+export function rowsPerBlock(rows: number, bytesPerRow: number, maxBytes: number, name: string): number {
+  if (rows * bytesPerRow <= maxBytes) return rows;
+  const fit = Math.floor(maxBytes / bytesPerRow);
+  if (fit < 1) {
+    throw new LimitError(
+      `tensor ${name}: one row of ${bytesPerRow} bytes exceeds the binding limit of ${maxBytes}`,
+    );
+  }
+  return fit;
+}
+
+/** The row blocks of a [rows, cols] matrix of `dtype` split to fit `maxBlockBytes`. */
+export function rowSplitTensors(
+  name: string,
+  rows: number,
+  cols: number,
+  dtype: DType,
+  maxBlockBytes: number,
+): PlannedTensor[] {
+  const elementBytes = dtype === "f32" || dtype === "i32" || dtype === "u32" ? 4 : 2;
+  const blockRows = rowsPerBlock(rows, cols * elementBytes, maxBlockBytes, name);
+  const out: PlannedTensor[] = [];
+  for (let row0 = 0; row0 < rows; row0 += blockRows) {
+    const n = Math.min(blockRows, rows - row0);
+    out.push(planned(`${name}[${row0}:${row0 + n}]`, [n, cols], dtype));
+  }
+  return out;
+}
+
+/** Which parts of a target are loaded: all of it (`TargetModel`), or its ends (`TargetEnds`, offline). */
+export type TargetParts = { layers: true } | { layers: false; lmHead: boolean };
+
+/**
+ * Positions the RoPE tables of a loaded target cover: `requested` (default max_position_embeddings), at most
+ * max_position_embeddings, and for LongRoPE at most its original context (its long factors beyond it are not
+ * supported).
+ */
+export function targetRopePositions(cfg: TargetConfig, requested?: number): number {
+  const limit = cfg.ropeScaling.type === "longrope"
+    ? cfg.ropeScaling.originalMaxPositionEmbeddings
+    : cfg.maxPositionEmbeddings;
+  return Math.min(requested ?? limit, limit);
+}
+
+/** How a target is uploaded. */
+export interface TargetUpload {
+  /** Whether the device has shader-f16 (F16 weights stay f16). */
+  shaderF16: boolean;
+  /** The largest block of the embedding and lm_head (the binding limit). */
+  maxBlockBytes: number;
+  /** Positions the RoPE tables cover (full targets only). */
+  maxPositions: number;
+}
+
+/**
+ * The weights `TargetModel.load` (or `TargetEnds.load`) uploads: each layer's matrices in their upload dtype
+ * and vectors in f32, the embedding and lm_head as row blocks (one set when tied), the final norm and the two
+ * RoPE tables [maxPositions, rotary_dim/2] f32.
+ */
+export function targetWeightTensors(
+  cfg: TargetConfig,
+  names: TargetWeightNames,
+  stored: (name: string) => StoredTensor,
+  parts: TargetParts,
+  u: TargetUpload,
+): PlannedTensor[] {
+  const out: PlannedTensor[] = [];
+  const matrix = (name: string) => {
+    const fused = fusedRows(name);
+    const s = stored(fused ? fused.tensor : name);
+    const shape = fused ? [fused.to - fused.from, ...s.shape.slice(1)] : s.shape;
+    out.push(planned(name, shape, uploadDtype(s.dtype, u.shaderF16)));
+  };
+  const vector = (name: string | null) => {
+    if (name) out.push(planned(name, stored(name).shape, "f32"));
+  };
+  const split = (name: string) => {
+    const s = stored(name);
+    out.push(
+      ...rowSplitTensors(name, s.shape[0], s.shape[1], uploadDtype(s.dtype, u.shaderF16), u.maxBlockBytes),
+    );
+  };
+  if (parts.layers) {
+    for (const l of names.layers) {
+      for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) matrix(m);
+      const vectors = [
+        l.inputNorm,
+        l.postAttentionNorm,
+        l.qBias,
+        l.kBias,
+        l.vBias,
+        l.oBias,
+        l.qNorm,
+        l.kNorm,
+      ];
+      for (const v of [...vectors, l.gateBias, l.upBias, l.downBias]) vector(v);
+    }
+  }
+  split(names.embed);
+  const lmHead = parts.layers || parts.lmHead;
+  if (lmHead && names.lmHead !== names.embed) split(names.lmHead);
+  if (parts.layers) {
+    vector(names.finalNorm);
+    const half = cfg.rotaryDim / 2;
+    out.push(
+      planned("rope cos", [u.maxPositions, half], "f32"),
+      planned("rope sin", [u.maxPositions, half], "f32"),
+    );
+  }
+  return out;
+}
+
+/** What a forward computes (lib/models/target.ts `TargetOutputs`, the parts that allocate). */
+export interface ForwardOutputs {
+  aux?: boolean;
+  finalHidden?: boolean;
+  logits?: boolean;
+  /** Rows of the lm_head subset (the draft vocabulary), and its row blocks' sizes when it is split. */
+  subset?: { size: number; blockRows: number[] };
+  vocabStats?: boolean;
+  vocabChunk?: number;
+  topk?: number;
+}
+
+/** How a target's weights are split on a device: what its forward's shared scratch depends on. */
+export interface TargetSplits {
+  /** Row counts of the embedding's blocks (lib/ops/row_split.ts). */
+  embedBlockRows: number[];
+  /** Row counts of the lm_head's blocks. */
+  lmHeadBlockRows: number[];
+  /** The block row counts of the decoder matrices over one binding (lib/ops/matmul.ts `linear`). */
+  matrixBlockRows: number[];
+}
+
+/**
+ * The shared scratch (lib/gpu/program.ts `Program.transient`) of R rows through split weights: the embedding
+ * lookup's ids and rows when the table is split, and one column block per distinct block size of the split
+ * matrices.
+ */
+export function splitScratchTensors(
+  R: number,
+  hidden: number,
+  embedSplit: boolean,
+  blockRows: number[],
+): PlannedTensor[] {
+  const out = embedSplit
+    ? [planned("embedding block ids", [R], "i32"), planned("embedding block rows", [R, hidden], "f32")]
+    : [];
+  for (const n of new Set(blockRows)) out.push(planned("split linear column block", [R, n], "f32"));
+  return out;
+}
+
+/**
+ * The scratch of one `TargetForward` of B sequences of T tokens (ids, lengths, the aux states, the trunk's
+ * residual and layer scratch, the shared scratch of split weights, the final norm and the head outputs).
+ */
+export function targetForwardTensors(
+  cfg: TargetConfig,
+  B: number,
+  T: number,
+  outputs: ForwardOutputs,
+  splits: TargetSplits,
+): PlannedTensor[] {
+  const rows = B * T, H = cfg.hiddenSize, V = cfg.vocabSize;
+  const out = [planned("ids", [rows], "i32"), planned("lengths", [B], "i32")];
+  if (outputs.aux) out.push(planned("aux hidden states", [rows, 3 * H], "f32"));
+  out.push(...trunkTensors(cfg, B, T));
+  out.push(...splitScratchTensors(rows, H, splits.embedBlockRows.length > 1, splits.matrixBlockRows));
+  if (!(outputs.finalHidden || outputs.logits || outputs.subset || outputs.vocabStats)) return out;
+  out.push(planned("final hidden", [rows, H], "f32"), planned("final rstd", [rows], "f32"));
+  const headRows = new Set<number>();
+  const addBlocks = (blockRows: number[]) => {
+    if (blockRows.length > 1) { for (const n of blockRows) headRows.add(n); }
+  };
+  if (outputs.logits) {
+    out.push(planned("logits", [rows, V], "f32"));
+    addBlocks(splits.lmHeadBlockRows);
+  }
+  if (outputs.subset) {
+    out.push(planned("subset logits", [rows, outputs.subset.size], "f32"));
+    addBlocks(outputs.subset.blockRows);
+  }
+  for (const n of headRows) out.push(planned("head rows", [rows, n], "f32"));
+  if (outputs.vocabStats) {
+    const chunk = outputs.vocabChunk ?? 4096;
+    out.push(
+      planned("vocab max/sum", [rows, 2], "f32"),
+      planned("vocab argmax", [rows], "i32"),
+      planned("logits chunk", [rows, Math.min(chunk, V)], "f32"),
+    );
+    const k = outputs.topk ?? 0;
+    if (k > 0) out.push(planned("top-k ids", [rows, k], "i32"), planned("top-k logits", [rows, k], "f32"));
+  }
+  return out;
+}
+
+/** The trunk's scratch for B × T tokens: the residual stream, one layer's scratch (shared by every layer), lse. */
+export function trunkTensors(cfg: TargetConfig, B: number, T: number): PlannedTensor[] {
+  const rows = B * T;
+  const { hiddenSize: H, headDim: hd, numHeads: nh, numKvHeads: nkv, intermediateSize: I } = cfg;
+  const out = [
+    planned("residual", [rows, H], "f32"),
+    planned("normed", [rows, H], "f32"),
+    planned("rstd", [rows], "f32"),
+    planned("q", [rows, nh, hd], "f32"),
+    planned("k", [rows, nkv, hd], "f32"),
+    planned("v", [rows, nkv, hd], "f32"),
+  ];
+  if (cfg.qkNorm) {
+    out.push(
+      planned("q normed", [rows, nh, hd], "f32"),
+      planned("k normed", [rows, nkv, hd], "f32"),
+      planned("head rstd", [rows * nh], "f32"),
+    );
+  }
+  out.push(
+    planned("attention out", [rows, nh, hd], "f32"),
+    planned("gate", [rows, I], "f32"),
+    planned("up", [rows, I], "f32"),
+    planned("swiglu", [rows, I], "f32"),
+    planned("attention lse", [B, nh, T], "f32"),
+  );
+  return out;
+}

@@ -1,0 +1,219 @@
+/**
+ * The memory plan of a training run (lib/models/memory_plan.ts), made before anything is allocated: the target
+ * (or, offline, its ends), the teacher head, the draft's weights, gradients and AdamW moments, then each batch
+ * shape's feed (the target forward online, the feature decoder offline, lib/offline/feeder.ts) and draft steps
+ * (lib/models/eagle3_activations.ts), over the batches of every epoch and evaluation in the order
+ * lib/train/trainer.ts meets them. {@link planRun} makes it from a resolved run and the checkpoint's headers.
+ */
+import type { Gpu } from "../gpu/device.ts";
+import { parseByteSize } from "../gpu/device_memory.ts";
+import { REDUCE_CHUNK } from "../../kernels/reduce.ts";
+import { type DataLoader, paddedLength } from "../data/loader.ts";
+import type { TokenizedDataset } from "../data/tokenized.ts";
+import type { DraftConfig } from "../models/draft_config.ts";
+import { eagle3ParamNames, eagle3ParamShapes } from "../models/eagle3.ts";
+import { eagle3StepTensors } from "../models/eagle3_activations.ts";
+import {
+  blockRowsOf,
+  linearBlockRows,
+  type MemoryPlan,
+  type PlanCategoryKey,
+  type PlanLimits,
+  planLimitsOf,
+  Replay,
+  ShapeCache,
+  type Split,
+  type TargetPlanInput,
+  targetSplits,
+  targetWeightCategories,
+  withTargetPlanInput,
+} from "../models/memory_plan.ts";
+import {
+  planned,
+  type PlannedTensor,
+  targetForwardTensors,
+  type TargetSplits,
+  uploadDtype,
+} from "../models/target_memory.ts";
+import { ADAMW_STATE_SIZE } from "../ops/adamw.ts";
+import type { LkLossOptions } from "../ops/lk_loss.ts";
+import { featureFeederTensors } from "../offline/feeder.ts";
+import type { FeaturesManifest } from "../offline/format.ts";
+import type { TrainSettings } from "./config.ts";
+import { evalBatchIndices } from "./evaluate.ts";
+import type { RunSetup } from "./setup.ts";
+
+/** What the plan of a training run is made from. */
+export interface TrainingPlanInput extends TargetPlanInput {
+  /** The draft config. */
+  draft: DraftConfig;
+  /** The offline features' manifest, null online. */
+  features: FeaturesManifest | null;
+  /** Whether --embedding-key loads its own f32 embedding for the draft. */
+  embeddingOverride: boolean;
+  /** The rank's loader (batch size, shuffles) and the evaluation set. */
+  loader: DataLoader;
+  /** The evaluation set (null: no evaluation). */
+  evalSet: TokenizedDataset | null;
+  /** Optimizer updates the run will make, and the settings that shape the loop. */
+  updates: number;
+  /** TTT positions. */
+  tttLength: number;
+  /** Micro-batches per update. */
+  accumulationSteps: number;
+  /** Updates between evaluations (0: at the end only). */
+  evalInterval: number;
+  /** Batches per evaluation (null: the whole set). */
+  evalBatches: number | null;
+  /** The LK loss (null: the KL loss). */
+  lk: LkLossOptions | null;
+}
+
+/** The plan of a training run (see the module comment). */
+export function planTraining(i: TrainingPlanInput): MemoryPlan {
+  const replay = new Replay(i.device.maxBufferSize);
+  for (const [key, tensors] of fixedTensors(i)) replay.allocate(key, null, tensors);
+  const splits = targetSplits(i);
+  const shapes = new ShapeCache(replay, trainingFeed(i, splits), trainingStep(i, splits));
+  for (const [split, batch, seqLen] of runBatches(i)) shapes.use(split, batch, seqLen);
+  return { ...replay.plan(), shapes: shapes.distinct.size };
+}
+
+/** The tensors allocated once, by category, in the trainer's order. */
+function fixedTensors(i: TrainingPlanInput): Array<[PlanCategoryKey, PlannedTensor[]]> {
+  const { target: cfg, draft } = i;
+  const online = i.features === null;
+  const lmHead = online || i.features!.storage.teacherFormat !== "topk";
+  const out = targetWeightCategories(i, online ? { layers: true } : { layers: false, lmHead });
+  out.push(
+    ["teacherHead", lmHead ? teacherHeadTensors(i) : []],
+    [
+      "draftEmbedding",
+      i.embeddingOverride ? [planned("draft embedding", [cfg.vocabSize, draft.hiddenSize], "f32")] : [],
+    ],
+  );
+  const shapes = eagle3ParamShapes(draft);
+  const params = eagle3ParamNames(draft).map((n) => ({ name: n, shape: shapes[n]! }));
+  const each = (suffix: string) => params.map((p) => planned(`${p.name}${suffix}`, p.shape, "f32"));
+  const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+  const partials = params.reduce((n, p) => n + Math.ceil(size(p.shape) / REDUCE_CHUNK), 0);
+  out.push(["draftWeights", each("")], ["gradients", each(" grad")], [
+    "optimizer",
+    [
+      ...each(".exp_avg"),
+      ...each(".exp_avg_sq"),
+      planned("grad norm²", [1], "f32"),
+      planned("step state", [ADAMW_STATE_SIZE], "f32"),
+      planned("grad norm partials", [Math.max(1, partials)], "f32"),
+    ],
+  ]);
+  return out;
+}
+
+/** The lm_head rows of the draft vocabulary, in the lm_head's dtype, split to fit one binding. */
+function teacherHeadTensors(i: TrainingPlanInput): PlannedTensor[] {
+  const dtype = uploadDtype(i.weights.stored(i.weights.names.lmHead).dtype, i.device.shaderF16);
+  return subsetBlockRows(i).map((n, b) =>
+    planned(`lm_head subset block ${b}`, [n, i.target.hiddenSize], dtype)
+  );
+}
+
+/** The row counts of the teacher head's blocks. */
+function subsetBlockRows(i: TrainingPlanInput): number[] {
+  const head = i.weights.stored(i.weights.names.lmHead);
+  return blockRowsOf(i, i.draft.draftVocabSize, i.target.hiddenSize, head.dtype, "lm_head subset");
+}
+
+/** The draft's split matrices (f32 weights and gradients) and whether its frozen embedding is in blocks. */
+function draftSplits(
+  i: TrainingPlanInput,
+  target: TargetSplits,
+): { embedSplit: boolean; matrixBlockRows: number[] } {
+  const shapes = eagle3ParamShapes(i.draft);
+  const matrixBlockRows = eagle3ParamNames(i.draft).map((n) => shapes[n]!).filter((s) => s.length === 2)
+    .flatMap(([rows, cols]) => linearBlockRows(i, rows, cols, [4, 4]));
+  return { embedSplit: !i.embeddingOverride && target.embedBlockRows.length > 1, matrixBlockRows };
+}
+
+/**
+ * The micro-batches of the run in order, as (split, batch, padded length): each epoch's training batches,
+ * an evaluation pass every `evalInterval` updates, and the last one when it did not fall on the last update
+ * (lib/train/trainer.ts `trainLoop`, `update`, `finish`).
+ */
+function* runBatches(i: TrainingPlanInput): Generator<["train" | "eval", number, number]> {
+  const batch = i.loader.options.batchSize;
+  const evalPass = function* (): Generator<["eval", number, number]> {
+    if (!i.evalSet) return;
+    for (const idx of evalBatchIndices(i.evalSet.length, batch, i.evalBatches)) {
+      yield ["eval", idx.length, paddedLength(i.evalSet, idx)];
+    }
+  };
+  let updates = 0, micro = 0, evaluatedAt = -1;
+  for (let epoch = 0; updates < i.updates; epoch++) {
+    for (const seqLen of i.loader.batchLengths(epoch)) {
+      yield ["train", batch, seqLen];
+      if (++micro % i.accumulationSteps !== 0) continue;
+      updates++;
+      if (i.evalInterval > 0 && updates % i.evalInterval === 0) {
+        yield* evalPass();
+        evaluatedAt = updates;
+      }
+      if (updates >= i.updates) break;
+    }
+  }
+  if (evaluatedAt !== updates) yield* evalPass();
+}
+
+/** The feed of a training run's batch shape: the target's forward online, the feature decoder offline. */
+function trainingFeed(i: TrainingPlanInput, splits: TargetSplits) {
+  const subset = { size: i.draft.draftVocabSize, blockRows: subsetBlockRows(i) };
+  return (batch: number, seqLen: number): PlannedTensor[] =>
+    i.features
+      ? featureFeederTensors(i.features, batch, seqLen, i.draft.draftVocabSize, subset.blockRows)
+      : targetForwardTensors(i.target, batch, seqLen, { aux: true, subset, vocabStats: true }, splits);
+}
+
+/** The draft step of a training run's batch shape and split. */
+function trainingStep(i: TrainingPlanInput, splits: TargetSplits) {
+  const draft = draftSplits(i, splits);
+  return (split: Split, batch: number, seqLen: number): PlannedTensor[] =>
+    eagle3StepTensors(i.draft, {
+      batch,
+      seqLen,
+      tttLength: i.tttLength,
+      train: split === "train",
+      lk: i.lk,
+      acceptance: true,
+    }, draft);
+}
+
+/** The plan of a run that will make `updates` updates with batches from `loader`. */
+export function planRun(
+  gpu: Gpu,
+  s: TrainSettings,
+  setup: RunSetup,
+  loader: DataLoader,
+  updates: number,
+  lk: LkLossOptions | null,
+): Promise<MemoryPlan> {
+  return withTargetPlanInput(gpu, setup.targetDir, setup.targetConfig, (target, has) =>
+    planTraining({
+      ...target,
+      draft: setup.draftConfig,
+      features: setup.offline?.train.manifest ?? null,
+      embeddingOverride: s.embeddingKey !== target.weights.names.embed && has(s.embeddingKey),
+      loader,
+      evalSet: setup.eval,
+      updates,
+      tttLength: s.tttLength,
+      accumulationSteps: s.draftAccumulationSteps,
+      evalInterval: s.evalInterval,
+      evalBatches: s.evalBatches,
+      lk,
+    }));
+}
+
+/** The limits of `gpu` with the memory --device-memory names (or the host's, for a CPU adapter). */
+export function planLimits(gpu: Gpu, s: TrainSettings): PlanLimits {
+  return planLimitsOf(gpu, s.deviceMemory === null ? null : parseByteSize(s.deviceMemory));
+}
