@@ -93,6 +93,8 @@ export * as convert from "./lib/ops/convert.ts";
 // Models.
 export { recordHeadOutputs, TargetEnds, TargetForward, TargetModel } from "./lib/models/target.ts";
 export type { HeadOutputs, HeadSource, TargetLoadOptions, TargetOutputs } from "./lib/models/target.ts";
+export { StreamedForward, StreamedTarget } from "./lib/models/target_stream.ts";
+export type { StreamedTargetOptions } from "./lib/models/target_stream.ts";
 export { generate, Generator } from "./lib/models/generate.ts";
 export type { GenerateOptions } from "./lib/models/generate.ts";
 export {

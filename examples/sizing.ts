@@ -3,7 +3,8 @@
  * (lib/models/memory_plan.ts, lib/train/training_plan.ts) alone: no weight is downloaded or read. For
  * Llama-3.1-8B, Qwen3-8B and Llama-3.3-70B (their config.json values, bf16 weights) and the draft derived
  * from each (draft vocabulary 32,000, SpecForge's recipe), it prints the plan of an online run, an offline
- * run (features stored in Eaglet's default form) and prepare-hidden-states, at batch 1 and each sample of the
+ * run (features stored in Eaglet's default form) and prepare-hidden-states (all layers resident, and streamed
+ * through 8 GiB of layer slots with --target-memory-budget), at batch 1 and each sample of the
  * given lengths, then the longest sample that fits a 24, 80 and 141 GB device. The device's per-tensor limits
  * are those of the adapter this runs on (they decide only how large tensors are split).
  *
@@ -21,6 +22,7 @@ import {
 } from "../lib/models/config.ts";
 import { deriveDraftConfig } from "../lib/models/draft_config.ts";
 import { type MemoryPlan, planTargetForwards, type TargetPlanInput } from "../lib/models/memory_plan.ts";
+import { layerBytes, streamSlotCount } from "../lib/models/target_memory.ts";
 import { TokenizedDataset } from "../lib/data/tokenized.ts";
 import { DataLoader } from "../lib/data/loader.ts";
 import { FEATURES_VERSION, type FeaturesManifest, storedLayersOf } from "../lib/offline/format.ts";
@@ -77,7 +79,10 @@ const TARGETS: Record<string, Record<string, unknown>> = {
   },
 };
 const DEVICES_GB = [24, 80, 141];
-type Mode = "online" | "offline" | "prepare-hidden-states";
+type Mode = "online" | "offline" | "prepare-hidden-states" | "prepare, streamed";
+
+/** The --target-memory-budget of the streamed prepare-hidden-states rows. */
+const STREAM_BUDGET = 8 * 2 ** 30;
 
 /** The plan input of a target stored in bf16 (shapes from its config, as a checkpoint's headers would give). */
 function targetInput(name: string, gpu: Gpu): TargetPlanInput {
@@ -111,9 +116,13 @@ function plan(t: TargetPlanInput, mode: Mode, T: number): MemoryPlan {
   );
   const draft = deriveDraftConfig(t.target, { draftVocabSize: 32000 });
   const aux = draft.auxLayerIds ?? defaultAuxLayers(t.target.numLayers).layers;
-  if (mode === "prepare-hidden-states") {
+  if (mode === "prepare-hidden-states" || mode === "prepare, streamed") {
     const shapes = Array.from({ length: samples }, (): [number, number] => [1, T]);
-    return planTargetForwards(t, { aux: true, vocabStats: true, topk: DEFAULT_STORAGE.topk }, shapes);
+    const perLayer = layerBytes(t.weights.stored, t.weights.names.layers[0], t.device.shaderF16);
+    const slots = mode === "prepare, streamed"
+      ? streamSlotCount(STREAM_BUDGET, perLayer, t.target.numLayers)
+      : undefined;
+    return planTargetForwards(t, { aux: true, vocabStats: true, topk: DEFAULT_STORAGE.topk }, shapes, slots);
   }
   return planTraining({
     ...t,
@@ -171,7 +180,7 @@ const USAGE = "usage: deno run -A examples/sizing.ts [--lengths 2048,8192]";
 async function sizing(lengths: readonly number[]): Promise<void> {
   const gpu = await Gpu.create();
   try {
-    const modes: Mode[] = ["online", "offline", "prepare-hidden-states"];
+    const modes: Mode[] = ["online", "offline", "prepare-hidden-states", "prepare, streamed"];
     console.log(`per-tensor limits of ${gpu.describe()}; batch 1, TTT 7, draft vocabulary 32,000\n`);
     console.log("| target | task | T | plan by category | peak |");
     console.log("|---|---|---|---|---|");

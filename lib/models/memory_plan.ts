@@ -36,7 +36,8 @@ export const MAX_SHAPES = 4;
 export const PLAN_CATEGORIES = {
   targetLayers: {
     name: "target weights (decoder layers, final norm, RoPE tables)",
-    shrink: "train offline (prepare-hidden-states once; train-offline loads no decoder layer)",
+    shrink: "train offline (prepare-hidden-states once; train-offline loads no decoder layer), and for " +
+      "prepare-hidden-states --target-memory-budget (layers streamed through a few slots)",
   },
   targetEnds: {
     name: "target embedding and lm_head",
@@ -132,19 +133,21 @@ export function targetWeightCategories(
 }
 
 /**
- * The plan of target forwards over batch `shapes` (prepare-hidden-states): the whole target, then one
- * forward program with `outputs` per shape, the {@link MAX_SHAPES} most recently used kept.
+ * The plan of target forwards over batch `shapes` (prepare-hidden-states): the whole target (or, streamed,
+ * its ends and `streamSlots` layer slots, lib/models/target_stream.ts), then one forward with `outputs` per
+ * shape, the {@link MAX_SHAPES} most recently used kept.
  */
 export function planTargetForwards(
   i: TargetPlanInput,
   outputs: ForwardOutputs,
   shapes: Iterable<[number, number]>,
+  streamSlots?: number,
 ): MemoryPlan {
   const replay = new Replay(i.device.maxBufferSize);
-  for (const [key, tensors] of targetWeightCategories(i, { layers: true })) {
+  for (const [key, tensors] of targetWeightCategories(i, { layers: true, slots: streamSlots })) {
     replay.allocate(key, null, tensors);
   }
-  const splits = targetSplits(i);
+  const splits = { ...targetSplits(i), layerPrograms: streamSlots ?? 1 };
   const cache = new ShapeCache(
     replay,
     (B, T) => targetForwardTensors(i.target, B, T, outputs, splits),

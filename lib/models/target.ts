@@ -13,7 +13,7 @@
 import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
-import { DTYPE_BYTES, Tensor } from "../tensor.ts";
+import { type DType, DTYPE_BYTES, type HostArray, Tensor } from "../tensor.ts";
 import { rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
 import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
 import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
@@ -157,7 +157,7 @@ export class TargetModel implements HeadSource {
         if (choice.message) opts.onMessage?.(choice.message);
       }
       const maxBlockBytes = Math.min(opts.maxBlockBytes ?? Infinity, gpu.limits.maxStorageBufferBindingSize);
-      const load = new WeightLoader(gpu, ckpt);
+      const load = new TargetWeightLoader(gpu, ckpt);
       const layers: TargetLayerWeights[] = [];
       for (const l of names.layers) layers.push(await load.layer(l));
       const embed = await load.rowSplit(names.embed, maxBlockBytes);
@@ -222,22 +222,45 @@ export class TargetModel implements HeadSource {
 
   /** Checks that a sequence of `len` positions starting at `offset` fits the RoPE table and the window. */
   checkPositions(offset: number, len: number): void {
-    if (offset + len > this.maxPositions) {
-      const why = this.config.ropeScaling.type === "longrope"
-        ? "the original context of its longrope scaling (the long factors beyond it are not supported yet)"
-        : "maxPositions / max_position_embeddings";
-      throw new LimitError(
-        `target ${this.dir}: positions up to ${
-          offset + len
-        } exceed the ${this.maxPositions} the RoPE table ` +
-          `was built for (${why})`,
-      );
-    }
-    const w = this.config.slidingWindow;
-    if (w !== null && offset + len > w) {
-      throw new LimitError(
-        `target ${this.dir}: sequences longer than the sliding window (${w}) are not supported yet`,
-      );
+    checkTargetPositions(this, offset, len);
+  }
+}
+
+/**
+ * Checks that `len` positions from `offset` fit the RoPE tables (`maxPositions`) and the sliding window of the
+ * target loaded from `dir`.
+ */
+export function checkTargetPositions(
+  t: { dir: string; config: TargetConfig; maxPositions: number },
+  offset: number,
+  len: number,
+): void {
+  if (offset + len > t.maxPositions) {
+    const why = t.config.ropeScaling.type === "longrope"
+      ? "the original context of its longrope scaling (the long factors beyond it are not supported yet)"
+      : "maxPositions / max_position_embeddings";
+    throw new LimitError(
+      `target ${t.dir}: positions up to ${offset + len} exceed the ${t.maxPositions} the RoPE table ` +
+        `was built for (${why})`,
+    );
+  }
+  const w = t.config.slidingWindow;
+  if (w !== null && offset + len > w) {
+    throw new LimitError(
+      `target ${t.dir}: sequences longer than the sliding window (${w}) are not supported yet`,
+    );
+  }
+}
+
+/** Checks a forward's ids [B·T] (each in 0..V−1) and lengths (B values in 1..T). */
+export function checkForwardInput(ids: Int32Array, lengths: number[], B: number, T: number, V: number): void {
+  if (ids.length !== B * T) throw new ShapeError(`target forward: ${ids.length} ids for batch ${B} × ${T}`);
+  if (lengths.length !== B || lengths.some((l) => l < 1 || l > T)) {
+    throw new ShapeError(`target forward: lengths [${lengths}] must be ${B} values in 1..${T}`);
+  }
+  for (let i = 0; i < ids.length; i++) {
+    if (ids[i] < 0 || ids[i] >= V) {
+      throw new ShapeError(`target forward: token id ${ids[i]} outside 0..${V - 1}`);
     }
   }
 }
@@ -334,20 +357,7 @@ export class TargetForward {
    * when needed).
    */
   run(ids: Int32Array<ArrayBuffer>, lengths: number[]): void {
-    if (ids.length !== this.batch * this.seqLen) {
-      throw new ShapeError(`target forward: ${ids.length} ids for batch ${this.batch} × ${this.seqLen}`);
-    }
-    if (lengths.length !== this.batch || lengths.some((l) => l < 1 || l > this.seqLen)) {
-      throw new ShapeError(
-        `target forward: lengths [${lengths}] must be ${this.batch} values in 1..${this.seqLen}`,
-      );
-    }
-    const V = this.model.config.vocabSize;
-    for (let i = 0; i < ids.length; i++) {
-      if (ids[i] < 0 || ids[i] >= V) {
-        throw new ShapeError(`target forward: token id ${ids[i]} outside 0..${V - 1}`);
-      }
-    }
+    checkForwardInput(ids, lengths, this.batch, this.seqLen, this.model.config.vocabSize);
     this.ids.write(ids);
     this.lengths.write(Int32Array.from(lengths));
     this.program.run();
@@ -466,7 +476,7 @@ export class TargetEnds implements HeadSource {
     try {
       const names = resolveWeightNames(config, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, dir);
       const maxBlockBytes = gpu.limits.maxStorageBufferBindingSize;
-      const load = new WeightLoader(gpu, ckpt);
+      const load = new TargetWeightLoader(gpu, ckpt);
       const embed = await load.rowSplit(names.embed, maxBlockBytes);
       const head = !opts.lmHead
         ? null
@@ -699,7 +709,7 @@ export async function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, lo
  * Uploads checkpoint tensors: projection matrices and embeddings keep their stored dtype (f32, bf16; f16 when
  * the device has shader-f16, else widened to f32), vectors (norms, biases) become f32.
  */
-class WeightLoader {
+export class TargetWeightLoader {
   /** Every tensor uploaded, for the finite-weight check. */
   readonly loaded: LoadedWeight[] = [];
 
@@ -776,18 +786,30 @@ class WeightLoader {
 
   /** Uploads `raw`, checkpoint tensor `name` (or rows of it, named by `label`), as bf16, f16 or f32. */
   #upload(name: string, raw: RawTensor, label = name): Tensor {
-    const n = raw.shape.reduce((a, b) => a * b, 1);
-    const dtype = uploadDtype(raw.dtype, this.gpu.features.shaderF16);
-    if (dtype === "bf16" || dtype === "f16") {
-      const bits = new Uint16Array(raw.bytes.buffer, raw.bytes.byteOffset, n);
-      return this.#keep(name, Tensor.fromArray(this.gpu, bits, raw.shape, dtype, label));
-    }
-    return this.#keep(name, Tensor.fromArray(this.gpu, toFloat32(raw, label), raw.shape, "f32", label));
+    const { dtype, data } = uploadData(raw, this.gpu.features.shaderF16, label);
+    return this.#keep(name, Tensor.fromArray(this.gpu, data, raw.shape, dtype, label));
   }
 }
 
+/**
+ * A checkpoint tensor as it is uploaded: bf16 (and f16 with shader-f16) as its raw 16-bit patterns, anything
+ * else widened to f32 (`uploadDtype`); `label` names it in conversion errors.
+ */
+export function uploadData(
+  raw: RawTensor,
+  shaderF16: boolean,
+  label: string,
+): { dtype: DType; data: HostArray } {
+  const dtype = uploadDtype(raw.dtype, shaderF16);
+  if (dtype === "bf16" || dtype === "f16") {
+    const n = raw.shape.reduce((a, b) => a * b, 1);
+    return { dtype, data: new Uint16Array(raw.bytes.buffer as ArrayBuffer, raw.bytes.byteOffset, n) };
+  }
+  return { dtype: "f32", data: toFloat32(raw, label) };
+}
+
 /** The rows `ids` of `m`, gathered once per distinct id set and kept in `cache`. */
-async function cachedSubset(
+export async function cachedSubset(
   cache: Map<string, RowSplitMatrix>,
   gpu: Gpu,
   m: RowSplitMatrix,

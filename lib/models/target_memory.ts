@@ -6,8 +6,8 @@
  * row blocks live here and target.ts uses them, so the plan and the load cannot disagree.
  */
 import { LimitError } from "../gpu/errors.ts";
-import { allocationBytes, type DType } from "../tensor.ts";
-import type { TargetConfig, TargetWeightNames } from "./config.ts";
+import { allocationBytes, type DType, DTYPE_BYTES } from "../tensor.ts";
+import type { LayerWeightNames, TargetConfig, TargetWeightNames } from "./config.ts";
 import { fusedRows } from "./config.ts";
 
 /** One tensor of a plan: its label and the bytes it asks the buffer pool for. */
@@ -67,8 +67,50 @@ export function rowSplitTensors(
   return out;
 }
 
+/** The fields of a decoder layer's weights that hold matrices (uploaded in their stored dtype). */
+export const LAYER_MATRICES = ["q", "k", "v", "o", "gate", "up", "down"] as const;
+/** The fields that hold vectors (norms and biases, uploaded as f32; null when the architecture has none). */
+export const LAYER_VECTORS = [
+  "inputNorm",
+  "postAttentionNorm",
+  "qBias",
+  "kBias",
+  "vBias",
+  "oBias",
+  "qNorm",
+  "kNorm",
+  "gateBias",
+  "upBias",
+  "downBias",
+] as const;
+
+/** The bytes one decoder layer's weights take on the device (in their upload dtypes). */
+export function layerBytes(
+  stored: (name: string) => StoredTensor,
+  l: LayerWeightNames,
+  shaderF16: boolean,
+): number {
+  let bytes = 0;
+  for (const f of LAYER_MATRICES) {
+    const fused = fusedRows(l[f]);
+    const info = stored(fused ? fused.tensor : l[f]);
+    const rows = fused ? fused.to - fused.from : info.shape[0];
+    bytes += rows * info.shape[1] * DTYPE_BYTES[uploadDtype(info.dtype, shaderF16)];
+  }
+  for (const f of LAYER_VECTORS) if (l[f]) bytes += 4 * stored(l[f]!).shape[0];
+  return bytes;
+}
+
+/** The layer slots of a streamed target: as many layers as `budgetBytes` holds, at least one, at most all. */
+export function streamSlotCount(budgetBytes: number, perLayerBytes: number, numLayers: number): number {
+  return Math.min(numLayers, Math.max(1, Math.floor(budgetBytes / perLayerBytes)));
+}
+
 /** Which parts of a target are loaded: all of it (`TargetModel`), or its ends (`TargetEnds`, offline). */
-export type TargetParts = { layers: true } | { layers: false; lmHead: boolean };
+export type TargetParts =
+  /** Every layer resident, or (`slots`) that many layers' weight slots of a streamed target. */
+  | { layers: true; slots?: number }
+  | { layers: false; lmHead: boolean };
 
 /**
  * Positions the RoPE tables of a loaded target cover: `requested` (default max_position_embeddings), at most
@@ -121,7 +163,7 @@ export function targetWeightTensors(
     );
   };
   if (parts.layers) {
-    for (const l of names.layers) {
+    for (const l of names.layers.slice(0, parts.slots ?? names.layers.length)) {
       for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) matrix(m);
       const vectors = [
         l.inputNorm,
@@ -170,6 +212,8 @@ export interface TargetSplits {
   lmHeadBlockRows: number[];
   /** The block row counts of the decoder matrices over one binding (lib/ops/matmul.ts `linear`). */
   matrixBlockRows: number[];
+  /** Programs the decoder layers are recorded in: 1, or a streamed target's slots (default 1). */
+  layerPrograms?: number;
 }
 
 /**
@@ -206,6 +250,10 @@ export function targetForwardTensors(
   if (outputs.aux) out.push(planned("aux hidden states", [rows, 3 * H], "f32"));
   out.push(...trunkTensors(cfg, B, T));
   out.push(...splitScratchTensors(rows, H, splits.embedBlockRows.length > 1, splits.matrixBlockRows));
+  // A streamed target records each slot's layer in a program of its own, each with its transient scratch.
+  for (let k = 1; k < (splits.layerPrograms ?? 1); k++) {
+    out.push(...splitScratchTensors(rows, H, false, splits.matrixBlockRows));
+  }
   if (!(outputs.finalHidden || outputs.logits || outputs.subset || outputs.vocabStats)) return out;
   out.push(planned("final hidden", [rows, H], "f32"), planned("final rstd", [rows], "f32"));
   const headRows = new Set<number>();

@@ -32,9 +32,11 @@ import {
   type PlanLimits,
   planLimitsOf,
   planTargetForwards,
+  type TargetPlanInput,
   withTargetPlanInput,
 } from "../models/memory_plan.ts";
-import { targetRopePositions } from "../models/target_memory.ts";
+import { layerBytes, streamSlotCount, targetRopePositions } from "../models/target_memory.ts";
+import { type StreamedForward, StreamedTarget } from "../models/target_stream.ts";
 import { buildTokenizedDataset } from "../data/build.ts";
 import { templates } from "../data/templates.ts";
 import { loadTokenizer } from "../data/tokenizer.ts";
@@ -89,6 +91,12 @@ export interface PrepareOptions {
   fileGroupSize: number;
   /** The device's memory in bytes for the memory plan's fit check (null or absent: lib/gpu/device_memory.ts). */
   deviceMemory?: number | null;
+  /**
+   * Bytes of decoder-layer weights to keep on the device: when the target's layers take more, they are
+   * streamed through as many layer slots as this holds (lib/models/target_stream.ts; null or absent: all
+   * resident).
+   */
+  targetMemoryBudget?: number | null;
   /** How hub ids are resolved. */
   hub: HubOptions;
   /** Progress lines. */
@@ -207,12 +215,41 @@ function planForwards(gpu: Gpu, o: PrepareOptions, p: PrepareInputs, rows: numbe
     const batch = rows.slice(i, i + o.batchSize);
     shapes.push([batch.length, forwardLength(longest(p.all, batch), maxPositions)]);
   }
-  return withTargetPlanInput(
+  return withTargetPlanInput(gpu, p.targetDir, p.cfg, (target) => {
+    const slots = streamSlots(target, o.targetMemoryBudget ?? null);
+    return planTargetForwards(target, forwardOutputs(p.manifest), shapes, slots ?? undefined);
+  });
+}
+
+/** The layer slots of a streamed target under `budget`, or null when every layer fits (or no budget). */
+function streamSlots(t: TargetPlanInput, budget: number | null): number | null {
+  if (budget === null) return null;
+  const perLayer = layerBytes(t.weights.stored, t.weights.names.layers[0], t.device.shaderF16);
+  if (perLayer * t.target.numLayers <= budget) return null;
+  return streamSlotCount(budget, perLayer, t.target.numLayers);
+}
+
+/** The target of this run: resident, or streamed through layer slots when --target-memory-budget asks. */
+async function loadTarget(
+  gpu: Gpu,
+  o: PrepareOptions,
+  p: PrepareInputs,
+): Promise<TargetModel | StreamedTarget> {
+  const slots = await withTargetPlanInput(
     gpu,
     p.targetDir,
     p.cfg,
-    (target) => planTargetForwards(target, forwardOutputs(p.manifest), shapes),
+    (t) => streamSlots(t, o.targetMemoryBudget ?? null),
   );
+  if (slots === null) return await TargetModel.load(gpu, p.targetDir, { auxLayers: p.auxLayers });
+  o.log(
+    `--target-memory-budget: the target's ${p.cfg.numLayers} decoder layers stream through ${slots} slot` +
+      `${slots === 1 ? "" : "s"}, read from ${p.targetDir} on every batch`,
+  );
+  return await StreamedTarget.load(gpu, p.targetDir, {
+    budgetBytes: o.targetMemoryBudget!,
+    auxLayers: p.auxLayers,
+  });
 }
 
 /** The rows of this shard: r with r % count === index. */
@@ -332,8 +369,8 @@ async function prepareLocked(gpu: Gpu, o: PrepareOptions, p: PrepareInputs): Pro
   if (pending.length === 0) return result;
 
   checkPlanFits(await planForwards(gpu, o, p, pending), planLimitsOf(gpu, o.deviceMemory ?? null));
-  const target = await TargetModel.load(gpu, targetDir, { auxLayers });
-  const forwards = new Map<string, TargetForward>();
+  const target = await loadTarget(gpu, o, p);
+  const forwards = new Map<string, Forward>();
   let writes: Promise<void> = Promise.resolve();
   try {
     const started = performance.now();
@@ -347,7 +384,7 @@ async function prepareLocked(gpu: Gpu, o: PrepareOptions, p: PrepareInputs): Pro
         ids.set(s.inputIds, b * T);
         return s.inputIds.length;
       });
-      f.run(ids, lengths);
+      await f.run(ids, lengths);
       const captured = await readCaptured(f, manifest);
       await writes; // at most one batch of files in flight while the next forward runs
       writes = writeBatch(o.outputPath, manifest, all, batchRows, lengths, T, captured, result);
@@ -390,12 +427,12 @@ function forwardOutputs(m: FeaturesManifest): TargetOutputs {
 
 /** The forward for `batch` samples of at most `len` tokens (padded to {@link forwardLength}; 4 shapes kept). */
 async function forwardFor(
-  target: TargetModel,
-  cache: Map<string, TargetForward>,
+  target: TargetModel | StreamedTarget,
+  cache: Map<string, Forward>,
   batch: number,
   len: number,
   m: FeaturesManifest,
-): Promise<TargetForward> {
+): Promise<Forward> {
   const T = forwardLength(len, target.maxPositions);
   const key = `${batch}x${T}`;
   let f = cache.get(key);
@@ -411,6 +448,9 @@ async function forwardFor(
   return f;
 }
 
+/** A resident or a streamed forward. */
+type Forward = TargetForward | StreamedForward;
+
 interface Captured {
   aux: Float32Array;
   hidden: Float32Array | null;
@@ -419,7 +459,7 @@ interface Captured {
   topkLogprobs: Float32Array | null;
 }
 
-async function readCaptured(f: TargetForward, m: FeaturesManifest): Promise<Captured> {
+async function readCaptured(f: Forward, m: FeaturesManifest): Promise<Captured> {
   const aux = await f.aux!.read() as Float32Array;
   if (m.storage.teacherFormat !== "topk") {
     return { aux, hidden: await f.finalHidden!.read() as Float32Array, topkIds: null, topkLogprobs: null };

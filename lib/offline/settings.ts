@@ -72,6 +72,16 @@ export const PREPARE_HIDDEN_STATES_FLAGS = {
       "loading no weight and writing no feature",
   },
   "device-memory": DEVICE_MEMORY_FLAG,
+  "target-memory-budget": {
+    kind: "string",
+    default: null,
+    arg: "size",
+    check: (v: string): string | null => parseByteSize(v) === null ? "a size such as 8GiB or 512MiB" : null,
+    help:
+      "keep at most this many bytes of decoder-layer weights on the device and stream the layers through " +
+      "them from the checkpoint on every batch (targets larger than the device; outputs equal the resident " +
+      "forward's bit for bit); default: every layer resident",
+  },
 } as const satisfies FlagTable;
 
 /** The settings of `prepare-hidden-states`, each flag under its camelCase name. */
@@ -114,6 +124,7 @@ export function toPrepareOptions(
     isPreformatted: s.isPreformatted,
     fileGroupSize: s.fileGroupSize,
     deviceMemory: s.deviceMemory === null ? null : parseByteSize(s.deviceMemory),
+    targetMemoryBudget: s.targetMemoryBudget === null ? null : parseByteSize(s.targetMemoryBudget),
     hub: ctx.hub,
     log: ctx.log ?? (() => {}),
   };

@@ -188,8 +188,8 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   checkPlanFits(plan, planLimits(gpu, s));
   const top = [...plan.categories].sort((a, b) => b.bytes - a.bytes)[0];
   note(
-    `memory plan: ${formatBytes(plan.peakBytes)} of GPU buffers at most, the largest part ${top.name} ` +
-      `(${formatBytes(top.bytes)}); --dry-run lists every part`,
+    `memory plan: ${formatBytes(plan.peakBytes)} of GPU buffers at most; the largest part: ${top.name}, ` +
+      `${formatBytes(top.bytes)} (--dry-run lists every part)`,
   );
   const owned: Array<{ destroy(): void }> = []; // freed in reverse order
   let log: MetricsLog | null = null;

@@ -477,6 +477,18 @@ function cases(f: Fixture): Case[] {
     c("prepare-hidden-states", phs(["--output-path", o("h6"), "--topk", "0"]), /--topk/, o("h6")),
     c(
       "prepare-hidden-states",
+      phs(["--output-path", o("h6b"), "--target-memory-budget", "12 parsecs"]),
+      /--target-memory-budget.*12 parsecs/,
+      o("h6b"),
+    ),
+    c(
+      "prepare-hidden-states",
+      phs(["--output-path", o("h6c"), "--device-memory", "4KiB"]),
+      /memory plan: the run needs .* the device has 4\.0 KiB/,
+      o("h6c"),
+    ),
+    c(
+      "prepare-hidden-states",
       phs(["--output-path", o("h7"), "--aux-layers", "0,1,9"]),
       /aux layer 9/,
       o("h7"),
