@@ -3,10 +3,11 @@
  * (lib/models/memory_plan.ts, lib/train/training_plan.ts) alone: no weight is downloaded or read. For
  * Llama-3.1-8B, Qwen3-8B and Llama-3.3-70B (their config.json values, bf16 weights) and the draft derived
  * from each (draft vocabulary 32,000, SpecForge's recipe), it prints the plan of an online run, an offline
- * run (features stored in Eaglet's default form) and prepare-hidden-states (all layers resident, and streamed
- * through 8 GiB of layer slots with --target-memory-budget), at batch 1 and each sample of the
- * given lengths, then the longest sample that fits a 24, 80 and 141 GB device. The device's per-tensor limits
- * are those of the adapter this runs on (they decide only how large tensors are split).
+ * run (features stored in Eaglet's default form) and prepare-hidden-states, the online run and
+ * prepare-hidden-states also with the target streamed through 8 GiB of layer slots (--target-memory-budget),
+ * at batch 1 and each sample of the given lengths, then the longest sample that fits a 24, 80 and 141 GB
+ * device. The device's per-tensor limits are those of the adapter this runs on (they decide only how large
+ * tensors are split).
  *
  *   deno run -A examples/sizing.ts [--lengths 2048,8192]      (--help lists the defaults)
  */
@@ -79,9 +80,9 @@ const TARGETS: Record<string, Record<string, unknown>> = {
   },
 };
 const DEVICES_GB = [24, 80, 141];
-type Mode = "online" | "offline" | "prepare-hidden-states" | "prepare, streamed";
+type Mode = "online" | "online, streamed" | "offline" | "prepare-hidden-states" | "prepare, streamed";
 
-/** The --target-memory-budget of the streamed prepare-hidden-states rows. */
+/** The --target-memory-budget of the streamed rows. */
 const STREAM_BUDGET = 8 * 2 ** 30;
 
 /** The plan input of a target stored in bf16 (shapes from its config, as a checkpoint's headers would give). */
@@ -116,19 +117,21 @@ function plan(t: TargetPlanInput, mode: Mode, T: number): MemoryPlan {
   );
   const draft = deriveDraftConfig(t.target, { draftVocabSize: 32000 });
   const aux = draft.auxLayerIds ?? defaultAuxLayers(t.target.numLayers).layers;
+  const perLayer = layerBytes(t.weights.stored, t.weights.names.layers[0], t.device.shaderF16);
+  const slots = mode.endsWith("streamed")
+    ? streamSlotCount(STREAM_BUDGET, perLayer, t.target.numLayers)
+    : null;
   if (mode === "prepare-hidden-states" || mode === "prepare, streamed") {
     const shapes = Array.from({ length: samples }, (): [number, number] => [1, T]);
-    const perLayer = layerBytes(t.weights.stored, t.weights.names.layers[0], t.device.shaderF16);
-    const slots = mode === "prepare, streamed"
-      ? streamSlotCount(STREAM_BUDGET, perLayer, t.target.numLayers)
-      : undefined;
-    return planTargetForwards(t, { aux: true, vocabStats: true, topk: DEFAULT_STORAGE.topk }, shapes, slots);
+    const outputs = { aux: true, vocabStats: true, topk: DEFAULT_STORAGE.topk };
+    return planTargetForwards(t, outputs, shapes, slots ?? undefined);
   }
   return planTraining({
     ...t,
     draft,
     features: mode === "offline" ? manifest(t, aux) : null,
     embeddingOverride: false,
+    streamSlots: slots,
     loader: new DataLoader(data, { batchSize: 1, seed: 0 }),
     evalSet: null,
     updates: samples,
@@ -180,7 +183,13 @@ const USAGE = "usage: deno run -A examples/sizing.ts [--lengths 2048,8192]";
 async function sizing(lengths: readonly number[]): Promise<void> {
   const gpu = await Gpu.create();
   try {
-    const modes: Mode[] = ["online", "offline", "prepare-hidden-states", "prepare, streamed"];
+    const modes: Mode[] = [
+      "online",
+      "online, streamed",
+      "offline",
+      "prepare-hidden-states",
+      "prepare, streamed",
+    ];
     console.log(`per-tensor limits of ${gpu.describe()}; batch 1, TTT 7, draft vocabulary 32,000\n`);
     console.log("| target | task | T | plan by category | peak |");
     console.log("|---|---|---|---|---|");

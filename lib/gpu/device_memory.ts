@@ -66,3 +66,14 @@ export const DEVICE_MEMORY_FLAG = {
   help: "the device's memory for the plan's fit check (e.g. 24GiB); default: a CPU adapter's host memory " +
     "available, a GPU's unknown (then only the per-tensor limits are checked)",
 } as const;
+
+/** The `--target-memory-budget` flag of the tasks that can stream a target's layers (lib/flags.ts spec). */
+export const TARGET_MEMORY_BUDGET_FLAG = {
+  kind: "string",
+  default: null,
+  arg: "size",
+  check: (v: string): string | null => parseByteSize(v) === null ? "a size such as 8GiB or 512MiB" : null,
+  help: "keep at most this many bytes of decoder-layer weights on the device and stream the layers through " +
+    "them from the checkpoint on every batch (targets larger than the device; outputs equal the resident " +
+    "forward's bit for bit); default: every layer resident",
+} as const;

@@ -18,9 +18,11 @@ import { DTYPE_BYTES } from "../tensor.ts";
 import { fusedRows, resolveWeightNames, type TargetConfig, type TargetWeightNames } from "./config.ts";
 import {
   type ForwardOutputs,
+  layerBytes,
   type PlannedTensor,
   rowsPerBlock,
   type StoredTensor,
+  streamSlotCount,
   targetForwardTensors,
   type TargetParts,
   targetRopePositions,
@@ -130,6 +132,17 @@ export function targetWeightCategories(
   const ends = new Set([w.names.embed, w.names.lmHead]);
   const isEnd = (t: PlannedTensor) => ends.has(t.label.replace(/\[\d+:\d+\]$/, ""));
   return [["targetLayers", all.filter((t) => !isEnd(t))], ["targetEnds", all.filter(isEnd)]];
+}
+
+/**
+ * The layer slots of the target streamed under `budget` bytes of decoder-layer weights (lib/models/
+ * target_stream.ts), or null when every layer fits the budget (or there is none): then the target is resident.
+ */
+export function targetStreamSlots(t: TargetPlanInput, budget: number | null): number | null {
+  if (budget === null) return null;
+  const perLayer = layerBytes(t.weights.stored, t.weights.names.layers[0], t.device.shaderF16);
+  if (perLayer * t.target.numLayers <= budget) return null;
+  return streamSlotCount(budget, perLayer, t.target.numLayers);
 }
 
 /**

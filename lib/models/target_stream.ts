@@ -34,11 +34,13 @@ import {
   recordDecoderLayer,
   recordHeadOutputs,
   type TargetLayerWeights,
+  TargetModel,
   type TargetOutputs,
   TargetWeightLoader,
   trunkAttend,
   uploadData,
 } from "./target.ts";
+import { targetStreamSlots, withTargetPlanInput } from "./memory_plan.ts";
 import {
   LAYER_MATRICES as MATRICES,
   LAYER_VECTORS as VECTORS,
@@ -306,4 +308,33 @@ export class StreamedForward {
   destroy(): void {
     for (const p of [this.#embed, ...this.#layers, ...this.#captures.values(), this.#head]) p.destroy();
   }
+}
+
+/** Options of {@link loadTargetWithin}. */
+export interface TargetWithinOptions {
+  /** The three captured layers. */
+  auxLayers: number[];
+  /** Bytes of decoder-layer weights the device may hold (null: no limit). */
+  budgetBytes: number | null;
+  /** Notes for the user (says when the target is streamed). */
+  onMessage: (message: string) => void;
+}
+
+/**
+ * The target in `dir` (config `cfg`) within a budget: resident when its decoder layers fit `budgetBytes` (or
+ * there is no budget), else streamed through as many layer slots as the budget holds.
+ */
+export async function loadTargetWithin(
+  gpu: Gpu,
+  dir: string,
+  cfg: TargetConfig,
+  o: TargetWithinOptions,
+): Promise<TargetModel | StreamedTarget> {
+  const slots = await withTargetPlanInput(gpu, dir, cfg, (t) => targetStreamSlots(t, o.budgetBytes));
+  if (slots === null) return await TargetModel.load(gpu, dir, { auxLayers: o.auxLayers });
+  o.onMessage(
+    `--target-memory-budget: the target's ${cfg.numLayers} decoder layers stream through ${slots} slot` +
+      `${slots === 1 ? "" : "s"}, read from ${dir} on every batch`,
+  );
+  return await StreamedTarget.load(gpu, dir, { budgetBytes: o.budgetBytes!, auxLayers: o.auxLayers });
 }

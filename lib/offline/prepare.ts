@@ -24,7 +24,7 @@ import {
   type TargetConfig,
 } from "../models/config.ts";
 import { loadDraftConfig } from "../models/draft_config.ts";
-import { type TargetForward, TargetModel, type TargetOutputs } from "../models/target.ts";
+import type { TargetForward, TargetModel, TargetOutputs } from "../models/target.ts";
 import {
   checkPlanFits,
   MAX_SHAPES,
@@ -32,11 +32,11 @@ import {
   type PlanLimits,
   planLimitsOf,
   planTargetForwards,
-  type TargetPlanInput,
+  targetStreamSlots,
   withTargetPlanInput,
 } from "../models/memory_plan.ts";
-import { layerBytes, streamSlotCount, targetRopePositions } from "../models/target_memory.ts";
-import { type StreamedForward, StreamedTarget } from "../models/target_stream.ts";
+import { targetRopePositions } from "../models/target_memory.ts";
+import { loadTargetWithin, type StreamedForward, type StreamedTarget } from "../models/target_stream.ts";
 import { buildTokenizedDataset } from "../data/build.ts";
 import { templates } from "../data/templates.ts";
 import { loadTokenizer } from "../data/tokenizer.ts";
@@ -216,39 +216,8 @@ function planForwards(gpu: Gpu, o: PrepareOptions, p: PrepareInputs, rows: numbe
     shapes.push([batch.length, forwardLength(longest(p.all, batch), maxPositions)]);
   }
   return withTargetPlanInput(gpu, p.targetDir, p.cfg, (target) => {
-    const slots = streamSlots(target, o.targetMemoryBudget ?? null);
+    const slots = targetStreamSlots(target, o.targetMemoryBudget ?? null);
     return planTargetForwards(target, forwardOutputs(p.manifest), shapes, slots ?? undefined);
-  });
-}
-
-/** The layer slots of a streamed target under `budget`, or null when every layer fits (or no budget). */
-function streamSlots(t: TargetPlanInput, budget: number | null): number | null {
-  if (budget === null) return null;
-  const perLayer = layerBytes(t.weights.stored, t.weights.names.layers[0], t.device.shaderF16);
-  if (perLayer * t.target.numLayers <= budget) return null;
-  return streamSlotCount(budget, perLayer, t.target.numLayers);
-}
-
-/** The target of this run: resident, or streamed through layer slots when --target-memory-budget asks. */
-async function loadTarget(
-  gpu: Gpu,
-  o: PrepareOptions,
-  p: PrepareInputs,
-): Promise<TargetModel | StreamedTarget> {
-  const slots = await withTargetPlanInput(
-    gpu,
-    p.targetDir,
-    p.cfg,
-    (t) => streamSlots(t, o.targetMemoryBudget ?? null),
-  );
-  if (slots === null) return await TargetModel.load(gpu, p.targetDir, { auxLayers: p.auxLayers });
-  o.log(
-    `--target-memory-budget: the target's ${p.cfg.numLayers} decoder layers stream through ${slots} slot` +
-      `${slots === 1 ? "" : "s"}, read from ${p.targetDir} on every batch`,
-  );
-  return await StreamedTarget.load(gpu, p.targetDir, {
-    budgetBytes: o.targetMemoryBudget!,
-    auxLayers: p.auxLayers,
   });
 }
 
@@ -369,7 +338,11 @@ async function prepareLocked(gpu: Gpu, o: PrepareOptions, p: PrepareInputs): Pro
   if (pending.length === 0) return result;
 
   checkPlanFits(await planForwards(gpu, o, p, pending), planLimitsOf(gpu, o.deviceMemory ?? null));
-  const target = await loadTarget(gpu, o, p);
+  const target = await loadTargetWithin(gpu, p.targetDir, p.cfg, {
+    auxLayers: p.auxLayers,
+    budgetBytes: o.targetMemoryBudget ?? null,
+    onMessage: o.log,
+  });
   const forwards = new Map<string, Forward>();
   let writes: Promise<void> = Promise.resolve();
   try {

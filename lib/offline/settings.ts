@@ -5,7 +5,7 @@
  * `prepareHiddenStatesOptions({ targetModelPath, dataPath, outputPath, maxLength: 128 })`; the CLI parses the
  * same table.
  */
-import { DEVICE_MEMORY_FLAG, parseByteSize } from "../gpu/device_memory.ts";
+import { DEVICE_MEMORY_FLAG, parseByteSize, TARGET_MEMORY_BUDGET_FLAG } from "../gpu/device_memory.ts";
 import { type FlagTable, type Settings, type SettingsInput, settingsOf } from "../flags.ts";
 import type { HubOptions } from "../io/hub.ts";
 import { CHAT_TEMPLATE_FLAG } from "../data/prepare.ts";
@@ -72,16 +72,7 @@ export const PREPARE_HIDDEN_STATES_FLAGS = {
       "loading no weight and writing no feature",
   },
   "device-memory": DEVICE_MEMORY_FLAG,
-  "target-memory-budget": {
-    kind: "string",
-    default: null,
-    arg: "size",
-    check: (v: string): string | null => parseByteSize(v) === null ? "a size such as 8GiB or 512MiB" : null,
-    help:
-      "keep at most this many bytes of decoder-layer weights on the device and stream the layers through " +
-      "them from the checkpoint on every batch (targets larger than the device; outputs equal the resident " +
-      "forward's bit for bit); default: every layer resident",
-  },
+  "target-memory-budget": TARGET_MEMORY_BUDGET_FLAG,
 } as const satisfies FlagTable;
 
 /** The settings of `prepare-hidden-states`, each flag under its camelCase name. */

@@ -27,8 +27,11 @@ export interface SourcedBatch {
 export interface BatchFeed<S extends SourcedBatch = SourcedBatch> {
   /** The step inputs this feed writes (bound into the steps with buildEagle3Step's `inputs`). */
   readonly inputs: Partial<Eagle3StepInputs>;
-  /** Writes `b`'s inputs and submits the program (no sync); returns each sample's valid length. */
-  feed(b: S): number[];
+  /**
+   * Writes `b`'s inputs and submits the program (no sync; a streamed target awaits its layer reads); returns
+   * each sample's valid length.
+   */
+  feed(b: S): number[] | Promise<number[]>;
   /** Frees the program and its tensors. */
   destroy(): void;
 }

@@ -14,7 +14,7 @@
  * setting sits in its section; SpecForge's own names `accumulation_steps`, `prompts_path`, `resume_from` and
  * `aux_hidden_state_layer_ids` are accepted for ours.
  */
-import { DEVICE_MEMORY_FLAG } from "../gpu/device_memory.ts";
+import { DEVICE_MEMORY_FLAG, TARGET_MEMORY_BUDGET_FLAG } from "../gpu/device_memory.ts";
 import { parseYaml } from "../npm.ts";
 import { listedNames, RESUME_CHANGEABLE } from "./fingerprint.ts";
 import {
@@ -368,6 +368,7 @@ export const TRAIN_OPTIONS = {
       "loading no weight and writing nothing but the tokenized-data cache",
   },
   "device-memory": DEVICE_MEMORY_FLAG,
+  "target-memory-budget": { ...TARGET_MEMORY_BUDGET_FLAG, section: "model" },
 } as const satisfies FlagTable;
 
 /** A flag name of {@link TRAIN_OPTIONS}. */

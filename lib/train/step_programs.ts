@@ -116,7 +116,7 @@ export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
       b.batch.seqLen,
       split,
     );
-    const lengths = shape.feed.feed(b);
+    const lengths = await shape.feed.feed(b);
     step.lossMask.write(supervisedMask(b.batch.lossMask, lengths, b.batch.seqLen));
     step.run();
     return lengths.reduce((a, c) => a + c, 0);

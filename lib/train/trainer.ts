@@ -56,7 +56,8 @@ import { readBest } from "./best.ts";
 import { averageGradients } from "./data_parallel.ts";
 import { checkPlanFits, type MemoryPlan, type PlanLimits } from "../models/memory_plan.ts";
 import { planLimits, planRun } from "./training_plan.ts";
-import { formatBytes } from "../gpu/device_memory.ts";
+import { formatBytes, parseByteSize } from "../gpu/device_memory.ts";
+import { loadTargetWithin } from "../models/target_stream.ts";
 import { SINGLE_PROCESS, type World } from "../dist/world.ts";
 
 export { TrainingDivergedError };
@@ -323,8 +324,18 @@ async function openSource(
     const ends = await TargetEnds.load(gpu, setup.targetDir, { lmHead });
     source = own(owned, new OfflineSource(gpu, setup.offline, ends, d2t));
   } else {
-    target = await TargetModel.load(gpu, setup.targetDir, { auxLayers: setup.auxLayers });
-    source = own(owned, new OnlineSource(target, d2t));
+    const loaded = await loadTargetWithin(gpu, setup.targetDir, setup.targetConfig, {
+      auxLayers: setup.auxLayers,
+      budgetBytes: s.targetMemoryBudget === null ? null : parseByteSize(s.targetMemoryBudget),
+      onMessage: note,
+    });
+    source = own(owned, new OnlineSource(loaded, d2t));
+    if (loaded instanceof TargetModel) target = loaded;
+    else if (s.evalSpecSamples > 0) {
+      note(
+        "--eval-spec-samples: the target is streamed, tau is not measured during training (use deno task eval)",
+      );
+    }
   }
   const override = await embeddingOverride(gpu, setup, s.embeddingKey, note);
   if (override) own(owned, override);

@@ -25,6 +25,7 @@ import {
   type Split,
   type TargetPlanInput,
   targetSplits,
+  targetStreamSlots,
   targetWeightCategories,
   withTargetPlanInput,
 } from "../models/memory_plan.ts";
@@ -51,6 +52,8 @@ export interface TrainingPlanInput extends TargetPlanInput {
   features: FeaturesManifest | null;
   /** Whether --embedding-key loads its own f32 embedding for the draft. */
   embeddingOverride: boolean;
+  /** Online with --target-memory-budget: the streamed target's layer slots (null: every layer resident). */
+  streamSlots?: number | null;
   /** The rank's loader (batch size, shuffles) and the evaluation set. */
   loader: DataLoader;
   /** The evaluation set (null: no evaluation). */
@@ -73,7 +76,7 @@ export interface TrainingPlanInput extends TargetPlanInput {
 export function planTraining(i: TrainingPlanInput): MemoryPlan {
   const replay = new Replay(i.device.maxBufferSize);
   for (const [key, tensors] of fixedTensors(i)) replay.allocate(key, null, tensors);
-  const splits = targetSplits(i);
+  const splits = { ...targetSplits(i), layerPrograms: i.streamSlots ?? 1 };
   const shapes = new ShapeCache(replay, trainingFeed(i, splits), trainingStep(i, splits));
   for (const [split, batch, seqLen] of runBatches(i)) shapes.use(split, batch, seqLen);
   return { ...replay.plan(), shapes: shapes.distinct.size };
@@ -84,7 +87,10 @@ function fixedTensors(i: TrainingPlanInput): Array<[PlanCategoryKey, PlannedTens
   const { target: cfg, draft } = i;
   const online = i.features === null;
   const lmHead = online || i.features!.storage.teacherFormat !== "topk";
-  const out = targetWeightCategories(i, online ? { layers: true } : { layers: false, lmHead });
+  const parts = online
+    ? { layers: true as const, slots: i.streamSlots ?? undefined }
+    : { layers: false as const, lmHead };
+  const out = targetWeightCategories(i, parts);
   out.push(
     ["teacherHead", lmHead ? teacherHeadTensors(i) : []],
     [
@@ -202,6 +208,10 @@ export function planRun(
       draft: setup.draftConfig,
       features: setup.offline?.train.manifest ?? null,
       embeddingOverride: s.embeddingKey !== target.weights.names.embed && has(s.embeddingKey),
+      streamSlots: setup.offline ? null : targetStreamSlots(
+        target,
+        s.targetMemoryBudget === null ? null : parseByteSize(s.targetMemoryBudget),
+      ),
       loader,
       evalSet: setup.eval,
       updates,

@@ -5,7 +5,8 @@
  * layer, final hidden, subset logits, full-vocabulary statistics and top-k) equals the resident forward's bit
  * for bit, over two runs of different batches (the slots are rewritten each run); and prepare-hidden-states
  * under a budget of two layers writes the resident run's feature files byte for byte, its memory plan holding
- * two slots and meeting the measured peak.
+ * two slots and meeting the measured peak; train-online under a budget of three layers trains the resident
+ * run's draft bit for bit.
  */
 import assert from "node:assert/strict";
 import { gpu, needsGpu, rng } from "../gpu.ts";
@@ -18,7 +19,10 @@ import type { Tensor } from "../../lib/tensor.ts";
 import { join } from "node:path";
 import { Gpu } from "../../lib/gpu/device.ts";
 import { planPrepare, prepareHiddenStates, type PrepareOptions } from "../../lib/offline/prepare.ts";
-import { trainFixture } from "../train/fixtures.ts";
+import { trainFixture, trainSettings } from "../train/fixtures.ts";
+import { trainOnline } from "../../lib/train/trainer.ts";
+import { ProgressPrinter } from "../../lib/train/metrics.ts";
+import { CHECKPOINT_FILES } from "../../lib/train/checkpoint.ts";
 
 const DIR = (arch: string) => new URL(`../golden/targets/${arch}/`, import.meta.url).pathname;
 const OUTPUTS = [
@@ -155,6 +159,52 @@ Deno.test(
           await Deno.readFile(join(root, "resident", f)),
           await Deno.readFile(join(root, "streamed", f)),
         ];
+        assert.ok(a.length === b.length && a.every((x, i) => x === b[i]), `${f} identical`);
+      }
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
+
+Deno.test(
+  {
+    name: "train-online --target-memory-budget trains the resident run's draft bit for bit; plan = peak",
+    ...needsGpu,
+  },
+  async () => {
+    const root = await trainFixture();
+    try {
+      const perLayer = await oneLayerBytes(join(root, "target/"), gpu!.features.shaderF16);
+      const hub = { cacheDir: join(root, "hub"), offline: true };
+      const resident = await trainOnline(gpu!, {
+        settings: await trainSettings(root, join(root, "resident")),
+        hub,
+        progress: new ProgressPrinter(() => {}, false),
+      });
+      const notes: string[] = [];
+      const device = await Gpu.create();
+      let streamed;
+      try {
+        streamed = await trainOnline(device, {
+          settings: await trainSettings(root, join(root, "streamed"), {
+            targetMemoryBudget: String(3 * perLayer),
+          }),
+          hub,
+          progress: new ProgressPrinter((line) => notes.push(line), false),
+        });
+      } finally {
+        device.destroy();
+      }
+      assert.ok(notes.some((l) => l.includes("stream through 3 slots")), notes.join("\n"));
+      const gap = Math.abs(streamed.plannedPeakBytes - streamed.peakBytes);
+      assert.ok(
+        gap <= 0.1 * streamed.peakBytes,
+        `planned ${streamed.plannedPeakBytes}, peak ${streamed.peakBytes}`,
+      );
+      for (const f of [CHECKPOINT_FILES.weights, CHECKPOINT_FILES.optimizer]) {
+        const a = await Deno.readFile(join(resident.checkpoint!, f));
+        const b = await Deno.readFile(join(streamed.checkpoint!, f));
         assert.ok(a.length === b.length && a.every((x, i) => x === b[i]), `${f} identical`);
       }
     } finally {

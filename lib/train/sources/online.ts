@@ -6,6 +6,7 @@
  */
 import type { Batch } from "../../data/loader.ts";
 import type { RowSplitMatrix, TargetForward, TargetModel } from "../../models/target.ts";
+import type { StreamedForward, StreamedTarget } from "../../models/target_stream.ts";
 import type { BatchFeed, BatchSource, SourcedBatch } from "../batch_source.ts";
 
 /** Each row's count of real tokens (attention mask ones). */
@@ -21,7 +22,7 @@ export function batchLengths(batch: Batch): number[] {
 
 /** The target forward of one batch shape as a {@link BatchFeed}. */
 class TargetFeed implements BatchFeed {
-  constructor(readonly forward: TargetForward) {}
+  constructor(readonly forward: TargetForward | StreamedForward) {}
 
   get inputs() {
     const f = this.forward;
@@ -35,9 +36,9 @@ class TargetFeed implements BatchFeed {
     };
   }
 
-  feed({ batch }: SourcedBatch): number[] {
+  async feed({ batch }: SourcedBatch): Promise<number[]> {
     const lengths = batchLengths(batch);
-    this.forward.run(batch.inputIds as Int32Array<ArrayBuffer>, lengths);
+    await this.forward.run(batch.inputIds as Int32Array<ArrayBuffer>, lengths);
     return lengths;
   }
 
@@ -46,10 +47,13 @@ class TargetFeed implements BatchFeed {
   }
 }
 
-/** Batches run through the target (which this source owns from construction on). */
+/**
+ * Batches run through the target, resident or streamed through layer slots (which this source owns from
+ * construction on).
+ */
 export class OnlineSource implements BatchSource {
   /** `draftToTarget`: the draft vocabulary (ascending target ids) whose logits the teacher is. */
-  constructor(readonly target: TargetModel, readonly draftToTarget: Int32Array) {}
+  constructor(readonly target: TargetModel | StreamedTarget, readonly draftToTarget: Int32Array) {}
 
   /** The target's embedding (the draft's frozen embedding by default). */
   get embed(): RowSplitMatrix {
