@@ -2,13 +2,15 @@
  * Speed of the target model: the prefill forward (one sequence of T tokens: aux states and full logits, what
  * online training and generation's prefill run) and cached decoding (one token per sequence per step,
  * including the one logits read-back per step that sampling needs; the prefill is excluded), for tinystories-656K when it is at hand
- * and for a random-weight Llama of hidden 512 and 8 layers (bf16 weights, written to a temporary directory).
+ * and for a random-weight Llama of hidden 512 and 8 layers (bf16 weights, written to a temporary directory),
+ * whose prefill is also timed with its layers streamed through one weight slot.
  */
 import type { Gpu } from "../gpu/device.ts";
 import { fromFloat32As, type RawTensor, writeSafetensors } from "../io/safetensors.ts";
 import { pathExists } from "../io/atomic.ts";
 import { mulberry32 } from "../data/random.ts";
 import { TargetModel } from "../models/target.ts";
+import { StreamedTarget } from "../models/target_stream.ts";
 import { Generator } from "../models/generate.ts";
 import { type BenchOptions, type BenchRow, timeProgram } from "./types.ts";
 
@@ -162,8 +164,53 @@ export async function benchTarget(gpu: Gpu, opts: BenchOptions = {}): Promise<Be
     };
     await writeRandomLlama(tmp, dims);
     await measure(`random Llama (bf16, ${dims.heads}/${dims.kvHeads} heads)`, tmp);
+    rows.push(await benchStreamed(gpu, tmp, seqLen, reps));
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
   return rows;
+}
+
+/**
+ * The prefill forward (aux states, full-vocabulary statistics and top-16: what prepare-hidden-states runs) of
+ * the target in `dir` with its decoder layers streamed through one weight slot (lib/models/target_stream.ts),
+ * wall clock per forward including the layer reads from the file, beside the resident forward timed the same way.
+ */
+async function benchStreamed(gpu: Gpu, dir: string, seqLen: number, reps: number): Promise<BenchRow> {
+  const outputs = { aux: true, vocabStats: true, topk: 16 };
+  const time = async (run: () => Promise<void> | void) => {
+    await run();
+    await gpu.sync();
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) await run();
+    await gpu.sync();
+    return (performance.now() - t0) / reps;
+  };
+  const resident = await TargetModel.load(gpu, dir, { onMessage: () => {} });
+  const c = resident.config;
+  const ids = Int32Array.from({ length: seqLen }, (_, i) => 3 + (i * 7) % (c.vocabSize - 3));
+  let residentMs: number;
+  try {
+    const f = await resident.forward(1, seqLen, outputs);
+    residentMs = await time(() => f.run(ids, [seqLen]));
+    f.destroy();
+  } finally {
+    resident.destroy();
+  }
+  const streamed = await StreamedTarget.load(gpu, dir, { budgetBytes: 1 });
+  try {
+    const f = await streamed.forward(1, seqLen, outputs);
+    const ms = await time(() => f.run(ids, [seqLen]));
+    f.destroy();
+    return {
+      group: "target",
+      name: "random Llama prefill, layers streamed through 1 slot",
+      shape: `B1 T${seqLen} H${c.hiddenSize} L${c.numLayers} V${c.vocabSize}`,
+      ms,
+      tokensPerSec: seqLen / ms * 1000,
+      note: `resident: ${residentMs.toFixed(1)} ms (wall clock, layer reads from the file included)`,
+    };
+  } finally {
+    streamed.destroy();
+  }
 }

@@ -94,12 +94,13 @@ export interface MemoryPlan {
   /** The most bytes the buffer pool will hold at once. */
   peakBytes: number;
   /** The largest single tensor (bytes as asked of the pool). */
-  /** The largest single tensor (bytes as asked of the pool). */
   largestTensor: PlannedTensor;
   /** The largest batch shape met (by its feed's and steps' bytes). */
   largestShape: { batch: number; seqLen: number };
   /** Distinct batch shapes met in the run. */
   shapes: number;
+  /** What the run allocates beyond the plan, besides split-K partials and the driver's own memory. */
+  notCounted?: string[];
 }
 
 /** What every plan with a target is made from. */
@@ -359,6 +360,9 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
     `device memory: ${
       limits.memory.bytes === null ? "" : `${formatBytes(limits.memory.bytes)}, `
     }${limits.memory.source}`,
+    `not counted: ${
+      [...plan.notCounted ?? [], "the matmuls' split-K partials", "the driver's own memory"].join("; ")
+    }`,
   ];
 }
 

@@ -70,6 +70,8 @@ export interface TrainingPlanInput extends TargetPlanInput {
   evalBatches: number | null;
   /** The LK loss (null: the KL loss). */
   lk: LkLossOptions | null;
+  /** --eval-spec-samples: speculative decoding at each evaluation (its memory is not planned). */
+  evalSpecSamples?: number;
 }
 
 /** The plan of a training run (see the module comment). */
@@ -79,7 +81,12 @@ export function planTraining(i: TrainingPlanInput): MemoryPlan {
   const splits = { ...targetSplits(i), layerPrograms: i.streamSlots ?? 1 };
   const shapes = new ShapeCache(replay, trainingFeed(i, splits), trainingStep(i, splits));
   for (const [split, batch, seqLen] of runBatches(i)) shapes.use(split, batch, seqLen);
-  return { ...replay.plan(), shapes: shapes.distinct.size };
+  const notCounted = (i.evalSpecSamples ?? 0) > 0
+    ? [
+      "--eval-spec-samples's speculative decoding (its KV caches and programs depend on the prompts and the acceptance)",
+    ]
+    : [];
+  return { ...replay.plan(), shapes: shapes.distinct.size, notCounted };
 }
 
 /** The tensors allocated once, by category, in the trainer's order. */
@@ -220,6 +227,7 @@ export function planRun(
       evalInterval: s.evalInterval,
       evalBatches: s.evalBatches,
       lk,
+      evalSpecSamples: setup.offline ? 0 : s.evalSpecSamples,
     }));
 }
 
