@@ -104,7 +104,7 @@ export {
   specForgeDefaultAuxLayers,
   SUPPORTED_ARCHITECTURES,
 } from "./lib/models/config.ts";
-export type { RopeScaling, TargetConfig } from "./lib/models/config.ts";
+export type { GemmaConventions, RopeScaling, TargetConfig } from "./lib/models/config.ts";
 export {
   deriveDraftConfig,
   draftConfigJson,
@@ -317,7 +317,7 @@ export type {
   Json as JsonObject,
 } from "./lib/models/draft_config.ts";
 export type { Eagle3ParamName, Eagle3Weights } from "./lib/models/eagle3.ts";
-export type { RowSplitMatrix, TargetLayerWeights } from "./lib/models/target.ts";
+export type { RopeTables, RowSplitMatrix, TargetLayerWeights } from "./lib/models/target.ts";
 export type { Llama2cConversion } from "./lib/models/llama2c.ts";
 export { SAFETENSORS_DTYPES } from "./lib/io/safetensors.ts";
 export type { TensorInfo } from "./lib/io/safetensors.ts";

@@ -37,6 +37,29 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 `;
 
+/**
+ * out = gelu_tanh(gate)·up (Gemma's gated MLP, PyTorch `gelu(approximate="tanh")`): gelu_tanh(g) =
+ * ½g·(1 + tanh(√(2/π)·(g + 0.044715g³))), tanh taken as 1 − 2/(e^{2u} + 1) with u clamped to ±15 (where it is
+ * ±1 in f32) so that no exp overflows. Forward only: the frozen target's. Bindings: params, gate, up, out.
+ */
+export const forwardGeluTanh = /* wgsl */ `
+${HEADER}
+@group(0) @binding(1) var<storage, read> gate: array<f32>;
+@group(0) @binding(2) var<storage, read> up: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(${SWIGLU_WG})
+fn forward_gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
+  if (i >= p.n) { return; }
+  let g = gate[i];
+  let u = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+  let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+  out[i] = 0.5 * g * (1.0 + t) * up[i];
+}
+`;
+
 /** dgate and dup from dout, gate, up. Bindings: params, dout, gate, up, dgate, dup. */
 export const backward = /* wgsl */ `
 ${HEADER}

@@ -19,14 +19,15 @@ import { LimitError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
 import {
+  layerRope,
   layerScratch,
   recordDecoderLayer,
+  recordEmbedding,
   recordHead,
   recordTrunk,
   type TargetModel,
 } from "../models/target.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
-import { embeddingForward } from "../ops/embedding.ts";
 import { copyColumns, copyStrided } from "../ops/elementwise.ts";
 import { gatherRows, ropeAtPositions, scatterRows, treeAttentionForward } from "../ops/tree_attention.ts";
 import type { VerifyTree } from "./tree.ts";
@@ -185,13 +186,14 @@ export class TargetSession {
       const mask = p.scratch([N, N], "u32", "tree mask");
       const aux = this.aux.view(0, [N, 3 * H]);
       const x = p.scratch([N, H], "f32", "residual");
-      await embeddingForward(p, ids, model.embed.blocks[0].tensor, x);
       const scratch = layerScratch(p, cfg, [N]);
+      await recordEmbedding(p, cfg, model.embed, ids, x, scratch);
       const cacheRows = (t: Tensor) => t.reshape([this.maxLen, nkv * hd]);
       for (let l = 0; l < model.layers.length; l++) {
+        const rope = layerRope(model, l);
         await recordDecoderLayer(p, cfg, model.layers[l], x, scratch, async (q, k, v, att) => {
-          await ropeAtPositions(p, q, positions, model.ropeCos, model.ropeSin);
-          await ropeAtPositions(p, k, positions, model.ropeCos, model.ropeSin);
+          await ropeAtPositions(p, q, positions, rope.cos, rope.sin);
+          await ropeAtPositions(p, k, positions, rope.cos, rope.sin);
           await scatterRows(p, k.reshape([N, nkv * hd]), cacheRows(this.k[l]), this.#prefix, 0);
           await scatterRows(p, v.reshape([N, nkv * hd]), cacheRows(this.v[l]), this.#prefix, 0);
           await treeAttentionForward(p, {
@@ -201,7 +203,7 @@ export class TargetSession {
             meta: this.#prefix,
             mask,
             out: att,
-          });
+          }, { scale: cfg.gemma?.attentionScale });
         });
         await captureAux(p, model, l, x, aux);
       }

@@ -5,7 +5,8 @@
  *
  * Supported: LlamaForCausalLM (Llama 2/3.x, with `rope_scaling` llama3, linear, dynamic or yarn),
  * Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (per-head RMSNorm on q and k, explicit head_dim) and
- * MistralForCausalLM (sliding window recorded). Missing optional fields take the defaults of the matching
+ * MistralForCausalLM (sliding window recorded), Phi3ForCausalLM (fused projections, partial RoPE, LongRoPE)
+ * and Gemma3ForCausalLM (its conventions in {@link GemmaConventions}). Missing optional fields take the defaults of the matching
  * transformers config class; missing required ones, or values that cannot work, throw a
  * {@link ConfigError} naming the file and the field.
  */
@@ -21,6 +22,7 @@ export const SUPPORTED_ARCHITECTURES = [
   "Qwen3ForCausalLM",
   "MistralForCausalLM",
   "Phi3ForCausalLM",
+  "Gemma3ForCausalLM",
 ] as const;
 
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
@@ -87,6 +89,28 @@ export interface TargetConfig {
   padTokenId: number | null;
   /** Stored weight dtype (`torch_dtype`, or `dtype` in Transformers 5), null when absent. */
   torchDtype: string | null;
+  /** The gated MLP's activation: SiLU (Llama) or GELU with the tanh approximation (Gemma 3). */
+  mlpActivation: "silu" | "gelu_tanh";
+  /** Gemma 3's layer and model conventions, null for the others. */
+  gemma: GemmaConventions | null;
+}
+
+/**
+ * What Gemma 3 (transformers `modeling_gemma3.py`) does beyond a Llama layer: RMSNorms scale by (1 + w); the
+ * attention output and the MLP output are normed before their residual adds (`post_attention_layernorm`,
+ * `post_feedforward_layernorm`) and the MLP input by `pre_feedforward_layernorm`; the embedding is scaled by
+ * √H; scores are scaled by `query_pre_attn_scalar`^−½; sliding-window layers use their
+ * own RoPE (`rope_local_base_freq`, no scaling).
+ */
+export interface GemmaConventions {
+  /** The embedding scale √H in f32 (transformers casts it to the compute dtype; Eaglet computes in f32). */
+  embedScale: number;
+  /** `query_pre_attn_scalar`^−½. */
+  attentionScale: number;
+  /** Per layer: true for sliding-window ("sliding_attention") layers. */
+  slidingLayers: boolean[];
+  /** The RoPE of the sliding-window layers. */
+  localRope: { theta: number; scaling: RopeScaling };
 }
 
 /** An invalid or unsupported config; the message names the file and the field. */
@@ -168,6 +192,7 @@ const DEFAULTS: Record<TargetArchitecture, { rmsNormEps: number; maxPos: number;
   Qwen3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   MistralForCausalLM: { rmsNormEps: 1e-6, maxPos: 4096 * 32, ropeTheta: 10000 },
   Phi3ForCausalLM: { rmsNormEps: 1e-5, maxPos: 4096, ropeTheta: 10000 },
+  Gemma3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 131072, ropeTheta: 1000000 },
 };
 
 /**
@@ -336,12 +361,13 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
       `${file}: num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`,
     );
   }
-  const act = f.str("hidden_act") ?? "silu";
-  if (act !== "silu") {
-    throw new ConfigError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (silu)`);
-  }
+  const gemma3 = architecture === "Gemma3ForCausalLM";
+  const mlpActivation = parseActivation(f, gemma3);
   const maxPositionEmbeddings = f.int("max_position_embeddings", d.maxPos);
-  const { theta, scaling, partialRotaryFactor } = parseRope(f, maxPositionEmbeddings, d.ropeTheta);
+  const gemmaRope = gemma3 ? parseGemmaRope(f, maxPositionEmbeddings) : null;
+  const { theta, scaling, partialRotaryFactor } = gemmaRope
+    ? { ...gemmaRope.global, partialRotaryFactor: 1 }
+    : parseRope(f, maxPositionEmbeddings, d.ropeTheta);
   const rotaryDim = rotaryDimOf(partialRotaryFactor, headDim, architecture, file);
   const attentionBias = f.bool("attention_bias", false);
   const qwen2 = architecture === "Qwen2ForCausalLM";
@@ -354,15 +380,19 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   } else if (mistral) {
     // MistralConfig defaults to a 4096-token window when the key is absent; an explicit null turns it off.
     if (f.obj.sliding_window !== null) slidingWindow = f.int("sliding_window", 4096);
+  } else if (gemma3) {
+    // Gemma3TextConfig: 4096 unless given; only the sliding-window layers use it.
+    slidingWindow = f.int("sliding_window", 4096);
   } else if (f.bool("use_sliding_window", false) && f.has("sliding_window")) {
     slidingWindow = f.int("sliding_window");
   }
+  const numLayers = f.int("num_hidden_layers");
   return {
     architecture,
     modelType: f.str("model_type") ?? "",
     hiddenSize,
     intermediateSize: f.int("intermediate_size"),
-    numLayers: f.int("num_hidden_layers"),
+    numLayers,
     numHeads,
     numKvHeads,
     headDim,
@@ -372,17 +402,107 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     ropeTheta: theta,
     ropeScaling: scaling,
     maxPositionEmbeddings,
-    tieWordEmbeddings: f.bool("tie_word_embeddings", false),
+    tieWordEmbeddings: f.bool("tie_word_embeddings", gemma3), // Gemma3TextConfig ties by default
     qkvBias: qwen2 || (!mistral && !phi3 && attentionBias),
     oBias: !qwen2 && !mistral && !phi3 && attentionBias,
     mlpBias: architecture === "LlamaForCausalLM" && f.bool("mlp_bias", false),
-    qkNorm: architecture === "Qwen3ForCausalLM",
+    qkNorm: architecture === "Qwen3ForCausalLM" || gemma3,
     fusedProjections: phi3,
     slidingWindow,
     bosTokenId: f.optId("bos_token_id"),
     eosTokenIds: f.ids("eos_token_id"),
     padTokenId: f.optId("pad_token_id"),
     torchDtype: f.str("torch_dtype") ?? f.str("dtype"),
+    mlpActivation,
+    gemma: gemmaRope ? gemmaConventions(f, hiddenSize, numLayers, gemmaRope.local) : null,
+  };
+}
+
+/** The MLP activation: `hidden_act` (Llama family: silu) or Gemma 3's `hidden_activation` (gelu_pytorch_tanh). */
+function parseActivation(f: Fields, gemma3: boolean): "silu" | "gelu_tanh" {
+  if (!gemma3) {
+    const act = f.str("hidden_act") ?? "silu";
+    if (act !== "silu") {
+      throw new ConfigError(`${f.file}: hidden_act ${JSON.stringify(act)} is not supported (silu)`);
+    }
+    return "silu";
+  }
+  const act = f.str("hidden_activation") ?? f.str("hidden_act") ?? "gelu_pytorch_tanh";
+  if (act !== "gelu_pytorch_tanh") {
+    throw new ConfigError(
+      `${f.file}: hidden_activation ${JSON.stringify(act)} is not supported (gelu_pytorch_tanh)`,
+    );
+  }
+  return "gelu_tanh";
+}
+
+/**
+ * Gemma 3's two RoPEs: Transformers 5's `rope_parameters` per layer type (`full_attention`,
+ * `sliding_attention`), or Transformers 4's `rope_theta` and `rope_scaling` (full layers) with
+ * `rope_local_base_freq` (sliding layers, unscaled).
+ */
+function parseGemmaRope(
+  f: Fields,
+  maxPos: number,
+): Record<"global" | "local", { theta: number; scaling: RopeScaling }> {
+  const params = f.obj.rope_parameters as Json | undefined;
+  if (params && typeof params === "object" && ("full_attention" in params || "sliding_attention" in params)) {
+    const of = (type: string, theta: number) => {
+      const raw = params[type] as Json | undefined;
+      if (!raw) return { theta, scaling: { type: "default" } as RopeScaling };
+      const r = new Fields(f.file, raw, `rope_parameters.${type}.`);
+      return {
+        theta: r.has("rope_theta") ? r.num("rope_theta") : theta,
+        scaling: parseRopeScaling(raw, maxPos, f.file, `rope_parameters.${type}`),
+      };
+    };
+    return { global: of("full_attention", 1000000), local: of("sliding_attention", 10000) };
+  }
+  return {
+    global: {
+      theta: f.has("rope_theta") ? f.num("rope_theta") : 1000000,
+      scaling: parseRopeScaling(f.obj.rope_scaling, maxPos, f.file),
+    },
+    local: {
+      theta: f.has("rope_local_base_freq") ? f.num("rope_local_base_freq") : 10000,
+      scaling: { type: "default" },
+    },
+  };
+}
+
+/** Gemma 3's conventions (see {@link GemmaConventions}) from its config fields. */
+function gemmaConventions(
+  f: Fields,
+  hiddenSize: number,
+  numLayers: number,
+  localRope: { theta: number; scaling: RopeScaling },
+): GemmaConventions {
+  for (const field of ["attn_logit_softcapping", "final_logit_softcapping"]) {
+    if (f.has(field)) throw new ConfigError(`${f.file}: ${field} is not supported (Gemma 3 sets it to null)`);
+  }
+  if (f.bool("use_bidirectional_attention", false)) {
+    throw new ConfigError(`${f.file}: use_bidirectional_attention is not supported (a causal target is)`);
+  }
+  let slidingLayers: boolean[];
+  const types = f.obj.layer_types;
+  if (Array.isArray(types)) {
+    if (
+      types.length !== numLayers || types.some((t) => t !== "sliding_attention" && t !== "full_attention")
+    ) {
+      throw new ConfigError(
+        `${f.file}: layer_types must list num_hidden_layers ${numLayers} of sliding_attention / full_attention`,
+      );
+    }
+    slidingLayers = types.map((t) => t === "sliding_attention");
+  } else {
+    const pattern = f.int("sliding_window_pattern", 6);
+    slidingLayers = Array.from({ length: numLayers }, (_, i) => (i + 1) % pattern !== 0);
+  }
+  return {
+    embedScale: Math.fround(Math.sqrt(hiddenSize)),
+    attentionScale: f.num("query_pre_attn_scalar", 256) ** -0.5,
+    slidingLayers,
+    localRope,
   };
 }
 
@@ -437,7 +557,11 @@ export interface LayerWeightNames {
   /** Qwen3 per-head norms ([headDim]). */
   qNorm: string | null;
   kNorm: string | null;
+  /** RMSNorm after attention: of the MLP input (Llama), or of the attention output (Gemma 3). */
   postAttentionNorm: string;
+  /** Gemma 3's RMSNorms of the MLP input and output; null for the others. */
+  preFeedforwardNorm: string | null;
+  postFeedforwardNorm: string | null;
   gate: string;
   up: string;
   down: string;
@@ -498,6 +622,8 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
     qNorm: cfg.qkNorm ? `${a}.q_norm.weight` : null,
     kNorm: cfg.qkNorm ? `${a}.k_norm.weight` : null,
     postAttentionNorm: `${p}.post_attention_layernorm.weight`,
+    preFeedforwardNorm: cfg.gemma ? `${p}.pre_feedforward_layernorm.weight` : null,
+    postFeedforwardNorm: cfg.gemma ? `${p}.post_feedforward_layernorm.weight` : null,
     gate: gateUp("gate_proj", 0, f),
     up: gateUp("up_proj", f, 2 * f),
     down: `${m}.down_proj.weight`,
@@ -532,6 +658,8 @@ export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames
       [l.qNorm, [hd]],
       [l.kNorm, [hd]],
       [l.postAttentionNorm, [h]],
+      [l.preFeedforwardNorm, [h]],
+      [l.postFeedforwardNorm, [h]],
       [l.gate, [f, h]],
       [l.up, [f, h]],
       [l.down, [h, f]],

@@ -1,5 +1,5 @@
 /**
- * The frozen target model (Llama, Qwen2, Qwen3, Mistral) on WebGPU: weights loaded from a Hugging Face
+ * The frozen target model (Llama, Qwen2, Qwen3, Mistral, Phi-3, Gemma 3) on WebGPU: weights loaded from a Hugging Face
  * checkpoint directory and kept on the GPU in their stored dtype, and a batched forward over right-padded
  * sequences that yields what EAGLE-3 training needs (SpecForge
  * `specforge/modeling/target/eagle3_target_model.py`; SGLang `set_eagle3_layers_to_capture`): the residual
@@ -9,6 +9,7 @@
  * One decoder layer, as transformers computes it:
  *   h = x + o_proj(attention(rope(q_norm?(q_proj(n))), rope(k_norm?(k_proj(n))), v_proj(n))),  n = rmsnorm(x)
  *   y = h + down_proj(silu(gate_proj(m)) ⊙ up_proj(m)),                                       m = rmsnorm(h)
+ * Gemma 3 norms each branch's output before its add (`gemmaLayerRest`), with GELU-tanh in the MLP.
  */
 import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
@@ -30,8 +31,8 @@ import { linear } from "../ops/matmul.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
 import { ropeForward, ropeTable } from "../ops/rope.ts";
 import { attentionForward } from "../ops/attention.ts";
-import { swigluForward } from "../ops/swiglu.ts";
-import { addBias, copyColumns, copyStrided } from "../ops/elementwise.ts";
+import { gegluTanhForward, swigluForward } from "../ops/swiglu.ts";
+import { accumulate, addBias, copyColumns, copyStrided, scale } from "../ops/elementwise.ts";
 import { vocabStatsMerge } from "../ops/vocab_stats.ts";
 import { topkMerge } from "../ops/features.ts";
 import { embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
@@ -65,8 +66,15 @@ export interface TargetLayerWeights {
   qNorm: Tensor | null;
   /** Per-head RMSNorm weight of k before RoPE, f32 [hd] (Qwen3), else null. */
   kNorm: Tensor | null;
-  /** RMSNorm weight before the MLP (`post_attention_layernorm`), f32 [H]. */
+  /**
+   * `post_attention_layernorm`, f32 [H]: the RMSNorm of the MLP input (Llama family) or of the attention output
+   * (Gemma 3); Gemma's norm weights are stored with their + 1 applied.
+   */
   postAttentionNorm: Tensor;
+  /** Gemma 3's RMSNorm of the MLP input (`pre_feedforward_layernorm`), f32 [H]; null for the others. */
+  preFeedforwardNorm: Tensor | null;
+  /** Gemma 3's RMSNorm of the MLP output (`post_feedforward_layernorm`), f32 [H]; null for the others. */
+  postFeedforwardNorm: Tensor | null;
   /** gate_proj weight [I, H] (I = intermediateSize), in the stored dtype. */
   gate: Tensor;
   /** up_proj weight [I, H], in the stored dtype. */
@@ -126,9 +134,11 @@ export class TargetModel implements HeadSource {
     readonly lmHead: RowSplitMatrix,
     readonly finalNorm: Tensor,
     readonly layers: TargetLayerWeights[],
-    /** RoPE cos/sin [maxPositions, headDim/2]. */
+    /** RoPE cos/sin [maxPositions, rotaryDim/2] (of the full-attention layers, for Gemma 3). */
     readonly ropeCos: Tensor,
     readonly ropeSin: Tensor,
+    /** Gemma 3's sliding-window layers' RoPE tables, null for the others. */
+    readonly ropeLocal: RopeTables | null,
     readonly maxPositions: number,
     readonly maxBlockBytes: number,
   ) {}
@@ -157,17 +167,16 @@ export class TargetModel implements HeadSource {
         if (choice.message) opts.onMessage?.(choice.message);
       }
       const maxBlockBytes = Math.min(opts.maxBlockBytes ?? Infinity, gpu.limits.maxStorageBufferBindingSize);
-      const load = new TargetWeightLoader(gpu, ckpt);
+      const load = new TargetWeightLoader(gpu, ckpt, normOffsetOf(config));
       const layers: TargetLayerWeights[] = [];
       for (const l of names.layers) layers.push(await load.layer(l));
       const embed = await load.rowSplit(names.embed, maxBlockBytes);
       const lmHead = names.lmHead === names.embed ? embed : await load.rowSplit(names.lmHead, maxBlockBytes);
-      const finalNorm = await load.vector(names.finalNorm);
+      const finalNorm = await load.norm(names.finalNorm);
       await load.checkFinite();
       // LongRoPE switches to its long factors beyond the original context; the tables here cover that context.
       const maxPositions = targetRopePositions(config, opts.maxPositions);
-      const { cos, sin } = ropeTable(config, config.rotaryDim, maxPositions);
-      const half = config.rotaryDim / 2;
+      const { global, local } = ropeTables(gpu, config, maxPositions);
       return new TargetModel(
         gpu,
         config,
@@ -177,8 +186,9 @@ export class TargetModel implements HeadSource {
         lmHead,
         finalNorm,
         layers,
-        Tensor.fromArray(gpu, cos, [maxPositions, half], "f32", "rope cos"),
-        Tensor.fromArray(gpu, sin, [maxPositions, half], "f32", "rope sin"),
+        global.cos,
+        global.sin,
+        local,
         maxPositions,
         maxBlockBytes,
       );
@@ -201,8 +211,9 @@ export class TargetModel implements HeadSource {
       for (const b of m.blocks) free(b.tensor);
     }
     free(this.finalNorm);
-    free(this.ropeCos);
-    free(this.ropeSin);
+    for (const t of [this.ropeCos, this.ropeSin, this.ropeLocal?.cos ?? null, this.ropeLocal?.sin ?? null]) {
+      free(t);
+    }
   }
 
   /**
@@ -250,6 +261,59 @@ export function checkTargetPositions(
       `target ${t.dir}: sequences longer than the sliding window (${w}) are not supported yet`,
     );
   }
+}
+
+/** RoPE cos/sin tables [maxPositions, rotaryDim/2]. */
+export interface RopeTables {
+  /** cos(position · frequency). */
+  cos: Tensor;
+  /** sin(position · frequency). */
+  sin: Tensor;
+}
+
+/** What a target's layers read their RoPE from. */
+export interface TargetRope {
+  readonly config: TargetConfig;
+  readonly ropeCos: Tensor;
+  readonly ropeSin: Tensor;
+  readonly ropeLocal: RopeTables | null;
+}
+
+/**
+ * The RoPE tables of a target for positions 0..maxPositions−1: its own, and for Gemma 3 also those of its
+ * sliding-window layers (their base, unscaled).
+ */
+export function ropeTables(
+  gpu: Gpu,
+  cfg: TargetConfig,
+  maxPositions: number,
+): { global: RopeTables; local: RopeTables | null } {
+  const half = cfg.rotaryDim / 2;
+  const upload = (c: TargetConfig, label: string): RopeTables => {
+    const { cos, sin } = ropeTable(c, c.rotaryDim, maxPositions);
+    return {
+      cos: Tensor.fromArray(gpu, cos, [maxPositions, half], "f32", `${label} cos`),
+      sin: Tensor.fromArray(gpu, sin, [maxPositions, half], "f32", `${label} sin`),
+    };
+  };
+  const local = cfg.gemma
+    ? upload(
+      { ...cfg, ropeTheta: cfg.gemma.localRope.theta, ropeScaling: cfg.gemma.localRope.scaling },
+      "local rope",
+    )
+    : null;
+  return { global: upload(cfg, "rope"), local };
+}
+
+/** The RoPE tables decoder layer `layer` reads: Gemma 3's local ones for its sliding-window layers. */
+export function layerRope(t: TargetRope, layer: number): RopeTables {
+  const local = t.config.gemma?.slidingLayers[layer] && t.ropeLocal;
+  return local ? t.ropeLocal! : { cos: t.ropeCos, sin: t.ropeSin };
+}
+
+/** The offset added to every RMSNorm weight on load: 1 for Gemma 3's (1 + w) norms, else 0. */
+export function normOffsetOf(cfg: TargetConfig): number {
+  return cfg.gemma ? 1 : 0;
 }
 
 /** Checks a forward's ids [B·T] (each in 0..V−1) and lengths (B values in 1..T). */
@@ -540,8 +604,8 @@ export async function recordTrunk(p: Program, model: TargetModel, a: TrunkArgs):
   const H = cfg.hiddenSize, nh = cfg.numHeads;
   model.checkPositions(a.positionOffset, T);
   const x = p.scratch([B * T, H], "f32", "residual");
-  await embeddingRows(p, model.embed, a.ids, x);
   const s = layerScratch(p, cfg, [B, T]);
+  await recordEmbedding(p, cfg, model.embed, a.ids, x, s);
   const lse = p.scratch([B, nh, T], "f32", "attention lse");
   for (let i = 0; i < model.layers.length; i++) {
     await recordDecoderLayer(p, cfg, model.layers[i], x, s, trunkAttend(p, model, a, i, lse));
@@ -551,22 +615,40 @@ export async function recordTrunk(p: Program, model: TargetModel, a: TrunkArgs):
 }
 
 /**
+ * The embedding rows of `ids` into the residual stream x; Gemma 3 scales them by √H
+ * (`Gemma3TextScaledWordEmbedding`), through the layer scratch's branch rows.
+ */
+export async function recordEmbedding(
+  p: Program,
+  cfg: TargetConfig,
+  embed: RowSplitMatrix,
+  ids: Tensor,
+  x: Tensor,
+  s: LayerScratch,
+): Promise<void> {
+  if (!cfg.gemma) return await embeddingRows(p, embed, ids, x);
+  await embeddingRows(p, embed, ids, s.branch!);
+  await scale(p, s.branch!, cfg.gemma.embedScale, x);
+}
+
+/**
  * The attention of decoder layer `layer` in a trunk pass `a`: q and k rotated at their positions (from
  * `a.positionOffset`), k and v stored in the layer's KV cache when the pass has one, then causal attention over
  * the valid keys (`a.lengths`); `lse` [B, nh, Tq] receives the log-sum-exps.
  */
 export function trunkAttend(
   p: Program,
-  rope: { ropeCos: Tensor; ropeSin: Tensor },
+  model: TargetRope,
   a: TrunkArgs,
   layer: number,
   lse: Tensor,
 ): Attend {
+  const rope = layerRope(model, layer);
   return async (q, k, v, att) => {
     const { batch: B, queryLen: T } = a;
     const positions = { positionOffset: a.positionOffset };
-    await ropeForward(p, q, q, rope.ropeCos, rope.ropeSin, positions);
-    await ropeForward(p, k, k, rope.ropeCos, rope.ropeSin, positions);
+    await ropeForward(p, q, q, rope.cos, rope.sin, positions);
+    await ropeForward(p, k, k, rope.cos, rope.sin, positions);
     let keys = k, values = v, queryOffset = 0;
     if (a.cache) {
       const { maxLen } = a.cache;
@@ -586,6 +668,7 @@ export function trunkAttend(
     await attentionForward(p, { q, k: keys, v: values, lengths: a.lengths, out: att, lse }, {
       causal: true,
       queryOffset,
+      scale: model.config.gemma?.attentionScale,
     });
   };
 }
@@ -608,6 +691,9 @@ export interface LayerScratch {
   gate: Tensor;
   up: Tensor;
   act: Tensor;
+  /** Gemma 3: a branch's output before its norm and residual add, and after the norm [rows, H]; else null. */
+  branch: Tensor | null;
+  branchNormed: Tensor | null;
 }
 
 /** Scratch for {@link recordDecoderLayer}, owned by `p`. */
@@ -627,6 +713,8 @@ export function layerScratch(p: Program, cfg: TargetConfig, lead: number[]): Lay
     gate: p.scratch([rows, I], "f32", "gate"),
     up: p.scratch([rows, I], "f32", "up"),
     act: p.scratch([rows, I], "f32", "swiglu"),
+    branch: cfg.gemma ? p.scratch([rows, H], "f32", "branch") : null,
+    branchNormed: cfg.gemma ? p.scratch([rows, H], "f32", "branch normed") : null,
   };
 }
 
@@ -673,6 +761,7 @@ export async function recordDecoderLayer(
     k = s.kNormed;
   }
   await attend(q, k, s.v, s.att);
+  if (cfg.gemma) return await gemmaLayerRest(p, cfg, w, x, s);
   await linear(p, flat(s.att), w.o, x, { accumulate: true });
   if (w.oBias) await addBias(p, x, w.oBias);
   await rmsnormForward(p, x, w.postAttentionNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
@@ -681,6 +770,32 @@ export async function recordDecoderLayer(
   await swigluForward(p, s.gate, s.up, s.act);
   await linear(p, s.act, w.down, x, { accumulate: true });
   if (w.downBias) await addBias(p, x, w.downBias);
+}
+
+/**
+ * Gemma 3's layer after attention (transformers `Gemma3DecoderLayer.forward`): x += norm(o_proj(att)) with
+ * `post_attention_layernorm`; m = `pre_feedforward_layernorm`(x); x += `post_feedforward_layernorm`(
+ * down(gelu_tanh(gate(m)) ⊙ up(m))).
+ */
+async function gemmaLayerRest(
+  p: Program,
+  cfg: TargetConfig,
+  w: TargetLayerWeights,
+  x: Tensor,
+  s: LayerScratch,
+): Promise<void> {
+  const rows = x.shape[0], branch = s.branch!, normed = s.branchNormed!;
+  const eps = PLAIN_RMS(cfg);
+  await linear(p, s.att.reshape([rows, s.att.size / rows]), w.o, branch);
+  await rmsnormForward(p, branch, w.postAttentionNorm, normed, s.rstd, eps);
+  await accumulate(p, x, normed);
+  await rmsnormForward(p, x, w.preFeedforwardNorm!, s.normed, s.rstd, eps);
+  await linear(p, s.normed, w.gate, s.gate);
+  await linear(p, s.normed, w.up, s.up);
+  await gegluTanhForward(p, s.gate, s.up, s.act);
+  await linear(p, s.act, w.down, branch);
+  await rmsnormForward(p, branch, w.postFeedforwardNorm!, normed, s.rstd, eps);
+  await accumulate(p, x, normed);
 }
 
 async function projection(p: Program, x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): Promise<void> {
@@ -713,7 +828,21 @@ export class TargetWeightLoader {
   /** Every tensor uploaded, for the finite-weight check. */
   readonly loaded: LoadedWeight[] = [];
 
-  constructor(readonly gpu: Gpu, readonly ckpt: SafetensorsCheckpoint) {}
+  /** `normOffset` is added to every RMSNorm weight ({@link normOffsetOf}: 1 for Gemma 3). */
+  constructor(readonly gpu: Gpu, readonly ckpt: SafetensorsCheckpoint, readonly normOffset = 0) {}
+
+  /** An RMSNorm weight, f32, with the norm offset added (transformers computes 1 + w in f32 too). */
+  async norm(name: string): Promise<Tensor> {
+    const raw = await this.ckpt.read(name);
+    return this.#keep(
+      name,
+      Tensor.fromArray(this.gpu, normData(raw, name, this.normOffset), raw.shape, "f32", name),
+    );
+  }
+
+  async optionalNorm(name: string | null): Promise<Tensor | null> {
+    return name ? await this.norm(name) : null;
+  }
 
   /** A projection matrix, whole, or rows of a fused one (Phi-3's qkv_proj / gate_up_proj, `fusedRows`). */
   async matrix(name: string): Promise<Tensor> {
@@ -739,7 +868,7 @@ export class TargetWeightLoader {
 
   async layer(l: LayerWeightNames): Promise<TargetLayerWeights> {
     return {
-      inputNorm: await this.vector(l.inputNorm),
+      inputNorm: await this.norm(l.inputNorm),
       q: await this.matrix(l.q),
       k: await this.matrix(l.k),
       v: await this.matrix(l.v),
@@ -748,9 +877,11 @@ export class TargetWeightLoader {
       kBias: await this.optionalVector(l.kBias),
       vBias: await this.optionalVector(l.vBias),
       oBias: await this.optionalVector(l.oBias),
-      qNorm: await this.optionalVector(l.qNorm),
-      kNorm: await this.optionalVector(l.kNorm),
-      postAttentionNorm: await this.vector(l.postAttentionNorm),
+      qNorm: await this.optionalNorm(l.qNorm),
+      kNorm: await this.optionalNorm(l.kNorm),
+      postAttentionNorm: await this.norm(l.postAttentionNorm),
+      preFeedforwardNorm: await this.optionalNorm(l.preFeedforwardNorm),
+      postFeedforwardNorm: await this.optionalNorm(l.postFeedforwardNorm),
       gate: await this.matrix(l.gate),
       up: await this.matrix(l.up),
       down: await this.matrix(l.down),
@@ -789,6 +920,13 @@ export class TargetWeightLoader {
     const { dtype, data } = uploadData(raw, this.gpu.features.shaderF16, label);
     return this.#keep(name, Tensor.fromArray(this.gpu, data, raw.shape, dtype, label));
   }
+}
+
+/** An RMSNorm weight as uploaded: f32, plus `offset` (Gemma 3's 1 + w), rounded to f32 as PyTorch adds. */
+export function normData(raw: RawTensor, label: string, offset: number): Float32Array<ArrayBuffer> {
+  const w = toFloat32(raw, label);
+  if (offset !== 0) { for (let i = 0; i < w.length; i++) w[i] = Math.fround(offset + w[i]); }
+  return w;
 }
 
 /**

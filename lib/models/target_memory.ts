@@ -73,6 +73,8 @@ export const LAYER_MATRICES = ["q", "k", "v", "o", "gate", "up", "down"] as cons
 export const LAYER_VECTORS = [
   "inputNorm",
   "postAttentionNorm",
+  "preFeedforwardNorm",
+  "postFeedforwardNorm",
   "qBias",
   "kBias",
   "vBias",
@@ -168,6 +170,8 @@ export function targetWeightTensors(
       const vectors = [
         l.inputNorm,
         l.postAttentionNorm,
+        l.preFeedforwardNorm,
+        l.postFeedforwardNorm,
         l.qBias,
         l.kBias,
         l.vBias,
@@ -306,6 +310,7 @@ export function trunkTensors(cfg: TargetConfig, B: number, T: number): PlannedTe
     planned("gate", [rows, I], "f32"),
     planned("up", [rows, I], "f32"),
     planned("swiglu", [rows, I], "f32"),
+    ...(cfg.gemma ? [planned("branch", [rows, H], "f32"), planned("branch normed", [rows, H], "f32")] : []),
     planned("attention lse", [B, nh, T], "f32"),
   );
   return out;

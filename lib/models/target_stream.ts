@@ -10,11 +10,10 @@
 import type { Gpu } from "../gpu/device.ts";
 import { Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
-import { SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
+import { SafetensorsCheckpoint } from "../io/safetensors.ts";
 import { copyColumns } from "../ops/elementwise.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
-import { ropeTable } from "../ops/rope.ts";
-import { embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
+import type { RowSplitMatrix } from "../ops/row_split.ts";
 import {
   checkAuxLayers,
   defaultAuxLayers,
@@ -31,8 +30,13 @@ import {
   checkTargetPositions,
   type HeadSource,
   layerScratch,
+  normData,
+  normOffsetOf,
   recordDecoderLayer,
+  recordEmbedding,
   recordHeadOutputs,
+  type RopeTables,
+  ropeTables,
   type TargetLayerWeights,
   TargetModel,
   type TargetOutputs,
@@ -80,6 +84,8 @@ export class StreamedTarget implements HeadSource {
     readonly slots: TargetLayerWeights[],
     readonly ropeCos: Tensor,
     readonly ropeSin: Tensor,
+    /** Gemma 3's sliding-window layers' RoPE tables, null for the others. */
+    readonly ropeLocal: RopeTables | null,
     readonly maxPositions: number,
     readonly ckpt: SafetensorsCheckpoint,
   ) {}
@@ -96,18 +102,17 @@ export class StreamedTarget implements HeadSource {
       const choice = defaultAuxLayers(config.numLayers);
       if (!opts.auxLayers && choice.message) opts.onMessage?.(choice.message);
       const auxLayers = checkAuxLayers(opts.auxLayers ?? choice.layers, config.numLayers);
-      const load = new TargetWeightLoader(gpu, ckpt);
+      const load = new TargetWeightLoader(gpu, ckpt, normOffsetOf(config));
       const maxBlockBytes = gpu.limits.maxStorageBufferBindingSize;
       const embed = await load.rowSplit(names.embed, maxBlockBytes);
       const lmHead = names.lmHead === names.embed ? embed : await load.rowSplit(names.lmHead, maxBlockBytes);
-      const finalNorm = await load.vector(names.finalNorm);
+      const finalNorm = await load.norm(names.finalNorm);
       await load.checkFinite();
       const perLayer = layerBytes((n) => ckpt.info(n), names.layers[0], gpu.features.shaderF16);
       const count = streamSlotCount(opts.budgetBytes, perLayer, config.numLayers);
       const slots = Array.from({ length: count }, (_, s) => emptySlot(gpu, ckpt, names.layers[0], s));
       const maxPositions = targetRopePositions(config, opts.maxPositions);
-      const { cos, sin } = ropeTable(config, config.rotaryDim, maxPositions);
-      const half = config.rotaryDim / 2;
+      const rope = ropeTables(gpu, config, maxPositions);
       return new StreamedTarget(
         gpu,
         config,
@@ -118,8 +123,9 @@ export class StreamedTarget implements HeadSource {
         lmHead,
         finalNorm,
         slots,
-        Tensor.fromArray(gpu, cos, [maxPositions, half], "f32", "rope cos"),
-        Tensor.fromArray(gpu, sin, [maxPositions, half], "f32", "rope sin"),
+        rope.global.cos,
+        rope.global.sin,
+        rope.local,
         maxPositions,
         ckpt,
       );
@@ -156,7 +162,10 @@ export class StreamedTarget implements HeadSource {
         : await this.ckpt.read(name);
       const tensor = w[f]!;
       const isMatrix = (MATRICES as readonly string[]).includes(f);
-      tensor.write(isMatrix ? uploadData(raw, this.gpu.features.shaderF16, name).data : toFloat32(raw, name));
+      const offset = f.endsWith("Norm") ? normOffsetOf(this.config) : 0;
+      tensor.write(
+        isMatrix ? uploadData(raw, this.gpu.features.shaderF16, name).data : normData(raw, name, offset),
+      );
       written.push({ name, tensor, file: this.ckpt.info(fused ? fused.tensor : name).file });
     }
     if (!this.#checked.has(layer)) {
@@ -185,7 +194,9 @@ export class StreamedTarget implements HeadSource {
     for (const m of [this.embed, this.lmHead, ...this.#subsets.values()]) {
       for (const b of m.blocks) free(b.tensor);
     }
-    for (const t of [this.finalNorm, this.ropeCos, this.ropeSin]) free(t);
+    for (const t of [this.finalNorm, this.ropeCos, this.ropeSin, this.ropeLocal?.cos, this.ropeLocal?.sin]) {
+      free(t ?? null);
+    }
     this.ckpt.close();
   }
 }
@@ -237,7 +248,8 @@ export class StreamedForward {
   /** f32 [B·T, k]: their logits. */
   topkValues: Tensor | null = null;
   readonly #embed: Program;
-  readonly #layers: Program[] = [];
+  /** The layer programs by slot, and by RoPE kind (Gemma 3's local or global tables). */
+  readonly #layers = new Map<string, Program>();
   readonly #captures = new Map<number, Program>();
   readonly #head: Program;
 
@@ -261,14 +273,23 @@ export class StreamedForward {
     const cfg = model.config, H = cfg.hiddenSize, p = this.#embed;
     if (outputs.aux) this.aux = p.scratch([B * T, 3 * H], "f32", "aux hidden states");
     const x = p.scratch([B * T, H], "f32", "residual");
-    await embeddingRows(p, model.embed, this.ids, x);
     const s = layerScratch(p, cfg, [B, T]);
+    await recordEmbedding(p, cfg, model.embed, this.ids, x, s);
     const lse = p.scratch([B, cfg.numHeads, T], "f32", "attention lse");
     const pass = { batch: B, queryLen: T, ids: this.ids, lengths: this.lengths, positionOffset: 0 };
-    for (const [slot, w] of model.slots.entries()) {
-      const layer = new Program(model.gpu, `${p.label} slot ${slot}`);
-      await recordDecoderLayer(layer, cfg, w, x, s, trunkAttend(layer, model, pass, slot, lse));
-      this.#layers.push(layer);
+    for (let i = 0; i < cfg.numLayers; i++) {
+      const key = this.#layerKey(i);
+      if (this.#layers.has(key)) continue;
+      const layer = new Program(model.gpu, `${p.label} layers ${key}`);
+      await recordDecoderLayer(
+        layer,
+        cfg,
+        model.slots[i % model.slots.length],
+        x,
+        s,
+        trunkAttend(layer, model, pass, i, lse),
+      );
+      this.#layers.set(key, layer);
     }
     for (const [slot, l] of model.auxLayers.entries()) {
       if (!this.aux) break;
@@ -289,16 +310,21 @@ export class StreamedForward {
     Object.assign(this, await recordHeadOutputs(p, final, model, outputs));
   }
 
+  /** The program of layer i: its slot's, with the RoPE tables of its kind. */
+  #layerKey(i: number): string {
+    return `${i % this.model.slots.length}${this.model.config.gemma?.slidingLayers[i] ? " local" : ""}`;
+  }
+
   /** Writes the ids and lengths and runs the forward, streaming every layer through the slots. */
   async run(ids: Int32Array<ArrayBuffer>, lengths: number[]): Promise<void> {
     checkForwardInput(ids, lengths, this.batch, this.seqLen, this.model.config.vocabSize);
     this.ids.write(ids);
     this.lengths.write(Int32Array.from(lengths));
     this.#embed.run();
-    const K = this.#layers.length;
+    const K = this.model.slots.length;
     for (let i = 0; i < this.model.config.numLayers; i++) {
       await this.model.writeLayer(i, i % K);
-      this.#layers[i % K].run();
+      this.#layers.get(this.#layerKey(i))!.run();
       this.#captures.get(i)?.run();
     }
     this.#head.run();
@@ -306,7 +332,9 @@ export class StreamedForward {
 
   /** Frees the programs and their tensors. */
   destroy(): void {
-    for (const p of [this.#embed, ...this.#layers, ...this.#captures.values(), this.#head]) p.destroy();
+    for (const p of [this.#embed, ...this.#layers.values(), ...this.#captures.values(), this.#head]) {
+      p.destroy();
+    }
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * SwiGLU, the gated MLP activation of Llama: out = silu(gate) ⊙ up, silu(g) = g·σ(g), on f32 tensors of
  * one shape (gate_proj and up_proj outputs, [rows, I]).
- * Backward: dup = dout ⊙ silu(gate), dgate = dout ⊙ up ⊙ σ(g)·(1 + g·(1 − σ(g))).
+ * Backward: dup = dout ⊙ silu(gate), dgate = dout ⊙ up ⊙ σ(g)·(1 + g·(1 − σ(g))). Also Gemma's GELU-tanh
+ * gated MLP, forward only.
  */
 import * as K from "../../kernels/swiglu.ts";
 import { params, type Program } from "../gpu/program.ts";
@@ -19,6 +20,19 @@ export async function swigluForward(p: Program, gate: Tensor, up: Tensor, out: T
   checkAll("swigluForward", [["gate", gate], ["up", up], ["out", out]]);
   await p.add(
     { name: "swiglu.forward", code: K.forward, entryPoint: "forward" },
+    [params(["u32", gate.size]), gate, up, out],
+    Math.ceil(gate.size / K.SWIGLU_WG),
+  );
+}
+
+/**
+ * Records out = gelu_tanh(gate) ⊙ up, Gemma's gated MLP (transformers `GELUTanh`, PyTorch
+ * `gelu(approximate="tanh")`); forward only (frozen targets).
+ */
+export async function gegluTanhForward(p: Program, gate: Tensor, up: Tensor, out: Tensor): Promise<void> {
+  checkAll("gegluTanhForward", [["gate", gate], ["up", up], ["out", out]]);
+  await p.add(
+    { name: "swiglu.forward_gelu_tanh", code: K.forwardGeluTanh, entryPoint: "forward_gelu_tanh" },
     [params(["u32", gate.size]), gate, up, out],
     Math.ceil(gate.size / K.SWIGLU_WG),
   );
@@ -66,4 +80,14 @@ export function swigluBackwardCpu(
     dup[i] = dout[i] * gate[i] * s;
   }
   return { dgate, dup };
+}
+
+/** CPU reference of {@link gegluTanhForward} (f64): ½g·(1 + tanh(√(2/π)·(g + 0.044715g³)))·up. */
+export function gegluTanhCpu(gate: ArrayLike<number>, up: ArrayLike<number>): Float64Array {
+  const out = new Float64Array(gate.length);
+  for (let i = 0; i < out.length; i++) {
+    const g = gate[i];
+    out[i] = 0.5 * g * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (g + 0.044715 * g ** 3))) * up[i];
+  }
+  return out;
 }

@@ -231,3 +231,29 @@ Deno.test({ name: "runSpeculativeEval reports tau, speeds and the greedy match",
     target.destroy();
   }
 });
+
+Deno.test({
+  name: "greedy speculative decoding on Gemma 3 equals its plain greedy decoding (chain and trees)",
+  ...needsGpu,
+}, async () => {
+  // The golden Gemma 3's sliding window is 32 tokens: prompts, new tokens and draft trees stay within it.
+  const target = await TargetModel.load(gpu!, new URL("../golden/targets/gemma3", import.meta.url).pathname);
+  const maxNewTokens = 6;
+  const plain = await generate(target, PROMPTS, { maxNewTokens, eosTokenIds: [] });
+  const drafts = [randomDraft(target, 7), constantDraft(target, frequent(plain, 4))];
+  try {
+    for (const [k, d] of drafts.entries()) {
+      for (const shape of SHAPES) {
+        const dec = new SpeculativeDecoder(target, d.draft, d.map, shape);
+        for (const [i, prompt] of PROMPTS.entries()) {
+          const out = await dec.generate(prompt, { maxNewTokens, eosTokenIds: [] });
+          assert.deepEqual(out.tokens, plain[i], `draft ${k}, ${shape.name}, prompt ${i}`);
+        }
+        dec.destroy();
+      }
+    }
+  } finally {
+    for (const d of drafts) d.draft.destroy();
+    target.destroy();
+  }
+});

@@ -4,7 +4,8 @@ For each supported architecture a tiny random-weight checkpoint is written to te
 (config.json + model.safetensors in the dtype a real checkpoint would use), then the model is reloaded in
 float32 from exactly those stored weights and run with eager attention on a right-padded batch. Saved in
 tests/golden/targets/<name>/golden.safetensors: input_ids, attention_mask, the residual stream after every
-decoder layer (hidden_states[1:], before the final norm), the final post-norm hidden state and the logits.
+decoder layer (hidden_states[1:], before the final norm), the final post-norm hidden state and the logits, and
+for the cases in GREEDY the greedy continuation transformers' generate() gives.
 
 Run with the venv described in DESIGN.md (torch 2.x, transformers 5.x); name cases to write only those:
   .venv-golden/bin/python tests/golden/make_targets.py [phi3 ...]
@@ -81,7 +82,29 @@ CASES = {
              rope_scaling=dict(type="longrope", short_factor=[1.0, 1.3, 2.1, 3.7], long_factor=[2.0, 4.0, 8.0, 16.0])),
         torch.bfloat16,
     ),
+    # Gemma 3 (text): (1 + w) norms with the sandwich norms, GELU-tanh MLP, √H embedding scale, q/k norms,
+    # query_pre_attn_scalar 24 (not head_dim), sliding and full layers with their own RoPE (the full layers'
+    # with linear scaling), tied embeddings, bf16 storage. The window (32) exceeds the golden batch's 11 tokens and
+    # the speculative-decoding test's sequences.
+    "gemma3": (
+        transformers.Gemma3TextConfig,
+        dict(
+            head_dim=16, query_pre_attn_scalar=24, sliding_window=32, tie_word_embeddings=True,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2
+            + ["sliding_attention", "full_attention"],
+            rope_parameters=dict(
+                sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+                full_attention=dict(rope_type="linear", factor=2.0, rope_theta=1000000.0),
+            ),
+        ),
+        torch.bfloat16,
+    ),
 }
+
+
+# Cases whose golden also holds transformers' greedy continuation (added with them; the older cases' files
+# predate it).
+GREEDY = {"gemma3"}
 
 
 def main():
@@ -127,13 +150,20 @@ def main():
         for h in handles:
             h.remove()
         layer_outputs = torch.stack([captured[i] for i in range(config.num_hidden_layers)], 0)
-        save(os.path.join(path, "golden.safetensors"), {
+        tensors = {
             "input_ids": ids,
             "attention_mask": mask,
             "layer_outputs": layer_outputs,  # residual stream after each decoder layer, pre-norm
             "final_hidden": hidden[-1],  # after the final RMSNorm
             "logits": out.logits,
-        })
+        }
+        if name in GREEDY:
+            # transformers' own greedy decoding (its KV cache) of the first sequence's 7 tokens, 8 new tokens
+            with torch.no_grad():
+                gen = reloaded.generate(ids[:1, :7], max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                        pad_token_id=COMMON["pad_token_id"])
+            tensors["greedy_ids"] = gen[0, 7:]
+        save(os.path.join(path, "golden.safetensors"), tensors)
         print(name, dtype, "->", path)
 
 

@@ -564,3 +564,73 @@ Deno.test("config: default aux layers [1, N/2-1, N-4], and the choice for shallo
   assert.throws(() => checkAuxLayers([1, 0, 1], 2), /must be ascending/);
   assert.throws(() => checkAuxLayers([1, 2], 10), /must be 3 layer ids/);
 });
+
+/** google/gemma-3-1b-it's config.json (Transformers 4: rope_local_base_freq, sliding_window_pattern). */
+const GEMMA3_1B = {
+  architectures: ["Gemma3ForCausalLM"],
+  attention_bias: false,
+  attn_logit_softcapping: null,
+  bos_token_id: 2,
+  eos_token_id: [1, 106],
+  final_logit_softcapping: null,
+  head_dim: 256,
+  hidden_activation: "gelu_pytorch_tanh",
+  hidden_size: 1152,
+  intermediate_size: 6912,
+  max_position_embeddings: 32768,
+  model_type: "gemma3_text",
+  num_attention_heads: 4,
+  num_hidden_layers: 26,
+  num_key_value_heads: 1,
+  pad_token_id: 0,
+  query_pre_attn_scalar: 256,
+  rms_norm_eps: 1e-6,
+  rope_local_base_freq: 10000,
+  rope_scaling: null,
+  rope_theta: 1000000,
+  sliding_window: 512,
+  sliding_window_pattern: 6,
+  torch_dtype: "bfloat16",
+  vocab_size: 262144,
+};
+
+Deno.test("config: Gemma 3 (Transformers 4 and 5 layouts): local/global layers, their RoPEs, its conventions", () => {
+  const c = parseTargetConfig(GEMMA3_1B);
+  assert.equal(c.architecture, "Gemma3ForCausalLM");
+  assert.deepEqual([c.qkNorm, c.tieWordEmbeddings, c.mlpActivation, c.slidingWindow], [
+    true,
+    true,
+    "gelu_tanh",
+    512,
+  ]);
+  assert.deepEqual([c.ropeTheta, c.ropeScaling], [1000000, { type: "default" }]);
+  const g = c.gemma!;
+  assert.deepEqual(g.slidingLayers.map((s, i) => s ? -1 : i).filter((i) => i >= 0), [5, 11, 17, 23]);
+  assert.deepEqual(g.localRope, { theta: 10000, scaling: { type: "default" } });
+  assert.equal(g.attentionScale, 1 / 16);
+  assert.equal(g.embedScale, Math.fround(Math.sqrt(1152)));
+  // Transformers 5: layer_types and per-type rope_parameters (the 4B+ models' linear scaling on full layers).
+  const v5 = parseTargetConfig(edit(GEMMA3_1B, {
+    sliding_window_pattern: undefined,
+    rope_theta: undefined,
+    rope_local_base_freq: undefined,
+    rope_scaling: undefined,
+    layer_types: Array.from({ length: 26 }, (_, i) => i % 2 ? "full_attention" : "sliding_attention"),
+    rope_parameters: {
+      full_attention: { rope_type: "linear", factor: 8, rope_theta: 1000000 },
+      sliding_attention: { rope_type: "default", rope_theta: 10000 },
+    },
+  }));
+  assert.deepEqual(v5.gemma!.slidingLayers.slice(0, 4), [true, false, true, false]);
+  assert.deepEqual([v5.ropeTheta, v5.ropeScaling], [1000000, { type: "linear", factor: 8 }]);
+  for (
+    const [changes, field] of [
+      [{ final_logit_softcapping: 30 }, /final_logit_softcapping/],
+      [{ use_bidirectional_attention: true }, /use_bidirectional_attention/],
+      [{ hidden_activation: "gelu" }, /hidden_activation "gelu"/],
+      [{ layer_types: ["full_attention"] }, /layer_types/],
+    ] as const
+  ) {
+    assert.throws(() => parseTargetConfig(edit(GEMMA3_1B, changes)), field);
+  }
+});

@@ -1,12 +1,12 @@
 /**
  * The layer-streamed target (lib/models/target_stream.ts) against the resident one on the golden tiny targets
- * (8 layers, bf16; Llama, Qwen3 with its q/k norms, Phi-3 with fused matrices): with one slot, three slots
- * (8 layers do not divide into them) and every layer in a slot, each output (aux states with a repeated
- * layer, final hidden, subset logits, full-vocabulary statistics and top-k) equals the resident forward's bit
- * for bit, over two runs of different batches (the slots are rewritten each run); and prepare-hidden-states
- * under a budget of two layers writes the resident run's feature files byte for byte, its memory plan holding
- * two slots and meeting the measured peak; train-online under a budget of three layers trains the resident
- * run's draft bit for bit.
+ * (8 layers, bf16; Llama, Qwen3 with its q/k norms, Phi-3 with fused matrices, Gemma 3 with its local and
+ * global layers): with one slot, three slots (8 layers do not divide into them) and every layer in a slot,
+ * each output (aux states, final hidden, subset logits, full-vocabulary statistics and top-k) equals the
+ * resident forward's bit for bit, over two runs of different batches (the slots are rewritten each run); and
+ * prepare-hidden-states under a budget of two layers writes the resident run's feature files byte for byte,
+ * its memory plan holding two slots and meeting the measured peak; train-online under a budget of three layers
+ * trains the resident run's draft bit for bit.
  */
 import assert from "node:assert/strict";
 import { gpu, needsGpu, rng } from "../gpu.ts";
@@ -46,7 +46,7 @@ async function oneLayerBytes(dir: string, shaderF16: boolean): Promise<number> {
   }
 }
 
-for (const arch of ["llama", "qwen3", "phi3"]) {
+for (const arch of ["llama", "qwen3", "phi3", "gemma3"]) {
   Deno.test(
     { name: `streamed target ${arch}: every output equals the resident forward's`, ...needsGpu },
     async () => {

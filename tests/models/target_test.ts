@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { assertClose, gpu, needsGpu } from "../gpu.ts";
 import { Golden } from "../golden.ts";
 import { TargetModel } from "../../lib/models/target.ts";
+import { Generator } from "../../lib/models/generate.ts";
 import { vocabStatsCpu } from "../../lib/ops/vocab_stats.ts";
 
 const GOLDEN_DIR = new URL("../golden/targets/", import.meta.url).pathname;
@@ -19,7 +20,9 @@ function validRows(data: Float32Array, lengths: number[], T: number, width: numb
   return out;
 }
 
-for (const arch of ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "phi3_longrope"]) {
+for (
+  const arch of ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "phi3_longrope", "gemma3"]
+) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
     ...needsGpu,
@@ -143,6 +146,28 @@ Deno.test({
       /positions up to 17 exceed the 16 the RoPE table was built for \(the original context of its longrope/,
     );
   } finally {
+    model.destroy();
+  }
+});
+
+Deno.test({
+  name: "target gemma3: greedy continuation equals transformers' generate(), with and without the KV cache",
+  ...needsGpu,
+}, async () => {
+  const golden = goldenOf("gemma3");
+  const T = golden.shape("input_ids")[1];
+  const prompt = Array.from(golden.ints("input_ids").slice(0, 7));
+  assert.ok(T >= 7);
+  const model = await TargetModel.load(gpu!, `${GOLDEN_DIR}gemma3`, { auxLayers: [1, 3, 4] });
+  const g = new Generator(model);
+  try {
+    const want = Array.from(golden.ints("greedy_ids"));
+    for (const useCache of [true, false]) {
+      const [got] = await g.generate([prompt], { maxNewTokens: want.length, eosTokenIds: [], useCache });
+      assert.deepEqual(got, want, `useCache ${useCache}`);
+    }
+  } finally {
+    g.destroy();
     model.destroy();
   }
 });

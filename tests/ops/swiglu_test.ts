@@ -3,7 +3,14 @@ import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
 import { Golden } from "../golden.ts";
 import { Program, runOnce } from "../../lib/gpu/program.ts";
 import { Tensor } from "../../lib/tensor.ts";
-import { swigluBackward, swigluBackwardCpu, swigluCpu, swigluForward } from "../../lib/ops/swiglu.ts";
+import {
+  gegluTanhCpu,
+  gegluTanhForward,
+  swigluBackward,
+  swigluBackwardCpu,
+  swigluCpu,
+  swigluForward,
+} from "../../lib/ops/swiglu.ts";
 
 function upload(data: ArrayLike<number>, shape: number[], label: string): Tensor {
   return Tensor.fromArray(gpu!, Float32Array.from(data), shape, "f32", label);
@@ -82,5 +89,22 @@ Deno.test(
     await assert.rejects(() => swigluBackward(p, a, a, a, h, a), /dgate \(h\) is f16, expected f32/);
     assert.equal(p.dispatches.length, 0);
     for (const t of [a, b, h]) t.destroy();
+  },
+);
+
+Deno.test(
+  { name: "geglu (GELU-tanh gate): forward vs CPU, saturated ends included", ...needsGpu },
+  async () => {
+    for (const shape of [[1, 1], [3, 7], [97, 700]]) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const gate = randomArray(n, n + 3, 6), up = randomArray(n, n + 4, 2);
+      gate[0] = -100; // tanh's saturated ends: 0 and g
+      if (n > 1) gate[1] = 100;
+      const tg = upload(gate, shape, "gate"), tu = upload(up, shape, "up");
+      const out = Tensor.empty(gpu!, shape, "f32", "out");
+      await runOnce(gpu!, "geglu", (p) => gegluTanhForward(p, tg, tu, out));
+      assertClose(await out.read(), gegluTanhCpu(gate, up), `out [${shape}]`, { atol: 1e-5, rtol: 1e-4 });
+      for (const t of [tg, tu, out]) t.destroy();
+    }
   },
 );
