@@ -104,7 +104,7 @@ export class TargetSession {
     const N = tree.tokens.length;
     this.#checkRows(N, "tree");
     const maxDepth = Math.max(...tree.depths);
-    this.model.checkPositions(prefix, maxDepth + 1);
+    this.model.checkPositions(prefix, maxDepth + 1, false); // the tree attention applies no window
     if (prefix + N > this.maxLen) {
       throw new LimitError(
         `speculative target: tree slots up to ${prefix + N} exceed the cache (${this.maxLen})`,

@@ -231,20 +231,25 @@ export class TargetModel implements HeadSource {
     return cachedSubset(this.#subsets, this.gpu, this.lmHead, ids, this.maxBlockBytes);
   }
 
-  /** Checks that a sequence of `len` positions starting at `offset` fits the RoPE table and the window. */
-  checkPositions(offset: number, len: number): void {
-    checkTargetPositions(this, offset, len);
+  /**
+   * Checks that a sequence of `len` positions starting at `offset` fits the RoPE table, and the sliding window
+   * where the pass cannot apply it (`windowed` false: eval's tree verification; Qwen2/3's per-layer windows).
+   */
+  checkPositions(offset: number, len: number, windowed = true): void {
+    checkTargetPositions(this, offset, len, windowed);
   }
 }
 
 /**
- * Checks that `len` positions from `offset` fit the RoPE tables (`maxPositions`) and the sliding window of the
- * target loaded from `dir`.
+ * Checks that `len` positions from `offset` fit the RoPE tables (`maxPositions`) of the target loaded from
+ * `dir`, and its sliding window unless the pass applies it (`windowed`, and {@link layerWindow} knows the
+ * architecture's windows).
  */
 export function checkTargetPositions(
   t: { dir: string; config: TargetConfig; maxPositions: number },
   offset: number,
   len: number,
+  windowed = true,
 ): void {
   if (offset + len > t.maxPositions) {
     const why = t.config.ropeScaling.type === "longrope"
@@ -256,11 +261,28 @@ export function checkTargetPositions(
     );
   }
   const w = t.config.slidingWindow;
-  if (w !== null && offset + len > w) {
+  if (w !== null && offset + len > w && !(windowed && windowsApplied(t.config))) {
     throw new LimitError(
-      `target ${t.dir}: sequences longer than the sliding window (${w}) are not supported yet`,
+      `target ${t.dir}: sequences longer than the sliding window (${w}) are not supported ` +
+        (windowed ? `for ${t.config.architecture} yet` : "by speculative decoding's tree verification yet"),
     );
   }
+}
+
+/**
+ * Whether the forward applies this architecture's sliding windows ({@link layerWindow}): Mistral's and
+ * Phi-3's on every layer, Gemma 3's on its sliding layers; not Qwen2/3's, whose windows depend on
+ * `max_window_layers`.
+ */
+function windowsApplied(cfg: TargetConfig): boolean {
+  return cfg.architecture !== "Qwen2ForCausalLM" && cfg.architecture !== "Qwen3ForCausalLM";
+}
+
+/** The sliding window of decoder layer `layer` (transformers' `sliding_window_overlay`), or null for none. */
+export function layerWindow(cfg: TargetConfig, layer: number): number | null {
+  if (cfg.slidingWindow === null || !windowsApplied(cfg)) return null;
+  if (cfg.gemma && !cfg.gemma.slidingLayers[layer]) return null;
+  return cfg.slidingWindow;
 }
 
 /** RoPE cos/sin tables [maxPositions, rotaryDim/2]. */
@@ -669,6 +691,7 @@ export function trunkAttend(
       causal: true,
       queryOffset,
       scale: model.config.gemma?.attentionScale,
+      window: layerWindow(model.config, layer) ?? undefined,
     });
   };
 }

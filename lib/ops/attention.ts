@@ -1,7 +1,8 @@
 /**
  * Attention (f32): out = softmax(scale·q·kᵀ + mask)·v per query head, with grouped-query attention (query
  * head h reads kv head h / (nh / nkv)), a key-padding mask (keys s ≥ lengths[b] are masked), an optional
- * causal mask (key s allowed only if s ≤ t + queryOffset) and the EAGLE-3 test-time-training diagonal keys
+ * causal mask (key s allowed only if s ≤ t + queryOffset), an optional sliding window (and s + window > t +
+ * queryOffset) and the EAGLE-3 test-time-training diagonal keys
  * (SpecForge `specforge/modeling/draft/llama3_eagle.py` `LlamaAttention.forward` with `cache_hidden`): at TTT
  * position k, row t also attends its own keys kd[j, b, t], j < S = k, unmasked, in the same softmax. RoPE is
  * applied before this op. Forward and backward are flash-style (kernels/attention.ts): the [B, nh, Tq, Tk]
@@ -32,6 +33,11 @@ export interface AttentionOptions {
   queryOffset?: number;
   /** Multiplies q·k (default 1/sqrt(hd)). */
   scale?: number;
+  /**
+   * Sliding-window attention: key s is allowed for query row t only if s + window > t + queryOffset (the
+   * `window` most recent positions, transformers' `sliding_window_overlay`); 0 or absent: no window.
+   */
+  window?: number;
   /**
    * Kernel family: "tiled" (workgroup-memory tiles, for GPUs) or "rows" (each invocation keeps a few rows in
    * registers, no workgroup memory or barriers, for CPU adapters). Default: "rows" on CPU adapters (Mesa
@@ -208,7 +214,7 @@ function uniforms(d: AttentionDims, opts: AttentionOptions) {
     ["u32", opts.causal ? 1 : 0],
     ["u32", opts.queryOffset ?? 0],
     ["f32", opts.scale ?? 1 / Math.sqrt(d.headDim)],
-    ["u32", 0],
+    ["u32", opts.window ?? 0],
     ["u32", 0],
     ["u32", 0],
   );
@@ -460,6 +466,7 @@ function forEachRow(
         const scores: number[] = [];
         for (let s = 0; s < len; s++) {
           if (opts.causal && s > t + offset) continue;
+          if (opts.window && s + opts.window <= t + offset) continue;
           const ko = ((b * Tk + s) * nkv + kvh) * hd;
           keys.push({ diag: false, offset: ko });
           scores.push(scale * dot(x.q, qo, x.k, ko));

@@ -257,3 +257,25 @@ Deno.test({
     target.destroy();
   }
 });
+
+Deno.test(
+  { name: "speculative decoding past a sliding window is refused by name", ...needsGpu },
+  async () => {
+    const target = await TargetModel.load(
+      gpu!,
+      new URL("../golden/targets/mistral_window", import.meta.url).pathname,
+    );
+    const { draft, map } = randomDraft(target, 7);
+    const dec = new SpeculativeDecoder(target, draft, map, { numSteps: 3, topk: 1 });
+    try {
+      await assert.rejects(
+        () => dec.generate(PROMPTS[2], { maxNewTokens: 4, eosTokenIds: [] }),
+        /sliding window \(5\) are not supported by speculative decoding's tree verification/,
+      );
+    } finally {
+      dec.destroy();
+      draft.destroy();
+      target.destroy();
+    }
+  },
+);

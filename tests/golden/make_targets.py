@@ -99,12 +99,23 @@ CASES = {
         ),
         torch.bfloat16,
     ),
+    # Sliding windows shorter than the golden batch (11 tokens) and than the greedy continuation (15): Gemma 3's
+    # on its sliding layers only, Mistral's on every layer.
+    "gemma3_window": (
+        transformers.Gemma3TextConfig,
+        dict(
+            head_dim=16, query_pre_attn_scalar=16, sliding_window=6, tie_word_embeddings=True,
+            layer_types=["sliding_attention", "full_attention"] * 4,
+        ),
+        torch.float32,
+    ),
+    "mistral_window": (transformers.MistralConfig, dict(rope_theta=10000.0, sliding_window=5), torch.float32),
 }
 
 
 # Cases whose golden also holds transformers' greedy continuation (added with them; the older cases' files
 # predate it).
-GREEDY = {"gemma3"}
+GREEDY = {"gemma3", "gemma3_window", "mistral_window"}
 
 
 def main():

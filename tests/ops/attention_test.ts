@@ -212,6 +212,31 @@ Deno.test({ name: "attention: KV-cache decoding (queryOffset, Tq < Tk) vs CPU", 
   );
 });
 
+Deno.test(
+  { name: "attention: sliding windows (prefill and KV-cache decoding) vs CPU", ...needsGpu },
+  async () => {
+    await checkAgainstCpu(
+      makeCase("T19 causal window 1", { B: 2, Tq: 19, nh: 4, nkv: 2, hd: 16 }, [19, 12], {
+        causal: true,
+        window: 1,
+      }, 95),
+    );
+    await checkAgainstCpu(
+      makeCase("T70 causal window 5 padded", { B: 3, Tq: 70, nh: 4, nkv: 2, hd: 32 }, [70, 41, 6], {
+        causal: true,
+        window: 5,
+      }, 96),
+    );
+    await checkAgainstCpu(
+      makeCase("decode 5 of 70, window 24", { B: 1, Tq: 5, Tk: 70, nh: 4, nkv: 2, hd: 32 }, [70], {
+        causal: true,
+        queryOffset: 60,
+        window: 24,
+      }, 97),
+    );
+  },
+);
+
 Deno.test({ name: "attention: TTT diagonal keys (S = 1, 3) vs CPU", ...needsGpu }, async () => {
   await checkAgainstCpu(
     makeCase("S1 T7", { B: 1, Tq: 7, nh: 4, nkv: 2, hd: 16, S: 1 }, [7], { causal: true }, 100),
