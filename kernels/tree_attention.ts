@@ -20,12 +20,21 @@ import { LINEAR_WORKGROUP } from "./common.ts";
 /** Invocations per workgroup of every kernel here. */
 export const TREE_WG = 64;
 
-/** Tree attention for head dim `hd` (the register arrays need it as a literal). */
-export function treeAttention(hd: number): string {
+/**
+ * Tree attention for head dim `hd` (the register arrays need it as a literal). `windowed`: a sliding window of
+ * p.window keys, from the rows' positions (binding 7): prefix key s sits at position s, tree key j at row j's
+ * position (the verified rows are the tree keys), and a key is kept when its position + window > the row's.
+ */
+export function treeAttention(hd: number, windowed = false): string {
+  const positions = windowed ? "@group(0) @binding(7) var<storage, read> positions: array<i32>;" : "";
+  const windowCheck = windowed
+    ? `let key_pos = select(i32(s), positions[s - prefix], s >= prefix);
+    if (key_pos + i32(p.window) <= positions[t]) { continue; }`
+    : "";
   return /* wgsl */ `
 const HD: u32 = ${hd}u;
 struct Params { rows: u32, heads: u32, kv_heads: u32, tree_len: u32, cache_len: u32, prefix_slot: u32,
-                scale: f32, pad: u32 }
+                scale: f32, window: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -34,6 +43,7 @@ ${LINEAR_WORKGROUP}
 @group(0) @binding(4) var<storage, read> offs: array<i32>;
 @group(0) @binding(5) var<storage, read> mask: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+${positions}
 
 @compute @workgroup_size(${TREE_WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -53,6 +63,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   for (var s = 0u; s < total; s++) {
     if (s >= prefix && mask[t * p.tree_len + (s - prefix)] == 0u) { continue; }
     if (s >= p.cache_len) { break; }
+    ${windowCheck}
     let ko = (s * p.kv_heads + kvh) * HD;
     var score = 0.0;
     for (var d = 0u; d < HD; d++) { score += qr[d] * k[ko + d]; }

@@ -237,7 +237,7 @@ export class SpeculativeDecoder {
     }
     this.destroy();
     const auxRows = Math.ceil(rows / ROUNDING) * ROUNDING;
-    this.target.checkPositions(0, Math.min(needed, promptLen + maxNewTokens + numSteps), false);
+    this.target.checkPositions(0, Math.min(needed, promptLen + maxNewTokens + numSteps));
     const target = new TargetSession(this.target, maxLen, auxRows);
     const draft = new DraftSession(this.draft, this.target.embed, target.aux, {
       maxLen,

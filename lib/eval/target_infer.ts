@@ -21,6 +21,7 @@ import { Tensor } from "../tensor.ts";
 import {
   layerRope,
   layerScratch,
+  layerWindow,
   recordDecoderLayer,
   recordEmbedding,
   recordHead,
@@ -104,7 +105,7 @@ export class TargetSession {
     const N = tree.tokens.length;
     this.#checkRows(N, "tree");
     const maxDepth = Math.max(...tree.depths);
-    this.model.checkPositions(prefix, maxDepth + 1, false); // the tree attention applies no window
+    this.model.checkPositions(prefix, maxDepth + 1);
     if (prefix + N > this.maxLen) {
       throw new LimitError(
         `speculative target: tree slots up to ${prefix + N} exceed the cache (${this.maxLen})`,
@@ -189,6 +190,10 @@ export class TargetSession {
       const scratch = layerScratch(p, cfg, [N]);
       await recordEmbedding(p, cfg, model.embed, ids, x, scratch);
       const cacheRows = (t: Tensor) => t.reshape([this.maxLen, nkv * hd]);
+      const windowOf = (l: number) => {
+        const size = layerWindow(cfg, l);
+        return size === null ? undefined : { size, positions };
+      };
       for (let l = 0; l < model.layers.length; l++) {
         const rope = layerRope(model, l);
         await recordDecoderLayer(p, cfg, model.layers[l], x, scratch, async (q, k, v, att) => {
@@ -203,7 +208,7 @@ export class TargetSession {
             meta: this.#prefix,
             mask,
             out: att,
-          }, { scale: cfg.gemma?.attentionScale });
+          }, { scale: cfg.gemma?.attentionScale, window: windowOf(l) });
         });
         await captureAux(p, model, l, x, aux);
       }

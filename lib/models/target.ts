@@ -233,23 +233,21 @@ export class TargetModel implements HeadSource {
 
   /**
    * Checks that a sequence of `len` positions starting at `offset` fits the RoPE table, and the sliding window
-   * where the pass cannot apply it (`windowed` false: eval's tree verification; Qwen2/3's per-layer windows).
+   * where the forward does not apply it (Qwen2/3's per-layer windows).
    */
-  checkPositions(offset: number, len: number, windowed = true): void {
-    checkTargetPositions(this, offset, len, windowed);
+  checkPositions(offset: number, len: number): void {
+    checkTargetPositions(this, offset, len);
   }
 }
 
 /**
  * Checks that `len` positions from `offset` fit the RoPE tables (`maxPositions`) of the target loaded from
- * `dir`, and its sliding window unless the pass applies it (`windowed`, and {@link layerWindow} knows the
- * architecture's windows).
+ * `dir`, and its sliding window where the forward does not apply it ({@link layerWindow}: Qwen2/3's).
  */
 export function checkTargetPositions(
   t: { dir: string; config: TargetConfig; maxPositions: number },
   offset: number,
   len: number,
-  windowed = true,
 ): void {
   if (offset + len > t.maxPositions) {
     const why = t.config.ropeScaling.type === "longrope"
@@ -261,10 +259,10 @@ export function checkTargetPositions(
     );
   }
   const w = t.config.slidingWindow;
-  if (w !== null && offset + len > w && !(windowed && windowsApplied(t.config))) {
+  if (w !== null && offset + len > w && !windowsApplied(t.config)) {
     throw new LimitError(
-      `target ${t.dir}: sequences longer than the sliding window (${w}) are not supported ` +
-        (windowed ? `for ${t.config.architecture} yet` : "by speculative decoding's tree verification yet"),
+      `target ${t.dir}: sequences longer than the sliding window (${w}) are not supported for ` +
+        `${t.config.architecture}'s use_sliding_window layers yet`,
     );
   }
 }

@@ -41,6 +41,11 @@ export interface TreeAttentionOptions {
   prefixSlot?: number;
   /** Multiplies q·k (default 1/sqrt(hd)). */
   scale?: number;
+  /**
+   * A sliding window: `size` keys back from each row's position (`positions`, i32 [Tq]; prefix key s is at
+   * position s, tree key j at row j's position, as in the target's verification pass). Absent: no window.
+   */
+  window?: { size: number; positions: Tensor };
 }
 
 /** Sizes of a tree attention call. */
@@ -99,8 +104,19 @@ export async function treeAttentionForward(
 ): Promise<void> {
   const prefixSlot = opts.prefixSlot ?? 0;
   const d = checkTreeAttention("treeAttentionForward", a, prefixSlot);
+  const w = opts.window;
+  if (w) {
+    expectDtype("treeAttentionForward", "positions", w.positions, "i32");
+    expectShape("treeAttentionForward", "positions", w.positions, [d.rows]);
+    if (d.treeLen > d.rows) {
+      throw new ShapeError(
+        `treeAttentionForward: a window needs the tree keys to be the rows (${d.treeLen} > ${d.rows})`,
+      );
+    }
+  }
+  const name = `tree_attention.forward_hd${d.headDim}${w ? "_window" : ""}`;
   await p.add(
-    { name: `tree_attention.forward_hd${d.headDim}`, code: K.treeAttention(d.headDim), entryPoint: "main" },
+    { name, code: K.treeAttention(d.headDim, !!w), entryPoint: "main" },
     [
       params(
         ["u32", d.rows],
@@ -110,7 +126,7 @@ export async function treeAttentionForward(
         ["u32", d.cacheLen],
         ["u32", prefixSlot],
         ["f32", opts.scale ?? 1 / Math.sqrt(d.headDim)],
-        ["u32", 0],
+        ["u32", w?.size ?? 0],
       ),
       a.q,
       a.k,
@@ -118,6 +134,7 @@ export async function treeAttentionForward(
       a.meta,
       a.mask,
       a.out,
+      w?.positions ?? null,
     ],
     Math.ceil(d.rows * d.heads / K.TREE_WG),
   );
@@ -218,6 +235,8 @@ export interface TreeAttentionCpuInputs {
   mask: ArrayLike<number>;
   /** Cached keys every row attends. */
   prefix: number;
+  /** A sliding window of `size` keys from the rows' `positions` (see {@link TreeAttentionOptions.window}). */
+  window?: { size: number; positions: ArrayLike<number> };
 }
 
 /** CPU reference of {@link treeAttentionForward}: the softmax of each row materialised. */
@@ -233,9 +252,11 @@ export function treeAttentionCpu(
       const kvh = Math.floor(h / (nh / nkv));
       const qo = (t * nh + h) * hd;
       const keys: number[] = [];
-      for (let s = 0; s < Math.min(x.prefix, cacheLen); s++) keys.push(s);
+      const inWindow = (keyPos: number) => !x.window || keyPos + x.window.size > x.window.positions[t];
+      for (let s = 0; s < Math.min(x.prefix, cacheLen); s++) if (inWindow(s)) keys.push(s);
       for (let j = 0; j < treeLen; j++) {
-        if (x.mask[t * treeLen + j] !== 0 && x.prefix + j < cacheLen) keys.push(x.prefix + j);
+        const keep = x.mask[t * treeLen + j] !== 0 && x.prefix + j < cacheLen;
+        if (keep && inWindow(x.window ? x.window.positions[j] : 0)) keys.push(x.prefix + j);
       }
       if (keys.length === 0) continue;
       const scores = keys.map((s) => {

@@ -84,6 +84,69 @@ Deno.test("tree attention CPU reference with a causal mask is causal attention o
   assertClose(tree, ref.out, "causal tree attention", { atol: 1e-12, rtol: 1e-12 });
 });
 
+Deno.test({
+  name: "tree attention with a sliding window: CPU reference = windowed causal attention = GPU",
+  ...needsGpu,
+}, async () => {
+  // A chain of 4 rows at positions prefix..prefix+3 with a causal mask and a window of 3 keys.
+  const d = { rows: 4, heads: 2, kvHeads: 1, headDim: 4, cacheLen: 9, treeLen: 4 };
+  const prefix = 5, window = { size: 3, positions: [5, 6, 7, 8] };
+  const q = randomArray(d.rows * d.heads * d.headDim, 4);
+  const k = randomArray(d.cacheLen * d.kvHeads * d.headDim, 5);
+  const v = randomArray(d.cacheLen * d.kvHeads * d.headDim, 6);
+  const mask = new Uint32Array(16).map((_, i) => (i % 4 <= Math.floor(i / 4) ? 1 : 0));
+  const tree = treeAttentionCpu({ q, k, v, mask, prefix, window }, d);
+  const dims = {
+    batch: 1,
+    queryLen: d.rows,
+    keyLen: d.cacheLen,
+    heads: 2,
+    kvHeads: 1,
+    headDim: 4,
+    diagSteps: 0,
+  };
+  const ref = attentionCpu({ q, k, v, lengths: [d.cacheLen] }, dims, {
+    causal: true,
+    queryOffset: prefix,
+    window: window.size,
+  });
+  assertClose(tree, ref.out, "windowed causal tree attention", { atol: 1e-12, rtol: 1e-12 });
+  // A branching tree on the GPU: rows 1 and 2 are siblings at the same position.
+  const g = gpu!;
+  const tq = { rows: 5, heads: 4, kvHeads: 2, headDim: 16, cacheLen: 30, treeLen: 5 };
+  const pre = 20, positions = [20, 21, 21, 22, 22];
+  const q2 = randomArray(tq.rows * tq.heads * tq.headDim, 7);
+  const k2 = randomArray(tq.cacheLen * tq.kvHeads * tq.headDim, 8);
+  const v2 = randomArray(tq.cacheLen * tq.kvHeads * tq.headDim, 9);
+  const mask2 = Uint32Array.from([1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+  const T = (data: Float32Array<ArrayBuffer>, shape: number[]) =>
+    Tensor.fromArray(g, data, shape, "f32", "t");
+  const qt = T(q2, [tq.rows, tq.heads, tq.headDim]), kt = T(k2, [tq.cacheLen, tq.kvHeads, tq.headDim]);
+  const vt = T(v2, [tq.cacheLen, tq.kvHeads, tq.headDim]);
+  const meta = Tensor.fromArray(g, Int32Array.from([pre]), [1], "i32", "meta");
+  const maskT = Tensor.fromArray(g, mask2, [tq.rows, tq.treeLen], "u32", "mask");
+  const pos = Tensor.fromArray(g, Int32Array.from(positions), [tq.rows], "i32", "positions");
+  const out = Tensor.empty(g, qt.shape, "f32", "out");
+  await runOnce(
+    g,
+    "windowed tree attention",
+    (p) =>
+      treeAttentionForward(p, { q: qt, k: kt, v: vt, meta, mask: maskT, out }, {
+        window: { size: 4, positions: pos },
+      }),
+  );
+  const want = treeAttentionCpu({
+    q: q2,
+    k: k2,
+    v: v2,
+    mask: mask2,
+    prefix: pre,
+    window: { size: 4, positions },
+  }, tq);
+  assertClose(await out.readFloat(), want, "windowed tree attention (GPU)", { atol: 2e-5, rtol: 1e-4 });
+  for (const t of [qt, kt, vt, meta, maskT, pos, out]) t.destroy();
+});
+
 Deno.test(
   { name: "rope at positions, gather and scatter rows match their CPU references", ...needsGpu },
   async () => {
