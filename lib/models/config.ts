@@ -81,6 +81,11 @@ export interface TargetConfig {
    * when `use_sliding_window`), else null. Sequences no longer than it are unaffected.
    */
   slidingWindow: number | null;
+  /**
+   * Which layers the window applies to: Qwen2/3's layers from `max_window_layers` on (or its `layer_types`),
+   * Gemma 3's sliding layers; null: every layer (Mistral, Phi-3), or no window.
+   */
+  windowLayers: boolean[] | null;
   /** Beginning-of-sequence token id, null when the config has none. */
   bosTokenId: number | null;
   /** All end-of-sequence ids (config.json may list several). */
@@ -387,6 +392,15 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     slidingWindow = f.int("sliding_window");
   }
   const numLayers = f.int("num_hidden_layers");
+  const gemma = gemmaRope ? gemmaConventions(f, hiddenSize, numLayers, gemmaRope.local) : null;
+  let windowLayers: boolean[] | null = gemma?.slidingLayers ?? null;
+  if (
+    slidingWindow !== null && (architecture === "Qwen2ForCausalLM" || architecture === "Qwen3ForCausalLM")
+  ) {
+    // Qwen2Config/Qwen3Config: layer_types, else sliding from max_window_layers (default 28) on.
+    windowLayers = layerTypesOf(f, numLayers) ??
+      Array.from({ length: numLayers }, (_, i) => i >= f.int("max_window_layers", 28, 0));
+  }
   return {
     architecture,
     modelType: f.str("model_type") ?? "",
@@ -409,12 +423,13 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     qkNorm: architecture === "Qwen3ForCausalLM" || gemma3,
     fusedProjections: phi3,
     slidingWindow,
+    windowLayers,
     bosTokenId: f.optId("bos_token_id"),
     eosTokenIds: f.ids("eos_token_id"),
     padTokenId: f.optId("pad_token_id"),
     torchDtype: f.str("torch_dtype") ?? f.str("dtype"),
     mlpActivation,
-    gemma: gemmaRope ? gemmaConventions(f, hiddenSize, numLayers, gemmaRope.local) : null,
+    gemma,
   };
 }
 
@@ -470,6 +485,21 @@ function parseGemmaRope(
   };
 }
 
+/** `layer_types` as sliding (true) or full (false) per layer, or null when the config has none. */
+function layerTypesOf(f: Fields, numLayers: number): boolean[] | null {
+  const types = f.obj.layer_types;
+  if (types === undefined || types === null) return null;
+  if (
+    !Array.isArray(types) || types.length !== numLayers ||
+    types.some((t) => t !== "sliding_attention" && t !== "full_attention")
+  ) {
+    throw new ConfigError(
+      `${f.file}: layer_types must list num_hidden_layers ${numLayers} of sliding_attention / full_attention`,
+    );
+  }
+  return types.map((t) => t === "sliding_attention");
+}
+
 /** Gemma 3's conventions (see {@link GemmaConventions}) from its config fields. */
 function gemmaConventions(
   f: Fields,
@@ -483,21 +513,8 @@ function gemmaConventions(
   if (f.bool("use_bidirectional_attention", false)) {
     throw new ConfigError(`${f.file}: use_bidirectional_attention is not supported (a causal target is)`);
   }
-  let slidingLayers: boolean[];
-  const types = f.obj.layer_types;
-  if (Array.isArray(types)) {
-    if (
-      types.length !== numLayers || types.some((t) => t !== "sliding_attention" && t !== "full_attention")
-    ) {
-      throw new ConfigError(
-        `${f.file}: layer_types must list num_hidden_layers ${numLayers} of sliding_attention / full_attention`,
-      );
-    }
-    slidingLayers = types.map((t) => t === "sliding_attention");
-  } else {
-    const pattern = f.int("sliding_window_pattern", 6);
-    slidingLayers = Array.from({ length: numLayers }, (_, i) => (i + 1) % pattern !== 0);
-  }
+  const slidingLayers = layerTypesOf(f, numLayers) ??
+    Array.from({ length: numLayers }, (_, i) => (i + 1) % f.int("sliding_window_pattern", 6) !== 0);
   return {
     embedScale: Math.fround(Math.sqrt(hiddenSize)),
     attentionScale: f.num("query_pre_attn_scalar", 256) ** -0.5,

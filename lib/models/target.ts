@@ -231,10 +231,7 @@ export class TargetModel implements HeadSource {
     return cachedSubset(this.#subsets, this.gpu, this.lmHead, ids, this.maxBlockBytes);
   }
 
-  /**
-   * Checks that a sequence of `len` positions starting at `offset` fits the RoPE table, and the sliding window
-   * where the forward does not apply it (Qwen2/3's per-layer windows).
-   */
+  /** Checks that a sequence of `len` positions starting at `offset` fits the RoPE tables. */
   checkPositions(offset: number, len: number): void {
     checkTargetPositions(this, offset, len);
   }
@@ -242,7 +239,7 @@ export class TargetModel implements HeadSource {
 
 /**
  * Checks that `len` positions from `offset` fit the RoPE tables (`maxPositions`) of the target loaded from
- * `dir`, and its sliding window where the forward does not apply it ({@link layerWindow}: Qwen2/3's).
+ * `dir` (sliding windows are applied per layer, {@link layerWindow}).
  */
 export function checkTargetPositions(
   t: { dir: string; config: TargetConfig; maxPositions: number },
@@ -258,28 +255,11 @@ export function checkTargetPositions(
         `was built for (${why})`,
     );
   }
-  const w = t.config.slidingWindow;
-  if (w !== null && offset + len > w && !windowsApplied(t.config)) {
-    throw new LimitError(
-      `target ${t.dir}: sequences longer than the sliding window (${w}) are not supported for ` +
-        `${t.config.architecture}'s use_sliding_window layers yet`,
-    );
-  }
-}
-
-/**
- * Whether the forward applies this architecture's sliding windows ({@link layerWindow}): Mistral's and
- * Phi-3's on every layer, Gemma 3's on its sliding layers; not Qwen2/3's, whose windows depend on
- * `max_window_layers`.
- */
-function windowsApplied(cfg: TargetConfig): boolean {
-  return cfg.architecture !== "Qwen2ForCausalLM" && cfg.architecture !== "Qwen3ForCausalLM";
 }
 
 /** The sliding window of decoder layer `layer` (transformers' `sliding_window_overlay`), or null for none. */
 export function layerWindow(cfg: TargetConfig, layer: number): number | null {
-  if (cfg.slidingWindow === null || !windowsApplied(cfg)) return null;
-  if (cfg.gemma && !cfg.gemma.slidingLayers[layer]) return null;
+  if (cfg.slidingWindow === null || (cfg.windowLayers && !cfg.windowLayers[layer])) return null;
   return cfg.slidingWindow;
 }
 

@@ -232,9 +232,9 @@ Deno.test({ name: "runSpeculativeEval reports tau, speeds and the greedy match",
   }
 });
 
-// Gemma 3 (window 32), and Gemma 3 and Mistral with windows of 6 and 5 tokens that the sequences pass: the
+// Gemma 3 (window 32), and Gemma 3, Mistral and Qwen2 with windows of 6, 5, 5 tokens that the sequences pass: the
 // tree verification applies the windows as the plain forward does.
-for (const arch of ["gemma3", "gemma3_window", "mistral_window"]) {
+for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window"]) {
   Deno.test({
     name: `greedy speculative decoding on ${arch} equals its plain greedy decoding (chain and trees)`,
     ...needsGpu,

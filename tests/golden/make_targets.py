@@ -110,12 +110,18 @@ CASES = {
         torch.float32,
     ),
     "mistral_window": (transformers.MistralConfig, dict(rope_theta=10000.0, sliding_window=5), torch.float32),
+    # Qwen2's use_sliding_window: the window (5) on the layers from max_window_layers (4) on.
+    "qwen2_window": (
+        transformers.Qwen2Config,
+        dict(rope_theta=10000.0, use_sliding_window=True, sliding_window=5, max_window_layers=4),
+        torch.float32,
+    ),
 }
 
 
 # Cases whose golden also holds transformers' greedy continuation (added with them; the older cases' files
 # predate it).
-GREEDY = {"gemma3", "gemma3_window", "mistral_window"}
+GREEDY = {"gemma3", "gemma3_window", "mistral_window", "qwen2_window"}
 
 
 def main():

@@ -163,7 +163,12 @@ Deno.test("config: Qwen2 has qkv biases; its sliding window is off unless use_sl
   assert.equal(c.headDim, 128);
   assert.equal(c.slidingWindow, null);
   assert.deepEqual(c.eosTokenIds, [151645]);
-  assert.equal(parseTargetConfig(edit(QWEN25_7B, { use_sliding_window: true })).slidingWindow, 131072);
+  const windowed = parseTargetConfig(edit(QWEN25_7B, { use_sliding_window: true }));
+  assert.equal(windowed.slidingWindow, 131072);
+  // Qwen2Config: the window applies from max_window_layers (28 = every layer of this 28-layer model) on.
+  assert.ok(windowed.windowLayers!.every((w) => !w));
+  const later = parseTargetConfig(edit(QWEN25_7B, { use_sliding_window: true, max_window_layers: 20 }));
+  assert.deepEqual(later.windowLayers!.map((w, i) => w ? i : -1).filter((i) => i >= 0)[0], 20);
 });
 
 Deno.test("config: Qwen3 has q/k norms and an explicit head_dim that need not divide hidden", () => {

@@ -20,9 +20,9 @@ function validRows(data: Float32Array, lengths: number[], T: number, width: numb
   return out;
 }
 
-// The last two have sliding windows (6 and 5 tokens) shorter than the golden batch's 11 tokens.
+// The last three have sliding windows (6, 5, 5 tokens) shorter than the golden batch's 11 tokens.
 const ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "phi3_longrope", "gemma3"];
-for (const arch of [...ARCHS, "gemma3_window", "mistral_window"]) {
+for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window"]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
     ...needsGpu,
@@ -150,8 +150,8 @@ Deno.test({
   }
 });
 
-// Targets whose sliding window (6 and 5) is shorter than the 7 + 8 tokens: the KV-cache decode applies it.
-for (const arch of ["gemma3", "gemma3_window", "mistral_window"]) {
+// Targets whose sliding window (6, 5, 5) is shorter than the 7 + 8 tokens: the KV-cache decode applies it.
+for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window"]) {
   Deno.test({
     name:
       `target ${arch}: greedy continuation equals transformers' generate(), with and without the KV cache`,
