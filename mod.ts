@@ -91,7 +91,13 @@ export * as adamw from "./lib/ops/adamw.ts";
 export * as convert from "./lib/ops/convert.ts";
 
 // Models.
-export { recordHeadOutputs, TargetEnds, TargetForward, TargetModel } from "./lib/models/target.ts";
+export {
+  ForwardTensors,
+  recordHeadOutputs,
+  TargetEnds,
+  TargetForward,
+  TargetModel,
+} from "./lib/models/target.ts";
 export type { HeadOutputs, HeadSource, TargetLoadOptions, TargetOutputs } from "./lib/models/target.ts";
 export { StreamedForward, StreamedTarget } from "./lib/models/target_stream.ts";
 export type { StreamedTargetOptions } from "./lib/models/target_stream.ts";

@@ -329,12 +329,11 @@ export function checkForwardInput(ids: Int32Array, lengths: number[], B: number,
   }
 }
 
-/** A prebuilt forward for a fixed batch size and sequence length. */
-export class TargetForward {
-  /** Token ids, i32 [B·T] (right-padded). */
-  readonly ids: Tensor;
-  /** Valid tokens per sequence, i32 [B]. */
-  readonly lengths: Tensor;
+/**
+ * The outputs of a target forward ({@link TargetForward}, or a streamed one: lib/models/target_stream.ts),
+ * null when not asked for; valid until the forward's next run.
+ */
+export class ForwardTensors {
   /** [B·T, 3H] when asked for. */
   aux: Tensor | null = null;
   /** [B·T, H] when asked for. */
@@ -351,6 +350,14 @@ export class TargetForward {
   topkIds: Tensor | null = null;
   /** f32 [B·T, k]: their logits. */
   topkValues: Tensor | null = null;
+}
+
+/** A prebuilt forward for a fixed batch size and sequence length. */
+export class TargetForward extends ForwardTensors {
+  /** Token ids, i32 [B·T] (right-padded). */
+  readonly ids: Tensor;
+  /** Valid tokens per sequence, i32 [B]. */
+  readonly lengths: Tensor;
   /** The recorded dispatches; {@link TargetForward.run} replays them. */
   readonly program: Program;
 
@@ -364,6 +371,7 @@ export class TargetForward {
     readonly seqLen: number,
     readonly outputs: TargetOutputs,
   ) {
+    super();
     const gpu = model.gpu;
     model.checkPositions(0, seqLen);
     const rows = batch * seqLen;

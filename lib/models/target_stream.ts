@@ -28,6 +28,7 @@ import {
   cachedSubset,
   checkForwardInput,
   checkTargetPositions,
+  ForwardTensors,
   type HeadSource,
   layerScratch,
   normData,
@@ -223,30 +224,14 @@ function emptySlot(
 
 /**
  * The forward of a {@link StreamedTarget} for one batch shape: the embedding program, one layer program per
- * slot, a capture program per aux layer and the head program, sharing the trunk's scratch. Its outputs are
- * those of `TargetForward` (lib/models/target.ts), valid until the next run.
+ * slot and RoPE kind, a capture program per aux layer and the head program, sharing the trunk's scratch;
+ * its outputs are those of any target forward ({@link ForwardTensors}).
  */
-export class StreamedForward {
+export class StreamedForward extends ForwardTensors {
   /** Token ids, i32 [B·T] (right-padded). */
   readonly ids: Tensor;
   /** Valid tokens per sequence, i32 [B]. */
   readonly lengths: Tensor;
-  /** [B·T, 3H] when asked for. */
-  aux: Tensor | null = null;
-  /** [B·T, H] when asked for. */
-  finalHidden: Tensor | null = null;
-  /** [B·T, V] when asked for. */
-  logits: Tensor | null = null;
-  /** [B·T, n] when subsetIds were given. */
-  subsetLogits: Tensor | null = null;
-  /** [B·T, 2] running max and Σexp over the vocabulary, when vocabStats was asked for. */
-  vocabMaxSum: Tensor | null = null;
-  /** i32 [B·T]: the full-vocabulary argmax, when vocabStats was asked for. */
-  vocabArgmax: Tensor | null = null;
-  /** i32 [B·T, k]: the top-k ids, when topk was asked for. */
-  topkIds: Tensor | null = null;
-  /** f32 [B·T, k]: their logits. */
-  topkValues: Tensor | null = null;
   readonly #embed: Program;
   /** The layer programs by slot, and by RoPE kind (Gemma 3's local or global tables). */
   readonly #layers = new Map<string, Program>();
@@ -260,6 +245,7 @@ export class StreamedForward {
     readonly seqLen: number,
     readonly outputs: TargetOutputs,
   ) {
+    super();
     const gpu = model.gpu, label = `streamed target B=${batch} T=${seqLen}`;
     this.#embed = new Program(gpu, `${label} embedding`);
     this.#head = new Program(gpu, `${label} head`);

@@ -18,8 +18,8 @@ import { loadTargetConfig, resolveWeightNames } from "../../lib/models/config.ts
 import type { Tensor } from "../../lib/tensor.ts";
 import { join } from "node:path";
 import { Gpu } from "../../lib/gpu/device.ts";
-import { planPrepare, prepareHiddenStates, type PrepareOptions } from "../../lib/offline/prepare.ts";
-import { trainFixture, trainSettings } from "../train/fixtures.ts";
+import { planPrepare, prepareHiddenStates } from "../../lib/offline/prepare.ts";
+import { prepareOptions, trainFixture, trainSettings } from "../train/fixtures.ts";
 import { trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 import { CHECKPOINT_FILES } from "../../lib/train/checkpoint.ts";
@@ -107,25 +107,12 @@ Deno.test(
   async () => {
     const root = await trainFixture();
     try {
-      const options = (out: string, budget: number | null): PrepareOptions => ({
-        targetModelPath: join(root, "target"),
-        dataPath: join(root, "train.jsonl"),
-        outputPath: join(root, out),
-        chatTemplate: "llama3",
-        maxLength: 2048,
-        storage: { auxFormat: "bf16", groupSize: 32, teacherFormat: "hidden-bf16", topk: 16 },
-        numSamples: null,
-        batchSize: 3,
-        shard: { index: 0, count: 1 },
-        auxLayers: null,
-        draftModelConfig: null,
-        cacheDir: null,
-        isPreformatted: false,
-        fileGroupSize: 5,
-        targetMemoryBudget: budget,
-        hub: { cacheDir: join(root, "hub"), offline: true },
-        log: (line) => logs.push(line),
-      });
+      const storage = { auxFormat: "bf16", groupSize: 32, teacherFormat: "hidden-bf16", topk: 16 } as const;
+      const options = (out: string, budget: number | null) =>
+        prepareOptions(root, out, storage, "train", {
+          targetMemoryBudget: budget,
+          log: (line) => logs.push(line),
+        });
       const logs: string[] = [];
       const perLayer = await oneLayerBytes(join(root, "target/"), gpu!.features.shaderF16);
       await prepareHiddenStates(gpu!, options("resident", null));

@@ -9,7 +9,7 @@ import { CHECKPOINT_FILES } from "../../lib/train/checkpoint.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gpu, needsGpu } from "../gpu.ts";
-import { trainFixture, trainSettings } from "../train/fixtures.ts";
+import { prepareOptions, trainFixture, trainSettings } from "../train/fixtures.ts";
 import type { TrainSettingsInput } from "../../lib/train/config.ts";
 import { supervisedMask, trainOffline, trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
@@ -27,24 +27,7 @@ const quiet = () => new ProgressPrinter(() => {}, false);
 const LOSSLESS: FeatureStorage = { auxFormat: "f32", groupSize: 32, teacherFormat: "hidden-f32", topk: 16 };
 
 async function prepare(root: string, split: string, storage: FeatureStorage, out: string): Promise<void> {
-  await prepareHiddenStates(gpu!, {
-    targetModelPath: join(root, "target"),
-    dataPath: join(root, `${split}.jsonl`),
-    outputPath: join(root, out),
-    chatTemplate: "llama3",
-    maxLength: 2048,
-    storage,
-    numSamples: null,
-    batchSize: 3,
-    shard: { index: 0, count: 1 },
-    auxLayers: null,
-    draftModelConfig: null,
-    cacheDir: null,
-    isPreformatted: false,
-    fileGroupSize: 5, // several rows_* folders
-    hub: { cacheDir: join(root, "hub"), offline: true },
-    log: () => {},
-  });
+  await prepareHiddenStates(gpu!, prepareOptions(root, out, storage, split));
 }
 
 Deno.test(

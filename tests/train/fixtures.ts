@@ -10,6 +10,8 @@ import {
 import { type DraftExport, draftWeightShapes, type NamedWeight } from "../../lib/models/export.ts";
 import { parseDraftConfig } from "../../lib/models/draft_config.ts";
 import { countSupervisedTokens, selectDraftVocab } from "../../lib/data/vocab.ts";
+import type { PrepareOptions } from "../../lib/offline/prepare.ts";
+import type { FeatureStorage } from "../../lib/offline/format.ts";
 
 const CONFIG = {
   architectures: ["LlamaForCausalLMEagle3"],
@@ -92,4 +94,36 @@ export function trainSettings(
     seed: 3,
     ...extra,
   }));
+}
+
+/**
+ * prepare-hidden-states of a {@link trainFixture}'s `split` data into `root/out` (batch 3, several rows_*
+ * folders, no cache, offline hub) in `storage`, plus `extra` options.
+ */
+export function prepareOptions(
+  root: string,
+  out: string,
+  storage: FeatureStorage,
+  split = "train",
+  extra: Partial<PrepareOptions> = {},
+): PrepareOptions {
+  return {
+    targetModelPath: join(root, "target"),
+    dataPath: join(root, `${split}.jsonl`),
+    outputPath: join(root, out),
+    chatTemplate: "llama3",
+    maxLength: 2048,
+    storage,
+    numSamples: null,
+    batchSize: 3,
+    shard: { index: 0, count: 1 },
+    auxLayers: null,
+    draftModelConfig: null,
+    cacheDir: null,
+    isPreformatted: false,
+    fileGroupSize: 5,
+    hub: { cacheDir: join(root, "hub"), offline: true },
+    log: () => {},
+    ...extra,
+  };
 }

@@ -10,14 +10,14 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { needsGpu } from "../gpu.ts";
 import { runMain } from "../reliability/run_main.ts";
-import { trainFixture, trainSettings } from "./fixtures.ts";
+import { prepareOptions, trainFixture, trainSettings } from "./fixtures.ts";
 import { Gpu } from "../../lib/gpu/device.ts";
 import { BufferPool, SimulatedPool } from "../../lib/gpu/buffers.ts";
 import { formatBytes, parseByteSize } from "../../lib/gpu/device_memory.ts";
 import { trainOffline, trainOnline, type TrainResult } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 import type { TrainSettingsInput } from "../../lib/train/config.ts";
-import { planPrepare, prepareHiddenStates, type PrepareOptions } from "../../lib/offline/prepare.ts";
+import { planPrepare, prepareHiddenStates } from "../../lib/offline/prepare.ts";
 import type { FeatureStorage } from "../../lib/offline/format.ts";
 import { main as trainOnlineMain } from "../../tasks/train_online.ts";
 
@@ -197,28 +197,6 @@ Deno.test({ name: "memory plan: --dry-run prints the plan and writes no output",
     await Deno.remove(root, { recursive: true });
   }
 });
-
-/** prepare-hidden-states of the fixture's `split` data into `root/out` (batch 3, several rows_* folders). */
-function prepareOptions(root: string, out: string, storage: FeatureStorage, split = "train"): PrepareOptions {
-  return {
-    targetModelPath: join(root, "target"),
-    dataPath: join(root, `${split}.jsonl`),
-    outputPath: join(root, out),
-    chatTemplate: "llama3",
-    maxLength: 2048,
-    storage,
-    numSamples: null,
-    batchSize: 3,
-    shard: { index: 0, count: 1 },
-    auxLayers: null,
-    draftModelConfig: null,
-    cacheDir: null,
-    isPreformatted: false,
-    fileGroupSize: 5,
-    hub: { cacheDir: join(root, "hub"), offline: true },
-    log: () => {},
-  };
-}
 
 async function exists(path: string): Promise<boolean> {
   try {
