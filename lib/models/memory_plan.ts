@@ -22,6 +22,7 @@ import {
   type PlannedTensor,
   rowsPerBlock,
   type StoredTensor,
+  streamProgramCount,
   streamSlotCount,
   targetForwardTensors,
   type TargetParts,
@@ -161,7 +162,8 @@ export function planTargetForwards(
   for (const [key, tensors] of targetWeightCategories(i, { layers: true, slots: streamSlots })) {
     replay.allocate(key, null, tensors);
   }
-  const splits = { ...targetSplits(i), layerPrograms: streamSlots ?? 1 };
+  const layerPrograms = streamSlots ? streamProgramCount(i.target, streamSlots) : 1;
+  const splits = { ...targetSplits(i), layerPrograms };
   const cache = new ShapeCache(
     replay,
     (B, T) => targetForwardTensors(i.target, B, T, outputs, splits),

@@ -103,6 +103,19 @@ export function layerBytes(
   return bytes;
 }
 
+/**
+ * The program a streamed target runs decoder layer `layer` with (lib/models/target_stream.ts): its slot's, with
+ * the RoPE tables of its kind (Gemma 3's local or global).
+ */
+export function streamProgramKey(cfg: TargetConfig, slots: number, layer: number): string {
+  return `${layer % slots}${cfg.gemma?.slidingLayers[layer] ? " local" : ""}`;
+}
+
+/** How many layer programs a target streamed through `slots` slots records. */
+export function streamProgramCount(cfg: TargetConfig, slots: number): number {
+  return new Set(Array.from({ length: cfg.numLayers }, (_, i) => streamProgramKey(cfg, slots, i))).size;
+}
+
 /** The layer slots of a streamed target: as many layers as `budgetBytes` holds, at least one, at most all. */
 export function streamSlotCount(budgetBytes: number, perLayerBytes: number, numLayers: number): number {
   return Math.min(numLayers, Math.max(1, Math.floor(budgetBytes / perLayerBytes)));

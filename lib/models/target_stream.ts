@@ -50,6 +50,7 @@ import {
   LAYER_MATRICES as MATRICES,
   LAYER_VECTORS as VECTORS,
   layerBytes,
+  streamProgramKey,
   streamSlotCount,
   targetRopePositions,
   uploadDtype,
@@ -298,7 +299,7 @@ export class StreamedForward extends ForwardTensors {
 
   /** The program of layer i: its slot's, with the RoPE tables of its kind. */
   #layerKey(i: number): string {
-    return `${i % this.model.slots.length}${this.model.config.gemma?.slidingLayers[i] ? " local" : ""}`;
+    return streamProgramKey(this.model.config, this.model.slots.length, i);
   }
 
   /** Writes the ids and lengths and runs the forward, streaming every layer through the slots. */

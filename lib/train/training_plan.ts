@@ -32,6 +32,7 @@ import {
 import {
   planned,
   type PlannedTensor,
+  streamProgramCount,
   targetForwardTensors,
   type TargetSplits,
   uploadDtype,
@@ -78,7 +79,8 @@ export interface TrainingPlanInput extends TargetPlanInput {
 export function planTraining(i: TrainingPlanInput): MemoryPlan {
   const replay = new Replay(i.device.maxBufferSize);
   for (const [key, tensors] of fixedTensors(i)) replay.allocate(key, null, tensors);
-  const splits = { ...targetSplits(i), layerPrograms: i.streamSlots ?? 1 };
+  const layerPrograms = i.streamSlots ? streamProgramCount(i.target, i.streamSlots) : 1;
+  const splits = { ...targetSplits(i), layerPrograms };
   const shapes = new ShapeCache(replay, trainingFeed(i, splits), trainingStep(i, splits));
   for (const [split, batch, seqLen] of runBatches(i)) shapes.use(split, batch, seqLen);
   const notCounted = (i.evalSpecSamples ?? 0) > 0
