@@ -15,12 +15,13 @@ import { SafetensorsCheckpoint } from "../io/safetensors.ts";
 import { LimitError } from "../gpu/errors.ts";
 import { rowBlocks } from "../ops/blocks.ts";
 import { DTYPE_BYTES } from "../tensor.ts";
-import { fusedRows, resolveWeightNames, type TargetConfig, type TargetWeightNames } from "./config.ts";
+import { resolveWeightNames, type TargetConfig, type TargetWeightNames } from "./config.ts";
 import {
   type ForwardOutputs,
   layerBytes,
+  layerWeights,
   type PlannedTensor,
-  rowsPerBlock,
+  rowBlockSizes,
   type StoredTensor,
   streamProgramCount,
   streamSlotCount,
@@ -181,9 +182,8 @@ export function blockRowsOf(
   dtype: string,
   name: string,
 ): number[] {
-  const bytesPerRow = cols * DTYPE_BYTES[uploadDtype(dtype, i.device.shaderF16)];
-  const per = rowsPerBlock(rows, bytesPerRow, i.device.maxStorageBufferBindingSize, name);
-  return Array.from({ length: Math.ceil(rows / per) }, (_, b) => Math.min(per, rows - b * per));
+  const upload = uploadDtype(dtype, i.device.shaderF16);
+  return rowBlockSizes(name, rows, cols, upload, i.device.maxStorageBufferBindingSize);
 }
 
 /** The blocks a [rows, cols] matrix of `dtypeBytes` takes in a split linear; none when it binds whole. */
@@ -206,12 +206,8 @@ export function targetSplits(i: TargetPlanInput): TargetSplits {
   };
   const matrixBlockRows: number[] = [];
   for (const l of names.layers) {
-    for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) {
-      const fused = fusedRows(m);
-      const t = stored(fused ? fused.tensor : m);
-      const rows = fused ? fused.to - fused.from : t.shape[0];
-      const bytes = DTYPE_BYTES[uploadDtype(t.dtype, i.device.shaderF16)];
-      matrixBlockRows.push(...linearBlockRows(i, rows, t.shape[1], [bytes]));
+    for (const w of layerWeights(stored, l, i.device.shaderF16).filter((w) => w.matrix)) {
+      matrixBlockRows.push(...linearBlockRows(i, w.shape[0], w.shape[1], [DTYPE_BYTES[w.dtype]]));
     }
   }
   return { embedBlockRows: whole(names.embed), lmHeadBlockRows: whole(names.lmHead), matrixBlockRows };

@@ -49,6 +49,18 @@ export function rowsPerBlock(rows: number, bytesPerRow: number, maxBytes: number
   return fit;
 }
 
+/** The row counts of the blocks a [rows, cols] matrix of `dtype` splits into to fit `maxBlockBytes` each. */
+export function rowBlockSizes(
+  name: string,
+  rows: number,
+  cols: number,
+  dtype: DType,
+  maxBlockBytes: number,
+): number[] {
+  const per = rowsPerBlock(rows, cols * DTYPE_BYTES[dtype], maxBlockBytes, name);
+  return Array.from({ length: Math.ceil(rows / per) }, (_, b) => Math.min(per, rows - b * per));
+}
+
 /** The row blocks of a [rows, cols] matrix of `dtype` split to fit `maxBlockBytes`. */
 export function rowSplitTensors(
   name: string,
@@ -57,14 +69,11 @@ export function rowSplitTensors(
   dtype: DType,
   maxBlockBytes: number,
 ): PlannedTensor[] {
-  const elementBytes = dtype === "f32" || dtype === "i32" || dtype === "u32" ? 4 : 2;
-  const blockRows = rowsPerBlock(rows, cols * elementBytes, maxBlockBytes, name);
-  const out: PlannedTensor[] = [];
-  for (let row0 = 0; row0 < rows; row0 += blockRows) {
-    const n = Math.min(blockRows, rows - row0);
-    out.push(planned(`${name}[${row0}:${row0 + n}]`, [n, cols], dtype));
-  }
-  return out;
+  let row0 = 0;
+  return rowBlockSizes(name, rows, cols, dtype, maxBlockBytes).map((n) => {
+    row0 += n;
+    return planned(`${name}[${row0 - n}:${row0}]`, [n, cols], dtype);
+  });
 }
 
 /** The fields of a decoder layer's weights that hold matrices (uploaded in their stored dtype). */
@@ -86,21 +95,45 @@ export const LAYER_VECTORS = [
   "downBias",
 ] as const;
 
+/** One weight of a decoder layer as it is uploaded. */
+export interface LayerWeight {
+  /** Its field in the layer's weights. */
+  field: typeof LAYER_MATRICES[number] | typeof LAYER_VECTORS[number];
+  /** Its checkpoint name (rows of a fused matrix: `fusedRows`). */
+  name: string;
+  /** A projection matrix (stored dtype) rather than a norm or bias vector (f32). */
+  matrix: boolean;
+  shape: number[];
+  dtype: DType;
+}
+
+/** The weights of decoder layer `l` as they are uploaded: matrices in their upload dtype, vectors f32. */
+export function layerWeights(
+  stored: (name: string) => StoredTensor,
+  l: LayerWeightNames,
+  shaderF16: boolean,
+): LayerWeight[] {
+  const out: LayerWeight[] = [];
+  for (const field of LAYER_MATRICES) {
+    const name = l[field], fused = fusedRows(name);
+    const info = stored(fused ? fused.tensor : name);
+    const shape = fused ? [fused.to - fused.from, ...info.shape.slice(1)] : info.shape;
+    out.push({ field, name, matrix: true, shape, dtype: uploadDtype(info.dtype, shaderF16) });
+  }
+  for (const field of LAYER_VECTORS) {
+    const name = l[field];
+    if (name) out.push({ field, name, matrix: false, shape: stored(name).shape, dtype: "f32" });
+  }
+  return out;
+}
+
 /** The bytes one decoder layer's weights take on the device (in their upload dtypes). */
 export function layerBytes(
   stored: (name: string) => StoredTensor,
   l: LayerWeightNames,
   shaderF16: boolean,
 ): number {
-  let bytes = 0;
-  for (const f of LAYER_MATRICES) {
-    const fused = fusedRows(l[f]);
-    const info = stored(fused ? fused.tensor : l[f]);
-    const rows = fused ? fused.to - fused.from : info.shape[0];
-    bytes += rows * info.shape[1] * DTYPE_BYTES[uploadDtype(info.dtype, shaderF16)];
-  }
-  for (const f of LAYER_VECTORS) if (l[f]) bytes += 4 * stored(l[f]!).shape[0];
-  return bytes;
+  return layerWeights(stored, l, shaderF16).reduce((sum, w) => sum + allocationBytes(w.shape, w.dtype), 0);
 }
 
 /**
@@ -151,8 +184,8 @@ export interface TargetUpload {
 
 /**
  * The weights `TargetModel.load` (or `TargetEnds.load`) uploads: each layer's matrices in their upload dtype
- * and vectors in f32, the embedding and lm_head as row blocks (one set when tied), the final norm and the two
- * RoPE tables [maxPositions, rotary_dim/2] f32.
+ * and vectors in f32, the embedding and lm_head as row blocks (one set when tied), the final norm and the
+ * RoPE tables [maxPositions, rotary_dim/2] f32 (cos and sin; Gemma 3's sliding layers have a second pair).
  */
 export function targetWeightTensors(
   cfg: TargetConfig,
@@ -162,15 +195,6 @@ export function targetWeightTensors(
   u: TargetUpload,
 ): PlannedTensor[] {
   const out: PlannedTensor[] = [];
-  const matrix = (name: string) => {
-    const fused = fusedRows(name);
-    const s = stored(fused ? fused.tensor : name);
-    const shape = fused ? [fused.to - fused.from, ...s.shape.slice(1)] : s.shape;
-    out.push(planned(name, shape, uploadDtype(s.dtype, u.shaderF16)));
-  };
-  const vector = (name: string | null) => {
-    if (name) out.push(planned(name, stored(name).shape, "f32"));
-  };
   const split = (name: string) => {
     const s = stored(name);
     out.push(
@@ -179,32 +203,18 @@ export function targetWeightTensors(
   };
   if (parts.layers) {
     for (const l of names.layers.slice(0, parts.slots ?? names.layers.length)) {
-      for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) matrix(m);
-      const vectors = [
-        l.inputNorm,
-        l.postAttentionNorm,
-        l.preFeedforwardNorm,
-        l.postFeedforwardNorm,
-        l.qBias,
-        l.kBias,
-        l.vBias,
-        l.oBias,
-        l.qNorm,
-        l.kNorm,
-      ];
-      for (const v of [...vectors, l.gateBias, l.upBias, l.downBias]) vector(v);
+      for (const w of layerWeights(stored, l, u.shaderF16)) out.push(planned(w.name, w.shape, w.dtype));
     }
   }
   split(names.embed);
   const lmHead = parts.layers || parts.lmHead;
   if (lmHead && names.lmHead !== names.embed) split(names.lmHead);
   if (parts.layers) {
-    vector(names.finalNorm);
-    const half = cfg.rotaryDim / 2;
-    out.push(
-      planned("rope cos", [u.maxPositions, half], "f32"),
-      planned("rope sin", [u.maxPositions, half], "f32"),
-    );
+    out.push(planned(names.finalNorm, stored(names.finalNorm).shape, "f32"));
+    const table = [u.maxPositions, cfg.rotaryDim / 2];
+    for (const kind of cfg.gemma ? ["rope", "local rope"] : ["rope"]) {
+      out.push(planned(`${kind} cos`, table, "f32"), planned(`${kind} sin`, table, "f32"));
+    }
   }
   return out;
 }

@@ -47,13 +47,12 @@ import {
 } from "./target.ts";
 import { targetStreamSlots, withTargetPlanInput } from "./memory_plan.ts";
 import {
-  LAYER_MATRICES as MATRICES,
-  LAYER_VECTORS as VECTORS,
+  LAYER_VECTORS,
   layerBytes,
+  layerWeights,
   streamProgramKey,
   streamSlotCount,
   targetRopePositions,
-  uploadDtype,
 } from "./target_memory.ts";
 
 /** Options of {@link StreamedTarget.load}. */
@@ -153,21 +152,22 @@ export class StreamedTarget implements HeadSource {
    * time a layer is written its weights are checked for NaN and infinite values (one sync).
    */
   async writeLayer(layer: number, slot: number): Promise<void> {
-    const l = this.layerNames[layer], w = this.slots[slot];
+    const w = this.slots[slot], shaderF16 = this.gpu.features.shaderF16;
     const written: LoadedWeight[] = [];
-    for (const f of [...MATRICES, ...VECTORS]) {
-      const name = l[f];
-      if (!name) continue;
+    for (
+      const { field, name, matrix } of layerWeights(
+        (n) => this.ckpt.info(n),
+        this.layerNames[layer],
+        shaderF16,
+      )
+    ) {
       const fused = fusedRows(name);
       const raw = fused
         ? await this.ckpt.readRows(fused.tensor, fused.from, fused.to)
         : await this.ckpt.read(name);
-      const tensor = w[f]!;
-      const isMatrix = (MATRICES as readonly string[]).includes(f);
-      const offset = f.endsWith("Norm") ? normOffsetOf(this.config) : 0;
-      tensor.write(
-        isMatrix ? uploadData(raw, this.gpu.features.shaderF16, name).data : normData(raw, name, offset),
-      );
+      const tensor = w[field]!;
+      const offset = field.endsWith("Norm") ? normOffsetOf(this.config) : 0;
+      tensor.write(matrix ? uploadData(raw, shaderF16, name).data : normData(raw, name, offset));
       written.push({ name, tensor, file: this.ckpt.info(fused ? fused.tensor : name).file });
     }
     if (!this.#checked.has(layer)) {
@@ -211,14 +211,9 @@ function emptySlot(
   slot: number,
 ): TargetLayerWeights {
   const out: Partial<Record<keyof TargetLayerWeights, Tensor | null>> = {};
-  for (const f of MATRICES) {
-    const fused = fusedRows(l[f]);
-    const info = ckpt.info(fused ? fused.tensor : l[f]);
-    const shape = fused ? [fused.to - fused.from, info.shape[1]] : info.shape;
-    out[f] = Tensor.empty(gpu, shape, uploadDtype(info.dtype, gpu.features.shaderF16), `slot ${slot} ${f}`);
-  }
-  for (const f of VECTORS) {
-    out[f] = l[f] ? Tensor.empty(gpu, ckpt.info(l[f]!).shape, "f32", `slot ${slot} ${f}`) : null;
+  for (const f of LAYER_VECTORS) out[f] = null; // the architecture's absent norms and biases
+  for (const w of layerWeights((n) => ckpt.info(n), l, gpu.features.shaderF16)) {
+    out[w.field] = Tensor.empty(gpu, w.shape, w.dtype, `slot ${slot} ${w.field}`);
   }
   return out as TargetLayerWeights;
 }
