@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { needsGpu, rng } from "../gpu.ts";
-import { TARGET } from "../train/fixtures.ts";
+import { TARGET, trainCliArgs } from "../train/fixtures.ts";
 import { wordLevelTokenizerJson } from "../../lib/data/tokenizer.ts";
 import { parseSafetensors, toFloat32 } from "../../lib/io/safetensors.ts";
 import { CHECKPOINT_FILES, listCheckpoints, loadCheckpoint } from "../../lib/train/checkpoint.ts";
@@ -44,36 +44,7 @@ async function fixture(): Promise<string> {
 
 /** train-online's arguments: 2 epochs of 8 samples, `batch` per rank, into `out`. */
 function trainArgs(root: string, out: string, batch: number, extra: string[] = []): string[] {
-  return [
-    "run",
-    "-A",
-    TASK,
-    "--target-model-path",
-    join(root, "target"),
-    "--train-data-path",
-    join(root, "train.jsonl"),
-    "--cache-dir",
-    join(root, "cache"),
-    "--chat-template",
-    "llama3",
-    "--output-dir",
-    join(root, out),
-    "--num-epochs",
-    "2",
-    "--ttt-length",
-    "3",
-    "--learning-rate",
-    "0.01",
-    "--seed",
-    "3",
-    "--log-interval",
-    "1",
-    "--eval-interval",
-    "0",
-    "--batch-size",
-    String(batch),
-    ...extra,
-  ]; // deno-fmt-ignore
+  return ["run", "-A", TASK, ...trainCliArgs(root, out, { "batch-size": batch }), ...extra];
 }
 
 async function run(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {

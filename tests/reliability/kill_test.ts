@@ -6,44 +6,14 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { needsGpu, rng } from "../gpu.ts";
-import { trainFixture } from "../train/fixtures.ts";
+import { trainCliArgs, trainFixture } from "../train/fixtures.ts";
 import { CHECKPOINT_FILES } from "../../lib/train/checkpoint.ts";
 
 const TASK = new URL("../../tasks/train_online.ts", import.meta.url).pathname;
 
 /** train-online's command line on a train fixture (batch 2, 4 epochs = 16 updates, a save after each update: long enough for every kill to land mid-run). */
 function trainArgs(root: string, out: string): string[] {
-  return [
-    "run",
-    "-A",
-    TASK,
-    "--target-model-path",
-    join(root, "target"),
-    "--train-data-path",
-    join(root, "train.jsonl"),
-    "--output-dir",
-    join(root, out),
-    "--cache-dir",
-    join(root, "cache"),
-    "--chat-template",
-    "llama3",
-    "--batch-size",
-    "2",
-    "--num-epochs",
-    "4",
-    "--ttt-length",
-    "3",
-    "--learning-rate",
-    "0.01",
-    "--seed",
-    "3",
-    "--log-interval",
-    "1",
-    "--eval-interval",
-    "0",
-    "--save-interval",
-    "1",
-  ]; // deno-fmt-ignore
+  return ["run", "-A", TASK, ...trainCliArgs(root, out, { "num-epochs": 4, "save-interval": 1 })];
 }
 
 /** Starts train-online; resolves to its exit code. */

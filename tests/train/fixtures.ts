@@ -71,6 +71,33 @@ export async function trainFixture(): Promise<string> {
   return root;
 }
 
+/**
+ * train-online's command-line flags on a {@link trainFixture} into `root/out` (batch 2, 2 epochs, ttt 3, lr 1e-2,
+ * seed 3, a log every update, no evaluation), each of `flags` added or replacing its default.
+ */
+export function trainCliArgs(
+  root: string,
+  out: string,
+  flags: Record<string, string | number> = {},
+): string[] {
+  const all: Record<string, string | number> = {
+    "target-model-path": join(root, "target"),
+    "train-data-path": join(root, "train.jsonl"),
+    "output-dir": join(root, out),
+    "cache-dir": join(root, "cache"),
+    "chat-template": "llama3",
+    "batch-size": 2,
+    "num-epochs": 2,
+    "ttt-length": 3,
+    "learning-rate": 0.01,
+    "seed": 3,
+    "log-interval": 1,
+    "eval-interval": 0,
+    ...flags,
+  };
+  return Object.entries(all).flatMap(([flag, value]) => [`--${flag}`, String(value)]);
+}
+
 /** train-online settings on a {@link trainFixture} (batch 2, 2 epochs, ttt 3, lr 1e-2, seed 3) plus `extra` settings. */
 export function trainSettings(
   root: string,
