@@ -2,6 +2,7 @@
  * `deno task bench`: prints a table of speed figures (ms, GFLOP/s, tokens/s) for the engine's kernels and the
  * parts built on them, and writes the same rows as JSON. Figures only: nothing here is a test.
  */
+import { dirname } from "node:path";
 import { Gpu } from "../lib/gpu/device.ts";
 import type { BenchOptions, BenchRow } from "../lib/bench/types.ts";
 import { runTask } from "../lib/cli/run.ts";
@@ -15,6 +16,9 @@ import { benchTarget } from "../lib/bench/target.ts";
 import { benchEagle3 } from "../lib/bench/eagle3.ts";
 import { benchTrain } from "../lib/bench/train.ts";
 import { benchSpeculative } from "../lib/bench/speculative.ts";
+import { formatStepProfile, profileTrainingStep, type StepProfile } from "../lib/bench/profile_train.ts";
+import { deviceReport } from "../lib/bench/device_report.ts";
+import { writeFileAtomic } from "../lib/io/atomic.ts";
 
 type Bench = (gpu: Gpu, opts: BenchOptions) => Promise<BenchRow[]>;
 
@@ -42,9 +46,22 @@ export const BENCH_FLAGS = {
     })`,
   },
   json: { kind: "string", default: "out/bench.json", arg: "file", help: "where to write the rows as JSON" },
+  profile: {
+    kind: "bool",
+    help: "profile one online training step per kernel (time, share, GFLOP/s, GB/s, host time between " +
+      "programs); runs no bench group unless --only names some",
+  },
+  "device-report": {
+    kind: "string",
+    arg: "file",
+    help:
+      "write a JSON report of the adapter (info, features, limits), the bench groups (all, or --only's), " +
+      "the training-step profile and the buffer pool's peak: the run to make on a new machine",
+  },
 } as const satisfies FlagTable;
 
-const USAGE = "deno task bench [--quick] [--only <groups>] [--json <file>]";
+const USAGE =
+  "deno task bench [--quick] [--only <groups>] [--json <file>] [--profile] [--device-report <file>]";
 
 function formatTable(rows: BenchRow[]): string {
   const head = ["group", "name", "shape", "ms", "GFLOP/s", "tokens/s", "note"];
@@ -71,30 +88,51 @@ async function benchTask(args: string[]): Promise<void> {
   const cmd = parseCommand(BENCH_FLAGS, args);
   if (cmd.help) return console.log(flagHelp(BENCH_FLAGS, USAGE));
   const values = cmd.settings;
-  const groups = values.only ? values.only.split(",").map((s) => s.trim()) : Object.keys(BENCHES);
+  const report = values.deviceReport;
+  const groups = values.only
+    ? values.only.split(",").map((s) => s.trim())
+    : values.profile && !report
+    ? []
+    : Object.keys(BENCHES);
   for (const g of groups) {
     if (!(g in BENCHES)) {
       throw new Error(`unknown bench group ${g}; known: ${Object.keys(BENCHES).join(", ")}`);
     }
   }
   const gpu = await Gpu.create();
-  console.log(`adapter: ${gpu.describe()}`);
-  const rows: BenchRow[] = [];
-  for (const g of groups) {
-    const got = await BENCHES[g](gpu, { quick: values.quick });
-    console.log(`\n${formatTable(got)}`);
-    rows.push(...got);
+  try {
+    console.log(`adapter: ${gpu.describe()}`);
+    const rows: BenchRow[] = [];
+    for (const g of groups) {
+      const got = await BENCHES[g](gpu, { quick: values.quick });
+      console.log(`\n${formatTable(got)}`);
+      rows.push(...got);
+    }
+    let profile: StepProfile | null = null;
+    if (values.profile || report) {
+      profile = await profileTrainingStep(gpu, {
+        seqLen: values.quick ? 64 : 128,
+        reps: values.quick ? 1 : 2,
+      });
+      console.log(`\n${formatStepProfile(profile)}`);
+    }
+    const date = new Date().toISOString();
+    if (rows.length > 0) {
+      await writeJson(values.json, { adapter: gpu.describe(), date, rows });
+      console.log(`\nwrote ${values.json}`);
+    }
+    if (report) {
+      await writeJson(report, deviceReport(gpu, { date, quick: values.quick, rows, profile: profile! }));
+      console.log(`wrote ${report}`);
+    }
+  } finally {
+    gpu.destroy();
   }
-  const file = values.json;
-  await Deno.mkdir(file.replace(/\/[^/]*$/, "") || ".", { recursive: true });
-  const tmp = `${file}.tmp`;
-  await Deno.writeTextFile(
-    tmp,
-    JSON.stringify({ adapter: gpu.describe(), date: new Date().toISOString(), rows }, null, 2) + "\n",
-  );
-  await Deno.rename(tmp, file);
-  console.log(`\nwrote ${file}`);
-  gpu.destroy();
+}
+
+async function writeJson(file: string, value: unknown): Promise<void> {
+  await Deno.mkdir(dirname(file), { recursive: true });
+  await writeFileAtomic(file, JSON.stringify(value, null, 2) + "\n");
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -4,6 +4,8 @@ import { Tensor } from "../lib/tensor.ts";
 import { foldGrid, Program, runOnce } from "../lib/gpu/program.ts";
 import { GpuValidationError, LimitError, ShapeError } from "../lib/gpu/errors.ts";
 import * as ew from "../lib/ops/elementwise.ts";
+import { matmul } from "../lib/ops/matmul.ts";
+import { formatProfile, profileProgram } from "../lib/gpu/profile.ts";
 
 Deno.test({ name: "device: limits and features come from the adapter", ...needsGpu }, () => {
   const g = gpu!;
@@ -195,4 +197,33 @@ Deno.test({ name: "elementwise: accumulate and shiftIds", ...needsGpu }, async (
   assertClose(await tx.read(), ew.axpbyCpu(1, x, 1, y), "accumulate");
   assert.deepEqual([...await shifted.read()], [-5, 0, 995, 2]);
   for (const t of [tx, ty, ids, shifted]) t.destroy();
+});
+
+Deno.test({ name: "profile: per-kernel time, FLOPs, bytes and the whole run", ...needsGpu }, async () => {
+  const g = gpu!;
+  const [M, N, K] = [32, 64, 48];
+  const a = Tensor.fromArray(g, randomArray(M * K, 1), [M, K], "f32", "profile a");
+  const b = Tensor.fromArray(g, randomArray(K * N, 2), [K, N], "f32", "profile b");
+  const c = Tensor.zeros(g, [M, N], "f32", "profile c");
+  const p = new Program(g, "profile test");
+  try {
+    await matmul(p, a, b, c, { splitK: 1 });
+    await ew.fill(p, c, 0);
+    const profile = await profileProgram(g, p, 2);
+    assert.equal(profile.dispatches.length, p.dispatches.length);
+    assert.ok(profile.wallMs > 0, `whole run ${profile.wallMs} ms`);
+    const product = profile.rows.find((r) => r.label.startsWith("matmul.NN"));
+    assert.ok(product, `no matmul row in ${profile.rows.map((r) => r.label)}`);
+    assert.equal(product.flops, 2 * M * N * K);
+    // The kernel binds A, B and C (a CPU adapter's packing dispatches bind A or B alone).
+    assert.equal(product.bytes, 4 * (M * K + K * N + M * N));
+    const fillRow = profile.rows.find((r) => r.label === "elementwise.fill")!;
+    assert.equal(fillRow.flops, 0);
+    assert.equal(fillRow.bytes, 4 * M * N);
+    assert.ok(Math.abs(profile.rows.reduce((s, r) => s + r.share, 0) - 1) < 1e-9);
+    assert.match(formatProfile(profile), /GFLOP\/s/);
+  } finally {
+    p.destroy();
+    for (const t of [a, b, c]) t.destroy();
+  }
 });

@@ -23,7 +23,7 @@ import { openFeatureSet, readFeatures } from "../offline/dataset.ts";
 import { FeatureFeeder } from "../offline/feeder.ts";
 
 /** tinystories-656K's shape. */
-const RECIPE_TARGET = {
+export const RECIPE_TARGET = {
   architectures: ["LlamaForCausalLM"],
   model_type: "llama",
   hidden_size: 128,
@@ -41,7 +41,7 @@ const RECIPE_TARGET = {
 };
 
 /** Writes a random-weight Llama checkpoint of `cfg` into `dir` (seeded sines; the values do not matter). */
-async function writeRandomTarget(dir: string, cfg: typeof RECIPE_TARGET): Promise<void> {
+export async function writeRandomTarget(dir: string, cfg: typeof RECIPE_TARGET): Promise<void> {
   const H = cfg.hidden_size, I = cfg.intermediate_size, hd = H / cfg.num_attention_heads;
   const kv = cfg.num_key_value_heads * hd;
   const t = (shape: number[], scale: number, seed: number) => {

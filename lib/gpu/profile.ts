@@ -22,6 +22,10 @@ export interface ProfileRow {
   ms: number;
   /** Fraction of the program's summed dispatch time (0..1). */
   share: number;
+  /** Floating-point operations per run, summed over the dispatches that state them (0: none do). */
+  flops: number;
+  /** Bytes of the buffer ranges bound, summed over the dispatches (see `Dispatch.bytes`). */
+  bytes: number;
 }
 
 /** Time of one dispatch, by position in the program. */
@@ -32,6 +36,10 @@ export interface DispatchTime {
   workgroups: [number, number, number];
   /** Milliseconds per run. */
   ms: number;
+  /** Floating-point operations, when the op states them. */
+  flops?: number;
+  /** Bytes of the buffer ranges bound. */
+  bytes: number;
 }
 
 /** What {@link profileProgram} measured. */
@@ -42,6 +50,13 @@ export interface Profile {
   reps: number;
   /** Summed dispatch time per run, ms. */
   totalMs: number;
+  /**
+   * One whole run timed from the host (one submit, one sync, less an empty submit and sync), ms: against
+   * {@link totalMs} it shows what the dispatches' own times leave out (barriers, the driver's work between them).
+   */
+  wallMs: number;
+  /** Why the method is not the one the device's features would pick, when it is not. */
+  note?: string;
   /** Per label, slowest first. */
   rows: ProfileRow[];
   /** Per dispatch, in program order. */
@@ -52,8 +67,20 @@ export interface Profile {
 const QUERIES_PER_SET = 4096;
 
 /**
+ * Lavapipe's timestamps are written when its queue reaches them, not when the dispatches before them finish, once
+ * a program mixes storage textures with buffers (measured: a draft step's timestamps summed to 97 ms of a 761 ms
+ * run). A timestamp profile that sums to less than this share of the whole run's wall time is redone from the
+ * host.
+ */
+const MIN_TIMESTAMP_SHARE = 0.5;
+
+/** Repetitions of each dispatch when timing it alone replaces timestamps (spreads the submit's own cost). */
+const MIN_WALLCLOCK_REPS = 4;
+
+/**
  * Runs `program` `reps` times (after one warm-up run) and returns the mean GPU time of every dispatch and
- * of every label. Uses timestamp queries when `gpu.features.timestampQuery`, else times dispatches alone.
+ * of every label. Uses timestamp queries when `gpu.features.timestampQuery` and they account for the run's
+ * wall time (see {@link MIN_TIMESTAMP_SHARE}), else times dispatches alone.
  */
 export async function profileProgram(gpu: Gpu, program: Program, reps = 1): Promise<Profile> {
   if (!(reps >= 1 && Number.isInteger(reps))) {
@@ -61,17 +88,45 @@ export async function profileProgram(gpu: Gpu, program: Program, reps = 1): Prom
   }
   program.run();
   await gpu.sync();
-  const method = gpu.features.timestampQuery ? "timestamps" : "wallclock";
-  const ms = method === "timestamps"
+  const wallMs = await wholeRun(gpu, program);
+  let method: Profile["method"] = gpu.features.timestampQuery ? "timestamps" : "wallclock";
+  let note: string | undefined;
+  let ms = method === "timestamps"
     ? await timestamped(gpu, program, reps)
     : await wallclock(gpu, program, reps);
+  const stamped = ms.reduce((a, b) => a + b, 0);
+  if (method === "timestamps" && stamped < MIN_TIMESTAMP_SHARE * wallMs) {
+    const alone = Math.max(reps, MIN_WALLCLOCK_REPS);
+    note = `timestamps summed to ${stamped.toFixed(1)} ms of a ${wallMs.toFixed(1)} ms run: timed each ` +
+      `dispatch alone instead, ${alone} times in one submission`;
+    method = "wallclock";
+    ms = await wallclock(gpu, program, alone);
+  }
   const dispatches: DispatchTime[] = program.dispatches.map((d, i) => ({
     index: i,
     label: d.label,
     workgroups: d.workgroups,
     ms: ms[i],
+    flops: d.flops,
+    bytes: d.bytes,
   }));
-  return { method, reps, ...aggregate(dispatches), dispatches };
+  return { method, reps, wallMs, ...(note ? { note } : {}), ...aggregate(dispatches), dispatches };
+}
+
+/** Milliseconds of one run of `program` from submit to sync, less an empty submit and sync (best of 3). */
+async function wholeRun(gpu: Gpu, program: Program): Promise<number> {
+  const time = async (run: () => void) => {
+    let best = Infinity;
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      run();
+      await gpu.sync();
+      best = Math.min(best, performance.now() - t0);
+    }
+    return best;
+  };
+  const empty = await time(() => gpu.submit([gpu.device.createCommandEncoder().finish()]));
+  return Math.max(0, await time(() => program.run()) - empty);
 }
 
 /** Sums dispatch times by label. */
@@ -80,9 +135,11 @@ export function aggregate(dispatches: DispatchTime[]): { totalMs: number; rows: 
   let totalMs = 0;
   for (const d of dispatches) {
     totalMs += d.ms;
-    const row = byLabel.get(d.label) ?? { label: d.label, count: 0, ms: 0, share: 0 };
+    const row = byLabel.get(d.label) ?? { label: d.label, count: 0, ms: 0, share: 0, flops: 0, bytes: 0 };
     row.count++;
     row.ms += d.ms;
+    row.flops += d.flops ?? 0;
+    row.bytes += d.bytes;
     byLabel.set(d.label, row);
   }
   const rows = [...byLabel.values()].sort((a, b) => b.ms - a.ms);
@@ -171,23 +228,30 @@ async function wallclock(gpu: Gpu, program: Program, reps: number): Promise<Floa
   return out;
 }
 
-/** A profile as a text table: label, count, ms per run, share, cumulative share; `top` rows at most. */
+/**
+ * A profile as a text table: label, count, ms per run, share, cumulative share, GFLOP/s (where the ops state
+ * their FLOPs) and GB/s of the bound buffers; `top` rows at most.
+ */
 export function formatProfile(profile: Profile, top = 40): string {
+  const head = `${"kernel".padEnd(56)} ${"count".padStart(5)} ${"ms".padStart(9)} ${"share".padStart(6)} ${
+    "cum".padStart(6)
+  } ${"GFLOP/s".padStart(8)} ${"GB/s".padStart(7)}`;
   const lines = [
-    `${profile.method}, mean of ${profile.reps} run(s): ${
-      profile.totalMs.toFixed(1)
-    } ms of dispatch time per run, ` +
-    `${profile.dispatches.length} dispatches`,
-    `${"kernel".padEnd(56)} ${"count".padStart(5)} ${"ms".padStart(9)} ${"share".padStart(6)} ${
-      "cum".padStart(6)
-    }`,
+    `${profile.method}, mean of ${profile.reps} run(s): ${profile.totalMs.toFixed(1)} ms of dispatch time ` +
+    `per run, ${profile.dispatches.length} dispatches; the whole run ${
+      profile.wallMs.toFixed(1)
+    } ms from the host`,
+    ...(profile.note ? [`(${profile.note})`] : []),
+    head,
   ];
   let cum = 0;
   for (const r of profile.rows.slice(0, top)) {
     cum += r.share;
+    const rate = (x: number) => r.ms > 0 && x > 0 ? (x / r.ms / 1e6).toFixed(2) : "";
     lines.push(
       `${r.label.slice(0, 56).padEnd(56)} ${String(r.count).padStart(5)} ${r.ms.toFixed(2).padStart(9)} ` +
-        `${(100 * r.share).toFixed(1).padStart(5)}% ${(100 * cum).toFixed(1).padStart(5)}%`,
+        `${(100 * r.share).toFixed(1).padStart(5)}% ${(100 * cum).toFixed(1).padStart(5)}% ` +
+        `${rate(r.flops).padStart(8)} ${rate(r.bytes).padStart(7)}`,
     );
   }
   if (profile.rows.length > top) lines.push(`... ${profile.rows.length - top} more labels`);

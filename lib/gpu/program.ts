@@ -36,8 +36,8 @@ export function params(...fields: Array<[ParamKind, number]>): Params {
   return new Params(fields);
 }
 
-/** What can be bound at one binding index: a tensor, uniform params, or a raw buffer range. */
-export type Binding = Tensor | Params | GPUBufferBinding;
+/** What can be bound at one binding index: a tensor, uniform params, a raw buffer range or a texture view. */
+export type Binding = Tensor | Params | GPUBufferBinding | GPUTextureView;
 
 /** One recorded dispatch. */
 export interface Dispatch {
@@ -49,6 +49,10 @@ export interface Dispatch {
   bindGroup: GPUBindGroup;
   /** Workgroup counts in x, y, z (a plain count given to {@link Program.add} is folded into x and y). */
   workgroups: [number, number, number];
+  /** Floating-point operations, where the op states them (a multiply-add counts 2). */
+  flops?: number;
+  /** Bytes of the buffer ranges bound (each once): the traffic the dispatch cannot avoid if it reads them all. */
+  bytes: number;
 }
 
 /**
@@ -64,6 +68,29 @@ export function foldGrid(gpu: Gpu, n: number): [number, number, number] {
   return [Math.ceil(n / y), y, 1];
 }
 
+/**
+ * Bytes of the storage ranges among `bindings` (tensors and raw ranges, each range counted once) and of the
+ * texture views among them whose sizes `viewBytes` knows.
+ */
+function boundBytes(bindings: Array<Binding | null>, viewBytes: WeakMap<GPUTextureView, number>): number {
+  const seen = new Map<GPUBuffer, Set<string>>();
+  let bytes = 0;
+  for (const b of bindings) {
+    let range: GPUBufferBinding;
+    if (b instanceof GPUTextureView) bytes += viewBytes.get(b) ?? 0;
+    if (b instanceof Tensor) range = b.binding();
+    else if (b === null || b instanceof Params || b instanceof GPUTextureView) continue;
+    else range = b;
+    const size = range.size ?? range.buffer.size - (range.offset ?? 0);
+    const ranges = seen.get(range.buffer) ?? new Set<string>();
+    const key = `${range.offset ?? 0}+${size}`;
+    if (ranges.has(key)) continue;
+    seen.set(range.buffer, ranges.add(key));
+    bytes += size;
+  }
+  return bytes;
+}
+
 /** A list of dispatches built once and run many times. */
 export class Program {
   /** The recorded dispatches, in the order they run. */
@@ -71,19 +98,22 @@ export class Program {
   #uniforms: GPUBuffer[] = [];
   #owned: Tensor[] = [];
   #transients = new Map<string, Tensor>();
+  #textures = new Map<string, GPUTexture>();
+  #viewBytes = new WeakMap<GPUTextureView, number>();
 
   /** An empty program on `gpu`; `label` names it in errors and in the command encoder. */
   constructor(readonly gpu: Gpu, readonly label: string) {}
 
   /**
    * Appends a dispatch of `kernel` with `bindings[i]` at `@group(0) @binding(i)` (`null` skips an index the
-   * entry point does not use).
+   * entry point does not use); `flops`, where the caller knows it, goes to the profile.
    */
   async add(
     kernel: KernelSpec,
     bindings: Array<Binding | null>,
     workgroups: number | [number, number, number],
     label = kernel.name,
+    flops?: number,
   ): Promise<void> {
     const pipeline = await this.gpu.pipelines.get(kernel);
     const entries: GPUBindGroupEntry[] = [];
@@ -104,7 +134,14 @@ export class Program {
         `kernel ${label}: workgroups [${wg}] exceed maxComputeWorkgroupsPerDimension ${max}`,
       );
     }
-    this.dispatches.push({ label, pipeline, bindGroup, workgroups: wg });
+    this.dispatches.push({
+      label,
+      pipeline,
+      bindGroup,
+      workgroups: wg,
+      flops,
+      bytes: boundBytes(bindings, this.#viewBytes),
+    });
   }
 
   /** Appends every dispatch of another program (which must stay alive as long as this one). */
@@ -112,8 +149,9 @@ export class Program {
     this.dispatches.push(...other.dispatches);
   }
 
-  #resource(b: Binding, label: string): GPUBufferBinding {
+  #resource(b: Binding, label: string): GPUBufferBinding | GPUTextureView {
     if (b instanceof Tensor) return b.binding();
+    if (b instanceof GPUTextureView) return b;
     if (b instanceof Params) {
       const buffer = this.gpu.createBuffer(
         b.bytes.byteLength,
@@ -176,10 +214,46 @@ export class Program {
     return t;
   }
 
-  /** Frees the uniform buffers and scratch tensors this program made. */
+  /**
+   * A 2-D rgba32f texture of `width` × `height` texels, writable as a storage texture and readable by
+   * `textureLoad`, shared like {@link transient} by every caller asking for the same `kind` and size (the
+   * CPU matmul's packed operands, read by the dispatch recorded right after the packing).
+   */
+  transientTexture(kind: string, width: number, height: number): GPUTexture {
+    const key = `${kind}|${width}x${height}`;
+    let t = this.#textures.get(key);
+    if (!t) {
+      t = this.gpu.device.createTexture({
+        label: `${this.label}: ${kind}`,
+        size: [width, height],
+        format: "rgba32float",
+        usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING,
+      });
+      this.#textures.set(key, t);
+    }
+    return t;
+  }
+
+  /** A view of the whole of `texture` to bind; a dispatch binding it counts `bytes` in its profile. */
+  textureView(texture: GPUTexture, bytes: number): GPUTextureView {
+    const view = texture.createView();
+    this.#viewBytes.set(view, bytes);
+    return view;
+  }
+
+  /** Bytes of the textures this program made ({@link transientTexture}). */
+  textureBytes(): number {
+    let n = 0;
+    for (const t of this.#textures.values()) n += 16 * t.width * t.height;
+    return n;
+  }
+
+  /** Frees the uniform buffers, scratch tensors and textures this program made. */
   destroy(): void {
     for (const b of this.#uniforms) b.destroy();
     for (const t of this.#owned) t.destroy();
+    for (const t of this.#textures.values()) t.destroy();
+    this.#textures.clear();
     this.#uniforms = [];
     this.#owned = [];
     this.#transients.clear();

@@ -359,7 +359,12 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
       limits.memory.bytes === null ? "" : `${formatBytes(limits.memory.bytes)}, `
     }${limits.memory.source}`,
     `not counted: ${
-      [...plan.notCounted ?? [], "the matmuls' split-K partials", "the driver's own memory"].join("; ")
+      [
+        ...plan.notCounted ?? [],
+        "the matmuls' split-K partials",
+        "on CPU adapters, the matmuls' operand textures (a copy of each operand size per program)",
+        "the driver's own memory",
+      ].join("; ")
     }`,
   ];
 }

@@ -49,12 +49,13 @@ interface Dims {
 }
 
 /**
- * The default `regtile` tile: 16 rows × 32 columns per invocation, 48 vec4 loads per 2048 FMAs per 4 k-steps.
- * Measured on lavapipe (2 cores, 1024³, machine shared): 15 GFLOP/s against 8-14 for 16×16, with a 3.6 s
- * compile per variant; 32×32 is faster still (18 GFLOP/s) but takes 11 s to compile, so it is not the
- * default (a caller may pass it as `tile`).
+ * The default `regtile` tile: 16 rows × 32 columns per invocation, 48 vec4 loads per 2048 FMAs per 4 k-steps,
+ * the operands read from textures. Measured on lavapipe (2 cores, 1024³, machine shared): 15 GFLOP/s against
+ * 8-14 for 16×16, with a 3.6 s compile per variant; 32×32 is faster still (18 GFLOP/s) but takes 11 s to
+ * compile, so it is not the default (a caller may pass it as `tile`). Texture operands, on a Zen 3 host whose
+ * storage loads are far dearer: 25 GFLOP/s against 5.2 from storage buffers, packing included.
  */
-export const DEFAULT_CPU_TILE: MatmulTile = { kind: "regtile", tm: 16, tn4: 8 };
+export const DEFAULT_CPU_TILE: MatmulTile = { kind: "regtile", tm: 16, tn4: 8, textures: true };
 
 /** The default `tiled` tile for GPUs. */
 export const DEFAULT_GPU_TILE: MatmulTile = { kind: "tiled", bm: 64, bn: 64, bk: 16 };
@@ -67,7 +68,7 @@ export function matmulTileFor(gpu: Gpu): MatmulTile {
 /** A short name of a tile, e.g. "regtile 16x16" or "tiled 64x64x16". */
 export function tileName(tile: MatmulTile): string {
   return tile.kind === "regtile"
-    ? `regtile ${tile.tm}x${4 * tile.tn4}`
+    ? `regtile ${tile.tm}x${4 * tile.tn4}${tile.textures ? " textures" : ""}`
     : `tiled ${tile.bm}x${tile.bn}x${tile.bk}`;
 }
 
@@ -159,7 +160,7 @@ function fitTile(tile: MatmulTile, M: number, N: number): MatmulTile {
   while (tm > 4 && tm / 2 >= M) tm /= 2;
   tm = Math.max(4, Math.ceil(tm / 4) * 4);
   while (tn4 > 1 && 4 * K.REGTILE_WG * (tn4 / 2) >= N) tn4 = Math.ceil(tn4 / 2);
-  return { kind: "regtile", tm, tn4 };
+  return { ...tile, tm, tn4 };
 }
 
 /** Workgroups that keep the device busy: a few per CPU thread, or enough to fill a GPU. */
@@ -243,19 +244,31 @@ export async function matmul(
     ["f32", split ? 1 : alpha],
   );
   const target = scratch ?? out;
+  const flops = 2 * d.batch * d.M * d.N * d.K;
   const f16 = b.dtype === "f16";
   const name = `matmul.${variant.transA ? "T" : "N"}${variant.transB ? "T" : "N"}.${b.dtype}`;
   if (tile.kind === "regtile") {
     const vec4 = K.regtileVec4(variant, d.M, d.N, d.K);
+    const textures = operandTextures(tile, vec4, a, b, gridY);
+    const which = textures.a || textures.b
+      ? ` textures ${textures.a ? "A" : ""}${textures.b ? "B" : ""}`
+      : "";
     await p.add(
       {
-        name: `${name}.${tileName(tile)}${vec4 ? ".vec4" : ""}`,
-        code: K.regtileKernel(variant, tile, vec4),
+        name: `${name}.${tileName({ ...tile, textures: false })}${which}${vec4 ? ".vec4" : ""}`,
+        code: K.regtileKernel(variant, tile, vec4, textures),
         entryPoint: "main",
-        f16,
+        f16: f16 && !textures.b,
       },
-      [uniforms, a, b, target],
+      [
+        uniforms,
+        textures.a ? await packTexels(p, a, "A") : a,
+        textures.b ? await packTexels(p, b, "B") : b,
+        target,
+      ],
       [gridX, gridY, d.batch * splits],
+      undefined,
+      flops,
     );
   } else {
     const fits = d.M % tile.bm === 0 && d.N % tile.bn === 0 && d.K % tile.bk === 0 &&
@@ -270,6 +283,8 @@ export async function matmul(
       },
       [uniforms, a, b, target],
       [gridX, gridY, d.batch * splits],
+      undefined,
+      flops,
     );
   }
   if (scratch) {
@@ -287,6 +302,49 @@ export async function matmul(
       Math.ceil(total / K.REDUCE_WG),
     );
   }
+}
+
+/**
+ * Which operands a `regtile` product reads from textures: with `tile.textures` and vec4 loads, each operand
+ * read more than once that fits a texture. A is: the 8 lanes of a workgroup each load the same rows of it.
+ * B is when the grid has several row tiles; read once (a matrix-vector product's weight), it costs as much to
+ * pack as to read. Measured on lavapipe, the bench's draft step (B4 T64): 785-972 ms with A always packed,
+ * 949-1213 ms with A packed only under several column tiles; decode with the bf16 weight packed took twice
+ * as long as from storage.
+ */
+function operandTextures(
+  tile: K.RegtileTile,
+  vec4: boolean,
+  a: Tensor,
+  b: Tensor,
+  gridY: number,
+): K.OperandTextures {
+  const on = vec4 && (tile.textures ?? false);
+  const fits = (t: Tensor) => t.size / 4 <= K.MAX_OPERAND_TEXELS;
+  return { a: on && fits(a), b: on && gridY > 1 && fits(b) };
+}
+
+/**
+ * Records the packing of `t` (size a multiple of 4) into the program's operand texture for `role`, widened to
+ * f32 (kernels/matmul.ts `packTexelsKernel`), and returns a view of it for the `regtile` kernel's textures.
+ * (Copying an f32 operand with copyBufferToTexture instead measured slower on lavapipe: 1024³ took 105 ms
+ * against 80 ms with this dispatch.)
+ */
+async function packTexels(p: Program, t: Tensor, role: "A" | "B"): Promise<GPUTextureView> {
+  const texels = t.size / 4;
+  const rowTexels = Math.min(texels, K.TEXTURE_ROW_TEXELS);
+  const texture = p.transientTexture(`matmul operand ${role}`, rowTexels, Math.ceil(texels / rowTexels));
+  await p.add(
+    {
+      name: `matmul.pack_texels.${t.dtype}`,
+      code: K.packTexelsKernel(t.dtype as K.MatmulBType),
+      entryPoint: "main",
+      f16: t.dtype === "f16",
+    },
+    [params(["u32", texels]), t, p.textureView(texture, 16 * texels)],
+    Math.ceil(texels / K.PACK_WG),
+  );
+  return p.textureView(texture, 16 * texels);
 }
 
 /** Flattens all but the last dimension: [..., n] -> [rows, n]. */

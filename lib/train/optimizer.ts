@@ -123,6 +123,11 @@ export class AdamWOptimizer {
     u.append(this.#zero);
   }
 
+  /** The update program (clip, AdamW, zero the gradients), for profiling; {@link update} runs it. */
+  get program(): Program {
+    return this.#update;
+  }
+
   /** Updates done so far (the next update is number steps + 1, as torch counts). */
   get steps(): number {
     return this.#steps;

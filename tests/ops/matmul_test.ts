@@ -198,6 +198,97 @@ Deno.test(
   },
 );
 
+/** Runs `c` with `tile`: the output (to compare two tiles' results bit for bit) and the kernels dispatched. */
+async function product(
+  c: Case,
+  tile: MatmulTile,
+  seed: number,
+): Promise<{ out: Float32Array; kernels: string[] }> {
+  const g = gpu!;
+  const { batch, M, N, K, opts } = c;
+  const aShape = opts.transA ? [K, M] : [M, K];
+  const bShape = opts.transB ? [N, K] : [K, N];
+  const aFull = batch > 1 ? [batch, ...aShape] : aShape;
+  const bFull = c.batchedB ? [batch, ...bShape] : bShape;
+  const outShape = batch > 1 ? [batch, M, N] : [M, N];
+  const bType = c.bType ?? "f32";
+  const a = Tensor.fromArray(g, randomArray(aFull.reduce((x, y) => x * y, 1), seed), aFull, "f32", "a");
+  const b = Tensor.fromArray(g, randomArray(bFull.reduce((x, y) => x * y, 1), seed + 1), bFull, bType, "b");
+  const out = Tensor.fromArray(
+    g,
+    randomArray(outShape.reduce((x, y) => x * y, 1), seed + 2),
+    outShape,
+    "f32",
+    "out",
+  );
+  const p = new Program(g, `${tileName(tile)} product`);
+  try {
+    await matmul(p, a, b, out, { ...opts, tile });
+    await p.runChecked();
+    return { out: await out.readFloat(), kernels: p.dispatches.map((d) => d.label) };
+  } finally {
+    p.destroy();
+    for (const t of [a, b, out]) t.destroy();
+  }
+}
+
+Deno.test(
+  { name: "matmul: texture operands give the storage kernel's result bit for bit", ...needsGpu },
+  async () => {
+    const storage: MatmulTile = { kind: "regtile", tm: 8, tn4: 2 };
+    const textures: MatmulTile = { ...storage, textures: true };
+    const cases: Array<[string, Case]> = [
+      ["NN", { batch: 1, batchedB: false, M: 24, N: 68, K: 36, opts: {} }],
+      ["NT", { batch: 1, batchedB: false, M: 17, N: 33, K: 40, opts: { transB: true } }],
+      ["TN", { batch: 1, batchedB: false, M: 20, N: 64, K: 12, opts: { transA: true } }],
+      ["TT", { batch: 1, batchedB: false, M: 16, N: 9, K: 28, opts: { transA: true, transB: true } }],
+      ["bf16 B", { batch: 1, batchedB: false, M: 9, N: 72, K: 32, opts: { transB: true }, bType: "bf16" }],
+      ["batched, accumulate, alpha", {
+        batch: 3,
+        batchedB: true,
+        M: 12,
+        N: 40,
+        K: 20,
+        opts: { accumulate: true, alpha: 0.5 },
+      }],
+      ["broadcast B, split-K", { batch: 2, batchedB: false, M: 24, N: 72, K: 2048, opts: { splitK: 4 } }],
+      // Over one texture row (8192 texels): A and B are 2 rows and a part.
+      ["over texture rows", { batch: 1, batchedB: false, M: 72, N: 72, K: 1024, opts: {} }],
+    ];
+    if (gpu!.features.shaderF16) {
+      cases.push(["f16 B", { batch: 1, batchedB: false, M: 16, N: 72, K: 16, opts: {}, bType: "f16" }]);
+    }
+    let seed = 700;
+    for (const [label, c] of cases) {
+      const want: Float32Array = (await product(c, storage, seed)).out;
+      const { out: got, kernels } = await product(c, textures, seed);
+      seed += 3;
+      assert.ok(
+        kernels.some((k) => k.startsWith("matmul.pack_texels")),
+        `${label}: no packing in ${kernels}`,
+      );
+      assert.equal(got.length, want.length, label);
+      for (let i = 0; i < want.length; i++) {
+        if (!Object.is(got[i], want[i])) {
+          assert.fail(
+            `${label}: element ${i} is ${got[i]}, storage gave ${want[i]}`,
+          );
+        }
+      }
+    }
+  },
+);
+
+Deno.test({ name: "matmul: B is packed only when several row tiles read it", ...needsGpu }, async () => {
+  const tile: MatmulTile = { kind: "regtile", tm: 8, tn4: 2, textures: true };
+  const packed = async (M: number, N: number) => {
+    const { kernels } = await product({ batch: 1, batchedB: false, M, N, K: 32, opts: {} }, tile, 900);
+    return kernels.filter((k) => k.startsWith("matmul.pack_texels")).length;
+  };
+  assert.equal(await packed(2, 128), 1); // A (every lane reads its rows), not B (one row tile)
+  assert.equal(await packed(24, 32), 2); // and B, read by three row tiles
+});
+
 Deno.test({ name: "matmul: bf16 and f16 B, unpacked in the loader", ...needsGpu }, async () => {
   const types: Array<"bf16" | "f16"> = ["bf16"];
   if (gpu!.features.shaderF16) types.push("f16");
