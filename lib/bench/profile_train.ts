@@ -1,19 +1,14 @@
 /**
  * Where the time of one online training step goes (`deno task bench --profile`): the learning-check recipe's
- * step (a random-weight target of tinystories-656K's shape, B 4, T 128, or 64 with --quick, TTT 7, Vd 2048),
- * as the trainer runs it: the target forward program, the draft step program (forward, losses, backward) and
- * the optimizer update program, each profiled per kernel (lib/gpu/profile.ts), and the whole step timed from
- * the host. What the three programs' own run times leave of the step is the host's time between and around
+ * step (./recipe_step.ts: a random-weight target of tinystories-656K's shape, B 4, T 128, or 64 with --quick,
+ * TTT 7, Vd 2048), as the trainer runs it: the target forward program, the draft step program (forward,
+ * losses, backward) and the optimizer update program, each profiled per kernel (lib/gpu/profile.ts), and the
+ * whole step timed from the host. What the three programs' own run times leave of the step is the host's time between and around
  * the submissions (input writes, encoding, submits).
  */
 import type { Gpu } from "../gpu/device.ts";
 import { formatProfile, type Profile, profileProgram } from "../gpu/profile.ts";
-import { TargetModel } from "../models/target.ts";
-import { parseDraftConfig } from "../models/draft_config.ts";
-import { buildEagle3Step, Eagle3Draft } from "../models/eagle3.ts";
-import { identityVocabMapping } from "../data/vocab.ts";
-import { AdamWOptimizer } from "../train/optimizer.ts";
-import { RECIPE_TARGET, writeRandomTarget } from "./train.ts";
+import { loadRecipeModels, type RecipeModels, type RecipeStep, recipeStep } from "./recipe_step.ts";
 
 /** What {@link profileTrainingStep} measured. */
 export interface StepProfile {
@@ -47,81 +42,42 @@ export interface ProfileTrainingOptions {
 export async function profileTrainingStep(gpu: Gpu, opts: ProfileTrainingOptions = {}): Promise<StepProfile> {
   const B = 4, T = opts.seqLen ?? 128, K = 7, reps = opts.reps ?? 2;
   const dir = await Deno.makeTempDir({ prefix: "eaglet-profile-train-" });
-  const owned: Array<{ destroy(): void }> = [];
+  let models: RecipeModels | null = null;
+  let online: RecipeStep | null = null;
   try {
-    await writeRandomTarget(dir, RECIPE_TARGET);
-    const target = await TargetModel.load(gpu, dir);
-    owned.push(target);
-    const cfg = parseDraftConfig({
-      ...RECIPE_TARGET,
-      architectures: ["LlamaForCausalLMEagle3"],
-      num_hidden_layers: 1,
-      draft_vocab_size: 2048,
-    }, "recipe draft");
-    const vocab = identityVocabMapping(cfg.vocabSize);
-    const draft = Eagle3Draft.create(gpu, cfg, { seed: 0 });
-    owned.push(draft);
-    const entries = draft.entries().map(([name, param, grad]) => ({ name, param, grad }));
-    const opt = await AdamWOptimizer.create(gpu, entries, { maxGradNorm: 0.5 });
-    owned.push(opt);
+    models = await loadRecipeModels(gpu, dir);
     gpu.pool.resetPeak();
-    const forward = await target.forward(B, T, {
-      aux: true,
-      subsetIds: vocab.draftToTarget,
-      vocabStats: true,
-    });
-    owned.push(forward);
-    const step = await buildEagle3Step(draft, {
-      batch: B,
-      seqLen: T,
-      tttLength: K,
-      embedding: target.embed,
-      vocab,
-      train: true,
-      inputs: {
-        aux: forward.aux!,
-        ids: forward.ids,
-        lengths: forward.lengths,
-        teacherLogits: forward.subsetLogits!,
-        teacherArgmax: forward.vocabArgmax!,
-      },
-    });
-    owned.push(step);
-    step.lossMask.write(new Float32Array(B * T).fill(1));
-    const ids = Int32Array.from({ length: B * T }, (_, i) => 3 + (i * 37) % 2000);
-    const lengths = new Array(B).fill(T);
-    const once = () => {
-      forward.run(ids, lengths);
-      step.run();
-      opt.update(1e-4);
-    };
-    once();
+    online = await recipeStep(models, B, T, K);
+    online.runAll();
     await gpu.sync();
     const t0 = performance.now();
-    for (let i = 0; i < reps; i++) once();
+    for (let i = 0; i < reps; i++) online.runAll();
     await gpu.sync();
     const stepMs = (performance.now() - t0) / reps;
-    const parts = [
-      {
-        name: "target forward (aux, draft logits, argmax)",
-        profile: await profileProgram(gpu, forward.program, reps),
-      },
-      { name: "draft TTT forward + backward", profile: await profileProgram(gpu, step.program, reps) },
-      { name: "optimizer update", profile: await profileProgram(gpu, opt.program, reps) },
+    const programs = [online.forward.program, online.step.program, models.optimizer.program];
+    const names = [
+      "target forward (aux, draft logits, argmax)",
+      "draft TTT forward + backward",
+      "optimizer update",
     ];
+    const parts = [];
+    for (const [i, program] of programs.entries()) {
+      parts.push({ name: names[i], profile: await profileProgram(gpu, program, reps) });
+    }
     const programsMs = parts.reduce((s, p) => s + p.profile.wallMs, 0);
     return {
-      shape: `B${B} T${T} ttt${K} Vd${cfg.draftVocabSize}`,
+      shape: `B${B} T${T} ttt${K} Vd${models.draftConfig.draftVocabSize}`,
       parts,
       stepMs,
       programsMs,
       hostGapMs: stepMs - programsMs,
       tokensPerSec: B * T / stepMs * 1000,
       peakBytes: gpu.pool.peakBytes,
-      textureBytes: [forward.program, step.program, opt.program].reduce((n, p) => n + p.textureBytes(), 0),
+      textureBytes: programs.reduce((n, p) => n + p.textureBytes(), 0),
     };
   } finally {
-    for (const o of owned.reverse()) o.destroy();
+    online?.destroy();
+    models?.destroy();
     await Deno.remove(dir, { recursive: true });
   }
 }

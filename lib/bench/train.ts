@@ -3,7 +3,7 @@
  * zeroing; one submission) and the whole online training step of the tinystories recipe (target forward with
  * aux capture, draft-vocab logits and full-vocab argmax → draft TTT forward/backward → optimizer update),
  * batch 4 × 128 tokens, TTT 7, draft vocabulary 2048, on a random-weight target shaped like tinystories-656K
- * (hidden 128, 2 layers, GQA 8/4, vocab 2048; same cost as the real one, no download needed), and the same
+ * (./recipe_step.ts), and the same
  * step fed offline from feature files in the default storage. Without
  * --quick, also the optimizer update of a draft shaped like Llama-3-8B's (H 4096, I 14336, Vd 32000:
  * 0.5 G parameters, about 7 GB of weights, gradients and moments).
@@ -11,62 +11,16 @@
 import { join } from "node:path";
 import { wordLevelTokenizerJson } from "../data/tokenizer.ts";
 import type { Gpu } from "../gpu/device.ts";
-import { fromFloat32, writeSafetensors } from "../io/safetensors.ts";
-import { TargetModel } from "../models/target.ts";
-import { type DraftConfig, parseDraftConfig } from "../models/draft_config.ts";
+import type { TargetModel } from "../models/target.ts";
+import { parseDraftConfig } from "../models/draft_config.ts";
 import { buildEagle3Step, Eagle3Draft } from "../models/eagle3.ts";
-import { identityVocabMapping } from "../data/vocab.ts";
+import type { VocabMapping } from "../data/vocab.ts";
 import { AdamWOptimizer } from "../train/optimizer.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
 import { DEFAULT_FILE_GROUP_SIZE, DEFAULT_STORAGE, prepareHiddenStates } from "../offline/prepare.ts";
 import { openFeatureSet, readFeatures } from "../offline/dataset.ts";
 import { FeatureFeeder } from "../offline/feeder.ts";
-
-/** tinystories-656K's shape. */
-export const RECIPE_TARGET = {
-  architectures: ["LlamaForCausalLM"],
-  model_type: "llama",
-  hidden_size: 128,
-  intermediate_size: 384,
-  num_hidden_layers: 2,
-  num_attention_heads: 8,
-  num_key_value_heads: 4,
-  vocab_size: 2048,
-  max_position_embeddings: 512,
-  rms_norm_eps: 1e-6,
-  rope_theta: 10000,
-  tie_word_embeddings: true,
-  bos_token_id: 1,
-  eos_token_id: 2,
-};
-
-/** Writes a random-weight Llama checkpoint of `cfg` into `dir` (seeded sines; the values do not matter). */
-export async function writeRandomTarget(dir: string, cfg: typeof RECIPE_TARGET): Promise<void> {
-  const H = cfg.hidden_size, I = cfg.intermediate_size, hd = H / cfg.num_attention_heads;
-  const kv = cfg.num_key_value_heads * hd;
-  const t = (shape: number[], scale: number, seed: number) => {
-    const n = shape.reduce((a, b) => a * b, 1);
-    return fromFloat32(Float32Array.from({ length: n }, (_, i) => scale * Math.sin(seed + i * 0.7)), shape);
-  };
-  const tensors = new Map([["lm_head.weight", t([cfg.vocab_size, H], 0.05, 1)], [
-    "model.norm.weight",
-    t([H], 0.1, 2),
-  ]]);
-  for (let l = 0; l < cfg.num_hidden_layers; l++) {
-    const p = `model.layers.${l}.`;
-    tensors.set(`${p}input_layernorm.weight`, t([H], 0.1, 3 + l));
-    tensors.set(`${p}post_attention_layernorm.weight`, t([H], 0.1, 4 + l));
-    tensors.set(`${p}self_attn.q_proj.weight`, t([H, H], 0.05, 5 + l));
-    tensors.set(`${p}self_attn.k_proj.weight`, t([kv, H], 0.05, 6 + l));
-    tensors.set(`${p}self_attn.v_proj.weight`, t([kv, H], 0.05, 7 + l));
-    tensors.set(`${p}self_attn.o_proj.weight`, t([H, H], 0.05, 8 + l));
-    tensors.set(`${p}mlp.gate_proj.weight`, t([I, H], 0.05, 9 + l));
-    tensors.set(`${p}mlp.up_proj.weight`, t([I, H], 0.05, 10 + l));
-    tensors.set(`${p}mlp.down_proj.weight`, t([H, I], 0.05, 11 + l));
-  }
-  await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(cfg));
-  await writeSafetensors(join(dir, "model.safetensors"), tensors);
-}
+import { draftParameters, loadRecipeModels, RECIPE_TARGET, recipeStep } from "./recipe_step.ts";
 
 /**
  * Bytes an update moves per parameter: the norm reads g; AdamW reads w, g, m, v and writes w, m, v; zeroing
@@ -84,10 +38,6 @@ async function timeUpdates(gpu: Gpu, opt: AdamWOptimizer, reps: number): Promise
   return (performance.now() - t0) / reps;
 }
 
-function draftOf(entries: ReturnType<Eagle3Draft["entries"]>) {
-  return entries.map(([name, param, grad]) => ({ name, param, grad }));
-}
-
 /**
  * The offline counterpart of the full step: B samples written by prepare-hidden-states in the default storage
  * (lib/offline/prepare.ts), then per step: read the B files, assemble and upload them, decode on the GPU
@@ -100,7 +50,7 @@ async function benchOfflineStep(
     draft: Eagle3Draft;
     opt: AdamWOptimizer;
     target: TargetModel;
-    vocab: ReturnType<typeof identityVocabMapping>;
+    vocab: VocabMapping;
     B: number;
     T: number;
     K: number;
@@ -201,17 +151,8 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
   const B = 4, T = opts.quick ? 64 : 128, K = 7, reps = opts.quick ? 2 : 5;
   const dir = await Deno.makeTempDir({ prefix: "eaglet-bench-train-" });
   try {
-    await writeRandomTarget(dir, RECIPE_TARGET);
-    const target = await TargetModel.load(gpu, dir);
-    const cfg: DraftConfig = parseDraftConfig({
-      ...RECIPE_TARGET,
-      architectures: ["LlamaForCausalLMEagle3"],
-      num_hidden_layers: 1,
-      draft_vocab_size: 2048,
-    }, "recipe draft");
-    const vocab = identityVocabMapping(cfg.vocabSize);
-    const draft = Eagle3Draft.create(gpu, cfg, { seed: 0 });
-    const opt = await AdamWOptimizer.create(gpu, draftOf(draft.entries()), { maxGradNorm: 0.5 });
+    const models = await loadRecipeModels(gpu, dir);
+    const { draft, optimizer: opt, target, vocab } = models;
     const params = draft.entries().reduce((n, [, p]) => n + p.size, 0);
     const optMs = await timeUpdates(gpu, opt, reps * 4);
     out.push({
@@ -222,35 +163,8 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
       note: `${(params * BYTES_PER_PARAM / optMs / 1e6).toFixed(1)} GB/s effective`,
     });
 
-    const forward = await target.forward(B, T, {
-      aux: true,
-      subsetIds: vocab.draftToTarget,
-      vocabStats: true,
-    });
-    const step = await buildEagle3Step(draft, {
-      batch: B,
-      seqLen: T,
-      tttLength: K,
-      embedding: target.embed,
-      vocab,
-      train: true,
-      inputs: {
-        aux: forward.aux!,
-        ids: forward.ids,
-        lengths: forward.lengths,
-        teacherLogits: forward.subsetLogits!,
-        teacherArgmax: forward.vocabArgmax!,
-      },
-    });
-    const ids = Int32Array.from({ length: B * T }, (_, i) => 3 + (i * 37) % 2000);
-    const lengths = new Array(B).fill(T);
-    step.lossMask.write(new Float32Array(B * T).fill(1));
-    const once = () => {
-      forward.run(ids, lengths);
-      step.run();
-      opt.update(1e-4);
-    };
-    once();
+    const online = await recipeStep(models, B, T, K);
+    online.runAll();
     await gpu.sync();
     const time = async (fn: () => void) => {
       const t0 = performance.now();
@@ -258,9 +172,9 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
       await gpu.sync();
       return (performance.now() - t0) / reps;
     };
-    const fwdMs = await time(() => forward.run(ids, lengths));
-    const stepMs = await time(() => step.run());
-    const fullMs = await time(once);
+    const fwdMs = await time(online.runForward);
+    const stepMs = await time(() => online.step.run());
+    const fullMs = await time(online.runAll);
     const shape = `B${B} T${T} ttt${K} Vd2048`;
     out.push({
       group: "train",
@@ -283,12 +197,9 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
       ms: fullMs,
       tokensPerSec: B * T / fullMs * 1000,
     });
-    step.destroy();
-    forward.destroy();
+    online.destroy();
     out.push(...await benchOfflineStep(gpu, dir, { draft, opt, target, vocab, B, T, K, reps }));
-    opt.destroy();
-    draft.destroy();
-    target.destroy();
+    models.destroy();
 
     if (!opts.quick) {
       const big = parseDraftConfig({
@@ -300,7 +211,7 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
         draft_vocab_size: 32000,
       }, "llama3-8B-shaped draft");
       const bigDraft = Eagle3Draft.create(gpu, big, { seed: 0 });
-      const bigOpt = await AdamWOptimizer.create(gpu, draftOf(bigDraft.entries()), { maxGradNorm: 0.5 });
+      const bigOpt = await AdamWOptimizer.create(gpu, draftParameters(bigDraft), { maxGradNorm: 0.5 });
       const n = bigDraft.entries().reduce((s, [, p]) => s + p.size, 0);
       const ms = await timeUpdates(gpu, bigOpt, 1);
       out.push({

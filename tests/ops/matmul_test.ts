@@ -46,30 +46,43 @@ interface Case {
   bType?: "f32" | "f16" | "bf16";
 }
 
-/** Runs one product on the GPU and compares it with the CPU reference (B rounded as stored). */
-async function check(c: Case, seed: number, label: string, tol = { atol: 2e-5, rtol: 2e-4 }) {
-  const g = gpu!;
+/** A case's operands on the host (B rounded as stored), their shapes, and the output's prior contents. */
+function caseData(c: Case, seed: number) {
   const { batch, M, N, K, opts } = c;
   const aShape = opts.transA ? [K, M] : [M, K];
   const bShape = opts.transB ? [N, K] : [K, N];
   const aFull = batch > 1 ? [batch, ...aShape] : aShape;
   const bFull = c.batchedB ? [batch, ...bShape] : bShape;
   const outShape = batch > 1 ? [batch, M, N] : [M, N];
-  const aHost = randomArray(aFull.reduce((x, y) => x * y, 1), seed);
-  let bHost = randomArray(bFull.reduce((x, y) => x * y, 1), seed + 1);
-  const prev = randomArray(outShape.reduce((x, y) => x * y, 1), seed + 2);
   const bType = c.bType ?? "f32";
+  let bHost = randomArray(bFull.reduce((x, y) => x * y, 1), seed + 1);
   if (bType === "bf16") bHost = bHost.map(roundBf16);
   if (bType === "f16") bHost = Float32Array.from(Float16Array.from(bHost));
-  const a = Tensor.fromArray(g, aHost, aFull, "f32", "a");
-  const b = Tensor.fromArray(g, bHost, bFull, bType, "b");
-  const out = Tensor.fromArray(g, prev, outShape, "f32", "out");
-  await runOnce(g, label, (p) => matmul(p, a, b, out, opts));
-  const expected = matmulCpu(aHost, aFull, bHost, bFull, {
-    transA: opts.transA,
-    transB: opts.transB,
-    alpha: opts.alpha,
-    out: opts.accumulate ? prev : undefined,
+  const aHost = randomArray(aFull.reduce((x, y) => x * y, 1), seed);
+  const prev = randomArray(outShape.reduce((x, y) => x * y, 1), seed + 2);
+  return { aHost, aFull, bHost, bFull, bType, prev, outShape };
+}
+
+/** The case's tensors on the GPU. */
+function caseTensors(d: ReturnType<typeof caseData>): [Tensor, Tensor, Tensor] {
+  const g = gpu!;
+  return [
+    Tensor.fromArray(g, d.aHost, d.aFull, "f32", "a"),
+    Tensor.fromArray(g, d.bHost, d.bFull, d.bType, "b"),
+    Tensor.fromArray(g, d.prev, d.outShape, "f32", "out"),
+  ];
+}
+
+/** Runs one product on the GPU and compares it with the CPU reference (B rounded as stored). */
+async function check(c: Case, seed: number, label: string, tol = { atol: 2e-5, rtol: 2e-4 }) {
+  const d = caseData(c, seed);
+  const [a, b, out] = caseTensors(d);
+  await runOnce(gpu!, label, (p) => matmul(p, a, b, out, c.opts));
+  const expected = matmulCpu(d.aHost, d.aFull, d.bHost, d.bFull, {
+    transA: c.opts.transA,
+    transB: c.opts.transB,
+    alpha: c.opts.alpha,
+    out: c.opts.accumulate ? d.prev : undefined,
   });
   assertClose(await out.read(), expected, label, tol);
   for (const t of [a, b, out]) t.destroy();
@@ -204,26 +217,10 @@ async function product(
   tile: MatmulTile,
   seed: number,
 ): Promise<{ out: Float32Array; kernels: string[] }> {
-  const g = gpu!;
-  const { batch, M, N, K, opts } = c;
-  const aShape = opts.transA ? [K, M] : [M, K];
-  const bShape = opts.transB ? [N, K] : [K, N];
-  const aFull = batch > 1 ? [batch, ...aShape] : aShape;
-  const bFull = c.batchedB ? [batch, ...bShape] : bShape;
-  const outShape = batch > 1 ? [batch, M, N] : [M, N];
-  const bType = c.bType ?? "f32";
-  const a = Tensor.fromArray(g, randomArray(aFull.reduce((x, y) => x * y, 1), seed), aFull, "f32", "a");
-  const b = Tensor.fromArray(g, randomArray(bFull.reduce((x, y) => x * y, 1), seed + 1), bFull, bType, "b");
-  const out = Tensor.fromArray(
-    g,
-    randomArray(outShape.reduce((x, y) => x * y, 1), seed + 2),
-    outShape,
-    "f32",
-    "out",
-  );
-  const p = new Program(g, `${tileName(tile)} product`);
+  const [a, b, out] = caseTensors(caseData(c, seed));
+  const p = new Program(gpu!, `${tileName(tile)} product`);
   try {
-    await matmul(p, a, b, out, { ...opts, tile });
+    await matmul(p, a, b, out, { ...c.opts, tile });
     await p.runChecked();
     return { out: await out.readFloat(), kernels: p.dispatches.map((d) => d.label) };
   } finally {
