@@ -24,6 +24,7 @@
  * (bit pattern 0xff800000) and zero gradients. Scores of masked keys never enter an exp: they are skipped, and
  * the running max starts at a large finite negative value, so no ∞ − ∞ can arise.
  */
+import { TEXEL_AT, texelLoad } from "./texels.ts";
 import { LINEAR_WORKGROUP } from "./common.ts";
 
 /** Most head dimensions one invocation owns in a private accumulator (so hd ≤ MAX_DIMS · threads per row). */
@@ -562,12 +563,29 @@ export const ATTENTION_ROWS_WG = 8;
 /**
  * WGSL loaders for storage arrays holding rows of `hd` floats: `ld_<name>(base, c)` returns elements
  * base + 4c .. base + 4c + 3 of the row starting at element `base` (zero past hd), and `st_<name>` stores
- * them. With hd % 4 == 0 the arrays are bound as vec4 (one load per vec4), else as scalars.
+ * them. With hd % 4 == 0 the arrays are bound as vec4 (one load per vec4), else as scalars; the read-only
+ * `textures` (hd % 4 == 0 only) are bound as textures packed by kernels/texels.ts instead.
  */
-function rowAccess(hd: number, names: string[], writable: string[], firstBinding: number): string {
+function rowAccess(
+  hd: number,
+  names: string[],
+  writable: string[],
+  firstBinding: number,
+  textures: readonly string[] = [],
+): string {
   const vec = hd % 4 === 0;
   const out: string[] = [];
   [...names, ...writable].forEach((name, i) => {
+    if (textures.includes(name)) {
+      if (!vec || writable.includes(name)) {
+        throw new Error(`attention: ${name} cannot be read from a texture`);
+      }
+      out.push(`@group(0) @binding(${firstBinding + i}) var ${name}: texture_2d<f32>;`);
+      out.push(
+        `fn ld_${name}(base: u32, c: u32) -> vec4<f32> { return ${texelLoad(name, "(base >> 2u) + c")}; }`,
+      );
+      return;
+    }
     const rw = writable.includes(name) ? "read_write" : "read";
     const type = vec ? "array<vec4<f32>>" : "array<f32>";
     out.push(`@group(0) @binding(${firstBinding + i}) var<storage, ${rw}> ${name}: ${type};`);
@@ -595,6 +613,7 @@ function rowAccess(hd: number, names: string[], writable: string[], firstBinding
 /** The shared header of the register-row kernels for head dim `hd` and `rows` rows per invocation. */
 function rowsHeader(hd: number, rows: number): string {
   return `${HEADER}
+${TEXEL_AT}
 @group(0) @binding(0) var<uniform> p: Params;
 const HD4: u32 = ${Math.ceil(hd / 4)}u;
 const R: u32 = ${rows}u;
@@ -614,9 +633,9 @@ fn dot_row(a: Row, b: Row) -> f32 {
  * ceil(Tq / R)); per key it loads k and v once and runs the online softmax of each row, with one exp per row
  * and key: if s > m, then m ← s, o ← o·exp(m_old − s) + v; else o ← o + exp(s − m)·v.
  */
-export function attentionRowsForward(hd: number, rows: number): string {
+export function attentionRowsForward(hd: number, rows: number, textures: readonly string[] = []): string {
   return `${rowsHeader(hd, rows)}
-${rowAccess(hd, ["q", "k", "v", "kd", "vd"], [], 1)}
+${rowAccess(hd, ["q", "k", "v", "kd", "vd"], [], 1, textures)}
 @group(0) @binding(6) var<storage, read> lengths: array<i32>;
 ${rowAccess(hd, [], ["out"], 7)}
 @group(0) @binding(8) var<storage, read_write> lse: array<f32>;
@@ -699,9 +718,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
  * {@link attentionRowsForward}. Per row: D = dO·O; per allowed key: dS = exp(scale·q·k − lse)·(dO·v − D),
  * dq += dS·k (prefix keys, then the row's diagonal keys); dq is scaled once at the end.
  */
-export function attentionRowsBackwardQ(hd: number, rows: number): string {
+export function attentionRowsBackwardQ(hd: number, rows: number, textures: readonly string[] = []): string {
   return `${rowsHeader(hd, rows)}
-${rowAccess(hd, ["q", "k", "v", "kd", "vd", "o", "dout"], [], 1)}
+${rowAccess(hd, ["q", "k", "v", "kd", "vd", "o", "dout"], [], 1, textures)}
 @group(0) @binding(8) var<storage, read> lse: array<f32>;
 @group(0) @binding(9) var<storage, read> lengths: array<i32>;
 ${rowAccess(hd, [], ["dq"], 10)}
@@ -783,9 +802,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
  * the query heads of its group and the query rows that may see them, loading q, dO, O and lse once per row
  * for all R keys: P = exp(scale·q·k − lse), dS = P·(dO·v − D), dv += P·dO, dk += dS·q (scaled at the end).
  */
-export function attentionRowsBackwardKV(hd: number, rows: number): string {
+export function attentionRowsBackwardKV(hd: number, rows: number, textures: readonly string[] = []): string {
   return `${rowsHeader(hd, rows)}
-${rowAccess(hd, ["q", "k", "v", "o", "dout"], [], 1)}
+${rowAccess(hd, ["q", "k", "v", "o", "dout"], [], 1, textures)}
 @group(0) @binding(6) var<storage, read> lse: array<f32>;
 @group(0) @binding(7) var<storage, read> lengths: array<i32>;
 ${rowAccess(hd, [], ["dk", "dv"], 8)}

@@ -18,8 +18,7 @@
  *   columns, the K loop unrolled by 4 with vec4 loads, giving 4·TM·4·TN4 FMAs for TM + 4·TN4 vec4 loads. The
  *   code is generated fully unrolled (named registers, no local arrays) so that LLVM keeps the tile in
  *   registers. Texel fetches are gathered in registers (about 75 cycles per 8 lanes on the Zen 3 host), so
- *   by default the operands are first packed into rgba32f textures ({@link packTexelsKernel}) and read
- *   from there.
+ *   by default the operands are first packed into rgba32f textures (kernels/texels.ts) and read from there.
  * - `tiled` (GPUs). The classic 2D block tiling: a workgroup of (BN/4)×(BM/4) invocations owns a BM×BN tile
  *   of C, stages BK-deep slabs of op(A) and op(B) in workgroup memory, both stored k-major so the inner loop
  *   reads vec4 rows, and each invocation accumulates a 4×4 register tile. BM, BN, BK are override constants;
@@ -27,6 +26,7 @@
  *
  * Both read operands through the element helpers below, so every layout and dtype is one code path.
  */
+import { TEXEL_AT, texelLoad } from "./texels.ts";
 
 /** How op(B) is stored. */
 export type MatmulBType = "f32" | "f16" | "bf16";
@@ -51,10 +51,11 @@ export interface RegtileTile {
   /** vec4 column groups per invocation. */
   tn4: number;
   /**
-   * Read op(A) and op(B) from rgba32f textures (see {@link packTexelsKernel}) instead of storage buffers, where
-   * the shape allows vec4 loads and the operand is read more than once (lib/ops/matmul.ts). On Mesa's CPU drivers a storage load walks the 8 lanes one scalar at a time
-   * through the stack, a texel fetch gathers in registers: measured on lavapipe (LLVM 15, Zen 3), a vec4
-   * storage load cost about 585 core cycles per 8 lanes, a texel fetch about 75.
+   * Read op(A) and op(B) from rgba32f textures (kernels/texels.ts) instead of storage buffers, where the shape
+   * allows vec4 loads and the operand is read more than once (lib/ops/matmul.ts). On Mesa's CPU drivers a
+   * storage load walks the 8 lanes one scalar at a time through the stack, a texel fetch gathers in registers:
+   * measured on lavapipe (LLVM 15, Zen 3), a vec4 storage load cost about 585 core cycles per 8 lanes, a texel
+   * fetch about 75.
    */
   textures?: boolean;
 }
@@ -90,21 +91,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 `;
 
-/**
- * Texels per row of an operand texture: element e of a packed operand is component e % 4 of texel
- * (t % W, t / W) with t = e / 4. 8192 is WebGPU's default maxTextureDimension2D, so every device has it.
- */
-export const TEXTURE_ROW_TEXELS = 8192;
-
-/** The most texels an operand texture holds (8192 rows of {@link TEXTURE_ROW_TEXELS}). */
-export const MAX_OPERAND_TEXELS = TEXTURE_ROW_TEXELS * 8192;
-
-/** Workgroup size of {@link packTexelsKernel}. */
-export const PACK_WG = 64;
-
-const TEXEL_AT = `vec2<u32>(t & ${TEXTURE_ROW_TEXELS - 1}u, t >> ${Math.log2(TEXTURE_ROW_TEXELS)}u)`;
-
-/** Which operands a `regtile` kernel reads from textures packed by {@link packTexelsKernel}. */
+/** Which operands a `regtile` kernel reads from textures packed by kernels/texels.ts `packTexelsKernel`. */
 export interface OperandTextures {
   a: boolean;
   b: boolean;
@@ -113,40 +100,7 @@ export interface OperandTextures {
 /** Binding `binding` as an operand texture `name` and its loader `load_<name>4` (elements e..e+3). */
 function textureOperand(name: "a" | "b", binding: number): string {
   return `@group(0) @binding(${binding}) var ${name}: texture_2d<f32>;
-fn load_${name}4(e: u32) -> vec4<f32> { let t = e >> 2u; return textureLoad(${name}, ${TEXEL_AT}, 0); }`;
-}
-
-/**
- * Packs `count` texels (4 elements each) of a tensor of storage type `type` into an rgba32f texture, widened
- * to f32, in the layout of {@link TEXTURE_ROW_TEXELS}. The grid is folded (`wg.x + wg.y·nwg.x`).
- */
-export function packTexelsKernel(type: MatmulBType): string {
-  const src = type === "f32"
-    ? `@group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
-fn texel(t: u32) -> vec4<f32> { return src[t]; }`
-    : type === "f16"
-    ? `@group(0) @binding(1) var<storage, read> src: array<vec4<f16>>;
-fn texel(t: u32) -> vec4<f32> { return vec4<f32>(src[t]); }`
-    : `@group(0) @binding(1) var<storage, read> src: array<vec2<u32>>;
-fn texel(t: u32) -> vec4<f32> {
-  let w = src[t];
-  return vec4<f32>(bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u),
-                   bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u));
-}`;
-  return /* wgsl */ `
-struct Params { count: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-${src}
-@group(0) @binding(2) var dst: texture_storage_2d<rgba32float, write>;
-
-@compute @workgroup_size(${PACK_WG})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let t = (wg.x + wg.y * nwg.x) * ${PACK_WG}u + lid;
-  if (t >= p.count) { return; }
-  textureStore(dst, ${TEXEL_AT}, texel(t));
-}
-`;
+fn load_${name}4(e: u32) -> vec4<f32> { return ${texelLoad(name, "e >> 2u")}; }`;
 }
 
 /**
@@ -195,7 +149,8 @@ fn load_b1(e: u32) -> f32 {
   return bitcast<f32>(select(w & 0xffff0000u, w << 16u, (e & 1u) == 0u));
 }`;
   }
-  return `${a}\n${b}\n@group(0) @binding(3) var<storage, read_write> c: array<f32>;\n`;
+  const texels = textures.a || textures.b ? TEXEL_AT : "";
+  return `${a}\n${b}\n@group(0) @binding(3) var<storage, read_write> c: array<f32>;\n${texels}`;
 }
 
 /**
@@ -214,10 +169,11 @@ const XYZW = ["x", "y", "z", "w"];
 /**
  * The `regtile` kernel for one variant and tile; `vec4` selects vec4 loads (see {@link regtileVec4}), otherwise
  * scalar loads handle any shape. The operands in `textures` (vec4 only) are read from textures packed by
- * {@link packTexelsKernel}; the arithmetic, and so the result, is the same bit for bit. Invocation `l` of
- * workgroup (x, y, z) computes rows m0..m0+TM-1 and, for j < TN4, the 4 columns starting at n0 + 4·l + 32·j:
- * the 8 lanes of a SIMD register cover 32 adjacent columns. Row and column indices are clamped into range once, before the K loop, so the loop has no bounds tests;
- * clamped rows and columns compute duplicates that are never stored.
+ * kernels/texels.ts `packTexelsKernel`; the arithmetic, and so the result, is the same bit for bit.
+ * Invocation `l` of workgroup (x, y, z) computes rows m0..m0+TM-1 and, for j < TN4, the 4 columns starting at
+ * n0 + 4·l + 32·j: the 8 lanes of a SIMD register cover 32 adjacent columns. Row and column indices are clamped
+ * into range once, before the K loop, so the loop has no bounds tests; clamped rows and columns compute
+ * duplicates that are never stored.
  */
 export function regtileKernel(
   v: MatmulVariant,

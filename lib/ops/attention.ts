@@ -21,6 +21,7 @@ import { type Binding, params, type Program } from "../gpu/program.ts";
 import { shapeString, type Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
 import { kernelVariant } from "./variant.ts";
+import { fitsTexture, packTexels } from "./texels.ts";
 
 /** Options of the attention ops. */
 export interface AttentionOptions {
@@ -44,6 +45,12 @@ export interface AttentionOptions {
    * lavapipe/llvmpipe), else "tiled". Both compute the same math.
    */
   kernel?: AttentionKernel;
+  /**
+   * The "rows" kernels read the rows they stream (k and v; q, o and dout for dK/dV) from textures packed first
+   * (lib/ops/texels.ts), when hd is a multiple of 4: the same results bit for bit, faster on Mesa's CPU
+   * drivers. Default true; false reads them from the storage buffers.
+   */
+  textures?: boolean;
 }
 
 /** The kernel families of the attention ops (see {@link AttentionOptions.kernel}). */
@@ -239,6 +246,27 @@ function rowsPerInvocation(hd: number): number {
   return hd4 <= 4 ? 8 : hd4 <= 8 ? 4 : hd4 <= 16 ? 2 : 1;
 }
 
+/**
+ * The register-row kernels stream one operand's rows once per group of R rows of the other: on Mesa's CPU
+ * drivers those streamed rows are read faster from textures (lib/ops/texels.ts). When hd is a multiple of 4
+ * (and `opts.textures` is not false), packs the tensors bound at `streamed` (name → binding index), puts
+ * their texture views in `bindings` in place, and returns the names to read from textures (none otherwise).
+ */
+async function streamedTextures(
+  p: Program,
+  hd: number,
+  opts: AttentionOptions,
+  bindings: Binding[],
+  streamed: Record<string, number>,
+): Promise<string[]> {
+  const tensors = Object.values(streamed).map((i) => bindings[i] as Tensor);
+  if (opts.textures === false || hd % 4 !== 0 || !tensors.every(fitsTexture)) return [];
+  for (const [name, i] of Object.entries(streamed)) {
+    bindings[i] = await packTexels(p, bindings[i] as Tensor, `attention ${name}`);
+  }
+  return Object.keys(streamed);
+}
+
 /** Workgroups of a register-row kernel over `items` (b, head) pairs of `len` rows each. */
 function rowsGrid(items: number, len: number, rows: number): number {
   return Math.ceil(items * Math.ceil(len / rows) / K.ATTENTION_ROWS_WG);
@@ -254,13 +282,24 @@ export async function attentionForward(
   opts: AttentionOptions = {},
 ): Promise<void> {
   const d = checkArgs("attentionForward", a, opts);
-  const bindings = [uniforms(d, opts), a.q, a.k, a.v, a.kd ?? a.q, a.vd ?? a.q, a.lengths, a.out, a.lse];
+  const bindings: Binding[] = [
+    uniforms(d, opts),
+    a.q,
+    a.k,
+    a.v,
+    a.kd ?? a.q,
+    a.vd ?? a.q,
+    a.lengths,
+    a.out,
+    a.lse,
+  ];
   if (kernelFor(p.gpu, opts) === "rows") {
     const rows = rowsPerInvocation(d.headDim);
+    const textures = await streamedTextures(p, d.headDim, opts, bindings, { k: 2, v: 3 });
     await p.add(
       {
-        name: "attention.forward_rows",
-        code: K.attentionRowsForward(d.headDim, rows),
+        name: `attention.forward_rows${textures.length ? ".textures" : ""}`,
+        code: K.attentionRowsForward(d.headDim, rows, textures),
         entryPoint: "main",
         constants: { HD: d.headDim },
       },
@@ -310,24 +349,38 @@ export async function attentionBackward(
   }
   const hd = d.headDim;
   const u = uniforms(d, opts);
-  const kvBindings = [u, a.q, a.k, a.v, a.out, a.dout, a.lse, a.lengths, a.dk, a.dv];
-  const qBindings = [u, a.q, a.k, a.v, a.kd ?? a.q, a.vd ?? a.q, a.out, a.dout, a.lse, a.lengths, a.dq];
+  const kvBindings: Binding[] = [u, a.q, a.k, a.v, a.out, a.dout, a.lse, a.lengths, a.dk, a.dv];
+  const qBindings: Binding[] = [
+    u,
+    a.q,
+    a.k,
+    a.v,
+    a.kd ?? a.q,
+    a.vd ?? a.q,
+    a.out,
+    a.dout,
+    a.lse,
+    a.lengths,
+    a.dq,
+  ];
   if (kernelFor(p.gpu, opts) === "rows") {
     const rows = rowsPerInvocation(hd);
+    const kvTextures = await streamedTextures(p, hd, opts, kvBindings, { q: 1, o: 4, dout: 5 });
     await p.add(
       {
-        name: "attention.backward_kv_rows",
-        code: K.attentionRowsBackwardKV(hd, rows),
+        name: `attention.backward_kv_rows${kvTextures.length ? ".textures" : ""}`,
+        code: K.attentionRowsBackwardKV(hd, rows, kvTextures),
         entryPoint: "main",
         constants: { HD: hd },
       },
       kvBindings,
       rowsGrid(d.batch * d.kvHeads, d.keyLen, rows),
     );
+    const qTextures = await streamedTextures(p, hd, opts, qBindings, { k: 2, v: 3 });
     await p.add(
       {
-        name: "attention.backward_q_rows",
-        code: K.attentionRowsBackwardQ(hd, rows),
+        name: `attention.backward_q_rows${qTextures.length ? ".textures" : ""}`,
+        code: K.attentionRowsBackwardQ(hd, rows, qTextures),
         entryPoint: "main",
         constants: { HD: hd },
       },

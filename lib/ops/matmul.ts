@@ -16,6 +16,7 @@ import { params, type Program } from "../gpu/program.ts";
 import { DTYPE_BYTES, shapeString, type Tensor } from "../tensor.ts";
 import { type RowBlock, rowBlocks } from "./blocks.ts";
 import { copyStrided, fill, type StridedCopy } from "./elementwise.ts";
+import { fitsTexture, packTexels } from "./texels.ts";
 
 export type { MatmulTile } from "../../kernels/matmul.ts";
 
@@ -262,8 +263,8 @@ export async function matmul(
       },
       [
         uniforms,
-        textures.a ? await packTexels(p, a, "A") : a,
-        textures.b ? await packTexels(p, b, "B") : b,
+        textures.a ? await packTexels(p, a, "matmul operand A") : a,
+        textures.b ? await packTexels(p, b, "matmul operand B") : b,
         target,
       ],
       [gridX, gridY, d.batch * splits],
@@ -320,31 +321,7 @@ function operandTextures(
   gridY: number,
 ): K.OperandTextures {
   const on = vec4 && (tile.textures ?? false);
-  const fits = (t: Tensor) => t.size / 4 <= K.MAX_OPERAND_TEXELS;
-  return { a: on && fits(a), b: on && gridY > 1 && fits(b) };
-}
-
-/**
- * Records the packing of `t` (size a multiple of 4) into the program's operand texture for `role`, widened to
- * f32 (kernels/matmul.ts `packTexelsKernel`), and returns a view of it for the `regtile` kernel's textures.
- * (Copying an f32 operand with copyBufferToTexture instead measured slower on lavapipe: 1024³ took 105 ms
- * against 80 ms with this dispatch.)
- */
-async function packTexels(p: Program, t: Tensor, role: "A" | "B"): Promise<GPUTextureView> {
-  const texels = t.size / 4;
-  const rowTexels = Math.min(texels, K.TEXTURE_ROW_TEXELS);
-  const texture = p.transientTexture(`matmul operand ${role}`, rowTexels, Math.ceil(texels / rowTexels));
-  await p.add(
-    {
-      name: `matmul.pack_texels.${t.dtype}`,
-      code: K.packTexelsKernel(t.dtype as K.MatmulBType),
-      entryPoint: "main",
-      f16: t.dtype === "f16",
-    },
-    [params(["u32", texels]), t, p.textureView(texture, 16 * texels)],
-    Math.ceil(texels / K.PACK_WG),
-  );
-  return p.textureView(texture, 16 * texels);
+  return { a: on && fitsTexture(a), b: on && gridY > 1 && fitsTexture(b) };
 }
 
 /** Flattens all but the last dimension: [..., n] -> [rows, n]. */

@@ -67,6 +67,8 @@ interface GpuResult {
   dv: Float32Array;
   dkd: Float32Array | null;
   dvd: Float32Array | null;
+  /** The dispatches' labels. */
+  kernels: string[];
 }
 
 /** Runs forward then backward of `c` on the GPU in one program and reads every output. */
@@ -92,9 +94,11 @@ async function runGpu(c: Case): Promise<GpuResult> {
     dkd: S ? Tensor.empty(g, dShape, "f32", "dkd") : null,
     dvd: S ? Tensor.empty(g, dShape, "f32", "dvd") : null,
   };
+  let kernels: string[] = [];
   await runOnce(g, `attention ${c.name}`, async (p) => {
     await attentionForward(p, t, c.opts);
     await attentionBackward(p, t, c.opts);
+    kernels = p.dispatches.map((d) => d.label);
   });
   const r: GpuResult = {
     out: await t.out.readFloat(),
@@ -104,6 +108,7 @@ async function runGpu(c: Case): Promise<GpuResult> {
     dv: await t.dv.readFloat(),
     dkd: t.dkd ? await t.dkd.readFloat() : null,
     dvd: t.dvd ? await t.dvd.readFloat() : null,
+    kernels,
   };
   for (const x of Object.values(t)) x?.destroy();
   return r;
@@ -254,6 +259,33 @@ Deno.test({ name: "attention: TTT diagonal keys (S = 1, 3) vs CPU", ...needsGpu 
     makeCase("S3 T70 MHA padded", { B: 1, Tq: 70, nh: 2, nkv: 2, hd: 64, S: 3 }, [50], { causal: true }, 120),
   );
 });
+
+Deno.test(
+  { name: "attention: the rows kernels give the same bits from textures as from storage", ...needsGpu },
+  async () => {
+    const cases = [
+      makeCase("S3 T33 GQA padded", { B: 3, Tq: 33, nh: 4, nkv: 2, hd: 16, S: 3 }, [33, 12, 30], {
+        causal: true,
+      }, 130),
+      makeCase("window 5, T19", { B: 2, Tq: 19, nh: 4, nkv: 4, hd: 32 }, [19, 11], {
+        causal: true,
+        window: 5,
+      }, 140),
+    ];
+    for (const c of cases) {
+      const storage = await runGpu({ ...c, opts: { ...c.opts, kernel: "rows", textures: false } });
+      const textures = await runGpu({ ...c, opts: { ...c.opts, kernel: "rows" } });
+      const packed = textures.kernels.filter((k) => k.startsWith("texels.pack")).length;
+      assert.equal(packed, 7, `${c.name}: k, v for the forward and dQ, q, o, dout for dK/dV`);
+      assert.ok(!storage.kernels.some((k) => k.startsWith("texels.pack")));
+      for (const key of ["out", "lse", "dq", "dk", "dv", "dkd", "dvd"] as const) {
+        const [a, b] = [storage[key], textures[key]];
+        if (a === null || b === null) continue;
+        assert.ok(a.every((x, i) => Object.is(x, b[i])), `${c.name}: ${key} differs`);
+      }
+    }
+  },
+);
 
 Deno.test({ name: "attention: head dim 128 (draft size), GQA, TTT", ...needsGpu }, async () => {
   await checkAgainstCpu(

@@ -261,7 +261,7 @@ Deno.test(
       const { out: got, kernels } = await product(c, textures, seed);
       seed += 3;
       assert.ok(
-        kernels.some((k) => k.startsWith("matmul.pack_texels")),
+        kernels.some((k) => k.startsWith("texels.pack")),
         `${label}: no packing in ${kernels}`,
       );
       assert.equal(got.length, want.length, label);
@@ -280,7 +280,7 @@ Deno.test({ name: "matmul: B is packed only when several row tiles read it", ...
   const tile: MatmulTile = { kind: "regtile", tm: 8, tn4: 2, textures: true };
   const packed = async (M: number, N: number) => {
     const { kernels } = await product({ batch: 1, batchedB: false, M, N, K: 32, opts: {} }, tile, 900);
-    return kernels.filter((k) => k.startsWith("matmul.pack_texels")).length;
+    return kernels.filter((k) => k.startsWith("texels.pack")).length;
   };
   assert.equal(await packed(2, 128), 1); // A (every lane reads its rows), not B (one row tile)
   assert.equal(await packed(24, 32), 2); // and B, read by three row tiles
