@@ -211,7 +211,8 @@ Deno.test({ name: "profile: per-kernel time, FLOPs, bytes and the whole run", ..
     await ew.fill(p, c, 0);
     const profile = await profileProgram(g, p, 2);
     assert.equal(profile.dispatches.length, p.dispatches.length);
-    assert.ok(profile.wallMs > 0, `whole run ${profile.wallMs} ms`);
+    // A time, not asserted beyond its kind: a run this small can take no longer than an empty submit.
+    assert.ok(Number.isFinite(profile.wallMs) && profile.wallMs >= 0, `whole run ${profile.wallMs} ms`);
     const product = profile.rows.find((r) => r.label.startsWith("matmul.NN"));
     assert.ok(product, `no matmul row in ${profile.rows.map((r) => r.label)}`);
     assert.equal(product.flops, 2 * M * N * K);

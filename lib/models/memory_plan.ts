@@ -362,7 +362,7 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
       [
         ...plan.notCounted ?? [],
         "the matmuls' split-K partials",
-        "on CPU adapters, the matmuls' operand textures (a copy of each operand size per program)",
+        "on CPU adapters, the matmul and attention operands packed as textures (one per role and size per program)",
         "the driver's own memory",
       ].join("; ")
     }`,
