@@ -51,7 +51,7 @@ export interface Dispatch {
   workgroups: [number, number, number];
   /** Floating-point operations, where the op states them (a multiply-add counts 2). */
   flops?: number;
-  /** Bytes of the buffer ranges bound (each once): the traffic the dispatch cannot avoid if it reads them all. */
+  /** Bytes of the buffers and textures bound (each range once): the least traffic if it reads them all. */
   bytes: number;
 }
 
@@ -76,11 +76,12 @@ function boundBytes(bindings: Array<Binding | null>, viewBytes: WeakMap<GPUTextu
   const seen = new Map<GPUBuffer, Set<string>>();
   let bytes = 0;
   for (const b of bindings) {
-    let range: GPUBufferBinding;
-    if (b instanceof GPUTextureView) bytes += viewBytes.get(b) ?? 0;
-    if (b instanceof Tensor) range = b.binding();
-    else if (b === null || b instanceof Params || b instanceof GPUTextureView) continue;
-    else range = b;
+    if (b === null || b instanceof Params) continue;
+    if (b instanceof GPUTextureView) {
+      bytes += viewBytes.get(b) ?? 0;
+      continue;
+    }
+    const range = b instanceof Tensor ? b.binding() : b;
     const size = range.size ?? range.buffer.size - (range.offset ?? 0);
     const ranges = seen.get(range.buffer) ?? new Set<string>();
     const key = `${range.offset ?? 0}+${size}`;

@@ -46,8 +46,8 @@ export interface AttentionOptions {
    */
   kernel?: AttentionKernel;
   /**
-   * The "rows" kernels read the rows they stream (k and v; q, o and dout for dK/dV) from textures packed first
-   * (lib/ops/texels.ts), when hd is a multiple of 4: the same results bit for bit, faster on Mesa's CPU
+   * The "rows" kernels read the rows they stream (k and v; q, o and dout for dK/dV) from textures packed
+   * first (lib/ops/texels.ts), when hd is a multiple of 4: the same results bit for bit, faster on Mesa's CPU
    * drivers. Default true; false reads them from the storage buffers.
    */
   textures?: boolean;
