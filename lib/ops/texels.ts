@@ -24,6 +24,7 @@ export async function packTexels(p: Program, t: Tensor, role: string): Promise<G
   const texels = t.size / 4;
   const rowTexels = Math.min(texels, K.TEXTURE_ROW_TEXELS);
   const texture = p.transientTexture(role, rowTexels, Math.ceil(texels / rowTexels));
+  const view = p.textureView(texture, 16 * texels);
   await p.add(
     {
       name: `texels.pack_${t.dtype}`,
@@ -31,8 +32,8 @@ export async function packTexels(p: Program, t: Tensor, role: string): Promise<G
       entryPoint: "main",
       f16: t.dtype === "f16",
     },
-    [params(["u32", texels]), t, p.textureView(texture, 16 * texels)],
+    [params(["u32", texels]), t, view],
     Math.ceil(texels / K.PACK_WG),
   );
-  return p.textureView(texture, 16 * texels);
+  return view;
 }
