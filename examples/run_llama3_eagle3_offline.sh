@@ -9,6 +9,9 @@
 #
 # Several GPUs or machines can share step 2: run it N times with --shard i/N (i = 0..N-1) on the same
 # --output-path (a shared file system); each writes only its rows, and any re-run only completes what is missing.
+# --draft-preset eagle3 keeps SpecForge's EAGLE-3 exactly (random lm_head, KL loss); without it and without
+# --draft-model-config, Eaglet's default preset trains an EAGLE-3.1 draft with the LK loss (README, Online training).
+#
 # DENO overrides the Deno command (default: deno on PATH, else npx -y deno@2.9.6).
 set -euo pipefail
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" &>/dev/null && pwd)
@@ -35,6 +38,7 @@ $DENO task prepare-hidden-states \
 $DENO task train-offline \
   --target-model-path "$TARGET" \
   --draft-model-config configs/llama3-8B-eagle3.json \
+  --draft-preset eagle3 \
   --train-hidden-states-path cache/hidden_states/llama3-8b-sharegpt \
   --output-dir outputs/llama3-8b-eagle3-offline \
   --num-epochs 10 \

@@ -7,6 +7,9 @@
 #
 #   examples/run_llama3_eagle3_online.sh [extra train-online flags, e.g. --max-num-steps 100]
 #
+# --draft-preset eagle3 keeps SpecForge's EAGLE-3 exactly (random lm_head, KL loss); without it and without
+# --draft-model-config, Eaglet's default preset trains an EAGLE-3.1 draft with the LK loss (README, Online training).
+#
 # DENO overrides the Deno command (default: deno on PATH, else npx -y deno@2.9.6).
 set -euo pipefail
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" &>/dev/null && pwd)
@@ -21,6 +24,7 @@ $DENO task prepare-data --dataset sharegpt --output-path cache/dataset
 $DENO task train-online \
   --target-model-path meta-llama/Llama-3.1-8B-Instruct \
   --draft-model-config configs/llama3-8B-eagle3.json \
+  --draft-preset eagle3 \
   --train-data-path cache/dataset/sharegpt_train.jsonl \
   --output-dir outputs/llama3-8b-eagle3 \
   --num-epochs 2 \

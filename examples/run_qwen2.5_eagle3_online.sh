@@ -16,6 +16,7 @@ $DENO task prepare-data --dataset sharegpt --output-path cache/dataset
 $DENO task train-online \
   --target-model-path Qwen/Qwen2.5-7B-Instruct \
   --draft-model-config configs/qwen2.5-7b-eagle3.json \
+  --draft-preset eagle3 \
   --train-data-path cache/dataset/sharegpt_train.jsonl \
   --output-dir outputs/Qwen2.5-7B-eagle3 \
   --num-epochs 10 \

@@ -17,6 +17,7 @@ $DENO task prepare-data --dataset sharegpt --output-path cache/dataset
 $DENO task train-online \
   --target-model-path Qwen/Qwen3-8B \
   --draft-model-config configs/qwen3-8b-eagle3.json \
+  --draft-preset eagle3 \
   --train-data-path cache/dataset/sharegpt_train.jsonl \
   --output-dir outputs/Qwen3-8B-eagle3 \
   --num-epochs 10 \

@@ -395,7 +395,8 @@ function joinNegativeValues(table: FlagTable, argv: string[]): string[] {
 
 /**
  * Reads a command line against `table` (plus `--help` and `--debug`): unknown flags, a missing value and bad
- * values are one-line errors naming the flag. Defaults are not applied (see {@link resolveSettings}).
+ * values are one-line errors naming the flag; `--no-<switch>` gives a switch false. Defaults are not applied
+ * (see {@link resolveSettings}).
  */
 export function readArgs(table: FlagTable, argv: string[], opts: { positionals?: boolean } = {}): ReadArgs {
   const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {
@@ -410,7 +411,13 @@ export function readArgs(table: FlagTable, argv: string[], opts: { positionals?:
   let parsed;
   try {
     const args = joinNegativeValues(table, argv);
-    parsed = parseArgs({ args, options, strict: true, allowPositionals: opts.positionals ?? false });
+    parsed = parseArgs({
+      args,
+      options,
+      strict: true,
+      allowPositionals: opts.positionals ?? false,
+      allowNegative: true, // --no-<switch> turns a switch off (one whose default is on)
+    });
   } catch (e) {
     throw new FlagError((e instanceof Error ? e.message : String(e)).split("\n")[0]);
   }
@@ -478,7 +485,7 @@ function wrap(text: string, indent: string, width: number): string {
 export function flagHelp(table: FlagTable, usage: string, about = ""): string {
   const lines = Object.entries(table).map(([flag, spec]) => {
     const arg = spec.kind === "bool" ? "" : ` <${spec.arg ?? (spec.kind === "ints" ? "a,b,c" : "value")}>`;
-    const def = defaultText(spec);
+    const def = spec.kind === "bool" && spec.default ? `true; --no-${flag} turns it off` : defaultText(spec);
     const choices = spec.kind === "choice" && !spec.compat ? ` {${spec.choices.join(", ")}}` : "";
     const tail = spec.required ? " (required)" : def === null ? "" : ` (default: ${def})`;
     const compat = spec.compat ? " [accepted for SpecForge compatibility]" : "";

@@ -279,6 +279,11 @@ export interface DeriveDraftOptions {
   draftVocabSize?: number;
   /** Target layers captured for fc; written to eagle_config only when given (null = the default ids). */
   auxLayers?: number[] | null;
+  /**
+   * An EAGLE-3.1 draft (`fc_norm`, and `norm_output` in SGLang's meaning: the normed state feeds the next
+   * step) instead of EAGLE-3's (default false).
+   */
+  eagle31?: boolean;
 }
 
 /**
@@ -286,7 +291,7 @@ export interface DeriveDraftOptions {
  * the target's vocab_size, hidden_size, num_attention_heads, num_key_value_heads, intermediate_size,
  * max_position_embeddings, rms_norm_eps, hidden_act, bos/eos/pad ids and dtype, plus — as [H] does, unlike
  * [C] (issue #231) — its head_dim, rope_theta and rope_scaling. draft_vocab_size defaults to
- * min(32000, vocab_size).
+ * min(32000, vocab_size). With `eagle31`, the same draft with EAGLE-3.1's `fc_norm` and `norm_output`.
  */
 export function deriveDraftConfig(target: TargetConfig, opts: DeriveDraftOptions = {}): DraftConfig {
   const draftVocabSize = opts.draftVocabSize ?? Math.min(32000, target.vocabSize);
@@ -316,8 +321,8 @@ export function deriveDraftConfig(target: TargetConfig, opts: DeriveDraftOptions
     eosTokenId: eos.length === 0 ? null : eos.length === 1 ? eos[0] : [...eos],
     torchDtype: target.torchDtype,
     initializerRange: 0.02,
-    fcNorm: false,
-    feedNormedHidden: false,
+    fcNorm: opts.eagle31 ?? false,
+    feedNormedHidden: opts.eagle31 ?? false,
     headNorm: true,
   };
 }

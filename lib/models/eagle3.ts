@@ -13,7 +13,7 @@
  *   y^k = midlayer(e^k, h^k), attention over {K⁰_s, s ≤ t, s < len_b} ∪ {K^j_t, 1 ≤ j ≤ k}, RoPE at t + k
  *   h^{k+1} = y^k (pre-norm, fed back);  z^k = lm_head(RMSNorm_final(y^k)) over the draft vocab [B·T, Vd]
  *   loss_k = Σ_t [pos_mask^k_t ≠ 0] · (−Σ_v p^k_tv · log_softmax(z^k_t)_v) / (B·T)
- *   loss   = Σ_k 0.8^k · loss_k / accumulationSteps
+ *   loss   = Σ_k γ^k · loss_k / accumulationSteps   (γ: stepDecay, SpecForge's fixed 0.8)
  *
  * with the teacher p^k_t = softmax(L_{t+k+1}[t2d]) (uniform 1/Vd past the end), pos_mask^k_t = M_{t+k} ·
  * t2d[argmax L_{t+k+1}] (SpecForge `_compute_target_p` and `specforge/utils.py` `padding`: the one-position
@@ -278,6 +278,8 @@ export interface Eagle3StepOptions {
   train?: boolean;
   /** The gradient is of loss / accumulationSteps (default 1). The metrics are not scaled. */
   accumulationSteps?: number;
+  /** γ: TTT position k's loss is weighted γ^k (default {@link STEP_DECAY}, SpecForge's 0.8). */
+  stepDecay?: number;
   /**
    * Train with an acceptance-targeted LK loss (lib/ops/lk_loss.ts) instead of the KL loss (default null: the
    * KL loss, as SpecForge). Needs the `teacherMaxSum` input.
@@ -379,7 +381,8 @@ export class Eagle3Step implements Eagle3StepInputs {
 
   /** Reads the metrics accumulated since the last reset (one sync). */
   async readMetrics(): Promise<Eagle3Metrics> {
-    return eagle3MetricsFrom(await this.metrics.readFloat(), this.shape.tttLength, this.#runs);
+    const { tttLength, stepDecay } = this.shape;
+    return eagle3MetricsFrom(await this.metrics.readFloat(), tttLength, this.#runs, stepDecay);
   }
 
   /** Frees the program, its scratch and the tensors the step allocated (not bound inputs). */
@@ -438,7 +441,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     const x = { ids: teacher.ids, embedding: asRowSplit(opts.embedding), hidden: hiddenIn(k) };
     await eagle3LayerForward(p, draft, x, layerAt(k), attentionAt(k));
     await eagle3HeadForward(p, draft, layerAt(k).out, headAt(k));
-    await recordLoss(step, k, opts.accumulationSteps ?? 1);
+    await recordLoss(step, k, (step.shape.stepDecay ?? STEP_DECAY) ** k / (opts.accumulationSteps ?? 1));
     const g = act.grads;
     if (g) {
       await eagle3HeadBackward(
@@ -485,10 +488,10 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
 
 /**
  * Loss and metrics of TTT position k (lib/ops/loss.ts, lib/ops/lk_loss.ts): the agreement and the expected
- * acceptance read the logits before the loss overwrites them with ∂/∂z = 0.8^k/accumulationSteps ·
- * ∂loss_k/∂z (the KL loss's, or the LK loss's built on it).
+ * acceptance read the logits before the loss overwrites them with ∂/∂z = scale · ∂loss_k/∂z (the KL loss's,
+ * or the LK loss's built on it), `scale` = γ^k / accumulationSteps.
  */
-async function recordLoss(step: Eagle3Step, k: number, accumulationSteps: number): Promise<void> {
+async function recordLoss(step: Eagle3Step, k: number, scale: number): Promise<void> {
   const p = step.program, act = step.activations, teacher = act.teacher[k], logits = act.head[0].logits;
   const { seqLen, lk, train } = step.shape, N = step.shape.batch * seqLen, position = k;
   await teacherProbs(p, step.teacherLogits, act.teacherProbs, { seqLen, position });
@@ -509,7 +512,6 @@ async function recordLoss(step: Eagle3Step, k: number, accumulationSteps: number
     stats: acc.stats,
   };
   if (lkTensors) await lkAcceptance(p, lkTensors, { seqLen, position });
-  const scale = STEP_DECAY ** k / accumulationSteps;
   const klGrad = act.klGrad ?? logits;
   await softCrossEntropy(p, {
     logits,
@@ -555,6 +557,10 @@ function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3Step
   if (!(accum >= 1 && Number.isInteger(accum))) {
     throw new ShapeError(`eagle3 step: accumulationSteps must be a positive integer, got ${accum}`);
   }
+  const decay = opts.stepDecay ?? STEP_DECAY;
+  if (!(decay >= 0 && Number.isFinite(decay))) {
+    throw new ShapeError(`eagle3 step: stepDecay must be a finite number ≥ 0, got ${decay}`);
+  }
   checkEmbedding("eagle3 step", opts.embedding, cfg);
   const vocab = opts.vocab;
   if (vocab.draftVocabSize !== cfg.draftVocabSize || vocab.targetVocabSize !== cfg.vocabSize) {
@@ -566,7 +572,7 @@ function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3Step
   const lk = opts.lk ?? null;
   const acceptance = opts.acceptance ?? (lk !== null || opts.inputs?.teacherMaxSum !== undefined);
   if (lk && !acceptance) throw new ShapeError("eagle3 step: an LK loss needs the acceptance measured");
-  return { batch, seqLen, tttLength, train: opts.train ?? true, lk, acceptance };
+  return { batch, seqLen, tttLength, train: opts.train ?? true, lk, acceptance, stepDecay: decay };
 }
 
 /** Binds the given inputs (shapes and dtypes checked) and allocates the others in the step's program. */

@@ -44,6 +44,8 @@ export interface Eagle3StepShape extends TttShape {
   lk?: LkLossOptions | null;
   /** Whether the step measures the expected acceptance α_k (default false). */
   acceptance?: boolean;
+  /** γ: the loss of TTT position k is weighted γ^k (default 0.8, SpecForge's). */
+  stepDecay?: number;
 }
 
 /** The teacher rows of TTT position k (lib/ops/eagle3_teacher.ts `teacherRows`), each [B·T]. */

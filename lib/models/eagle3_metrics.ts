@@ -14,7 +14,7 @@ import { METRIC_COLS } from "../../kernels/eagle3.ts";
 
 export { METRIC_COLS };
 
-/** The loss weight of TTT position k is STEP_DECAY^k (SpecForge's fixed ploss decay 0.8). */
+/** The default loss weight of TTT position k is STEP_DECAY^k (SpecForge's fixed ploss decay 0.8). */
 export const STEP_DECAY = 0.8;
 
 /** Metrics accumulated since the last reset, per TTT position k. */
@@ -30,7 +30,7 @@ export interface Eagle3Metrics {
   /** The denominator of acc_k (supervised rows of TTT position k). */
   total: number[];
   /**
-   * The training objective Σ_k 0.8^k · ploss_k, before the 1/accumulationSteps scaling (what the backward
+   * The training objective Σ_k γ^k · ploss_k (γ the step decay, SpecForge's 0.8), before the 1/accumulationSteps scaling (what the backward
    * differentiates). Not the logged `loss`, which is the mean of ploss_k (SpecForge's progress bar).
    */
   weightedLoss: number;
@@ -56,11 +56,15 @@ export function simulatedAcceptanceLength(acc: readonly number[]): number {
   return total;
 }
 
-/** Metrics of raw metric sums [K, {@link METRIC_COLS}] (columns as the module comment says). */
+/**
+ * Metrics of raw metric sums [K, {@link METRIC_COLS}] (columns as the module comment says); `stepDecay` weighs
+ * the training objective as the step did.
+ */
 export function eagle3MetricsFrom(
   raw: ArrayLike<number>,
   tttLength: number,
   microBatches: number,
+  stepDecay = STEP_DECAY,
 ): Eagle3Metrics {
   const ploss: number[] = [], acc: number[] = [], correct: number[] = [], total: number[] = [];
   let weightedLoss = 0;
@@ -73,7 +77,7 @@ export function eagle3MetricsFrom(
     correct.push(raw[o + 1]);
     total.push(raw[o + 2]);
     acc.push(raw[o + 1] / Math.max(raw[o + 2], 1e-6));
-    weightedLoss += STEP_DECAY ** k * ploss[k];
+    weightedLoss += stepDecay ** k * ploss[k];
     acceptance.push(raw[o + 4] / Math.max(raw[o + 5], 1e-8));
     measured ||= raw[o + 5] > 0;
   }

@@ -46,6 +46,40 @@ const SECTIONS: readonly Section[] = ["model", "data", "training"];
 /** The target tensor the draft's frozen embedding is copied from, unless --embedding-key says otherwise. */
 export const DEFAULT_EMBEDDING_KEY = "model.embed_tokens.weight";
 
+/**
+ * The draft presets of `--draft-preset`. "eagle3.1-lk" (the default) is the combination that measured best on
+ * the learning-check recipe (README, "Training"): EAGLE-3.1 (SpecForge `specforge/modeling/draft/llama3_eagle.py`
+ * with `fc_norm` and `norm_output`), the lm_head started from the target's, and the LK lambda loss (arXiv
+ * 2602.23881). "eagle3" is SpecForge v0.1's EAGLE-3 exactly.
+ */
+export const DRAFT_PRESETS = ["eagle3.1-lk", "eagle3"] as const;
+
+/** One of {@link DRAFT_PRESETS}. */
+export type DraftPreset = typeof DRAFT_PRESETS[number];
+
+/**
+ * The settings each preset gives when they are not set otherwise (flag name → value); the table's defaults
+ * are the default preset's. The derived draft's architecture follows the preset in the run's setup.
+ */
+const PRESET_SETTINGS: Record<DraftPreset, Record<string, unknown>> = {
+  "eagle3.1-lk": { "init-head-from-target": true, "lk-loss-type": "lambda" },
+  "eagle3": { "init-head-from-target": false, "lk-loss-type": "none" },
+};
+
+/** The settings of `preset` (the default one when not given; none for an unknown name, refused later). */
+function presetSettings(preset: unknown): [string, unknown][] {
+  return Object.entries(PRESET_SETTINGS[(preset ?? DRAFT_PRESETS[0]) as DraftPreset] ?? {});
+}
+
+/** `given` (flag name → value) with the chosen preset's settings added where not given. */
+function withPreset(given: Map<string, unknown>): Map<string, unknown> {
+  const out = new Map(given);
+  for (const [flag, value] of presetSettings(given.get("draft-preset"))) {
+    if (out.get(flag) === undefined) out.set(flag, value);
+  }
+  return out;
+}
+
 /** Every setting of `train-online` and `train-offline`, by flag name. */
 export const TRAIN_OPTIONS = {
   "target-model-path": {
@@ -53,6 +87,14 @@ export const TRAIN_OPTIONS = {
     required: true,
     section: "model",
     help: "target: HF model dir or hub id",
+  },
+  "draft-preset": {
+    kind: "choice",
+    choices: DRAFT_PRESETS,
+    default: "eagle3.1-lk",
+    section: "model",
+    help:
+      "eagle3.1-lk: a derived draft is EAGLE-3.1 (fc_norm, norm_output), its lm_head and norm start from the target's, LK lambda loss (the recipe's best measured); eagle3: SpecForge's EAGLE-3 exactly (derived EAGLE-3 draft, random lm_head, KL loss). Flags given beside it win; a --draft-model-config keeps its own architecture",
   },
   "draft-model-config": {
     kind: "string",
@@ -71,10 +113,10 @@ export const TRAIN_OPTIONS = {
   },
   "init-head-from-target": {
     kind: "bool",
-    default: false,
+    default: true,
     section: "model",
     help:
-      "start the draft's lm_head from the target's lm_head rows of the draft vocabulary and its norm from the target's final norm (hidden sizes must match); default: SpecForge's random init",
+      "start the draft's lm_head from the target's lm_head rows of the draft vocabulary and its norm from the target's final norm; off: SpecForge's random init (--draft-preset eagle3 turns it off)",
   },
   "embedding-key": {
     kind: "string",
@@ -192,13 +234,21 @@ export const TRAIN_OPTIONS = {
     section: "training",
     help: "test-time-training unroll depth K (TTT positions 0..K-1)",
   },
+  "ttt-loss-decay": {
+    kind: "float",
+    default: 0.8,
+    min: 0,
+    section: "training",
+    help:
+      "the loss of TTT position k is weighted decay^k (SpecForge's fixed 0.8; 1 weighs every position alike, favouring later draft steps)",
+  },
   "lk-loss-type": {
     kind: "choice",
     choices: ["none", "alpha", "lambda"],
-    default: "none",
+    default: "lambda",
     section: "training",
     help:
-      "acceptance-targeted LK loss (arXiv 2602.23881, SpecForge lk_loss_type): alpha = -mean log(expected acceptance), lambda = a KL/acceptance mix weighted by --kl-scale, --kl-decay; none = SpecForge's KL loss",
+      "acceptance-targeted LK loss (arXiv 2602.23881, SpecForge lk_loss_type): alpha = -mean log(expected acceptance), lambda = a KL/acceptance mix weighted by --kl-scale, --kl-decay; none = SpecForge's KL loss (--draft-preset eagle3 sets none)",
   },
   "kl-scale": {
     kind: "float",
@@ -405,10 +455,17 @@ function asConfigError<R>(f: () => R): R {
 /**
  * The settings of a run from a library caller's object (camelCase names, e.g.
  * `trainSettings({ targetModelPath, trainDataPath, outputDir, batchSize: 4 })`): every value checked as its
- * flag's, defaults filled, then {@link checkSettings}. Errors name the setting.
+ * flag's, the draft preset's settings and then the defaults filled, then {@link checkSettings}. Errors name
+ * the setting.
  */
 export function trainSettings(input: TrainSettingsInput): TrainSettings {
-  const s = asConfigError(() => settingsOf(TRAIN_OPTIONS, input));
+  const presetInput = Object.fromEntries(
+    presetSettings(input.draftPreset).map(([flag, value]) => [camelCase(flag), value]),
+  );
+  const given = Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined));
+  const s = asConfigError(() =>
+    settingsOf(TRAIN_OPTIONS, { ...presetInput, ...given } as TrainSettingsInput)
+  );
   checkSettings(s);
   return s;
 }
@@ -512,7 +569,7 @@ export async function parseTrainArgs(
       throw new TrainConfigError(`--${flag} is required (or ${flag.replace(/-/g, "_")} in --config)`);
     }
   }
-  const settings = asConfigError(() => resolveSettings(TRAIN_OPTIONS, values));
+  const settings = asConfigError(() => resolveSettings(TRAIN_OPTIONS, withPreset(values)));
   checkSettings(settings);
   return {
     help: false,

@@ -29,6 +29,7 @@ export const RESUME_CONTRACT = [
   "global_batch_size",
   "draft_accumulation_steps",
   "ttt_length",
+  "ttt_loss_decay",
   "seed",
   "learning_rate",
   "warmup_ratio",
@@ -44,6 +45,12 @@ export const RESUME_CONTRACT = [
   "is_preformatted",
   "train_only_last_turn",
 ] as const;
+
+/**
+ * What a checkpoint saved before a setting of {@link RESUME_CONTRACT} existed ran with (snake_case names): the
+ * one value the code had then.
+ */
+const BEFORE_THE_SETTING: Readonly<Record<string, unknown>> = { ttt_loss_decay: 0.8 };
 
 /**
  * A run's settings (snake_case) as the resume contract compares them: with `global_batch_size`, the batch
@@ -95,7 +102,8 @@ export function runChanges(
 ): RunChange[] {
   const changes: RunChange[] = [];
   for (const key of RESUME_CONTRACT) {
-    const saved = JSON.stringify(savedSettings[key] ?? null), now = JSON.stringify(nowSettings[key] ?? null);
+    const saved = JSON.stringify(savedSettings[key] ?? BEFORE_THE_SETTING[key] ?? null);
+    const now = JSON.stringify(nowSettings[key] ?? null);
     if (saved !== now) changes.push({ name: key, saved, now, hashes: false });
   }
   for (const item of Object.keys(FINGERPRINT_ITEMS) as FingerprintItem[]) {

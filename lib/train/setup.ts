@@ -190,9 +190,11 @@ async function resolveDraftConfig(s: TrainSettings, target: TargetConfig, note: 
       cfg = { ...cfg, draftVocabSize: s.draftVocabSize };
     }
   } else {
-    cfg = deriveDraftConfig(target, { draftVocabSize: s.draftVocabSize ?? undefined });
+    const eagle31 = s.draftPreset === "eagle3.1-lk";
+    cfg = deriveDraftConfig(target, { draftVocabSize: s.draftVocabSize ?? undefined, eagle31 });
     note(
-      `no --draft-model-config: derived a draft from the target (hidden ${cfg.hiddenSize}, ` +
+      `no --draft-model-config: derived ${eagle31 ? "an EAGLE-3.1" : "an EAGLE-3"} draft from the target ` +
+        `(--draft-preset ${s.draftPreset}; hidden ${cfg.hiddenSize}, ` +
         `intermediate ${cfg.intermediateSize}, heads ${cfg.numHeads}/${cfg.numKvHeads}, ` +
         `draft vocab ${cfg.draftVocabSize})`,
     );

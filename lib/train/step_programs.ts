@@ -29,8 +29,8 @@ export class MetricSums {
   readonly #sums: Float64Array;
   #microBatches = 0;
 
-  /** Sums of `tttLength` TTT positions. */
-  constructor(readonly tttLength: number) {
+  /** Sums of `tttLength` TTT positions, whose losses are weighted `stepDecay`^k. */
+  constructor(readonly tttLength: number, readonly stepDecay: number) {
     this.#sums = new Float64Array(tttLength * METRIC_COLS);
   }
 
@@ -45,7 +45,7 @@ export class MetricSums {
 
   /** The metrics of everything collected since the last take, and a fresh window. */
   take(): Eagle3Metrics {
-    const m = eagle3MetricsFrom(this.#sums, this.tttLength, this.#microBatches);
+    const m = eagle3MetricsFrom(this.#sums, this.tttLength, this.#microBatches, this.stepDecay);
     this.#sums.fill(0);
     this.#microBatches = 0;
     return m;
@@ -84,6 +84,8 @@ export interface StepSettings {
   vocab: VocabMapping;
   /** Micro-batches per optimizer update (the training step's loss is divided by it). */
   accumulationSteps: number;
+  /** γ: TTT position k's loss is weighted γ^k (SpecForge's 0.8). */
+  stepDecay: number;
   /** The LK loss the training steps use (null: the KL loss). */
   lk: LkLossOptions | null;
 }
@@ -101,7 +103,8 @@ export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
 
   /** Steps of `settings` fed by `source`'s feeds. */
   constructor(readonly source: BatchSource<S>, readonly settings: StepSettings) {
-    this.sums = { train: new MetricSums(settings.tttLength), eval: new MetricSums(settings.tttLength) };
+    const { tttLength, stepDecay } = settings;
+    this.sums = { train: new MetricSums(tttLength, stepDecay), eval: new MetricSums(tttLength, stepDecay) };
   }
 
   /**
@@ -171,6 +174,7 @@ export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
       vocab: s.vocab,
       train: split === "train",
       accumulationSteps: s.accumulationSteps,
+      stepDecay: s.stepDecay,
       lk: s.lk,
       inputs: feed.inputs,
     });

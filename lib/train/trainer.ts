@@ -210,7 +210,15 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
     const K = s.tttLength, vocab = setup.mapping, accumulationSteps = s.draftAccumulationSteps;
     const programs = own(
       owned,
-      new StepPrograms(source, { draft, tttLength: K, embedding, vocab, accumulationSteps, lk: lkOf(s) }),
+      new StepPrograms(source, {
+        draft,
+        tttLength: K,
+        embedding,
+        vocab,
+        accumulationSteps,
+        stepDecay: s.tttLossDecay,
+        lk: lkOf(s),
+      }),
     );
     const state = setup.resume ? await restoreRun(setup.resume, draft, optimizer) : new RunState();
     if (setup.resume) {

@@ -358,6 +358,37 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name: "eagle3 step decay γ weighs TTT position k by γ^k: γ 0 over 3 positions trains position 0 alone",
+  ...needsGpu,
+}, async () => {
+  const gold = Golden.load("eagle3");
+  const s = goldenSetup(gold);
+  const draft = Eagle3Draft.create(gpu!, CFG, { weights: s.weights });
+  const opts = { batch: B, seqLen: T, embedding: s.embedding, vocab: s.vocab };
+  const one = await buildEagle3Step(draft, { ...opts, tttLength: 1 });
+  const firstOnly = await buildEagle3Step(draft, { ...opts, tttLength: 3, stepDecay: 0 });
+  try {
+    const grads = async (st: Eagle3Step): Promise<Eagle3Weights> => {
+      await draft.zeroGrads();
+      writeInputs(st, s.inputs);
+      st.run();
+      return await draft.getGrads();
+    };
+    const g1 = await grads(one), g0 = await grads(firstOnly);
+    for (const name of EAGLE3_PARAM_NAMES) assertScaled(g0.get(name)!, g1.get(name)!, name, 1e-6);
+    await assert.rejects(
+      () => buildEagle3Step(draft, { ...opts, tttLength: 2, stepDecay: -1 }),
+      /stepDecay must be a finite number ≥ 0, got -1/,
+    );
+  } finally {
+    one.destroy();
+    firstOnly.destroy();
+    draft.destroy();
+    s.embedding.destroy();
+  }
+});
+
 Deno.test({ name: "eagle3 gradients match finite differences of the GPU loss", ...needsGpu }, async () => {
   const gold = Golden.load("eagle3");
   const s = goldenSetup(gold);

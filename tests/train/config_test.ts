@@ -42,6 +42,62 @@ Deno.test("config: defaults are SpecForge's (scripts/train_eagle3_online.py argp
   assert.equal(s.resume, false);
 });
 
+Deno.test("config: --draft-preset eagle3.1-lk by default, SpecForge's EAGLE-3 one setting away", async () => {
+  const settings = async (...argv: string[]) => {
+    const r = await parseTrainArgs([...REQUIRED, ...argv], files({ "run.yaml": "draft_preset: eagle3\n" }));
+    assert.ok(!r.help);
+    const { draftPreset, initHeadFromTarget, lkLossType } = r.settings;
+    return { draftPreset, initHeadFromTarget, lkLossType };
+  };
+  const best = { draftPreset: "eagle3.1-lk", initHeadFromTarget: true, lkLossType: "lambda" };
+  const plain = { draftPreset: "eagle3", initHeadFromTarget: false, lkLossType: "none" };
+  assert.deepEqual(await settings(), best);
+  assert.deepEqual(await settings("--draft-preset", "eagle3"), plain);
+  assert.deepEqual(await settings("--config", "run.yaml"), plain);
+  // What is set beside the preset wins over it, on either side.
+  assert.deepEqual(await settings("--draft-preset", "eagle3", "--lk-loss-type", "alpha"), {
+    ...plain,
+    lkLossType: "alpha",
+  });
+  assert.deepEqual(await settings("--config", "run.yaml", "--init-head-from-target"), {
+    ...plain,
+    initHeadFromTarget: true,
+  });
+  assert.deepEqual(await settings("--no-init-head-from-target"), { ...best, initHeadFromTarget: false });
+  const fromObject = trainSettings({
+    targetModelPath: "t",
+    trainDataPath: "d",
+    outputDir: "o",
+    draftPreset: "eagle3",
+  });
+  assert.deepEqual([fromObject.initHeadFromTarget, fromObject.lkLossType], [false, "none"]);
+  const mixed = trainSettings({
+    targetModelPath: "t",
+    trainDataPath: "d",
+    outputDir: "o",
+    draftPreset: "eagle3",
+    lkLossType: "lambda",
+  });
+  assert.deepEqual([mixed.initHeadFromTarget, mixed.lkLossType], [false, "lambda"]);
+  await assert.rejects(
+    () => settings("--draft-preset", "eagle4"),
+    /--draft-preset must be one of eagle3\.1-lk, eagle3/,
+  );
+  assert.throws(
+    () =>
+      trainSettings({
+        targetModelPath: "t",
+        trainDataPath: "d",
+        outputDir: "o",
+        draftPreset: "x" as "eagle3",
+      }),
+    /draftPreset must be one of/,
+  );
+  assert.ok(
+    trainUsage().replace(/\s+/g, " ").includes("(default: true; --no-init-head-from-target turns it off)"),
+  );
+});
+
 Deno.test("config: YAML (sectioned, SpecForge names) with flags overriding it", async () => {
   const yaml = `
 model:
