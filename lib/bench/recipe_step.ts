@@ -12,7 +12,7 @@ import { type TargetForward, TargetModel } from "../models/target.ts";
 import { type DraftConfig, parseDraftConfig } from "../models/draft_config.ts";
 import { buildEagle3Step, Eagle3Draft, type Eagle3Step } from "../models/eagle3.ts";
 import { identityVocabMapping, type VocabMapping } from "../data/vocab.ts";
-import { AdamWOptimizer, type NamedParameter } from "../train/optimizer.ts";
+import { DraftOptimizer, type NamedParameter } from "../train/optimizer.ts";
 
 /** tinystories-656K's shape. */
 export const RECIPE_TARGET = {
@@ -70,7 +70,7 @@ export interface RecipeModels {
   target: TargetModel;
   draftConfig: DraftConfig;
   draft: Eagle3Draft;
-  optimizer: AdamWOptimizer;
+  optimizer: DraftOptimizer;
   vocab: VocabMapping;
   /** Frees all of them. */
   destroy(): void;
@@ -87,7 +87,7 @@ export async function loadRecipeModels(gpu: Gpu, dir: string): Promise<RecipeMod
     draft_vocab_size: 2048,
   }, "recipe draft");
   const draft = Eagle3Draft.create(gpu, draftConfig, { seed: 0 });
-  const optimizer = await AdamWOptimizer.create(gpu, draftParameters(draft), { maxGradNorm: 0.5 });
+  const optimizer = await DraftOptimizer.create(gpu, draftParameters(draft), { maxGradNorm: 0.5 });
   return {
     target,
     draftConfig,

@@ -15,7 +15,7 @@ import type { TargetModel } from "../models/target.ts";
 import { parseDraftConfig } from "../models/draft_config.ts";
 import { buildEagle3Step, Eagle3Draft } from "../models/eagle3.ts";
 import type { VocabMapping } from "../data/vocab.ts";
-import { AdamWOptimizer } from "../train/optimizer.ts";
+import { DraftOptimizer } from "../train/optimizer.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
 import { DEFAULT_FILE_GROUP_SIZE, DEFAULT_STORAGE, prepareHiddenStates } from "../offline/prepare.ts";
 import { openFeatureSet, readFeatures } from "../offline/dataset.ts";
@@ -29,7 +29,7 @@ import { draftParameters, loadRecipeModels, RECIPE_TARGET, recipeStep } from "./
 const BYTES_PER_PARAM = 36;
 
 /** Mean ms of `reps` optimizer updates (after one warm-up), all queued then one sync. */
-async function timeUpdates(gpu: Gpu, opt: AdamWOptimizer, reps: number): Promise<number> {
+async function timeUpdates(gpu: Gpu, opt: DraftOptimizer, reps: number): Promise<number> {
   opt.update(1e-4);
   await gpu.sync();
   const t0 = performance.now();
@@ -48,7 +48,7 @@ async function benchOfflineStep(
   dir: string,
   o: {
     draft: Eagle3Draft;
-    opt: AdamWOptimizer;
+    opt: DraftOptimizer;
     target: TargetModel;
     vocab: VocabMapping;
     B: number;
@@ -211,7 +211,7 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
         draft_vocab_size: 32000,
       }, "llama3-8B-shaped draft");
       const bigDraft = Eagle3Draft.create(gpu, big, { seed: 0 });
-      const bigOpt = await AdamWOptimizer.create(gpu, draftParameters(bigDraft), { maxGradNorm: 0.5 });
+      const bigOpt = await DraftOptimizer.create(gpu, draftParameters(bigDraft), { maxGradNorm: 0.5 });
       const n = bigDraft.entries().reduce((s, [, p]) => s + p.size, 0);
       const ms = await timeUpdates(gpu, bigOpt, 1);
       out.push({

@@ -51,7 +51,10 @@ export const PLAN_CATEGORIES = {
   draftEmbedding: { name: "draft embedding (--embedding-key)", shrink: "drop --embedding-key" },
   draftWeights: { name: "draft weights", shrink: "a smaller --draft-model-config or --draft-vocab-size" },
   gradients: { name: "draft gradients", shrink: "a smaller --draft-model-config or --draft-vocab-size" },
-  optimizer: { name: "optimizer state (AdamW moments)", shrink: "a smaller --draft-model-config" },
+  optimizer: {
+    name: "optimizer state (AdamW moments; Muon momentum and scratch)",
+    shrink: "a smaller --draft-model-config",
+  },
   feed: {
     name: "target forward / feature staging (largest batch shape)",
     shrink: "--batch-size, --max-length",

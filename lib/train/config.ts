@@ -242,6 +242,37 @@ export const TRAIN_OPTIONS = {
     help:
       "the loss of TTT position k is weighted decay^k (SpecForge's fixed 0.8; 1 weighs every position alike, favouring later draft steps)",
   },
+  "optimizer": {
+    kind: "choice",
+    choices: ["adamw", "muon"],
+    default: "adamw",
+    section: "training",
+    help:
+      "adamw: AdamW for every parameter (SpecForge's); muon: Muon (Nesterov momentum, 5 Newton-Schulz steps, lr scaled to AdamW's RMS) for the hidden matrices, AdamW for norms and lm_head (speculators' split)",
+  },
+  "muon-lr": {
+    kind: "float",
+    default: null,
+    above: 0,
+    section: "training",
+    help:
+      "Muon's peak learning rate, on --learning-rate's schedule (default: 10 x --learning-rate, speculators')",
+  },
+  "muon-momentum": {
+    kind: "float",
+    default: 0.95,
+    min: 0,
+    max: 1,
+    section: "training",
+    help: "Muon's momentum (Nesterov)",
+  },
+  "muon-weight-decay": {
+    kind: "float",
+    default: 0.1,
+    min: 0,
+    section: "training",
+    help: "Muon's decoupled weight decay (speculators' default)",
+  },
   "lk-loss-type": {
     kind: "choice",
     choices: ["none", "alpha", "lambda"],

@@ -30,6 +30,10 @@ export const RESUME_CONTRACT = [
   "draft_accumulation_steps",
   "ttt_length",
   "ttt_loss_decay",
+  "optimizer",
+  "muon_lr",
+  "muon_momentum",
+  "muon_weight_decay",
   "seed",
   "learning_rate",
   "warmup_ratio",
@@ -50,7 +54,12 @@ export const RESUME_CONTRACT = [
  * What a checkpoint saved before a setting of {@link RESUME_CONTRACT} existed ran with (snake_case names): the
  * one value the code had then.
  */
-const BEFORE_THE_SETTING: Readonly<Record<string, unknown>> = { ttt_loss_decay: 0.8 };
+const BEFORE_THE_SETTING: Readonly<Record<string, unknown>> = {
+  ttt_loss_decay: 0.8,
+  optimizer: "adamw",
+  muon_momentum: 0.95,
+  muon_weight_decay: 0.1,
+};
 
 /**
  * A run's settings (snake_case) as the resume contract compares them: with `global_batch_size`, the batch

@@ -7,6 +7,10 @@
  *                                                              (lib/ops/adamw.ts adamwStep)
  *   for each grad: g ← 0                                       (ready for the next accumulation window)
  *
+ * With `muon`, the hidden matrices (lib/ops/muon.ts `isMuonMatrix`: not the norms, not lm_head) take a
+ * clipped Muon update instead (lib/ops/muon.ts muonStep), as vLLM's speculators splits a draft's parameters
+ * (`speculators/train/optimizers.py`); its learning rate is AdamW's scheduled one times a fixed ratio.
+ *
  * The per-update scalars (lr, bias corrections, max norm) live in a 4-float GPU tensor the host rewrites
  * with `tensor.write` before each replay; nothing is rebuilt, nothing is read back. Gradients are whatever
  * the training step accumulated: SpecForge divides the loss by the accumulation steps before backward, and
@@ -22,6 +26,14 @@ import { shapeString, Tensor } from "../tensor.ts";
 import { ADAMW_DEFAULTS, ADAMW_STATE_SIZE, type AdamWOptions, adamwState, adamwStep } from "../ops/adamw.ts";
 import { globalNormPartialsSize, globalNormSquared } from "../ops/reduce.ts";
 import { fill } from "../ops/elementwise.ts";
+import {
+  destroyMuonScratch,
+  isMuonMatrix,
+  type MuonOptions,
+  type MuonScratch,
+  muonScratch,
+  muonStep,
+} from "../ops/muon.ts";
 import { fromFloat32, type RawTensor, toFloat32 } from "../io/safetensors.ts";
 
 /** One trainable tensor: its f32 master weights and the f32 gradient the training step writes. */
@@ -32,21 +44,39 @@ export interface NamedParameter {
   grad: Tensor;
 }
 
-/** Options of {@link AdamWOptimizer.create}: AdamW's constants and the clipping threshold. */
+/** Muon's settings in a {@link DraftOptimizer}: its hyper-parameters and its learning rate over AdamW's. */
+export type MuonSettings = MuonOptions & { lrRatio: number };
+
+/** Options of {@link DraftOptimizer.create}: AdamW's constants, the clipping threshold, Muon or not. */
 export interface OptimizerOptions extends Partial<AdamWOptions> {
   /** Global grad-norm threshold (SpecForge's default 0.5); 0 or less turns clipping off. */
   maxGradNorm: number;
+  /** Muon for the hidden matrices (default null: AdamW for every parameter). */
+  muon?: MuonSettings | null;
 }
 
 /** Suffixes of the saved moment tensors, as torch names them in an AdamW state dict. */
 export const MOMENT_SUFFIXES = { m: "exp_avg", v: "exp_avg_sq" } as const;
 
-/** AdamW with global-norm clipping over a fixed list of parameters, one prebuilt GPU program per update. */
-export class AdamWOptimizer {
+/** Suffix of a Muon parameter's saved momentum, as torch.optim.Muon names it in its state dict. */
+export const MUON_MOMENTUM_SUFFIX = "momentum_buffer";
+
+/** The state one parameter keeps: AdamW's two moments, or Muon's momentum with its shape's scratch. */
+type ParamState = { kind: "adamw"; m: Tensor; v: Tensor } | {
+  kind: "muon";
+  buf: Tensor;
+  scratch: MuonScratch;
+};
+
+/**
+ * AdamW (or Muon for the hidden matrices) with global-norm clipping over a fixed list of parameters, one
+ * prebuilt GPU program per update.
+ */
+export class DraftOptimizer {
   /** The f32 squared global gradient norm of the last update, before clipping (read for logging). */
   readonly normSq: Tensor;
-  readonly #m: Tensor[];
-  readonly #v: Tensor[];
+  readonly #states: ParamState[];
+  readonly #scratch = new Map<string, MuonScratch>();
   readonly #state: Tensor;
   readonly #partials: Tensor;
   readonly #update: Program;
@@ -58,8 +88,15 @@ export class AdamWOptimizer {
     readonly params: readonly NamedParameter[],
     readonly options: Readonly<Required<OptimizerOptions>>,
   ) {
-    this.#m = params.map((p) => Tensor.zeros(gpu, p.param.shape, "f32", `${p.name}.${MOMENT_SUFFIXES.m}`));
-    this.#v = params.map((p) => Tensor.zeros(gpu, p.param.shape, "f32", `${p.name}.${MOMENT_SUFFIXES.v}`));
+    this.#states = params.map((p): ParamState => {
+      const zeros = (suffix: string) => Tensor.zeros(gpu, p.param.shape, "f32", `${p.name}.${suffix}`);
+      if (!options.muon || !isMuonMatrix(p.name, p.param.shape)) {
+        return { kind: "adamw", m: zeros(MOMENT_SUFFIXES.m), v: zeros(MOMENT_SUFFIXES.v) };
+      }
+      const [rows, cols] = p.param.shape, key = `${rows}x${cols}`, buf = zeros(MUON_MOMENTUM_SUFFIX);
+      if (!this.#scratch.has(key)) this.#scratch.set(key, muonScratch(gpu, rows, cols));
+      return { kind: "muon", buf, scratch: this.#scratch.get(key)! };
+    });
     this.normSq = Tensor.zeros(gpu, [1], "f32", "optimizer grad norm²");
     this.#state = Tensor.zeros(gpu, [ADAMW_STATE_SIZE], "f32", "optimizer step state");
     const grads = params.map((p) => p.grad);
@@ -81,7 +118,7 @@ export class AdamWOptimizer {
     gpu: Gpu,
     params: readonly NamedParameter[],
     options: OptimizerOptions,
-  ): Promise<AdamWOptimizer> {
+  ): Promise<DraftOptimizer> {
     const names = new Set<string>();
     for (const p of params) {
       if (names.has(p.name)) throw new ShapeError(`optimizer: parameter ${p.name} is listed twice`);
@@ -99,8 +136,8 @@ export class AdamWOptimizer {
         );
       }
     }
-    const full: Required<OptimizerOptions> = { ...ADAMW_DEFAULTS, ...options };
-    const opt = new AdamWOptimizer(gpu, params, full);
+    const full: Required<OptimizerOptions> = { ...ADAMW_DEFAULTS, muon: null, ...options };
+    const opt = new DraftOptimizer(gpu, params, full);
     await opt.#record();
     return opt;
   }
@@ -110,20 +147,16 @@ export class AdamWOptimizer {
     const u = this.#update;
     await globalNormSquared(u, this.params.map((p) => p.grad), this.#partials, this.normSq);
     for (const [i, p] of this.params.entries()) {
-      await adamwStep(u, {
-        param: p.param,
-        grad: p.grad,
-        m: this.#m[i],
-        v: this.#v[i],
-        normSq: this.normSq,
-        state: this.#state,
-      }, { beta1, beta2, eps, weightDecay });
+      const st = this.#states[i],
+        common = { param: p.param, grad: p.grad, normSq: this.normSq, state: this.#state };
+      if (st.kind === "muon") await muonStep(u, { ...common, buf: st.buf }, st.scratch, this.options.muon!);
+      else await adamwStep(u, { ...common, m: st.m, v: st.v }, { beta1, beta2, eps, weightDecay });
     }
     for (const p of this.params) await fill(this.#zero, p.grad, 0);
     u.append(this.#zero);
   }
 
-  /** The update program (clip, AdamW, zero the gradients), for profiling; {@link update} runs it. */
+  /** The update program (clip, AdamW or Muon, zero the gradients), for profiling; {@link update} runs it. */
   get program(): Program {
     return this.#update;
   }
@@ -134,7 +167,8 @@ export class AdamWOptimizer {
   }
 
   /**
-   * Queues one update at learning rate `lr`: clip, AdamW, zero the gradients (no sync). Call it after the
+   * Queues one update at learning rate `lr` (AdamW's; Muon's is `lr` · its ratio): clip, update, zero the
+   * gradients (no sync). Call it after the
    * last micro-batch of an accumulation window.
    */
   update(lr: number): void {
@@ -154,31 +188,40 @@ export class AdamWOptimizer {
     return Math.sqrt((await this.normSq.readFloat())[0]);
   }
 
+  /** The state tensors of parameter i by saved name: its two AdamW moments, or its Muon momentum. */
+  #stateOf(i: number): [string, Tensor][] {
+    const st = this.#states[i], name = this.params[i].name;
+    return st.kind === "muon" ? [[`${name}.${MUON_MOMENTUM_SUFFIX}`, st.buf]] : [
+      [`${name}.${MOMENT_SUFFIXES.m}`, st.m],
+      [`${name}.${MOMENT_SUFFIXES.v}`, st.v],
+    ];
+  }
+
   /**
-   * The optimizer state as named f32 tensors: `<param>.exp_avg` and `<param>.exp_avg_sq` for every
-   * parameter. The update count is {@link steps} (saved by the caller with the rest of the run state).
+   * The optimizer state as named f32 tensors: `<param>.exp_avg` and `<param>.exp_avg_sq` for every AdamW
+   * parameter, `<param>.momentum_buffer` for every Muon one. The update count is {@link steps} (saved by the
+   * caller with the rest of the run state).
    */
   async stateTensors(): Promise<Map<string, RawTensor>> {
     const out = new Map<string, RawTensor>();
     for (const [i, p] of this.params.entries()) {
-      const shape = [...p.param.shape];
-      out.set(`${p.name}.${MOMENT_SUFFIXES.m}`, fromFloat32(await this.#m[i].readFloat(), shape));
-      out.set(`${p.name}.${MOMENT_SUFFIXES.v}`, fromFloat32(await this.#v[i].readFloat(), shape));
+      for (const [name, t] of this.#stateOf(i)) {
+        out.set(name, fromFloat32(await t.readFloat(), [...p.param.shape]));
+      }
     }
     return out;
   }
 
   /**
-   * Restores what {@link stateTensors} saved, and the update count. Every moment must be present with the
-   * parameter's shape and dtype F32; `source` names the file in errors.
+   * Restores what {@link stateTensors} saved, and the update count. Every state tensor must be present with
+   * the parameter's shape and dtype F32; `source` names the file in errors.
    */
   loadState(tensors: Map<string, RawTensor>, steps: number, source: string): void {
     if (!(Number.isInteger(steps) && steps >= 0)) {
       throw new ShapeError(`${source}: optimizer step count ${steps} is not a non-negative integer`);
     }
     for (const [i, p] of this.params.entries()) {
-      for (const [key, target] of [["m", this.#m[i]], ["v", this.#v[i]]] as const) {
-        const name = `${p.name}.${MOMENT_SUFFIXES[key]}`;
+      for (const [name, target] of this.#stateOf(i)) {
         const t = tensors.get(name);
         if (!t) throw new ShapeError(`${source}: optimizer state has no tensor ${name}`);
         if (t.dtype !== "F32" || shapeString(t.shape) !== shapeString(p.param.shape)) {
@@ -194,10 +237,12 @@ export class AdamWOptimizer {
     this.#steps = steps;
   }
 
-  /** Frees the moments, scratch and programs (not the parameters or gradients). */
+  /** Frees the optimizer state, scratch and programs (not the parameters or gradients). */
   destroy(): void {
     this.#update.destroy();
     this.#zero.destroy();
-    for (const t of [...this.#m, ...this.#v, this.normSq, this.#state, this.#partials]) t.destroy();
+    for (const [i] of this.params.entries()) for (const [, t] of this.#stateOf(i)) t.destroy();
+    for (const s of this.#scratch.values()) destroyMuonScratch(s);
+    for (const t of [this.normSq, this.#state, this.#partials]) t.destroy();
   }
 }

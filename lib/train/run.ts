@@ -14,7 +14,7 @@ import type { BestRecord } from "./best.ts";
 import type { TrainingState } from "./checkpoint.ts";
 import type { TrainSettings } from "./config.ts";
 import type { MetricsLog, MetricsRecord, ProgressPrinter } from "./metrics.ts";
-import type { AdamWOptimizer } from "./optimizer.ts";
+import type { DraftOptimizer } from "./optimizer.ts";
 import type { LrSchedule } from "./schedule.ts";
 import type { Note, RunSetup } from "./setup.ts";
 import type { StepPrograms } from "./step_programs.ts";
@@ -40,7 +40,7 @@ export interface Run {
   /** The draft being trained. */
   draft: Eagle3Draft;
   /** AdamW over the draft's parameters. */
-  optimizer: AdamWOptimizer;
+  optimizer: DraftOptimizer;
   /** Where the step inputs come from. */
   source: BatchSource<SourcedBatch>;
   /** The per-shape feeds and steps, and the metric sums. */

@@ -18,7 +18,7 @@ import { settingsToJson } from "./config.ts";
 import { checkFinite } from "./divergence.ts";
 import { checkRanksAgree } from "./data_parallel.ts";
 import { checkFiniteWeights } from "../models/finite_weights.ts";
-import type { AdamWOptimizer } from "./optimizer.ts";
+import type { DraftOptimizer } from "./optimizer.ts";
 import { type Run, RunState } from "./run.ts";
 
 /** The run's draft as an SGLang export: its current weights (one sync per tensor), config and vocabulary. */
@@ -43,7 +43,7 @@ export async function draftExportOf(run: Run): Promise<DraftExport> {
 export async function restoreRun(
   r: LoadedCheckpoint,
   draft: Eagle3Draft,
-  optimizer: AdamWOptimizer,
+  optimizer: DraftOptimizer,
 ): Promise<RunState> {
   const weights = new Map<string, Float32Array>();
   for (const [name, t] of r.weights) weights.set(name, toFloat32(t, `${r.dir} ${name}`));

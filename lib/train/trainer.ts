@@ -38,7 +38,8 @@ import type { RowSplitMatrix } from "../ops/row_split.ts";
 import { DataLoader } from "../data/loader.ts";
 import type { TokenizedDataset } from "../data/tokenized.ts";
 import { saveVocabMapping, type VocabMapping } from "../data/vocab.ts";
-import { AdamWOptimizer } from "./optimizer.ts";
+import { DraftOptimizer, type MuonSettings } from "./optimizer.ts";
+import { MUON_DEFAULTS } from "../ops/muon.ts";
 import { lrAt, type LrSchedule, warmupStepsFor } from "./schedule.ts";
 import type { TrainSettings } from "./config.ts";
 import { mean, MetricsLog, type MetricsRecord, metricsRecord, ProgressPrinter } from "./metrics.ts";
@@ -206,7 +207,10 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
       : undefined;
     const draft = own(owned, Eagle3Draft.create(gpu, setup.draftConfig, { seed: s.seed, weights }));
     const params = draft.entries().map(([name, param, grad]) => ({ name, param, grad }));
-    const optimizer = own(owned, await AdamWOptimizer.create(gpu, params, { maxGradNorm: s.maxGradNorm }));
+    const optimizer = own(
+      owned,
+      await DraftOptimizer.create(gpu, params, { maxGradNorm: s.maxGradNorm, muon: muonOf(s) }),
+    );
     const K = s.tttLength, vocab = setup.mapping, accumulationSteps = s.draftAccumulationSteps;
     const programs = own(
       owned,
@@ -358,6 +362,13 @@ async function openSource(
 /** The LK loss of the settings (--lk-loss-type, --kl-scale, --kl-decay), null for SpecForge's KL loss. */
 function lkOf(s: TrainSettings): LkLossOptions | null {
   return s.lkLossType === "none" ? null : { type: s.lkLossType, klScale: s.klScale, klDecay: s.klDecay };
+}
+
+/** The run's Muon settings (null: AdamW alone): speculators' defaults with the run's lr, momentum and decay. */
+function muonOf(s: TrainSettings): MuonSettings | null {
+  if (s.optimizer !== "muon") return null;
+  const lrRatio = (s.muonLr ?? 10 * s.learningRate) / s.learningRate;
+  return { ...MUON_DEFAULTS, momentum: s.muonMomentum, weightDecay: s.muonWeightDecay, lrRatio };
 }
 
 /** Prints the run's plan and the step's activation memory; returns the activation bytes. */

@@ -38,6 +38,7 @@ import {
   uploadDtype,
 } from "../models/target_memory.ts";
 import { ADAMW_STATE_SIZE } from "../ops/adamw.ts";
+import { isMuonMatrix, muonScratchShapes } from "../ops/muon.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
 import { featureFeederTensors } from "../offline/feeder.ts";
 import type { FeaturesManifest } from "../offline/format.ts";
@@ -71,6 +72,8 @@ export interface TrainingPlanInput extends TargetPlanInput {
   evalBatches: number | null;
   /** The LK loss (null: the KL loss). */
   lk: LkLossOptions | null;
+  /** Muon for the hidden matrices (default false: AdamW for every parameter). */
+  muon?: boolean;
   /** --eval-spec-samples: speculative decoding at each evaluation (its memory is not planned). */
   evalSpecSamples?: number;
 }
@@ -115,14 +118,32 @@ function fixedTensors(i: TrainingPlanInput): Array<[PlanCategoryKey, PlannedTens
   out.push(["draftWeights", each("")], ["gradients", each(" grad")], [
     "optimizer",
     [
-      ...each(".exp_avg"),
-      ...each(".exp_avg_sq"),
+      ...optimizerStateTensors(params, i.muon ?? false),
       planned("grad norm²", [1], "f32"),
       planned("step state", [ADAMW_STATE_SIZE], "f32"),
       planned("grad norm partials", [Math.max(1, partials)], "f32"),
     ],
   ]);
   return out;
+}
+
+/**
+ * The per-parameter state of lib/train/optimizer.ts `DraftOptimizer`, in its order: AdamW's two moments, or
+ * Muon's momentum and, once per matrix shape, Muon's scratch.
+ */
+function optimizerStateTensors(params: { name: string; shape: number[] }[], muon: boolean): PlannedTensor[] {
+  const shapes = new Set<string>();
+  return params.flatMap((p) => {
+    if (!muon || !isMuonMatrix(p.name, p.shape)) {
+      return [planned(`${p.name}.exp_avg`, p.shape, "f32"), planned(`${p.name}.exp_avg_sq`, p.shape, "f32")];
+    }
+    const [rows, cols] = p.shape, key = `${rows}x${cols}`, first = !shapes.has(key);
+    shapes.add(key);
+    const scratch = first
+      ? muonScratchShapes(rows, cols).map(([label, shape]) => planned(label, shape, "f32"))
+      : [];
+    return [planned(`${p.name}.momentum_buffer`, p.shape, "f32"), ...scratch];
+  });
 }
 
 /** The lm_head rows of the draft vocabulary, in the lm_head's dtype, split to fit one binding. */
@@ -229,6 +250,7 @@ export function planRun(
       evalInterval: s.evalInterval,
       evalBatches: s.evalBatches,
       lk,
+      muon: s.optimizer === "muon",
       evalSpecSamples: setup.offline ? 0 : s.evalSpecSamples,
     }));
 }

@@ -10,7 +10,7 @@ import { Program } from "../../lib/gpu/program.ts";
 import { linear, linearBackward, linearCpu } from "../../lib/ops/matmul.ts";
 import { Gpu } from "../../lib/gpu/device.ts";
 import { Tensor } from "../../lib/tensor.ts";
-import { AdamWOptimizer } from "../../lib/train/optimizer.ts";
+import { DraftOptimizer } from "../../lib/train/optimizer.ts";
 import { blockElements, flatBlocks } from "../../lib/ops/blocks.ts";
 
 const CAP = 64 * 1024;
@@ -29,7 +29,7 @@ async function fiveUpdates(device: Gpu): Promise<Float32Array[]> {
     ),
     grad: Tensor.zeros(device, shape, "f32", `g${i}`),
   }));
-  const opt = await AdamWOptimizer.create(device, params, { maxGradNorm: 0.5 });
+  const opt = await DraftOptimizer.create(device, params, { maxGradNorm: 0.5 });
   for (let s = 1; s <= 5; s++) {
     params.forEach((p, i) => p.grad.write(randomArray(p.grad.size, 100 * s + i, s < 3 ? 3 : 0.01)));
     opt.update(1e-3);

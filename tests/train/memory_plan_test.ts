@@ -51,9 +51,16 @@ function assertClose(r: TrainResult, what: string): void {
 Deno.test({ name: "memory plan: online runs meet the measured peak", ...needsGpu }, async () => {
   const root = await trainFixture();
   try {
-    // Two padded lengths, evaluation between epochs, the LK loss (its extra KL gradient rows), accumulation.
-    assertClose(await measured(root, "a", { numEpochs: 2, evalInterval: 2 }), "KL loss");
+    // Two padded lengths, evaluation between epochs, the KL and LK losses (the LK loss's extra KL gradient
+    // rows), accumulation, Muon's momentum and scratch.
+    assertClose(
+      await measured(root, "a", { numEpochs: 2, evalInterval: 2, draftPreset: "eagle3" }),
+      "KL loss",
+    );
     assertClose(await measured(root, "b", { lkLossType: "lambda", draftAccumulationSteps: 2 }), "LK loss");
+    const muon = await measured(root, "c", { optimizer: "muon", maxNumSteps: 2 });
+    assertClose(muon, "Muon");
+    assert.equal(muon.plannedPeakBytes, muon.peakBytes, "Muon's state and scratch, planned exactly");
   } finally {
     await Deno.remove(root, { recursive: true });
   }

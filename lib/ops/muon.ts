@@ -1,0 +1,249 @@
+/**
+ * One Muon update of a weight matrix (Jordan et al. 2024, "Muon: an optimizer for hidden layers"; as
+ * torch.optim.Muon computes it, the optimizer vLLM's speculators trains drafts with), with a plain-TS CPU
+ * reference. Momentum with Nesterov on the clipped gradient, then the quintic Newton–Schulz iteration that
+ * maps the update to the nearest semi-orthogonal matrix, then a decoupled-decay step (element-wise parts in
+ * kernels/muon.ts):
+ *
+ *   X₀ = u / max(‖u‖_F, eps);   for s = 1..steps:  A = X Xᵀ,  X ← a·X + (b·A + c·A·A)·X
+ *
+ * with (a, b, c) = (3.4445, −4.7750, 2.0315); a tall matrix (rows > cols) iterates on Xᵀ, written here as
+ * A = XᵀX and X ← a·X + X·(b·A + c·A·A), so nothing is transposed. The step is lr · adjust · X with adjust =
+ * 0.2·√max(rows, cols) ("match_rms_adamw", Liu et al. 2025 "Muon is scalable", which gives the update
+ * AdamW's RMS) or √max(1, rows/cols) (torch's "original"). torch runs the iteration in the matrix's dtype;
+ * here it is f32.
+ */
+import * as K from "../../kernels/muon.ts";
+import { params, type Program } from "../gpu/program.ts";
+import { ShapeError } from "../gpu/errors.ts";
+import { Tensor } from "../tensor.ts";
+import { ADAMW_STATE_SIZE } from "./adamw.ts";
+import { expectDtype, expectSameShape, expectShape } from "./check.ts";
+import { scale } from "./elementwise.ts";
+import { matmul } from "./matmul.ts";
+import { globalNormPartialsSize, globalNormSquared } from "./reduce.ts";
+
+/** The quintic Newton–Schulz coefficients (a, b, c) of Muon's reference implementation and torch's. */
+export const NEWTON_SCHULZ = [3.4445, -4.775, 2.0315] as const;
+
+/** How the learning rate is scaled by the matrix's shape. */
+export type MuonLrAdjust = "match_rms_adamw" | "original";
+
+/** Muon's hyper-parameters, fixed for a run. */
+export interface MuonOptions {
+  /** Momentum μ (default 0.95). */
+  momentum: number;
+  /** Nesterov momentum (default true). */
+  nesterov: boolean;
+  /** Newton–Schulz iterations (default 5). */
+  nsSteps: number;
+  /** Floor of ‖u‖_F before the iteration (default 1e-7, torch's). */
+  eps: number;
+  /** Decoupled weight decay: w ← w·(1 − lr·weightDecay) (default 0.1, speculators'). */
+  weightDecay: number;
+  /** The shape scaling of the learning rate (default "match_rms_adamw", speculators'). */
+  adjustLr: MuonLrAdjust;
+}
+
+/** speculators' Muon settings (its trainer's defaults). */
+export const MUON_DEFAULTS: Readonly<MuonOptions> = {
+  momentum: 0.95,
+  nesterov: true,
+  nsSteps: 5,
+  eps: 1e-7,
+  weightDecay: 0.1,
+  adjustLr: "match_rms_adamw",
+};
+
+/** The learning-rate factor of a [rows, cols] matrix under `adjust`. */
+export function muonLrFactor(rows: number, cols: number, adjust: MuonLrAdjust): number {
+  return adjust === "match_rms_adamw"
+    ? 0.2 * Math.sqrt(Math.max(rows, cols))
+    : Math.sqrt(Math.max(1, rows / cols));
+}
+
+/** Whether a parameter is Muon's: a matrix with both sides > 1 that is not a vocabulary table (lm_head, embeddings). */
+export function isMuonMatrix(name: string, shape: readonly number[]): boolean {
+  return shape.length === 2 && Math.min(...shape) > 1 && !/lm_head|embed/.test(name);
+}
+
+/** Scratch of one {@link muonStep} for a [rows, cols] matrix; matrices of one shape can share it. */
+export interface MuonScratch {
+  /** The update, then the iterates (two, alternating) [rows, cols]. */
+  x: [Tensor, Tensor];
+  /** A = X Xᵀ (or XᵀX) and b·A + c·A·A, [s, s] with s = min(rows, cols). */
+  gram: Tensor;
+  poly: Tensor;
+  /** ‖X₀‖² and its partial sums. */
+  normSq: Tensor;
+  partials: Tensor;
+}
+
+/** The f32 tensors of a [rows, cols] matrix's {@link MuonScratch}, in allocation order: [label, shape]. */
+export function muonScratchShapes(rows: number, cols: number): [string, number[]][] {
+  const s = Math.min(rows, cols);
+  return [
+    ["muon update", [rows, cols]],
+    ["muon iterate", [rows, cols]],
+    ["muon gram", [s, s]],
+    ["muon gram polynomial", [s, s]],
+    ["muon update norm²", [1]],
+    ["muon norm partials", [Math.max(1, globalNormPartialsSize([{ size: rows * cols }]))]],
+  ];
+}
+
+/** Allocates the {@link MuonScratch} of a [rows, cols] matrix. */
+export function muonScratch(gpu: Tensor["gpu"], rows: number, cols: number): MuonScratch {
+  const [x0, x1, gram, poly, normSq, partials] = muonScratchShapes(rows, cols).map(([label, shape]) =>
+    Tensor.empty(gpu, shape, "f32", label)
+  );
+  return { x: [x0, x1], gram, poly, normSq, partials };
+}
+
+/** Frees a {@link MuonScratch}. */
+export function destroyMuonScratch(s: MuonScratch): void {
+  for (const t of [...s.x, s.gram, s.poly, s.normSq, s.partials]) t.destroy();
+}
+
+/** Tensors of {@link muonStep}; param, grad and buf are f32 [rows, cols]. */
+export interface MuonTensors {
+  /** The f32 master weights, updated in place. */
+  param: Tensor;
+  /** Its gradient (read only). */
+  grad: Tensor;
+  /** The momentum buffer, updated in place (zeros before update 1). */
+  buf: Tensor;
+  /** f32 [1]: Σ g² over every gradient of the model, for the global clip coefficient. */
+  normSq: Tensor;
+  /** f32 [4]: the AdamW update state (lr, …, max_norm; lib/ops/adamw.ts `adamwState`). */
+  state: Tensor;
+}
+
+/**
+ * Records one clipped Muon update of one matrix. Its learning rate is `lrRatio` times the state's (AdamW's
+ * scheduled rate), times {@link muonLrFactor}.
+ */
+export async function muonStep(
+  p: Program,
+  t: MuonTensors,
+  scratch: MuonScratch,
+  opts: MuonOptions & { lrRatio: number },
+): Promise<void> {
+  const op = "muonStep";
+  for (const [name, x] of Object.entries(t)) expectDtype(op, name, x, "f32");
+  if (t.param.shape.length !== 2) throw new ShapeError(`${op}: ${t.param.label} is not a matrix`);
+  expectSameShape(op, "param", t.param, "grad", t.grad);
+  expectSameShape(op, "param", t.param, "buf", t.buf);
+  expectSameShape(op, "param", t.param, "scratch.x", scratch.x[0]);
+  expectShape(op, "normSq", t.normSq, [1]);
+  expectShape(op, "state", t.state, [ADAMW_STATE_SIZE]);
+  const [rows, cols] = t.param.shape, n = t.param.size, groups = Math.ceil(n / K.MUON_WG);
+  const u = scratch.x[0];
+  await p.add(
+    { name: "muon.momentum", code: K.muonMomentum, entryPoint: "main" },
+    [
+      params(["u32", n], ["f32", opts.momentum], ["f32", 1 - opts.momentum], ["u32", opts.nesterov ? 1 : 0]),
+      t.grad,
+      t.buf,
+      u,
+      t.normSq,
+      t.state,
+    ],
+    groups,
+    `muon.momentum (${t.param.label})`,
+  );
+  await globalNormSquared(p, [u], scratch.partials, scratch.normSq);
+  await p.add(
+    { name: "muon.normalize", code: K.muonNormalize, entryPoint: "main" },
+    [params(["u32", n], ["f32", opts.eps]), u, scratch.normSq],
+    groups,
+  );
+  const x = await newtonSchulz(p, scratch, opts.nsSteps, rows > cols);
+  const adjust = muonLrFactor(rows, cols, opts.adjustLr);
+  await p.add(
+    { name: "muon.apply", code: K.muonApply, entryPoint: "main" },
+    [
+      params(["u32", n], ["f32", opts.lrRatio], ["f32", adjust], ["f32", opts.weightDecay]),
+      t.param,
+      x,
+      t.state,
+    ],
+    groups,
+    `muon.apply (${t.param.label})`,
+  );
+}
+
+/** `steps` Newton–Schulz iterations from scratch.x[0] (see the module comment); returns the last iterate. */
+async function newtonSchulz(p: Program, s: MuonScratch, steps: number, tall: boolean): Promise<Tensor> {
+  const [a, b, c] = NEWTON_SCHULZ;
+  let [x, next] = s.x;
+  for (let i = 0; i < steps; i++) {
+    await matmul(p, x, x, s.gram, tall ? { transA: true } : { transB: true });
+    await scale(p, s.gram, b, s.poly);
+    await matmul(p, s.gram, s.gram, s.poly, { alpha: c, accumulate: true });
+    await scale(p, x, a, next);
+    await (tall
+      ? matmul(p, x, s.poly, next, { accumulate: true })
+      : matmul(p, s.poly, x, next, { accumulate: true }));
+    [x, next] = [next, x];
+  }
+  return x;
+}
+
+/**
+ * CPU reference of {@link muonStep} on a row-major [rows, cols] matrix, in f64: the updated param and buf.
+ * `state` is the AdamW state array (lr, …, max_norm), `normSq` the global Σ g².
+ */
+export function muonStepCpu(
+  t: { param: ArrayLike<number>; grad: ArrayLike<number>; buf: ArrayLike<number> },
+  rows: number,
+  cols: number,
+  normSq: number,
+  state: ArrayLike<number>,
+  opts: MuonOptions & { lrRatio: number },
+): { param: Float64Array; buf: Float64Array } {
+  const [lr0, , , maxNorm] = Array.from(state), lr = lr0 * opts.lrRatio, n = rows * cols, mu = opts.momentum;
+  const coef = maxNorm > 0 ? Math.min(1, maxNorm / (Math.sqrt(normSq) + 1e-6)) : 1;
+  const buf = new Float64Array(n), u = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const g = t.grad[i] * coef;
+    buf[i] = t.buf[i] + (1 - mu) * (g - t.buf[i]);
+    u[i] = opts.nesterov ? g + mu * (buf[i] - g) : buf[i];
+  }
+  // Iterate on the wide orientation: Y = X (rows ≤ cols) or Xᵀ.
+  const tall = rows > cols, r = tall ? cols : rows, k = tall ? rows : cols;
+  let y = new Float64Array(n);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) y[tall ? j * rows + i : i * cols + j] = u[i * cols + j];
+  }
+  const norm = Math.max(Math.sqrt(y.reduce((sum, v) => sum + v * v, 0)), opts.eps);
+  y = y.map((v) => v / norm);
+  const [a, b, c] = NEWTON_SCHULZ;
+  for (let s = 0; s < opts.nsSteps; s++) {
+    const A = matmulCpu(y, y, r, k, r, true), AA = matmulCpu(A, A, r, r, r, false);
+    const B = A.map((v, i) => b * v + c * AA[i]);
+    const BY = matmulCpu(B, y, r, r, k, false);
+    y = y.map((v, i) => a * v + BY[i]);
+  }
+  const adjust = muonLrFactor(rows, cols, opts.adjustLr), param = new Float64Array(n);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) {
+      const x = y[tall ? j * rows + i : i * cols + j], e = i * cols + j;
+      param[e] = t.param[e] * (1 - lr * opts.weightDecay) - lr * adjust * x;
+    }
+  }
+  return { param, buf };
+}
+
+/** [m, n] = A [m, k] · (B [n, k]ᵀ when `transB`, else B [k, n]), f64 row-major. */
+function matmulCpu(A: Float64Array, B: Float64Array, m: number, k: number, n: number, transB: boolean) {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let q = 0; q < k; q++) s += A[i * k + q] * (transB ? B[j * k + q] : B[q * n + j]);
+      out[i * n + j] = s;
+    }
+  }
+  return out;
+}

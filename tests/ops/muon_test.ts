@@ -1,0 +1,101 @@
+/** Muon: the GPU update against its f64 CPU reference, and the orthogonalisation it is built on. */
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
+import { Program } from "../../lib/gpu/program.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { adamwState } from "../../lib/ops/adamw.ts";
+import {
+  destroyMuonScratch,
+  isMuonMatrix,
+  MUON_DEFAULTS,
+  muonLrFactor,
+  muonScratch,
+  muonStep,
+  muonStepCpu,
+} from "../../lib/ops/muon.ts";
+
+/** max |x| of an array. */
+const maxAbs = (x: ArrayLike<number>) => Array.from(x).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+
+for (const [rows, cols] of [[12, 40], [40, 12], [24, 24]]) {
+  Deno.test(
+    { name: `muon step [${rows}, ${cols}] matches the f64 reference over two updates`, ...needsGpu },
+    async () => {
+      const g = gpu!, n = rows * cols;
+      const param0 = randomArray(n, 1, 0.5);
+      const grads = [randomArray(n, 2, 0.3), randomArray(n, 3, 0.3)];
+      const param = Tensor.fromArray(g, param0, [rows, cols], "f32", "w");
+      const grad = Tensor.empty(g, [rows, cols], "f32", "grad");
+      const buf = Tensor.zeros(g, [rows, cols], "f32", "buf");
+      const normSq = Tensor.empty(g, [1], "f32", "normSq");
+      const state = Tensor.empty(g, [4], "f32", "state");
+      const scratch = muonScratch(g, rows, cols);
+      const p = new Program(g, "muon");
+      const opts = { ...MUON_DEFAULTS, lrRatio: 10 };
+      try {
+        await muonStep(p, { param, grad, buf, normSq, state }, scratch, opts);
+        let host: { param: Float64Array; buf: Float64Array } = {
+          param: Float64Array.from(param0),
+          buf: new Float64Array(n),
+        };
+        for (const [step, gr] of grads.entries()) {
+          // A clipped update (norm² 4 against max norm 0.5), then an unclipped one.
+          const ns = step === 0 ? 4 : 0.01, st = adamwState(step + 1, 2e-3, 0.5);
+          grad.write(gr);
+          normSq.write(Float32Array.of(ns));
+          state.write(st);
+          p.run();
+          const expected = muonStepCpu({ ...host, grad: gr }, rows, cols, ns, st, opts);
+          const got = await param.readFloat(), before = host.param;
+          const delta = got.map((w, i) => w - before[i]), want = expected.param.map((w, i) => w - before[i]);
+          assertClose(delta, want, `update ${step + 1}: param change`, {
+            atol: 2e-3 * maxAbs(want),
+            rtol: 0,
+          });
+          assertClose(await buf.readFloat(), expected.buf, `update ${step + 1}: momentum`, {
+            atol: 1e-6,
+            rtol: 1e-5,
+          });
+          host = expected;
+        }
+      } finally {
+        p.destroy();
+        destroyMuonScratch(scratch);
+        for (const t of [param, grad, buf, normSq, state]) t.destroy();
+      }
+    },
+  );
+}
+
+Deno.test("muon's Newton–Schulz update is near-orthogonal: every row of NS(g) has a squared norm near 1", () => {
+  // With no momentum history, decay or clipping, the update is lr · adjust · NS(g): read NS(g) back from it.
+  const rows = 16, cols = 48, n = rows * cols, lr = 1e-2;
+  const opts = { ...MUON_DEFAULTS, weightDecay: 0, momentum: 0, lrRatio: 1 };
+  const r = muonStepCpu(
+    { param: new Float64Array(n), grad: randomArray(n, 9), buf: new Float64Array(n) },
+    rows,
+    cols,
+    1,
+    [lr, 1, 1, 0],
+    opts,
+  );
+  const x = r.param.map((v) => -v / (lr * muonLrFactor(rows, cols, opts.adjustLr)));
+  // X Xᵀ [rows, rows]: its eigenvalues are the squared singular values; check the diagonal and the spread.
+  for (let i = 0; i < rows; i++) {
+    let d = 0;
+    for (let j = 0; j < cols; j++) d += x[i * cols + j] ** 2;
+    assert.ok(d > 0.4 && d < 1.5, `row ${i}: ‖x_i‖² = ${d}`);
+  }
+});
+
+Deno.test("muon takes the hidden matrices, not vectors, lm_head or embeddings; lr factors by shape", () => {
+  assert.ok(isMuonMatrix("midlayer.self_attn.q_proj.weight", [128, 128]));
+  assert.ok(isMuonMatrix("fc.weight", [128, 384]));
+  assert.ok(!isMuonMatrix("lm_head.weight", [2048, 128]));
+  assert.ok(!isMuonMatrix("embed_tokens.weight", [2048, 128]));
+  assert.ok(!isMuonMatrix("norm.weight", [128]));
+  assert.ok(!isMuonMatrix("w", [1, 128]));
+  assert.equal(muonLrFactor(128, 512, "match_rms_adamw"), 0.2 * Math.sqrt(512));
+  assert.equal(muonLrFactor(512, 128, "original"), 2);
+  assert.equal(muonLrFactor(128, 512, "original"), 1);
+});
