@@ -409,19 +409,24 @@ export function readArgs(table: FlagTable, argv: string[], opts: { positionals?:
       : { type: "string", ...(spec.kind === "strings" ? { multiple: true } : {}) };
   }
   let parsed;
+  const negated = new Set<string>();
   try {
-    const args = joinNegativeValues(table, argv);
-    parsed = parseArgs({
-      args,
-      options,
-      strict: true,
-      allowPositionals: opts.positionals ?? false,
-      allowNegative: true, // --no-<switch> turns a switch off (one whose default is on)
+    const args = joinNegativeValues(table, argv).filter((a) => {
+      // --no-<switch> turns a switch off (one whose default is on), unless a flag has that very name.
+      const flag = a.startsWith("--no-") ? a.slice(5) : "";
+      if (!(table[flag]?.kind === "bool" && !(a.slice(2) in table))) return true;
+      negated.add(flag);
+      return false;
     });
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: opts.positionals ?? false });
   } catch (e) {
     throw new FlagError((e instanceof Error ? e.message : String(e)).split("\n")[0]);
   }
   const v: Record<string, unknown> = parsed.values;
+  for (const flag of negated) {
+    if (v[flag] !== undefined) throw new FlagError(`--${flag} and --no-${flag} are both given`);
+    v[flag] = false;
+  }
   const given = new Map<string, unknown>();
   for (const [flag, spec] of Object.entries(table)) {
     if (v[flag] !== undefined) given.set(flag, parseValue(spec, v[flag], `--${flag}`));

@@ -214,3 +214,21 @@ Deno.test("flags: README.md's flag tables are the ones the declarations render (
     );
   }
 });
+
+Deno.test("flags: --no-<switch> turns a switch off, a flag named no-<x> stays itself", () => {
+  const table = {
+    "shuffle": { kind: "bool", default: true, help: "shuffle" },
+    "no-speed": { kind: "bool", help: "skip the speed runs" },
+    "speed": { kind: "bool", help: "a switch whose negation is also a flag" },
+  } as const satisfies FlagTable;
+  const parse = (...argv: string[]) => {
+    const r = parseCommand(table, argv);
+    assert.ok(!r.help);
+    return r.settings;
+  };
+  assert.deepEqual(parse(), { shuffle: true, noSpeed: false, speed: false });
+  assert.deepEqual(parse("--no-shuffle"), { shuffle: false, noSpeed: false, speed: false });
+  assert.deepEqual(parse("--no-speed"), { shuffle: true, noSpeed: true, speed: false });
+  throwsFlag(() => parse("--shuffle", "--no-shuffle"), /--shuffle and --no-shuffle are both given/);
+  throwsFlag(() => parse("--no-such"), /no-such/);
+});
