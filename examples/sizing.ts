@@ -2,7 +2,8 @@
  * Sizing: what training an EAGLE-3 draft for a published target needs on one device, from the memory planner
  * (lib/models/memory_plan.ts, lib/train/training_plan.ts) alone: no weight is downloaded or read. For
  * Llama-3.1-8B, Qwen3-8B and Llama-3.3-70B (their config.json values, bf16 weights) and the draft derived
- * from each (draft vocabulary 32,000, SpecForge's recipe), it prints the plan of an online run, an offline
+ * from each (draft vocabulary 32,000; train-online's default EAGLE-3.1 draft and LK loss, or with
+ * --draft-preset eagle3 SpecForge's EAGLE-3 and KL loss; --head-chunk-rows as train-online's), it prints the plan of an online run, an offline
  * run (features stored in Eaglet's default form) and prepare-hidden-states, the online run and
  * prepare-hidden-states also with the target streamed through 8 GiB of layer slots (--target-memory-budget),
  * at batch 1 and each sample of the given lengths, then the longest sample that fits a 24, 80 and 141 GB
@@ -105,8 +106,16 @@ function targetInput(name: string, gpu: Gpu): TargetPlanInput {
   };
 }
 
+/** The draft settings the plans are made for (--draft-preset, --head-chunk-rows). */
+interface DraftChoice {
+  /** The default preset's EAGLE-3.1 draft and LK lambda loss, or SpecForge's EAGLE-3 and KL loss. */
+  preset: "eagle3.1-lk" | "eagle3";
+  /** Rows of the draft head's windows (null: a batch's rows at once). */
+  headRows: number | null;
+}
+
 /** The plan of `mode` for 8 samples of `T` tokens at batch 1 (one batch shape), TTT 7, no evaluation. */
-function plan(t: TargetPlanInput, mode: Mode, T: number): MemoryPlan {
+function plan(t: TargetPlanInput, mode: Mode, T: number, d: DraftChoice): MemoryPlan {
   const samples = 8;
   const offsets = Uint32Array.from({ length: samples + 1 }, (_, i) => i * T);
   const data = new TokenizedDataset(
@@ -115,7 +124,8 @@ function plan(t: TargetPlanInput, mode: Mode, T: number): MemoryPlan {
     new Int32Array(samples * T),
     new Uint8Array(samples * T).fill(1),
   );
-  const draft = deriveDraftConfig(t.target, { draftVocabSize: 32000 });
+  const eagle31 = d.preset === "eagle3.1-lk";
+  const draft = deriveDraftConfig(t.target, { draftVocabSize: 32000, eagle31 });
   const aux = draft.auxLayerIds ?? defaultAuxLayers(t.target.numLayers).layers;
   const perLayer = layerBytes(t.weights.stored, t.weights.names.layers[0], t.device.shaderF16);
   const slots = mode.endsWith("streamed")
@@ -139,7 +149,8 @@ function plan(t: TargetPlanInput, mode: Mode, T: number): MemoryPlan {
     accumulationSteps: 1,
     evalInterval: 0,
     evalBatches: null,
-    lk: null,
+    lk: eagle31 ? { type: "lambda", klScale: 1, klDecay: 1 } : null,
+    headRows: d.headRows,
   });
 }
 
@@ -159,10 +170,10 @@ function manifest(t: TargetPlanInput, auxLayers: number[]): FeaturesManifest {
 }
 
 /** The longest sample (of 1,024 × 2^k tokens, up to 32,768) whose plan fits `gb` GB, or "no". */
-function longestFitting(t: TargetPlanInput, mode: Mode, gb: number): string {
+function longestFitting(t: TargetPlanInput, mode: Mode, gb: number, d: DraftChoice): string {
   let best = "no";
   for (let T = 1024; T <= 32768; T *= 2) {
-    if (plan(t, mode, T).peakBytes > gb * 1e9) break;
+    if (plan(t, mode, T, d).peakBytes > gb * 1e9) break;
     best = String(T);
   }
   return best;
@@ -175,12 +186,25 @@ const FLAGS = {
     min: 1,
     help: "sample lengths (tokens) of the first table",
   },
+  "draft-preset": {
+    kind: "choice",
+    choices: ["eagle3.1-lk", "eagle3"],
+    default: "eagle3.1-lk",
+    help:
+      "the draft and loss planned: train-online's default (EAGLE-3.1, LK lambda) or SpecForge's EAGLE-3 (KL)",
+  },
+  "head-chunk-rows": {
+    kind: "int",
+    min: 64,
+    help: "rows of the draft head's windows, as train-online's flag (default: a batch's rows at once)",
+  },
 } as const satisfies FlagTable;
 
-const USAGE = "usage: deno run -A examples/sizing.ts [--lengths 2048,8192]";
+const USAGE =
+  "usage: deno run -A examples/sizing.ts [--lengths 2048,8192] [--draft-preset eagle3] [--head-chunk-rows 1024]";
 
 /** Prints both tables for samples of `lengths` tokens. */
-async function sizing(lengths: readonly number[]): Promise<void> {
+async function sizing(lengths: readonly number[], d: DraftChoice): Promise<void> {
   const gpu = await Gpu.create();
   try {
     const modes: Mode[] = [
@@ -197,7 +221,7 @@ async function sizing(lengths: readonly number[]): Promise<void> {
       const t = targetInput(name, gpu);
       for (const mode of modes) {
         for (const T of lengths) {
-          const p = plan(t, mode, T);
+          const p = plan(t, mode, T, d);
           const parts = p.categories.filter((c) => c.bytes >= 2 ** 30 / 10)
             .map((c) => `${c.name.replace(/ \(.*\)$/, "")} ${formatBytes(c.bytes)}`).join("; ");
           console.log(`| ${name} | ${mode} | ${T} | ${parts} | **${formatBytes(p.peakBytes)}** |`);
@@ -210,7 +234,7 @@ async function sizing(lengths: readonly number[]): Promise<void> {
       const t = targetInput(name, gpu);
       for (const mode of modes) {
         console.log(
-          `| ${name} | ${mode} | ${DEVICES_GB.map((g) => longestFitting(t, mode, g)).join(" | ")} |`,
+          `| ${name} | ${mode} | ${DEVICES_GB.map((g) => longestFitting(t, mode, g, d)).join(" | ")} |`,
         );
       }
     }
@@ -224,6 +248,9 @@ Deno.exit(
   await runTask("sizing", Deno.args, async (argv) => {
     const cmd = parseCommand(FLAGS, argv);
     if (cmd.help) console.log(flagHelp(FLAGS, USAGE));
-    else await sizing(cmd.settings.lengths!);
+    else {
+      const { lengths, draftPreset, headChunkRows } = cmd.settings;
+      await sizing(lengths!, { preset: draftPreset as DraftChoice["preset"], headRows: headChunkRows });
+    }
   }),
 );

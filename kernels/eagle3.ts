@@ -18,10 +18,11 @@ import { ROW_REDUCE, ROW_WG, ROWS_WG, rowsPrelude, rowsStatsFn, rowsType } from 
 /**
  * p^k [rows, Vd] of TTT position k: row (b, t) = softmax(L[b, t+k+1, :]) when t + k + 1 < T, else the uniform
  * 1/Vd (SpecForge's zero-filled last row softmaxes to uniform, and its TTT padding is 1/Vd). One workgroup
- * per row. Bindings: 0 params {rows, seq, vocab, k}, 1 logits [rows, Vd] (subset logits, unshifted), 2 out.
+ * per row. Bindings: 0 params {rows, seq, vocab, k, row0}, 1 logits [≥ rows, Vd] (subset logits, unshifted),
+ * 2 out. Row r of out and logits is row row0 + r of the batch (a window of rows: t = (row0 + r) mod T).
  */
 export const teacherProbs = /* wgsl */ `
-struct Params { rows: u32, seq: u32, cols: u32, k: u32 }
+struct Params { rows: u32, seq: u32, cols: u32, k: u32, row0: u32, _a: u32, _b: u32, _c: u32 }
 ${LINEAR_WORKGROUP}
 ${ROW_REDUCE}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,7 +34,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) lid: u32) {
   let row = linear_workgroup(wg, nwg);
   if (row >= p.rows) { return; }
-  let t = row % p.seq;
+  let t = (row + p.row0) % p.seq;
   let base = row * p.cols;
   if (t + p.k + 1u >= p.seq) {
     let u = 1.0 / f32(p.cols);
@@ -58,7 +59,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 export function teacherProbsRows(vec4: boolean): string {
   const T = rowsType(vec4);
   return /* wgsl */ `
-struct Params { rows: u32, seq: u32, cols: u32, k: u32 }
+struct Params { rows: u32, seq: u32, cols: u32, k: u32, row0: u32, _a: u32, _b: u32, _c: u32 }
 ${LINEAR_WORKGROUP}
 ${rowsPrelude(vec4)}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -71,7 +72,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) lid: u32) {
   let row = row_index(wg, nwg, lid);
   if (row >= p.rows) { return; }
-  let t = row % p.seq;
+  let t = (row + p.row0) % p.seq;
   let n = p.cols / W;
   let base = row * n;
   if (t + p.k + 1u >= p.seq) {

@@ -17,7 +17,9 @@
  *   lambda:  λ·L_KL + (1 − λ)(1 − Ā),  λ = kl_scale · exp(−kl_decay · sg(Ā))
  *            ∂/∂z_u = λ ∂L_KL/∂z_u − (1 − λ)(m / M) q_u (s_u − S)
  * Logits and teacher logits are read one row per invocation; the target's log-sum-exp comes as the running
- * (max, Σexp) pair [rows, 2] of the full-vocabulary head (kernels/vocab_stats.ts).
+ * (max, Σexp) pair [rows, 2] of the full-vocabulary head (kernels/vocab_stats.ts). The per-row kernels may run
+ * on a window of rows: row r of their tensors is row row0 + r of the batch (t = (row0 + r) mod T), and the
+ * teacher tensors hold at least the rows the window's rows are taught by.
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
 import { ROW_REDUCE, ROW_WG } from "./softmax.ts";
@@ -43,7 +45,7 @@ fn draft_stats(base: u32, cols: u32) -> vec2<f32> {
 }
 // Whether row r has a target row j = t + k + 1 inside its sequence (past the end p ≡ 0 and α = 0).
 fn has_teacher(r: u32) -> bool {
-  return r % p.seq + p.k + 1u < p.seq;
+  return (r + p.row0) % p.seq + p.k + 1u < p.seq;
 }
 // The target's full-vocabulary log-sum-exp of row src, from its running (max, Σexp).
 fn target_lse(src: u32) -> f32 {
@@ -56,12 +58,12 @@ fn weight_of(q: f32, pv: f32) -> f32 {
 `;
 
 /**
- * α and S of every row (formulas in the module doc). Bindings: 0 params {rows, seq, cols, k}, 1 z [rows, Vd],
+ * α and S of every row (formulas in the module doc). Bindings: 0 params {rows, seq, cols, k, row0}, 1 z [rows, Vd],
  * 2 teacher logits [rows, Vd] (unshifted, draft vocabulary), 3 the target's (max, Σexp) [rows, 2]
  * (unshifted), 4 out [rows, 2] = (α, S). Workgroups: ceil(rows / LK_ROWS_WG).
  */
 export const lkRows = /* wgsl */ `
-struct Params { rows: u32, seq: u32, cols: u32, k: u32 }
+struct Params { rows: u32, seq: u32, cols: u32, k: u32, row0: u32, _a: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read> teacher: array<f32>;
@@ -131,12 +133,15 @@ fn main(@builtin(local_invocation_index) lid: u32) {
  * The gradient of the LK loss of TTT position k, written over the logits z (in place: each invocation reads
  * its row of z before writing it): z_u ← w_KL · g_u + scale · c · q_u (s_u − S), with g the KL gradient
  * (already scaled by `scale`), w_KL = λ (lambda) or 0 (alpha), c = −(1 − λ)·m/M (lambda) or −m/(M α)
- * (alpha, 0 when α = 0). Bindings: 0 params {rows, seq, cols, k, variant, scale, kl_scale, kl_decay}, 1 z
+ * (alpha, 0 when α = 0). Bindings: 0 params {rows, seq, cols, k, variant, scale, kl_scale, kl_decay, row0}, 1 z
  * [rows, Vd] (read_write), 2 g [rows, Vd], 3 teacher logits, 4 the target's (max, Σexp), 5 (α, S) [rows, 2],
  * 6 mask [rows], 7 stats [4].
  */
 export const lkGrad = /* wgsl */ `
-struct Params { rows: u32, seq: u32, cols: u32, k: u32, variant: u32, scale: f32, kl_scale: f32, kl_decay: f32 }
+struct Params {
+  rows: u32, seq: u32, cols: u32, k: u32, variant: u32, scale: f32, kl_scale: f32, kl_decay: f32,
+  row0: u32, _a: u32, _b: u32, _c: u32,
+}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> z: array<f32>;
 @group(0) @binding(2) var<storage, read> g: array<f32>;

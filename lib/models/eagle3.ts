@@ -40,10 +40,9 @@ import { shapeString, Tensor } from "../tensor.ts";
 import type { VocabMapping } from "../data/vocab.ts";
 import { mulberry32 } from "../data/random.ts";
 import { ropeTable } from "../ops/rope.ts";
-import { argmaxAgreement, softCrossEntropy } from "../ops/loss.ts";
-import { lkAcceptance, lkGradient, type LkLossOptions } from "../ops/lk_loss.ts";
+import type { LkLossOptions } from "../ops/lk_loss.ts";
 import { add, fill } from "../ops/elementwise.ts";
-import { metricsAdd, targetToDraftMap, teacherProbs, teacherRows } from "../ops/eagle3_teacher.ts";
+import { targetToDraftMap, teacherRows } from "../ops/eagle3_teacher.ts";
 import type { DraftConfig } from "./draft_config.ts";
 import { asRowSplit, type RowSplitMatrix } from "../ops/row_split.ts";
 import { type Eagle3Metrics, eagle3MetricsFrom, STEP_DECAY } from "./eagle3_metrics.ts";
@@ -51,8 +50,6 @@ import {
   eagle3FcBackward,
   eagle3FcForward,
   eagle3FinalNormBackward,
-  eagle3HeadBackward,
-  eagle3HeadForward,
   eagle3LayerBackward,
   eagle3LayerForward,
 } from "./eagle3_layer.ts";
@@ -63,6 +60,7 @@ import {
   type Eagle3StepShape,
 } from "./eagle3_activations.ts";
 import { resetTttAttentionGrads, TttAttention, tttKeysOf } from "./eagle3_ttt_attention.ts";
+import { eagle3HeadLoss, HEAD_WINDOW_ALIGN } from "./eagle3_head_loss.ts";
 
 /** SpecForge's state-dict keys of the trained draft parameters (`LlamaForCausalLMEagle3`), in a fixed order. */
 export const EAGLE3_PARAM_NAMES = [
@@ -281,6 +279,11 @@ export interface Eagle3StepOptions {
   /** γ: TTT position k's loss is weighted γ^k (default {@link STEP_DECAY}, SpecForge's 0.8). */
   stepDecay?: number;
   /**
+   * Rows of the head's windows (lib/models/eagle3_head_loss.ts): the logits, teacher probabilities and KL
+   * gradient hold this many rows, not B·T. A multiple of 64; default null: one window of B·T rows.
+   */
+  headRows?: number | null;
+  /**
    * Train with an acceptance-targeted LK loss (lib/ops/lk_loss.ts) instead of the KL loss (default null: the
    * KL loss, as SpecForge). Needs the `teacherMaxSum` input.
    */
@@ -440,20 +443,10 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
     }, { seqLen: shape.seqLen, position: k });
     const x = { ids: teacher.ids, embedding: asRowSplit(opts.embedding), hidden: hiddenIn(k) };
     await eagle3LayerForward(p, draft, x, layerAt(k), attentionAt(k));
-    await eagle3HeadForward(p, draft, layerAt(k).out, headAt(k));
-    await recordLoss(step, k, (step.shape.stepDecay ?? STEP_DECAY) ** k / (opts.accumulationSteps ?? 1));
     const g = act.grads;
-    if (g) {
-      await eagle3HeadBackward(
-        p,
-        draft,
-        act.layer[k].out,
-        headAt(k),
-        g.headNormed,
-        g.headOut[k],
-        g.layer.normScratch,
-      );
-    }
+    const headGrads = g && { dY: g.headOut[k], dNormed: g.headNormed, normScratch: g.layer.normScratch };
+    const scale = (step.shape.stepDecay ?? STEP_DECAY) ** k / (opts.accumulationSteps ?? 1);
+    await eagle3HeadLoss(step, k, layerAt(k).out, headAt(k), headGrads, scale);
   }
   const g = act.grads;
   if (!g) return step;
@@ -486,51 +479,6 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
   return step;
 }
 
-/**
- * Loss and metrics of TTT position k (lib/ops/loss.ts, lib/ops/lk_loss.ts): the agreement and the expected
- * acceptance read the logits before the loss overwrites them with ∂/∂z = scale · ∂loss_k/∂z (the KL loss's,
- * or the LK loss's built on it), `scale` = γ^k / accumulationSteps.
- */
-async function recordLoss(step: Eagle3Step, k: number, scale: number): Promise<void> {
-  const p = step.program, act = step.activations, teacher = act.teacher[k], logits = act.head[0].logits;
-  const { seqLen, lk, train } = step.shape, N = step.shape.batch * seqLen, position = k;
-  await teacherProbs(p, step.teacherLogits, act.teacherProbs, { seqLen, position });
-  await argmaxAgreement(p, {
-    logits,
-    targetIds: teacher.targetIds,
-    mask: teacher.lossMask,
-    counts: act.accCounts,
-    perRow: act.accPerRow,
-  });
-  const acc = act.acceptance;
-  const lkTensors = acc && {
-    logits,
-    teacherLogits: step.teacherLogits,
-    teacherMaxSum: step.teacherMaxSum,
-    mask: teacher.posMask,
-    alphaS: acc.rows,
-    stats: acc.stats,
-  };
-  if (lkTensors) await lkAcceptance(p, lkTensors, { seqLen, position });
-  const klGrad = act.klGrad ?? logits;
-  await softCrossEntropy(p, {
-    logits,
-    target: act.teacherProbs,
-    mask: teacher.posMask,
-    rowLoss: act.rowLoss,
-    grad: klGrad,
-  }, {
-    denominator: N,
-    gradScale: scale,
-  });
-  if (lk && train && lkTensors) await lkGradient(p, lkTensors, klGrad, lk, { seqLen, position, scale });
-  await metricsAdd(p, act.rowLoss, act.accCounts, act.metrics, {
-    position,
-    tokens: N,
-    acceptance: acc?.stats,
-  });
-}
-
 /** Throws unless `embedding` is [vocab_size, hidden_size] of `cfg`; `where` starts the message. */
 export function checkEmbedding(where: string, embedding: Tensor | RowSplitMatrix, cfg: DraftConfig): void {
   const m = asRowSplit(embedding), V = cfg.vocabSize, H = cfg.hiddenSize;
@@ -557,6 +505,14 @@ function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3Step
   if (!(accum >= 1 && Number.isInteger(accum))) {
     throw new ShapeError(`eagle3 step: accumulationSteps must be a positive integer, got ${accum}`);
   }
+  const headRows = opts.headRows ?? null;
+  if (
+    headRows !== null && !(Number.isInteger(headRows) && headRows > 0 && headRows % HEAD_WINDOW_ALIGN === 0)
+  ) {
+    throw new ShapeError(
+      `eagle3 step: headRows must be a positive multiple of ${HEAD_WINDOW_ALIGN}, got ${headRows}`,
+    );
+  }
   const decay = opts.stepDecay ?? STEP_DECAY;
   if (!(decay >= 0 && Number.isFinite(decay))) {
     throw new ShapeError(`eagle3 step: stepDecay must be a finite number ≥ 0, got ${decay}`);
@@ -572,7 +528,17 @@ function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3Step
   const lk = opts.lk ?? null;
   const acceptance = opts.acceptance ?? (lk !== null || opts.inputs?.teacherMaxSum !== undefined);
   if (lk && !acceptance) throw new ShapeError("eagle3 step: an LK loss needs the acceptance measured");
-  return { batch, seqLen, tttLength, train: opts.train ?? true, lk, acceptance, stepDecay: decay };
+  const rows = Math.min(batch * seqLen, headRows ?? Infinity);
+  return {
+    batch,
+    seqLen,
+    tttLength,
+    train: opts.train ?? true,
+    lk,
+    acceptance,
+    stepDecay: decay,
+    headRows: rows,
+  };
 }
 
 /** Binds the given inputs (shapes and dtypes checked) and allocates the others in the step's program. */

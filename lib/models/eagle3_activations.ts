@@ -46,6 +46,8 @@ export interface Eagle3StepShape extends TttShape {
   acceptance?: boolean;
   /** γ: the loss of TTT position k is weighted γ^k (default 0.8, SpecForge's). */
   stepDecay?: number;
+  /** Rows of the head's windows: the rows of the logits, teacher p^k and KL gradient (default B·T). */
+  headRows?: number;
 }
 
 /** The teacher rows of TTT position k (lib/ops/eagle3_teacher.ts `teacherRows`), each [B·T]. */
@@ -102,7 +104,7 @@ export interface Eagle3Activations<T = Tensor> {
    * All share one logits buffer.
    */
   head: Eagle3HeadActivations<T>[];
-  /** The teacher distribution p^k over the draft vocabulary [B·T, Vd]. */
+  /** The teacher distribution p^k over the draft vocabulary, one head window [headRows, Vd]. */
   teacherProbs: T;
   /** Each row's loss [B·T]. */
   rowLoss: T;
@@ -112,7 +114,7 @@ export interface Eagle3Activations<T = Tensor> {
   accPerRow: T;
   /** The expected acceptance of the current position: (α, S) per row [B·T, 2] and the masked sums [4]. */
   acceptance: { rows: T; stats: T } | null;
-  /** The KL gradient the LK loss mixes in [B·T, Vd] (LK training only; else it goes over the logits). */
+  /** The KL gradient the LK loss mixes in [headRows, Vd] (LK training only; else it goes over the logits). */
   klGrad: T | null;
   /** The backward's tensors (null when evaluating). */
   grads: Eagle3StepGrads<T> | null;
@@ -127,7 +129,8 @@ export function eagle3Activations<T>(
   const N = s.batch * s.seqLen, K = s.tttLength, H = cfg.hiddenSize;
   const slots = s.train ? K : 1;
   const headSlots = cfg.feedNormedHidden ? (s.train ? K : 2) : 1;
-  const logits = make([N, cfg.draftVocabSize], "f32", "logits");
+  const R = s.headRows ?? N, Vd = cfg.draftVocabSize;
+  const logits = make([R, Vd], "f32", "logits");
   const perPosition = <X>(n: number, f: (k: number) => X) => Array.from({ length: n }, (_, k) => f(k));
   const attention = tttAttentionTensors(make, cfg, s, slots);
   const normed = {
@@ -160,14 +163,14 @@ export function eagle3Activations<T>(
       (k) =>
         eagle3HeadActivations((shape, dtype, label) => make(shape, dtype, `${label}[${k}]`), cfg, N, logits),
     ),
-    teacherProbs: make([N, cfg.draftVocabSize], "f32", "teacher p_k"),
+    teacherProbs: make([R, Vd], "f32", "teacher p_k"),
     rowLoss: make([N], "f32", "row loss"),
     accCounts: make([2], "f32", "acc counts"),
     accPerRow: make([N, 2], "f32", "acc per row"),
     acceptance: s.acceptance || s.lk
       ? { rows: make([N, 2], "f32", "acceptance per row"), stats: make([4], "f32", "acceptance sums") }
       : null,
-    klGrad: s.lk && s.train ? make([N, cfg.draftVocabSize], "f32", "KL gradient") : null,
+    klGrad: s.lk && s.train ? make([R, Vd], "f32", "KL gradient") : null,
     grads: s.train
       ? {
         headOut: perPosition(K, (k) => make([N, H], "f32", `d out (head)[${k}]`)),

@@ -433,27 +433,6 @@ export async function eagle3LmHead(p: Program, draft: Eagle3Draft, x: Tensor, lo
   await linear(p, x, draft.params["lm_head.weight"], logits);
 }
 
-/**
- * The backward of {@link eagle3HeadForward} from ∂/∂z (in `h.logits`): adds the lm_head and final-norm
- * gradients and writes ∂/∂y into `dY`; `dNormed` [R, H] and `normScratch` are scratch.
- */
-export async function eagle3HeadBackward(
-  p: Program,
-  draft: Eagle3Draft,
-  y: Tensor,
-  h: Eagle3HeadActivations,
-  dNormed: Tensor,
-  dY: Tensor,
-  normScratch: Tensor,
-): Promise<void> {
-  const W = draft.params, G = draft.grads, acc = { accumulateDw: true };
-  if (!draft.config.headNorm) {
-    return await linearBackward(p, h.logits, y, W["lm_head.weight"], dY, G["lm_head.weight"], acc);
-  }
-  await linearBackward(p, h.logits, h.normed, W["lm_head.weight"], dNormed, G["lm_head.weight"], acc);
-  await eagle3FinalNormBackward(p, draft, y, h, dNormed, dY, normScratch);
-}
-
 /** The backward of {@link eagle3FinalNorm}: ∂/∂y into `dY` from ∂/∂RMSNorm_final(y) = `dNormed`; adds ∂/∂w. */
 export async function eagle3FinalNormBackward(
   p: Program,

@@ -69,7 +69,8 @@ export const PLAN_CATEGORIES = {
   },
   logits: {
     name: "logits and teacher rows (largest batch shape)",
-    shrink: "--draft-vocab-size, --batch-size, --max-length",
+    shrink:
+      "--head-chunk-rows (the draft head in windows of rows), --draft-vocab-size, --batch-size, --max-length",
   },
   otherShapes: {
     name: `other batch shapes kept (up to ${MAX_SHAPES} programs) and parked buffers`,
@@ -106,6 +107,8 @@ export interface MemoryPlan {
   shapes: number;
   /** What the run allocates beyond the plan, besides split-K partials and the driver's own memory. */
   notCounted?: string[];
+  /** Rows of the draft head's windows (lib/models/eagle3_head_loss.ts); null or absent: a batch's rows at once. */
+  headRows?: number | null;
 }
 
 /** What every plan with a target is made from. */
@@ -361,6 +364,9 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
     `device memory: ${
       limits.memory.bytes === null ? "" : `${formatBytes(limits.memory.bytes)}, `
     }${limits.memory.source}`,
+    `draft head (lm_head, loss, their backward): ${
+      plan.headRows ? `windows of ${plan.headRows} rows` : "every row of a batch at once"
+    }`,
     `not counted: ${
       [
         ...plan.notCounted ?? [],
@@ -372,9 +378,15 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
   ];
 }
 
+/** Whether the plan fits: no tensor over maxBufferSize, the peak within the device's memory (when known). */
+export function planFits(plan: MemoryPlan, limits: PlanLimits): boolean {
+  const memory = limits.memory.bytes;
+  return plan.largestTensor.bytes <= limits.maxBufferSize && (memory === null || plan.peakBytes <= memory);
+}
+
 /**
- * Throws a {@link LimitError} when the plan does not fit: a tensor over maxBufferSize, or the peak over the
- * device's memory (when known); the message names the largest category and the settings that shrink it.
+ * Throws a {@link LimitError} when the plan does not fit (see {@link planFits}); the message names the
+ * largest category and the settings that shrink it.
  */
 export function checkPlanFits(plan: MemoryPlan, limits: PlanLimits): void {
   const top = [...plan.categories].sort((a, b) => b.bytes - a.bytes)[0];

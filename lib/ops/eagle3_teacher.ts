@@ -23,25 +23,61 @@ function checkPosition(op: string, rows: number, seq: number, k: number): void {
 }
 
 /**
+ * Checks a window of `rows` rows starting at batch row `row0` (a whole batch: row0 0, rows whole sequences)
+ * whose teacher tensor holds `teacherRows` rows from row0: every row taught by a row of its sequence
+ * (t + k + 1 < T) must find it in the teacher window, which either ends at a sequence's end or reaches k + 1
+ * rows past the window.
+ */
+export function checkRowWindow(
+  op: string,
+  { rows, teacherRows, row0, seq, k }: {
+    rows: number;
+    teacherRows: number;
+    row0: number;
+    seq: number;
+    k: number;
+  },
+): void {
+  if (row0 === 0 && teacherRows === rows) return checkPosition(op, rows, seq, k);
+  const ends = (row0 + teacherRows) % seq === 0 || teacherRows >= rows + k + 1;
+  if (
+    !(Number.isInteger(row0) && row0 >= 0 && seq > 0 && Number.isInteger(k) && k >= 0) ||
+    teacherRows < rows || !ends
+  ) {
+    throw new ShapeError(
+      `${op}: a window of ${rows} rows from row ${row0} (sequences of ${seq}, TTT position ${k}) needs its teacher ` +
+        `rows to end a sequence or reach ${k + 1} rows past it; it has ${teacherRows}`,
+    );
+  }
+}
+
+/**
  * Records p^k [B·T, Vd]: row (b, t) = softmax over the draft vocabulary of the target's draft-vocab logits
- * at position t + k + 1 of the same sequence, or 1/Vd past the end (SpecForge's TTT padding). `kernel`: see
- * {@link RowKernelOptions}.
+ * at position t + k + 1 of the same sequence, or 1/Vd past the end (SpecForge's TTT padding). With `row0`,
+ * `out` is the window of rows from batch row row0 and `logits` the target's rows from row0 on
+ * ({@link checkRowWindow}). `kernel`: see {@link RowKernelOptions}.
  */
 export async function teacherProbs(
   p: Program,
   logits: Tensor,
   out: Tensor,
-  { seqLen, position, kernel }: { seqLen: number; position: number } & RowKernelOptions,
+  { seqLen, position, row0 = 0, kernel }:
+    & { seqLen: number; position: number; row0?: number }
+    & RowKernelOptions,
 ): Promise<void> {
   const op = "teacherProbs";
   expectDtype(op, "logits", logits, "f32");
   expectDtype(op, "out", out, "f32");
   expectShape(op, "logits", logits, [-1, -1]);
-  expectShape(op, "out", out, logits.shape);
+  expectShape(op, "out", out, [-1, logits.shape[1]]);
   expectDisjoint(op, "logits", logits, "out", out);
-  const [rows, cols] = logits.shape;
-  checkPosition(op, rows, seqLen, position);
-  const bindings = [params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", position]), logits, out];
+  const [rows, cols] = out.shape;
+  checkRowWindow(op, { rows, teacherRows: logits.shape[0], row0, seq: seqLen, k: position });
+  const bindings = [
+    params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", position], ["u32", row0]),
+    logits,
+    out,
+  ];
   if (rowKernelFor(p.gpu, op, kernel) === "workgroup") {
     await p.add({ name: "eagle3.teacher_probs", code: K.teacherProbs, entryPoint: "main" }, bindings, rows);
     return;

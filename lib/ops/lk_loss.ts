@@ -6,10 +6,10 @@
  * them, {@link lkGradient} then writes the position's gradient over them.
  */
 import * as K from "../../kernels/lk_loss.ts";
-import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
+import { checkRowWindow } from "./eagle3_teacher.ts";
 
 /** The LK loss variants (SpecForge's `lk_loss_type`). */
 export type LkLossType = "alpha" | "lambda";
@@ -28,9 +28,9 @@ export interface LkLossOptions {
 export interface LkTensors {
   /** The draft's logits z [rows, Vd]; {@link lkGradient} overwrites them with the gradient. */
   logits: Tensor;
-  /** The target's logits over the draft vocabulary, unshifted [rows, Vd]. */
+  /** The target's logits over the draft vocabulary, unshifted [rows, Vd] (a window: see {@link LkRows}). */
   teacherLogits: Tensor;
-  /** The target's full-vocabulary running (max, Σexp) per row, unshifted [rows, 2]. */
+  /** The target's full-vocabulary running (max, Σexp) per row, unshifted, as many rows as teacherLogits. */
   teacherMaxSum: Tensor;
   /** The position mask m (pos_mask^k) [rows]. */
   mask: Tensor;
@@ -40,36 +40,52 @@ export interface LkTensors {
   stats: Tensor;
 }
 
-function check(op: string, t: LkTensors, seqLen: number, position: number): [number, number] {
+/** Where a position's LK tensors sit in the batch: TTT position k, sequences of seqLen, rows from row0. */
+export interface LkRows {
+  seqLen: number;
+  position: number;
+  /**
+   * The batch row of the tensors' row 0 (default 0): with it, logits, mask and alphaS are a window of rows
+   * and the teacher tensors hold the rows from row0 on that the window is taught by (eagle3_teacher.ts
+   * `checkRowWindow`).
+   */
+  row0?: number;
+}
+
+function check(op: string, t: LkTensors, { seqLen, position, row0 = 0 }: LkRows): [number, number] {
   for (const name of ["logits", "teacherLogits", "teacherMaxSum", "mask", "alphaS", "stats"] as const) {
     expectDtype(op, name, t[name], "f32");
   }
   expectShape(op, "logits", t.logits, [-1, -1]);
-  const [rows, cols] = t.logits.shape;
-  expectShape(op, "teacherLogits", t.teacherLogits, [rows, cols]);
-  expectShape(op, "teacherMaxSum", t.teacherMaxSum, [rows, 2]);
+  const [rows, cols] = t.logits.shape, teacherRows = t.teacherLogits.shape[0];
+  expectShape(op, "teacherLogits", t.teacherLogits, [-1, cols]);
+  expectShape(op, "teacherMaxSum", t.teacherMaxSum, [teacherRows, 2]);
   expectShape(op, "mask", t.mask, [rows]);
   expectShape(op, "alphaS", t.alphaS, [rows, 2]);
   expectShape(op, "stats", t.stats, [4]);
-  if (!(seqLen > 0 && rows % seqLen === 0) || !Number.isInteger(position) || position < 0) {
-    throw new ShapeError(
-      `${op}: ${rows} rows are not whole sequences of ${seqLen}, or TTT position ${position} < 0`,
-    );
-  }
+  checkRowWindow(op, { rows, teacherRows, row0, seq: seqLen, k: position });
   return [rows, cols];
 }
 
-/** Records each row's expected acceptance α (and S) and their masked sums (reads the logits only). */
-export async function lkAcceptance(
-  p: Program,
-  t: LkTensors,
-  { seqLen, position }: { seqLen: number; position: number },
-): Promise<void> {
-  const [rows, cols] = check("lkAcceptance", t, seqLen, position);
+/**
+ * Records each row's expected acceptance α (and S) and their masked sums (reads the logits only):
+ * {@link lkRows} then {@link lkReduce}.
+ */
+export async function lkAcceptance(p: Program, t: LkTensors, where: LkRows): Promise<void> {
+  await lkRows(p, t, where);
+  await lkReduce(p, t.alphaS, t.mask, t.stats);
+}
+
+/** Records each row's (α, S) into `t.alphaS` (the logits are read, not written). */
+export async function lkRows(p: Program, t: LkTensors, where: LkRows): Promise<void> {
+  const [rows, cols] = check("lkRows", t, where);
   await p.add(
     { name: "lk.rows", code: K.lkRows, entryPoint: "main" },
     [
-      params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", position]),
+      params(["u32", rows], ["u32", where.seqLen], ["u32", cols], ["u32", where.position], [
+        "u32",
+        where.row0 ?? 0,
+      ]),
       t.logits,
       t.teacherLogits,
       t.teacherMaxSum,
@@ -77,38 +93,47 @@ export async function lkAcceptance(
     ],
     Math.ceil(rows / K.LK_ROWS_WG),
   );
+}
+
+/** Records stats = (Σ m α, Σ m, Σ m ℓ, 0) over the rows of alphaS [rows, 2] and mask [rows]. */
+export async function lkReduce(p: Program, alphaS: Tensor, mask: Tensor, stats: Tensor): Promise<void> {
+  const op = "lkReduce", rows = mask.shape[0];
+  expectShape(op, "alphaS", alphaS, [rows, 2]);
+  expectShape(op, "stats", stats, [4]);
   await p.add(
     { name: "lk.reduce", code: K.lkReduce, entryPoint: "main" },
-    [params(["u32", rows], ["u32", 0], ["u32", 0], ["u32", 0]), t.alphaS, t.mask, t.stats],
+    [params(["u32", rows], ["u32", 0], ["u32", 0], ["u32", 0]), alphaS, mask, stats],
     1,
   );
 }
 
 /**
- * Records the position's gradient over `t.logits` (after {@link lkAcceptance}): `klGrad` [rows, Vd] holds the
- * KL gradient already multiplied by `scale` (softCrossEntropy's gradScale), `scale` = 0.8^k / accumulation.
+ * Records the position's gradient over `t.logits` (after {@link lkAcceptance} over every row of the
+ * position, whose stats it reads): `klGrad` [rows, Vd] holds the KL gradient already multiplied by `scale`
+ * (softCrossEntropy's gradScale), `scale` = γ^k / accumulation.
  */
 export async function lkGradient(
   p: Program,
   t: LkTensors,
   klGrad: Tensor,
   lk: LkLossOptions,
-  { seqLen, position, scale }: { seqLen: number; position: number; scale: number },
+  where: LkRows & { scale: number },
 ): Promise<void> {
-  const [rows, cols] = check("lkGradient", t, seqLen, position);
+  const [rows, cols] = check("lkGradient", t, where);
   expectShape("lkGradient", "klGrad", klGrad, [rows, cols]);
   await p.add(
     { name: "lk.grad", code: K.lkGrad, entryPoint: "main" },
     [
       params(
         ["u32", rows],
-        ["u32", seqLen],
+        ["u32", where.seqLen],
         ["u32", cols],
-        ["u32", position],
+        ["u32", where.position],
         ["u32", K.LK_VARIANT[lk.type]],
-        ["f32", scale],
+        ["f32", where.scale],
         ["f32", lk.klScale],
         ["f32", lk.klDecay],
+        ["u32", where.row0 ?? 0],
       ),
       t.logits,
       klGrad,

@@ -137,12 +137,13 @@ export interface ArgmaxAgreementTensors {
  * counts = (Σ_r [correctMask_r ≠ 0]·[argmax z_r = target_r], Σ_r [mask_r ≠ 0]), added to counts when
  * `accumulate` (to sum over TTT positions, micro-batches and logging intervals on the GPU; acc = counts[0] /
  * max(counts[1], 1e-6) on the host). Argmax ties go to the lowest index. Two dispatches: one workgroup (or,
- * with the "rows" kernel family, one invocation) per row, then one workgroup for the totals (no atomics).
+ * with the "rows" kernel family, one invocation) per row, then one workgroup for the totals (no atomics;
+ * skipped with `totals: false`, see {@link agreementTotals}).
  */
 export async function argmaxAgreement(
   p: Program,
   t: ArgmaxAgreementTensors,
-  options: { accumulate?: boolean } & RowKernelOptions = {},
+  options: { accumulate?: boolean; totals?: boolean } & RowKernelOptions = {},
 ): Promise<void> {
   const op = "argmaxAgreement";
   const { logits, targetIds, targetProbs, mask, counts } = t;
@@ -190,9 +191,25 @@ export async function argmaxAgreement(
     [params(["u32", rows], ["u32", cols]), logits, inputs.target, mask, correctMask, perRow],
     rowKernel === "rows" ? rowsWorkgroups(rows) : rows,
   );
+  if (options.totals ?? true) await agreementTotals(p, perRow, counts, options.accumulate ?? false);
+}
+
+/**
+ * Records counts = (Σ correct, Σ counted) over per-row pairs [rows, 2] (added to counts when `accumulate`):
+ * the second half of {@link argmaxAgreement}, for rows whose per-row pass ran in windows
+ * (`totals: false`, perRow a window of these rows each time).
+ */
+export async function agreementTotals(
+  p: Program,
+  perRow: Tensor,
+  counts: Tensor,
+  accumulate: boolean,
+): Promise<void> {
+  expectShape("agreementTotals", "perRow", perRow, [-1, 2]);
+  expectShape("agreementTotals", "counts", counts, [2]);
   await p.add(
     { name: "loss.agreement_total", code: K.agreementTotal, entryPoint: "main" },
-    [params(["u32", rows], ["u32", options.accumulate ? 1 : 0]), perRow, counts],
+    [params(["u32", perRow.shape[0]], ["u32", accumulate ? 1 : 0]), perRow, counts],
     1,
   );
 }

@@ -173,6 +173,15 @@ export const TRAIN_OPTIONS = {
   "chat-template": { kind: "string", default: "llama3", section: "data", help: "chat template name" },
   "is-preformatted": { kind: "bool", section: "data", help: 'records are {"text": ...}, already rendered' },
   "train-only-last-turn": { kind: "bool", section: "data", help: "supervise only the last assistant turn" },
+  "head-chunk-rows": {
+    kind: "int",
+    default: null,
+    min: 64,
+    section: "training",
+    check: (n: number): string | null => n % 64 === 0 ? null : "a multiple of 64",
+    help:
+      "rows of the draft's lm_head, loss and their backward at once, a multiple of 64 (default: every row of a batch, unless the memory plan finds the device short: then the largest window that fits)",
+  },
   "max-length": {
     kind: "int",
     default: 2048,

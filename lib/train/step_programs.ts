@@ -86,6 +86,8 @@ export interface StepSettings {
   accumulationSteps: number;
   /** γ: TTT position k's loss is weighted γ^k (SpecForge's 0.8). */
   stepDecay: number;
+  /** Rows of the draft head's windows (null: a batch's rows at once; lib/models/eagle3_head_loss.ts). */
+  headRows: number | null;
   /** The LK loss the training steps use (null: the KL loss). */
   lk: LkLossOptions | null;
 }
@@ -175,6 +177,7 @@ export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
       train: split === "train",
       accumulationSteps: s.accumulationSteps,
       stepDecay: s.stepDecay,
+      headRows: s.headRows,
       lk: s.lk,
       inputs: feed.inputs,
     });

@@ -193,6 +193,12 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
     `memory plan: ${formatBytes(plan.peakBytes)} of GPU buffers at most; the largest part: ${top.name}, ` +
       `${formatBytes(top.bytes)} (--dry-run lists every part)`,
   );
+  const headRows = plan.headRows ?? null;
+  if (headRows !== null && s.headChunkRows === null) {
+    note(
+      `the draft head runs in windows of ${headRows} rows (a batch's logits at once would not fit the device)`,
+    );
+  }
   const owned: Array<{ destroy(): void }> = []; // freed in reverse order
   let log: MetricsLog | null = null;
   try {
@@ -221,6 +227,7 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
         vocab,
         accumulationSteps,
         stepDecay: s.tttLossDecay,
+        headRows,
         lk: lkOf(s),
       }),
     );

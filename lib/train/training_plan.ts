@@ -18,6 +18,7 @@ import {
   linearBlockRows,
   type MemoryPlan,
   type PlanCategoryKey,
+  planFits,
   type PlanLimits,
   planLimitsOf,
   Replay,
@@ -39,6 +40,7 @@ import {
 } from "../models/target_memory.ts";
 import { ADAMW_STATE_SIZE } from "../ops/adamw.ts";
 import { isMuonMatrix, muonScratchShapes } from "../ops/muon.ts";
+import { HEAD_WINDOW_ALIGN } from "../models/eagle3_head_loss.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
 import { featureFeederTensors } from "../offline/feeder.ts";
 import type { FeaturesManifest } from "../offline/format.ts";
@@ -74,6 +76,8 @@ export interface TrainingPlanInput extends TargetPlanInput {
   lk: LkLossOptions | null;
   /** Muon for the hidden matrices (default false: AdamW for every parameter). */
   muon?: boolean;
+  /** Rows of the draft head's windows (default null: a batch's rows at once). */
+  headRows?: number | null;
   /** --eval-spec-samples: speculative decoding at each evaluation (its memory is not planned). */
   evalSpecSamples?: number;
 }
@@ -91,7 +95,7 @@ export function planTraining(i: TrainingPlanInput): MemoryPlan {
       "--eval-spec-samples's speculative decoding (its KV caches and programs depend on the prompts and the acceptance)",
     ]
     : [];
-  return { ...replay.plan(), shapes: shapes.distinct.size, notCounted };
+  return { ...replay.plan(), shapes: shapes.distinct.size, notCounted, headRows: i.headRows ?? null };
 }
 
 /** The tensors allocated once, by category, in the trainer's order. */
@@ -220,10 +224,16 @@ function trainingStep(i: TrainingPlanInput, splits: TargetSplits) {
       train: split === "train",
       lk: i.lk,
       acceptance: true,
+      headRows: Math.min(batch * seqLen, i.headRows ?? Infinity),
     }, draft);
 }
 
-/** The plan of a run that will make `updates` updates with batches from `loader`. */
+/**
+ * The plan of a run that will make `updates` updates with batches from `loader`, and the rows of the draft
+ * head's windows (lib/models/eagle3_head_loss.ts): --head-chunk-rows; else every row of a batch when that
+ * fits the device; else the largest window that does, halving from what one storage binding holds down to
+ * 64 rows (when none fits, the plan of every row, which {@link checkPlanFits} refuses naming its largest part).
+ */
 export function planRun(
   gpu: Gpu,
   s: TrainSettings,
@@ -232,27 +242,49 @@ export function planRun(
   updates: number,
   lk: LkLossOptions | null,
 ): Promise<MemoryPlan> {
-  return withTargetPlanInput(gpu, setup.targetDir, setup.targetConfig, (target, has) =>
-    planTraining({
-      ...target,
-      draft: setup.draftConfig,
-      features: setup.offline?.train.manifest ?? null,
-      embeddingOverride: s.embeddingKey !== target.weights.names.embed && has(s.embeddingKey),
-      streamSlots: setup.offline ? null : targetStreamSlots(
-        target,
-        s.targetMemoryBudget === null ? null : parseByteSize(s.targetMemoryBudget),
-      ),
-      loader,
-      evalSet: setup.eval,
-      updates,
-      tttLength: s.tttLength,
-      accumulationSteps: s.draftAccumulationSteps,
-      evalInterval: s.evalInterval,
-      evalBatches: s.evalBatches,
-      lk,
-      muon: s.optimizer === "muon",
-      evalSpecSamples: setup.offline ? 0 : s.evalSpecSamples,
-    }));
+  const limits = planLimits(gpu, s);
+  return withTargetPlanInput(gpu, setup.targetDir, setup.targetConfig, (target, has) => {
+    const plan = (headRows: number | null) =>
+      planTraining({
+        ...target,
+        draft: setup.draftConfig,
+        features: setup.offline?.train.manifest ?? null,
+        embeddingOverride: s.embeddingKey !== target.weights.names.embed && has(s.embeddingKey),
+        streamSlots: setup.offline ? null : targetStreamSlots(
+          target,
+          s.targetMemoryBudget === null ? null : parseByteSize(s.targetMemoryBudget),
+        ),
+        loader,
+        evalSet: setup.eval,
+        updates,
+        tttLength: s.tttLength,
+        accumulationSteps: s.draftAccumulationSteps,
+        evalInterval: s.evalInterval,
+        evalBatches: s.evalBatches,
+        lk,
+        muon: s.optimizer === "muon",
+        headRows,
+        evalSpecSamples: setup.offline ? 0 : s.evalSpecSamples,
+      });
+    if (s.headChunkRows !== null) return plan(s.headChunkRows);
+    const whole = plan(null), rowBytes = 4 * setup.draftConfig.draftVocabSize;
+    const maxRows = whole.largestShape.batch * whole.largestShape.seqLen;
+    // A window's teacher rows reach ttt-length rows past it; one binding must hold them.
+    const fits = (p: MemoryPlan, rows: number) =>
+      rows * rowBytes <= limits.maxStorageBufferBindingSize && planFits(p, limits);
+    if (fits(whole, maxRows)) return whole;
+    const align = (n: number) => Math.floor(n / HEAD_WINDOW_ALIGN) * HEAD_WINDOW_ALIGN;
+    const bindingRows = Math.floor(limits.maxStorageBufferBindingSize / rowBytes) - s.tttLength;
+    for (
+      let rows = align(Math.min(bindingRows, maxRows - 1));
+      rows >= HEAD_WINDOW_ALIGN;
+      rows = align(rows / 2)
+    ) {
+      const windowed = plan(rows);
+      if (fits(windowed, rows + s.tttLength)) return windowed;
+    }
+    return whole;
+  });
 }
 
 /** The limits of `gpu` with the memory --device-memory names (or the host's, for a CPU adapter). */

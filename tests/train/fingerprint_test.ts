@@ -3,16 +3,19 @@ import assert from "node:assert/strict";
 import { runChanges } from "../../lib/train/fingerprint.ts";
 
 Deno.test("resume contract: a setting a checkpoint predates compares as the value the code had then", () => {
-  const old = { ttt_length: 7, lk_loss_type: "none" }; // saved before ttt_loss_decay existed
-  assert.deepEqual(runChanges(old, { ...old, ttt_loss_decay: 0.8 }, null, {}), []);
-  assert.deepEqual(
-    runChanges(old, { ...old, ttt_loss_decay: 1 }, null, {}).map((c) => [c.name, c.saved, c.now]),
-    [
-      ["ttt_loss_decay", "0.8", "1"],
-    ],
-  );
-  assert.deepEqual(
-    runChanges(old, { ...old, ttt_loss_decay: 0.8, lk_loss_type: "lambda" }, null, {}).map((c) => c.name),
-    ["lk_loss_type"],
-  );
+  const old = { ttt_length: 7, lk_loss_type: "none" }; // saved before the settings below existed
+  const now = {
+    ...old,
+    ttt_loss_decay: 0.8,
+    optimizer: "adamw",
+    muon_lr: null,
+    muon_momentum: 0.95,
+    muon_weight_decay: 0.1,
+  };
+  const changed = (settings: Record<string, unknown>) =>
+    runChanges(old, settings, null, {}).map((c) => [c.name, c.saved, c.now]);
+  assert.deepEqual(changed(now), []);
+  assert.deepEqual(changed({ ...now, ttt_loss_decay: 1 }), [["ttt_loss_decay", "0.8", "1"]]);
+  assert.deepEqual(changed({ ...now, optimizer: "muon" }), [["optimizer", '"adamw"', '"muon"']]);
+  assert.deepEqual(changed({ ...now, lk_loss_type: "lambda" }), [["lk_loss_type", '"none"', '"lambda"']]);
 });

@@ -7,14 +7,14 @@
  * runs on a capped binding check the plan too (./realistic_shapes_test.ts).
  */
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { needsGpu } from "../gpu.ts";
 import { runMain } from "../reliability/run_main.ts";
 import { prepareOptions, trainFixture, trainSettings } from "./fixtures.ts";
 import { Gpu } from "../../lib/gpu/device.ts";
 import { BufferPool, SimulatedPool } from "../../lib/gpu/buffers.ts";
 import { formatBytes, parseByteSize } from "../../lib/gpu/device_memory.ts";
-import { trainOffline, trainOnline, type TrainResult } from "../../lib/train/trainer.ts";
+import { planTrainingRun, trainOffline, trainOnline, type TrainResult } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 import type { TrainSettingsInput } from "../../lib/train/config.ts";
 import { planPrepare, prepareHiddenStates } from "../../lib/offline/prepare.ts";
@@ -213,3 +213,54 @@ async function exists(path: string): Promise<boolean> {
     return false;
   }
 }
+
+Deno.test(
+  { name: "memory plan: a device short of memory runs the draft head in windows", ...needsGpu },
+  async () => {
+    const root = await trainFixture();
+    try {
+      // Batches of 8 × 16 = 128 rows: the whole head holds 128-row logits, windows of 64 half of them.
+      const base = { batchSize: 8, evalInterval: 0 };
+      const planOf = async (extra: Partial<TrainSettingsInput>) => {
+        const device = await Gpu.create();
+        try {
+          const settings = await trainSettings(root, join(root, "plan"), { ...base, ...extra });
+          return (await planTrainingRun(device, {
+            settings,
+            hub: { cacheDir: join(root, "hub"), offline: true },
+            progress: quiet(),
+          })).plan;
+        } finally {
+          device.destroy();
+        }
+      };
+      const whole = await planOf({}), forced = await planOf({ headChunkRows: 64 });
+      assert.equal(whole.headRows, null);
+      assert.equal(forced.headRows, 64);
+      assert.ok(forced.peakBytes < whole.peakBytes, `${forced.peakBytes} < ${whole.peakBytes}`);
+      const deviceMemory = String(Math.floor((forced.peakBytes + whole.peakBytes) / 2));
+      assert.equal(
+        (await planOf({ deviceMemory })).headRows,
+        64,
+        "the plan chooses windows when memory is short",
+      );
+      const a = await measured(root, "whole", base),
+        b = await measured(root, "windows", { ...base, deviceMemory });
+      assert.equal(b.plannedPeakBytes, forced.peakBytes);
+      assert.ok(b.peakBytes <= Number(deviceMemory), `measured ${b.peakBytes} within ${deviceMemory}`);
+      assertClose(b, "windows");
+      const losses = async (r: TrainResult) =>
+        (await Deno.readTextFile(join(dirname(r.checkpoint!), "metrics.jsonl"))).trim().split("\n").map((l) =>
+          JSON.parse(l)
+        )
+          .filter((l) => l.split === "train").map((l) => l.loss as number);
+      const [la, lb] = [await losses(a), await losses(b)];
+      assert.equal(la.length, lb.length);
+      la.forEach((l, i) =>
+        assert.ok(Math.abs(l - lb[i]) <= 1e-5 * Math.abs(l), `update ${i + 1}: ${l} vs ${lb[i]}`)
+      );
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);

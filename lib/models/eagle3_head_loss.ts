@@ -1,0 +1,221 @@
+/**
+ * The head of one TTT position and everything that reads its logits: final norm, lm_head, the teacher p^k,
+ * the loss (KL, or an LK loss built on it), the metrics, and the head's backward (SpecForge
+ * `specforge/core/eagle3.py` `OnlineEagle3Model.forward` computes them over all B·T rows at once).
+ *
+ * The rows run in windows of `headRows` rows (one window when it covers B·T), so that the [rows, Vd] logits,
+ * teacher probabilities and KL gradient exist for one window at a time: the head's memory stops growing with
+ * B·T ([scale] long samples). Every per-row quantity is the same as over the whole batch; what sums over rows
+ * (the agreement counts, the LK acceptance sums, the loss) is summed once over the whole batch after the
+ * windows. The LK gradient needs the position's acceptance over every row (its λ and mean), so with several
+ * windows an LK training step computes the logits twice: a first pass for the acceptance, a second for the
+ * loss and the gradient. lm_head's weight gradient is the sum of the windows' (accumulated).
+ */
+import type { Tensor } from "../tensor.ts";
+import { agreementTotals, argmaxAgreement, softCrossEntropy } from "../ops/loss.ts";
+import { lkGradient, lkReduce, lkRows, type LkTensors } from "../ops/lk_loss.ts";
+import { metricsAdd, teacherProbs } from "../ops/eagle3_teacher.ts";
+import { linearBackward } from "../ops/matmul.ts";
+import type { Eagle3Step } from "./eagle3.ts";
+import {
+  eagle3FinalNorm,
+  eagle3FinalNormBackward,
+  type Eagle3HeadActivations,
+  eagle3LmHead,
+} from "./eagle3_layer.ts";
+
+/** Head windows start at multiples of this many rows, so that every view meets the 256-byte offset alignment. */
+export const HEAD_WINDOW_ALIGN = 64;
+
+/** The [row0, rows] windows of `total` rows at most `headRows` (a multiple of {@link HEAD_WINDOW_ALIGN}) each. */
+export function headWindows(total: number, headRows: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let row0 = 0; row0 < total; row0 += headRows) out.push([row0, Math.min(headRows, total - row0)]);
+  return out;
+}
+
+/** The backward's tensors of the head: ∂/∂y out, and the scratch of the final norm's backward. */
+export interface HeadGrads {
+  /** Out: ∂/∂y^k of the head's share [B·T, H]. */
+  dY: Tensor;
+  /** Scratch: ∂/∂RMSNorm_final(y) [B·T, H]. */
+  dNormed: Tensor;
+  /** Scratch of the final norm's backward. */
+  normScratch: Tensor;
+}
+
+/** One window's views of the step's tensors. */
+interface Window {
+  row0: number;
+  rows: number;
+  /** The head's input rows (normed y, or y) and, training, their gradient rows. */
+  x: Tensor;
+  dX: Tensor | null;
+  logits: Tensor;
+  /** The target's draft-vocabulary logits from row0 on, as far as the window's rows are taught from. */
+  teacherLogits: Tensor;
+  probs: Tensor;
+  klGrad: Tensor | null;
+  rowLoss: Tensor;
+  perRow: Tensor;
+  targetIds: Tensor;
+  lossMask: Tensor;
+  posMask: Tensor;
+  /** The LK tensors of the window (null when the step does not measure the acceptance). */
+  lk: LkTensors | null;
+}
+
+/**
+ * Records the head, loss, metrics and (with `grads`) the head's backward of TTT position k from the layer's
+ * output y [B·T, H]; ∂loss/∂z is scaled by `scale` = γ^k / accumulationSteps.
+ */
+export async function eagle3HeadLoss(
+  step: Eagle3Step,
+  k: number,
+  y: Tensor,
+  head: Eagle3HeadActivations,
+  grads: HeadGrads | null,
+  scale: number,
+): Promise<void> {
+  const p = step.program, draft = step.draft, act = step.activations, { seqLen, lk } = step.shape;
+  const N = step.shape.batch * seqLen;
+  if (draft.config.headNorm) await eagle3FinalNorm(p, draft, y, head);
+  const x = draft.config.headNorm ? head.normed : y,
+    dX = grads && (draft.config.headNorm ? grads.dNormed : grads.dY);
+  const windows = headWindows(N, act.teacherProbs.shape[0]).map(([row0, rows]) =>
+    windowOf(step, k, { row0, rows }, x, dX, head.logits)
+  );
+  const lkTrain = lk !== null && grads !== null;
+  const where = { seqLen, position: k };
+  const measure = async (w: Window) => {
+    await argmaxAgreement(p, {
+      logits: w.logits,
+      targetIds: w.targetIds,
+      mask: w.lossMask,
+      counts: act.accCounts,
+      perRow: w.perRow,
+    }, {
+      totals: false,
+    });
+    if (w.lk) await lkRows(p, w.lk, { ...where, row0: w.row0 });
+  };
+  const totals = async () => {
+    await agreementTotals(p, act.accPerRow, act.accCounts, false);
+    if (act.acceptance) await lkReduce(p, act.acceptance.rows, act.teacher[k].posMask, act.acceptance.stats);
+  };
+  const lossAndBackward = async (w: Window) => {
+    const klGrad = w.klGrad ?? w.logits;
+    await softCrossEntropy(p, {
+      logits: w.logits,
+      target: w.probs,
+      mask: w.posMask,
+      rowLoss: w.rowLoss,
+      grad: klGrad,
+    }, {
+      denominator: N,
+      gradScale: scale,
+    });
+    if (lkTrain && w.lk) await lkGradient(p, w.lk, klGrad, lk!, { ...where, row0: w.row0, scale });
+    if (w.dX) {
+      await linearBackward(
+        p,
+        w.logits,
+        w.x,
+        draft.params["lm_head.weight"],
+        w.dX,
+        draft.grads["lm_head.weight"],
+        { accumulateDw: true },
+      );
+    }
+  };
+  if (windows.length === 1 || !lkTrain) {
+    // One pass: the whole position in one window, or losses whose gradient needs no sum over the rows.
+    for (const w of windows) {
+      await eagle3LmHead(p, draft, w.x, w.logits);
+      await teacherProbs(p, w.teacherLogits, w.probs, { ...where, row0: w.row0 });
+      await measure(w);
+      if (windows.length === 1) await totals();
+      await lossAndBackward(w);
+    }
+    if (windows.length > 1) await totals();
+  } else {
+    for (const w of windows) {
+      await eagle3LmHead(p, draft, w.x, w.logits);
+      await measure(w);
+    }
+    await totals();
+    for (const w of windows) {
+      await eagle3LmHead(p, draft, w.x, w.logits);
+      await teacherProbs(p, w.teacherLogits, w.probs, { ...where, row0: w.row0 });
+      await lossAndBackward(w);
+    }
+  }
+  if (grads && draft.config.headNorm) {
+    await eagle3FinalNormBackward(p, draft, y, head, grads.dNormed, grads.dY, grads.normScratch);
+  }
+  await metricsAdd(p, act.rowLoss, act.accCounts, act.metrics, {
+    position: k,
+    tokens: N,
+    acceptance: act.acceptance?.stats,
+  });
+}
+
+/**
+ * The teacher rows window w reads: from its first row to K rows past its last (the farthest any TTT position
+ * looks ahead), or to the batch's end.
+ */
+function teacherWindow(
+  step: Eagle3Step,
+  w: { row0: number; rows: number },
+): { logits: Tensor; maxSum: Tensor } {
+  const N = step.shape.batch * step.shape.seqLen, Vd = step.draft.config.draftVocabSize;
+  const rows = Math.min(w.rows + step.shape.tttLength, N - w.row0);
+  if (w.row0 === 0 && rows === N) return { logits: step.teacherLogits, maxSum: step.teacherMaxSum };
+  return {
+    logits: step.teacherLogits.view(w.row0 * Vd, [rows, Vd]),
+    maxSum: step.teacherMaxSum.view(w.row0 * 2, [rows, 2]),
+  };
+}
+
+/** Window w's views of the step's tensors (the tensors themselves when w is the whole batch). */
+function windowOf(
+  step: Eagle3Step,
+  k: number,
+  w: { row0: number; rows: number },
+  x: Tensor,
+  dX: Tensor | null,
+  logits: Tensor,
+): Window {
+  const act = step.activations,
+    teacher = act.teacher[k],
+    H = x.shape[1],
+    Vd = step.draft.config.draftVocabSize;
+  const whole = w.row0 === 0 && w.rows === step.shape.batch * step.shape.seqLen;
+  const rows = (t: Tensor, width = 1) =>
+    whole ? t : t.view(w.row0 * width, width === 1 ? [w.rows] : [w.rows, width]);
+  const head = (t: Tensor) => t.shape[0] === w.rows ? t : t.view(0, [w.rows, Vd]);
+  const acc = act.acceptance, posMask = rows(teacher.posMask), logitsW = head(logits);
+  const tw = teacherWindow(step, w);
+  return {
+    ...w,
+    x: rows(x, H),
+    dX: dX && rows(dX, H),
+    logits: logitsW,
+    teacherLogits: tw.logits,
+    probs: head(act.teacherProbs),
+    klGrad: act.klGrad && head(act.klGrad),
+    rowLoss: rows(act.rowLoss),
+    perRow: rows(act.accPerRow, 2),
+    targetIds: rows(teacher.targetIds),
+    lossMask: rows(teacher.lossMask),
+    posMask,
+    lk: acc && {
+      logits: logitsW,
+      teacherLogits: tw.logits,
+      teacherMaxSum: tw.maxSum,
+      mask: posMask,
+      alphaS: rows(acc.rows, 2),
+      stats: acc.stats,
+    },
+  };
+}

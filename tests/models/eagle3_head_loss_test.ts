@@ -1,0 +1,138 @@
+/**
+ * The head in windows of rows (lib/models/eagle3_head_loss.ts): a step whose logits, teacher p^k and KL
+ * gradient hold 64 rows at a time gives the whole-batch step's metrics and gradients, for the KL loss, the
+ * lambda LK loss (two passes), an evaluation step, and EAGLE-3.1's fed-forward normed state.
+ */
+import assert from "node:assert/strict";
+import { gpu, needsGpu, randomArray } from "../gpu.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { parseDraftConfig } from "../../lib/models/draft_config.ts";
+import {
+  buildEagle3Step,
+  Eagle3Draft,
+  eagle3ParamNames,
+  type Eagle3Step,
+  type Eagle3StepOptions,
+} from "../../lib/models/eagle3.ts";
+import { headWindows } from "../../lib/models/eagle3_head_loss.ts";
+import { identityVocabMapping } from "../../lib/data/vocab.ts";
+import { assertScaled, TINY_DRAFT_JSON } from "./draft_fixtures.ts";
+
+const B = 2, T = 100, K = 3, N = B * T; // windows of 64, 64, 64, 8 rows, crossing the sequence boundary at 100
+
+/** Random step inputs: sequences of 100 and 77 tokens, the loss on most of them, a teacher over the vocabulary. */
+function writeInputs(step: Eagle3Step, Vd: number, V: number, H: number): void {
+  const r = randomArray(N * 4, 5);
+  step.aux.write(randomArray(N * 3 * H, 6, 1));
+  step.ids.write(Int32Array.from({ length: N }, (_, i) => Math.floor(Math.abs(r[i]) * V) % V));
+  step.lengths.write(Int32Array.of(T, 77));
+  step.lossMask.write(
+    Float32Array.from({ length: N }, (_, i) => (i % T) < (i < T ? T : 77) && r[N + i] > -0.6 ? 1 : 0),
+  );
+  const logits = randomArray(N * Vd, 7, 3);
+  step.teacherLogits.write(logits);
+  step.teacherArgmax.write(Int32Array.from({ length: N }, (_, i) => {
+    let best = 0;
+    for (let v = 1; v < Vd; v++) if (logits[i * Vd + v] > logits[i * Vd + best]) best = v;
+    return best;
+  }));
+  const maxSum = new Float32Array(2 * N);
+  for (let i = 0; i < N; i++) {
+    let m = -Infinity, s = 0;
+    for (let v = 0; v < Vd; v++) m = Math.max(m, logits[i * Vd + v]);
+    for (let v = 0; v < Vd; v++) s += Math.exp(logits[i * Vd + v] - m);
+    [maxSum[2 * i], maxSum[2 * i + 1]] = [m, s * 1.25]; // mass outside the draft vocabulary too
+  }
+  step.teacherMaxSum.write(maxSum);
+}
+
+const CASES: Array<[string, Partial<Eagle3StepOptions>, boolean]> = [
+  ["KL loss", {}, false],
+  ["lambda LK loss", { lk: { type: "lambda", klScale: 1, klDecay: 1 } }, false],
+  ["evaluation", { train: false, acceptance: true }, false],
+  ["EAGLE-3.1, lambda LK loss", { lk: { type: "lambda", klScale: 1, klDecay: 1 } }, true],
+];
+
+for (const [name, extra, eagle31] of CASES) {
+  Deno.test(
+    { name: `eagle3 head in 64-row windows = the whole batch at once: ${name}`, ...needsGpu },
+    async () => {
+      const cfg = parseDraftConfig({
+        ...TINY_DRAFT_JSON,
+        draft_vocab_size: 64,
+        fc_norm: eagle31,
+        norm_output: eagle31,
+      }, "draft");
+      const g = gpu!, H = cfg.hiddenSize, V = cfg.vocabSize;
+      const draft = Eagle3Draft.create(g, cfg, { seed: 3 });
+      const embedding = Tensor.fromArray(g, randomArray(V * H, 8, 0.5), [V, H], "f32", "embed");
+      const opts = {
+        batch: B,
+        seqLen: T,
+        tttLength: K,
+        embedding,
+        vocab: identityVocabMapping(V),
+        acceptance: true,
+        ...extra,
+      };
+      const steps: Eagle3Step[] = [];
+      try {
+        const results = [];
+        for (const headRows of [null, 64]) {
+          const step = await buildEagle3Step(draft, { ...opts, headRows });
+          steps.push(step);
+          assert.equal(step.activations.teacherProbs.shape[0], headRows ?? N);
+          writeInputs(step, cfg.draftVocabSize, V, H);
+          await draft.zeroGrads();
+          step.run();
+          results.push({ metrics: await step.readMetrics(), grads: await draft.getGrads() });
+        }
+        const [whole, windowed] = results;
+        assertScaled(windowed.metrics.ploss, whole.metrics.ploss, "ploss_k", 1e-6);
+        assert.deepEqual(windowed.metrics.correct, whole.metrics.correct, "acc_k numerators");
+        assert.deepEqual(windowed.metrics.total, whole.metrics.total, "acc_k denominators");
+        assertScaled(windowed.metrics.acceptance!, whole.metrics.acceptance!, "α_k", 1e-6);
+        assert.ok(whole.metrics.acceptance!.every((a) => a > 0));
+        if (opts.train !== false) {
+          for (const p of eagle3ParamNames(cfg)) {
+            const want = whole.grads.get(p)!;
+            assert.ok(want.some((x) => x !== 0), `${p}: a gradient`);
+            assertScaled(windowed.grads.get(p)!, want, `grad ${p}`, 2e-6);
+          }
+        }
+      } finally {
+        for (const s of steps) s.destroy();
+        draft.destroy();
+        embedding.destroy();
+      }
+    },
+  );
+}
+
+Deno.test(
+  { name: "eagle3 head windows: rows in multiples of 64, refused otherwise", ...needsGpu },
+  async () => {
+    assert.deepEqual(headWindows(200, 64), [[0, 64], [64, 64], [128, 64], [192, 8]]);
+    assert.deepEqual(headWindows(200, 256), [[0, 200]]);
+    const cfg = parseDraftConfig(TINY_DRAFT_JSON, "draft");
+    const draft = Eagle3Draft.create(gpu!, cfg, { seed: 1 });
+    const embedding = Tensor.zeros(gpu!, [cfg.vocabSize, cfg.hiddenSize], "f32", "embed");
+    try {
+      await assert.rejects(
+        () =>
+          buildEagle3Step(draft, {
+            batch: 1,
+            seqLen: 8,
+            tttLength: 2,
+            embedding,
+            vocab: identityVocabMapping(64),
+            headRows: 48,
+          }),
+        /headRows must be a positive multiple of 64, got 48/,
+      );
+    } finally {
+      draft.destroy();
+      embedding.destroy();
+    }
+  },
+);
