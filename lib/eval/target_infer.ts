@@ -72,12 +72,6 @@ export class TargetSession {
    */
   constructor(readonly model: TargetModel, readonly maxLen: number, readonly auxRows: number) {
     const { gpu, config: cfg } = model;
-    if (model.embed.blocks.length !== 1) {
-      throw new LimitError(
-        `speculative decoding: the target embedding is split into ${model.embed.blocks.length} blocks; ` +
-          `only embeddings that fit one binding are supported`,
-      );
-    }
     const shape = [maxLen, cfg.numKvHeads, cfg.headDim];
     this.k = model.layers.map((_, l) => Tensor.zeros(gpu, shape, "f32", `spec target k cache ${l}`));
     this.v = model.layers.map((_, l) => Tensor.zeros(gpu, shape, "f32", `spec target v cache ${l}`));

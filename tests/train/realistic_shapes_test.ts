@@ -4,7 +4,8 @@
  * draft vocabulary (SpecForge's Llama-3 recipe), train two updates on a device whose storage binding is capped at
  * 6 MiB: the target's embedding and lm_head load as row blocks, the draft's lm_head, its gradient and its Adam
  * moments run block by block, and the run gives the uncapped device's losses and weights (to f32 summation
- * order: a split linear sums ∂x block by block).
+ * order: a split linear sums ∂x block by block); greedy speculative decoding over the split target equals plain
+ * greedy decoding.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -13,6 +14,10 @@ import { Gpu } from "../../lib/gpu/device.ts";
 import { fromFloat32, type RawTensor, toFloat32, writeSafetensors } from "../../lib/io/safetensors.ts";
 import { wordLevelTokenizerJson } from "../../lib/data/tokenizer.ts";
 import { TargetModel } from "../../lib/models/target.ts";
+import { generate } from "../../lib/models/generate.ts";
+import { deriveDraftConfig } from "../../lib/models/draft_config.ts";
+import { Eagle3Draft } from "../../lib/models/eagle3.ts";
+import { SpeculativeDecoder } from "../../lib/eval/speculative.ts";
 import { trainSettings } from "../../lib/train/config.ts";
 import { trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
@@ -106,6 +111,33 @@ async function twoUpdates(device: Gpu, root: string, out: string) {
   return { losses, weights: state.weights, peak: r.peakBytes, planned: r.plannedPeakBytes };
 }
 
+/** Greedy speculative decoding on `small` (embedding and lm_head in row blocks) equals plain greedy decoding. */
+async function assertSpeculativeMatchesGreedy(small: Gpu, dir: string): Promise<void> {
+  const [plainTarget, splitTarget] = [await TargetModel.load(gpu!, dir), await TargetModel.load(small, dir)];
+  const cfg = deriveDraftConfig(splitTarget.config, {
+    draftVocabSize: 1024,
+    auxLayers: splitTarget.auxLayers,
+  });
+  const draft = Eagle3Draft.create(small, cfg, { seed: 2 });
+  const dec = new SpeculativeDecoder(splitTarget, draft, Int32Array.from({ length: 1024 }, (_, i) => i), {
+    numSteps: 3,
+    topk: 1,
+  });
+  try {
+    const prompts = [[1, 500, 70000, 9], [1, 3]];
+    const plain = await generate(plainTarget, prompts, { maxNewTokens: 6, eosTokenIds: [] });
+    for (const [i, prompt] of prompts.entries()) {
+      const out = await dec.generate(prompt, { maxNewTokens: 6, eosTokenIds: [] });
+      assert.deepEqual(out.tokens, plain[i], `speculative decoding, prompt ${i}`);
+    }
+  } finally {
+    dec.destroy();
+    draft.destroy();
+    splitTarget.destroy();
+    plainTarget.destroy();
+  }
+}
+
 for (const t of TARGETS) {
   Deno.test(
     { name: `realistic shapes: ${t.name}, draft vocab 32,000, on a 6 MiB binding`, ...needsGpu },
@@ -154,6 +186,7 @@ for (const t of TARGETS) {
           // fraction of the learning rate, hence 1e-3 of the tensor's scale (measured: ≤ 1.2e-4).
           assert.ok(worst <= 1e-3 * scale, `${name}: worst difference ${worst} of scale ${scale}`);
         }
+        await assertSpeculativeMatchesGreedy(small, join(root, "target"));
       } finally {
         small.destroy();
         await Deno.remove(root, { recursive: true });
