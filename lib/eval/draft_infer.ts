@@ -20,6 +20,7 @@
 import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
+import { ProgramCache } from "../gpu/program_cache.ts";
 import { Tensor } from "../tensor.ts";
 import { checkEmbedding, type Eagle3Draft } from "../models/eagle3.ts";
 import { asRowSplit, type RowSplitMatrix } from "../ops/row_split.ts";
@@ -76,7 +77,8 @@ export class DraftSession {
   /** RoPE tables of positions 0..maxLen−1 [maxLen, hd/2]. */
   readonly ropeCos: Tensor;
   readonly ropeSin: Tensor;
-  readonly #extends = new Map<number, PassProgram>();
+  // One extension per row count met (a prompt's length, then each round's accepted tokens): the last few kept.
+  readonly #extends = new ProgramCache<number, PassProgram>(8);
   #step: PassProgram | null = null;
 
   /**
@@ -164,9 +166,11 @@ export class DraftSession {
     }
   }
 
-  async #extend(R: number): Promise<PassProgram> {
-    const found = this.#extends.get(R);
-    if (found) return found;
+  #extend(R: number): Promise<PassProgram> {
+    return this.#extends.get(R, () => this.#buildExtend(R));
+  }
+
+  async #buildExtend(R: number): Promise<PassProgram> {
     const cfg = this.draft.config;
     const p = new Program(this.gpu, `spec draft extend R=${R}`);
     try {
@@ -179,7 +183,6 @@ export class DraftSession {
       const pass = await this.#layer(p, R, R, index, h, (R - 1) * cfg.hiddenSize, 1);
       // Causal mask over the new rows, fixed for this program.
       pass.mask.write(Uint32Array.from({ length: R * R }, (_, i) => (i % R <= Math.floor(i / R) ? 1 : 0)));
-      this.#extends.set(R, pass);
       return pass;
     } catch (e) {
       p.destroy();
@@ -247,8 +250,7 @@ export class DraftSession {
 
   /** Frees the cache and every program (the draft stays). */
   destroy(): void {
-    for (const x of this.#extends.values()) x.program.destroy();
-    this.#extends.clear();
+    this.#extends.destroy();
     this.#step?.program.destroy();
     this.#step = null;
     for (const t of [this.k, this.v, this.hidden, this.meta, this.ropeCos, this.ropeSin]) {

@@ -17,6 +17,7 @@
  */
 import { LimitError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
+import { ProgramCache } from "../gpu/program_cache.ts";
 import { Tensor } from "../tensor.ts";
 import {
   layerRope,
@@ -61,9 +62,10 @@ export class TargetSession {
   /** i32 [1]: the cached prefix length of the next verify or compaction. */
   readonly #prefix: Tensor;
   readonly #lengths: Tensor;
-  readonly #prefills = new Map<number, PrefillProgram>();
-  readonly #verifies = new Map<number, VerifyProgram>();
-  readonly #compacts = new Map<number, CompactProgram>();
+  // One prefill per prompt length met: only the last few are kept (each holds its scratch). Tree sizes are few.
+  readonly #prefills = new ProgramCache<number, PrefillProgram>(2);
+  readonly #verifies = new ProgramCache<number, VerifyProgram>(8);
+  readonly #compacts = new ProgramCache<number, CompactProgram>(8);
   /** Split-K scratch tensors returned by the matmuls of the verify programs. */
 
   /**
@@ -131,9 +133,11 @@ export class TargetSession {
     }
   }
 
-  async #prefill(L: number): Promise<PrefillProgram> {
-    const found = this.#prefills.get(L);
-    if (found) return found;
+  #prefill(L: number): Promise<PrefillProgram> {
+    return this.#prefills.get(L, () => this.#buildPrefill(L));
+  }
+
+  async #buildPrefill(L: number): Promise<PrefillProgram> {
     const model = this.model, cfg = model.config, H = cfg.hiddenSize;
     const p = new Program(model.gpu, `spec target prefill L=${L}`);
     try {
@@ -161,7 +165,6 @@ export class TargetSession {
       });
       const logits = await finalLogits(p, model, last);
       const pre = { program: p, ids, logits };
-      this.#prefills.set(L, pre);
       return pre;
     } catch (e) {
       p.destroy();
@@ -169,9 +172,11 @@ export class TargetSession {
     }
   }
 
-  async #verify(N: number): Promise<VerifyProgram> {
-    const found = this.#verifies.get(N);
-    if (found) return found;
+  #verify(N: number): Promise<VerifyProgram> {
+    return this.#verifies.get(N, () => this.#buildVerify(N));
+  }
+
+  async #buildVerify(N: number): Promise<VerifyProgram> {
     const model = this.model, cfg = model.config;
     const H = cfg.hiddenSize, hd = cfg.headDim, nkv = cfg.numKvHeads;
     const p = new Program(model.gpu, `spec target verify N=${N}`);
@@ -208,7 +213,6 @@ export class TargetSession {
       }
       const logits = await finalLogits(p, model, x);
       const out = { program: p, ids, positions, mask, logits };
-      this.#verifies.set(N, out);
       return out;
     } catch (e) {
       p.destroy();
@@ -216,9 +220,11 @@ export class TargetSession {
     }
   }
 
-  async #compact(N: number): Promise<CompactProgram> {
-    const found = this.#compacts.get(N);
-    if (found) return found;
+  #compact(N: number): Promise<CompactProgram> {
+    return this.#compacts.get(N, () => this.#buildCompact(N));
+  }
+
+  async #buildCompact(N: number): Promise<CompactProgram> {
     const cfg = this.model.config;
     const W = cfg.numKvHeads * cfg.headDim;
     const p = new Program(this.model.gpu, `spec target compact N=${N}`);
@@ -231,7 +237,6 @@ export class TargetSession {
         await scatterRows(p, rows, flat, this.#prefix, 0);
       }
       const c = { program: p, index };
-      this.#compacts.set(N, c);
       return c;
     } catch (e) {
       p.destroy();
@@ -241,10 +246,7 @@ export class TargetSession {
 
   /** Frees the caches and every program (the model stays). */
   destroy(): void {
-    for (const m of [this.#prefills, this.#verifies, this.#compacts]) {
-      for (const x of m.values()) x.program.destroy();
-      m.clear();
-    }
+    for (const cache of [this.#prefills, this.#verifies, this.#compacts]) cache.destroy();
     for (const t of [...this.k, ...this.v, this.aux, this.#prefix, this.#lengths]) {
       t.destroy();
     }

@@ -263,3 +263,32 @@ for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window"]
     }
   });
 }
+
+Deno.test({
+  name:
+    "speculative decoding over prompts of many lengths keeps a bounded set of programs (and equals greedy)",
+  ...needsGpu,
+}, async () => {
+  const target = await TargetModel.load(gpu!, GOLDEN_LLAMA);
+  const { draft, map } = randomDraft(target, 5);
+  const dec = new SpeculativeDecoder(target, draft, map, { numSteps: 3, topk: 1 });
+  try {
+    // The longest first (the sessions' caches are sized once), then eleven other lengths.
+    const lengths = [40, ...Array.from({ length: 11 }, (_, i) => 8 + i)];
+    const prompts = lengths.map((n, i) => Array.from({ length: n }, (_, j) => 1 + (j * 37 + i) % 200));
+    const plain = await generate(target, prompts, { maxNewTokens: 8, eosTokenIds: [] });
+    const held: number[] = [];
+    for (const [i, prompt] of prompts.entries()) {
+      const out = await dec.generate(prompt, { maxNewTokens: 8, eosTokenIds: [] });
+      assert.deepEqual(out.tokens, plain[i], `prompt ${i}`);
+      held.push(gpu!.pool.liveBytes);
+    }
+    // Every prompt length builds a prefill and a draft extension; only the last few stay alive.
+    // The programs kept grow a little with the lengths (8 → 18 tokens); keeping every one grew 56 % here.
+    assert.ok(held[11] <= 1.2 * held[4], `live bytes after 5 prompts ${held[4]}, after 12 ${held[11]}`);
+  } finally {
+    dec.destroy();
+    draft.destroy();
+    target.destroy();
+  }
+});
