@@ -25,6 +25,7 @@
  *   are not torch's, so sampled text differs from transformers' for the same seed.
  */
 import { Program } from "../gpu/program.ts";
+import { ProgramCache } from "../gpu/program_cache.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
 import { copyStrided } from "../ops/elementwise.ts";
@@ -98,15 +99,19 @@ interface KvCache {
 /** Cache lengths are rounded up to this many positions so that nearby request sizes share programs. */
 const CACHE_ROUNDING = 64;
 
+/** Prefill and decode programs a {@link Generator} keeps (a few hundred positions of one request and the next). */
+export const STEP_PROGRAMS_KEPT = 256;
+
 /**
  * Generation with a model, keeping KV caches (per batch size and cache length, rounded up to a multiple of
  * 64 positions) and the prefill/decode programs (per batch size, query length and offset, with their scratch
- * tensors) between calls, so repeated requests of similar sizes build nothing. What it keeps only grows:
- * free it with {@link Generator.destroy}.
+ * tensors) between calls, so repeated requests of similar sizes build nothing. The programs kept are the
+ * {@link STEP_PROGRAMS_KEPT} most recently used (one per decoded position: requests of many lengths would
+ * otherwise hold one per offset met); the caches stay until {@link Generator.destroy}.
  */
 export class Generator {
   readonly #caches = new Map<string, KvCache>();
-  readonly #steps = new Map<string, StepProgram>();
+  readonly #steps = new ProgramCache<string, StepProgram>(STEP_PROGRAMS_KEPT);
 
   /** A generator for `model`, with no caches or programs yet (they are built by the first calls). */
   constructor(readonly model: TargetModel) {}
@@ -210,10 +215,12 @@ export class Generator {
    * The program of a cached pass of `queryLen` tokens per sequence at `offset`: trunk (writing the cache),
    * then final norm and lm_head on each sequence's last query row only.
    */
-  async #step(batch: number, queryLen: number, offset: number, cache: KvCache): Promise<StepProgram> {
+  #step(batch: number, queryLen: number, offset: number, cache: KvCache): Promise<StepProgram> {
     const key = `${batch}:${queryLen}:${offset}:${cache.maxLen}`;
-    const found = this.#steps.get(key);
-    if (found) return found;
+    return this.#steps.get(key, () => this.#buildStep(batch, queryLen, offset, cache));
+  }
+
+  async #buildStep(batch: number, queryLen: number, offset: number, cache: KvCache): Promise<StepProgram> {
     const model = this.model, cfg = model.config, H = cfg.hiddenSize;
     const p = new Program(model.gpu, `generate B=${batch} Tq=${queryLen} offset=${offset}`);
     try {
@@ -243,9 +250,7 @@ export class Generator {
       });
       const logits = p.scratch([batch, cfg.vocabSize], "f32", "logits");
       await recordHead(p, normed, model.lmHead, logits);
-      const step = { program: p, ids, lengths, logits };
-      this.#steps.set(key, step);
-      return step;
+      return { program: p, ids, lengths, logits };
     } catch (e) {
       p.destroy();
       throw e;
@@ -254,9 +259,8 @@ export class Generator {
 
   /** Frees every program and cache this generator built (the model stays). */
   destroy(): void {
-    for (const s of this.#steps.values()) s.program.destroy();
+    this.#steps.destroy();
     for (const c of this.#caches.values()) for (const t of [...c.k, ...c.v]) t.destroy();
-    this.#steps.clear();
     this.#caches.clear();
   }
 }
