@@ -65,6 +65,16 @@ interface Window {
   lk: LkTensors | null;
 }
 
+/** What every window of one position shares. */
+interface Position {
+  step: Eagle3Step;
+  k: number;
+  /** γ^k / accumulationSteps, the scale of ∂loss/∂z. */
+  scale: number;
+  /** Whether the LK loss's gradient is recorded (training with an LK loss). */
+  lkTrain: boolean;
+}
+
 /**
  * Records the head, loss, metrics and (with `grads`) the head's backward of TTT position k from the layer's
  * output y [B·T, H]; ∂loss/∂z is scaled by `scale` = γ^k / accumulationSteps.
@@ -77,80 +87,46 @@ export async function eagle3HeadLoss(
   grads: HeadGrads | null,
   scale: number,
 ): Promise<void> {
-  const p = step.program, draft = step.draft, act = step.activations, { seqLen, lk } = step.shape;
-  const N = step.shape.batch * seqLen;
-  if (draft.config.headNorm) await eagle3FinalNorm(p, draft, y, head);
-  const x = draft.config.headNorm ? head.normed : y,
-    dX = grads && (draft.config.headNorm ? grads.dNormed : grads.dY);
+  const p = step.program, draft = step.draft, act = step.activations, headNorm = draft.config.headNorm;
+  const N = step.shape.batch * step.shape.seqLen;
+  if (headNorm) await eagle3FinalNorm(p, draft, y, head);
+  const x = headNorm ? head.normed : y, dX = grads && (headNorm ? grads.dNormed : grads.dY);
   const windows = headWindows(N, act.teacherProbs.shape[0]).map(([row0, rows]) =>
     windowOf(step, k, { row0, rows }, x, dX, head.logits)
   );
-  const lkTrain = lk !== null && grads !== null;
-  const where = { seqLen, position: k };
-  const measure = async (w: Window) => {
-    await argmaxAgreement(p, {
-      logits: w.logits,
-      targetIds: w.targetIds,
-      mask: w.lossMask,
-      counts: act.accCounts,
-      perRow: w.perRow,
-    }, {
-      totals: false,
-    });
-    if (w.lk) await lkRows(p, w.lk, { ...where, row0: w.row0 });
-  };
-  const totals = async () => {
-    await agreementTotals(p, act.accPerRow, act.accCounts, false);
-    if (act.acceptance) await lkReduce(p, act.acceptance.rows, act.teacher[k].posMask, act.acceptance.stats);
-  };
-  const lossAndBackward = async (w: Window) => {
-    const klGrad = w.klGrad ?? w.logits;
-    await softCrossEntropy(p, {
-      logits: w.logits,
-      target: w.probs,
-      mask: w.posMask,
-      rowLoss: w.rowLoss,
-      grad: klGrad,
-    }, {
-      denominator: N,
-      gradScale: scale,
-    });
-    if (lkTrain && w.lk) await lkGradient(p, w.lk, klGrad, lk!, { ...where, row0: w.row0, scale });
-    if (w.dX) {
-      await linearBackward(
-        p,
-        w.logits,
-        w.x,
-        draft.params["lm_head.weight"],
-        w.dX,
-        draft.grads["lm_head.weight"],
-        { accumulateDw: true },
-      );
-    }
-  };
-  if (windows.length === 1 || !lkTrain) {
-    // One pass: the whole position in one window, or losses whose gradient needs no sum over the rows.
+  const pos: Position = { step, k, scale, lkTrain: step.shape.lk != null && grads !== null };
+  if (windows.length === 1 || !pos.lkTrain) {
+    // One pass: the whole position in one window, or a loss whose gradient needs no sum over the rows.
     for (const w of windows) {
       await eagle3LmHead(p, draft, w.x, w.logits);
-      await teacherProbs(p, w.teacherLogits, w.probs, { ...where, row0: w.row0 });
-      await measure(w);
-      if (windows.length === 1) await totals();
-      await lossAndBackward(w);
+      await teacherProbs(p, w.teacherLogits, w.probs, {
+        seqLen: step.shape.seqLen,
+        position: k,
+        row0: w.row0,
+      });
+      await measureWindow(pos, w);
+      if (windows.length === 1) await measureTotals(pos);
+      await lossAndBackward(pos, w);
     }
-    if (windows.length > 1) await totals();
+    if (windows.length > 1) await measureTotals(pos);
   } else {
+    // The LK gradient reads the acceptance over every row: measure all windows, then the loss and gradient.
     for (const w of windows) {
       await eagle3LmHead(p, draft, w.x, w.logits);
-      await measure(w);
+      await measureWindow(pos, w);
     }
-    await totals();
+    await measureTotals(pos);
     for (const w of windows) {
       await eagle3LmHead(p, draft, w.x, w.logits);
-      await teacherProbs(p, w.teacherLogits, w.probs, { ...where, row0: w.row0 });
-      await lossAndBackward(w);
+      await teacherProbs(p, w.teacherLogits, w.probs, {
+        seqLen: step.shape.seqLen,
+        position: k,
+        row0: w.row0,
+      });
+      await lossAndBackward(pos, w);
     }
   }
-  if (grads && draft.config.headNorm) {
+  if (grads && headNorm) {
     await eagle3FinalNormBackward(p, draft, y, head, grads.dNormed, grads.dY, grads.normScratch);
   }
   await metricsAdd(p, act.rowLoss, act.accCounts, act.metrics, {
@@ -158,6 +134,49 @@ export async function eagle3HeadLoss(
     tokens: N,
     acceptance: act.acceptance?.stats,
   });
+}
+
+/** The per-row halves of the metrics over window w: the agreement, and the LK acceptance when measured. */
+async function measureWindow({ step, k }: Position, w: Window): Promise<void> {
+  const p = step.program, act = step.activations;
+  await argmaxAgreement(p, {
+    logits: w.logits,
+    targetIds: w.targetIds,
+    mask: w.lossMask,
+    counts: act.accCounts,
+    perRow: w.perRow,
+  }, { totals: false });
+  if (w.lk) await lkRows(p, w.lk, { seqLen: step.shape.seqLen, position: k, row0: w.row0 });
+}
+
+/** The metrics' sums over every row of the position (after {@link measureWindow} over all windows). */
+async function measureTotals({ step, k }: Position): Promise<void> {
+  const p = step.program, act = step.activations;
+  await agreementTotals(p, act.accPerRow, act.accCounts, false);
+  if (act.acceptance) await lkReduce(p, act.acceptance.rows, act.teacher[k].posMask, act.acceptance.stats);
+}
+
+/** Window w's loss rows, ∂loss/∂z over its logits (KL, or LK built on it), and lm_head's backward. */
+async function lossAndBackward({ step, k, scale, lkTrain }: Position, w: Window): Promise<void> {
+  const p = step.program, draft = step.draft, { seqLen, batch, lk } = step.shape;
+  const klGrad = w.klGrad ?? w.logits;
+  await softCrossEntropy(
+    p,
+    { logits: w.logits, target: w.probs, mask: w.posMask, rowLoss: w.rowLoss, grad: klGrad },
+    { denominator: batch * seqLen, gradScale: scale },
+  );
+  if (lkTrain && w.lk) await lkGradient(p, w.lk, klGrad, lk!, { seqLen, position: k, row0: w.row0, scale });
+  if (!w.dX) return;
+  const acc = { accumulateDw: true };
+  await linearBackward(
+    p,
+    w.logits,
+    w.x,
+    draft.params["lm_head.weight"],
+    w.dX,
+    draft.grads["lm_head.weight"],
+    acc,
+  );
 }
 
 /**
