@@ -18,7 +18,10 @@ const EXPECTED: Record<string, { names: string[]; defaults: string[] }> = {
     names: ["target", "output dir"],
     defaults: ["../shared/models/tinystories-656K", "out/notebook"],
   },
-  "sizing.ts": { names: ["--lengths"], defaults: ["(default: 2048,8192)"] },
+  "sizing.ts": {
+    names: ["--lengths", "--draft-preset", "--head-chunk-rows"],
+    defaults: ["(default: 2048,8192)", "(default: eagle3.1-lk)"],
+  },
   "tinystories_selfdistill.ts": {
     names: [
       "--target-model-path",
