@@ -98,12 +98,7 @@ export async function eagle3HeadLoss(
   if (windows.length === 1 || !pos.lkTrain) {
     // One pass: the whole position in one window, or a loss whose gradient needs no sum over the rows.
     for (const w of windows) {
-      await eagle3LmHead(p, draft, w.x, w.logits);
-      await teacherProbs(p, w.teacherLogits, w.probs, {
-        seqLen: step.shape.seqLen,
-        position: k,
-        row0: w.row0,
-      });
+      await headAndTeacher(pos, w);
       await measureWindow(pos, w);
       if (windows.length === 1) await measureTotals(pos);
       await lossAndBackward(pos, w);
@@ -117,12 +112,7 @@ export async function eagle3HeadLoss(
     }
     await measureTotals(pos);
     for (const w of windows) {
-      await eagle3LmHead(p, draft, w.x, w.logits);
-      await teacherProbs(p, w.teacherLogits, w.probs, {
-        seqLen: step.shape.seqLen,
-        position: k,
-        row0: w.row0,
-      });
+      await headAndTeacher(pos, w);
       await lossAndBackward(pos, w);
     }
   }
@@ -133,6 +123,16 @@ export async function eagle3HeadLoss(
     position: k,
     tokens: N,
     acceptance: act.acceptance?.stats,
+  });
+}
+
+/** Window w's logits z = lm_head(x) and teacher p^k. */
+async function headAndTeacher({ step, k }: Position, w: Window): Promise<void> {
+  await eagle3LmHead(step.program, step.draft, w.x, w.logits);
+  await teacherProbs(step.program, w.teacherLogits, w.probs, {
+    seqLen: step.shape.seqLen,
+    position: k,
+    row0: w.row0,
   });
 }
 

@@ -18,8 +18,17 @@ import { openFeatureSet } from "../../lib/offline/dataset.ts";
 
 const TASK = new URL("../../tasks/train_online.ts", import.meta.url).pathname;
 const ENV = { NODEVICE_SELECT: "1", OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1" };
-const hasMpirun = await new Deno.Command("mpirun", { args: ["--version"], stdout: "null", stderr: "null" })
-  .output().then((r) => r.code === 0, () => false);
+/** Whether `mpirun --version` runs (Deno.Command throws at once, not in the promise, when it is absent). */
+async function mpirunRuns(): Promise<boolean> {
+  try {
+    const r = await new Deno.Command("mpirun", { args: ["--version"], stdout: "null", stderr: "null" })
+      .output();
+    return r.code === 0;
+  } catch {
+    return false;
+  }
+}
+const hasMpirun = await mpirunRuns();
 if (!hasMpirun) {
   console.log("tests/dist: skipped, Open MPI's mpirun is not installed (apt-get install openmpi-bin)");
 }
