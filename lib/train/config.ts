@@ -48,7 +48,7 @@ export const DEFAULT_EMBEDDING_KEY = "model.embed_tokens.weight";
 
 /**
  * The draft presets of `--draft-preset`. "eagle3.1-lk" (the default) is the combination that measured best on
- * the learning-check recipe (README, "Training"): EAGLE-3.1 (SpecForge `specforge/modeling/draft/llama3_eagle.py`
+ * the learning-check recipe (README, "Online training"): EAGLE-3.1 (SpecForge `specforge/modeling/draft/llama3_eagle.py`
  * with `fc_norm` and `norm_output`), the lm_head started from the target's, and the LK lambda loss (arXiv
  * 2602.23881). "eagle3" is SpecForge v0.1's EAGLE-3 exactly.
  */
@@ -94,7 +94,7 @@ export const TRAIN_OPTIONS = {
     default: "eagle3.1-lk",
     section: "model",
     help:
-      "eagle3.1-lk: a derived draft is EAGLE-3.1 (fc_norm, norm_output), its lm_head and norm start from the target's, LK lambda loss (the recipe's best measured); eagle3: SpecForge's EAGLE-3 exactly (derived EAGLE-3 draft, random lm_head, KL loss). Flags given beside it win; a --draft-model-config keeps its own architecture",
+      "eagle3.1-lk: a derived draft is EAGLE-3.1 (fc_norm, norm_output), its lm_head and norm start from the target's, LK lambda loss (the recipe's best measured with AdamW); eagle3: SpecForge's EAGLE-3 exactly (derived EAGLE-3 draft, random lm_head, KL loss). Flags given beside it win; a --draft-model-config keeps its own architecture",
   },
   "draft-model-config": {
     kind: "string",

@@ -52,8 +52,14 @@ async function fixture(): Promise<string> {
 }
 
 /** train-online's arguments: 2 epochs of 8 samples, `batch` per rank, into `out`. */
+/**
+ * train-online's command line at `batch` per rank. SpecForge's KL loss (--draft-preset eagle3): it is a mean over
+ * rows, so N ranks × batch b equal one process × N·b. The LK losses normalise the acceptance over each rank's
+ * own rows (as DDP does in SpecForge), which a single larger batch does not.
+ */
 function trainArgs(root: string, out: string, batch: number, extra: string[] = []): string[] {
-  return ["run", "-A", TASK, ...trainCliArgs(root, out, { "batch-size": batch }), ...extra];
+  const settings = trainCliArgs(root, out, { "batch-size": batch, "draft-preset": "eagle3" });
+  return ["run", "-A", TASK, ...settings, ...extra];
 }
 
 async function run(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
