@@ -16,6 +16,7 @@
  */
 import { DEVICE_MEMORY_FLAG, TARGET_MEMORY_BUDGET_FLAG } from "../gpu/device_memory.ts";
 import { parseYaml } from "../npm.ts";
+import { MUON_DEFAULTS } from "../ops/muon.ts";
 import { listedNames, RESUME_CHANGEABLE } from "./fingerprint.ts";
 import {
   camelCase,
@@ -269,7 +270,7 @@ export const TRAIN_OPTIONS = {
   },
   "muon-momentum": {
     kind: "float",
-    default: 0.95,
+    default: MUON_DEFAULTS.momentum,
     min: 0,
     max: 1,
     section: "training",
@@ -277,7 +278,7 @@ export const TRAIN_OPTIONS = {
   },
   "muon-weight-decay": {
     kind: "float",
-    default: 0.1,
+    default: MUON_DEFAULTS.weightDecay,
     min: 0,
     section: "training",
     help: "Muon's decoupled weight decay (speculators' default)",
