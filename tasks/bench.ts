@@ -16,6 +16,7 @@ import { benchTarget } from "../lib/bench/target.ts";
 import { benchEagle3 } from "../lib/bench/eagle3.ts";
 import { benchTrain } from "../lib/bench/train.ts";
 import { benchSpeculative } from "../lib/bench/speculative.ts";
+import { benchScale } from "../lib/bench/scale.ts";
 import { formatStepProfile, profileTrainingStep, type StepProfile } from "../lib/bench/profile_train.ts";
 import { deviceReport } from "../lib/bench/device_report.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
@@ -33,6 +34,7 @@ const BENCHES: Record<string, Bench> = {
   eagle3: benchEagle3,
   train: benchTrain,
   speculative: benchSpeculative,
+  scale: benchScale,
 };
 
 /** The flags of `bench`. */
@@ -104,7 +106,7 @@ async function benchTask(args: string[]): Promise<void> {
     console.log(`adapter: ${gpu.describe()}`);
     const rows: BenchRow[] = [];
     for (const g of groups) {
-      const got = await BENCHES[g](gpu, { quick: values.quick });
+      const got = await BENCHES[g](gpu, { quick: values.quick, explicit: values.only !== undefined });
       console.log(`\n${formatTable(got)}`);
       rows.push(...got);
     }

@@ -18,12 +18,18 @@ export interface BenchRow {
   tokensPerSec?: number;
   /** Anything else a reader needs (kernel variant chosen, ...). */
   note?: string;
+  /** The most bytes of GPU buffers the work held at once (the buffer pool's peak). */
+  peakBytes?: number;
+  /** The peak the memory plan foresaw for the work. */
+  plannedPeakBytes?: number;
 }
 
 /** Options every bench module takes. */
 export interface BenchOptions {
   /** Smaller shapes and fewer repetitions (for a quick look or CI smoke runs). */
   quick?: boolean;
+  /** The group was named by `--only` (a group too slow for CPU adapters runs there only then). */
+  explicit?: boolean;
 }
 
 /**
