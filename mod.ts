@@ -110,7 +110,7 @@ export {
   specForgeDefaultAuxLayers,
   SUPPORTED_ARCHITECTURES,
 } from "./lib/models/config.ts";
-export type { GemmaConventions, RopeScaling, TargetConfig } from "./lib/models/config.ts";
+export type { GemmaConventions, MoeConfig, RopeScaling, TargetConfig } from "./lib/models/config.ts";
 export {
   deriveDraftConfig,
   draftConfigJson,
@@ -324,6 +324,8 @@ export type {
 } from "./lib/models/draft_config.ts";
 export type { Eagle3ParamName, Eagle3Weights } from "./lib/models/eagle3.ts";
 export type { RopeTables, RowSplitMatrix, TargetLayerWeights } from "./lib/models/target.ts";
+/** A sparse MoE block's weights and routing (a target's Qwen3-MoE / Qwen2-MoE layers). */
+export type { DenseMlpWeights, MoeShape, MoeWeights } from "./lib/ops/moe.ts";
 export type { Llama2cConversion } from "./lib/models/llama2c.ts";
 export { SAFETENSORS_DTYPES } from "./lib/io/safetensors.ts";
 export type { TensorInfo } from "./lib/io/safetensors.ts";

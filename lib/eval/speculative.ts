@@ -133,6 +133,11 @@ export class SpeculativeDecoder {
         `speculative: ${draftToTarget.length} vocab map entries for draft_vocab_size ${draft.config.draftVocabSize}`,
       );
     }
+    if (this.config.topk > draftToTarget.length) {
+      throw new ShapeError(
+        `speculative: --topk ${this.config.topk} exceeds the draft's ${draftToTarget.length}-token vocabulary`,
+      );
+    }
     if (draft.config.vocabSize !== target.config.vocabSize) {
       throw new ShapeError(
         `speculative: draft vocab_size ${draft.config.vocabSize} ≠ target vocab_size ${target.config.vocabSize}`,

@@ -6,7 +6,8 @@
  * Supported: LlamaForCausalLM (Llama 2/3.x, with `rope_scaling` llama3, linear, dynamic or yarn),
  * Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (per-head RMSNorm on q and k, explicit head_dim) and
  * MistralForCausalLM (sliding window recorded), Phi3ForCausalLM (fused projections, partial RoPE, LongRoPE)
- * and Gemma3ForCausalLM (its conventions in {@link GemmaConventions}). Missing optional fields take the defaults of the matching
+ * Gemma3ForCausalLM (its conventions in {@link GemmaConventions}), and the mixture-of-experts
+ * Qwen3MoeForCausalLM and Qwen2MoeForCausalLM ({@link MoeConfig}). Missing optional fields take the defaults of the matching
  * transformers config class; missing required ones, or values that cannot work, throw a
  * {@link ConfigError} naming the file and the field.
  */
@@ -23,6 +24,8 @@ export const SUPPORTED_ARCHITECTURES = [
   "MistralForCausalLM",
   "Phi3ForCausalLM",
   "Gemma3ForCausalLM",
+  "Qwen3MoeForCausalLM",
+  "Qwen2MoeForCausalLM",
 ] as const;
 
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
@@ -98,6 +101,58 @@ export interface TargetConfig {
   mlpActivation: "silu" | "gelu_tanh";
   /** Gemma 3's layer and model conventions, null for the others. */
   gemma: GemmaConventions | null;
+  /** The sparse MoE MLPs (Qwen3-MoE, Qwen2-MoE), null for dense targets. */
+  moe: MoeConfig | null;
+}
+
+/**
+ * A target's mixture-of-experts MLPs (transformers `Qwen3MoeConfig`, `Qwen2MoeConfig`): which layers are sparse
+ * and how tokens are routed (lib/ops/moe.ts).
+ */
+export interface MoeConfig {
+  /** Routed experts (`num_experts`). */
+  experts: number;
+  /** Experts per token (`num_experts_per_tok`). */
+  topK: number;
+  /** Each expert's intermediate size (`moe_intermediate_size`). */
+  expertIntermediate: number;
+  /** Renormalise the k routing weights (`norm_topk_prob`). */
+  normTopk: boolean;
+  /** Qwen2-MoE's shared expert's intermediate size (`shared_expert_intermediate_size`); null without one. */
+  sharedIntermediate: number | null;
+  /**
+   * Per layer: true for a sparse MLP (not in `mlp_only_layers`, and (i + 1) a multiple of
+   * `decoder_sparse_step`); the other layers have a dense MLP of `intermediate_size`.
+   */
+  sparseLayers: boolean[];
+}
+
+/** The MoE config of a Qwen3-MoE or Qwen2-MoE config.json (defaults as transformers' config classes). */
+function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number): MoeConfig | null {
+  const qwen2 = architecture === "Qwen2MoeForCausalLM";
+  if (!qwen2 && architecture !== "Qwen3MoeForCausalLM") return null;
+  // The published configs say `num_experts`; Transformers 5's Qwen3MoeConfig writes `num_local_experts`.
+  const experts = f.has("num_experts") ? f.int("num_experts") : f.int("num_local_experts", qwen2 ? 60 : 128);
+  const topK = f.int("num_experts_per_tok", qwen2 ? 4 : 8);
+  if (topK > experts) {
+    throw new ConfigError(`${f.file}: num_experts_per_tok ${topK} exceeds num_experts ${experts}`);
+  }
+  const step = f.int("decoder_sparse_step", 1);
+  const only = f.obj.mlp_only_layers ?? [];
+  if (!Array.isArray(only) || only.some((i) => !Number.isInteger(i))) {
+    throw new ConfigError(`${f.file}: mlp_only_layers must be a list of layer indices`);
+  }
+  return {
+    experts,
+    topK,
+    expertIntermediate: f.int("moe_intermediate_size", qwen2 ? 1408 : 768),
+    normTopk: f.bool("norm_topk_prob", false),
+    sharedIntermediate: qwen2 ? f.int("shared_expert_intermediate_size", 5632) : null,
+    sparseLayers: Array.from(
+      { length: numLayers },
+      (_, i) => !only.includes(i) && experts > 0 && (i + 1) % step === 0,
+    ),
+  };
 }
 
 /**
@@ -195,6 +250,8 @@ const DEFAULTS: Record<TargetArchitecture, { rmsNormEps: number; maxPos: number;
   LlamaForCausalLM: { rmsNormEps: 1e-6, maxPos: 2048, ropeTheta: 10000 },
   Qwen2ForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   Qwen3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
+  Qwen3MoeForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
+  Qwen2MoeForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   MistralForCausalLM: { rmsNormEps: 1e-6, maxPos: 4096 * 32, ropeTheta: 10000 },
   Phi3ForCausalLM: { rmsNormEps: 1e-5, maxPos: 4096, ropeTheta: 10000 },
   Gemma3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 131072, ropeTheta: 1000000 },
@@ -350,8 +407,8 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   let headDim: number;
   if (f.has("head_dim")) {
     headDim = f.int("head_dim");
-  } else if (architecture === "Qwen3ForCausalLM") {
-    headDim = 128; // Qwen3Config's default
+  } else if (architecture === "Qwen3ForCausalLM" || architecture === "Qwen3MoeForCausalLM") {
+    headDim = 128; // Qwen3Config's and Qwen3MoeConfig's default
   } else {
     if (hiddenSize % numHeads !== 0) {
       throw new ConfigError(
@@ -376,6 +433,8 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   const rotaryDim = rotaryDimOf(partialRotaryFactor, headDim, architecture, file);
   const attentionBias = f.bool("attention_bias", false);
   const qwen2 = architecture === "Qwen2ForCausalLM";
+  const qwen2Moe = architecture === "Qwen2MoeForCausalLM";
+  const qwen3 = architecture === "Qwen3ForCausalLM" || architecture === "Qwen3MoeForCausalLM";
   const mistral = architecture === "MistralForCausalLM";
   const phi3 = architecture === "Phi3ForCausalLM";
   let slidingWindow: number | null = null;
@@ -395,7 +454,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   const gemma = gemmaRope ? gemmaConventions(f, hiddenSize, numLayers, gemmaRope.local) : null;
   let windowLayers: boolean[] | null = gemma?.slidingLayers ?? null;
   if (
-    slidingWindow !== null && (architecture === "Qwen2ForCausalLM" || architecture === "Qwen3ForCausalLM")
+    slidingWindow !== null && (qwen2 || qwen2Moe || qwen3)
   ) {
     // Qwen2Config/Qwen3Config: layer_types, else sliding from max_window_layers (default 28) on.
     windowLayers = layerTypesOf(f, numLayers) ??
@@ -417,10 +476,11 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     ropeScaling: scaling,
     maxPositionEmbeddings,
     tieWordEmbeddings: f.bool("tie_word_embeddings", gemma3), // Gemma3TextConfig ties by default
-    qkvBias: qwen2 || (!mistral && !phi3 && attentionBias),
-    oBias: !qwen2 && !mistral && !phi3 && attentionBias,
+    // Qwen2MoeConfig: `qkv_bias` (Transformers 5), true in the published checkpoints.
+    qkvBias: qwen2 || (qwen2Moe ? f.bool("qkv_bias", true) : !mistral && !phi3 && attentionBias),
+    oBias: !qwen2 && !qwen2Moe && !mistral && !phi3 && attentionBias,
     mlpBias: architecture === "LlamaForCausalLM" && f.bool("mlp_bias", false),
-    qkNorm: architecture === "Qwen3ForCausalLM" || gemma3,
+    qkNorm: qwen3 || gemma3,
     fusedProjections: phi3,
     slidingWindow,
     windowLayers,
@@ -430,6 +490,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     torchDtype: f.str("torch_dtype") ?? f.str("dtype"),
     mlpActivation,
     gemma,
+    moe: parseMoe(f, architecture, numLayers),
   };
 }
 
@@ -579,12 +640,27 @@ export interface LayerWeightNames {
   /** Gemma 3's RMSNorms of the MLP input and output; null for the others. */
   preFeedforwardNorm: string | null;
   postFeedforwardNorm: string | null;
-  gate: string;
-  up: string;
-  down: string;
+  /** The dense MLP's projections; null in a sparse MoE layer. */
+  gate: string | null;
+  up: string | null;
+  down: string | null;
   gateBias: string | null;
   upBias: string | null;
   downBias: string | null;
+  /** A sparse MoE layer's weights; null in a dense layer. */
+  moe: MoeLayerNames | null;
+}
+
+/** The weights of a sparse MoE MLP (transformers' per-expert layout, as the published checkpoints store it). */
+export interface MoeLayerNames {
+  /** `mlp.gate.weight` [E, H]. */
+  router: string;
+  /** Expert e's `mlp.experts.{e}.gate_proj.weight` [I, H], `up_proj` [I, H], `down_proj` [H, I]. */
+  gate: string[];
+  up: string[];
+  down: string[];
+  /** Qwen2-MoE's `mlp.shared_expert.{gate,up,down}_proj.weight` and `mlp.shared_expert_gate.weight` [1, H]. */
+  shared: { gate: string; up: string; down: string; gateProj: string } | null;
 }
 
 /** Weight names of a whole target, resolved against the tensors a checkpoint actually stores. */
@@ -626,6 +702,7 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
     fused ? `${a}.qkv_proj.weight${ROWS}${from}:${to}` : `${a}.${name}.weight`;
   const gateUp = (name: string, from: number, to: number) =>
     fused ? `${m}.gate_up_proj.weight${ROWS}${from}:${to}` : `${m}.${name}.weight`;
+  const sparse = cfg.moe?.sparseLayers[i] ?? false;
   return {
     inputNorm: `${p}.input_layernorm.weight`,
     q: qkv("q_proj", 0, qOut),
@@ -641,12 +718,32 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
     postAttentionNorm: `${p}.post_attention_layernorm.weight`,
     preFeedforwardNorm: cfg.gemma ? `${p}.pre_feedforward_layernorm.weight` : null,
     postFeedforwardNorm: cfg.gemma ? `${p}.post_feedforward_layernorm.weight` : null,
-    gate: gateUp("gate_proj", 0, f),
-    up: gateUp("up_proj", f, 2 * f),
-    down: `${m}.down_proj.weight`,
+    gate: sparse ? null : gateUp("gate_proj", 0, f),
+    up: sparse ? null : gateUp("up_proj", f, 2 * f),
+    down: sparse ? null : `${m}.down_proj.weight`,
     gateBias: bias(cfg.mlpBias, `${m}.gate_proj`),
     upBias: bias(cfg.mlpBias, `${m}.up_proj`),
     downBias: bias(cfg.mlpBias, `${m}.down_proj`),
+    moe: sparse ? moeLayerNames(cfg.moe!, m) : null,
+  };
+}
+
+/** The sparse MLP's weight names under `m` (`model.layers.{i}.mlp`). */
+function moeLayerNames(moe: MoeConfig, m: string): MoeLayerNames {
+  const experts = (proj: string) =>
+    Array.from({ length: moe.experts }, (_, e) => `${m}.experts.${e}.${proj}.weight`);
+  const s = `${m}.shared_expert`;
+  return {
+    router: `${m}.gate.weight`,
+    gate: experts("gate_proj"),
+    up: experts("up_proj"),
+    down: experts("down_proj"),
+    shared: moe.sharedIntermediate === null ? null : {
+      gate: `${s}.gate_proj.weight`,
+      up: `${s}.up_proj.weight`,
+      down: `${s}.down_proj.weight`,
+      gateProj: `${m}.shared_expert_gate.weight`,
+    },
   };
 }
 
@@ -683,6 +780,7 @@ export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames
       [l.gateBias, [f]],
       [l.upBias, [f]],
       [l.downBias, [h]],
+      ...moeShapes(cfg, l.moe),
     ];
     for (const [name, shape] of entries) {
       if (!name) continue;
@@ -693,6 +791,21 @@ export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames
     }
   }
   return shapes;
+}
+
+/** The shapes of a sparse MLP's weights (none for a dense layer). */
+function moeShapes(cfg: TargetConfig, n: MoeLayerNames | null): Array<[string, number[]]> {
+  if (!n) return [];
+  const { experts: E, expertIntermediate: I, sharedIntermediate: S } = cfg.moe!, h = cfg.hiddenSize;
+  const out: Array<[string, number[]]> = [[n.router, [E, h]]];
+  for (let e = 0; e < E; e++) out.push([n.gate[e], [I, h]], [n.up[e], [I, h]], [n.down[e], [h, I]]);
+  if (n.shared) {
+    out.push([n.shared.gate, [S!, h]], [n.shared.up, [S!, h]], [n.shared.down, [h, S!]], [n.shared.gateProj, [
+      1,
+      h,
+    ]]);
+  }
+  return out;
 }
 
 /**

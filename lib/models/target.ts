@@ -15,7 +15,8 @@ import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { type DType, DTYPE_BYTES, type HostArray, Tensor } from "../tensor.ts";
-import { rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
+import { rowsPerBlock, stackedName, targetRopePositions, uploadDtype } from "./target_memory.ts";
+import { moeForward, type MoeScratch, moeScratch, type MoeWeights } from "../ops/moe.ts";
 import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
 import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
 import {
@@ -24,6 +25,7 @@ import {
   fusedRows,
   type LayerWeightNames,
   loadTargetConfig,
+  type MoeLayerNames,
   resolveWeightNames,
   type TargetConfig,
 } from "./config.ts";
@@ -75,18 +77,34 @@ export interface TargetLayerWeights {
   preFeedforwardNorm: Tensor | null;
   /** Gemma 3's RMSNorm of the MLP output (`post_feedforward_layernorm`), f32 [H]; null for the others. */
   postFeedforwardNorm: Tensor | null;
-  /** gate_proj weight [I, H] (I = intermediateSize), in the stored dtype. */
-  gate: Tensor;
-  /** up_proj weight [I, H], in the stored dtype. */
-  up: Tensor;
-  /** down_proj weight [H, I], in the stored dtype. */
-  down: Tensor;
+  /** gate_proj weight [I, H] (I = intermediateSize), in the stored dtype; null in a sparse MoE layer. */
+  gate: Tensor | null;
+  /** up_proj weight [I, H], in the stored dtype; null in a sparse MoE layer. */
+  up: Tensor | null;
+  /** down_proj weight [H, I], in the stored dtype; null in a sparse MoE layer. */
+  down: Tensor | null;
   /** gate_proj bias, f32 [I] (Llama `mlp_bias`), else null. */
   gateBias: Tensor | null;
   /** up_proj bias, f32 [I], else null. */
   upBias: Tensor | null;
   /** down_proj bias, f32 [H], else null. */
   downBias: Tensor | null;
+  /** A sparse MoE layer's router and experts (lib/ops/moe.ts); null in a dense layer. */
+  moe: MoeWeights | null;
+}
+
+/** Every tensor of a layer's weights (the MoE block's included). */
+export function layerTensors(w: TargetLayerWeights): Tensor[] {
+  const out: Tensor[] = [];
+  for (const [key, value] of Object.entries(w)) {
+    if (key !== "moe" && value) out.push(value as Tensor);
+  }
+  const m = w.moe;
+  if (m) {
+    out.push(m.router, m.gate, m.up, m.down);
+    if (m.shared) out.push(m.shared.gate, m.shared.up, m.shared.down, m.shared.gateProj);
+  }
+  return out;
 }
 
 /** Options of {@link TargetModel.load}. */
@@ -206,7 +224,7 @@ export class TargetModel implements HeadSource {
         t.destroy();
       }
     };
-    for (const l of this.layers) for (const t of Object.values(l)) free(t);
+    for (const l of this.layers) for (const t of layerTensors(l)) free(t);
     for (const m of [this.embed, this.lmHead, ...this.#subsets.values()]) {
       for (const b of m.blocks) free(b.tensor);
     }
@@ -703,6 +721,8 @@ export interface LayerScratch {
   /** Gemma 3: a branch's output before its norm and residual add, and after the norm [rows, H]; else null. */
   branch: Tensor | null;
   branchNormed: Tensor | null;
+  /** The sparse MoE MLP's scratch (MoE targets), else null. */
+  moe: MoeScratch | null;
 }
 
 /** Scratch for {@link recordDecoderLayer}, owned by `p`. */
@@ -724,6 +744,7 @@ export function layerScratch(p: Program, cfg: TargetConfig, lead: number[]): Lay
     act: p.scratch([rows, I], "f32", "swiglu"),
     branch: cfg.gemma ? p.scratch([rows, H], "f32", "branch") : null,
     branchNormed: cfg.gemma ? p.scratch([rows, H], "f32", "branch normed") : null,
+    moe: cfg.moe ? moeScratch(p, rows, H, cfg.moe, cfg.moe.sharedIntermediate) : null,
   };
 }
 
@@ -774,10 +795,11 @@ export async function recordDecoderLayer(
   await linear(p, flat(s.att), w.o, x, { accumulate: true });
   if (w.oBias) await addBias(p, x, w.oBias);
   await rmsnormForward(p, x, w.postAttentionNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
-  await projection(p, s.normed, w.gate, w.gateBias, s.gate);
-  await projection(p, s.normed, w.up, w.upBias, s.up);
+  if (w.moe) return await moeForward(p, cfg.moe!, w.moe, s.normed, x, s.moe!);
+  await projection(p, s.normed, w.gate!, w.gateBias, s.gate);
+  await projection(p, s.normed, w.up!, w.upBias, s.up);
   await swigluForward(p, s.gate, s.up, s.act);
-  await linear(p, s.act, w.down, x, { accumulate: true });
+  await linear(p, s.act, w.down!, x, { accumulate: true });
   if (w.downBias) await addBias(p, x, w.downBias);
 }
 
@@ -799,10 +821,10 @@ async function gemmaLayerRest(
   await rmsnormForward(p, branch, w.postAttentionNorm, normed, s.rstd, eps);
   await accumulate(p, x, normed);
   await rmsnormForward(p, x, w.preFeedforwardNorm!, s.normed, s.rstd, eps);
-  await linear(p, s.normed, w.gate, s.gate);
-  await linear(p, s.normed, w.up, s.up);
+  await linear(p, s.normed, w.gate!, s.gate);
+  await linear(p, s.normed, w.up!, s.up);
   await gegluTanhForward(p, s.gate, s.up, s.act);
-  await linear(p, s.act, w.down, branch);
+  await linear(p, s.act, w.down!, branch);
   await rmsnormForward(p, branch, w.postFeedforwardNorm!, normed, s.rstd, eps);
   await accumulate(p, x, normed);
 }
@@ -891,13 +913,60 @@ export class TargetWeightLoader {
       postAttentionNorm: await this.norm(l.postAttentionNorm),
       preFeedforwardNorm: await this.optionalNorm(l.preFeedforwardNorm),
       postFeedforwardNorm: await this.optionalNorm(l.postFeedforwardNorm),
-      gate: await this.matrix(l.gate),
-      up: await this.matrix(l.up),
-      down: await this.matrix(l.down),
+      gate: await this.optionalMatrix(l.gate),
+      up: await this.optionalMatrix(l.up),
+      down: await this.optionalMatrix(l.down),
       gateBias: await this.optionalVector(l.gateBias),
       upBias: await this.optionalVector(l.upBias),
       downBias: await this.optionalVector(l.downBias),
+      moe: l.moe ? await this.moe(l.moe) : null,
     };
+  }
+
+  async optionalMatrix(name: string | null): Promise<Tensor | null> {
+    return name ? await this.matrix(name) : null;
+  }
+
+  /** A sparse MLP's router, experts (each projection's stacked into one matrix) and shared expert. */
+  async moe(n: MoeLayerNames): Promise<MoeWeights> {
+    return {
+      router: await this.matrix(n.router),
+      gate: await this.stacked(n.gate),
+      up: await this.stacked(n.up),
+      down: await this.stacked(n.down),
+      shared: n.shared
+        ? {
+          gate: await this.matrix(n.shared.gate),
+          up: await this.matrix(n.shared.up),
+          down: await this.matrix(n.shared.down),
+          gateProj: await this.matrix(n.shared.gateProj),
+        }
+        : null,
+    };
+  }
+
+  /** Matrices of one shape and dtype stacked along their rows into one tensor ([n·rows, cols]). */
+  async stacked(names: string[]): Promise<Tensor> {
+    const first = this.ckpt.info(names[0]);
+    const parts: RawTensor[] = [];
+    for (const name of names) {
+      const raw = await this.ckpt.read(name);
+      if (raw.dtype !== first.dtype || raw.shape.join() !== first.shape.join()) {
+        throw new ShapeError(
+          `${this.ckpt.info(name).file}: tensor ${name} is ${raw.dtype} [${raw.shape}], ` +
+            `expected ${first.dtype} [${first.shape}] as ${names[0]}`,
+        );
+      }
+      parts.push(raw);
+    }
+    const bytes = new Uint8Array(parts.reduce((n, r) => n + r.bytes.byteLength, 0));
+    let at = 0;
+    for (const r of parts) {
+      bytes.set(r.bytes, at);
+      at += r.bytes.byteLength;
+    }
+    const shape = [names.length * first.shape[0], ...first.shape.slice(1)];
+    return this.#upload(names[0], { dtype: first.dtype, shape, bytes }, stackedName(names));
   }
 
   /** A [rows, cols] matrix as row blocks (separate tensors) of at most `maxBytes` each. */

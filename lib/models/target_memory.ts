@@ -7,7 +7,14 @@
  */
 import { LimitError } from "../gpu/errors.ts";
 import { allocationBytes, type DType, DTYPE_BYTES } from "../tensor.ts";
-import type { LayerWeightNames, TargetConfig, TargetWeightNames } from "./config.ts";
+import type {
+  LayerWeightNames,
+  MoeConfig,
+  MoeLayerNames,
+  TargetConfig,
+  TargetWeightNames,
+} from "./config.ts";
+import { moeMaxTiles } from "../ops/moe.ts";
 import { fusedRows } from "./config.ts";
 
 /** One tensor of a plan: its label and the bytes it asks the buffer pool for. */
@@ -98,7 +105,7 @@ export const LAYER_VECTORS = [
 /** One weight of a decoder layer as it is uploaded. */
 export interface LayerWeight {
   /** Its field in the layer's weights. */
-  field: typeof LAYER_MATRICES[number] | typeof LAYER_VECTORS[number];
+  field: typeof LAYER_MATRICES[number] | typeof LAYER_VECTORS[number] | "moe";
   /** Its checkpoint name (rows of a fused matrix: `fusedRows`). */
   name: string;
   /** A projection matrix (stored dtype) rather than a norm or bias vector (f32). */
@@ -115,7 +122,9 @@ export function layerWeights(
 ): LayerWeight[] {
   const out: LayerWeight[] = [];
   for (const field of LAYER_MATRICES) {
-    const name = l[field], fused = fusedRows(name);
+    const name = l[field];
+    if (!name) continue; // a sparse MoE layer's dense MLP
+    const fused = fusedRows(name);
     const info = stored(fused ? fused.tensor : name);
     const shape = fused ? [fused.to - fused.from, ...info.shape.slice(1)] : info.shape;
     out.push({ field, name, matrix: true, shape, dtype: uploadDtype(info.dtype, shaderF16) });
@@ -124,7 +133,32 @@ export function layerWeights(
     const name = l[field];
     if (name) out.push({ field, name, matrix: false, shape: stored(name).shape, dtype: "f32" });
   }
+  if (l.moe) out.push(...moeLayerWeights(stored, l.moe, shaderF16));
   return out;
+}
+
+/** A sparse MLP's weights as uploaded: the router, each projection's experts stacked in one matrix, the shared expert. */
+function moeLayerWeights(
+  stored: (name: string) => StoredTensor,
+  n: MoeLayerNames,
+  shaderF16: boolean,
+): LayerWeight[] {
+  const one = (name: string): LayerWeight => {
+    const info = stored(name);
+    return { field: "moe", name, matrix: true, shape: info.shape, dtype: uploadDtype(info.dtype, shaderF16) };
+  };
+  const stacked = (names: string[]): LayerWeight => {
+    const w = one(names[0]);
+    return { ...w, name: stackedName(names), shape: [names.length * w.shape[0], ...w.shape.slice(1)] };
+  };
+  const out = [one(n.router), stacked(n.gate), stacked(n.up), stacked(n.down)];
+  if (n.shared) out.push(one(n.shared.gate), one(n.shared.up), one(n.shared.down), one(n.shared.gateProj));
+  return out;
+}
+
+/** The label of experts' matrices stacked into one tensor: the first name and the count. */
+export function stackedName(names: string[]): string {
+  return `${names[0]} (${names.length} experts stacked)`;
 }
 
 /** The bytes one decoder layer's weights take on the device (in their upload dtypes). */
@@ -334,7 +368,35 @@ export function trunkTensors(cfg: TargetConfig, B: number, T: number): PlannedTe
     planned("up", [rows, I], "f32"),
     planned("swiglu", [rows, I], "f32"),
     ...(cfg.gemma ? [planned("branch", [rows, H], "f32"), planned("branch normed", [rows, H], "f32")] : []),
+    ...(cfg.moe ? moeTensors(cfg.moe, rows, H) : []),
     planned("attention lse", [B, nh, T], "f32"),
   );
+  return out;
+}
+
+/** A sparse MLP's scratch for `rows` tokens (lib/ops/moe.ts `moeScratch`). */
+function moeTensors(moe: MoeConfig, rows: number, H: number): PlannedTensor[] {
+  const A = rows * moe.topK, I = moe.expertIntermediate, S = moe.sharedIntermediate;
+  const out = [
+    planned("moe router logits", [rows, moe.experts], "f32"),
+    planned("moe expert ids", [rows, moe.topK], "u32"),
+    planned("moe routing weights", [rows, moe.topK], "f32"),
+    planned("moe sorted rows", [A], "u32"),
+    planned("moe slots", [A], "u32"),
+    planned("moe tiles", [moeMaxTiles(A, moe.experts), 4], "u32"),
+    planned("moe gate", [A, I], "f32"),
+    planned("moe up", [A, I], "f32"),
+    planned("moe act", [A, I], "f32"),
+    planned("moe expert out", [A, H], "f32"),
+  ];
+  if (S !== null) {
+    out.push(
+      planned("moe shared gate", [rows, S], "f32"),
+      planned("moe shared up", [rows, S], "f32"),
+      planned("moe shared act", [rows, S], "f32"),
+      planned("moe shared out", [rows, H], "f32"),
+      planned("moe shared gate logit", [rows, 1], "f32"),
+    );
+  }
   return out;
 }

@@ -16,6 +16,7 @@ import { rmsnormForward } from "../ops/rmsnorm.ts";
 import type { RowSplitMatrix } from "../ops/row_split.ts";
 import {
   checkAuxLayers,
+  ConfigError,
   defaultAuxLayers,
   fusedRows,
   type LayerWeightNames,
@@ -97,6 +98,12 @@ export class StreamedTarget implements HeadSource {
    */
   static async load(gpu: Gpu, dir: string, opts: StreamedTargetOptions): Promise<StreamedTarget> {
     const config = await loadTargetConfig(`${dir}/config.json`);
+    if (config.moe) {
+      throw new ConfigError(
+        `${dir}: --target-memory-budget streams dense targets only; ${config.architecture} (mixture of experts) ` +
+          `loads every layer`,
+      );
+    }
     const ckpt = await SafetensorsCheckpoint.open(dir);
     try {
       const names = resolveWeightNames(config, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, dir);
@@ -165,6 +172,7 @@ export class StreamedTarget implements HeadSource {
       const raw = fused
         ? await this.ckpt.readRows(fused.tensor, fused.from, fused.to)
         : await this.ckpt.read(name);
+      if (field === "moe") throw new ConfigError(`tensor ${name}: a streamed layer has no MoE weights`);
       const tensor = w[field]!;
       const offset = field.endsWith("Norm") ? normOffsetOf(this.config) : 0;
       tensor.write(matrix ? uploadData(raw, shaderF16, name).data : normData(raw, name, offset));

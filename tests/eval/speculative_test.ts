@@ -44,7 +44,10 @@ function constantDraft(target: TargetModel, tokens: number[]) {
 function frequent(outputs: number[][], n: number): number[] {
   const counts = new Map<number, number>();
   for (const t of outputs.flat()) counts.set(t, (counts.get(t) ?? 0) + 1);
-  return [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, n).map(([t]) => t);
+  const ids = [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, n).map(([t]) => t);
+  // Outputs of fewer than n distinct tokens: filled with the lowest other ids (the widest tree needs 3).
+  for (let t = 0; ids.length < n; t++) if (!ids.includes(t)) ids.push(t);
+  return ids;
 }
 
 const PROMPTS = [[1, 17, 200, 45, 3], [1, 99], [1, 5, 5, 5, 5, 5, 5, 60, 61]];
@@ -233,8 +236,11 @@ Deno.test({ name: "runSpeculativeEval reports tau, speeds and the greedy match",
 });
 
 // Gemma 3 (window 32), and Gemma 3, Mistral and Qwen2 with windows of 6, 5, 5 tokens that the sequences pass: the
-// tree verification applies the windows as the plain forward does.
-for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window"]) {
+// tree verification applies the windows as the plain forward does; and the MoE targets (each verified token
+// routed as in the plain forward).
+for (
+  const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window", "qwen3_moe", "qwen2_moe"]
+) {
   Deno.test({
     name: `greedy speculative decoding on ${arch} equals its plain greedy decoding (chain and trees)`,
     ...needsGpu,

@@ -116,12 +116,35 @@ CASES = {
         dict(rope_theta=10000.0, use_sliding_window=True, sliding_window=5, max_window_layers=4),
         torch.float32,
     ),
+    # Qwen3-MoE: 8 experts, top-2 renormalised (norm_topk_prob), q/k norms; layer 1 dense (mlp_only_layers) and
+    # every other layer's MLP dense by decoder_sparse_step 2 is not Qwen3-30B's (step 1): both rules exercised.
+    "qwen3_moe": (
+        transformers.Qwen3MoeConfig,
+        dict(head_dim=16, rope_theta=1000000.0, tie_word_embeddings=False, num_experts=8, num_experts_per_tok=2,
+             moe_intermediate_size=24, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1]),
+        torch.bfloat16,
+    ),
+    # Qwen3-MoE without the renormalisation, top-3 of 6, a sparse layer every second layer.
+    "qwen3_moe_unnormed": (
+        transformers.Qwen3MoeConfig,
+        dict(head_dim=16, rope_theta=1000000.0, tie_word_embeddings=True, num_experts=6, num_experts_per_tok=3,
+             moe_intermediate_size=20, norm_topk_prob=False, decoder_sparse_step=2, mlp_only_layers=[]),
+        torch.float32,
+    ),
+    # Qwen2-MoE: q/k/v biases, 8 experts top-2 (not renormalised), the shared expert behind its sigmoid gate.
+    "qwen2_moe": (
+        transformers.Qwen2MoeConfig,
+        dict(rope_theta=1000000.0, tie_word_embeddings=False, num_experts=8, num_experts_per_tok=2,
+             moe_intermediate_size=24, shared_expert_intermediate_size=48, norm_topk_prob=False,
+             decoder_sparse_step=1, mlp_only_layers=[]),
+        torch.bfloat16,
+    ),
 }
 
 
 # Cases whose golden also holds transformers' greedy continuation (added with them; the older cases' files
 # predate it).
-GREEDY = {"gemma3", "gemma3_window", "mistral_window", "qwen2_window"}
+GREEDY = {"gemma3", "gemma3_window", "mistral_window", "qwen2_window", "qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe"}
 
 
 def main():

@@ -639,3 +639,80 @@ Deno.test("config: Gemma 3 (Transformers 4 and 5 layouts): local/global layers, 
     assert.throws(() => parseTargetConfig(edit(GEMMA3_1B, changes)), field);
   }
 });
+
+/** Qwen3-30B-A3B's config.json (the keys the parser reads). */
+const QWEN3_30B_A3B = {
+  architectures: ["Qwen3MoeForCausalLM"],
+  model_type: "qwen3_moe",
+  hidden_size: 2048,
+  intermediate_size: 6144,
+  moe_intermediate_size: 768,
+  num_hidden_layers: 48,
+  num_attention_heads: 32,
+  num_key_value_heads: 4,
+  head_dim: 128,
+  num_experts: 128,
+  num_experts_per_tok: 8,
+  norm_topk_prob: true,
+  decoder_sparse_step: 1,
+  mlp_only_layers: [],
+  vocab_size: 151936,
+  max_position_embeddings: 40960,
+  rope_theta: 1000000,
+  rms_norm_eps: 1e-6,
+  tie_word_embeddings: false,
+};
+
+Deno.test("config: Qwen3-MoE and Qwen2-MoE routing, sparse layers, shared expert and weight names", () => {
+  const c = parseTargetConfig(QWEN3_30B_A3B);
+  assert.deepEqual([c.qkNorm, c.qkvBias], [true, false]);
+  assert.deepEqual({ ...c.moe!, sparseLayers: c.moe!.sparseLayers.every((s) => s) }, {
+    experts: 128,
+    topK: 8,
+    expertIntermediate: 768,
+    normTopk: true,
+    sharedIntermediate: null,
+    sparseLayers: true,
+  });
+  // Transformers 5 writes num_local_experts; mlp_only_layers and decoder_sparse_step leave dense layers.
+  const mixed = parseTargetConfig(edit(QWEN3_30B_A3B, {
+    num_experts: undefined,
+    num_local_experts: 16,
+    decoder_sparse_step: 2,
+    mlp_only_layers: [3],
+    num_hidden_layers: 6,
+  })).moe!;
+  assert.equal(mixed.experts, 16);
+  assert.deepEqual(mixed.sparseLayers, [false, true, false, false, false, true]);
+  const names = targetWeightNames(parseTargetConfig(edit(QWEN3_30B_A3B, { num_hidden_layers: 2 })));
+  assert.equal(names.layers[0].gate, null);
+  assert.equal(names.layers[0].moe!.router, "model.layers.0.mlp.gate.weight");
+  assert.equal(names.layers[0].moe!.down[127], "model.layers.0.mlp.experts.127.down_proj.weight");
+  assert.throws(
+    () => parseTargetConfig(edit(QWEN3_30B_A3B, { num_experts_per_tok: 200 })),
+    /config.json: num_experts_per_tok 200 exceeds num_experts 128/,
+  );
+  // Qwen1.5-MoE-A2.7B: q/k/v biases, 60 experts top-4, the shared expert behind its gate.
+  const q2 = parseTargetConfig(edit(QWEN3_30B_A3B, {
+    architectures: ["Qwen2MoeForCausalLM"],
+    model_type: "qwen2_moe",
+    num_experts: 60,
+    num_experts_per_tok: 4,
+    moe_intermediate_size: 1408,
+    shared_expert_intermediate_size: 5632,
+    norm_topk_prob: false,
+    head_dim: undefined,
+    hidden_size: 2048,
+    num_attention_heads: 16,
+    num_key_value_heads: 16,
+  }));
+  assert.deepEqual([q2.qkvBias, q2.qkNorm, q2.moe!.sharedIntermediate, q2.moe!.normTopk], [
+    true,
+    false,
+    5632,
+    false,
+  ]);
+  const shapes = expectedWeightShapes(q2, targetWeightNames(q2));
+  assert.deepEqual(shapes.get("model.layers.0.mlp.shared_expert_gate.weight"), [1, 2048]);
+  assert.deepEqual(shapes.get("model.layers.0.mlp.experts.59.gate_proj.weight"), [1408, 2048]);
+});

@@ -22,7 +22,10 @@ function validRows(data: Float32Array, lengths: number[], T: number, width: numb
 
 // The last three have sliding windows (6, 5, 5 tokens) shorter than the golden batch's 11 tokens.
 const ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "phi3_longrope", "gemma3"];
-for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window"]) {
+// Mixture-of-experts targets: Qwen3-MoE with and without renormalised routing and dense layers among the
+// sparse ones, Qwen2-MoE with its gated shared expert.
+const MOE = ["qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe"];
+for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window", ...MOE]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
     ...needsGpu,
@@ -150,8 +153,9 @@ Deno.test({
   }
 });
 
-// Targets whose sliding window (6, 5, 5) is shorter than the 7 + 8 tokens: the KV-cache decode applies it.
-for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window"]) {
+// Targets whose sliding window (6, 5, 5) is shorter than the 7 + 8 tokens (the KV-cache decode applies it),
+// and the MoE targets (routing decided per decoded token).
+for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window", ...MOE]) {
   Deno.test({
     name:
       `target ${arch}: greedy continuation equals transformers' generate(), with and without the KV cache`,
