@@ -325,7 +325,7 @@ export type {
 export type { Eagle3ParamName, Eagle3Weights } from "./lib/models/eagle3.ts";
 export type { RopeTables, RowSplitMatrix, TargetLayerWeights } from "./lib/models/target.ts";
 /** A sparse MoE block's weights and routing (a target's Qwen3-MoE / Qwen2-MoE layers). */
-export type { DenseMlpWeights, MoeShape, MoeWeights } from "./lib/ops/moe.ts";
+export type { DenseMlpWeights, ExpertBlock, MoeShape, MoeWeights } from "./lib/ops/moe.ts";
 export type { Llama2cConversion } from "./lib/models/llama2c.ts";
 export { SAFETENSORS_DTYPES } from "./lib/io/safetensors.ts";
 export type { TensorInfo } from "./lib/io/safetensors.ts";

@@ -137,13 +137,13 @@ fn load_w(e: u32) -> f32 {
 }
 
 /**
- * The grouped matmul for expert weights stored as `t`. Grid: [⌈N / 32⌉, maxTiles, 1]. Bindings: params
- * (n, kdim, gather), a f32 ([tokens, K] when gathering, else [slots, K]), w [E, N, K], sortedRow u32, tiles,
- * c f32 [slots, N].
+ * The grouped matmul for expert weights stored as `t`, over the tiles of experts [first, first + count) whose
+ * weights `w` holds ([count·N, K]). Grid: [⌈N / 32⌉, maxTiles, 1]. Bindings: params (n, kdim, gather, first,
+ * count), a f32 ([tokens, K] when gathering, else [slots, K]), w, sortedRow u32, tiles, c f32 [slots, N].
  */
 export function matmul(t: MatmulBType): string {
   return /* wgsl */ `${t === "f16" ? "enable f16;" : ""}
-struct Params { n: u32, kdim: u32, gather: u32, _pad: u32 }
+struct Params { n: u32, kdim: u32, gather: u32, first: u32, count: u32, _a: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 ${weightBinding(t)}
@@ -154,7 +154,8 @@ ${weightBinding(t)}
 @compute @workgroup_size(8, 8)
 fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
   let tile = tiles[wg.y];
-  if (tile.x == ${MOE_NO_TILE}u) { return; }
+  // Tiles past the schedule (MOE_NO_TILE) or of experts outside this dispatch's block.
+  if (tile.x < p.first || tile.x >= p.first + p.count) { return; }
   let K = p.kdim;
   var arow: array<u32, 4>;
   var valid: array<bool, 4>;
@@ -166,7 +167,7 @@ fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
   }
   let col0 = wg.x * ${MOE_TILE_COLS}u + li.x * 4u;
   var wrow: array<u32, 4>;
-  for (var j = 0u; j < 4u; j++) { wrow[j] = (tile.x * p.n + min(col0 + j, p.n - 1u)) * K; }
+  for (var j = 0u; j < 4u; j++) { wrow[j] = ((tile.x - p.first) * p.n + min(col0 + j, p.n - 1u)) * K; }
   var acc: array<vec4<f32>, 4>;
   for (var kk = 0u; kk < K; kk++) {
     let b = vec4<f32>(load_w(wrow[0] + kk), load_w(wrow[1] + kk), load_w(wrow[2] + kk), load_w(wrow[3] + kk));

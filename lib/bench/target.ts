@@ -3,7 +3,8 @@
  * online training and generation's prefill run) and cached decoding (one token per sequence per step,
  * including the one logits read-back per step that sampling needs; the prefill is excluded), for tinystories-656K when it is at hand
  * and for a random-weight Llama of hidden 512 and 8 layers (bf16 weights, written to a temporary directory),
- * whose prefill is also timed with its layers streamed through one weight slot.
+ * whose prefill is also timed with its layers streamed through one weight slot, and for a random Qwen3-MoE of the
+ * same attention beside a dense Llama whose MLP is as wide as the MoE's active experts.
  */
 import type { Gpu } from "../gpu/device.ts";
 import { fromFloat32As, type RawTensor, writeSafetensors } from "../io/safetensors.ts";
@@ -25,11 +26,13 @@ export interface RandomLlamaDims {
   kvHeads: number;
   intermediate: number;
   vocab: number;
+  /** A Qwen3-MoE instead (q/k norms, every MLP sparse): routed experts, experts per token, expert width. */
+  moe?: { experts: number; topK: number; expertIntermediate: number };
 }
 
 /**
  * Writes config.json and model.safetensors (bf16, seeded uniform weights of scale 1/√fan-in, unit norms) of a
- * LlamaForCausalLM with untied embeddings into `dir`.
+ * LlamaForCausalLM with untied embeddings into `dir` (a Qwen3MoeForCausalLM with `d.moe`).
  */
 export async function writeRandomLlama(dir: string, d: RandomLlamaDims, seed = 1): Promise<void> {
   const rand = mulberry32(seed);
@@ -51,18 +54,28 @@ export async function writeRandomLlama(dir: string, d: RandomLlamaDims, seed = 1
       [`${p}.self_attn.v_proj.weight`, matrix(d.kvHeads * hd, d.hidden)],
       [`${p}.self_attn.o_proj.weight`, matrix(d.hidden, d.heads * hd)],
       [`${p}.post_attention_layernorm.weight`, ones(d.hidden)],
-      [`${p}.mlp.gate_proj.weight`, matrix(d.intermediate, d.hidden)],
-      [`${p}.mlp.up_proj.weight`, matrix(d.intermediate, d.hidden)],
-      [`${p}.mlp.down_proj.weight`, matrix(d.hidden, d.intermediate)],
+      ...mlpTensors(`${p}.mlp`, d, matrix),
     );
+    if (d.moe) {
+      tensors.push([`${p}.self_attn.q_norm.weight`, ones(hd)], [`${p}.self_attn.k_norm.weight`, ones(hd)]);
+    }
   }
   tensors.push(["model.norm.weight", ones(d.hidden)], ["lm_head.weight", matrix(d.vocab, d.hidden)]);
   await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt" });
   await Deno.writeTextFile(
     `${dir}/config.json`,
     JSON.stringify({
-      architectures: ["LlamaForCausalLM"],
-      model_type: "llama",
+      architectures: [d.moe ? "Qwen3MoeForCausalLM" : "LlamaForCausalLM"],
+      model_type: d.moe ? "qwen3_moe" : "llama",
+      ...(d.moe
+        ? {
+          head_dim: hd,
+          num_experts: d.moe.experts,
+          num_experts_per_tok: d.moe.topK,
+          moe_intermediate_size: d.moe.expertIntermediate,
+          norm_topk_prob: true,
+        }
+        : {}),
       hidden_size: d.hidden,
       intermediate_size: d.intermediate,
       num_hidden_layers: d.layers,
@@ -80,7 +93,28 @@ export async function writeRandomLlama(dir: string, d: RandomLlamaDims, seed = 1
   );
 }
 
-/** Prefill forward and KV-cache decode tokens/s of tinystories-656K and of a random hidden-512 Llama. */
+/** A layer's MLP tensors: the dense SwiGLU, or the router and every expert's. */
+function mlpTensors(
+  m: string,
+  d: RandomLlamaDims,
+  matrix: (rows: number, cols: number) => RawTensor,
+): Array<[string, RawTensor]> {
+  const swiglu = (p: string, inner: number): Array<[string, RawTensor]> => [
+    [`${p}.gate_proj.weight`, matrix(inner, d.hidden)],
+    [`${p}.up_proj.weight`, matrix(inner, d.hidden)],
+    [`${p}.down_proj.weight`, matrix(d.hidden, inner)],
+  ];
+  if (!d.moe) return swiglu(m, d.intermediate);
+  const out: Array<[string, RawTensor]> = [[`${m}.gate.weight`, matrix(d.moe.experts, d.hidden)]];
+  for (let e = 0; e < d.moe.experts; e++) out.push(...swiglu(`${m}.experts.${e}`, d.moe.expertIntermediate));
+  return out;
+}
+
+/**
+ * Prefill forward and KV-cache decode tokens/s of tinystories-656K, of a random hidden-512 Llama, and of a random
+ * Qwen3-MoE (64 experts, top-8, Qwen3-30B-A3B's proportions at hidden 512) beside a dense Llama of the same
+ * active MLP width (8 × 192 = 1536).
+ */
 export async function benchTarget(gpu: Gpu, opts: BenchOptions = {}): Promise<BenchRow[]> {
   const quick = opts.quick ?? false;
   const seqLen = quick ? 64 : 256;
@@ -165,6 +199,11 @@ export async function benchTarget(gpu: Gpu, opts: BenchOptions = {}): Promise<Be
     await writeRandomLlama(tmp, dims);
     await measure(`random Llama (bf16, ${dims.heads}/${dims.kvHeads} heads)`, tmp);
     rows.push(await benchStreamed(gpu, tmp, seqLen, reps));
+    const moe = { experts: 64, topK: 8, expertIntermediate: 192 };
+    await writeRandomLlama(tmp, { ...dims, moe });
+    await measure(`random Qwen3-MoE (bf16, E${moe.experts} top-${moe.topK} I${moe.expertIntermediate})`, tmp);
+    await writeRandomLlama(tmp, { ...dims, intermediate: moe.topK * moe.expertIntermediate });
+    await measure(`random Llama, the MoE's active width (I${moe.topK * moe.expertIntermediate})`, tmp);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }

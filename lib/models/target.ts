@@ -15,8 +15,15 @@ import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { type DType, DTYPE_BYTES, type HostArray, Tensor } from "../tensor.ts";
-import { rowsPerBlock, stackedName, targetRopePositions, uploadDtype } from "./target_memory.ts";
-import { moeForward, type MoeScratch, moeScratch, type MoeWeights } from "../ops/moe.ts";
+import {
+  expertBlocks,
+  expertsPerBlock,
+  rowsPerBlock,
+  stackedName,
+  targetRopePositions,
+  uploadDtype,
+} from "./target_memory.ts";
+import { type ExpertBlock, moeForward, type MoeScratch, moeScratch, type MoeWeights } from "../ops/moe.ts";
 import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
 import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
 import {
@@ -101,7 +108,7 @@ export function layerTensors(w: TargetLayerWeights): Tensor[] {
   }
   const m = w.moe;
   if (m) {
-    out.push(m.router, m.gate, m.up, m.down);
+    out.push(m.router, ...[...m.gate, ...m.up, ...m.down].map((b) => b.tensor));
     if (m.shared) out.push(m.shared.gate, m.shared.up, m.shared.down, m.shared.gateProj);
   }
   return out;
@@ -185,7 +192,7 @@ export class TargetModel implements HeadSource {
         if (choice.message) opts.onMessage?.(choice.message);
       }
       const maxBlockBytes = Math.min(opts.maxBlockBytes ?? Infinity, gpu.limits.maxStorageBufferBindingSize);
-      const load = new TargetWeightLoader(gpu, ckpt, normOffsetOf(config));
+      const load = new TargetWeightLoader(gpu, ckpt, normOffsetOf(config), maxBlockBytes);
       const layers: TargetLayerWeights[] = [];
       for (const l of names.layers) layers.push(await load.layer(l));
       const embed = await load.rowSplit(names.embed, maxBlockBytes);
@@ -859,8 +866,16 @@ export class TargetWeightLoader {
   /** Every tensor uploaded, for the finite-weight check. */
   readonly loaded: LoadedWeight[] = [];
 
-  /** `normOffset` is added to every RMSNorm weight ({@link normOffsetOf}: 1 for Gemma 3). */
-  constructor(readonly gpu: Gpu, readonly ckpt: SafetensorsCheckpoint, readonly normOffset = 0) {}
+  /**
+   * `normOffset` is added to every RMSNorm weight ({@link normOffsetOf}: 1 for Gemma 3); a sparse MLP's experts
+   * are stacked in blocks of at most `maxBlockBytes` (the binding limit).
+   */
+  constructor(
+    readonly gpu: Gpu,
+    readonly ckpt: SafetensorsCheckpoint,
+    readonly normOffset = 0,
+    readonly maxBlockBytes = gpu.limits.maxStorageBufferBindingSize,
+  ) {}
 
   /** An RMSNorm weight, f32, with the norm offset added (transformers computes 1 + w in f32 too). */
   async norm(name: string): Promise<Tensor> {
@@ -931,9 +946,9 @@ export class TargetWeightLoader {
   async moe(n: MoeLayerNames): Promise<MoeWeights> {
     return {
       router: await this.matrix(n.router),
-      gate: await this.stacked(n.gate),
-      up: await this.stacked(n.up),
-      down: await this.stacked(n.down),
+      gate: await this.experts(n.gate),
+      up: await this.experts(n.up),
+      down: await this.experts(n.down),
       shared: n.shared
         ? {
           gate: await this.matrix(n.shared.gate),
@@ -943,6 +958,18 @@ export class TargetWeightLoader {
         }
         : null,
     };
+  }
+
+  /** Experts' matrices (one shape and dtype) stacked along their rows, in blocks of at most maxBlockBytes. */
+  async experts(names: string[]): Promise<ExpertBlock[]> {
+    const info = this.ckpt.info(names[0]);
+    const bytes = info.shape.reduce((a, b) => a * b, 1) * this.#elementBytes(info.dtype);
+    const per = expertsPerBlock(names.length, bytes, this.maxBlockBytes, names[0]);
+    const out: ExpertBlock[] = [];
+    for (const { first, count } of expertBlocks(names.length, per)) {
+      out.push({ first, count, tensor: await this.stacked(names.slice(first, first + count)) });
+    }
+    return out;
   }
 
   /** Matrices of one shape and dtype stacked along their rows into one tensor ([n·rows, cols]). */

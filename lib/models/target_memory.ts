@@ -56,6 +56,33 @@ export function rowsPerBlock(rows: number, bytesPerRow: number, maxBytes: number
   return fit;
 }
 
+/**
+ * Experts per block when `experts` matrices of `expertBytes` each are stacked into blocks of at most `maxBytes`
+ * (a sparse MLP's projections, lib/ops/moe.ts); a LimitError names `name` when one expert alone is larger.
+ */
+export function expertsPerBlock(
+  experts: number,
+  expertBytes: number,
+  maxBytes: number,
+  name: string,
+): number {
+  const fit = Math.min(experts, Math.floor(maxBytes / expertBytes));
+  if (fit < 1) {
+    throw new LimitError(
+      `tensor ${name}: one expert's ${expertBytes} bytes exceed the binding limit of ${maxBytes}`,
+    );
+  }
+  return fit;
+}
+
+/** The expert ranges [first, first + count) of the blocks {@link expertsPerBlock} gives. */
+export function expertBlocks(experts: number, perBlock: number): Array<{ first: number; count: number }> {
+  return Array.from({ length: Math.ceil(experts / perBlock) }, (_, b) => ({
+    first: b * perBlock,
+    count: Math.min(perBlock, experts - b * perBlock),
+  }));
+}
+
 /** The row counts of the blocks a [rows, cols] matrix of `dtype` splits into to fit `maxBlockBytes` each. */
 export function rowBlockSizes(
   name: string,
@@ -110,6 +137,8 @@ export interface LayerWeight {
   name: string;
   /** A projection matrix (stored dtype) rather than a norm or bias vector (f32). */
   matrix: boolean;
+  /** Experts stacked along the rows (a sparse MLP's projection), else absent. */
+  experts?: number;
   shape: number[];
   dtype: DType;
 }
@@ -149,7 +178,12 @@ function moeLayerWeights(
   };
   const stacked = (names: string[]): LayerWeight => {
     const w = one(names[0]);
-    return { ...w, name: stackedName(names), shape: [names.length * w.shape[0], ...w.shape.slice(1)] };
+    return {
+      ...w,
+      name: stackedName(names),
+      shape: [names.length * w.shape[0], ...w.shape.slice(1)],
+      experts: names.length,
+    };
   };
   const out = [one(n.router), stacked(n.gate), stacked(n.up), stacked(n.down)];
   if (n.shared) out.push(one(n.shared.gate), one(n.shared.up), one(n.shared.down), one(n.shared.gateProj));
@@ -237,7 +271,7 @@ export function targetWeightTensors(
   };
   if (parts.layers) {
     for (const l of names.layers.slice(0, parts.slots ?? names.layers.length)) {
-      for (const w of layerWeights(stored, l, u.shaderF16)) out.push(planned(w.name, w.shape, w.dtype));
+      for (const w of layerWeights(stored, l, u.shaderF16)) out.push(...expertSplit(w, u.maxBlockBytes));
     }
   }
   split(names.embed);
@@ -251,6 +285,16 @@ export function targetWeightTensors(
     }
   }
   return out;
+}
+
+/** A layer weight as uploaded: one tensor, or a sparse MLP's stacked experts in blocks of one binding each. */
+function expertSplit(w: LayerWeight, maxBlockBytes: number): PlannedTensor[] {
+  if (!w.experts) return [planned(w.name, w.shape, w.dtype)];
+  const [rows, cols] = w.shape, perRows = rows / w.experts;
+  const per = expertsPerBlock(w.experts, allocationBytes([perRows, cols], w.dtype), maxBlockBytes, w.name);
+  return expertBlocks(w.experts, per).map(({ first, count }) =>
+    planned(`${w.name}[${first}:${first + count}]`, [count * perRows, cols], w.dtype)
+  );
 }
 
 /** What a forward computes (lib/models/target.ts `TargetOutputs`, the parts that allocate). */

@@ -40,16 +40,26 @@ export interface DenseMlpWeights {
   down: Tensor;
 }
 
+/** Experts [first, first + count) of one projection stacked along the rows of one tensor ([count·N, K]). */
+export interface ExpertBlock {
+  /** The block's first expert. */
+  first: number;
+  /** Experts in the block. */
+  count: number;
+  /** Their matrices stacked along the rows. */
+  tensor: Tensor;
+}
+
 /** The block's weights on the device (matrices in their stored dtype). */
 export interface MoeWeights {
   /** Router [E, H]. */
   router: Tensor;
-  /** Every expert's gate_proj, stacked [E·I, H]. */
-  gate: Tensor;
-  /** Every expert's up_proj, stacked [E·I, H]. */
-  up: Tensor;
-  /** Every expert's down_proj, stacked [E·H, I]. */
-  down: Tensor;
+  /** Every expert's gate_proj ([I, H] each), in blocks that each fit one storage binding. */
+  gate: ExpertBlock[];
+  /** Every expert's up_proj ([I, H] each). */
+  up: ExpertBlock[];
+  /** Every expert's down_proj ([H, I] each). */
+  down: ExpertBlock[];
   /** Qwen2-MoE's shared expert and its gate [1, H]; null for Qwen3-MoE. */
   shared: (DenseMlpWeights & { gateProj: Tensor }) | null;
 }
@@ -122,9 +132,9 @@ export async function moeForward(
     throw new ShapeError(`moeForward: ${E} experts exceed the ${K.MOE_MAX_EXPERTS} the sort kernel holds`);
   }
   expectShape("moeForward", "router", w.router, [E, H]);
-  expectShape("moeForward", "experts' gate_proj", w.gate, [E * I, H]);
-  expectShape("moeForward", "experts' up_proj", w.up, [E * I, H]);
-  expectShape("moeForward", "experts' down_proj", w.down, [E * H, I]);
+  checkBlocks("experts' gate_proj", w.gate, E, [I, H]);
+  checkBlocks("experts' up_proj", w.up, E, [I, H]);
+  checkBlocks("experts' down_proj", w.down, E, [H, I]);
   expectShape("moeForward", "x", x, [rows, H]);
   const A = rows * k, maxTiles = moeMaxTiles(A, E);
   await linear(p, m, w.router, s.logits);
@@ -169,29 +179,61 @@ export async function moeForward(
   );
 }
 
+/** Checks that `blocks` hold experts 0..E−1 in order, each of `shape`, in one dtype. */
+function checkBlocks(name: string, blocks: ExpertBlock[], E: number, shape: [number, number]): void {
+  let next = 0;
+  for (const b of blocks) {
+    if (b.first !== next || b.tensor.dtype !== blocks[0].tensor.dtype) {
+      throw new ShapeError(
+        `moeForward: ${name}: blocks must hold experts 0..${E - 1} in order, in one dtype`,
+      );
+    }
+    expectShape("moeForward", `${name} [${b.first}:${b.first + b.count}]`, b.tensor, [
+      b.count * shape[0],
+      shape[1],
+    ]);
+    next += b.count;
+  }
+  if (next !== E) throw new ShapeError(`moeForward: ${name}: blocks hold ${next} experts, expected ${E}`);
+}
+
 /**
  * Records out[s] = a[row(s)] · W_e(s)ᵀ over the sorted slots' tiles (row(s) = the token row when `gather`, else
- * s); W stacked [E·N, K].
+ * s), one dispatch per block of experts (its tiles; the others' workgroups return at once).
  */
 async function groupedMatmul(
   p: Program,
   a: Tensor,
-  w: Tensor,
+  blocks: ExpertBlock[],
   gather: boolean,
   s: MoeScratch,
   out: Tensor,
 ): Promise<void> {
   expectDtype("moe grouped matmul", "a", a, "f32");
-  expectDtype("moe grouped matmul", "w", w, "f32", "f16", "bf16");
   const [slots, N] = out.shape, Kdim = a.shape[1], maxTiles = s.tiles.shape[0];
-  const bType = w.dtype as MatmulBType;
-  await p.add(
-    { name: `moe.grouped_matmul.${bType}`, code: K.matmul(bType), entryPoint: "grouped_matmul" },
-    [params(["u32", N], ["u32", Kdim], ["u32", gather ? 1 : 0], ["u32", 0]), a, w, s.sortedRow, s.tiles, out],
-    [Math.ceil(N / K.MOE_TILE_COLS), maxTiles, 1],
-    `moe.grouped_matmul.${bType}`,
-    2 * slots * N * Kdim,
-  );
+  for (const { first, count, tensor: w } of blocks) {
+    expectDtype("moe grouped matmul", "w", w, "f32", "f16", "bf16");
+    const bType = w.dtype as MatmulBType;
+    await p.add(
+      { name: `moe.grouped_matmul.${bType}`, code: K.matmul(bType), entryPoint: "grouped_matmul" },
+      [
+        params(["u32", N], ["u32", Kdim], ["u32", gather ? 1 : 0], ["u32", first], ["u32", count]),
+        a,
+        w,
+        s.sortedRow,
+        s.tiles,
+        out,
+      ],
+      [Math.ceil(N / K.MOE_TILE_COLS), maxTiles, 1],
+      `moe.grouped_matmul.${bType}`,
+      2 * slots * N * Kdim * count / expertsIn(blocks),
+    );
+  }
+}
+
+/** Experts held by `blocks`. */
+function expertsIn(blocks: ExpertBlock[]): number {
+  return blocks.reduce((n, b) => n + b.count, 0);
 }
 
 /** The block's weights on the host, f32 (tests' reference). */

@@ -177,3 +177,35 @@ for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window",
     }
   });
 }
+
+Deno.test({
+  name:
+    "target qwen2_moe: experts in blocks of a small binding give the unsplit forward's logits bit for bit",
+  ...needsGpu,
+}, async () => {
+  const golden = goldenOf("qwen2_moe");
+  const ids = golden.ints("input_ids"), mask = golden.ints("attention_mask");
+  const [B, T] = golden.shape("input_ids");
+  const lengths = Array.from(
+    { length: B },
+    (_, b) => mask.slice(b * T, (b + 1) * T).reduce((a, m) => a + m, 0),
+  );
+  const logits = async (maxBlockBytes?: number) => {
+    const model = await TargetModel.load(gpu!, `${GOLDEN_DIR}qwen2_moe`, {
+      auxLayers: [1, 3, 4],
+      maxBlockBytes,
+    });
+    try {
+      // 24×32 bf16 per expert (1.5 KiB): blocks of 2 experts under a 4 KiB binding
+      if (maxBlockBytes) assert.equal(model.layers[0].moe!.gate.length, 4);
+      const f = await model.forward(B, T, { logits: true });
+      f.run(Int32Array.from(ids), lengths);
+      const out = await f.logits!.read();
+      f.destroy();
+      return out;
+    } finally {
+      model.destroy();
+    }
+  };
+  assert.deepEqual(await logits(4096), await logits());
+});

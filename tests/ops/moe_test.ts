@@ -1,6 +1,7 @@
 /**
  * The MoE block (lib/ops/moe.ts) against its CPU reference: routing with and without renormalisation, several
- * tiles per expert, odd sizes, f32 and bf16 expert weights, Qwen2-MoE's gated shared expert; and the CPU routing
+ * tiles per expert, odd sizes, f32 and bf16 expert weights, experts in several weight blocks, Qwen2-MoE's gated
+ * shared expert; and the CPU routing
  * itself on hand-made logits. The whole block against transformers' classes is in tests/models/golden_targets_test.ts.
  */
 import assert from "node:assert/strict";
@@ -22,6 +23,8 @@ interface Case {
   shape: MoeShape;
   shared: number | null;
   dtype: "f32" | "bf16";
+  /** Experts per weight block (default: all in one). */
+  block?: number;
 }
 
 async function runCase(c: Case, seed: number) {
@@ -47,11 +50,18 @@ async function runCase(c: Case, seed: number) {
     label: string,
     dtype: "f32" | "bf16" = c.dtype,
   ) => Tensor.fromArray(g, data, dims, dtype, label);
+  const per = c.block ?? E;
+  const blocks = (data: Float32Array<ArrayBuffer>, rows: number, cols: number, label: string) =>
+    Array.from({ length: Math.ceil(E / per) }, (_, b) => {
+      const first = b * per, count = Math.min(per, E - first);
+      const part = data.slice(first * rows * cols, (first + count) * rows * cols);
+      return { first, count, tensor: t(part, [count * rows, cols], `${label} [${first}:${first + count}]`) };
+    });
   const tensors = {
     router: t(w.router, [E, H], "router"),
-    gate: t(w.gate, [E * I, H], "gate"),
-    up: t(w.up, [E * I, H], "up"),
-    down: t(w.down, [E * H, I], "down"),
+    gate: blocks(w.gate, I, H, "gate"),
+    up: blocks(w.up, I, H, "up"),
+    down: blocks(w.down, H, I, "down"),
     shared: w.shared && {
       gate: t(w.shared.gate, [c.shared!, H], "shared gate"),
       up: t(w.shared.up, [c.shared!, H], "shared up"),
@@ -91,6 +101,15 @@ Deno.test({ name: "moe: grouped experts equal the CPU reference", ...needsGpu },
       shape: { experts: 3, topK: 2, expertIntermediate: 8, normTopk: false },
       shared: 24,
       dtype: "bf16",
+    },
+    // experts in blocks of 2, 2 and 1 (weights over one binding): one dispatch per block
+    {
+      rows: 21,
+      H: 12,
+      shape: { experts: 5, topK: 2, expertIntermediate: 6, normTopk: true },
+      shared: null,
+      dtype: "bf16",
+      block: 2,
     },
     {
       rows: 1,

@@ -1,0 +1,44 @@
+/**
+ * Drafts for mixture-of-experts targets (the golden tiny Qwen3MoeForCausalLM and Qwen2MoeForCausalLM) train online
+ * end to end: the derived dense draft, aux states from the MoE forward, a finite loss at every update, a
+ * checkpoint, and the buffer pool's peak within 10 % of the memory plan, which counts the experts' weights and
+ * the sparse MLP's scratch (the forward itself is checked against transformers in tests/models/target_test.ts).
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { needsGpu } from "../gpu.ts";
+import { Gpu } from "../../lib/gpu/device.ts";
+import { trainFixture, trainSettings } from "./fixtures.ts";
+import { trainOnline } from "../../lib/train/trainer.ts";
+import { ProgressPrinter } from "../../lib/train/metrics.ts";
+
+for (const arch of ["qwen3_moe", "qwen2_moe"]) {
+  Deno.test({
+    name: `train-online with a ${arch} target: draft derived and trained; plan = peak`,
+    ...needsGpu,
+  }, async () => {
+    const root = await trainFixture();
+    const device = await Gpu.create(); // its own buffer pool: the peak is this run's alone
+    try {
+      const golden = new URL(`../golden/targets/${arch}/`, import.meta.url).pathname;
+      for (const f of ["config.json", "model.safetensors"]) {
+        await Deno.copyFile(join(golden, f), join(root, "target", f));
+      }
+      const r = await trainOnline(device, {
+        settings: await trainSettings(root, "out", { numEpochs: 2, logInterval: 1 }),
+        hub: { cacheDir: join(root, "hub"), offline: true },
+        progress: new ProgressPrinter(() => {}, false),
+      });
+      assert.equal(r.draftConfig.hiddenSize, 32);
+      const losses = (await Deno.readTextFile(join(root, "out", "metrics.jsonl"))).trim().split("\n")
+        .map((l) => JSON.parse(l)).filter((x) => x.split === "train").map((x) => x.loss as number);
+      assert.ok(losses.length === r.updates && losses.every(Number.isFinite), `${losses}`);
+      assert.ok((await Deno.stat(join(r.checkpoint!, "model.safetensors"))).isFile);
+      const { peakBytes: peak, plannedPeakBytes: plan } = r;
+      assert.ok(Math.abs(plan - peak) <= 0.1 * peak, `planned ${plan}, peak ${peak}`);
+    } finally {
+      device.destroy();
+      await Deno.remove(root, { recursive: true });
+    }
+  });
+}
