@@ -1,7 +1,8 @@
 /**
  * Sizing: what training an EAGLE-3 draft for a published target needs on one device, from the memory planner
  * (lib/models/memory_plan.ts, lib/train/training_plan.ts) alone: no weight is downloaded or read. For
- * Llama-3.1-8B, Qwen3-8B and Llama-3.3-70B (their config.json values, bf16 weights) and the draft derived
+ * Llama-3.1-8B, Qwen3-8B, Qwen3-30B-A3B (mixture of experts; not streamed) and Llama-3.3-70B (their config.json
+ * values, bf16 weights) and the draft derived
  * from each (draft vocabulary 32,000; train-online's default EAGLE-3.1 draft and LK loss, or with
  * --draft-preset eagle3 SpecForge's EAGLE-3 and KL loss; --head-chunk-rows as train-online's), it prints the plan of an online run, an offline
  * run (features stored in Eaglet's default form) and prepare-hidden-states, the online run and
@@ -60,6 +61,23 @@ const TARGETS: Record<string, Record<string, unknown>> = {
     num_hidden_layers: 36,
     num_attention_heads: 32,
     num_key_value_heads: 8,
+    head_dim: 128,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rope_theta: 1000000,
+    rms_norm_eps: 1e-6,
+  },
+  "Qwen3-30B-A3B": {
+    architectures: ["Qwen3MoeForCausalLM"],
+    hidden_size: 2048,
+    intermediate_size: 6144,
+    moe_intermediate_size: 768,
+    num_experts: 128,
+    num_experts_per_tok: 8,
+    norm_topk_prob: true,
+    num_hidden_layers: 48,
+    num_attention_heads: 32,
+    num_key_value_heads: 4,
     head_dim: 128,
     vocab_size: 151936,
     max_position_embeddings: 40960,
@@ -203,6 +221,11 @@ const FLAGS = {
 const USAGE =
   "usage: deno run -A examples/sizing.ts [--lengths 2048,8192] [--draft-preset eagle3] [--head-chunk-rows 1024]";
 
+/** The modes planned for `t`: a mixture-of-experts target is not streamed (every layer resident). */
+function modesOf(t: TargetPlanInput, modes: Mode[]): Mode[] {
+  return t.target.moe ? modes.filter((m) => !m.endsWith("streamed")) : modes;
+}
+
 /** Prints both tables for samples of `lengths` tokens. */
 async function sizing(lengths: readonly number[], d: DraftChoice): Promise<void> {
   const gpu = await Gpu.create();
@@ -219,7 +242,7 @@ async function sizing(lengths: readonly number[], d: DraftChoice): Promise<void>
     console.log("|---|---|---|---|---|");
     for (const name of Object.keys(TARGETS)) {
       const t = targetInput(name, gpu);
-      for (const mode of modes) {
+      for (const mode of modesOf(t, modes)) {
         for (const T of lengths) {
           const p = plan(t, mode, T, d);
           const parts = p.categories.filter((c) => c.bytes >= 2 ** 30 / 10)
@@ -232,7 +255,7 @@ async function sizing(lengths: readonly number[], d: DraftChoice): Promise<void>
     console.log(`|---|---|${DEVICES_GB.map(() => "---").join("|")}|`);
     for (const name of Object.keys(TARGETS)) {
       const t = targetInput(name, gpu);
-      for (const mode of modes) {
+      for (const mode of modesOf(t, modes)) {
         console.log(
           `| ${name} | ${mode} | ${DEVICES_GB.map((g) => longestFitting(t, mode, g, d)).join(" | ")} |`,
         );
