@@ -7,9 +7,15 @@ tests/golden/targets/<name>/golden.safetensors: input_ids, attention_mask, the r
 decoder layer (hidden_states[1:], before the final norm), the final post-norm hidden state and the logits, and
 for the cases in GREEDY the greedy continuation transformers' generate() gives.
 
+gpt_oss_mxfp4 is written by hand in the published GPT-OSS layout (experts' `*_blocks` and `*_scales` in MXFP4,
+quantization_config mxfp4) and loaded by transformers with Mxfp4Config(dequantize=True). The gpt_oss, gpt_oss_mxfp4,
+llama4 and deepseek_v3 goldens are for families not supported yet (tests/models/config_test.ts checks they are
+refused by name).
+
 Run with the venv described in DESIGN.md (torch 2.x, transformers 5.x); name cases to write only those:
   .venv-golden/bin/python tests/golden/make_targets.py [phi3 ...]
 """
+import json
 import os
 import sys
 
@@ -139,12 +145,163 @@ CASES = {
              decoder_sparse_step=1, mlp_only_layers=[]),
         torch.bfloat16,
     ),
+    # GPT-OSS (bf16, as the published BF16 conversions store it: experts' gate_up_proj [E, H, 2I] interleaving gate
+    # and up, down_proj [E, I, H], with biases): router with bias, top-k then softmax over the k, the clamped
+    # SwiGLU (limit 7, alpha 1.702), attention sinks, q/k/v/o biases, alternating sliding (window 4) and full
+    # layers, YaRN RoPE. gpt_oss_mxfp4 below stores the same model's experts in MXFP4.
+    "gpt_oss": (
+        transformers.GptOssConfig,
+        dict(head_dim=16, intermediate_size=24, num_local_experts=8, num_experts_per_tok=2, sliding_window=4,
+             layer_types=["sliding_attention", "full_attention"] * 4, attention_bias=True,
+             tie_word_embeddings=False,
+             rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0, beta_slow=1.0,
+                                  original_max_position_embeddings=32, truncate=False)),
+        torch.bfloat16,
+    ),
+    # Llama 4 text: MoE layers every second layer (interleave_moe_layer_step 2) with a top-1 sigmoid router that
+    # scales the expert's input, plus the shared expert; dense layers of intermediate_size_mlp; NoPE every 4th
+    # layer with attention temperature tuning (floor_scale 4 so that it varies within the batch); chunked local
+    # attention (4 tokens) on the RoPE layers; the weightless L2 q/k norm; llama3 RoPE scaling.
+    "llama4": (
+        transformers.Llama4TextConfig,
+        dict(head_dim=8, intermediate_size=24, intermediate_size_mlp=72, num_local_experts=4, num_experts_per_tok=1,
+             interleave_moe_layer_step=2, no_rope_layer_interval=4, attention_chunk_size=4,
+             attn_temperature_tuning=True, floor_scale=4, attn_scale=0.1, use_qk_norm=True,
+             tie_word_embeddings=False,
+             rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                                  high_freq_factor=4.0, original_max_position_embeddings=16)),
+        torch.bfloat16,
+    ),
+    # DeepSeek-V3 (also Kimi-K2): multi-head latent attention (q LoRA 16, kv LoRA 12, nope/rope head dims 8/4, v 8,
+    # interleaved RoPE), YaRN with mscale, MoE after the first dense layer: sigmoid scores, grouped top-k (4 groups,
+    # best 2) with the correction bias, renormalised, × routed_scaling_factor, plus the shared expert.
+    "deepseek_v3": (
+        transformers.DeepseekV3Config,
+        dict(num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=8,
+             v_head_dim=8, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2,
+             moe_intermediate_size=16, first_k_dense_replace=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+             rope_interleave=True, tie_word_embeddings=False,
+             rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
+                                  beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)),
+        torch.bfloat16,
+    ),
 }
 
 
 # Cases whose golden also holds transformers' greedy continuation (added with them; the older cases' files
 # predate it).
-GREEDY = {"gemma3", "gemma3_window", "mistral_window", "qwen2_window", "qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe"}
+GREEDY = {"gemma3", "gemma3_window", "mistral_window", "qwen2_window", "qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe",
+          "gpt_oss", "gpt_oss_mxfp4", "llama4", "deepseek_v3"}
+
+
+FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def quantize_mxfp4(w):
+    """MXFP4 of w [..., rows, cols] (cols a multiple of 32), as the published GPT-OSS checkpoints store it:
+    blocks uint8 [..., rows, cols/32, 16] (two e2m1 codes per byte, the even element in the low nibble) and
+    scales uint8 [..., rows, cols/32] (e8m0: the power of two + 127); also the dequantized values."""
+    *lead, rows, cols = w.shape
+    g = w.reshape(*lead, rows, cols // 32, 32).to(torch.float32)
+    amax = g.abs().amax(-1, keepdim=True).clamp_min(2.0 ** -126)
+    exp = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    lut = torch.tensor(FP4_VALUES)
+    scaled = g / torch.pow(2.0, exp)
+    codes = (scaled.unsqueeze(-1) - lut).abs().argmin(-1)  # nearest code (ties: the lower code)
+    deq = (lut[codes] * torch.pow(2.0, exp)).reshape(*lead, rows, cols)
+    codes = codes.to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks.contiguous(), (exp.squeeze(-1) + 127).to(torch.uint8).contiguous(), deq
+
+
+def make_gpt_oss_mxfp4(ids, mask):
+    """gpt_oss_mxfp4: a GPT-OSS whose experts are stored in MXFP4 (`*_blocks`, `*_scales`, quantization_config
+    mxfp4), the other tensors in bf16; transformers loads it dequantized (Mxfp4Config(dequantize=True)) and its
+    outputs are the golden, checked first against the same model with the dequantized values set in bf16."""
+    import safetensors.torch
+    name, dtype = "gpt_oss_mxfp4", torch.bfloat16
+    extra = dict(CASES["gpt_oss"][1], intermediate_size=32)  # MXFP4 groups of 32 along both projections' inputs
+    config = transformers.GptOssConfig(**{**COMMON, **extra})
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    tensors = {}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.08)
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.uniform_(0.7, 1.3)
+        model.to(dtype)
+        for i, layer in enumerate(model.model.layers):
+            e = layer.mlp.experts
+            for proj in ("gate_up_proj", "down_proj"):
+                w = getattr(e, proj)  # [E, in, out]: stored transposed, [E, out, in]
+                blocks, scales, deq = quantize_mxfp4(w.transpose(1, 2))
+                w.copy_(deq.transpose(1, 2).to(dtype))
+                tensors[f"model.layers.{i}.mlp.experts.{proj}_blocks"] = blocks
+                tensors[f"model.layers.{i}.mlp.experts.{proj}_scales"] = scales
+        for n, p in model.state_dict().items():
+            if ".mlp.experts.gate_up_proj" in n and not n.endswith("bias") or ".mlp.experts.down_proj" in n and not n.endswith("bias"):
+                continue
+            tensors[n] = p.detach().to(dtype).contiguous()
+    path = os.path.join(OUT, name)
+    os.makedirs(path, exist_ok=True)
+    safetensors.torch.save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    cfg = config.to_dict()
+    cfg["quantization_config"] = {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                   "lm_head"],
+    }
+    cfg["dtype"] = "bfloat16"
+    cfg["architectures"] = ["GptOssForCausalLM"]
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager",
+        quantization_config=transformers.Mxfp4Config(dequantize=True),
+    )
+    reloaded = reloaded.to(torch.float32).eval()  # dequantized to bf16 values; computed in f32 as the others
+    model = model.to(torch.float32).eval()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    return path, reloaded, want
+
+
+def write_golden(name, path, reloaded, ids, mask):
+    """Runs `reloaded` (float32, eager) on the batch and writes golden.safetensors into `path`."""
+    with torch.no_grad():
+        out = reloaded(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    hidden = torch.stack(out.hidden_states[1:], 0)  # [L, B, T, H]; the last one is post-norm in HF
+    captured = {}
+
+    def hook(i):
+        def f(_module, _inputs, output):
+            captured[i] = output[0] if isinstance(output, tuple) else output
+        return f
+
+    layers = reloaded.model.layers
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    with torch.no_grad():
+        reloaded(input_ids=ids, attention_mask=mask)
+    for h in handles:
+        h.remove()
+    layer_outputs = torch.stack([captured[i] for i in range(len(layers))], 0)
+    tensors = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "layer_outputs": layer_outputs,  # residual stream after each decoder layer, pre-norm
+        "final_hidden": hidden[-1],  # after the final RMSNorm
+        "logits": out.logits,
+    }
+    if name in GREEDY:
+        # transformers' own greedy decoding (its KV cache) of the first sequence's 7 tokens, 8 new tokens
+        with torch.no_grad():
+            gen = reloaded.generate(ids[:1, :7], max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                    pad_token_id=COMMON["pad_token_id"])
+        tensors["greedy_ids"] = gen[0, 7:]
+    save(os.path.join(path, "golden.safetensors"), tensors)
+    return out.logits
 
 
 def main():
@@ -157,7 +314,7 @@ def main():
     for name, (config_cls, extra, dtype) in CASES.items():
         if only and name not in only:
             continue
-        config = config_cls(**COMMON, **extra)
+        config = config_cls(**{**COMMON, **extra})
         config._attn_implementation = "eager"
         model = transformers.AutoModelForCausalLM.from_config(config)
         with torch.no_grad():
@@ -166,6 +323,9 @@ def main():
             for n, p in model.named_parameters():
                 if n.endswith("norm.weight") or "layernorm" in n:
                     p.uniform_(0.7, 1.3)
+            for n, b in model.named_buffers():
+                if n.endswith("e_score_correction_bias"):  # DeepSeek-V3's routing bias: a buffer, zero at init
+                    b.normal_(0.0, 0.05)
         path = os.path.join(OUT, name)
         os.makedirs(path, exist_ok=True)
         model.to(dtype).save_pretrained(path, safe_serialization=True)
@@ -173,38 +333,14 @@ def main():
             path, dtype=torch.float32, attn_implementation="eager"
         )
         reloaded.eval()
-        with torch.no_grad():
-            out = reloaded(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        hidden = torch.stack(out.hidden_states[1:], 0)  # [L, B, T, H]; the last one is post-norm in HF
-        layer_outputs = []
-        captured = {}
-
-        def hook(i):
-            def f(_module, _inputs, output):
-                captured[i] = output[0] if isinstance(output, tuple) else output
-            return f
-
-        handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(reloaded.model.layers)]
-        with torch.no_grad():
-            reloaded(input_ids=ids, attention_mask=mask)
-        for h in handles:
-            h.remove()
-        layer_outputs = torch.stack([captured[i] for i in range(config.num_hidden_layers)], 0)
-        tensors = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "layer_outputs": layer_outputs,  # residual stream after each decoder layer, pre-norm
-            "final_hidden": hidden[-1],  # after the final RMSNorm
-            "logits": out.logits,
-        }
-        if name in GREEDY:
-            # transformers' own greedy decoding (its KV cache) of the first sequence's 7 tokens, 8 new tokens
-            with torch.no_grad():
-                gen = reloaded.generate(ids[:1, :7], max_new_tokens=8, do_sample=False, eos_token_id=None,
-                                        pad_token_id=COMMON["pad_token_id"])
-            tensors["greedy_ids"] = gen[0, 7:]
-        save(os.path.join(path, "golden.safetensors"), tensors)
+        write_golden(name, path, reloaded, ids, mask)
         print(name, dtype, "->", path)
+    if not only or "gpt_oss_mxfp4" in only:
+        path, reloaded, want = make_gpt_oss_mxfp4(ids, mask)
+        got = write_golden("gpt_oss_mxfp4", path, reloaded, ids, mask)
+        diff = (got - want).abs().max().item()
+        assert diff < 1e-4, f"transformers' MXFP4 dequantization differs from the values set: {diff}"
+        print("gpt_oss_mxfp4 (MXFP4 experts, bf16 rest) ->", path, f"(max |Δ| vs the bf16 model {diff:.2e})")
 
 
 if __name__ == "__main__":

@@ -716,3 +716,20 @@ Deno.test("config: Qwen3-MoE and Qwen2-MoE routing, sparse layers, shared expert
   assert.deepEqual(shapes.get("model.layers.0.mlp.shared_expert_gate.weight"), [1, 2048]);
   assert.deepEqual(shapes.get("model.layers.0.mlp.experts.59.gate_proj.weight"), [1408, 2048]);
 });
+
+Deno.test("config: GPT-OSS, Llama 4 and DeepSeek-V3 (golden checkpoints kept for them) are refused by name", async () => {
+  const golden = new URL("../golden/targets/", import.meta.url).pathname;
+  for (
+    const [dir, arch] of [
+      ["gpt_oss", "GptOssForCausalLM"],
+      ["gpt_oss_mxfp4", "GptOssForCausalLM"],
+      ["llama4", "Llama4ForCausalLM"],
+      ["deepseek_v3", "DeepseekV3ForCausalLM"],
+    ]
+  ) {
+    await assert.rejects(
+      loadTargetConfig(join(golden, dir, "config.json")),
+      new RegExp(`architecture ${arch} is not supported; supported: LlamaForCausalLM, .*Qwen2MoeForCausalLM`),
+    );
+  }
+});
