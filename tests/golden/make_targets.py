@@ -257,6 +257,7 @@ def make_gpt_oss_mxfp4(ids, mask):
     cfg["architectures"] = ["GptOssForCausalLM"]
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
+        f.write("\n")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, attn_implementation="eager",
         quantization_config=transformers.Mxfp4Config(dequantize=True),
