@@ -628,17 +628,25 @@ fn dot_row(a: Row, b: Row) -> f32 {
 }
 
 /**
- * Forward, register rows (override HD = hd). Bindings as {@link attentionForward}. Workgroups:
- * ceil(B · nh · ceil(Tq / R) / 8). Invocation n owns query rows t0 .. t0 + R − 1 of one (b, h), t0 = R·(n mod
- * ceil(Tq / R)); per key it loads k and v once and runs the online softmax of each row, with one exp per row
- * and key: if s > m, then m ← s, o ← o·exp(m_old − s) + v; else o ← o + exp(s − m)·v.
+ * Forward, register rows (override HD = hd). Bindings as {@link attentionForward}, and with `sinks` 9 sinks
+ * [nh]. Workgroups: ceil(B · nh · ceil(Tq / R) / 8). Invocation n owns query rows t0 .. t0 + R − 1 of one
+ * (b, h), t0 = R·(n mod ceil(Tq / R)); per key it loads k and v once and runs the online softmax of each row,
+ * with one exp per row and key: if s > m, then m ← s, o ← o·exp(m_old − s) + v; else o ← o + exp(s − m)·v.
+ * Attention sinks (GPT-OSS, transformers `eager_attention_forward`: a per-head logit in every row's softmax
+ * whose probability is dropped) start each row at m = sink_h, l = 1, o = 0.
  */
-export function attentionRowsForward(hd: number, rows: number, textures: readonly string[] = []): string {
+export function attentionRowsForward(
+  hd: number,
+  rows: number,
+  textures: readonly string[] = [],
+  sinks = false,
+): string {
   return `${rowsHeader(hd, rows)}
 ${rowAccess(hd, ["q", "k", "v", "kd", "vd"], [], 1, textures)}
 @group(0) @binding(6) var<storage, read> lengths: array<i32>;
 ${rowAccess(hd, [], ["out"], 7)}
 @group(0) @binding(8) var<storage, read_write> lse: array<f32>;
+${sinks ? "@group(0) @binding(9) var<storage, read> sinks: array<f32>;" : ""}
 
 @compute @workgroup_size(RWG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -663,8 +671,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       qr[i][c] = ld_q(qb, c) * p.scale;
       o[i][c] = vec4<f32>(0.0);
     }
-    m[i] = NEG_BIG;
-    l[i] = 0.0;
+    m[i] = ${sinks ? "sinks[h]" : "NEG_BIG"};
+    l[i] = ${sinks ? "1.0" : "0.0"};
   }
   for (var s = 0u; s < kend; s++) {
     let kb = k_index(b, s, kvh);

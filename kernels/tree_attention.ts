@@ -25,7 +25,7 @@ export const TREE_WG = 64;
  * p.window keys, from the rows' positions (binding 7): prefix key s sits at position s, tree key j at row j's
  * position (the verified rows are the tree keys), and a key is kept when its position + window > the row's.
  */
-export function treeAttention(hd: number, windowed = false): string {
+export function treeAttention(hd: number, windowed = false, sinks = false): string {
   const positions = windowed ? "@group(0) @binding(7) var<storage, read> positions: array<i32>;" : "";
   const windowCheck = windowed
     ? `let key_pos = select(i32(s), positions[s - prefix], s >= prefix);
@@ -44,6 +44,7 @@ ${LINEAR_WORKGROUP}
 @group(0) @binding(5) var<storage, read> mask: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 ${positions}
+${sinks ? "@group(0) @binding(8) var<storage, read> sinks: array<f32>;" : ""}
 
 @compute @workgroup_size(${TREE_WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -57,8 +58,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var qr: array<f32, HD>;
   var acc: array<f32, HD>;
   for (var d = 0u; d < HD; d++) { qr[d] = q[i * HD + d]; acc[d] = 0.0; }
-  var m = -3.0e38;
-  var l = 0.0;
+  // Attention sinks (GPT-OSS): the row's softmax starts with the head's sink logit, whose probability is dropped.
+  var m = ${sinks ? "sinks[h]" : "-3.0e38"};
+  var l = ${sinks ? "1.0" : "0.0"};
   let total = prefix + p.tree_len;
   for (var s = 0u; s < total; s++) {
     if (s >= prefix && mask[t * p.tree_len + (s - prefix)] == 0u) { continue; }

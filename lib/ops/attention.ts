@@ -74,6 +74,11 @@ export interface AttentionForwardArgs {
   out: Tensor;
   /** Log-sum-exp of each query row's scaled scores [B, nh, Tq], written (−∞ for a row with no key). */
   lse: Tensor;
+  /**
+   * Attention sinks (GPT-OSS), f32 [nh]: a logit per head in every row's softmax whose probability is dropped;
+   * forward only, on the "rows" kernels. Null or absent: none.
+   */
+  sinks?: Tensor | null;
 }
 
 /** Tensors of {@link attentionBackward}: the forward's inputs and outputs plus gradients. */
@@ -282,6 +287,10 @@ export async function attentionForward(
   opts: AttentionOptions = {},
 ): Promise<void> {
   const d = checkArgs("attentionForward", a, opts);
+  if (a.sinks) {
+    expectDtype("attentionForward", "sinks", a.sinks, "f32");
+    expectShape("attentionForward", "sinks", a.sinks, [d.heads]);
+  }
   const bindings: Binding[] = [
     uniforms(d, opts),
     a.q,
@@ -292,14 +301,16 @@ export async function attentionForward(
     a.lengths,
     a.out,
     a.lse,
+    ...(a.sinks ? [a.sinks] : []),
   ];
-  if (kernelFor(p.gpu, opts) === "rows") {
+  // Sinks are in the register-row kernels only (a frozen target's forward).
+  if (a.sinks || kernelFor(p.gpu, opts) === "rows") {
     const rows = rowsPerInvocation(d.headDim);
     const textures = await streamedTextures(p, d.headDim, opts, bindings, { k: 2, v: 3 });
     await p.add(
       {
-        name: `attention.forward_rows${textures.length ? ".textures" : ""}`,
-        code: K.attentionRowsForward(d.headDim, rows, textures),
+        name: `attention.forward_rows${textures.length ? ".textures" : ""}${a.sinks ? ".sinks" : ""}`,
+        code: K.attentionRowsForward(d.headDim, rows, textures, !!a.sinks),
         entryPoint: "main",
         constants: { HD: d.headDim },
       },
@@ -453,6 +464,8 @@ export interface AttentionCpuInputs {
   vd?: ArrayLike<number> | null;
   /** Valid keys per sequence [B]; keys s ≥ lengths[b] are masked. */
   lengths: ArrayLike<number>;
+  /** Attention sinks [nh] (see {@link AttentionForwardArgs.sinks}), absent for none. */
+  sinks?: ArrayLike<number> | null;
 }
 
 /** Result of {@link attentionCpu}. */
@@ -529,13 +542,14 @@ function forEachRow(
           keys.push({ diag: true, offset: ko });
           scores.push(scale * dot(x.q, qo, x.kd!, ko));
         }
-        if (keys.length === 0) {
+        const sink = x.sinks ? [x.sinks[h]] : [];
+        if (keys.length === 0 && !x.sinks) {
           visit(qo, b, h, t, keys, [], -Infinity);
           continue;
         }
-        const m = Math.max(...scores);
+        const m = Math.max(...scores, ...sink);
         const e = scores.map((s) => Math.exp(s - m));
-        const sum = e.reduce((a, c) => a + c, 0);
+        const sum = [...e, ...sink.map((s) => Math.exp(s - m))].reduce((a, c) => a + c, 0);
         visit(qo, b, h, t, keys, e.map((v) => v / sum), m + Math.log(sum));
       }
     }

@@ -46,6 +46,8 @@ export interface TreeAttentionOptions {
    * position s, tree key j at row j's position, as in the target's verification pass). Absent: no window.
    */
   window?: { size: number; positions: Tensor };
+  /** Attention sinks (GPT-OSS), f32 [nh]: a logit per head in every row's softmax, its probability dropped. */
+  sinks?: Tensor | null;
 }
 
 /** Sizes of a tree attention call. */
@@ -114,9 +116,13 @@ export async function treeAttentionForward(
       );
     }
   }
-  const name = `tree_attention.forward_hd${d.headDim}${w ? "_window" : ""}`;
+  if (opts.sinks) {
+    expectDtype("treeAttentionForward", "sinks", opts.sinks, "f32");
+    expectShape("treeAttentionForward", "sinks", opts.sinks, [d.heads]);
+  }
+  const name = `tree_attention.forward_hd${d.headDim}${w ? "_window" : ""}${opts.sinks ? "_sinks" : ""}`;
   await p.add(
-    { name, code: K.treeAttention(d.headDim, !!w), entryPoint: "main" },
+    { name, code: K.treeAttention(d.headDim, !!w, !!opts.sinks), entryPoint: "main" },
     [
       params(
         ["u32", d.rows],
@@ -135,6 +141,7 @@ export async function treeAttentionForward(
       a.mask,
       a.out,
       w?.positions ?? null,
+      opts.sinks ?? null,
     ],
     Math.ceil(d.rows * d.heads / K.TREE_WG),
   );
@@ -237,6 +244,8 @@ export interface TreeAttentionCpuInputs {
   prefix: number;
   /** A sliding window of `size` keys from the rows' `positions` (see {@link TreeAttentionOptions.window}). */
   window?: { size: number; positions: ArrayLike<number> };
+  /** Attention sinks [nh], absent for none. */
+  sinks?: ArrayLike<number>;
 }
 
 /** CPU reference of {@link treeAttentionForward}: the softmax of each row materialised. */
@@ -264,9 +273,10 @@ export function treeAttentionCpu(
         for (let e = 0; e < hd; e++) acc += x.q[qo + e] * x.k[(s * nkv + kvh) * hd + e];
         return scale * acc;
       });
-      const m = Math.max(...scores);
+      const sink = x.sinks ? [x.sinks[h]] : [];
+      const m = Math.max(...scores, ...sink);
       const w = scores.map((s) => Math.exp(s - m));
-      const sum = w.reduce((a, b) => a + b, 0);
+      const sum = [...w, ...sink.map((s) => Math.exp(s - m))].reduce((a, b) => a + b, 0);
       keys.forEach((s, i) => {
         for (let e = 0; e < hd; e++) out[qo + e] += (w[i] / sum) * x.v[(s * nkv + kvh) * hd + e];
       });

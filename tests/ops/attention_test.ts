@@ -463,3 +463,46 @@ Deno.test(
     for (const t of [q, k, v, out, lse, lengths, bad3, badLse, kd]) t.destroy();
   },
 );
+
+Deno.test(
+  { name: "attention: sinks (GPT-OSS) vs CPU: causal, window, GQA, padding, KV cache", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const cases = [
+      makeCase("sinks causal", { B: 2, Tq: 9, nh: 4, nkv: 2, hd: 16 }, [9, 5], { causal: true }, 700),
+      makeCase(
+        "sinks window 3",
+        { B: 1, Tq: 11, nh: 2, nkv: 1, hd: 8 },
+        [11],
+        { causal: true, window: 3 },
+        710,
+      ),
+      makeCase("sinks decode", { B: 1, Tq: 1, Tk: 12, nh: 4, nkv: 4, hd: 12 }, [12], {
+        causal: true,
+        queryOffset: 11,
+      }, 720),
+      // An empty row (length 0): only the sink, so the output is 0.
+      makeCase("sinks empty row", { B: 2, Tq: 3, nh: 2, nkv: 2, hd: 4 }, [3, 0], {}, 730),
+    ];
+    for (const c of cases) {
+      const { batch: B, queryLen: Tq, keyLen: Tk, heads: nh, kvHeads: nkv, headDim: hd } = c.dims;
+      const sinks = randomArray(nh, 777, 2);
+      const f32 = (a: ArrayLike<number>, shape: number[], label: string) =>
+        Tensor.fromArray(g, Float32Array.from(a), shape, "f32", label);
+      const t = {
+        q: f32(c.x.q, [B, Tq, nh, hd], "q"),
+        k: f32(c.x.k, [B, Tk, nkv, hd], "k"),
+        v: f32(c.x.v, [B, Tk, nkv, hd], "v"),
+        lengths: Tensor.fromArray(g, Int32Array.from(c.x.lengths), [B], "i32", "lengths"),
+        out: Tensor.empty(g, [B, Tq, nh, hd], "f32", "out"),
+        lse: Tensor.empty(g, [B, nh, Tq], "f32", "lse"),
+        sinks: f32(sinks, [nh], "sinks"),
+      };
+      await runOnce(g, `attention ${c.name}`, (p) => attentionForward(p, t, c.opts));
+      const want = attentionCpu({ ...c.x, sinks }, c.dims, c.opts);
+      assertClose(await t.out.readFloat(), want.out, `${c.name} out`, { atol: 2e-5, rtol: 1e-4 });
+      assertClose(await t.lse.readFloat(), want.lse, `${c.name} lse`, { atol: 2e-5, rtol: 1e-4 });
+      for (const x of Object.values(t)) x.destroy();
+    }
+  },
+);

@@ -215,3 +215,31 @@ Deno.test(
     for (const t of [q, k, meta, badMask, fMask]) t.destroy();
   },
 );
+
+Deno.test(
+  { name: "tree attention with sinks (GPT-OSS) matches its CPU reference", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const d = { rows: 6, heads: 4, kvHeads: 2, headDim: 16, cacheLen: 30, treeLen: 6, prefix: 17 };
+    const q = randomArray(d.rows * d.heads * d.headDim, 50);
+    const k = randomArray(d.cacheLen * d.kvHeads * d.headDim, 51);
+    const v = randomArray(d.cacheLen * d.kvHeads * d.headDim, 52);
+    const sinks = randomArray(d.heads, 53, 2);
+    const mask = randomMask(d.rows, d.treeLen, 54);
+    const T = (data: Float32Array<ArrayBuffer>, shape: number[], label: string) =>
+      Tensor.fromArray(g, data, shape, "f32", label);
+    const t = {
+      q: T(q, [d.rows, d.heads, d.headDim], "q"),
+      k: T(k, [d.cacheLen, d.kvHeads, d.headDim], "k"),
+      v: T(v, [d.cacheLen, d.kvHeads, d.headDim], "v"),
+      meta: Tensor.fromArray(g, Int32Array.from([d.prefix]), [1], "i32", "meta"),
+      mask: Tensor.fromArray(g, mask, [d.rows, d.treeLen], "u32", "mask"),
+      out: Tensor.empty(g, [d.rows, d.heads, d.headDim], "f32", "out"),
+    };
+    const sinkT = T(sinks, [d.heads], "sinks");
+    await runOnce(g, "tree attention sinks", (p) => treeAttentionForward(p, t, { sinks: sinkT }));
+    const want = treeAttentionCpu({ q, k, v, mask, prefix: d.prefix, sinks }, d);
+    assertClose(await t.out.readFloat(), want, "tree attention with sinks", { atol: 2e-5, rtol: 1e-4 });
+    for (const x of [...Object.values(t), sinkT]) x.destroy();
+  },
+);
