@@ -1,7 +1,8 @@
 /**
  * Sizing: what training an EAGLE-3 draft for a published target needs on one device, from the memory planner
  * (lib/models/memory_plan.ts, lib/train/training_plan.ts) alone: no weight is downloaded or read. For
- * Llama-3.1-8B, Qwen3-8B, Qwen3-30B-A3B (mixture of experts; not streamed) and Llama-3.3-70B (their config.json
+ * Llama-3.1-8B, Qwen3-8B, Qwen3-30B-A3B and gpt-oss-20b (mixtures of experts, gpt-oss's in MXFP4; not streamed)
+ * and Llama-3.3-70B (their config.json
  * values, bf16 weights) and the draft derived
  * from each (draft vocabulary 32,000; train-online's default EAGLE-3.1 draft and LK loss, or with
  * --draft-preset eagle3 SpecForge's EAGLE-3 and KL loss; --head-chunk-rows as train-online's), it prints the plan of an online run, an offline
@@ -84,6 +85,24 @@ const TARGETS: Record<string, Record<string, unknown>> = {
     rope_theta: 1000000,
     rms_norm_eps: 1e-6,
   },
+  "gpt-oss-20b": {
+    architectures: ["GptOssForCausalLM"],
+    hidden_size: 2880,
+    intermediate_size: 2880,
+    num_hidden_layers: 24,
+    num_attention_heads: 64,
+    num_key_value_heads: 8,
+    head_dim: 64,
+    num_local_experts: 32,
+    experts_per_token: 4,
+    sliding_window: 128,
+    vocab_size: 201088,
+    max_position_embeddings: 131072,
+    rope_theta: 150000,
+    rope_scaling: { rope_type: "yarn", factor: 32, beta_fast: 32, beta_slow: 1, truncate: false },
+    rms_norm_eps: 1e-5,
+    quantization_config: { quant_method: "mxfp4" },
+  },
   "Llama-3.3-70B": {
     architectures: ["LlamaForCausalLM"],
     hidden_size: 8192,
@@ -114,7 +133,11 @@ function targetInput(name: string, gpu: Gpu): TargetPlanInput {
   const shapes = expectedWeightShapes(cfg, names);
   return {
     target: cfg,
-    weights: { names, stored: (n) => ({ dtype: "BF16", shape: shapes.get(n)! }) },
+    // bf16, but for MXFP4 experts' code and scale bytes (gpt-oss)
+    weights: {
+      names,
+      stored: (n) => ({ dtype: /_(blocks|scales)$/.test(n) ? "U8" : "BF16", shape: shapes.get(n)! }),
+    },
     device: {
       shaderF16: gpu.features.shaderF16,
       maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize,

@@ -1,13 +1,16 @@
 /**
  * Mixture-of-experts kernels (a frozen target's sparse MLP, forward only; transformers `Qwen3MoeSparseMoeBlock`,
  * `Qwen2MoeSparseMoeBlock`):
- * - `route`: per token, the router's softmax p = softmax(logits) in f32, the k largest p (the lower expert id
- *   first on ties), optionally renormalised to sum 1 (`norm_topk_prob`).
+ * - `route`: per token, the k largest router logits (the lower expert id first on ties) and their weights:
+ *   softmax over all experts then the k picked, optionally renormalised to sum 1 (`norm_topk_prob`; Qwen), or
+ *   the softmax of the k picked logits alone (GPT-OSS `GptOssTopKRouter`).
  * - `sort`: one workgroup groups the N·k assignments by expert, tokens in row order within an expert: the
  *   token row of each sorted slot, the slot of each assignment, and a tile schedule (expert, first slot, end)
  *   of at most `tileRows` slots per tile, so that each expert's rows are one dense block of a grouped matmul.
- * - `matmul`: the grouped product C[s, :] = A[row(s), :] · W_e(s)ᵀ over the schedule's tiles (row(s) the token
- *   row when gathering from the tokens, else s), W stored [E, N, K] as f32, f16 or bf16.
+ * - `matmul`: the grouped product C[s, :] = A[row(s), :] · W_e(s)ᵀ (+ b_e(s)) over the schedule's tiles (row(s)
+ *   the token row when gathering from the tokens, else s), W stored [E, N, K] as f32, f16, bf16 or MXFP4, or
+ *   [E, K, N] (GPT-OSS's bf16 experts) as f32, f16 or bf16.
+ * - `clampedGlu`: GPT-OSS's activation of the interleaved gate/up projection.
  * - `combine`: x[r] += Σ_j w[r, j]·y[slot(r, j)] (+ σ(g[r])·shared[r], Qwen2-MoE's gated shared expert).
  */
 import { BF16_UNPACK, LINEAR_WORKGROUP } from "./common.ts";
@@ -25,9 +28,9 @@ export const MOE_WG = 64;
 /** A tile past the schedule's end. */
 export const MOE_NO_TILE = 0xffffffff;
 
-/** Bindings: params, logits [N, E], ids u32 [N, k], weights f32 [N, k]. */
+/** Bindings: params (rows, experts, k, renorm, softmax of the picked only), logits [N, E], ids u32 [N, k], weights f32 [N, k]. */
 export const route = /* wgsl */ `
-struct Params { rows: u32, experts: u32, k: u32, renorm: u32 }
+struct Params { rows: u32, experts: u32, k: u32, renorm: u32, picked_softmax: u32, _a: u32, _b: u32, _c: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -60,11 +63,18 @@ fn route(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       if ((!found || l > bestLogit) && !taken(base, j, e)) { best = e; bestLogit = l; found = true; }
     }
     ids[base + j] = best;
-    let w = exp(bestLogit - m) / sum;
-    weights[base + j] = w;
-    picked += w;
+    if (p.picked_softmax != 0u) {
+      // GPT-OSS: softmax over the picked logits alone; the first picked is their largest.
+      let w = exp(bestLogit - logits[row + ids[base]]);
+      weights[base + j] = w;
+      picked += w;
+    } else {
+      let w = exp(bestLogit - m) / sum;
+      weights[base + j] = w;
+      picked += w;
+    }
   }
-  if (p.renorm != 0u) {
+  if (p.renorm != 0u || p.picked_softmax != 0u) {
     for (var j = 0u; j < p.k; j++) { weights[base + j] = weights[base + j] / picked; }
   }
 }
@@ -118,8 +128,27 @@ fn sort(@builtin(local_invocation_index) lid: u32) {
 }
 `;
 
-/** The expert-weight binding and its loader `load_w(e) -> f32` for stored type `t`. */
-function weightBinding(t: MatmulBType): string {
+/** How experts' weights are stored: an element type, or MXFP4 (e2m1 codes with an e8m0 scale per 32). */
+export type ExpertFormat = MatmulBType | "mxfp4";
+
+/**
+ * The expert-weight bindings and the loader `load_w(e) -> f32` of element e for stored format `t`. MXFP4 (the
+ * published GPT-OSS experts): w holds the bytes of `*_blocks` (two codes per byte, element 2i in the low
+ * nibble) and binding 6 those of `*_scales` (one byte per 32 elements: 2^(byte − 127)).
+ */
+function weightBinding(t: ExpertFormat): string {
+  if (t === "mxfp4") {
+    return `@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(6) var<storage, read> scales: array<u32>;
+const FP4 = array<f32, 16>(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0);
+fn byte_at(word: u32, i: u32) -> u32 { return (word >> ((i & 3u) * 8u)) & 0xffu; }
+fn load_w(e: u32) -> f32 {
+  let byte = byte_at(w[e >> 3u], e >> 1u);
+  let code = select(byte & 0xfu, byte >> 4u, (e & 1u) == 1u);
+  let s = byte_at(scales[e >> 7u], e >> 5u);
+  return FP4[code] * exp2(f32(s) - 127.0);
+}`;
+  }
   if (t === "f32") {
     return `@group(0) @binding(2) var<storage, read> w: array<f32>;
 fn load_w(e: u32) -> f32 { return w[e]; }`;
@@ -138,10 +167,12 @@ fn load_w(e: u32) -> f32 {
 
 /**
  * The grouped matmul for expert weights stored as `t`, over the tiles of experts [first, first + count) whose
- * weights `w` holds ([count·N, K]). Grid: [⌈N / 32⌉, maxTiles, 1]. Bindings: params (n, kdim, gather, first,
- * count), a f32 ([tokens, K] when gathering, else [slots, K]), w, sortedRow u32, tiles, c f32 [slots, N].
+ * weights `w` holds ([count, N, K], or with `kn` [count, K, N]), plus each expert's bias [count, N] with
+ * `bias`. Grid: [⌈N / 32⌉, maxTiles, 1]. Bindings: params (n, kdim, gather, first, count), a f32 ([tokens, K]
+ * when gathering, else [slots, K]), w, sortedRow u32, tiles, c f32 [slots, N], MXFP4 scales (6), bias (7).
  */
-export function matmul(t: MatmulBType): string {
+export function matmul(t: ExpertFormat, kn = false, bias = false): string {
+  if (t === "mxfp4" && kn) throw new Error("moe matmul: MXFP4 experts are stored [N, K]");
   return /* wgsl */ `${t === "f16" ? "enable f16;" : ""}
 struct Params { n: u32, kdim: u32, gather: u32, first: u32, count: u32, _a: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -150,6 +181,7 @@ ${weightBinding(t)}
 @group(0) @binding(3) var<storage, read> sortedRow: array<u32>;
 @group(0) @binding(4) var<storage, read> tiles: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
+${bias ? "@group(0) @binding(7) var<storage, read> bias: array<f32>;" : ""}
 
 @compute @workgroup_size(8, 8)
 fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
@@ -166,12 +198,27 @@ fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     arow[i] = select(sc, sortedRow[sc], p.gather != 0u) * K;
   }
   let col0 = wg.x * ${MOE_TILE_COLS}u + li.x * 4u;
+  // Element (n, kk) of this expert's weights: wrow[j] + kk·step.
+  let e_local = tile.x - p.first;
   var wrow: array<u32, 4>;
-  for (var j = 0u; j < 4u; j++) { wrow[j] = ((tile.x - p.first) * p.n + min(col0 + j, p.n - 1u)) * K; }
+  for (var j = 0u; j < 4u; j++) {
+    let n = min(col0 + j, p.n - 1u);
+    wrow[j] = ${kn ? "e_local * K * p.n + n" : "(e_local * p.n + n) * K"};
+  }
+  let step = ${kn ? "p.n" : "1u"};
   var acc: array<vec4<f32>, 4>;
   for (var kk = 0u; kk < K; kk++) {
-    let b = vec4<f32>(load_w(wrow[0] + kk), load_w(wrow[1] + kk), load_w(wrow[2] + kk), load_w(wrow[3] + kk));
+    let o = kk * step;
+    let b = vec4<f32>(load_w(wrow[0] + o), load_w(wrow[1] + o), load_w(wrow[2] + o), load_w(wrow[3] + o));
     for (var i = 0u; i < 4u; i++) { acc[i] += a[arow[i] + kk] * b; }
+  }
+  ${
+    bias
+      ? `for (var j = 0u; j < 4u; j++) {
+    let bj = bias[e_local * p.n + min(col0 + j, p.n - 1u)];
+    for (var i = 0u; i < 4u; i++) { acc[i][j] += bj; }
+  }`
+      : ""
   }
   for (var i = 0u; i < 4u; i++) {
     if (!valid[i]) { continue; }
@@ -225,3 +272,33 @@ fn combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 `;
 }
+
+/**
+ * GPT-OSS's activation of its interleaved gate/up projection (transformers `GptOssExperts._apply_gate`): with
+ * g = min(x[2i], limit) and u = clamp(x[2i + 1], −limit, limit), out[i] = (u + 1)·g·σ(alpha·g). Bindings:
+ * params (n = rows·I, I, limit, alpha), x [rows, 2I], out [rows, I].
+ */
+export const clampedGlu = /* wgsl */ `
+struct Params { n: u32, inner: u32, limit: f32, alpha: f32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+fn sigmoid(g: f32) -> f32 {
+  let e = exp(-abs(g));
+  return select(e / (1.0 + e), 1.0 / (1.0 + e), g >= 0.0);
+}
+
+@compute @workgroup_size(${MOE_WG})
+fn clamped_glu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${MOE_WG}u + lid;
+  if (i >= p.n) { return; }
+  let r = i / p.inner;
+  let c = i % p.inner;
+  let g = min(x[(r * p.inner + c) * 2u], p.limit);
+  let u = clamp(x[(r * p.inner + c) * 2u + 1u], -p.limit, p.limit);
+  out[i] = (u + 1.0) * g * sigmoid(p.alpha * g);
+}
+`;

@@ -207,7 +207,7 @@ export class TargetSession {
             meta: this.#prefix,
             mask,
             out: att,
-          }, { scale: cfg.gemma?.attentionScale, window: windowOf(l) });
+          }, { scale: cfg.gemma?.attentionScale, window: windowOf(l), sinks: model.layers[l].sinks });
         });
         await captureAux(p, model, l, x, aux);
       }

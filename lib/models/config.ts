@@ -26,6 +26,7 @@ export const SUPPORTED_ARCHITECTURES = [
   "Gemma3ForCausalLM",
   "Qwen3MoeForCausalLM",
   "Qwen2MoeForCausalLM",
+  "GptOssForCausalLM",
 ] as const;
 
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
@@ -101,8 +102,10 @@ export interface TargetConfig {
   mlpActivation: "silu" | "gelu_tanh";
   /** Gemma 3's layer and model conventions, null for the others. */
   gemma: GemmaConventions | null;
-  /** The sparse MoE MLPs (Qwen3-MoE, Qwen2-MoE), null for dense targets. */
+  /** The sparse MoE MLPs (Qwen3-MoE, Qwen2-MoE, GPT-OSS), null for dense targets. */
   moe: MoeConfig | null;
+  /** A learned attention-sink logit per head in every layer (GPT-OSS `self_attn.sinks`). */
+  attentionSinks: boolean;
 }
 
 /**
@@ -120,6 +123,13 @@ export interface MoeConfig {
   normTopk: boolean;
   /** Qwen2-MoE's shared expert's intermediate size (`shared_expert_intermediate_size`); null without one. */
   sharedIntermediate: number | null;
+  /** "softmax" over every expert then the k picked (Qwen), or the softmax of the k picked logits (GPT-OSS). */
+  routing: "softmax" | "picked";
+  /**
+   * GPT-OSS: the clamped SwiGLU's limit (`swiglu_limit`) on the interleaved gate/up projection, the experts
+   * stored fused per layer (with biases, and the router's bias), in MXFP4 when `mxfp4`; null for Qwen.
+   */
+  gptOss: { gluLimit: number; mxfp4: boolean } | null;
   /**
    * Per layer: true for a sparse MLP (not in `mlp_only_layers`, and (i + 1) a multiple of
    * `decoder_sparse_step`); the other layers have a dense MLP of `intermediate_size`.
@@ -127,8 +137,39 @@ export interface MoeConfig {
   sparseLayers: boolean[];
 }
 
-/** The MoE config of a Qwen3-MoE or Qwen2-MoE config.json (defaults as transformers' config classes). */
+/**
+ * GPT-OSS's MoE (transformers `GptOssConfig`; the published config.json also says `experts_per_token`): every
+ * layer sparse, `num_local_experts` experts of width `intermediate_size`, the router's top-k then the softmax of
+ * the picked, the clamped SwiGLU (`swiglu_limit`), experts in MXFP4 when `quantization_config` says mxfp4.
+ */
+function parseGptOssMoe(f: Fields, numLayers: number): MoeConfig {
+  const experts = f.int("num_local_experts", 128);
+  const topK = f.has("num_experts_per_tok") ? f.int("num_experts_per_tok") : f.int("experts_per_token", 4);
+  if (topK > experts) {
+    throw new ConfigError(`${f.file}: num_experts_per_tok ${topK} exceeds num_local_experts ${experts}`);
+  }
+  const q = f.obj.quantization_config as Record<string, unknown> | undefined | null;
+  const method = q && typeof q === "object" ? q.quant_method : undefined;
+  if (method !== undefined && method !== "mxfp4") {
+    throw new ConfigError(
+      `${f.file}: quantization_config.quant_method ${method} is not supported (mxfp4 is)`,
+    );
+  }
+  return {
+    experts,
+    topK,
+    expertIntermediate: f.int("intermediate_size", 2880),
+    normTopk: false,
+    sharedIntermediate: null,
+    routing: "picked",
+    gptOss: { gluLimit: f.num("swiglu_limit", 7), mxfp4: method === "mxfp4" },
+    sparseLayers: new Array(numLayers).fill(true),
+  };
+}
+
+/** The MoE config of a Qwen3-MoE, Qwen2-MoE or GPT-OSS config.json (defaults as transformers' config classes). */
 function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number): MoeConfig | null {
+  if (architecture === "GptOssForCausalLM") return parseGptOssMoe(f, numLayers);
   const qwen2 = architecture === "Qwen2MoeForCausalLM";
   if (!qwen2 && architecture !== "Qwen3MoeForCausalLM") return null;
   // The published configs say `num_experts`; Transformers 5's Qwen3MoeConfig writes `num_local_experts`.
@@ -148,6 +189,8 @@ function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number
     expertIntermediate: f.int("moe_intermediate_size", qwen2 ? 1408 : 768),
     normTopk: f.bool("norm_topk_prob", false),
     sharedIntermediate: qwen2 ? f.int("shared_expert_intermediate_size", 5632) : null,
+    routing: "softmax",
+    gptOss: null,
     sparseLayers: Array.from(
       { length: numLayers },
       (_, i) => !only.includes(i) && experts > 0 && (i + 1) % step === 0,
@@ -252,6 +295,7 @@ const DEFAULTS: Record<TargetArchitecture, { rmsNormEps: number; maxPos: number;
   Qwen3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   Qwen3MoeForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   Qwen2MoeForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
+  GptOssForCausalLM: { rmsNormEps: 1e-5, maxPos: 131072, ropeTheta: 150000 },
   MistralForCausalLM: { rmsNormEps: 1e-6, maxPos: 4096 * 32, ropeTheta: 10000 },
   Phi3ForCausalLM: { rmsNormEps: 1e-5, maxPos: 4096, ropeTheta: 10000 },
   Gemma3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 131072, ropeTheta: 1000000 },
@@ -431,9 +475,11 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     ? { ...gemmaRope.global, partialRotaryFactor: 1 }
     : parseRope(f, maxPositionEmbeddings, d.ropeTheta);
   const rotaryDim = rotaryDimOf(partialRotaryFactor, headDim, architecture, file);
-  const attentionBias = f.bool("attention_bias", false);
+  // GptOssConfig's attention_bias defaults to true; the others' to false.
+  const attentionBias = f.bool("attention_bias", architecture === "GptOssForCausalLM");
   const qwen2 = architecture === "Qwen2ForCausalLM";
   const qwen2Moe = architecture === "Qwen2MoeForCausalLM";
+  const gptOss = architecture === "GptOssForCausalLM";
   const qwen3 = architecture === "Qwen3ForCausalLM" || architecture === "Qwen3MoeForCausalLM";
   const mistral = architecture === "MistralForCausalLM";
   const phi3 = architecture === "Phi3ForCausalLM";
@@ -447,6 +493,9 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   } else if (gemma3) {
     // Gemma3TextConfig: 4096 unless given; only the sliding-window layers use it.
     slidingWindow = f.int("sliding_window", 4096);
+  } else if (gptOss) {
+    // GptOssConfig: `layer_types` alternate sliding (128 tokens by default) and full layers.
+    slidingWindow = f.int("sliding_window", 128);
   } else if (f.bool("use_sliding_window", false) && f.has("sliding_window")) {
     slidingWindow = f.int("sliding_window");
   }
@@ -454,6 +503,10 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   const gemma = gemmaRope ? gemmaConventions(f, hiddenSize, numLayers, gemmaRope.local) : null;
   let windowLayers: boolean[] | null = gemma?.slidingLayers ?? null;
   if (
+    slidingWindow !== null && gptOss
+  ) {
+    windowLayers = layerTypesOf(f, numLayers) ?? Array.from({ length: numLayers }, (_, i) => i % 2 === 0);
+  } else if (
     slidingWindow !== null && (qwen2 || qwen2Moe || qwen3)
   ) {
     // Qwen2Config/Qwen3Config: layer_types, else sliding from max_window_layers (default 28) on.
@@ -477,7 +530,8 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     maxPositionEmbeddings,
     tieWordEmbeddings: f.bool("tie_word_embeddings", gemma3), // Gemma3TextConfig ties by default
     // Qwen2MoeConfig: `qkv_bias` (Transformers 5), true in the published checkpoints.
-    qkvBias: qwen2 || (qwen2Moe ? f.bool("qkv_bias", true) : !mistral && !phi3 && attentionBias),
+    qkvBias: qwen2 ||
+      (qwen2Moe ? f.bool("qkv_bias", true) : !mistral && !phi3 && attentionBias),
     oBias: !qwen2 && !qwen2Moe && !mistral && !phi3 && attentionBias,
     mlpBias: architecture === "LlamaForCausalLM" && f.bool("mlp_bias", false),
     qkNorm: qwen3 || gemma3,
@@ -491,6 +545,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     mlpActivation,
     gemma,
     moe: parseMoe(f, architecture, numLayers),
+    attentionSinks: gptOss,
   };
 }
 
@@ -634,6 +689,8 @@ export interface LayerWeightNames {
   oBias: string | null;
   /** Qwen3 per-head norms ([headDim]). */
   qNorm: string | null;
+  /** GPT-OSS's attention sinks `self_attn.sinks` [nh]; null for the others. */
+  sinks: string | null;
   kNorm: string | null;
   /** RMSNorm after attention: of the MLP input (Llama), or of the attention output (Gemma 3). */
   postAttentionNorm: string;
@@ -651,14 +708,22 @@ export interface LayerWeightNames {
   moe: MoeLayerNames | null;
 }
 
-/** The weights of a sparse MoE MLP (transformers' per-expert layout, as the published checkpoints store it). */
+/** The weights of a sparse MoE MLP, as the published checkpoints store them. */
 export interface MoeLayerNames {
-  /** `mlp.gate.weight` [E, H]. */
+  /** `mlp.gate.weight` [E, H] (Qwen), `mlp.router.weight` (GPT-OSS). */
   router: string;
-  /** Expert e's `mlp.experts.{e}.gate_proj.weight` [I, H], `up_proj` [I, H], `down_proj` [H, I]. */
+  /** GPT-OSS's `mlp.router.bias` [E]; null for Qwen. */
+  routerBias: string | null;
+  /** Qwen: expert e's `mlp.experts.{e}.gate_proj.weight` [I, H], `up_proj` [I, H], `down_proj` [H, I]. */
   gate: string[];
   up: string[];
   down: string[];
+  /**
+   * GPT-OSS: every expert in one tensor per projection, `mlp.experts.gate_up_proj` [E, H, 2I] (gate and up
+   * interleaved along 2I) and `down_proj` [E, I, H] in bf16, or in MXFP4 `<name>_blocks` [E, 2I, H/32, 16]
+   * and `<name>_scales` [E, 2I, H/32] (down: [E, H, I/32, …]); their biases `<name>_bias` [E, 2I], [E, H].
+   */
+  fused: { gateUp: string; down: string; mxfp4: boolean } | null;
   /** Qwen2-MoE's `mlp.shared_expert.{gate,up,down}_proj.weight` and `mlp.shared_expert_gate.weight` [1, H]. */
   shared: { gate: string; up: string; down: string; gateProj: string } | null;
 }
@@ -714,6 +779,7 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
     vBias: bias(cfg.qkvBias, `${a}.v_proj`),
     oBias: bias(cfg.oBias, `${a}.o_proj`),
     qNorm: cfg.qkNorm ? `${a}.q_norm.weight` : null,
+    sinks: cfg.attentionSinks ? `${a}.sinks` : null,
     kNorm: cfg.qkNorm ? `${a}.k_norm.weight` : null,
     postAttentionNorm: `${p}.post_attention_layernorm.weight`,
     preFeedforwardNorm: cfg.gemma ? `${p}.pre_feedforward_layernorm.weight` : null,
@@ -730,11 +796,24 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
 
 /** The sparse MLP's weight names under `m` (`model.layers.{i}.mlp`). */
 function moeLayerNames(moe: MoeConfig, m: string): MoeLayerNames {
+  if (moe.gptOss) {
+    return {
+      router: `${m}.router.weight`,
+      routerBias: `${m}.router.bias`,
+      gate: [],
+      up: [],
+      down: [],
+      fused: { gateUp: `${m}.experts.gate_up_proj`, down: `${m}.experts.down_proj`, mxfp4: moe.gptOss.mxfp4 },
+      shared: null,
+    };
+  }
   const experts = (proj: string) =>
     Array.from({ length: moe.experts }, (_, e) => `${m}.experts.${e}.${proj}.weight`);
   const s = `${m}.shared_expert`;
   return {
     router: `${m}.gate.weight`,
+    routerBias: null,
+    fused: null,
     gate: experts("gate_proj"),
     up: experts("up_proj"),
     down: experts("down_proj"),
@@ -771,6 +850,7 @@ export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames
       [l.oBias, [h]],
       [l.qNorm, [hd]],
       [l.kNorm, [hd]],
+      [l.sinks, [cfg.numHeads]],
       [l.postAttentionNorm, [h]],
       [l.preFeedforwardNorm, [h]],
       [l.postFeedforwardNorm, [h]],
@@ -793,11 +873,34 @@ export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames
   return shapes;
 }
 
+/** GPT-OSS's fused expert tensors and their shapes (see {@link MoeLayerNames.fused}). */
+export function fusedExpertShapes(
+  n: NonNullable<MoeLayerNames["fused"]>,
+  E: number,
+  I: number,
+  h: number,
+): Array<[string, number[]]> {
+  const out: Array<[string, number[]]> = [[`${n.gateUp}_bias`, [E, 2 * I]], [`${n.down}_bias`, [E, h]]];
+  if (n.mxfp4) {
+    out.push(
+      [`${n.gateUp}_blocks`, [E, 2 * I, h / 32, 16]],
+      [`${n.gateUp}_scales`, [E, 2 * I, h / 32]],
+      [`${n.down}_blocks`, [E, h, I / 32, 16]],
+      [`${n.down}_scales`, [E, h, I / 32]],
+    );
+  } else {
+    out.push([n.gateUp, [E, h, 2 * I]], [n.down, [E, I, h]]);
+  }
+  return out;
+}
+
 /** The shapes of a sparse MLP's weights (none for a dense layer). */
 function moeShapes(cfg: TargetConfig, n: MoeLayerNames | null): Array<[string, number[]]> {
   if (!n) return [];
   const { experts: E, expertIntermediate: I, sharedIntermediate: S } = cfg.moe!, h = cfg.hiddenSize;
   const out: Array<[string, number[]]> = [[n.router, [E, h]]];
+  if (n.routerBias) out.push([n.routerBias, [E]]);
+  if (n.fused) out.push(...fusedExpertShapes(n.fused, E, I, h));
   for (let e = 0; e < E; e++) out.push([n.gate[e], [I, h]], [n.up[e], [I, h]], [n.down[e], [h, I]]);
   if (n.shared) {
     out.push([n.shared.gate, [S!, h]], [n.shared.up, [S!, h]], [n.shared.down, [h, S!]], [n.shared.gateProj, [

@@ -212,7 +212,9 @@ export function targetSplits(i: TargetPlanInput): TargetSplits {
   };
   const matrixBlockRows: number[] = [];
   for (const l of names.layers) {
-    for (const w of layerWeights(stored, l, i.device.shaderF16).filter((w) => w.matrix)) {
+    // The matrices `linear` binds (a sparse MLP's experts go through the grouped matmul, in whole-expert blocks).
+    const linears = layerWeights(stored, l, i.device.shaderF16).filter((w) => w.matrix && !w.experts);
+    for (const w of linears.filter((w) => w.shape.length === 2)) {
       matrixBlockRows.push(...linearBlockRows(i, w.shape[0], w.shape[1], [DTYPE_BYTES[w.dtype]]));
     }
   }

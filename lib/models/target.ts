@@ -15,15 +15,9 @@ import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { type DType, DTYPE_BYTES, type HostArray, Tensor } from "../tensor.ts";
-import {
-  expertBlocks,
-  expertsPerBlock,
-  rowsPerBlock,
-  stackedName,
-  targetRopePositions,
-  uploadDtype,
-} from "./target_memory.ts";
-import { type ExpertBlock, moeForward, type MoeScratch, moeScratch, type MoeWeights } from "../ops/moe.ts";
+import { rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
+import { moeForward, type MoeScratch, moeScratch, type MoeWeights } from "../ops/moe.ts";
+import { loadMoeWeights, moeShapeOf } from "./moe_weights.ts";
 import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
 import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
 import {
@@ -32,7 +26,6 @@ import {
   fusedRows,
   type LayerWeightNames,
   loadTargetConfig,
-  type MoeLayerNames,
   resolveWeightNames,
   type TargetConfig,
 } from "./config.ts";
@@ -98,6 +91,8 @@ export interface TargetLayerWeights {
   downBias: Tensor | null;
   /** A sparse MoE layer's router and experts (lib/ops/moe.ts); null in a dense layer. */
   moe: MoeWeights | null;
+  /** GPT-OSS's attention sinks, f32 [nh]; null for the others. */
+  sinks: Tensor | null;
 }
 
 /** Every tensor of a layer's weights (the MoE block's included). */
@@ -108,7 +103,10 @@ export function layerTensors(w: TargetLayerWeights): Tensor[] {
   }
   const m = w.moe;
   if (m) {
-    out.push(m.router, ...[...m.gate, ...m.up, ...m.down].map((b) => b.tensor));
+    out.push(m.router, ...(m.routerBias ? [m.routerBias] : []));
+    for (const b of [...m.gate, ...m.up, ...(m.gateUp ?? []), ...m.down]) {
+      out.push(b.tensor, ...(b.scales ? [b.scales] : []), ...(b.bias ? [b.bias] : []));
+    }
     if (m.shared) out.push(m.shared.gate, m.shared.up, m.shared.down, m.shared.gateProj);
   }
   return out;
@@ -641,7 +639,14 @@ export async function recordTrunk(p: Program, model: TargetModel, a: TrunkArgs):
   await recordEmbedding(p, cfg, model.embed, a.ids, x, s);
   const lse = p.scratch([B, nh, T], "f32", "attention lse");
   for (let i = 0; i < model.layers.length; i++) {
-    await recordDecoderLayer(p, cfg, model.layers[i], x, s, trunkAttend(p, model, a, i, lse));
+    await recordDecoderLayer(
+      p,
+      cfg,
+      model.layers[i],
+      x,
+      s,
+      trunkAttend(p, model, a, i, lse, model.layers[i].sinks),
+    );
     await a.onLayerOutput?.(i, x);
   }
   return x;
@@ -675,6 +680,7 @@ export function trunkAttend(
   a: TrunkArgs,
   layer: number,
   lse: Tensor,
+  sinks: Tensor | null = null,
 ): Attend {
   const rope = layerRope(model, layer);
   return async (q, k, v, att) => {
@@ -698,7 +704,7 @@ export function trunkAttend(
       values = a.cache.v[layer];
       queryOffset = a.positionOffset;
     }
-    await attentionForward(p, { q, k: keys, v: values, lengths: a.lengths, out: att, lse }, {
+    await attentionForward(p, { q, k: keys, v: values, lengths: a.lengths, out: att, lse, sinks }, {
       causal: true,
       queryOffset,
       scale: model.config.gemma?.attentionScale,
@@ -751,7 +757,7 @@ export function layerScratch(p: Program, cfg: TargetConfig, lead: number[]): Lay
     act: p.scratch([rows, I], "f32", "swiglu"),
     branch: cfg.gemma ? p.scratch([rows, H], "f32", "branch") : null,
     branchNormed: cfg.gemma ? p.scratch([rows, H], "f32", "branch normed") : null,
-    moe: cfg.moe ? moeScratch(p, rows, H, cfg.moe, cfg.moe.sharedIntermediate) : null,
+    moe: cfg.moe ? moeScratch(p, rows, H, moeShapeOf(cfg.moe), cfg.moe.sharedIntermediate) : null,
   };
 }
 
@@ -802,7 +808,7 @@ export async function recordDecoderLayer(
   await linear(p, flat(s.att), w.o, x, { accumulate: true });
   if (w.oBias) await addBias(p, x, w.oBias);
   await rmsnormForward(p, x, w.postAttentionNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
-  if (w.moe) return await moeForward(p, cfg.moe!, w.moe, s.normed, x, s.moe!);
+  if (w.moe) return await moeForward(p, moeShapeOf(cfg.moe!), w.moe, s.normed, x, s.moe!);
   await projection(p, s.normed, w.gate!, w.gateBias, s.gate);
   await projection(p, s.normed, w.up!, w.upBias, s.up);
   await swigluForward(p, s.gate, s.up, s.act);
@@ -880,7 +886,7 @@ export class TargetWeightLoader {
   /** An RMSNorm weight, f32, with the norm offset added (transformers computes 1 + w in f32 too). */
   async norm(name: string): Promise<Tensor> {
     const raw = await this.ckpt.read(name);
-    return this.#keep(
+    return this.keep(
       name,
       Tensor.fromArray(this.gpu, normData(raw, name, this.normOffset), raw.shape, "f32", name),
     );
@@ -893,14 +899,19 @@ export class TargetWeightLoader {
   /** A projection matrix, whole, or rows of a fused one (Phi-3's qkv_proj / gate_up_proj, `fusedRows`). */
   async matrix(name: string): Promise<Tensor> {
     const fused = fusedRows(name);
-    if (!fused) return this.#upload(name, await this.ckpt.read(name));
+    if (!fused) return this.upload(name, await this.ckpt.read(name));
     const rows = await this.ckpt.readRows(fused.tensor, fused.from, fused.to);
-    return this.#upload(fused.tensor, rows, `${fused.tensor}[${fused.from}:${fused.to}]`);
+    return this.upload(fused.tensor, rows, `${fused.tensor}[${fused.from}:${fused.to}]`);
   }
 
   async vector(name: string): Promise<Tensor> {
-    const raw = await this.ckpt.read(name);
-    return this.#keep(name, Tensor.fromArray(this.gpu, toFloat32(raw, name), raw.shape, "f32", name));
+    return this.vectorOf(name, await this.ckpt.read(name), name);
+  }
+
+  /** `raw` (checkpoint tensor `name`, or rows of it named by `label`) as a flat f32 vector. */
+  vectorOf(name: string, raw: RawTensor, label: string): Tensor {
+    const data = toFloat32(raw, label);
+    return this.keep(name, Tensor.fromArray(this.gpu, data, [data.length], "f32", label));
   }
 
   /** Checks every uploaded tensor is finite ({@link checkFiniteWeights}); the error names file and tensor. */
@@ -934,7 +945,8 @@ export class TargetWeightLoader {
       gateBias: await this.optionalVector(l.gateBias),
       upBias: await this.optionalVector(l.upBias),
       downBias: await this.optionalVector(l.downBias),
-      moe: l.moe ? await this.moe(l.moe) : null,
+      moe: l.moe ? await loadMoeWeights(this, l.moe) : null,
+      sinks: await this.optionalVector(l.sinks),
     };
   }
 
@@ -942,88 +954,35 @@ export class TargetWeightLoader {
     return name ? await this.matrix(name) : null;
   }
 
-  /** A sparse MLP's router, experts (each projection's stacked into one matrix) and shared expert. */
-  async moe(n: MoeLayerNames): Promise<MoeWeights> {
-    return {
-      router: await this.matrix(n.router),
-      gate: await this.experts(n.gate),
-      up: await this.experts(n.up),
-      down: await this.experts(n.down),
-      shared: n.shared
-        ? {
-          gate: await this.matrix(n.shared.gate),
-          up: await this.matrix(n.shared.up),
-          down: await this.matrix(n.shared.down),
-          gateProj: await this.matrix(n.shared.gateProj),
-        }
-        : null,
-    };
-  }
-
-  /** Experts' matrices (one shape and dtype) stacked along their rows, in blocks of at most maxBlockBytes. */
-  async experts(names: string[]): Promise<ExpertBlock[]> {
-    const info = this.ckpt.info(names[0]);
-    const bytes = info.shape.reduce((a, b) => a * b, 1) * this.#elementBytes(info.dtype);
-    const per = expertsPerBlock(names.length, bytes, this.maxBlockBytes, names[0]);
-    const out: ExpertBlock[] = [];
-    for (const { first, count } of expertBlocks(names.length, per)) {
-      out.push({ first, count, tensor: await this.stacked(names.slice(first, first + count)) });
-    }
-    return out;
-  }
-
-  /** Matrices of one shape and dtype stacked along their rows into one tensor ([n·rows, cols]). */
-  async stacked(names: string[]): Promise<Tensor> {
-    const first = this.ckpt.info(names[0]);
-    const parts: RawTensor[] = [];
-    for (const name of names) {
-      const raw = await this.ckpt.read(name);
-      if (raw.dtype !== first.dtype || raw.shape.join() !== first.shape.join()) {
-        throw new ShapeError(
-          `${this.ckpt.info(name).file}: tensor ${name} is ${raw.dtype} [${raw.shape}], ` +
-            `expected ${first.dtype} [${first.shape}] as ${names[0]}`,
-        );
-      }
-      parts.push(raw);
-    }
-    const bytes = new Uint8Array(parts.reduce((n, r) => n + r.bytes.byteLength, 0));
-    let at = 0;
-    for (const r of parts) {
-      bytes.set(r.bytes, at);
-      at += r.bytes.byteLength;
-    }
-    const shape = [names.length * first.shape[0], ...first.shape.slice(1)];
-    return this.#upload(names[0], { dtype: first.dtype, shape, bytes }, stackedName(names));
-  }
-
   /** A [rows, cols] matrix as row blocks (separate tensors) of at most `maxBytes` each. */
   async rowSplit(name: string, maxBytes: number): Promise<RowSplitMatrix> {
     const [rows, cols] = this.ckpt.info(name).shape;
-    const bytesPerRow = cols * this.#elementBytes(this.ckpt.info(name).dtype);
+    const bytesPerRow = cols * this.elementBytes(this.ckpt.info(name).dtype);
     const blockRows = rowsPerBlock(rows, bytesPerRow, maxBytes, name);
     const blocks: RowSplitMatrix["blocks"] = [];
     for (let row0 = 0; row0 < rows; row0 += blockRows) {
       const end = Math.min(rows, row0 + blockRows);
       const raw = blockRows >= rows ? await this.ckpt.read(name) : await this.ckpt.readRows(name, row0, end);
-      blocks.push({ row0, tensor: this.#upload(name, raw, `${name}[${row0}:${end}]`) });
+      blocks.push({ row0, tensor: this.upload(name, raw, `${name}[${row0}:${end}]`) });
     }
     return { rows, cols, blocks };
   }
 
-  #elementBytes(dtype: string): number {
+  /** Bytes per element of a stored dtype once uploaded. */
+  elementBytes(dtype: string): number {
     return DTYPE_BYTES[uploadDtype(dtype, this.gpu.features.shaderF16)];
   }
 
-  /** Records `tensor`, the upload of checkpoint tensor `name` (all of it, or the rows its label says). */
-  #keep(name: string, tensor: Tensor): Tensor {
+  /** Records `tensor`, the upload of checkpoint tensor `name` (all of it, or the rows its label says), for the finite check. */
+  keep(name: string, tensor: Tensor): Tensor {
     this.loaded.push({ name: tensor.label, tensor, file: this.ckpt.info(name).file });
     return tensor;
   }
 
   /** Uploads `raw`, checkpoint tensor `name` (or rows of it, named by `label`), as bf16, f16 or f32. */
-  #upload(name: string, raw: RawTensor, label = name): Tensor {
+  upload(name: string, raw: RawTensor, label = name): Tensor {
     const { dtype, data } = uploadData(raw, this.gpu.features.shaderF16, label);
-    return this.#keep(name, Tensor.fromArray(this.gpu, data, raw.shape, dtype, label));
+    return this.keep(name, Tensor.fromArray(this.gpu, data, raw.shape, dtype, label));
   }
 }
 

@@ -124,6 +124,7 @@ export const LAYER_VECTORS = [
   "oBias",
   "qNorm",
   "kNorm",
+  "sinks",
   "gateBias",
   "upBias",
   "downBias",
@@ -185,8 +186,59 @@ function moeLayerWeights(
       experts: names.length,
     };
   };
+  if (n.fused) {
+    return [one(n.router), vector(stored, n.routerBias!), ...fusedWeights(stored, n.fused, shaderF16)];
+  }
   const out = [one(n.router), stacked(n.gate), stacked(n.up), stacked(n.down)];
   if (n.shared) out.push(one(n.shared.gate), one(n.shared.up), one(n.shared.down), one(n.shared.gateProj));
+  return out;
+}
+
+/** A vector weight as uploaded: f32, flat. */
+function vector(stored: (name: string) => StoredTensor, name: string): LayerWeight {
+  const n = stored(name).shape.reduce((a, b) => a * b, 1);
+  return { field: "moe", name, matrix: false, shape: [n], dtype: "f32" };
+}
+
+/**
+ * GPT-OSS's fused experts as uploaded (lib/models/moe_weights.ts): bf16 [E, K, N] as [E·K, N], or MXFP4's
+ * code and scale bytes as u32 words, each with its f32 bias [E·N] (`experts` lets the plan split them in
+ * blocks of whole experts).
+ */
+function fusedWeights(
+  stored: (name: string) => StoredTensor,
+  f: NonNullable<MoeLayerNames["fused"]>,
+  shaderF16: boolean,
+): LayerWeight[] {
+  const out: LayerWeight[] = [];
+  for (const name of [f.gateUp, f.down]) {
+    const bias = vector(stored, `${name}_bias`);
+    if (f.mxfp4) {
+      const [E, N, G] = stored(`${name}_blocks`).shape;
+      out.push(
+        {
+          field: "moe",
+          name: `${name}_blocks`,
+          matrix: true,
+          shape: [E * N * G * 4],
+          dtype: "u32",
+          experts: E,
+        },
+        {
+          field: "moe",
+          name: `${name}_scales`,
+          matrix: true,
+          shape: [Math.ceil(E * N * G / 4)],
+          dtype: "u32",
+        },
+      );
+    } else {
+      const info = stored(name), [E, K, N] = info.shape;
+      const dtype = uploadDtype(info.dtype, shaderF16);
+      out.push({ field: "moe", name, matrix: true, shape: [E * K, N], dtype, experts: E });
+    }
+    out.push(bias);
+  }
   return out;
 }
 
@@ -290,10 +342,11 @@ export function targetWeightTensors(
 /** A layer weight as uploaded: one tensor, or a sparse MLP's stacked experts in blocks of one binding each. */
 function expertSplit(w: LayerWeight, maxBlockBytes: number): PlannedTensor[] {
   if (!w.experts) return [planned(w.name, w.shape, w.dtype)];
-  const [rows, cols] = w.shape, perRows = rows / w.experts;
-  const per = expertsPerBlock(w.experts, allocationBytes([perRows, cols], w.dtype), maxBlockBytes, w.name);
+  // Each expert's part: rows [E·R, C] → [R, C]; a flat [E·n] (MXFP4 words) → [n].
+  const [rows, ...rest] = w.shape, perRows = rows / w.experts;
+  const per = expertsPerBlock(w.experts, allocationBytes([perRows, ...rest], w.dtype), maxBlockBytes, w.name);
   return expertBlocks(w.experts, per).map(({ first, count }) =>
-    planned(`${w.name}[${first}:${first + count}]`, [count * perRows, cols], w.dtype)
+    planned(`${w.name}[${first}:${first + count}]`, [count * perRows, ...rest], w.dtype)
   );
 }
 
@@ -428,8 +481,9 @@ function moeTensors(moe: MoeConfig, rows: number, H: number): PlannedTensor[] {
     planned("moe sorted rows", [A], "u32"),
     planned("moe slots", [A], "u32"),
     planned("moe tiles", [moeMaxTiles(A, moe.experts), 4], "u32"),
-    planned("moe gate", [A, I], "f32"),
-    planned("moe up", [A, I], "f32"),
+    ...(moe.gptOss
+      ? [planned("moe gate/up", [A, 2 * I], "f32")]
+      : [planned("moe gate", [A, I], "f32"), planned("moe up", [A, I], "f32")]),
     planned("moe act", [A, I], "f32"),
     planned("moe expert out", [A, H], "f32"),
   ];

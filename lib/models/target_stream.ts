@@ -277,7 +277,7 @@ export class StreamedForward extends ForwardTensors {
         model.slots[i % model.slots.length],
         x,
         s,
-        trunkAttend(layer, model, pass, i, lse),
+        trunkAttend(layer, model, pass, i, lse, model.slots[i % model.slots.length].sinks),
       );
       this.#layers.set(key, layer);
     }

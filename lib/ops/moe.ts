@@ -10,10 +10,10 @@
  * expert's tiles (kernels/moe.ts). No readback: the schedule's size is bounded by ⌈N·k / 32⌉ + E tiles.
  */
 import * as K from "../../kernels/moe.ts";
-import type { MatmulBType } from "../../kernels/matmul.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { linear } from "./matmul.ts";
+import { addBias } from "./elementwise.ts";
 import { swigluCpu, swigluForward } from "./swiglu.ts";
 import { expectDtype, expectShape } from "./check.ts";
 import { ShapeError } from "../gpu/errors.ts";
@@ -28,7 +28,20 @@ export interface MoeShape {
   expertIntermediate: number;
   /** Renormalise the k routing weights to sum 1 (`norm_topk_prob`). */
   normTopk: boolean;
+  /**
+   * How the k weights are made: "softmax" over every expert's logit, then the k picked (Qwen), or "picked", the
+   * softmax of the k picked logits alone (GPT-OSS). Default "softmax".
+   */
+  routing?: "softmax" | "picked";
+  /**
+   * GPT-OSS: gate and up are one interleaved projection per expert, activated by the clamped SwiGLU with this
+   * limit (`swiglu_limit`, alpha 1.702). Absent: separate gate and up, SwiGLU (Qwen).
+   */
+  gluLimit?: number;
 }
+
+/** GPT-OSS's alpha in σ(alpha·g) of its clamped SwiGLU (transformers `GptOssExperts.alpha`). */
+export const GPT_OSS_GLU_ALPHA = 1.702;
 
 /** A dense SwiGLU MLP's weights ([I, H], [I, H], [H, I]), Qwen2-MoE's shared expert. */
 export interface DenseMlpWeights {
@@ -40,24 +53,39 @@ export interface DenseMlpWeights {
   down: Tensor;
 }
 
-/** Experts [first, first + count) of one projection stacked along the rows of one tensor ([count·N, K]). */
+/**
+ * Experts [first, first + count) of one projection (W_e: [N, K], y = x·W_eᵀ) in one tensor: stacked along the
+ * rows ([count·N, K], f32, f16 or bf16), or with `kn` stored transposed ([count·K, N], GPT-OSS's bf16
+ * experts), or with `scales` in MXFP4 (u32 words of the `*_blocks` bytes, [count·N·K/8]; the scales' bytes in
+ * u32 words).
+ */
 export interface ExpertBlock {
   /** The block's first expert. */
   first: number;
   /** Experts in the block. */
   count: number;
-  /** Their matrices stacked along the rows. */
+  /** Their matrices. */
   tensor: Tensor;
+  /** MXFP4's e8m0 scales, one byte per 32 elements (absent or null: an element dtype). */
+  scales?: Tensor | null;
+  /** Stored [count·K, N] rather than [count·N, K]. */
+  kn?: boolean;
+  /** Each expert's bias, f32 [count·N] (absent or null: none). */
+  bias?: Tensor | null;
 }
 
 /** The block's weights on the device (matrices in their stored dtype). */
 export interface MoeWeights {
   /** Router [E, H]. */
   router: Tensor;
-  /** Every expert's gate_proj ([I, H] each), in blocks that each fit one storage binding. */
+  /** The router's bias, f32 [E] (GPT-OSS), else null. */
+  routerBias?: Tensor | null;
+  /** Every expert's gate_proj ([I, H] each), in blocks that each fit one storage binding (empty for GPT-OSS). */
   gate: ExpertBlock[];
-  /** Every expert's up_proj ([I, H] each). */
+  /** Every expert's up_proj ([I, H] each; empty for GPT-OSS). */
   up: ExpertBlock[];
+  /** GPT-OSS: every expert's interleaved gate/up projection ([2I, H] each, gate rows even), else null. */
+  gateUp?: ExpertBlock[] | null;
   /** Every expert's down_proj ([H, I] each). */
   down: ExpertBlock[];
   /** Qwen2-MoE's shared expert and its gate [1, H]; null for Qwen3-MoE. */
@@ -72,8 +100,10 @@ export interface MoeScratch {
   sortedRow: Tensor;
   slotOf: Tensor;
   tiles: Tensor;
-  gate: Tensor;
-  up: Tensor;
+  /** [A, I] each (A = rows·k); null with an interleaved gate/up (GPT-OSS), which has gateUp [A, 2I]. */
+  gate: Tensor | null;
+  up: Tensor | null;
+  gateUp: Tensor | null;
   act: Tensor;
   y: Tensor;
   /** The shared expert's intermediate tensors, output and gate logit; null without one. */
@@ -104,8 +134,9 @@ export function moeScratch(
     sortedRow: u([A], "sorted rows"),
     slotOf: u([A], "slots"),
     tiles: u([moeMaxTiles(A, shape.experts), 4], "tiles"),
-    gate: s([A, I], "gate"),
-    up: s([A, I], "up"),
+    gate: shape.gluLimit === undefined ? s([A, I], "gate") : null,
+    up: shape.gluLimit === undefined ? s([A, I], "up") : null,
+    gateUp: shape.gluLimit === undefined ? null : s([A, 2 * I], "gate/up"),
     act: s([A, I], "act"),
     y: s([A, hidden], "expert out"),
     shared: Is === null ? null : {
@@ -132,30 +163,31 @@ export async function moeForward(
     throw new ShapeError(`moeForward: ${E} experts exceed the ${K.MOE_MAX_EXPERTS} the sort kernel holds`);
   }
   expectShape("moeForward", "router", w.router, [E, H]);
-  checkBlocks("experts' gate_proj", w.gate, E, [I, H]);
-  checkBlocks("experts' up_proj", w.up, E, [I, H]);
+  if (shape.gluLimit === undefined) {
+    checkBlocks("experts' gate_proj", w.gate, E, [I, H]);
+    checkBlocks("experts' up_proj", w.up, E, [I, H]);
+  } else {
+    checkBlocks("experts' gate_up_proj", w.gateUp ?? [], E, [2 * I, H]);
+  }
   checkBlocks("experts' down_proj", w.down, E, [H, I]);
   expectShape("moeForward", "x", x, [rows, H]);
-  const A = rows * k, maxTiles = moeMaxTiles(A, E);
-  await linear(p, m, w.router, s.logits);
-  await p.add(
-    { name: "moe.route", code: K.route, entryPoint: "route" },
-    [
-      params(["u32", rows], ["u32", E], ["u32", k], ["u32", shape.normTopk ? 1 : 0]),
-      s.logits,
-      s.ids,
-      s.weights,
-    ],
-    Math.ceil(rows / K.MOE_WG),
-  );
-  await p.add(
-    { name: "moe.sort", code: K.sort, entryPoint: "sort" },
-    [params(["u32", A], ["u32", E], ["u32", k], ["u32", maxTiles]), s.ids, s.sortedRow, s.slotOf, s.tiles],
-    [1, 1, 1],
-  );
-  await groupedMatmul(p, m, w.gate, true, s, s.gate);
-  await groupedMatmul(p, m, w.up, true, s, s.up);
-  await swigluForward(p, s.gate, s.up, s.act);
+  await route(p, shape, w, m, s);
+  if (shape.gluLimit === undefined) {
+    await groupedMatmul(p, m, w.gate, true, s, s.gate!);
+    await groupedMatmul(p, m, w.up, true, s, s.up!);
+    await swigluForward(p, s.gate!, s.up!, s.act);
+  } else {
+    await groupedMatmul(p, m, w.gateUp!, true, s, s.gateUp!);
+    await p.add(
+      { name: "moe.clamped_glu", code: K.clampedGlu, entryPoint: "clamped_glu" },
+      [
+        params(["u32", rows * k * I], ["u32", I], ["f32", shape.gluLimit], ["f32", GPT_OSS_GLU_ALPHA]),
+        s.gateUp!,
+        s.act,
+      ],
+      Math.ceil(rows * k * I / K.MOE_WG),
+    );
+  }
   await groupedMatmul(p, s.act, w.down, false, s, s.y);
   const shared = w.shared && s.shared;
   if (shared) {
@@ -179,19 +211,61 @@ export async function moeForward(
   );
 }
 
-/** Checks that `blocks` hold experts 0..E−1 in order, each of `shape`, in one dtype. */
-function checkBlocks(name: string, blocks: ExpertBlock[], E: number, shape: [number, number]): void {
+/**
+ * Records the routing: logits = m·routerᵀ (+ bias), each token's k experts and weights, and the assignments
+ * sorted by expert into the grouped matmuls' tile schedule.
+ */
+async function route(p: Program, shape: MoeShape, w: MoeWeights, m: Tensor, s: MoeScratch): Promise<void> {
+  const rows = m.shape[0], { experts: E, topK: k } = shape, A = rows * k;
+  await linear(p, m, w.router, s.logits);
+  if (w.routerBias) await addBias(p, s.logits, w.routerBias);
+  const picked = shape.routing === "picked" ? 1 : 0;
+  await p.add(
+    { name: "moe.route", code: K.route, entryPoint: "route" },
+    [
+      params(["u32", rows], ["u32", E], ["u32", k], ["u32", shape.normTopk ? 1 : 0], ["u32", picked]),
+      s.logits,
+      s.ids,
+      s.weights,
+    ],
+    Math.ceil(rows / K.MOE_WG),
+  );
+  await p.add(
+    { name: "moe.sort", code: K.sort, entryPoint: "sort" },
+    [
+      params(["u32", A], ["u32", E], ["u32", k], ["u32", s.tiles.shape[0]]),
+      s.ids,
+      s.sortedRow,
+      s.slotOf,
+      s.tiles,
+    ],
+    [1, 1, 1],
+  );
+}
+
+/** The format of a block's weights. */
+function formatOf(b: ExpertBlock): K.ExpertFormat {
+  return b.scales ? "mxfp4" : b.tensor.dtype as K.ExpertFormat;
+}
+
+/** Checks that `blocks` hold experts 0..E−1 in order, each [N, K] = `shape`, in one format and layout. */
+function checkBlocks(name: string, blocks: ExpertBlock[], E: number, [N, Kd]: [number, number]): void {
   let next = 0;
   for (const b of blocks) {
-    if (b.first !== next || b.tensor.dtype !== blocks[0].tensor.dtype) {
+    const where = `${name} [${b.first}:${b.first + b.count}]`;
+    if (b.first !== next || formatOf(b) !== formatOf(blocks[0]) || !!b.kn !== !!blocks[0].kn) {
       throw new ShapeError(
-        `moeForward: ${name}: blocks must hold experts 0..${E - 1} in order, in one dtype`,
+        `moeForward: ${name}: blocks must hold experts 0..${E - 1} in order, in one format and layout`,
       );
     }
-    expectShape("moeForward", `${name} [${b.first}:${b.first + b.count}]`, b.tensor, [
-      b.count * shape[0],
-      shape[1],
-    ]);
+    if (b.scales) {
+      if (Kd % 32 !== 0) throw new ShapeError(`moeForward: ${where}: MXFP4 needs K (${Kd}) a multiple of 32`);
+      expectShape("moeForward", where, b.tensor, [b.count * N * Kd / 8]);
+      expectShape("moeForward", `${where} scales`, b.scales, [Math.ceil(b.count * N * Kd / 128)]);
+    } else {
+      expectShape("moeForward", where, b.tensor, b.kn ? [b.count * Kd, N] : [b.count * N, Kd]);
+    }
+    if (b.bias) expectShape("moeForward", `${where} bias`, b.bias, [b.count * N]);
     next += b.count;
   }
   if (next !== E) throw new ShapeError(`moeForward: ${name}: blocks hold ${next} experts, expected ${E}`);
@@ -211,22 +285,24 @@ async function groupedMatmul(
 ): Promise<void> {
   expectDtype("moe grouped matmul", "a", a, "f32");
   const [slots, N] = out.shape, Kdim = a.shape[1], maxTiles = s.tiles.shape[0];
-  for (const { first, count, tensor: w } of blocks) {
-    expectDtype("moe grouped matmul", "w", w, "f32", "f16", "bf16");
-    const bType = w.dtype as MatmulBType;
+  for (const b of blocks) {
+    const format = formatOf(b), kn = !!b.kn, bias = !!b.bias;
+    const name = `moe.grouped_matmul.${format}${kn ? ".kn" : ""}${bias ? ".bias" : ""}`;
     await p.add(
-      { name: `moe.grouped_matmul.${bType}`, code: K.matmul(bType), entryPoint: "grouped_matmul" },
+      { name, code: K.matmul(format, kn, bias), entryPoint: "grouped_matmul" },
       [
-        params(["u32", N], ["u32", Kdim], ["u32", gather ? 1 : 0], ["u32", first], ["u32", count]),
+        params(["u32", N], ["u32", Kdim], ["u32", gather ? 1 : 0], ["u32", b.first], ["u32", b.count]),
         a,
-        w,
+        b.tensor,
         s.sortedRow,
         s.tiles,
         out,
+        b.scales ?? null,
+        b.bias ?? null,
       ],
       [Math.ceil(N / K.MOE_TILE_COLS), maxTiles, 1],
-      `moe.grouped_matmul.${bType}`,
-      2 * slots * N * Kdim * count / expertsIn(blocks),
+      name,
+      2 * slots * N * Kdim * b.count / expertsIn(blocks),
     );
   }
 }
@@ -236,13 +312,21 @@ function expertsIn(blocks: ExpertBlock[]): number {
   return blocks.reduce((n, b) => n + b.count, 0);
 }
 
-/** The block's weights on the host, f32 (tests' reference). */
+/** The block's weights on the host, f32 (tests' reference), each expert's matrix as W_e [N, K] (y = x·W_eᵀ). */
 export interface MoeWeightsCpu {
   router: Float32Array<ArrayBuffer>;
-  gate: Float32Array<ArrayBuffer>;
-  up: Float32Array<ArrayBuffer>;
+  /** [E], or absent. */
+  routerBias?: Float32Array<ArrayBuffer>;
+  /** [E, I, H] each (Qwen); absent with gateUp. */
+  gate?: Float32Array<ArrayBuffer>;
+  up?: Float32Array<ArrayBuffer>;
+  /** GPT-OSS: [E, 2I, H], gate rows even, and its bias [E, 2I]. */
+  gateUp?: Float32Array<ArrayBuffer>;
+  gateUpBias?: Float32Array<ArrayBuffer>;
+  /** [E, H, I], and its bias [E, H] (GPT-OSS). */
   down: Float32Array<ArrayBuffer>;
-  shared:
+  downBias?: Float32Array<ArrayBuffer>;
+  shared?:
     | {
       gate: Float32Array<ArrayBuffer>;
       up: Float32Array<ArrayBuffer>;
@@ -253,18 +337,19 @@ export interface MoeWeightsCpu {
     | null;
 }
 
-/** y = x · Wᵀ for x [rows, K], W [N, K] in f64. */
+/** y = x · Wᵀ (+ b) for x [rows, K], W [N, K] in f64. */
 function matmulTCpu(
   x: ArrayLike<number>,
   w: ArrayLike<number>,
   rows: number,
   N: number,
   Kd: number,
+  b?: ArrayLike<number>,
 ): Float64Array {
   const y = new Float64Array(rows * N);
   for (let r = 0; r < rows; r++) {
     for (let n = 0; n < N; n++) {
-      let acc = 0;
+      let acc = b ? b[n] : 0;
       for (let k = 0; k < Kd; k++) acc += x[r * Kd + k] * w[n * Kd + k];
       y[r * N + n] = acc;
     }
@@ -272,19 +357,50 @@ function matmulTCpu(
   return y;
 }
 
-/** The routing of one token: the k experts (largest probability first, lower id on ties) and their weights. */
+/**
+ * The routing of one token: the k experts (largest logit first, lower id on ties) and their weights (see
+ * {@link MoeShape.routing}).
+ */
 export function moeRouteCpu(
   logits: ArrayLike<number>,
   topK: number,
   renorm: boolean,
+  routing: MoeShape["routing"] = "softmax",
 ): { ids: number[]; w: number[] } {
-  const E = logits.length, m = Math.max(...Array.from(logits));
-  const p = Array.from(logits, (l) => Math.exp(l - m));
-  const sum = p.reduce((a, b) => a + b, 0);
+  const E = logits.length;
   const order = Array.from({ length: E }, (_, e) => e).sort((a, b) => logits[b] - logits[a] || a - b);
-  const ids = order.slice(0, topK), w = ids.map((e) => p[e] / sum);
+  const ids = order.slice(0, topK);
+  const pool = routing === "picked" ? ids : order;
+  const m = Math.max(...pool.map((e) => logits[e]));
+  const sum = pool.reduce((a, e) => a + Math.exp(logits[e] - m), 0);
+  const w = ids.map((e) => Math.exp(logits[e] - m) / sum);
   const picked = w.reduce((a, b) => a + b, 0);
   return { ids, w: renorm ? w.map((v) => v / picked) : w };
+}
+
+/** GPT-OSS's clamped SwiGLU of an interleaved gate/up row (kernels/moe.ts `clampedGlu`). */
+function clampedGluCpu(gu: Float64Array, limit: number): Float64Array {
+  return Float64Array.from({ length: gu.length / 2 }, (_, i) => {
+    const g = Math.min(gu[2 * i], limit), u = Math.min(Math.max(gu[2 * i + 1], -limit), limit);
+    return (u + 1) * g / (1 + Math.exp(-GPT_OSS_GLU_ALPHA * g));
+  });
+}
+
+/** Expert e's activation [I] of one token x [H]. */
+function expertActCpu(
+  x: Float32Array,
+  e: number,
+  H: number,
+  shape: MoeShape,
+  w: MoeWeightsCpu,
+): Float64Array {
+  const I = shape.expertIntermediate, at = (a: Float32Array, n: number) => a.subarray(e * n, (e + 1) * n);
+  if (shape.gluLimit !== undefined) {
+    const gu = matmulTCpu(x, at(w.gateUp!, 2 * I * H), 1, 2 * I, H, w.gateUpBias && at(w.gateUpBias, 2 * I));
+    return clampedGluCpu(gu, shape.gluLimit);
+  }
+  const g = matmulTCpu(x, at(w.gate!, I * H), 1, I, H), u = matmulTCpu(x, at(w.up!, I * H), 1, I, H);
+  return swigluCpu(g, u);
 }
 
 /** The block's output (to be added to the residual) for m [rows, H], in f64. */
@@ -296,16 +412,22 @@ export function moeCpu(
   w: MoeWeightsCpu,
 ): Float64Array {
   const { experts: E, topK, expertIntermediate: I } = shape;
-  const logits = matmulTCpu(m, w.router, rows, E, H);
+  const logits = matmulTCpu(m, w.router, rows, E, H, w.routerBias);
   const out = new Float64Array(rows * H);
   for (let r = 0; r < rows; r++) {
     const x = m.subarray(r * H, (r + 1) * H);
-    const { ids, w: weights } = moeRouteCpu(logits.subarray(r * E, (r + 1) * E), topK, shape.normTopk);
-    ids.forEach((e, j) => {
-      const g = matmulTCpu(x, w.gate.subarray(e * I * H, (e + 1) * I * H), 1, I, H);
-      const u = matmulTCpu(x, w.up.subarray(e * I * H, (e + 1) * I * H), 1, I, H);
-      const y = matmulTCpu(swigluCpu(g, u), w.down.subarray(e * H * I, (e + 1) * H * I), 1, H, I);
-      for (let c = 0; c < H; c++) out[r * H + c] += weights[j] * y[c];
+    const routed = moeRouteCpu(logits.subarray(r * E, (r + 1) * E), topK, shape.normTopk, shape.routing);
+    routed.ids.forEach((e, j) => {
+      const down = w.down.subarray(e * H * I, (e + 1) * H * I);
+      const y = matmulTCpu(
+        expertActCpu(x, e, H, shape, w),
+        down,
+        1,
+        H,
+        I,
+        w.downBias?.subarray(e * H, (e + 1) * H),
+      );
+      for (let c = 0; c < H; c++) out[r * H + c] += routed.w[j] * y[c];
     });
     if (w.shared) {
       const S = w.shared.size;

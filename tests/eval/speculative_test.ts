@@ -237,9 +237,17 @@ Deno.test({ name: "runSpeculativeEval reports tau, speeds and the greedy match",
 
 // Gemma 3 (window 32), and Gemma 3, Mistral and Qwen2 with windows of 6, 5, 5 tokens that the sequences pass: the
 // tree verification applies the windows as the plain forward does; and the MoE targets (each verified token
-// routed as in the plain forward).
+// routed as in the plain forward; GPT-OSS's sinks in the tree attention).
 for (
-  const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window", "qwen3_moe", "qwen2_moe"]
+  const arch of [
+    "gemma3",
+    "gemma3_window",
+    "mistral_window",
+    "qwen2_window",
+    "qwen3_moe",
+    "qwen2_moe",
+    "gpt_oss_mxfp4",
+  ]
 ) {
   Deno.test({
     name: `greedy speculative decoding on ${arch} equals its plain greedy decoding (chain and trees)`,

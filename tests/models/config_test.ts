@@ -672,6 +672,8 @@ Deno.test("config: Qwen3-MoE and Qwen2-MoE routing, sparse layers, shared expert
     expertIntermediate: 768,
     normTopk: true,
     sharedIntermediate: null,
+    routing: "softmax",
+    gptOss: null,
     sparseLayers: true,
   });
   // Transformers 5 writes num_local_experts; mlp_only_layers and decoder_sparse_step leave dense layers.
@@ -717,19 +719,73 @@ Deno.test("config: Qwen3-MoE and Qwen2-MoE routing, sparse layers, shared expert
   assert.deepEqual(shapes.get("model.layers.0.mlp.experts.59.gate_proj.weight"), [1408, 2048]);
 });
 
-Deno.test("config: GPT-OSS, Llama 4 and DeepSeek-V3 (golden checkpoints kept for them) are refused by name", async () => {
+Deno.test("config: Llama 4 and DeepSeek-V3 (golden checkpoints kept for them) are refused by name", async () => {
   const golden = new URL("../golden/targets/", import.meta.url).pathname;
   for (
     const [dir, arch] of [
-      ["gpt_oss", "GptOssForCausalLM"],
-      ["gpt_oss_mxfp4", "GptOssForCausalLM"],
       ["llama4", "Llama4ForCausalLM"],
       ["deepseek_v3", "DeepseekV3ForCausalLM"],
     ]
   ) {
     await assert.rejects(
       loadTargetConfig(join(golden, dir, "config.json")),
-      new RegExp(`architecture ${arch} is not supported; supported: LlamaForCausalLM, .*Qwen2MoeForCausalLM`),
+      new RegExp(`architecture ${arch} is not supported; supported: LlamaForCausalLM, .*GptOssForCausalLM`),
     );
   }
+});
+
+/** gpt-oss-20b's config.json (the keys the parser reads). */
+const GPT_OSS_20B = {
+  architectures: ["GptOssForCausalLM"],
+  model_type: "gpt_oss",
+  hidden_size: 2880,
+  intermediate_size: 2880,
+  num_hidden_layers: 24,
+  num_attention_heads: 64,
+  num_key_value_heads: 8,
+  head_dim: 64,
+  num_local_experts: 32,
+  experts_per_token: 4,
+  swiglu_limit: 7.0,
+  sliding_window: 128,
+  layer_types: Array.from({ length: 24 }, (_, i) => i % 2 === 0 ? "sliding_attention" : "full_attention"),
+  rope_theta: 150000,
+  rope_scaling: {
+    rope_type: "yarn",
+    factor: 32.0,
+    beta_fast: 32.0,
+    beta_slow: 1.0,
+    truncate: false,
+    original_max_position_embeddings: 4096,
+  },
+  max_position_embeddings: 131072,
+  rms_norm_eps: 1e-5,
+  vocab_size: 201088,
+  tie_word_embeddings: false,
+  quantization_config: { quant_method: "mxfp4", modules_to_not_convert: [] },
+};
+
+Deno.test("config: gpt-oss-20b's published config (MXFP4 experts, sinks, alternating windows, YaRN)", () => {
+  const c = parseTargetConfig(GPT_OSS_20B);
+  assert.deepEqual([c.attentionSinks, c.qkvBias, c.oBias, c.qkNorm], [true, true, true, false]);
+  assert.equal(c.slidingWindow, 128);
+  assert.deepEqual(c.windowLayers!.slice(0, 4), [true, false, true, false]);
+  assert.deepEqual(c.moe!.gptOss, { gluLimit: 7, mxfp4: true });
+  assert.deepEqual([c.moe!.experts, c.moe!.topK, c.moe!.expertIntermediate, c.moe!.routing], [
+    32,
+    4,
+    2880,
+    "picked",
+  ]);
+  assert.equal(c.ropeScaling.type, "yarn");
+  const names = targetWeightNames(c);
+  assert.equal(names.layers[3].sinks, "model.layers.3.self_attn.sinks");
+  const shapes = expectedWeightShapes(c, names);
+  assert.deepEqual(shapes.get("model.layers.0.mlp.experts.gate_up_proj_blocks"), [32, 5760, 90, 16]);
+  assert.deepEqual(shapes.get("model.layers.0.mlp.experts.down_proj_scales"), [32, 2880, 90]);
+  assert.deepEqual(shapes.get("model.layers.0.mlp.router.bias"), [32]);
+  assert.throws(
+    () => parseTargetConfig(edit(GPT_OSS_20B, { quantization_config: { quant_method: "awq" } })),
+    /quantization_config.quant_method awq is not supported \(mxfp4 is\)/,
+  );
 });

@@ -23,8 +23,9 @@ function validRows(data: Float32Array, lengths: number[], T: number, width: numb
 // The last three have sliding windows (6, 5, 5 tokens) shorter than the golden batch's 11 tokens.
 const ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "phi3_longrope", "gemma3"];
 // Mixture-of-experts targets: Qwen3-MoE with and without renormalised routing and dense layers among the
-// sparse ones, Qwen2-MoE with its gated shared expert.
-const MOE = ["qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe"];
+// sparse ones, Qwen2-MoE with its gated shared expert, GPT-OSS (attention sinks, alternating windows of 4, YaRN,
+// biased router and experts, clamped SwiGLU) with bf16 experts and with MXFP4 experts.
+const MOE = ["qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe", "gpt_oss", "gpt_oss_mxfp4"];
 for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window", ...MOE]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
@@ -178,34 +179,37 @@ for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window",
   });
 }
 
-Deno.test({
-  name:
-    "target qwen2_moe: experts in blocks of a small binding give the unsplit forward's logits bit for bit",
-  ...needsGpu,
-}, async () => {
-  const golden = goldenOf("qwen2_moe");
-  const ids = golden.ints("input_ids"), mask = golden.ints("attention_mask");
-  const [B, T] = golden.shape("input_ids");
-  const lengths = Array.from(
-    { length: B },
-    (_, b) => mask.slice(b * T, (b + 1) * T).reduce((a, m) => a + m, 0),
-  );
-  const logits = async (maxBlockBytes?: number) => {
-    const model = await TargetModel.load(gpu!, `${GOLDEN_DIR}qwen2_moe`, {
-      auxLayers: [1, 3, 4],
-      maxBlockBytes,
-    });
-    try {
-      // 24×32 bf16 per expert (1.5 KiB): blocks of 2 experts under a 4 KiB binding
-      if (maxBlockBytes) assert.equal(model.layers[0].moe!.gate.length, 4);
-      const f = await model.forward(B, T, { logits: true });
-      f.run(Int32Array.from(ids), lengths);
-      const out = await f.logits!.read();
-      f.destroy();
-      return out;
-    } finally {
-      model.destroy();
-    }
-  };
-  assert.deepEqual(await logits(4096), await logits());
-});
+// Bindings under which every projection's experts come in several blocks (MXFP4 experts are 4 times smaller).
+for (const [arch, binding] of [["qwen2_moe", 4096], ["gpt_oss", 4096], ["gpt_oss_mxfp4", 1024]] as const) {
+  Deno.test({
+    name:
+      `target ${arch}: experts in blocks of a small binding give the unsplit forward's logits bit for bit`,
+    ...needsGpu,
+  }, async () => {
+    const golden = goldenOf(arch);
+    const ids = golden.ints("input_ids"), mask = golden.ints("attention_mask");
+    const [B, T] = golden.shape("input_ids");
+    const lengths = Array.from(
+      { length: B },
+      (_, b) => mask.slice(b * T, (b + 1) * T).reduce((a, m) => a + m, 0),
+    );
+    const logits = async (maxBlockBytes?: number) => {
+      const model = await TargetModel.load(gpu!, `${GOLDEN_DIR}${arch}`, {
+        auxLayers: [1, 3, 4],
+        maxBlockBytes,
+      });
+      try {
+        const moe = model.layers[0].moe!;
+        if (maxBlockBytes) assert.ok((moe.gateUp ?? moe.gate).length > 1 && moe.down.length > 1);
+        const f = await model.forward(B, T, { logits: true });
+        f.run(Int32Array.from(ids), lengths);
+        const out = await f.logits!.read();
+        f.destroy();
+        return out;
+      } finally {
+        model.destroy();
+      }
+    };
+    assert.deepEqual(await logits(binding), await logits());
+  });
+}

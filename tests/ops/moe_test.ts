@@ -1,14 +1,17 @@
 /**
- * The MoE block (lib/ops/moe.ts) against its CPU reference: routing with and without renormalisation, several
- * tiles per expert, odd sizes, f32 and bf16 expert weights, experts in several weight blocks, Qwen2-MoE's gated
- * shared expert; and the CPU routing
- * itself on hand-made logits. The whole block against transformers' classes is in tests/models/golden_targets_test.ts.
+ * The MoE block (lib/ops/moe.ts) against its CPU reference. Qwen: routing with and without renormalisation,
+ * several tiles per expert, odd sizes, f32 and bf16 expert weights, experts in several weight blocks, the gated
+ * shared expert. GPT-OSS: the router's bias and the softmax of the picked logits, the interleaved gate/up
+ * projection with the clamped SwiGLU (values past the limit), the experts' biases, bf16 experts stored
+ * transposed and MXFP4 experts. Also the CPU routing on hand-made logits. The whole blocks against transformers'
+ * classes are in tests/models/target_test.ts.
  */
 import assert from "node:assert/strict";
 import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
 import { runOnce } from "../../lib/gpu/program.ts";
 import { roundBf16, Tensor } from "../../lib/tensor.ts";
 import {
+  type ExpertBlock,
   moeCpu,
   moeForward,
   moeRouteCpu,
@@ -17,116 +20,215 @@ import {
   type MoeWeightsCpu,
 } from "../../lib/ops/moe.ts";
 
+type F32 = Float32Array<ArrayBuffer>;
+type Format = "f32" | "bf16" | "mxfp4";
+
 interface Case {
   rows: number;
   H: number;
   shape: MoeShape;
   shared: number | null;
-  dtype: "f32" | "bf16";
+  /** The experts' storage (the router and shared expert: f32, or bf16 when the experts are bf16). */
+  format: Format;
   /** Experts per weight block (default: all in one). */
   block?: number;
+  /** Experts stored transposed ([K, N] each). */
+  kn?: boolean;
+}
+
+const FP4 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6];
+
+/** MXFP4 of W [rows, K] (K a multiple of 32): code and scale bytes in u32 words, and the dequantized values. */
+function toMxfp4(
+  w: F32,
+  rows: number,
+  K: number,
+): { codes: Uint32Array<ArrayBuffer>; scales: Uint32Array<ArrayBuffer>; values: F32 } {
+  const codes = new Uint8Array(Math.ceil(rows * K / 8) * 4),
+    scales = new Uint8Array(Math.ceil(rows * K / 128) * 4);
+  const values = new Float32Array(rows * K);
+  for (let g = 0; g < rows * K / 32; g++) {
+    let amax = 0;
+    for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(w[g * 32 + i]));
+    const e = Math.min(127, Math.max(-127, Math.ceil(Math.log2(Math.max(amax, 2 ** -126) / 6))));
+    scales[g] = e + 127;
+    for (let i = 0; i < 32; i++) {
+      const x = w[g * 32 + i] / 2 ** e;
+      let code = 0;
+      FP4.forEach((v, c) => Math.abs(x - v) < Math.abs(x - FP4[code]) && (code = c));
+      const el = g * 32 + i;
+      codes[el >> 1] |= code << ((el & 1) * 4);
+      values[el] = FP4[code] * 2 ** e;
+    }
+  }
+  return { codes: new Uint32Array(codes.buffer), scales: new Uint32Array(scales.buffer), values };
+}
+
+/** Uploads W [E, N, K] in `c`'s format and blocks; returns the blocks and the values the GPU sees. */
+function expertBlocks(c: Case, w: F32, N: number, K: number, label: string, bias?: F32) {
+  const g = gpu!, E = c.shape.experts, per = c.block ?? E;
+  const values = c.format === "bf16"
+    ? w.map(roundBf16)
+    : c.format === "mxfp4"
+    ? toMxfp4(w, E * N, K).values
+    : w;
+  const blocks: ExpertBlock[] = [];
+  for (let first = 0; first < E; first += per) {
+    const count = Math.min(per, E - first), part = w.slice(first * N * K, (first + count) * N * K);
+    const name = `${label} [${first}:${first + count}]`;
+    const b = bias
+      ? Tensor.fromArray(g, bias.slice(first * N, (first + count) * N), [count * N], "f32", "bias")
+      : null;
+    if (c.format === "mxfp4") {
+      const q = toMxfp4(part, count * N, K);
+      blocks.push({
+        first,
+        count,
+        tensor: Tensor.fromArray(g, q.codes, [q.codes.length], "u32", name),
+        scales: Tensor.fromArray(g, q.scales, [q.scales.length], "u32", `${name} scales`),
+        bias: b,
+      });
+    } else if (c.kn) {
+      const t = new Float32Array(count * K * N); // [count, K, N]
+      for (let e = 0; e < count; e++) {
+        for (let n = 0; n < N; n++) {
+          for (let k = 0; k < K; k++) t[(e * K + k) * N + n] = part[(e * N + n) * K + k];
+        }
+      }
+      blocks.push({
+        first,
+        count,
+        tensor: Tensor.fromArray(g, t, [count * K, N], c.format, name),
+        kn: true,
+        bias: b,
+      });
+    } else {
+      blocks.push({
+        first,
+        count,
+        tensor: Tensor.fromArray(g, part, [count * N, K], c.format, name),
+        bias: b,
+      });
+    }
+  }
+  return { blocks, values };
 }
 
 async function runCase(c: Case, seed: number) {
   const g = gpu!, { rows, H, shape } = c, { experts: E, expertIntermediate: I } = shape;
-  const round = (a: Float32Array<ArrayBuffer>) => c.dtype === "bf16" ? a.map(roundBf16) : a;
-  const w: MoeWeightsCpu = {
+  const dense = c.format === "f32" ? "f32" : "bf16";
+  const round = (a: F32) => dense === "bf16" ? a.map(roundBf16) : a;
+  const gptOss = shape.gluLimit !== undefined;
+  // GPT-OSS: larger gate/up weights so that some activations pass the clamp.
+  const raw = {
     router: round(randomArray(E * H, seed + 1, 0.5)),
-    gate: round(randomArray(E * I * H, seed + 2, 0.3)),
-    up: round(randomArray(E * I * H, seed + 3, 0.3)),
-    down: round(randomArray(E * H * I, seed + 4, 0.3)),
-    shared: c.shared === null ? null : {
-      gate: round(randomArray(c.shared * H, seed + 5, 0.3)),
-      up: round(randomArray(c.shared * H, seed + 6, 0.3)),
-      down: round(randomArray(H * c.shared, seed + 7, 0.3)),
-      gateProj: round(randomArray(H, seed + 8, 0.5)),
-      size: c.shared,
+    gate: randomArray(E * I * H, seed + 2, 0.3),
+    up: randomArray(E * I * H, seed + 3, 0.3),
+    gateUp: randomArray(E * 2 * I * H, seed + 4, 2.5),
+    down: randomArray(E * H * I, seed + 5, 0.3),
+  };
+  const biases = gptOss
+    ? {
+      routerBias: randomArray(E, seed + 6, 0.5),
+      gateUpBias: randomArray(E * 2 * I, seed + 7, 2),
+      downBias: randomArray(E * H, seed + 8, 0.5),
+    }
+    : {};
+  const t = (data: F32, dims: number[], label: string, dtype: "f32" | "bf16" = dense) =>
+    Tensor.fromArray(g, data, dims, dtype, label);
+  const gate = gptOss ? null : expertBlocks(c, raw.gate, I, H, "gate");
+  const up = gptOss ? null : expertBlocks(c, raw.up, I, H, "up");
+  const gateUp = gptOss ? expertBlocks(c, raw.gateUp, 2 * I, H, "gate/up", biases.gateUpBias) : null;
+  const down = expertBlocks(c, raw.down, H, I, "down", biases.downBias);
+  const shared = c.shared === null ? null : {
+    gate: round(randomArray(c.shared * H, seed + 9, 0.3)),
+    up: round(randomArray(c.shared * H, seed + 10, 0.3)),
+    down: round(randomArray(H * c.shared, seed + 11, 0.3)),
+    gateProj: round(randomArray(H, seed + 12, 0.5)),
+    size: c.shared,
+  };
+  const cpu: MoeWeightsCpu = {
+    router: raw.router,
+    gate: gate?.values,
+    up: up?.values,
+    gateUp: gateUp?.values,
+    down: down.values,
+    shared,
+    ...biases,
+  };
+  const weights = {
+    router: t(raw.router, [E, H], "router"),
+    routerBias: biases.routerBias ? t(biases.routerBias, [E], "router bias", "f32") : null,
+    gate: gate?.blocks ?? [],
+    up: up?.blocks ?? [],
+    gateUp: gateUp?.blocks ?? null,
+    down: down.blocks,
+    shared: shared && {
+      gate: t(shared.gate, [c.shared!, H], "shared gate"),
+      up: t(shared.up, [c.shared!, H], "shared up"),
+      down: t(shared.down, [H, c.shared!], "shared down"),
+      gateProj: t(shared.gateProj, [1, H], "shared gate proj"),
     },
   };
-  const m = randomArray(rows * H, seed + 9), x0 = randomArray(rows * H, seed + 10);
-  const t = (
-    data: Float32Array<ArrayBuffer>,
-    dims: number[],
-    label: string,
-    dtype: "f32" | "bf16" = c.dtype,
-  ) => Tensor.fromArray(g, data, dims, dtype, label);
-  const per = c.block ?? E;
-  const blocks = (data: Float32Array<ArrayBuffer>, rows: number, cols: number, label: string) =>
-    Array.from({ length: Math.ceil(E / per) }, (_, b) => {
-      const first = b * per, count = Math.min(per, E - first);
-      const part = data.slice(first * rows * cols, (first + count) * rows * cols);
-      return { first, count, tensor: t(part, [count * rows, cols], `${label} [${first}:${first + count}]`) };
-    });
-  const tensors = {
-    router: t(w.router, [E, H], "router"),
-    gate: blocks(w.gate, I, H, "gate"),
-    up: blocks(w.up, I, H, "up"),
-    down: blocks(w.down, H, I, "down"),
-    shared: w.shared && {
-      gate: t(w.shared.gate, [c.shared!, H], "shared gate"),
-      up: t(w.shared.up, [c.shared!, H], "shared up"),
-      down: t(w.shared.down, [H, c.shared!], "shared down"),
-      gateProj: t(w.shared.gateProj, [1, H], "shared gate proj"),
-    },
-  };
+  const m = randomArray(rows * H, seed + 13), x0 = randomArray(rows * H, seed + 14);
   const tm = t(m, [rows, H], "m", "f32"), tx = t(x0, [rows, H], "x", "f32");
   await runOnce(g, "moe", async (p) => {
-    await moeForward(p, shape, tensors, tm, tx, moeScratch(p, rows, H, shape, c.shared));
+    await moeForward(p, shape, weights, tm, tx, moeScratch(p, rows, H, shape, c.shared));
   });
   const got = await tx.read();
-  const want = moeCpu(m, rows, H, shape, w).map((v, i) => v + x0[i]);
-  assertClose(got, want, `moe ${JSON.stringify(c)}`, { atol: 2e-5, rtol: 1e-4 });
+  const want = moeCpu(m, rows, H, shape, cpu).map((v, i) => v + x0[i]);
+  assertClose(got, want, `moe ${JSON.stringify(c)}`, { atol: 5e-5, rtol: 1e-4 });
 }
 
-Deno.test({ name: "moe: grouped experts equal the CPU reference", ...needsGpu }, async () => {
+const QWEN = (experts: number, topK: number, I: number, normTopk: boolean): MoeShape => ({
+  experts,
+  topK,
+  expertIntermediate: I,
+  normTopk,
+});
+const GPT_OSS = (experts: number, topK: number, I: number): MoeShape => ({
+  experts,
+  topK,
+  expertIntermediate: I,
+  normTopk: false,
+  routing: "picked",
+  gluLimit: 7,
+});
+
+Deno.test({ name: "moe: grouped experts equal the CPU reference (Qwen)", ...needsGpu }, async () => {
   const cases: Case[] = [
-    {
-      rows: 13,
-      H: 20,
-      shape: { experts: 6, topK: 2, expertIntermediate: 12, normTopk: true },
-      shared: null,
-      dtype: "f32",
-    },
-    {
-      rows: 7,
-      H: 9,
-      shape: { experts: 5, topK: 3, expertIntermediate: 7, normTopk: false },
-      shared: null,
-      dtype: "bf16",
-    },
+    { rows: 13, H: 20, shape: QWEN(6, 2, 12, true), shared: null, format: "f32" },
+    { rows: 7, H: 9, shape: QWEN(5, 3, 7, false), shared: null, format: "bf16" },
     // 90 rows × top-2 over 3 experts: about 60 slots per expert, two or more 32-row tiles each
-    {
-      rows: 90,
-      H: 16,
-      shape: { experts: 3, topK: 2, expertIntermediate: 8, normTopk: false },
-      shared: 24,
-      dtype: "bf16",
-    },
+    { rows: 90, H: 16, shape: QWEN(3, 2, 8, false), shared: 24, format: "bf16" },
     // experts in blocks of 2, 2 and 1 (weights over one binding): one dispatch per block
-    {
-      rows: 21,
-      H: 12,
-      shape: { experts: 5, topK: 2, expertIntermediate: 6, normTopk: true },
-      shared: null,
-      dtype: "bf16",
-      block: 2,
-    },
-    {
-      rows: 1,
-      H: 33,
-      shape: { experts: 8, topK: 1, expertIntermediate: 5, normTopk: true },
-      shared: 11,
-      dtype: "f32",
-    },
+    { rows: 21, H: 12, shape: QWEN(5, 2, 6, true), shared: null, format: "bf16", block: 2 },
+    { rows: 1, H: 33, shape: QWEN(8, 1, 5, true), shared: 11, format: "f32" },
   ];
   for (const [i, c] of cases.entries()) await runCase(c, 100 * i);
 });
 
-Deno.test("moe: routing picks the largest logits, lower id first on ties, and renormalises", () => {
-  const r = moeRouteCpu([0.5, 2, -1, 2, 1], 3, false);
+Deno.test({
+  name: "moe: GPT-OSS experts (bias, picked softmax, clamped SwiGLU; f32, bf16 transposed, MXFP4)",
+  ...needsGpu,
+}, async () => {
+  const cases: Case[] = [
+    { rows: 11, H: 16, shape: GPT_OSS(6, 2, 12), shared: null, format: "f32" },
+    { rows: 9, H: 24, shape: GPT_OSS(5, 3, 10), shared: null, format: "bf16", kn: true, block: 2 },
+    // MXFP4 needs K = H for gate/up and K = I for down as multiples of 32
+    { rows: 40, H: 32, shape: GPT_OSS(4, 2, 32), shared: null, format: "mxfp4" },
+    { rows: 5, H: 64, shape: GPT_OSS(8, 4, 32), shared: null, format: "mxfp4", block: 3 },
+  ];
+  for (const [i, c] of cases.entries()) await runCase(c, 1000 + 100 * i);
+});
+
+Deno.test("moe: routing picks the largest logits, lower id first on ties; softmax of all or of the picked", () => {
+  const logits = [0.5, 2, -1, 2, 1];
+  const r = moeRouteCpu(logits, 3, false);
   assert.deepEqual(r.ids, [1, 3, 4]);
-  const p = [0.5, 2, -1, 2, 1].map(Math.exp), sum = p.reduce((a, b) => a + b, 0);
+  const p = logits.map(Math.exp), sum = p.reduce((a, b) => a + b, 0);
   assertClose(r.w, [p[1] / sum, p[3] / sum, p[4] / sum], "weights");
-  const n = moeRouteCpu([0.5, 2, -1, 2, 1], 2, true);
-  assertClose(n.w, [0.5, 0.5], "renormalised");
+  assertClose(moeRouteCpu(logits, 2, true).w, [0.5, 0.5], "renormalised");
+  const picked = moeRouteCpu(logits, 3, false, "picked"), ps = p[1] + p[3] + p[4];
+  assertClose(picked.w, [p[1] / ps, p[3] / ps, p[4] / ps], "softmax of the picked");
 });
