@@ -34,7 +34,7 @@ const HEADER = /* wgsl */ `
 struct Params {
   batch: u32, tq: u32, tk: u32, heads: u32,
   kv_heads: u32, diag: u32, causal: u32, query_offset: u32,
-  scale: f32, window: u32, _pad1: u32, _pad2: u32,
+  scale: f32, window: u32, chunk: u32, _pad2: u32,
 }
 
 // Head dimension, query rows per tile, keys per tile, invocations per workgroup (set per pipeline).
@@ -64,10 +64,12 @@ fn valid_keys(len: i32) -> u32 {
 }
 
 // Whether query row t may attend prefix key s (s < len: key padding; causal: s <= t + query_offset; a
-// sliding window of w keys: s + w > t + query_offset).
+// sliding window of w keys: s + w > t + query_offset; chunked local attention (Llama 4) of c positions: s and
+// t + query_offset in the same chunk).
 fn key_allowed(t: u32, s: u32, len: u32) -> bool {
   return s < len && (p.causal == 0u || s <= t + p.query_offset) &&
-    (p.window == 0u || s + p.window > t + p.query_offset);
+    (p.window == 0u || s + p.window > t + p.query_offset) &&
+    (p.chunk == 0u || s / p.chunk == (t + p.query_offset) / p.chunk);
 }
 
 // One past the last key any of the query rows [t0, t_end) may attend.

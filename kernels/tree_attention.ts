@@ -27,14 +27,16 @@ export const TREE_WG = 64;
  */
 export function treeAttention(hd: number, windowed = false, sinks = false): string {
   const positions = windowed ? "@group(0) @binding(7) var<storage, read> positions: array<i32>;" : "";
+  // A window of p.window keys back from the row's position, and Llama 4's chunks of p.chunk positions.
   const windowCheck = windowed
     ? `let key_pos = select(i32(s), positions[s - prefix], s >= prefix);
-    if (key_pos + i32(p.window) <= positions[t]) { continue; }`
+    if (p.window != 0u && key_pos + i32(p.window) <= positions[t]) { continue; }
+    if (p.chunk != 0u && key_pos / i32(p.chunk) != positions[t] / i32(p.chunk)) { continue; }`
     : "";
   return /* wgsl */ `
 const HD: u32 = ${hd}u;
 struct Params { rows: u32, heads: u32, kv_heads: u32, tree_len: u32, cache_len: u32, prefix_slot: u32,
-                scale: f32, window: u32 }
+                scale: f32, window: u32, chunk: u32, _a: u32, _b: u32, _c: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;

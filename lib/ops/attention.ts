@@ -40,6 +40,11 @@ export interface AttentionOptions {
    */
   window?: number;
   /**
+   * Chunked local attention (Llama 4's `attention_chunk_size`): key s is allowed for query row t only if s and
+   * t + queryOffset lie in the same chunk of `chunk` positions; 0 or absent: none.
+   */
+  chunk?: number;
+  /**
    * Kernel family: "tiled" (workgroup-memory tiles, for GPUs) or "rows" (each invocation keeps a few rows in
    * registers, no workgroup memory or barriers, for CPU adapters). Default: "rows" on CPU adapters (Mesa
    * lavapipe/llvmpipe), else "tiled". Both compute the same math.
@@ -227,7 +232,7 @@ function uniforms(d: AttentionDims, opts: AttentionOptions) {
     ["u32", opts.queryOffset ?? 0],
     ["f32", opts.scale ?? 1 / Math.sqrt(d.headDim)],
     ["u32", opts.window ?? 0],
-    ["u32", 0],
+    ["u32", opts.chunk ?? 0],
     ["u32", 0],
   );
 }
@@ -533,6 +538,7 @@ function forEachRow(
         for (let s = 0; s < len; s++) {
           if (opts.causal && s > t + offset) continue;
           if (opts.window && s + opts.window <= t + offset) continue;
+          if (opts.chunk && Math.floor(s / opts.chunk) !== Math.floor((t + offset) / opts.chunk)) continue;
           const ko = ((b * Tk + s) * nkv + kvh) * hd;
           keys.push({ diag: false, offset: ko });
           scores.push(scale * dot(x.q, qo, x.k, ko));

@@ -46,6 +46,11 @@ export interface TreeAttentionOptions {
    * position s, tree key j at row j's position, as in the target's verification pass). Absent: no window.
    */
   window?: { size: number; positions: Tensor };
+  /**
+   * Llama 4's chunked local attention: a key is kept when its position and the row's lie in the same chunk of
+   * `size` positions (positions as for `window`; both may be given). Absent: none.
+   */
+  chunk?: { size: number; positions: Tensor };
   /** Attention sinks (GPT-OSS), f32 [nh]: a logit per head in every row's softmax, its probability dropped. */
   sinks?: Tensor | null;
 }
@@ -106,7 +111,10 @@ export async function treeAttentionForward(
 ): Promise<void> {
   const prefixSlot = opts.prefixSlot ?? 0;
   const d = checkTreeAttention("treeAttentionForward", a, prefixSlot);
-  const w = opts.window;
+  const w = opts.window ?? (opts.chunk ? { size: 0, positions: opts.chunk.positions } : undefined);
+  if (opts.window && opts.chunk && opts.window.positions !== opts.chunk.positions) {
+    throw new ShapeError("treeAttentionForward: window and chunk must read the same positions");
+  }
   if (w) {
     expectDtype("treeAttentionForward", "positions", w.positions, "i32");
     expectShape("treeAttentionForward", "positions", w.positions, [d.rows]);
@@ -133,6 +141,10 @@ export async function treeAttentionForward(
         ["u32", prefixSlot],
         ["f32", opts.scale ?? 1 / Math.sqrt(d.headDim)],
         ["u32", w?.size ?? 0],
+        ["u32", opts.chunk?.size ?? 0],
+        ["u32", 0],
+        ["u32", 0],
+        ["u32", 0],
       ),
       a.q,
       a.k,
@@ -246,6 +258,8 @@ export interface TreeAttentionCpuInputs {
   window?: { size: number; positions: ArrayLike<number> };
   /** Attention sinks [nh], absent for none. */
   sinks?: ArrayLike<number>;
+  /** Chunks of `size` positions (see {@link TreeAttentionOptions.chunk}). */
+  chunk?: { size: number; positions: ArrayLike<number> };
 }
 
 /** CPU reference of {@link treeAttentionForward}: the softmax of each row materialised. */
@@ -261,11 +275,15 @@ export function treeAttentionCpu(
       const kvh = Math.floor(h / (nh / nkv));
       const qo = (t * nh + h) * hd;
       const keys: number[] = [];
-      const inWindow = (keyPos: number) => !x.window || keyPos + x.window.size > x.window.positions[t];
+      const chunkOf = (pos: number) => Math.floor(pos / x.chunk!.size);
+      const inWindow = (keyPos: number) =>
+        (!x.window || keyPos + x.window.size > x.window.positions[t]) &&
+        (!x.chunk || chunkOf(keyPos) === chunkOf(x.chunk.positions[t]));
       for (let s = 0; s < Math.min(x.prefix, cacheLen); s++) if (inWindow(s)) keys.push(s);
       for (let j = 0; j < treeLen; j++) {
         const keep = x.mask[t * treeLen + j] !== 0 && x.prefix + j < cacheLen;
-        if (keep && inWindow(x.window ? x.window.positions[j] : 0)) keys.push(x.prefix + j);
+        const pos = (x.window ?? x.chunk)?.positions[j] ?? 0;
+        if (keep && inWindow(pos)) keys.push(x.prefix + j);
       }
       if (keys.length === 0) continue;
       const scores = keys.map((s) => {

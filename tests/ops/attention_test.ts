@@ -506,3 +506,24 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  { name: "attention: chunked local attention (Llama 4) vs CPU, forward and backward", ...needsGpu },
+  async () => {
+    const cases = [
+      makeCase(
+        "chunk 4 causal",
+        { B: 2, Tq: 11, nh: 4, nkv: 2, hd: 8 },
+        [11, 7],
+        { causal: true, chunk: 4 },
+        800,
+      ),
+      makeCase("chunk 3 decode", { B: 1, Tq: 2, Tk: 10, nh: 2, nkv: 1, hd: 16 }, [10], {
+        causal: true,
+        queryOffset: 8,
+        chunk: 3,
+      }, 810),
+    ];
+    for (const c of cases) await checkAgainstCpu(c);
+  },
+);

@@ -243,3 +243,37 @@ Deno.test(
     for (const x of [...Object.values(t), sinkT]) x.destroy();
   },
 );
+
+Deno.test(
+  { name: "tree attention with chunks (Llama 4) matches its CPU reference", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const d = { rows: 5, heads: 2, kvHeads: 1, headDim: 8, cacheLen: 24, treeLen: 5, prefix: 10 };
+    const q = randomArray(d.rows * d.heads * d.headDim, 60);
+    const k = randomArray(d.cacheLen * d.kvHeads * d.headDim, 61);
+    const v = randomArray(d.cacheLen * d.kvHeads * d.headDim, 62);
+    const mask = randomMask(d.rows, d.treeLen, 63);
+    const positions = Int32Array.from([10, 11, 11, 12, 13]); // a tree: depths 0, 1, 1, 2, 3 after 10 cached
+    const T = (data: Float32Array<ArrayBuffer>, shape: number[], label: string) =>
+      Tensor.fromArray(g, data, shape, "f32", label);
+    const t = {
+      q: T(q, [d.rows, d.heads, d.headDim], "q"),
+      k: T(k, [d.cacheLen, d.kvHeads, d.headDim], "k"),
+      v: T(v, [d.cacheLen, d.kvHeads, d.headDim], "v"),
+      meta: Tensor.fromArray(g, Int32Array.from([d.prefix]), [1], "i32", "meta"),
+      mask: Tensor.fromArray(g, mask, [d.rows, d.treeLen], "u32", "mask"),
+      out: Tensor.empty(g, [d.rows, d.heads, d.headDim], "f32", "out"),
+    };
+    const pos = Tensor.fromArray(g, positions, [d.rows], "i32", "positions");
+    await runOnce(
+      g,
+      "tree attention chunks",
+      (p) => treeAttentionForward(p, t, { chunk: { size: 4, positions: pos } }),
+    );
+    const want = treeAttentionCpu({ q, k, v, mask, prefix: d.prefix, chunk: { size: 4, positions } }, d);
+    assertClose(await t.out.readFloat(), want, "tree attention with chunks", { atol: 2e-5, rtol: 1e-4 });
+    for (const x of [...Object.values(t), pos]) {
+      x.destroy();
+    }
+  },
+);
