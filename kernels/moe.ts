@@ -28,9 +28,12 @@ export const MOE_WG = 64;
 /** A tile past the schedule's end. */
 export const MOE_NO_TILE = 0xffffffff;
 
-/** Bindings: params (rows, experts, k, renorm, softmax of the picked only), logits [N, E], ids u32 [N, k], weights f32 [N, k]. */
+/**
+ * Bindings: params (rows, experts, k, renorm, mode: 0 softmax of all, 1 softmax of the picked, 2 sigmoid of the
+ * picked), logits [N, E], ids u32 [N, k], weights f32 [N, k].
+ */
 export const route = /* wgsl */ `
-struct Params { rows: u32, experts: u32, k: u32, renorm: u32, picked_softmax: u32, _a: u32, _b: u32, _c: u32 }
+struct Params { rows: u32, experts: u32, k: u32, renorm: u32, mode: u32, _a: u32, _b: u32, _c: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -63,7 +66,10 @@ fn route(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       if ((!found || l > bestLogit) && !taken(base, j, e)) { best = e; bestLogit = l; found = true; }
     }
     ids[base + j] = best;
-    if (p.picked_softmax != 0u) {
+    if (p.mode == 2u) {
+      // Llama 4: the sigmoid of the picked logit (it scales the expert's input).
+      weights[base + j] = 1.0 / (1.0 + exp(-bestLogit));
+    } else if (p.mode == 1u) {
       // GPT-OSS: softmax over the picked logits alone; the first picked is their largest.
       let w = exp(bestLogit - logits[row + ids[base]]);
       weights[base + j] = w;
@@ -74,7 +80,7 @@ fn route(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       picked += w;
     }
   }
-  if (p.renorm != 0u || p.picked_softmax != 0u) {
+  if (p.renorm != 0u || p.mode == 1u) {
     for (var j = 0u; j < p.k; j++) { weights[base + j] = weights[base + j] / picked; }
   }
 }
@@ -232,12 +238,13 @@ fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 }
 
 /**
- * x[r, :] += Σ_j w[r, j]·y[slot(r, j), :], with `shared` also + σ(g[r])·shared[r, :]. Bindings: params
- * (rows, h, k), y [slots, H], weights [N, k], slotOf, x [N, H] and, with `shared`, shared [N, H], g [N].
+ * x[r, :] += Σ_j w[r, j]·y[slot(r, j), :] (Σ_j y[slot(r, j), :] when `unweighted`), with `shared` also
+ * + σ(g[r])·shared[r, :], or + shared[r, :] when `!gated` (Llama 4). Bindings: params (rows, h, k,
+ * unweighted), y [slots, H], weights [N, k], slotOf, x [N, H] and, with `shared`, shared [N, H], g [N] (gated).
  */
-export function combine(shared: boolean): string {
+export function combine(shared: boolean, gated = true): string {
   return /* wgsl */ `
-struct Params { rows: u32, h: u32, k: u32, _pad: u32 }
+struct Params { rows: u32, h: u32, k: u32, unweighted: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> y: array<f32>;
@@ -247,7 +254,7 @@ ${LINEAR_WORKGROUP}
 ${
     shared
       ? `@group(0) @binding(5) var<storage, read> shared_out: array<f32>;
-@group(0) @binding(6) var<storage, read> gate: array<f32>;
+${gated ? "@group(0) @binding(6) var<storage, read> gate: array<f32>;" : ""}
 fn sigmoid(g: f32) -> f32 {
   let e = exp(-abs(g));
   return select(e / (1.0 + e), 1.0 / (1.0 + e), g >= 0.0);
@@ -265,9 +272,9 @@ fn combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   var s = 0.0;
   for (var j = 0u; j < p.k; j++) {
     let a = r * p.k + j;
-    s += weights[a] * y[slotOf[a] * p.h + col];
+    s += select(weights[a], 1.0, p.unweighted != 0u) * y[slotOf[a] * p.h + col];
   }
-  ${shared ? "s += sigmoid(gate[r]) * shared_out[i];" : ""}
+  ${shared ? (gated ? "s += sigmoid(gate[r]) * shared_out[i];" : "s += shared_out[i];") : ""}
   x[i] += s;
 }
 `;
@@ -300,5 +307,51 @@ fn clamped_glu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
   let g = min(x[(r * p.inner + c) * 2u], p.limit);
   let u = clamp(x[(r * p.inner + c) * 2u + 1u], -p.limit, p.limit);
   out[i] = (u + 1.0) * g * sigmoid(p.alpha * g);
+}
+`;
+
+/**
+ * Llama 4's experts take their input scaled by the routing weight, and gate_proj(w·x) = w·gate_proj(x) (no
+ * bias): with the slot's weight w, out[s, i] = silu(w·x[s, i])·(w·x[s, I + i]) of the fused projection whose
+ * first half is gate and second half up (transformers `Llama4TextExperts`: `gate_up.chunk(2)`). Bindings:
+ * params (n = slots·I, I), x [slots, 2I], slot weights [slots], out [slots, I].
+ */
+export const scaledHalvesGlu = /* wgsl */ `
+struct Params { n: u32, inner: u32, _a: u32, _b: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> slot_weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(${MOE_WG})
+fn scaled_halves_glu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${MOE_WG}u + lid;
+  if (i >= p.n) { return; }
+  let s = i / p.inner;
+  let c = i % p.inner;
+  let w = slot_weight[s];
+  let g = w * x[s * 2u * p.inner + c];
+  let u = w * x[s * 2u * p.inner + p.inner + c];
+  out[i] = g / (1.0 + exp(-g)) * u;
+}
+`;
+
+/** The routing weight of each sorted slot: slot_weight[slotOf[a]] = weights[a]. Bindings: params (n), weights, slotOf, slot_weight. */
+export const slotWeights = /* wgsl */ `
+struct Params { n: u32, _a: u32, _b: u32, _c: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> weights: array<f32>;
+@group(0) @binding(2) var<storage, read> slot_of: array<u32>;
+@group(0) @binding(3) var<storage, read_write> slot_weight: array<f32>;
+
+@compute @workgroup_size(${MOE_WG})
+fn slot_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+  let a = linear_workgroup(wg, nwg) * ${MOE_WG}u + lid;
+  if (a >= p.n) { return; }
+  slot_weight[slot_of[a]] = weights[a];
 }
 `;

@@ -107,7 +107,9 @@ export function layerTensors(w: TargetLayerWeights): Tensor[] {
     for (const b of [...m.gate, ...m.up, ...(m.gateUp ?? []), ...m.down]) {
       out.push(b.tensor, ...(b.scales ? [b.scales] : []), ...(b.bias ? [b.bias] : []));
     }
-    if (m.shared) out.push(m.shared.gate, m.shared.up, m.shared.down, m.shared.gateProj);
+    if (m.shared) {
+      out.push(m.shared.gate, m.shared.up, m.shared.down, ...(m.shared.gateProj ? [m.shared.gateProj] : []));
+    }
   }
   return out;
 }

@@ -29,10 +29,16 @@ export interface MoeShape {
   /** Renormalise the k routing weights to sum 1 (`norm_topk_prob`). */
   normTopk: boolean;
   /**
-   * How the k weights are made: "softmax" over every expert's logit, then the k picked (Qwen), or "picked", the
-   * softmax of the k picked logits alone (GPT-OSS). Default "softmax".
+   * How the k weights are made: "softmax" over every expert's logit, then the k picked (Qwen), "picked", the
+   * softmax of the k picked logits alone (GPT-OSS), or "sigmoid" of each picked logit (Llama 4). Default
+   * "softmax".
    */
-  routing?: "softmax" | "picked";
+  routing?: "softmax" | "picked" | "sigmoid";
+  /**
+   * Llama 4: the weight scales the expert's input rather than its output, and gate and up are one projection
+   * per expert, gate its first half.
+   */
+  inputScaled?: boolean;
   /**
    * GPT-OSS: gate and up are one interleaved projection per expert, activated by the clamped SwiGLU with this
    * limit (`swiglu_limit`, alpha 1.702). Absent: separate gate and up, SwiGLU (Qwen).
@@ -88,8 +94,8 @@ export interface MoeWeights {
   gateUp?: ExpertBlock[] | null;
   /** Every expert's down_proj ([H, I] each). */
   down: ExpertBlock[];
-  /** Qwen2-MoE's shared expert and its gate [1, H]; null for Qwen3-MoE. */
-  shared: (DenseMlpWeights & { gateProj: Tensor }) | null;
+  /** Qwen2-MoE's shared expert and its gate [1, H] (Llama 4's: no gate, null); null for Qwen3-MoE. */
+  shared: (DenseMlpWeights & { gateProj: Tensor | null }) | null;
 }
 
 /** The block's scratch for `rows` tokens, owned by a program. */
@@ -100,10 +106,12 @@ export interface MoeScratch {
   sortedRow: Tensor;
   slotOf: Tensor;
   tiles: Tensor;
-  /** [A, I] each (A = rows·k); null with an interleaved gate/up (GPT-OSS), which has gateUp [A, 2I]. */
+  /** [A, I] each (A = rows·k); null with a fused gate/up (GPT-OSS, Llama 4), which has gateUp [A, 2I]. */
   gate: Tensor | null;
   up: Tensor | null;
   gateUp: Tensor | null;
+  /** Llama 4: each sorted slot's routing weight [A]; else null. */
+  slotWeight: Tensor | null;
   act: Tensor;
   y: Tensor;
   /** The shared expert's intermediate tensors, output and gate logit; null without one. */
@@ -134,9 +142,10 @@ export function moeScratch(
     sortedRow: u([A], "sorted rows"),
     slotOf: u([A], "slots"),
     tiles: u([moeMaxTiles(A, shape.experts), 4], "tiles"),
-    gate: shape.gluLimit === undefined ? s([A, I], "gate") : null,
-    up: shape.gluLimit === undefined ? s([A, I], "up") : null,
-    gateUp: shape.gluLimit === undefined ? null : s([A, 2 * I], "gate/up"),
+    gate: fusedGateUp(shape) ? null : s([A, I], "gate"),
+    up: fusedGateUp(shape) ? null : s([A, I], "up"),
+    gateUp: fusedGateUp(shape) ? s([A, 2 * I], "gate/up") : null,
+    slotWeight: shape.inputScaled ? s([A], "slot weights") : null,
     act: s([A, I], "act"),
     y: s([A, hidden], "expert out"),
     shared: Is === null ? null : {
@@ -163,31 +172,16 @@ export async function moeForward(
     throw new ShapeError(`moeForward: ${E} experts exceed the ${K.MOE_MAX_EXPERTS} the sort kernel holds`);
   }
   expectShape("moeForward", "router", w.router, [E, H]);
-  if (shape.gluLimit === undefined) {
+  if (fusedGateUp(shape)) {
+    checkBlocks("experts' gate_up_proj", w.gateUp ?? [], E, [2 * I, H]);
+  } else {
     checkBlocks("experts' gate_proj", w.gate, E, [I, H]);
     checkBlocks("experts' up_proj", w.up, E, [I, H]);
-  } else {
-    checkBlocks("experts' gate_up_proj", w.gateUp ?? [], E, [2 * I, H]);
   }
   checkBlocks("experts' down_proj", w.down, E, [H, I]);
   expectShape("moeForward", "x", x, [rows, H]);
   await route(p, shape, w, m, s);
-  if (shape.gluLimit === undefined) {
-    await groupedMatmul(p, m, w.gate, true, s, s.gate!);
-    await groupedMatmul(p, m, w.up, true, s, s.up!);
-    await swigluForward(p, s.gate!, s.up!, s.act);
-  } else {
-    await groupedMatmul(p, m, w.gateUp!, true, s, s.gateUp!);
-    await p.add(
-      { name: "moe.clamped_glu", code: K.clampedGlu, entryPoint: "clamped_glu" },
-      [
-        params(["u32", rows * k * I], ["u32", I], ["f32", shape.gluLimit], ["f32", GPT_OSS_GLU_ALPHA]),
-        s.gateUp!,
-        s.act,
-      ],
-      Math.ceil(rows * k * I / K.MOE_WG),
-    );
-  }
+  await expertActivations(p, shape, w, m, s);
   await groupedMatmul(p, s.act, w.down, false, s, s.y);
   const shared = w.shared && s.shared;
   if (shared) {
@@ -195,19 +189,63 @@ export async function moeForward(
     await linear(p, m, w.shared!.up, shared.up);
     await swigluForward(p, shared.gate, shared.up, shared.act);
     await linear(p, shared.act, w.shared!.down, shared.out);
-    await linear(p, m, w.shared!.gateProj, shared.logit);
+    if (w.shared!.gateProj) await linear(p, m, w.shared!.gateProj, shared.logit);
   }
+  const gated = !!w.shared?.gateProj;
   await p.add(
-    { name: shared ? "moe.combine_shared" : "moe.combine", code: K.combine(!!shared), entryPoint: "combine" },
+    {
+      name: shared ? `moe.combine_shared${gated ? "" : "_ungated"}` : "moe.combine",
+      code: K.combine(!!shared, gated),
+      entryPoint: "combine",
+    },
     [
-      params(["u32", rows], ["u32", H], ["u32", k], ["u32", 0]),
+      params(["u32", rows], ["u32", H], ["u32", k], ["u32", shape.inputScaled ? 1 : 0]),
       s.y,
       s.weights,
       s.slotOf,
       x,
-      ...(shared ? [shared.out, shared.logit] : []),
+      ...(shared ? [shared.out, gated ? shared.logit : null] : []),
     ],
     Math.ceil(rows * H / K.MOE_WG),
+  );
+}
+
+/** Whether gate and up are one projection per expert (GPT-OSS interleaved, Llama 4 in halves). */
+function fusedGateUp(shape: MoeShape): boolean {
+  return shape.gluLimit !== undefined || !!shape.inputScaled;
+}
+
+/** Records the experts' activations s.act [A, I] of their gate and up projections of the routed tokens. */
+async function expertActivations(
+  p: Program,
+  shape: MoeShape,
+  w: MoeWeights,
+  m: Tensor,
+  s: MoeScratch,
+): Promise<void> {
+  const A = s.act.shape[0], I = shape.expertIntermediate, n = A * I;
+  if (!fusedGateUp(shape)) {
+    await groupedMatmul(p, m, w.gate, true, s, s.gate!);
+    await groupedMatmul(p, m, w.up, true, s, s.up!);
+    return await swigluForward(p, s.gate!, s.up!, s.act);
+  }
+  await groupedMatmul(p, m, w.gateUp!, true, s, s.gateUp!);
+  if (shape.gluLimit !== undefined) {
+    return await p.add(
+      { name: "moe.clamped_glu", code: K.clampedGlu, entryPoint: "clamped_glu" },
+      [params(["u32", n], ["u32", I], ["f32", shape.gluLimit], ["f32", GPT_OSS_GLU_ALPHA]), s.gateUp!, s.act],
+      Math.ceil(n / K.MOE_WG),
+    );
+  }
+  await p.add(
+    { name: "moe.slot_weights", code: K.slotWeights, entryPoint: "slot_weights" },
+    [params(["u32", A]), s.weights, s.slotOf, s.slotWeight!],
+    Math.ceil(A / K.MOE_WG),
+  );
+  await p.add(
+    { name: "moe.scaled_halves_glu", code: K.scaledHalvesGlu, entryPoint: "scaled_halves_glu" },
+    [params(["u32", n], ["u32", I]), s.gateUp!, s.slotWeight!, s.act],
+    Math.ceil(n / K.MOE_WG),
   );
 }
 
@@ -219,11 +257,11 @@ async function route(p: Program, shape: MoeShape, w: MoeWeights, m: Tensor, s: M
   const rows = m.shape[0], { experts: E, topK: k } = shape, A = rows * k;
   await linear(p, m, w.router, s.logits);
   if (w.routerBias) await addBias(p, s.logits, w.routerBias);
-  const picked = shape.routing === "picked" ? 1 : 0;
+  const mode = { softmax: 0, picked: 1, sigmoid: 2 }[shape.routing ?? "softmax"];
   await p.add(
     { name: "moe.route", code: K.route, entryPoint: "route" },
     [
-      params(["u32", rows], ["u32", E], ["u32", k], ["u32", shape.normTopk ? 1 : 0], ["u32", picked]),
+      params(["u32", rows], ["u32", E], ["u32", k], ["u32", shape.normTopk ? 1 : 0], ["u32", mode]),
       s.logits,
       s.ids,
       s.weights,
@@ -320,7 +358,7 @@ export interface MoeWeightsCpu {
   /** [E, I, H] each (Qwen); absent with gateUp. */
   gate?: Float32Array<ArrayBuffer>;
   up?: Float32Array<ArrayBuffer>;
-  /** GPT-OSS: [E, 2I, H], gate rows even, and its bias [E, 2I]. */
+  /** GPT-OSS: [E, 2I, H], gate rows even, and its bias [E, 2I]; Llama 4: [E, 2I, H], gate rows first. */
   gateUp?: Float32Array<ArrayBuffer>;
   gateUpBias?: Float32Array<ArrayBuffer>;
   /** [E, H, I], and its bias [E, H] (GPT-OSS). */
@@ -331,7 +369,8 @@ export interface MoeWeightsCpu {
       gate: Float32Array<ArrayBuffer>;
       up: Float32Array<ArrayBuffer>;
       down: Float32Array<ArrayBuffer>;
-      gateProj: Float32Array<ArrayBuffer>;
+      /** null: the shared expert is not gated (Llama 4). */
+      gateProj: Float32Array<ArrayBuffer> | null;
       size: number;
     }
     | null;
@@ -373,7 +412,9 @@ export function moeRouteCpu(
   const pool = routing === "picked" ? ids : order;
   const m = Math.max(...pool.map((e) => logits[e]));
   const sum = pool.reduce((a, e) => a + Math.exp(logits[e] - m), 0);
-  const w = ids.map((e) => Math.exp(logits[e] - m) / sum);
+  const w = ids.map((e) =>
+    routing === "sigmoid" ? 1 / (1 + Math.exp(-logits[e])) : Math.exp(logits[e] - m) / sum
+  );
   const picked = w.reduce((a, b) => a + b, 0);
   return { ids, w: renorm ? w.map((v) => v / picked) : w };
 }
@@ -386,15 +427,20 @@ function clampedGluCpu(gu: Float64Array, limit: number): Float64Array {
   });
 }
 
-/** Expert e's activation [I] of one token x [H]. */
+/** Expert e's activation [I] of one token x [H] (Llama 4: of its input scaled by the routing weight `scale`). */
 function expertActCpu(
   x: Float32Array,
   e: number,
   H: number,
   shape: MoeShape,
   w: MoeWeightsCpu,
+  scale: number,
 ): Float64Array {
   const I = shape.expertIntermediate, at = (a: Float32Array, n: number) => a.subarray(e * n, (e + 1) * n);
+  if (shape.inputScaled) {
+    const gu = matmulTCpu(x.map((v) => v * scale), at(w.gateUp!, 2 * I * H), 1, 2 * I, H);
+    return swigluCpu(gu.subarray(0, I), gu.subarray(I));
+  }
   if (shape.gluLimit !== undefined) {
     const gu = matmulTCpu(x, at(w.gateUp!, 2 * I * H), 1, 2 * I, H, w.gateUpBias && at(w.gateUpBias, 2 * I));
     return clampedGluCpu(gu, shape.gluLimit);
@@ -419,22 +465,17 @@ export function moeCpu(
     const routed = moeRouteCpu(logits.subarray(r * E, (r + 1) * E), topK, shape.normTopk, shape.routing);
     routed.ids.forEach((e, j) => {
       const down = w.down.subarray(e * H * I, (e + 1) * H * I);
-      const y = matmulTCpu(
-        expertActCpu(x, e, H, shape, w),
-        down,
-        1,
-        H,
-        I,
-        w.downBias?.subarray(e * H, (e + 1) * H),
-      );
-      for (let c = 0; c < H; c++) out[r * H + c] += routed.w[j] * y[c];
+      const act = expertActCpu(x, e, H, shape, w, routed.w[j]);
+      const y = matmulTCpu(act, down, 1, H, I, w.downBias?.subarray(e * H, (e + 1) * H));
+      const weight = shape.inputScaled ? 1 : routed.w[j];
+      for (let c = 0; c < H; c++) out[r * H + c] += weight * y[c];
     });
     if (w.shared) {
       const S = w.shared.size;
       const g = matmulTCpu(x, w.shared.gate, 1, S, H), u = matmulTCpu(x, w.shared.up, 1, S, H);
       const y = matmulTCpu(swigluCpu(g, u), w.shared.down, 1, H, S);
-      const logit = matmulTCpu(x, w.shared.gateProj, 1, 1, H)[0];
-      const sig = 1 / (1 + Math.exp(-logit));
+      const gp = w.shared.gateProj;
+      const sig = gp ? 1 / (1 + Math.exp(-matmulTCpu(x, gp, 1, 1, H)[0])) : 1;
       for (let c = 0; c < H; c++) out[r * H + c] += sig * y[c];
     }
   }

@@ -118,13 +118,13 @@ async function runCase(c: Case, seed: number) {
   const g = gpu!, { rows, H, shape } = c, { experts: E, expertIntermediate: I } = shape;
   const dense = c.format === "f32" ? "f32" : "bf16";
   const round = (a: F32) => dense === "bf16" ? a.map(roundBf16) : a;
-  const gptOss = shape.gluLimit !== undefined;
+  const gptOss = shape.gluLimit !== undefined, fused = gptOss || !!shape.inputScaled;
   // GPT-OSS: larger gate/up weights so that some activations pass the clamp.
   const raw = {
     router: round(randomArray(E * H, seed + 1, 0.5)),
     gate: randomArray(E * I * H, seed + 2, 0.3),
     up: randomArray(E * I * H, seed + 3, 0.3),
-    gateUp: randomArray(E * 2 * I * H, seed + 4, 2.5),
+    gateUp: randomArray(E * 2 * I * H, seed + 4, gptOss ? 2.5 : 0.3),
     down: randomArray(E * H * I, seed + 5, 0.3),
   };
   const biases = gptOss
@@ -136,15 +136,16 @@ async function runCase(c: Case, seed: number) {
     : {};
   const t = (data: F32, dims: number[], label: string, dtype: "f32" | "bf16" = dense) =>
     Tensor.fromArray(g, data, dims, dtype, label);
-  const gate = gptOss ? null : expertBlocks(c, raw.gate, I, H, "gate");
-  const up = gptOss ? null : expertBlocks(c, raw.up, I, H, "up");
-  const gateUp = gptOss ? expertBlocks(c, raw.gateUp, 2 * I, H, "gate/up", biases.gateUpBias) : null;
+  const gate = fused ? null : expertBlocks(c, raw.gate, I, H, "gate");
+  const up = fused ? null : expertBlocks(c, raw.up, I, H, "up");
+  const gateUp = fused ? expertBlocks(c, raw.gateUp, 2 * I, H, "gate/up", biases.gateUpBias) : null;
   const down = expertBlocks(c, raw.down, H, I, "down", biases.downBias);
   const shared = c.shared === null ? null : {
     gate: round(randomArray(c.shared * H, seed + 9, 0.3)),
     up: round(randomArray(c.shared * H, seed + 10, 0.3)),
     down: round(randomArray(H * c.shared, seed + 11, 0.3)),
-    gateProj: round(randomArray(H, seed + 12, 0.5)),
+    // Llama 4's shared expert has no gate.
+    gateProj: shape.inputScaled ? null : round(randomArray(H, seed + 12, 0.5)),
     size: c.shared,
   };
   const cpu: MoeWeightsCpu = {
@@ -167,7 +168,7 @@ async function runCase(c: Case, seed: number) {
       gate: t(shared.gate, [c.shared!, H], "shared gate"),
       up: t(shared.up, [c.shared!, H], "shared up"),
       down: t(shared.down, [H, c.shared!], "shared down"),
-      gateProj: t(shared.gateProj, [1, H], "shared gate proj"),
+      gateProj: shared.gateProj && t(shared.gateProj, [1, H], "shared gate proj"),
     },
   };
   const m = randomArray(rows * H, seed + 13), x0 = randomArray(rows * H, seed + 14);
@@ -222,6 +223,26 @@ Deno.test({
   for (const [i, c] of cases.entries()) await runCase(c, 1000 + 100 * i);
 });
 
+const LLAMA4 = (experts: number, topK: number, I: number): MoeShape => ({
+  experts,
+  topK,
+  expertIntermediate: I,
+  normTopk: false,
+  routing: "sigmoid",
+  inputScaled: true,
+});
+
+Deno.test({
+  name: "moe: Llama 4 experts (sigmoid weight on the input, gate/up halves, ungated shared expert)",
+  ...needsGpu,
+}, async () => {
+  const cases: Case[] = [
+    { rows: 12, H: 16, shape: LLAMA4(4, 1, 8), shared: 8, format: "f32" },
+    { rows: 9, H: 20, shape: LLAMA4(6, 2, 10), shared: 10, format: "bf16", kn: true, block: 4 },
+  ];
+  for (const [i, c] of cases.entries()) await runCase(c, 2000 + 100 * i);
+});
+
 Deno.test("moe: routing picks the largest logits, lower id first on ties; softmax of all or of the picked", () => {
   const logits = [0.5, 2, -1, 2, 1];
   const r = moeRouteCpu(logits, 3, false);
@@ -231,4 +252,6 @@ Deno.test("moe: routing picks the largest logits, lower id first on ties; softma
   assertClose(moeRouteCpu(logits, 2, true).w, [0.5, 0.5], "renormalised");
   const picked = moeRouteCpu(logits, 3, false, "picked"), ps = p[1] + p[3] + p[4];
   assertClose(picked.w, [p[1] / ps, p[3] / ps, p[4] / ps], "softmax of the picked");
+  const sig = (l: number) => 1 / (1 + Math.exp(-l));
+  assertClose(moeRouteCpu(logits, 2, false, "sigmoid").w, [sig(2), sig(2)], "sigmoid of the picked");
 });
