@@ -110,7 +110,13 @@ export {
   specForgeDefaultAuxLayers,
   SUPPORTED_ARCHITECTURES,
 } from "./lib/models/config.ts";
-export type { GemmaConventions, MoeConfig, RopeScaling, TargetConfig } from "./lib/models/config.ts";
+export type {
+  GemmaConventions,
+  Llama4Conventions,
+  MoeConfig,
+  RopeScaling,
+  TargetConfig,
+} from "./lib/models/config.ts";
 export {
   deriveDraftConfig,
   draftConfigJson,

@@ -19,7 +19,9 @@ import { LimitError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { ProgramCache } from "../gpu/program_cache.ts";
 import { Tensor } from "../tensor.ts";
+import { attentionTemperatureForward } from "../ops/attention_temperature.ts";
 import {
+  layerAttention,
   layerRope,
   layerScratch,
   layerWindow,
@@ -194,10 +196,14 @@ export class TargetSession {
         return size === null ? undefined : { size, positions };
       };
       for (let l = 0; l < model.layers.length; l++) {
-        const rope = layerRope(model, l);
+        const rope = layerRope(model, l), how = layerAttention(cfg, l);
         await recordDecoderLayer(p, cfg, model.layers[l], x, scratch, async (q, k, v, att) => {
-          await ropeAtPositions(p, q, positions, rope.cos, rope.sin);
-          await ropeAtPositions(p, k, positions, rope.cos, rope.sin);
+          if (how.rope) {
+            await ropeAtPositions(p, q, positions, rope.cos, rope.sin);
+            await ropeAtPositions(p, k, positions, rope.cos, rope.sin);
+          } else if (how.temperature) {
+            await attentionTemperatureForward(p, q, how.temperature, { positions }, N);
+          }
           await scatterRows(p, k.reshape([N, nkv * hd]), cacheRows(this.k[l]), this.#prefix, 0);
           await scatterRows(p, v.reshape([N, nkv * hd]), cacheRows(this.v[l]), this.#prefix, 0);
           await treeAttentionForward(p, {
@@ -207,7 +213,12 @@ export class TargetSession {
             meta: this.#prefix,
             mask,
             out: att,
-          }, { scale: cfg.gemma?.attentionScale, window: windowOf(l), sinks: model.layers[l].sinks });
+          }, {
+            scale: cfg.gemma?.attentionScale,
+            window: windowOf(l),
+            chunk: how.chunk === null ? undefined : { size: how.chunk, positions },
+            sinks: model.layers[l].sinks,
+          });
         });
         await captureAux(p, model, l, x, aux);
       }

@@ -27,6 +27,7 @@ export const SUPPORTED_ARCHITECTURES = [
   "Qwen3MoeForCausalLM",
   "Qwen2MoeForCausalLM",
   "GptOssForCausalLM",
+  "Llama4ForCausalLM",
 ] as const;
 
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
@@ -106,6 +107,20 @@ export interface TargetConfig {
   moe: MoeConfig | null;
   /** A learned attention-sink logit per head in every layer (GPT-OSS `self_attn.sinks`). */
   attentionSinks: boolean;
+  /** Llama 4's attention conventions, null for the others. */
+  llama4: Llama4Conventions | null;
+}
+
+/** Llama 4's attention (transformers `Llama4TextAttention`). */
+export interface Llama4Conventions {
+  /** Per layer: RoPE (`no_rope_layers[i]` = 1), else a NoPE layer. */
+  ropeLayers: boolean[];
+  /** The RoPE layers attend within chunks of this many positions (`attention_chunk_size`); null: no chunks. */
+  chunkSize: number | null;
+  /** NoPE layers scale q by log1p(⌊(pos + 1)/floorScale⌋)·attnScale + 1 (`attn_temperature_tuning`); null: off. */
+  temperature: { floorScale: number; attnScale: number } | null;
+  /** The RoPE layers' weightless RMS norm of q and k (`use_qk_norm`, Llama4TextL2Norm). */
+  l2QkNorm: boolean;
 }
 
 /**
@@ -123,18 +138,81 @@ export interface MoeConfig {
   normTopk: boolean;
   /** Qwen2-MoE's shared expert's intermediate size (`shared_expert_intermediate_size`); null without one. */
   sharedIntermediate: number | null;
-  /** "softmax" over every expert then the k picked (Qwen), or the softmax of the k picked logits (GPT-OSS). */
-  routing: "softmax" | "picked";
+  /**
+   * "softmax" over every expert then the k picked (Qwen), the softmax of the k picked logits (GPT-OSS), or the
+   * sigmoid of each picked logit (Llama 4).
+   */
+  routing: "softmax" | "picked" | "sigmoid";
   /**
    * GPT-OSS: the clamped SwiGLU's limit (`swiglu_limit`) on the interleaved gate/up projection, the experts
    * stored fused per layer (with biases, and the router's bias), in MXFP4 when `mxfp4`; null for Qwen.
    */
   gptOss: { gluLimit: number; mxfp4: boolean } | null;
+  /** Llama 4: the routing weight scales the expert's input, gate/up fused in halves, an ungated shared expert. */
+  inputScaled: boolean;
   /**
    * Per layer: true for a sparse MLP (not in `mlp_only_layers`, and (i + 1) a multiple of
    * `decoder_sparse_step`); the other layers have a dense MLP of `intermediate_size`.
    */
   sparseLayers: boolean[];
+}
+
+/**
+ * Llama 4's MoE (transformers `Llama4TextConfig`, `Llama4TextMoe`): `moe_layers`, else every
+ * `interleave_moe_layer_step`-th layer; `num_local_experts` experts of width `intermediate_size` and a shared
+ * expert as wide, top-k by logit, the sigmoid of the picked logit scaling the expert's input.
+ */
+function parseLlama4Moe(f: Fields, numLayers: number): MoeConfig {
+  const experts = f.int("num_local_experts", 16), topK = f.int("num_experts_per_tok", 1);
+  if (topK > experts) {
+    throw new ConfigError(`${f.file}: num_experts_per_tok ${topK} exceeds num_local_experts ${experts}`);
+  }
+  const step = f.int("interleave_moe_layer_step", 1);
+  const listed = f.obj.moe_layers;
+  if (
+    listed !== undefined && listed !== null &&
+    (!Array.isArray(listed) || listed.some((i) => !Number.isInteger(i)))
+  ) {
+    throw new ConfigError(`${f.file}: moe_layers must be a list of layer indices`);
+  }
+  const moeLayers = Array.isArray(listed) ? listed as number[] : null;
+  return {
+    experts,
+    topK,
+    expertIntermediate: f.int("intermediate_size", 8192),
+    normTopk: false,
+    sharedIntermediate: f.int("intermediate_size", 8192),
+    routing: "sigmoid",
+    gptOss: null,
+    inputScaled: true,
+    sparseLayers: Array.from(
+      { length: numLayers },
+      (_, i) => moeLayers ? moeLayers.includes(i) : (i + 1) % step === 0,
+    ),
+  };
+}
+
+/** Llama 4's attention conventions (defaults as `Llama4TextConfig`). */
+function llama4Conventions(f: Fields, numLayers: number): Llama4Conventions {
+  const listed = f.obj.no_rope_layers;
+  const interval = f.int("no_rope_layer_interval", 4);
+  const ropeLayers = Array.isArray(listed) && listed.length > 0
+    ? listed.map((v) => Number(v) !== 0)
+    : Array.from({ length: numLayers }, (_, i) => (i + 1) % interval !== 0);
+  if (ropeLayers.length !== numLayers) {
+    throw new ConfigError(`${f.file}: no_rope_layers must list num_hidden_layers ${numLayers} entries`);
+  }
+  const chunk = f.obj.attention_chunk_size;
+  return {
+    ropeLayers,
+    chunkSize: chunk === null || chunk === undefined
+      ? (f.has("attention_chunk_size") ? null : 8192)
+      : f.int("attention_chunk_size"),
+    temperature: f.bool("attn_temperature_tuning", true)
+      ? { floorScale: f.num("floor_scale", 8192), attnScale: f.num("attn_scale", 0.1) }
+      : null,
+    l2QkNorm: f.bool("use_qk_norm", true),
+  };
 }
 
 /**
@@ -163,6 +241,7 @@ function parseGptOssMoe(f: Fields, numLayers: number): MoeConfig {
     sharedIntermediate: null,
     routing: "picked",
     gptOss: { gluLimit: f.num("swiglu_limit", 7), mxfp4: method === "mxfp4" },
+    inputScaled: false,
     sparseLayers: new Array(numLayers).fill(true),
   };
 }
@@ -170,6 +249,7 @@ function parseGptOssMoe(f: Fields, numLayers: number): MoeConfig {
 /** The MoE config of a Qwen3-MoE, Qwen2-MoE or GPT-OSS config.json (defaults as transformers' config classes). */
 function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number): MoeConfig | null {
   if (architecture === "GptOssForCausalLM") return parseGptOssMoe(f, numLayers);
+  if (architecture === "Llama4ForCausalLM") return parseLlama4Moe(f, numLayers);
   const qwen2 = architecture === "Qwen2MoeForCausalLM";
   if (!qwen2 && architecture !== "Qwen3MoeForCausalLM") return null;
   // The published configs say `num_experts`; Transformers 5's Qwen3MoeConfig writes `num_local_experts`.
@@ -191,6 +271,7 @@ function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number
     sharedIntermediate: qwen2 ? f.int("shared_expert_intermediate_size", 5632) : null,
     routing: "softmax",
     gptOss: null,
+    inputScaled: false,
     sparseLayers: Array.from(
       { length: numLayers },
       (_, i) => !only.includes(i) && experts > 0 && (i + 1) % step === 0,
@@ -296,6 +377,7 @@ const DEFAULTS: Record<TargetArchitecture, { rmsNormEps: number; maxPos: number;
   Qwen3MoeForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   Qwen2MoeForCausalLM: { rmsNormEps: 1e-6, maxPos: 32768, ropeTheta: 10000 },
   GptOssForCausalLM: { rmsNormEps: 1e-5, maxPos: 131072, ropeTheta: 150000 },
+  Llama4ForCausalLM: { rmsNormEps: 1e-5, maxPos: 131072, ropeTheta: 500000 },
   MistralForCausalLM: { rmsNormEps: 1e-6, maxPos: 4096 * 32, ropeTheta: 10000 },
   Phi3ForCausalLM: { rmsNormEps: 1e-5, maxPos: 4096, ropeTheta: 10000 },
   Gemma3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 131072, ropeTheta: 1000000 },
@@ -480,6 +562,9 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   const qwen2 = architecture === "Qwen2ForCausalLM";
   const qwen2Moe = architecture === "Qwen2MoeForCausalLM";
   const gptOss = architecture === "GptOssForCausalLM";
+  const llama4 = architecture === "Llama4ForCausalLM"
+    ? llama4Conventions(f, f.int("num_hidden_layers"))
+    : null;
   const qwen3 = architecture === "Qwen3ForCausalLM" || architecture === "Qwen3MoeForCausalLM";
   const mistral = architecture === "MistralForCausalLM";
   const phi3 = architecture === "Phi3ForCausalLM";
@@ -493,6 +578,8 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   } else if (gemma3) {
     // Gemma3TextConfig: 4096 unless given; only the sliding-window layers use it.
     slidingWindow = f.int("sliding_window", 4096);
+  } else if (architecture === "Llama4ForCausalLM") {
+    // Llama 4's chunked attention is not a sliding window (Llama4Conventions.chunkSize).
   } else if (gptOss) {
     // GptOssConfig: `layer_types` alternate sliding (128 tokens by default) and full layers.
     slidingWindow = f.int("sliding_window", 128);
@@ -517,7 +604,8 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     architecture,
     modelType: f.str("model_type") ?? "",
     hiddenSize,
-    intermediateSize: f.int("intermediate_size"),
+    // Llama 4's dense layers are intermediate_size_mlp wide (its intermediate_size is the experts').
+    intermediateSize: llama4 ? f.int("intermediate_size_mlp", 16384) : f.int("intermediate_size"),
     numLayers,
     numHeads,
     numKvHeads,
@@ -534,7 +622,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
       (qwen2Moe ? f.bool("qkv_bias", true) : !mistral && !phi3 && attentionBias),
     oBias: !qwen2 && !qwen2Moe && !mistral && !phi3 && attentionBias,
     mlpBias: architecture === "LlamaForCausalLM" && f.bool("mlp_bias", false),
-    qkNorm: qwen3 || gemma3,
+    qkNorm: qwen3 || gemma3 || llama4?.l2QkNorm === true,
     fusedProjections: phi3,
     slidingWindow,
     windowLayers,
@@ -546,6 +634,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     gemma,
     moe: parseMoe(f, architecture, numLayers),
     attentionSinks: gptOss,
+    llama4,
   };
 }
 
@@ -691,6 +780,13 @@ export interface LayerWeightNames {
   qNorm: string | null;
   /** GPT-OSS's attention sinks `self_attn.sinks` [nh]; null for the others. */
   sinks: string | null;
+  /**
+   * Llama 4: it rotates interleaved pairs (2i, 2i + 1) (`view_as_complex`), so q_proj's and k_proj's rows are
+   * permuted within each head of `headDim` on load (even dims first), which the rotate-half RoPE then turns into
+   * the same scores; `l2QkNorm`: the layer normalises q and k with a weightless RMS norm (no stored weight).
+   * Null for the others.
+   */
+  llama4: { headDim: number; l2QkNorm: boolean } | null;
   kNorm: string | null;
   /** RMSNorm after attention: of the MLP input (Llama), or of the attention output (Gemma 3). */
   postAttentionNorm: string;
@@ -723,9 +819,12 @@ export interface MoeLayerNames {
    * interleaved along 2I) and `down_proj` [E, I, H] in bf16, or in MXFP4 `<name>_blocks` [E, 2I, H/32, 16]
    * and `<name>_scales` [E, 2I, H/32] (down: [E, H, I/32, …]); their biases `<name>_bias` [E, 2I], [E, H].
    */
-  fused: { gateUp: string; down: string; mxfp4: boolean } | null;
-  /** Qwen2-MoE's `mlp.shared_expert.{gate,up,down}_proj.weight` and `mlp.shared_expert_gate.weight` [1, H]. */
-  shared: { gate: string; up: string; down: string; gateProj: string } | null;
+  fused: { gateUp: string; down: string; mxfp4: boolean; bias: boolean } | null;
+  /**
+   * Qwen2-MoE's `mlp.shared_expert.{gate,up,down}_proj.weight` and `mlp.shared_expert_gate.weight` [1, H];
+   * Llama 4's `feed_forward.shared_expert.*`, ungated (gateProj null).
+   */
+  shared: { gate: string; up: string; down: string; gateProj: string | null } | null;
 }
 
 /** Weight names of a whole target, resolved against the tensors a checkpoint actually stores. */
@@ -759,7 +858,7 @@ const LM_HEAD = "lm_head.weight";
 function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
   const p = `model.layers.${i}`;
   const a = `${p}.self_attn`;
-  const m = `${p}.mlp`;
+  const m = cfg.llama4 ? `${p}.feed_forward` : `${p}.mlp`;
   const bias = (on: boolean, name: string) => (on ? `${name}.bias` : null);
   const qOut = cfg.numHeads * cfg.headDim, kvOut = cfg.numKvHeads * cfg.headDim, f = cfg.intermediateSize;
   const fused = cfg.fusedProjections;
@@ -778,9 +877,12 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
     kBias: bias(cfg.qkvBias, `${a}.k_proj`),
     vBias: bias(cfg.qkvBias, `${a}.v_proj`),
     oBias: bias(cfg.oBias, `${a}.o_proj`),
-    qNorm: cfg.qkNorm ? `${a}.q_norm.weight` : null,
+    qNorm: cfg.qkNorm && !cfg.llama4 ? `${a}.q_norm.weight` : null,
     sinks: cfg.attentionSinks ? `${a}.sinks` : null,
-    kNorm: cfg.qkNorm ? `${a}.k_norm.weight` : null,
+    llama4: cfg.llama4
+      ? { headDim: cfg.headDim, l2QkNorm: cfg.llama4.l2QkNorm && cfg.llama4.ropeLayers[i] }
+      : null,
+    kNorm: cfg.qkNorm && !cfg.llama4 ? `${a}.k_norm.weight` : null,
     postAttentionNorm: `${p}.post_attention_layernorm.weight`,
     preFeedforwardNorm: cfg.gemma ? `${p}.pre_feedforward_layernorm.weight` : null,
     postFeedforwardNorm: cfg.gemma ? `${p}.post_feedforward_layernorm.weight` : null,
@@ -803,8 +905,35 @@ function moeLayerNames(moe: MoeConfig, m: string): MoeLayerNames {
       gate: [],
       up: [],
       down: [],
-      fused: { gateUp: `${m}.experts.gate_up_proj`, down: `${m}.experts.down_proj`, mxfp4: moe.gptOss.mxfp4 },
+      fused: {
+        gateUp: `${m}.experts.gate_up_proj`,
+        down: `${m}.experts.down_proj`,
+        mxfp4: moe.gptOss.mxfp4,
+        bias: true,
+      },
       shared: null,
+    };
+  }
+  if (moe.inputScaled) {
+    const s = `${m}.shared_expert`;
+    return {
+      router: `${m}.router.weight`,
+      routerBias: null,
+      gate: [],
+      up: [],
+      down: [],
+      fused: {
+        gateUp: `${m}.experts.gate_up_proj`,
+        down: `${m}.experts.down_proj`,
+        mxfp4: false,
+        bias: false,
+      },
+      shared: {
+        gate: `${s}.gate_proj.weight`,
+        up: `${s}.up_proj.weight`,
+        down: `${s}.down_proj.weight`,
+        gateProj: null,
+      },
     };
   }
   const experts = (proj: string) =>
@@ -880,7 +1009,9 @@ export function fusedExpertShapes(
   I: number,
   h: number,
 ): Array<[string, number[]]> {
-  const out: Array<[string, number[]]> = [[`${n.gateUp}_bias`, [E, 2 * I]], [`${n.down}_bias`, [E, h]]];
+  const out: Array<[string, number[]]> = n.bias
+    ? [[`${n.gateUp}_bias`, [E, 2 * I]], [`${n.down}_bias`, [E, h]]]
+    : [];
   if (n.mxfp4) {
     out.push(
       [`${n.gateUp}_blocks`, [E, 2 * I, h / 32, 16]],
@@ -903,10 +1034,8 @@ function moeShapes(cfg: TargetConfig, n: MoeLayerNames | null): Array<[string, n
   if (n.fused) out.push(...fusedExpertShapes(n.fused, E, I, h));
   for (let e = 0; e < E; e++) out.push([n.gate[e], [I, h]], [n.up[e], [I, h]], [n.down[e], [h, I]]);
   if (n.shared) {
-    out.push([n.shared.gate, [S!, h]], [n.shared.up, [S!, h]], [n.shared.down, [h, S!]], [n.shared.gateProj, [
-      1,
-      h,
-    ]]);
+    out.push([n.shared.gate, [S!, h]], [n.shared.up, [S!, h]], [n.shared.down, [h, S!]]);
+    if (n.shared.gateProj) out.push([n.shared.gateProj, [1, h]]);
   }
   return out;
 }

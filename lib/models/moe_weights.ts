@@ -23,32 +23,28 @@ export function moeShapeOf(moe: MoeConfig): MoeShape {
 export async function loadMoeWeights(load: TargetWeightLoader, n: MoeLayerNames): Promise<MoeWeights> {
   const router = await load.matrix(n.router);
   const routerBias = n.routerBias ? await load.vector(n.routerBias) : null;
-  if (n.fused) {
-    return {
-      router,
-      routerBias,
+  const f = n.fused;
+  const experts = f
+    ? {
       gate: [],
       up: [],
-      gateUp: await fusedExperts(load, n.fused.gateUp, n.fused.mxfp4),
-      down: await fusedExperts(load, n.fused.down, n.fused.mxfp4),
-      shared: null,
+      gateUp: await fusedExperts(load, f.gateUp, f.mxfp4, f.bias),
+      down: await fusedExperts(load, f.down, f.mxfp4, f.bias),
+    }
+    : {
+      gate: await stackedExperts(load, n.gate),
+      up: await stackedExperts(load, n.up),
+      down: await stackedExperts(load, n.down),
     };
-  }
-  return {
-    router,
-    routerBias,
-    gate: await stackedExperts(load, n.gate),
-    up: await stackedExperts(load, n.up),
-    down: await stackedExperts(load, n.down),
-    shared: n.shared
-      ? {
-        gate: await load.matrix(n.shared.gate),
-        up: await load.matrix(n.shared.up),
-        down: await load.matrix(n.shared.down),
-        gateProj: await load.matrix(n.shared.gateProj),
-      }
-      : null,
-  };
+  const shared = n.shared
+    ? {
+      gate: await load.matrix(n.shared.gate),
+      up: await load.matrix(n.shared.up),
+      down: await load.matrix(n.shared.down),
+      gateProj: n.shared.gateProj ? await load.matrix(n.shared.gateProj) : null,
+    }
+    : null;
+  return { router, routerBias, ...experts, shared };
 }
 
 /** Experts' matrices (one per tensor, one shape and dtype) stacked along their rows, in blocks. */
@@ -86,10 +82,16 @@ async function stacked(load: TargetWeightLoader, names: string[]): Promise<Tenso
 }
 
 /**
- * GPT-OSS's experts of one projection (`name`: bf16 [E, K, N], or MXFP4 `name_blocks` [E, N, K/32, 16] and
- * `name_scales` [E, N, K/32]) and their bias `name_bias` [E, N], in blocks of whole experts.
+ * GPT-OSS's and Llama 4's experts of one projection (`name`: bf16 [E, K, N], or MXFP4 `name_blocks`
+ * [E, N, K/32, 16] and `name_scales` [E, N, K/32]) and, with `bias`, their bias `name_bias` [E, N], in blocks
+ * of whole experts.
  */
-async function fusedExperts(load: TargetWeightLoader, name: string, mxfp4: boolean): Promise<ExpertBlock[]> {
+async function fusedExperts(
+  load: TargetWeightLoader,
+  name: string,
+  mxfp4: boolean,
+  bias: boolean,
+): Promise<ExpertBlock[]> {
   const main = mxfp4 ? `${name}_blocks` : name;
   const shape = load.ckpt.info(main).shape, E = shape[0];
   const expertBytes = mxfp4
@@ -99,14 +101,19 @@ async function fusedExperts(load: TargetWeightLoader, name: string, mxfp4: boole
   const out: ExpertBlock[] = [];
   for (const { first, count } of expertBlocks(E, per)) {
     const range = `[${first}:${first + count}]`, end = first + count;
-    const bias = await load.ckpt.readRows(`${name}_bias`, first, end);
     const block: ExpertBlock = {
       first,
       count,
       tensor: mxfp4
         ? words(load, main, await load.ckpt.readRows(main, first, end), `${main}${range}`)
         : flatUpload(load, main, await load.ckpt.readRows(main, first, end), `${main}${range}`),
-      bias: load.vectorOf(`${name}_bias`, bias, `${name}_bias${range}`),
+      bias: bias
+        ? load.vectorOf(
+          `${name}_bias`,
+          await load.ckpt.readRows(`${name}_bias`, first, end),
+          `${name}_bias${range}`,
+        )
+        : null,
     };
     if (mxfp4) {
       block.scales = words(

@@ -33,6 +33,7 @@ import { linear } from "../ops/matmul.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
 import { ropeForward, ropeTable } from "../ops/rope.ts";
 import { attentionForward } from "../ops/attention.ts";
+import { type AttentionTemperature, attentionTemperatureForward } from "../ops/attention_temperature.ts";
 import { gegluTanhForward, swigluForward } from "../ops/swiglu.ts";
 import { accumulate, addBias, copyColumns, copyStrided, scale } from "../ops/elementwise.ts";
 import { vocabStatsMerge } from "../ops/vocab_stats.ts";
@@ -302,6 +303,21 @@ export interface TargetRope {
   readonly ropeCos: Tensor;
   readonly ropeSin: Tensor;
   readonly ropeLocal: RopeTables | null;
+}
+
+/**
+ * How layer `layer` attends beyond the common path: with RoPE (all but Llama 4's NoPE layers), within chunks
+ * of `chunk` positions (Llama 4's RoPE layers), with its queries scaled by `temperature` (Llama 4's NoPE
+ * layers).
+ */
+export function layerAttention(
+  cfg: TargetConfig,
+  layer: number,
+): { rope: boolean; chunk: number | null; temperature: AttentionTemperature | null } {
+  const l4 = cfg.llama4;
+  if (!l4) return { rope: true, chunk: null, temperature: null };
+  const rope = l4.ropeLayers[layer];
+  return { rope, chunk: rope ? l4.chunkSize : null, temperature: rope ? null : l4.temperature };
 }
 
 /**
@@ -684,12 +700,22 @@ export function trunkAttend(
   lse: Tensor,
   sinks: Tensor | null = null,
 ): Attend {
-  const rope = layerRope(model, layer);
+  const rope = layerRope(model, layer), how = layerAttention(model.config, layer);
   return async (q, k, v, att) => {
     const { batch: B, queryLen: T } = a;
     const positions = { positionOffset: a.positionOffset };
-    await ropeForward(p, q, q, rope.cos, rope.sin, positions);
-    await ropeForward(p, k, k, rope.cos, rope.sin, positions);
+    if (how.rope) {
+      await ropeForward(p, q, q, rope.cos, rope.sin, positions);
+      await ropeForward(p, k, k, rope.cos, rope.sin, positions);
+    } else if (how.temperature) {
+      await attentionTemperatureForward(
+        p,
+        q,
+        how.temperature,
+        { offset: a.positionOffset, seqLen: T },
+        B * T,
+      );
+    }
     let keys = k, values = v, queryOffset = 0;
     if (a.cache) {
       const { maxLen } = a.cache;
@@ -711,6 +737,7 @@ export function trunkAttend(
       queryOffset,
       scale: model.config.gemma?.attentionScale,
       window: layerWindow(model.config, layer) ?? undefined,
+      chunk: how.chunk ?? undefined,
     });
   };
 }
@@ -928,16 +955,16 @@ export class TargetWeightLoader {
   async layer(l: LayerWeightNames): Promise<TargetLayerWeights> {
     return {
       inputNorm: await this.norm(l.inputNorm),
-      q: await this.matrix(l.q),
-      k: await this.matrix(l.k),
+      q: l.llama4 ? await this.pairsFirst(l.q, l.llama4.headDim) : await this.matrix(l.q),
+      k: l.llama4 ? await this.pairsFirst(l.k, l.llama4.headDim) : await this.matrix(l.k),
       v: await this.matrix(l.v),
       o: await this.matrix(l.o),
       qBias: await this.optionalVector(l.qBias),
       kBias: await this.optionalVector(l.kBias),
       vBias: await this.optionalVector(l.vBias),
       oBias: await this.optionalVector(l.oBias),
-      qNorm: await this.optionalNorm(l.qNorm),
-      kNorm: await this.optionalNorm(l.kNorm),
+      qNorm: l.llama4?.l2QkNorm ? this.ones(l.llama4.headDim) : await this.optionalNorm(l.qNorm),
+      kNorm: l.llama4?.l2QkNorm ? this.ones(l.llama4.headDim) : await this.optionalNorm(l.kNorm),
       postAttentionNorm: await this.norm(l.postAttentionNorm),
       preFeedforwardNorm: await this.optionalNorm(l.preFeedforwardNorm),
       postFeedforwardNorm: await this.optionalNorm(l.postFeedforwardNorm),
@@ -950,6 +977,27 @@ export class TargetWeightLoader {
       moe: l.moe ? await loadMoeWeights(this, l.moe) : null,
       sinks: await this.optionalVector(l.sinks),
     };
+  }
+
+  /**
+   * A q/k projection [heads·hd, H] with each head's rows reordered even dims first, then odd (Llama 4's
+   * interleaved RoPE pairs (2i, 2i + 1) become the rotate-half pairs (i, i + hd/2); q·k is unchanged).
+   */
+  async pairsFirst(name: string, hd: number): Promise<Tensor> {
+    const raw = await this.ckpt.read(name);
+    const [rows, cols] = raw.shape, rowBytes = raw.bytes.byteLength / rows;
+    const bytes = new Uint8Array(raw.bytes.byteLength);
+    for (let r = 0; r < rows; r++) {
+      const head = Math.floor(r / hd), j = r % hd;
+      const from = head * hd + (j < hd / 2 ? 2 * j : 2 * (j - hd / 2) + 1);
+      bytes.set(raw.bytes.subarray(from * rowBytes, (from + 1) * rowBytes), r * rowBytes);
+    }
+    return this.upload(name, { dtype: raw.dtype, shape: [rows, cols], bytes }, `${name} (RoPE pairs first)`);
+  }
+
+  /** A weightless norm's weight: ones [n] (Llama 4's L2 q/k norm). */
+  ones(n: number): Tensor {
+    return Tensor.fromArray(this.gpu, new Float32Array(n).fill(1), [n], "f32", "ones");
   }
 
   async optionalMatrix(name: string | null): Promise<Tensor | null> {

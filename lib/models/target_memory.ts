@@ -186,11 +186,11 @@ function moeLayerWeights(
       experts: names.length,
     };
   };
-  if (n.fused) {
-    return [one(n.router), vector(stored, n.routerBias!), ...fusedWeights(stored, n.fused, shaderF16)];
-  }
-  const out = [one(n.router), stacked(n.gate), stacked(n.up), stacked(n.down)];
-  if (n.shared) out.push(one(n.shared.gate), one(n.shared.up), one(n.shared.down), one(n.shared.gateProj));
+  const out = [one(n.router), ...(n.routerBias ? [vector(stored, n.routerBias)] : [])];
+  if (n.fused) out.push(...fusedWeights(stored, n.fused, shaderF16));
+  else out.push(stacked(n.gate), stacked(n.up), stacked(n.down));
+  if (n.shared) out.push(one(n.shared.gate), one(n.shared.up), one(n.shared.down));
+  if (n.shared?.gateProj) out.push(one(n.shared.gateProj));
   return out;
 }
 
@@ -212,7 +212,6 @@ function fusedWeights(
 ): LayerWeight[] {
   const out: LayerWeight[] = [];
   for (const name of [f.gateUp, f.down]) {
-    const bias = vector(stored, `${name}_bias`);
     if (f.mxfp4) {
       const [E, N, G] = stored(`${name}_blocks`).shape;
       out.push(
@@ -237,7 +236,7 @@ function fusedWeights(
       const dtype = uploadDtype(info.dtype, shaderF16);
       out.push({ field: "moe", name, matrix: true, shape: [E * K, N], dtype, experts: E });
     }
-    out.push(bias);
+    if (f.bias) out.push(vector(stored, `${name}_bias`));
   }
   return out;
 }
@@ -481,9 +480,10 @@ function moeTensors(moe: MoeConfig, rows: number, H: number): PlannedTensor[] {
     planned("moe sorted rows", [A], "u32"),
     planned("moe slots", [A], "u32"),
     planned("moe tiles", [moeMaxTiles(A, moe.experts), 4], "u32"),
-    ...(moe.gptOss
+    ...(moe.gptOss || moe.inputScaled
       ? [planned("moe gate/up", [A, 2 * I], "f32")]
       : [planned("moe gate", [A, I], "f32"), planned("moe up", [A, I], "f32")]),
+    ...(moe.inputScaled ? [planned("moe slot weights", [A], "f32")] : []),
     planned("moe act", [A, I], "f32"),
     planned("moe expert out", [A, H], "f32"),
   ];

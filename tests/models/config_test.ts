@@ -674,6 +674,7 @@ Deno.test("config: Qwen3-MoE and Qwen2-MoE routing, sparse layers, shared expert
     sharedIntermediate: null,
     routing: "softmax",
     gptOss: null,
+    inputScaled: false,
     sparseLayers: true,
   });
   // Transformers 5 writes num_local_experts; mlp_only_layers and decoder_sparse_step leave dense layers.
@@ -719,17 +720,12 @@ Deno.test("config: Qwen3-MoE and Qwen2-MoE routing, sparse layers, shared expert
   assert.deepEqual(shapes.get("model.layers.0.mlp.experts.59.gate_proj.weight"), [1408, 2048]);
 });
 
-Deno.test("config: Llama 4 and DeepSeek-V3 (golden checkpoints kept for them) are refused by name", async () => {
+Deno.test("config: DeepSeek-V3 (its golden checkpoint kept for it) is refused by name", async () => {
   const golden = new URL("../golden/targets/", import.meta.url).pathname;
-  for (
-    const [dir, arch] of [
-      ["llama4", "Llama4ForCausalLM"],
-      ["deepseek_v3", "DeepseekV3ForCausalLM"],
-    ]
-  ) {
+  for (const [dir, arch] of [["deepseek_v3", "DeepseekV3ForCausalLM"]]) {
     await assert.rejects(
       loadTargetConfig(join(golden, dir, "config.json")),
-      new RegExp(`architecture ${arch} is not supported; supported: LlamaForCausalLM, .*GptOssForCausalLM`),
+      new RegExp(`architecture ${arch} is not supported; supported: LlamaForCausalLM, .*Llama4ForCausalLM`),
     );
   }
 });
@@ -788,4 +784,58 @@ Deno.test("config: gpt-oss-20b's published config (MXFP4 experts, sinks, alterna
     () => parseTargetConfig(edit(GPT_OSS_20B, { quantization_config: { quant_method: "awq" } })),
     /quantization_config.quant_method awq is not supported \(mxfp4 is\)/,
   );
+});
+
+Deno.test("config: Llama 4 Scout's text config (NoPE every 4th layer, chunks, MoE every layer, L2 q/k norm)", () => {
+  const c = parseTargetConfig({
+    architectures: ["Llama4ForCausalLM"],
+    model_type: "llama4_text",
+    hidden_size: 5120,
+    intermediate_size: 8192,
+    intermediate_size_mlp: 16384,
+    num_hidden_layers: 48,
+    num_attention_heads: 40,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    num_local_experts: 16,
+    num_experts_per_tok: 1,
+    interleave_moe_layer_step: 1,
+    attention_chunk_size: 8192,
+    use_qk_norm: true,
+    attn_temperature_tuning: true,
+    floor_scale: 8192,
+    attn_scale: 0.1,
+    rope_theta: 500000,
+    rope_scaling: {
+      rope_type: "llama3",
+      factor: 16,
+      low_freq_factor: 1,
+      high_freq_factor: 1,
+      original_max_position_embeddings: 8192,
+    },
+    max_position_embeddings: 10485760,
+    vocab_size: 202048,
+    rms_norm_eps: 1e-5,
+    tie_word_embeddings: false,
+  });
+  const l4 = c.llama4!;
+  assert.deepEqual(l4.ropeLayers.slice(0, 8), [true, true, true, false, true, true, true, false]);
+  assert.deepEqual([l4.chunkSize, l4.temperature, l4.l2QkNorm], [
+    8192,
+    { floorScale: 8192, attnScale: 0.1 },
+    true,
+  ]);
+  assert.equal(c.intermediateSize, 16384);
+  const moe = c.moe!;
+  assert.deepEqual(
+    [moe.experts, moe.topK, moe.expertIntermediate, moe.sharedIntermediate, moe.routing, moe.inputScaled],
+    [16, 1, 8192, 8192, "sigmoid", true],
+  );
+  assert.ok(moe.sparseLayers.every((s) => s));
+  const names = targetWeightNames(c);
+  assert.equal(names.layers[0].moe!.router, "model.layers.0.feed_forward.router.weight");
+  assert.deepEqual(names.layers[3].llama4, { headDim: 128, l2QkNorm: false }); // a NoPE layer
+  const shapes = expectedWeightShapes(c, names);
+  assert.deepEqual(shapes.get("model.layers.0.feed_forward.experts.gate_up_proj"), [16, 5120, 16384]);
+  assert.deepEqual(shapes.get("model.layers.0.feed_forward.shared_expert.down_proj.weight"), [5120, 8192]);
 });

@@ -24,8 +24,9 @@ function validRows(data: Float32Array, lengths: number[], T: number, width: numb
 const ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "phi3_longrope", "gemma3"];
 // Mixture-of-experts targets: Qwen3-MoE with and without renormalised routing and dense layers among the
 // sparse ones, Qwen2-MoE with its gated shared expert, GPT-OSS (attention sinks, alternating windows of 4, YaRN,
-// biased router and experts, clamped SwiGLU) with bf16 experts and with MXFP4 experts.
-const MOE = ["qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe", "gpt_oss", "gpt_oss_mxfp4"];
+// biased router and experts, clamped SwiGLU) with bf16 experts and with MXFP4 experts, Llama 4 (NoPE layers
+// with temperature tuning, chunked attention of 4 tokens, L2 q/k norm, interleaved RoPE, input-scaled experts).
+const MOE = ["qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe", "gpt_oss", "gpt_oss_mxfp4", "llama4"];
 for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window", ...MOE]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
@@ -180,7 +181,12 @@ for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window",
 }
 
 // Bindings under which every projection's experts come in several blocks (MXFP4 experts are 4 times smaller).
-for (const [arch, binding] of [["qwen2_moe", 4096], ["gpt_oss", 4096], ["gpt_oss_mxfp4", 1024]] as const) {
+for (
+  const [arch, binding] of [["qwen2_moe", 4096], ["gpt_oss", 4096], ["gpt_oss_mxfp4", 1024], [
+    "llama4",
+    4096,
+  ]] as const
+) {
   Deno.test({
     name:
       `target ${arch}: experts in blocks of a small binding give the unsplit forward's logits bit for bit`,
@@ -199,7 +205,7 @@ for (const [arch, binding] of [["qwen2_moe", 4096], ["gpt_oss", 4096], ["gpt_oss
         maxBlockBytes,
       });
       try {
-        const moe = model.layers[0].moe!;
+        const moe = model.layers.find((l) => l.moe)!.moe!;
         if (maxBlockBytes) assert.ok((moe.gateUp ?? moe.gate).length > 1 && moe.down.length > 1);
         const f = await model.forward(B, T, { logits: true });
         f.run(Int32Array.from(ids), lengths);

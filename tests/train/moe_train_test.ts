@@ -1,6 +1,6 @@
 /**
  * Drafts for mixture-of-experts targets (the golden tiny Qwen3MoeForCausalLM, Qwen2MoeForCausalLM and
- * GptOssForCausalLM with MXFP4 experts) train online
+ * GptOssForCausalLM with MXFP4 experts, Llama4ForCausalLM) train online
  * end to end: the derived dense draft, aux states from the MoE forward, a finite loss at every update, a
  * checkpoint, and the buffer pool's peak within 10 % of the memory plan, which counts the experts' weights and
  * the sparse MLP's scratch (the forward itself is checked against transformers in tests/models/target_test.ts).
@@ -13,7 +13,7 @@ import { trainFixture, trainSettings } from "./fixtures.ts";
 import { trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 
-for (const arch of ["qwen3_moe", "qwen2_moe", "gpt_oss_mxfp4"]) {
+for (const arch of ["qwen3_moe", "qwen2_moe", "gpt_oss_mxfp4", "llama4"]) {
   Deno.test({
     name: `train-online with a ${arch} target: draft derived and trained; plan = peak`,
     ...needsGpu,
