@@ -194,6 +194,8 @@ fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
   let tile = tiles[wg.y];
   // Tiles past the schedule (MOE_NO_TILE) or of experts outside this dispatch's block.
   if (tile.x < p.first || tile.x >= p.first + p.count) { return; }
+  // An invocation whose 4 rows are past the tile's (a decoded token's expert holds one slot of 32) does nothing.
+  if (tile.y + li.y * 4u >= tile.z) { return; }
   let K = p.kdim;
   var arow: array<u32, 4>;
   var valid: array<bool, 4>;

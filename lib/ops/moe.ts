@@ -118,9 +118,13 @@ export interface MoeScratch {
   shared: { gate: Tensor; up: Tensor; act: Tensor; out: Tensor; logit: Tensor } | null;
 }
 
-/** Tiles of the schedule for `assignments` sorted slots over `experts` experts (an upper bound). */
+/**
+ * Tiles of the schedule for `assignments` sorted slots over `experts` experts, an upper bound: expert e's
+ * ⌈count_e / 32⌉ tiles sum to at most ⌈A / 32⌉ plus one per expert with a slot, of which there are at most
+ * min(E, A) (a decoded token's 8 slots need 9 tiles, not E + 1).
+ */
 export function moeMaxTiles(assignments: number, experts: number): number {
-  return Math.ceil(assignments / K.MOE_TILE_ROWS) + experts;
+  return Math.ceil(assignments / K.MOE_TILE_ROWS) + Math.min(experts, assignments);
 }
 
 /** Scratch of a block of `shape` for `rows` tokens of width `hidden` (`sharedIntermediate`: null for none). */
