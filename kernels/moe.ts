@@ -1,17 +1,20 @@
 /**
  * Mixture-of-experts kernels (a frozen target's sparse MLP, forward only; transformers `Qwen3MoeSparseMoeBlock`,
- * `Qwen2MoeSparseMoeBlock`):
+ * `Qwen2MoeSparseMoeBlock`, `GptOssMLP`, `Llama4TextMoe`):
  * - `route`: per token, the k largest router logits (the lower expert id first on ties) and their weights:
- *   softmax over all experts then the k picked, optionally renormalised to sum 1 (`norm_topk_prob`; Qwen), or
- *   the softmax of the k picked logits alone (GPT-OSS `GptOssTopKRouter`).
+ *   softmax over all experts then the k picked, optionally renormalised to sum 1 (`norm_topk_prob`; Qwen), the
+ *   softmax of the k picked logits alone (GPT-OSS `GptOssTopKRouter`), or the sigmoid of each picked logit
+ *   (Llama 4 `Llama4Router`).
  * - `sort`: one workgroup groups the N·k assignments by expert, tokens in row order within an expert: the
  *   token row of each sorted slot, the slot of each assignment, and a tile schedule (expert, first slot, end)
  *   of at most `tileRows` slots per tile, so that each expert's rows are one dense block of a grouped matmul.
  * - `matmul`: the grouped product C[s, :] = A[row(s), :] · W_e(s)ᵀ (+ b_e(s)) over the schedule's tiles (row(s)
  *   the token row when gathering from the tokens, else s), W stored [E, N, K] as f32, f16, bf16 or MXFP4, or
- *   [E, K, N] (GPT-OSS's bf16 experts) as f32, f16 or bf16.
- * - `clampedGlu`: GPT-OSS's activation of the interleaved gate/up projection.
- * - `combine`: x[r] += Σ_j w[r, j]·y[slot(r, j)] (+ σ(g[r])·shared[r], Qwen2-MoE's gated shared expert).
+ *   [E, K, N] (GPT-OSS's and Llama 4's bf16 experts) as f32, f16 or bf16.
+ * - `clampedGlu`: GPT-OSS's activation of the interleaved gate/up projection; `slotWeights` and
+ *   `scaledHalvesGlu`: Llama 4's, of its gate/up halves with the routing weight on the input.
+ * - `combine`: x[r] += Σ_j w[r, j]·y[slot(r, j)] (+ σ(g[r])·shared[r], Qwen2-MoE's gated shared expert; Llama 4:
+ *   unweighted, + its ungated shared expert).
  */
 import { BF16_UNPACK, LINEAR_WORKGROUP } from "./common.ts";
 import type { MatmulBType } from "./matmul.ts";
