@@ -896,45 +896,45 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
   };
 }
 
-/** The sparse MLP's weight names under `m` (`model.layers.{i}.mlp`). */
-function moeLayerNames(moe: MoeConfig, m: string): MoeLayerNames {
-  if (moe.gptOss) {
-    return {
-      router: `${m}.router.weight`,
-      routerBias: `${m}.router.bias`,
-      gate: [],
-      up: [],
-      down: [],
-      fused: {
-        gateUp: `${m}.experts.gate_up_proj`,
-        down: `${m}.experts.down_proj`,
-        mxfp4: moe.gptOss.mxfp4,
-        bias: true,
-      },
-      shared: null,
-    };
-  }
-  if (moe.inputScaled) {
-    const s = `${m}.shared_expert`;
-    return {
-      router: `${m}.router.weight`,
-      routerBias: null,
-      gate: [],
-      up: [],
-      down: [],
-      fused: {
-        gateUp: `${m}.experts.gate_up_proj`,
-        down: `${m}.experts.down_proj`,
-        mxfp4: false,
-        bias: false,
-      },
-      shared: {
+/**
+ * The names of a sparse MLP whose experts are fused per projection (GPT-OSS: router bias, expert biases, maybe
+ * MXFP4; Llama 4: an ungated shared expert).
+ */
+function fusedMoeNames(
+  m: string,
+  o: { routerBias: boolean; mxfp4: boolean; bias: boolean; shared: boolean },
+): MoeLayerNames {
+  const s = `${m}.shared_expert`;
+  return {
+    router: `${m}.router.weight`,
+    routerBias: o.routerBias ? `${m}.router.bias` : null,
+    gate: [],
+    up: [],
+    down: [],
+    fused: {
+      gateUp: `${m}.experts.gate_up_proj`,
+      down: `${m}.experts.down_proj`,
+      mxfp4: o.mxfp4,
+      bias: o.bias,
+    },
+    shared: o.shared
+      ? {
         gate: `${s}.gate_proj.weight`,
         up: `${s}.up_proj.weight`,
         down: `${s}.down_proj.weight`,
         gateProj: null,
-      },
-    };
+      }
+      : null,
+  };
+}
+
+/** The sparse MLP's weight names under `m` (`model.layers.{i}.mlp`). */
+function moeLayerNames(moe: MoeConfig, m: string): MoeLayerNames {
+  if (moe.gptOss) {
+    return fusedMoeNames(m, { routerBias: true, mxfp4: moe.gptOss.mxfp4, bias: true, shared: false });
+  }
+  if (moe.inputScaled) {
+    return fusedMoeNames(m, { routerBias: false, mxfp4: false, bias: false, shared: true });
   }
   const experts = (proj: string) =>
     Array.from({ length: moe.experts }, (_, e) => `${m}.experts.${e}.${proj}.weight`);

@@ -216,29 +216,48 @@ Deno.test(
   },
 );
 
+/** A random tree attention case of dims `d` on the GPU (seeds from `seed`): host arrays and tensors. */
+function randomTreeCase(
+  d: {
+    rows: number;
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    cacheLen: number;
+    treeLen: number;
+    prefix: number;
+  },
+  seed: number,
+) {
+  const g = gpu!;
+  const host = {
+    q: randomArray(d.rows * d.heads * d.headDim, seed),
+    k: randomArray(d.cacheLen * d.kvHeads * d.headDim, seed + 1),
+    v: randomArray(d.cacheLen * d.kvHeads * d.headDim, seed + 2),
+    mask: randomMask(d.rows, d.treeLen, seed + 3),
+  };
+  const T = (data: Float32Array<ArrayBuffer>, shape: number[], label: string) =>
+    Tensor.fromArray(g, data, shape, "f32", label);
+  const t = {
+    q: T(host.q, [d.rows, d.heads, d.headDim], "q"),
+    k: T(host.k, [d.cacheLen, d.kvHeads, d.headDim], "k"),
+    v: T(host.v, [d.cacheLen, d.kvHeads, d.headDim], "v"),
+    meta: Tensor.fromArray(g, Int32Array.from([d.prefix]), [1], "i32", "meta"),
+    mask: Tensor.fromArray(g, host.mask, [d.rows, d.treeLen], "u32", "mask"),
+    out: Tensor.empty(g, [d.rows, d.heads, d.headDim], "f32", "out"),
+  };
+  return { host, t };
+}
+
 Deno.test(
   { name: "tree attention with sinks (GPT-OSS) matches its CPU reference", ...needsGpu },
   async () => {
-    const g = gpu!;
     const d = { rows: 6, heads: 4, kvHeads: 2, headDim: 16, cacheLen: 30, treeLen: 6, prefix: 17 };
-    const q = randomArray(d.rows * d.heads * d.headDim, 50);
-    const k = randomArray(d.cacheLen * d.kvHeads * d.headDim, 51);
-    const v = randomArray(d.cacheLen * d.kvHeads * d.headDim, 52);
-    const sinks = randomArray(d.heads, 53, 2);
-    const mask = randomMask(d.rows, d.treeLen, 54);
-    const T = (data: Float32Array<ArrayBuffer>, shape: number[], label: string) =>
-      Tensor.fromArray(g, data, shape, "f32", label);
-    const t = {
-      q: T(q, [d.rows, d.heads, d.headDim], "q"),
-      k: T(k, [d.cacheLen, d.kvHeads, d.headDim], "k"),
-      v: T(v, [d.cacheLen, d.kvHeads, d.headDim], "v"),
-      meta: Tensor.fromArray(g, Int32Array.from([d.prefix]), [1], "i32", "meta"),
-      mask: Tensor.fromArray(g, mask, [d.rows, d.treeLen], "u32", "mask"),
-      out: Tensor.empty(g, [d.rows, d.heads, d.headDim], "f32", "out"),
-    };
-    const sinkT = T(sinks, [d.heads], "sinks");
-    await runOnce(g, "tree attention sinks", (p) => treeAttentionForward(p, t, { sinks: sinkT }));
-    const want = treeAttentionCpu({ q, k, v, mask, prefix: d.prefix, sinks }, d);
+    const { host, t } = randomTreeCase(d, 50);
+    const sinks = randomArray(d.heads, 54, 2);
+    const sinkT = Tensor.fromArray(gpu!, sinks, [d.heads], "f32", "sinks");
+    await runOnce(gpu!, "tree attention sinks", (p) => treeAttentionForward(p, t, { sinks: sinkT }));
+    const want = treeAttentionCpu({ ...host, prefix: d.prefix, sinks }, d);
     assertClose(await t.out.readFloat(), want, "tree attention with sinks", { atol: 2e-5, rtol: 1e-4 });
     for (const x of [...Object.values(t), sinkT]) x.destroy();
   },
@@ -247,30 +266,16 @@ Deno.test(
 Deno.test(
   { name: "tree attention with chunks (Llama 4) matches its CPU reference", ...needsGpu },
   async () => {
-    const g = gpu!;
     const d = { rows: 5, heads: 2, kvHeads: 1, headDim: 8, cacheLen: 24, treeLen: 5, prefix: 10 };
-    const q = randomArray(d.rows * d.heads * d.headDim, 60);
-    const k = randomArray(d.cacheLen * d.kvHeads * d.headDim, 61);
-    const v = randomArray(d.cacheLen * d.kvHeads * d.headDim, 62);
-    const mask = randomMask(d.rows, d.treeLen, 63);
+    const { host, t } = randomTreeCase(d, 60);
     const positions = Int32Array.from([10, 11, 11, 12, 13]); // a tree: depths 0, 1, 1, 2, 3 after 10 cached
-    const T = (data: Float32Array<ArrayBuffer>, shape: number[], label: string) =>
-      Tensor.fromArray(g, data, shape, "f32", label);
-    const t = {
-      q: T(q, [d.rows, d.heads, d.headDim], "q"),
-      k: T(k, [d.cacheLen, d.kvHeads, d.headDim], "k"),
-      v: T(v, [d.cacheLen, d.kvHeads, d.headDim], "v"),
-      meta: Tensor.fromArray(g, Int32Array.from([d.prefix]), [1], "i32", "meta"),
-      mask: Tensor.fromArray(g, mask, [d.rows, d.treeLen], "u32", "mask"),
-      out: Tensor.empty(g, [d.rows, d.heads, d.headDim], "f32", "out"),
-    };
-    const pos = Tensor.fromArray(g, positions, [d.rows], "i32", "positions");
+    const pos = Tensor.fromArray(gpu!, positions, [d.rows], "i32", "positions");
     await runOnce(
-      g,
+      gpu!,
       "tree attention chunks",
       (p) => treeAttentionForward(p, t, { chunk: { size: 4, positions: pos } }),
     );
-    const want = treeAttentionCpu({ q, k, v, mask, prefix: d.prefix, chunk: { size: 4, positions } }, d);
+    const want = treeAttentionCpu({ ...host, prefix: d.prefix, chunk: { size: 4, positions } }, d);
     assertClose(await t.out.readFloat(), want, "tree attention with chunks", { atol: 2e-5, rtol: 1e-4 });
     for (const x of [...Object.values(t), pos]) {
       x.destroy();
