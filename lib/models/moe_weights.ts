@@ -1,10 +1,10 @@
 /**
  * A target's sparse MLP weights on the device (lib/ops/moe.ts `MoeWeights`), read from the checkpoint layouts
  * the published models use: Qwen's one tensor per expert and projection (stacked here into blocks of whole
- * experts), and GPT-OSS's one tensor per projection for every expert, in bf16 ([E, K, N], uploaded as is and
- * read transposed) or in MXFP4 (`*_blocks` and `*_scales` bytes, uploaded as u32 words and decoded by the
- * grouped matmul), with the experts' and the router's biases. Every block holds whole experts and fits one
- * storage binding.
+ * experts), and GPT-OSS's and Llama 4's one tensor per projection for every expert, in bf16 ([E, K, N],
+ * uploaded as is and read transposed) or (GPT-OSS) in MXFP4 (`*_blocks` and `*_scales` bytes, uploaded as u32
+ * words and decoded by the grouped matmul), with GPT-OSS's expert and router biases. Every block holds whole
+ * experts and fits one storage binding.
  */
 import { ShapeError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
