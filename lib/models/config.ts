@@ -12,6 +12,7 @@
  * {@link ConfigError} naming the file and the field.
  */
 import type { RopeScaling } from "../ops/rope.ts";
+import type { MoeShape } from "../ops/moe.ts";
 
 /** RoPE frequency scaling; the type lives with the rotary op (lib/ops/rope.ts), which consumes it. */
 export type { RopeScaling } from "../ops/rope.ts";
@@ -244,6 +245,11 @@ function parseGptOssMoe(f: Fields, numLayers: number): MoeConfig {
     inputScaled: false,
     sparseLayers: new Array(numLayers).fill(true),
   };
+}
+
+/** The MoE op's view of a target's MoE config (lib/ops/moe.ts). */
+export function moeShapeOf(moe: MoeConfig): MoeShape {
+  return { ...moe, gluLimit: moe.gptOss?.gluLimit };
 }
 
 /** The MoE config of a Qwen3-MoE, Qwen2-MoE or GPT-OSS config.json (defaults as transformers' config classes). */

@@ -9,15 +9,10 @@
 import { ShapeError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
 import type { RawTensor } from "../io/safetensors.ts";
-import type { MoeConfig, MoeLayerNames } from "./config.ts";
+import type { MoeLayerNames } from "./config.ts";
 import { expertBlocks, expertsPerBlock, stackedName } from "./target_memory.ts";
-import type { ExpertBlock, MoeShape, MoeWeights } from "../ops/moe.ts";
+import type { ExpertBlock, MoeWeights } from "../ops/moe.ts";
 import type { TargetWeightLoader } from "./target.ts";
-
-/** The op's view of a target's MoE config. */
-export function moeShapeOf(moe: MoeConfig): MoeShape {
-  return { ...moe, gluLimit: moe.gptOss?.gluLimit };
-}
 
 /** A sparse MLP's router (and bias), experts and shared expert. */
 export async function loadMoeWeights(load: TargetWeightLoader, n: MoeLayerNames): Promise<MoeWeights> {

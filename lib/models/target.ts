@@ -17,7 +17,7 @@ import { Program } from "../gpu/program.ts";
 import { type DType, DTYPE_BYTES, type HostArray, Tensor } from "../tensor.ts";
 import { rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
 import { moeForward, type MoeScratch, moeScratch, type MoeWeights } from "../ops/moe.ts";
-import { loadMoeWeights, moeShapeOf } from "./moe_weights.ts";
+import { loadMoeWeights } from "./moe_weights.ts";
 import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
 import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
 import {
@@ -26,6 +26,7 @@ import {
   fusedRows,
   type LayerWeightNames,
   loadTargetConfig,
+  moeShapeOf,
   resolveWeightNames,
   type TargetConfig,
 } from "./config.ts";

@@ -14,8 +14,8 @@ import type {
   TargetConfig,
   TargetWeightNames,
 } from "./config.ts";
-import { moeMaxTiles } from "../ops/moe.ts";
-import { fusedRows } from "./config.ts";
+import { moeScratchShapes } from "../ops/moe.ts";
+import { fusedRows, moeShapeOf } from "./config.ts";
 
 /** One tensor of a plan: its label and the bytes it asks the buffer pool for. */
 export interface PlannedTensor {
@@ -472,29 +472,7 @@ export function trunkTensors(cfg: TargetConfig, B: number, T: number): PlannedTe
 
 /** A sparse MLP's scratch for `rows` tokens (lib/ops/moe.ts `moeScratch`). */
 function moeTensors(moe: MoeConfig, rows: number, H: number): PlannedTensor[] {
-  const A = rows * moe.topK, I = moe.expertIntermediate, S = moe.sharedIntermediate;
-  const out = [
-    planned("moe router logits", [rows, moe.experts], "f32"),
-    planned("moe expert ids", [rows, moe.topK], "u32"),
-    planned("moe routing weights", [rows, moe.topK], "f32"),
-    planned("moe sorted rows", [A], "u32"),
-    planned("moe slots", [A], "u32"),
-    planned("moe tiles", [moeMaxTiles(A, moe.experts), 4], "u32"),
-    ...(moe.gptOss || moe.inputScaled
-      ? [planned("moe gate/up", [A, 2 * I], "f32")]
-      : [planned("moe gate", [A, I], "f32"), planned("moe up", [A, I], "f32")]),
-    ...(moe.inputScaled ? [planned("moe slot weights", [A], "f32")] : []),
-    planned("moe act", [A, I], "f32"),
-    planned("moe expert out", [A, H], "f32"),
-  ];
-  if (S !== null) {
-    out.push(
-      planned("moe shared gate", [rows, S], "f32"),
-      planned("moe shared up", [rows, S], "f32"),
-      planned("moe shared act", [rows, S], "f32"),
-      planned("moe shared out", [rows, H], "f32"),
-      planned("moe shared gate logit", [rows, 1], "f32"),
-    );
-  }
-  return out;
+  return moeScratchShapes(rows, H, moeShapeOf(moe), moe.sharedIntermediate).map((t) =>
+    planned(t.label, t.dims, t.dtype)
+  );
 }

@@ -1,13 +1,16 @@
 /**
  * A mixture-of-experts MLP block of a frozen target (transformers `Qwen3MoeSparseMoeBlock`,
- * `Qwen2MoeSparseMoeBlock`), forward only, on the normed MLP input m [N, H], added to the residual x:
+ * `Qwen2MoeSparseMoeBlock`, `GptOssMLP`, `Llama4TextMoe`), forward only, on the normed MLP input m [N, H], added
+ * to the residual x. Qwen:
  *
  *   p = softmax(m · W_routerᵀ) (f32);  (i_1..i_k) = the k largest p;  w_j = p_{i_j}, / Σ_j p_{i_j} if renormalised
  *   x += Σ_j w_j · down_{i_j}(silu(gate_{i_j}(m)) ⊙ up_{i_j}(m))  [+ σ(m · g_sharedᵀ) · shared_mlp(m)]
  *
- * The experts run as grouped matmuls: the N·k assignments are sorted by expert on the GPU (tokens in row order
- * within an expert), each expert's rows form dense tiles, and one dispatch per projection computes every
- * expert's tiles (kernels/moe.ts). No readback: the schedule's size is bounded by ⌈N·k / 32⌉ + E tiles.
+ * GPT-OSS and Llama 4 differ in the routing weights, the activation and where the weight applies
+ * ({@link MoeShape}). The experts run as grouped matmuls: the N·k assignments are sorted by expert on the GPU
+ * (tokens in row order within an expert), each expert's rows form dense tiles, and one dispatch per projection
+ * and block of experts computes their tiles (kernels/moe.ts). No readback: the schedule's size is bounded by
+ * {@link moeMaxTiles}.
  */
 import * as K from "../../kernels/moe.ts";
 import { params, type Program } from "../gpu/program.ts";
@@ -127,6 +130,54 @@ export function moeMaxTiles(assignments: number, experts: number): number {
   return Math.ceil(assignments / K.MOE_TILE_ROWS) + Math.min(experts, assignments);
 }
 
+/** One scratch tensor of the block: its field, shape, dtype and label. */
+export interface MoeScratchShape {
+  key: keyof Omit<MoeScratch, "shared"> | `shared.${keyof NonNullable<MoeScratch["shared"]>}`;
+  dims: number[];
+  dtype: "f32" | "u32";
+  label: string;
+}
+
+/**
+ * The scratch of a block of `shape` for `rows` tokens of width `hidden` (`sharedIntermediate`: null for no
+ * shared expert), in allocation order: what {@link moeScratch} allocates and the memory plan counts.
+ */
+export function moeScratchShapes(
+  rows: number,
+  hidden: number,
+  shape: MoeShape,
+  sharedIntermediate: number | null,
+): MoeScratchShape[] {
+  const A = rows * shape.topK, I = shape.expertIntermediate, S = sharedIntermediate;
+  const t = (key: MoeScratchShape["key"], dims: number[], label: string, dtype: "f32" | "u32" = "f32") => ({
+    key,
+    dims,
+    dtype,
+    label: `moe ${label}`,
+  });
+  return [
+    t("logits", [rows, shape.experts], "router logits"),
+    t("ids", [rows, shape.topK], "expert ids", "u32"),
+    t("weights", [rows, shape.topK], "routing weights"),
+    t("sortedRow", [A], "sorted rows", "u32"),
+    t("slotOf", [A], "slots", "u32"),
+    t("tiles", [moeMaxTiles(A, shape.experts), 4], "tiles", "u32"),
+    ...(fusedGateUp(shape)
+      ? [t("gateUp", [A, 2 * I], "gate/up")]
+      : [t("gate", [A, I], "gate"), t("up", [A, I], "up")]),
+    ...(shape.inputScaled ? [t("slotWeight", [A], "slot weights")] : []),
+    t("act", [A, I], "act"),
+    t("y", [A, hidden], "expert out"),
+    ...(S === null ? [] : [
+      t("shared.gate", [rows, S], "shared gate"),
+      t("shared.up", [rows, S], "shared up"),
+      t("shared.act", [rows, S], "shared act"),
+      t("shared.out", [rows, hidden], "shared out"),
+      t("shared.logit", [rows, 1], "shared gate logit"),
+    ]),
+  ];
+}
+
 /** Scratch of a block of `shape` for `rows` tokens of width `hidden` (`sharedIntermediate`: null for none). */
 export function moeScratch(
   p: Program,
@@ -135,29 +186,31 @@ export function moeScratch(
   shape: MoeShape,
   sharedIntermediate: number | null,
 ): MoeScratch {
-  const A = rows * shape.topK, I = shape.expertIntermediate;
-  const s = (dims: number[], label: string) => p.scratch(dims, "f32", `moe ${label}`);
-  const u = (dims: number[], label: string) => p.scratch(dims, "u32", `moe ${label}`);
-  const Is = sharedIntermediate;
+  const t = new Map(
+    moeScratchShapes(rows, hidden, shape, sharedIntermediate).map((
+      s,
+    ) => [s.key, p.scratch(s.dims, s.dtype, s.label)]),
+  );
+  const need = (key: MoeScratchShape["key"]) => t.get(key)!;
   return {
-    logits: s([rows, shape.experts], "router logits"),
-    ids: u([rows, shape.topK], "expert ids"),
-    weights: s([rows, shape.topK], "routing weights"),
-    sortedRow: u([A], "sorted rows"),
-    slotOf: u([A], "slots"),
-    tiles: u([moeMaxTiles(A, shape.experts), 4], "tiles"),
-    gate: fusedGateUp(shape) ? null : s([A, I], "gate"),
-    up: fusedGateUp(shape) ? null : s([A, I], "up"),
-    gateUp: fusedGateUp(shape) ? s([A, 2 * I], "gate/up") : null,
-    slotWeight: shape.inputScaled ? s([A], "slot weights") : null,
-    act: s([A, I], "act"),
-    y: s([A, hidden], "expert out"),
-    shared: Is === null ? null : {
-      gate: s([rows, Is], "shared gate"),
-      up: s([rows, Is], "shared up"),
-      act: s([rows, Is], "shared act"),
-      out: s([rows, hidden], "shared out"),
-      logit: s([rows, 1], "shared gate logit"),
+    logits: need("logits"),
+    ids: need("ids"),
+    weights: need("weights"),
+    sortedRow: need("sortedRow"),
+    slotOf: need("slotOf"),
+    tiles: need("tiles"),
+    gate: t.get("gate") ?? null,
+    up: t.get("up") ?? null,
+    gateUp: t.get("gateUp") ?? null,
+    slotWeight: t.get("slotWeight") ?? null,
+    act: need("act"),
+    y: need("y"),
+    shared: sharedIntermediate === null ? null : {
+      gate: need("shared.gate"),
+      up: need("shared.up"),
+      act: need("shared.act"),
+      out: need("shared.out"),
+      logit: need("shared.logit"),
     },
   };
 }
