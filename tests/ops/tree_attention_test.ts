@@ -11,6 +11,7 @@ import {
   scatterRows,
   scatterRowsCpu,
   treeAttentionCpu,
+  type TreeAttentionDims,
   treeAttentionForward,
 } from "../../lib/ops/tree_attention.ts";
 import { attentionCpu } from "../../lib/ops/attention.ts";
@@ -218,15 +219,7 @@ Deno.test(
 
 /** A random tree attention case of dims `d` on the GPU (seeds from `seed`): host arrays and tensors. */
 function randomTreeCase(
-  d: {
-    rows: number;
-    heads: number;
-    kvHeads: number;
-    headDim: number;
-    cacheLen: number;
-    treeLen: number;
-    prefix: number;
-  },
+  d: TreeAttentionDims & { prefix: number },
   seed: number,
 ) {
   const g = gpu!;

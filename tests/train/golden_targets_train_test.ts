@@ -1,9 +1,10 @@
 /**
- * Drafts for mixture-of-experts targets (the golden tiny Qwen3MoeForCausalLM, Qwen2MoeForCausalLM and
- * GptOssForCausalLM with MXFP4 experts, Llama4ForCausalLM) train online
- * end to end: the derived dense draft, aux states from the MoE forward, a finite loss at every update, a
- * checkpoint, and the buffer pool's peak within 10 % of the memory plan, which counts the experts' weights and
- * the sparse MLP's scratch (the forward itself is checked against transformers in tests/models/target_test.ts).
+ * Drafts for the golden tiny targets whose layers differ most from Llama's train online end to end: Gemma 3
+ * (local and global layers, (1 + w) norms, √H-scaled embedding) and the mixtures of experts (Qwen3-MoE,
+ * Qwen2-MoE, GPT-OSS with MXFP4 experts, Llama 4): the derived dense draft, aux states from their forward, a
+ * finite loss at every update, a checkpoint, and the buffer pool's peak within 10 % of the memory plan, which
+ * counts the experts' weights and the sparse MLP's scratch (the forwards themselves are checked against
+ * transformers in tests/models/target_test.ts).
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -13,7 +14,7 @@ import { trainFixture, trainSettings } from "./fixtures.ts";
 import { trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 
-for (const arch of ["qwen3_moe", "qwen2_moe", "gpt_oss_mxfp4", "llama4"]) {
+for (const arch of ["gemma3", "qwen3_moe", "qwen2_moe", "gpt_oss_mxfp4", "llama4"]) {
   Deno.test({
     name: `train-online with a ${arch} target: draft derived and trained; plan = peak`,
     ...needsGpu,
