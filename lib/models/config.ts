@@ -195,6 +195,12 @@ function parseLlama4Moe(f: Fields, numLayers: number): MoeConfig {
 
 /** Llama 4's attention conventions (defaults as `Llama4TextConfig`). */
 function llama4Conventions(f: Fields, numLayers: number): Llama4Conventions {
+  if (f.bool("attention_bias", false)) {
+    // q_proj's and k_proj's rows are reordered on load (Llama4Conventions); their biases are not.
+    throw new ConfigError(
+      `${f.file}: attention_bias is not supported for Llama4ForCausalLM (no published model has it)`,
+    );
+  }
   const listed = f.obj.no_rope_layers;
   const interval = f.int("no_rope_layer_interval", 4);
   const ropeLayers = Array.isArray(listed) && listed.length > 0

@@ -901,6 +901,7 @@ export async function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, lo
 export class TargetWeightLoader {
   /** Every tensor uploaded, for the finite-weight check. */
   readonly loaded: LoadedWeight[] = [];
+  readonly #ones = new Map<number, Tensor>();
 
   /**
    * `normOffset` is added to every RMSNorm weight ({@link normOffsetOf}: 1 for Gemma 3); a sparse MLP's experts
@@ -916,7 +917,7 @@ export class TargetWeightLoader {
   /** An RMSNorm weight, f32, with the norm offset added (transformers computes 1 + w in f32 too). */
   async norm(name: string): Promise<Tensor> {
     const raw = await this.ckpt.read(name);
-    return this.keep(
+    return this.#keep(
       name,
       Tensor.fromArray(this.gpu, normData(raw, name, this.normOffset), raw.shape, "f32", name),
     );
@@ -941,7 +942,7 @@ export class TargetWeightLoader {
   /** `raw` (checkpoint tensor `name`, or rows of it named by `label`) as a flat f32 vector. */
   vectorOf(name: string, raw: RawTensor, label: string): Tensor {
     const data = toFloat32(raw, label);
-    return this.keep(name, Tensor.fromArray(this.gpu, data, [data.length], "f32", label));
+    return this.#keep(name, Tensor.fromArray(this.gpu, data, [data.length], "f32", label));
   }
 
   /** Checks every uploaded tensor is finite ({@link checkFiniteWeights}); the error names file and tensor. */
@@ -996,9 +997,13 @@ export class TargetWeightLoader {
     return this.upload(name, { dtype: raw.dtype, shape: [rows, cols], bytes }, `${name} (RoPE pairs first)`);
   }
 
-  /** A weightless norm's weight: ones [n] (Llama 4's L2 q/k norm). */
+  /** A weightless norm's weight: ones [n] (Llama 4's L2 q/k norm), one tensor per size for every layer. */
   ones(n: number): Tensor {
-    return Tensor.fromArray(this.gpu, new Float32Array(n).fill(1), [n], "f32", "ones");
+    let t = this.#ones.get(n);
+    if (!t) {
+      this.#ones.set(n, t = Tensor.fromArray(this.gpu, new Float32Array(n).fill(1), [n], "f32", "ones"));
+    }
+    return t;
   }
 
   async optionalMatrix(name: string | null): Promise<Tensor | null> {
@@ -1024,8 +1029,8 @@ export class TargetWeightLoader {
     return DTYPE_BYTES[uploadDtype(dtype, this.gpu.features.shaderF16)];
   }
 
-  /** Records `tensor`, the upload of checkpoint tensor `name` (all of it, or the rows its label says), for the finite check. */
-  keep(name: string, tensor: Tensor): Tensor {
+  /** Records `tensor`, the upload of checkpoint tensor `name` (all of it, or the rows its label says). */
+  #keep(name: string, tensor: Tensor): Tensor {
     this.loaded.push({ name: tensor.label, tensor, file: this.ckpt.info(name).file });
     return tensor;
   }
@@ -1033,7 +1038,7 @@ export class TargetWeightLoader {
   /** Uploads `raw`, checkpoint tensor `name` (or rows of it, named by `label`), as bf16, f16 or f32. */
   upload(name: string, raw: RawTensor, label = name): Tensor {
     const { dtype, data } = uploadData(raw, this.gpu.features.shaderF16, label);
-    return this.keep(name, Tensor.fromArray(this.gpu, data, raw.shape, dtype, label));
+    return this.#keep(name, Tensor.fromArray(this.gpu, data, raw.shape, dtype, label));
   }
 }
 

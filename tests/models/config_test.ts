@@ -786,38 +786,41 @@ Deno.test("config: gpt-oss-20b's published config (MXFP4 experts, sinks, alterna
   );
 });
 
+/** Llama 4 Scout's text config (the keys the parser reads). */
+const LLAMA4_SCOUT_TEXT = {
+  architectures: ["Llama4ForCausalLM"],
+  model_type: "llama4_text",
+  hidden_size: 5120,
+  intermediate_size: 8192,
+  intermediate_size_mlp: 16384,
+  num_hidden_layers: 48,
+  num_attention_heads: 40,
+  num_key_value_heads: 8,
+  head_dim: 128,
+  num_local_experts: 16,
+  num_experts_per_tok: 1,
+  interleave_moe_layer_step: 1,
+  attention_chunk_size: 8192,
+  use_qk_norm: true,
+  attn_temperature_tuning: true,
+  floor_scale: 8192,
+  attn_scale: 0.1,
+  rope_theta: 500000,
+  rope_scaling: {
+    rope_type: "llama3",
+    factor: 16,
+    low_freq_factor: 1,
+    high_freq_factor: 1,
+    original_max_position_embeddings: 8192,
+  },
+  max_position_embeddings: 10485760,
+  vocab_size: 202048,
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: false,
+};
+
 Deno.test("config: Llama 4 Scout's text config (NoPE every 4th layer, chunks, MoE every layer, L2 q/k norm)", () => {
-  const c = parseTargetConfig({
-    architectures: ["Llama4ForCausalLM"],
-    model_type: "llama4_text",
-    hidden_size: 5120,
-    intermediate_size: 8192,
-    intermediate_size_mlp: 16384,
-    num_hidden_layers: 48,
-    num_attention_heads: 40,
-    num_key_value_heads: 8,
-    head_dim: 128,
-    num_local_experts: 16,
-    num_experts_per_tok: 1,
-    interleave_moe_layer_step: 1,
-    attention_chunk_size: 8192,
-    use_qk_norm: true,
-    attn_temperature_tuning: true,
-    floor_scale: 8192,
-    attn_scale: 0.1,
-    rope_theta: 500000,
-    rope_scaling: {
-      rope_type: "llama3",
-      factor: 16,
-      low_freq_factor: 1,
-      high_freq_factor: 1,
-      original_max_position_embeddings: 8192,
-    },
-    max_position_embeddings: 10485760,
-    vocab_size: 202048,
-    rms_norm_eps: 1e-5,
-    tie_word_embeddings: false,
-  });
+  const c = parseTargetConfig(LLAMA4_SCOUT_TEXT);
   const l4 = c.llama4!;
   assert.deepEqual(l4.ropeLayers.slice(0, 8), [true, true, true, false, true, true, true, false]);
   assert.deepEqual([l4.chunkSize, l4.temperature, l4.l2QkNorm], [
@@ -838,4 +841,8 @@ Deno.test("config: Llama 4 Scout's text config (NoPE every 4th layer, chunks, Mo
   const shapes = expectedWeightShapes(c, names);
   assert.deepEqual(shapes.get("model.layers.0.feed_forward.experts.gate_up_proj"), [16, 5120, 16384]);
   assert.deepEqual(shapes.get("model.layers.0.feed_forward.shared_expert.down_proj.weight"), [5120, 8192]);
+  assert.throws(
+    () => parseTargetConfig(edit(LLAMA4_SCOUT_TEXT, { attention_bias: true })),
+    /config.json: attention_bias is not supported for Llama4ForCausalLM/,
+  );
 });
