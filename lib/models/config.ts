@@ -6,8 +6,9 @@
  * Supported: LlamaForCausalLM (Llama 2/3.x, with `rope_scaling` llama3, linear, dynamic or yarn),
  * Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (per-head RMSNorm on q and k, explicit head_dim) and
  * MistralForCausalLM (sliding window recorded), Phi3ForCausalLM (fused projections, partial RoPE, LongRoPE)
- * Gemma3ForCausalLM (its conventions in {@link GemmaConventions}), and the mixture-of-experts
- * Qwen3MoeForCausalLM and Qwen2MoeForCausalLM ({@link MoeConfig}). Missing optional fields take the defaults of the matching
+ * Gemma3ForCausalLM (its conventions in {@link GemmaConventions}), and the mixtures of experts
+ * Qwen3MoeForCausalLM, Qwen2MoeForCausalLM, GptOssForCausalLM and Llama4ForCausalLM ({@link MoeConfig},
+ * {@link Llama4Conventions}). Missing optional fields take the defaults of the matching
  * transformers config class; missing required ones, or values that cannot work, throw a
  * {@link ConfigError} naming the file and the field.
  */
@@ -104,7 +105,7 @@ export interface TargetConfig {
   mlpActivation: "silu" | "gelu_tanh";
   /** Gemma 3's layer and model conventions, null for the others. */
   gemma: GemmaConventions | null;
-  /** The sparse MoE MLPs (Qwen3-MoE, Qwen2-MoE, GPT-OSS), null for dense targets. */
+  /** The sparse MoE MLPs (Qwen3-MoE, Qwen2-MoE, GPT-OSS, Llama 4), null for dense targets. */
   moe: MoeConfig | null;
   /** A learned attention-sink logit per head in every layer (GPT-OSS `self_attn.sinks`). */
   attentionSinks: boolean;
@@ -125,8 +126,8 @@ export interface Llama4Conventions {
 }
 
 /**
- * A target's mixture-of-experts MLPs (transformers `Qwen3MoeConfig`, `Qwen2MoeConfig`): which layers are sparse
- * and how tokens are routed (lib/ops/moe.ts).
+ * A target's mixture-of-experts MLPs (transformers `Qwen3MoeConfig`, `Qwen2MoeConfig`, `GptOssConfig`,
+ * `Llama4TextConfig`): which layers are sparse and how tokens are routed (lib/ops/moe.ts).
  */
 export interface MoeConfig {
   /** Routed experts (`num_experts`). */
@@ -158,6 +159,13 @@ export interface MoeConfig {
   sparseLayers: boolean[];
 }
 
+/** Refuses more experts per token than `experts` (named by `key` in the file). */
+function checkTopK(f: Fields, topK: number, experts: number, key: string): void {
+  if (topK > experts) {
+    throw new ConfigError(`${f.file}: num_experts_per_tok ${topK} exceeds ${key} ${experts}`);
+  }
+}
+
 /**
  * Llama 4's MoE (transformers `Llama4TextConfig`, `Llama4TextMoe`): `moe_layers`, else every
  * `interleave_moe_layer_step`-th layer; `num_local_experts` experts of width `intermediate_size` and a shared
@@ -165,9 +173,7 @@ export interface MoeConfig {
  */
 function parseLlama4Moe(f: Fields, numLayers: number): MoeConfig {
   const experts = f.int("num_local_experts", 16), topK = f.int("num_experts_per_tok", 1);
-  if (topK > experts) {
-    throw new ConfigError(`${f.file}: num_experts_per_tok ${topK} exceeds num_local_experts ${experts}`);
-  }
+  checkTopK(f, topK, experts, "num_local_experts");
   const step = f.int("interleave_moe_layer_step", 1);
   const listed = f.obj.moe_layers;
   if (
@@ -230,9 +236,7 @@ function llama4Conventions(f: Fields, numLayers: number): Llama4Conventions {
 function parseGptOssMoe(f: Fields, numLayers: number): MoeConfig {
   const experts = f.int("num_local_experts", 128);
   const topK = f.has("num_experts_per_tok") ? f.int("num_experts_per_tok") : f.int("experts_per_token", 4);
-  if (topK > experts) {
-    throw new ConfigError(`${f.file}: num_experts_per_tok ${topK} exceeds num_local_experts ${experts}`);
-  }
+  checkTopK(f, topK, experts, "num_local_experts");
   const q = f.obj.quantization_config as Record<string, unknown> | undefined | null;
   const method = q && typeof q === "object" ? q.quant_method : undefined;
   if (method !== undefined && method !== "mxfp4") {
@@ -258,7 +262,10 @@ export function moeShapeOf(moe: MoeConfig): MoeShape {
   return { ...moe, gluLimit: moe.gptOss?.gluLimit };
 }
 
-/** The MoE config of a Qwen3-MoE, Qwen2-MoE or GPT-OSS config.json (defaults as transformers' config classes). */
+/**
+ * The MoE config of a Qwen3-MoE, Qwen2-MoE, GPT-OSS or Llama 4 config.json (defaults as transformers' config
+ * classes); null for a dense architecture.
+ */
 function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number): MoeConfig | null {
   if (architecture === "GptOssForCausalLM") return parseGptOssMoe(f, numLayers);
   if (architecture === "Llama4ForCausalLM") return parseLlama4Moe(f, numLayers);
@@ -267,9 +274,7 @@ function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number
   // The published configs say `num_experts`; Transformers 5's Qwen3MoeConfig writes `num_local_experts`.
   const experts = f.has("num_experts") ? f.int("num_experts") : f.int("num_local_experts", qwen2 ? 60 : 128);
   const topK = f.int("num_experts_per_tok", qwen2 ? 4 : 8);
-  if (topK > experts) {
-    throw new ConfigError(`${f.file}: num_experts_per_tok ${topK} exceeds num_experts ${experts}`);
-  }
+  checkTopK(f, topK, experts, "num_experts");
   const step = f.int("decoder_sparse_step", 1);
   const only = f.obj.mlp_only_layers ?? [];
   if (!Array.isArray(only) || only.some((i) => !Number.isInteger(i))) {
@@ -818,7 +823,7 @@ export interface LayerWeightNames {
 
 /** The weights of a sparse MoE MLP, as the published checkpoints store them. */
 export interface MoeLayerNames {
-  /** `mlp.gate.weight` [E, H] (Qwen), `mlp.router.weight` (GPT-OSS). */
+  /** `mlp.gate.weight` [E, H] (Qwen), `mlp.router.weight` (GPT-OSS), `feed_forward.router.weight` (Llama 4). */
   router: string;
   /** GPT-OSS's `mlp.router.bias` [E]; null for Qwen. */
   routerBias: string | null;
@@ -827,9 +832,10 @@ export interface MoeLayerNames {
   up: string[];
   down: string[];
   /**
-   * GPT-OSS: every expert in one tensor per projection, `mlp.experts.gate_up_proj` [E, H, 2I] (gate and up
-   * interleaved along 2I) and `down_proj` [E, I, H] in bf16, or in MXFP4 `<name>_blocks` [E, 2I, H/32, 16]
-   * and `<name>_scales` [E, 2I, H/32] (down: [E, H, I/32, …]); their biases `<name>_bias` [E, 2I], [E, H].
+   * GPT-OSS and Llama 4: every expert in one tensor per projection, `experts.gate_up_proj` [E, H, 2I] (GPT-OSS:
+   * gate and up interleaved along 2I; Llama 4: gate then up) and `down_proj` [E, I, H] in bf16, or (GPT-OSS) in
+   * MXFP4 `<name>_blocks` [E, 2I, H/32, 16] and `<name>_scales` [E, 2I, H/32] (down: [E, H, I/32, …]); with
+   * `bias` (GPT-OSS) their biases `<name>_bias` [E, 2I], [E, H].
    */
   fused: { gateUp: string; down: string; mxfp4: boolean; bias: boolean } | null;
   /**
