@@ -321,8 +321,8 @@ export class ConfigError extends Error {
 
 type Json = Record<string, unknown>;
 
-/** Field readers that name `file` and the field in their errors. */
-class Fields {
+/** Field readers of a config.json object that name `file` and the field in their errors. */
+export class Fields {
   constructor(readonly file: string, readonly obj: Json, readonly prefix = "") {}
 
   #fail(field: string, msg: string): never {

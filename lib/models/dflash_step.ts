@@ -1,0 +1,488 @@
+/**
+ * One DFlash training micro-batch of a fixed shape (nb samples of S tokens, N blocks of B each), forward and
+ * backward, as SpecForge's `OnlineDFlashModel.forward` (specforge/algorithms/common/dflash_family_model.py)
+ * over `DFlashDraftModel` (specforge/modeling/draft/dflash.py), on R = nb·N·B block rows and C = nb·S
+ * context rows:
+ *
+ *   c = RMSNorm_hid(features · W_fcᵀ)                                   [C, H], once for every layer
+ *   h⁰ = embed(block tokens)                                             [R, H], the frozen target embedding
+ *   layer j:  x = RMSNorm_in(h);  q = RoPE(RMSNorm_q(x·W_qᵀ))  per head, at the block positions
+ *             k = RoPE(RMSNorm_k([c; x]·W_kᵀ)),  v = [c; x]·W_vᵀ          context rows at 0..S−1, block rows
+ *             r = h + attention(q, k, v)·W_oᵀ                            (lib/ops/dflash_attention.ts masks)
+ *             h' = r + down(silu(gate(n)) ⊙ up(n)),  n = RMSNorm_post(r)
+ *   z = RMSNorm_final(h_L) · lm_headᵀ                                    the frozen target head, [R, V]
+ *   loss numerator Σ ω·CE(z, y)  (lib/ops/dflash_loss.ts), its gradient scaled by the caller's `gradScale`
+ *
+ * The backward ADDS every parameter's gradient into the draft's (micro-batches accumulate); the embedding,
+ * lm_head and the target features get none. All tensors belong to the step's program.
+ */
+import { Program } from "../gpu/program.ts";
+import type { Tensor } from "../tensor.ts";
+import { linear, linearBackward } from "../ops/matmul.ts";
+import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsnorm.ts";
+import { ropeBackward, ropeForward, ropeTable } from "../ops/rope.ts";
+import { swigluBackward, swigluForward } from "../ops/swiglu.ts";
+import { accumulate } from "../ops/elementwise.ts";
+import { embeddingRows } from "../ops/row_split.ts";
+import { asRowSplit, type RowSplitMatrix } from "../ops/row_split.ts";
+import {
+  dflashAttentionBackward,
+  type DflashAttentionDims,
+  dflashAttentionForward,
+  dflashBlockRow0,
+} from "../ops/dflash_attention.ts";
+import {
+  dflashLossGradient,
+  type DflashLossType,
+  dflashRowStats,
+  dpaceWeights,
+  isDpace,
+} from "../ops/dflash_loss.ts";
+import type { DflashConfig } from "./dflash_config.ts";
+import { type DflashDraft, dflashLayerNames } from "./dflash.ts";
+
+/** The shape and settings of a {@link DflashStep}. */
+export interface DflashStepOptions {
+  /** nb: samples per micro-batch. */
+  batches: number;
+  /** S: tokens per sample (the context rows). */
+  seq: number;
+  /** N: blocks per sample. */
+  blocks: number;
+  /** The objective. */
+  lossType: DflashLossType;
+  /** α of the D-PACE weights (SpecForge `dpace_alpha`, default 0.5). */
+  dpaceAlpha: number;
+  /** The frozen target embedding [V, H]. */
+  embedding: Tensor | RowSplitMatrix;
+  /** The frozen target lm_head [V, H]. */
+  lmHead: Tensor;
+}
+
+/** One layer's saved activations. */
+interface LayerActs {
+  /** The layer's input h [R, H] (the previous layer's output, or the block embeddings). */
+  input: Tensor;
+  rstdX: Tensor;
+  x: Tensor;
+  qRaw: Tensor;
+  rstdQ: Tensor;
+  q: Tensor;
+  kRaw: Tensor;
+  rstdK: Tensor;
+  k: Tensor;
+  v: Tensor;
+  att: Tensor;
+  stats: Tensor;
+  resid: Tensor;
+  rstdPost: Tensor;
+  postNorm: Tensor;
+  gate: Tensor;
+  up: Tensor;
+  act: Tensor;
+  out: Tensor;
+}
+
+/** The tensors the host writes before each run (see {@link DflashStep.write}). */
+export interface DflashStepInputs {
+  /** The captured target features [C, K·H]. */
+  features: Tensor;
+  /** Block tokens [R] (i32). */
+  noiseIds: Tensor;
+  /** Labels [R] (i32). */
+  labels: Tensor;
+  /** w [R] (D-PACE) or ω = w·d_k [R] (`dflash`). */
+  weights: Tensor;
+  /** RoPE rows of the block positions [R, hd/2]. */
+  cos: Tensor;
+  /** As cos. */
+  sin: Tensor;
+  /** The attention ranges of the full layers (u32). */
+  fullRanges: Tensor;
+  /** The attention ranges of the sliding layers (u32). */
+  slidingRanges: Tensor;
+}
+
+/** A built micro-batch step; see the module comment. */
+export class DflashStep {
+  /** Inputs to write before {@link run}. */
+  readonly inputs: DflashStepInputs;
+  /** Per row: lse, CE, [argmax = label] [R, 3], after a run. */
+  readonly rowStats: Tensor;
+  /** The loss weights ω [R] the objective used (the input weights themselves for `dflash`), after a run. */
+  readonly omega: Tensor;
+  /** RMSNorm_final(h_L) [R, H], after a run. */
+  readonly hidden: Tensor;
+  /** The logits [R, V] until the backward overwrites them with their gradient. */
+  readonly logits: Tensor;
+  /** The attention shapes. */
+  readonly dims: DflashAttentionDims;
+
+  private constructor(
+    readonly program: Program,
+    readonly draft: DflashDraft,
+    readonly opts: DflashStepOptions,
+  ) {
+    const cfg = draft.config, { batches: nb, seq: S, blocks: N } = opts;
+    const R = nb * N * cfg.blockSize, C = nb * S;
+    const kvw = cfg.numKvHeads * cfg.headDim;
+    const R0 = dflashBlockRow0(C, kvw, program.gpu.limits.minStorageBufferOffsetAlignment);
+    this.dims = {
+      batches: nb,
+      seq: S,
+      queries: N * cfg.blockSize,
+      heads: cfg.numHeads,
+      kvHeads: cfg.numKvHeads,
+      headDim: cfg.headDim,
+      blockRow0: R0,
+    };
+    const f32 = (shape: number[], label: string) => program.scratch(shape, "f32", label);
+    const tableLength = R * 4 + (R0 + R) * 2;
+    this.inputs = {
+      features: f32([C, cfg.targetLayerIds.length * cfg.hiddenSize], "features"),
+      noiseIds: program.scratch([R], "i32", "noise ids"),
+      labels: program.scratch([R], "i32", "labels"),
+      weights: f32([R], "weights"),
+      cos: f32([R, cfg.headDim / 2], "block cos"),
+      sin: f32([R, cfg.headDim / 2], "block sin"),
+      fullRanges: program.scratch([tableLength], "u32", "full ranges"),
+      slidingRanges: program.scratch([tableLength], "u32", "sliding ranges"),
+    };
+    this.rowStats = f32([R, 3], "row stats");
+    this.omega = isDpace(opts.lossType) ? f32([R], "omega") : this.inputs.weights;
+    this.hidden = f32([R, cfg.hiddenSize], "final hidden");
+    this.logits = f32([R, cfg.vocabSize], "logits");
+  }
+
+  /** Builds the step's program for `draft` (forward, loss, and with `train` the backward). */
+  static async build(draft: DflashDraft, opts: DflashStepOptions, train = true): Promise<DflashStep> {
+    const step = new DflashStep(new Program(draft.gpu, "dflash step"), draft, opts);
+    await step.#record(train);
+    return step;
+  }
+
+  /** Submits the program (no sync). */
+  run(): void {
+    this.program.run();
+  }
+
+  /** Frees every tensor of the step. */
+  destroy(): void {
+    this.program.destroy();
+  }
+
+  async #record(train: boolean): Promise<void> {
+    const p = this.program, cfg = this.draft.config, { seq: S } = this.opts;
+    const f32 = (shape: number[], label: string) => p.scratch(shape, "f32", label);
+    const { batches: nb } = this.opts, R = this.logits.shape[0], C = nb * S, H = cfg.hiddenSize;
+    const ctxTable = ropeTable(cfg, cfg.headDim, S);
+    const ctxRope = {
+      cos: f32([S, cfg.headDim / 2], "context cos"),
+      sin: f32([S, cfg.headDim / 2], "context sin"),
+    };
+    ctxRope.cos.write(ctxTable.cos);
+    ctxRope.sin.write(ctxTable.sin);
+    const fcOut = f32([C, H], "fc out"), rstdC = f32([C], "rstd c"), c = f32([C, H], "c");
+    await linear(p, this.inputs.features, this.draft.param("fc.weight"), fcOut);
+    await rmsnormForward(p, fcOut, this.draft.param("hidden_norm.weight"), c, rstdC, { eps: cfg.rmsNormEps });
+    const noise = f32([R, H], "noise");
+    await embeddingRows(p, asRowSplit(this.opts.embedding), this.inputs.noiseIds, noise);
+    const layers: LayerActs[] = [];
+    let h = noise;
+    for (let j = 0; j < cfg.numLayers; j++) {
+      const acts = this.#layerActs(h, j);
+      await this.#layerForward(acts, j, c, ctxRope);
+      layers.push(acts);
+      h = acts.out;
+    }
+    const rstdF = f32([R], "rstd final");
+    await rmsnormForward(p, h, this.draft.param("norm.weight"), this.hidden, rstdF, { eps: cfg.rmsNormEps });
+    await linear(p, this.hidden, this.opts.lmHead, this.logits);
+    await this.#objective(train);
+    if (!train) return;
+    const dh = f32([R, H], "d hidden");
+    await linearBackward(p, this.logits, this.hidden, this.opts.lmHead, dh, null);
+    const dhL = f32([R, H], "d h");
+    const scratch = f32([Math.max(1, this.#normScratch())], "norm scratch");
+    await rmsnormBackward(
+      p,
+      dh,
+      h,
+      this.draft.param("norm.weight"),
+      rstdF,
+      dhL,
+      this.draft.grad("norm.weight"),
+      {
+        accumulateDw: true,
+        scratch,
+      },
+    );
+    const dc = f32([C, H], "d c");
+    for (let j = cfg.numLayers - 1; j >= 0; j--) {
+      await this.#layerBackward(layers[j], j, {
+        dh: dhL,
+        dc,
+        first: j === cfg.numLayers - 1,
+        scratch,
+        c,
+        ctxRope,
+      });
+    }
+    const dfc = f32([C, H], "d fc out");
+    await rmsnormBackward(
+      p,
+      dc,
+      fcOut,
+      this.draft.param("hidden_norm.weight"),
+      rstdC,
+      dfc,
+      this.draft.grad("hidden_norm.weight"),
+      {
+        accumulateDw: true,
+        scratch,
+      },
+    );
+    await linearBackward(
+      p,
+      dfc,
+      this.inputs.features,
+      this.draft.param("fc.weight"),
+      null,
+      this.draft.grad("fc.weight"),
+      {
+        accumulateDw: true,
+      },
+    );
+  }
+
+  /** Floats of the shared RMSNorm weight-gradient scratch: the largest norm of the step. */
+  #normScratch(): number {
+    const cfg = this.draft.config, R = this.logits.shape[0], kr = this.dims.blockRow0 + R;
+    return Math.max(
+      rmsnormScratchSize(R, cfg.hiddenSize),
+      rmsnormScratchSize(this.opts.batches * this.opts.seq, cfg.hiddenSize),
+      rmsnormScratchSize(R * cfg.numHeads, cfg.headDim),
+      rmsnormScratchSize(kr * cfg.numKvHeads, cfg.headDim),
+    );
+  }
+
+  #layerActs(input: Tensor, j: number): LayerActs {
+    const cfg = this.draft.config, R = this.logits.shape[0], KR = this.dims.blockRow0 + R;
+    const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
+    const f32 = (shape: number[], label: string) => this.program.scratch(shape, "f32", `layer ${j} ${label}`);
+    // The padding key rows between the context and block rows are never written: zero, so their norm is finite.
+    const zeros = (shape: number[], label: string) => {
+      const t = f32(shape, label);
+      t.write(new Float32Array(t.size));
+      return t;
+    };
+    return {
+      input,
+      rstdX: f32([R], "rstd x"),
+      x: f32([R, H], "x"),
+      qRaw: f32([R, nh * hd], "q raw"),
+      rstdQ: f32([R * nh], "rstd q"),
+      q: f32([R, nh * hd], "q"),
+      kRaw: zeros([KR, nkv * hd], "k raw"),
+      rstdK: f32([KR * nkv], "rstd k"),
+      k: zeros([KR, nkv * hd], "k"),
+      v: zeros([KR, nkv * hd], "v"),
+      att: f32([R, nh * hd], "att"),
+      stats: f32([R * nh, 2], "attention stats"),
+      resid: f32([R, H], "residual"),
+      rstdPost: f32([R], "rstd post"),
+      postNorm: f32([R, H], "post norm"),
+      gate: f32([R, I], "gate"),
+      up: f32([R, I], "up"),
+      act: f32([R, I], "act"),
+      out: f32([R, H], "out"),
+    };
+  }
+
+  /** The context rows [0, C) and the block rows [R0, R0 + R) of a key/value tensor. */
+  #keyParts(t: Tensor): { ctx: Tensor; block: Tensor } {
+    const C = this.opts.batches * this.opts.seq, R = this.logits.shape[0], w = t.shape[1];
+    return { ctx: t.view(0, [C, w]), block: t.view(this.dims.blockRow0 * w, [R, w]) };
+  }
+
+  async #rope(
+    t: Tensor,
+    heads: number,
+    backward: boolean,
+    ctxRope: { cos: Tensor; sin: Tensor },
+  ): Promise<void> {
+    const p = this.program, hd = this.draft.config.headDim, { batches: nb, seq: S } = this.opts;
+    const apply = backward ? ropeBackward : ropeForward;
+    if (t.shape[0] === this.logits.shape[0]) {
+      const x = t.reshape([1, t.shape[0], heads, hd]);
+      return await apply(p, x, x, this.inputs.cos, this.inputs.sin);
+    }
+    const { ctx, block } = this.#keyParts(t);
+    const xc = ctx.reshape([nb, S, heads, hd]), xb = block.reshape([1, block.shape[0], heads, hd]);
+    await apply(p, xc, xc, ctxRope.cos, ctxRope.sin);
+    await apply(p, xb, xb, this.inputs.cos, this.inputs.sin);
+  }
+
+  async #layerForward(
+    a: LayerActs,
+    j: number,
+    c: Tensor,
+    ctxRope: { cos: Tensor; sin: Tensor },
+  ): Promise<void> {
+    const p = this.program,
+      cfg = this.draft.config,
+      n = dflashLayerNames(j),
+      W = (s: string) => this.draft.param(s);
+    const eps = { eps: cfg.rmsNormEps }, hd = cfg.headDim, R = a.x.shape[0], KR = a.k.shape[0];
+    await rmsnormForward(p, a.input, W(n.inputNorm), a.x, a.rstdX, eps);
+    await linear(p, a.x, W(n.q), a.qRaw);
+    await rmsnormForward(
+      p,
+      a.qRaw.reshape([R * cfg.numHeads, hd]),
+      W(n.qNorm),
+      a.q.reshape([R * cfg.numHeads, hd]),
+      a.rstdQ,
+      eps,
+    );
+    await this.#rope(a.q, cfg.numHeads, false, ctxRope);
+    for (const [w, out] of [[n.k, a.kRaw], [n.v, a.v]] as const) {
+      const parts = this.#keyParts(out);
+      await linear(p, c, W(w), parts.ctx);
+      await linear(p, a.x, W(w), parts.block);
+    }
+    await rmsnormForward(
+      p,
+      a.kRaw.reshape([KR * cfg.numKvHeads, hd]),
+      W(n.kNorm),
+      a.k.reshape([KR * cfg.numKvHeads, hd]),
+      a.rstdK,
+      eps,
+    );
+    await this.#rope(a.k, cfg.numKvHeads, false, ctxRope);
+    const ranges = cfg.layerTypes[j] === "sliding_attention"
+      ? this.inputs.slidingRanges
+      : this.inputs.fullRanges;
+    await dflashAttentionForward(
+      p,
+      { q: a.q, k: a.k, v: a.v, ranges, out: a.att, stats: a.stats },
+      this.dims,
+    );
+    await linear(p, a.att, W(n.o), a.resid);
+    await accumulate(p, a.resid, a.input);
+    await rmsnormForward(p, a.resid, W(n.postNorm), a.postNorm, a.rstdPost, eps);
+    await linear(p, a.postNorm, W(n.gate), a.gate);
+    await linear(p, a.postNorm, W(n.up), a.up);
+    await swigluForward(p, a.gate, a.up, a.act);
+    await linear(p, a.act, W(n.down), a.out);
+    await accumulate(p, a.out, a.resid);
+  }
+
+  /**
+   * The layer's backward. `dh` holds ∂/∂(the layer's output) and becomes ∂/∂(its input); ∂/∂c is added to
+   * `dc` (overwritten by the `first` layer visited).
+   */
+  async #layerBackward(
+    a: LayerActs,
+    j: number,
+    s: {
+      dh: Tensor;
+      dc: Tensor;
+      first: boolean;
+      scratch: Tensor;
+      c: Tensor;
+      ctxRope: { cos: Tensor; sin: Tensor };
+    },
+  ): Promise<void> {
+    const p = this.program, cfg = this.draft.config, n = dflashLayerNames(j);
+    const W = (x: string) => this.draft.param(x), G = (x: string) => this.draft.grad(x);
+    const R = a.x.shape[0], KR = a.k.shape[0], hd = cfg.headDim, H = cfg.hiddenSize;
+    const t = (shape: number[], label: string) => p.transient(`dflash ${label}`, shape, "f32");
+    const acc = { accumulateDw: true };
+    // MLP: h' = r + down(act)
+    const dAct = t([R, cfg.intermediateSize], "d act"), dGate = t([R, cfg.intermediateSize], "d gate");
+    const dUp = t([R, cfg.intermediateSize], "d up"), dPost = t([R, H], "d post");
+    await linearBackward(p, s.dh, a.act, W(n.down), dAct, G(n.down), acc);
+    await swigluBackward(p, dAct, a.gate, a.up, dGate, dUp);
+    await linearBackward(p, dGate, a.postNorm, W(n.gate), dPost, G(n.gate), acc);
+    await linearBackward(p, dUp, a.postNorm, W(n.up), dPost, G(n.up), { ...acc, accumulateDx: true });
+    await rmsnormBackward(p, dPost, a.resid, W(n.postNorm), a.rstdPost, s.dh, G(n.postNorm), {
+      ...acc,
+      accumulateDx: true,
+      scratch: s.scratch,
+    });
+    // Attention: r = h + o_proj(att)
+    const dAtt = t([R, cfg.numHeads * hd], "d att");
+    await linearBackward(p, s.dh, a.att, W(n.o), dAtt, G(n.o), acc);
+    const dq = t([R, cfg.numHeads * hd], "d q"), dk = t([KR, cfg.numKvHeads * hd], "d k");
+    const dv = t([KR, cfg.numKvHeads * hd], "d v");
+    const ranges = cfg.layerTypes[j] === "sliding_attention"
+      ? this.inputs.slidingRanges
+      : this.inputs.fullRanges;
+    await dflashAttentionBackward(p, { q: a.q, k: a.k, v: a.v, ranges, out: a.att, stats: a.stats }, {
+      dout: dAtt,
+      dq,
+      dk,
+      dv,
+    }, this.dims);
+    const dx = t([R, H], "d x");
+    // q = RoPE(RMSNorm_q(x·W_qᵀ))
+    await this.#rope(dq, cfg.numHeads, true, s.ctxRope);
+    const dqRaw = t([R, cfg.numHeads * hd], "d q raw");
+    await rmsnormBackward(
+      p,
+      dq.reshape([R * cfg.numHeads, hd]),
+      a.qRaw.reshape([R * cfg.numHeads, hd]),
+      W(n.qNorm),
+      a.rstdQ,
+      dqRaw.reshape([R * cfg.numHeads, hd]),
+      G(n.qNorm),
+      { ...acc, scratch: s.scratch },
+    );
+    await linearBackward(p, dqRaw, a.x, W(n.q), dx, G(n.q), acc);
+    // k = RoPE(RMSNorm_k([c; x]·W_kᵀ)), v = [c; x]·W_vᵀ
+    await this.#rope(dk, cfg.numKvHeads, true, s.ctxRope);
+    const dkRaw = t([KR, cfg.numKvHeads * hd], "d k raw");
+    await rmsnormBackward(
+      p,
+      dk.reshape([KR * cfg.numKvHeads, hd]),
+      a.kRaw.reshape([KR * cfg.numKvHeads, hd]),
+      W(n.kNorm),
+      a.rstdK,
+      dkRaw.reshape([KR * cfg.numKvHeads, hd]),
+      G(n.kNorm),
+      { ...acc, scratch: s.scratch },
+    );
+    for (const [w, grad] of [[n.k, dkRaw], [n.v, dv]] as const) {
+      const g = this.#keyParts(grad), first = s.first && w === n.k;
+      await linearBackward(p, g.ctx, s.c, W(w), s.dc, G(w), { ...acc, accumulateDx: !first });
+      await linearBackward(p, g.block, a.x, W(w), dx, G(w), { ...acc, accumulateDx: true });
+    }
+    // x = RMSNorm_in(h); the residual's gradient is already in dh
+    await rmsnormBackward(p, dx, a.input, W(n.inputNorm), a.rstdX, s.dh, G(n.inputNorm), {
+      ...acc,
+      accumulateDx: true,
+      scratch: s.scratch,
+    });
+  }
+
+  /**
+   * CE statistics per row, the D-PACE weights, and (training) the gradient of the numerator Σ ω·CE in place
+   * of the logits. The denominator is the caller's: SpecForge back-propagates the numerator and divides the
+   * accumulated gradients by Σ den over the optimizer window (specforge/training/controller.py).
+   */
+  async #objective(train: boolean): Promise<void> {
+    const p = this.program, { lossType, dpaceAlpha } = this.opts;
+    await dflashRowStats(p, this.logits, this.inputs.labels, this.rowStats);
+    if (isDpace(lossType)) {
+      await dpaceWeights(p, { stats: this.rowStats, w: this.inputs.weights, omega: this.omega }, {
+        type: lossType,
+        blockSize: this.draft.config.blockSize,
+        alpha: dpaceAlpha,
+      });
+    }
+    if (train) {
+      const t = { logits: this.logits, labels: this.inputs.labels, stats: this.rowStats, omega: this.omega };
+      await dflashLossGradient(p, t, 1);
+    }
+  }
+}

@@ -1,0 +1,168 @@
+import assert from "node:assert/strict";
+import { assertClose, gpu, needsGpu } from "../gpu.ts";
+import { Golden } from "../golden.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { type DflashBlocks, dflashRanges } from "../../lib/ops/dflash_attention.ts";
+import type { DflashLossType } from "../../lib/ops/dflash_loss.ts";
+import { dflashTargetLayerIds, parseDflashConfig } from "../../lib/models/dflash_config.ts";
+import { DflashDraft, type DflashWeights } from "../../lib/models/dflash.ts";
+import {
+  dflashBlockInputs,
+  dflashDecayedWeights,
+  sampleDflashAnchors,
+} from "../../lib/models/dflash_blocks.ts";
+import { DflashStep } from "../../lib/models/dflash_step.ts";
+
+// tests/golden/make_dflash.py's draft (SpecForge's recipe §4.3.4): a sliding (W 3) then a full layer.
+const CONFIG = {
+  architectures: ["DFlashDraftModel"],
+  hidden_size: 16,
+  num_attention_heads: 2,
+  num_key_value_heads: 1,
+  head_dim: 8,
+  intermediate_size: 32,
+  num_hidden_layers: 2,
+  layer_types: ["sliding_attention", "full_attention"],
+  sliding_window: 3,
+  use_sliding_window: true,
+  num_target_layers: 4,
+  block_size: 3,
+  vocab_size: 32,
+  dflash_config: { target_layer_ids: [1, 2], mask_token_id: 31 },
+  rms_norm_eps: 1e-6,
+  rope_theta: 1e4,
+};
+
+Deno.test("dflash: SpecForge's target layer choice and anchor sampler", () => {
+  assert.deepEqual(dflashTargetLayerIds(36, 5), [1, 9, 17, 25, 33]);
+  assert.deepEqual(dflashTargetLayerIds(64, 5), [1, 16, 31, 46, 61]);
+  assert.deepEqual(dflashTargetLayerIds(36, 1), [18]);
+  const g = Golden.load("dflash");
+  const blocks = sampleDflashAnchors(g.f32("sampler.rand"), g.f32("sampler.loss_mask"), 2, 8, 4, 3);
+  assert.deepEqual([...blocks.anchors], g.ints("sampler.anchors"));
+  assert.deepEqual([...blocks.keep], g.ints("sampler.keep"));
+});
+
+const LOSSES: Array<[string, DflashLossType, number | null]> = [
+  ["dflash", "dflash", null],
+  ["dflash_gamma7", "dflash", 7],
+  ["dpace", "dpace", null],
+  ["dpace-cumulative-confidence-only", "dpace-cumulative-confidence-only", null],
+  ["dpace-continuation-value-only", "dpace-continuation-value-only", null],
+];
+
+Deno.test(
+  { name: "dflash: a training step equals the PyTorch golden (every loss type)", ...needsGpu },
+  async () => {
+    const g = Golden.load("dflash"), cfg = parseDflashConfig(CONFIG, "golden config");
+    const weights: DflashWeights = new Map();
+    for (const name of ["fc.weight", "hidden_norm.weight", "norm.weight"]) {
+      weights.set(
+        name,
+        g.f32(`w.${name}`),
+      );
+    }
+    for (let j = 0; j < 2; j++) {
+      for (const n of ["input_layernorm", "post_attention_layernorm"]) {
+        weights.set(`layers.${j}.${n}.weight`, g.f32(`w.layers.${j}.${n}.weight`));
+      }
+      for (const n of ["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"]) {
+        weights.set(`layers.${j}.self_attn.${n}.weight`, g.f32(`w.layers.${j}.self_attn.${n}.weight`));
+      }
+      for (const n of ["gate_proj", "up_proj", "down_proj"]) {
+        weights.set(`layers.${j}.mlp.${n}.weight`, g.f32(`w.layers.${j}.mlp.${n}.weight`));
+      }
+    }
+    const draft = DflashDraft.create(gpu!, cfg, { weights });
+    const embedding = Tensor.fromArray(gpu!, g.f32("embed"), [32, 16], "f32", "embed");
+    const lmHead = Tensor.fromArray(gpu!, g.f32("lm_head"), [32, 16], "f32", "lm_head");
+    const S = 8, nb = 2;
+    const blocks: DflashBlocks = {
+      batches: nb,
+      blocks: 3,
+      blockSize: 3,
+      anchors: Int32Array.from(g.ints("anchors")),
+      keep: Uint8Array.from(g.ints("keep")),
+    };
+    const ids = g.ints("input_ids"), mask = g.f32("loss_mask");
+    const host = dflashBlockInputs(cfg, blocks, ids, mask, S);
+    for (const [name, lossType, gamma] of LOSSES) {
+      const step = await DflashStep.build(draft, {
+        batches: nb,
+        seq: S,
+        blocks: 3,
+        lossType,
+        dpaceAlpha: 0.5,
+        embedding,
+        lmHead,
+      });
+      const inp = step.inputs, R0 = step.dims.blockRow0;
+      inp.features.write(g.f32("hidden"));
+      inp.noiseIds.write(host.noiseIds);
+      inp.labels.write(host.labels);
+      inp.weights.write(lossType === "dflash" ? dflashDecayedWeights(host.weights, 3, gamma) : host.weights);
+      inp.cos.write(host.cos);
+      inp.sin.write(host.sin);
+      inp.fullRanges.write(dflashRanges(blocks, S, null, R0).table);
+      inp.slidingRanges.write(dflashRanges(blocks, S, 3, R0).table);
+      await draft.zeroGrads();
+      step.run();
+      const stats = await step.rowStats.readFloat(), omega = await step.omega.readFloat();
+      let num = 0, den = 0, correct = 0, wsum = 0;
+      for (let r = 0; r < omega.length; r++) {
+        num += omega[r] * stats[3 * r + 1];
+        den += omega[r];
+        correct += host.weights[r] > 0.5 ? stats[3 * r + 2] : 0;
+        wsum += host.weights[r];
+      }
+      if (lossType !== "dflash") den = nb;
+      assertClose(await step.hidden.readFloat(), g.f32("out"), `${name}: the draft's output`, {
+        atol: 2e-5,
+        rtol: 1e-4,
+      });
+      assertClose(
+        [num, num / den, correct / wsum],
+        [
+          g.f32(`${name}.loss_num`)[0],
+          g.f32(`${name}.loss`)[0],
+          g.f32(`${name}.accuracy`)[0],
+        ],
+        `${name}: loss numerator, loss, accuracy`,
+        { atol: 1e-5, rtol: 1e-5 },
+      );
+      const grads = await draft.getGrads();
+      for (const [param, grad] of grads) {
+        const want = g.f32(`${name}.grad.${param}`), scale = Math.max(...want.map(Math.abs));
+        assertClose(grad.map((x) => x / den), want, `${name}: ∂loss/∂${param}`, {
+          atol: 2e-5 * scale,
+          rtol: 1e-4,
+        });
+      }
+      step.destroy();
+    }
+    const evalStep = await DflashStep.build(draft, {
+      batches: nb,
+      seq: S,
+      blocks: 3,
+      lossType: "dflash",
+      dpaceAlpha: 0.5,
+      embedding,
+      lmHead,
+    }, false);
+    const inp = evalStep.inputs;
+    inp.features.write(g.f32("hidden"));
+    inp.noiseIds.write(host.noiseIds);
+    inp.labels.write(host.labels);
+    inp.weights.write(host.weights);
+    inp.cos.write(host.cos);
+    inp.sin.write(host.sin);
+    inp.fullRanges.write(dflashRanges(blocks, S, null, evalStep.dims.blockRow0).table);
+    inp.slidingRanges.write(dflashRanges(blocks, S, 3, evalStep.dims.blockRow0).table);
+    evalStep.run();
+    assertClose(await evalStep.logits.readFloat(), g.f32("logits"), "logits", { atol: 5e-5, rtol: 1e-4 });
+    evalStep.destroy();
+    draft.destroy();
+    embedding.destroy();
+    lmHead.destroy();
+  },
+);
