@@ -9,8 +9,11 @@
  *                   s_k = (1−α)·exp(−ce_k) + α where w_k > 0, else 1; P_k = Π_{i≤k} s_i;
  *                   U_k = Σ_{m≥k} P_m·w_m; ω_k = w_k·U_k (dpace), w_k·P_k (cumulative confidence only) or
  *                   w_k·U_k / max(P_k, tiny) (continuation value only); one invocation per block
- *   `gradient`:     ∂(scale · Σ_r ω_r·ce_r)/∂z = scale·ω_r·(softmax(z) − onehot(y)), one invocation per element;
- *                   it may overwrite the logits (each element is read, then written, by one invocation)
+ *   `gradient`:     ∂(scale · Σ_r ω_r·ce_r)/∂z = scale·ω_r·(softmax(z) − onehot(y)), one invocation per element,
+ *                   scale read from a one-element buffer the host writes before each run; it overwrites the
+ *                   logits (each element is read, then written, by one invocation)
+ *   `slotSums`:     per block slot k, added to sums [B, 4]: Σ w·ce, Σ w, Σ [argmax = y]·[w > 0.5], Σ ω·ce over
+ *                   the rows of that slot (the metrics per block position, read at log intervals)
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
 
@@ -90,15 +93,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 `;
 
-/** Bindings: params, logits (read-write: the gradient overwrites them), labels, stats, omega. */
+/** Bindings: params, logits (read-write: the gradient overwrites them), labels, stats, omega, scale. */
 export const gradient = /* wgsl */ `
-struct Params { rows: u32, vocab: u32, scale: f32, _a: u32 }
+struct Params { rows: u32, vocab: u32, _a: u32, _b: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 @group(0) @binding(3) var<storage, read> stats: array<f32>;
 @group(0) @binding(4) var<storage, read> omega: array<f32>;
+@group(0) @binding(5) var<storage, read> scale: array<f32>;
 
 @compute @workgroup_size(${DFLASH_LOSS_WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -108,6 +112,28 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let r = i / p.vocab;
   let v = i % p.vocab;
   let onehot = select(0.0, 1.0, v == u32(labels[r]));
-  logits[i] = p.scale * omega[r] * (exp(logits[i] - stats[3u * r]) - onehot);
+  logits[i] = scale[0] * omega[r] * (exp(logits[i] - stats[3u * r]) - onehot);
+}
+`;
+
+/** Bindings: params, stats, w, omega, sums (read-write, [B, 4], accumulated). */
+export const slotSums = /* wgsl */ `
+struct Params { rows: u32, block_size: u32, _a: u32, _b: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> stats: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> omega: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sums: array<f32>;
+
+@compute @workgroup_size(${DFLASH_LOSS_WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let k = gid.x;
+  if (k >= p.block_size) { return; }
+  var acc = vec4<f32>(0.0);
+  for (var r = k; r < p.rows; r += p.block_size) {
+    let ce = stats[3u * r + 1u];
+    acc += vec4<f32>(w[r] * ce, w[r], select(0.0, stats[3u * r + 2u], w[r] > 0.5), omega[r] * ce);
+  }
+  for (var i = 0u; i < 4u; i++) { sums[4u * k + i] += acc[i]; }
 }
 `;

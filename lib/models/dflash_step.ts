@@ -23,8 +23,7 @@ import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsn
 import { ropeBackward, ropeForward, ropeTable } from "../ops/rope.ts";
 import { swigluBackward, swigluForward } from "../ops/swiglu.ts";
 import { accumulate } from "../ops/elementwise.ts";
-import { embeddingRows } from "../ops/row_split.ts";
-import { asRowSplit, type RowSplitMatrix } from "../ops/row_split.ts";
+import { asRowSplit, embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
 import {
   dflashAttentionBackward,
   type DflashAttentionDims,
@@ -35,10 +34,11 @@ import {
   dflashLossGradient,
   type DflashLossType,
   dflashRowStats,
+  dflashSlotSums,
   dpaceWeights,
   isDpace,
+  SLOT_SUM_COLS,
 } from "../ops/dflash_loss.ts";
-import type { DflashConfig } from "./dflash_config.ts";
 import { type DflashDraft, dflashLayerNames } from "./dflash.ts";
 
 /** The shape and settings of a {@link DflashStep}. */
@@ -57,6 +57,8 @@ export interface DflashStepOptions {
   embedding: Tensor | RowSplitMatrix;
   /** The frozen target lm_head [V, H]. */
   lmHead: Tensor;
+  /** The captured target features [C, K·H] to read (the target forward's output); absent: the step's own. */
+  features?: Tensor;
 }
 
 /** One layer's saved activations. */
@@ -91,8 +93,12 @@ export interface DflashStepInputs {
   noiseIds: Tensor;
   /** Labels [R] (i32). */
   labels: Tensor;
-  /** w [R] (D-PACE) or ω = w·d_k [R] (`dflash`). */
+  /** w [R]. */
   weights: Tensor;
+  /** ω = w·d_k [R] for `dflash` (the host writes it; D-PACE computes its own). */
+  omega: Tensor;
+  /** s [1]: the loss gradient is that of s·Σ ω·CE (1/Σ den over the optimizer window). */
+  gradScale: Tensor;
   /** RoPE rows of the block positions [R, hd/2]. */
   cos: Tensor;
   /** As cos. */
@@ -109,8 +115,10 @@ export class DflashStep {
   readonly inputs: DflashStepInputs;
   /** Per row: lse, CE, [argmax = label] [R, 3], after a run. */
   readonly rowStats: Tensor;
-  /** The loss weights ω [R] the objective used (the input weights themselves for `dflash`), after a run. */
-  readonly omega: Tensor;
+  /** Per block slot: Σ w·ce, Σ w, Σ correct·[w > 0.5], Σ ω·ce [B, 4], accumulated over runs until reset. */
+  readonly sums: Tensor;
+  /** Runs since the last {@link resetSums}. */
+  runs = 0;
   /** RMSNorm_final(h_L) [R, H], after a run. */
   readonly hidden: Tensor;
   /** The logits [R, V] until the backward overwrites them with their gradient. */
@@ -139,17 +147,20 @@ export class DflashStep {
     const f32 = (shape: number[], label: string) => program.scratch(shape, "f32", label);
     const tableLength = R * 4 + (R0 + R) * 2;
     this.inputs = {
-      features: f32([C, cfg.targetLayerIds.length * cfg.hiddenSize], "features"),
+      features: opts.features ?? f32([C, cfg.targetLayerIds.length * cfg.hiddenSize], "features"),
       noiseIds: program.scratch([R], "i32", "noise ids"),
       labels: program.scratch([R], "i32", "labels"),
       weights: f32([R], "weights"),
+      omega: f32([R], "omega"),
+      gradScale: f32([1], "gradient scale"),
       cos: f32([R, cfg.headDim / 2], "block cos"),
       sin: f32([R, cfg.headDim / 2], "block sin"),
       fullRanges: program.scratch([tableLength], "u32", "full ranges"),
       slidingRanges: program.scratch([tableLength], "u32", "sliding ranges"),
     };
     this.rowStats = f32([R, 3], "row stats");
-    this.omega = isDpace(opts.lossType) ? f32([R], "omega") : this.inputs.weights;
+    this.sums = f32([cfg.blockSize, SLOT_SUM_COLS], "slot sums");
+    this.sums.write(new Float32Array(this.sums.size));
     this.hidden = f32([R, cfg.hiddenSize], "final hidden");
     this.logits = f32([R, cfg.vocabSize], "logits");
   }
@@ -164,6 +175,13 @@ export class DflashStep {
   /** Submits the program (no sync). */
   run(): void {
     this.program.run();
+    this.runs++;
+  }
+
+  /** Zeroes {@link sums}. */
+  resetSums(): void {
+    this.sums.write(new Float32Array(this.sums.size));
+    this.runs = 0;
   }
 
   /** Frees every tensor of the step. */
@@ -473,16 +491,17 @@ export class DflashStep {
   async #objective(train: boolean): Promise<void> {
     const p = this.program, { lossType, dpaceAlpha } = this.opts;
     await dflashRowStats(p, this.logits, this.inputs.labels, this.rowStats);
+    const { weights: w, omega, labels, gradScale: scale } = this.inputs;
     if (isDpace(lossType)) {
-      await dpaceWeights(p, { stats: this.rowStats, w: this.inputs.weights, omega: this.omega }, {
+      await dpaceWeights(p, { stats: this.rowStats, w, omega }, {
         type: lossType,
         blockSize: this.draft.config.blockSize,
         alpha: dpaceAlpha,
       });
     }
+    await dflashSlotSums(p, { stats: this.rowStats, w, omega, sums: this.sums }, this.draft.config.blockSize);
     if (train) {
-      const t = { logits: this.logits, labels: this.inputs.labels, stats: this.rowStats, omega: this.omega };
-      await dflashLossGradient(p, t, 1);
+      await dflashLossGradient(p, { logits: this.logits, labels, stats: this.rowStats, omega, scale });
     }
   }
 }

@@ -66,17 +66,37 @@ export async function dpaceWeights(
   );
 }
 
-/** Records logits ← scale·ω_r·(softmax(z_r) − onehot(y_r)), the gradient of scale·Σ ω·CE, in place. */
+/**
+ * Records logits ← s·ω_r·(softmax(z_r) − onehot(y_r)), the gradient of s·Σ ω·CE, in place; s is `scale[0]`,
+ * a one-element f32 tensor read when the program runs.
+ */
 export async function dflashLossGradient(
   p: Program,
-  t: { logits: Tensor; labels: Tensor; stats: Tensor; omega: Tensor },
-  scale: number,
+  t: { logits: Tensor; labels: Tensor; stats: Tensor; omega: Tensor; scale: Tensor },
 ): Promise<void> {
   const [rows, vocab] = t.logits.shape;
+  expectShape("dflashLossGradient", "scale", t.scale, [1]);
   await p.add(
     { name: "dflash_loss.gradient", code: K.gradient, entryPoint: "main" },
-    [params(["u32", rows], ["u32", vocab], ["f32", scale], ["u32", 0]), t.logits, t.labels, t.stats, t.omega],
+    [params(["u32", rows], ["u32", vocab], ["u32", 0], ["u32", 0]), t.logits, t.labels, t.stats, t.omega, t.scale],
     Math.ceil((rows * vocab) / K.DFLASH_LOSS_WG),
+  );
+}
+
+/** Columns of {@link dflashSlotSums}' sums per block slot: Σ w·ce, Σ w, Σ correct·[w > 0.5], Σ ω·ce. */
+export const SLOT_SUM_COLS = 4;
+
+/** Records sums [B, 4] += the per-slot sums of the row stats (see kernels/dflash_loss.ts `slotSums`). */
+export async function dflashSlotSums(
+  p: Program,
+  t: { stats: Tensor; w: Tensor; omega: Tensor; sums: Tensor },
+  blockSize: number,
+): Promise<void> {
+  expectShape("dflashSlotSums", "sums", t.sums, [blockSize, SLOT_SUM_COLS]);
+  await p.add(
+    { name: "dflash_loss.slot_sums", code: K.slotSums, entryPoint: "main" },
+    [params(["u32", t.w.shape[0]], ["u32", blockSize], ["u32", 0], ["u32", 0]), t.stats, t.w, t.omega, t.sums],
+    Math.ceil(blockSize / K.DFLASH_LOSS_WG),
   );
 }
 
