@@ -16,7 +16,15 @@ import { TargetModel } from "../models/target.ts";
 import { loadDraftDirectory, type LoadedDraft } from "./draft_dir.ts";
 import { type EvalReportFiles, evalSummary, writeEvalReport } from "./report.ts";
 import type { EvalSettings } from "./settings.ts";
-import { runSpeculativeEval, type SpeculativeEvalResult, summarizeSpeculativeEval } from "./speculative.ts";
+import {
+  runDecoderEval,
+  runSpeculativeEval,
+  type SpeculativeEvalResult,
+  summarizeSpeculativeEval,
+} from "./speculative.ts";
+import { loadDflashExport } from "../models/dflash_export.ts";
+import { DflashDraft } from "../models/dflash.ts";
+import { DflashDecoder } from "./dflash_speculative.ts";
 import { SINGLE_PROCESS, type World } from "../dist/world.ts";
 import { gatherJson } from "../dist/gather.ts";
 
@@ -158,6 +166,9 @@ async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Prom
   );
   const prompts = await readPrompts(s.dataPath, tokenizer, s.numSamples, s.maxPromptLen);
   const draftPath = s.draftModelPath;
+  if (draftPath !== "random" && await isDflashDirectory(draftPath)) {
+    return await evaluateDflash(gpu, s, { ...ctx, log }, { targetDir, tokenizer, prompts });
+  }
   let loaded: LoadedDraft | null = null;
   if (draftPath !== "random") {
     loaded = await loadDraftDirectory(gpu, draftPath);
@@ -223,6 +234,78 @@ async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Prom
     );
     return { summary, files };
   } finally {
+    target.destroy();
+  }
+}
+
+/** Whether `dir`'s config.json names a DFlash draft (`architectures: ["DFlashDraftModel"]`). */
+async function isDflashDirectory(dir: string): Promise<boolean> {
+  try {
+    const json = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
+    return Array.isArray(json.architectures) && json.architectures.includes("DFlashDraftModel");
+  } catch {
+    return false; // the EAGLE-3 loader reports a missing or broken config.json
+  }
+}
+
+/**
+ * A DFlash draft's evaluation (lib/eval/dflash_speculative.ts): the target captures the draft's
+ * `target_layer_ids`, each round drafts one block; the same report as EAGLE-3's, with the block's B − 1
+ * drafted tokens as the draft positions (--num-steps and --topk do not apply).
+ */
+async function evaluateDflash(
+  gpu: Gpu,
+  s: EvalSettings,
+  ctx: EvalContext & { log: (line: string) => void },
+  d: { targetDir: string; tokenizer: ChatTokenizer | null; prompts: number[][] },
+): Promise<EvaluatedDraft> {
+  const { config, weights } = await loadDflashExport(s.draftModelPath);
+  const targetConfig = await loadTargetConfig(join(d.targetDir, "config.json"));
+  if (config.hiddenSize !== targetConfig.hiddenSize || config.vocabSize !== targetConfig.vocabSize) {
+    throw new ConfigError(
+      `${s.draftModelPath}: a DFlash draft of hidden_size ${config.hiddenSize}, vocab_size ${config.vocabSize} ` +
+        `cannot run with target ${d.targetDir} (${targetConfig.hiddenSize}, ${targetConfig.vocabSize})`,
+    );
+  }
+  const target = await TargetModel.load(gpu, d.targetDir, {
+    auxLayers: config.targetLayerIds,
+    anyAuxCount: true,
+  });
+  const draft = DflashDraft.create(gpu, config, { weights });
+  try {
+    ctx.log(
+      `target ${d.targetDir}, DFlash draft ${s.draftModelPath} (block ${config.blockSize}); ` +
+        `${d.prompts.length} prompts, temperature ${s.temperature} on ${gpu.info.description || "WebGPU"}`,
+    );
+    const result = await runDecoderEval(target, new DflashDecoder(target, draft), d.prompts, {
+      temperature: s.temperature,
+      topP: s.topP,
+      maxNewTokens: s.maxNewTokens,
+      seed: s.seed,
+      measureSpeed: !s.noSpeed,
+      onSample: (i, r) =>
+        ctx.log(
+          `sample ${
+            i + 1
+          }/${d.prompts.length}: ${r.output.tokens.length} tokens in ${r.output.rounds.length} rounds`,
+        ),
+    });
+    const summary = evalSummary(result, {
+      target_model_path: d.targetDir,
+      draft_model_path: s.draftModelPath,
+      data_path: s.dataPath,
+      device: gpu.info.description || gpu.info.vendor || "WebGPU",
+    });
+    const tok = d.tokenizer;
+    const files = await writeEvalReport(
+      s.outputDir,
+      result,
+      summary,
+      tok ? (ids) => tok.decode(ids) : undefined,
+    );
+    return { summary, files };
+  } finally {
+    draft.destroy();
     target.destroy();
   }
 }

@@ -269,7 +269,8 @@ function range(n: number): number[] {
 }
 
 /** Inverse-CDF draw from a normalised distribution. */
-function drawToken(p: Float64Array, u: number): number {
+/** The index whose cumulative probability (over the positive entries) first exceeds u. */
+export function drawToken(p: Float64Array, u: number): number {
   let acc = 0, last = 0;
   for (let i = 0; i < p.length; i++) {
     if (p[i] <= 0) continue;
@@ -425,15 +426,39 @@ export interface SpeculativeEvalResult {
  * temperature 0, an exact comparison of the outputs. Speeds count new tokens after the first (which the
  * prefill yields in both methods) over the decode time, with every program built by an untimed run first.
  */
-export async function runSpeculativeEval(
+export function runSpeculativeEval(
   target: TargetModel,
   draft: Eagle3Draft,
   prompts: number[][],
   opts: SpeculativeEvalOptions,
 ): Promise<SpeculativeEvalResult> {
+  return runDecoderEval(
+    target,
+    new SpeculativeDecoder(target, draft, opts.draftToTarget, opts),
+    prompts,
+    opts,
+  );
+}
+
+/** What generates speculatively for {@link runDecoderEval}: an EAGLE-3 or a DFlash decoder. */
+export interface SpeculativeGenerator {
+  /** The speculation settings (DFlash: a chain of block size − 1 drafts). */
+  readonly config: ResolvedSpeculativeConfig;
+  /** One sequence after `prompt`. */
+  generate(prompt: number[], opts: SpeculativeGenerateOptions): Promise<SpeculativeOutput>;
+  /** Frees the decoder's sessions. */
+  destroy(): void;
+}
+
+/** {@link runSpeculativeEval} with any {@link SpeculativeGenerator} (which it destroys at the end). */
+export async function runDecoderEval(
+  target: TargetModel,
+  dec: SpeculativeGenerator,
+  prompts: number[][],
+  opts: Omit<SpeculativeEvalOptions, "draftToTarget" | "numSteps" | "topk">,
+): Promise<SpeculativeEvalResult> {
   const measure = opts.measureSpeed ?? true;
   const temperature = opts.temperature ?? 0;
-  const dec = new SpeculativeDecoder(target, draft, opts.draftToTarget, opts);
   const gen = new Generator(target);
   const samples: SampleResult[] = [];
   try {

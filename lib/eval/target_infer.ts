@@ -59,7 +59,7 @@ interface CompactProgram {
 export class TargetSession {
   readonly k: Tensor[];
   readonly v: Tensor[];
-  /** Aux hidden states [auxRows, 3H] of the last prefill (rows 0..L−1) or verify (rows 0..N−1). */
+  /** Aux hidden states [auxRows, (aux layers)·H] of the last prefill (rows 0..L−1) or verify (rows 0..N−1). */
   readonly aux: Tensor;
   /** i32 [1]: the cached prefix length of the next verify or compaction. */
   readonly #prefix: Tensor;
@@ -79,7 +79,12 @@ export class TargetSession {
     const shape = [maxLen, cfg.numKvHeads, cfg.headDim];
     this.k = model.layers.map((_, l) => Tensor.zeros(gpu, shape, "f32", `spec target k cache ${l}`));
     this.v = model.layers.map((_, l) => Tensor.zeros(gpu, shape, "f32", `spec target v cache ${l}`));
-    this.aux = Tensor.empty(gpu, [auxRows, 3 * cfg.hiddenSize], "f32", "spec target aux");
+    this.aux = Tensor.empty(
+      gpu,
+      [auxRows, model.auxLayers.length * cfg.hiddenSize],
+      "f32",
+      "spec target aux",
+    );
     this.#prefix = Tensor.empty(gpu, [1], "i32", "spec target prefix");
     this.#lengths = Tensor.empty(gpu, [1], "i32", "spec target lengths");
   }
@@ -144,7 +149,7 @@ export class TargetSession {
     const p = new Program(model.gpu, `spec target prefill L=${L}`);
     try {
       const ids = p.scratch([L], "i32", "ids");
-      const aux = this.aux.view(0, [L, 3 * H]);
+      const aux = this.aux.view(0, [L, model.auxLayers.length * H]);
       const x = await recordTrunk(p, model, {
         batch: 1,
         queryLen: L,
@@ -186,7 +191,7 @@ export class TargetSession {
       const ids = p.scratch([N], "i32", "ids");
       const positions = p.scratch([N], "i32", "positions");
       const mask = p.scratch([N, N], "u32", "tree mask");
-      const aux = this.aux.view(0, [N, 3 * H]);
+      const aux = this.aux.view(0, [N, model.auxLayers.length * H]);
       const x = p.scratch([N, H], "f32", "residual");
       const scratch = layerScratch(p, cfg, [N]);
       await recordEmbedding(p, cfg, model.embed, ids, x, scratch);
@@ -267,7 +272,7 @@ export class TargetSession {
 /** Copies the residual stream after `layer` into every aux slot that names it. */
 async function captureAux(p: Program, model: TargetModel, layer: number, hidden: Tensor, aux: Tensor) {
   const H = model.config.hiddenSize;
-  for (let s = 0; s < 3; s++) {
+  for (let s = 0; s < model.auxLayers.length; s++) {
     if (model.auxLayers[s] === layer) await copyColumns(p, hidden, aux, s * H);
   }
 }

@@ -1155,8 +1155,10 @@ export function specForgeDefaultAuxLayers(numLayers: number): number[] {
  * the states are concatenated and in which SGLang captures them), or merely ascending for targets of fewer than
  * three layers, where a repeat is unavoidable. Returns them; throws naming the problem.
  */
-export function checkAuxLayers(layers: number[], numLayers: number): number[] {
-  if (layers.length !== 3) throw new ConfigError(`aux layers must be 3 layer ids, got [${layers}]`);
+export function checkAuxLayers(layers: number[], numLayers: number, count: number | null = 3): number[] {
+  if (count !== null ? layers.length !== count : layers.length === 0) {
+    throw new ConfigError(`aux layers must be ${count ?? "one or more"} layer ids, got [${layers}]`);
+  }
   for (const l of layers) {
     if (!Number.isSafeInteger(l) || l < 0 || l >= numLayers) {
       throw new ConfigError(
@@ -1166,8 +1168,8 @@ export function checkAuxLayers(layers: number[], numLayers: number): number[] {
   }
   // Three distinct layers exist only when N >= 3; shallower targets may repeat one (e.g. [0, 1, 1]).
   const ascending = numLayers >= 3
-    ? layers[0] < layers[1] && layers[1] < layers[2]
-    : layers[0] <= layers[1] && layers[1] <= layers[2];
+    ? layers.every((l, i) => i === 0 || layers[i - 1] < l)
+    : layers.every((l, i) => i === 0 || layers[i - 1] <= l);
   if (!ascending) {
     throw new ConfigError(
       `aux layers [${layers}] must be ${numLayers >= 3 ? "strictly ascending" : "ascending"}`,

@@ -12,7 +12,9 @@ import { ropeTable } from "../ops/rope.ts";
  * `_sample_anchor_positions` from a uniform matrix `rand` [nb, S − 1] (what `torch.rand` gives SpecForge):
  * candidates are positions a ≤ S − 2 with mask[a] = mask[a + 1] = 1; N = min(numAnchors, the largest count);
  * each sample takes its N smallest draws among its candidates (fewer when it has fewer: the rest are dropped
- * blocks, anchor 0), in ascending position order.
+ * blocks, anchor 0), in ascending position order. `width` pads every sample to that many blocks (dropped ones
+ * after its own; at least N), so that batches of one shape share a program; null when no sample has a
+ * candidate (SpecForge raises).
  */
 export function sampleDflashAnchors(
   rand: ArrayLike<number>,
@@ -21,26 +23,26 @@ export function sampleDflashAnchors(
   seq: number,
   numAnchors: number,
   blockSize: number,
-): DflashBlocks {
+  width?: number,
+): DflashBlocks | null {
   const valid = (b: number, a: number) => lossMask[b * seq + a] > 0.5 && lossMask[b * seq + a + 1] > 0.5;
   const counts = Array.from({ length: batches }, (_, b) => {
     let n = 0;
     for (let a = 0; a < seq - 1; a++) n += valid(b, a) ? 1 : 0;
     return n;
   });
-  const N = Math.min(numAnchors, Math.max(0, ...counts));
-  if (N === 0) {
-    throw new RangeError(
-      "dflash: no sample of the batch has two consecutive supervised tokens to anchor a block",
-    );
+  const chosenPerSample = Math.min(numAnchors, Math.max(0, ...counts));
+  if (chosenPerSample === 0) return null;
+  if (width !== undefined && width < chosenPerSample) {
+    throw new RangeError(`dflash: ${width} blocks per sample cannot hold ${chosenPerSample} anchors`);
   }
+  const N = width ?? chosenPerSample;
   const anchors = new Int32Array(batches * N), keep = new Uint8Array(batches * N);
   for (let b = 0; b < batches; b++) {
     const cand = [];
     for (let a = 0; a < seq - 1; a++) if (valid(b, a)) cand.push(a);
     cand.sort((x, y) => rand[b * (seq - 1) + x] - rand[b * (seq - 1) + y] || x - y);
-    const chosen = cand.slice(0, N).sort((x, y) => x - y);
-    chosen.forEach((a, n) => {
+    cand.slice(0, chosenPerSample).sort((x, y) => x - y).forEach((a, n) => {
       anchors[b * N + n] = a;
       keep[b * N + n] = 1;
     });

@@ -42,8 +42,10 @@ import { sglangToSpeculators, type SpeculatorsOptions } from "./export_speculato
 /** Dtypes an export can store its float weights in. */
 export type ExportDtype = "bf16" | "f16" | "f32";
 
-const SAFETENSORS_DTYPE = { bf16: "BF16", f16: "F16", f32: "F32" } as const;
-const TORCH_DTYPE = { bf16: "bfloat16", f16: "float16", f32: "float32" } as const;
+/** The safetensors dtype of each export dtype. */
+export const SAFETENSORS_DTYPE = { bf16: "BF16", f16: "F16", f32: "F32" } as const;
+/** The config.json `torch_dtype` of each export dtype. */
+export const TORCH_DTYPE = { bf16: "bfloat16", f16: "float16", f32: "float32" } as const;
 
 export { ExportError } from "./export_error.ts";
 

@@ -120,6 +120,8 @@ export function layerTensors(w: TargetLayerWeights): Tensor[] {
 export interface TargetLoadOptions {
   /** The three layers whose outputs are captured (default: [1, N/2−1, N−4], or a documented choice for N < 7). */
   auxLayers?: number[];
+  /** Any number (≥ 1) of ascending aux layers instead of three (a DFlash draft's `target_layer_ids`). */
+  anyAuxCount?: boolean;
   /** Longest sequence (positions) the RoPE table covers (default: max_position_embeddings). */
   maxPositions?: number;
   /** Split matrices larger than this many bytes into row blocks (default: the device's binding limit). */
@@ -130,7 +132,7 @@ export interface TargetLoadOptions {
 
 /** What a forward produces; everything not asked for is skipped. */
 export interface TargetOutputs {
-  /** The residual streams after the aux layers, concatenated: [B·T, 3·H]. */
+  /** The residual streams after the aux layers, concatenated: [B·T, (aux layers)·H]. */
   aux?: boolean;
   /** The final post-norm hidden state [B·T, H]. */
   finalHidden?: boolean;
@@ -187,7 +189,7 @@ export class TargetModel implements HeadSource {
       const n = config.numLayers;
       let auxLayers: number[];
       if (opts.auxLayers) {
-        auxLayers = checkAuxLayers(opts.auxLayers, n);
+        auxLayers = checkAuxLayers(opts.auxLayers, n, opts.anyAuxCount ? null : 3);
       } else {
         const choice = defaultAuxLayers(n);
         auxLayers = choice.layers;
@@ -428,7 +430,8 @@ export class TargetForward extends ForwardTensors {
     const cfg = model.config;
     const rows = batch * seqLen;
     const H = cfg.hiddenSize;
-    if (outputs.aux) this.aux = p.scratch([rows, 3 * H], "f32", "aux hidden states");
+    const nAux = model.auxLayers.length;
+    if (outputs.aux) this.aux = p.scratch([rows, nAux * H], "f32", "aux hidden states");
     const x = await recordTrunk(p, model, {
       batch,
       queryLen: seqLen,
@@ -439,7 +442,7 @@ export class TargetForward extends ForwardTensors {
         ? async (layer, hidden) => {
           const slot = model.auxLayers.indexOf(layer);
           // A shallow target may repeat a layer id; every slot holding it gets the copy.
-          for (let s = slot; s >= 0 && s < 3; s = model.auxLayers.indexOf(layer, s + 1)) {
+          for (let s = slot; s >= 0 && s < nAux; s = model.auxLayers.indexOf(layer, s + 1)) {
             await copyColumns(p, hidden, this.aux!, s * H);
           }
         }

@@ -97,6 +97,80 @@ export const TRAIN_OPTIONS = {
     help:
       "eagle3.1-lk: a derived draft is EAGLE-3.1 (fc_norm, norm_output), its lm_head and norm start from the target's, LK lambda loss (the recipe's best measured with AdamW); eagle3: SpecForge's EAGLE-3 exactly (derived EAGLE-3 draft, random lm_head, KL loss). Flags given beside it win; a --draft-model-config keeps its own architecture",
   },
+  "draft-type": {
+    kind: "choice",
+    choices: ["eagle3", "dflash"],
+    default: "eagle3",
+    section: "model",
+    help:
+      "eagle3: an EAGLE-3 draft with training-time test (the settings above and below); dflash: a DFlash draft (block-parallel drafting; SpecForge `specforge/modeling/draft/dflash.py`) with the --block-size, --num-draft-layers, --target-layer-ids, --mask-token-id, --sliding-window, --num-anchors, --loss-type, --loss-decay-gamma and --dpace-alpha settings; train-online only for now",
+  },
+  "block-size": {
+    kind: "int",
+    default: 16,
+    min: 2,
+    section: "model",
+    help: "dflash: tokens per block, the anchor and block-size − 1 drafted tokens (SpecForge's recipes: 16)",
+  },
+  "num-draft-layers": {
+    kind: "int",
+    default: 1,
+    min: 1,
+    section: "model",
+    help: "dflash: draft decoder layers (SpecForge's derived default 1; its Qwen3-8B recipe 5)",
+  },
+  "target-layer-ids": {
+    kind: "ints",
+    default: null,
+    min: 0,
+    section: "model",
+    help:
+      "dflash: target layers whose outputs the draft reads, ascending (default: SpecForge's build_target_layer_ids for --num-draft-layers layers)",
+  },
+  "mask-token-id": {
+    kind: "int",
+    default: null,
+    min: 0,
+    section: "model",
+    help:
+      "dflash: the token of a block's undrafted slots (default: the first embedding row past the tokenizer's vocabulary, else the pad token, else eos, as SpecForge's resolve_mask_token_id)",
+  },
+  "sliding-window": {
+    kind: "int",
+    default: null,
+    min: 1,
+    section: "model",
+    help: "dflash: every layer but the last attends a window of this many positions (default: all layers full)",
+  },
+  "num-anchors": {
+    kind: "int",
+    default: 512,
+    min: 1,
+    section: "training",
+    help: "dflash: blocks per sample, anchored at random supervised positions (SpecForge's default 512)",
+  },
+  "loss-type": {
+    kind: "choice",
+    choices: ["dflash", "dpace", "dpace-cumulative-confidence-only", "dpace-continuation-value-only"],
+    default: "dflash",
+    section: "training",
+    help:
+      "dflash: the objective: dflash (weighted CE, optionally decayed along the block) or D-PACE's acceptance-weighted variants (arXiv 2605.18810)",
+  },
+  "loss-decay-gamma": {
+    kind: "float",
+    default: null,
+    min: 0,
+    section: "training",
+    help: "dflash: weight slot k's loss exp(−(k−1)/gamma) (SpecForge's recipe: 7 for block size 16); unset: no decay",
+  },
+  "dpace-alpha": {
+    kind: "float",
+    default: 0.5,
+    min: 0,
+    section: "training",
+    help: "dflash: D-PACE's α in s_k = (1−α)·p_k + α",
+  },
   "draft-model-config": {
     kind: "string",
     default: null,

@@ -223,10 +223,10 @@ async function resolveAuxLayers(
 }
 
 /** The data of a run and the fingerprint items it determines (data, tokenizer, template). */
-type RunData = Pick<RunSetup, "offline" | "train" | "eval"> & { fingerprint: RunFingerprint };
+export type RunData = Pick<RunSetup, "offline" | "train" | "eval"> & { fingerprint: RunFingerprint };
 
 /** Online data: tokenized with the target's tokenizer and the chat template, through the cache. */
-async function tokenizeData(s: TrainSettings, targetDir: string, note: Note): Promise<RunData> {
+export async function tokenizeData(s: TrainSettings, targetDir: string, note: Note): Promise<RunData> {
   if (!s.trainDataPath) throw new ConfigError("--train-data-path is required for online training");
   const template = templates.get(s.chatTemplate);
   const tokenizer = await loadTokenizer(targetDir);

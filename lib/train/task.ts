@@ -6,10 +6,11 @@
 import { Gpu } from "../gpu/device.ts";
 import { hubOptionsFromEnv } from "../io/hub.ts";
 import { type World, worldFromEnv } from "../dist/world.ts";
-import { parseTrainArgs, type TrainSettings, trainUsage } from "./config.ts";
+import { parseTrainArgs, TrainConfigError, type TrainSettings, trainUsage } from "./config.ts";
 import { planTrainingRun, trainOffline, trainOnline } from "./trainer.ts";
 import { checkPlanFits, formatPlan } from "../models/memory_plan.ts";
 import { ProgressPrinter, simulatedAcceptanceLength } from "./metrics.ts";
+import { trainDflashOnline } from "./dflash_trainer.ts";
 
 /**
  * Runs `task` with command-line arguments `argv` (errors are thrown, for lib/cli/run.ts to print). Under
@@ -46,6 +47,7 @@ async function trainOnRank(
   const ranks = world.size > 1 ? `, rank ${world.rank} of ${world.size}` : "";
   say(`${task} on ${gpu.describe()}${ranks}${configFile ? ` (settings from ${configFile})` : ""}`);
   try {
+    if (settings.draftType === "dflash") return await trainDflash(task, gpu, settings, say);
     if (settings.dryRun) {
       const { plan, limits } = await planTrainingRun(gpu, {
         settings,
@@ -75,4 +77,23 @@ async function trainOnRank(
   } finally {
     gpu.destroy();
   }
+}
+
+/** `--draft-type dflash`: online DFlash training (lib/train/dflash_trainer.ts), one rank. */
+async function trainDflash(
+  task: "train-online" | "train-offline",
+  gpu: Gpu,
+  settings: TrainSettings,
+  say: (line: string) => void,
+): Promise<void> {
+  if (task !== "train-online") {
+    throw new TrainConfigError("--draft-type dflash: train-offline is not supported for DFlash drafts yet");
+  }
+  const r = await trainDflashOnline(gpu, { settings, hub: hubOptionsFromEnv(Deno.env.toObject()) });
+  const last = r.lastEval ?? r.lastTrain;
+  const summary = last
+    ? ` ${last.split} acc per block slot ${last.acc.map((a) => a.toFixed(3)).join(" ")}`
+    : "";
+  say(`done: ${r.updates} updates;${summary}`);
+  if (r.checkpoint) say(`DFlash draft (SGLang, vLLM): ${r.checkpoint}`);
 }

@@ -372,7 +372,7 @@ function lkOf(s: TrainSettings): LkLossOptions | null {
 }
 
 /** The run's Muon settings (null: AdamW alone): speculators' defaults with the run's lr, momentum and decay. */
-function muonOf(s: TrainSettings): MuonSettings | null {
+export function muonOf(s: TrainSettings): MuonSettings | null {
   if (s.optimizer !== "muon") return null;
   const lrRatio = (s.muonLr ?? 10 * s.learningRate) / s.learningRate;
   return { ...MUON_DEFAULTS, momentum: s.muonMomentum, weightDecay: s.muonWeightDecay, lrRatio };

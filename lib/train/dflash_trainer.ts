@@ -1,0 +1,475 @@
+/**
+ * DFlash training online (SpecForge `specforge train` with a DFlash strategy: `OnlineDFlashModel` in
+ * specforge/algorithms/common/dflash_family_model.py, its controller's global normalisation in
+ * specforge/training/controller.py): the frozen target runs on every micro-batch and its outputs at the
+ * draft's `target_layer_ids` feed the draft's step (lib/models/dflash_step.ts) directly; random anchors,
+ * block inputs, labels and weights are computed on the host from the batch's tokens and loss mask
+ * (lib/models/dflash_blocks.ts). The gradient of an optimizer window is that of Σ numerators / Σ
+ * denominators over its micro-batches: the denominators are known on the host before the window runs, so each
+ * micro-batch's loss gradient is scaled by 1/Σ den and nothing is read back between micro-batches. Metrics per
+ * block slot stay in GPU sums until a log interval. Checkpoints are DFlash directories SGLang and vLLM load
+ * (lib/models/dflash_export.ts).
+ *
+ * Not yet for DFlash: offline training, resuming, several ranks, the memory plan (--dry-run); each is refused
+ * by name.
+ */
+import { join } from "node:path";
+import type { Gpu } from "../gpu/device.ts";
+import { claimOutputDir } from "../io/lock.ts";
+import { resolveModelPath } from "../io/hub.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
+import type { Tensor } from "../tensor.ts";
+import { mulberry32 } from "../data/random.ts";
+import { type Batch, DataLoader } from "../data/loader.ts";
+import { loadTokenizer } from "../data/tokenizer.ts";
+import { ConfigError, loadTargetConfig, type TargetConfig } from "../models/config.ts";
+import { TargetForward, TargetModel } from "../models/target.ts";
+import { deriveDflashConfig, type DflashConfig, parseDflashConfig } from "../models/dflash_config.ts";
+import { DflashDraft } from "../models/dflash.ts";
+import { DflashStep } from "../models/dflash_step.ts";
+import { dflashBlockInputs, dflashDecayedWeights, sampleDflashAnchors } from "../models/dflash_blocks.ts";
+import { dflashBlockRow0, dflashRanges } from "../ops/dflash_attention.ts";
+import { isDpace, SLOT_SUM_COLS } from "../ops/dflash_loss.ts";
+import { writeDflashExport } from "../models/dflash_export.ts";
+import { DraftOptimizer } from "./optimizer.ts";
+import { lrAt, type LrSchedule, warmupStepsFor } from "./schedule.ts";
+import type { TrainSettings } from "./config.ts";
+import { MetricsLog, type MetricsRecord, ProgressPrinter } from "./metrics.ts";
+import { renderTrainingPlot } from "./plot.ts";
+import { batchLengths } from "./sources/online.ts";
+import { tokenizeData } from "./setup.ts";
+import { muonOf, type TrainOptions } from "./trainer.ts";
+
+/** What a DFlash run did. */
+export interface DflashTrainResult {
+  /** Optimizer updates done. */
+  updates: number;
+  /** The last checkpoint (a DFlash directory), null if none. */
+  checkpoint: string | null;
+  /** The last training record. */
+  lastTrain: MetricsRecord | null;
+  /** The last evaluation record. */
+  lastEval: MetricsRecord | null;
+  /** The draft's config. */
+  config: DflashConfig;
+}
+
+/** Refuses what DFlash training does not do yet, by flag. */
+function checkDflashSettings(s: TrainSettings, worldSize: number): void {
+  const refuse = (what: string) => {
+    throw new ConfigError(`--draft-type dflash: ${what} is not supported for DFlash drafts yet`);
+  };
+  if (s.trainHiddenStatesPath) refuse("offline training (--train-hidden-states-path)");
+  if (s.resume || s.resumeFrom) refuse("resuming (--resume, --resume-from)");
+  if (worldSize > 1) refuse("training on several ranks");
+  if (s.dryRun) refuse("the memory plan (--dry-run)");
+  if (s.targetMemoryBudget !== null) refuse("a streamed target (--target-memory-budget)");
+  if (s.dpaceAlpha > 1) throw new ConfigError(`--dpace-alpha ${s.dpaceAlpha} must be in [0, 1]`);
+}
+
+/**
+ * The draft config: --draft-model-config's (a DFlash config.json), else derived from the target with the
+ * run's settings; the mask token as SpecForge's `resolve_mask_token_id` falls back (the first embedding row
+ * past the tokenizer's vocabulary, the pad token, eos).
+ */
+async function resolveDflashConfig(
+  s: TrainSettings,
+  target: TargetConfig,
+  targetDir: string,
+): Promise<DflashConfig> {
+  if (s.draftModelConfig) {
+    const cfg = parseDflashConfig(
+      JSON.parse(await Deno.readTextFile(s.draftModelConfig)),
+      s.draftModelConfig,
+    );
+    if (cfg.hiddenSize !== target.hiddenSize || cfg.vocabSize !== target.vocabSize) {
+      throw new ConfigError(
+        `${s.draftModelConfig}: hidden_size ${cfg.hiddenSize} and vocab_size ${cfg.vocabSize} must be the target's ` +
+          `(${target.hiddenSize}, ${target.vocabSize}): a DFlash draft uses its embedding and lm_head`,
+      );
+    }
+    return cfg;
+  }
+  let mask = s.maskTokenId;
+  if (mask === null) {
+    const tokenizer = await loadTokenizer(targetDir);
+    mask = tokenizer.vocabSize < target.vocabSize
+      ? tokenizer.vocabSize
+      : target.padTokenId ?? target.eosTokenIds[0] ?? null;
+    if (mask === null) {
+      throw new ConfigError(
+        "--mask-token-id: the target has no unused embedding row, pad or eos token to use",
+      );
+    }
+  }
+  return deriveDflashConfig(target, {
+    layers: s.numDraftLayers,
+    blockSize: s.blockSize,
+    targetLayerIds: s.targetLayerIds ?? undefined,
+    maskTokenId: mask,
+    slidingWindow: s.slidingWindow,
+  });
+}
+
+/** Runs DFlash training online as the settings say; see the module comment. */
+export async function trainDflashOnline(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {
+  const s = o.settings, progress = o.progress ?? new ProgressPrinter();
+  checkDflashSettings(s, o.world?.size ?? 1);
+  const lock = await claimOutputDir(s.outputDir, "train", { note: (m) => progress.note(m) });
+  try {
+    return await trainLocked(gpu, s, o, progress);
+  } finally {
+    progress.done();
+    await lock.release();
+  }
+}
+
+async function trainLocked(
+  gpu: Gpu,
+  s: TrainSettings,
+  o: TrainOptions,
+  progress: ProgressPrinter,
+): Promise<DflashTrainResult> {
+  const note = (m: string) => progress.note(m);
+  const targetDir = await resolveModelPath(s.targetModelPath, o.hub);
+  const targetConfig = await loadTargetConfig(join(targetDir, "config.json"));
+  const data = await tokenizeData(s, targetDir, note);
+  const cfg = await resolveDflashConfig(s, targetConfig, targetDir);
+  note(
+    `DFlash draft: ${cfg.numLayers} layer(s) [${cfg.layerTypes}], block ${cfg.blockSize}, target layers ` +
+      `[${cfg.targetLayerIds}], mask token ${cfg.maskTokenId}; loss ${s.lossType}` +
+      (s.lossDecayGamma !== null && !isDpace(s.lossType) ? `, decay γ ${s.lossDecayGamma}` : ""),
+  );
+  const target = await TargetModel.load(gpu, targetDir, { auxLayers: cfg.targetLayerIds, anyAuxCount: true });
+  const run = new DflashRun(gpu, s, cfg, target, data.train, data.eval, progress);
+  try {
+    await run.open();
+    await run.train();
+    return run.result();
+  } finally {
+    run.destroy();
+    target.destroy();
+  }
+}
+
+/** The programs of one batch shape: the target forward, the training step and (lazily) the evaluation step. */
+interface Shape {
+  forward: TargetForward;
+  train: DflashStep;
+  eval: DflashStep | null;
+}
+
+/** A micro-batch's host inputs, ready to write. */
+interface Prepared {
+  batch: Batch;
+  lengths: number[];
+  inputs: ReturnType<typeof dflashBlockInputs>;
+  omega: Float32Array<ArrayBuffer>;
+  full: Uint32Array<ArrayBuffer>;
+  sliding: Uint32Array<ArrayBuffer>;
+  /** The loss denominator: Σ ω (`dflash`) or the samples (D-PACE). */
+  den: number;
+}
+
+/** A DFlash run's state and loop. */
+class DflashRun {
+  readonly draft: DflashDraft;
+  optimizer!: DraftOptimizer;
+  log!: MetricsLog;
+  readonly loader: DataLoader;
+  readonly schedule: LrSchedule;
+  readonly limit: number;
+  readonly #shapes = new Map<string, Shape>();
+  readonly lmHead: Tensor;
+  update = 0;
+  epoch = 0;
+  microBatches = 0;
+  checkpoint: string | null = null;
+  lastTrain: MetricsRecord | null = null;
+  lastEval: MetricsRecord | null = null;
+  #window = { den: 0, tokens: 0, started: performance.now() };
+  #started = performance.now();
+  #savedAt = -1;
+
+  constructor(
+    readonly gpu: Gpu,
+    readonly s: TrainSettings,
+    readonly cfg: DflashConfig,
+    readonly target: TargetModel,
+    readonly trainSet: ConstructorParameters<typeof DataLoader>[0],
+    readonly evalSet: ConstructorParameters<typeof DataLoader>[0] | null,
+    readonly progress: ProgressPrinter,
+  ) {
+    if (target.lmHead.blocks.length !== 1) {
+      throw new ConfigError(
+        `--draft-type dflash: the target's lm_head [${target.lmHead.rows}, ${target.lmHead.cols}] is over one ` +
+          `storage binding; DFlash's loss needs it whole (not yet split)`,
+      );
+    }
+    this.lmHead = target.lmHead.blocks[0].tensor;
+    this.draft = DflashDraft.create(gpu, cfg, { seed: s.seed });
+    this.loader = new DataLoader(trainSet, { batchSize: s.batchSize, shuffle: true, seed: s.seed });
+    if (this.loader.stepsPerEpoch === 0) {
+      throw new ConfigError(
+        `${s.trainDataPath}: ${trainSet.length} samples make no full batch of ${s.batchSize}`,
+      );
+    }
+    const total = s.totalSteps ??
+      s.numEpochs * Math.ceil(this.loader.stepsPerEpoch / s.draftAccumulationSteps);
+    this.schedule = {
+      base: s.learningRate,
+      warmupSteps: warmupStepsFor(total, s.warmupRatio),
+      totalSteps: total,
+    };
+    this.limit = Math.min(total, s.maxNumSteps ?? Infinity);
+  }
+
+  async open(): Promise<void> {
+    const params = this.draft.entries().map(([name, param, grad]) => ({ name, param, grad }));
+    this.optimizer = await DraftOptimizer.create(this.gpu, params, {
+      maxGradNorm: this.s.maxGradNorm,
+      muon: muonOf(this.s),
+    });
+    this.log = await MetricsLog.open(join(this.s.outputDir, "metrics.jsonl"), null, {});
+  }
+
+  result(): DflashTrainResult {
+    const { update: updates, checkpoint, lastTrain, lastEval, cfg: config } = this;
+    return { updates, checkpoint, lastTrain, lastEval, config };
+  }
+
+  destroy(): void {
+    for (const sh of this.#shapes.values()) {
+      sh.forward.destroy();
+      sh.train.destroy();
+      sh.eval?.destroy();
+    }
+    this.optimizer?.destroy();
+    this.draft.destroy();
+    this.log?.close();
+  }
+
+  /** The programs of batches of `b`'s shape, built on first use. */
+  async #shape(b: Batch, split: "train" | "eval"): Promise<{ forward: TargetForward; step: DflashStep }> {
+    const key = `${b.batchSize}x${b.seqLen}`;
+    let sh = this.#shapes.get(key);
+    const build = async (train: boolean, forward: TargetForward) =>
+      await DflashStep.build(this.draft, {
+        batches: b.batchSize,
+        seq: b.seqLen,
+        blocks: blocksFor(this.s.numAnchors, b.seqLen),
+        lossType: this.s.lossType,
+        dpaceAlpha: this.s.dpaceAlpha,
+        embedding: this.target.embed,
+        lmHead: this.lmHead,
+        features: forward.aux!,
+      }, train);
+    if (!sh) {
+      const forward = await this.target.forward(b.batchSize, b.seqLen, { aux: true });
+      sh = { forward, train: await build(true, forward), eval: null };
+      this.#shapes.set(key, sh);
+    }
+    if (split === "eval") sh.eval ??= await build(false, sh.forward);
+    return { forward: sh.forward, step: split === "train" ? sh.train : sh.eval! };
+  }
+
+  /** The host side of micro-batch `b`: anchors drawn from `rand`, block inputs, ranges; null when no anchor fits. */
+  #prepare(b: Batch, rand: () => number): Prepared | null {
+    const { batchSize: nb, seqLen: S } = b, cfg = this.cfg;
+    const uniform = Float32Array.from({ length: nb * (S - 1) }, rand);
+    const N = blocksFor(this.s.numAnchors, S);
+    const blocks = sampleDflashAnchors(uniform, b.lossMask, nb, S, this.s.numAnchors, cfg.blockSize, N);
+    if (blocks === null) return null;
+    const inputs = dflashBlockInputs(cfg, blocks, b.inputIds, b.lossMask, S);
+    const gamma = isDpace(this.s.lossType) ? null : this.s.lossDecayGamma;
+    const omega = dflashDecayedWeights(inputs.weights, cfg.blockSize, gamma);
+    const R0 = dflashBlockRow0(
+      nb * S,
+      cfg.numKvHeads * cfg.headDim,
+      this.gpu.limits.minStorageBufferOffsetAlignment,
+    );
+    const den = isDpace(this.s.lossType) ? nb : omega.reduce((a, x) => a + x, 0);
+    return {
+      batch: b,
+      lengths: batchLengths(b),
+      inputs,
+      omega,
+      full: dflashRanges(blocks, S, null, R0).table,
+      sliding: dflashRanges(blocks, S, cfg.slidingWindow ?? 1, R0).table,
+      den,
+    };
+  }
+
+  /** Writes `m`'s inputs and submits the target forward and the step (no sync). */
+  async #submit(m: Prepared, split: "train" | "eval", gradScale: number): Promise<DflashStep> {
+    const { forward, step } = await this.#shape(m.batch, split);
+    const inp = step.inputs;
+    inp.noiseIds.write(m.inputs.noiseIds);
+    inp.labels.write(m.inputs.labels);
+    inp.weights.write(m.inputs.weights);
+    inp.omega.write(m.omega);
+    inp.gradScale.write(Float32Array.of(gradScale));
+    inp.cos.write(m.inputs.cos);
+    inp.sin.write(m.inputs.sin);
+    inp.fullRanges.write(m.full);
+    inp.slidingRanges.write(m.sliding);
+    forward.run(m.batch.inputIds as Int32Array<ArrayBuffer>, m.lengths);
+    step.run();
+    return step;
+  }
+
+  /** Micro-batches in windows of --draft-accumulation-steps, an update after each, to the limit. */
+  async train(): Promise<void> {
+    const s = this.s, window: Prepared[] = [];
+    this.optimizer.zeroGrads();
+    let position = { epoch: 0, step: 0 };
+    while (position.epoch < s.numEpochs && this.update < this.limit) {
+      for (const b of this.loader.batches(position.epoch, position.step)) {
+        this.epoch = position.epoch;
+        position = this.loader.next(position);
+        const rand = mulberry32((s.seed * 0x9e3779b1 + this.microBatches++) >>> 0);
+        const m = this.#prepare(b, rand);
+        if (m === null) {
+          this.progress.note(
+            `a batch of epoch ${this.epoch} has no two consecutive supervised tokens: skipped`,
+          );
+          continue;
+        }
+        window.push(m);
+        if (window.length < s.draftAccumulationSteps) continue;
+        await this.#runWindow(window.splice(0));
+        if (this.update >= this.limit) break;
+      }
+      if (this.update >= this.limit) break;
+    }
+    await this.#finish();
+  }
+
+  async #runWindow(window: Prepared[]): Promise<void> {
+    const den = window.reduce((a, m) => a + m.den, 0);
+    for (const m of window) {
+      await this.#submit(m, "train", den > 0 ? 1 / den : 0);
+      this.#window.tokens += m.lengths.reduce((a, x) => a + x, 0);
+    }
+    this.#window.den += den;
+    this.update++;
+    const lr = lrAt(this.update, this.schedule);
+    this.optimizer.update(lr);
+    const s = this.s;
+    if (this.update % s.logInterval === 0 || this.update === this.limit) await this.#logTrain(lr);
+    if (s.evalInterval > 0 && this.update % s.evalInterval === 0) await this.#evaluate();
+    if (s.saveInterval > 0 && this.update % s.saveInterval === 0) await this.#save();
+  }
+
+  /** Reads and zeroes the sums of every step of `split`: per slot [Σ w·ce, Σ w, Σ correct, Σ ω·ce]. */
+  async #takeSums(split: "train" | "eval"): Promise<Float64Array> {
+    const sums = new Float64Array(this.cfg.blockSize * SLOT_SUM_COLS);
+    for (const sh of this.#shapes.values()) {
+      const step = split === "train" ? sh.train : sh.eval;
+      if (!step || step.runs === 0) continue;
+      (await step.sums.readFloat()).forEach((x, i) => sums[i] += x);
+      step.resetSums();
+    }
+    return sums;
+  }
+
+  async #logTrain(lr: number): Promise<void> {
+    const sums = await this.#takeSums("train");
+    const seconds = (performance.now() - this.#window.started) / 1000;
+    const record: MetricsRecord = {
+      ...slotRecord("train", sums, this.#window.den, this.cfg.blockSize),
+      step: this.update,
+      epoch: this.epoch,
+      elapsed: (performance.now() - this.#started) / 1000,
+      lr,
+      gradNorm: await this.optimizer.lastGradNorm(),
+      tokensPerSec: this.#window.tokens / seconds,
+    };
+    if (!Number.isFinite(record.loss) || !Number.isFinite(record.gradNorm!)) {
+      throw new ConfigError(`DFlash training diverged at update ${this.update} (loss ${record.loss})`);
+    }
+    this.#window = { den: 0, tokens: 0, started: performance.now() };
+    this.lastTrain = record;
+    await this.log.append(record);
+    const perUpdate = (performance.now() - this.#started) / 1000 / this.update;
+    this.progress.show({
+      step: this.update,
+      totalSteps: this.limit,
+      epoch: this.epoch,
+      loss: record.loss,
+      acc: record.acc.reduce((a, x) => a + x, 0) / record.acc.length,
+      tokensPerSec: record.tokensPerSec!,
+      lr,
+      eta: perUpdate * (this.limit - this.update),
+    });
+  }
+
+  /** The loss and per-slot accuracies over the evaluation set (anchors from a fixed stream: comparable). */
+  async #evaluate(): Promise<void> {
+    if (!this.evalSet) return;
+    const loader = new DataLoader(this.evalSet, { batchSize: this.s.batchSize, shuffle: false, seed: 0 });
+    const rand = mulberry32(this.s.seed ^ 0x5bd1e995);
+    let den = 0, n = 0;
+    for (const b of loader.batches(0)) {
+      if (this.s.evalBatches !== null && n >= this.s.evalBatches) break;
+      const m = this.#prepare(b, rand);
+      if (m === null) continue;
+      await this.#submit(m, "eval", 0);
+      den += m.den;
+      n++;
+    }
+    if (n === 0) return;
+    const record: MetricsRecord = {
+      ...slotRecord("eval", await this.#takeSums("eval"), den, this.cfg.blockSize),
+      step: this.update,
+      epoch: this.epoch,
+      elapsed: (performance.now() - this.#started) / 1000,
+    };
+    this.lastEval = record;
+    await this.log.append(record);
+    this.progress.note(
+      `eval at update ${this.update}: loss ${record.loss.toFixed(4)}, acc per block slot ` +
+        record.acc.map((a) => a.toFixed(3)).join(" "),
+    );
+  }
+
+  async #save(): Promise<void> {
+    const dir = join(this.s.outputDir, `epoch_${this.epoch}_step_${this.update}`);
+    await writeDflashExport(dir, this.cfg, await this.draft.getWeights(), {
+      dtype: this.s.exportDtype,
+      overwrite: true,
+    });
+    this.checkpoint = dir;
+    this.#savedAt = this.update;
+  }
+
+  async #finish(): Promise<void> {
+    this.progress.done();
+    if (this.update > 0 && this.#savedAt !== this.update) await this.#save();
+    if (this.lastEval?.step !== this.update) await this.#evaluate();
+    const svg = renderTrainingPlot(this.log.records, `DFlash draft of ${this.s.targetModelPath}`);
+    await writeFileAtomic(join(this.s.outputDir, "training_curves.svg"), svg);
+  }
+}
+
+/** N: blocks per sample of a batch of padded length S (SpecForge's num_anchors, at most S − 1 candidates). */
+function blocksFor(numAnchors: number, seq: number): number {
+  return Math.max(1, Math.min(numAnchors, seq - 1));
+}
+
+/**
+ * A metrics record of per-slot sums: loss Σ ω·CE / Σ den (the objective); per slot k = 1..B−1 the mean CE
+ * (ploss_k) and SpecForge's accuracy Σ [argmax = y]·[w > 0.5] / Σ w (acc_k).
+ */
+function slotRecord(split: "train" | "eval", sums: Float64Array, den: number, B: number) {
+  let num = 0;
+  const ploss: number[] = [], acc: number[] = [];
+  for (let k = 0; k < B; k++) {
+    const [wce, w, correct, oce] = sums.subarray(k * SLOT_SUM_COLS, (k + 1) * SLOT_SUM_COLS);
+    num += oce;
+    if (k === 0) continue;
+    ploss.push(w > 0 ? wce / w : 0);
+    acc.push(w > 0 ? correct / w : 0);
+  }
+  return { split, loss: den > 0 ? num / den : 0, ploss, acc };
+}
