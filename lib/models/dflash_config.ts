@@ -48,14 +48,22 @@ export interface DflashConfig extends RopeConfig {
 
 /**
  * SpecForge's default captured layers (`build_target_layer_ids`): n = 1 → [⌊L/2⌋]; otherwise
- * round(1 + i·(L − 4)/(n − 1)) for i < n (Python's round: halves to even).
+ * round(1 + i·(L − 4)/(n − 1)) for i < n (Python's round: halves to even). For targets too shallow for that
+ * rule (L < n + 3, where it repeats layers or goes below 0) Eaglet spreads n distinct layers evenly:
+ * round(i·(L − 1)/(n − 1)); n must not exceed L.
  */
 export function dflashTargetLayerIds(numTargetLayers: number, n: number): number[] {
   if (n === 1) return [Math.floor(numTargetLayers / 2)];
+  if (n > numTargetLayers) {
+    throw new ConfigError(`${n} target layers cannot be chosen from a ${numTargetLayers}-layer target`);
+  }
   const roundHalfEven = (x: number) => {
     const f = Math.floor(x), d = x - f;
     return d > 0.5 || (d === 0.5 && f % 2 === 1) ? f + 1 : f;
   };
+  if (numTargetLayers < n + 3) {
+    return Array.from({ length: n }, (_, i) => roundHalfEven(i * (numTargetLayers - 1) / (n - 1)));
+  }
   return Array.from({ length: n }, (_, i) => roundHalfEven(1 + i * (numTargetLayers - 4) / (n - 1)));
 }
 
@@ -132,11 +140,12 @@ export function checkDflashConfig(cfg: DflashConfig, file = "config.json"): void
   }
   if (!Number.isInteger(cfg.headDim) || cfg.headDim % 2 !== 0) fail(`head_dim ${cfg.headDim} must be even`);
   const ids = cfg.targetLayerIds;
-  if (ids.length === 0 || ids.some((l) => l >= cfg.numTargetLayers)) {
+  const ascending = ids.every((l, i) => i === 0 || ids[i - 1] < l);
+  if (ids.length === 0 || !ascending || ids.some((l) => l < 0 || l >= cfg.numTargetLayers)) {
     fail(
       `dflash_config.target_layer_ids ${
         JSON.stringify(ids)
-      } must be layers of the target's ${cfg.numTargetLayers}`,
+      } must be ascending layers of the target's ${cfg.numTargetLayers}`,
     );
   }
   if (cfg.maskTokenId >= cfg.vocabSize) {

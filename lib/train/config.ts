@@ -168,6 +168,7 @@ export const TRAIN_OPTIONS = {
     kind: "float",
     default: 0.5,
     min: 0,
+    max: 1,
     section: "training",
     help: "dflash: D-PACE's α in s_k = (1−α)·p_k + α",
   },

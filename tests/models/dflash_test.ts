@@ -38,6 +38,8 @@ Deno.test("dflash: SpecForge's target layer choice and anchor sampler", () => {
   assert.deepEqual(dflashTargetLayerIds(36, 5), [1, 9, 17, 25, 33]);
   assert.deepEqual(dflashTargetLayerIds(64, 5), [1, 16, 31, 46, 61]);
   assert.deepEqual(dflashTargetLayerIds(36, 1), [18]);
+  assert.deepEqual(dflashTargetLayerIds(2, 2), [0, 1]); // shallower than SpecForge's rule allows
+  assert.deepEqual(dflashTargetLayerIds(4, 3), [0, 2, 3]);
   const g = Golden.load("dflash");
   const blocks = sampleDflashAnchors(g.f32("sampler.rand"), g.f32("sampler.loss_mask"), 2, 8, 4, 3)!;
   assert.deepEqual([...blocks.anchors], g.ints("sampler.anchors"));
