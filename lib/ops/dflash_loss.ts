@@ -78,7 +78,14 @@ export async function dflashLossGradient(
   expectShape("dflashLossGradient", "scale", t.scale, [1]);
   await p.add(
     { name: "dflash_loss.gradient", code: K.gradient, entryPoint: "main" },
-    [params(["u32", rows], ["u32", vocab], ["u32", 0], ["u32", 0]), t.logits, t.labels, t.stats, t.omega, t.scale],
+    [
+      params(["u32", rows], ["u32", vocab], ["u32", 0], ["u32", 0]),
+      t.logits,
+      t.labels,
+      t.stats,
+      t.omega,
+      t.scale,
+    ],
     Math.ceil((rows * vocab) / K.DFLASH_LOSS_WG),
   );
 }
@@ -95,7 +102,13 @@ export async function dflashSlotSums(
   expectShape("dflashSlotSums", "sums", t.sums, [blockSize, SLOT_SUM_COLS]);
   await p.add(
     { name: "dflash_loss.slot_sums", code: K.slotSums, entryPoint: "main" },
-    [params(["u32", t.w.shape[0]], ["u32", blockSize], ["u32", 0], ["u32", 0]), t.stats, t.w, t.omega, t.sums],
+    [
+      params(["u32", t.w.shape[0]], ["u32", blockSize], ["u32", 0], ["u32", 0]),
+      t.stats,
+      t.w,
+      t.omega,
+      t.sums,
+    ],
     Math.ceil(blockSize / K.DFLASH_LOSS_WG),
   );
 }

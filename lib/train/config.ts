@@ -140,7 +140,8 @@ export const TRAIN_OPTIONS = {
     default: null,
     min: 1,
     section: "model",
-    help: "dflash: every layer but the last attends a window of this many positions (default: all layers full)",
+    help:
+      "dflash: every layer but the last attends a window of this many positions (default: all layers full)",
   },
   "num-anchors": {
     kind: "int",
@@ -162,7 +163,8 @@ export const TRAIN_OPTIONS = {
     default: null,
     min: 0,
     section: "training",
-    help: "dflash: weight slot k's loss exp(−(k−1)/gamma) (SpecForge's recipe: 7 for block size 16); unset: no decay",
+    help:
+      "dflash: weight slot k's loss exp(−(k−1)/gamma) (SpecForge's recipe: 7 for block size 16); unset: no decay",
   },
   "dpace-alpha": {
     kind: "float",
@@ -192,7 +194,7 @@ export const TRAIN_OPTIONS = {
     default: true,
     section: "model",
     help:
-      "start the draft's lm_head from the target's lm_head rows of the draft vocabulary and its norm from the target's final norm; off: SpecForge's random init (--draft-preset eagle3 turns it off)",
+      "start the draft's lm_head from the target's lm_head rows of the draft vocabulary and its norm from the target's final norm (dflash: its final norm, the head being the target's); off: SpecForge's init (--draft-preset eagle3 turns it off)",
   },
   "embedding-key": {
     kind: "string",

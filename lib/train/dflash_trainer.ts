@@ -23,7 +23,7 @@ import { mulberry32 } from "../data/random.ts";
 import { type Batch, DataLoader } from "../data/loader.ts";
 import { loadTokenizer } from "../data/tokenizer.ts";
 import { ConfigError, loadTargetConfig, type TargetConfig } from "../models/config.ts";
-import { TargetForward, TargetModel } from "../models/target.ts";
+import { type TargetForward, TargetModel } from "../models/target.ts";
 import { deriveDflashConfig, type DflashConfig, parseDflashConfig } from "../models/dflash_config.ts";
 import { DflashDraft } from "../models/dflash.ts";
 import { DflashStep } from "../models/dflash_step.ts";
@@ -224,6 +224,13 @@ class DflashRun {
   }
 
   async open(): Promise<void> {
+    if (this.s.initHeadFromTarget) {
+      // The draft's logits come from the target's lm_head: start its final norm where the target's is (as
+      // the target's forward applies it), so that its first logits have the target's scale.
+      const weights = await this.draft.getWeights();
+      weights.set("norm.weight", await this.target.finalNorm.readFloat());
+      this.draft.setWeights(weights);
+    }
     const params = this.draft.entries().map(([name, param, grad]) => ({ name, param, grad }));
     this.optimizer = await DraftOptimizer.create(this.gpu, params, {
       maxGradNorm: this.s.maxGradNorm,
