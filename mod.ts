@@ -203,6 +203,35 @@ export {
 } from "./lib/train/trainer.ts";
 export type { TrainHooks, TrainOptions, TrainResult } from "./lib/train/trainer.ts";
 
+// DFlash drafts: block-parallel drafting (config, parameters, the training step, export, decoding).
+export { trainDflashOnline } from "./lib/train/dflash_trainer.ts";
+export type { DflashTrainResult } from "./lib/train/dflash_trainer.ts";
+export {
+  checkDflashConfig,
+  deriveDflashConfig,
+  dflashConfigJson,
+  dflashTargetLayerIds,
+  parseDflashConfig,
+} from "./lib/models/dflash_config.ts";
+export type { DeriveDflashOptions, DflashConfig, DflashLayerType } from "./lib/models/dflash_config.ts";
+export { DflashDraft, dflashParamShapes, initDflashWeights } from "./lib/models/dflash.ts";
+export type { DflashWeights } from "./lib/models/dflash.ts";
+export { DflashStep } from "./lib/models/dflash_step.ts";
+export type { DflashStepInputs, DflashStepOptions } from "./lib/models/dflash_step.ts";
+export { dflashBlockInputs, dflashDecayedWeights, sampleDflashAnchors } from "./lib/models/dflash_blocks.ts";
+export type { DflashBlockInputs } from "./lib/models/dflash_blocks.ts";
+export { loadDflashExport, writeDflashExport } from "./lib/models/dflash_export.ts";
+export { DflashDecoder } from "./lib/eval/dflash_speculative.ts";
+/** DFlash's attention: block queries over two key ranges (the context before the anchor, the block). */
+export * as dflashAttention from "./lib/ops/dflash_attention.ts";
+export type { DflashAttentionDims, DflashBlocks } from "./lib/ops/dflash_attention.ts";
+/** DFlash's objective: cross-entropy rows, D-PACE weights, the loss gradient, per-slot metric sums. */
+export * as dflashLoss from "./lib/ops/dflash_loss.ts";
+export { DFLASH_LOSS_TYPES } from "./lib/ops/dflash_loss.ts";
+export type { DflashLossType } from "./lib/ops/dflash_loss.ts";
+export type { RopeConfig } from "./lib/ops/rope.ts";
+export type { SpeculativeGenerator } from "./lib/eval/speculative.ts";
+
 // Memory plans: what a run will hold on its device, before it loads anything.
 export { checkPlanFits, formatPlan, PLAN_CATEGORIES } from "./lib/models/memory_plan.ts";
 export type { MemoryPlan, PlanCategory, PlanCategoryKey, PlanLimits } from "./lib/models/memory_plan.ts";

@@ -117,7 +117,11 @@ export async function dflashSlotSums(
 // CPU references (f64).
 
 /** CPU reference of {@link dflashRowStats}: lse, ce, correct per row. */
-export function dflashRowStatsCpu(logits: ArrayLike<number>, labels: ArrayLike<number>, vocab: number) {
+export function dflashRowStatsCpu(
+  logits: ArrayLike<number>,
+  labels: ArrayLike<number>,
+  vocab: number,
+): { lse: Float64Array; ce: Float64Array; correct: Float64Array } {
   const rows = labels.length;
   const lse = new Float64Array(rows), ce = new Float64Array(rows), correct = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
