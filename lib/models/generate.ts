@@ -31,7 +31,7 @@ import { Tensor } from "../tensor.ts";
 import { copyStrided } from "../ops/elementwise.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
 import { mulberry32 } from "../data/random.ts";
-import { recordHead, recordTrunk, type TargetModel } from "./target.ts";
+import { kvRowShapes, recordHead, recordTrunk, type TargetModel } from "./target.ts";
 
 /** Options of {@link generate}. */
 export interface GenerateOptions {
@@ -89,7 +89,7 @@ interface StepProgram {
   logits: Tensor;
 }
 
-/** Per-layer key and value caches [B, maxLen, nkv, hd]. */
+/** Per-layer key and value caches [B, maxLen, nkv, hd] (MLA: k_pe [.., 1, rope] and latent [.., 1, r]). */
 interface KvCache {
   k: Tensor[];
   v: Tensor[];
@@ -202,9 +202,11 @@ export class Generator {
     let cache = this.#caches.get(key);
     if (!cache) {
       const { gpu, config: cfg, layers } = this.model;
-      const shape = [batch, maxLen, cfg.numKvHeads, cfg.headDim];
-      const make = (kind: string) =>
-        layers.map((_, l) => Tensor.empty(gpu, shape, "f32", `${kind} cache B=${batch} layer ${l}`));
+      const rows = kvRowShapes(cfg); // MLA: the compressed cache (k_pe and the latent, lib/models/mla.ts)
+      const make = (kind: "k" | "v") =>
+        layers.map((_, l) =>
+          Tensor.empty(gpu, [batch, maxLen, ...rows[kind]], "f32", `${kind} cache B=${batch} layer ${l}`)
+        );
       cache = { k: make("k"), v: make("v"), maxLen };
       this.#caches.set(key, cache);
     }

@@ -8,8 +8,7 @@ decoder layer (hidden_states[1:], before the final norm), the final post-norm hi
 for the cases in GREEDY the greedy continuation transformers' generate() gives.
 
 gpt_oss_mxfp4 is written by hand in the published GPT-OSS layout (experts' `*_blocks` and `*_scales` in MXFP4,
-quantization_config mxfp4) and loaded by transformers with Mxfp4Config(dequantize=True). The deepseek_v3 golden
-is for a family not supported yet (tests/models/config_test.ts checks it is refused by name).
+quantization_config mxfp4) and loaded by transformers with Mxfp4Config(dequantize=True).
 
 Run with the venv described in DESIGN.md (torch 2.x, transformers 5.x); name cases to write only those:
   .venv-golden/bin/python tests/golden/make_targets.py [phi3 ...]

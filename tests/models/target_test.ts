@@ -25,8 +25,18 @@ const ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "ph
 // Mixture-of-experts targets: Qwen3-MoE with and without renormalised routing and dense layers among the
 // sparse ones, Qwen2-MoE with its gated shared expert, GPT-OSS (attention sinks, alternating windows of 4, YaRN,
 // biased router and experts, clamped SwiGLU) with bf16 experts and with MXFP4 experts, Llama 4 (NoPE layers
-// with temperature tuning, chunked attention of 4 tokens, L2 q/k norm, interleaved RoPE, input-scaled experts).
-const MOE = ["qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe", "gpt_oss", "gpt_oss_mxfp4", "llama4"];
+// with temperature tuning, chunked attention of 4 tokens, L2 q/k norm, interleaved RoPE, input-scaled experts),
+// DeepSeek-V3 (multi-head latent attention with q LoRA, interleaved RoPE on its rope part, YaRN's mscale² in the
+// softmax scale; a dense first layer, then grouped sigmoid routing with the correction bias and shared expert).
+const MOE = [
+  "qwen3_moe",
+  "qwen3_moe_unnormed",
+  "qwen2_moe",
+  "gpt_oss",
+  "gpt_oss_mxfp4",
+  "llama4",
+  "deepseek_v3",
+];
 for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window", ...MOE]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
@@ -182,10 +192,13 @@ for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window",
 
 // Bindings under which every projection's experts come in several blocks (MXFP4 experts are 4 times smaller).
 for (
-  const [arch, binding] of [["qwen2_moe", 4096], ["gpt_oss", 4096], ["gpt_oss_mxfp4", 1024], [
-    "llama4",
-    4096,
-  ]] as const
+  const [arch, binding] of [
+    ["qwen2_moe", 4096],
+    ["gpt_oss", 4096],
+    ["gpt_oss_mxfp4", 1024],
+    ["llama4", 4096],
+    ["deepseek_v3", 4096],
+  ] as const
 ) {
   Deno.test({
     name:
