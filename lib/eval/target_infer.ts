@@ -19,9 +19,9 @@ import { LimitError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { ProgramCache } from "../gpu/program_cache.ts";
 import { Tensor } from "../tensor.ts";
+import { kvRowShapes } from "../models/target_memory.ts";
 import { attentionTemperatureForward } from "../ops/attention_temperature.ts";
 import {
-  kvRowShapes,
   layerAttention,
   layerRope,
   layerScratch,

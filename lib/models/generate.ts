@@ -28,10 +28,11 @@ import { Program } from "../gpu/program.ts";
 import { ProgramCache } from "../gpu/program_cache.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
+import { kvRowShapes } from "./target_memory.ts";
 import { copyStrided } from "../ops/elementwise.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
 import { mulberry32 } from "../data/random.ts";
-import { kvRowShapes, recordHead, recordTrunk, type TargetModel } from "./target.ts";
+import { recordHead, recordTrunk, type TargetModel } from "./target.ts";
 
 /** Options of {@link generate}. */
 export interface GenerateOptions {

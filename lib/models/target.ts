@@ -15,7 +15,7 @@ import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { type DType, DTYPE_BYTES, type HostArray, Tensor } from "../tensor.ts";
-import { rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
+import { kvRowShapes, rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
 import { moeForward, type MoeScratch, moeScratch, type MoeWeights } from "../ops/moe.ts";
 import { loadMoeWeights } from "./moe_weights.ts";
 import {
@@ -801,12 +801,6 @@ export interface LayerScratch {
   moe: MoeScratch | null;
   /** MLA's projections' scratch (DeepSeek-V3), else null. */
   mla: MlaScratch | null;
-}
-
-/** The rows of a layer's k and v (and of their caches) per token: [nkv, hd] each, MLA's [1, rope] and [1, r]. */
-export function kvRowShapes(cfg: TargetConfig): { k: [number, number]; v: [number, number] } {
-  if (cfg.mla) return { k: [1, cfg.mla.ropeDim], v: [1, cfg.mla.kvLoraRank] };
-  return { k: [cfg.numKvHeads, cfg.headDim], v: [cfg.numKvHeads, cfg.headDim] };
 }
 
 /** Scratch for {@link recordDecoderLayer}, owned by `p`. */
