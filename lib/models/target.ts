@@ -9,7 +9,8 @@
  * One decoder layer, as transformers computes it:
  *   h = x + o_proj(attention(rope(q_norm?(q_proj(n))), rope(k_norm?(k_proj(n))), v_proj(n))),  n = rmsnorm(x)
  *   y = h + down_proj(silu(gate_proj(m)) ⊙ up_proj(m)),                                       m = rmsnorm(h)
- * Gemma 3 norms each branch's output before its add (`gemmaLayerRest`), with GELU-tanh in the MLP.
+ * Gemma 3 norms each branch's output before its add (`gemmaLayerRest`), with GELU-tanh in the MLP; DeepSeek-V3's
+ * attention is multi-head latent attention (lib/models/mla.ts), and the MoE targets' MLPs are lib/ops/moe.ts.
  */
 import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
