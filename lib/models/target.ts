@@ -67,16 +67,17 @@ export interface TargetLayerWeights {
   k: Tensor | null;
   /** v_proj weight [nkv·hd, H], in the stored dtype; null with MLA. */
   v: Tensor | null;
-  /**
-   * DeepSeek-V3's MLA weights (lib/models/mla.ts `MlaWeights`; q holds q_b_proj or q_proj): q_a_proj and
-   * q_a_layernorm (null without a q LoRA), kv_a_proj_with_mqa's latent and rope rows, kv_a_layernorm,
-   * kv_b_proj; all null for the others.
-   */
+  /** MLA (lib/models/mla.ts; q holds q_b_proj or q_proj): q_a_proj [q_lora_rank, H]; null without a q LoRA. */
   qA: Tensor | null;
+  /** MLA: q_a_layernorm, f32 [q_lora_rank]; null without a q LoRA. */
   qANorm: Tensor | null;
+  /** MLA: kv_a_proj_with_mqa's latent rows [kv_lora_rank, H]; null for the others. */
   kvA: Tensor | null;
+  /** MLA: kv_a_proj_with_mqa's rope rows [qk_rope_head_dim, H] (reordered for rotate-half); null for the others. */
   kPe: Tensor | null;
+  /** MLA: kv_a_layernorm, f32 [kv_lora_rank]; null for the others. */
   kvANorm: Tensor | null;
+  /** MLA: kv_b_proj [nh·(nope + v), kv_lora_rank]; null for the others. */
   kvB: Tensor | null;
   /** o_proj weight [H, nh·hd], in the stored dtype. */
   o: Tensor;
