@@ -206,7 +206,9 @@ export class Generator {
       const rows = kvRowShapes(cfg); // MLA: the compressed cache (k_pe and the latent, lib/models/mla.ts)
       const make = (kind: "k" | "v") =>
         layers.map((_, l) =>
-          Tensor.empty(gpu, [batch, maxLen, ...rows[kind]], "f32", `${kind} cache B=${batch} layer ${l}`)
+          // Zeroed: rows past a sequence's length are never attended, but MLA expands every row through
+          // kv_b_proj, and a recycled buffer's stale bits need not be finite.
+          Tensor.zeros(gpu, [batch, maxLen, ...rows[kind]], "f32", `${kind} cache B=${batch} layer ${l}`)
         );
       cache = { k: make("k"), v: make("v"), maxLen };
       this.#caches.set(key, cache);
