@@ -13,6 +13,7 @@ import {
   targetWeightNames,
 } from "../../lib/models/config.ts";
 import { SafetensorsCheckpoint } from "../../lib/io/safetensors.ts";
+import { deriveDraftConfig } from "../../lib/models/draft_config.ts";
 
 const TINYSTORIES = new URL("../../../shared/models/tinystories-656K", import.meta.url).pathname;
 const haveTinystories = (() => {
@@ -829,6 +830,14 @@ Deno.test("config: Kimi-K2 (DeepSeek-V3's architecture, one expert group) and a 
     }),
   );
   assert.equal(kimi.modelType, "kimi_k2");
+  // The derived draft's head_dim is hidden / heads, as SpecForge's from these configs (no head_dim key).
+  assert.deepEqual([
+    deriveDraftConfig(kimi).headDim,
+    deriveDraftConfig(parseTargetConfig(DEEPSEEK_V3)).headDim,
+  ], [
+    112,
+    56,
+  ]);
   assert.deepEqual(kimi.moe!.grouped, { groups: 1, topkGroup: 1, scale: 2.827 });
   assert.deepEqual(kimi.moe!.sparseLayers.slice(0, 2), [false, true]);
   const plain = parseTargetConfig(edit(DEEPSEEK_V3, { q_lora_rank: null, rope_interleave: false }));
