@@ -696,27 +696,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   const mla = architecture === "DeepseekV3ForCausalLM"
     ? parseMla(f, f.has("rope_parameters") ? f.obj.rope_parameters : f.obj.rope_scaling)
     : null;
-  let headDim: number;
-  if (mla) {
-    // kv_b_proj expands the latent into every head (eager_attention_forward's repeat_kv needs nkv = nh).
-    if (numKvHeads !== numHeads) {
-      throw new ConfigError(
-        `${file}: num_key_value_heads ${numKvHeads} must equal num_attention_heads ${numHeads} (DeepseekV3ForCausalLM)`,
-      );
-    }
-    headDim = mla.nopeDim + mla.ropeDim; // Transformers 5's head_dim is the rope part: RoPE's width
-  } else if (f.has("head_dim")) {
-    headDim = f.int("head_dim");
-  } else if (architecture === "Qwen3ForCausalLM" || architecture === "Qwen3MoeForCausalLM") {
-    headDim = 128; // Qwen3Config's and Qwen3MoeConfig's default
-  } else {
-    if (hiddenSize % numHeads !== 0) {
-      throw new ConfigError(
-        `${file}: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads} (and no head_dim)`,
-      );
-    }
-    headDim = hiddenSize / numHeads;
-  }
+  const headDim = headDimOf(f, architecture, mla, hiddenSize, numHeads, numKvHeads);
   if (headDim % 2 !== 0) throw new ConfigError(`${file}: head_dim ${headDim} must be even for RoPE`);
   if (numHeads % numKvHeads !== 0) {
     throw new ConfigError(
@@ -811,6 +791,39 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     llama4,
     mla,
   };
+}
+
+/**
+ * The q/k head width: MLA's nope + rope, else `head_dim`, Qwen3's default 128, or hidden_size / heads.
+ */
+function headDimOf(
+  f: Fields,
+  architecture: TargetArchitecture,
+  mla: MlaConfig | null,
+  hiddenSize: number,
+  numHeads: number,
+  numKvHeads: number,
+): number {
+  if (mla) {
+    // kv_b_proj expands the latent into every head (eager_attention_forward's repeat_kv needs nkv = nh).
+    if (numKvHeads !== numHeads) {
+      throw new ConfigError(
+        `${f.file}: num_key_value_heads ${numKvHeads} must equal num_attention_heads ${numHeads} (DeepseekV3ForCausalLM)`,
+      );
+    }
+    return mla.nopeDim + mla.ropeDim; // Transformers 5's head_dim is the rope part: RoPE's width
+  } else if (f.has("head_dim")) {
+    return f.int("head_dim");
+  } else if (architecture === "Qwen3ForCausalLM" || architecture === "Qwen3MoeForCausalLM") {
+    return 128; // Qwen3Config's and Qwen3MoeConfig's default
+  } else {
+    if (hiddenSize % numHeads !== 0) {
+      throw new ConfigError(
+        `${f.file}: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads} (and no head_dim)`,
+      );
+    }
+    return hiddenSize / numHeads;
+  }
 }
 
 /** The MLP activation: `hidden_act` (Llama family: silu) or Gemma 3's `hidden_activation` (gelu_pytorch_tanh). */
