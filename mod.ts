@@ -113,6 +113,7 @@ export {
 export type {
   GemmaConventions,
   Llama4Conventions,
+  MlaConfig,
   MoeConfig,
   RopeScaling,
   TargetConfig,

@@ -1,8 +1,8 @@
 /**
  * Sizing: what training an EAGLE-3 draft for a published target needs on one device, from the memory planner
  * (lib/models/memory_plan.ts, lib/train/training_plan.ts) alone: no weight is downloaded or read. For
- * Llama-3.1-8B, Qwen3-8B, Qwen3-30B-A3B and gpt-oss-20b (mixtures of experts, gpt-oss's in MXFP4; not streamed)
- * and Llama-3.3-70B (their config.json
+ * Llama-3.1-8B, Qwen3-8B, Qwen3-30B-A3B, gpt-oss-20b and DeepSeek-V3 (mixtures of experts, gpt-oss's in MXFP4,
+ * DeepSeek-V3's converted to bf16; not streamed) and Llama-3.3-70B (their config.json
  * values, bf16 weights) and the draft derived
  * from each (draft vocabulary 32,000; train-online's default EAGLE-3.1 draft and LK loss, or with
  * --draft-preset eagle3 SpecForge's EAGLE-3 and KL loss; --head-chunk-rows as train-online's), it prints the plan of an online run, an offline
@@ -102,6 +102,40 @@ const TARGETS: Record<string, Record<string, unknown>> = {
     rope_scaling: { rope_type: "yarn", factor: 32, beta_fast: 32, beta_slow: 1, truncate: false },
     rms_norm_eps: 1e-5,
     quantization_config: { quant_method: "mxfp4" },
+  },
+  "DeepSeek-V3": {
+    architectures: ["DeepseekV3ForCausalLM"],
+    hidden_size: 7168,
+    intermediate_size: 18432,
+    moe_intermediate_size: 2048,
+    num_hidden_layers: 61,
+    num_attention_heads: 128,
+    num_key_value_heads: 128,
+    q_lora_rank: 1536,
+    kv_lora_rank: 512,
+    qk_nope_head_dim: 128,
+    qk_rope_head_dim: 64,
+    v_head_dim: 128,
+    n_routed_experts: 256,
+    n_shared_experts: 1,
+    num_experts_per_tok: 8,
+    n_group: 8,
+    topk_group: 4,
+    routed_scaling_factor: 2.5,
+    first_k_dense_replace: 3,
+    vocab_size: 129280,
+    max_position_embeddings: 163840,
+    rope_theta: 10000,
+    rope_scaling: {
+      type: "yarn",
+      factor: 40,
+      beta_fast: 32,
+      beta_slow: 1,
+      mscale: 1,
+      mscale_all_dim: 1,
+      original_max_position_embeddings: 4096,
+    },
+    rms_norm_eps: 1e-6,
   },
   "Llama-3.3-70B": {
     architectures: ["LlamaForCausalLM"],

@@ -4,7 +4,8 @@
  * - `route`: per token, the k largest router logits (the lower expert id first on ties) and their weights:
  *   softmax over all experts then the k picked, optionally renormalised to sum 1 (`norm_topk_prob`; Qwen), the
  *   softmax of the k picked logits alone (GPT-OSS `GptOssTopKRouter`), or the sigmoid of each picked logit
- *   (Llama 4 `Llama4Router`).
+ *   (Llama 4 `Llama4Router`); `routeGrouped`: DeepSeek-V3's group-limited sigmoid routing with its correction
+ *   bias (`DeepseekV3TopkRouter`).
  * - `sort`: one workgroup groups the N·k assignments by expert, tokens in row order within an expert: the
  *   token row of each sorted slot, the slot of each assignment, and a tile schedule (expert, first slot, end)
  *   of at most `tileRows` slots per tile, so that each expert's rows are one dense block of a grouped matmul.
@@ -85,6 +86,82 @@ fn route(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   if (p.renorm != 0u || p.mode == 1u) {
     for (var j = 0u; j < p.k; j++) { weights[base + j] = weights[base + j] / picked; }
+  }
+}
+`;
+
+/** Most expert groups the grouped route kernel holds per token (DeepSeek-V3 and Kimi-K2 have 8 and 1). */
+export const MOE_MAX_GROUPS = 64;
+
+/**
+ * DeepSeek-V3's group-limited routing (transformers `DeepseekV3TopkRouter.forward`, noaux_tc; DeepSeek-V3
+ * paper §2.1.2): s_e = σ(logit_e), c_e = s_e + bias_e; each of the `groups` groups of E/groups experts scores
+ * the sum of its two largest c; the `topkGroup` best groups are kept (lower group first on ties); the k
+ * largest c among their experts are picked (lower id first on ties); w_j = s_{i_j}, / (Σ_j s_{i_j} + 1e−20)
+ * when renormalised, × scale (`routed_scaling_factor`). Bindings: params, logits [N, E], bias f32 [E],
+ * ids u32 [N, k], weights f32 [N, k].
+ */
+export const routeGrouped = /* wgsl */ `
+struct Params { rows: u32, experts: u32, k: u32, renorm: u32, groups: u32, topkGroup: u32, scale: f32, _a: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> weights: array<f32>;
+
+fn score(row: u32, e: u32) -> f32 { return 1.0 / (1.0 + exp(-logits[row + e])); }
+
+fn taken(base: u32, j: u32, e: u32) -> bool {
+  for (var i = 0u; i < j; i++) { if (ids[base + i] == e) { return true; } }
+  return false;
+}
+
+@compute @workgroup_size(${MOE_WG})
+fn route_grouped(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+  let r = linear_workgroup(wg, nwg) * ${MOE_WG}u + lid;
+  if (r >= p.rows) { return; }
+  let row = r * p.experts;
+  let per = p.experts / p.groups;
+  var groupScore: array<f32, ${MOE_MAX_GROUPS}>;
+  var kept: array<bool, ${MOE_MAX_GROUPS}>;
+  for (var g = 0u; g < p.groups; g++) {
+    var b1 = -3.4e38;
+    var b2 = -3.4e38;
+    for (var e = g * per; e < (g + 1u) * per; e++) {
+      let c = score(row, e) + bias[e];
+      if (c > b1) { b2 = b1; b1 = c; } else if (c > b2) { b2 = c; }
+    }
+    groupScore[g] = b1 + b2;
+    kept[g] = false;
+  }
+  for (var j = 0u; j < p.topkGroup; j++) {
+    var best = 0u;
+    var found = false;
+    for (var g = 0u; g < p.groups; g++) {
+      if (!kept[g] && (!found || groupScore[g] > groupScore[best])) { best = g; found = true; }
+    }
+    kept[best] = true;
+  }
+  let base = r * p.k;
+  var picked = 0.0;
+  for (var j = 0u; j < p.k; j++) {
+    var best = 0u;
+    var bestChoice = -3.4e38;
+    var found = false;
+    for (var e = 0u; e < p.experts; e++) {
+      let c = score(row, e) + bias[e];
+      if (kept[e / per] && (!found || c > bestChoice) && !taken(base, j, e)) { best = e; bestChoice = c; found = true; }
+    }
+    ids[base + j] = best;
+    let w = score(row, best);
+    weights[base + j] = w;
+    picked += w;
+  }
+  for (var j = 0u; j < p.k; j++) {
+    let w = select(weights[base + j], weights[base + j] / (picked + 1e-20), p.renorm != 0u);
+    weights[base + j] = w * p.scale;
   }
 }
 `;

@@ -85,9 +85,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 `;
 }
 
-/** RoPE with per-row positions, in place: bindings params, x (read-write), positions, cos, sin. */
+/**
+ * RoPE with per-row positions, in place: bindings params, x (read-write), positions, cos, sin. The table's
+ * width `half` is r/2 for a rotary width r ≤ hd (head_half = hd/2): the first r columns of each head rotate,
+ * the others are left as they are (a partial RoPE, as kernels/rope.ts).
+ */
 export const ropeAtPositions = /* wgsl */ `
-struct Params { pairs: u32, heads: u32, half: u32, max_pos: u32 }
+struct Params { pairs: u32, heads: u32, half: u32, max_pos: u32, head_half: u32, _a: u32, _b: u32, _c: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
@@ -105,7 +109,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let pos = min(u32(max(positions[head_row / p.heads], 0)), p.max_pos - 1u);
   let c = cos_table[pos * p.half + j];
   let s = sin_table[pos * p.half + j];
-  let e = head_row * 2u * p.half + j;
+  let e = head_row * 2u * p.head_half + j;
   let x1 = x[e];
   let x2 = x[e + p.half];
   x[e] = x1 * c - x2 * s;

@@ -1,6 +1,6 @@
 /**
  * The target model's side of speculative decoding, one sequence at a time, over a KV cache of `maxLen`
- * slots per layer ([maxLen, nkv, hd]):
+ * slots per layer ([maxLen, nkv, hd]; MLA: the compressed cache of k_pe and latents, lib/models/mla.ts):
  *
  * - prefill: the prompt through lib/models/target.ts `recordTrunk` (positions 0..L−1, cache rows 0..L−1),
  *   keeping the aux hidden states of every position and the logits of the last;
@@ -19,6 +19,7 @@ import { LimitError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { ProgramCache } from "../gpu/program_cache.ts";
 import { Tensor } from "../tensor.ts";
+import { kvRowShapes } from "../models/target_memory.ts";
 import { attentionTemperatureForward } from "../ops/attention_temperature.ts";
 import {
   layerAttention,
@@ -76,9 +77,13 @@ export class TargetSession {
    */
   constructor(readonly model: TargetModel, readonly maxLen: number, readonly auxRows: number) {
     const { gpu, config: cfg } = model;
-    const shape = [maxLen, cfg.numKvHeads, cfg.headDim];
-    this.k = model.layers.map((_, l) => Tensor.zeros(gpu, shape, "f32", `spec target k cache ${l}`));
-    this.v = model.layers.map((_, l) => Tensor.zeros(gpu, shape, "f32", `spec target v cache ${l}`));
+    const rows = kvRowShapes(cfg); // MLA: the compressed cache (k_pe and the latent, lib/models/mla.ts)
+    const make = (kind: "k" | "v") =>
+      model.layers.map((_, l) =>
+        Tensor.zeros(gpu, [maxLen, ...rows[kind]], "f32", `spec target ${kind} cache ${l}`)
+      );
+    this.k = make("k");
+    this.v = make("v");
     this.aux = Tensor.empty(
       gpu,
       [auxRows, model.auxLayers.length * cfg.hiddenSize],
@@ -184,8 +189,7 @@ export class TargetSession {
   }
 
   async #buildVerify(N: number): Promise<VerifyProgram> {
-    const model = this.model, cfg = model.config;
-    const H = cfg.hiddenSize, hd = cfg.headDim, nkv = cfg.numKvHeads;
+    const model = this.model, cfg = model.config, H = cfg.hiddenSize;
     const p = new Program(model.gpu, `spec target verify N=${N}`);
     try {
       const ids = p.scratch([N], "i32", "ids");
@@ -195,31 +199,33 @@ export class TargetSession {
       const x = p.scratch([N, H], "f32", "residual");
       const scratch = layerScratch(p, cfg, [N]);
       await recordEmbedding(p, cfg, model.embed, ids, x, scratch);
-      const cacheRows = (t: Tensor) => t.reshape([this.maxLen, nkv * hd]);
+      const cacheRows = (t: Tensor) => t.reshape([this.maxLen, t.size / this.maxLen]);
       const windowOf = (l: number) => {
         const size = layerWindow(cfg, l);
         return size === null ? undefined : { size, positions };
       };
       for (let l = 0; l < model.layers.length; l++) {
         const rope = layerRope(model, l), how = layerAttention(cfg, l);
-        await recordDecoderLayer(p, cfg, model.layers[l], x, scratch, async (q, k, v, att) => {
+        await recordDecoderLayer(p, cfg, model.layers[l], x, scratch, async (q, k, v, att, expand) => {
           if (how.rope) {
             await ropeAtPositions(p, q, positions, rope.cos, rope.sin);
             await ropeAtPositions(p, k, positions, rope.cos, rope.sin);
           } else if (how.temperature) {
             await attentionTemperatureForward(p, q, how.temperature, { positions }, N);
           }
-          await scatterRows(p, k.reshape([N, nkv * hd]), cacheRows(this.k[l]), this.#prefix, 0);
-          await scatterRows(p, v.reshape([N, nkv * hd]), cacheRows(this.v[l]), this.#prefix, 0);
+          await scatterRows(p, k.reshape([N, k.size / N]), cacheRows(this.k[l]), this.#prefix, 0);
+          await scatterRows(p, v.reshape([N, v.size / N]), cacheRows(this.v[l]), this.#prefix, 0);
+          // MLA: every cached latent expanded into per-head keys and values (lib/models/mla.ts).
+          const kv = expand ? await expand(this.k[l], this.v[l]) : { keys: this.k[l], values: this.v[l] };
           await treeAttentionForward(p, {
             q,
-            k: this.k[l],
-            v: this.v[l],
+            k: kv.keys,
+            v: kv.values,
             meta: this.#prefix,
             mask,
             out: att,
           }, {
-            scale: cfg.gemma?.attentionScale,
+            scale: cfg.mla?.scale ?? cfg.gemma?.attentionScale,
             window: windowOf(l),
             chunk: how.chunk === null ? undefined : { size: how.chunk, positions },
             sinks: model.layers[l].sinks,
@@ -241,13 +247,12 @@ export class TargetSession {
   }
 
   async #buildCompact(N: number): Promise<CompactProgram> {
-    const cfg = this.model.config;
-    const W = cfg.numKvHeads * cfg.headDim;
     const p = new Program(this.model.gpu, `spec target compact N=${N}`);
     try {
       const index = p.scratch([N], "i32", "path slots");
-      const rows = p.scratch([N, W], "f32", "path rows");
       for (const cache of [...this.k, ...this.v]) {
+        const W = cache.size / this.maxLen; // nkv·hd (MLA: rope, r)
+        const rows = p.transient("path rows", [N, W], "f32");
         const flat = cache.reshape([this.maxLen, W]);
         await gatherRows(p, flat, index, rows);
         await scatterRows(p, rows, flat, this.#prefix, 0);

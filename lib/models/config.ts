@@ -7,8 +7,8 @@
  * Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (per-head RMSNorm on q and k, explicit head_dim) and
  * MistralForCausalLM (sliding window recorded), Phi3ForCausalLM (fused projections, partial RoPE, LongRoPE)
  * Gemma3ForCausalLM (its conventions in {@link GemmaConventions}), and the mixtures of experts
- * Qwen3MoeForCausalLM, Qwen2MoeForCausalLM, GptOssForCausalLM and Llama4ForCausalLM ({@link MoeConfig},
- * {@link Llama4Conventions}). Missing optional fields take the defaults of the matching
+ * Qwen3MoeForCausalLM, Qwen2MoeForCausalLM, GptOssForCausalLM, Llama4ForCausalLM and DeepseekV3ForCausalLM
+ * (DeepSeek-V3/R1, Kimi-K2: {@link MoeConfig}, {@link Llama4Conventions}, {@link MlaConfig}). Missing optional fields take the defaults of the matching
  * transformers config class; missing required ones, or values that cannot work, throw a
  * {@link ConfigError} naming the file and the field.
  */
@@ -30,6 +30,7 @@ export const SUPPORTED_ARCHITECTURES = [
   "Qwen2MoeForCausalLM",
   "GptOssForCausalLM",
   "Llama4ForCausalLM",
+  "DeepseekV3ForCausalLM",
 ] as const;
 
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
@@ -111,6 +112,38 @@ export interface TargetConfig {
   attentionSinks: boolean;
   /** Llama 4's attention conventions, null for the others. */
   llama4: Llama4Conventions | null;
+  /**
+   * DeepSeek-V3's multi-head latent attention, null for the others. Then headDim is the q/k head width
+   * (nope + rope), numKvHeads = numHeads (kv_b_proj expands the latent into every head's key and value) and
+   * rotaryDim the rope part.
+   */
+  mla: MlaConfig | null;
+}
+
+/**
+ * Multi-head latent attention (DeepSeek-V2 paper §2.1; transformers `DeepseekV3Attention`):
+ *   q = q_b_proj(rmsnorm(q_a_proj(n)))  (or q_proj(n) when q_lora_rank is null),  per head [nope | rope]
+ *   [c, k_pe] = kv_a_proj_with_mqa(n),  c = kv_a_layernorm(c)  [kv_lora_rank],  k_pe [rope] shared by the heads
+ *   [k_nope | v] = kv_b_proj(c) per head,  k = [k_nope | rope(k_pe)],  q = [q_nope | rope(q_pe)]
+ */
+export interface MlaConfig {
+  /** `q_lora_rank`; null: a plain `q_proj`. */
+  qLoraRank: number | null;
+  /** `kv_lora_rank`: the width of the compressed latent c. */
+  kvLoraRank: number;
+  /** `qk_nope_head_dim`: the columns of q and k without RoPE. */
+  nopeDim: number;
+  /** `qk_rope_head_dim`: the rotated columns (k's shared by every head). */
+  ropeDim: number;
+  /** `v_head_dim` (at most nope + rope). */
+  vHeadDim: number;
+  /**
+   * `rope_interleave` (transformers' default true): RoPE over pairs (2i, 2i + 1)
+   * (`apply_rotary_pos_emb_interleave`), else rotate-half.
+   */
+  interleave: boolean;
+  /** The softmax scale: (nope + rope)^−½ · mscale², mscale = 0.1·mscale_all_dim·ln(factor) + 1 (`yarn_apply_mscale`). */
+  scale: number;
 }
 
 /** Llama 4's attention (transformers `Llama4TextAttention`). */
@@ -141,10 +174,16 @@ export interface MoeConfig {
   /** Qwen2-MoE's shared expert's intermediate size (`shared_expert_intermediate_size`); null without one. */
   sharedIntermediate: number | null;
   /**
-   * "softmax" over every expert then the k picked (Qwen), the softmax of the k picked logits (GPT-OSS), or the
-   * sigmoid of each picked logit (Llama 4).
+   * "softmax" over every expert then the k picked (Qwen), the softmax of the k picked logits (GPT-OSS), the
+   * sigmoid of each picked logit (Llama 4), or DeepSeek-V3's group-limited sigmoid routing ({@link grouped}).
    */
-  routing: "softmax" | "picked" | "sigmoid";
+  routing: "softmax" | "picked" | "sigmoid" | "grouped";
+  /**
+   * DeepSeek-V3 (`DeepseekV3TopkRouter`, noaux_tc): sigmoid scores plus the correction bias choose `topkGroup`
+   * of `groups` expert groups (by the sum of each group's two best), then k experts in them; the weights are
+   * the unbiased scores (renormalised when normTopk) times `scale` (`routed_scaling_factor`). Null otherwise.
+   */
+  grouped: { groups: number; topkGroup: number; scale: number } | null;
   /**
    * GPT-OSS: the clamped SwiGLU's limit (`swiglu_limit`) on the interleaved gate/up projection, the experts
    * stored fused per layer (with biases, and the router's bias), in MXFP4 when `mxfp4`; null for Qwen.
@@ -190,6 +229,7 @@ function parseLlama4Moe(f: Fields, numLayers: number): MoeConfig {
     normTopk: false,
     sharedIntermediate: f.int("intermediate_size", 8192),
     routing: "sigmoid",
+    grouped: null,
     gptOss: null,
     inputScaled: true,
     sparseLayers: Array.from(
@@ -251,10 +291,113 @@ function parseGptOssMoe(f: Fields, numLayers: number): MoeConfig {
     normTopk: false,
     sharedIntermediate: null,
     routing: "picked",
+    grouped: null,
     gptOss: { gluLimit: f.num("swiglu_limit", 7), mxfp4: method === "mxfp4" },
     inputScaled: false,
     sparseLayers: new Array(numLayers).fill(true),
   };
+}
+
+/**
+ * DeepSeek-V3's MoE (transformers `DeepseekV3Config`, `DeepseekV3MoE`, `DeepseekV3TopkRouter`): every layer from
+ * `first_k_dense_replace` on is sparse, `n_routed_experts` experts of `moe_intermediate_size` in `n_group`
+ * groups, `topk_group` groups kept, `num_experts_per_tok` experts picked by sigmoid score + correction bias,
+ * and `n_shared_experts` shared experts run as one ungated MLP of n_shared_experts · moe_intermediate_size.
+ * transformers 5.18 always routes so (noaux_tc, sigmoid): another `topk_method` or `scoring_func` is refused.
+ */
+function parseDeepseekMoe(f: Fields, numLayers: number): MoeConfig {
+  const experts = f.int("n_routed_experts", 256), topK = f.int("num_experts_per_tok", 8);
+  const groups = f.int("n_group", 8), topkGroup = f.int("topk_group", 4);
+  checkTopK(f, topK, experts, "n_routed_experts");
+  for (const [key, want] of [["topk_method", "noaux_tc"], ["scoring_func", "sigmoid"]]) {
+    const v = f.str(key);
+    if (v !== null && v !== want) {
+      throw new ConfigError(
+        `${f.file}: ${key} ${JSON.stringify(v)} is not supported (${want}, as transformers)`,
+      );
+    }
+  }
+  if (experts % groups !== 0 || experts / groups < 2) {
+    throw new ConfigError(
+      `${f.file}: n_group ${groups} must divide n_routed_experts ${experts} into groups of at least 2`,
+    );
+  }
+  if (topkGroup > groups) {
+    throw new ConfigError(`${f.file}: topk_group ${topkGroup} exceeds n_group ${groups}`);
+  }
+  if (topK > topkGroup * (experts / groups)) {
+    throw new ConfigError(
+      `${f.file}: num_experts_per_tok ${topK} exceeds the ${topkGroup * experts / groups} experts of the ` +
+        `topk_group ${topkGroup} groups kept`,
+    );
+  }
+  const I = f.int("moe_intermediate_size", 2048), dense = f.int("first_k_dense_replace", 3, 0);
+  return {
+    experts,
+    topK,
+    expertIntermediate: I,
+    normTopk: f.bool("norm_topk_prob", true),
+    sharedIntermediate: I * f.int("n_shared_experts", 1),
+    routing: "grouped",
+    grouped: { groups, topkGroup, scale: f.num("routed_scaling_factor", 2.5) },
+    gptOss: null,
+    inputScaled: false,
+    sparseLayers: Array.from({ length: numLayers }, (_, i) => i >= dense),
+  };
+}
+
+/**
+ * DeepSeek-V3's attention fields ({@link MlaConfig}; defaults as `DeepseekV3Config`). Checkpoints with
+ * `quantization_config` (the published FP8 ones) or `attention_bias` are refused by name, and v_head_dim above
+ * the q/k head width (no published model) too: the attention pads v to the q/k width (lib/models/mla.ts).
+ */
+function parseMla(f: Fields, ropeRaw: unknown): MlaConfig {
+  if (f.has("quantization_config")) {
+    const q = f.obj.quantization_config as Json;
+    throw new ConfigError(
+      `${f.file}: quantization_config.quant_method ${
+        JSON.stringify(q?.quant_method)
+      } is not supported for DeepseekV3ForCausalLM (convert the checkpoint to bf16)`,
+    );
+  }
+  if (f.bool("attention_bias", false)) {
+    throw new ConfigError(
+      `${f.file}: attention_bias is not supported for DeepseekV3ForCausalLM (no published model has it)`,
+    );
+  }
+  const qLoraRank = f.obj.q_lora_rank === null ? null : f.int("q_lora_rank", 1536);
+  const nopeDim = f.int("qk_nope_head_dim", 128), ropeDim = f.int("qk_rope_head_dim", 64);
+  const vHeadDim = f.int("v_head_dim", 128);
+  if (ropeDim % 2 !== 0) {
+    throw new ConfigError(`${f.file}: qk_rope_head_dim ${ropeDim} must be even for RoPE`);
+  }
+  if (vHeadDim > nopeDim + ropeDim) {
+    throw new ConfigError(
+      `${f.file}: v_head_dim ${vHeadDim} above qk_nope_head_dim + qk_rope_head_dim ${
+        nopeDim + ropeDim
+      } is not supported`,
+    );
+  }
+  return {
+    qLoraRank,
+    kvLoraRank: f.int("kv_lora_rank", 512),
+    nopeDim,
+    ropeDim,
+    vHeadDim,
+    interleave: f.bool("rope_interleave", true),
+    scale: (nopeDim + ropeDim) ** -0.5 * mlaMscale(ropeRaw) ** 2,
+  };
+}
+
+/**
+ * transformers' `yarn_apply_mscale`: with a rope type other than default and a non-zero `mscale_all_dim`,
+ * m = 0.1·mscale_all_dim·ln(factor) + 1 (1 when factor ≤ 1), else 1.
+ */
+function mlaMscale(raw: unknown): number {
+  if (!raw || typeof raw !== "object") return 1;
+  const r = raw as Json, type = r.rope_type ?? r.type ?? "default", all = r.mscale_all_dim, factor = r.factor;
+  if (type === "default" || typeof all !== "number" || all === 0 || typeof factor !== "number") return 1;
+  return factor <= 1 ? 1 : 0.1 * all * Math.log(factor) + 1;
 }
 
 /** The MoE op's view of a target's MoE config (lib/ops/moe.ts). */
@@ -269,6 +412,7 @@ export function moeShapeOf(moe: MoeConfig): MoeShape {
 function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number): MoeConfig | null {
   if (architecture === "GptOssForCausalLM") return parseGptOssMoe(f, numLayers);
   if (architecture === "Llama4ForCausalLM") return parseLlama4Moe(f, numLayers);
+  if (architecture === "DeepseekV3ForCausalLM") return parseDeepseekMoe(f, numLayers);
   const qwen2 = architecture === "Qwen2MoeForCausalLM";
   if (!qwen2 && architecture !== "Qwen3MoeForCausalLM") return null;
   // The published configs say `num_experts`; Transformers 5's Qwen3MoeConfig writes `num_local_experts`.
@@ -287,6 +431,7 @@ function parseMoe(f: Fields, architecture: TargetArchitecture, numLayers: number
     normTopk: f.bool("norm_topk_prob", false),
     sharedIntermediate: qwen2 ? f.int("shared_expert_intermediate_size", 5632) : null,
     routing: "softmax",
+    grouped: null,
     gptOss: null,
     inputScaled: false,
     sparseLayers: Array.from(
@@ -398,6 +543,7 @@ const DEFAULTS: Record<TargetArchitecture, { rmsNormEps: number; maxPos: number;
   MistralForCausalLM: { rmsNormEps: 1e-6, maxPos: 4096 * 32, ropeTheta: 10000 },
   Phi3ForCausalLM: { rmsNormEps: 1e-5, maxPos: 4096, ropeTheta: 10000 },
   Gemma3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 131072, ropeTheta: 1000000 },
+  DeepseekV3ForCausalLM: { rmsNormEps: 1e-6, maxPos: 4096, ropeTheta: 10000 },
 };
 
 /**
@@ -547,19 +693,10 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   const hiddenSize = f.int("hidden_size");
   const numHeads = f.int("num_attention_heads");
   const numKvHeads = f.int("num_key_value_heads", numHeads);
-  let headDim: number;
-  if (f.has("head_dim")) {
-    headDim = f.int("head_dim");
-  } else if (architecture === "Qwen3ForCausalLM" || architecture === "Qwen3MoeForCausalLM") {
-    headDim = 128; // Qwen3Config's and Qwen3MoeConfig's default
-  } else {
-    if (hiddenSize % numHeads !== 0) {
-      throw new ConfigError(
-        `${file}: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads} (and no head_dim)`,
-      );
-    }
-    headDim = hiddenSize / numHeads;
-  }
+  const mla = architecture === "DeepseekV3ForCausalLM"
+    ? parseMla(f, f.has("rope_parameters") ? f.obj.rope_parameters : f.obj.rope_scaling)
+    : null;
+  const headDim = headDimOf(f, architecture, mla, hiddenSize, numHeads, numKvHeads);
   if (headDim % 2 !== 0) throw new ConfigError(`${file}: head_dim ${headDim} must be even for RoPE`);
   if (numHeads % numKvHeads !== 0) {
     throw new ConfigError(
@@ -573,7 +710,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   const { theta, scaling, partialRotaryFactor } = gemmaRope
     ? { ...gemmaRope.global, partialRotaryFactor: 1 }
     : parseRope(f, maxPositionEmbeddings, d.ropeTheta);
-  const rotaryDim = rotaryDimOf(partialRotaryFactor, headDim, architecture, file);
+  const rotaryDim = mla ? mla.ropeDim : rotaryDimOf(partialRotaryFactor, headDim, architecture, file);
   // GptOssConfig's attention_bias defaults to true; the others' to false.
   const attentionBias = f.bool("attention_bias", architecture === "GptOssForCausalLM");
   const qwen2 = architecture === "Qwen2ForCausalLM";
@@ -652,7 +789,41 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
     moe: parseMoe(f, architecture, numLayers),
     attentionSinks: gptOss,
     llama4,
+    mla,
   };
+}
+
+/**
+ * The q/k head width: MLA's nope + rope, else `head_dim`, Qwen3's default 128, or hidden_size / heads.
+ */
+function headDimOf(
+  f: Fields,
+  architecture: TargetArchitecture,
+  mla: MlaConfig | null,
+  hiddenSize: number,
+  numHeads: number,
+  numKvHeads: number,
+): number {
+  if (mla) {
+    // kv_b_proj expands the latent into every head (eager_attention_forward's repeat_kv needs nkv = nh).
+    if (numKvHeads !== numHeads) {
+      throw new ConfigError(
+        `${f.file}: num_key_value_heads ${numKvHeads} must equal num_attention_heads ${numHeads} (DeepseekV3ForCausalLM)`,
+      );
+    }
+    return mla.nopeDim + mla.ropeDim; // Transformers 5's head_dim is the rope part: RoPE's width
+  } else if (f.has("head_dim")) {
+    return f.int("head_dim");
+  } else if (architecture === "Qwen3ForCausalLM" || architecture === "Qwen3MoeForCausalLM") {
+    return 128; // Qwen3Config's and Qwen3MoeConfig's default
+  } else {
+    if (hiddenSize % numHeads !== 0) {
+      throw new ConfigError(
+        `${f.file}: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads} (and no head_dim)`,
+      );
+    }
+    return hiddenSize / numHeads;
+  }
 }
 
 /** The MLP activation: `hidden_act` (Llama family: silu) or Gemma 3's `hidden_activation` (gelu_pytorch_tanh). */
@@ -785,10 +956,27 @@ export async function loadTargetConfig(path: string): Promise<TargetConfig> {
 /** Weight names of one decoder layer. Optional entries are null when the architecture has no such tensor. */
 export interface LayerWeightNames {
   inputNorm: string;
+  /** q_proj; with MLA q_b_proj (or q_proj when q_lora_rank is null), its rows reordered ({@link mlaRows}). */
   q: string;
-  k: string;
-  v: string;
+  /** k_proj and v_proj; null with MLA (its keys and values come from the latent, {@link kvB}). */
+  k: string | null;
+  v: string | null;
   o: string;
+  /** MLA: `q_a_proj` [q_lora_rank, H] and `q_a_layernorm` [q_lora_rank]; null without a q LoRA or MLA. */
+  qA: string | null;
+  qANorm: string | null;
+  /** MLA: `kv_a_proj_with_mqa`'s latent rows [0, kv_lora_rank) and its rope rows (k_pe, reordered), as row ranges. */
+  kvA: string | null;
+  kPe: string | null;
+  /** MLA: `kv_a_layernorm` [kv_lora_rank] and `kv_b_proj` [nh·(nope + v), kv_lora_rank]. */
+  kvANorm: string | null;
+  kvB: string | null;
+  /**
+   * MLA: q's rows are reordered on load to [rope | nope] per head, and the rope rows (of q and of k_pe) even
+   * first when `interleave` (DeepSeek's RoPE pairs (2i, 2i + 1) become rotate-half pairs, as Llama 4's), so that
+   * the partial rotate-half RoPE of the first columns applies; q·k is unchanged. Null for the others.
+   */
+  mlaRows: { heads: number; nope: number; rope: number; interleave: boolean } | null;
   qBias: string | null;
   kBias: string | null;
   vBias: string | null;
@@ -827,6 +1015,8 @@ export interface MoeLayerNames {
   router: string;
   /** GPT-OSS's `mlp.router.bias` [E]; null for Qwen. */
   routerBias: string | null;
+  /** DeepSeek-V3's `mlp.gate.e_score_correction_bias` [E] (it biases the choice only); null for the others. */
+  correctionBias: string | null;
   /** Qwen: expert e's `mlp.experts.{e}.gate_proj.weight` [I, H], `up_proj` [I, H], `down_proj` [H, I]. */
   gate: string[];
   up: string[];
@@ -840,7 +1030,7 @@ export interface MoeLayerNames {
   fused: { gateUp: string; down: string; mxfp4: boolean; bias: boolean } | null;
   /**
    * Qwen2-MoE's `mlp.shared_expert.{gate,up,down}_proj.weight` and `mlp.shared_expert_gate.weight` [1, H];
-   * Llama 4's `feed_forward.shared_expert.*`, ungated (gateProj null).
+   * Llama 4's `feed_forward.shared_expert.*` and DeepSeek-V3's `mlp.shared_experts.*`, ungated (gateProj null).
    */
   shared: { gate: string; up: string; down: string; gateProj: string | null } | null;
 }
@@ -885,11 +1075,13 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
   const gateUp = (name: string, from: number, to: number) =>
     fused ? `${m}.gate_up_proj.weight${ROWS}${from}:${to}` : `${m}.${name}.weight`;
   const sparse = cfg.moe?.sparseLayers[i] ?? false;
+  const mla = cfg.mla;
   return {
     inputNorm: `${p}.input_layernorm.weight`,
-    q: qkv("q_proj", 0, qOut),
-    k: qkv("k_proj", qOut, qOut + kvOut),
-    v: qkv("v_proj", qOut + kvOut, qOut + 2 * kvOut),
+    q: mla?.qLoraRank ? `${a}.q_b_proj.weight` : qkv("q_proj", 0, qOut),
+    k: mla ? null : qkv("k_proj", qOut, qOut + kvOut),
+    v: mla ? null : qkv("v_proj", qOut + kvOut, qOut + 2 * kvOut),
+    ...mlaNames(cfg, a),
     o: `${a}.o_proj.weight`,
     qBias: bias(cfg.qkvBias, `${a}.q_proj`),
     kBias: bias(cfg.qkvBias, `${a}.k_proj`),
@@ -914,6 +1106,25 @@ function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
   };
 }
 
+/** The MLA weight names of layer attention `a` (`model.layers.{i}.self_attn`), all null without MLA. */
+function mlaNames(
+  cfg: TargetConfig,
+  a: string,
+): Pick<LayerWeightNames, "qA" | "qANorm" | "kvA" | "kPe" | "kvANorm" | "kvB" | "mlaRows"> {
+  const m = cfg.mla;
+  if (!m) return { qA: null, qANorm: null, kvA: null, kPe: null, kvANorm: null, kvB: null, mlaRows: null };
+  const kvA = `${a}.kv_a_proj_with_mqa.weight${ROWS}`, r = m.kvLoraRank;
+  return {
+    qA: m.qLoraRank ? `${a}.q_a_proj.weight` : null,
+    qANorm: m.qLoraRank ? `${a}.q_a_layernorm.weight` : null,
+    kvA: `${kvA}0:${r}`,
+    kPe: `${kvA}${r}:${r + m.ropeDim}`,
+    kvANorm: `${a}.kv_a_layernorm.weight`,
+    kvB: `${a}.kv_b_proj.weight`,
+    mlaRows: { heads: cfg.numHeads, nope: m.nopeDim, rope: m.ropeDim, interleave: m.interleave },
+  };
+}
+
 /**
  * The names of a sparse MLP whose experts are fused per projection (GPT-OSS: router bias, expert biases, maybe
  * MXFP4; Llama 4: an ungated shared expert).
@@ -926,6 +1137,7 @@ function fusedMoeNames(
   return {
     router: `${m}.router.weight`,
     routerBias: o.routerBias ? `${m}.router.bias` : null,
+    correctionBias: null,
     gate: [],
     up: [],
     down: [],
@@ -956,10 +1168,12 @@ function moeLayerNames(moe: MoeConfig, m: string): MoeLayerNames {
   }
   const experts = (proj: string) =>
     Array.from({ length: moe.experts }, (_, e) => `${m}.experts.${e}.${proj}.weight`);
-  const s = `${m}.shared_expert`;
+  const grouped = moe.routing === "grouped";
+  const s = grouped ? `${m}.shared_experts` : `${m}.shared_expert`;
   return {
     router: `${m}.gate.weight`,
     routerBias: null,
+    correctionBias: grouped ? `${m}.gate.e_score_correction_bias` : null,
     fused: null,
     gate: experts("gate_proj"),
     up: experts("up_proj"),
@@ -968,7 +1182,7 @@ function moeLayerNames(moe: MoeConfig, m: string): MoeLayerNames {
       gate: `${s}.gate_proj.weight`,
       up: `${s}.up_proj.weight`,
       down: `${s}.down_proj.weight`,
-      gateProj: `${m}.shared_expert_gate.weight`,
+      gateProj: grouped ? null : `${m}.shared_expert_gate.weight`,
     },
   };
 }
@@ -987,10 +1201,11 @@ export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames
   for (const l of names.layers) {
     const entries: Array<[string | null, number[]]> = [
       [l.inputNorm, [h]],
-      [l.q, [qOut, h]],
+      ...mlaShapes(cfg, l),
+      [l.q, [qOut, cfg.mla?.qLoraRank ?? h]],
       [l.k, [kvOut, h]],
       [l.v, [kvOut, h]],
-      [l.o, [h, qOut]],
+      [l.o, [h, cfg.mla ? cfg.numHeads * cfg.mla.vHeadDim : qOut]],
       [l.qBias, [qOut]],
       [l.kBias, [kvOut]],
       [l.vBias, [kvOut]],
@@ -1018,6 +1233,21 @@ export function expectedWeightShapes(cfg: TargetConfig, names: TargetWeightNames
     }
   }
   return shapes;
+}
+
+/** The shapes of a layer's MLA weights (`model.layers.{i}` names: {@link mlaNames}); none without MLA. */
+function mlaShapes(cfg: TargetConfig, l: LayerWeightNames): Array<[string | null, number[]]> {
+  const m = cfg.mla;
+  if (!m) return [];
+  const h = cfg.hiddenSize, q = m.qLoraRank ?? 0, r = m.kvLoraRank;
+  return [
+    [l.qA, [q, h]],
+    [l.qANorm, [q]],
+    [l.kvA, [r, h]],
+    [l.kPe, [m.ropeDim, h]],
+    [l.kvANorm, [r]],
+    [l.kvB, [cfg.numHeads * (m.nopeDim + m.vHeadDim), r]],
+  ];
 }
 
 /** GPT-OSS's fused expert tensors and their shapes (see {@link MoeLayerNames.fused}). */
@@ -1049,6 +1279,7 @@ function moeShapes(cfg: TargetConfig, n: MoeLayerNames | null): Array<[string, n
   const { experts: E, expertIntermediate: I, sharedIntermediate: S } = cfg.moe!, h = cfg.hiddenSize;
   const out: Array<[string, number[]]> = [[n.router, [E, h]]];
   if (n.routerBias) out.push([n.routerBias, [E]]);
+  if (n.correctionBias) out.push([n.correctionBias, [E]]);
   if (n.fused) out.push(...fusedExpertShapes(n.fused, E, I, h));
   for (let e = 0; e < E; e++) out.push([n.gate[e], [I, h]], [n.up[e], [I, h]], [n.down[e], [h, I]]);
   if (n.shared) {

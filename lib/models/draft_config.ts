@@ -287,6 +287,16 @@ export interface DeriveDraftOptions {
 }
 
 /**
+ * The derived draft's head_dim: the target's, but for multi-head latent attention (DeepSeek-V3, Kimi-K2), whose
+ * q/k head width (nope + rope) is no Llama head's and whose published config.json has no head_dim: there the
+ * draft SpecForge generates takes hidden_size / num_attention_heads (56 for DeepSeek-V3).
+ */
+function draftHeadDim(target: TargetConfig): number {
+  const hd = target.hiddenSize / target.numHeads;
+  return target.mla && Number.isInteger(hd) && hd % 2 === 0 ? hd : target.headDim;
+}
+
+/**
  * The draft config SpecForge generates when none is given: the template `llama3-8B-eagle3.json` with
  * the target's vocab_size, hidden_size, num_attention_heads, num_key_value_heads, intermediate_size,
  * max_position_embeddings, rms_norm_eps, hidden_act, bos/eos/pad ids and dtype, plus — as [H] does, unlike
@@ -306,7 +316,7 @@ export function deriveDraftConfig(target: TargetConfig, opts: DeriveDraftOptions
     intermediateSize: target.intermediateSize,
     numHeads: target.numHeads,
     numKvHeads: target.numKvHeads,
-    headDim: target.headDim,
+    headDim: draftHeadDim(target),
     vocabSize: target.vocabSize,
     draftVocabSize,
     targetHiddenSize: target.hiddenSize,

@@ -28,6 +28,7 @@ import { Program } from "../gpu/program.ts";
 import { ProgramCache } from "../gpu/program_cache.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
+import { kvRowShapes } from "./target_memory.ts";
 import { copyStrided } from "../ops/elementwise.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
 import { mulberry32 } from "../data/random.ts";
@@ -89,7 +90,7 @@ interface StepProgram {
   logits: Tensor;
 }
 
-/** Per-layer key and value caches [B, maxLen, nkv, hd]. */
+/** Per-layer key and value caches [B, maxLen, nkv, hd] (MLA: k_pe [.., 1, rope] and latent [.., 1, r]). */
 interface KvCache {
   k: Tensor[];
   v: Tensor[];
@@ -202,9 +203,13 @@ export class Generator {
     let cache = this.#caches.get(key);
     if (!cache) {
       const { gpu, config: cfg, layers } = this.model;
-      const shape = [batch, maxLen, cfg.numKvHeads, cfg.headDim];
-      const make = (kind: string) =>
-        layers.map((_, l) => Tensor.empty(gpu, shape, "f32", `${kind} cache B=${batch} layer ${l}`));
+      const rows = kvRowShapes(cfg); // MLA: the compressed cache (k_pe and the latent, lib/models/mla.ts)
+      const make = (kind: "k" | "v") =>
+        layers.map((_, l) =>
+          // Zeroed: rows past a sequence's length are never attended, but MLA expands every row through
+          // kv_b_proj, and a recycled buffer's stale bits need not be finite.
+          Tensor.zeros(gpu, [batch, maxLen, ...rows[kind]], "f32", `${kind} cache B=${batch} layer ${l}`)
+        );
       cache = { k: make("k"), v: make("v"), maxLen };
       this.#caches.set(key, cache);
     }

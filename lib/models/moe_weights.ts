@@ -3,7 +3,8 @@
  * the published models use: Qwen's one tensor per expert and projection (stacked here into blocks of whole
  * experts), and GPT-OSS's and Llama 4's one tensor per projection for every expert, in bf16 ([E, K, N],
  * uploaded as is and read transposed) or (GPT-OSS) in MXFP4 (`*_blocks` and `*_scales` bytes, uploaded as u32
- * words and decoded by the grouped matmul), with GPT-OSS's expert and router biases. Every block holds whole
+ * words and decoded by the grouped matmul), with GPT-OSS's expert and router biases and DeepSeek-V3's routing
+ * correction bias (`mlp.gate.e_score_correction_bias`). Every block holds whole
  * experts and fits one storage binding.
  */
 import { ShapeError } from "../gpu/errors.ts";
@@ -18,6 +19,7 @@ import type { TargetWeightLoader } from "./target.ts";
 export async function loadMoeWeights(load: TargetWeightLoader, n: MoeLayerNames): Promise<MoeWeights> {
   const router = await load.matrix(n.router);
   const routerBias = n.routerBias ? await load.vector(n.routerBias) : null;
+  const correctionBias = n.correctionBias ? await load.vector(n.correctionBias) : null;
   const f = n.fused;
   const experts = f
     ? {
@@ -39,7 +41,7 @@ export async function loadMoeWeights(load: TargetWeightLoader, n: MoeLayerNames)
       gateProj: n.shared.gateProj ? await load.matrix(n.shared.gateProj) : null,
     }
     : null;
-  return { router, routerBias, ...experts, shared };
+  return { router, routerBias, correctionBias, ...experts, shared };
 }
 
 /** Experts' matrices (one per tensor, one shape and dtype) stacked along their rows, in blocks. */

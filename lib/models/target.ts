@@ -9,15 +9,26 @@
  * One decoder layer, as transformers computes it:
  *   h = x + o_proj(attention(rope(q_norm?(q_proj(n))), rope(k_norm?(k_proj(n))), v_proj(n))),  n = rmsnorm(x)
  *   y = h + down_proj(silu(gate_proj(m)) ⊙ up_proj(m)),                                       m = rmsnorm(h)
- * Gemma 3 norms each branch's output before its add (`gemmaLayerRest`), with GELU-tanh in the MLP.
+ * Gemma 3 norms each branch's output before its add (`gemmaLayerRest`), with GELU-tanh in the MLP; DeepSeek-V3's
+ * attention is multi-head latent attention (lib/models/mla.ts), and the MoE targets' MLPs are lib/ops/moe.ts.
  */
 import type { Gpu } from "../gpu/device.ts";
 import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Program } from "../gpu/program.ts";
 import { type DType, DTYPE_BYTES, type HostArray, Tensor } from "../tensor.ts";
-import { rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
+import { kvRowShapes, rowsPerBlock, targetRopePositions, uploadDtype } from "./target_memory.ts";
 import { moeForward, type MoeScratch, moeScratch, type MoeWeights } from "../ops/moe.ts";
 import { loadMoeWeights } from "./moe_weights.ts";
+import {
+  mlaExpand,
+  mlaOutput,
+  mlaProject,
+  mlaQRowOrder,
+  mlaRopeRowOrder,
+  type MlaScratch,
+  mlaScratch,
+  type MlaWeights,
+} from "./mla.ts";
 import { type RawTensor, SafetensorsCheckpoint, toFloat32 } from "../io/safetensors.ts";
 import { checkFiniteWeights, type LoadedWeight } from "./finite_weights.ts";
 import {
@@ -52,10 +63,22 @@ export interface TargetLayerWeights {
    * widened to f32).
    */
   q: Tensor;
-  /** k_proj weight [nkv·hd, H], in the stored dtype. */
-  k: Tensor;
-  /** v_proj weight [nkv·hd, H], in the stored dtype. */
-  v: Tensor;
+  /** k_proj weight [nkv·hd, H], in the stored dtype; null with MLA. */
+  k: Tensor | null;
+  /** v_proj weight [nkv·hd, H], in the stored dtype; null with MLA. */
+  v: Tensor | null;
+  /** MLA (lib/models/mla.ts; q holds q_b_proj or q_proj): q_a_proj [q_lora_rank, H]; null without a q LoRA. */
+  qA: Tensor | null;
+  /** MLA: q_a_layernorm, f32 [q_lora_rank]; null without a q LoRA. */
+  qANorm: Tensor | null;
+  /** MLA: kv_a_proj_with_mqa's latent rows [kv_lora_rank, H]; null for the others. */
+  kvA: Tensor | null;
+  /** MLA: kv_a_proj_with_mqa's rope rows [qk_rope_head_dim, H] (reordered for rotate-half); null for the others. */
+  kPe: Tensor | null;
+  /** MLA: kv_a_layernorm, f32 [kv_lora_rank]; null for the others. */
+  kvANorm: Tensor | null;
+  /** MLA: kv_b_proj [nh·(nope + v), kv_lora_rank]; null for the others. */
+  kvB: Tensor | null;
   /** o_proj weight [H, nh·hd], in the stored dtype. */
   o: Tensor;
   /** q_proj bias, f32 [nh·hd] (Qwen2, or `attention_bias`), else null. */
@@ -705,7 +728,7 @@ export function trunkAttend(
   sinks: Tensor | null = null,
 ): Attend {
   const rope = layerRope(model, layer), how = layerAttention(model.config, layer);
-  return async (q, k, v, att) => {
+  return async (q, k, v, att, expand) => {
     const { batch: B, queryLen: T } = a;
     const positions = { positionOffset: a.positionOffset };
     if (how.rope) {
@@ -723,23 +746,35 @@ export function trunkAttend(
     let keys = k, values = v, queryOffset = 0;
     if (a.cache) {
       const { maxLen } = a.cache;
-      const row = k.size / (B * T); // nkv·hd
-      const copy = {
-        count: [B, T, row] as [number, number, number],
-        srcStrides: [T * row, row, 1] as [number, number, number],
-        dstStrides: [maxLen * row, row, 1] as [number, number, number],
-        dstOffset: a.positionOffset * row,
+      const copy = (t: Tensor, cache: Tensor) => {
+        const row = t.size / (B * T); // nkv·hd (MLA: rope, r)
+        return copyStrided(p, t, cache, {
+          count: [B, T, row],
+          srcStrides: [T * row, row, 1],
+          dstStrides: [maxLen * row, row, 1],
+          dstOffset: a.positionOffset * row,
+        });
       };
-      await copyStrided(p, k, a.cache.k[layer], copy);
-      await copyStrided(p, v, a.cache.v[layer], copy);
+      await copy(k, a.cache.k[layer]);
+      await copy(v, a.cache.v[layer]);
       keys = a.cache.k[layer];
       values = a.cache.v[layer];
       queryOffset = a.positionOffset;
     }
-    await attentionForward(p, { q, k: keys, v: values, lengths: a.lengths, out: att, lse, sinks }, {
+    if (expand) ({ keys, values } = await expand(keys, values));
+    const hd = model.config.headDim;
+    await attentionForward(p, {
+      q,
+      k: keys.reshape([B, keys.size / (B * model.config.numKvHeads * hd), model.config.numKvHeads, hd]),
+      v: values.reshape([B, values.size / (B * model.config.numKvHeads * hd), model.config.numKvHeads, hd]),
+      lengths: a.lengths,
+      out: att,
+      lse,
+      sinks,
+    }, {
       causal: true,
       queryOffset,
-      scale: model.config.gemma?.attentionScale,
+      scale: model.config.mla?.scale ?? model.config.gemma?.attentionScale,
       window: layerWindow(model.config, layer) ?? undefined,
       chunk: how.chunk ?? undefined,
     });
@@ -752,7 +787,7 @@ export interface LayerScratch {
   rstd: Tensor;
   /** [...lead, nh, hd] */
   q: Tensor;
-  /** [...lead, nkv, hd] */
+  /** [...lead, nkv, hd]; MLA: k_pe [...lead, 1, rope] and the latent c [...lead, 1, r] ({@link Attend}). */
   k: Tensor;
   v: Tensor;
   /** Qwen3's per-head normed q and k, and their rstd; null for other architectures. */
@@ -769,6 +804,8 @@ export interface LayerScratch {
   branchNormed: Tensor | null;
   /** The sparse MoE MLP's scratch (MoE targets), else null. */
   moe: MoeScratch | null;
+  /** MLA's projections' scratch (DeepSeek-V3), else null. */
+  mla: MlaScratch | null;
 }
 
 /** Scratch for {@link recordDecoderLayer}, owned by `p`. */
@@ -779,8 +816,8 @@ export function layerScratch(p: Program, cfg: TargetConfig, lead: number[]): Lay
     normed: p.scratch([rows, H], "f32", "normed"),
     rstd: p.scratch([rows], "f32", "rstd"),
     q: p.scratch([...lead, nh, hd], "f32", "q"),
-    k: p.scratch([...lead, nkv, hd], "f32", "k"),
-    v: p.scratch([...lead, nkv, hd], "f32", "v"),
+    k: p.scratch([...lead, ...kvRowShapes(cfg).k], "f32", "k"),
+    v: p.scratch([...lead, ...kvRowShapes(cfg).v], "f32", "v"),
     qNormed: cfg.qkNorm ? p.scratch([...lead, nh, hd], "f32", "q normed") : null,
     kNormed: cfg.qkNorm ? p.scratch([...lead, nkv, hd], "f32", "k normed") : null,
     headRstd: cfg.qkNorm ? p.scratch([rows * nh], "f32", "head rstd") : null,
@@ -791,14 +828,20 @@ export function layerScratch(p: Program, cfg: TargetConfig, lead: number[]): Lay
     branch: cfg.gemma ? p.scratch([rows, H], "f32", "branch") : null,
     branchNormed: cfg.gemma ? p.scratch([rows, H], "f32", "branch normed") : null,
     moe: cfg.moe ? moeScratch(p, rows, H, moeShapeOf(cfg.moe), cfg.moe.sharedIntermediate) : null,
+    mla: cfg.mla ? mlaScratch(p, cfg, rows) : null,
   };
 }
 
 /**
  * Records how attention is done for one layer: rotate q and k (in place) at their positions, store k and v
- * where later passes need them, and write the attention output into `att`.
+ * where later passes need them, and write the attention output into `att`. With MLA (`expand` given) k is
+ * k_pe [.., 1, rope] and v the latent c [.., 1, r]: they are rotated and stored as k and v are, and `expand`
+ * turns the stored ones into per-head keys and values (lib/models/mla.ts) to attend.
  */
-export type Attend = (q: Tensor, k: Tensor, v: Tensor, att: Tensor) => Promise<void>;
+export type Attend = (q: Tensor, k: Tensor, v: Tensor, att: Tensor, expand?: MlaExpand) => Promise<void>;
+
+/** MLA's keys and values [R, nh, hd] of R positions from their k_pe [R, 1, rope] and latents [R, 1, r]. */
+export type MlaExpand = (kPe: Tensor, latent: Tensor) => Promise<{ keys: Tensor; values: Tensor }>;
 
 /**
  * Records a decoder layer of weights `w` on the residual stream x [rows, H] (updated in place): the norms,
@@ -814,12 +857,58 @@ export async function recordDecoderLayer(
   attend: Attend,
 ): Promise<void> {
   const rows = x.shape[0];
-  const { headDim: hd, numHeads: nh, numKvHeads: nkv } = cfg;
   const flat = (t: Tensor) => t.reshape([rows, t.size / rows]);
   await rmsnormForward(p, x, w.inputNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
+  if (cfg.mla) {
+    const m = mlaWeightsOf(w);
+    await mlaProject(p, m, s.mla!, s.normed, { q: s.q, latent: s.v, kPe: s.k, rstd: s.rstd });
+    await attend(s.q, s.k, s.v, s.att, (kPe, latent) => mlaExpand(p, cfg, m.kvB, latent, kPe));
+    await mlaOutput(p, cfg, m, s.mla!, s.att, x);
+  } else {
+    await qkvAttention(p, cfg, w, s, attend);
+    if (cfg.gemma) return await gemmaLayerRest(p, cfg, w, x, s);
+    await linear(p, flat(s.att), w.o, x, { accumulate: true });
+    if (w.oBias) await addBias(p, x, w.oBias);
+  }
+  await rmsnormForward(p, x, w.postAttentionNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
+  if (w.moe) return await moeForward(p, moeShapeOf(cfg.moe!), w.moe, s.normed, x, s.moe!);
+  await projection(p, s.normed, w.gate!, w.gateBias, s.gate);
+  await projection(p, s.normed, w.up!, w.upBias, s.up);
+  await swigluForward(p, s.gate, s.up, s.act);
+  await linear(p, s.act, w.down!, x, { accumulate: true });
+  if (w.downBias) await addBias(p, x, w.downBias);
+}
+
+/** A layer's MLA weights (an MLA target's layer, lib/models/mla.ts). */
+function mlaWeightsOf(w: TargetLayerWeights): MlaWeights {
+  return {
+    q: w.q,
+    qA: w.qA,
+    qANorm: w.qANorm,
+    kvA: w.kvA!,
+    kPe: w.kPe!,
+    kvANorm: w.kvANorm!,
+    kvB: w.kvB!,
+    o: w.o,
+  };
+}
+
+/**
+ * The q, k, v projections of the normed input s.normed (with biases, Qwen3's q/k norms) and `attend` into s.att.
+ */
+async function qkvAttention(
+  p: Program,
+  cfg: TargetConfig,
+  w: TargetLayerWeights,
+  s: LayerScratch,
+  attend: Attend,
+): Promise<void> {
+  const rows = s.normed.shape[0];
+  const { headDim: hd, numHeads: nh, numKvHeads: nkv } = cfg;
+  const flat = (t: Tensor) => t.reshape([rows, t.size / rows]);
   await projection(p, s.normed, w.q, w.qBias, flat(s.q));
-  await projection(p, s.normed, w.k, w.kBias, flat(s.k));
-  await projection(p, s.normed, w.v, w.vBias, flat(s.v));
+  await projection(p, s.normed, w.k!, w.kBias, flat(s.k));
+  await projection(p, s.normed, w.v!, w.vBias, flat(s.v));
   let q = s.q, k = s.k;
   if (w.qNorm && w.kNorm && s.qNormed && s.kNormed && s.headRstd) {
     // Qwen3: RMSNorm over each head's hd values, before RoPE.
@@ -837,16 +926,6 @@ export async function recordDecoderLayer(
     k = s.kNormed;
   }
   await attend(q, k, s.v, s.att);
-  if (cfg.gemma) return await gemmaLayerRest(p, cfg, w, x, s);
-  await linear(p, flat(s.att), w.o, x, { accumulate: true });
-  if (w.oBias) await addBias(p, x, w.oBias);
-  await rmsnormForward(p, x, w.postAttentionNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
-  if (w.moe) return await moeForward(p, moeShapeOf(cfg.moe!), w.moe, s.normed, x, s.moe!);
-  await projection(p, s.normed, w.gate!, w.gateBias, s.gate);
-  await projection(p, s.normed, w.up!, w.upBias, s.up);
-  await swigluForward(p, s.gate, s.up, s.act);
-  await linear(p, s.act, w.down!, x, { accumulate: true });
-  if (w.downBias) await addBias(p, x, w.downBias);
 }
 
 /**
@@ -960,9 +1039,21 @@ export class TargetWeightLoader {
   async layer(l: LayerWeightNames): Promise<TargetLayerWeights> {
     return {
       inputNorm: await this.norm(l.inputNorm),
-      q: l.llama4 ? await this.pairsFirst(l.q, l.llama4.headDim) : await this.matrix(l.q),
-      k: l.llama4 ? await this.pairsFirst(l.k, l.llama4.headDim) : await this.matrix(l.k),
-      v: await this.matrix(l.v),
+      q: l.llama4
+        ? await this.pairsFirst(l.q, l.llama4.headDim)
+        : l.mlaRows
+        ? await this.rowsInOrder(l.q, mlaQRowOrder(l.mlaRows), "rope rows first")
+        : await this.matrix(l.q),
+      k: !l.k ? null : l.llama4 ? await this.pairsFirst(l.k, l.llama4.headDim) : await this.matrix(l.k),
+      v: await this.optionalMatrix(l.v),
+      qA: await this.optionalMatrix(l.qA),
+      qANorm: await this.optionalNorm(l.qANorm),
+      kvA: await this.optionalMatrix(l.kvA),
+      kPe: l.kPe && l.mlaRows
+        ? await this.rowsInOrder(l.kPe, mlaRopeRowOrder(l.mlaRows.rope, l.mlaRows.interleave), "rope rows")
+        : null,
+      kvANorm: await this.optionalNorm(l.kvANorm),
+      kvB: await this.optionalMatrix(l.kvB),
       o: await this.matrix(l.o),
       qBias: await this.optionalVector(l.qBias),
       kBias: await this.optionalVector(l.kBias),
@@ -988,16 +1079,27 @@ export class TargetWeightLoader {
    * A q/k projection [heads·hd, H] with each head's rows reordered even dims first, then odd (Llama 4's
    * interleaved RoPE pairs (2i, 2i + 1) become the rotate-half pairs (i, i + hd/2); q·k is unchanged).
    */
-  async pairsFirst(name: string, hd: number): Promise<Tensor> {
-    const raw = await this.ckpt.read(name);
+  pairsFirst(name: string, hd: number): Promise<Tensor> {
+    const rows = this.ckpt.info(name).shape[0], pairs = mlaRopeRowOrder(hd, true);
+    const order = Array.from({ length: rows }, (_, r) => Math.floor(r / hd) * hd + pairs[r % hd]);
+    return this.rowsInOrder(name, order, "RoPE pairs first");
+  }
+
+  /**
+   * A matrix (whole, or rows of a fused one, `fusedRows`) with its rows reordered: row r is stored row
+   * `order[r]`; `why` goes into its label.
+   */
+  async rowsInOrder(name: string, order: number[], why: string): Promise<Tensor> {
+    const fused = fusedRows(name);
+    const tensor = fused ? fused.tensor : name;
+    const raw = fused ? await this.ckpt.readRows(tensor, fused.from, fused.to) : await this.ckpt.read(name);
     const [rows, cols] = raw.shape, rowBytes = raw.bytes.byteLength / rows;
     const bytes = new Uint8Array(raw.bytes.byteLength);
-    for (let r = 0; r < rows; r++) {
-      const head = Math.floor(r / hd), j = r % hd;
-      const from = head * hd + (j < hd / 2 ? 2 * j : 2 * (j - hd / 2) + 1);
-      bytes.set(raw.bytes.subarray(from * rowBytes, (from + 1) * rowBytes), r * rowBytes);
-    }
-    return this.upload(name, { dtype: raw.dtype, shape: [rows, cols], bytes }, `${name} (RoPE pairs first)`);
+    order.forEach((from, r) =>
+      bytes.set(raw.bytes.subarray(from * rowBytes, (from + 1) * rowBytes), r * rowBytes)
+    );
+    const label = fused ? `${tensor}[${fused.from}:${fused.to}]` : name;
+    return this.upload(tensor, { dtype: raw.dtype, shape: [rows, cols], bytes }, `${label} (${why})`);
   }
 
   /** A weightless norm's weight: ones [n] (Llama 4's L2 q/k norm), one tensor per size for every layer. */

@@ -16,6 +16,7 @@ import type {
 } from "./config.ts";
 import { moeScratchShapes } from "../ops/moe.ts";
 import { fusedRows, moeShapeOf } from "./config.ts";
+import { mlaKeyShapes, mlaScratchShapes } from "./mla.ts";
 
 /** One tensor of a plan: its label and the bytes it asks the buffer pool for. */
 export interface PlannedTensor {
@@ -28,6 +29,12 @@ export interface PlannedTensor {
 /** A tensor of `shape` and `dtype` as planned. */
 export function planned(label: string, shape: readonly number[], dtype: DType): PlannedTensor {
   return { label, bytes: allocationBytes(shape, dtype) };
+}
+
+/** The rows of a layer's k and v (and of their caches) per token: [nkv, hd] each, MLA's [1, rope] and [1, r]. */
+export function kvRowShapes(cfg: TargetConfig): { k: [number, number]; v: [number, number] } {
+  if (cfg.mla) return { k: [1, cfg.mla.ropeDim], v: [1, cfg.mla.kvLoraRank] };
+  return { k: [cfg.numKvHeads, cfg.headDim], v: [cfg.numKvHeads, cfg.headDim] };
 }
 
 /** What a checkpoint's header says of a tensor. */
@@ -111,10 +118,12 @@ export function rowSplitTensors(
 }
 
 /** The fields of a decoder layer's weights that hold matrices (uploaded in their stored dtype). */
-export const LAYER_MATRICES = ["q", "k", "v", "o", "gate", "up", "down"] as const;
+export const LAYER_MATRICES = ["q", "k", "v", "o", "qA", "kvA", "kPe", "kvB", "gate", "up", "down"] as const;
 /** The fields that hold vectors (norms and biases, uploaded as f32; null when the architecture has none). */
 export const LAYER_VECTORS = [
   "inputNorm",
+  "qANorm",
+  "kvANorm",
   "postAttentionNorm",
   "preFeedforwardNorm",
   "postFeedforwardNorm",
@@ -186,7 +195,10 @@ function moeLayerWeights(
       experts: names.length,
     };
   };
-  const out = [one(n.router), ...(n.routerBias ? [vector(stored, n.routerBias)] : [])];
+  const out = [
+    one(n.router),
+    ...[n.routerBias, n.correctionBias].filter((b) => b).map((b) => vector(stored, b!)),
+  ];
   if (n.fused) out.push(...fusedWeights(stored, n.fused, shaderF16));
   else out.push(stacked(n.gate), stacked(n.up), stacked(n.down));
   if (n.shared) out.push(one(n.shared.gate), one(n.shared.up), one(n.shared.down));
@@ -448,8 +460,8 @@ export function trunkTensors(cfg: TargetConfig, B: number, T: number): PlannedTe
     planned("normed", [rows, H], "f32"),
     planned("rstd", [rows], "f32"),
     planned("q", [rows, nh, hd], "f32"),
-    planned("k", [rows, nkv, hd], "f32"),
-    planned("v", [rows, nkv, hd], "f32"),
+    planned("k", [rows, ...kvRowShapes(cfg).k], "f32"),
+    planned("v", [rows, ...kvRowShapes(cfg).v], "f32"),
   ];
   if (cfg.qkNorm) {
     out.push(
@@ -465,7 +477,10 @@ export function trunkTensors(cfg: TargetConfig, B: number, T: number): PlannedTe
     planned("swiglu", [rows, I], "f32"),
     ...(cfg.gemma ? [planned("branch", [rows, H], "f32"), planned("branch normed", [rows, H], "f32")] : []),
     ...(cfg.moe ? moeTensors(cfg.moe, rows, H) : []),
+    ...(cfg.mla ? mlaScratchShapes(cfg, rows).map(([k, dims]) => planned(`mla ${k}`, dims, "f32")) : []),
     planned("attention lse", [B, nh, T], "f32"),
+    // MLA's per-head keys and values of the pass's positions, shared by the layers (lib/models/mla.ts).
+    ...(cfg.mla ? mlaKeyShapes(cfg, rows).map(([label, dims]) => planned(label, dims, "f32")) : []),
   );
   return out;
 }

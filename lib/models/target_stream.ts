@@ -48,6 +48,7 @@ import {
 } from "./target.ts";
 import { targetStreamSlots, withTargetPlanInput } from "./memory_plan.ts";
 import {
+  LAYER_MATRICES,
   LAYER_VECTORS,
   layerBytes,
   layerWeights,
@@ -98,7 +99,7 @@ export class StreamedTarget implements HeadSource {
    */
   static async load(gpu: Gpu, dir: string, opts: StreamedTargetOptions): Promise<StreamedTarget> {
     const config = await loadTargetConfig(`${dir}/config.json`);
-    if (config.moe) {
+    if (config.moe) { // DeepSeek-V3's MLA layers too: every DeepseekV3ForCausalLM config has its MoE
       throw new ConfigError(
         `${dir}: --target-memory-budget streams dense targets only; ${config.architecture} (mixture of experts) ` +
           `loads every layer`,
@@ -219,7 +220,8 @@ function emptySlot(
   slot: number,
 ): TargetLayerWeights {
   const out: Partial<Record<keyof TargetLayerWeights, Tensor | null>> = {};
-  for (const f of LAYER_VECTORS) out[f] = null; // the architecture's absent norms and biases
+  // The architecture's absent matrices (MLA's), norms and biases.
+  for (const f of [...LAYER_MATRICES, ...LAYER_VECTORS]) out[f] = null;
   for (const w of layerWeights((n) => ckpt.info(n), l, gpu.features.shaderF16)) {
     out[w.field] = Tensor.empty(gpu, w.shape, w.dtype, `slot ${slot} ${w.field}`);
   }

@@ -36,7 +36,13 @@ export interface MoeShape {
    * softmax of the k picked logits alone (GPT-OSS), or "sigmoid" of each picked logit (Llama 4). Default
    * "softmax".
    */
-  routing?: "softmax" | "picked" | "sigmoid";
+  routing?: "softmax" | "picked" | "sigmoid" | "grouped";
+  /**
+   * DeepSeek-V3's group-limited routing (with routing "grouped"; kernels/moe.ts `routeGrouped`): `groups`
+   * expert groups, `topkGroup` kept, the weights times `scale`; the correction bias is
+   * {@link MoeWeights.correctionBias}.
+   */
+  grouped?: { groups: number; topkGroup: number; scale: number } | null;
   /**
    * Llama 4: the weight scales the expert's input rather than its output, and gate and up are one projection
    * per expert, gate its first half.
@@ -89,6 +95,8 @@ export interface MoeWeights {
   router: Tensor;
   /** The router's bias, f32 [E] (GPT-OSS), else null. */
   routerBias?: Tensor | null;
+  /** DeepSeek-V3's `e_score_correction_bias`, f32 [E]: added to the scores for choosing only; else null. */
+  correctionBias?: Tensor | null;
   /** Every expert's gate_proj ([I, H] each), in blocks that each fit one storage binding (empty for GPT-OSS). */
   gate: ExpertBlock[];
   /** Every expert's up_proj ([I, H] each; empty for GPT-OSS). */
@@ -314,17 +322,8 @@ async function route(p: Program, shape: MoeShape, w: MoeWeights, m: Tensor, s: M
   const rows = m.shape[0], { experts: E, topK: k } = shape, A = rows * k;
   await linear(p, m, w.router, s.logits);
   if (w.routerBias) await addBias(p, s.logits, w.routerBias);
-  const mode = { softmax: 0, picked: 1, sigmoid: 2 }[shape.routing ?? "softmax"];
-  await p.add(
-    { name: "moe.route", code: K.route, entryPoint: "route" },
-    [
-      params(["u32", rows], ["u32", E], ["u32", k], ["u32", shape.normTopk ? 1 : 0], ["u32", mode]),
-      s.logits,
-      s.ids,
-      s.weights,
-    ],
-    Math.ceil(rows / K.MOE_WG),
-  );
+  if (shape.routing === "grouped") await routeGrouped(p, shape, w, s);
+  else await routeTopk(p, shape, s);
   await p.add(
     { name: "moe.sort", code: K.sort, entryPoint: "sort" },
     [
@@ -335,6 +334,57 @@ async function route(p: Program, shape: MoeShape, w: MoeWeights, m: Tensor, s: M
       s.tiles,
     ],
     [1, 1, 1],
+  );
+}
+
+/** Records each token's k experts and weights from s.logits (Qwen, GPT-OSS, Llama 4: kernels/moe.ts `route`). */
+async function routeTopk(p: Program, shape: MoeShape, s: MoeScratch): Promise<void> {
+  const rows = s.logits.shape[0], { experts: E, topK: k } = shape;
+  const mode =
+    { softmax: 0, picked: 1, sigmoid: 2 }[(shape.routing ?? "softmax") as "softmax" | "picked" | "sigmoid"];
+  await p.add(
+    { name: "moe.route", code: K.route, entryPoint: "route" },
+    [
+      params(["u32", rows], ["u32", E], ["u32", k], ["u32", shape.normTopk ? 1 : 0], ["u32", mode]),
+      s.logits,
+      s.ids,
+      s.weights,
+    ],
+    Math.ceil(rows / K.MOE_WG),
+  );
+}
+
+/** Records DeepSeek-V3's group-limited routing from s.logits (kernels/moe.ts `routeGrouped`). */
+async function routeGrouped(p: Program, shape: MoeShape, w: MoeWeights, s: MoeScratch): Promise<void> {
+  const rows = s.logits.shape[0], { experts: E, topK: k } = shape, g = shape.grouped;
+  if (!g || !w.correctionBias) {
+    throw new ShapeError("moeForward: grouped routing needs shape.grouped and the correction bias");
+  }
+  if (g.groups > K.MOE_MAX_GROUPS || E % g.groups !== 0 || g.topkGroup > g.groups) {
+    throw new ShapeError(
+      `moeForward: ${g.groups} groups (keeping ${g.topkGroup}) of ${E} experts: at most ${K.MOE_MAX_GROUPS} ` +
+        "groups dividing the experts",
+    );
+  }
+  expectShape("moeForward", "correction bias", w.correctionBias, [E]);
+  await p.add(
+    { name: "moe.route_grouped", code: K.routeGrouped, entryPoint: "route_grouped" },
+    [
+      params(
+        ["u32", rows],
+        ["u32", E],
+        ["u32", k],
+        ["u32", shape.normTopk ? 1 : 0],
+        ["u32", g.groups],
+        ["u32", g.topkGroup],
+        ["f32", g.scale],
+      ),
+      s.logits,
+      w.correctionBias,
+      s.ids,
+      s.weights,
+    ],
+    Math.ceil(rows / K.MOE_WG),
   );
 }
 
@@ -412,6 +462,8 @@ export interface MoeWeightsCpu {
   router: Float32Array<ArrayBuffer>;
   /** [E], or absent. */
   routerBias?: Float32Array<ArrayBuffer>;
+  /** DeepSeek-V3's correction bias [E] (grouped routing), or absent. */
+  correctionBias?: Float32Array<ArrayBuffer>;
   /** [E, I, H] each (Qwen); absent with gateUp. */
   gate?: Float32Array<ArrayBuffer>;
   up?: Float32Array<ArrayBuffer>;
@@ -461,7 +513,7 @@ export function moeRouteCpu(
   logits: ArrayLike<number>,
   topK: number,
   renorm: boolean,
-  routing: MoeShape["routing"] = "softmax",
+  routing: Exclude<MoeShape["routing"], "grouped"> = "softmax",
 ): { ids: number[]; w: number[] } {
   const E = logits.length;
   const order = Array.from({ length: E }, (_, e) => e).sort((a, b) => logits[b] - logits[a] || a - b);
@@ -474,6 +526,34 @@ export function moeRouteCpu(
   );
   const picked = w.reduce((a, b) => a + b, 0);
   return { ids, w: renorm ? w.map((v) => v / picked) : w };
+}
+
+/**
+ * DeepSeek-V3's group-limited routing of one token (kernels/moe.ts `routeGrouped`, transformers
+ * `DeepseekV3TopkRouter`): groups by the sum of their two best biased scores, the k best biased scores in the
+ * kept groups (lower index first on ties), weighted by the unbiased sigmoid scores.
+ */
+export function moeRouteGroupedCpu(
+  logits: ArrayLike<number>,
+  bias: ArrayLike<number>,
+  topK: number,
+  renorm: boolean,
+  g: { groups: number; topkGroup: number; scale: number },
+): { ids: number[]; w: number[] } {
+  const E = logits.length, per = E / g.groups;
+  const score = Array.from({ length: E }, (_, e) => 1 / (1 + Math.exp(-logits[e])));
+  const choice = score.map((v, e) => v + bias[e]);
+  const best = (xs: number[], n: number) =>
+    xs.map((_, i) => i).sort((a, b) => xs[b] - xs[a] || a - b).slice(0, n);
+  const groupScore = Array.from({ length: g.groups }, (_, gi) => {
+    const members = choice.slice(gi * per, (gi + 1) * per);
+    return best(members, 2).reduce((a, i) => a + members[i], 0);
+  });
+  const kept = new Set(best(groupScore, g.topkGroup));
+  const ids = best(choice.map((c, e) => kept.has(Math.floor(e / per)) ? c : -Infinity), topK);
+  const w = ids.map((e) => score[e]);
+  const sum = w.reduce((a, b) => a + b, 0) + 1e-20;
+  return { ids, w: w.map((v) => (renorm ? v / sum : v) * g.scale) };
 }
 
 /** GPT-OSS's clamped SwiGLU of an interleaved gate/up row (kernels/moe.ts `clampedGlu`). */
@@ -519,7 +599,10 @@ export function moeCpu(
   const out = new Float64Array(rows * H);
   for (let r = 0; r < rows; r++) {
     const x = m.subarray(r * H, (r + 1) * H);
-    const routed = moeRouteCpu(logits.subarray(r * E, (r + 1) * E), topK, shape.normTopk, shape.routing);
+    const row = logits.subarray(r * E, (r + 1) * E);
+    const routed = shape.routing === "grouped"
+      ? moeRouteGroupedCpu(row, w.correctionBias!, topK, shape.normTopk, shape.grouped!)
+      : moeRouteCpu(row, topK, shape.normTopk, shape.routing);
     routed.ids.forEach((e, j) => {
       const down = w.down.subarray(e * H * I, (e + 1) * H * I);
       const act = expertActCpu(x, e, H, shape, w, routed.w[j]);

@@ -161,7 +161,8 @@ export async function treeAttentionForward(
 
 /**
  * Records RoPE in place on x [R, heads, hd] with row r at position positions[r] (i32 [R]; clamped to the
- * table), cos/sin [maxPositions, hd/2] from lib/ops/rope.ts `ropeTable`.
+ * table), cos/sin [maxPositions, r/2] from lib/ops/rope.ts `ropeTable` for a rotary width r ≤ hd: the first r
+ * columns of each head rotate (r = hd: all of them).
  */
 export async function ropeAtPositions(
   p: Program,
@@ -182,13 +183,24 @@ export async function ropeAtPositions(
   }
   const [rows, heads, hd] = x.shape;
   expectShape(op, "positions", positions, [rows]);
-  expectShape(op, "cos", cos, [-1, hd / 2]);
+  const half = cos.shape[1];
+  if (cos.shape.length !== 2 || !(half >= 1 && half <= hd / 2)) {
+    throw new ShapeError(
+      `${op}: cos has shape ${shapeString(cos.shape)}, expected [positions, 1..${hd / 2}]`,
+    );
+  }
   expectShape(op, "sin", sin, cos.shape);
-  const pairs = rows * heads * hd / 2;
+  const pairs = rows * heads * half;
   if (pairs === 0) return;
   await p.add(
     { name: "tree_attention.rope_at_positions", code: K.ropeAtPositions, entryPoint: "main" },
-    [params(["u32", pairs], ["u32", heads], ["u32", hd / 2], ["u32", cos.shape[0]]), x, positions, cos, sin],
+    [
+      params(["u32", pairs], ["u32", heads], ["u32", half], ["u32", cos.shape[0]], ["u32", hd / 2]),
+      x,
+      positions,
+      cos,
+      sin,
+    ],
     Math.ceil(pairs / K.TREE_WG),
   );
 }
@@ -303,15 +315,16 @@ export function treeAttentionCpu(
   return out;
 }
 
-/** CPU reference of {@link ropeAtPositions} for x [R, heads, hd]. */
+/** CPU reference of {@link ropeAtPositions} for x [R, heads, hd] and a rotary width r (default hd). */
 export function ropeAtPositionsCpu(
   x: ArrayLike<number>,
   positions: ArrayLike<number>,
   cos: ArrayLike<number>,
   sin: ArrayLike<number>,
   [rows, heads, hd]: [number, number, number],
+  rotary = hd,
 ): Float64Array {
-  const half = hd / 2;
+  const half = rotary / 2;
   const out = Float64Array.from(x);
   for (let r = 0; r < rows; r++) {
     for (let h = 0; h < heads; h++) {

@@ -237,7 +237,8 @@ Deno.test({ name: "runSpeculativeEval reports tau, speeds and the greedy match",
 
 // Gemma 3 (window 32), and Gemma 3, Mistral and Qwen2 with windows of 6, 5, 5 tokens that the sequences pass: the
 // tree verification applies the windows as the plain forward does; and the MoE targets (each verified token
-// routed as in the plain forward; GPT-OSS's sinks, Llama 4's chunks and NoPE temperature in the tree pass).
+// routed as in the plain forward; GPT-OSS's sinks, Llama 4's chunks and NoPE temperature in the tree pass;
+// DeepSeek-V3's compressed latent cache, expanded for the tree pass and compacted after acceptance).
 for (
   const arch of [
     "gemma3",
@@ -248,6 +249,7 @@ for (
     "qwen2_moe",
     "gpt_oss_mxfp4",
     "llama4",
+    "deepseek_v3",
   ]
 ) {
   Deno.test({

@@ -8,8 +8,7 @@ decoder layer (hidden_states[1:], before the final norm), the final post-norm hi
 for the cases in GREEDY the greedy continuation transformers' generate() gives.
 
 gpt_oss_mxfp4 is written by hand in the published GPT-OSS layout (experts' `*_blocks` and `*_scales` in MXFP4,
-quantization_config mxfp4) and loaded by transformers with Mxfp4Config(dequantize=True). The deepseek_v3 golden
-is for a family not supported yet (tests/models/config_test.ts checks it is refused by name).
+quantization_config mxfp4) and loaded by transformers with Mxfp4Config(dequantize=True).
 
 Run with the venv described in DESIGN.md (torch 2.x, transformers 5.x); name cases to write only those:
   .venv-golden/bin/python tests/golden/make_targets.py [phi3 ...]
@@ -184,13 +183,26 @@ CASES = {
                                   beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)),
         torch.bfloat16,
     ),
+    # DeepSeek-V3's other paths: a plain q_proj (q_lora_rank null), rotate-half RoPE (rope_interleave false), v as
+    # wide as q/k (no padding), YaRN with mscale ≠ mscale_all_dim (attention factor ≠ 1, mscale² of 0.5), routing
+    # without renormalisation in 2 groups keeping 1, two dense layers first, two shared experts; f32 storage.
+    "deepseek_v3_plain": (
+        transformers.DeepseekV3Config,
+        dict(num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=10, qk_rope_head_dim=6, qk_nope_head_dim=6,
+             v_head_dim=12, n_routed_experts=6, n_shared_experts=2, num_experts_per_tok=2, n_group=2, topk_group=1,
+             moe_intermediate_size=8, first_k_dense_replace=2, routed_scaling_factor=1.5, norm_topk_prob=False,
+             rope_interleave=False, tie_word_embeddings=False,
+             rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
+                                  beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.5)),
+        torch.float32,
+    ),
 }
 
 
 # Cases whose golden also holds transformers' greedy continuation (added with them; the older cases' files
 # predate it).
 GREEDY = {"gemma3", "gemma3_window", "mistral_window", "qwen2_window", "qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe",
-          "gpt_oss", "gpt_oss_mxfp4", "llama4", "deepseek_v3"}
+          "gpt_oss", "gpt_oss_mxfp4", "llama4", "deepseek_v3", "deepseek_v3_plain"}
 
 
 FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]

@@ -13,6 +13,7 @@ import {
   targetWeightNames,
 } from "../../lib/models/config.ts";
 import { SafetensorsCheckpoint } from "../../lib/io/safetensors.ts";
+import { deriveDraftConfig } from "../../lib/models/draft_config.ts";
 
 const TINYSTORIES = new URL("../../../shared/models/tinystories-656K", import.meta.url).pathname;
 const haveTinystories = (() => {
@@ -673,6 +674,7 @@ Deno.test("config: Qwen3-MoE and Qwen2-MoE routing, sparse layers, shared expert
     normTopk: true,
     sharedIntermediate: null,
     routing: "softmax",
+    grouped: null,
     gptOss: null,
     inputScaled: false,
     sparseLayers: true,
@@ -720,13 +722,168 @@ Deno.test("config: Qwen3-MoE and Qwen2-MoE routing, sparse layers, shared expert
   assert.deepEqual(shapes.get("model.layers.0.mlp.experts.59.gate_proj.weight"), [1408, 2048]);
 });
 
-Deno.test("config: DeepSeek-V3 (its golden checkpoint kept for it) is refused by name", async () => {
-  const golden = new URL("../golden/targets/", import.meta.url).pathname;
-  for (const [dir, arch] of [["deepseek_v3", "DeepseekV3ForCausalLM"]]) {
-    await assert.rejects(
-      loadTargetConfig(join(golden, dir, "config.json")),
-      new RegExp(`architecture ${arch} is not supported; supported: LlamaForCausalLM, .*Llama4ForCausalLM`),
-    );
+/** DeepSeek-V3's config.json (the keys the parser reads; no head_dim or rope_interleave, as published). */
+const DEEPSEEK_V3 = {
+  architectures: ["DeepseekV3ForCausalLM"],
+  model_type: "deepseek_v3",
+  hidden_size: 7168,
+  intermediate_size: 18432,
+  moe_intermediate_size: 2048,
+  num_hidden_layers: 61,
+  num_attention_heads: 128,
+  num_key_value_heads: 128,
+  q_lora_rank: 1536,
+  kv_lora_rank: 512,
+  qk_nope_head_dim: 128,
+  qk_rope_head_dim: 64,
+  v_head_dim: 128,
+  n_routed_experts: 256,
+  n_shared_experts: 1,
+  num_experts_per_tok: 8,
+  n_group: 8,
+  topk_group: 4,
+  topk_method: "noaux_tc",
+  scoring_func: "sigmoid",
+  norm_topk_prob: true,
+  routed_scaling_factor: 2.5,
+  first_k_dense_replace: 3,
+  max_position_embeddings: 163840,
+  rope_theta: 10000,
+  rope_scaling: {
+    beta_fast: 32,
+    beta_slow: 1,
+    factor: 40,
+    mscale: 1.0,
+    mscale_all_dim: 1.0,
+    original_max_position_embeddings: 4096,
+    type: "yarn",
+  },
+  rms_norm_eps: 1e-6,
+  vocab_size: 129280,
+  tie_word_embeddings: false,
+};
+
+Deno.test("config: DeepSeek-V3 (MLA with its mscale², grouped sigmoid routing, dense first layers)", () => {
+  const c = parseTargetConfig(DEEPSEEK_V3);
+  assert.deepEqual([c.headDim, c.rotaryDim, c.numKvHeads], [192, 64, 128]);
+  const m = c.mla!, mscale = 0.1 * Math.log(40) + 1;
+  assert.deepEqual([m.qLoraRank, m.kvLoraRank, m.nopeDim, m.ropeDim, m.vHeadDim, m.interleave], [
+    1536,
+    512,
+    128,
+    64,
+    128,
+    true,
+  ]);
+  assertClose1(m.scale, 192 ** -0.5 * mscale * mscale);
+  assert.equal(c.ropeScaling.type, "yarn");
+  const moe = c.moe!;
+  assert.deepEqual(
+    [moe.experts, moe.topK, moe.expertIntermediate, moe.sharedIntermediate, moe.routing, moe.normTopk],
+    [256, 8, 2048, 2048, "grouped", true],
+  );
+  assert.deepEqual(moe.grouped, { groups: 8, topkGroup: 4, scale: 2.5 });
+  assert.deepEqual(moe.sparseLayers.slice(0, 5), [false, false, false, true, true]);
+  const names = targetWeightNames(c);
+  const l3 = names.layers[3];
+  assert.deepEqual([l3.q, l3.k, l3.v, l3.qA], [
+    "model.layers.3.self_attn.q_b_proj.weight",
+    null,
+    null,
+    "model.layers.3.self_attn.q_a_proj.weight",
+  ]);
+  assert.equal(l3.moe!.correctionBias, "model.layers.3.mlp.gate.e_score_correction_bias");
+  assert.equal(l3.moe!.shared!.gate, "model.layers.3.mlp.shared_experts.gate_proj.weight");
+  assert.equal(l3.moe!.shared!.gateProj, null);
+  const shapes = expectedWeightShapes(c, names);
+  for (
+    const [name, shape] of [
+      ["model.layers.0.self_attn.q_a_proj.weight", [1536, 7168]],
+      ["model.layers.0.self_attn.q_b_proj.weight", [128 * 192, 1536]],
+      ["model.layers.0.self_attn.kv_a_proj_with_mqa.weight", [576, 7168]],
+      ["model.layers.0.self_attn.kv_a_layernorm.weight", [512]],
+      ["model.layers.0.self_attn.kv_b_proj.weight", [128 * 256, 512]],
+      ["model.layers.0.self_attn.o_proj.weight", [7168, 128 * 128]],
+      ["model.layers.0.mlp.gate_proj.weight", [18432, 7168]],
+      ["model.layers.3.mlp.experts.255.down_proj.weight", [7168, 2048]],
+      ["model.layers.3.mlp.gate.e_score_correction_bias", [256]],
+    ] as const
+  ) assert.deepEqual(shapes.get(name), shape, name);
+});
+
+function assertClose1(got: number, want: number): void {
+  assert.ok(Math.abs(got - want) <= 1e-12 * Math.abs(want), `${got} != ${want}`);
+}
+
+Deno.test("config: Kimi-K2 (DeepSeek-V3's architecture, one expert group) and a q_proj without q LoRA", () => {
+  const kimi = parseTargetConfig(
+    edit(DEEPSEEK_V3, {
+      model_type: "kimi_k2",
+      num_attention_heads: 64,
+      num_key_value_heads: 64,
+      n_routed_experts: 384,
+      n_group: 1,
+      topk_group: 1,
+      first_k_dense_replace: 1,
+      routed_scaling_factor: 2.827,
+      rope_scaling: { ...DEEPSEEK_V3.rope_scaling, factor: 32 },
+    }),
+  );
+  assert.equal(kimi.modelType, "kimi_k2");
+  // The derived draft's head_dim is hidden / heads, as SpecForge's from these configs (no head_dim key).
+  assert.deepEqual([
+    deriveDraftConfig(kimi).headDim,
+    deriveDraftConfig(parseTargetConfig(DEEPSEEK_V3)).headDim,
+  ], [
+    112,
+    56,
+  ]);
+  assert.deepEqual(kimi.moe!.grouped, { groups: 1, topkGroup: 1, scale: 2.827 });
+  assert.deepEqual(kimi.moe!.sparseLayers.slice(0, 2), [false, true]);
+  const plain = parseTargetConfig(edit(DEEPSEEK_V3, { q_lora_rank: null, rope_interleave: false }));
+  assert.deepEqual([plain.mla!.qLoraRank, plain.mla!.interleave], [null, false]);
+  const names = targetWeightNames(plain);
+  assert.deepEqual([names.layers[0].q, names.layers[0].qA], ["model.layers.0.self_attn.q_proj.weight", null]);
+  assert.deepEqual(expectedWeightShapes(plain, names).get("model.layers.0.self_attn.q_proj.weight"), [
+    128 * 192,
+    7168,
+  ]);
+});
+
+Deno.test("config: DeepSeek-V3's golden config parses as transformers 5 wrote it", async () => {
+  const c = await loadTargetConfig(
+    new URL("../golden/targets/deepseek_v3/config.json", import.meta.url).pathname,
+  );
+  assert.deepEqual([c.headDim, c.rotaryDim, c.mla!.interleave, c.moe!.sparseLayers[0]], [12, 4, true, false]);
+  assert.equal(c.ropeScaling.type, "yarn");
+  assertClose1(c.mla!.scale, 12 ** -0.5 * (0.1 * Math.log(4) + 1) ** 2);
+});
+
+Deno.test("config: bad or unsupported DeepSeek-V3 configs are one-line errors naming the file and key", () => {
+  const cases: Array<[Record<string, unknown>, RegExp]> = [
+    [{ topk_method: "greedy" }, /^config\.json: topk_method "greedy" is not supported \(noaux_tc/],
+    [{ scoring_func: "softmax" }, /^config\.json: scoring_func "softmax" is not supported \(sigmoid/],
+    [{ n_group: 3 }, /^config\.json: n_group 3 must divide n_routed_experts 256/],
+    [{ topk_group: 9 }, /^config\.json: topk_group 9 exceeds n_group 8/],
+    [{ topk_group: 1, n_group: 64, num_experts_per_tok: 5 }, /num_experts_per_tok 5 exceeds the 4 experts/],
+    [{ num_experts_per_tok: 300 }, /num_experts_per_tok 300 exceeds n_routed_experts 256/],
+    [
+      { quantization_config: { quant_method: "fp8" } },
+      /quantization_config.quant_method "fp8" is not supported/,
+    ],
+    [{ attention_bias: true }, /attention_bias is not supported for DeepseekV3ForCausalLM/],
+    [{ v_head_dim: 256 }, /v_head_dim 256 above qk_nope_head_dim \+ qk_rope_head_dim 192 is not supported/],
+    [{ num_key_value_heads: 8 }, /num_key_value_heads 8 must equal num_attention_heads 128/],
+    [{ kv_lora_rank: undefined, q_lora_rank: "x" }, /q_lora_rank must be an integer/],
+    [{ qk_rope_head_dim: 63 }, /qk_rope_head_dim 63 must be even/],
+  ];
+  for (const [changes, want] of cases) {
+    assert.throws(() => parseTargetConfig(edit(DEEPSEEK_V3, changes)), (e: Error) => {
+      assert.ok(e instanceof ConfigError, e.message);
+      assert.match(e.message, want);
+      assert.ok(!e.message.includes("\n"), e.message);
+      return true;
+    });
   }
 });
 

@@ -4,6 +4,8 @@ import { Golden } from "../golden.ts";
 import { TargetModel } from "../../lib/models/target.ts";
 import { Generator } from "../../lib/models/generate.ts";
 import { vocabStatsCpu } from "../../lib/ops/vocab_stats.ts";
+import { TargetSession } from "../../lib/eval/target_infer.ts";
+import { kvRowShapes } from "../../lib/models/target_memory.ts";
 
 const GOLDEN_DIR = new URL("../golden/targets/", import.meta.url).pathname;
 
@@ -25,8 +27,21 @@ const ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "ph
 // Mixture-of-experts targets: Qwen3-MoE with and without renormalised routing and dense layers among the
 // sparse ones, Qwen2-MoE with its gated shared expert, GPT-OSS (attention sinks, alternating windows of 4, YaRN,
 // biased router and experts, clamped SwiGLU) with bf16 experts and with MXFP4 experts, Llama 4 (NoPE layers
-// with temperature tuning, chunked attention of 4 tokens, L2 q/k norm, interleaved RoPE, input-scaled experts).
-const MOE = ["qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe", "gpt_oss", "gpt_oss_mxfp4", "llama4"];
+// with temperature tuning, chunked attention of 4 tokens, L2 q/k norm, interleaved RoPE, input-scaled experts),
+// DeepSeek-V3 (multi-head latent attention with q LoRA, interleaved RoPE on its rope part, YaRN's mscale² in the
+// softmax scale; a dense first layer, then grouped sigmoid routing with the correction bias and shared expert)
+// and its plain variant (q_proj without LoRA, rotate-half RoPE, v as wide as q/k, YaRN attention factor ≠ 1,
+// unnormalised routing, two shared experts).
+const MOE = [
+  "qwen3_moe",
+  "qwen3_moe_unnormed",
+  "qwen2_moe",
+  "gpt_oss",
+  "gpt_oss_mxfp4",
+  "llama4",
+  "deepseek_v3",
+  "deepseek_v3_plain",
+];
 for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window", ...MOE]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
@@ -182,10 +197,13 @@ for (const arch of ["gemma3", "gemma3_window", "mistral_window", "qwen2_window",
 
 // Bindings under which every projection's experts come in several blocks (MXFP4 experts are 4 times smaller).
 for (
-  const [arch, binding] of [["qwen2_moe", 4096], ["gpt_oss", 4096], ["gpt_oss_mxfp4", 1024], [
-    "llama4",
-    4096,
-  ]] as const
+  const [arch, binding] of [
+    ["qwen2_moe", 4096],
+    ["gpt_oss", 4096],
+    ["gpt_oss_mxfp4", 1024],
+    ["llama4", 4096],
+    ["deepseek_v3", 4096],
+  ] as const
 ) {
   Deno.test({
     name:
@@ -219,3 +237,30 @@ for (
     assert.deepEqual(await logits(binding), await logits());
   });
 }
+
+Deno.test({
+  name: "target deepseek_v3: its KV caches hold the compressed latent and k_pe of each position",
+  ...needsGpu,
+}, async () => {
+  const model = await TargetModel.load(gpu!, `${GOLDEN_DIR}deepseek_v3`, { auxLayers: [1, 3, 4] });
+  const session = new TargetSession(model, 32, 16);
+  try {
+    const m = model.config.mla!;
+    // Per position and layer: kv_lora_rank + qk_rope_head_dim values (12 + 4), not nh·(nope + rope + v).
+    assert.deepEqual(kvRowShapes(model.config), { k: [1, m.ropeDim], v: [1, m.kvLoraRank] });
+    assert.deepEqual([session.k[0].shape, session.v[7].shape], [[32, 1, 4], [32, 1, 12]]);
+    // The cache the prefill wrote is the normed latent of each prompt position (kv_a_layernorm's output).
+    const prompt = Array.from(goldenOf("deepseek_v3").ints("input_ids").slice(0, 7));
+    await session.prefill(prompt);
+    const latent = (await session.v[0].readFloat()).subarray(0, 7 * m.kvLoraRank);
+    const norm = await model.layers[0].kvANorm!.readFloat();
+    for (let t = 0; t < 7; t++) {
+      const row = latent.subarray(t * m.kvLoraRank, (t + 1) * m.kvLoraRank);
+      const ms = row.reduce((a, x, i) => a + (x / norm[i]) ** 2, 0) / m.kvLoraRank;
+      assert.ok(Math.abs(ms - 1) < 1e-3, `position ${t}: mean square of latent / weight ${ms}`);
+    }
+  } finally {
+    session.destroy();
+    model.destroy();
+  }
+});

@@ -3,7 +3,8 @@
  * several tiles per expert, odd sizes, f32 and bf16 expert weights, experts in several weight blocks, the gated
  * shared expert. GPT-OSS: the router's bias and the softmax of the picked logits, the interleaved gate/up
  * projection with the clamped SwiGLU (values past the limit), the experts' biases, bf16 experts stored
- * transposed and MXFP4 experts. Also the CPU routing on hand-made logits. The whole blocks against transformers'
+ * transposed and MXFP4 experts. DeepSeek-V3: grouped sigmoid routing with the correction bias. Also the CPU
+ * routing on hand-made logits. The whole blocks against transformers'
  * classes are in tests/models/target_test.ts.
  */
 import assert from "node:assert/strict";
@@ -15,6 +16,7 @@ import {
   moeCpu,
   moeForward,
   moeRouteCpu,
+  moeRouteGroupedCpu,
   moeScratch,
   type MoeShape,
   type MoeWeightsCpu,
@@ -133,6 +135,8 @@ async function runCase(c: Case, seed: number) {
       gateUpBias: randomArray(E * 2 * I, seed + 7, 2),
       downBias: randomArray(E * H, seed + 8, 0.5),
     }
+    : shape.routing === "grouped"
+    ? { correctionBias: randomArray(E, seed + 6, 0.3) }
     : {};
   const t = (data: F32, dims: number[], label: string, dtype: "f32" | "bf16" = dense) =>
     Tensor.fromArray(g, data, dims, dtype, label);
@@ -144,8 +148,8 @@ async function runCase(c: Case, seed: number) {
     gate: round(randomArray(c.shared * H, seed + 9, 0.3)),
     up: round(randomArray(c.shared * H, seed + 10, 0.3)),
     down: round(randomArray(H * c.shared, seed + 11, 0.3)),
-    // Llama 4's shared expert has no gate.
-    gateProj: shape.inputScaled ? null : round(randomArray(H, seed + 12, 0.5)),
+    // Llama 4's and DeepSeek-V3's shared experts have no gate.
+    gateProj: shape.inputScaled || shape.routing === "grouped" ? null : round(randomArray(H, seed + 12, 0.5)),
     size: c.shared,
   };
   const cpu: MoeWeightsCpu = {
@@ -160,6 +164,7 @@ async function runCase(c: Case, seed: number) {
   const weights = {
     router: t(raw.router, [E, H], "router"),
     routerBias: biases.routerBias ? t(biases.routerBias, [E], "router bias", "f32") : null,
+    correctionBias: biases.correctionBias ? t(biases.correctionBias, [E], "correction bias", "f32") : null,
     gate: gate?.blocks ?? [],
     up: up?.blocks ?? [],
     gateUp: gateUp?.blocks ?? null,
@@ -241,6 +246,49 @@ Deno.test({
     { rows: 9, H: 20, shape: LLAMA4(6, 2, 10), shared: 10, format: "bf16", kn: true, block: 4 },
   ];
   for (const [i, c] of cases.entries()) await runCase(c, 2000 + 100 * i);
+});
+
+const DEEPSEEK = (experts: number, topK: number, I: number, groups: number, topkGroup: number): MoeShape => ({
+  experts,
+  topK,
+  expertIntermediate: I,
+  normTopk: true,
+  routing: "grouped",
+  grouped: { groups, topkGroup, scale: 2.5 },
+});
+
+Deno.test({
+  name: "moe: DeepSeek-V3 experts (grouped sigmoid routing with the correction bias, ungated shared expert)",
+  ...needsGpu,
+}, async () => {
+  const cases: Case[] = [
+    { rows: 13, H: 16, shape: DEEPSEEK(8, 2, 8, 4, 2), shared: 8, format: "f32" },
+    {
+      rows: 9,
+      H: 20,
+      shape: { ...DEEPSEEK(12, 3, 6, 3, 1), normTopk: false },
+      shared: 12,
+      format: "bf16",
+      block: 5,
+    },
+    { rows: 40, H: 12, shape: DEEPSEEK(6, 4, 5, 1, 1), shared: 5, format: "bf16" },
+  ];
+  for (const [i, c] of cases.entries()) await runCase(c, 3000 + 100 * i);
+});
+
+Deno.test("moe: DeepSeek-V3 routing keeps the best groups by their two best biased scores; weights unbiased", () => {
+  const sig = (l: number) => 1 / (1 + Math.exp(-l));
+  // Groups {0,1}, {2,3}, {4,5}: the biased scores make group 1 (experts 2, 3) and group 2 the best two, so
+  // expert 0, the largest logit, is not picked; expert 5's bias lifts it above expert 4.
+  const logits = [3, -3, 1, 0.5, 0.2, 0];
+  const bias = [0, 0, 0.5, 0.5, 0.4, 0.5];
+  const r = moeRouteGroupedCpu(logits, bias, 2, false, { groups: 3, topkGroup: 2, scale: 2 });
+  assert.deepEqual(r.ids, [2, 3]);
+  assertClose(r.w, [2 * sig(1), 2 * sig(0.5)], "unbiased weights × scale");
+  const one = moeRouteGroupedCpu(logits, bias, 3, true, { groups: 3, topkGroup: 2, scale: 1 });
+  assert.deepEqual(one.ids, [2, 3, 5]);
+  const sum = sig(1) + sig(0.5) + sig(0);
+  assertClose(one.w, [sig(1) / sum, sig(0.5) / sum, sig(0) / sum], "renormalised");
 });
 
 Deno.test("moe: routing picks the largest logits, lower id first on ties; softmax of all or of the picked", () => {

@@ -182,6 +182,24 @@ Deno.test(
       ropeAtPositionsCpu(x, positions, table.cos, table.sin, [rows, heads, hd]),
       "rope at positions",
     );
+    // A partial rotary width (MLA's rope columns first in each head): the first 4 of 8 columns rotate.
+    const part = ropeTable(
+      { ropeTheta: 10000, ropeScaling: { type: "default" }, maxPositionEmbeddings: 64 },
+      4,
+      32,
+    );
+    const xp = Tensor.fromArray(g, x, [rows, heads, hd], "f32", "x partial");
+    const [pc, ps] = [part.cos, part.sin].map((t, i) =>
+      Tensor.fromArray(g, t, [32, 2], "f32", `partial ${i}`)
+    );
+    await runOnce(g, "rope partial", (p) => ropeAtPositions(p, xp, pt, pc, ps));
+    const wantPartial = ropeAtPositionsCpu(x, positions, part.cos, part.sin, [rows, heads, hd], 4);
+    assertClose(await xp.readFloat(), wantPartial, "partial rope at positions");
+    assert.deepEqual(
+      Array.from(wantPartial).filter((_, i) => i % hd >= 4),
+      Array.from(x).filter((_, i) => i % hd >= 4),
+    );
+    for (const t of [xp, pc, ps]) t.destroy();
     assertClose(await gathered.readFloat(), gatherRowsCpu(src, 5, index), "gather rows", {
       atol: 0,
       rtol: 0,
