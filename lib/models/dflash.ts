@@ -102,9 +102,9 @@ export function initDflashWeights(cfg: DflashConfig, seed: number): DflashWeight
 /** The draft's parameters and gradients (training steps ADD into the gradients). */
 export class DflashDraft {
   /** Parameters by name. */
-  readonly params = new Map<string, Tensor>();
+  readonly params: Map<string, Tensor> = new Map();
   /** Gradients by name. */
-  readonly grads = new Map<string, Tensor>();
+  readonly grads: Map<string, Tensor> = new Map();
   #zero: Program | null = null;
 
   private constructor(readonly gpu: Gpu, readonly config: DflashConfig) {
