@@ -76,6 +76,35 @@ export const PLAN_CATEGORIES = {
     name: `other batch shapes kept (up to ${MAX_SHAPES} programs) and parked buffers`,
     shrink: "--max-length, --batch-size",
   },
+  // The evaluation's (lib/eval/eval_plan.ts).
+  evalDraft: {
+    name: "draft weights (and the zero gradients the draft holds)",
+    shrink: "a smaller draft (--draft-model-path)",
+  },
+  evalCaches: {
+    name: "KV caches (speculative target and draft sessions; plain decoding's, one per cache length)",
+    shrink: "--max-prompt-len, --max-new-tokens, and --no-speed with --temperature > 0 (no plain decoding)",
+  },
+  evalAux: {
+    name: "target aux features for the draft [prompt rows, 3H]",
+    shrink: "--max-prompt-len",
+  },
+  evalPasses: {
+    name: "speculative passes (prefill at the longest prompt, verify, draft extensions and steps)",
+    shrink: "--max-prompt-len, --num-draft-tokens, --topk",
+  },
+  evalLogits: {
+    name: "logits (prefill, verify, plain decoding, draft heads)",
+    shrink: "--num-draft-tokens, --topk",
+  },
+  evalParked: {
+    name: "parked buffers (of freed sessions and programs, kept by the pool for reuse)",
+    shrink: "--max-prompt-len, --num-samples",
+  },
+  evalPlain: {
+    name: "plain decoding programs kept (a prefill per prompt length, a pass per decoded position)",
+    shrink: "--max-new-tokens, --num-samples, and --no-speed with --temperature > 0 (no plain decoding)",
+  },
 } as const;
 
 /** A key of {@link PLAN_CATEGORIES}. */
@@ -107,8 +136,13 @@ export interface MemoryPlan {
   shapes: number;
   /** What the run allocates beyond the plan, besides split-K partials and the driver's own memory. */
   notCounted?: string[];
-  /** Rows of the draft head's windows (lib/models/eagle3_head_loss.ts); null or absent: a batch's rows at once. */
+  /**
+   * Rows of the draft head's windows (lib/models/eagle3_head_loss.ts); null: a batch's rows at once; absent: a
+   * plan without a draft head (prepare-hidden-states, evaluation).
+   */
   headRows?: number | null;
+  /** The first line of the printed plan (default: the batch shapes met). */
+  header?: string;
 }
 
 /** What every plan with a target is made from. */
@@ -353,9 +387,10 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
   const width = Math.max(...plan.categories.map((c) => c.name.length));
   const { batch, seqLen } = plan.largestShape;
   return [
-    `memory plan (${plan.shapes} batch shape${
-      plan.shapes === 1 ? "" : "s"
-    }, the largest B ${batch} × T ${seqLen}):`,
+    plan.header ??
+      `memory plan (${plan.shapes} batch shape${
+        plan.shapes === 1 ? "" : "s"
+      }, the largest B ${batch} × T ${seqLen}):`,
     ...plan.categories.map((c) => `  ${c.name.padEnd(width)}  ${formatBytes(c.bytes).padStart(10)}`),
     `  ${"peak (GPU storage buffers held at once)".padEnd(width)}  ${
       formatBytes(plan.peakBytes).padStart(10)
@@ -366,9 +401,11 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
     `device memory: ${
       limits.memory.bytes === null ? "" : `${formatBytes(limits.memory.bytes)}, `
     }${limits.memory.source}`,
-    `draft head (lm_head, loss, their backward): ${
-      plan.headRows ? `windows of ${plan.headRows} rows` : "every row of a batch at once"
-    }`,
+    ...(plan.headRows === undefined ? [] : [
+      `draft head (lm_head, loss, their backward): ${
+        plan.headRows ? `windows of ${plan.headRows} rows` : "every row of a batch at once"
+      }`,
+    ]),
     `not counted: ${
       [
         ...plan.notCounted ?? [],
