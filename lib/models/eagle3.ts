@@ -298,6 +298,31 @@ export interface Eagle3StepOptions {
    * `vocabArgmax`, `vocabMaxSum`, `ids`, `lengths`), so that nothing is copied; shapes and dtypes are checked.
    */
   inputs?: Partial<Eagle3StepInputs>;
+  /**
+   * The teacher logits' producer instead of the `teacherLogits` input (default null): each head window
+   * computes its teacher rows from it (lib/models/eagle3_head_loss.ts), so the [B·T, Vd] tensor never exists.
+   */
+  teacherHead?: TeacherHead | null;
+}
+
+/**
+ * What the teacher logits of the draft vocabulary are made from, a window of rows at a time: the target's
+ * final normed hidden states and its lm_head rows of the draft vocabulary (as lib/models/target.ts
+ * `recordHeadOutputs` applies them to every row at once).
+ */
+export interface TeacherHead {
+  /** The target's final hidden states after its final norm, f32 [B·T, H_t], UNshifted. */
+  hidden: Tensor;
+  /** lm_head rows of the draft vocabulary (t2d ids ascending) [Vd, H_t], in row blocks. */
+  head: RowSplitMatrix;
+}
+
+/** Rows of the teacher logits a step holds with a {@link TeacherHead}: a head window and the K rows past it. */
+export function teacherWindowRows(
+  s: { batch: number; seqLen: number; tttLength: number; headRows?: number },
+): number {
+  const N = s.batch * s.seqLen;
+  return Math.min(N, (s.headRows ?? N) + s.tttLength);
 }
 
 /** The GPU inputs of a step, rows = B·T (right-padded, row r = b·T + t). */
@@ -335,6 +360,8 @@ export class Eagle3Step implements Eagle3StepInputs {
   teacherLogits!: Tensor;
   teacherArgmax!: Tensor;
   teacherMaxSum!: Tensor;
+  /** The teacher logits' producer; with it, `teacherLogits` holds one window's rows ({@link teacherWindowRows}). */
+  teacherHead: TeacherHead | null = null;
   /** Every tensor the step allocated besides its inputs, by name (lib/models/eagle3_activations.ts). */
   readonly activations: Eagle3Activations;
   /** The bytes of {@link Eagle3Step.activations} ({@link eagle3ActivationBytes} of this shape). */
@@ -404,6 +431,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
   const shape = checkStepOptions(draft.config, opts);
   const step = new Eagle3Step(draft, shape);
   const p = step.program, act = step.activations, K = shape.tttLength;
+  step.teacherHead = opts.teacherHead ?? null;
   bindInputs(step, opts.inputs ?? {});
   writeConstants(draft.config, opts.vocab, shape, act);
   const attentionAt = (k: number) =>
@@ -553,7 +581,17 @@ function bindInputs(step: Eagle3Step, given: Partial<Eagle3StepInputs>): void {
     teacherArgmax: [[N], "i32"],
     teacherMaxSum: [[N, 2], "f32"],
   };
+  if (step.teacherHead) {
+    checkTeacherHead(step.teacherHead, N, cfg);
+    if (given.teacherLogits) throw new ShapeError("eagle3 step: teacherLogits given with a teacherHead");
+    step.teacherLogits = step.program.scratch(
+      [teacherWindowRows(step.shape), cfg.draftVocabSize],
+      "f32",
+      "teacher logits window",
+    );
+  }
   for (const name of Object.keys(shapes) as Array<keyof Eagle3StepInputs>) {
+    if (name === "teacherLogits" && step.teacherHead) continue;
     const [shape, dtype] = shapes[name];
     const t = given[name];
     if (
@@ -566,6 +604,23 @@ function bindInputs(step: Eagle3Step, given: Partial<Eagle3StepInputs>): void {
       );
     }
     step[name] = t ?? step.program.scratch(shape, dtype, `input ${name}`);
+  }
+}
+
+/** Checks a {@link TeacherHead}: hidden [N, H_t] f32, the head [Vd, H_t]. */
+function checkTeacherHead(t: TeacherHead, N: number, cfg: DraftConfig): void {
+  const Ht = cfg.targetHiddenSize, h = t.hidden;
+  if (h.dtype !== "f32" || h.shape.length !== 2 || h.shape[0] !== N || h.shape[1] !== Ht) {
+    throw new ShapeError(
+      `eagle3 step: teacher hidden (${h.label}) is ${h.dtype} ${
+        shapeString(h.shape)
+      }, expected f32 [${N}, ${Ht}]`,
+    );
+  }
+  if (t.head.rows !== cfg.draftVocabSize || t.head.cols !== Ht) {
+    throw new ShapeError(
+      `eagle3 step: teacher head [${t.head.rows}, ${t.head.cols}] is not [draft_vocab_size ${cfg.draftVocabSize}, ${Ht}]`,
+    );
   }
 }
 

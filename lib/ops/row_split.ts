@@ -10,8 +10,9 @@ import type { Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
 import { rowBlocks } from "./blocks.ts";
 import { embeddingForward } from "./embedding.ts";
-import { accumulate, copyStrided, fill, shiftIds } from "./elementwise.ts";
+import { accumulate, copyColumns, copyStrided, fill, shiftIds } from "./elementwise.ts";
 import { gatherRows } from "./tree_attention.ts";
+import { linear } from "./matmul.ts";
 
 /** A matrix stored as row blocks, each small enough to bind (embedding and lm_head of big vocabularies). */
 export interface RowSplitMatrix {
@@ -122,5 +123,20 @@ export async function copyColumnsToBlocks(
       dstStrides: [0, m.cols, 1],
       dstOffset: col0,
     });
+  }
+}
+
+/**
+ * y = x · mᵀ for x [rows, H] and a row-split matrix m [n, H] → y [rows, n] (an lm_head, or its rows of a draft
+ * vocabulary): each row block writes its columns of y through a shared scratch ("head rows"); each output is
+ * the one-tensor product's dot product.
+ */
+export async function linearRowBlocks(p: Program, x: Tensor, m: RowSplitMatrix, y: Tensor): Promise<void> {
+  if (m.blocks.length === 1) return await linear(p, x, m.blocks[0].tensor, y);
+  const rows = x.shape[0];
+  for (const { row0, tensor } of m.blocks) {
+    const part = p.transient("head rows", [rows, tensor.shape[0]], "f32");
+    await linear(p, x, tensor, part);
+    await copyColumns(p, part, y, row0);
   }
 }

@@ -1,7 +1,9 @@
 /**
  * The head in windows of rows (lib/models/eagle3_head_loss.ts): a step whose logits, teacher p^k and KL
  * gradient hold 64 rows at a time gives the whole-batch step's metrics and gradients, for the KL loss, the
- * lambda LK loss (two passes), an evaluation step, and EAGLE-3.1's fed-forward normed state.
+ * lambda LK loss (two passes), an evaluation step, and EAGLE-3.1's fed-forward normed state; and a step that
+ * makes the teacher logits window by window from the target's final hidden states and a split head gives the
+ * step fed the whole teacher tensor bit for bit.
  */
 import assert from "node:assert/strict";
 import { gpu, needsGpu, randomArray } from "../gpu.ts";
@@ -15,13 +17,15 @@ import {
   type Eagle3StepOptions,
 } from "../../lib/models/eagle3.ts";
 import { headWindows } from "../../lib/models/eagle3_head_loss.ts";
+import { linearRowBlocks, type RowSplitMatrix } from "../../lib/ops/row_split.ts";
+import { runOnce } from "../../lib/gpu/program.ts";
 import { identityVocabMapping } from "../../lib/data/vocab.ts";
 import { assertScaled, TINY_DRAFT_JSON } from "./draft_fixtures.ts";
 
 const B = 2, T = 100, K = 3, N = B * T; // windows of 64, 64, 64, 8 rows, crossing the sequence boundary at 100
 
 /** Random step inputs: sequences of 100 and 77 tokens, the loss on most of them, a teacher over the vocabulary. */
-function writeInputs(step: Eagle3Step, Vd: number, V: number, H: number): void {
+function writeInputs(step: Eagle3Step, Vd: number, V: number, H: number, teacher?: Float32Array): void {
   const r = randomArray(N * 4, 5);
   step.aux.write(randomArray(N * 3 * H, 6, 1));
   step.ids.write(Int32Array.from({ length: N }, (_, i) => Math.floor(Math.abs(r[i]) * V) % V));
@@ -29,8 +33,8 @@ function writeInputs(step: Eagle3Step, Vd: number, V: number, H: number): void {
   step.lossMask.write(
     Float32Array.from({ length: N }, (_, i) => (i % T) < (i < T ? T : 77) && r[N + i] > -0.6 ? 1 : 0),
   );
-  const logits = randomArray(N * Vd, 7, 3);
-  step.teacherLogits.write(logits);
+  const logits = teacher ?? randomArray(N * Vd, 7, 3);
+  if (!step.teacherHead) step.teacherLogits.write(logits as Float32Array<ArrayBuffer>);
   step.teacherArgmax.write(Int32Array.from({ length: N }, (_, i) => {
     let best = 0;
     for (let v = 1; v < Vd; v++) if (logits[i * Vd + v] > logits[i * Vd + best]) best = v;
@@ -136,3 +140,71 @@ Deno.test(
     }
   },
 );
+
+for (const [name, extra, eagle31] of CASES) {
+  Deno.test({
+    name: `eagle3 teacher logits made per window from the final hidden states = the whole tensor: ${name}`,
+    ...needsGpu,
+  }, async () => {
+    const cfg = parseDraftConfig({
+      ...TINY_DRAFT_JSON,
+      draft_vocab_size: 64,
+      fc_norm: eagle31,
+      norm_output: eagle31,
+    }, "draft");
+    const g = gpu!, H = cfg.hiddenSize, V = cfg.vocabSize, Vd = cfg.draftVocabSize, Ht = cfg.targetHiddenSize;
+    const draft = Eagle3Draft.create(g, cfg, { seed: 3 });
+    const embedding = Tensor.fromArray(g, randomArray(V * H, 8, 0.5), [V, H], "f32", "embed");
+    const hidden = Tensor.fromArray(g, randomArray(N * Ht, 11, 1), [N, Ht], "f32", "final hidden");
+    // The lm_head rows of the draft vocabulary in two row blocks (40 + 24 rows), as a large head is split.
+    const w = randomArray(Vd * Ht, 12, 0.3);
+    const head: RowSplitMatrix = {
+      rows: Vd,
+      cols: Ht,
+      blocks: [[0, 40], [40, 64]].map(([a, b]) => ({
+        row0: a,
+        tensor: Tensor.fromArray(g, w.slice(a * Ht, b * Ht), [b - a, Ht], "f32", `head ${a}`),
+      })),
+    };
+    const whole = Tensor.empty(g, [N, Vd], "f32", "teacher logits");
+    const opts = {
+      batch: B,
+      seqLen: T,
+      tttLength: K,
+      embedding,
+      vocab: identityVocabMapping(V),
+      acceptance: true,
+      headRows: 64,
+      ...extra,
+    };
+    const steps: Eagle3Step[] = [];
+    try {
+      await runOnce(g, "whole teacher", (p) => linearRowBlocks(p, hidden, head, whole));
+      const teacher = await whole.readFloat();
+      const results = [];
+      for (const teacherHead of [null, { hidden, head }]) {
+        const step = await buildEagle3Step(draft, { ...opts, teacherHead });
+        steps.push(step);
+        // The windowed producer holds a window and the K rows past it, not B·T rows.
+        assert.equal(step.teacherLogits.shape[0], teacherHead ? 64 + K : N);
+        writeInputs(step, Vd, V, H, teacher);
+        await draft.zeroGrads();
+        step.run();
+        results.push({ metrics: await step.readMetrics(), grads: await draft.getGrads() });
+      }
+      const [given, made] = results;
+      assert.ok(given.metrics.total.some((t) => t > 0));
+      assert.deepEqual(made.metrics, given.metrics, "metrics bit for bit");
+      if (opts.train !== false) {
+        for (const p of eagle3ParamNames(cfg)) {
+          assert.ok(given.grads.get(p)!.some((x) => x !== 0), `${p}: a gradient`);
+          assert.deepEqual(made.grads.get(p), given.grads.get(p), `grad ${p} bit for bit`);
+        }
+      }
+    } finally {
+      for (const s of steps) s.destroy();
+      for (const t of [embedding, hidden, whole, ...head.blocks.map((b) => b.tensor)]) t.destroy();
+      draft.destroy();
+    }
+  });
+}
