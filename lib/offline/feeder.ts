@@ -6,8 +6,10 @@
  *   aux [B·T, 3·H_t] f32          ← f32 as is, bf16 widened, int8/int4 dequantized (lib/ops/features.ts);
  *                                   a repeated aux layer is stored once and copied into each of its slots
  *   teacherLogits [B·T, Vd] f32   ← hidden-*: the target's lm_head over the draft vocabulary applied to the
- *                                   stored final hidden (as online); topk: the dense row rebuilt from the
- *                                   top-k log-probabilities plus the evenly spread remaining mass
+ *                                   stored final hidden (as online), or with the draft head in windows the
+ *                                   final hidden and that head left to the step's windows (`teacherHead`);
+ *                                   topk: the dense row rebuilt from the top-k log-probabilities plus the
+ *                                   evenly spread remaining mass
  *   teacherArgmax [B·T] i32       ← hidden-*: the full-vocabulary argmax of the head; topk: topk_ids[·, 0]
  *   teacherMaxSum [B·T, 2] f32    ← hidden-*: the head's full-vocabulary (max, Σexp); topk: (0, 1), the
  *                                   rebuilt rows being full-vocabulary log-probabilities
@@ -27,7 +29,7 @@ import { copyStrided } from "../ops/elementwise.ts";
 import { dequantizeGroups, scatterTopkTeacher } from "../ops/features.ts";
 import { targetToDraftMap } from "../ops/eagle3_teacher.ts";
 import { type HeadSource, recordHeadOutputs } from "../models/target.ts";
-import type { Eagle3StepInputs } from "../models/eagle3.ts";
+import type { Eagle3StepInputs, TeacherHead } from "../models/eagle3.ts";
 import { planned, type PlannedTensor } from "../models/target_memory.ts";
 import { toFloat32 } from "../io/safetensors.ts";
 import { type FeatureSample, type FeaturesManifest, quantBitsOf } from "./format.ts";
@@ -49,7 +51,8 @@ export function topkTailLogprob(logprobs: ArrayLike<number>, vocabSize: number):
 /**
  * The tensors a {@link FeatureFeeder} of batches B × T allocates (its uploads, the decoded aux states and the
  * teacher rows; for hidden-state teachers the head's outputs as the online forward makes them), for the memory
- * plan (lib/train/memory_plan.ts). `subsetBlockRows`: the row blocks of the lm_head's draft-vocabulary subset.
+ * plan (lib/train/memory_plan.ts). `subsetBlockRows`: the row blocks of the lm_head's draft-vocabulary subset;
+ * `windowedTeacher`: a hidden-state teacher is left to the steps (no subset logits).
  */
 export function featureFeederTensors(
   manifest: FeaturesManifest,
@@ -57,6 +60,7 @@ export function featureFeederTensors(
   T: number,
   draftVocabSize: number,
   subsetBlockRows: number[],
+  windowedTeacher = false,
 ): PlannedTensor[] {
   const s = manifest.storage, N = B * T, Ht = manifest.target.hiddenSize, V = manifest.target.vocabSize;
   const cols = manifest.storedLayers.length * Ht;
@@ -91,9 +95,11 @@ export function featureFeederTensors(
   }
   out.push(planned("final hidden", [N, Ht], "f32"));
   if (s.teacherFormat !== "hidden-f32") out.push(planned("stored hidden", [N, Ht], "bf16"));
-  out.push(planned("subset logits", [N, draftVocabSize], "f32"));
-  for (const n of subsetBlockRows.length > 1 ? new Set(subsetBlockRows) : []) {
-    out.push(planned("head rows", [N, n], "f32"));
+  if (!windowedTeacher) {
+    out.push(planned("subset logits", [N, draftVocabSize], "f32"));
+    for (const n of subsetBlockRows.length > 1 ? new Set(subsetBlockRows) : []) {
+      out.push(planned("head rows", [N, n], "f32"));
+    }
   }
   out.push(
     planned("vocab max/sum", [N, 2], "f32"),
@@ -129,21 +135,32 @@ export class FeatureFeeder {
     this.#lengths = p.scratch([batch], "i32", "lengths");
   }
 
-  /** The step inputs this feeder fills (bind them with buildEagle3Step's `inputs`). */
-  get inputs(): Required<Omit<Eagle3StepInputs, "lossMask">> {
+  /**
+   * The step inputs this feeder fills (bind them with buildEagle3Step's `inputs`): every one but the loss
+   * mask, and but the teacher logits when the steps make them per window ({@link FeatureFeeder.teacherHead}).
+   */
+  get inputs(): Omit<Eagle3StepInputs, "lossMask" | "teacherLogits"> & { teacherLogits?: Tensor } {
     return {
       aux: this.#aux,
       ids: this.#ids,
       lengths: this.#lengths,
-      teacherLogits: this.#teacherLogits!,
+      ...(this.teacherHead ? {} : { teacherLogits: this.#teacherLogits! }),
       teacherArgmax: this.#teacherArgmax!,
       teacherMaxSum: this.#teacherMaxSum!,
     };
   }
 
   /**
+   * With a hidden-state teacher built `windowedTeacher`: the decoded final hidden states and the lm_head rows
+   * of the draft vocabulary, from which the steps make the teacher logits window by window (buildEagle3Step's
+   * `teacherHead`); else null.
+   */
+  teacherHead: TeacherHead | null = null;
+
+  /**
    * Builds the decode program for batches of `batch` × `seqLen`. `draftToTarget` is the draft vocabulary
-   * (ascending target ids); `head` is the target's lm_head, needed for hidden-* teachers only.
+   * (ascending target ids); `head` is the target's lm_head, needed for hidden-* teachers only; with
+   * `windowedTeacher` a hidden-* teacher is left to the steps ({@link FeatureFeeder.teacherHead}).
    */
   static async create(
     gpu: Gpu,
@@ -152,13 +169,14 @@ export class FeatureFeeder {
     seqLen: number,
     draftToTarget: Int32Array,
     head: HeadSource | null,
+    windowedTeacher = false,
   ): Promise<FeatureFeeder> {
     const f = new FeatureFeeder(manifest, batch, seqLen, gpu);
-    await f.#build(draftToTarget, head);
+    await f.#build(draftToTarget, head, windowedTeacher);
     return f;
   }
 
-  async #build(draftToTarget: Int32Array, head: HeadSource | null): Promise<void> {
+  async #build(draftToTarget: Int32Array, head: HeadSource | null, windowedTeacher: boolean): Promise<void> {
     const m = this.manifest, p = this.#program, N = this.#rows;
     const s = m.storage, Ht = m.target.hiddenSize, V = m.target.vocabSize, Vd = draftToTarget.length;
     const U = m.storedLayers.length, cols = U * Ht;
@@ -219,8 +237,10 @@ export class FeatureFeeder {
       const final = p.scratch([N, Ht], "f32", "final hidden");
       if (s.teacherFormat === "hidden-f32") this.#upload.set("hidden", final); // written in place
       else await convert(p, up("hidden", [N, Ht], "bf16"), final);
-      const out = await recordHeadOutputs(p, final, head, { subsetIds: draftToTarget, vocabStats: true });
-      this.#teacherLogits = out.subsetLogits!;
+      if (windowedTeacher) this.teacherHead = { hidden: final, head: await head.subsetHead(draftToTarget) };
+      const subsetIds = windowedTeacher ? undefined : draftToTarget;
+      const out = await recordHeadOutputs(p, final, head, { subsetIds, vocabStats: true });
+      this.#teacherLogits = out.subsetLogits;
       this.#teacherArgmax = out.vocabArgmax!;
       this.#teacherMaxSum = out.vocabMaxSum!;
     }

@@ -11,7 +11,8 @@ import { REDUCE_CHUNK } from "../../kernels/reduce.ts";
 import { type DataLoader, paddedLength } from "../data/loader.ts";
 import type { TokenizedDataset } from "../data/tokenized.ts";
 import type { DraftConfig } from "../models/draft_config.ts";
-import { eagle3ParamNames, eagle3ParamShapes } from "../models/eagle3.ts";
+import { eagle3ParamNames, eagle3ParamShapes, teacherWindowRows } from "../models/eagle3.ts";
+import type { Eagle3StepShape } from "../models/eagle3_activations.ts";
 import { eagle3StepTensors } from "../models/eagle3_activations.ts";
 import {
   blockRowsOf,
@@ -204,20 +205,42 @@ function* runBatches(i: TrainingPlanInput): Generator<["train" | "eval", number,
   if (evaluatedAt !== updates) yield* evalPass();
 }
 
+/**
+ * Whether the steps make the teacher logits per head window (lib/models/eagle3.ts `TeacherHead`): with the
+ * draft head in windows, online and offline from stored hidden states (lib/train/trainer.ts `openSource`).
+ */
+function windowedTeacher(i: TrainingPlanInput): boolean {
+  return (i.headRows ?? null) !== null && i.features?.storage.teacherFormat !== "topk";
+}
+
 /** The feed of a training run's batch shape: the target's forward online, the feature decoder offline. */
 function trainingFeed(i: TrainingPlanInput, splits: TargetSplits) {
-  const subset = { size: i.draft.draftVocabSize, blockRows: subsetBlockRows(i) };
+  const windowed = windowedTeacher(i);
+  const subset = windowed ? undefined : { size: i.draft.draftVocabSize, blockRows: subsetBlockRows(i) };
   return (batch: number, seqLen: number): PlannedTensor[] =>
     i.features
-      ? featureFeederTensors(i.features, batch, seqLen, i.draft.draftVocabSize, subset.blockRows)
+      ? featureFeederTensors(i.features, batch, seqLen, i.draft.draftVocabSize, subsetBlockRows(i), windowed)
       : targetForwardTensors(i.target, batch, seqLen, { aux: true, subset, vocabStats: true }, splits);
+}
+
+/**
+ * A step's teacher window when it makes the teacher logits (`teacherWindowRows` rows of the draft vocabulary)
+ * and the column blocks of the lm_head subset's row blocks when it is split (lib/ops/row_split.ts).
+ */
+function teacherWindowTensors(i: TrainingPlanInput, shape: Eagle3StepShape): PlannedTensor[] {
+  if (!windowedTeacher(i)) return [];
+  const rows = teacherWindowRows(shape), blocks = subsetBlockRows(i);
+  return [
+    planned("teacher logits window", [rows, i.draft.draftVocabSize], "f32"),
+    ...(blocks.length > 1 ? [...new Set(blocks)].map((n) => planned("head rows", [rows, n], "f32")) : []),
+  ];
 }
 
 /** The draft step of a training run's batch shape and split. */
 function trainingStep(i: TrainingPlanInput, splits: TargetSplits) {
   const draft = draftSplits(i, splits);
-  return (split: Split, batch: number, seqLen: number): PlannedTensor[] =>
-    eagle3StepTensors(i.draft, {
+  return (split: Split, batch: number, seqLen: number): PlannedTensor[] => {
+    const shape = {
       batch,
       seqLen,
       tttLength: i.tttLength,
@@ -225,7 +248,9 @@ function trainingStep(i: TrainingPlanInput, splits: TargetSplits) {
       lk: i.lk,
       acceptance: true,
       headRows: Math.min(batch * seqLen, i.headRows ?? Infinity),
-    }, draft);
+    };
+    return [...eagle3StepTensors(i.draft, shape, draft), ...teacherWindowTensors(i, shape)];
+  };
 }
 
 /**

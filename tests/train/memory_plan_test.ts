@@ -248,7 +248,8 @@ Deno.test(
         b = await measured(root, "windows", { ...base, deviceMemory });
       assert.equal(b.plannedPeakBytes, forced.peakBytes);
       assert.ok(b.peakBytes <= Number(deviceMemory), `measured ${b.peakBytes} within ${deviceMemory}`);
-      assertClose(b, "windows");
+      // The teacher logits made per window too (no [B·T, Vd] tensor in the target forward), planned exactly.
+      assert.equal(b.plannedPeakBytes, b.peakBytes, "windows and the teacher's window, planned exactly");
       const losses = async (r: TrainResult) =>
         (await Deno.readTextFile(join(dirname(r.checkpoint!), "metrics.jsonl"))).trim().split("\n").map((l) =>
           JSON.parse(l)
@@ -258,6 +259,25 @@ Deno.test(
       assert.equal(la.length, lb.length);
       la.forEach((l, i) =>
         assert.ok(Math.abs(l - lb[i]) <= 1e-5 * Math.abs(l), `update ${i + 1}: ${l} vs ${lb[i]}`)
+      );
+      // Offline from stored hidden states: the feeder leaves the teacher logits to the windows as well.
+      const device = await Gpu.create();
+      const storage = { auxFormat: "bf16", groupSize: 32, teacherFormat: "hidden-bf16", topk: 16 } as const;
+      for (const split of ["train", "eval"]) {
+        await prepareHiddenStates(device, prepareOptions(root, join("f", split), storage, split));
+      }
+      device.destroy();
+      const features = {
+        trainHiddenStatesPath: join(root, "f", "train"),
+        evalHiddenStatesPath: join(root, "f", "eval"),
+      };
+      const c = await measured(root, "offline-whole", { ...base, ...features }, true);
+      const d = await measured(root, "offline-windows", { ...base, ...features, headChunkRows: 64 }, true);
+      assert.equal(d.plannedPeakBytes, d.peakBytes, "offline windows, planned exactly");
+      assert.ok(d.peakBytes < c.peakBytes, `offline: windows ${d.peakBytes} < whole ${c.peakBytes}`);
+      const [lc, ld] = [await losses(c), await losses(d)];
+      lc.forEach((l, i) =>
+        assert.ok(Math.abs(l - ld[i]) <= 1e-5 * Math.abs(l), `offline update ${i + 1}: ${l} vs ${ld[i]}`)
       );
     } finally {
       await Deno.remove(root, { recursive: true });
