@@ -62,15 +62,22 @@ const LOGITS = /logits|head rows/;
 /** Allocations that can be freed: each tensor's pooled size and category, as {@link Replay} returns them. */
 type Allocation = ReturnType<Replay["allocate"]>;
 
-/** The replay with the logits split out of every allocation. */
+/** Weights: bound in row blocks where they are over one binding (lib/ops/matmul.ts `linear`, row splits). */
+const WEIGHTS = new Set<PlanCategoryKey>(["targetLayers", "targetEnds", "evalDraft"]);
+
+/** The replay with the logits split out of every allocation, and the largest tensor bound whole. */
 class EvalReplay {
   readonly replay: Replay;
+  largestBound: PlannedTensor & { key: PlanCategoryKey } = { label: "none", bytes: 0, key: "evalPasses" };
 
   constructor(maxBufferSize: number) {
     this.replay = new Replay(maxBufferSize);
   }
 
   allocate(key: PlanCategoryKey, tensors: PlannedTensor[]): Allocation {
+    if (!WEIGHTS.has(key)) {
+      for (const t of tensors) if (t.bytes > this.largestBound.bytes) this.largestBound = { ...t, key };
+    }
     const logits = tensors.filter((t) => LOGITS.test(t.label));
     return [
       ...this.replay.allocate(key, null, tensors.filter((t) => !LOGITS.test(t.label))),
@@ -250,6 +257,7 @@ export function planEval(i: EvalPlanInput): MemoryPlan {
     categories,
     largestShape: { batch: 1, seqLen: Math.max(...i.promptLengths) },
     shapes: new Set(i.promptLengths).size,
+    largestBound: r.largestBound,
     header: `memory plan of the evaluation (${i.promptLengths.length} prompts, the longest ${
       Math.max(...i.promptLengths)
     } tokens, ${i.maxNewTokens} new tokens each):`,

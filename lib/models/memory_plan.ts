@@ -143,6 +143,11 @@ export interface MemoryPlan {
   headRows?: number | null;
   /** The first line of the printed plan (default: the batch shapes met). */
   header?: string;
+  /**
+   * The largest tensor that must fit one storage binding (what no op splits) and its category, where the plan
+   * knows it (evaluation's); absent: only the per-tensor maxBufferSize is checked.
+   */
+  largestBound?: PlannedTensor & { key: PlanCategoryKey };
 }
 
 /** What every plan with a target is made from. */
@@ -398,6 +403,12 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
     `largest tensor: ${plan.largestTensor.label}, ${formatBytes(plan.largestTensor.bytes)} ` +
     `(device: maxBufferSize ${formatBytes(limits.maxBufferSize)}, ` +
     `maxStorageBufferBindingSize ${formatBytes(limits.maxStorageBufferBindingSize)})`,
+    ...(plan.largestBound
+      ? [
+        `largest tensor bound whole: ${plan.largestBound.label}, ${formatBytes(plan.largestBound.bytes)} ` +
+        `(maxStorageBufferBindingSize ${formatBytes(limits.maxStorageBufferBindingSize)})`,
+      ]
+      : []),
     `device memory: ${
       limits.memory.bytes === null ? "" : `${formatBytes(limits.memory.bytes)}, `
     }${limits.memory.source}`,
@@ -417,10 +428,15 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
   ];
 }
 
-/** Whether the plan fits: no tensor over maxBufferSize, the peak within the device's memory (when known). */
+/**
+ * Whether the plan fits: no tensor over maxBufferSize (nor, where the plan knows them, one bound whole over
+ * maxStorageBufferBindingSize), the peak within the device's memory (when known).
+ */
 export function planFits(plan: MemoryPlan, limits: PlanLimits): boolean {
   const memory = limits.memory.bytes;
-  return plan.largestTensor.bytes <= limits.maxBufferSize && (memory === null || plan.peakBytes <= memory);
+  return plan.largestTensor.bytes <= limits.maxBufferSize &&
+    (plan.largestBound?.bytes ?? 0) <= limits.maxStorageBufferBindingSize &&
+    (memory === null || plan.peakBytes <= memory);
 }
 
 /**
@@ -438,6 +454,16 @@ export function checkPlanFits(plan: MemoryPlan, limits: PlanLimits): void {
         formatBytes(plan.largestTensor.bytes)
       }, over the ` +
         `device's maxBufferSize of ${formatBytes(limits.maxBufferSize)}`,
+    );
+  }
+  const bound = plan.largestBound;
+  if (bound && bound.bytes > limits.maxStorageBufferBindingSize) {
+    throw new LimitError(
+      `memory plan: tensor ${bound.label} needs ${
+        formatBytes(bound.bytes)
+      } in one binding, over the device's ` +
+        `maxStorageBufferBindingSize of ${formatBytes(limits.maxStorageBufferBindingSize)} (shrink it with ` +
+        `${PLAN_CATEGORIES[bound.key].shrink})`,
     );
   }
   const memory = limits.memory.bytes;

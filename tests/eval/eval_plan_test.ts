@@ -3,8 +3,9 @@
  * on fresh devices: a random draft and a loaded one, a chain and a tree, with and without the speed runs, and
  * on a 32 KiB binding where the aux features are row blocks. What the tokens decide is planned at its largest
  * (every accept length's draft extension, a tree's compaction), so the plan is never under the peak and meets
- * it to a few of those small programs. `--dry-run` prints it and writes nothing; a device too small stops the
- * run before any weight is loaded, in one line naming the largest part and its flags.
+ * it to a few of those small programs. `--dry-run` prints it and writes nothing; a device too small (its
+ * memory, or a tensor over its binding size) stops the run before any weight is loaded, in one line naming the
+ * largest part (or the tensor) and its flags.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -161,6 +162,30 @@ Deno.test(
         assert.equal(device.pool.peakBytes, 0, "no weight was loaded");
       } finally {
         device.destroy();
+      }
+      // A 100-token prompt on a 24 KiB binding: the draft extension's causal mask [100, 100] u32 (39.1 KiB, the
+      // largest of the tensors over it, with the MLP rows [100, 72] f32) cannot bind; refused by the plan before
+      // loading, where the run would fail binding it after loading.
+      const small = await Gpu.create({ capLimits: { maxStorageBufferBindingSize: 24 * 1024 } });
+      try {
+        const long = join(root, "long.jsonl");
+        await Deno.writeTextFile(
+          long,
+          JSON.stringify({ input_ids: Array.from({ length: 100 }, (_, j) => 3 + j) }),
+        );
+        const s = evalSettings({
+          targetModelPath: GOLDEN_LLAMA,
+          draftModelPath: "random",
+          dataPath: long,
+          outputDir: out,
+        });
+        await assert.rejects(
+          () => evaluateDraft(small, s, { hub: { cacheDir: join(root, "hub"), offline: true } }),
+          /memory plan: tensor mask needs 39\.1 KiB in one binding, over the device's maxStorageBufferBindingSize of 24\.0 KiB \(shrink it with --max-prompt-len/,
+        );
+        assert.equal(small.pool.peakBytes, 0, "no weight was loaded");
+      } finally {
+        small.destroy();
       }
 
       const bad = await runMain(evalMain, [...args, "--device-memory", "lots"]);
