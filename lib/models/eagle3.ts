@@ -300,24 +300,25 @@ export interface Eagle3StepOptions {
   inputs?: Partial<Eagle3StepInputs>;
   /**
    * The teacher logits' producer instead of the `teacherLogits` input (default null): each head window
-   * computes its teacher rows from it (lib/models/eagle3_head_loss.ts), so the [B·T, Vd] tensor never exists.
+   * records its teacher rows from it (lib/models/eagle3_head_loss.ts), so the [B·T, Vd] tensor never exists.
    */
-  teacherHead?: TeacherHead | null;
+  teacherSource?: TeacherSource | null;
 }
 
 /**
- * What the teacher logits of the draft vocabulary are made from, a window of rows at a time: the target's
- * final normed hidden states and its lm_head rows of the draft vocabulary (as lib/models/target.ts
- * `recordHeadOutputs` applies them to every row at once).
+ * What makes the teacher logits of the draft vocabulary a window of rows at a time (lib/models/
+ * teacher_source.ts: the target's final hidden states times its lm_head rows, or stored top-k rows rebuilt).
  */
-export interface TeacherHead {
-  /** The target's final hidden states after its final norm, f32 [B·T, H_t], UNshifted. */
-  hidden: Tensor;
-  /** lm_head rows of the draft vocabulary (t2d ids ascending) [Vd, H_t], in row blocks. */
-  head: RowSplitMatrix;
+export interface TeacherSource {
+  /** Rows it covers (B·T). */
+  readonly rows: number;
+  /** Its columns: the draft vocabulary. */
+  readonly vocab: number;
+  /** Records rows [row0, row0 + out.shape[0]) of the teacher logits into `out` f32 [rows, vocab] (row0 % 64 = 0). */
+  record(p: Program, row0: number, out: Tensor): Promise<void>;
 }
 
-/** Rows of the teacher logits a step holds with a {@link TeacherHead}: a head window and the K rows past it. */
+/** Rows of the teacher logits a step holds with a {@link TeacherSource}: a head window and the K rows past it. */
 export function teacherWindowRows(
   s: { batch: number; seqLen: number; tttLength: number; headRows?: number },
 ): number {
@@ -361,7 +362,7 @@ export class Eagle3Step implements Eagle3StepInputs {
   teacherArgmax!: Tensor;
   teacherMaxSum!: Tensor;
   /** The teacher logits' producer; with it, `teacherLogits` holds one window's rows ({@link teacherWindowRows}). */
-  teacherHead: TeacherHead | null = null;
+  teacherSource: TeacherSource | null = null;
   /** Every tensor the step allocated besides its inputs, by name (lib/models/eagle3_activations.ts). */
   readonly activations: Eagle3Activations;
   /** The bytes of {@link Eagle3Step.activations} ({@link eagle3ActivationBytes} of this shape). */
@@ -431,7 +432,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
   const shape = checkStepOptions(draft.config, opts);
   const step = new Eagle3Step(draft, shape);
   const p = step.program, act = step.activations, K = shape.tttLength;
-  step.teacherHead = opts.teacherHead ?? null;
+  step.teacherSource = opts.teacherSource ?? null;
   bindInputs(step, opts.inputs ?? {});
   writeConstants(draft.config, opts.vocab, shape, act);
   const attentionAt = (k: number) =>
@@ -581,9 +582,14 @@ function bindInputs(step: Eagle3Step, given: Partial<Eagle3StepInputs>): void {
     teacherArgmax: [[N], "i32"],
     teacherMaxSum: [[N, 2], "f32"],
   };
-  if (step.teacherHead) {
-    checkTeacherHead(step.teacherHead, N, cfg);
-    if (given.teacherLogits) throw new ShapeError("eagle3 step: teacherLogits given with a teacherHead");
+  const source = step.teacherSource;
+  if (source) {
+    if (source.rows !== N || source.vocab !== cfg.draftVocabSize) {
+      throw new ShapeError(
+        `eagle3 step: a teacher source of [${source.rows}, ${source.vocab}] for [${N}, ${cfg.draftVocabSize}]`,
+      );
+    }
+    if (given.teacherLogits) throw new ShapeError("eagle3 step: teacherLogits given with a teacherSource");
     step.teacherLogits = step.program.scratch(
       [teacherWindowRows(step.shape), cfg.draftVocabSize],
       "f32",
@@ -591,7 +597,7 @@ function bindInputs(step: Eagle3Step, given: Partial<Eagle3StepInputs>): void {
     );
   }
   for (const name of Object.keys(shapes) as Array<keyof Eagle3StepInputs>) {
-    if (name === "teacherLogits" && step.teacherHead) continue;
+    if (name === "teacherLogits" && source) continue;
     const [shape, dtype] = shapes[name];
     const t = given[name];
     if (
@@ -604,23 +610,6 @@ function bindInputs(step: Eagle3Step, given: Partial<Eagle3StepInputs>): void {
       );
     }
     step[name] = t ?? step.program.scratch(shape, dtype, `input ${name}`);
-  }
-}
-
-/** Checks a {@link TeacherHead}: hidden [N, H_t] f32, the head [Vd, H_t]. */
-function checkTeacherHead(t: TeacherHead, N: number, cfg: DraftConfig): void {
-  const Ht = cfg.targetHiddenSize, h = t.hidden;
-  if (h.dtype !== "f32" || h.shape.length !== 2 || h.shape[0] !== N || h.shape[1] !== Ht) {
-    throw new ShapeError(
-      `eagle3 step: teacher hidden (${h.label}) is ${h.dtype} ${
-        shapeString(h.shape)
-      }, expected f32 [${N}, ${Ht}]`,
-    );
-  }
-  if (t.head.rows !== cfg.draftVocabSize || t.head.cols !== Ht) {
-    throw new ShapeError(
-      `eagle3 step: teacher head [${t.head.rows}, ${t.head.cols}] is not [draft_vocab_size ${cfg.draftVocabSize}, ${Ht}]`,
-    );
   }
 }
 

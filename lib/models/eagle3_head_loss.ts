@@ -11,17 +11,17 @@
  * windows an LK training step computes the logits twice: a first pass for the acceptance, a second for the
  * loss and the gradient. lm_head's weight gradient is the sum of the windows' (accumulated).
  *
- * The teacher logits [B·T, Vd] are an input of the step, or (a `TeacherHead`: the target's final hidden states
- * and its lm_head rows of the draft vocabulary) made for each window as it is needed, its rows and the K rows
- * past it, so that they too exist for one window at a time; they are then made once per window and TTT
- * position (K times the teacher head's work of one forward, twice with an LK loss over several windows).
+ * The teacher logits [B·T, Vd] are an input of the step, or (a `TeacherSource`, ./teacher_source.ts: the
+ * target's final hidden states and its lm_head rows of the draft vocabulary, or stored top-k rows) made for
+ * each window as it is needed, its rows and the K rows past it, so that they too exist for one window at a
+ * time; they are then made once per window and TTT position (K times the work of making them once, twice
+ * that with an LK loss over several windows).
  */
 import type { Tensor } from "../tensor.ts";
 import { agreementTotals, argmaxAgreement, softCrossEntropy } from "../ops/loss.ts";
 import { lkGradient, lkReduce, lkRows, type LkTensors } from "../ops/lk_loss.ts";
 import { metricsAdd, teacherProbs } from "../ops/eagle3_teacher.ts";
 import { linearBackward } from "../ops/matmul.ts";
-import { linearRowBlocks } from "../ops/row_split.ts";
 import type { Eagle3Step } from "./eagle3.ts";
 import {
   eagle3FinalNorm,
@@ -136,15 +136,11 @@ export async function eagle3HeadLoss(
 }
 
 /**
- * With a teacher head (lib/models/eagle3.ts `TeacherHead`), window w's teacher logits: its teacher rows of the
- * target's final hidden states times the lm_head rows of the draft vocabulary, into the step's one window of
- * teacher logits (each row is the whole batch's product's row: the same dot products).
+ * With a teacher source (lib/models/eagle3.ts `TeacherSource`), window w's teacher logits: its rows and the K
+ * rows past it, into the step's one window of teacher logits.
  */
 async function produceTeacher(step: Eagle3Step, w: Window): Promise<void> {
-  if (!step.teacherHead) return;
-  const { hidden, head } = step.teacherHead, rows = w.teacherLogits.shape[0], Ht = hidden.shape[1];
-  const x = w.row0 === 0 && rows === hidden.shape[0] ? hidden : hidden.view(w.row0 * Ht, [rows, Ht]);
-  await linearRowBlocks(step.program, x, head, w.teacherLogits);
+  await step.teacherSource?.record(step.program, w.row0, w.teacherLogits);
 }
 
 /** Window w's logits z = lm_head(x) and teacher p^k. */
@@ -211,9 +207,9 @@ function teacherWindow(
   const N = step.shape.batch * step.shape.seqLen, Vd = step.draft.config.draftVocabSize;
   const rows = Math.min(w.rows + step.shape.tttLength, N - w.row0);
   const whole = w.row0 === 0 && rows === N;
-  // With a teacher head, the step's teacher logits are one window's, filled by produceTeacher.
+  // With a teacher source, the step's teacher logits are one window's, filled by produceTeacher.
   const held = step.teacherLogits.shape[0];
-  const logits = step.teacherHead
+  const logits = step.teacherSource
     ? (rows === held ? step.teacherLogits : step.teacherLogits.view(0, [rows, Vd]))
     : (whole ? step.teacherLogits : step.teacherLogits.view(w.row0 * Vd, [rows, Vd]));
   return { logits, maxSum: whole ? step.teacherMaxSum : step.teacherMaxSum.view(w.row0 * 2, [rows, 2]) };

@@ -12,7 +12,7 @@
  * writes and submits the GPU side without a sync.
  */
 import type { Batch } from "../data/loader.ts";
-import type { Eagle3StepInputs, TeacherHead } from "../models/eagle3.ts";
+import type { Eagle3StepInputs, TeacherSource } from "../models/eagle3.ts";
 
 /** Which set a batch comes from: training batches and evaluation batches may be read from different files. */
 export type Split = "train" | "eval";
@@ -28,10 +28,10 @@ export interface BatchFeed<S extends SourcedBatch = SourcedBatch> {
   /** The step inputs this feed writes (bound into the steps with buildEagle3Step's `inputs`). */
   readonly inputs: Partial<Eagle3StepInputs>;
   /**
-   * The teacher logits' producer instead of a `teacherLogits` input (buildEagle3Step's `teacherHead`: the
+   * The teacher logits' producer instead of a `teacherLogits` input (buildEagle3Step's `teacherSource`: the
    * draft head's windows make their teacher rows, the [B·T, Vd] tensor never exists); null or absent: none.
    */
-  readonly teacherHead?: TeacherHead | null;
+  readonly teacherSource?: TeacherSource | null;
   /**
    * Writes `b`'s inputs and submits the program (no sync; a streamed target awaits its layer reads); returns
    * each sample's valid length.

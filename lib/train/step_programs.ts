@@ -180,7 +180,7 @@ export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
       headRows: s.headRows,
       lk: s.lk,
       inputs: feed.inputs,
-      teacherHead: feed.teacherHead ?? null,
+      teacherSource: feed.teacherSource ?? null,
     });
   }
 

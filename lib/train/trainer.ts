@@ -328,8 +328,7 @@ function scheduleOf(s: TrainSettings, batchesPerEpoch: number): LrSchedule {
 /**
  * The run's batch source (the target online, its ends and the feature files offline), the target (online,
  * for tau) and the draft's frozen embedding (--embedding-key's tensor, or the target's own). With
- * `windowedTeacher` (the draft head in windows), the steps make the teacher logits per window where the
- * source can (online, and offline from stored hidden states).
+ * `windowedTeacher` (the draft head in windows), the steps make the teacher logits per window.
  */
 async function openSource(
   gpu: Gpu,

@@ -206,11 +206,11 @@ function* runBatches(i: TrainingPlanInput): Generator<["train" | "eval", number,
 }
 
 /**
- * Whether the steps make the teacher logits per head window (lib/models/eagle3.ts `TeacherHead`): with the
- * draft head in windows, online and offline from stored hidden states (lib/train/trainer.ts `openSource`).
+ * Whether the steps make the teacher logits per head window (lib/models/teacher_source.ts): whenever the
+ * draft head runs in windows (lib/train/trainer.ts `openSource`).
  */
 function windowedTeacher(i: TrainingPlanInput): boolean {
-  return (i.headRows ?? null) !== null && i.features?.storage.teacherFormat !== "topk";
+  return (i.headRows ?? null) !== null;
 }
 
 /** The feed of a training run's batch shape: the target's forward online, the feature decoder offline. */
@@ -225,11 +225,13 @@ function trainingFeed(i: TrainingPlanInput, splits: TargetSplits) {
 
 /**
  * A step's teacher window when it makes the teacher logits (`teacherWindowRows` rows of the draft vocabulary)
- * and the column blocks of the lm_head subset's row blocks when it is split (lib/ops/row_split.ts).
+ * and, from the target's hidden states, the column blocks of the lm_head subset's row blocks when it is split
+ * (lib/ops/row_split.ts).
  */
 function teacherWindowTensors(i: TrainingPlanInput, shape: Eagle3StepShape): PlannedTensor[] {
   if (!windowedTeacher(i)) return [];
-  const rows = teacherWindowRows(shape), blocks = subsetBlockRows(i);
+  const topk = i.features?.storage.teacherFormat === "topk";
+  const rows = teacherWindowRows(shape), blocks = topk ? [] : subsetBlockRows(i);
   return [
     planned("teacher logits window", [rows, i.draft.draftVocabSize], "f32"),
     ...(blocks.length > 1 ? [...new Set(blocks)].map((n) => planned("head rows", [rows, n], "f32")) : []),

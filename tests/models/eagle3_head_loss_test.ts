@@ -2,8 +2,8 @@
  * The head in windows of rows (lib/models/eagle3_head_loss.ts): a step whose logits, teacher p^k and KL
  * gradient hold 64 rows at a time gives the whole-batch step's metrics and gradients, for the KL loss, the
  * lambda LK loss (two passes), an evaluation step, and EAGLE-3.1's fed-forward normed state; and a step that
- * makes the teacher logits window by window from the target's final hidden states and a split head gives the
- * step fed the whole teacher tensor bit for bit.
+ * makes the teacher logits window by window (from the target's final hidden states and a split head, or from a
+ * stored top-k) gives the step fed the whole teacher tensor bit for bit.
  */
 import assert from "node:assert/strict";
 import { gpu, needsGpu, randomArray } from "../gpu.ts";
@@ -15,10 +15,14 @@ import {
   eagle3ParamNames,
   type Eagle3Step,
   type Eagle3StepOptions,
+  type TeacherSource,
 } from "../../lib/models/eagle3.ts";
 import { headWindows } from "../../lib/models/eagle3_head_loss.ts";
 import { linearRowBlocks, type RowSplitMatrix } from "../../lib/ops/row_split.ts";
-import { runOnce } from "../../lib/gpu/program.ts";
+import { type Program, runOnce } from "../../lib/gpu/program.ts";
+import { headTeacher, topkTeacher } from "../../lib/models/teacher_source.ts";
+import { scatterTopkTeacher } from "../../lib/ops/features.ts";
+import { targetToDraftMap } from "../../lib/ops/eagle3_teacher.ts";
 import { identityVocabMapping } from "../../lib/data/vocab.ts";
 import { assertScaled, TINY_DRAFT_JSON } from "./draft_fixtures.ts";
 
@@ -34,7 +38,7 @@ function writeInputs(step: Eagle3Step, Vd: number, V: number, H: number, teacher
     Float32Array.from({ length: N }, (_, i) => (i % T) < (i < T ? T : 77) && r[N + i] > -0.6 ? 1 : 0),
   );
   const logits = teacher ?? randomArray(N * Vd, 7, 3);
-  if (!step.teacherHead) step.teacherLogits.write(logits as Float32Array<ArrayBuffer>);
+  if (!step.teacherSource) step.teacherLogits.write(logits as Float32Array<ArrayBuffer>);
   step.teacherArgmax.write(Int32Array.from({ length: N }, (_, i) => {
     let best = 0;
     for (let v = 1; v < Vd; v++) if (logits[i * Vd + v] > logits[i * Vd + best]) best = v;
@@ -141,9 +145,52 @@ Deno.test(
   },
 );
 
+/**
+ * The step fed the whole teacher tensor (made by `recordWhole` over all N rows) against the step that makes it
+ * per window from `source`: metrics and gradients bit for bit.
+ */
+async function assertSameAsWhole(
+  draft: Eagle3Draft,
+  opts: Eagle3StepOptions,
+  source: TeacherSource,
+  recordWhole: (p: Program, out: Tensor) => Promise<void>,
+  what: string,
+): Promise<void> {
+  const cfg = draft.config, g = draft.gpu, Vd = cfg.draftVocabSize;
+  const whole = Tensor.empty(g, [N, Vd], "f32", "teacher logits");
+  const steps: Eagle3Step[] = [];
+  try {
+    await runOnce(g, "whole teacher", (p) => recordWhole(p, whole));
+    const teacher = await whole.readFloat();
+    const results = [];
+    for (const teacherSource of [null, source]) {
+      const step = await buildEagle3Step(draft, { ...opts, teacherSource });
+      steps.push(step);
+      // The windowed producer holds a window and the K rows past it, not B·T rows.
+      assert.equal(step.teacherLogits.shape[0], teacherSource ? 64 + K : N);
+      writeInputs(step, Vd, cfg.vocabSize, cfg.hiddenSize, teacher);
+      await draft.zeroGrads();
+      step.run();
+      results.push({ metrics: await step.readMetrics(), grads: await draft.getGrads() });
+    }
+    const [given, made] = results;
+    assert.ok(given.metrics.total.some((t) => t > 0));
+    assert.deepEqual(made.metrics, given.metrics, `${what}: metrics bit for bit`);
+    if (opts.train !== false) {
+      for (const p of eagle3ParamNames(cfg)) {
+        assert.ok(given.grads.get(p)!.some((x) => x !== 0), `${p}: a gradient`);
+        assert.deepEqual(made.grads.get(p), given.grads.get(p), `${what}: grad ${p} bit for bit`);
+      }
+    }
+  } finally {
+    for (const s of steps) s.destroy();
+    whole.destroy();
+  }
+}
+
 for (const [name, extra, eagle31] of CASES) {
   Deno.test({
-    name: `eagle3 teacher logits made per window from the final hidden states = the whole tensor: ${name}`,
+    name: `eagle3 teacher logits made per window (head, top-k) = the whole tensor: ${name}`,
     ...needsGpu,
   }, async () => {
     const cfg = parseDraftConfig({
@@ -166,7 +213,38 @@ for (const [name, extra, eagle31] of CASES) {
         tensor: Tensor.fromArray(g, w.slice(a * Ht, b * Ht), [b - a, Ht], "f32", `head ${a}`),
       })),
     };
-    const whole = Tensor.empty(g, [N, Vd], "f32", "teacher logits");
+    // A stored top-5 of every row over the target vocabulary, some of it outside the draft's.
+    const k = 5, r = randomArray(N * k * 2 + N, 13, 1);
+    const stored = {
+      ids: Tensor.fromArray(
+        g,
+        Int32Array.from({ length: N * k }, (_, i) => Math.floor(Math.abs(r[i]) * 97) % V),
+        [N, k],
+        "i32",
+        "topk ids",
+      ),
+      logprobs: Tensor.fromArray(
+        g,
+        Float32Array.from({ length: N * k }, (_, i) => -Math.abs(r[N * k + i]) * 3),
+        [N, k],
+        "f32",
+        "topk logprobs",
+      ),
+      tail: Tensor.fromArray(
+        g,
+        Float32Array.from({ length: N }, (_, i) => -8 - Math.abs(r[2 * N * k + i])),
+        [N],
+        "f32",
+        "tail",
+      ),
+      toDraft: Tensor.fromArray(
+        g,
+        targetToDraftMap(Int32Array.from({ length: Vd }, (_, i) => (i * 7) % V), V),
+        [V],
+        "i32",
+        "to draft",
+      ),
+    };
     const opts = {
       batch: B,
       seqLen: T,
@@ -177,33 +255,24 @@ for (const [name, extra, eagle31] of CASES) {
       headRows: 64,
       ...extra,
     };
-    const steps: Eagle3Step[] = [];
     try {
-      await runOnce(g, "whole teacher", (p) => linearRowBlocks(p, hidden, head, whole));
-      const teacher = await whole.readFloat();
-      const results = [];
-      for (const teacherHead of [null, { hidden, head }]) {
-        const step = await buildEagle3Step(draft, { ...opts, teacherHead });
-        steps.push(step);
-        // The windowed producer holds a window and the K rows past it, not B·T rows.
-        assert.equal(step.teacherLogits.shape[0], teacherHead ? 64 + K : N);
-        writeInputs(step, Vd, V, H, teacher);
-        await draft.zeroGrads();
-        step.run();
-        results.push({ metrics: await step.readMetrics(), grads: await draft.getGrads() });
-      }
-      const [given, made] = results;
-      assert.ok(given.metrics.total.some((t) => t > 0));
-      assert.deepEqual(made.metrics, given.metrics, "metrics bit for bit");
-      if (opts.train !== false) {
-        for (const p of eagle3ParamNames(cfg)) {
-          assert.ok(given.grads.get(p)!.some((x) => x !== 0), `${p}: a gradient`);
-          assert.deepEqual(made.grads.get(p), given.grads.get(p), `grad ${p} bit for bit`);
-        }
-      }
+      await assertSameAsWhole(
+        draft,
+        opts,
+        headTeacher(hidden, head),
+        (p, out) => linearRowBlocks(p, hidden, head, out),
+        "head",
+      );
+      await assertSameAsWhole(
+        draft,
+        opts,
+        topkTeacher(stored, Vd),
+        (p, out) => scatterTopkTeacher(p, { ...stored, out }),
+        "top-k",
+      );
     } finally {
-      for (const s of steps) s.destroy();
-      for (const t of [embedding, hidden, whole, ...head.blocks.map((b) => b.tensor)]) t.destroy();
+      const tensors = [embedding, hidden, ...head.blocks.map((b) => b.tensor), ...Object.values(stored)];
+      for (const t of tensors) t.destroy();
       draft.destroy();
     }
   });

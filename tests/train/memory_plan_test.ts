@@ -260,25 +260,36 @@ Deno.test(
       la.forEach((l, i) =>
         assert.ok(Math.abs(l - lb[i]) <= 1e-5 * Math.abs(l), `update ${i + 1}: ${l} vs ${lb[i]}`)
       );
-      // Offline from stored hidden states: the feeder leaves the teacher logits to the windows as well.
-      const device = await Gpu.create();
-      const storage = { auxFormat: "bf16", groupSize: 32, teacherFormat: "hidden-bf16", topk: 16 } as const;
-      for (const split of ["train", "eval"]) {
-        await prepareHiddenStates(device, prepareOptions(root, join("f", split), storage, split));
+      // Offline, from stored hidden states or a stored top-k: the feeder leaves the teacher logits to the windows.
+      const storages = [
+        { auxFormat: "bf16", groupSize: 32, teacherFormat: "hidden-bf16", topk: 16 },
+        { auxFormat: "int4", groupSize: 32, teacherFormat: "topk", topk: 8 },
+      ] as const;
+      for (const [n, storage] of storages.entries()) {
+        const device = await Gpu.create();
+        for (const split of ["train", "eval"]) {
+          await prepareHiddenStates(device, prepareOptions(root, join(`f${n}`, split), storage, split));
+        }
+        device.destroy();
+        const features = {
+          trainHiddenStatesPath: join(root, `f${n}`, "train"),
+          evalHiddenStatesPath: join(root, `f${n}`, "eval"),
+        };
+        const what = storage.teacherFormat;
+        const c = await measured(root, `offline-whole-${n}`, { ...base, ...features }, true);
+        const d = await measured(
+          root,
+          `offline-windows-${n}`,
+          { ...base, ...features, headChunkRows: 64 },
+          true,
+        );
+        assert.equal(d.plannedPeakBytes, d.peakBytes, `${what}: windows, planned exactly`);
+        assert.ok(d.peakBytes < c.peakBytes, `${what}: windows ${d.peakBytes} < whole ${c.peakBytes}`);
+        const [lc, ld] = [await losses(c), await losses(d)];
+        lc.forEach((l, i) =>
+          assert.ok(Math.abs(l - ld[i]) <= 1e-5 * Math.abs(l), `${what}, update ${i + 1}: ${l} vs ${ld[i]}`)
+        );
       }
-      device.destroy();
-      const features = {
-        trainHiddenStatesPath: join(root, "f", "train"),
-        evalHiddenStatesPath: join(root, "f", "eval"),
-      };
-      const c = await measured(root, "offline-whole", { ...base, ...features }, true);
-      const d = await measured(root, "offline-windows", { ...base, ...features, headChunkRows: 64 }, true);
-      assert.equal(d.plannedPeakBytes, d.peakBytes, "offline windows, planned exactly");
-      assert.ok(d.peakBytes < c.peakBytes, `offline: windows ${d.peakBytes} < whole ${c.peakBytes}`);
-      const [lc, ld] = [await losses(c), await losses(d)];
-      lc.forEach((l, i) =>
-        assert.ok(Math.abs(l - ld[i]) <= 1e-5 * Math.abs(l), `offline update ${i + 1}: ${l} vs ${ld[i]}`)
-      );
     } finally {
       await Deno.remove(root, { recursive: true });
     }

@@ -33,8 +33,8 @@ class DecoderFeed implements BatchFeed<FeatureBatch> {
     return this.feeder.inputs;
   }
 
-  get teacherHead() {
-    return this.feeder.teacherHead;
+  get teacherSource() {
+    return this.feeder.teacherSource;
   }
 
   feed(b: FeatureBatch): number[] {
@@ -51,8 +51,8 @@ export class OfflineSource implements BatchSource<FeatureBatch> {
   /**
    * `sets`: the feature sets the batches index (evaluation's null when there is none); `ends`: the target's
    * embedding and, for hidden-state teachers, its lm_head (owned by the source from here on);
-   * `draftToTarget`: the draft vocabulary (ascending target ids); `windowedTeacher`: hidden-state teachers
-   * are made by the steps window by window (lib/offline/feeder.ts `FeatureFeeder.teacherHead`).
+   * `draftToTarget`: the draft vocabulary (ascending target ids); `windowedTeacher`: the teacher logits are
+   * made by the steps window by window (lib/offline/feeder.ts `FeatureFeeder.teacherSource`).
    */
   constructor(
     readonly gpu: Gpu,

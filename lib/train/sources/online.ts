@@ -8,7 +8,8 @@ import type { Batch } from "../../data/loader.ts";
 import type { RowSplitMatrix, TargetForward, TargetModel } from "../../models/target.ts";
 import type { StreamedForward, StreamedTarget } from "../../models/target_stream.ts";
 import type { BatchFeed, BatchSource, SourcedBatch } from "../batch_source.ts";
-import type { TeacherHead } from "../../models/eagle3.ts";
+import type { TeacherSource } from "../../models/eagle3.ts";
+import { headTeacher } from "../../models/teacher_source.ts";
 
 /** Each row's count of real tokens (attention mask ones). */
 export function batchLengths(batch: Batch): number[] {
@@ -23,10 +24,14 @@ export function batchLengths(batch: Batch): number[] {
 
 /**
  * The target forward of one batch shape as a {@link BatchFeed}: its subset logits are the teacher, or (with a
- * `teacherHead`) its final hidden states and the head's rows of the draft vocabulary make them window by window.
+ * `teacherSource`) its final hidden states and the head's rows of the draft vocabulary make them window by
+ * window.
  */
 class TargetFeed implements BatchFeed {
-  constructor(readonly forward: TargetForward | StreamedForward, readonly teacherHead: TeacherHead | null) {}
+  constructor(
+    readonly forward: TargetForward | StreamedForward,
+    readonly teacherSource: TeacherSource | null,
+  ) {}
 
   get inputs() {
     const f = this.forward;
@@ -34,7 +39,7 @@ class TargetFeed implements BatchFeed {
       aux: f.aux!,
       ids: f.ids,
       lengths: f.lengths,
-      ...(this.teacherHead ? {} : { teacherLogits: f.subsetLogits! }),
+      ...(this.teacherSource ? {} : { teacherLogits: f.subsetLogits! }),
       teacherArgmax: f.vocabArgmax!,
       teacherMaxSum: f.vocabMaxSum!,
     };
@@ -83,10 +88,10 @@ export class OnlineSource implements BatchSource {
       ...(windowed ? { finalHidden: true } : { subsetIds: this.draftToTarget }),
       vocabStats: true,
     });
-    const teacherHead = windowed
-      ? { hidden: forward.finalHidden!, head: await this.target.subsetHead(this.draftToTarget) }
+    const teacher = windowed
+      ? headTeacher(forward.finalHidden!, await this.target.subsetHead(this.draftToTarget))
       : null;
-    return new TargetFeed(forward, teacherHead);
+    return new TargetFeed(forward, teacher);
   }
 
   destroy(): void {
