@@ -64,13 +64,10 @@ class Transients {
   }
 }
 
-/** The draft's weights and (zero, unused by evaluation) gradients as `Eagle3Draft.create` allocates them. */
+/** The draft's f32 weights as `Eagle3Draft.create` allocates them (its gradients are made only by training). */
 export function draftWeightTensors(cfg: DraftConfig): PlannedTensor[] {
-  const shapes = eagle3ParamShapes(cfg), names = eagle3ParamNames(cfg);
-  return [
-    ...names.map((n) => planned(`draft ${n}`, shapes[n]!, "f32")),
-    ...names.map((n) => planned(`draft grad ${n}`, shapes[n]!, "f32")),
-  ];
+  const shapes = eagle3ParamShapes(cfg);
+  return eagle3ParamNames(cfg).map((n) => planned(`draft ${n}`, shapes[n]!, "f32"));
 }
 
 /** The row counts of the aux features' blocks [auxRows, 3H] f32 (lib/ops/row_split.ts `emptyRowSplit`). */

@@ -159,25 +159,32 @@ export function initEagle3Weights(cfg: DraftConfig, seed: number): Eagle3Weights
 export class Eagle3Draft {
   /** Parameters by key (f32, shapes of {@link eagle3ParamShapes}). */
   readonly params: PerEagle3Param<Tensor>;
-  /** Gradients by key, same shapes; training steps ADD into them. */
-  readonly grads: PerEagle3Param<Tensor>;
+  #grads: PerEagle3Param<Tensor> | null = null;
   /** The parameter names of this draft ({@link eagle3ParamNames}). */
   readonly names: readonly Eagle3ParamName[];
   #zero: Program | null = null;
 
   private constructor(readonly gpu: Gpu, readonly config: DraftConfig) {
-    const shapes = eagle3ParamShapes(config);
     this.names = eagle3ParamNames(config);
-    const make = (zero: boolean, prefix: string) => {
-      const out: Partial<Record<Eagle3ParamName, Tensor>> = {};
-      for (const name of this.names) {
-        const shape = shapes[name]!, label = `${prefix} ${name}`;
-        out[name] = zero ? Tensor.zeros(gpu, shape, "f32", label) : Tensor.empty(gpu, shape, "f32", label);
-      }
-      return out as PerEagle3Param<Tensor>; // every core name is in this.names
-    };
-    this.params = make(false, "draft");
-    this.grads = make(true, "draft grad");
+    this.params = this.#make(false, "draft");
+  }
+
+  #make(zero: boolean, prefix: string): PerEagle3Param<Tensor> {
+    const shapes = eagle3ParamShapes(this.config), gpu = this.gpu;
+    const out: Partial<Record<Eagle3ParamName, Tensor>> = {};
+    for (const name of this.names) {
+      const shape = shapes[name]!, label = `${prefix} ${name}`;
+      out[name] = zero ? Tensor.zeros(gpu, shape, "f32", label) : Tensor.empty(gpu, shape, "f32", label);
+    }
+    return out as PerEagle3Param<Tensor>; // every core name is in this.names
+  }
+
+  /**
+   * Gradients by key, same shapes, zero when made; training steps ADD into them. Made on first use, so that a
+   * draft only evaluated (lib/eval) holds none.
+   */
+  get grads(): PerEagle3Param<Tensor> {
+    return this.#grads ??= this.#make(true, "draft grad");
   }
 
   /**
@@ -201,7 +208,8 @@ export class Eagle3Draft {
 
   /** Copies host weights into the parameters; every key must be present with its exact element count. */
   setWeights(weights: Eagle3Weights): void {
-    for (const [name, t] of this.entries()) {
+    for (const name of this.names) {
+      const t = this.params[name]!;
       const w = weights.get(name);
       if (!w) throw new ShapeError(`eagle3 weights: ${name} is missing`);
       if (w.length !== t.size) {
@@ -221,7 +229,7 @@ export class Eagle3Draft {
   /** Reads every parameter to the host (one sync per tensor). */
   async getWeights(): Promise<Eagle3Weights> {
     const out: Eagle3Weights = new Map();
-    for (const [name, t] of this.entries()) out.set(name, await t.readFloat());
+    for (const name of this.names) out.set(name, await this.params[name]!.readFloat());
     return out;
   }
 
@@ -247,12 +255,12 @@ export class Eagle3Draft {
     (await this.zeroGradsProgram()).run();
   }
 
-  /** Frees parameters, gradients and the zeroing program. */
+  /** Frees parameters, gradients (when made) and the zeroing program. */
   destroy(): void {
     this.#zero?.destroy();
-    for (const [, t, g] of this.entries()) {
-      t.destroy();
-      g.destroy();
+    for (const name of this.names) {
+      this.params[name]!.destroy();
+      this.#grads?.[name]?.destroy();
     }
   }
 }

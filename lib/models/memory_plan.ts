@@ -77,10 +77,7 @@ export const PLAN_CATEGORIES = {
     shrink: "--max-length, --batch-size",
   },
   // The evaluation's (lib/eval/eval_plan.ts).
-  evalDraft: {
-    name: "draft weights (and the zero gradients the draft holds)",
-    shrink: "a smaller draft (--draft-model-path)",
-  },
+  evalDraft: { name: "draft weights (f32)", shrink: "a smaller draft (--draft-model-path)" },
   evalCaches: {
     name: "KV caches (speculative target and draft sessions; plain decoding's, one per cache length)",
     shrink: "--max-prompt-len, --max-new-tokens, and --no-speed with --temperature > 0 (no plain decoding)",
