@@ -65,16 +65,17 @@ type Allocation = ReturnType<Replay["allocate"]>;
 /** Weights: bound in row blocks where they are over one binding (lib/ops/matmul.ts `linear`, row splits). */
 const WEIGHTS = new Set<PlanCategoryKey>(["targetLayers", "targetEnds", "evalDraft"]);
 
-/** The replay with the logits split out of every allocation, and the largest tensor bound whole. */
-class EvalReplay {
-  readonly replay: Replay;
+/**
+ * A replay with the logits split out of every allocation, and the largest tensor bound whole; with `only`, every
+ * allocation in that one category (a training run's speculative decoding at its evaluations).
+ */
+export class EvalReplay {
   largestBound: PlannedTensor & { key: PlanCategoryKey } = { label: "none", bytes: 0, key: "evalPasses" };
 
-  constructor(maxBufferSize: number) {
-    this.replay = new Replay(maxBufferSize);
-  }
+  constructor(readonly replay: Replay, readonly only: PlanCategoryKey | null = null) {}
 
   allocate(key: PlanCategoryKey, tensors: PlannedTensor[]): Allocation {
+    if (this.only) return this.replay.allocate(this.only, null, tensors);
     if (!WEIGHTS.has(key)) {
       for (const t of tensors) if (t.bytes > this.largestBound.bytes) this.largestBound = { ...t, key };
     }
@@ -117,8 +118,14 @@ class ProgramsKept {
   }
 }
 
+/** What the replay of speculative decoding needs: the target and draft, the device, the speculation. */
+export type SpeculativeReplayInput = Pick<
+  EvalPlanInput,
+  "target" | "weights" | "device" | "draft" | "spec" | "maxNewTokens"
+>;
+
 /** The speculative decoder's sessions and programs (./speculative.ts `SpeculativeDecoder`). */
-class SpeculativeReplay {
+export class SpeculativeReplay {
   #session: { maxLen: number; auxRows: number; auxBlocks: number; tensors: Allocation[] } | null = null;
   #prefills!: ProgramsKept;
   #verifies!: ProgramsKept;
@@ -126,7 +133,7 @@ class SpeculativeReplay {
   #extends!: ProgramsKept;
   #step: Allocation | null = null;
 
-  constructor(readonly r: EvalReplay, readonly i: EvalPlanInput, readonly splits: EvalSplits) {}
+  constructor(readonly r: EvalReplay, readonly i: SpeculativeReplayInput, readonly splits: EvalSplits) {}
 
   /** One `generate` of a prompt of L tokens (see the module comment for what is taken at its largest). */
   generate(L: number): void {
@@ -225,21 +232,28 @@ class PlainReplay {
   }
 }
 
-/** How the draft's f32 matrices split on the device (lib/ops/matmul.ts `linear` over row blocks). */
-function draftMatrixSplits(i: EvalPlanInput): EvalSplits["draftMatrices"] {
+/** How the target's and the draft's matrices split on the device (lib/ops/matmul.ts `linear` over row blocks). */
+export function evalSplits(i: TargetPlanInput & { draft: DraftConfig }): EvalSplits {
   const shapes = eagle3ParamShapes(i.draft);
   const blocks = (name: string) => linearBlockRows(i, shapes[name][0], shapes[name][1], [4]);
   const layer = Object.keys(shapes).filter((n) => n.startsWith("midlayer.") && shapes[n].length === 2);
-  return { fc: blocks("fc.weight"), layer: layer.flatMap(blocks), lmHead: blocks("lm_head.weight") };
+  return {
+    ...targetSplits(i),
+    draftMatrices: {
+      fc: blocks("fc.weight"),
+      layer: layer.flatMap(blocks),
+      lmHead: blocks("lm_head.weight"),
+    },
+  };
 }
 
 /** The plan of an evaluation (see the module comment). */
 export function planEval(i: EvalPlanInput): MemoryPlan {
-  const r = new EvalReplay(i.device.maxBufferSize);
+  const r = new EvalReplay(new Replay(i.device.maxBufferSize));
   if (!i.randomDraft) r.allocate("evalDraft", draftWeightTensors(i.draft));
   for (const [key, tensors] of targetWeightCategories(i, { layers: true })) r.allocate(key, tensors);
   if (i.randomDraft) r.allocate("evalDraft", draftWeightTensors(i.draft));
-  const splits: EvalSplits = { ...targetSplits(i), draftMatrices: draftMatrixSplits(i) };
+  const splits = evalSplits(i);
   const spec = new SpeculativeReplay(r, i, splits), plain = new PlainReplay(r, i, splits);
   const runs = i.measureSpeed ? 2 : 1;
   for (const L of i.promptLengths) {

@@ -98,6 +98,10 @@ export const PLAN_CATEGORIES = {
     name: "parked buffers (of freed sessions and programs, kept by the pool for reuse)",
     shrink: "--max-prompt-len, --num-samples",
   },
+  evalSpec: {
+    name: "speculative decoding at evaluations (--eval-spec-samples: sessions, caches, programs)",
+    shrink: "--eval-spec-samples, --eval-spec-new-tokens, --max-length",
+  },
   evalPlain: {
     name: "plain decoding programs kept (a prefill per prompt length, a pass per decoded position)",
     shrink: "--max-new-tokens, --num-samples, and --no-speed with --temperature > 0 (no plain decoding)",

@@ -58,6 +58,13 @@ Deno.test({ name: "memory plan: online runs meet the measured peak", ...needsGpu
       "KL loss",
     );
     assertClose(await measured(root, "b", { lkLossType: "lambda", draftAccumulationSteps: 2 }), "LK loss");
+    // --eval-spec-samples: speculative decoding at each evaluation, planned at its largest (every accept length).
+    const tau = await measured(root, "t", { evalSpecSamples: 3, numEpochs: 2, evalInterval: 2 });
+    assertClose(tau, "--eval-spec-samples");
+    assert.ok(
+      tau.plannedPeakBytes >= tau.peakBytes,
+      `tau: planned ${tau.plannedPeakBytes}, peak ${tau.peakBytes}`,
+    );
     const muon = await measured(root, "c", { optimizer: "muon", maxNumSteps: 2 });
     assertClose(muon, "Muon");
     assert.equal(muon.plannedPeakBytes, muon.peakBytes, "Muon's state and scratch, planned exactly");
