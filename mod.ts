@@ -128,7 +128,7 @@ export type { DraftConfig, NormOutputMeaning } from "./lib/models/draft_config.t
 export { checkFiniteFile, checkFiniteWeights, NonFiniteWeightError } from "./lib/models/finite_weights.ts";
 export type { LoadedWeight } from "./lib/models/finite_weights.ts";
 export { buildEagle3Step, EAGLE3_PARAM_NAMES, Eagle3Draft, Eagle3Step } from "./lib/models/eagle3.ts";
-export type { Eagle3StepInputs, Eagle3StepOptions } from "./lib/models/eagle3.ts";
+export type { Eagle3StepInputs, Eagle3StepOptions, TeacherSource } from "./lib/models/eagle3.ts";
 export { FC_NORM_PARAM_NAMES } from "./lib/models/eagle3.ts";
 export type { Eagle3CoreParamName, PerEagle3Param } from "./lib/models/eagle3.ts";
 export type {

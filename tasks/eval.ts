@@ -5,7 +5,8 @@
  */
 import { Gpu } from "../lib/gpu/device.ts";
 import { hubOptionsFromEnv } from "../lib/io/hub.ts";
-import { evaluateDraft } from "../lib/eval/evaluate.ts";
+import { evaluateDraft, planEvaluation } from "../lib/eval/evaluate.ts";
+import { checkPlanFits, formatPlan } from "../lib/models/memory_plan.ts";
 import { EVAL_FLAGS, type EvalSettings } from "../lib/eval/settings.ts";
 import { type World, worldFromEnv } from "../lib/dist/world.ts";
 import { runTask } from "../lib/cli/run.ts";
@@ -39,11 +40,19 @@ async function evalTask(args: string[]): Promise<void> {
 async function evalOnRank(settings: EvalSettings, world: World): Promise<void> {
   const gpu = await Gpu.create();
   try {
-    const r = await evaluateDraft(gpu, settings, {
+    const ctx = {
       hub: hubOptionsFromEnv(Deno.env.toObject()),
-      log: world.rank === 0 ? (line) => console.error(line) : undefined,
+      log: world.rank === 0 ? (line: string) => console.error(line) : undefined,
       world,
-    });
+    };
+    if (settings.dryRun) {
+      const { plan, limits } = await planEvaluation(gpu, settings, ctx);
+      if (world.rank === 0) { for (const line of formatPlan(plan, limits)) console.log(line); }
+      checkPlanFits(plan, limits);
+      if (world.rank === 0) console.log("the evaluation fits (--dry-run: nothing was loaded or written)");
+      return;
+    }
+    const r = await evaluateDraft(gpu, settings, ctx);
     if (!r.files) return;
     console.log(JSON.stringify(r.summary, null, 2));
     console.error(`wrote ${r.files.json}, ${r.files.svg}, ${r.files.html}`);

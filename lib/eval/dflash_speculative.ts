@@ -42,7 +42,6 @@ export class DflashDecoder implements SpeculativeGenerator {
   readonly config: ResolvedSpeculativeConfig;
   #session: TargetSession | null = null;
   #step: DflashStep | null = null;
-  #features: Float32Array<ArrayBuffer> = new Float32Array(0);
 
   /** `target` must capture the draft's `target_layer_ids` (TargetModel.load's auxLayers). */
   constructor(readonly target: TargetModel, readonly draft: DflashDraft) {
@@ -115,9 +114,12 @@ export class DflashDecoder implements SpeculativeGenerator {
 
   /** Copies the session's aux rows 0..n−1 (features of positions at..at+n−1) into the draft's context. */
   async #storeFeatures(session: TargetSession, at: number, n: number): Promise<void> {
-    const width = session.aux.shape[1];
-    const rows = (await session.aux.readFloat()).subarray(0, n * width);
-    this.#features.set(rows, at * width);
+    const width = session.aux.cols, rows = new Float32Array(n * width);
+    for (const { row0, tensor } of session.aux.blocks) {
+      if (row0 >= n) break;
+      const block = await tensor.readFloat();
+      rows.set(block.subarray(0, Math.min(n - row0, tensor.shape[0]) * width), row0 * width);
+    }
     const features = this.#step!.inputs.features;
     this.draft.gpu.device.queue.writeBuffer(features.buffer, features.byteOffset + at * width * 4, rows);
   }
@@ -170,8 +172,7 @@ export class DflashDecoder implements SpeculativeGenerator {
       embedding: this.target.embed,
       lmHead: this.target.lmHead.blocks[0].tensor,
     }, false);
-    this.#features = new Float32Array(maxLen * this.#session.aux.shape[1]);
-    this.#step.inputs.features.write(this.#features);
+    this.#step.inputs.features.write(new Float32Array(this.#step.inputs.features.size)); // rows not yet seen: 0
     return { session: this.#session, step: this.#step };
   }
 

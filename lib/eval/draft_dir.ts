@@ -27,8 +27,8 @@ export interface LoadedDraft {
   storedDtype: string;
 }
 
-/** Loads the draft of directory `dir` (see the module comment); errors name the file and the tensor. */
-export async function loadDraftDirectory(gpu: Gpu, dir: string): Promise<LoadedDraft> {
+/** The config.json of draft directory `dir`, checked (no weight is read). */
+export async function readDraftConfig(dir: string): Promise<DraftConfig> {
   const cfgPath = `${dir}/config.json`;
   let json: Record<string, unknown>;
   try {
@@ -42,7 +42,12 @@ export async function loadDraftDirectory(gpu: Gpu, dir: string): Promise<LoadedD
       `${cfgPath}: architectures ${JSON.stringify(archs)} is not ["LlamaForCausalLMEagle3"]`,
     );
   }
-  const config = parseDraftConfig(json, cfgPath);
+  return parseDraftConfig(json, cfgPath);
+}
+
+/** Loads the draft of directory `dir` (see the module comment); errors name the file and the tensor. */
+export async function loadDraftDirectory(gpu: Gpu, dir: string): Promise<LoadedDraft> {
+  const config = await readDraftConfig(dir);
   const ckpt = await SafetensorsCheckpoint.open(dir);
   try {
     const weights: Eagle3Weights = new Map();

@@ -23,9 +23,10 @@ import { Program } from "../gpu/program.ts";
 import { ProgramCache } from "../gpu/program_cache.ts";
 import { Tensor } from "../tensor.ts";
 import { checkEmbedding, type Eagle3Draft } from "../models/eagle3.ts";
-import { asRowSplit, type RowSplitMatrix } from "../ops/row_split.ts";
+import { asRowSplit, gatherRowBlocks, type RowSplitMatrix } from "../ops/row_split.ts";
 import {
   type Eagle3Attention,
+  type Eagle3FcActivations,
   eagle3FcActivations,
   eagle3FcForward,
   eagle3FinalNorm,
@@ -88,15 +89,16 @@ export class DraftSession {
   constructor(
     readonly draft: Eagle3Draft,
     readonly embedding: Tensor | RowSplitMatrix,
-    readonly targetAux: Tensor,
+    readonly targetAux: Tensor | RowSplitMatrix,
     readonly opts: DraftSessionOptions,
   ) {
     const gpu = this.gpu = draft.gpu;
     const cfg = draft.config;
     checkEmbedding("draft session", embedding, cfg);
-    if (targetAux.shape[1] !== 3 * cfg.targetHiddenSize) {
+    const aux = asRowSplit(targetAux);
+    if (aux.cols !== 3 * cfg.targetHiddenSize) {
       throw new ShapeError(
-        `draft session: target aux [${targetAux.shape}] is not 3 × target_hidden_size ${cfg.targetHiddenSize}`,
+        `draft session: target aux [${aux.rows}, ${aux.cols}] is not 3 × target_hidden_size ${cfg.targetHiddenSize}`,
       );
     }
     const shape = [opts.maxLen, cfg.numKvHeads, cfg.headDim];
@@ -175,11 +177,8 @@ export class DraftSession {
     const p = new Program(this.gpu, `spec draft extend R=${R}`);
     try {
       const index = p.scratch([R], "i32", "aux rows");
-      const aux = p.scratch([R, 3 * cfg.targetHiddenSize], "f32", "aux");
       const h = p.scratch([R, cfg.hiddenSize], "f32", "fc out");
-      await gatherRows(p, this.targetAux, index, aux);
-      const make: MakeTensor<Tensor> = (shape, dtype, label) => p.scratch(shape, dtype, label);
-      await eagle3FcForward(p, this.draft, aux, h, eagle3FcActivations(make, cfg, R));
+      await this.#fc(p, index, h);
       const pass = await this.#layer(p, R, R, index, h, (R - 1) * cfg.hiddenSize, 1);
       // Causal mask over the new rows, fixed for this program.
       pass.mask.write(Uint32Array.from({ length: R * R }, (_, i) => (i % R <= Math.floor(i / R) ? 1 : 0)));
@@ -187,6 +186,28 @@ export class DraftSession {
     } catch (e) {
       p.destroy();
       throw e;
+    }
+  }
+
+  /**
+   * h = fc(aux rows `index`) [R, H], in windows of rows whose gathered aux [rows, 3·H_t] binds
+   * ({@link extendWindows}): fc and fc_norm act on each row alone, so the windows give the whole pass's rows.
+   */
+  async #fc(p: Program, index: Tensor, h: Tensor): Promise<void> {
+    const cfg = this.draft.config, H = cfg.hiddenSize, R = index.shape[0];
+    const make: MakeTensor<Tensor> = (shape, dtype, label) => p.scratch(shape, dtype, label);
+    const windows = extendWindows(this.gpu.limits, R, cfg.targetHiddenSize);
+    const scratch = new Map<number, { aux: Tensor; fc: Eagle3FcActivations | null }>();
+    for (const [row0, rows] of windows) {
+      let s = scratch.get(rows);
+      if (!s) {
+        const aux = p.scratch([rows, 3 * cfg.targetHiddenSize], "f32", "aux");
+        scratch.set(rows, s = { aux, fc: eagle3FcActivations(make, cfg, rows) });
+      }
+      const whole = windows.length === 1;
+      const indexW = whole ? index : index.view(row0, [rows]), hW = whole ? h : h.view(row0 * H, [rows, H]);
+      await gatherRowBlocks(p, asRowSplit(this.targetAux), indexW, s.aux);
+      await eagle3FcForward(p, this.draft, s.aux, hW, s.fc);
     }
   }
 
@@ -284,4 +305,33 @@ class CachedAttention implements Eagle3Attention {
       out: att.reshape([rows, nh, hd]),
     });
   }
+}
+
+/** Extend windows start at multiples of this many rows: an i32 or f32 row view then meets a 256-byte alignment. */
+export const EXTEND_WINDOW_ALIGN = 64;
+
+/**
+ * The [row0, rows] windows of an extend of `R` rows whose gathered aux [rows, 3·targetHidden] f32 binds: one
+ * window when the whole does, else windows of the most multiples of {@link EXTEND_WINDOW_ALIGN} rows that bind.
+ */
+export function extendWindows(
+  limits: { maxStorageBufferBindingSize: number },
+  R: number,
+  targetHidden: number,
+): Array<[number, number]> {
+  const rowBytes = 3 * targetHidden * 4;
+  if (R * rowBytes <= limits.maxStorageBufferBindingSize) return [[0, R]];
+  const per = Math.floor(limits.maxStorageBufferBindingSize / rowBytes / EXTEND_WINDOW_ALIGN) *
+    EXTEND_WINDOW_ALIGN;
+  if (per === 0) {
+    throw new LimitError(
+      `draft extend: ${EXTEND_WINDOW_ALIGN} rows of target aux (${
+        EXTEND_WINDOW_ALIGN * rowBytes
+      } bytes) exceed ` +
+        `the device's maxStorageBufferBindingSize of ${limits.maxStorageBufferBindingSize} bytes`,
+    );
+  }
+  const out: Array<[number, number]> = [];
+  for (let row0 = 0; row0 < R; row0 += per) out.push([row0, Math.min(per, R - row0)]);
+  return out;
 }

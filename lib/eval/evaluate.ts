@@ -9,14 +9,24 @@ import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { type HubOptions, resolveModelPath } from "../io/hub.ts";
 import { type ChatTokenizer, loadTokenizer } from "../data/tokenizer.ts";
-import { ConfigError, defaultAuxLayers, loadTargetConfig } from "../models/config.ts";
-import { checkDraftFitsTarget, deriveDraftConfig } from "../models/draft_config.ts";
+import { ConfigError, defaultAuxLayers, loadTargetConfig, type TargetConfig } from "../models/config.ts";
+import { checkDraftFitsTarget, deriveDraftConfig, type DraftConfig } from "../models/draft_config.ts";
+import {
+  checkPlanFits,
+  type MemoryPlan,
+  type PlanLimits,
+  planLimitsOf,
+  withTargetPlanInput,
+} from "../models/memory_plan.ts";
+import { formatBytes, parseByteSize } from "../gpu/device_memory.ts";
+import { planEval } from "./eval_plan.ts";
 import { Eagle3Draft } from "../models/eagle3.ts";
 import { TargetModel } from "../models/target.ts";
-import { loadDraftDirectory, type LoadedDraft } from "./draft_dir.ts";
+import { loadDraftDirectory, readDraftConfig } from "./draft_dir.ts";
 import { type EvalReportFiles, evalSummary, writeEvalReport } from "./report.ts";
 import type { EvalSettings } from "./settings.ts";
 import {
+  resolveSpeculativeConfig,
   runDecoderEval,
   runSpeculativeEval,
   type SpeculativeEvalResult,
@@ -130,12 +140,17 @@ function gatherResults(
   return summarizeSpeculativeEval(samples, local.config, local.temperature, measured);
 }
 
+/** The config of a random draft for a target of config `target`: over its whole vocabulary. */
+function randomDraftConfig(target: TargetConfig): DraftConfig {
+  return deriveDraftConfig(target, {
+    draftVocabSize: target.vocabSize,
+    auxLayers: defaultAuxLayers(target.numLayers).layers,
+  });
+}
+
 /** A randomly initialised draft for `target` over its whole vocabulary (a baseline: tau ≈ 1). */
 function randomDraft(gpu: Gpu, target: TargetModel, seed: number): { draft: Eagle3Draft; map: Int32Array } {
-  const cfg = deriveDraftConfig(target.config, {
-    draftVocabSize: target.config.vocabSize,
-    auxLayers: defaultAuxLayers(target.config.numLayers).layers,
-  });
+  const cfg = randomDraftConfig(target.config);
   const draft = Eagle3Draft.create(gpu, cfg, { seed });
   return { draft, map: Int32Array.from({ length: cfg.draftVocabSize }, (_, i) => i) };
 }
@@ -155,35 +170,113 @@ export async function evaluateDraft(gpu: Gpu, s: EvalSettings, ctx: EvalContext)
   }
 }
 
-async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Promise<EvaluatedDraft> {
-  const log = ctx.log ?? (() => {});
-  const { numSteps, topk, temperature, topP, maxNewTokens, seed } = s;
-  const numDraftTokens = s.numDraftTokens ?? undefined;
+/** What an evaluation reads before it allocates anything: the target, the prompts, the draft's config. */
+interface EvalInputs {
+  targetDir: string;
+  targetConfig: TargetConfig;
+  tokenizer: ChatTokenizer | null;
+  prompts: number[][];
+  /** The indices of the prompts this rank decodes. */
+  mine: number[];
+  /** The draft directory's config; null for a random draft or a DFlash draft. */
+  draftConfig: DraftConfig | null;
+  /** The draft directory holds a DFlash draft (./dflash_speculative.ts). */
+  dflash: boolean;
+}
+
+async function readInputs(s: EvalSettings, ctx: EvalContext): Promise<EvalInputs> {
   const targetDir = await resolveModelPath(s.targetModelPath, ctx.hub);
   const tokenizer = await Deno.stat(join(targetDir, "tokenizer.json")).then(
     () => loadTokenizer(targetDir),
     () => null,
   );
   const prompts = await readPrompts(s.dataPath, tokenizer, s.numSamples, s.maxPromptLen);
-  const draftPath = s.draftModelPath;
-  if (draftPath !== "random" && await isDflashDirectory(draftPath)) {
-    return await evaluateDflash(gpu, s, { ...ctx, log }, { targetDir, tokenizer, prompts });
+  const world = ctx.world ?? SINGLE_PROCESS;
+  const mine = [...prompts.keys()].filter((i) => i % world.size === world.rank);
+  const targetConfig = await loadTargetConfig(join(targetDir, "config.json"));
+  if (s.draftModelPath !== "random" && await isDflashDirectory(s.draftModelPath)) {
+    return { targetDir, targetConfig, tokenizer, prompts, mine, draftConfig: null, dflash: true };
   }
-  let loaded: LoadedDraft | null = null;
-  if (draftPath !== "random") {
-    loaded = await loadDraftDirectory(gpu, draftPath);
+  let draftConfig: DraftConfig | null = null;
+  if (s.draftModelPath !== "random") {
+    draftConfig = await readDraftConfig(s.draftModelPath);
     // Before the target's own checks, so that a draft of another target is named as such.
-    const targetConfig = await loadTargetConfig(join(targetDir, "config.json"));
     try {
-      checkDraftFitsTarget(loaded.config, targetConfig);
+      checkDraftFitsTarget(draftConfig, targetConfig);
     } catch (e) {
-      loaded.draft.destroy();
-      throw new ConfigError(`${draftPath}: ${(e as Error).message} (target ${targetDir})`);
+      throw new ConfigError(`${s.draftModelPath}: ${(e as Error).message} (target ${targetDir})`);
     }
   }
+  return { targetDir, targetConfig, tokenizer, prompts, mine, draftConfig, dflash: false };
+}
+
+/**
+ * The memory plan of the evaluation `s` (./eval_plan.ts) and the device limits it is checked against, made
+ * from the prompts, the configs and the checkpoint's headers: no weight is loaded and nothing is written
+ * (`--dry-run`).
+ */
+export async function planEvaluation(
+  gpu: Gpu,
+  s: EvalSettings,
+  ctx: EvalContext,
+): Promise<{ plan: MemoryPlan; limits: PlanLimits }> {
+  const inputs = await readInputs(s, ctx);
+  if (inputs.dflash) {
+    throw new ConfigError(
+      `${s.draftModelPath}: --dry-run: the memory plan of a DFlash draft's evaluation is not made yet`,
+    );
+  }
+  return planOf(gpu, s, inputs);
+}
+
+function planOf(
+  gpu: Gpu,
+  s: EvalSettings,
+  inp: EvalInputs,
+): Promise<{ plan: MemoryPlan; limits: PlanLimits }> {
+  const limits = planLimitsOf(gpu, s.deviceMemory === null ? null : parseByteSize(s.deviceMemory));
+  const spec = resolveSpeculativeConfig({
+    numSteps: s.numSteps,
+    topk: s.topk,
+    numDraftTokens: s.numDraftTokens ?? undefined,
+  });
+  return withTargetPlanInput(gpu, inp.targetDir, inp.targetConfig, (target) => ({
+    plan: planEval({
+      ...target,
+      draft: inp.draftConfig ?? randomDraftConfig(inp.targetConfig),
+      randomDraft: inp.draftConfig === null,
+      promptLengths: inp.mine.map((i) => inp.prompts[i].length),
+      spec,
+      maxNewTokens: s.maxNewTokens,
+      measureSpeed: !s.noSpeed,
+      temperature: s.temperature,
+    }),
+    limits,
+  }));
+}
+
+async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Promise<EvaluatedDraft> {
+  const log = ctx.log ?? (() => {});
+  const { numSteps, topk, temperature, topP, maxNewTokens, seed } = s;
+  const numDraftTokens = s.numDraftTokens ?? undefined;
+  const inputs = await readInputs(s, ctx);
+  const { targetDir, tokenizer, prompts } = inputs;
+  if (inputs.dflash) return await evaluateDflash(gpu, s, { ...ctx, log }, { targetDir, tokenizer, prompts });
+  const { plan, limits } = await planOf(gpu, s, inputs);
+  checkPlanFits(plan, limits);
+  const top = [...plan.categories].sort((a, b) => b.bytes - a.bytes)[0];
+  log(
+    `memory plan: ${formatBytes(plan.peakBytes)} of GPU buffers at most; the largest part: ${top.name}, ` +
+      `${formatBytes(top.bytes)} (--dry-run lists every part)`,
+  );
+  const draftPath = s.draftModelPath;
+  const loaded = draftPath === "random" ? null : await loadDraftDirectory(gpu, draftPath);
   const target = await TargetModel.load(gpu, targetDir, {
     auxLayers: loaded?.config.auxLayerIds ?? undefined,
     onMessage: log,
+  }).catch((e) => {
+    loaded?.draft.destroy();
+    throw e;
   });
   try {
     const { draft, map } = loaded
@@ -197,8 +290,7 @@ async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Prom
           gpu.info.description || "WebGPU"
         }`,
     );
-    const world = ctx.world ?? SINGLE_PROCESS;
-    const mine = [...prompts.keys()].filter((i) => i % world.size === world.rank);
+    const world = ctx.world ?? SINGLE_PROCESS, mine = inputs.mine;
     const local = await runSpeculativeEval(target, draft, mine.map((i) => prompts[i]), {
       numSteps,
       topk,

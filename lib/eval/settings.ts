@@ -5,6 +5,7 @@
  * dataPath })` and passes the result to `evaluateDraft` (./evaluate.ts); the CLI parses the same table.
  */
 import { type FlagTable, type Settings, type SettingsInput, settingsOf } from "../flags.ts";
+import { DEVICE_MEMORY_FLAG } from "../gpu/device_memory.ts";
 
 /** Every flag of `eval`. */
 export const EVAL_FLAGS = {
@@ -53,6 +54,12 @@ export const EVAL_FLAGS = {
   seed: { kind: "int", default: 0, arg: "n", help: "sampling seed" },
   "no-speed": { kind: "bool", help: "skip the tokens/s measurement (and the target-only runs)" },
   "output-dir": { kind: "string", default: "out/eval", arg: "dir", help: "where the report goes" },
+  "dry-run": {
+    kind: "bool",
+    help: "print the memory plan (bytes by category at the peak, against the device's limits) and exit, " +
+      "loading no weight and writing nothing",
+  },
+  "device-memory": DEVICE_MEMORY_FLAG,
 } as const satisfies FlagTable;
 
 /** The settings of `eval`, each flag under its camelCase name. */

@@ -111,6 +111,27 @@ export function resolveSpeculativeConfig(c: SpeculativeConfig): ResolvedSpeculat
 const ROUNDING = 64;
 
 /**
+ * The sizes of the sessions a prompt of `promptLen` tokens needs: cache slots `needed` (the prompt, the new
+ * tokens and the widest draft tree or step rows) rounded up to `maxLen`, and aux rows `rows` (the prompt, the
+ * tree, an extension's rows) rounded up to `auxRows`. A decoder keeps its sessions while they are as large.
+ */
+export function sessionSizes(
+  promptLen: number,
+  maxNewTokens: number,
+  c: ResolvedSpeculativeConfig,
+): { needed: number; maxLen: number; rows: number; auxRows: number } {
+  const { numSteps, topk, numDraftTokens: N } = c;
+  const needed = promptLen + maxNewTokens + Math.max(N, (numSteps - 1) * topk) + 1;
+  const rows = Math.max(promptLen, N, numSteps + 1);
+  return {
+    needed,
+    maxLen: Math.ceil(needed / ROUNDING) * ROUNDING,
+    rows,
+    auxRows: Math.ceil(rows / ROUNDING) * ROUNDING,
+  };
+}
+
+/**
  * Speculative decoding with a target and an EAGLE-3 draft. Keeps its sessions (caches and programs) between
  * calls while they are large enough; free them with {@link SpeculativeDecoder.destroy}.
  */
@@ -233,15 +254,12 @@ export class SpeculativeDecoder {
   }
 
   #sessions(promptLen: number, maxNewTokens: number): { target: TargetSession; draft: DraftSession } {
-    const { numSteps, topk, numDraftTokens: N } = this.config;
-    const needed = promptLen + maxNewTokens + Math.max(N, (numSteps - 1) * topk) + 1;
-    const maxLen = Math.ceil(needed / ROUNDING) * ROUNDING;
-    const rows = Math.max(promptLen, N, numSteps + 1);
+    const { numSteps, topk } = this.config;
+    const { needed, maxLen, rows, auxRows } = sessionSizes(promptLen, maxNewTokens, this.config);
     if (this.#target && this.#draft && this.#target.maxLen >= needed && this.#target.auxRows >= rows) {
       return { target: this.#target, draft: this.#draft };
     }
     this.destroy();
-    const auxRows = Math.ceil(rows / ROUNDING) * ROUNDING;
     this.target.checkPositions(0, Math.min(needed, promptLen + maxNewTokens + numSteps));
     const target = new TargetSession(this.target, maxLen, auxRows);
     const draft = new DraftSession(this.draft, this.target.embed, target.aux, {

@@ -33,7 +33,13 @@ import {
   type TargetModel,
 } from "../models/target.ts";
 import { rmsnormForward } from "../ops/rmsnorm.ts";
-import { copyColumns, copyStrided } from "../ops/elementwise.ts";
+import { copyStrided } from "../ops/elementwise.ts";
+import {
+  copyColumnsToBlocks,
+  destroyRowSplit,
+  emptyRowSplit,
+  type RowSplitMatrix,
+} from "../ops/row_split.ts";
 import { gatherRows, ropeAtPositions, scatterRows, treeAttentionForward } from "../ops/tree_attention.ts";
 import type { VerifyTree } from "./tree.ts";
 
@@ -60,8 +66,11 @@ interface CompactProgram {
 export class TargetSession {
   readonly k: Tensor[];
   readonly v: Tensor[];
-  /** Aux hidden states [auxRows, (aux layers)·H] of the last prefill (rows 0..L−1) or verify (rows 0..N−1). */
-  readonly aux: Tensor;
+  /**
+   * Aux hidden states [auxRows, (aux layers)·H] of the last prefill (rows 0..L−1) or verify (rows 0..N−1), in row blocks
+   * that each bind (lib/ops/row_split.ts; one block when the whole binds).
+   */
+  readonly aux: RowSplitMatrix;
   /** i32 [1]: the cached prefix length of the next verify or compaction. */
   readonly #prefix: Tensor;
   readonly #lengths: Tensor;
@@ -84,12 +93,7 @@ export class TargetSession {
       );
     this.k = make("k");
     this.v = make("v");
-    this.aux = Tensor.empty(
-      gpu,
-      [auxRows, model.auxLayers.length * cfg.hiddenSize],
-      "f32",
-      "spec target aux",
-    );
+    this.aux = emptyRowSplit(gpu, auxRows, model.auxLayers.length * cfg.hiddenSize, "spec target aux");
     this.#prefix = Tensor.empty(gpu, [1], "i32", "spec target prefix");
     this.#lengths = Tensor.empty(gpu, [1], "i32", "spec target lengths");
   }
@@ -154,7 +158,6 @@ export class TargetSession {
     const p = new Program(model.gpu, `spec target prefill L=${L}`);
     try {
       const ids = p.scratch([L], "i32", "ids");
-      const aux = this.aux.view(0, [L, model.auxLayers.length * H]);
       const x = await recordTrunk(p, model, {
         batch: 1,
         queryLen: L,
@@ -166,7 +169,7 @@ export class TargetSession {
           v: this.v.map((t) => t.reshape([1, ...t.shape])),
           maxLen: this.maxLen,
         },
-        onLayerOutput: (layer, hidden) => captureAux(p, model, layer, hidden, aux),
+        onLayerOutput: (layer, hidden) => captureAux(p, model, layer, hidden, this.aux),
       });
       const last = p.scratch([1, H], "f32", "last hidden");
       await copyStrided(p, x, last, {
@@ -195,7 +198,6 @@ export class TargetSession {
       const ids = p.scratch([N], "i32", "ids");
       const positions = p.scratch([N], "i32", "positions");
       const mask = p.scratch([N, N], "u32", "tree mask");
-      const aux = this.aux.view(0, [N, model.auxLayers.length * H]);
       const x = p.scratch([N, H], "f32", "residual");
       const scratch = layerScratch(p, cfg, [N]);
       await recordEmbedding(p, cfg, model.embed, ids, x, scratch);
@@ -231,7 +233,7 @@ export class TargetSession {
             sinks: model.layers[l].sinks,
           });
         });
-        await captureAux(p, model, l, x, aux);
+        await captureAux(p, model, l, x, this.aux);
       }
       const logits = await finalLogits(p, model, x);
       const out = { program: p, ids, positions, mask, logits };
@@ -268,17 +270,22 @@ export class TargetSession {
   /** Frees the caches and every program (the model stays). */
   destroy(): void {
     for (const cache of [this.#prefills, this.#verifies, this.#compacts]) cache.destroy();
-    for (const t of [...this.k, ...this.v, this.aux, this.#prefix, this.#lengths]) {
-      t.destroy();
-    }
+    for (const t of [...this.k, ...this.v, this.#prefix, this.#lengths]) t.destroy();
+    destroyRowSplit(this.aux);
   }
 }
 
-/** Copies the residual stream after `layer` into every aux slot that names it. */
-async function captureAux(p: Program, model: TargetModel, layer: number, hidden: Tensor, aux: Tensor) {
+/** Copies the residual stream [R, H] after `layer` into rows 0..R−1 of every aux slot that names it. */
+async function captureAux(
+  p: Program,
+  model: TargetModel,
+  layer: number,
+  hidden: Tensor,
+  aux: RowSplitMatrix,
+) {
   const H = model.config.hiddenSize;
   for (let s = 0; s < model.auxLayers.length; s++) {
-    if (model.auxLayers[s] === layer) await copyColumns(p, hidden, aux, s * H);
+    if (model.auxLayers[s] === layer) await copyColumnsToBlocks(p, hidden, aux, s * H);
   }
 }
 

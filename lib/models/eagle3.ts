@@ -159,25 +159,32 @@ export function initEagle3Weights(cfg: DraftConfig, seed: number): Eagle3Weights
 export class Eagle3Draft {
   /** Parameters by key (f32, shapes of {@link eagle3ParamShapes}). */
   readonly params: PerEagle3Param<Tensor>;
-  /** Gradients by key, same shapes; training steps ADD into them. */
-  readonly grads: PerEagle3Param<Tensor>;
+  #grads: PerEagle3Param<Tensor> | null = null;
   /** The parameter names of this draft ({@link eagle3ParamNames}). */
   readonly names: readonly Eagle3ParamName[];
   #zero: Program | null = null;
 
   private constructor(readonly gpu: Gpu, readonly config: DraftConfig) {
-    const shapes = eagle3ParamShapes(config);
     this.names = eagle3ParamNames(config);
-    const make = (zero: boolean, prefix: string) => {
-      const out: Partial<Record<Eagle3ParamName, Tensor>> = {};
-      for (const name of this.names) {
-        const shape = shapes[name]!, label = `${prefix} ${name}`;
-        out[name] = zero ? Tensor.zeros(gpu, shape, "f32", label) : Tensor.empty(gpu, shape, "f32", label);
-      }
-      return out as PerEagle3Param<Tensor>; // every core name is in this.names
-    };
-    this.params = make(false, "draft");
-    this.grads = make(true, "draft grad");
+    this.params = this.#make(false, "draft");
+  }
+
+  #make(zero: boolean, prefix: string): PerEagle3Param<Tensor> {
+    const shapes = eagle3ParamShapes(this.config), gpu = this.gpu;
+    const out: Partial<Record<Eagle3ParamName, Tensor>> = {};
+    for (const name of this.names) {
+      const shape = shapes[name]!, label = `${prefix} ${name}`;
+      out[name] = zero ? Tensor.zeros(gpu, shape, "f32", label) : Tensor.empty(gpu, shape, "f32", label);
+    }
+    return out as PerEagle3Param<Tensor>; // every core name is in this.names
+  }
+
+  /**
+   * Gradients by key, same shapes, zero when made; training steps ADD into them. Made on first use, so that a
+   * draft only evaluated (lib/eval) holds none.
+   */
+  get grads(): PerEagle3Param<Tensor> {
+    return this.#grads ??= this.#make(true, "draft grad");
   }
 
   /**
@@ -201,7 +208,8 @@ export class Eagle3Draft {
 
   /** Copies host weights into the parameters; every key must be present with its exact element count. */
   setWeights(weights: Eagle3Weights): void {
-    for (const [name, t] of this.entries()) {
+    for (const name of this.names) {
+      const t = this.params[name]!;
       const w = weights.get(name);
       if (!w) throw new ShapeError(`eagle3 weights: ${name} is missing`);
       if (w.length !== t.size) {
@@ -221,7 +229,7 @@ export class Eagle3Draft {
   /** Reads every parameter to the host (one sync per tensor). */
   async getWeights(): Promise<Eagle3Weights> {
     const out: Eagle3Weights = new Map();
-    for (const [name, t] of this.entries()) out.set(name, await t.readFloat());
+    for (const name of this.names) out.set(name, await this.params[name]!.readFloat());
     return out;
   }
 
@@ -247,12 +255,12 @@ export class Eagle3Draft {
     (await this.zeroGradsProgram()).run();
   }
 
-  /** Frees parameters, gradients and the zeroing program. */
+  /** Frees parameters, gradients (when made) and the zeroing program. */
   destroy(): void {
     this.#zero?.destroy();
-    for (const [, t, g] of this.entries()) {
-      t.destroy();
-      g.destroy();
+    for (const name of this.names) {
+      this.params[name]!.destroy();
+      this.#grads?.[name]?.destroy();
     }
   }
 }
@@ -298,6 +306,32 @@ export interface Eagle3StepOptions {
    * `vocabArgmax`, `vocabMaxSum`, `ids`, `lengths`), so that nothing is copied; shapes and dtypes are checked.
    */
   inputs?: Partial<Eagle3StepInputs>;
+  /**
+   * The teacher logits' producer instead of the `teacherLogits` input (default null): each head window
+   * records its teacher rows from it (lib/models/eagle3_head_loss.ts), so the [B·T, Vd] tensor never exists.
+   */
+  teacherSource?: TeacherSource | null;
+}
+
+/**
+ * What makes the teacher logits of the draft vocabulary a window of rows at a time (lib/models/
+ * teacher_source.ts: the target's final hidden states times its lm_head rows, or stored top-k rows rebuilt).
+ */
+export interface TeacherSource {
+  /** Rows it covers (B·T). */
+  readonly rows: number;
+  /** Its columns: the draft vocabulary. */
+  readonly vocab: number;
+  /** Records rows [row0, row0 + out.shape[0]) of the teacher logits into `out` f32 [rows, vocab] (row0 % 64 = 0). */
+  record(p: Program, row0: number, out: Tensor): Promise<void>;
+}
+
+/** Rows of the teacher logits a step holds with a {@link TeacherSource}: a head window and the K rows past it. */
+export function teacherWindowRows(
+  s: { batch: number; seqLen: number; tttLength: number; headRows?: number },
+): number {
+  const N = s.batch * s.seqLen;
+  return Math.min(N, (s.headRows ?? N) + s.tttLength);
 }
 
 /** The GPU inputs of a step, rows = B·T (right-padded, row r = b·T + t). */
@@ -335,6 +369,8 @@ export class Eagle3Step implements Eagle3StepInputs {
   teacherLogits!: Tensor;
   teacherArgmax!: Tensor;
   teacherMaxSum!: Tensor;
+  /** The teacher logits' producer; with it, `teacherLogits` holds one window's rows ({@link teacherWindowRows}). */
+  teacherSource: TeacherSource | null = null;
   /** Every tensor the step allocated besides its inputs, by name (lib/models/eagle3_activations.ts). */
   readonly activations: Eagle3Activations;
   /** The bytes of {@link Eagle3Step.activations} ({@link eagle3ActivationBytes} of this shape). */
@@ -404,6 +440,7 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
   const shape = checkStepOptions(draft.config, opts);
   const step = new Eagle3Step(draft, shape);
   const p = step.program, act = step.activations, K = shape.tttLength;
+  step.teacherSource = opts.teacherSource ?? null;
   bindInputs(step, opts.inputs ?? {});
   writeConstants(draft.config, opts.vocab, shape, act);
   const attentionAt = (k: number) =>
@@ -553,7 +590,22 @@ function bindInputs(step: Eagle3Step, given: Partial<Eagle3StepInputs>): void {
     teacherArgmax: [[N], "i32"],
     teacherMaxSum: [[N, 2], "f32"],
   };
+  const source = step.teacherSource;
+  if (source) {
+    if (source.rows !== N || source.vocab !== cfg.draftVocabSize) {
+      throw new ShapeError(
+        `eagle3 step: a teacher source of [${source.rows}, ${source.vocab}] for [${N}, ${cfg.draftVocabSize}]`,
+      );
+    }
+    if (given.teacherLogits) throw new ShapeError("eagle3 step: teacherLogits given with a teacherSource");
+    step.teacherLogits = step.program.scratch(
+      [teacherWindowRows(step.shape), cfg.draftVocabSize],
+      "f32",
+      "teacher logits window",
+    );
+  }
   for (const name of Object.keys(shapes) as Array<keyof Eagle3StepInputs>) {
+    if (name === "teacherLogits" && source) continue;
     const [shape, dtype] = shapes[name];
     const t = given[name];
     if (

@@ -10,6 +10,12 @@
  * windows. The LK gradient needs the position's acceptance over every row (its λ and mean), so with several
  * windows an LK training step computes the logits twice: a first pass for the acceptance, a second for the
  * loss and the gradient. lm_head's weight gradient is the sum of the windows' (accumulated).
+ *
+ * The teacher logits [B·T, Vd] are an input of the step, or (a `TeacherSource`, ./teacher_source.ts: the
+ * target's final hidden states and its lm_head rows of the draft vocabulary, or stored top-k rows) made for
+ * each window as it is needed, its rows and the K rows past it, so that they too exist for one window at a
+ * time; they are then made once per window and TTT position (K times the work of making them once, twice
+ * that with an LK loss over several windows).
  */
 import type { Tensor } from "../tensor.ts";
 import { agreementTotals, argmaxAgreement, softCrossEntropy } from "../ops/loss.ts";
@@ -98,6 +104,7 @@ export async function eagle3HeadLoss(
   if (windows.length === 1 || !pos.lkTrain) {
     // One pass: the whole position in one window, or a loss whose gradient needs no sum over the rows.
     for (const w of windows) {
+      await produceTeacher(step, w);
       await headAndTeacher(pos, w);
       await measureWindow(pos, w);
       if (windows.length === 1) await measureTotals(pos);
@@ -107,11 +114,13 @@ export async function eagle3HeadLoss(
   } else {
     // The LK gradient reads the acceptance over every row: measure all windows, then the loss and gradient.
     for (const w of windows) {
+      await produceTeacher(step, w);
       await eagle3LmHead(p, draft, w.x, w.logits);
       await measureWindow(pos, w);
     }
     await measureTotals(pos);
     for (const w of windows) {
+      await produceTeacher(step, w);
       await headAndTeacher(pos, w);
       await lossAndBackward(pos, w);
     }
@@ -124,6 +133,14 @@ export async function eagle3HeadLoss(
     tokens: N,
     acceptance: act.acceptance?.stats,
   });
+}
+
+/**
+ * With a teacher source (lib/models/eagle3.ts `TeacherSource`), window w's teacher logits: its rows and the K
+ * rows past it, into the step's one window of teacher logits.
+ */
+async function produceTeacher(step: Eagle3Step, w: Window): Promise<void> {
+  await step.teacherSource?.record(step.program, w.row0, w.teacherLogits);
 }
 
 /** Window w's logits z = lm_head(x) and teacher p^k. */
@@ -189,11 +206,13 @@ function teacherWindow(
 ): { logits: Tensor; maxSum: Tensor } {
   const N = step.shape.batch * step.shape.seqLen, Vd = step.draft.config.draftVocabSize;
   const rows = Math.min(w.rows + step.shape.tttLength, N - w.row0);
-  if (w.row0 === 0 && rows === N) return { logits: step.teacherLogits, maxSum: step.teacherMaxSum };
-  return {
-    logits: step.teacherLogits.view(w.row0 * Vd, [rows, Vd]),
-    maxSum: step.teacherMaxSum.view(w.row0 * 2, [rows, 2]),
-  };
+  const whole = w.row0 === 0 && rows === N;
+  // With a teacher source, the step's teacher logits are one window's, filled by produceTeacher.
+  const held = step.teacherLogits.shape[0];
+  const logits = step.teacherSource
+    ? (rows === held ? step.teacherLogits : step.teacherLogits.view(0, [rows, Vd]))
+    : (whole ? step.teacherLogits : step.teacherLogits.view(w.row0 * Vd, [rows, Vd]));
+  return { logits, maxSum: whole ? step.teacherMaxSum : step.teacherMaxSum.view(w.row0 * 2, [rows, 2]) };
 }
 
 /** Window w's views of the step's tensors (the tensors themselves when w is the whole batch). */

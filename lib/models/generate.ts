@@ -98,7 +98,7 @@ interface KvCache {
 }
 
 /** Cache lengths are rounded up to this many positions so that nearby request sizes share programs. */
-const CACHE_ROUNDING = 64;
+export const PLAIN_CACHE_ROUNDING = 64;
 
 /** Prefill and decode programs a {@link Generator} keeps (a few hundred positions of one request and the next). */
 export const STEP_PROGRAMS_KEPT = 256;
@@ -150,7 +150,10 @@ export class Generator {
     // Positions fed: the prompt and every new token but the last, 0 .. L + maxNewTokens − 2.
     const needed = L + o.maxNewTokens - 1;
     this.model.checkPositions(0, needed);
-    const maxLen = Math.min(Math.ceil(needed / CACHE_ROUNDING) * CACHE_ROUNDING, this.model.maxPositions);
+    const maxLen = Math.min(
+      Math.ceil(needed / PLAIN_CACHE_ROUNDING) * PLAIN_CACHE_ROUNDING,
+      this.model.maxPositions,
+    );
     const cache = this.#cache(B, maxLen);
     let step = await this.#step(B, L, 0, cache);
     step.ids.write(Int32Array.from(group.flatMap((i) => prompts[i])));

@@ -76,6 +76,36 @@ export const PLAN_CATEGORIES = {
     name: `other batch shapes kept (up to ${MAX_SHAPES} programs) and parked buffers`,
     shrink: "--max-length, --batch-size",
   },
+  // The evaluation's (lib/eval/eval_plan.ts).
+  evalDraft: { name: "draft weights (f32)", shrink: "a smaller draft (--draft-model-path)" },
+  evalCaches: {
+    name: "KV caches (speculative target and draft sessions; plain decoding's, one per cache length)",
+    shrink: "--max-prompt-len, --max-new-tokens, and --no-speed with --temperature > 0 (no plain decoding)",
+  },
+  evalAux: {
+    name: "target aux features for the draft [prompt rows, 3H]",
+    shrink: "--max-prompt-len",
+  },
+  evalPasses: {
+    name: "speculative passes (prefill at the longest prompt, verify, draft extensions and steps)",
+    shrink: "--max-prompt-len, --num-draft-tokens, --topk",
+  },
+  evalLogits: {
+    name: "logits (prefill, verify, plain decoding, draft heads)",
+    shrink: "--num-draft-tokens, --topk",
+  },
+  evalParked: {
+    name: "parked buffers (of freed sessions and programs, kept by the pool for reuse)",
+    shrink: "--max-prompt-len, --num-samples",
+  },
+  evalSpec: {
+    name: "speculative decoding at evaluations (--eval-spec-samples: sessions, caches, programs)",
+    shrink: "--eval-spec-samples, --eval-spec-new-tokens, --max-length",
+  },
+  evalPlain: {
+    name: "plain decoding programs kept (a prefill per prompt length, a pass per decoded position)",
+    shrink: "--max-new-tokens, --num-samples, and --no-speed with --temperature > 0 (no plain decoding)",
+  },
 } as const;
 
 /** A key of {@link PLAN_CATEGORIES}. */
@@ -107,8 +137,18 @@ export interface MemoryPlan {
   shapes: number;
   /** What the run allocates beyond the plan, besides split-K partials and the driver's own memory. */
   notCounted?: string[];
-  /** Rows of the draft head's windows (lib/models/eagle3_head_loss.ts); null or absent: a batch's rows at once. */
+  /**
+   * Rows of the draft head's windows (lib/models/eagle3_head_loss.ts); null: a batch's rows at once; absent: a
+   * plan without a draft head (prepare-hidden-states, evaluation).
+   */
   headRows?: number | null;
+  /** The first line of the printed plan (default: the batch shapes met). */
+  header?: string;
+  /**
+   * The largest tensor that must fit one storage binding (what no op splits) and its category, where the plan
+   * knows it (evaluation's); absent: only the per-tensor maxBufferSize is checked.
+   */
+  largestBound?: PlannedTensor & { key: PlanCategoryKey };
 }
 
 /** What every plan with a target is made from. */
@@ -353,9 +393,10 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
   const width = Math.max(...plan.categories.map((c) => c.name.length));
   const { batch, seqLen } = plan.largestShape;
   return [
-    `memory plan (${plan.shapes} batch shape${
-      plan.shapes === 1 ? "" : "s"
-    }, the largest B ${batch} × T ${seqLen}):`,
+    plan.header ??
+      `memory plan (${plan.shapes} batch shape${
+        plan.shapes === 1 ? "" : "s"
+      }, the largest B ${batch} × T ${seqLen}):`,
     ...plan.categories.map((c) => `  ${c.name.padEnd(width)}  ${formatBytes(c.bytes).padStart(10)}`),
     `  ${"peak (GPU storage buffers held at once)".padEnd(width)}  ${
       formatBytes(plan.peakBytes).padStart(10)
@@ -363,12 +404,20 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
     `largest tensor: ${plan.largestTensor.label}, ${formatBytes(plan.largestTensor.bytes)} ` +
     `(device: maxBufferSize ${formatBytes(limits.maxBufferSize)}, ` +
     `maxStorageBufferBindingSize ${formatBytes(limits.maxStorageBufferBindingSize)})`,
+    ...(plan.largestBound
+      ? [
+        `largest tensor bound whole: ${plan.largestBound.label}, ${formatBytes(plan.largestBound.bytes)} ` +
+        `(maxStorageBufferBindingSize ${formatBytes(limits.maxStorageBufferBindingSize)})`,
+      ]
+      : []),
     `device memory: ${
       limits.memory.bytes === null ? "" : `${formatBytes(limits.memory.bytes)}, `
     }${limits.memory.source}`,
-    `draft head (lm_head, loss, their backward): ${
-      plan.headRows ? `windows of ${plan.headRows} rows` : "every row of a batch at once"
-    }`,
+    ...(plan.headRows === undefined ? [] : [
+      `draft head (lm_head, loss, their backward): ${
+        plan.headRows ? `windows of ${plan.headRows} rows` : "every row of a batch at once"
+      }`,
+    ]),
     `not counted: ${
       [
         ...plan.notCounted ?? [],
@@ -380,10 +429,15 @@ export function formatPlan(plan: MemoryPlan, limits: PlanLimits): string[] {
   ];
 }
 
-/** Whether the plan fits: no tensor over maxBufferSize, the peak within the device's memory (when known). */
+/**
+ * Whether the plan fits: no tensor over maxBufferSize (nor, where the plan knows them, one bound whole over
+ * maxStorageBufferBindingSize), the peak within the device's memory (when known).
+ */
 export function planFits(plan: MemoryPlan, limits: PlanLimits): boolean {
   const memory = limits.memory.bytes;
-  return plan.largestTensor.bytes <= limits.maxBufferSize && (memory === null || plan.peakBytes <= memory);
+  return plan.largestTensor.bytes <= limits.maxBufferSize &&
+    (plan.largestBound?.bytes ?? 0) <= limits.maxStorageBufferBindingSize &&
+    (memory === null || plan.peakBytes <= memory);
 }
 
 /**
@@ -401,6 +455,16 @@ export function checkPlanFits(plan: MemoryPlan, limits: PlanLimits): void {
         formatBytes(plan.largestTensor.bytes)
       }, over the ` +
         `device's maxBufferSize of ${formatBytes(limits.maxBufferSize)}`,
+    );
+  }
+  const bound = plan.largestBound;
+  if (bound && bound.bytes > limits.maxStorageBufferBindingSize) {
+    throw new LimitError(
+      `memory plan: tensor ${bound.label} needs ${
+        formatBytes(bound.bytes)
+      } in one binding, over the device's ` +
+        `maxStorageBufferBindingSize of ${formatBytes(limits.maxStorageBufferBindingSize)} (shrink it with ` +
+        `${PLAN_CATEGORIES[bound.key].shrink})`,
     );
   }
   const memory = limits.memory.bytes;

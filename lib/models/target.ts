@@ -50,7 +50,7 @@ import { gegluTanhForward, swigluForward } from "../ops/swiglu.ts";
 import { accumulate, addBias, copyColumns, copyStrided, scale } from "../ops/elementwise.ts";
 import { vocabStatsMerge } from "../ops/vocab_stats.ts";
 import { topkMerge } from "../ops/features.ts";
-import { embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
+import { embeddingRows, linearRowBlocks, type RowSplitMatrix } from "../ops/row_split.ts";
 
 export type { RowSplitMatrix };
 
@@ -963,17 +963,8 @@ async function projection(p: Program, x: Tensor, w: Tensor, bias: Tensor | null,
  * Records logits = x · headᵀ ([rows, H] → [rows, V]) for a row-split head: each row block writes its columns
  * of `logits` (used by the forward and by generation's last-position head).
  */
-export async function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, logits: Tensor): Promise<void> {
-  if (head.blocks.length === 1) {
-    await linear(p, x, head.blocks[0].tensor, logits);
-    return;
-  }
-  const rows = x.shape[0];
-  for (const { row0, tensor } of head.blocks) {
-    const part = p.transient("head rows", [rows, tensor.shape[0]], "f32");
-    await linear(p, x, tensor, part);
-    await copyColumns(p, part, logits, row0);
-  }
+export function recordHead(p: Program, x: Tensor, head: RowSplitMatrix, logits: Tensor): Promise<void> {
+  return linearRowBlocks(p, x, head, logits);
 }
 
 /**

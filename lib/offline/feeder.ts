@@ -7,7 +7,9 @@
  *                                   a repeated aux layer is stored once and copied into each of its slots
  *   teacherLogits [B·T, Vd] f32   ← hidden-*: the target's lm_head over the draft vocabulary applied to the
  *                                   stored final hidden (as online); topk: the dense row rebuilt from the
- *                                   top-k log-probabilities plus the evenly spread remaining mass
+ *                                   top-k log-probabilities plus the evenly spread remaining mass; either
+ *                                   left to the step's windows when the draft head runs in windows
+ *                                   (`teacherSource`, lib/models/teacher_source.ts)
  *   teacherArgmax [B·T] i32       ← hidden-*: the full-vocabulary argmax of the head; topk: topk_ids[·, 0]
  *   teacherMaxSum [B·T, 2] f32    ← hidden-*: the head's full-vocabulary (max, Σexp); topk: (0, 1), the
  *                                   rebuilt rows being full-vocabulary log-probabilities
@@ -27,7 +29,8 @@ import { copyStrided } from "../ops/elementwise.ts";
 import { dequantizeGroups, scatterTopkTeacher } from "../ops/features.ts";
 import { targetToDraftMap } from "../ops/eagle3_teacher.ts";
 import { type HeadSource, recordHeadOutputs } from "../models/target.ts";
-import type { Eagle3StepInputs } from "../models/eagle3.ts";
+import type { Eagle3StepInputs, TeacherSource } from "../models/eagle3.ts";
+import { headTeacher, topkTeacher } from "../models/teacher_source.ts";
 import { planned, type PlannedTensor } from "../models/target_memory.ts";
 import { toFloat32 } from "../io/safetensors.ts";
 import { type FeatureSample, type FeaturesManifest, quantBitsOf } from "./format.ts";
@@ -49,7 +52,8 @@ export function topkTailLogprob(logprobs: ArrayLike<number>, vocabSize: number):
 /**
  * The tensors a {@link FeatureFeeder} of batches B × T allocates (its uploads, the decoded aux states and the
  * teacher rows; for hidden-state teachers the head's outputs as the online forward makes them), for the memory
- * plan (lib/train/memory_plan.ts). `subsetBlockRows`: the row blocks of the lm_head's draft-vocabulary subset.
+ * plan (lib/train/memory_plan.ts). `subsetBlockRows`: the row blocks of the lm_head's draft-vocabulary subset;
+ * `windowedTeacher`: the teacher logits are left to the steps (no subset logits, no rebuilt rows).
  */
 export function featureFeederTensors(
   manifest: FeaturesManifest,
@@ -57,6 +61,7 @@ export function featureFeederTensors(
   T: number,
   draftVocabSize: number,
   subsetBlockRows: number[],
+  windowedTeacher = false,
 ): PlannedTensor[] {
   const s = manifest.storage, N = B * T, Ht = manifest.target.hiddenSize, V = manifest.target.vocabSize;
   const cols = manifest.storedLayers.length * Ht;
@@ -78,8 +83,8 @@ export function featureFeederTensors(
   else if (!identity) out.push(planned("stored aux", [N, cols], "f32"));
   if (s.teacherFormat === "topk") {
     const k = s.topk;
+    if (!windowedTeacher) out.push(planned("teacher logits (rebuilt)", [N, draftVocabSize], "f32"));
     out.push(
-      planned("teacher logits (rebuilt)", [N, draftVocabSize], "f32"),
       planned("stored argmax", [N], "i32"),
       planned("target→draft map", [V], "i32"),
       planned("stored topk_ids", [N, k], "i32"),
@@ -91,9 +96,11 @@ export function featureFeederTensors(
   }
   out.push(planned("final hidden", [N, Ht], "f32"));
   if (s.teacherFormat !== "hidden-f32") out.push(planned("stored hidden", [N, Ht], "bf16"));
-  out.push(planned("subset logits", [N, draftVocabSize], "f32"));
-  for (const n of subsetBlockRows.length > 1 ? new Set(subsetBlockRows) : []) {
-    out.push(planned("head rows", [N, n], "f32"));
+  if (!windowedTeacher) {
+    out.push(planned("subset logits", [N, draftVocabSize], "f32"));
+    for (const n of subsetBlockRows.length > 1 ? new Set(subsetBlockRows) : []) {
+      out.push(planned("head rows", [N, n], "f32"));
+    }
   }
   out.push(
     planned("vocab max/sum", [N, 2], "f32"),
@@ -129,21 +136,32 @@ export class FeatureFeeder {
     this.#lengths = p.scratch([batch], "i32", "lengths");
   }
 
-  /** The step inputs this feeder fills (bind them with buildEagle3Step's `inputs`). */
-  get inputs(): Required<Omit<Eagle3StepInputs, "lossMask">> {
+  /**
+   * The step inputs this feeder fills (bind them with buildEagle3Step's `inputs`): every one but the loss
+   * mask, and but the teacher logits when the steps make them per window ({@link FeatureFeeder.teacherSource}).
+   */
+  get inputs(): Omit<Eagle3StepInputs, "lossMask" | "teacherLogits"> & { teacherLogits?: Tensor } {
     return {
       aux: this.#aux,
       ids: this.#ids,
       lengths: this.#lengths,
-      teacherLogits: this.#teacherLogits!,
+      ...(this.teacherSource ? {} : { teacherLogits: this.#teacherLogits! }),
       teacherArgmax: this.#teacherArgmax!,
       teacherMaxSum: this.#teacherMaxSum!,
     };
   }
 
   /**
+   * Built `windowedTeacher`: what the steps make the teacher logits from, window by window (buildEagle3Step's
+   * `teacherSource`: the decoded final hidden states and the lm_head rows of the draft vocabulary, or the
+   * stored top-k); else null.
+   */
+  teacherSource: TeacherSource | null = null;
+
+  /**
    * Builds the decode program for batches of `batch` × `seqLen`. `draftToTarget` is the draft vocabulary
-   * (ascending target ids); `head` is the target's lm_head, needed for hidden-* teachers only.
+   * (ascending target ids); `head` is the target's lm_head, needed for hidden-* teachers only; with
+   * `windowedTeacher` the teacher logits are left to the steps ({@link FeatureFeeder.teacherSource}).
    */
   static async create(
     gpu: Gpu,
@@ -152,15 +170,16 @@ export class FeatureFeeder {
     seqLen: number,
     draftToTarget: Int32Array,
     head: HeadSource | null,
+    windowedTeacher = false,
   ): Promise<FeatureFeeder> {
     const f = new FeatureFeeder(manifest, batch, seqLen, gpu);
-    await f.#build(draftToTarget, head);
+    await f.#build(draftToTarget, head, windowedTeacher);
     return f;
   }
 
-  async #build(draftToTarget: Int32Array, head: HeadSource | null): Promise<void> {
+  async #build(draftToTarget: Int32Array, head: HeadSource | null, windowedTeacher: boolean): Promise<void> {
     const m = this.manifest, p = this.#program, N = this.#rows;
-    const s = m.storage, Ht = m.target.hiddenSize, V = m.target.vocabSize, Vd = draftToTarget.length;
+    const s = m.storage, Ht = m.target.hiddenSize;
     const U = m.storedLayers.length, cols = U * Ht;
     const up = (name: string, shape: number[], dtype: "f32" | "i32" | "u32" | "bf16") => {
       const t = p.scratch(shape, dtype, `stored ${name}`);
@@ -197,33 +216,51 @@ export class FeatureFeeder {
       }
     }
 
-    // The teacher.
+    await this.#buildTeacher(draftToTarget, head, windowedTeacher, up);
+  }
+
+  /**
+   * The teacher's inputs of the step: rows rebuilt from the stored top-k, or the head's outputs over the stored
+   * final hidden states; with `windowedTeacher`, the teacher logits are left to the steps' windows
+   * ({@link FeatureFeeder.teacherSource}).
+   */
+  async #buildTeacher(
+    draftToTarget: Int32Array,
+    head: HeadSource | null,
+    windowedTeacher: boolean,
+    up: (name: string, shape: number[], dtype: "f32" | "i32" | "u32" | "bf16") => Tensor,
+  ): Promise<void> {
+    const p = this.#program, N = this.#rows, s = this.manifest.storage;
+    const Ht = this.manifest.target.hiddenSize, V = this.manifest.target.vocabSize, Vd = draftToTarget.length;
     if (s.teacherFormat === "topk") {
       const k = s.topk;
-      this.#teacherLogits = p.scratch([N, Vd], "f32", "teacher logits (rebuilt)");
+      if (!windowedTeacher) this.#teacherLogits = p.scratch([N, Vd], "f32", "teacher logits (rebuilt)");
       this.#teacherArgmax = up("argmax", [N], "i32");
       const toDraft = p.scratch([V], "i32", "target→draft map");
       toDraft.write(targetToDraftMap(draftToTarget, V));
-      await scatterTopkTeacher(p, {
+      const stored = {
         ids: up("topk_ids", [N, k], "i32"),
         logprobs: up("topk_logprobs", [N, k], "f32"),
         tail: up("tail", [N], "f32"),
         toDraft,
-        out: this.#teacherLogits,
-      });
+      };
+      if (windowedTeacher) this.teacherSource = topkTeacher(stored, Vd);
+      else await scatterTopkTeacher(p, { ...stored, out: this.#teacherLogits! });
       // The rebuilt rows are full-vocabulary log-probabilities: their log-sum-exp is 0 = max 0 + log Σ 1.
       this.#teacherMaxSum = p.scratch([N, 2], "f32", "teacher max/sum (log-probabilities)");
       this.#teacherMaxSum.write(Float32Array.from({ length: 2 * N }, (_, i) => i % 2));
-    } else {
-      if (!head) throw new ShapeError("offline features: a hidden-state teacher needs the target's lm_head");
-      const final = p.scratch([N, Ht], "f32", "final hidden");
-      if (s.teacherFormat === "hidden-f32") this.#upload.set("hidden", final); // written in place
-      else await convert(p, up("hidden", [N, Ht], "bf16"), final);
-      const out = await recordHeadOutputs(p, final, head, { subsetIds: draftToTarget, vocabStats: true });
-      this.#teacherLogits = out.subsetLogits!;
-      this.#teacherArgmax = out.vocabArgmax!;
-      this.#teacherMaxSum = out.vocabMaxSum!;
+      return;
     }
+    if (!head) throw new ShapeError("offline features: a hidden-state teacher needs the target's lm_head");
+    const final = p.scratch([N, Ht], "f32", "final hidden");
+    if (s.teacherFormat === "hidden-f32") this.#upload.set("hidden", final); // written in place
+    else await convert(p, up("hidden", [N, Ht], "bf16"), final);
+    if (windowedTeacher) this.teacherSource = headTeacher(final, await head.subsetHead(draftToTarget));
+    const subsetIds = windowedTeacher ? undefined : draftToTarget;
+    const out = await recordHeadOutputs(p, final, head, { subsetIds, vocabStats: true });
+    this.#teacherLogits = out.subsetLogits;
+    this.#teacherArgmax = out.vocabArgmax!;
+    this.#teacherMaxSum = out.vocabMaxSum!;
   }
 
   /**

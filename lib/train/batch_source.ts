@@ -12,7 +12,7 @@
  * writes and submits the GPU side without a sync.
  */
 import type { Batch } from "../data/loader.ts";
-import type { Eagle3StepInputs } from "../models/eagle3.ts";
+import type { Eagle3StepInputs, TeacherSource } from "../models/eagle3.ts";
 
 /** Which set a batch comes from: training batches and evaluation batches may be read from different files. */
 export type Split = "train" | "eval";
@@ -27,6 +27,11 @@ export interface SourcedBatch {
 export interface BatchFeed<S extends SourcedBatch = SourcedBatch> {
   /** The step inputs this feed writes (bound into the steps with buildEagle3Step's `inputs`). */
   readonly inputs: Partial<Eagle3StepInputs>;
+  /**
+   * The teacher logits' producer instead of a `teacherLogits` input (buildEagle3Step's `teacherSource`: the
+   * draft head's windows make their teacher rows, the [B·T, Vd] tensor never exists); null or absent: none.
+   */
+  readonly teacherSource?: TeacherSource | null;
   /**
    * Writes `b`'s inputs and submits the program (no sync; a streamed target awaits its layer reads); returns
    * each sample's valid length.

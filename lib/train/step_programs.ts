@@ -180,6 +180,7 @@ export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
       headRows: s.headRows,
       lk: s.lk,
       inputs: feed.inputs,
+      teacherSource: feed.teacherSource ?? null,
     });
   }
 

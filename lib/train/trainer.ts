@@ -202,7 +202,7 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
   const owned: Array<{ destroy(): void }> = []; // freed in reverse order
   let log: MetricsLog | null = null;
   try {
-    const { source, target, embedding } = await openSource(gpu, s, setup, note, owned);
+    const { source, target, embedding } = await openSource(gpu, s, setup, note, owned, headRows !== null);
     const weights = s.initHeadFromTarget
       ? await initEagle3WeightsFromTargetHead(
         setup.draftConfig,
@@ -327,7 +327,8 @@ function scheduleOf(s: TrainSettings, batchesPerEpoch: number): LrSchedule {
 
 /**
  * The run's batch source (the target online, its ends and the feature files offline), the target (online,
- * for tau) and the draft's frozen embedding (--embedding-key's tensor, or the target's own).
+ * for tau) and the draft's frozen embedding (--embedding-key's tensor, or the target's own). With
+ * `windowedTeacher` (the draft head in windows), the steps make the teacher logits per window.
  */
 async function openSource(
   gpu: Gpu,
@@ -335,20 +336,21 @@ async function openSource(
   setup: RunSetup,
   note: Note,
   owned: Array<{ destroy(): void }>,
+  windowedTeacher: boolean,
 ): Promise<{ source: BatchSource; target: TargetModel | null; embedding: Tensor | RowSplitMatrix }> {
   const d2t = setup.mapping.draftToTarget;
   let source: OnlineSource | OfflineSource, target: TargetModel | null = null;
   if (setup.offline) {
     const lmHead = setup.offline.train.manifest.storage.teacherFormat !== "topk";
     const ends = await TargetEnds.load(gpu, setup.targetDir, { lmHead });
-    source = own(owned, new OfflineSource(gpu, setup.offline, ends, d2t));
+    source = own(owned, new OfflineSource(gpu, setup.offline, ends, d2t, windowedTeacher));
   } else {
     const loaded = await loadTargetWithin(gpu, setup.targetDir, setup.targetConfig, {
       auxLayers: setup.auxLayers,
       budgetBytes: s.targetMemoryBudget === null ? null : parseByteSize(s.targetMemoryBudget),
       onMessage: note,
     });
-    source = own(owned, new OnlineSource(loaded, d2t));
+    source = own(owned, new OnlineSource(loaded, d2t, windowedTeacher));
     if (loaded instanceof TargetModel) target = loaded;
     else if (s.evalSpecSamples > 0) {
       note(

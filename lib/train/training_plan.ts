@@ -11,7 +11,8 @@ import { REDUCE_CHUNK } from "../../kernels/reduce.ts";
 import { type DataLoader, paddedLength } from "../data/loader.ts";
 import type { TokenizedDataset } from "../data/tokenized.ts";
 import type { DraftConfig } from "../models/draft_config.ts";
-import { eagle3ParamNames, eagle3ParamShapes } from "../models/eagle3.ts";
+import { eagle3ParamNames, eagle3ParamShapes, teacherWindowRows } from "../models/eagle3.ts";
+import type { Eagle3StepShape } from "../models/eagle3_activations.ts";
 import { eagle3StepTensors } from "../models/eagle3_activations.ts";
 import {
   blockRowsOf,
@@ -47,6 +48,8 @@ import type { FeaturesManifest } from "../offline/format.ts";
 import type { TrainSettings } from "./config.ts";
 import { evalBatchIndices } from "./evaluate.ts";
 import type { RunSetup } from "./setup.ts";
+import { promptsFromSamples, resolveSpeculativeConfig } from "../eval/speculative.ts";
+import { EvalReplay, evalSplits, SpeculativeReplay } from "../eval/eval_plan.ts";
 
 /** What the plan of a training run is made from. */
 export interface TrainingPlanInput extends TargetPlanInput {
@@ -78,8 +81,11 @@ export interface TrainingPlanInput extends TargetPlanInput {
   muon?: boolean;
   /** Rows of the draft head's windows (default null: a batch's rows at once). */
   headRows?: number | null;
-  /** --eval-spec-samples: speculative decoding at each evaluation (its memory is not planned). */
-  evalSpecSamples?: number;
+  /**
+   * --eval-spec-samples: the greedy chain speculative decoding at each evaluation (lib/train/evaluate.ts
+   * `measureTau`), its prompts' lengths, steps and new tokens; null or absent: none.
+   */
+  evalSpec?: { promptLengths: number[]; numSteps: number; maxNewTokens: number } | null;
 }
 
 /** The plan of a training run (see the module comment). */
@@ -89,13 +95,28 @@ export function planTraining(i: TrainingPlanInput): MemoryPlan {
   const layerPrograms = i.streamSlots ? streamProgramCount(i.target, i.streamSlots) : 1;
   const splits = { ...targetSplits(i), layerPrograms };
   const shapes = new ShapeCache(replay, trainingFeed(i, splits), trainingStep(i, splits));
-  for (const [split, batch, seqLen] of runBatches(i)) shapes.use(split, batch, seqLen);
-  const notCounted = (i.evalSpecSamples ?? 0) > 0
-    ? [
-      "--eval-spec-samples's speculative decoding (its KV caches and programs depend on the prompts and the acceptance)",
-    ]
-    : [];
-  return { ...replay.plan(), shapes: shapes.distinct.size, notCounted, headRows: i.headRows ?? null };
+  const tau = tauReplay(i, replay);
+  for (const [split, batch, seqLen] of runBatches(i)) {
+    if (split !== "tau") shapes.use(split, batch, seqLen);
+    else tau?.();
+  }
+  return { ...replay.plan(), shapes: shapes.distinct.size, headRows: i.headRows ?? null };
+}
+
+/**
+ * The speculative decoding of an evaluation's tau (lib/eval/eval_plan.ts `SpeculativeReplay`, in one
+ * category): a decoder over the prompts, then freed; null without --eval-spec-samples.
+ */
+function tauReplay(i: TrainingPlanInput, replay: Replay): (() => void) | null {
+  const e = i.evalSpec;
+  if (!e) return null;
+  const spec = resolveSpeculativeConfig({ numSteps: e.numSteps, topk: 1 });
+  const r = new EvalReplay(replay, "evalSpec"), splits = evalSplits(i);
+  return () => {
+    const decoder = new SpeculativeReplay(r, { ...i, spec, maxNewTokens: e.maxNewTokens }, splits);
+    for (const L of e.promptLengths) decoder.generate(L);
+    decoder.destroy();
+  };
 }
 
 /** The tensors allocated once, by category, in the trainer's order. */
@@ -177,16 +198,18 @@ function draftSplits(
 
 /**
  * The micro-batches of the run in order, as (split, batch, padded length): each epoch's training batches,
- * an evaluation pass every `evalInterval` updates, and the last one when it did not fall on the last update
- * (lib/train/trainer.ts `trainLoop`, `update`, `finish`).
+ * an evaluation pass every `evalInterval` updates (its batches, then "tau", where --eval-spec-samples decodes),
+ * and the last one when it did not fall on the last update (lib/train/trainer.ts `trainLoop`, `update`,
+ * `finish`).
  */
-function* runBatches(i: TrainingPlanInput): Generator<["train" | "eval", number, number]> {
+function* runBatches(i: TrainingPlanInput): Generator<["train" | "eval" | "tau", number, number]> {
   const batch = i.loader.options.batchSize;
-  const evalPass = function* (): Generator<["eval", number, number]> {
+  const evalPass = function* (): Generator<["eval" | "tau", number, number]> {
     if (!i.evalSet) return;
     for (const idx of evalBatchIndices(i.evalSet.length, batch, i.evalBatches)) {
       yield ["eval", idx.length, paddedLength(i.evalSet, idx)];
     }
+    yield ["tau", 0, 0];
   };
   let updates = 0, micro = 0, evaluatedAt = -1;
   for (let epoch = 0; updates < i.updates; epoch++) {
@@ -204,20 +227,44 @@ function* runBatches(i: TrainingPlanInput): Generator<["train" | "eval", number,
   if (evaluatedAt !== updates) yield* evalPass();
 }
 
+/**
+ * Whether the steps make the teacher logits per head window (lib/models/teacher_source.ts): whenever the
+ * draft head runs in windows (lib/train/trainer.ts `openSource`).
+ */
+function windowedTeacher(i: TrainingPlanInput): boolean {
+  return (i.headRows ?? null) !== null;
+}
+
 /** The feed of a training run's batch shape: the target's forward online, the feature decoder offline. */
 function trainingFeed(i: TrainingPlanInput, splits: TargetSplits) {
-  const subset = { size: i.draft.draftVocabSize, blockRows: subsetBlockRows(i) };
+  const windowed = windowedTeacher(i);
+  const subset = windowed ? undefined : { size: i.draft.draftVocabSize, blockRows: subsetBlockRows(i) };
   return (batch: number, seqLen: number): PlannedTensor[] =>
     i.features
-      ? featureFeederTensors(i.features, batch, seqLen, i.draft.draftVocabSize, subset.blockRows)
+      ? featureFeederTensors(i.features, batch, seqLen, i.draft.draftVocabSize, subsetBlockRows(i), windowed)
       : targetForwardTensors(i.target, batch, seqLen, { aux: true, subset, vocabStats: true }, splits);
+}
+
+/**
+ * A step's teacher window when it makes the teacher logits (`teacherWindowRows` rows of the draft vocabulary)
+ * and, from the target's hidden states, the column blocks of the lm_head subset's row blocks when it is split
+ * (lib/ops/row_split.ts).
+ */
+function teacherWindowTensors(i: TrainingPlanInput, shape: Eagle3StepShape): PlannedTensor[] {
+  if (!windowedTeacher(i)) return [];
+  const topk = i.features?.storage.teacherFormat === "topk";
+  const rows = teacherWindowRows(shape), blocks = topk ? [] : subsetBlockRows(i);
+  return [
+    planned("teacher logits window", [rows, i.draft.draftVocabSize], "f32"),
+    ...(blocks.length > 1 ? [...new Set(blocks)].map((n) => planned("head rows", [rows, n], "f32")) : []),
+  ];
 }
 
 /** The draft step of a training run's batch shape and split. */
 function trainingStep(i: TrainingPlanInput, splits: TargetSplits) {
   const draft = draftSplits(i, splits);
-  return (split: Split, batch: number, seqLen: number): PlannedTensor[] =>
-    eagle3StepTensors(i.draft, {
+  return (split: Split, batch: number, seqLen: number): PlannedTensor[] => {
+    const shape = {
       batch,
       seqLen,
       tttLength: i.tttLength,
@@ -225,7 +272,9 @@ function trainingStep(i: TrainingPlanInput, splits: TargetSplits) {
       lk: i.lk,
       acceptance: true,
       headRows: Math.min(batch * seqLen, i.headRows ?? Infinity),
-    }, draft);
+    };
+    return [...eagle3StepTensors(i.draft, shape, draft), ...teacherWindowTensors(i, shape)];
+  };
 }
 
 /**
@@ -244,16 +293,17 @@ export function planRun(
 ): Promise<MemoryPlan> {
   const limits = planLimits(gpu, s);
   return withTargetPlanInput(gpu, setup.targetDir, setup.targetConfig, (target, has) => {
+    const streamSlots = setup.offline ? null : targetStreamSlots(
+      target,
+      s.targetMemoryBudget === null ? null : parseByteSize(s.targetMemoryBudget),
+    );
     const plan = (headRows: number | null) =>
       planTraining({
         ...target,
         draft: setup.draftConfig,
         features: setup.offline?.train.manifest ?? null,
         embeddingOverride: s.embeddingKey !== target.weights.names.embed && has(s.embeddingKey),
-        streamSlots: setup.offline ? null : targetStreamSlots(
-          target,
-          s.targetMemoryBudget === null ? null : parseByteSize(s.targetMemoryBudget),
-        ),
+        streamSlots,
         loader,
         evalSet: setup.eval,
         updates,
@@ -264,7 +314,7 @@ export function planRun(
         lk,
         muon: s.optimizer === "muon",
         headRows,
-        evalSpecSamples: setup.offline ? 0 : s.evalSpecSamples,
+        evalSpec: evalSpecOf(s, setup, streamSlots),
       });
     if (s.headChunkRows !== null) return plan(s.headChunkRows);
     const whole = plan(null), rowBytes = 4 * setup.draftConfig.draftVocabSize;
@@ -285,6 +335,29 @@ export function planRun(
     }
     return whole;
   });
+}
+
+/**
+ * What --eval-spec-samples decodes at each evaluation (lib/train/evaluate.ts `measureTau`): the first eval
+ * samples' prompts, online with a resident target (a streamed one measures no tau); null when nothing is.
+ */
+function evalSpecOf(
+  s: TrainSettings,
+  setup: RunSetup,
+  streamSlots: number | null,
+): TrainingPlanInput["evalSpec"] {
+  const evalSet = setup.eval;
+  if (s.evalSpecSamples === 0 || setup.offline || streamSlots !== null || !evalSet) return null;
+  const samples = Array.from(
+    { length: Math.min(s.evalSpecSamples, evalSet.length) },
+    (_, i) => evalSet.sample(i),
+  );
+  const prompts = promptsFromSamples(samples, Math.max(1, s.maxLength - s.evalSpecNewTokens));
+  return {
+    promptLengths: prompts.map((p) => p.length),
+    numSteps: s.evalSpecSteps,
+    maxNewTokens: s.evalSpecNewTokens,
+  };
 }
 
 /** The limits of `gpu` with the memory --device-memory names (or the host's, for a CPU adapter). */

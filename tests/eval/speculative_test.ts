@@ -12,6 +12,9 @@ import {
   SpeculativeDecoder,
 } from "../../lib/eval/speculative.ts";
 import { samplingProbs } from "../../lib/models/generate.ts";
+import { Gpu } from "../../lib/gpu/device.ts";
+import { TargetSession } from "../../lib/eval/target_infer.ts";
+import { DraftSession, extendWindows } from "../../lib/eval/draft_infer.ts";
 
 const GOLDEN_LLAMA = new URL("../golden/targets/llama", import.meta.url).pathname;
 const TINYSTORIES = new URL("../../../shared/models/tinystories-656K", import.meta.url).pathname;
@@ -307,5 +310,78 @@ Deno.test({
     dec.destroy();
     draft.destroy();
     target.destroy();
+  }
+});
+
+Deno.test({
+  name: "speculative decoding with the target's aux features over the binding size equals plain greedy",
+  ...needsGpu,
+}, async () => {
+  // A 32 KiB binding: the aux buffer of a 90-token prompt ([128, 3·32] f32, 48 KiB) is two row blocks (84 + 44
+  // rows) and its draft extension gathers and runs fc in two windows (64 + 26 rows); an 85-token prompt's
+  // one window reads both blocks. The other tensors bind whole.
+  const CAP = 32 * 1024;
+  const small = await Gpu.create({ capLimits: { maxStorageBufferBindingSize: CAP } });
+  const target = await TargetModel.load(small, GOLDEN_LLAMA);
+  const full = await TargetModel.load(gpu!, GOLDEN_LLAMA);
+  const session = new TargetSession(target, 128, 128);
+  const long = Array.from({ length: 90 }, (_, j) => 1 + (j * 37) % 200);
+  const prompts = [long, PROMPTS[0], long.slice(5)];
+  const cfg = deriveDraftConfig(target.config, { auxLayers: target.auxLayers });
+  const weights = initEagle3Weights(cfg, 11);
+  const drafts = [
+    Eagle3Draft.create(small, cfg, { weights }),
+    Eagle3Draft.create(
+      small,
+      deriveDraftConfig(target.config, { auxLayers: target.auxLayers, eagle31: true }),
+      {
+        seed: 4,
+      },
+    ),
+  ];
+  const map = Int32Array.from({ length: cfg.draftVocabSize }, (_, i) => i);
+  try {
+    assert.deepEqual(session.aux.blocks.map((b) => b.tensor.shape[0]), [84, 44], "the aux buffer is split");
+    assert.deepEqual(extendWindows(small.limits, 85, target.config.hiddenSize), [[0, 85]]);
+    assert.deepEqual(extendWindows(small.limits, 90, target.config.hiddenSize), [[0, 64], [64, 26]]);
+    const maxNewTokens = 12;
+    const plain = await generate(full, prompts, { maxNewTokens, eosTokenIds: [] });
+    assert.deepEqual(await generate(target, prompts, { maxNewTokens, eosTokenIds: [] }), plain);
+    for (const [k, draft] of drafts.entries()) {
+      for (const shape of SHAPES.slice(0, 2)) {
+        const dec = new SpeculativeDecoder(target, draft, map, shape);
+        for (const [i, prompt] of prompts.entries()) {
+          const out = await dec.generate(prompt, { maxNewTokens, eosTokenIds: [] });
+          assert.deepEqual(out.tokens, plain[i], `draft ${k}, ${shape.name}, prompt ${i}`);
+        }
+        dec.destroy();
+      }
+    }
+    // The capped draft's first distribution after the long prompt equals the uncapped one's bit for bit.
+    const logitsOf = async (device: Gpu, model: TargetModel) => {
+      const d = Eagle3Draft.create(device, cfg, { weights });
+      const t = new TargetSession(model, 128, 128);
+      const s = new DraftSession(d, model.embed, t.aux, {
+        maxLen: 128,
+        maxExtendRows: 128,
+        topk: 1,
+        numSteps: 2,
+      });
+      try {
+        await t.prefill(long);
+        return await s.extend(0, long.map((_, j) => j), [...long.slice(1), 5]);
+      } finally {
+        s.destroy();
+        t.destroy();
+        d.destroy();
+      }
+    };
+    assert.deepEqual(await logitsOf(small, target), await logitsOf(gpu!, full));
+  } finally {
+    session.destroy();
+    for (const d of drafts) d.destroy();
+    target.destroy();
+    full.destroy();
+    small.destroy();
   }
 });

@@ -58,6 +58,13 @@ Deno.test({ name: "memory plan: online runs meet the measured peak", ...needsGpu
       "KL loss",
     );
     assertClose(await measured(root, "b", { lkLossType: "lambda", draftAccumulationSteps: 2 }), "LK loss");
+    // --eval-spec-samples: speculative decoding at each evaluation, planned at its largest (every accept length).
+    const tau = await measured(root, "t", { evalSpecSamples: 3, numEpochs: 2, evalInterval: 2 });
+    assertClose(tau, "--eval-spec-samples");
+    assert.ok(
+      tau.plannedPeakBytes >= tau.peakBytes,
+      `tau: planned ${tau.plannedPeakBytes}, peak ${tau.peakBytes}`,
+    );
     const muon = await measured(root, "c", { optimizer: "muon", maxNumSteps: 2 });
     assertClose(muon, "Muon");
     assert.equal(muon.plannedPeakBytes, muon.peakBytes, "Muon's state and scratch, planned exactly");
@@ -248,7 +255,8 @@ Deno.test(
         b = await measured(root, "windows", { ...base, deviceMemory });
       assert.equal(b.plannedPeakBytes, forced.peakBytes);
       assert.ok(b.peakBytes <= Number(deviceMemory), `measured ${b.peakBytes} within ${deviceMemory}`);
-      assertClose(b, "windows");
+      // The teacher logits made per window too (no [B·T, Vd] tensor in the target forward), planned exactly.
+      assert.equal(b.plannedPeakBytes, b.peakBytes, "windows and the teacher's window, planned exactly");
       const losses = async (r: TrainResult) =>
         (await Deno.readTextFile(join(dirname(r.checkpoint!), "metrics.jsonl"))).trim().split("\n").map((l) =>
           JSON.parse(l)
@@ -259,6 +267,36 @@ Deno.test(
       la.forEach((l, i) =>
         assert.ok(Math.abs(l - lb[i]) <= 1e-5 * Math.abs(l), `update ${i + 1}: ${l} vs ${lb[i]}`)
       );
+      // Offline, from stored hidden states or a stored top-k: the feeder leaves the teacher logits to the windows.
+      const storages = [
+        { auxFormat: "bf16", groupSize: 32, teacherFormat: "hidden-bf16", topk: 16 },
+        { auxFormat: "int4", groupSize: 32, teacherFormat: "topk", topk: 8 },
+      ] as const;
+      for (const [n, storage] of storages.entries()) {
+        const device = await Gpu.create();
+        for (const split of ["train", "eval"]) {
+          await prepareHiddenStates(device, prepareOptions(root, join(`f${n}`, split), storage, split));
+        }
+        device.destroy();
+        const features = {
+          trainHiddenStatesPath: join(root, `f${n}`, "train"),
+          evalHiddenStatesPath: join(root, `f${n}`, "eval"),
+        };
+        const what = storage.teacherFormat;
+        const c = await measured(root, `offline-whole-${n}`, { ...base, ...features }, true);
+        const d = await measured(
+          root,
+          `offline-windows-${n}`,
+          { ...base, ...features, headChunkRows: 64 },
+          true,
+        );
+        assert.equal(d.plannedPeakBytes, d.peakBytes, `${what}: windows, planned exactly`);
+        assert.ok(d.peakBytes < c.peakBytes, `${what}: windows ${d.peakBytes} < whole ${c.peakBytes}`);
+        const [lc, ld] = [await losses(c), await losses(d)];
+        lc.forEach((l, i) =>
+          assert.ok(Math.abs(l - ld[i]) <= 1e-5 * Math.abs(l), `${what}, update ${i + 1}: ${l} vs ${ld[i]}`)
+        );
+      }
     } finally {
       await Deno.remove(root, { recursive: true });
     }

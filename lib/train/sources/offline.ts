@@ -33,6 +33,10 @@ class DecoderFeed implements BatchFeed<FeatureBatch> {
     return this.feeder.inputs;
   }
 
+  get teacherSource() {
+    return this.feeder.teacherSource;
+  }
+
   feed(b: FeatureBatch): number[] {
     return this.feeder.feed(b.features);
   }
@@ -47,13 +51,15 @@ export class OfflineSource implements BatchSource<FeatureBatch> {
   /**
    * `sets`: the feature sets the batches index (evaluation's null when there is none); `ends`: the target's
    * embedding and, for hidden-state teachers, its lm_head (owned by the source from here on);
-   * `draftToTarget`: the draft vocabulary (ascending target ids).
+   * `draftToTarget`: the draft vocabulary (ascending target ids); `windowedTeacher`: the teacher logits are
+   * made by the steps window by window (lib/offline/feeder.ts `FeatureFeeder.teacherSource`).
    */
   constructor(
     readonly gpu: Gpu,
     readonly sets: { train: FeatureSet; eval: FeatureSet | null },
     readonly ends: TargetEnds,
     readonly draftToTarget: Int32Array,
+    readonly windowedTeacher = false,
   ) {}
 
   /** The target's embedding (the draft's frozen embedding by default). */
@@ -74,7 +80,15 @@ export class OfflineSource implements BatchSource<FeatureBatch> {
     const head = this.ends.lmHeadOrNull ? this.ends : null;
     const manifest = this.sets.train.manifest;
     return new DecoderFeed(
-      await FeatureFeeder.create(this.gpu, manifest, batch, seqLen, this.draftToTarget, head),
+      await FeatureFeeder.create(
+        this.gpu,
+        manifest,
+        batch,
+        seqLen,
+        this.draftToTarget,
+        head,
+        this.windowedTeacher,
+      ),
     );
   }
 

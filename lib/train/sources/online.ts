@@ -8,6 +8,8 @@ import type { Batch } from "../../data/loader.ts";
 import type { RowSplitMatrix, TargetForward, TargetModel } from "../../models/target.ts";
 import type { StreamedForward, StreamedTarget } from "../../models/target_stream.ts";
 import type { BatchFeed, BatchSource, SourcedBatch } from "../batch_source.ts";
+import type { TeacherSource } from "../../models/eagle3.ts";
+import { headTeacher } from "../../models/teacher_source.ts";
 
 /** Each row's count of real tokens (attention mask ones). */
 export function batchLengths(batch: Batch): number[] {
@@ -20,9 +22,16 @@ export function batchLengths(batch: Batch): number[] {
   return lengths;
 }
 
-/** The target forward of one batch shape as a {@link BatchFeed}. */
+/**
+ * The target forward of one batch shape as a {@link BatchFeed}: its subset logits are the teacher, or (with a
+ * `teacherSource`) its final hidden states and the head's rows of the draft vocabulary make them window by
+ * window.
+ */
 class TargetFeed implements BatchFeed {
-  constructor(readonly forward: TargetForward | StreamedForward) {}
+  constructor(
+    readonly forward: TargetForward | StreamedForward,
+    readonly teacherSource: TeacherSource | null,
+  ) {}
 
   get inputs() {
     const f = this.forward;
@@ -30,7 +39,7 @@ class TargetFeed implements BatchFeed {
       aux: f.aux!,
       ids: f.ids,
       lengths: f.lengths,
-      teacherLogits: f.subsetLogits!,
+      ...(this.teacherSource ? {} : { teacherLogits: f.subsetLogits! }),
       teacherArgmax: f.vocabArgmax!,
       teacherMaxSum: f.vocabMaxSum!,
     };
@@ -52,8 +61,16 @@ class TargetFeed implements BatchFeed {
  * construction on).
  */
 export class OnlineSource implements BatchSource {
-  /** `draftToTarget`: the draft vocabulary (ascending target ids) whose logits the teacher is. */
-  constructor(readonly target: TargetModel | StreamedTarget, readonly draftToTarget: Int32Array) {}
+  /**
+   * `draftToTarget`: the draft vocabulary (ascending target ids) whose logits the teacher is; with
+   * `windowedTeacher` (the draft head in windows of rows), the steps make the teacher logits per window from
+   * the forward's final hidden states, and the forward does not hold them for the whole batch.
+   */
+  constructor(
+    readonly target: TargetModel | StreamedTarget,
+    readonly draftToTarget: Int32Array,
+    readonly windowedTeacher = false,
+  ) {}
 
   /** The target's embedding (the draft's frozen embedding by default). */
   get embed(): RowSplitMatrix {
@@ -65,13 +82,16 @@ export class OnlineSource implements BatchSource {
   }
 
   async createFeed(batch: number, seqLen: number): Promise<BatchFeed> {
-    return new TargetFeed(
-      await this.target.forward(batch, seqLen, {
-        aux: true,
-        subsetIds: this.draftToTarget,
-        vocabStats: true,
-      }),
-    );
+    const windowed = this.windowedTeacher;
+    const forward = await this.target.forward(batch, seqLen, {
+      aux: true,
+      ...(windowed ? { finalHidden: true } : { subsetIds: this.draftToTarget }),
+      vocabStats: true,
+    });
+    const teacher = windowed
+      ? headTeacher(forward.finalHidden!, await this.target.subsetHead(this.draftToTarget))
+      : null;
+    return new TargetFeed(forward, teacher);
   }
 
   destroy(): void {
