@@ -26,7 +26,15 @@ const ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "ph
 // sparse ones, Qwen2-MoE with its gated shared expert, GPT-OSS (attention sinks, alternating windows of 4, YaRN,
 // biased router and experts, clamped SwiGLU) with bf16 experts and with MXFP4 experts, Llama 4 (NoPE layers
 // with temperature tuning, chunked attention of 4 tokens, L2 q/k norm, interleaved RoPE, input-scaled experts).
-const MOE = ["qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe", "gpt_oss", "gpt_oss_mxfp4", "llama4"];
+const MOE = [
+  "qwen3_moe",
+  "qwen3_moe_unnormed",
+  "qwen2_moe",
+  "gpt_oss",
+  "gpt_oss_mxfp4",
+  "llama4",
+  "llama4_multimodal",
+];
 for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window", ...MOE]) {
   Deno.test({
     name: `target ${arch}: forward matches transformers (aux states, final hidden, logits)`,
