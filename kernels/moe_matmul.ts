@@ -5,8 +5,9 @@
  * u32 with the e8m0 scale read once per 32) or its four columns at once ([E, K, N]). Mesa's CPU drivers load a
  * storage buffer one lane at a time whatever its width (kernels/texels.ts), so the loads, not the FMAs, bound
  * the scalar kernel there: this one issues 8 loads per 64 FMAs (MXFP4: 8.5 per 128) where it issued 8 per 16
- * (MXFP4: 12 per 16). Needs K % 4 == 0 (MXFP4: K % 32 == 0) and, with `kn`, N % 4 == 0; lib/ops/moe.ts falls
- * back to the scalar kernel otherwise.
+ * (MXFP4: 12 per 16); an invocation left with one slot (a decoded token's expert) loads and multiplies that row
+ * alone rather than four copies of it. Needs K % 4 == 0 (MXFP4: K % 32 == 0) and, with `kn`, N % 4 == 0;
+ * lib/ops/moe.ts falls back to the scalar kernel otherwise.
  */
 import { MOE_TILE_COLS } from "./moe.ts";
 import type { ExpertFormat } from "./moe.ts";
@@ -52,19 +53,22 @@ fn fp4x4(bits: u32) -> vec4<f32> {
   return select(mag, -mag, (c & vec4<u32>(8u)) != vec4<u32>(0u));
 }`;
 
-/** WGSL: the K loop for weights [E, N, K] of an element type: acc[i][j] += A[row i, k..k+3] · W[col j, k..k+3]. */
-const LOOP_NK = /* wgsl */ `
+/**
+ * WGSL: the K loop over the first `r` rows for weights [E, N, K] of an element type: acc[i][j] += A[row i,
+ * k..k+3] · W[col j, k..k+3].
+ */
+const loopNk = (r: number) => /* wgsl */ `
   for (var kk = 0u; kk < K; kk += 4u) {
     var av: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) { av[i] = a[(arow[i] + kk) >> 2u]; }
+    for (var i = 0u; i < ${r}u; i++) { av[i] = a[(arow[i] + kk) >> 2u]; }
     for (var j = 0u; j < 4u; j++) {
       let b = load_w4(wrow[j] + kk);
-      for (var i = 0u; i < 4u; i++) { acc[i][j] += dot(av[i], b); }
+      for (var i = 0u; i < ${r}u; i++) { acc[i][j] += dot(av[i], b); }
     }
   }`;
 
-/** WGSL: the K loop for weights [E, K, N]: acc[i] += Σ_t A[row i, k + t] · W[k + t, col0..col0+3]. */
-const LOOP_KN = /* wgsl */ `
+/** WGSL: the K loop over the first `r` rows for weights [E, K, N]: acc[i] += Σ_t A[row i, k + t] · W[k + t, col0..]. */
+const loopKn = (r: number) => /* wgsl */ `
   let wcol = e_local * K * p.n + min(col0, p.n - 4u);
   for (var kk = 0u; kk < K; kk += 4u) {
     let o = wcol + kk * p.n;
@@ -72,21 +76,24 @@ const LOOP_KN = /* wgsl */ `
     let b1 = load_w4(o + p.n);
     let b2 = load_w4(o + 2u * p.n);
     let b3 = load_w4(o + 3u * p.n);
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < ${r}u; i++) {
       let av = a[(arow[i] + kk) >> 2u];
       acc[i] += av.x * b0 + av.y * b1 + av.z * b2 + av.w * b3;
     }
   }`;
 
-/** WGSL: the K loop for MXFP4 weights [E, N, K]: per 32 elements, the codes' dot products times the scale. */
-const LOOP_MXFP4 = /* wgsl */ `
+/**
+ * WGSL: the K loop over the first `r` rows for MXFP4 weights [E, N, K]: per 32 elements, the codes' dot
+ * products times the scale.
+ */
+const loopMxfp4 = (r: number) => /* wgsl */ `
   for (var kb = 0u; kb < K; kb += 32u) {
     // Assigned, not just declared: naga hoists a declaration to the function's start, zeroing it once.
     var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var k8 = kb; k8 < kb + 32u; k8 += 8u) {
       var lo: array<vec4<f32>, 4>;
       var hi: array<vec4<f32>, 4>;
-      for (var i = 0u; i < 4u; i++) {
+      for (var i = 0u; i < ${r}u; i++) {
         lo[i] = a[(arow[i] + k8) >> 2u];
         hi[i] = a[(arow[i] + k8 + 4u) >> 2u];
       }
@@ -94,12 +101,12 @@ const LOOP_MXFP4 = /* wgsl */ `
         let word = w[(wrow[j] + k8) >> 3u];
         let wl = fp4x4(word);
         let wh = fp4x4(word >> 16u);
-        for (var i = 0u; i < 4u; i++) { part[i][j] += dot(lo[i], wl) + dot(hi[i], wh); }
+        for (var i = 0u; i < ${r}u; i++) { part[i][j] += dot(lo[i], wl) + dot(hi[i], wh); }
       }
     }
     let sc = vec4<f32>(scale_of(wrow[0] + kb), scale_of(wrow[1] + kb), scale_of(wrow[2] + kb),
                        scale_of(wrow[3] + kb));
-    for (var i = 0u; i < 4u; i++) { acc[i] += part[i] * sc; }
+    for (var i = 0u; i < ${r}u; i++) { acc[i] += part[i] * sc; }
   }`;
 
 /**
@@ -109,7 +116,7 @@ const LOOP_MXFP4 = /* wgsl */ `
  */
 export function matmulVec4(t: ExpertFormat, kn = false, bias = false): string {
   if (t === "mxfp4" && kn) throw new Error("moe matmul: MXFP4 experts are stored [N, K]");
-  const loop = t === "mxfp4" ? LOOP_MXFP4 : kn ? LOOP_KN : LOOP_NK;
+  const loop = t === "mxfp4" ? loopMxfp4 : kn ? loopKn : loopNk;
   return /* wgsl */ `${t === "f16" ? "enable f16;" : ""}
 struct Params { n: u32, kdim: u32, gather: u32, first: u32, count: u32, _a: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -139,7 +146,12 @@ fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
   var wrow: array<u32, 4>;
   for (var j = 0u; j < 4u; j++) { wrow[j] = (e_local * p.n + min(col0 + j, p.n - 1u)) * K; }
   var acc: array<vec4<f32>, 4>;
-${loop}
+  // A lone slot (a decoded token's expert) loads and multiplies its one row, not four copies of it.
+  if (tile.z - tile.y - li.y * 4u == 1u) {
+${loop(1)}
+  } else {
+${loop(4)}
+  }
   ${
     bias
       ? `for (var j = 0u; j < 4u; j++) {
