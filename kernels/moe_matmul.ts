@@ -34,8 +34,9 @@ fn load_w4(e: u32) -> vec4<f32> {
 /**
  * WGSL: MXFP4's bindings (w: the `*_blocks` bytes as u32, eight codes each, element 8i + j in nibble j; scales:
  * the `*_scales` bytes, 2^(byte − 127) per 32 elements) and `fp4x4(bits)`, the e2m1 values of the four codes in
- * bits 0..15: sign·(m/2) for exponent field 0, else sign·(1 + m/2)·2^(exponent − 1), built as f32 bits (the
- * FP4 table of kernels/moe.ts, computed rather than indexed).
+ * bits 0..15 (the FP4 table of kernels/moe.ts, computed rather than indexed): with k the code's low 3 bits
+ * (exponent field e = k >> 1, mantissa bit m), |value| = (1 + m/2)·2^(e − 1) for e ≥ 1 is the f32 whose bits are
+ * k << 22 plus those of 0.5 (0x3f000000), and k/2 for e = 0; the code's bit 3 is the sign bit.
  */
 const MXFP4 = /* wgsl */ `
 @group(0) @binding(2) var<storage, read> w: array<u32>;
@@ -45,12 +46,11 @@ fn scale_of(e: u32) -> f32 {
   return exp2(f32(byte) - 127.0);
 }
 fn fp4x4(bits: u32) -> vec4<f32> {
-  let c = vec4<u32>(bits, bits >> 4u, bits >> 8u, bits >> 12u) & vec4<u32>(0xfu);
-  let ex = (c >> vec4<u32>(1u)) & vec4<u32>(3u);
-  let m = c & vec4<u32>(1u);
-  let normal = bitcast<vec4<f32>>(((ex + vec4<u32>(126u)) << vec4<u32>(23u)) | (m << vec4<u32>(22u)));
-  let mag = select(normal, vec4<f32>(m) * 0.5, ex == vec4<u32>(0u));
-  return select(mag, -mag, (c & vec4<u32>(8u)) != vec4<u32>(0u));
+  let c = vec4<u32>(bits, bits >> 4u, bits >> 8u, bits >> 12u);
+  let k = c & vec4<u32>(7u);
+  let normal = bitcast<vec4<f32>>((k << vec4<u32>(22u)) + vec4<u32>(0x3f000000u));
+  let mag = select(normal, vec4<f32>(k) * 0.5, k < vec4<u32>(2u));
+  return bitcast<vec4<f32>>(bitcast<vec4<u32>>(mag) | ((c & vec4<u32>(8u)) << vec4<u32>(28u)));
 }`;
 
 /**
