@@ -1,181 +1,40 @@
 /**
- * Speed of the target model: the prefill forward (one sequence of T tokens: aux states and full logits, what
- * online training and generation's prefill run) and cached decoding (one token per sequence per step,
- * including the one logits read-back per step that sampling needs; the prefill is excluded), for tinystories-656K when it is at hand
- * and for a random-weight Llama of hidden 512 and 8 layers (bf16 weights, written to a temporary directory),
- * whose prefill is also timed with its layers streamed through one weight slot, and for a random Qwen3-MoE of the
- * same attention beside a dense Llama whose MLP is as wide as the MoE's active experts.
+ * Speed of the target model (lib/bench/target_measure.ts: prefill forward and KV-cache decoding) for
+ * tinystories-656K when it is at hand and for random-weight targets written to a temporary directory
+ * (lib/bench/random_targets.ts): a Llama of hidden 512 (bf16), whose prefill is also timed with its layers
+ * streamed through one weight slot, a Qwen3-MoE of the same attention and a GPT-OSS, each beside a dense Llama
+ * of equal active parameters.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { fromFloat32As, type RawTensor, writeSafetensors } from "../io/safetensors.ts";
 import { pathExists } from "../io/atomic.ts";
-import { mulberry32 } from "../data/random.ts";
 import { TargetModel } from "../models/target.ts";
 import { StreamedTarget } from "../models/target_stream.ts";
-import { Generator } from "../models/generate.ts";
-import { type BenchOptions, type BenchRow, timeProgram } from "./types.ts";
+import { type RandomGptOssDims, writeRandomGptOss, writeRandomLlama } from "./random_targets.ts";
+import { measureTarget, type TargetBenchSizes } from "./target_measure.ts";
+import type { BenchOptions, BenchRow } from "./types.ts";
 
 /** Where `deno task bench` finds tinystories-656K (relative to the repository, as in the tests). */
 const TINYSTORIES = new URL("../../../shared/models/tinystories-656K", import.meta.url).pathname;
 
-/** Dimensions of a random Llama written by {@link writeRandomLlama}. */
-export interface RandomLlamaDims {
-  hidden: number;
-  layers: number;
-  heads: number;
-  kvHeads: number;
-  intermediate: number;
-  vocab: number;
-  /** A Qwen3-MoE instead (q/k norms, every MLP sparse): routed experts, experts per token, expert width. */
-  moe?: { experts: number; topK: number; expertIntermediate: number };
-}
-
 /**
- * Writes config.json and model.safetensors (bf16, seeded uniform weights of scale 1/√fan-in, unit norms) of a
- * LlamaForCausalLM with untied embeddings into `dir` (a Qwen3MoeForCausalLM with `d.moe`).
- */
-export async function writeRandomLlama(dir: string, d: RandomLlamaDims, seed = 1): Promise<void> {
-  const rand = mulberry32(seed);
-  const matrix = (rows: number, cols: number): RawTensor => {
-    const a = 1 / Math.sqrt(cols);
-    const values = new Float32Array(rows * cols);
-    for (let i = 0; i < values.length; i++) values[i] = (2 * rand() - 1) * a;
-    return fromFloat32As(values, [rows, cols], "BF16");
-  };
-  const ones = (n: number) => fromFloat32As(new Float32Array(n).fill(1), [n], "BF16");
-  const hd = d.hidden / d.heads;
-  const tensors: Array<[string, RawTensor]> = [["model.embed_tokens.weight", matrix(d.vocab, d.hidden)]];
-  for (let l = 0; l < d.layers; l++) {
-    const p = `model.layers.${l}`;
-    tensors.push(
-      [`${p}.input_layernorm.weight`, ones(d.hidden)],
-      [`${p}.self_attn.q_proj.weight`, matrix(d.heads * hd, d.hidden)],
-      [`${p}.self_attn.k_proj.weight`, matrix(d.kvHeads * hd, d.hidden)],
-      [`${p}.self_attn.v_proj.weight`, matrix(d.kvHeads * hd, d.hidden)],
-      [`${p}.self_attn.o_proj.weight`, matrix(d.hidden, d.heads * hd)],
-      [`${p}.post_attention_layernorm.weight`, ones(d.hidden)],
-      ...mlpTensors(`${p}.mlp`, d, matrix),
-    );
-    if (d.moe) {
-      tensors.push([`${p}.self_attn.q_norm.weight`, ones(hd)], [`${p}.self_attn.k_norm.weight`, ones(hd)]);
-    }
-  }
-  tensors.push(["model.norm.weight", ones(d.hidden)], ["lm_head.weight", matrix(d.vocab, d.hidden)]);
-  await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt" });
-  await Deno.writeTextFile(
-    `${dir}/config.json`,
-    JSON.stringify({
-      architectures: [d.moe ? "Qwen3MoeForCausalLM" : "LlamaForCausalLM"],
-      model_type: d.moe ? "qwen3_moe" : "llama",
-      ...(d.moe
-        ? {
-          head_dim: hd,
-          num_experts: d.moe.experts,
-          num_experts_per_tok: d.moe.topK,
-          moe_intermediate_size: d.moe.expertIntermediate,
-          norm_topk_prob: true,
-        }
-        : {}),
-      hidden_size: d.hidden,
-      intermediate_size: d.intermediate,
-      num_hidden_layers: d.layers,
-      num_attention_heads: d.heads,
-      num_key_value_heads: d.kvHeads,
-      vocab_size: d.vocab,
-      max_position_embeddings: 2048,
-      rms_norm_eps: 1e-5,
-      rope_theta: 10000,
-      tie_word_embeddings: false,
-      bos_token_id: 1,
-      eos_token_id: 2,
-      torch_dtype: "bfloat16",
-    }),
-  );
-}
-
-/** A layer's MLP tensors: the dense SwiGLU, or the router and every expert's. */
-function mlpTensors(
-  m: string,
-  d: RandomLlamaDims,
-  matrix: (rows: number, cols: number) => RawTensor,
-): Array<[string, RawTensor]> {
-  const swiglu = (p: string, inner: number): Array<[string, RawTensor]> => [
-    [`${p}.gate_proj.weight`, matrix(inner, d.hidden)],
-    [`${p}.up_proj.weight`, matrix(inner, d.hidden)],
-    [`${p}.down_proj.weight`, matrix(d.hidden, inner)],
-  ];
-  if (!d.moe) return swiglu(m, d.intermediate);
-  const out: Array<[string, RawTensor]> = [[`${m}.gate.weight`, matrix(d.moe.experts, d.hidden)]];
-  for (let e = 0; e < d.moe.experts; e++) out.push(...swiglu(`${m}.experts.${e}`, d.moe.expertIntermediate));
-  return out;
-}
-
-/**
- * Prefill forward and KV-cache decode tokens/s of tinystories-656K, of a random hidden-512 Llama, and of a random
+ * Prefill forward and KV-cache decode tokens/s of tinystories-656K, of a random hidden-512 Llama, of a random
  * Qwen3-MoE (64 experts, top-8, Qwen3-30B-A3B's proportions at hidden 512) beside a dense Llama of the same
- * active MLP width (8 × 192 = 1536).
+ * active MLP width (8 × 192 = 1536), and of a random GPT-OSS ({@link GPT_OSS_BENCH}, 4 layers) beside its dense
+ * twin. `--quick` runs 2 layers instead of 8 (or 4), 64 prefill tokens instead of 256 and 8 decode steps
+ * instead of 32.
  */
 export async function benchTarget(gpu: Gpu, opts: BenchOptions = {}): Promise<BenchRow[]> {
   const quick = opts.quick ?? false;
-  const seqLen = quick ? 64 : 256;
-  const reps = quick ? 2 : 5;
-  const promptLen = 16, newTokens = quick ? 8 : 32;
-  const rows: BenchRow[] = [];
-
-  const measure = async (label: string, dir: string) => {
-    const model = await TargetModel.load(gpu, dir, { onMessage: () => {} });
-    const c = model.config;
-    const dims = `H${c.hiddenSize} L${c.numLayers} V${c.vocabSize}`;
-    try {
-      const f = await model.forward(1, seqLen, { aux: true, logits: true });
-      try {
-        f.run(Int32Array.from({ length: seqLen }, (_, i) => 3 + (i * 7) % (c.vocabSize - 3)), [seqLen]);
-        const ms = await timeProgram(gpu, f.program, reps);
-        rows.push({
-          group: "target",
-          name: `${label} prefill forward`,
-          shape: `B1 T${seqLen} ${dims}`,
-          ms,
-          tokensPerSec: seqLen / ms * 1000,
-          note: "aux states + full logits",
-        });
-      } finally {
-        f.destroy();
-      }
-      const g = new Generator(model);
-      try {
-        for (const batch of [1, 4]) {
-          const prompts = Array.from(
-            { length: batch },
-            (_, b) => Array.from({ length: promptLen }, (_, i) => 3 + (b * 31 + i * 7) % (c.vocabSize - 3)),
-          );
-          const run = async (n: number) => {
-            const t0 = performance.now();
-            await g.generate(prompts, { maxNewTokens: n, eosTokenIds: [] });
-            return performance.now() - t0;
-          };
-          await run(newTokens); // builds and caches every program
-          // The prefill and first token cost the same in both runs: the difference is newTokens − 1 steps.
-          const stepMs = ((await run(newTokens)) - (await run(1))) / (newTokens - 1);
-          rows.push({
-            group: "target",
-            name: `${label} decode (KV cache)`,
-            shape: `B${batch} prompt ${promptLen} +${newTokens} ${dims}`,
-            ms: stepMs,
-            tokensPerSec: batch / stepMs * 1000,
-            note: "ms per decode step (all sequences), one logits read-back per step included",
-          });
-        }
-      } finally {
-        g.destroy();
-      }
-    } finally {
-      model.destroy();
-    }
+  const sizes: TargetBenchSizes = {
+    seqLen: quick ? 64 : 256,
+    reps: quick ? 2 : 5,
+    promptLen: 16,
+    newTokens: quick ? 8 : 32,
+    batches: [1, 4],
   };
-
+  const rows: BenchRow[] = [];
   if (await pathExists(`${TINYSTORIES}/model.safetensors`)) {
-    await measure("tinystories-656K", TINYSTORIES);
+    rows.push(...await measureTarget(gpu, "tinystories-656K", TINYSTORIES, sizes));
   } else {
     rows.push({
       group: "target",
@@ -185,29 +44,85 @@ export async function benchTarget(gpu: Gpu, opts: BenchOptions = {}): Promise<Be
       note: `skipped: ${TINYSTORIES} is absent`,
     });
   }
-
+  const layers = quick ? 2 : 8;
   const tmp = await Deno.makeTempDir({ prefix: "eaglet-bench-target-" });
   try {
-    const dims = {
-      hidden: 512,
-      layers: quick ? 2 : 8,
-      heads: 8,
-      kvHeads: 4,
-      intermediate: 1408,
-      vocab: 4096,
-    };
+    const dims = { hidden: 512, layers, heads: 8, kvHeads: 4, intermediate: 1408, vocab: 4096 };
     await writeRandomLlama(tmp, dims);
-    await measure(`random Llama (bf16, ${dims.heads}/${dims.kvHeads} heads)`, tmp);
-    rows.push(await benchStreamed(gpu, tmp, seqLen, reps));
+    rows.push(
+      ...await measureTarget(gpu, `random Llama (bf16, ${dims.heads}/${dims.kvHeads} heads)`, tmp, sizes),
+    );
+    rows.push(await benchStreamed(gpu, tmp, sizes.seqLen, sizes.reps));
     const moe = { experts: 64, topK: 8, expertIntermediate: 192 };
     await writeRandomLlama(tmp, { ...dims, moe });
-    await measure(`random Qwen3-MoE (bf16, E${moe.experts} top-${moe.topK} I${moe.expertIntermediate})`, tmp);
+    const label = `random Qwen3-MoE (bf16, E${moe.experts} top-${moe.topK} I${moe.expertIntermediate})`;
+    rows.push(...await measureTarget(gpu, label, tmp, sizes));
     await writeRandomLlama(tmp, { ...dims, intermediate: moe.topK * moe.expertIntermediate });
-    await measure(`random Llama, the MoE's active width (I${moe.topK * moe.expertIntermediate})`, tmp);
+    const dense = `random Llama, the MoE's active width (I${moe.topK * moe.expertIntermediate})`;
+    rows.push(...await measureTarget(gpu, dense, tmp, sizes));
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
+  // Half the depth of the others: its MXFP4 decoding makes it the dearest row on CPU adapters.
+  rows.push(...await benchGptOss(gpu, { ...GPT_OSS_BENCH, layers: quick ? 2 : GPT_OSS_BENCH.layers }, sizes));
   return rows;
+}
+
+/**
+ * The bench's GPT-OSS: gpt-oss-20b's proportions at hidden 512 (32 experts of width = hidden, top-4, head_dim
+ * 64, 8 query heads per KV head, window 128 on every other layer), its experts in MXFP4 as published.
+ */
+export const GPT_OSS_BENCH: RandomGptOssDims = {
+  hidden: 512,
+  layers: 4,
+  heads: 8,
+  kvHeads: 1,
+  headDim: 64,
+  vocab: 4096,
+  experts: 32,
+  topK: 4,
+  expertIntermediate: 512,
+  slidingWindow: 128,
+  mxfp4: true,
+};
+
+/**
+ * Rows of a random GPT-OSS of dims `d` (lib/bench/random_targets.ts) and of a dense Llama of equal active
+ * parameters: the same attention (its biases and sinks aside; head_dim must be hidden / heads, the Llama's) and
+ * an MLP as wide as the top-k experts (topK × I), so the two differ by the MoE's routing, grouping and clamped
+ * SwiGLU (and MXFP4 decoding).
+ */
+export async function benchGptOss(
+  gpu: Gpu,
+  d: RandomGptOssDims,
+  sizes: TargetBenchSizes,
+): Promise<BenchRow[]> {
+  if (d.headDim * d.heads !== d.hidden) {
+    throw new RangeError(`benchGptOss: head_dim ${d.headDim} × ${d.heads} heads must be hidden ${d.hidden}`);
+  }
+  const tmp = await Deno.makeTempDir({ prefix: "eaglet-bench-gpt-oss-" });
+  try {
+    await writeRandomGptOss(tmp, d);
+    const experts = `${d.mxfp4 ? "MXFP4" : "bf16"} experts`;
+    const label = `random GPT-OSS (${experts}, E${d.experts} top-${d.topK} I${d.expertIntermediate}, ` +
+      `${d.heads}/${d.kvHeads} heads, window ${d.slidingWindow} on every other layer)`;
+    const rows = await measureTarget(gpu, label, tmp, sizes);
+    const width = d.topK * d.expertIntermediate;
+    await writeRandomLlama(tmp, {
+      hidden: d.hidden,
+      layers: d.layers,
+      heads: d.heads,
+      kvHeads: d.kvHeads,
+      intermediate: width,
+      vocab: d.vocab,
+    });
+    rows.push(
+      ...await measureTarget(gpu, `random Llama, the GPT-OSS's active width (I${width})`, tmp, sizes),
+    );
+    return rows;
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
 }
 
 /**

@@ -14,6 +14,7 @@
  */
 import type { RopeScaling } from "../ops/rope.ts";
 import type { MoeShape } from "../ops/moe.ts";
+import { textModelOf } from "./multimodal.ts";
 
 /** RoPE frequency scaling; the type lives with the rotary op (lib/ops/rope.ts), which consumes it. */
 export type { RopeScaling } from "../ops/rope.ts";
@@ -42,6 +43,11 @@ export interface TargetConfig {
   architecture: TargetArchitecture;
   /** `model_type` as written (llama, qwen2, qwen3, mistral). */
   modelType: string;
+  /**
+   * Prepended to every weight name: "" for a text model, `language_model.` for the text model of a multimodal
+   * wrapper (Llama4ForConditionalGeneration, lib/models/multimodal.ts).
+   */
+  weightPrefix: string;
   /** Residual stream width H (`hidden_size`). */
   hiddenSize: number;
   /** SwiGLU inner width (gate/up output size). */
@@ -665,14 +671,16 @@ export function parseRopeScaling(
 }
 
 /**
- * Validates a parsed config.json. `file` names it in errors (default "config.json"). Multimodal wrappers are
- * not unwrapped: the architecture must be one of {@link SUPPORTED_ARCHITECTURES}.
+ * Validates a parsed config.json. `file` names it in errors (default "config.json"). The architecture must be
+ * one of {@link SUPPORTED_ARCHITECTURES}, or a multimodal wrapper of one (lib/models/multimodal.ts), whose
+ * `text_config` is parsed.
  */
 export function parseTargetConfig(json: unknown, file = "config.json"): TargetConfig {
   if (json === null || typeof json !== "object" || Array.isArray(json)) {
     throw new ConfigError(`${file}: not a JSON object`);
   }
-  const f = new Fields(file, json as Json);
+  const text = textModelOf(json as Json, file, SUPPORTED_ARCHITECTURES, (m) => new ConfigError(m));
+  const f = new Fields(file, text.json, text.json === json ? "" : "text_config.");
   const archs = f.obj.architectures;
   if (!Array.isArray(archs) || archs.length === 0) {
     throw new ConfigError(
@@ -757,6 +765,7 @@ export function parseTargetConfig(json: unknown, file = "config.json"): TargetCo
   return {
     architecture,
     modelType: f.str("model_type") ?? "",
+    weightPrefix: text.weightPrefix,
     hiddenSize,
     // Llama 4's dense layers are intermediate_size_mlp wide (its intermediate_size is the experts').
     intermediateSize: llama4 ? f.int("intermediate_size_mlp", 16384) : f.int("intermediate_size"),
@@ -1062,9 +1071,12 @@ export function fusedRows(name: string): { tensor: string; from: number; to: num
 }
 const LM_HEAD = "lm_head.weight";
 
-/** Per-layer names as stored by transformers (`model.layers.{i}.…`; Phi-3's fused matrices as row ranges). */
+/**
+ * Per-layer names as stored by transformers (`model.layers.{i}.…` after `cfg.weightPrefix`; Phi-3's fused
+ * matrices as row ranges).
+ */
 function layerNames(cfg: TargetConfig, i: number): LayerWeightNames {
-  const p = `model.layers.${i}`;
+  const p = `${cfg.weightPrefix}model.layers.${i}`;
   const a = `${p}.self_attn`;
   const m = cfg.llama4 ? `${p}.feed_forward` : `${p}.mlp`;
   const bias = (on: boolean, name: string) => (on ? `${name}.bias` : null);
@@ -1291,15 +1303,16 @@ function moeShapes(cfg: TargetConfig, n: MoeLayerNames | null): Array<[string, n
 
 /**
  * The weight names of `cfg` as transformers saves them: the embedding is `model.embed_tokens.weight`, and
- * lm_head is `lm_head.weight`, or the embedding when tied. Use {@link resolveWeightNames} to check them
- * against a real checkpoint.
+ * lm_head is `lm_head.weight`, or the embedding when tied (each after `cfg.weightPrefix`). Use
+ * {@link resolveWeightNames} to check them against a real checkpoint.
  */
 export function targetWeightNames(cfg: TargetConfig): TargetWeightNames {
+  const embed = cfg.weightPrefix + EMBED;
   return {
-    embed: EMBED,
+    embed,
     layers: Array.from({ length: cfg.numLayers }, (_, i) => layerNames(cfg, i)),
-    finalNorm: "model.norm.weight",
-    lmHead: cfg.tieWordEmbeddings ? EMBED : LM_HEAD,
+    finalNorm: `${cfg.weightPrefix}model.norm.weight`,
+    lmHead: cfg.tieWordEmbeddings ? embed : cfg.weightPrefix + LM_HEAD,
   };
 }
 
@@ -1316,15 +1329,19 @@ export function resolveWeightNames(
   shapeOf: (name: string) => number[],
   where = "checkpoint",
 ): TargetWeightNames {
-  let embed = EMBED;
-  let lmHead = LM_HEAD;
+  const stored = { embed: cfg.weightPrefix + EMBED, lmHead: cfg.weightPrefix + LM_HEAD };
+  let { embed, lmHead } = stored;
   if (cfg.tieWordEmbeddings) {
-    if (has(EMBED)) lmHead = EMBED;
-    else if (has(LM_HEAD)) embed = LM_HEAD;
-    else throw new ConfigError(`${where}: neither ${EMBED} nor ${LM_HEAD} is stored (tied embeddings)`);
-  } else if (!has(LM_HEAD)) {
+    if (has(stored.embed)) lmHead = stored.embed;
+    else if (has(stored.lmHead)) embed = stored.lmHead;
+    else {
+      throw new ConfigError(
+        `${where}: neither ${stored.embed} nor ${stored.lmHead} is stored (tied embeddings)`,
+      );
+    }
+  } else if (!has(lmHead)) {
     throw new ConfigError(
-      `${where}: ${LM_HEAD} is missing and config.json says tie_word_embeddings is false`,
+      `${where}: ${lmHead} is missing and config.json says tie_word_embeddings is false`,
     );
   }
   const names: TargetWeightNames = { ...targetWeightNames(cfg), embed, lmHead };

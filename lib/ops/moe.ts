@@ -9,10 +9,12 @@
  * GPT-OSS and Llama 4 differ in the routing weights, the activation and where the weight applies
  * ({@link MoeShape}). The experts run as grouped matmuls: the N·k assignments are sorted by expert on the GPU
  * (tokens in row order within an expert), each expert's rows form dense tiles, and one dispatch per projection
- * and block of experts computes their tiles (kernels/moe.ts). No readback: the schedule's size is bounded by
+ * and block of experts computes their tiles (kernels/moe.ts, and kernels/moe_matmul.ts reading four elements per
+ * load when K is a multiple of 4). No readback: the schedule's size is bounded by
  * {@link moeMaxTiles}.
  */
 import * as K from "../../kernels/moe.ts";
+import { matmulVec4 } from "../../kernels/moe_matmul.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { linear } from "./matmul.ts";
@@ -432,9 +434,12 @@ async function groupedMatmul(
   const [slots, N] = out.shape, Kdim = a.shape[1], maxTiles = s.tiles.shape[0];
   for (const b of blocks) {
     const format = formatOf(b), kn = !!b.kn, bias = !!b.bias;
-    const name = `moe.grouped_matmul.${format}${kn ? ".kn" : ""}${bias ? ".bias" : ""}`;
+    // Four elements per load where the shapes allow it (kernels/moe_matmul.ts); MXFP4 has K % 32 == 0.
+    const vec4 = Kdim % 4 === 0 && (!kn || N % 4 === 0);
+    const name = `moe.grouped_matmul.${format}${kn ? ".kn" : ""}${bias ? ".bias" : ""}${vec4 ? ".vec4" : ""}`;
+    const code = vec4 ? matmulVec4(format, kn, bias) : K.matmul(format, kn, bias);
     await p.add(
-      { name, code: K.matmul(format, kn, bias), entryPoint: "grouped_matmul" },
+      { name, code, entryPoint: "grouped_matmul" },
       [
         params(["u32", N], ["u32", Kdim], ["u32", gather ? 1 : 0], ["u32", b.first], ["u32", b.count]),
         a,

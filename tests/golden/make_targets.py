@@ -8,7 +8,9 @@ decoder layer (hidden_states[1:], before the final norm), the final post-norm hi
 for the cases in GREEDY the greedy continuation transformers' generate() gives.
 
 gpt_oss_mxfp4 is written by hand in the published GPT-OSS layout (experts' `*_blocks` and `*_scales` in MXFP4,
-quantization_config mxfp4) and loaded by transformers with Mxfp4Config(dequantize=True).
+quantization_config mxfp4) and loaded by transformers with Mxfp4Config(dequantize=True). llama4_multimodal is
+a Llama4ForConditionalGeneration (a tiny vision tower and projector) whose language model holds the llama4 case's
+stored weights: its golden is transformers' own output of the wrapper, checked here to equal llama4's.
 
 Run with the venv described in DESIGN.md (torch 2.x, transformers 5.x); name cases to write only those:
   .venv-golden/bin/python tests/golden/make_targets.py [phi3 ...]
@@ -202,7 +204,7 @@ CASES = {
 # Cases whose golden also holds transformers' greedy continuation (added with them; the older cases' files
 # predate it).
 GREEDY = {"gemma3", "gemma3_window", "mistral_window", "qwen2_window", "qwen3_moe", "qwen3_moe_unnormed", "qwen2_moe",
-          "gpt_oss", "gpt_oss_mxfp4", "llama4", "deepseek_v3", "deepseek_v3_plain"}
+          "gpt_oss", "gpt_oss_mxfp4", "llama4", "llama4_multimodal", "deepseek_v3", "deepseek_v3_plain"}
 
 
 FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
@@ -280,6 +282,36 @@ def make_gpt_oss_mxfp4(ids, mask):
     return path, reloaded, want
 
 
+def make_llama4_multimodal():
+    """llama4_multimodal: Llama4ForConditionalGeneration, as Llama 4 Scout/Maverick are published, around the llama4
+    case's language model (its stored bf16 weights copied into `language_model`) with a tiny random vision tower
+    and projector; saved by save_pretrained (weights `language_model.model.…`, `language_model.lm_head.weight`,
+    `vision_model.…`, `multi_modal_projector.…`) and reloaded in float32."""
+    import safetensors.torch
+    text_dir = os.path.join(OUT, "llama4")
+    with open(os.path.join(text_dir, "config.json")) as f:
+        text = {k: v for k, v in json.load(f).items() if k not in ("architectures", "transformers_version", "dtype")}
+    vision = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=28,
+                  patch_size=14, vision_output_dim=16, projector_input_dim=16, projector_output_dim=16)
+    config = transformers.Llama4Config(text_config=text, vision_config=vision, tie_word_embeddings=False)
+    model = transformers.Llama4ForConditionalGeneration(config)
+    stored = safetensors.torch.load_file(os.path.join(text_dir, "model.safetensors"))
+    missing, unexpected = model.language_model.load_state_dict(stored, strict=True)
+    assert not missing and not unexpected
+    path = os.path.join(OUT, "llama4_multimodal")
+    os.makedirs(path, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
+    reloaded = transformers.Llama4ForConditionalGeneration.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager"
+    )
+    return path, reloaded.eval()
+
+
+def decoder_layers(model):
+    """The decoder layers of a causal LM, or of a multimodal wrapper's language model."""
+    return getattr(model, "language_model", model).model.layers
+
+
 def write_golden(name, path, reloaded, ids, mask):
     """Runs `reloaded` (float32, eager) on the batch and writes golden.safetensors into `path`."""
     with torch.no_grad():
@@ -292,7 +324,7 @@ def write_golden(name, path, reloaded, ids, mask):
             captured[i] = output[0] if isinstance(output, tuple) else output
         return f
 
-    layers = reloaded.model.layers
+    layers = decoder_layers(reloaded)
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
     with torch.no_grad():
         reloaded(input_ids=ids, attention_mask=mask)
@@ -353,6 +385,14 @@ def main():
         diff = (got - want).abs().max().item()
         assert diff < 1e-4, f"transformers' MXFP4 dequantization differs from the values set: {diff}"
         print("gpt_oss_mxfp4 (MXFP4 experts, bf16 rest) ->", path, f"(max |Δ| vs the bf16 model {diff:.2e})")
+    if not only or "llama4_multimodal" in only:
+        path, reloaded = make_llama4_multimodal()
+        got = write_golden("llama4_multimodal", path, reloaded, ids, mask)
+        import safetensors.torch
+        want = safetensors.torch.load_file(os.path.join(OUT, "llama4", "golden.safetensors"))["logits"]
+        diff = (got - want).abs().max().item()
+        assert diff < 1e-5, f"the wrapper's logits differ from Llama4ForCausalLM's on the same weights: {diff}"
+        print("llama4_multimodal (Llama4ForConditionalGeneration) ->", path, f"(max |Δ| vs llama4 {diff:.2e})")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ const ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "phi3_partial", "ph
 // DeepSeek-V3 (multi-head latent attention with q LoRA, interleaved RoPE on its rope part, YaRN's mscale² in the
 // softmax scale; a dense first layer, then grouped sigmoid routing with the correction bias and shared expert)
 // and its plain variant (q_proj without LoRA, rotate-half RoPE, v as wide as q/k, YaRN attention factor ≠ 1,
-// unnormalised routing, two shared experts).
+// unnormalised routing, two shared experts), and Llama 4 as published (Llama4ForConditionalGeneration).
 const MOE = [
   "qwen3_moe",
   "qwen3_moe_unnormed",
@@ -41,6 +41,7 @@ const MOE = [
   "llama4",
   "deepseek_v3",
   "deepseek_v3_plain",
+  "llama4_multimodal",
 ];
 for (const arch of [...ARCHS, "gemma3_window", "mistral_window", "qwen2_window", ...MOE]) {
   Deno.test({

@@ -23,7 +23,7 @@ import {
 } from "../../lib/ops/moe.ts";
 
 type F32 = Float32Array<ArrayBuffer>;
-type Format = "f32" | "bf16" | "mxfp4";
+type Format = "f32" | "f16" | "bf16" | "mxfp4";
 
 interface Case {
   rows: number;
@@ -71,6 +71,8 @@ function expertBlocks(c: Case, w: F32, N: number, K: number, label: string, bias
   const g = gpu!, E = c.shape.experts, per = c.block ?? E;
   const values = c.format === "bf16"
     ? w.map(roundBf16)
+    : c.format === "f16"
+    ? Float32Array.from(Float16Array.from(w))
     : c.format === "mxfp4"
     ? toMxfp4(w, E * N, K).values
     : w;
@@ -201,6 +203,8 @@ const GPT_OSS = (experts: number, topK: number, I: number): MoeShape => ({
   gluLimit: 7,
 });
 
+// Where K (H for gate/up, I for down) is a multiple of 4, and N too for experts stored [K, N], the experts run
+// in kernels/moe_matmul.ts's vectorised kernel (one-row and four-row K loops), else kernels/moe.ts's scalar one.
 Deno.test({ name: "moe: grouped experts equal the CPU reference (Qwen)", ...needsGpu }, async () => {
   const cases: Case[] = [
     { rows: 13, H: 20, shape: QWEN(6, 2, 12, true), shared: null, format: "f32" },
@@ -211,6 +215,9 @@ Deno.test({ name: "moe: grouped experts equal the CPU reference (Qwen)", ...need
     { rows: 21, H: 12, shape: QWEN(5, 2, 6, true), shared: null, format: "bf16", block: 2 },
     { rows: 1, H: 33, shape: QWEN(8, 1, 5, true), shared: 11, format: "f32" },
   ];
+  if (gpu!.features.shaderF16) {
+    cases.push({ rows: 10, H: 12, shape: QWEN(4, 2, 8, true), shared: null, format: "f16" });
+  } else console.log("moe f16 experts: skipped, the device lacks shader-f16");
   for (const [i, c] of cases.entries()) await runCase(c, 100 * i);
 });
 
@@ -221,6 +228,8 @@ Deno.test({
   const cases: Case[] = [
     { rows: 11, H: 16, shape: GPT_OSS(6, 2, 12), shared: null, format: "f32" },
     { rows: 9, H: 24, shape: GPT_OSS(5, 3, 10), shared: null, format: "bf16", kn: true, block: 2 },
+    // [K, N] experts with K a multiple of 4 but N (2I = 10) not: the scalar kernel
+    { rows: 6, H: 16, shape: GPT_OSS(4, 2, 5), shared: null, format: "bf16", kn: true },
     // MXFP4 needs K = H for gate/up and K = I for down as multiples of 32
     { rows: 40, H: 32, shape: GPT_OSS(4, 2, 32), shared: null, format: "mxfp4" },
     { rows: 5, H: 64, shape: GPT_OSS(8, 4, 32), shared: null, format: "mxfp4", block: 3 },

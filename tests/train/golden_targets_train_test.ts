@@ -1,7 +1,9 @@
 /**
  * Drafts for the golden tiny targets whose layers differ most from Llama's train online end to end: Gemma 3
  * (local and global layers, (1 + w) norms, √H-scaled embedding) and the mixtures of experts (Qwen3-MoE,
- * Qwen2-MoE, GPT-OSS with MXFP4 experts, Llama 4, DeepSeek-V3 with its multi-head latent attention): the derived dense draft, aux states from their forward, a
+ * Qwen2-MoE, GPT-OSS with MXFP4 experts, Llama 4, also as the multimodal Llama4ForConditionalGeneration whose
+ * draft embedding is its `language_model.` one, DeepSeek-V3 with its multi-head latent attention): the derived
+ * dense draft, aux states from their forward, a
  * finite loss at every update, a checkpoint, and the buffer pool's peak within 10 % of the memory plan, which
  * counts the experts' weights and the sparse MLP's scratch (the forwards themselves are checked against
  * transformers in tests/models/target_test.ts).
@@ -14,7 +16,17 @@ import { trainFixture, trainSettings } from "./fixtures.ts";
 import { trainOnline } from "../../lib/train/trainer.ts";
 import { ProgressPrinter } from "../../lib/train/metrics.ts";
 
-for (const arch of ["gemma3", "qwen3_moe", "qwen2_moe", "gpt_oss_mxfp4", "llama4", "deepseek_v3"]) {
+for (
+  const arch of [
+    "gemma3",
+    "qwen3_moe",
+    "qwen2_moe",
+    "gpt_oss_mxfp4",
+    "llama4",
+    "llama4_multimodal",
+    "deepseek_v3",
+  ]
+) {
   Deno.test({
     name: `train-online with a ${arch} target: draft derived and trained; plan = peak`,
     ...needsGpu,
