@@ -25,6 +25,7 @@ import { argmax, samplingProbs } from "../models/generate.ts";
 import { TargetSession } from "./target_infer.ts";
 import { treeFromParents, type Verdict, verifyGreedy, verifySampling } from "./tree.ts";
 import {
+  checkGenerateInputs,
   drawToken,
   type ResolvedSpeculativeConfig,
   type RoundRecord,
@@ -63,14 +64,7 @@ export class DflashDecoder implements SpeculativeGenerator {
   /** Generates after `prompt` (see the module comment for one round). */
   async generate(prompt: number[], opts: SpeculativeGenerateOptions): Promise<SpeculativeOutput> {
     const V = this.target.config.vocabSize, B = this.draft.config.blockSize;
-    const temperature = opts.temperature ?? 0, topP = opts.topP ?? 1;
-    if (!(temperature >= 0 && Number.isFinite(temperature))) {
-      throw new ShapeError(`bad temperature ${temperature}`);
-    }
-    if (!(topP > 0 && topP <= 1)) throw new ShapeError(`topP must be in (0, 1], got ${topP}`);
-    if (prompt.length === 0) throw new ShapeError("speculative: empty prompt (give at least a BOS token)");
-    const bad = prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= V);
-    if (bad !== undefined) throw new ShapeError(`speculative: prompt token ${bad} outside 0..${V - 1}`);
+    const { temperature, topP } = checkGenerateInputs(prompt, V, opts);
     const eos = new Set(opts.eosTokenIds ?? this.target.config.eosTokenIds);
     const random = mulberry32(opts.seed ?? 0);
     const out: number[] = [], rounds: RoundRecord[] = [];

@@ -170,14 +170,7 @@ export class SpeculativeDecoder {
   async generate(prompt: number[], opts: SpeculativeGenerateOptions): Promise<SpeculativeOutput> {
     const { numSteps, topk, numDraftTokens: N } = this.config;
     const V = this.target.config.vocabSize;
-    const temperature = opts.temperature ?? 0, topP = opts.topP ?? 1;
-    if (!(temperature >= 0 && Number.isFinite(temperature))) {
-      throw new ShapeError(`bad temperature ${temperature}`);
-    }
-    if (!(topP > 0 && topP <= 1)) throw new ShapeError(`topP must be in (0, 1], got ${topP}`);
-    if (prompt.length === 0) throw new ShapeError("speculative: empty prompt (give at least a BOS token)");
-    const bad = prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= V);
-    if (bad !== undefined) throw new ShapeError(`speculative: prompt token ${bad} outside 0..${V - 1}`);
+    const { temperature, topP } = checkGenerateInputs(prompt, V, opts);
     const eos = new Set(opts.eosTokenIds ?? this.target.config.eosTokenIds);
     const random = mulberry32(opts.seed ?? 0);
     const { target, draft } = this.#sessions(prompt.length, opts.maxNewTokens);
@@ -287,6 +280,26 @@ function range(n: number): number[] {
 }
 
 /** Inverse-CDF draw from a normalised distribution. */
+/**
+ * Checks a generation's prompt (ids in 0..V−1, at least one) and sampling options; returns the temperature
+ * (default 0: greedy) and the nucleus mass (default 1).
+ */
+export function checkGenerateInputs(
+  prompt: number[],
+  V: number,
+  opts: SpeculativeGenerateOptions,
+): { temperature: number; topP: number } {
+  const temperature = opts.temperature ?? 0, topP = opts.topP ?? 1;
+  if (!(temperature >= 0 && Number.isFinite(temperature))) {
+    throw new ShapeError(`bad temperature ${temperature}`);
+  }
+  if (!(topP > 0 && topP <= 1)) throw new ShapeError(`topP must be in (0, 1], got ${topP}`);
+  if (prompt.length === 0) throw new ShapeError("speculative: empty prompt (give at least a BOS token)");
+  const bad = prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= V);
+  if (bad !== undefined) throw new ShapeError(`speculative: prompt token ${bad} outside 0..${V - 1}`);
+  return { temperature, topP };
+}
+
 /** The index whose cumulative probability (over the positive entries) first exceeds u. */
 export function drawToken(p: Float64Array, u: number): number {
   let acc = 0, last = 0;
