@@ -26,23 +26,35 @@ export async function writeDflashExport(
   weights: DflashWeights,
   opts: { dtype?: ExportDtype; overwrite?: boolean } = {},
 ): Promise<void> {
-  const dtype = opts.dtype ?? "bf16";
-  await writeDirAtomic(dir, async (temp) => {
-    const tensors: Array<[string, RawTensor]> = [];
-    for (const [name, shape] of dflashParamShapes(cfg)) {
-      const w = weights.get(name);
-      if (!w || w.length !== shape.reduce((a, b) => a * b, 1)) {
-        throw new ExportError(`${dir}: weight ${name} is missing or not of shape [${shape}]`);
-      }
-      tensors.push([name, fromFloat32As(w, shape, SAFETENSORS_DTYPE[dtype])]);
+  await writeDirAtomic(dir, (temp) => writeDflashExportFiles(temp, cfg, weights, opts.dtype), {
+    overwrite: opts.overwrite,
+  });
+}
+
+/**
+ * Writes config.json and model.safetensors of `weights` into the existing directory `dir` (inside an atomic
+ * directory write: a checkpoint adds its training state beside them), then reads them back.
+ */
+export async function writeDflashExportFiles(
+  dir: string,
+  cfg: DflashConfig,
+  weights: DflashWeights,
+  dtype: ExportDtype = "bf16",
+): Promise<void> {
+  const tensors: Array<[string, RawTensor]> = [];
+  for (const [name, shape] of dflashParamShapes(cfg)) {
+    const w = weights.get(name);
+    if (!w || w.length !== shape.reduce((a, b) => a * b, 1)) {
+      throw new ExportError(`${dir}: weight ${name} is missing or not of shape [${shape}]`);
     }
-    await writeSafetensors(join(temp, SAFETENSORS_SINGLE), tensors, { format: "pt" });
-    await writeJsonAtomic(join(temp, "config.json"), {
-      ...dflashConfigJson(cfg),
-      torch_dtype: TORCH_DTYPE[dtype],
-    });
-    await loadDflashExport(temp);
-  }, { overwrite: opts.overwrite });
+    tensors.push([name, fromFloat32As(w, shape, SAFETENSORS_DTYPE[dtype])]);
+  }
+  await writeSafetensors(join(dir, SAFETENSORS_SINGLE), tensors, { format: "pt" });
+  await writeJsonAtomic(join(dir, "config.json"), {
+    ...dflashConfigJson(cfg),
+    torch_dtype: TORCH_DTYPE[dtype],
+  });
+  await loadDflashExport(dir);
 }
 
 /**

@@ -221,8 +221,20 @@ async function trainingFile(dir: string, file: string): Promise<string> {
   return flat;
 }
 
-/** Reads a checkpoint directory; a missing or malformed file is named. */
+/** Reads an EAGLE-3 checkpoint directory; a missing or malformed file is named. */
 export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+  const training = await loadTrainingState(dir);
+  const mapping = await loadVocabMapping(join(dir, CHECKPOINT_FILES.model)).catch((e) => {
+    throw new CheckpointError(`${join(dir, CHECKPOINT_FILES.model)}: ${(e as Error).message}`);
+  });
+  return { ...training, mapping };
+}
+
+/**
+ * Reads what any draft type's checkpoint holds for resuming: training_state.json (version and counts
+ * checked), the master weights and the optimizer state; a missing or malformed file is named.
+ */
+export async function loadTrainingState(dir: string): Promise<Omit<LoadedCheckpoint, "mapping">> {
   const statePath = join(dir, CHECKPOINT_FILES.state);
   let state: TrainingState;
   try {
@@ -249,10 +261,7 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const weightsFile = await trainingFile(dir, CHECKPOINT_FILES.weights);
   const weights = await readAll(weightsFile);
   const optimizer = await readAll(await trainingFile(dir, CHECKPOINT_FILES.optimizer));
-  const mapping = await loadVocabMapping(join(dir, CHECKPOINT_FILES.model)).catch((e) => {
-    throw new CheckpointError(`${join(dir, CHECKPOINT_FILES.model)}: ${(e as Error).message}`);
-  });
-  return { dir, state, weights, weightsFile, optimizer, mapping };
+  return { dir, state, weights, weightsFile, optimizer };
 }
 
 /**

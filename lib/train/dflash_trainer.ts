@@ -10,8 +10,9 @@
  * block slot stay in GPU sums until a log interval. Checkpoints are DFlash directories SGLang and vLLM load
  * (lib/models/dflash_export.ts).
  *
- * Not yet for DFlash: offline training, resuming, several ranks, the memory plan (--dry-run); each is refused
- * by name.
+ * Checkpoints hold the training state beside the export (./dflash_checkpoint.ts), and `--resume` continues
+ * bit for bit. Not yet for DFlash: offline training, several ranks, the memory plan (--dry-run); each is
+ * refused by name.
  */
 import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
@@ -24,16 +25,25 @@ import { type Batch, DataLoader } from "../data/loader.ts";
 import { loadTokenizer } from "../data/tokenizer.ts";
 import { ConfigError, loadTargetConfig, type TargetConfig } from "../models/config.ts";
 import { type TargetForward, TargetModel } from "../models/target.ts";
-import { deriveDflashConfig, type DflashConfig, parseDflashConfig } from "../models/dflash_config.ts";
+import {
+  deriveDflashConfig,
+  type DflashConfig,
+  dflashConfigJson,
+  parseDflashConfig,
+} from "../models/dflash_config.ts";
+import { fileSha256 } from "../offline/format.ts";
+import type { TokenizedDataset } from "../data/tokenized.ts";
+import { jsonSha256, type RunFingerprint } from "./fingerprint.ts";
+import { CHECKPOINT_VERSION } from "./checkpoint.ts";
+import { type DflashResume, resolveDflashResume, saveDflashCheckpoint } from "./dflash_checkpoint.ts";
 import { DflashDraft } from "../models/dflash.ts";
 import { DflashStep } from "../models/dflash_step.ts";
 import { dflashBlockInputs, dflashDecayedWeights, sampleDflashAnchors } from "../models/dflash_blocks.ts";
 import { dflashBlockRow0, dflashRanges } from "../ops/dflash_attention.ts";
 import { isDpace, SLOT_SUM_COLS } from "../ops/dflash_loss.ts";
-import { writeDflashExport } from "../models/dflash_export.ts";
 import { DraftOptimizer } from "./optimizer.ts";
 import { lrAt, type LrSchedule, warmupStepsFor } from "./schedule.ts";
-import type { TrainSettings } from "./config.ts";
+import { settingsToJson, type TrainSettings } from "./config.ts";
 import { MetricsLog, type MetricsRecord, ProgressPrinter } from "./metrics.ts";
 import { renderTrainingPlot } from "./plot.ts";
 import { batchLengths } from "./sources/online.ts";
@@ -60,7 +70,6 @@ function checkDflashSettings(s: TrainSettings, worldSize: number): void {
     throw new ConfigError(`--draft-type dflash: ${what} is not supported for DFlash drafts yet`);
   };
   if (s.trainHiddenStatesPath) refuse("offline training (--train-hidden-states-path)");
-  if (s.resume || s.resumeFrom) refuse("resuming (--resume, --resume-from)");
   if (worldSize > 1) refuse("training on several ranks");
   if (s.dryRun) refuse("the memory plan (--dry-run)");
   if (s.targetMemoryBudget !== null) refuse("a streamed target (--target-memory-budget)");
@@ -139,10 +148,23 @@ async function trainLocked(
       `[${cfg.targetLayerIds}], mask token ${cfg.maskTokenId}; loss ${s.lossType}` +
       (s.lossDecayGamma !== null && !isDpace(s.lossType) ? `, decay γ ${s.lossDecayGamma}` : ""),
   );
+  const fingerprint: RunFingerprint = {
+    ...data.fingerprint,
+    target_config: await fileSha256(join(targetDir, "config.json")),
+    draft_config: jsonSha256(dflashConfigJson(cfg)),
+  };
+  const resume = await resolveDflashResume(s, cfg, fingerprint, note);
   const target = await TargetModel.load(gpu, targetDir, { auxLayers: cfg.targetLayerIds, anyAuxCount: true });
-  const run = new DflashRun(gpu, s, cfg, target, data.train, data.eval, progress);
+  const run = new DflashRun(
+    gpu,
+    s,
+    cfg,
+    target,
+    { train: data.train, eval: data.eval, fingerprint },
+    progress,
+  );
   try {
-    await run.open();
+    await run.open(resume);
     await run.train();
     return run.result();
   } finally {
@@ -189,14 +211,16 @@ class DflashRun {
   #window = { den: 0, tokens: 0, started: performance.now() };
   #started = performance.now();
   #savedAt = -1;
+  #position = { epoch: 0, step: 0 };
+  /** Seconds of training before a resume. */
+  #elapsedBefore = 0;
 
   constructor(
     readonly gpu: Gpu,
     readonly s: TrainSettings,
     readonly cfg: DflashConfig,
     readonly target: TargetModel,
-    readonly trainSet: ConstructorParameters<typeof DataLoader>[0],
-    readonly evalSet: ConstructorParameters<typeof DataLoader>[0] | null,
+    readonly data: { train: TokenizedDataset; eval: TokenizedDataset | null; fingerprint: RunFingerprint },
     readonly progress: ProgressPrinter,
   ) {
     if (target.lmHead.blocks.length !== 1) {
@@ -207,10 +231,10 @@ class DflashRun {
     }
     this.lmHead = target.lmHead.blocks[0].tensor;
     this.draft = DflashDraft.create(gpu, cfg, { seed: s.seed });
-    this.loader = new DataLoader(trainSet, { batchSize: s.batchSize, shuffle: true, seed: s.seed });
+    this.loader = new DataLoader(data.train, { batchSize: s.batchSize, shuffle: true, seed: s.seed });
     if (this.loader.stepsPerEpoch === 0) {
       throw new ConfigError(
-        `${s.trainDataPath}: ${trainSet.length} samples make no full batch of ${s.batchSize}`,
+        `${s.trainDataPath}: ${data.train.length} samples make no full batch of ${s.batchSize}`,
       );
     }
     const total = s.totalSteps ??
@@ -223,8 +247,9 @@ class DflashRun {
     this.limit = Math.min(total, s.maxNumSteps ?? Infinity);
   }
 
-  async open(): Promise<void> {
-    if (this.s.initHeadFromTarget) {
+  /** The optimizer, the metrics log, and the weights: from `resume`, else initialised. */
+  async open(resume: DflashResume | null): Promise<void> {
+    if (!resume && this.s.initHeadFromTarget) {
       // The draft's logits come from the target's lm_head: start its final norm where the target's is (as
       // the target's forward applies it), so that its first logits have the target's scale.
       const weights = await this.draft.getWeights();
@@ -236,7 +261,24 @@ class DflashRun {
       maxGradNorm: this.s.maxGradNorm,
       muon: muonOf(this.s),
     });
-    this.log = await MetricsLog.open(join(this.s.outputDir, "metrics.jsonl"), null, {});
+    if (resume) {
+      const { state, dir } = resume.checkpoint;
+      this.draft.setWeights(resume.weights);
+      this.optimizer.loadState(resume.checkpoint.optimizer, state.globalStep, dir);
+      this.update = state.globalStep;
+      this.microBatches = state.microSteps;
+      this.#position = { ...state.position };
+      this.epoch = state.position.epoch;
+      this.#elapsedBefore = state.elapsed;
+      this.#savedAt = this.update;
+      this.checkpoint = dir;
+      this.progress.note(`resumed from ${dir}: update ${this.update}, epoch ${state.position.epoch}`);
+    }
+    this.log = await MetricsLog.open(
+      join(this.s.outputDir, "metrics.jsonl"),
+      resume ? this.update : null,
+      {},
+    );
   }
 
   result(): DflashTrainResult {
@@ -328,11 +370,10 @@ class DflashRun {
   async train(): Promise<void> {
     const s = this.s, window: Prepared[] = [];
     this.optimizer.zeroGrads();
-    let position = { epoch: 0, step: 0 };
-    while (position.epoch < s.numEpochs && this.update < this.limit) {
-      for (const b of this.loader.batches(position.epoch, position.step)) {
-        this.epoch = position.epoch;
-        position = this.loader.next(position);
+    while (this.#position.epoch < s.numEpochs && this.update < this.limit) {
+      for (const b of this.loader.batches(this.#position.epoch, this.#position.step)) {
+        this.epoch = this.#position.epoch;
+        this.#position = this.loader.next(this.#position);
         const rand = mulberry32((s.seed * 0x9e3779b1 + this.microBatches++) >>> 0);
         const m = this.#prepare(b, rand);
         if (m === null) {
@@ -386,7 +427,7 @@ class DflashRun {
       ...slotRecord("train", sums, this.#window.den, this.cfg.blockSize),
       step: this.update,
       epoch: this.epoch,
-      elapsed: (performance.now() - this.#started) / 1000,
+      elapsed: this.#elapsed(),
       lr,
       gradNorm: await this.optimizer.lastGradNorm(),
       tokensPerSec: this.#window.tokens / seconds,
@@ -412,8 +453,8 @@ class DflashRun {
 
   /** The loss and per-slot accuracies over the evaluation set (anchors from a fixed stream: comparable). */
   async #evaluate(): Promise<void> {
-    if (!this.evalSet) return;
-    const loader = new DataLoader(this.evalSet, { batchSize: this.s.batchSize, shuffle: false, seed: 0 });
+    if (!this.data.eval) return;
+    const loader = new DataLoader(this.data.eval, { batchSize: this.s.batchSize, shuffle: false, seed: 0 });
     const rand = mulberry32(this.s.seed ^ 0x5bd1e995);
     let den = 0, n = 0;
     for (const b of loader.batches(0)) {
@@ -429,7 +470,7 @@ class DflashRun {
       ...slotRecord("eval", await this.#takeSums("eval"), den, this.cfg.blockSize),
       step: this.update,
       epoch: this.epoch,
-      elapsed: (performance.now() - this.#started) / 1000,
+      elapsed: this.#elapsed(),
     };
     this.lastEval = record;
     await this.log.append(record);
@@ -439,12 +480,32 @@ class DflashRun {
     );
   }
 
+  /** Seconds of training, those before a resume included. */
+  #elapsed(): number {
+    return this.#elapsedBefore + (performance.now() - this.#started) / 1000;
+  }
+
   async #save(): Promise<void> {
     const dir = join(this.s.outputDir, `epoch_${this.epoch}_step_${this.update}`);
-    await writeDflashExport(dir, this.cfg, await this.draft.getWeights(), {
-      dtype: this.s.exportDtype,
-      overwrite: true,
+    await saveDflashCheckpoint(dir, {
+      config: this.cfg,
+      weights: await this.draft.getWeights(),
+      optimizer: await this.optimizer.stateTensors(),
+      exportDtype: this.s.exportDtype,
+      state: {
+        version: CHECKPOINT_VERSION,
+        globalStep: this.update,
+        microSteps: this.microBatches,
+        position: this.#position,
+        totalSteps: this.schedule.totalSteps,
+        warmupSteps: this.schedule.warmupSteps,
+        rng: { seed: this.s.seed },
+        settings: settingsToJson(this.s),
+        fingerprint: this.data.fingerprint,
+        elapsed: this.#elapsed(),
+      },
     });
+    this.progress.note(`saved ${dir}`);
     this.checkpoint = dir;
     this.#savedAt = this.update;
   }

@@ -48,6 +48,16 @@ export const RESUME_CONTRACT = [
   "embedding_key",
   "is_preformatted",
   "train_only_last_turn",
+  "draft_type",
+  "block_size",
+  "num_draft_layers",
+  "target_layer_ids",
+  "mask_token_id",
+  "sliding_window",
+  "num_anchors",
+  "loss_type",
+  "loss_decay_gamma",
+  "dpace_alpha",
 ] as const;
 
 /**
@@ -56,6 +66,12 @@ export const RESUME_CONTRACT = [
  */
 const BEFORE_THE_SETTING: Readonly<Record<string, unknown>> = {
   ttt_loss_decay: 0.8,
+  draft_type: "eagle3",
+  block_size: 16,
+  num_draft_layers: 1,
+  num_anchors: 512,
+  loss_type: "dflash",
+  dpace_alpha: 0.5,
   optimizer: "adamw",
   muon_momentum: 0.95,
   muon_weight_decay: 0.1,

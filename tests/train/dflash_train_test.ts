@@ -1,8 +1,8 @@
 /**
  * DFlash end to end on the train tests' tiny random Llama target: train-online --draft-type dflash trains
  * (the loss falls), writes DFlash directories in SGLang's and vLLM's layout, and `eval` decodes with the draft
- * exactly as the target alone (greedy) and completes a sampled run; what DFlash does not support yet is
- * refused by name.
+ * exactly as the target alone (greedy) and completes a sampled run; a resumed run equals the straight one bit
+ * for bit and a changed setting is refused; what DFlash does not support yet is refused by name.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -13,6 +13,8 @@ import { ProgressPrinter } from "../../lib/train/metrics.ts";
 import { loadDflashExport } from "../../lib/models/dflash_export.ts";
 import { evaluateDraft } from "../../lib/eval/evaluate.ts";
 import { evalSettings } from "../../lib/eval/settings.ts";
+import { CHECKPOINT_FILES } from "../../lib/train/checkpoint.ts";
+import type { TrainSettingsInput } from "../../lib/train/config.ts";
 
 const quiet = () => new ProgressPrinter(() => {}, false);
 
@@ -85,7 +87,6 @@ Deno.test({
     const hub = { cacheDir: join(root, "hub"), offline: true };
     for (
       const [extra, re] of [
-        [{ resume: true }, /--draft-type dflash: resuming/],
         [{ trainHiddenStatesPath: join(root, "x") }, /--draft-type dflash: offline training/],
         [{ dryRun: true }, /--draft-type dflash: the memory plan/],
       ] as const
@@ -97,3 +98,40 @@ Deno.test({
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test(
+  { name: "train-online --draft-type dflash: --resume continues bit for bit", ...needsGpu },
+  async () => {
+    const root = await trainFixture();
+    try {
+      const hub = { cacheDir: join(root, "hub"), offline: true };
+      const run = async (out: string, extra: Partial<TrainSettingsInput>) =>
+        await trainDflashOnline(gpu!, {
+          settings: await trainSettings(root, out, {
+            draftType: "dflash",
+            blockSize: 4,
+            numAnchors: 5,
+            numEpochs: 4,
+            optimizer: "muon",
+            ...extra,
+          }),
+          hub,
+          progress: quiet(),
+        });
+      const straight = await run("straight", {});
+      await run("resumed", { maxNumSteps: 6 });
+      const resumed = await run("resumed", { resume: true });
+      assert.equal(resumed.updates, straight.updates);
+      assert.equal(resumed.checkpoint!.split("/").at(-1), straight.checkpoint!.split("/").at(-1));
+      for (const f of [CHECKPOINT_FILES.weights, CHECKPOINT_FILES.optimizer, CHECKPOINT_FILES.model]) {
+        const x = await Deno.readFile(join(straight.checkpoint!, f));
+        const y = await Deno.readFile(join(resumed.checkpoint!, f));
+        assert.ok(x.length === y.length && x.every((v, i) => v === y[i]), `${f} identical`);
+      }
+      await assert.rejects(() => run("resumed", { resume: true, numAnchors: 3 }), /num_anchors \(5 → 3\)/);
+      await assert.rejects(() => run("resumed", { resume: true, blockSize: 5 }), /config differs/);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
