@@ -38,7 +38,12 @@ import { CHECKPOINT_VERSION } from "./checkpoint.ts";
 import { type DflashResume, resolveDflashResume, saveDflashCheckpoint } from "./dflash_checkpoint.ts";
 import { DflashDraft } from "../models/dflash.ts";
 import { DflashStep } from "../models/dflash_step.ts";
-import { dflashBlockInputs, dflashDecayedWeights, sampleDflashAnchors } from "../models/dflash_blocks.ts";
+import {
+  type DflashBlockInputs,
+  dflashBlockInputs,
+  dflashDecayedWeights,
+  sampleDflashAnchors,
+} from "../models/dflash_blocks.ts";
 import { dflashBlockRow0, dflashRanges } from "../ops/dflash_attention.ts";
 import { isDpace, SLOT_SUM_COLS } from "../ops/dflash_loss.ts";
 import { DraftOptimizer } from "./optimizer.ts";
@@ -49,6 +54,7 @@ import { renderTrainingPlot } from "./plot.ts";
 import { batchLengths } from "./sources/online.ts";
 import { tokenizeData } from "./setup.ts";
 import { muonOf, type TrainOptions } from "./trainer.ts";
+import { TrainingDivergedError } from "./divergence.ts";
 
 /** What a DFlash run did. */
 export interface DflashTrainResult {
@@ -184,7 +190,7 @@ interface Shape {
 interface Prepared {
   batch: Batch;
   lengths: number[];
-  inputs: ReturnType<typeof dflashBlockInputs>;
+  inputs: DflashBlockInputs;
   omega: Float32Array<ArrayBuffer>;
   full: Uint32Array<ArrayBuffer>;
   sliding: Uint32Array<ArrayBuffer>;
@@ -433,7 +439,7 @@ class DflashRun {
       tokensPerSec: this.#window.tokens / seconds,
     };
     if (!Number.isFinite(record.loss) || !Number.isFinite(record.gradNorm!)) {
-      throw new ConfigError(`DFlash training diverged at update ${this.update} (loss ${record.loss})`);
+      this.#diverged(`the loss is ${record.loss} and the gradient norm ${record.gradNorm}`, "at its log");
     }
     this.#window = { den: 0, tokens: 0, started: performance.now() };
     this.lastTrain = record;
@@ -485,7 +491,26 @@ class DflashRun {
     return this.#elapsedBefore + (performance.now() - this.#started) / 1000;
   }
 
+  /** Throws {@link TrainingDivergedError} naming the last good checkpoint. */
+  #diverged(what: string, when: string): never {
+    throw new TrainingDivergedError(
+      `${what} by update ${this.update} (${when}); stopping. ` +
+        (this.checkpoint ? `The last good checkpoint is ${this.checkpoint}.` : "No checkpoint was written."),
+    );
+  }
+
+  /** Before a save: the training sums since the last log and the last gradient norm are finite (one sync each). */
+  async #checkFinite(): Promise<void> {
+    for (const sh of this.#shapes.values()) {
+      const sums = await sh.train.sums.readFloat();
+      if (!sums.every(Number.isFinite)) this.#diverged("the loss is NaN or infinite", "before saving");
+    }
+    const norm = await this.optimizer.lastGradNorm();
+    if (!Number.isFinite(norm)) this.#diverged(`the gradient norm is ${norm}`, "before saving");
+  }
+
   async #save(): Promise<void> {
+    await this.#checkFinite();
     const dir = join(this.s.outputDir, `epoch_${this.epoch}_step_${this.update}`);
     await saveDflashCheckpoint(dir, {
       config: this.cfg,

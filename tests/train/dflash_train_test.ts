@@ -135,3 +135,32 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  { name: "train-online --draft-type dflash: a diverging run stops before saving", ...needsGpu },
+  async () => {
+    const root = await trainFixture();
+    try {
+      const settings = await trainSettings(root, "diverged", {
+        draftType: "dflash",
+        blockSize: 4,
+        numAnchors: 6,
+        learningRate: 1e30,
+        optimizer: "adamw",
+      });
+      await assert.rejects(
+        () =>
+          trainDflashOnline(gpu!, {
+            settings,
+            hub: { cacheDir: join(root, "hub"), offline: true },
+            progress: quiet(),
+          }),
+        /TrainingDivergedError|NaN.*No checkpoint was written/,
+      );
+      const saved = [...Deno.readDirSync(join(root, "diverged"))].filter((e) => e.name.startsWith("epoch_"));
+      assert.deepEqual(saved, []);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
