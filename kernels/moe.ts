@@ -252,6 +252,30 @@ fn load_w(e: u32) -> f32 {
 }
 
 /**
+ * The head of both grouped-matmul entry points (this file's `matmul` and kernels/moe_matmul.ts `matmulVec4`):
+ * returns for tiles past the schedule, of experts outside the dispatch's block, or whose 4 rows this invocation
+ * would not reach; else defines `tile`, `K`, `arow[i]` (the first element of slot i's A row, gathered through
+ * `sortedRow` when p.gather), `valid[i]` and `col0` (the invocation's first output column).
+ */
+export const MOE_TILE_SLOTS = /* wgsl */ `
+  let tile = tiles[wg.y];
+  // Tiles past the schedule (MOE_NO_TILE) or of experts outside this dispatch's block.
+  if (tile.x < p.first || tile.x >= p.first + p.count) { return; }
+  // An invocation whose 4 rows are past the tile's (a decoded token's expert holds one slot of 32) does nothing.
+  if (tile.y + li.y * 4u >= tile.z) { return; }
+  let K = p.kdim;
+  var arow: array<u32, 4>;
+  var valid: array<bool, 4>;
+  for (var i = 0u; i < 4u; i++) {
+    let s = tile.y + li.y * 4u + i;
+    valid[i] = s < tile.z;
+    let sc = min(s, tile.z - 1u);
+    arow[i] = select(sc, sortedRow[sc], p.gather != 0u) * K;
+  }
+  let col0 = wg.x * ${MOE_TILE_COLS}u + li.x * 4u;
+`;
+
+/**
  * The grouped matmul for expert weights stored as `t`, over the tiles of experts [first, first + count) whose
  * weights `w` holds ([count, N, K], or with `kn` [count, K, N]), plus each expert's bias [count, N] with
  * `bias`. Grid: [⌈N / 32⌉, maxTiles, 1]. Bindings: params (n, kdim, gather, first, count), a f32 ([tokens, K]
@@ -271,22 +295,7 @@ ${bias ? "@group(0) @binding(7) var<storage, read> bias: array<f32>;" : ""}
 
 @compute @workgroup_size(8, 8)
 fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
-  let tile = tiles[wg.y];
-  // Tiles past the schedule (MOE_NO_TILE) or of experts outside this dispatch's block.
-  if (tile.x < p.first || tile.x >= p.first + p.count) { return; }
-  // An invocation whose 4 rows are past the tile's (a decoded token's expert holds one slot of 32) does nothing.
-  if (tile.y + li.y * 4u >= tile.z) { return; }
-  let K = p.kdim;
-  var arow: array<u32, 4>;
-  var valid: array<bool, 4>;
-  for (var i = 0u; i < 4u; i++) {
-    let s = tile.y + li.y * 4u + i;
-    valid[i] = s < tile.z;
-    let sc = min(s, tile.z - 1u);
-    arow[i] = select(sc, sortedRow[sc], p.gather != 0u) * K;
-  }
-  let col0 = wg.x * ${MOE_TILE_COLS}u + li.x * 4u;
-  // Element (n, kk) of this expert's weights: wrow[j] + kk·step.
+${MOE_TILE_SLOTS}  // Element (n, kk) of this expert's weights: wrow[j] + kk·step.
   let e_local = tile.x - p.first;
   var wrow: array<u32, 4>;
   for (var j = 0u; j < 4u; j++) {

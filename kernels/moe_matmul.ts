@@ -9,7 +9,7 @@
  * alone rather than four copies of it. Needs K % 4 == 0 (MXFP4: K % 32 == 0) and, with `kn`, N % 4 == 0;
  * lib/ops/moe.ts falls back to the scalar kernel otherwise.
  */
-import { MOE_TILE_COLS } from "./moe.ts";
+import { MOE_TILE_COLS, MOE_TILE_SLOTS } from "./moe.ts";
 import type { ExpertFormat } from "./moe.ts";
 
 /** WGSL: `load_w4(e)`, elements e..e+3 (e % 4 == 0) of the expert weights `w`, widened to f32. */
@@ -129,20 +129,7 @@ ${bias ? "@group(0) @binding(7) var<storage, read> bias: array<f32>;" : ""}
 
 @compute @workgroup_size(8, 8)
 fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
-  let tile = tiles[wg.y];
-  if (tile.x < p.first || tile.x >= p.first + p.count) { return; }
-  if (tile.y + li.y * 4u >= tile.z) { return; }
-  let K = p.kdim;
-  var arow: array<u32, 4>;
-  var valid: array<bool, 4>;
-  for (var i = 0u; i < 4u; i++) {
-    let s = tile.y + li.y * 4u + i;
-    valid[i] = s < tile.z;
-    let sc = min(s, tile.z - 1u);
-    arow[i] = select(sc, sortedRow[sc], p.gather != 0u) * K;
-  }
-  let col0 = wg.x * ${MOE_TILE_COLS}u + li.x * 4u;
-  let e_local = tile.x - p.first;
+${MOE_TILE_SLOTS}  let e_local = tile.x - p.first;
   var wrow: array<u32, 4>;
   for (var j = 0u; j < 4u; j++) { wrow[j] = (e_local * p.n + min(col0 + j, p.n - 1u)) * K; }
   var acc: array<vec4<f32>, 4>;
