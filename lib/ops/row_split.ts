@@ -40,16 +40,30 @@ export async function embeddingRows(
   ids: Tensor,
   out: Tensor,
 ): Promise<void> {
-  if (table.blocks.length === 1) {
-    await embeddingForward(p, ids, table.blocks[0].tensor, out);
-    return;
-  }
-  const shifted = p.transient("embedding block ids", ids.shape, "i32");
-  const part = p.transient("embedding block rows", out.shape, "f32");
+  const lookup = (ids: Tensor, block: Tensor, rows: Tensor) => embeddingForward(p, ids, block, rows);
+  await gatherByBlocks(p, table, ids, out, ["embedding block ids", "embedding block rows"], lookup);
+}
+
+/**
+ * out[r] = m[ids[r]] row by row through `gather` (one tensor's row gather, zero rows for ids outside it): on the
+ * one tensor, or per block with the ids shifted by its first row, summed (the other blocks' rows read zero);
+ * the shifted ids and each block's rows are transients of the kinds `kinds`.
+ */
+async function gatherByBlocks(
+  p: Program,
+  m: RowSplitMatrix,
+  ids: Tensor,
+  out: Tensor,
+  kinds: [ids: string, rows: string],
+  gather: (ids: Tensor, block: Tensor, rows: Tensor) => Promise<void>,
+): Promise<void> {
+  if (m.blocks.length === 1) return await gather(ids, m.blocks[0].tensor, out);
+  const shifted = p.transient(kinds[0], ids.shape, "i32");
+  const part = p.transient(kinds[1], out.shape, "f32");
   await fill(p, out, 0);
-  for (const { row0, tensor } of table.blocks) {
+  for (const { row0, tensor } of m.blocks) {
     await shiftIds(p, ids, shifted, -row0);
-    await embeddingForward(p, shifted, tensor, part);
+    await gather(shifted, tensor, part);
     await accumulate(p, out, part);
   }
 }
@@ -91,15 +105,8 @@ export async function gatherRowBlocks(
   index: Tensor,
   dst: Tensor,
 ): Promise<void> {
-  if (m.blocks.length === 1) return await gatherRows(p, m.blocks[0].tensor, index, dst);
-  const shifted = p.transient("row block index", index.shape, "i32");
-  const part = p.transient("row block rows", dst.shape, "f32");
-  await fill(p, dst, 0);
-  for (const { row0, tensor } of m.blocks) {
-    await shiftIds(p, index, shifted, -row0);
-    await gatherRows(p, tensor, shifted, part);
-    await accumulate(p, dst, part);
-  }
+  const gather = (ids: Tensor, block: Tensor, rows: Tensor) => gatherRows(p, block, ids, rows);
+  await gatherByBlocks(p, m, index, dst, ["row block index", "row block rows"], gather);
 }
 
 /**
