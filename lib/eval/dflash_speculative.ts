@@ -23,7 +23,7 @@ import { dflashRanges } from "../ops/dflash_attention.ts";
 import { ropeTable } from "../ops/rope.ts";
 import { argmax, samplingProbs } from "../models/generate.ts";
 import { TargetSession } from "./target_infer.ts";
-import { treeFromParents, type Verdict, verifyGreedy, verifySampling } from "./tree.ts";
+import { treeFromParents } from "./tree.ts";
 import {
   checkGenerateInputs,
   drawToken,
@@ -32,6 +32,7 @@ import {
   type SpeculativeGenerateOptions,
   type SpeculativeGenerator,
   type SpeculativeOutput,
+  verdictOf,
 } from "./speculative.ts";
 
 /** Sessions are sized in multiples of this many positions, so that similar prompts share them. */
@@ -43,6 +44,8 @@ export class DflashDecoder implements SpeculativeGenerator {
   readonly config: ResolvedSpeculativeConfig;
   #session: TargetSession | null = null;
   #step: DflashStep | null = null;
+  /** RoPE cos/sin of every block position the session reaches (its length + B), made with the step. */
+  #rope: { cos: Float32Array; sin: Float32Array } | null = null;
 
   /** `target` must capture the draft's `target_layer_ids` (TargetModel.load's auxLayers). */
   constructor(readonly target: TargetModel, readonly draft: DflashDraft) {
@@ -84,13 +87,7 @@ export class DflashDecoder implements SpeculativeGenerator {
       const drafts = await this.#draftBlock(step, last, start);
       const tree = treeFromParents([last, ...drafts], Array.from({ length: B }, (_, i) => i - 1));
       const logits = await session.verify(tree, start);
-      let verdict: Verdict;
-      if (temperature === 0) {
-        verdict = verifyGreedy(tree, tree.tokens.map((_, n) => argmax(logits.subarray(n * V, (n + 1) * V))));
-      } else {
-        const at = (n: number) => samplingProbs(logits.subarray(n * V, (n + 1) * V), temperature, topP);
-        verdict = verifySampling(tree, at, random);
-      }
+      const verdict = verdictOf(tree, logits, V, { temperature, topP }, random);
       const emitted: number[] = [];
       for (const t of [...verdict.accepted, verdict.bonus]) {
         if (done()) break;
@@ -128,13 +125,14 @@ export class DflashDecoder implements SpeculativeGenerator {
       anchors: Int32Array.of(start),
       keep: Uint8Array.of(1),
     };
-    const table = ropeTable(cfg, cfg.headDim, S + B);
-    const inp = step.inputs;
+    const table = this.#rope!, inp = step.inputs;
     inp.noiseIds.write(Int32Array.from({ length: B }, (_, k) => k === 0 ? anchor : cfg.maskTokenId));
     inp.cos.write(table.cos.slice(start * half, (start + B) * half));
     inp.sin.write(table.sin.slice(start * half, (start + B) * half));
     inp.fullRanges.write(dflashRanges(blocks, S, null, step.dims.blockRow0).table);
-    inp.slidingRanges.write(dflashRanges(blocks, S, cfg.slidingWindow ?? 1, step.dims.blockRow0).table);
+    if (cfg.slidingWindow !== null) {
+      inp.slidingRanges.write(dflashRanges(blocks, S, cfg.slidingWindow, step.dims.blockRow0).table);
+    }
     step.run();
     const logits = await step.logits.readFloat(), V = cfg.vocabSize;
     return Array.from({ length: B - 1 }, (_, k) => argmax(logits.subarray((k + 1) * V, (k + 2) * V)));
@@ -166,6 +164,7 @@ export class DflashDecoder implements SpeculativeGenerator {
       embedding: this.target.embed,
       lmHead: this.target.lmHead.blocks[0].tensor,
     }, false);
+    this.#rope = ropeTable(this.draft.config, this.draft.config.headDim, maxLen + B);
     this.#step.inputs.features.write(new Float32Array(this.#step.inputs.features.size)); // rows not yet seen: 0
     return { session: this.#session, step: this.#step };
   }

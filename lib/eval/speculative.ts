@@ -26,7 +26,14 @@ import type { Eagle3Draft } from "../models/eagle3.ts";
 import { argmax, Generator, samplingProbs } from "../models/generate.ts";
 import { DraftSession } from "./draft_infer.ts";
 import { TargetSession } from "./target_infer.ts";
-import { DraftTree, topkSoftmax, type Verdict, verifyGreedy, verifySampling } from "./tree.ts";
+import {
+  DraftTree,
+  topkSoftmax,
+  type Verdict,
+  verifyGreedy,
+  verifySampling,
+  type VerifyTree,
+} from "./tree.ts";
 
 /** How to speculate (SGLang's --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens). */
 export interface SpeculativeConfig {
@@ -216,18 +223,7 @@ export class SpeculativeDecoder {
       // 2. Verify.
       const logits = await target.verify(vt, prefix);
       // 3. Accept.
-      let verdict: Verdict;
-      if (temperature === 0) {
-        verdict = verifyGreedy(vt, vt.tokens.map((_, n) => argmax(logits.subarray(n * V, (n + 1) * V))));
-      } else {
-        const probs = new Map<number, Float64Array>();
-        const at = (n: number) => {
-          let p = probs.get(n);
-          if (!p) probs.set(n, p = samplingProbs(logits.subarray(n * V, (n + 1) * V), temperature, topP));
-          return p;
-        };
-        verdict = verifySampling(vt, at, random);
-      }
+      const verdict = verdictOf(vt, logits, V, { temperature, topP }, random);
       const emitted: number[] = [];
       for (const t of [...verdict.accepted, verdict.bonus]) {
         if (done()) break;
@@ -298,6 +294,29 @@ export function checkGenerateInputs(
   const bad = prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= V);
   if (bad !== undefined) throw new ShapeError(`speculative: prompt token ${bad} outside 0..${V - 1}`);
   return { temperature, topP };
+}
+
+/**
+ * What the target's logits [N·V] over the nodes of `tree` accept: greedily at temperature 0, else by lossless
+ * tree rejection sampling with `random` (each node's sampling distribution computed once).
+ */
+export function verdictOf(
+  tree: VerifyTree,
+  logits: Float32Array,
+  V: number,
+  { temperature, topP }: { temperature: number; topP: number },
+  random: () => number,
+): Verdict {
+  if (temperature === 0) {
+    return verifyGreedy(tree, tree.tokens.map((_, n) => argmax(logits.subarray(n * V, (n + 1) * V))));
+  }
+  const probs = new Map<number, Float64Array>();
+  const at = (n: number) => {
+    let p = probs.get(n);
+    if (!p) probs.set(n, p = samplingProbs(logits.subarray(n * V, (n + 1) * V), temperature, topP));
+    return p;
+  };
+  return verifySampling(tree, at, random);
 }
 
 /** The index whose cumulative probability (over the positive entries) first exceeds u. */

@@ -193,7 +193,8 @@ interface Prepared {
   inputs: DflashBlockInputs;
   omega: Float32Array<ArrayBuffer>;
   full: Uint32Array<ArrayBuffer>;
-  sliding: Uint32Array<ArrayBuffer>;
+  /** The sliding layers' ranges; null when every layer is full. */
+  sliding: Uint32Array<ArrayBuffer> | null;
   /** The loss denominator: Σ ω (`dflash`) or the samples (D-PACE). */
   den: number;
 }
@@ -349,7 +350,7 @@ class DflashRun {
       inputs,
       omega,
       full: dflashRanges(blocks, S, null, R0).table,
-      sliding: dflashRanges(blocks, S, cfg.slidingWindow ?? 1, R0).table,
+      sliding: cfg.slidingWindow === null ? null : dflashRanges(blocks, S, cfg.slidingWindow, R0).table,
       den,
     };
   }
@@ -366,7 +367,7 @@ class DflashRun {
     inp.cos.write(m.inputs.cos);
     inp.sin.write(m.inputs.sin);
     inp.fullRanges.write(m.full);
-    inp.slidingRanges.write(m.sliding);
+    if (m.sliding) inp.slidingRanges.write(m.sliding);
     forward.run(m.batch.inputIds as Int32Array<ArrayBuffer>, m.lengths);
     step.run();
     return step;
