@@ -311,20 +311,7 @@ async function evaluateLocked(gpu: Gpu, s: EvalSettings, ctx: EvalContext): Prom
     });
     const result = world.size === 1 ? local : gatherResults(world, mine, local, !s.noSpeed);
     draft.destroy();
-    const summary = evalSummary(result, {
-      target_model_path: targetDir,
-      draft_model_path: draftPath,
-      data_path: s.dataPath,
-      device: gpu.info.description || gpu.info.vendor || "WebGPU",
-    });
-    if (world.rank !== 0) return { summary, files: null };
-    const files = await writeEvalReport(
-      s.outputDir,
-      result,
-      summary,
-      tokenizer ? (ids) => tokenizer.decode(ids) : undefined,
-    );
-    return { summary, files };
+    return await report(gpu, s, { result, targetDir, tokenizer, write: world.rank === 0 });
   } finally {
     target.destroy();
   }
@@ -382,22 +369,33 @@ async function evaluateDflash(
           }/${d.prompts.length}: ${r.output.tokens.length} tokens in ${r.output.rounds.length} rounds`,
         ),
     });
-    const summary = evalSummary(result, {
-      target_model_path: d.targetDir,
-      draft_model_path: s.draftModelPath,
-      data_path: s.dataPath,
-      device: gpu.info.description || gpu.info.vendor || "WebGPU",
-    });
-    const tok = d.tokenizer;
-    const files = await writeEvalReport(
-      s.outputDir,
-      result,
-      summary,
-      tok ? (ids) => tok.decode(ids) : undefined,
-    );
-    return { summary, files };
+    const write = (ctx.world?.rank ?? 0) === 0; // every rank decodes every prompt; rank 0 alone writes
+    return await report(gpu, s, { result, targetDir: d.targetDir, tokenizer: d.tokenizer, write });
   } finally {
     draft.destroy();
     target.destroy();
   }
+}
+
+/** eval.json's summary of `result`, and (when `write`: rank 0) the report files in --output-dir. */
+async function report(
+  gpu: Gpu,
+  s: EvalSettings,
+  r: { result: SpeculativeEvalResult; targetDir: string; tokenizer: ChatTokenizer | null; write: boolean },
+): Promise<EvaluatedDraft> {
+  const summary = evalSummary(r.result, {
+    target_model_path: r.targetDir,
+    draft_model_path: s.draftModelPath,
+    data_path: s.dataPath,
+    device: gpu.info.description || gpu.info.vendor || "WebGPU",
+  });
+  if (!r.write) return { summary, files: null };
+  const tok = r.tokenizer;
+  const files = await writeEvalReport(
+    s.outputDir,
+    r.result,
+    summary,
+    tok ? (ids) => tok.decode(ids) : undefined,
+  );
+  return { summary, files };
 }
