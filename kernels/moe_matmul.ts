@@ -9,7 +9,7 @@
  * alone rather than four copies of it. Needs K % 4 == 0 (MXFP4: K % 32 == 0) and, with `kn`, N % 4 == 0;
  * lib/ops/moe.ts falls back to the scalar kernel otherwise.
  */
-import { MOE_TILE_COLS, MOE_TILE_SLOTS } from "./moe.ts";
+import { MOE_TILE_SLOTS } from "./moe.ts";
 import type { ExpertFormat } from "./moe.ts";
 
 /** WGSL: `load_w4(e)`, elements e..e+3 (e % 4 == 0) of the expert weights `w`, widened to f32. */
