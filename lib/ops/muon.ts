@@ -12,14 +12,21 @@
  * 0.2·√max(rows, cols) ("match_rms_adamw", Liu et al. 2025 "Muon is scalable", which gives the update
  * AdamW's RMS) or √max(1, rows/cols) (torch's "original"). torch runs the iteration in the matrix's dtype;
  * here it is f32.
+ *
+ * A matrix over one storage binding (an 8B draft's fc [4096, 12288] f32 is 192 MiB; lavapipe binds 128 MiB)
+ * runs in row blocks X_i that each bind (lib/ops/blocks.ts `rowBlocks`): the element-wise parts block by
+ * block (bit for bit), a tall matrix's A = Σ_i X_iᵀX_i and X_i ← a·X_i + X_i·P per block, a wide one's
+ * A_ij = X_i X_jᵀ and X_i ← a·X_i + Σ_j P_ij·X_j through a [block, block] tile. Only A and P, [s, s], must
+ * bind.
  */
 import * as K from "../../kernels/muon.ts";
 import { params, type Program } from "../gpu/program.ts";
-import { ShapeError } from "../gpu/errors.ts";
+import { LimitError, ShapeError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
 import { ADAMW_STATE_SIZE } from "./adamw.ts";
 import { expectDtype, expectSameShape, expectShape } from "./check.ts";
-import { scale } from "./elementwise.ts";
+import { blockElements, flatBlocks, type RowBlock, rowBlocks } from "./blocks.ts";
+import { copyStrided, scale } from "./elementwise.ts";
 import { matmul } from "./matmul.ts";
 import { globalNormPartialsSize, globalNormSquared } from "./reduce.ts";
 
@@ -77,11 +84,35 @@ export interface MuonScratch {
   /** ‖X₀‖² and its partial sums. */
   normSq: Tensor;
   partials: Tensor;
+  /** The matrix's row blocks (one when it binds whole). */
+  blocks: RowBlock[];
+  /** A wide matrix's [block, block] tile of A or P when it runs in several blocks; else null. */
+  tile: Tensor | null;
 }
 
-/** The f32 tensors of a [rows, cols] matrix's {@link MuonScratch}, in allocation order: [label, shape]. */
-export function muonScratchShapes(rows: number, cols: number): [string, number[]][] {
-  const s = Math.min(rows, cols);
+/** What decides a matrix's row blocks: the device's binding limits. */
+export type BindingLimits = Parameters<typeof rowBlocks>[0];
+
+/**
+ * The f32 tensors of a [rows, cols] matrix's {@link MuonScratch}, in allocation order: [label, shape].
+ * Refuses a matrix whose Gram matrix [s, s] does not fit one binding, naming `label`.
+ */
+export function muonScratchShapes(
+  rows: number,
+  cols: number,
+  limits: BindingLimits,
+  label = `[${rows}, ${cols}]`,
+): [string, number[]][] {
+  const s = Math.min(rows, cols), blocks = rowBlocks(limits, rows, cols, [4]);
+  if (s * s * 4 > limits.maxStorageBufferBindingSize) {
+    throw new LimitError(
+      `muon: ${label} needs its Gram matrix [${s}, ${s}] (${s * s * 4} bytes) in one binding; the device ` +
+        `binds ${limits.maxStorageBufferBindingSize} bytes (use --optimizer adamw)`,
+    );
+  }
+  const tile = blocks.length > 1 && rows <= cols
+    ? [["muon block tile", [blocks[0].rows, blocks[0].rows]]]
+    : [];
   return [
     ["muon update", [rows, cols]],
     ["muon iterate", [rows, cols]],
@@ -89,20 +120,23 @@ export function muonScratchShapes(rows: number, cols: number): [string, number[]
     ["muon gram polynomial", [s, s]],
     ["muon update norm²", [1]],
     ["muon norm partials", [Math.max(1, globalNormPartialsSize([{ size: rows * cols }]))]],
+    ...tile as [string, number[]][],
   ];
 }
 
-/** Allocates the {@link MuonScratch} of a [rows, cols] matrix. */
-export function muonScratch(gpu: Tensor["gpu"], rows: number, cols: number): MuonScratch {
-  const [x0, x1, gram, poly, normSq, partials] = muonScratchShapes(rows, cols).map(([label, shape]) =>
-    Tensor.empty(gpu, shape, "f32", label)
-  );
-  return { x: [x0, x1], gram, poly, normSq, partials };
+/** Allocates the {@link MuonScratch} of a [rows, cols] matrix (`label` names it in a refusal). */
+export function muonScratch(gpu: Tensor["gpu"], rows: number, cols: number, label?: string): MuonScratch {
+  const [x0, x1, gram, poly, normSq, partials, tile] = muonScratchShapes(rows, cols, gpu.limits, label).map((
+    [name, shape],
+  ) => Tensor.empty(gpu, shape, "f32", name));
+  const blocks = rowBlocks(gpu.limits, rows, cols, [4]);
+  return { x: [x0, x1], gram, poly, normSq, partials, blocks, tile: tile ?? null };
 }
 
 /** Frees a {@link MuonScratch}. */
 export function destroyMuonScratch(s: MuonScratch): void {
   for (const t of [...s.x, s.gram, s.poly, s.normSq, s.partials]) t.destroy();
+  s.tile?.destroy();
 }
 
 /** Tensors of {@link muonStep}; param, grad and buf are f32 [rows, cols]. */
@@ -137,40 +171,52 @@ export async function muonStep(
   expectSameShape(op, "param", t.param, "scratch.x", scratch.x[0]);
   expectShape(op, "normSq", t.normSq, [1]);
   expectShape(op, "state", t.state, [ADAMW_STATE_SIZE]);
-  const [rows, cols] = t.param.shape, n = t.param.size, groups = Math.ceil(n / K.MUON_WG);
-  const u = scratch.x[0];
-  await p.add(
-    { name: "muon.momentum", code: K.muonMomentum, entryPoint: "main" },
-    [
-      params(["u32", n], ["f32", opts.momentum], ["f32", 1 - opts.momentum], ["u32", opts.nesterov ? 1 : 0]),
-      t.grad,
-      t.buf,
-      u,
-      t.normSq,
-      t.state,
-    ],
-    groups,
-    `muon.momentum (${t.param.label})`,
-  );
+  const [rows, cols] = t.param.shape, u = scratch.x[0];
+  // The element-wise parts go block by block when the matrix is over one binding (bit for bit).
+  const per = blockElements(t.param), flat = (x: Tensor) => flatBlocks(x, per);
+  const [grads, bufs, us] = [t.grad, t.buf, u].map(flat);
+  for (const [i, g] of grads.entries()) {
+    const n = g.size;
+    await p.add(
+      { name: "muon.momentum", code: K.muonMomentum, entryPoint: "main" },
+      [
+        params(["u32", n], ["f32", opts.momentum], ["f32", 1 - opts.momentum], [
+          "u32",
+          opts.nesterov ? 1 : 0,
+        ]),
+        g,
+        bufs[i],
+        us[i],
+        t.normSq,
+        t.state,
+      ],
+      Math.ceil(n / K.MUON_WG),
+      `muon.momentum (${t.param.label})`,
+    );
+  }
   await globalNormSquared(p, [u], scratch.partials, scratch.normSq);
-  await p.add(
-    { name: "muon.normalize", code: K.muonNormalize, entryPoint: "main" },
-    [params(["u32", n], ["f32", opts.eps]), u, scratch.normSq],
-    groups,
-  );
+  for (const ub of us) {
+    await p.add(
+      { name: "muon.normalize", code: K.muonNormalize, entryPoint: "main" },
+      [params(["u32", ub.size], ["f32", opts.eps]), ub, scratch.normSq],
+      Math.ceil(ub.size / K.MUON_WG),
+    );
+  }
   const x = await newtonSchulz(p, scratch, opts.nsSteps, rows > cols);
-  const adjust = muonLrFactor(rows, cols, opts.adjustLr);
-  await p.add(
-    { name: "muon.apply", code: K.muonApply, entryPoint: "main" },
-    [
-      params(["u32", n], ["f32", opts.lrRatio], ["f32", adjust], ["f32", opts.weightDecay]),
-      t.param,
-      x,
-      t.state,
-    ],
-    groups,
-    `muon.apply (${t.param.label})`,
-  );
+  const adjust = muonLrFactor(rows, cols, opts.adjustLr), xs = flat(x);
+  for (const [i, w] of flat(t.param).entries()) {
+    await p.add(
+      { name: "muon.apply", code: K.muonApply, entryPoint: "main" },
+      [
+        params(["u32", w.size], ["f32", opts.lrRatio], ["f32", adjust], ["f32", opts.weightDecay]),
+        w,
+        xs[i],
+        t.state,
+      ],
+      Math.ceil(w.size / K.MUON_WG),
+      `muon.apply (${t.param.label})`,
+    );
+  }
 }
 
 /** `steps` Newton–Schulz iterations from scratch.x[0] (see the module comment); returns the last iterate. */
@@ -178,16 +224,76 @@ async function newtonSchulz(p: Program, s: MuonScratch, steps: number, tall: boo
   const [a, b, c] = NEWTON_SCHULZ;
   let [x, next] = s.x;
   for (let i = 0; i < steps; i++) {
-    await matmul(p, x, x, s.gram, tall ? { transA: true } : { transB: true });
+    await gram(p, x, s, tall);
     await scale(p, s.gram, b, s.poly);
     await matmul(p, s.gram, s.gram, s.poly, { alpha: c, accumulate: true });
-    await scale(p, x, a, next);
-    await (tall
-      ? matmul(p, x, s.poly, next, { accumulate: true })
-      : matmul(p, s.poly, x, next, { accumulate: true }));
+    await polyStep(p, x, next, s, tall, a);
     [x, next] = [next, x];
   }
   return x;
+}
+
+/** Rows `b` of a [rows, cols] matrix, as a view that binds. */
+function rowsOf(x: Tensor, b: RowBlock): Tensor {
+  const cols = x.shape[1];
+  return x.view(b.row0 * cols, [b.rows, cols], `${x.label}[${b.row0}:${b.row0 + b.rows}]`);
+}
+
+/** The [rows, cols] block of an [s, s] matrix at (row0, col0) in `tile`'s first elements, or back. */
+function tileCopy(s: number, row0: number, col0: number, rows: number, cols: number, toTile: boolean) {
+  const inMatrix = { strides: [0, s, 1] as [number, number, number], offset: row0 * s + col0 };
+  const inTile = { strides: [0, cols, 1] as [number, number, number], offset: 0 };
+  const [src, dst] = toTile ? [inMatrix, inTile] : [inTile, inMatrix];
+  return {
+    count: [1, rows, cols] as [number, number, number],
+    srcStrides: src.strides,
+    srcOffset: src.offset,
+    dstStrides: dst.strides,
+    dstOffset: dst.offset,
+  };
+}
+
+/** s.gram = X Xᵀ (wide) or XᵀX (tall), over X's row blocks. */
+async function gram(p: Program, x: Tensor, s: MuonScratch, tall: boolean): Promise<void> {
+  if (s.blocks.length === 1) return await matmul(p, x, x, s.gram, tall ? { transA: true } : { transB: true });
+  if (tall) {
+    for (const [i, bi] of s.blocks.entries()) {
+      await matmul(p, rowsOf(x, bi), rowsOf(x, bi), s.gram, { transA: true, accumulate: i > 0 });
+    }
+    return;
+  }
+  const n = s.gram.shape[0];
+  for (const bi of s.blocks) {
+    for (const bj of s.blocks) {
+      const tile = s.tile!.view(0, [bi.rows, bj.rows], "muon block tile");
+      await matmul(p, rowsOf(x, bi), rowsOf(x, bj), tile, { transB: true });
+      await copyStrided(p, tile, s.gram, tileCopy(n, bi.row0, bj.row0, bi.rows, bj.rows, false));
+    }
+  }
+}
+
+/** next = a·X + P·X (wide) or a·X + X·P (tall), P = s.poly, over X's row blocks. */
+async function polyStep(p: Program, x: Tensor, next: Tensor, s: MuonScratch, tall: boolean, a: number) {
+  if (s.blocks.length === 1) {
+    await scale(p, x, a, next);
+    return await (tall
+      ? matmul(p, x, s.poly, next, { accumulate: true })
+      : matmul(p, s.poly, x, next, { accumulate: true }));
+  }
+  const n = s.poly.shape[0];
+  for (const bi of s.blocks) {
+    const out = rowsOf(next, bi);
+    await scale(p, rowsOf(x, bi), a, out);
+    if (tall) {
+      await matmul(p, rowsOf(x, bi), s.poly, out, { accumulate: true });
+      continue;
+    }
+    for (const bj of s.blocks) {
+      const tile = s.tile!.view(0, [bi.rows, bj.rows], "muon block tile");
+      await copyStrided(p, s.poly, tile, tileCopy(n, bi.row0, bj.row0, bi.rows, bj.rows, true));
+      await matmul(p, tile, rowsOf(x, bj), out, { accumulate: true });
+    }
+  }
 }
 
 /**

@@ -40,7 +40,7 @@ import {
   uploadDtype,
 } from "../models/target_memory.ts";
 import { ADAMW_STATE_SIZE } from "../ops/adamw.ts";
-import { isMuonMatrix, muonScratchShapes } from "../ops/muon.ts";
+import { type BindingLimits, isMuonMatrix, muonScratchShapes } from "../ops/muon.ts";
 import { HEAD_WINDOW_ALIGN } from "../models/eagle3_head_loss.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
 import { featureFeederTensors } from "../offline/feeder.ts";
@@ -143,7 +143,7 @@ function fixedTensors(i: TrainingPlanInput): Array<[PlanCategoryKey, PlannedTens
   out.push(["draftWeights", each("")], ["gradients", each(" grad")], [
     "optimizer",
     [
-      ...optimizerStateTensors(params, i.muon ?? false),
+      ...optimizerStateTensors(params, i.muon ?? false, i.device),
       planned("grad norm²", [1], "f32"),
       planned("step state", [ADAMW_STATE_SIZE], "f32"),
       planned("grad norm partials", [Math.max(1, partials)], "f32"),
@@ -156,7 +156,11 @@ function fixedTensors(i: TrainingPlanInput): Array<[PlanCategoryKey, PlannedTens
  * The per-parameter state of lib/train/optimizer.ts `DraftOptimizer`, in its order: AdamW's two moments, or
  * Muon's momentum and, once per matrix shape, Muon's scratch.
  */
-function optimizerStateTensors(params: { name: string; shape: number[] }[], muon: boolean): PlannedTensor[] {
+function optimizerStateTensors(
+  params: { name: string; shape: number[] }[],
+  muon: boolean,
+  limits: BindingLimits,
+): PlannedTensor[] {
   const shapes = new Set<string>();
   return params.flatMap((p) => {
     if (!muon || !isMuonMatrix(p.name, p.shape)) {
@@ -165,7 +169,7 @@ function optimizerStateTensors(params: { name: string; shape: number[] }[], muon
     const [rows, cols] = p.shape, key = `${rows}x${cols}`, first = !shapes.has(key);
     shapes.add(key);
     const scratch = first
-      ? muonScratchShapes(rows, cols).map(([label, shape]) => planned(label, shape, "f32"))
+      ? muonScratchShapes(rows, cols, limits, p.name).map(([label, shape]) => planned(label, shape, "f32"))
       : [];
     return [planned(`${p.name}.momentum_buffer`, p.shape, "f32"), ...scratch];
   });

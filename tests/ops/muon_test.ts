@@ -4,12 +4,15 @@ import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
 import { Program } from "../../lib/gpu/program.ts";
 import { Tensor } from "../../lib/tensor.ts";
 import { adamwState } from "../../lib/ops/adamw.ts";
+import { Gpu } from "../../lib/gpu/device.ts";
+import { LimitError } from "../../lib/gpu/errors.ts";
 import {
   destroyMuonScratch,
   isMuonMatrix,
   MUON_DEFAULTS,
   muonLrFactor,
   muonScratch,
+  muonScratchShapes,
   muonStep,
   muonStepCpu,
 } from "../../lib/ops/muon.ts";
@@ -98,4 +101,67 @@ Deno.test("muon takes the hidden matrices, not vectors, lm_head or embeddings; l
   assert.equal(muonLrFactor(128, 512, "match_rms_adamw"), 0.2 * Math.sqrt(512));
   assert.equal(muonLrFactor(512, 128, "original"), 2);
   assert.equal(muonLrFactor(128, 512, "original"), 1);
+});
+
+/** One Muon update of a [rows, cols] matrix on `device`: the new param. */
+async function oneUpdate(device: Gpu, rows: number, cols: number): Promise<Float32Array> {
+  const n = rows * cols;
+  const param = Tensor.fromArray(device, randomArray(n, 21, 0.5), [rows, cols], "f32", "w");
+  const grad = Tensor.fromArray(device, randomArray(n, 22, 0.3), [rows, cols], "f32", "grad");
+  const buf = Tensor.fromArray(device, randomArray(n, 23, 0.1), [rows, cols], "f32", "buf");
+  const normSq = Tensor.fromArray(device, Float32Array.of(4), [1], "f32", "normSq");
+  const state = Tensor.fromArray(device, adamwState(3, 2e-3, 0.5), [4], "f32", "state");
+  const scratch = muonScratch(device, rows, cols, "w");
+  const p = new Program(device, "muon");
+  try {
+    await muonStep(p, { param, grad, buf, normSq, state }, scratch, { ...MUON_DEFAULTS, lrRatio: 10 });
+    p.run();
+    return await param.readFloat();
+  } finally {
+    p.destroy();
+    destroyMuonScratch(scratch);
+    for (const t of [param, grad, buf, normSq, state]) t.destroy();
+  }
+}
+
+for (const [rows, cols] of [[40, 600], [600, 40]]) {
+  Deno.test(
+    { name: `muon over one binding: [${rows}, ${cols}] in row blocks matches the reference`, ...needsGpu },
+    async () => {
+      const cap = 64 * 1024, small = await Gpu.create({ capLimits: { maxStorageBufferBindingSize: cap } });
+      try {
+        const scratch = muonScratch(small, rows, cols);
+        const blocks = scratch.blocks.length, tiled = scratch.tile !== null;
+        destroyMuonScratch(scratch);
+        assert.ok(blocks >= 2, `${blocks} row blocks`);
+        assert.equal(tiled, rows < cols, "a wide matrix's A and P go through a tile");
+        const n = rows * cols, param0 = randomArray(n, 21, 0.5);
+        const want = muonStepCpu(
+          { param: param0, grad: randomArray(n, 22, 0.3), buf: randomArray(n, 23, 0.1) },
+          rows,
+          cols,
+          4,
+          adamwState(3, 2e-3, 0.5),
+          { ...MUON_DEFAULTS, lrRatio: 10 },
+        ).param.map((w, i) => w - param0[i]);
+        for (const [name, device] of [["row blocks", small], ["whole", gpu!]] as const) {
+          const got = (await oneUpdate(device, rows, cols)).map((w, i) => w - param0[i]);
+          assertClose(got, want, `${name}: param change`, { atol: 2e-3 * maxAbs(want), rtol: 0 });
+        }
+      } finally {
+        small.destroy();
+      }
+    },
+  );
+}
+
+Deno.test("muon refuses a matrix whose Gram matrix does not fit one binding, naming it", () => {
+  const limits = { maxStorageBufferBindingSize: 64 * 1024, minStorageBufferOffsetAlignment: 256 };
+  assert.throws(
+    () => muonScratchShapes(130, 4000, limits, "fc.weight"),
+    (e: Error) =>
+      e instanceof LimitError && /fc\.weight.*Gram matrix \[130, 130\].*--optimizer adamw/.test(e.message),
+  );
+  assert.equal(muonScratchShapes(128, 4000, limits).length, 7, "a split wide matrix plans its tile");
+  assert.equal(muonScratchShapes(4000, 128, limits).length, 6, "a tall one needs none");
 });
