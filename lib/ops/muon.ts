@@ -14,20 +14,26 @@
  * here it is f32.
  *
  * A matrix over one storage binding (an 8B draft's fc [4096, 12288] f32 is 192 MiB; lavapipe binds 128 MiB)
- * runs in row blocks X_i that each bind (lib/ops/blocks.ts `rowBlocks`): the element-wise parts block by
- * block (bit for bit), a tall matrix's A = Σ_i X_iᵀX_i and X_i ← a·X_i + X_i·P per block, a wide one's
- * A_ij = X_i X_jᵀ and X_i ← a·X_i + Σ_j P_ij·X_j through a [block, block] tile. Only A and P, [s, s], must
- * bind.
+ * runs in row blocks that each bind (lib/ops/blocks.ts `rowBlocks`): the element-wise parts block by block
+ * (bit for bit), the iteration's products as sums of block products (lib/ops/blocked_products.ts); A and P
+ * are split in the blocks of X's rows (wide) or in their own (tall) when they do not bind either.
  */
 import * as K from "../../kernels/muon.ts";
 import { params, type Program } from "../gpu/program.ts";
-import { LimitError, ShapeError } from "../gpu/errors.ts";
+import { ShapeError } from "../gpu/errors.ts";
 import { Tensor } from "../tensor.ts";
 import { ADAMW_STATE_SIZE } from "./adamw.ts";
 import { expectDtype, expectSameShape, expectShape } from "./check.ts";
 import { blockElements, flatBlocks, type RowBlock, rowBlocks } from "./blocks.ts";
-import { copyStrided, scale } from "./elementwise.ts";
-import { matmul } from "./matmul.ts";
+import {
+  type BlockedMatrix,
+  blockedNN,
+  blockedNT,
+  blockedTN,
+  blockRows,
+  tileElements,
+} from "./blocked_products.ts";
+import { scale } from "./elementwise.ts";
 import { globalNormPartialsSize, globalNormSquared } from "./reduce.ts";
 
 /** The quintic Newton–Schulz coefficients (a, b, c) of Muon's reference implementation and torch's. */
@@ -76,17 +82,15 @@ export function isMuonMatrix(name: string, shape: readonly number[]): boolean {
 
 /** Scratch of one {@link muonStep} for a [rows, cols] matrix; matrices of one shape can share it. */
 export interface MuonScratch {
-  /** The update, then the iterates (two, alternating) [rows, cols]. */
-  x: [Tensor, Tensor];
-  /** A = X Xᵀ (or XᵀX) and b·A + c·A·A, [s, s] with s = min(rows, cols). */
-  gram: Tensor;
-  poly: Tensor;
+  /** The update, then the iterates (two, alternating) [rows, cols], in row blocks that bind. */
+  x: [BlockedMatrix, BlockedMatrix];
+  /** A = X Xᵀ (or XᵀX) and b·A + c·A·A, [s, s] with s = min(rows, cols), in row blocks that bind. */
+  gram: BlockedMatrix;
+  poly: BlockedMatrix;
   /** ‖X₀‖² and its partial sums. */
   normSq: Tensor;
   partials: Tensor;
-  /** The matrix's row blocks (one when it binds whole). */
-  blocks: RowBlock[];
-  /** A wide matrix's [block, block] tile of A or P when it runs in several blocks; else null. */
+  /** The tile of a block's columns (lib/ops/blocked_products.ts), null when no product splits columns. */
   tile: Tensor | null;
 }
 
@@ -94,25 +98,23 @@ export interface MuonScratch {
 export type BindingLimits = Parameters<typeof rowBlocks>[0];
 
 /**
- * The f32 tensors of a [rows, cols] matrix's {@link MuonScratch}, in allocation order: [label, shape].
- * Refuses a matrix whose Gram matrix [s, s] does not fit one binding, naming `label`.
+ * The row blocks of X [rows, cols] and of A and P [s, s]: a wide X's rows split A's and P's rows alike (A =
+ * X Xᵀ is built block by block), a tall one's Gram matrices take their own.
  */
-export function muonScratchShapes(
-  rows: number,
-  cols: number,
-  limits: BindingLimits,
-  label = `[${rows}, ${cols}]`,
-): [string, number[]][] {
-  const s = Math.min(rows, cols), blocks = rowBlocks(limits, rows, cols, [4]);
-  if (s * s * 4 > limits.maxStorageBufferBindingSize) {
-    throw new LimitError(
-      `muon: ${label} needs its Gram matrix [${s}, ${s}] (${s * s * 4} bytes) in one binding; the device ` +
-        `binds ${limits.maxStorageBufferBindingSize} bytes (use --optimizer adamw)`,
-    );
-  }
-  const tile = blocks.length > 1 && rows <= cols
-    ? [["muon block tile", [blocks[0].rows, blocks[0].rows]]]
-    : [];
+function muonBlocks(rows: number, cols: number, limits: BindingLimits): { x: RowBlock[]; gram: RowBlock[] } {
+  const x = rowBlocks(limits, rows, cols, [4]), s = Math.min(rows, cols);
+  return { x, gram: rows <= cols ? x : rowBlocks(limits, s, s, [4]) };
+}
+
+/** Elements of the scratch tile of a [rows, cols] matrix's products (0: none). */
+function muonTileElements(rows: number, cols: number, limits: BindingLimits): number {
+  const b = muonBlocks(rows, cols, limits);
+  return tileElements(rows <= cols ? b.x : [...b.x, ...b.gram], b.gram);
+}
+
+/** The f32 tensors of a [rows, cols] matrix's {@link MuonScratch}, in allocation order: [label, shape]. */
+export function muonScratchShapes(rows: number, cols: number, limits: BindingLimits): [string, number[]][] {
+  const s = Math.min(rows, cols), tile = muonTileElements(rows, cols, limits);
   return [
     ["muon update", [rows, cols]],
     ["muon iterate", [rows, cols]],
@@ -120,23 +122,30 @@ export function muonScratchShapes(
     ["muon gram polynomial", [s, s]],
     ["muon update norm²", [1]],
     ["muon norm partials", [Math.max(1, globalNormPartialsSize([{ size: rows * cols }]))]],
-    ...tile as [string, number[]][],
+    ...(tile > 0 ? [["muon block tile", [tile]] as [string, number[]]] : []),
   ];
 }
 
-/** Allocates the {@link MuonScratch} of a [rows, cols] matrix (`label` names it in a refusal). */
-export function muonScratch(gpu: Tensor["gpu"], rows: number, cols: number, label?: string): MuonScratch {
-  const [x0, x1, gram, poly, normSq, partials, tile] = muonScratchShapes(rows, cols, gpu.limits, label).map((
+/** Allocates the {@link MuonScratch} of a [rows, cols] matrix. */
+export function muonScratch(gpu: Tensor["gpu"], rows: number, cols: number): MuonScratch {
+  const [x0, x1, gram, poly, normSq, partials, tile] = muonScratchShapes(rows, cols, gpu.limits).map((
     [name, shape],
   ) => Tensor.empty(gpu, shape, "f32", name));
-  const blocks = rowBlocks(gpu.limits, rows, cols, [4]);
-  return { x: [x0, x1], gram, poly, normSq, partials, blocks, tile: tile ?? null };
+  const b = muonBlocks(rows, cols, gpu.limits);
+  return {
+    x: [{ t: x0, blocks: b.x }, { t: x1, blocks: b.x }],
+    gram: { t: gram, blocks: b.gram },
+    poly: { t: poly, blocks: b.gram },
+    normSq,
+    partials,
+    tile: tile ?? null,
+  };
 }
 
 /** Frees a {@link MuonScratch}. */
 export function destroyMuonScratch(s: MuonScratch): void {
-  for (const t of [...s.x, s.gram, s.poly, s.normSq, s.partials]) t.destroy();
-  s.tile?.destroy();
+  for (const m of [...s.x, s.gram, s.poly]) m.t.destroy();
+  for (const t of [s.normSq, s.partials, s.tile]) t?.destroy();
 }
 
 /** Tensors of {@link muonStep}; param, grad and buf are f32 [rows, cols]. */
@@ -168,10 +177,10 @@ export async function muonStep(
   if (t.param.shape.length !== 2) throw new ShapeError(`${op}: ${t.param.label} is not a matrix`);
   expectSameShape(op, "param", t.param, "grad", t.grad);
   expectSameShape(op, "param", t.param, "buf", t.buf);
-  expectSameShape(op, "param", t.param, "scratch.x", scratch.x[0]);
+  expectSameShape(op, "param", t.param, "scratch.x", scratch.x[0].t);
   expectShape(op, "normSq", t.normSq, [1]);
   expectShape(op, "state", t.state, [ADAMW_STATE_SIZE]);
-  const [rows, cols] = t.param.shape, u = scratch.x[0];
+  const [rows, cols] = t.param.shape, u = scratch.x[0].t;
   // The element-wise parts go block by block when the matrix is over one binding (bit for bit).
   const per = blockElements(t.param), flat = (x: Tensor) => flatBlocks(x, per);
   const [grads, bufs, us] = [t.grad, t.buf, u].map(flat);
@@ -203,7 +212,7 @@ export async function muonStep(
     );
   }
   const x = await newtonSchulz(p, scratch, opts.nsSteps, rows > cols);
-  const adjust = muonLrFactor(rows, cols, opts.adjustLr), xs = flat(x);
+  const adjust = muonLrFactor(rows, cols, opts.adjustLr), xs = flat(x.t);
   for (const [i, w] of flat(t.param).entries()) {
     await p.add(
       { name: "muon.apply", code: K.muonApply, entryPoint: "main" },
@@ -220,80 +229,25 @@ export async function muonStep(
 }
 
 /** `steps` Newton–Schulz iterations from scratch.x[0] (see the module comment); returns the last iterate. */
-async function newtonSchulz(p: Program, s: MuonScratch, steps: number, tall: boolean): Promise<Tensor> {
+async function newtonSchulz(
+  p: Program,
+  s: MuonScratch,
+  steps: number,
+  tall: boolean,
+): Promise<BlockedMatrix> {
   const [a, b, c] = NEWTON_SCHULZ;
   let [x, next] = s.x;
   for (let i = 0; i < steps; i++) {
-    await gram(p, x, s, tall);
-    await scale(p, s.gram, b, s.poly);
-    await matmul(p, s.gram, s.gram, s.poly, { alpha: c, accumulate: true });
-    await polyStep(p, x, next, s, tall, a);
+    await (tall ? blockedTN(p, x, x, s.gram, s.tile) : blockedNT(p, x, x, s.gram, s.tile));
+    for (const block of s.gram.blocks) await scale(p, blockRows(s.gram, block), b, blockRows(s.poly, block));
+    await blockedNN(p, s.gram, s.gram, s.poly, s.tile, { alpha: c, accumulate: true });
+    for (const block of x.blocks) await scale(p, blockRows(x, block), a, blockRows(next, block));
+    await (tall
+      ? blockedNN(p, x, s.poly, next, s.tile, { accumulate: true })
+      : blockedNN(p, s.poly, x, next, s.tile, { accumulate: true }));
     [x, next] = [next, x];
   }
   return x;
-}
-
-/** Rows `b` of a [rows, cols] matrix, as a view that binds. */
-function rowsOf(x: Tensor, b: RowBlock): Tensor {
-  const cols = x.shape[1];
-  return x.view(b.row0 * cols, [b.rows, cols], `${x.label}[${b.row0}:${b.row0 + b.rows}]`);
-}
-
-/** The [rows, cols] block of an [s, s] matrix at (row0, col0) in `tile`'s first elements, or back. */
-function tileCopy(s: number, row0: number, col0: number, rows: number, cols: number, toTile: boolean) {
-  const inMatrix = { strides: [0, s, 1] as [number, number, number], offset: row0 * s + col0 };
-  const inTile = { strides: [0, cols, 1] as [number, number, number], offset: 0 };
-  const [src, dst] = toTile ? [inMatrix, inTile] : [inTile, inMatrix];
-  return {
-    count: [1, rows, cols] as [number, number, number],
-    srcStrides: src.strides,
-    srcOffset: src.offset,
-    dstStrides: dst.strides,
-    dstOffset: dst.offset,
-  };
-}
-
-/** s.gram = X Xᵀ (wide) or XᵀX (tall), over X's row blocks. */
-async function gram(p: Program, x: Tensor, s: MuonScratch, tall: boolean): Promise<void> {
-  if (s.blocks.length === 1) return await matmul(p, x, x, s.gram, tall ? { transA: true } : { transB: true });
-  if (tall) {
-    for (const [i, bi] of s.blocks.entries()) {
-      await matmul(p, rowsOf(x, bi), rowsOf(x, bi), s.gram, { transA: true, accumulate: i > 0 });
-    }
-    return;
-  }
-  const n = s.gram.shape[0];
-  for (const bi of s.blocks) {
-    for (const bj of s.blocks) {
-      const tile = s.tile!.view(0, [bi.rows, bj.rows], "muon block tile");
-      await matmul(p, rowsOf(x, bi), rowsOf(x, bj), tile, { transB: true });
-      await copyStrided(p, tile, s.gram, tileCopy(n, bi.row0, bj.row0, bi.rows, bj.rows, false));
-    }
-  }
-}
-
-/** next = a·X + P·X (wide) or a·X + X·P (tall), P = s.poly, over X's row blocks. */
-async function polyStep(p: Program, x: Tensor, next: Tensor, s: MuonScratch, tall: boolean, a: number) {
-  if (s.blocks.length === 1) {
-    await scale(p, x, a, next);
-    return await (tall
-      ? matmul(p, x, s.poly, next, { accumulate: true })
-      : matmul(p, s.poly, x, next, { accumulate: true }));
-  }
-  const n = s.poly.shape[0];
-  for (const bi of s.blocks) {
-    const out = rowsOf(next, bi);
-    await scale(p, rowsOf(x, bi), a, out);
-    if (tall) {
-      await matmul(p, rowsOf(x, bi), s.poly, out, { accumulate: true });
-      continue;
-    }
-    for (const bj of s.blocks) {
-      const tile = s.tile!.view(0, [bi.rows, bj.rows], "muon block tile");
-      await copyStrided(p, s.poly, tile, tileCopy(n, bi.row0, bj.row0, bi.rows, bj.rows, true));
-      await matmul(p, tile, rowsOf(x, bj), out, { accumulate: true });
-    }
-  }
 }
 
 /**

@@ -94,7 +94,7 @@ export class DraftOptimizer {
         return { kind: "adamw", m: zeros(MOMENT_SUFFIXES.m), v: zeros(MOMENT_SUFFIXES.v) };
       }
       const [rows, cols] = p.param.shape, key = `${rows}x${cols}`, buf = zeros(MUON_MOMENTUM_SUFFIX);
-      if (!this.#scratch.has(key)) this.#scratch.set(key, muonScratch(gpu, rows, cols, p.name));
+      if (!this.#scratch.has(key)) this.#scratch.set(key, muonScratch(gpu, rows, cols));
       return { kind: "muon", buf, scratch: this.#scratch.get(key)! };
     });
     this.normSq = Tensor.zeros(gpu, [1], "f32", "optimizer grad norm²");

@@ -169,7 +169,7 @@ function optimizerStateTensors(
     const [rows, cols] = p.shape, key = `${rows}x${cols}`, first = !shapes.has(key);
     shapes.add(key);
     const scratch = first
-      ? muonScratchShapes(rows, cols, limits, p.name).map(([label, shape]) => planned(label, shape, "f32"))
+      ? muonScratchShapes(rows, cols, limits).map(([label, shape]) => planned(label, shape, "f32"))
       : [];
     return [planned(`${p.name}.momentum_buffer`, p.shape, "f32"), ...scratch];
   });

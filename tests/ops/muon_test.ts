@@ -5,7 +5,6 @@ import { Program } from "../../lib/gpu/program.ts";
 import { Tensor } from "../../lib/tensor.ts";
 import { adamwState } from "../../lib/ops/adamw.ts";
 import { Gpu } from "../../lib/gpu/device.ts";
-import { LimitError } from "../../lib/gpu/errors.ts";
 import {
   destroyMuonScratch,
   isMuonMatrix,
@@ -111,7 +110,7 @@ async function oneUpdate(device: Gpu, rows: number, cols: number): Promise<Float
   const buf = Tensor.fromArray(device, randomArray(n, 23, 0.1), [rows, cols], "f32", "buf");
   const normSq = Tensor.fromArray(device, Float32Array.of(4), [1], "f32", "normSq");
   const state = Tensor.fromArray(device, adamwState(3, 2e-3, 0.5), [4], "f32", "state");
-  const scratch = muonScratch(device, rows, cols, "w");
+  const scratch = muonScratch(device, rows, cols);
   const p = new Program(device, "muon");
   try {
     await muonStep(p, { param, grad, buf, normSq, state }, scratch, { ...MUON_DEFAULTS, lrRatio: 10 });
@@ -124,17 +123,23 @@ async function oneUpdate(device: Gpu, rows: number, cols: number): Promise<Float
   }
 }
 
-for (const [rows, cols] of [[40, 600], [600, 40]]) {
+// [binding cap, rows, cols]: X in row blocks with A and P whole (64 KiB), then A and P split too (16 KiB).
+for (const [cap, rows, cols] of [[65536, 40, 600], [65536, 600, 40], [16384, 80, 200], [16384, 200, 80]]) {
+  const splitGram = cap === 16384;
   Deno.test(
-    { name: `muon over one binding: [${rows}, ${cols}] in row blocks matches the reference`, ...needsGpu },
+    {
+      name: `muon over one binding: [${rows}, ${cols}] in row blocks${splitGram ? ", A and P too," : ""} ` +
+        `matches the reference`,
+      ...needsGpu,
+    },
     async () => {
-      const cap = 64 * 1024, small = await Gpu.create({ capLimits: { maxStorageBufferBindingSize: cap } });
+      const small = await Gpu.create({ capLimits: { maxStorageBufferBindingSize: cap } });
       try {
         const scratch = muonScratch(small, rows, cols);
-        const blocks = scratch.blocks.length, tiled = scratch.tile !== null;
+        const xBlocks = scratch.x[0].blocks.length, gramBlocks = scratch.gram.blocks.length;
         destroyMuonScratch(scratch);
-        assert.ok(blocks >= 2, `${blocks} row blocks`);
-        assert.equal(tiled, rows < cols, "a wide matrix's A and P go through a tile");
+        assert.ok(xBlocks >= 2, `X in ${xBlocks} row blocks`);
+        assert.equal(gramBlocks > 1, splitGram || rows < cols, `A in ${gramBlocks} row blocks`);
         const n = rows * cols, param0 = randomArray(n, 21, 0.5);
         const want = muonStepCpu(
           { param: param0, grad: randomArray(n, 22, 0.3), buf: randomArray(n, 23, 0.1) },
@@ -155,13 +160,15 @@ for (const [rows, cols] of [[40, 600], [600, 40]]) {
   );
 }
 
-Deno.test("muon refuses a matrix whose Gram matrix does not fit one binding, naming it", () => {
-  const limits = { maxStorageBufferBindingSize: 64 * 1024, minStorageBufferOffsetAlignment: 256 };
-  assert.throws(
-    () => muonScratchShapes(130, 4000, limits, "fc.weight"),
-    (e: Error) =>
-      e instanceof LimitError && /fc\.weight.*Gram matrix \[130, 130\].*--optimizer adamw/.test(e.message),
-  );
-  assert.equal(muonScratchShapes(128, 4000, limits).length, 7, "a split wide matrix plans its tile");
-  assert.equal(muonScratchShapes(4000, 128, limits).length, 6, "a tall one needs none");
+Deno.test("muon plans a block tile only when a product splits a block's columns", () => {
+  const limits = (cap: number) => ({
+    maxStorageBufferBindingSize: cap,
+    minStorageBufferOffsetAlignment: 256,
+  });
+  const tile = (rows: number, cols: number, cap: number) =>
+    muonScratchShapes(rows, cols, limits(cap)).find(([label]) => label === "muon block tile")?.[1][0] ?? 0;
+  assert.equal(tile(40, 600, 1 << 20), 0, "everything binds");
+  assert.equal(tile(600, 40, 65536), 0, "a tall X in blocks, A whole: no column is split");
+  assert.ok(tile(40, 600, 65536) > 0, "a wide X in blocks splits A's columns");
+  assert.ok(tile(200, 80, 16384) * 4 <= 16384, "the tile binds");
 });
