@@ -50,8 +50,9 @@ export const DEFAULT_EMBEDDING_KEY = "model.embed_tokens.weight";
 /**
  * The draft presets of `--draft-preset`. "eagle3.1-lk" (the default) is the combination that measured best on
  * the learning-check recipe (README, "Online training"): EAGLE-3.1 (SpecForge `specforge/modeling/draft/llama3_eagle.py`
- * with `fc_norm` and `norm_output`), the lm_head started from the target's, and the LK lambda loss (arXiv
- * 2602.23881). "eagle3" is SpecForge v0.1's EAGLE-3 exactly.
+ * with `fc_norm` and `norm_output`), the lm_head started from the target's, the LK lambda loss (arXiv
+ * 2602.23881) and the Muon optimizer for the hidden matrices. "eagle3" is SpecForge v0.1's EAGLE-3 exactly
+ * (AdamW).
  */
 export const DRAFT_PRESETS = ["eagle3.1-lk", "eagle3"] as const;
 
@@ -63,8 +64,8 @@ export type DraftPreset = typeof DRAFT_PRESETS[number];
  * are the default preset's. The derived draft's architecture follows the preset in the run's setup.
  */
 const PRESET_SETTINGS: Record<DraftPreset, Record<string, unknown>> = {
-  "eagle3.1-lk": { "init-head-from-target": true, "lk-loss-type": "lambda" },
-  "eagle3": { "init-head-from-target": false, "lk-loss-type": "none" },
+  "eagle3.1-lk": { "init-head-from-target": true, "lk-loss-type": "lambda", "optimizer": "muon" },
+  "eagle3": { "init-head-from-target": false, "lk-loss-type": "none", "optimizer": "adamw" },
 };
 
 /** The settings of `preset` (the default one when not given; none for an unknown name, refused later). */
@@ -95,7 +96,7 @@ export const TRAIN_OPTIONS = {
     default: "eagle3.1-lk",
     section: "model",
     help:
-      "eagle3.1-lk: a derived draft is EAGLE-3.1 (fc_norm, norm_output), its lm_head and norm start from the target's, LK lambda loss (the recipe's best measured with AdamW); eagle3: SpecForge's EAGLE-3 exactly (derived EAGLE-3 draft, random lm_head, KL loss). Flags given beside it win; a --draft-model-config keeps its own architecture",
+      "eagle3.1-lk: a derived draft is EAGLE-3.1 (fc_norm, norm_output), its lm_head and norm start from the target's, LK lambda loss, Muon (the recipe's best measured); eagle3: SpecForge's EAGLE-3 exactly (derived EAGLE-3 draft, random lm_head, KL loss, AdamW). Flags given beside it win; a --draft-model-config keeps its own architecture",
   },
   "draft-type": {
     kind: "choice",
@@ -332,10 +333,10 @@ export const TRAIN_OPTIONS = {
   "optimizer": {
     kind: "choice",
     choices: ["adamw", "muon"],
-    default: "adamw",
+    default: "muon",
     section: "training",
     help:
-      "adamw: AdamW for every parameter (SpecForge's); muon: Muon (Nesterov momentum, 5 Newton-Schulz steps, lr scaled to AdamW's RMS) for the hidden matrices, AdamW for norms and lm_head (speculators' split)",
+      "adamw: AdamW for every parameter (SpecForge's); muon: Muon (Nesterov momentum, 5 Newton-Schulz steps, lr scaled to AdamW's RMS) for the hidden matrices, AdamW for norms and lm_head (speculators' split; --draft-preset eagle3 sets adamw)",
   },
   "muon-lr": {
     kind: "float",
