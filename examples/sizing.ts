@@ -4,8 +4,8 @@
  * Llama-3.1-8B, Qwen3-8B, Qwen3-30B-A3B, gpt-oss-20b and DeepSeek-V3 (mixtures of experts, gpt-oss's in MXFP4,
  * DeepSeek-V3's converted to bf16; not streamed) and Llama-3.3-70B (their config.json
  * values, bf16 weights) and the draft derived
- * from each (draft vocabulary 32,000; train-online's default EAGLE-3.1 draft and LK loss, or with
- * --draft-preset eagle3 SpecForge's EAGLE-3 and KL loss; --head-chunk-rows as train-online's), it prints the plan of an online run, an offline
+ * from each (draft vocabulary 32,000; train-online's default EAGLE-3.1 draft, LK loss and Muon, or with
+ * --draft-preset eagle3 SpecForge's EAGLE-3, KL loss and AdamW; --head-chunk-rows as train-online's), it prints the plan of an online run, an offline
  * run (features stored in Eaglet's default form) and prepare-hidden-states, the online run and
  * prepare-hidden-states also with the target streamed through 8 GiB of layer slots (--target-memory-budget),
  * at batch 1 and each sample of the given lengths, then the longest sample that fits a 24, 80 and 141 GB
@@ -183,7 +183,7 @@ function targetInput(name: string, gpu: Gpu): TargetPlanInput {
 
 /** The draft settings the plans are made for (--draft-preset, --head-chunk-rows). */
 interface DraftChoice {
-  /** The default preset's EAGLE-3.1 draft and LK lambda loss, or SpecForge's EAGLE-3 and KL loss. */
+  /** The default preset's EAGLE-3.1 draft, LK lambda loss and Muon, or SpecForge's EAGLE-3, KL loss and AdamW. */
   preset: "eagle3.1-lk" | "eagle3";
   /** Rows of the draft head's windows (null: a batch's rows at once). */
   headRows: number | null;
@@ -225,6 +225,7 @@ function plan(t: TargetPlanInput, mode: Mode, T: number, d: DraftChoice): Memory
     evalInterval: 0,
     evalBatches: null,
     lk: eagle31 ? { type: "lambda", klScale: 1, klDecay: 1 } : null,
+    muon: eagle31,
     headRows: d.headRows,
   });
 }
@@ -266,7 +267,7 @@ const FLAGS = {
     choices: ["eagle3.1-lk", "eagle3"],
     default: "eagle3.1-lk",
     help:
-      "the draft and loss planned: train-online's default (EAGLE-3.1, LK lambda) or SpecForge's EAGLE-3 (KL)",
+      "the draft, loss and optimizer planned: train-online's default (EAGLE-3.1, LK lambda, Muon) or SpecForge's EAGLE-3 (KL, AdamW)",
   },
   "head-chunk-rows": {
     kind: "int",

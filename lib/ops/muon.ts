@@ -80,7 +80,7 @@ export function isMuonMatrix(name: string, shape: readonly number[]): boolean {
   return shape.length === 2 && Math.min(...shape) > 1 && !/lm_head|embed/.test(name);
 }
 
-/** Scratch of one {@link muonStep} for a [rows, cols] matrix; matrices of one shape can share it. */
+/** The scratch of one {@link muonStep} for a [rows, cols] matrix: views of a {@link MuonScratchPool}. */
 export interface MuonScratch {
   /** The update, then the iterates (two, alternating) [rows, cols], in row blocks that bind. */
   x: [BlockedMatrix, BlockedMatrix];
@@ -92,6 +92,15 @@ export interface MuonScratch {
   partials: Tensor;
   /** The tile of a block's columns (lib/ops/blocked_products.ts), null when no product splits columns. */
   tile: Tensor | null;
+}
+
+/**
+ * The scratch every Muon matrix of an update shares, sized for the largest: the matrices are updated one
+ * after another, so one update tensor, one iterate, one A and one P serve them all (one per shape would hold
+ * 1.4 GiB for an 8B draft's five shapes instead of 0.6).
+ */
+export interface MuonScratchPool {
+  tensors: Tensor[];
 }
 
 /** What decides a matrix's row blocks: the device's binding limits. */
@@ -112,40 +121,54 @@ function muonTileElements(rows: number, cols: number, limits: BindingLimits): nu
   return tileElements(rows <= cols ? b.x : [...b.x, ...b.gram], b.gram);
 }
 
-/** The f32 tensors of a [rows, cols] matrix's {@link MuonScratch}, in allocation order: [label, shape]. */
-export function muonScratchShapes(rows: number, cols: number, limits: BindingLimits): [string, number[]][] {
-  const s = Math.min(rows, cols), tile = muonTileElements(rows, cols, limits);
+/**
+ * The f32 tensors of the {@link MuonScratchPool} of matrices of `shapes` ([rows, cols] each), in allocation
+ * order: [label, elements]; none without a matrix.
+ */
+export function muonScratchShapes(
+  shapes: readonly (readonly number[])[],
+  limits: BindingLimits,
+): [string, number[]][] {
+  if (shapes.length === 0) return [];
+  const most = (f: (rows: number, cols: number) => number) => Math.max(...shapes.map(([r, c]) => f(r, c)));
+  const x = most((r, c) => r * c), gram = most((r, c) => Math.min(r, c) ** 2);
+  const tile = most((r, c) => muonTileElements(r, c, limits));
+  const partials = most((r, c) => globalNormPartialsSize([{ size: r * c }]));
   return [
-    ["muon update", [rows, cols]],
-    ["muon iterate", [rows, cols]],
-    ["muon gram", [s, s]],
-    ["muon gram polynomial", [s, s]],
+    ["muon update", [x]],
+    ["muon iterate", [x]],
+    ["muon gram", [gram]],
+    ["muon gram polynomial", [gram]],
     ["muon update norm²", [1]],
-    ["muon norm partials", [Math.max(1, globalNormPartialsSize([{ size: rows * cols }]))]],
+    ["muon norm partials", [Math.max(1, partials)]],
     ...(tile > 0 ? [["muon block tile", [tile]] as [string, number[]]] : []),
   ];
 }
 
-/** Allocates the {@link MuonScratch} of a [rows, cols] matrix. */
-export function muonScratch(gpu: Tensor["gpu"], rows: number, cols: number): MuonScratch {
-  const [x0, x1, gram, poly, normSq, partials, tile] = muonScratchShapes(rows, cols, gpu.limits).map((
-    [name, shape],
-  ) => Tensor.empty(gpu, shape, "f32", name));
-  const b = muonBlocks(rows, cols, gpu.limits);
+/** Allocates the {@link MuonScratchPool} of matrices of `shapes`. */
+export function muonScratchPool(gpu: Tensor["gpu"], shapes: readonly (readonly number[])[]): MuonScratchPool {
+  const specs = muonScratchShapes(shapes, gpu.limits);
+  return { tensors: specs.map(([name, shape]) => Tensor.empty(gpu, shape, "f32", name)) };
+}
+
+/** Frees a {@link MuonScratchPool}. */
+export function destroyMuonScratchPool(pool: MuonScratchPool): void {
+  for (const t of pool.tensors) t.destroy();
+}
+
+/** The scratch of a [rows, cols] matrix: views of `pool` (made for a list of shapes that held this one). */
+export function muonScratch(pool: MuonScratchPool, rows: number, cols: number): MuonScratch {
+  const [x0, x1, gram, poly, normSq, partials, tile] = pool.tensors, s = Math.min(rows, cols);
+  const b = muonBlocks(rows, cols, x0.gpu.limits);
+  const view = (t: Tensor, shape: number[]) => t.view(0, shape, t.label);
   return {
-    x: [{ t: x0, blocks: b.x }, { t: x1, blocks: b.x }],
-    gram: { t: gram, blocks: b.gram },
-    poly: { t: poly, blocks: b.gram },
+    x: [{ t: view(x0, [rows, cols]), blocks: b.x }, { t: view(x1, [rows, cols]), blocks: b.x }],
+    gram: { t: view(gram, [s, s]), blocks: b.gram },
+    poly: { t: view(poly, [s, s]), blocks: b.gram },
     normSq,
     partials,
     tile: tile ?? null,
   };
-}
-
-/** Frees a {@link MuonScratch}. */
-export function destroyMuonScratch(s: MuonScratch): void {
-  for (const m of [...s.x, s.gram, s.poly]) m.t.destroy();
-  for (const t of [s.normSq, s.partials, s.tile]) t?.destroy();
 }
 
 /** Tensors of {@link muonStep}; param, grad and buf are f32 [rows, cols]. */

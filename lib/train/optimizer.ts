@@ -27,11 +27,13 @@ import { ADAMW_DEFAULTS, ADAMW_STATE_SIZE, type AdamWOptions, adamwState, adamwS
 import { globalNormPartialsSize, globalNormSquared } from "../ops/reduce.ts";
 import { fill } from "../ops/elementwise.ts";
 import {
-  destroyMuonScratch,
+  destroyMuonScratchPool,
   isMuonMatrix,
   type MuonOptions,
   type MuonScratch,
   muonScratch,
+  type MuonScratchPool,
+  muonScratchPool,
   muonStep,
 } from "../ops/muon.ts";
 import { fromFloat32, type RawTensor, toFloat32 } from "../io/safetensors.ts";
@@ -61,7 +63,7 @@ export const MOMENT_SUFFIXES = { m: "exp_avg", v: "exp_avg_sq" } as const;
 /** Suffix of a Muon parameter's saved momentum, as torch.optim.Muon names it in its state dict. */
 export const MUON_MOMENTUM_SUFFIX = "momentum_buffer";
 
-/** The state one parameter keeps: AdamW's two moments, or Muon's momentum with its shape's scratch. */
+/** The state one parameter keeps: AdamW's two moments, or Muon's momentum with its views of the shared scratch. */
 type ParamState = { kind: "adamw"; m: Tensor; v: Tensor } | {
   kind: "muon";
   buf: Tensor;
@@ -76,7 +78,7 @@ export class DraftOptimizer {
   /** The f32 squared global gradient norm of the last update, before clipping (read for logging). */
   readonly normSq: Tensor;
   readonly #states: ParamState[];
-  readonly #scratch = new Map<string, MuonScratch>();
+  readonly #muonScratch: MuonScratchPool;
   readonly #state: Tensor;
   readonly #partials: Tensor;
   readonly #update: Program;
@@ -88,14 +90,17 @@ export class DraftOptimizer {
     readonly params: readonly NamedParameter[],
     readonly options: Readonly<Required<OptimizerOptions>>,
   ) {
+    const isMuon = (p: NamedParameter) => !!options.muon && isMuonMatrix(p.name, p.param.shape);
+    this.#muonScratch = muonScratchPool(gpu, params.filter(isMuon).map((p) => p.param.shape));
     this.#states = params.map((p): ParamState => {
       const zeros = (suffix: string) => Tensor.zeros(gpu, p.param.shape, "f32", `${p.name}.${suffix}`);
-      if (!options.muon || !isMuonMatrix(p.name, p.param.shape)) {
-        return { kind: "adamw", m: zeros(MOMENT_SUFFIXES.m), v: zeros(MOMENT_SUFFIXES.v) };
-      }
-      const [rows, cols] = p.param.shape, key = `${rows}x${cols}`, buf = zeros(MUON_MOMENTUM_SUFFIX);
-      if (!this.#scratch.has(key)) this.#scratch.set(key, muonScratch(gpu, rows, cols));
-      return { kind: "muon", buf, scratch: this.#scratch.get(key)! };
+      if (!isMuon(p)) return { kind: "adamw", m: zeros(MOMENT_SUFFIXES.m), v: zeros(MOMENT_SUFFIXES.v) };
+      const [rows, cols] = p.param.shape;
+      return {
+        kind: "muon",
+        buf: zeros(MUON_MOMENTUM_SUFFIX),
+        scratch: muonScratch(this.#muonScratch, rows, cols),
+      };
     });
     this.normSq = Tensor.zeros(gpu, [1], "f32", "optimizer grad norm²");
     this.#state = Tensor.zeros(gpu, [ADAMW_STATE_SIZE], "f32", "optimizer step state");
@@ -242,7 +247,7 @@ export class DraftOptimizer {
     this.#update.destroy();
     this.#zero.destroy();
     for (const [i] of this.params.entries()) for (const [, t] of this.#stateOf(i)) t.destroy();
-    for (const s of this.#scratch.values()) destroyMuonScratch(s);
+    destroyMuonScratchPool(this.#muonScratch);
     for (const t of [this.normSq, this.#state, this.#partials]) t.destroy();
   }
 }

@@ -153,26 +153,24 @@ function fixedTensors(i: TrainingPlanInput): Array<[PlanCategoryKey, PlannedTens
 }
 
 /**
- * The per-parameter state of lib/train/optimizer.ts `DraftOptimizer`, in its order: AdamW's two moments, or
- * Muon's momentum and, once per matrix shape, Muon's scratch.
+ * The state of lib/train/optimizer.ts `DraftOptimizer`, in its order: Muon's shared scratch (with Muon), then
+ * per parameter AdamW's two moments or Muon's momentum.
  */
 function optimizerStateTensors(
   params: { name: string; shape: number[] }[],
   muon: boolean,
   limits: BindingLimits,
 ): PlannedTensor[] {
-  const shapes = new Set<string>();
-  return params.flatMap((p) => {
-    if (!muon || !isMuonMatrix(p.name, p.shape)) {
-      return [planned(`${p.name}.exp_avg`, p.shape, "f32"), planned(`${p.name}.exp_avg_sq`, p.shape, "f32")];
-    }
-    const [rows, cols] = p.shape, key = `${rows}x${cols}`, first = !shapes.has(key);
-    shapes.add(key);
-    const scratch = first
-      ? muonScratchShapes(rows, cols, limits).map(([label, shape]) => planned(label, shape, "f32"))
-      : [];
-    return [planned(`${p.name}.momentum_buffer`, p.shape, "f32"), ...scratch];
-  });
+  const isMuon = (p: { name: string; shape: number[] }) => muon && isMuonMatrix(p.name, p.shape);
+  const scratch = muonScratchShapes(params.filter(isMuon).map((p) => p.shape), limits);
+  return [
+    ...scratch.map(([label, shape]) => planned(label, shape, "f32")),
+    ...params.flatMap((p) =>
+      isMuon(p)
+        ? [planned(`${p.name}.momentum_buffer`, p.shape, "f32")]
+        : [planned(`${p.name}.exp_avg`, p.shape, "f32"), planned(`${p.name}.exp_avg_sq`, p.shape, "f32")]
+    ),
+  ];
 }
 
 /** The lm_head rows of the draft vocabulary, in the lm_head's dtype, split to fit one binding. */

@@ -6,11 +6,12 @@ import { Tensor } from "../../lib/tensor.ts";
 import { adamwState } from "../../lib/ops/adamw.ts";
 import { Gpu } from "../../lib/gpu/device.ts";
 import {
-  destroyMuonScratch,
+  destroyMuonScratchPool,
   isMuonMatrix,
   MUON_DEFAULTS,
   muonLrFactor,
   muonScratch,
+  muonScratchPool,
   muonScratchShapes,
   muonStep,
   muonStepCpu,
@@ -31,7 +32,7 @@ for (const [rows, cols] of [[12, 40], [40, 12], [24, 24]]) {
       const buf = Tensor.zeros(g, [rows, cols], "f32", "buf");
       const normSq = Tensor.empty(g, [1], "f32", "normSq");
       const state = Tensor.empty(g, [4], "f32", "state");
-      const scratch = muonScratch(g, rows, cols);
+      const pool = muonScratchPool(g, [[rows, cols]]), scratch = muonScratch(pool, rows, cols);
       const p = new Program(g, "muon");
       const opts = { ...MUON_DEFAULTS, lrRatio: 10 };
       try {
@@ -62,7 +63,7 @@ for (const [rows, cols] of [[12, 40], [40, 12], [24, 24]]) {
         }
       } finally {
         p.destroy();
-        destroyMuonScratch(scratch);
+        destroyMuonScratchPool(pool);
         for (const t of [param, grad, buf, normSq, state]) t.destroy();
       }
     },
@@ -110,7 +111,9 @@ async function oneUpdate(device: Gpu, rows: number, cols: number): Promise<Float
   const buf = Tensor.fromArray(device, randomArray(n, 23, 0.1), [rows, cols], "f32", "buf");
   const normSq = Tensor.fromArray(device, Float32Array.of(4), [1], "f32", "normSq");
   const state = Tensor.fromArray(device, adamwState(3, 2e-3, 0.5), [4], "f32", "state");
-  const scratch = muonScratch(device, rows, cols);
+  // The pool also holds a larger shape: the matrix's scratch is a view of it.
+  const pool = muonScratchPool(device, [[rows, cols], [rows + 8, cols + 8]]);
+  const scratch = muonScratch(pool, rows, cols);
   const p = new Program(device, "muon");
   try {
     await muonStep(p, { param, grad, buf, normSq, state }, scratch, { ...MUON_DEFAULTS, lrRatio: 10 });
@@ -118,7 +121,7 @@ async function oneUpdate(device: Gpu, rows: number, cols: number): Promise<Float
     return await param.readFloat();
   } finally {
     p.destroy();
-    destroyMuonScratch(scratch);
+    destroyMuonScratchPool(pool);
     for (const t of [param, grad, buf, normSq, state]) t.destroy();
   }
 }
@@ -135,9 +138,9 @@ for (const [cap, rows, cols] of [[65536, 40, 600], [65536, 600, 40], [16384, 80,
     async () => {
       const small = await Gpu.create({ capLimits: { maxStorageBufferBindingSize: cap } });
       try {
-        const scratch = muonScratch(small, rows, cols);
+        const pool = muonScratchPool(small, [[rows, cols]]), scratch = muonScratch(pool, rows, cols);
         const xBlocks = scratch.x[0].blocks.length, gramBlocks = scratch.gram.blocks.length;
-        destroyMuonScratch(scratch);
+        destroyMuonScratchPool(pool);
         assert.ok(xBlocks >= 2, `X in ${xBlocks} row blocks`);
         assert.equal(gramBlocks > 1, splitGram || rows < cols, `A in ${gramBlocks} row blocks`);
         const n = rows * cols, param0 = randomArray(n, 21, 0.5);
@@ -166,9 +169,18 @@ Deno.test("muon plans a block tile only when a product splits a block's columns"
     minStorageBufferOffsetAlignment: 256,
   });
   const tile = (rows: number, cols: number, cap: number) =>
-    muonScratchShapes(rows, cols, limits(cap)).find(([label]) => label === "muon block tile")?.[1][0] ?? 0;
+    muonScratchShapes([[rows, cols]], limits(cap)).find(([label]) => label === "muon block tile")?.[1][0] ??
+      0;
   assert.equal(tile(40, 600, 1 << 20), 0, "everything binds");
   assert.equal(tile(600, 40, 65536), 0, "a tall X in blocks, A whole: no column is split");
   assert.ok(tile(40, 600, 65536) > 0, "a wide X in blocks splits A's columns");
   assert.ok(tile(200, 80, 16384) * 4 <= 16384, "the tile binds");
+});
+
+Deno.test("muon's scratch pool is sized for the largest matrix, not one set per shape", () => {
+  const limits = { maxStorageBufferBindingSize: 1 << 30, minStorageBufferOffsetAlignment: 256 };
+  const sizes = new Map(muonScratchShapes([[128, 384], [384, 128], [64, 128]], limits));
+  assert.deepEqual(sizes.get("muon update"), [128 * 384]);
+  assert.deepEqual(sizes.get("muon gram"), [128 * 128]);
+  assert.deepEqual(muonScratchShapes([], limits), []);
 });
