@@ -84,7 +84,9 @@ function checkDflashSettings(s: TrainSettings, worldSize: number): void {
   };
   if (worldSize > 1) refuse("training on several ranks");
   if (s.dryRun) refuse("the memory plan (--dry-run)");
-  if (s.targetMemoryBudget !== null) refuse("a streamed target (--target-memory-budget)");
+  if (s.targetMemoryBudget !== null && !s.trainHiddenStatesPath) {
+    refuse("a streamed target (--target-memory-budget)"); // offline, the target's layers are not loaded
+  }
 }
 
 /**
@@ -134,26 +136,26 @@ async function resolveDflashConfig(
 }
 
 /** Runs DFlash training online as the settings say; see the module comment. */
-export function trainDflashOnline(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {
+export async function trainDflashOnline(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {
   if (o.settings.trainHiddenStatesPath) {
     throw new ConfigError(
       "--train-hidden-states-path is for train-offline (train-online runs the target itself)",
     );
   }
-  return trainDflash(gpu, o);
+  return await trainDflash(gpu, o);
 }
 
 /**
  * Runs DFlash training offline (--train-hidden-states-path, --eval-hidden-states-path: directories
  * prepare-hidden-states --draft-type dflash wrote); only the target's embedding, lm_head and final norm load.
  */
-export function trainDflashOffline(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {
+export async function trainDflashOffline(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {
   if (!o.settings.trainHiddenStatesPath) {
     throw new ConfigError(
       "train-offline needs --train-hidden-states-path (a prepare-hidden-states --draft-type dflash directory)",
     );
   }
-  return trainDflash(gpu, o);
+  return await trainDflash(gpu, o);
 }
 
 async function trainDflash(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {

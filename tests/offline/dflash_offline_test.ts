@@ -3,7 +3,9 @@
  * prepare-hidden-states --draft-type dflash stores the draft's target layers (any count, no teacher) and
  * train-offline --draft-type dflash on f32 features equals train-online bit for bit (weights, optimizer state,
  * losses: the stored features are the forward's own f32 values and the step's dispatches are the same);
- * stored layers that are not the draft's, and EAGLE-3 training on teacherless features, are refused by name.
+ * stored layers that are not the draft's, and EAGLE-3 training on teacherless features, are refused by name;
+ * a streamed target (--target-memory-budget) writes the resident run's files, and prepare's plan of the DFlash
+ * features meets the measured peak within the prepare plan's 10 % bound (tests/train/memory_plan_test.ts).
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -17,6 +19,11 @@ import { prepareHiddenStatesOptions } from "../../lib/offline/settings.ts";
 import { bytesPerToken, type FeatureStorage, readManifest } from "../../lib/offline/format.ts";
 import { CHECKPOINT_FILES } from "../../lib/train/checkpoint.ts";
 import type { TrainSettingsInput } from "../../lib/train/config.ts";
+import { Gpu } from "../../lib/gpu/device.ts";
+import { planPrepare } from "../../lib/offline/prepare.ts";
+import { SafetensorsCheckpoint } from "../../lib/io/safetensors.ts";
+import { loadTargetConfig, resolveWeightNames } from "../../lib/models/config.ts";
+import { layerBytes } from "../../lib/models/target_memory.ts";
 
 const quiet = () => new ProgressPrinter(() => {}, false);
 const F32_NONE: FeatureStorage = { auxFormat: "f32", groupSize: 32, teacherFormat: "none", topk: 16 };
@@ -142,6 +149,64 @@ Deno.test(
         { hub },
       );
       assert.equal(o.storage.teacherFormat, "none"); // no teacher by default for DFlash
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
+
+/** The bytes of the fixture target's first decoder layer on `device` (one stream slot). */
+async function oneLayerBytes(dir: string, device: Gpu): Promise<number> {
+  const ckpt = await SafetensorsCheckpoint.open(dir);
+  try {
+    const cfg = await loadTargetConfig(join(dir, "config.json"));
+    const names = resolveWeightNames(cfg, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, dir);
+    return layerBytes((n) => ckpt.info(n), names.layers[0], device.features.shaderF16);
+  } finally {
+    ckpt.close();
+  }
+}
+
+Deno.test(
+  {
+    name:
+      "prepare-hidden-states --draft-type dflash: a streamed target writes the resident files; plan ≈ peak",
+    ...needsGpu,
+  },
+  async () => {
+    const root = await trainFixture();
+    try {
+      const layers = { targetLayerIds: [0, 3, 6, 7] };
+      await prepare(root, "train", "resident", layers);
+      const device = await Gpu.create(), logs: string[] = [];
+      try {
+        const budget = 2 * await oneLayerBytes(join(root, "target"), device);
+        const o = prepareOptions(root, "streamed", F32_NONE, "train", {
+          draftType: "dflash",
+          targetMemoryBudget: budget,
+          log: (line) => logs.push(line),
+          ...layers,
+        });
+        const { plan } = await planPrepare(device, o);
+        await prepareHiddenStates(device, o);
+        assert.ok(logs.some((l) => l.includes("stream through 2 slots")), logs.join("\n"));
+        const peak = device.pool.peakBytes;
+        assert.ok(Math.abs(plan.peakBytes - peak) <= 0.1 * peak, `planned ${plan.peakBytes}, peak ${peak}`);
+      } finally {
+        device.destroy();
+      }
+      const m = await readManifest(join(root, "resident"));
+      for (let row = 0; row < m.data.numSamples; row++) {
+        const f = join(
+          `rows_${Math.floor(row / 5) * 5}-${Math.floor(row / 5) * 5 + 5}`,
+          `data_${row}.safetensors`,
+        );
+        const [a, b] = [
+          await Deno.readFile(join(root, "resident", f)),
+          await Deno.readFile(join(root, "streamed", f)),
+        ];
+        assert.ok(a.length === b.length && a.every((x, i) => x === b[i]), `${f} identical`);
+      }
     } finally {
       await Deno.remove(root, { recursive: true });
     }
