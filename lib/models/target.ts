@@ -607,24 +607,34 @@ export class TargetEnds implements HeadSource {
     readonly embed: RowSplitMatrix,
     readonly lmHeadOrNull: RowSplitMatrix | null,
     readonly maxBlockBytes: number,
+    /** The final norm's weight (with the model's norm offset), when loaded. */
+    readonly finalNormOrNull: Tensor | null = null,
   ) {}
 
-  /** Loads config.json, the embedding and, when `lmHead` is set, the lm_head of checkpoint `dir`. */
-  static async load(gpu: Gpu, dir: string, opts: { lmHead: boolean }): Promise<TargetEnds> {
+  /**
+   * Loads config.json, the embedding and, when `lmHead` is set, the lm_head of checkpoint `dir`; with
+   * `finalNorm`, the final norm's weight too (a DFlash draft's norm starts from it).
+   */
+  static async load(
+    gpu: Gpu,
+    dir: string,
+    opts: { lmHead: boolean; finalNorm?: boolean },
+  ): Promise<TargetEnds> {
     const config = await loadTargetConfig(`${dir}/config.json`);
     const ckpt = await SafetensorsCheckpoint.open(dir);
     try {
       const names = resolveWeightNames(config, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, dir);
       const maxBlockBytes = gpu.limits.maxStorageBufferBindingSize;
-      const load = new TargetWeightLoader(gpu, ckpt);
+      const load = new TargetWeightLoader(gpu, ckpt, normOffsetOf(config));
       const embed = await load.rowSplit(names.embed, maxBlockBytes);
       const head = !opts.lmHead
         ? null
         : names.lmHead === names.embed
         ? embed
         : await load.rowSplit(names.lmHead, maxBlockBytes);
+      const finalNorm = opts.finalNorm ? await load.norm(names.finalNorm) : null;
       await load.checkFinite();
-      return new TargetEnds(gpu, config, embed, head, maxBlockBytes);
+      return new TargetEnds(gpu, config, embed, head, maxBlockBytes, finalNorm);
     } finally {
       ckpt.close();
     }
@@ -650,6 +660,7 @@ export class TargetEnds implements HeadSource {
         seen.add(b.tensor);
       }
     }
+    this.finalNormOrNull?.destroy();
   }
 }
 

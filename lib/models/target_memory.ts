@@ -364,6 +364,8 @@ function expertSplit(w: LayerWeight, maxBlockBytes: number): PlannedTensor[] {
 /** What a forward computes (lib/models/target.ts `TargetOutputs`, the parts that allocate). */
 export interface ForwardOutputs {
   aux?: boolean;
+  /** Layers the aux states hold (default 3, an EAGLE-3 draft's; a DFlash draft's target_layer_ids count). */
+  auxCount?: number;
   finalHidden?: boolean;
   logits?: boolean;
   /** Rows of the lm_head subset (the draft vocabulary), and its row blocks' sizes when it is split. */
@@ -416,7 +418,7 @@ export function targetForwardTensors(
 ): PlannedTensor[] {
   const rows = B * T, H = cfg.hiddenSize, V = cfg.vocabSize;
   const out = [planned("ids", [rows], "i32"), planned("lengths", [B], "i32")];
-  if (outputs.aux) out.push(planned("aux hidden states", [rows, 3 * H], "f32"));
+  if (outputs.aux) out.push(planned("aux hidden states", [rows, (outputs.auxCount ?? 3) * H], "f32"));
   out.push(...trunkTensors(cfg, B, T));
   out.push(...splitScratchTensors(rows, H, splits.embedBlockRows.length > 1, splits.matrixBlockRows));
   // A streamed target records each slot's layer in a program of its own, each with its transient scratch.

@@ -63,6 +63,8 @@ export interface StreamedTargetOptions {
   budgetBytes: number;
   /** The three captured layers (default: the target's default rule). */
   auxLayers?: number[];
+  /** Any number (≥ 1) of ascending aux layers instead of three (a DFlash draft's `target_layer_ids`). */
+  anyAuxCount?: boolean;
   /** Longest sequence the RoPE tables cover (default: max_position_embeddings). */
   maxPositions?: number;
   /** Notes for the user. */
@@ -110,7 +112,11 @@ export class StreamedTarget implements HeadSource {
       const names = resolveWeightNames(config, (n) => ckpt.has(n), (n) => ckpt.info(n).shape, dir);
       const choice = defaultAuxLayers(config.numLayers);
       if (!opts.auxLayers && choice.message) opts.onMessage?.(choice.message);
-      const auxLayers = checkAuxLayers(opts.auxLayers ?? choice.layers, config.numLayers);
+      const auxLayers = checkAuxLayers(
+        opts.auxLayers ?? choice.layers,
+        config.numLayers,
+        opts.anyAuxCount ? null : 3,
+      );
       const load = new TargetWeightLoader(gpu, ckpt, normOffsetOf(config));
       const maxBlockBytes = gpu.limits.maxStorageBufferBindingSize;
       const embed = await load.rowSplit(names.embed, maxBlockBytes);
@@ -263,7 +269,9 @@ export class StreamedForward extends ForwardTensors {
   async build(): Promise<void> {
     const { model, batch: B, seqLen: T, outputs } = this;
     const cfg = model.config, H = cfg.hiddenSize, p = this.#embed;
-    if (outputs.aux) this.aux = p.scratch([B * T, 3 * H], "f32", "aux hidden states");
+    if (outputs.aux) {
+      this.aux = p.scratch([B * T, this.model.auxLayers.length * H], "f32", "aux hidden states");
+    }
     const x = p.scratch([B * T, H], "f32", "residual");
     const s = layerScratch(p, cfg, [B, T]);
     await recordEmbedding(p, cfg, model.embed, this.ids, x, s);
@@ -332,8 +340,10 @@ export class StreamedForward extends ForwardTensors {
 
 /** Options of {@link loadTargetWithin}. */
 export interface TargetWithinOptions {
-  /** The three captured layers. */
+  /** The captured layers: three, or with `anyAuxCount` one or more (a DFlash draft's target_layer_ids). */
   auxLayers: number[];
+  /** Any number (≥ 1) of ascending aux layers instead of three. */
+  anyAuxCount?: boolean;
   /** Bytes of decoder-layer weights the device may hold (null: no limit). */
   budgetBytes: number | null;
   /** Notes for the user (says when the target is streamed). */
@@ -351,10 +361,16 @@ export async function loadTargetWithin(
   o: TargetWithinOptions,
 ): Promise<TargetModel | StreamedTarget> {
   const slots = await withTargetPlanInput(gpu, dir, cfg, (t) => targetStreamSlots(t, o.budgetBytes));
-  if (slots === null) return await TargetModel.load(gpu, dir, { auxLayers: o.auxLayers });
+  if (slots === null) {
+    return await TargetModel.load(gpu, dir, { auxLayers: o.auxLayers, anyAuxCount: o.anyAuxCount });
+  }
   o.onMessage(
     `--target-memory-budget: the target's ${cfg.numLayers} decoder layers stream through ${slots} slot` +
       `${slots === 1 ? "" : "s"}, read from ${dir} on every batch`,
   );
-  return await StreamedTarget.load(gpu, dir, { budgetBytes: o.budgetBytes!, auxLayers: o.auxLayers });
+  return await StreamedTarget.load(gpu, dir, {
+    budgetBytes: o.budgetBytes!,
+    auxLayers: o.auxLayers,
+    anyAuxCount: o.anyAuxCount,
+  });
 }

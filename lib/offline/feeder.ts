@@ -3,8 +3,10 @@
  * upload tensors of the compact stored form and a small program that decodes them on the GPU into exactly
  * the inputs the online target forward produces (lib/models/eagle3.ts {@link Eagle3StepInputs}):
  *
- *   aux [B·T, 3·H_t] f32          ← f32 as is, bf16 widened, int8/int4 dequantized (lib/ops/features.ts);
+ *   aux [B·T, A·H_t] f32          ← f32 as is, bf16 widened, int8/int4 dequantized (lib/ops/features.ts);
  *                                   a repeated aux layer is stored once and copied into each of its slots
+ *                                   (A = 3 for an EAGLE-3 draft; a DFlash draft's target_layer_ids count,
+ *                                   whose feeder decodes the aux states only: {@link FeatureFeeder.createAuxOnly})
  *   teacherLogits [B·T, Vd] f32   ← hidden-*: the target's lm_head over the draft vocabulary applied to the
  *                                   stored final hidden (as online); topk: the dense row rebuilt from the
  *                                   top-k log-probabilities plus the evenly spread remaining mass; either
@@ -62,13 +64,13 @@ export function featureFeederTensors(
   draftVocabSize: number,
   subsetBlockRows: number[],
   windowedTeacher = false,
+  teacherless = manifest.storage.teacherFormat === "none",
 ): PlannedTensor[] {
   const s = manifest.storage, N = B * T, Ht = manifest.target.hiddenSize, V = manifest.target.vocabSize;
-  const cols = manifest.storedLayers.length * Ht;
-  const identity = manifest.storedLayers.length === 3 &&
-    manifest.storedLayers.every((l, i) => l === manifest.auxLayers[i]);
+  const cols = manifest.storedLayers.length * Ht, A = manifest.auxLayers.length;
+  const identity = storedInSlotOrder(manifest);
   const out = [
-    planned("aux hidden states", [N, 3 * Ht], "f32"),
+    planned("aux hidden states", [N, A * Ht], "f32"),
     planned("ids", [N], "i32"),
     planned("lengths", [B], "i32"),
   ];
@@ -81,6 +83,7 @@ export function featureFeederTensors(
     );
   } else if (s.auxFormat === "bf16") out.push(planned("stored aux", [N, cols], "bf16"));
   else if (!identity) out.push(planned("stored aux", [N, cols], "f32"));
+  if (teacherless) return out;
   if (s.teacherFormat === "topk") {
     const k = s.topk;
     if (!windowedTeacher) out.push(planned("teacher logits (rebuilt)", [N, draftVocabSize], "f32"));
@@ -110,6 +113,11 @@ export function featureFeederTensors(
   return out;
 }
 
+/** Whether the distinct stored layers are the captured ones in slot order (decoded straight into the aux input). */
+function storedInSlotOrder(m: FeaturesManifest): boolean {
+  return m.storedLayers.length === m.auxLayers.length && m.storedLayers.every((l, i) => l === m.auxLayers[i]);
+}
+
 /** Decodes stored features of batches of shape (B, T) into the draft step's inputs. */
 export class FeatureFeeder {
   readonly #program: Program;
@@ -127,11 +135,12 @@ export class FeatureFeeder {
     readonly batch: number,
     readonly seqLen: number,
     gpu: Gpu,
+    readonly teacher = true,
   ) {
     this.#program = new Program(gpu, `offline features B=${batch} T=${seqLen}`);
     this.#rows = batch * seqLen;
-    const p = this.#program, N = this.#rows;
-    this.#aux = p.scratch([N, 3 * manifest.target.hiddenSize], "f32", "aux hidden states");
+    const p = this.#program, N = this.#rows, A = manifest.auxLayers.length;
+    this.#aux = p.scratch([N, A * manifest.target.hiddenSize], "f32", "aux hidden states");
     this.#ids = p.scratch([N], "i32", "ids");
     this.#lengths = p.scratch([batch], "i32", "lengths");
   }
@@ -149,6 +158,11 @@ export class FeatureFeeder {
       teacherArgmax: this.#teacherArgmax!,
       teacherMaxSum: this.#teacherMaxSum!,
     };
+  }
+
+  /** The decoded aux states [B·T, A·H_t] (A captured layers, in the manifest's auxLayers order). */
+  get aux(): Tensor {
+    return this.#aux;
   }
 
   /**
@@ -177,6 +191,21 @@ export class FeatureFeeder {
     return f;
   }
 
+  /**
+   * A feeder of the aux states alone (a DFlash draft's target features, {@link FeatureFeeder.aux}): any stored
+   * teacher is neither uploaded nor decoded.
+   */
+  static async createAuxOnly(
+    gpu: Gpu,
+    manifest: FeaturesManifest,
+    batch: number,
+    seqLen: number,
+  ): Promise<FeatureFeeder> {
+    const f = new FeatureFeeder(manifest, batch, seqLen, gpu, false);
+    await f.#build(new Int32Array(0), null, false);
+    return f;
+  }
+
   async #build(draftToTarget: Int32Array, head: HeadSource | null, windowedTeacher: boolean): Promise<void> {
     const m = this.manifest, p = this.#program, N = this.#rows;
     const s = m.storage, Ht = m.target.hiddenSize;
@@ -187,9 +216,9 @@ export class FeatureFeeder {
       return t;
     };
 
-    // aux: decode the distinct layers, then place them in the three slots.
-    // Three distinct ascending layers are stored in slot order: decode straight into the step's input.
-    const identity = m.storedLayers.length === 3 && m.storedLayers.every((l, i) => l === m.auxLayers[i]);
+    // aux: decode the distinct layers, then place them in the A slots.
+    // Distinct ascending layers are stored in slot order: decode straight into the step's input.
+    const identity = storedInSlotOrder(m), A = m.auxLayers.length;
     const unique = identity ? this.#aux : p.scratch([N, cols], "f32", "aux distinct layers");
     const bits = quantBitsOf(s.auxFormat);
     if (bits) {
@@ -204,19 +233,19 @@ export class FeatureFeeder {
       await convert(p, up("aux", [N, cols], "f32"), unique);
     }
     if (!identity) {
-      for (let slot = 0; slot < 3; slot++) {
+      for (let slot = 0; slot < A; slot++) {
         const u = m.storedLayers.indexOf(m.auxLayers[slot]);
         await copyStrided(p, unique, this.#aux, {
           count: [1, N, Ht],
           srcStrides: [0, cols, 1],
           srcOffset: u * Ht,
-          dstStrides: [0, 3 * Ht, 1],
+          dstStrides: [0, A * Ht, 1],
           dstOffset: slot * Ht,
         });
       }
     }
 
-    await this.#buildTeacher(draftToTarget, head, windowedTeacher, up);
+    if (this.teacher) await this.#buildTeacher(draftToTarget, head, windowedTeacher, up);
   }
 
   /**
@@ -232,6 +261,11 @@ export class FeatureFeeder {
   ): Promise<void> {
     const p = this.#program, N = this.#rows, s = this.manifest.storage;
     const Ht = this.manifest.target.hiddenSize, V = this.manifest.target.vocabSize, Vd = draftToTarget.length;
+    if (s.teacherFormat === "none") {
+      throw new ShapeError(
+        "offline features: stored without a teacher (--teacher-format none), for DFlash only",
+      );
+    }
     if (s.teacherFormat === "topk") {
       const k = s.topk;
       if (!windowedTeacher) this.#teacherLogits = p.scratch([N, Vd], "f32", "teacher logits (rebuilt)");
@@ -269,7 +303,7 @@ export class FeatureFeeder {
    */
   feed(samples: FeatureSample[]): number[] {
     const m = this.manifest, s = m.storage, T = this.seqLen, N = this.#rows;
-    const Ht = m.target.hiddenSize, cols = m.storedLayers.length * Ht, V = m.target.vocabSize;
+    const cols = m.storedLayers.length * m.target.hiddenSize;
     if (samples.length !== this.batch) {
       throw new ShapeError(`offline features: ${samples.length} samples for a batch of ${this.batch}`);
     }
@@ -297,6 +331,17 @@ export class FeatureFeeder {
       this.#write("aux_scale", scales);
     }
 
+    if (this.teacher) this.#feedTeacher(samples, lengths);
+    this.#program.run();
+    return lengths;
+  }
+
+  /** Writes the samples' stored teacher (top-k or final hidden states) into its upload tensors. */
+  #feedTeacher(samples: FeatureSample[], lengths: number[]): void {
+    const m = this.manifest, s = m.storage, T = this.seqLen, N = this.#rows;
+    const Ht = m.target.hiddenSize, V = m.target.vocabSize;
+    const place = (dst: Uint8Array, src: Uint8Array, b: number, rowBytes: number) =>
+      dst.set(src.subarray(0, lengths[b] * rowBytes), b * T * rowBytes);
     if (s.teacherFormat === "topk") {
       const k = s.topk;
       const topIds = new Int32Array(N * k).fill(-1), logprobs = new Float32Array(N * k);
@@ -320,8 +365,6 @@ export class FeatureFeeder {
       samples.forEach((x, b) => place(hidden, x.hidden!.bytes, b, row));
       this.#write("hidden", hidden);
     }
-    this.#program.run();
-    return lengths;
   }
 
   #write(

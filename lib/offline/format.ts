@@ -21,6 +21,7 @@
  *     topk:          topk_ids       U16/I32 [S, k]  the k most likely next tokens over the FULL target vocabulary,
  *                                                   most likely first, ties by lower id (topk_ids[t, 0] is the argmax)
  *                    topk_logprobs  F16 [S, k]      their log-probabilities (logit − log-sum-exp over the vocabulary)
+ *     none:          nothing (a DFlash draft learns from the tokens; its loss reads the target's lm_head only)
  *
  * The top-k teacher does not depend on the draft vocabulary, which is chosen at training time from the files'
  * tokens: the draft target p over the draft vocabulary is rebuilt from the stored top-k plus the remaining
@@ -52,12 +53,12 @@ export const DEFAULT_FILE_GROUP_SIZE = 2000;
 /** How the aux hidden states are stored. */
 export type AuxFormat = "f32" | "bf16" | "int8" | "int4";
 /** How the teacher is stored. */
-export type TeacherFormat = "hidden-f32" | "hidden-bf16" | "topk";
+export type TeacherFormat = "hidden-f32" | "hidden-bf16" | "topk" | "none";
 
 /** Every aux format, smallest last. */
 export const AUX_FORMATS: readonly AuxFormat[] = ["f32", "bf16", "int8", "int4"];
 /** Every teacher format. */
-export const TEACHER_FORMATS: readonly TeacherFormat[] = ["hidden-f32", "hidden-bf16", "topk"];
+export const TEACHER_FORMATS: readonly TeacherFormat[] = ["hidden-f32", "hidden-bf16", "topk", "none"];
 
 /** The storage options of a features directory. */
 export interface FeatureStorage {
@@ -65,7 +66,7 @@ export interface FeatureStorage {
   auxFormat: AuxFormat;
   /** Values per scale for int8/int4. */
   groupSize: number;
-  /** The teacher: the final hidden state (f32 lossless, bf16 SpecForge's) or the top-k next tokens. */
+  /** The teacher: the final hidden state (f32 lossless, bf16 SpecForge's), the top-k next tokens, or none (DFlash). */
   teacherFormat: TeacherFormat;
   /** k of the top-k teacher. */
   topk: number;
@@ -92,7 +93,10 @@ export interface FeaturesManifest {
     /** SHA-256 of the target's config.json, to catch a features/target mismatch at training time. */
     configSha256: string;
   };
-  /** The three captured layers, in the order the draft's fc reads them. */
+  /**
+   * The captured layers, in the order the draft's fc reads them: an EAGLE-3 draft's three aux layers, or a DFlash
+   * draft's `target_layer_ids` (any count).
+   */
   auxLayers: number[];
   /** The distinct layers stored in `aux`, ascending (repeats in auxLayers are stored once). */
   storedLayers: number[];
@@ -165,7 +169,9 @@ export function bytesPerToken(m: Pick<FeaturesManifest, "storage" | "target" | "
   const aux = bits
     ? auxCols * bits / 8 + (auxCols / s.groupSize) * 2
     : auxCols * (s.auxFormat === "f32" ? 4 : 2);
-  const teacher = s.teacherFormat === "topk"
+  const teacher = s.teacherFormat === "none"
+    ? 0
+    : s.teacherFormat === "topk"
     ? s.topk * (idBytes + 2)
     : t.hiddenSize * (s.teacherFormat === "hidden-f32" ? 4 : 2);
   return idBytes + 1 + aux + teacher;
@@ -214,7 +220,7 @@ export function expectedTensors(m: FeaturesManifest, tokens: number): Map<string
   if (s.teacherFormat === "topk") {
     out.set("topk_ids", [ids, [tokens, s.topk]]);
     out.set("topk_logprobs", ["F16", [tokens, s.topk]]);
-  } else {
+  } else if (s.teacherFormat !== "none") {
     out.set("hidden", [s.teacherFormat === "hidden-f32" ? "F32" : "BF16", [tokens, t.hiddenSize]]);
   }
   return out;
@@ -429,7 +435,7 @@ export function encodeSample(m: FeaturesManifest, c: CapturedSample): Map<string
   if (s.teacherFormat === "topk") {
     out.set("topk_ids", fromNumbers(c.topkIds!, [S, s.topk], ids));
     out.set("topk_logprobs", fromFloat32As(c.topkLogprobs!, [S, s.topk], "F16"));
-  } else {
+  } else if (s.teacherFormat !== "none") {
     out.set(
       "hidden",
       fromFloat32As(c.hidden!, [S, t.hiddenSize], s.teacherFormat === "hidden-f32" ? "F32" : "BF16"),

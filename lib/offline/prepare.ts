@@ -24,6 +24,7 @@ import {
   type TargetConfig,
 } from "../models/config.ts";
 import { loadDraftConfig } from "../models/draft_config.ts";
+import { dflashTargetLayerIds, parseDflashConfig } from "../models/dflash_config.ts";
 import type { TargetForward, TargetModel, TargetOutputs } from "../models/target.ts";
 import {
   checkPlanFits,
@@ -81,8 +82,17 @@ export interface PrepareOptions {
   shard: { index: number; count: number };
   /** Three layer ids; null: the draft config's eagle_config, else the target's default. */
   auxLayers: number[] | null;
-  /** A draft config.json whose eagle_config names the aux layers. */
+  /** A draft config.json whose eagle_config (or a DFlash draft's dflash_config) names the aux layers. */
   draftModelConfig: string | null;
+  /**
+   * The draft the features are for (default eagle3): dflash captures the layers of `targetLayerIds`, else the
+   * DFlash config's `target_layer_ids`, else SpecForge's `build_target_layer_ids` for `numDraftLayers` layers.
+   */
+  draftType?: "eagle3" | "dflash";
+  /** dflash: the target layers to capture (any count, ascending). */
+  targetLayerIds?: number[] | null;
+  /** dflash: the draft's decoder layers, for the default target layers (default 1). */
+  numDraftLayers?: number;
   /** Preprocessing cache directory (null: none). */
   cacheDir: string | null;
   /** Records are preformatted text. */
@@ -236,14 +246,7 @@ async function resolvePrepare(o: PrepareOptions): Promise<PrepareInputs> {
   if (!(o.shard.count >= 1 && o.shard.index >= 0 && o.shard.index < o.shard.count)) {
     throw new ConfigError(`--shard ${o.shard.index}/${o.shard.count}: want i/N with 0 <= i < N`);
   }
-  let auxLayers = o.auxLayers;
-  if (!auxLayers && o.draftModelConfig) auxLayers = (await loadDraftConfig(o.draftModelConfig)).auxLayerIds;
-  if (!auxLayers) {
-    const d = defaultAuxLayers(cfg.numLayers);
-    if (d.message) o.log(d.message);
-    auxLayers = d.layers;
-  }
-  auxLayers = checkAuxLayers(auxLayers, cfg.numLayers);
+  const auxLayers = await resolveCapturedLayers(o, cfg);
 
   const tokenizer = await loadTokenizer(targetDir);
   const { dataset: all } = await buildTokenizedDataset({
@@ -284,6 +287,40 @@ async function resolvePrepare(o: PrepareOptions): Promise<PrepareInputs> {
     fileGroupSize: o.fileGroupSize,
   };
   return { targetDir, cfg, auxLayers, manifest, all, numSamples };
+}
+
+/**
+ * The layers to capture. EAGLE-3: --aux-layers > the draft config's eagle_config > the target's default (three).
+ * DFlash: --target-layer-ids > the DFlash config's dflash_config.target_layer_ids > SpecForge's
+ * `build_target_layer_ids` for --num-draft-layers (lib/models/dflash_config.ts), any count, ascending.
+ */
+async function resolveCapturedLayers(o: PrepareOptions, cfg: TargetConfig): Promise<number[]> {
+  const dflash = o.draftType === "dflash";
+  if (dflash && o.auxLayers) {
+    throw new ConfigError("--aux-layers is for EAGLE-3 features; a DFlash draft's are --target-layer-ids");
+  }
+  if (!dflash && o.targetLayerIds) {
+    throw new ConfigError(
+      "--target-layer-ids is for --draft-type dflash; EAGLE-3 features take --aux-layers",
+    );
+  }
+  if (dflash) {
+    let ids = o.targetLayerIds ?? null;
+    if (!ids && o.draftModelConfig) {
+      const json = JSON.parse(await Deno.readTextFile(o.draftModelConfig));
+      ids = parseDflashConfig(json, o.draftModelConfig).targetLayerIds;
+    }
+    ids ??= dflashTargetLayerIds(cfg.numLayers, o.numDraftLayers ?? 1);
+    return checkAuxLayers(ids, cfg.numLayers, null);
+  }
+  let auxLayers = o.auxLayers;
+  if (!auxLayers && o.draftModelConfig) auxLayers = (await loadDraftConfig(o.draftModelConfig)).auxLayerIds;
+  if (!auxLayers) {
+    const d = defaultAuxLayers(cfg.numLayers);
+    if (d.message) o.log(d.message);
+    auxLayers = d.layers;
+  }
+  return checkAuxLayers(auxLayers, cfg.numLayers);
 }
 
 /** Whether `dir` holds nothing but the features manifest and lock files. */
@@ -330,7 +367,7 @@ async function prepareLocked(gpu: Gpu, o: PrepareOptions, p: PrepareInputs): Pro
   o.log(
     `${rows.length} samples in this shard, ${result.skipped} already written, ${pending.length} to go; ` +
       `aux layers [${auxLayers}] (stored [${manifest.storedLayers}]), ${o.storage.auxFormat} aux, ` +
-      `${o.storage.teacherFormat}${
+      `${o.storage.teacherFormat === "none" ? "no" : o.storage.teacherFormat}${
         o.storage.teacherFormat === "topk" ? ` k=${o.storage.topk}` : ""
       } teacher: ` +
       `${bytesPerToken(manifest)} bytes per token vs SpecForge's ${specForgeBytesPerToken(cfg.hiddenSize)}`,
@@ -340,6 +377,7 @@ async function prepareLocked(gpu: Gpu, o: PrepareOptions, p: PrepareInputs): Pro
   checkPlanFits(await planForwards(gpu, o, p, pending), planLimitsOf(gpu, o.deviceMemory ?? null));
   const target = await loadTargetWithin(gpu, p.targetDir, p.cfg, {
     auxLayers: p.auxLayers,
+    anyAuxCount: o.draftType === "dflash",
     budgetBytes: o.targetMemoryBudget ?? null,
     onMessage: o.log,
   });
@@ -393,9 +431,17 @@ function forwardLength(len: number, maxPositions: number): number {
 }
 
 /** What the forward captures for features stored as `m` says: the aux states and the teacher's form. */
-function forwardOutputs(m: FeaturesManifest): TargetOutputs {
+function forwardOutputs(m: FeaturesManifest): TargetOutputs & { auxCount: number } {
+  const auxCount = m.auxLayers.length;
+  if (m.storage.teacherFormat === "none") return { aux: true, auxCount };
   const topk = m.storage.teacherFormat === "topk";
-  return { aux: true, finalHidden: !topk, vocabStats: topk, topk: topk ? m.storage.topk : undefined };
+  return {
+    aux: true,
+    auxCount,
+    finalHidden: !topk,
+    vocabStats: topk,
+    topk: topk ? m.storage.topk : undefined,
+  };
 }
 
 /** The forward for `batch` samples of at most `len` tokens (padded to {@link forwardLength}; 4 shapes kept). */
@@ -434,6 +480,7 @@ interface Captured {
 
 async function readCaptured(f: Forward, m: FeaturesManifest): Promise<Captured> {
   const aux = await f.aux!.read() as Float32Array;
+  if (m.storage.teacherFormat === "none") return { aux, hidden: null, topkIds: null, topkLogprobs: null };
   if (m.storage.teacherFormat !== "topk") {
     return { aux, hidden: await f.finalHidden!.read() as Float32Array, topkIds: null, topkLogprobs: null };
   }
@@ -460,15 +507,15 @@ async function writeBatch(
   c: Captured,
   result: PrepareResult,
 ): Promise<void> {
-  const Ht = m.target.hiddenSize, U = m.storedLayers.length, k = m.storage.topk;
+  const Ht = m.target.hiddenSize, U = m.storedLayers.length, k = m.storage.topk, A = m.auxLayers.length;
   const slotOf = m.storedLayers.map((l) => m.auxLayers.indexOf(l));
   for (let b = 0; b < batchRows.length; b++) {
     const S = lengths[b], r0 = b * T;
-    // The distinct layers' columns of the captured [rows, 3·H_t] aux.
+    // The distinct layers' columns of the captured [rows, A·H_t] aux (A captured layers).
     const aux = new Float32Array(S * U * Ht);
     for (let t = 0; t < S; t++) {
       for (let u = 0; u < U; u++) {
-        const src = (r0 + t) * 3 * Ht + slotOf[u] * Ht;
+        const src = (r0 + t) * A * Ht + slotOf[u] * Ht;
         aux.set(c.aux.subarray(src, src + Ht), (t * U + u) * Ht);
       }
     }

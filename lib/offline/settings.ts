@@ -38,7 +38,30 @@ export const PREPARE_HIDDEN_STATES_FLAGS = {
     length: 3,
     help: "three target layer ids, e.g. 1,15,28 (default: the draft config's, else [1, N/2-1, N-4])",
   },
-  "draft-model-config": { kind: "string", help: "draft config.json whose eagle_config names the aux layers" },
+  "draft-model-config": {
+    kind: "string",
+    help: "draft config.json whose eagle_config (DFlash: dflash_config.target_layer_ids) names the layers",
+  },
+  "draft-type": {
+    kind: "choice",
+    choices: ["eagle3", "dflash"],
+    default: "eagle3",
+    help: "the draft the features are for: eagle3 (three --aux-layers) or dflash (its --target-layer-ids, " +
+      "any count; no teacher by default)",
+  },
+  "target-layer-ids": {
+    kind: "ints",
+    min: 0,
+    help:
+      "dflash: target layers to capture, ascending (default: the --draft-model-config's, else SpecForge's " +
+      "build_target_layer_ids for --num-draft-layers)",
+  },
+  "num-draft-layers": {
+    kind: "int",
+    default: 1,
+    min: 1,
+    help: "dflash: the draft's decoder layers, for the default --target-layer-ids",
+  },
   "aux-format": {
     kind: "choice",
     choices: AUX_FORMATS,
@@ -54,8 +77,9 @@ export const PREPARE_HIDDEN_STATES_FLAGS = {
   "teacher-format": {
     kind: "choice",
     choices: TEACHER_FORMATS,
-    default: DEFAULT_STORAGE.teacherFormat,
-    help: "the final hidden state (SpecForge's) or the top-k next-token log-probs",
+    default: null,
+    help: "the final hidden state (SpecForge's), the top-k next-token log-probs, or none (a DFlash draft's " +
+      `loss needs no teacher) (default: ${DEFAULT_STORAGE.teacherFormat}; dflash: none)`,
   },
   "topk": { kind: "int", default: DEFAULT_STORAGE.topk, min: 1, max: 64, help: "k of the topk teacher" },
   "cache-dir": { kind: "string", default: "./cache", help: "preprocessing cache ('' disables it)" },
@@ -105,12 +129,20 @@ export function toPrepareOptions(
     outputPath: s.outputPath,
     chatTemplate: s.chatTemplate,
     maxLength: s.maxLength,
-    storage: { auxFormat: s.auxFormat, groupSize: s.groupSize, teacherFormat: s.teacherFormat, topk: s.topk },
+    storage: {
+      auxFormat: s.auxFormat,
+      groupSize: s.groupSize,
+      teacherFormat: s.teacherFormat ?? (s.draftType === "dflash" ? "none" : DEFAULT_STORAGE.teacherFormat),
+      topk: s.topk,
+    },
     numSamples: s.numSamples,
     batchSize: s.batchSize,
     shard: { index, count },
     auxLayers: s.auxLayers,
     draftModelConfig: s.draftModelConfig,
+    draftType: s.draftType as "eagle3" | "dflash",
+    targetLayerIds: s.targetLayerIds,
+    numDraftLayers: s.numDraftLayers,
     cacheDir: s.cacheDir || null,
     isPreformatted: s.isPreformatted,
     fileGroupSize: s.fileGroupSize,

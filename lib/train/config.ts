@@ -104,7 +104,7 @@ export const TRAIN_OPTIONS = {
     default: "eagle3",
     section: "model",
     help:
-      "eagle3: an EAGLE-3 draft with training-time test (the settings above and below); dflash: a DFlash draft (block-parallel drafting; SpecForge `specforge/modeling/draft/dflash.py`) with the --block-size, --num-draft-layers, --target-layer-ids, --mask-token-id, --sliding-window, --num-anchors, --loss-type, --loss-decay-gamma and --dpace-alpha settings; train-online only for now",
+      "eagle3: an EAGLE-3 draft with training-time test (the settings above and below); dflash: a DFlash draft (block-parallel drafting; SpecForge `specforge/modeling/draft/dflash.py`) with the --block-size, --num-draft-layers, --target-layer-ids, --mask-token-id, --sliding-window, --num-anchors, --loss-type, --loss-decay-gamma and --dpace-alpha settings; train-online, or train-offline from prepare-hidden-states --draft-type dflash features",
   },
   "block-size": {
     kind: "int",

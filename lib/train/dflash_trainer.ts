@@ -11,27 +11,34 @@
  * (lib/models/dflash_export.ts).
  *
  * Checkpoints hold the training state beside the export (./dflash_checkpoint.ts), and `--resume` continues
- * bit for bit. Not yet for DFlash: offline training, several ranks, the memory plan (--dry-run); each is
- * refused by name.
+ * bit for bit. Offline (`train-offline`), the features of the draft's target layers come from the files
+ * prepare-hidden-states wrote (./dflash_features.ts); stored f32, the run equals the online one bit for bit.
+ * Not yet for DFlash: several ranks, the memory plan (--dry-run), a streamed target; each is refused by name.
  */
 import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { claimOutputDir } from "../io/lock.ts";
 import { resolveModelPath } from "../io/hub.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
-import type { Tensor } from "../tensor.ts";
 import { mulberry32 } from "../data/random.ts";
 import { type Batch, DataLoader } from "../data/loader.ts";
 import { loadTokenizer } from "../data/tokenizer.ts";
 import { ConfigError, loadTargetConfig, type TargetConfig } from "../models/config.ts";
-import { type TargetForward, TargetModel } from "../models/target.ts";
+import { TargetEnds } from "../models/target.ts";
 import {
   deriveDflashConfig,
   type DflashConfig,
   dflashConfigJson,
   parseDflashConfig,
 } from "../models/dflash_config.ts";
-import { fileSha256 } from "../offline/format.ts";
+import { fileSha256, readManifest } from "../offline/format.ts";
+import type { FeatureSet } from "../offline/dataset.ts";
+import {
+  type DflashFeed,
+  type DflashSource,
+  OfflineDflashSource,
+  OnlineDflashSource,
+} from "./dflash_features.ts";
 import type { TokenizedDataset } from "../data/tokenized.ts";
 import { jsonSha256, type RunFingerprint } from "./fingerprint.ts";
 import { CHECKPOINT_VERSION } from "./checkpoint.ts";
@@ -52,7 +59,7 @@ import { settingsToJson, type TrainSettings } from "./config.ts";
 import { MetricsLog, type MetricsRecord, ProgressPrinter } from "./metrics.ts";
 import { renderTrainingPlot } from "./plot.ts";
 import { batchLengths } from "./sources/online.ts";
-import { tokenizeData } from "./setup.ts";
+import { openFeatures, tokenizeData } from "./setup.ts";
 import { muonOf, type TrainOptions } from "./trainer.ts";
 import { TrainingDivergedError } from "./divergence.ts";
 
@@ -75,21 +82,24 @@ function checkDflashSettings(s: TrainSettings, worldSize: number): void {
   const refuse = (what: string) => {
     throw new ConfigError(`--draft-type dflash: ${what} is not supported for DFlash drafts yet`);
   };
-  if (s.trainHiddenStatesPath) refuse("offline training (--train-hidden-states-path)");
   if (worldSize > 1) refuse("training on several ranks");
   if (s.dryRun) refuse("the memory plan (--dry-run)");
-  if (s.targetMemoryBudget !== null) refuse("a streamed target (--target-memory-budget)");
+  if (s.targetMemoryBudget !== null && !s.trainHiddenStatesPath) {
+    refuse("a streamed target (--target-memory-budget)"); // offline, the target's layers are not loaded
+  }
 }
 
 /**
  * The draft config: --draft-model-config's (a DFlash config.json), else derived from the target with the
- * run's settings; the mask token as SpecForge's `resolve_mask_token_id` falls back (the first embedding row
- * past the tokenizer's vocabulary, the pad token, eos).
+ * run's settings, its target layers --target-layer-ids', else (offline) the features' `captured` layers, else
+ * SpecForge's default; the mask token as SpecForge's `resolve_mask_token_id` falls back (the first embedding
+ * row past the tokenizer's vocabulary, the pad token, eos).
  */
 async function resolveDflashConfig(
   s: TrainSettings,
   target: TargetConfig,
   targetDir: string,
+  captured: number[] | null,
 ): Promise<DflashConfig> {
   if (s.draftModelConfig) {
     const cfg = parseDflashConfig(
@@ -119,7 +129,7 @@ async function resolveDflashConfig(
   return deriveDflashConfig(target, {
     layers: s.numDraftLayers,
     blockSize: s.blockSize,
-    targetLayerIds: s.targetLayerIds ?? undefined,
+    targetLayerIds: s.targetLayerIds ?? captured ?? undefined,
     maskTokenId: mask,
     slidingWindow: s.slidingWindow,
   });
@@ -127,6 +137,28 @@ async function resolveDflashConfig(
 
 /** Runs DFlash training online as the settings say; see the module comment. */
 export async function trainDflashOnline(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {
+  if (o.settings.trainHiddenStatesPath) {
+    throw new ConfigError(
+      "--train-hidden-states-path is for train-offline (train-online runs the target itself)",
+    );
+  }
+  return await trainDflash(gpu, o);
+}
+
+/**
+ * Runs DFlash training offline (--train-hidden-states-path, --eval-hidden-states-path: directories
+ * prepare-hidden-states --draft-type dflash wrote); only the target's embedding, lm_head and final norm load.
+ */
+export async function trainDflashOffline(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {
+  if (!o.settings.trainHiddenStatesPath) {
+    throw new ConfigError(
+      "train-offline needs --train-hidden-states-path (a prepare-hidden-states --draft-type dflash directory)",
+    );
+  }
+  return await trainDflash(gpu, o);
+}
+
+async function trainDflash(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult> {
   const s = o.settings, progress = o.progress ?? new ProgressPrinter();
   checkDflashSettings(s, o.world?.size ?? 1);
   const lock = await claimOutputDir(s.outputDir, "train", { note: (m) => progress.note(m) });
@@ -147,8 +179,12 @@ async function trainLocked(
   const note = (m: string) => progress.note(m);
   const targetDir = await resolveModelPath(s.targetModelPath, o.hub);
   const targetConfig = await loadTargetConfig(join(targetDir, "config.json"));
-  const data = await tokenizeData(s, targetDir, note);
-  const cfg = await resolveDflashConfig(s, targetConfig, targetDir);
+  const offline = s.trainHiddenStatesPath;
+  const captured = offline ? (await readManifest(offline)).auxLayers : null;
+  const cfg = await resolveDflashConfig(s, targetConfig, targetDir, captured);
+  const data = offline
+    ? await openFeatures(s, targetConfig, targetDir, cfg.targetLayerIds, note, LAYERS_FLAG)
+    : await tokenizeData(s, targetDir, note);
   note(
     `DFlash draft: ${cfg.numLayers} layer(s) [${cfg.layerTypes}], block ${cfg.blockSize}, target layers ` +
       `[${cfg.targetLayerIds}], mask token ${cfg.maskTokenId}; loss ${s.lossType}` +
@@ -160,28 +196,42 @@ async function trainLocked(
     draft_config: jsonSha256(dflashConfigJson(cfg)),
   };
   const resume = await resolveDflashResume(s, cfg, fingerprint, note);
-  const target = await TargetModel.load(gpu, targetDir, { auxLayers: cfg.targetLayerIds, anyAuxCount: true });
-  const run = new DflashRun(
-    gpu,
-    s,
-    cfg,
-    target,
-    { train: data.train, eval: data.eval, fingerprint },
-    progress,
-  );
+  const source = data.offline
+    ? await offlineSource(gpu, data.offline, targetDir)
+    : await OnlineDflashSource.load(gpu, targetDir, cfg.targetLayerIds);
+  let run: DflashRun | null = null;
   try {
+    run = new DflashRun(gpu, s, cfg, source, { train: data.train, eval: data.eval, fingerprint }, progress);
     await run.open(resume);
     await run.train();
     return run.result();
   } finally {
-    run.destroy();
-    target.destroy();
+    run?.destroy();
+    source.destroy();
   }
 }
 
-/** The programs of one batch shape: the target forward, the training step and (lazily) the evaluation step. */
+/** The flags that choose a DFlash draft's target layers, named when stored features hold others. */
+const LAYERS_FLAG = "--target-layer-ids (or the --draft-model-config's dflash_config.target_layer_ids)";
+
+/** The offline source: the feature sets and the target's embedding, lm_head and final norm. */
+async function offlineSource(
+  gpu: Gpu,
+  sets: { train: FeatureSet; eval: FeatureSet | null },
+  targetDir: string,
+): Promise<OfflineDflashSource> {
+  const ends = await TargetEnds.load(gpu, targetDir, { lmHead: true, finalNorm: true });
+  try {
+    return new OfflineDflashSource(gpu, sets, ends);
+  } catch (e) {
+    ends.destroy();
+    throw e;
+  }
+}
+
+/** The programs of one batch shape: the features' feed, the training step and (lazily) the evaluation step. */
 interface Shape {
-  forward: TargetForward;
+  feed: DflashFeed;
   train: DflashStep;
   eval: DflashStep | null;
 }
@@ -208,7 +258,6 @@ class DflashRun {
   readonly schedule: LrSchedule;
   readonly limit: number;
   readonly #shapes = new Map<string, Shape>();
-  readonly lmHead: Tensor;
   update = 0;
   epoch = 0;
   microBatches = 0;
@@ -226,17 +275,10 @@ class DflashRun {
     readonly gpu: Gpu,
     readonly s: TrainSettings,
     readonly cfg: DflashConfig,
-    readonly target: TargetModel,
+    readonly source: DflashSource,
     readonly data: { train: TokenizedDataset; eval: TokenizedDataset | null; fingerprint: RunFingerprint },
     readonly progress: ProgressPrinter,
   ) {
-    if (target.lmHead.blocks.length !== 1) {
-      throw new ConfigError(
-        `--draft-type dflash: the target's lm_head [${target.lmHead.rows}, ${target.lmHead.cols}] is over one ` +
-          `storage binding; DFlash's loss needs it whole (not yet split)`,
-      );
-    }
-    this.lmHead = target.lmHead.blocks[0].tensor;
     this.draft = DflashDraft.create(gpu, cfg, { seed: s.seed });
     this.loader = new DataLoader(data.train, { batchSize: s.batchSize, shuffle: true, seed: s.seed });
     if (this.loader.stepsPerEpoch === 0) {
@@ -260,7 +302,7 @@ class DflashRun {
       // The draft's logits come from the target's lm_head: start its final norm where the target's is (as
       // the target's forward applies it), so that its first logits have the target's scale.
       const weights = await this.draft.getWeights();
-      weights.set("norm.weight", await this.target.finalNorm.readFloat());
+      weights.set("norm.weight", await this.source.finalNorm.readFloat());
       this.draft.setWeights(weights);
     }
     const params = this.draft.entries().map(([name, param, grad]) => ({ name, param, grad }));
@@ -295,7 +337,7 @@ class DflashRun {
 
   destroy(): void {
     for (const sh of this.#shapes.values()) {
-      sh.forward.destroy();
+      sh.feed.destroy();
       sh.train.destroy();
       sh.eval?.destroy();
     }
@@ -305,27 +347,27 @@ class DflashRun {
   }
 
   /** The programs of batches of `b`'s shape, built on first use. */
-  async #shape(b: Batch, split: "train" | "eval"): Promise<{ forward: TargetForward; step: DflashStep }> {
+  async #shape(b: Batch, split: "train" | "eval"): Promise<{ feed: DflashFeed; step: DflashStep }> {
     const key = `${b.batchSize}x${b.seqLen}`;
     let sh = this.#shapes.get(key);
-    const build = async (train: boolean, forward: TargetForward) =>
+    const build = async (train: boolean, feed: DflashFeed) =>
       await DflashStep.build(this.draft, {
         batches: b.batchSize,
         seq: b.seqLen,
         blocks: blocksFor(this.s.numAnchors, b.seqLen),
         lossType: this.s.lossType,
         dpaceAlpha: this.s.dpaceAlpha,
-        embedding: this.target.embed,
-        lmHead: this.lmHead,
-        features: forward.aux!,
+        embedding: this.source.embed,
+        lmHead: this.source.lmHead,
+        features: feed.features,
       }, train);
     if (!sh) {
-      const forward = await this.target.forward(b.batchSize, b.seqLen, { aux: true });
-      sh = { forward, train: await build(true, forward), eval: null };
+      const feed = await this.source.createFeed(b.batchSize, b.seqLen);
+      sh = { feed, train: await build(true, feed), eval: null };
       this.#shapes.set(key, sh);
     }
-    if (split === "eval") sh.eval ??= await build(false, sh.forward);
-    return { forward: sh.forward, step: split === "train" ? sh.train : sh.eval! };
+    if (split === "eval") sh.eval ??= await build(false, sh.feed);
+    return { feed: sh.feed, step: split === "train" ? sh.train : sh.eval! };
   }
 
   /** The host side of micro-batch `b`: anchors drawn from `rand`, block inputs, ranges; null when no anchor fits. */
@@ -355,9 +397,9 @@ class DflashRun {
     };
   }
 
-  /** Writes `m`'s inputs and submits the target forward and the step (no sync). */
+  /** Writes `m`'s inputs and submits the features' work and the step (no sync). */
   async #submit(m: Prepared, split: "train" | "eval", gradScale: number): Promise<DflashStep> {
-    const { forward, step } = await this.#shape(m.batch, split);
+    const { feed, step } = await this.#shape(m.batch, split);
     const inp = step.inputs;
     inp.noiseIds.write(m.inputs.noiseIds);
     inp.labels.write(m.inputs.labels);
@@ -368,7 +410,7 @@ class DflashRun {
     inp.sin.write(m.inputs.sin);
     inp.fullRanges.write(m.full);
     if (m.sliding) inp.slidingRanges.write(m.sliding);
-    forward.run(m.batch.inputIds as Int32Array<ArrayBuffer>, m.lengths);
+    await feed.feed(m.batch, split);
     step.run();
     return step;
   }

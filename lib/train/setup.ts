@@ -97,6 +97,12 @@ export async function setUpRun(
   const data = s.trainHiddenStatesPath
     ? await openFeatures(s, targetConfig, targetDir, auxLayers, note)
     : await tokenizeData(s, targetDir, note);
+  if (data.offline?.train.manifest.storage.teacherFormat === "none") {
+    throw new FeatureFileError(
+      `${s.trainHiddenStatesPath}: features stored without a teacher (for a DFlash draft); an EAGLE-3 draft ` +
+        `needs one (prepare-hidden-states --teacher-format topk or hidden-f32/hidden-bf16)`,
+    );
+  }
   checkTokenIds(data.train, data.eval, targetConfig);
   const fingerprint: RunFingerprint = {
     ...data.fingerprint,
@@ -266,17 +272,21 @@ function checkNotEmpty(path: string, built: BuildResult): BuildResult {
   );
 }
 
-/** Offline data: the feature directories, checked against the target; tokens and masks from their files. */
-async function openFeatures(
+/**
+ * Offline data: the feature directories, checked against the target and the layers the draft reads
+ * (`layersFlag` names the flag that chooses them, for the error); tokens and masks from their files.
+ */
+export async function openFeatures(
   s: TrainSettings,
   targetConfig: TargetConfig,
   targetDir: string,
   auxLayers: number[],
   note: Note,
+  layersFlag = "--aux-layers",
 ): Promise<RunData> {
   const open = async (dir: string) => {
     const set = await openFeatureSet(dir, { maxLength: s.maxLength });
-    await checkFeaturesFitTarget(set.manifest, dir, targetConfig, targetDir, auxLayers);
+    await checkFeaturesFitTarget(set.manifest, dir, targetConfig, targetDir, auxLayers, layersFlag);
     if (set.missing > 0) {
       note(`${dir}: ${set.missing} of ${set.manifest.data.numSamples} samples have no file`);
     }
@@ -323,6 +333,7 @@ async function checkFeaturesFitTarget(
   cfg: TargetConfig,
   targetDir: string,
   auxLayers: number[],
+  layersFlag: string,
 ): Promise<void> {
   const pairs: Array<[string, unknown, unknown]> = [
     ["hidden_size", m.target.hiddenSize, cfg.hiddenSize],
@@ -345,7 +356,7 @@ async function checkFeaturesFitTarget(
   if (m.auxLayers.length !== auxLayers.length || m.auxLayers.some((l, i) => l !== auxLayers[i])) {
     throw new FeatureFileError(
       `${dir}: features hold aux layers [${m.auxLayers}], the run trains with [${auxLayers}] ` +
-        `(drop --aux-layers, or re-run prepare-hidden-states with these layers)`,
+        `(drop ${layersFlag}, or re-run prepare-hidden-states with these layers)`,
     );
   }
 }

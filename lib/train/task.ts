@@ -6,11 +6,11 @@
 import { Gpu } from "../gpu/device.ts";
 import { hubOptionsFromEnv } from "../io/hub.ts";
 import { type World, worldFromEnv } from "../dist/world.ts";
-import { parseTrainArgs, TrainConfigError, type TrainSettings, trainUsage } from "./config.ts";
+import { parseTrainArgs, type TrainSettings, trainUsage } from "./config.ts";
 import { planTrainingRun, trainOffline, trainOnline } from "./trainer.ts";
 import { checkPlanFits, formatPlan } from "../models/memory_plan.ts";
 import { ProgressPrinter, simulatedAcceptanceLength } from "./metrics.ts";
-import { trainDflashOnline } from "./dflash_trainer.ts";
+import { trainDflashOffline, trainDflashOnline } from "./dflash_trainer.ts";
 
 /**
  * Runs `task` with command-line arguments `argv` (errors are thrown, for lib/cli/run.ts to print). Under
@@ -79,17 +79,15 @@ async function trainOnRank(
   }
 }
 
-/** `--draft-type dflash`: online DFlash training (lib/train/dflash_trainer.ts), one rank. */
+/** `--draft-type dflash`: online or offline DFlash training (lib/train/dflash_trainer.ts), one rank. */
 async function trainDflash(
   task: "train-online" | "train-offline",
   gpu: Gpu,
   settings: TrainSettings,
   say: (line: string) => void,
 ): Promise<void> {
-  if (task !== "train-online") {
-    throw new TrainConfigError("--draft-type dflash: train-offline is not supported for DFlash drafts yet");
-  }
-  const r = await trainDflashOnline(gpu, { settings, hub: hubOptionsFromEnv(Deno.env.toObject()) });
+  const train = task === "train-online" ? trainDflashOnline : trainDflashOffline;
+  const r = await train(gpu, { settings, hub: hubOptionsFromEnv(Deno.env.toObject()) });
   const last = r.lastEval ?? r.lastTrain;
   const summary = last
     ? ` ${last.split} acc per block slot ${last.acc.map((a) => a.toFixed(3)).join(" ")}`

@@ -286,7 +286,9 @@ Deno.test("encodeSample → safetensors → parseSampleFile gives the sample bac
         } else {
           assert.equal(got.topkIds, null, label);
           assert.equal(got.topkLogprobs, null, label);
-          if (teacherFormat === "hidden-f32") {
+          if (teacherFormat === "none") {
+            assert.equal(got.hidden, null, `${label}: no teacher stored`);
+          } else if (teacherFormat === "hidden-f32") {
             assert.deepEqual(floatsOf(got.hidden!), c.hidden, `${label}: f32 hidden is lossless`);
           } else {
             assert.deepEqual(

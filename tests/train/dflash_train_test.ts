@@ -87,7 +87,7 @@ Deno.test({
     const hub = { cacheDir: join(root, "hub"), offline: true };
     for (
       const [extra, re] of [
-        [{ trainHiddenStatesPath: join(root, "x") }, /--draft-type dflash: offline training/],
+        [{ trainHiddenStatesPath: join(root, "x") }, /--train-hidden-states-path is for train-offline/],
         [{ dryRun: true }, /--draft-type dflash: the memory plan/],
       ] as const
     ) {
