@@ -15,8 +15,11 @@ import type { DType } from "../tensor.ts";
 
 /** A byte range of a buffer, as bound. */
 export interface BufferRange {
+  /** The buffer. */
   buffer: GPUBuffer;
+  /** First byte of the range. */
   offset: number;
+  /** Bytes in the range. */
   size: number;
 }
 
