@@ -63,6 +63,8 @@ export {
 export type { KernelSpec } from "./lib/gpu/kernel.ts";
 export { foldGrid, Params, params, Program, runOnce } from "./lib/gpu/program.ts";
 export type { Binding, Dispatch, ParamKind } from "./lib/gpu/program.ts";
+export { TextureContents } from "./lib/gpu/texture_contents.ts";
+export type { BufferRange } from "./lib/gpu/texture_contents.ts";
 export { DTYPE_BYTES, f32ToBf16Bits, numel, roundBf16, shapeString, Tensor } from "./lib/tensor.ts";
 export type { DType, HostArray, ReadArray } from "./lib/tensor.ts";
 /** Elementwise ops: add, mul, axpby, scale, fill, addBias, accumulate, strided copies. */

@@ -41,6 +41,11 @@ export interface MatmulVariant {
   bType: MatmulBType;
   /** C += result instead of C = result. */
   accumulate: boolean;
+  /**
+   * C = D + result, D a tensor of C's shape at binding 4 (a residual add fused into the store; `regtile` only,
+   * not with `accumulate` or a split K).
+   */
+  addend?: boolean;
 }
 
 /** `regtile` register tile: TM rows × 4·TN4 columns per invocation, 8 invocations per workgroup. */
@@ -187,6 +192,7 @@ export function regtileKernel(
   const push = (s: string) => L.push(s);
   if ((textures.a || textures.b) && !vec4) throw new Error("regtileKernel: texture operands need vec4 loads");
   push(PARAMS + operands(v.bType, vec4, textures));
+  if (v.addend) push(`@group(0) @binding(4) var<storage, read> d: array<f32>;`);
   push(`@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
   let z = wg.z;
@@ -289,8 +295,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     step(1, "    ");
     push(`  }`);
   }
-  // Store, guarding rows and columns; alpha scales the product, accumulate adds what C held.
+  // Store, guarding rows and columns; alpha scales the product, accumulate adds what C held, addend D's element.
   push(`  let c0 = z * p.stride_c;`);
+  const prior = (col: string) => v.accumulate ? `c[cr + ${col}] + ` : v.addend ? `d[cr + ${col}] + ` : "";
   for (let r = 0; r < tm; r++) {
     push(`  if (m0 + ${r}u < p.M) {`);
     push(`    let cr = c0 + (m0 + ${r}u) * p.N;`);
@@ -298,7 +305,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
       for (let c = 0; c < 4; c++) {
         const col = `n0 + ${4 * wg * j + c}u`;
         const val = `p.alpha * acc${r}_${j}.${XYZW[c]}`;
-        push(`    if (${col} < p.N) { c[cr + ${col}] = ${v.accumulate ? `c[cr + ${col}] + ` : ""}${val}; }`);
+        push(`    if (${col} < p.N) { c[cr + ${col}] = ${prior(col)}${val}; }`);
       }
     }
     push(`  }`);

@@ -7,6 +7,7 @@ import type { Gpu } from "./device.ts";
 import type { KernelSpec } from "./kernel.ts";
 import { LimitError } from "./errors.ts";
 import { type DType, Tensor } from "../tensor.ts";
+import { type BufferRange, rangeOf, TextureContents, writableBindings } from "./texture_contents.ts";
 
 /** Scalar kinds of a uniform field. */
 export type ParamKind = "u32" | "i32" | "f32";
@@ -53,6 +54,8 @@ export interface Dispatch {
   flops?: number;
   /** Bytes of the buffers and textures bound (each range once): the least traffic if it reads them all. */
   bytes: number;
+  /** The buffer ranges bound where the kernel declares `var<storage, read_write>`. */
+  writes: BufferRange[];
 }
 
 /**
@@ -92,6 +95,17 @@ function boundBytes(bindings: Array<Binding | null>, viewBytes: WeakMap<GPUTextu
   return bytes;
 }
 
+/** The ranges of `bindings` at the indices `code` declares writable. */
+function writtenRanges(code: string, bindings: Array<Binding | null>): BufferRange[] {
+  const out: BufferRange[] = [];
+  for (const i of writableBindings(code)) {
+    const b = bindings[i];
+    if (!b || b instanceof Params || b instanceof GPUTextureView) continue;
+    out.push(rangeOf(b instanceof Tensor ? b.binding() : b));
+  }
+  return out;
+}
+
 /** A list of dispatches built once and run many times. */
 export class Program {
   /** The recorded dispatches, in the order they run. */
@@ -100,7 +114,11 @@ export class Program {
   #owned: Tensor[] = [];
   #transients = new Map<string, Tensor>();
   #textures = new Map<string, GPUTexture>();
+  #ownTextures = new Map<GPUBuffer, Map<string, GPUTexture>>();
+  #allTextures: GPUTexture[] = [];
   #viewBytes = new WeakMap<GPUTextureView, number>();
+  /** What the textures hold as the recording stands (lib/gpu/texture_contents.ts). */
+  readonly textures: TextureContents = new TextureContents();
 
   /** An empty program on `gpu`; `label` names it in errors and in the command encoder. */
   constructor(readonly gpu: Gpu, readonly label: string) {}
@@ -135,6 +153,8 @@ export class Program {
         `kernel ${label}: workgroups [${wg}] exceed maxComputeWorkgroupsPerDimension ${max}`,
       );
     }
+    const writes = writtenRanges(kernel.code, bindings);
+    this.textures.written(writes, label);
     this.dispatches.push({
       label,
       pipeline,
@@ -142,12 +162,23 @@ export class Program {
       workgroups: wg,
       flops,
       bytes: boundBytes(bindings, this.#viewBytes),
+      writes,
     });
   }
 
   /** Appends every dispatch of another program (which must stay alive as long as this one). */
   append(other: Program): void {
+    for (const d of other.dispatches) this.textures.written(d.writes, d.label);
     this.dispatches.push(...other.dispatches);
+  }
+
+  /**
+   * Declares `tensors` not written by the dispatches recorded from now on (a training step's weights): each
+   * is packed into a texture of its own, once per run ({@link ownTexture}), and recording a dispatch that
+   * binds one writable throws.
+   */
+  readOnly(...tensors: Tensor[]): void {
+    for (const t of tensors) this.textures.declareReadOnly(rangeOf(t.binding()), `tensor ${t.label}`);
   }
 
   #resource(b: Binding, label: string): GPUBufferBinding | GPUTextureView {
@@ -224,15 +255,39 @@ export class Program {
     const key = `${kind}|${width}x${height}`;
     let t = this.#textures.get(key);
     if (!t) {
-      t = this.gpu.device.createTexture({
-        label: `${this.label}: ${kind}`,
-        size: [width, height],
-        format: "rgba32float",
-        usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING,
-      });
+      t = this.#makeTexture(kind, width, height);
       this.#textures.set(key, t);
     }
     return t;
+  }
+
+  #makeTexture(kind: string, width: number, height: number): GPUTexture {
+    const texture = this.gpu.device.createTexture({
+      label: `${this.label}: ${kind}`,
+      size: [width, height],
+      format: "rgba32float",
+      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING,
+    });
+    this.#allTextures.push(texture);
+    return texture;
+  }
+
+  /**
+   * The rgba32f texture of `width` × `height` texels kept for tensor `t` alone (made on first use), like
+   * {@link transientTexture} otherwise: for tensors declared {@link readOnly}, packed once and read by every
+   * later use.
+   */
+  ownTexture(t: Tensor, width: number, height: number): GPUTexture {
+    const r = rangeOf(t.binding());
+    const key = `${r.offset}+${r.size}|${t.dtype}`;
+    const owned = this.#ownTextures.get(r.buffer) ?? new Map<string, GPUTexture>();
+    this.#ownTextures.set(r.buffer, owned);
+    let texture = owned.get(key);
+    if (!texture) {
+      texture = this.#makeTexture(`packed ${t.label}`, width, height);
+      owned.set(key, texture);
+    }
+    return texture;
   }
 
   /** A view of the whole of `texture` to bind; a dispatch binding it counts `bytes` in its profile. */
@@ -242,10 +297,10 @@ export class Program {
     return view;
   }
 
-  /** Bytes of the textures this program made ({@link transientTexture}). */
+  /** Bytes of the textures this program made ({@link transientTexture}, {@link ownTexture}). */
   textureBytes(): number {
     let n = 0;
-    for (const t of this.#textures.values()) n += 16 * t.width * t.height;
+    for (const t of this.#allTextures) n += 16 * t.width * t.height;
     return n;
   }
 
@@ -253,8 +308,11 @@ export class Program {
   destroy(): void {
     for (const b of this.#uniforms) b.destroy();
     for (const t of this.#owned) t.destroy();
-    for (const t of this.#textures.values()) t.destroy();
+    for (const t of this.#allTextures) t.destroy();
     this.#textures.clear();
+    this.#ownTextures.clear();
+    this.#allTextures = [];
+    this.textures.forget();
     this.#uniforms = [];
     this.#owned = [];
     this.#transients.clear();

@@ -440,6 +440,8 @@ export async function buildEagle3Step(draft: Eagle3Draft, opts: Eagle3StepOption
   const shape = checkStepOptions(draft.config, opts);
   const step = new Eagle3Step(draft, shape);
   const p = step.program, act = step.activations, K = shape.tttLength;
+  // Only the optimizer writes the weights: each is packed once per run where read from a texture.
+  p.readOnly(...draft.names.map((n) => draft.params[n]!));
   step.teacherSource = opts.teacherSource ?? null;
   bindInputs(step, opts.inputs ?? {});
   writeConstants(draft.config, opts.vocab, shape, act);

@@ -115,8 +115,6 @@ export interface Eagle3LayerGrads<T = Tensor> {
   up: T;
   /** ∂/∂n [R, H]. */
   postNorm: T;
-  /** ∂/∂r [R, H]. */
-  residual: T;
   /** ∂/∂att [R, nh·hd]. */
   att: T;
   /** ∂/∂a [R, 2H]. */
@@ -147,7 +145,6 @@ export function eagle3LayerGrads<T>(
     gate: f("gate", I),
     up: f("up", I),
     postNorm: f("postNorm", H),
-    residual: f("residual", H),
     att: f("att", nh * hd),
     attnInput: f("attnInput", 2 * H),
     normedEmbed: f("normedEmbed", H),
@@ -320,20 +317,19 @@ export async function eagle3LayerForward(
   await linear(p, a.attnInput, W["midlayer.self_attn.k_proj.weight"], a.k);
   await linear(p, a.attnInput, W["midlayer.self_attn.v_proj.weight"], a.v);
   await attention.forward(p, a.q, a.k, a.v, a.att);
-  await linear(p, a.att, W["midlayer.self_attn.o_proj.weight"], a.residual);
-  await accumulate(p, a.residual, x.hidden);
+  // r = h + o_proj(att), y = r + mlp(r): the residual adds fused into the projections' stores.
+  await linear(p, a.att, W["midlayer.self_attn.o_proj.weight"], a.residual, { addend: x.hidden });
   const post = W["midlayer.post_attention_layernorm.weight"];
   await rmsnormForward(p, a.residual, post, a.postNorm, a.rstdPost, eps);
   await linear(p, a.postNorm, W["midlayer.mlp.gate_proj.weight"], a.gate);
   await linear(p, a.postNorm, W["midlayer.mlp.up_proj.weight"], a.up);
   await swigluForward(p, a.gate, a.up, a.act);
-  await linear(p, a.act, W["midlayer.mlp.down_proj.weight"], a.out);
-  await accumulate(p, a.out, a.residual);
+  await linear(p, a.act, W["midlayer.mlp.down_proj.weight"], a.out, { addend: a.residual });
 }
 
 /**
  * The backward of {@link eagle3LayerForward}: from ∂/∂y = `dOut`, adds every midlayer weight gradient and
- * writes ∂/∂h (the input hidden `hidden`'s gradient) into `g.hidden`. `dOut` is overwritten.
+ * writes ∂/∂h (the input hidden `hidden`'s gradient) into `g.hidden`. `dOut` is overwritten (with ∂/∂r).
  */
 export async function eagle3LayerBackward(
   p: Program,
@@ -353,10 +349,15 @@ export async function eagle3LayerBackward(
   await swigluBackward(p, g.act, a.gate, a.up, g.gate, g.up);
   await linearBackward(p, g.gate, a.postNorm, W[gate], g.postNorm, G[gate], acc);
   await linearBackward(p, g.up, a.postNorm, W[up], g.postNorm, G[up], accBoth);
-  await rmsnormBackward(p, g.postNorm, a.residual, W[post], a.rstdPost, g.residual, G[post], norm);
-  await accumulate(p, g.residual, dOut); // y = r + mlp(r)
+  // y = r + mlp(r): ∂/∂r = ∂/∂y + the norm's share, added into dOut in place (dOut + share, the same sum as
+  // share + dOut bit for bit) rather than written apart and accumulated by a second pass.
+  await rmsnormBackward(p, g.postNorm, a.residual, W[post], a.rstdPost, dOut, G[post], {
+    ...norm,
+    accumulateDx: true,
+  });
+  const dResidual = dOut;
   const o = "midlayer.self_attn.o_proj.weight";
-  await linearBackward(p, g.residual, a.att, W[o], g.att, G[o], acc);
+  await linearBackward(p, dResidual, a.att, W[o], g.att, G[o], acc);
   const d = await attention.backward!(p, g.att, a);
   const [q, k, v] = (["q", "k", "v"] as const).map((x) => `midlayer.self_attn.${x}_proj.weight` as const);
   await linearBackward(p, d.q, a.attnInput, W[q], g.attnInput, G[q], acc);
@@ -376,7 +377,7 @@ export async function eagle3LayerBackward(
   const inNorm = "midlayer.input_layernorm.weight", hidNorm = "midlayer.hidden_norm.weight";
   await rmsnormBackward(p, g.normedEmbed, a.embed, W[inNorm], a.rstdEmbed, g.embed, G[inNorm], norm);
   await rmsnormBackward(p, g.normedHidden, hidden, W[hidNorm], a.rstdHidden, g.hidden, G[hidNorm], norm);
-  await accumulate(p, g.hidden, g.residual); // r = h + o_proj(att)
+  await accumulate(p, g.hidden, dResidual); // r = h + o_proj(att)
 }
 
 /** What the head (final norm + lm_head) of R rows computes: the normed rows, their rstd and the logits. */

@@ -15,7 +15,7 @@ import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import { DTYPE_BYTES, shapeString, type Tensor } from "../tensor.ts";
 import { type RowBlock, rowBlocks } from "./blocks.ts";
-import { copyStrided, fill, type StridedCopy } from "./elementwise.ts";
+import { accumulate, copyStrided, fill, type StridedCopy } from "./elementwise.ts";
 import { fitsTexture, packTexels } from "./texels.ts";
 
 export type { MatmulTile } from "../../kernels/matmul.ts";
@@ -30,6 +30,13 @@ export interface MatmulOptions {
   alpha?: number;
   /** Add the product to what `out` holds instead of overwriting it. */
   accumulate?: boolean;
+  /**
+   * out = addend + alpha·op(A)·op(B): `addend` (f32, out's shape, another tensor) added in the store of a
+   * `regtile` product that is not split over K (a residual add fused: the same sum, bit for bit, as the
+   * product followed by elementwise `accumulate`, which other tiles and split products run). Not with
+   * `accumulate`.
+   */
+  addend?: Tensor;
   /**
    * Number of K slices (split-K). Default: chosen from the shape (more slices when the output has few tiles
    * and K is long); 1 disables splitting.
@@ -206,6 +213,33 @@ export async function matmul(
   out: Tensor,
   opts: MatmulOptions = {},
 ): Promise<void> {
+  const addend = opts.addend;
+  if (!addend) {
+    await recordProduct(p, a, b, out, opts, false);
+    return;
+  }
+  if (opts.accumulate) throw new ShapeError("matmul: addend and accumulate cannot be combined");
+  if (addend.dtype !== "f32" || shapeString(addend.shape) !== shapeString(out.shape)) {
+    throw new ShapeError(
+      `matmul: addend (${addend.label}) ${addend.dtype} ${shapeString(addend.shape)} must be f32 of out's ` +
+        `shape ${shapeString(out.shape)}`,
+    );
+  }
+  if (!await recordProduct(p, a, b, out, opts, true)) await accumulate(p, out, addend);
+}
+
+/**
+ * Records the product of {@link matmul}; with `fuseAddend`, adds `opts.addend` in the store where the kernel
+ * can (a `regtile` product not split over K). Returns whether it did.
+ */
+async function recordProduct(
+  p: Program,
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  opts: MatmulOptions,
+  fuseAddend: boolean,
+): Promise<boolean> {
   const gpu = p.gpu;
   const d = resolve(gpu, a, b, out, opts);
   const baseTile = opts.tile ?? matmulTileFor(gpu);
@@ -215,11 +249,11 @@ export async function matmul(
   }
   const alpha = opts.alpha ?? 1;
   const accumulate = opts.accumulate ?? false;
-  if (out.size === 0) return;
+  if (out.size === 0) return true;
   if (d.K === 0) {
     // An empty contraction: the product is zero.
     if (!accumulate) await fill(p, out, 0);
-    return;
+    return false;
   }
   const tile = fitTile(baseTile, d.M, d.N);
   const [rows, cols] = tileExtent(tile);
@@ -232,6 +266,7 @@ export async function matmul(
     transB: opts.transB ?? false,
     bType: b.dtype as K.MatmulBType,
     accumulate: accumulate && !split,
+    addend: fuseAddend && tile.kind === "regtile" && !split,
   };
   const uniforms = params(
     ["u32", d.M],
@@ -256,7 +291,9 @@ export async function matmul(
       : "";
     await p.add(
       {
-        name: `${name}.${tileName({ ...tile, textures: false })}${which}${vec4 ? ".vec4" : ""}`,
+        name: `${name}.${tileName({ ...tile, textures: false })}${which}${vec4 ? ".vec4" : ""}${
+          variant.addend ? " +addend" : ""
+        }`,
         code: K.regtileKernel(variant, tile, vec4, textures),
         entryPoint: "main",
         f16: f16 && !textures.b,
@@ -266,6 +303,7 @@ export async function matmul(
         textures.a ? await packTexels(p, a, "matmul operand A") : a,
         textures.b ? await packTexels(p, b, "matmul operand B") : b,
         target,
+        ...(variant.addend ? [opts.addend!] : []),
       ],
       [gridX, gridY, d.batch * splits],
       undefined,
@@ -303,6 +341,7 @@ export async function matmul(
       Math.ceil(total / K.REDUCE_WG),
     );
   }
+  return variant.addend ?? false;
 }
 
 /**
@@ -342,6 +381,8 @@ export const SPLIT_LINEAR_BLOCK = "split linear column block";
 export interface LinearOptions {
   /** y += x·Wᵀ instead of y = x·Wᵀ. */
   accumulate?: boolean;
+  /** y = addend + x·Wᵀ (a residual add; {@link MatmulOptions.addend}). */
+  addend?: Tensor;
 }
 
 /**
@@ -370,7 +411,14 @@ export async function linear(
   const x2 = x.shape.length === 1 ? x.reshape([1, x.shape[0]]) : rows2d(x);
   const y2 = y.shape.length === 1 ? y.reshape([1, y.shape[0]]) : rows2d(y);
   const blocks = weightBlocks(w, null);
-  if (blocks.length === 1) return await matmul(p, x2, w, y2, { transB: true, accumulate: opts.accumulate });
+  if (opts.addend && opts.accumulate) {
+    throw new ShapeError("linear: addend and accumulate cannot be combined");
+  }
+  const addend = opts.addend &&
+    (opts.addend.shape.length === 1 ? opts.addend.reshape(y2.shape) : rows2d(opts.addend));
+  if (blocks.length === 1) {
+    return await matmul(p, x2, w, y2, { transB: true, accumulate: opts.accumulate, addend });
+  }
   // W over one binding: y[:, block] = x·W[block]ᵀ per row block of W, through a scratch column block.
   const R = y2.shape[0], out = y2.shape[1];
   for (const { row0, rows } of blocks) {
@@ -390,6 +438,7 @@ export async function linear(
       dstOffset: row0,
     });
   }
+  if (addend) await accumulate(p, y2, addend);
 }
 
 /** The row blocks of W (and of its gradient dW when given) that each bind (lib/ops/blocks.ts rowBlocks). */

@@ -5,6 +5,7 @@
  */
 import * as K from "../../kernels/texels.ts";
 import { params, type Program } from "../gpu/program.ts";
+import { rangeOf } from "../gpu/texture_contents.ts";
 import type { Tensor } from "../tensor.ts";
 
 /** Whether `t` can be packed: f32, f16 or bf16, a whole number of texels, at most MAX_OPERAND_TEXELS of them. */
@@ -15,16 +16,24 @@ export function fitsTexture(t: Tensor): boolean {
 }
 
 /**
- * Records the packing of `t` into the program's texture for `role` (shared by the callers of one role and
- * size, like `Program.transient`: it holds `t` until the next packing of that role), widened to f32, and
- * returns a view of it to bind as `texture_2d<f32>`. (A copyBufferToTexture of an f32 tensor measured slower
- * on lavapipe than this dispatch: a 1024³ matmul with both operands copied took 105 ms, packed 80 ms.)
+ * Returns a view of `t` packed into an rgba32f texture, widened to f32, to bind as `texture_2d<f32>`,
+ * recording the packing only when the texture does not already hold `t` unchanged (lib/gpu/texture_contents.ts:
+ * packed earlier in the program and neither written nor displaced since; the values are then the same bit for
+ * bit). The texture is `t`'s own when the program declared `t` read-only (`Program.readOnly`: packed once per
+ * run), else the program's texture for `role` and size, shared like `Program.transient` (it holds `t` until
+ * the next packing of that role). (A copyBufferToTexture of an f32 tensor measured slower on lavapipe than
+ * this dispatch: a 1024³ matmul with both operands copied took 105 ms, packed 80 ms.)
  */
 export async function packTexels(p: Program, t: Tensor, role: string): Promise<GPUTextureView> {
   const texels = t.size / 4;
   const rowTexels = Math.min(texels, K.TEXTURE_ROW_TEXELS);
-  const texture = p.transientTexture(role, rowTexels, Math.ceil(texels / rowTexels));
+  const rows = Math.ceil(texels / rowTexels);
+  const range = rangeOf(t.binding());
+  const texture = p.textures.isReadOnly(range)
+    ? p.ownTexture(t, rowTexels, rows)
+    : p.transientTexture(role, rowTexels, rows);
   const view = p.textureView(texture, 16 * texels);
+  if (p.textures.holds(texture, range, t.dtype)) return view;
   await p.add(
     {
       name: `texels.pack_${t.dtype}`,
@@ -35,5 +44,6 @@ export async function packTexels(p: Program, t: Tensor, role: string): Promise<G
     [params(["u32", texels]), t, view],
     Math.ceil(texels / K.PACK_WG),
   );
+  p.textures.packed(texture, range, t.dtype);
   return view;
 }

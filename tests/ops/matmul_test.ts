@@ -3,6 +3,7 @@ import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
 import { roundBf16, Tensor } from "../../lib/tensor.ts";
 import { Program, runOnce } from "../../lib/gpu/program.ts";
 import { ShapeError } from "../../lib/gpu/errors.ts";
+import * as ew from "../../lib/ops/elementwise.ts";
 import {
   DEFAULT_CPU_TILE,
   DEFAULT_GPU_TILE,
@@ -439,3 +440,46 @@ Deno.test({ name: "matmul: shape and dtype errors before any dispatch", ...needs
   await assert.rejects(() => matmul(p, t([4, 3]), t([3, 6]), t([4, 6]), { splitK: 0 }), /splitK/);
   assert.equal(p.dispatches.length, 0);
 });
+
+Deno.test(
+  { name: "matmul: an addend gives the product then accumulate bit for bit, and the CPU sum", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const tiles: Array<[string, MatmulTile, number | undefined]> = [
+      ["regtile, textures (fused)", { kind: "regtile", tm: 8, tn4: 2, textures: true }, undefined],
+      ["regtile, storage (fused)", { kind: "regtile", tm: 8, tn4: 2 }, undefined],
+      ["regtile, split K (unfused)", { kind: "regtile", tm: 8, tn4: 2 }, 2],
+      ["tiled (unfused)", { kind: "tiled", bm: 16, bn: 16, bk: 8 }, undefined],
+    ];
+    const [M, N, K] = [20, 36, 24];
+    const aHost = randomArray(M * K, 61), wHost = randomArray(N * K, 62), dHost = randomArray(M * N, 63);
+    const want = matmulCpu(aHost, [M, K], wHost, [N, K], { transB: true, out: dHost });
+    for (const [label, tile, splitK] of tiles) {
+      const a = Tensor.fromArray(g, aHost, [M, K], "f32", "a");
+      const w = Tensor.fromArray(g, wHost, [N, K], "f32", "w");
+      const d = Tensor.fromArray(g, dHost, [M, N], "f32", "d");
+      const [fused, twoPass] = [0, 1].map((i) => Tensor.empty(g, [M, N], "f32", `out ${i}`));
+      const p = new Program(g, label);
+      const opts = { transB: true, tile, splitK };
+      await matmul(p, a, w, fused, { ...opts, addend: d });
+      await matmul(p, a, w, twoPass, opts);
+      await ew.accumulate(p, twoPass, d);
+      await p.runChecked();
+      const [got, ref] = [await fused.readFloat(), await twoPass.readFloat()];
+      assert.ok(got.every((x, i) => Object.is(x, ref[i])), `${label}: differs from product + accumulate`);
+      assertClose(got, want, label, { atol: 1e-5, rtol: 1e-5 });
+      const fusedKernel = p.dispatches.some((k) => k.label.endsWith("+addend"));
+      assert.equal(fusedKernel, label.endsWith("(fused)"), `${label}: ${p.dispatches.map((k) => k.label)}`);
+      p.destroy();
+      for (const t of [a, w, d, fused, twoPass]) t.destroy();
+    }
+    const p = new Program(g, "bad addend");
+    const t = Tensor.empty(g, [4, 4], "f32", "t");
+    await assert.rejects(
+      () => matmul(p, t, t, t, { addend: Tensor.empty(g, [4, 3], "f32", "short") }),
+      ShapeError,
+    );
+    p.destroy();
+    t.destroy();
+  },
+);
