@@ -178,7 +178,11 @@ export class Program {
    * binds one writable throws.
    */
   readOnly(...tensors: Tensor[]): void {
-    for (const t of tensors) this.textures.declareReadOnly(rangeOf(t.binding()), `tensor ${t.label}`);
+    // The whole range, also of a tensor over one binding (its row blocks bind as views of it).
+    for (const t of tensors) {
+      const range = { buffer: t.buffer, offset: t.byteOffset, size: t.byteLength };
+      this.textures.declareReadOnly(range, `tensor ${t.label}`);
+    }
   }
 
   #resource(b: Binding, label: string): GPUBufferBinding | GPUTextureView {
