@@ -45,6 +45,7 @@ import { CHECKPOINT_VERSION } from "./checkpoint.ts";
 import { type DflashResume, resolveDflashResume, saveDflashCheckpoint } from "./dflash_checkpoint.ts";
 import { DflashDraft } from "../models/dflash.ts";
 import { DflashStep } from "../models/dflash_step.ts";
+import { dflashBindingRows, dflashWindowRows } from "../models/dflash_head.ts";
 import {
   type DflashBlockInputs,
   dflashBlockInputs,
@@ -359,6 +360,7 @@ class DflashRun {
         dpaceAlpha: this.s.dpaceAlpha,
         embedding: this.source.embed,
         lmHead: this.source.lmHead,
+        headRows: this.#headRows(b),
         features: feed.features,
       }, train);
     if (!sh) {
@@ -368,6 +370,17 @@ class DflashRun {
     }
     if (split === "eval") sh.eval ??= await build(false, sh.feed);
     return { feed: sh.feed, step: split === "train" ? sh.train : sh.eval! };
+  }
+
+  /**
+   * Rows of the head's window for batches of `b`'s shape: --head-chunk-rows, else every row when their
+   * logits bind as one storage buffer, else the most that do (lib/models/dflash_head.ts).
+   */
+  #headRows(b: Batch): number {
+    const R = b.batchSize * blocksFor(this.s.numAnchors, b.seqLen) * this.cfg.blockSize;
+    if (this.s.headChunkRows !== null) return dflashWindowRows(R, this.s.headChunkRows, this.cfg.blockSize);
+    const max = this.gpu.limits.maxStorageBufferBindingSize;
+    return dflashBindingRows(R, this.cfg.vocabSize, this.cfg.blockSize, max);
   }
 
   /** The host side of micro-batch `b`: anchors drawn from `rand`, block inputs, ranges; null when no anchor fits. */
