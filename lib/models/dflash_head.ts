@@ -140,3 +140,17 @@ async function headBackward(
     await linearBackward(p, part, x, tensor, dx, null, { accumulateDx: i > 0 });
   }
 }
+
+/**
+ * The window rows a run uses for R rows: --head-chunk-rows (`requested`) rounded to whole granules, else every
+ * row when their logits bind as one storage buffer, else the most that do ({@link dflashBindingRows}).
+ */
+export function dflashRunWindowRows(
+  rows: number,
+  cfg: { vocabSize: number; blockSize: number },
+  requested: number | null,
+  maxBinding: number,
+): number {
+  if (requested !== null) return dflashWindowRows(rows, requested, cfg.blockSize);
+  return dflashBindingRows(rows, cfg.vocabSize, cfg.blockSize, maxBinding);
+}
