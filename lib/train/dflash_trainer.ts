@@ -87,8 +87,9 @@ export interface DflashTrainResult {
   lastEval: MetricsRecord | null;
   /** The draft's config. */
   config: DflashConfig;
-  /** The buffer pool's peak bytes over the run, and the memory plan's. */
+  /** The buffer pool's peak bytes over the run. */
   peakBytes: number;
+  /** The memory plan's peak bytes (lib/train/dflash_plan.ts). */
   plannedPeakBytes: number;
 }
 
