@@ -13,6 +13,9 @@
  *   z = RMSNorm_final(h_L) · lm_headᵀ                                    the frozen target head, [R, V]
  *   loss numerator Σ ω·CE(z, y)  (lib/ops/dflash_loss.ts), its gradient scaled by the caller's `gradScale`
  *
+ * z exists for a window of `headRows` rows at a time (./dflash_head.ts), the lm_head as row blocks when it
+ * does not bind whole.
+ *
  * The backward ADDS every parameter's gradient into the draft's (micro-batches accumulate); the embedding,
  * lm_head and the target features get none. All tensors belong to the step's program.
  */
@@ -30,15 +33,8 @@ import {
   dflashAttentionForward,
   dflashBlockRow0,
 } from "../ops/dflash_attention.ts";
-import {
-  dflashLossGradient,
-  type DflashLossType,
-  dflashRowStats,
-  dflashSlotSums,
-  dpaceWeights,
-  isDpace,
-  SLOT_SUM_COLS,
-} from "../ops/dflash_loss.ts";
+import { type DflashLossType, SLOT_SUM_COLS } from "../ops/dflash_loss.ts";
+import { dflashHeadObjective, dflashWindowRows } from "./dflash_head.ts";
 import { type DflashDraft, dflashLayerNames } from "./dflash.ts";
 
 /** The shape and settings of a {@link DflashStep}. */
@@ -55,8 +51,13 @@ export interface DflashStepOptions {
   dpaceAlpha: number;
   /** The frozen target embedding [V, H]. */
   embedding: Tensor | RowSplitMatrix;
-  /** The frozen target lm_head [V, H]. */
-  lmHead: Tensor;
+  /** The frozen target lm_head [V, H] (row blocks when it does not bind whole). */
+  lmHead: Tensor | RowSplitMatrix;
+  /**
+   * Rows of the head's window (--head-chunk-rows; rounded down to whole blocks at multiples of 64 rows,
+   * ./dflash_head.ts `dflashWindowRows`); absent or null: every row at once.
+   */
+  headRows?: number | null;
   /** The captured target features [C, K·H] to read (the target forward's output); absent: the step's own. */
   features?: Tensor;
 }
@@ -121,8 +122,13 @@ export class DflashStep {
   runs = 0;
   /** RMSNorm_final(h_L) [R, H], after a run. */
   readonly hidden: Tensor;
-  /** The logits [R, V] until the backward overwrites them with their gradient. */
+  /**
+   * The logits of the last window [W, V] (W = R with one window) until the backward overwrites them with
+   * their gradient.
+   */
   readonly logits: Tensor;
+  /** R: the block rows. */
+  readonly rows: number;
   /** The attention shapes. */
   readonly dims: DflashAttentionDims;
 
@@ -162,7 +168,8 @@ export class DflashStep {
     this.sums = f32([cfg.blockSize, SLOT_SUM_COLS], "slot sums");
     this.sums.write(new Float32Array(this.sums.size));
     this.hidden = f32([R, cfg.hiddenSize], "final hidden");
-    this.logits = f32([R, cfg.vocabSize], "logits");
+    this.rows = R;
+    this.logits = f32([dflashWindowRows(R, opts.headRows ?? null, cfg.blockSize), cfg.vocabSize], "logits");
   }
 
   /** Builds the step's program for `draft` (forward, loss, and with `train` the backward). */
@@ -192,7 +199,7 @@ export class DflashStep {
   async #record(train: boolean): Promise<void> {
     const p = this.program, cfg = this.draft.config, { seq: S } = this.opts;
     const f32 = (shape: number[], label: string) => p.scratch(shape, "f32", label);
-    const { batches: nb } = this.opts, R = this.logits.shape[0], C = nb * S, H = cfg.hiddenSize;
+    const { batches: nb } = this.opts, R = this.rows, C = nb * S, H = cfg.hiddenSize;
     const ctxTable = ropeTable(cfg, cfg.headDim, S);
     const ctxRope = {
       cos: f32([S, cfg.headDim / 2], "context cos"),
@@ -215,11 +222,9 @@ export class DflashStep {
     }
     const rstdF = f32([R], "rstd final");
     await rmsnormForward(p, h, this.draft.param("norm.weight"), this.hidden, rstdF, { eps: cfg.rmsNormEps });
-    await linear(p, this.hidden, this.opts.lmHead, this.logits);
-    await this.#objective(train);
-    if (!train) return;
-    const dh = f32([R, H], "d hidden");
-    await linearBackward(p, this.logits, this.hidden, this.opts.lmHead, dh, null);
+    const dh = train ? f32([R, H], "d hidden") : null;
+    await this.#objective(dh);
+    if (!dh) return;
     const dhL = f32([R, H], "d h");
     const scratch = f32([Math.max(1, this.#normScratch())], "norm scratch");
     await rmsnormBackward(
@@ -275,7 +280,7 @@ export class DflashStep {
 
   /** Floats of the shared RMSNorm weight-gradient scratch: the largest norm of the step. */
   #normScratch(): number {
-    const cfg = this.draft.config, R = this.logits.shape[0], kr = this.dims.blockRow0 + R;
+    const cfg = this.draft.config, R = this.rows, kr = this.dims.blockRow0 + R;
     return Math.max(
       rmsnormScratchSize(R, cfg.hiddenSize),
       rmsnormScratchSize(this.opts.batches * this.opts.seq, cfg.hiddenSize),
@@ -285,7 +290,7 @@ export class DflashStep {
   }
 
   #layerActs(input: Tensor, j: number): LayerActs {
-    const cfg = this.draft.config, R = this.logits.shape[0], KR = this.dims.blockRow0 + R;
+    const cfg = this.draft.config, R = this.rows, KR = this.dims.blockRow0 + R;
     const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
     const f32 = (shape: number[], label: string) => this.program.scratch(shape, "f32", `layer ${j} ${label}`);
     // The padding key rows between the context and block rows are never written: zero, so their norm is finite.
@@ -319,7 +324,7 @@ export class DflashStep {
 
   /** The context rows [0, C) and the block rows [R0, R0 + R) of a key/value tensor. */
   #keyParts(t: Tensor): { ctx: Tensor; block: Tensor } {
-    const C = this.opts.batches * this.opts.seq, R = this.logits.shape[0], w = t.shape[1];
+    const C = this.opts.batches * this.opts.seq, R = this.rows, w = t.shape[1];
     return { ctx: t.view(0, [C, w]), block: t.view(this.dims.blockRow0 * w, [R, w]) };
   }
 
@@ -331,7 +336,7 @@ export class DflashStep {
   ): Promise<void> {
     const p = this.program, hd = this.draft.config.headDim, { batches: nb, seq: S } = this.opts;
     const apply = backward ? ropeBackward : ropeForward;
-    if (t.shape[0] === this.logits.shape[0]) {
+    if (t.shape[0] === this.rows) {
       const x = t.reshape([1, t.shape[0], heads, hd]);
       return await apply(p, x, x, this.inputs.cos, this.inputs.sin);
     }
@@ -484,24 +489,24 @@ export class DflashStep {
   }
 
   /**
-   * CE statistics per row, the D-PACE weights, and (training) the gradient of the numerator Σ ω·CE in place
-   * of the logits. The denominator is the caller's: SpecForge back-propagates the numerator and divides the
-   * accumulated gradients by Σ den over the optimizer window (specforge/training/controller.py).
+   * CE statistics per row, the D-PACE weights, and (training, `dh`) the gradient of the numerator Σ ω·CE in
+   * place of the logits and ∂/∂hidden into `dh`, window by window (./dflash_head.ts). The denominator is the
+   * caller's: SpecForge back-propagates the numerator and divides the accumulated gradients by Σ den over the
+   * optimizer window (specforge/training/controller.py).
    */
-  async #objective(train: boolean): Promise<void> {
-    const p = this.program, { lossType, dpaceAlpha } = this.opts;
-    await dflashRowStats(p, this.logits, this.inputs.labels, this.rowStats);
-    const { weights: w, omega, labels, gradScale: scale } = this.inputs;
-    if (isDpace(lossType)) {
-      await dpaceWeights(p, { stats: this.rowStats, w, omega }, {
-        type: lossType,
-        blockSize: this.draft.config.blockSize,
-        alpha: dpaceAlpha,
-      });
-    }
-    await dflashSlotSums(p, { stats: this.rowStats, w, omega, sums: this.sums }, this.draft.config.blockSize);
-    if (train) {
-      await dflashLossGradient(p, { logits: this.logits, labels, stats: this.rowStats, omega, scale });
-    }
+  async #objective(dh: Tensor | null): Promise<void> {
+    const { lossType, dpaceAlpha } = this.opts, inp = this.inputs;
+    await dflashHeadObjective(this.program, {
+      hidden: this.hidden,
+      dHidden: dh,
+      logits: this.logits,
+      lmHead: asRowSplit(this.opts.lmHead),
+      stats: this.rowStats,
+      labels: inp.labels,
+      w: inp.weights,
+      omega: inp.omega,
+      scale: inp.gradScale,
+      sums: this.sums,
+    }, { lossType, dpaceAlpha, blockSize: this.draft.config.blockSize });
   }
 }

@@ -12,7 +12,6 @@ import type { Tensor } from "../tensor.ts";
 import type { RowSplitMatrix } from "../ops/row_split.ts";
 import { type TargetEnds, type TargetForward, TargetModel } from "../models/target.ts";
 import type { Gpu } from "../gpu/device.ts";
-import { ConfigError } from "../models/config.ts";
 import type { FeatureSet } from "../offline/dataset.ts";
 import { readFeatures } from "../offline/dataset.ts";
 import { FeatureFeeder } from "../offline/feeder.ts";
@@ -33,8 +32,8 @@ export interface DflashFeed {
 export interface DflashSource {
   /** The target's embedding (the block inputs). */
   readonly embed: RowSplitMatrix;
-  /** The target's lm_head over one storage binding (the loss's logits). */
-  readonly lmHead: Tensor;
+  /** The target's lm_head, as row blocks when it does not bind whole (the loss's logits). */
+  readonly lmHead: RowSplitMatrix;
   /** The target's final norm weight. */
   readonly finalNorm: Tensor;
   /** The feed of batches of nb × S. */
@@ -43,34 +42,17 @@ export interface DflashSource {
   destroy(): void;
 }
 
-/** The lm_head's one block; a head over several bindings is refused by name (DFlash's loss reads it whole). */
-function wholeHead(head: RowSplitMatrix): Tensor {
-  if (head.blocks.length !== 1) {
-    throw new ConfigError(
-      `--draft-type dflash: the target's lm_head [${head.rows}, ${head.cols}] is over one storage binding; ` +
-        `DFlash's loss needs it whole (not yet split)`,
-    );
-  }
-  return head.blocks[0].tensor;
-}
-
 /** Online: the target's forward captures the draft's layers on every micro-batch. */
 export class OnlineDflashSource implements DflashSource {
-  readonly lmHead: Tensor;
-
-  constructor(readonly target: TargetModel) {
-    this.lmHead = wholeHead(target.lmHead);
-  }
+  constructor(readonly target: TargetModel) {}
 
   /** Loads the target of `dir`, capturing `layers` (the draft's target_layer_ids). */
   static async load(gpu: Gpu, dir: string, layers: number[]): Promise<OnlineDflashSource> {
-    const target = await TargetModel.load(gpu, dir, { auxLayers: layers, anyAuxCount: true });
-    try {
-      return new OnlineDflashSource(target);
-    } catch (e) {
-      target.destroy();
-      throw e;
-    }
+    return new OnlineDflashSource(await TargetModel.load(gpu, dir, { auxLayers: layers, anyAuxCount: true }));
+  }
+
+  get lmHead(): RowSplitMatrix {
+    return this.target.lmHead;
   }
 
   get embed(): RowSplitMatrix {
@@ -100,15 +82,15 @@ export class OnlineDflashSource implements DflashSource {
 
 /** Offline: each batch's samples are read from the feature files and decoded on the GPU. */
 export class OfflineDflashSource implements DflashSource {
-  readonly lmHead: Tensor;
-
   /** `ends`: the target's embedding, lm_head and final norm (owned by the source from here on). */
   constructor(
     readonly gpu: Gpu,
     readonly sets: { train: FeatureSet; eval: FeatureSet | null },
     readonly ends: TargetEnds,
-  ) {
-    this.lmHead = wholeHead(ends.lmHead);
+  ) {}
+
+  get lmHead(): RowSplitMatrix {
+    return this.ends.lmHead;
   }
 
   get embed(): RowSplitMatrix {

@@ -13,7 +13,8 @@
  * Checkpoints hold the training state beside the export (./dflash_checkpoint.ts), and `--resume` continues
  * bit for bit. Offline (`train-offline`), the features of the draft's target layers come from the files
  * prepare-hidden-states wrote (./dflash_features.ts); stored f32, the run equals the online one bit for bit.
- * Not yet for DFlash: several ranks, the memory plan (--dry-run), a streamed target; each is refused by name.
+ * Before anything loads, the run's memory plan (./dflash_plan.ts) is checked against the device; --dry-run
+ * prints it (lib/train/task.ts). Not yet for DFlash: several ranks, a streamed target; each is refused by name.
  */
 import { join } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
@@ -45,6 +46,7 @@ import { CHECKPOINT_VERSION } from "./checkpoint.ts";
 import { type DflashResume, resolveDflashResume, saveDflashCheckpoint } from "./dflash_checkpoint.ts";
 import { DflashDraft } from "../models/dflash.ts";
 import { DflashStep } from "../models/dflash_step.ts";
+import { dflashRunWindowRows } from "../models/dflash_head.ts";
 import {
   type DflashBlockInputs,
   dflashBlockInputs,
@@ -62,6 +64,16 @@ import { batchLengths } from "./sources/online.ts";
 import { openFeatures, tokenizeData } from "./setup.ts";
 import { muonOf, type TrainOptions } from "./trainer.ts";
 import { TrainingDivergedError } from "./divergence.ts";
+import { planDflashTraining } from "./dflash_plan.ts";
+import { planLimits } from "./training_plan.ts";
+import {
+  checkPlanFits,
+  MAX_SHAPES,
+  type MemoryPlan,
+  type PlanLimits,
+  withTargetPlanInput,
+} from "../models/memory_plan.ts";
+import { formatBytes } from "../gpu/device_memory.ts";
 
 /** What a DFlash run did. */
 export interface DflashTrainResult {
@@ -75,6 +87,10 @@ export interface DflashTrainResult {
   lastEval: MetricsRecord | null;
   /** The draft's config. */
   config: DflashConfig;
+  /** The buffer pool's peak bytes over the run. */
+  peakBytes: number;
+  /** The memory plan's peak bytes (lib/train/dflash_plan.ts). */
+  plannedPeakBytes: number;
 }
 
 /** Refuses what DFlash training does not do yet, by flag. */
@@ -83,7 +99,6 @@ function checkDflashSettings(s: TrainSettings, worldSize: number): void {
     throw new ConfigError(`--draft-type dflash: ${what} is not supported for DFlash drafts yet`);
   };
   if (worldSize > 1) refuse("training on several ranks");
-  if (s.dryRun) refuse("the memory plan (--dry-run)");
   if (s.targetMemoryBudget !== null && !s.trainHiddenStatesPath) {
     refuse("a streamed target (--target-memory-budget)"); // offline, the target's layers are not loaded
   }
@@ -170,13 +185,15 @@ async function trainDflash(gpu: Gpu, o: TrainOptions): Promise<DflashTrainResult
   }
 }
 
-async function trainLocked(
-  gpu: Gpu,
-  s: TrainSettings,
-  o: TrainOptions,
-  progress: ProgressPrinter,
-): Promise<DflashTrainResult> {
-  const note = (m: string) => progress.note(m);
+/** What a run resolves before loading anything: the target, the draft config and the data. */
+interface Resolved {
+  targetDir: string;
+  targetConfig: TargetConfig;
+  cfg: DflashConfig;
+  data: Awaited<ReturnType<typeof tokenizeData>> | Awaited<ReturnType<typeof openFeatures>>;
+}
+
+async function resolveRun(s: TrainSettings, o: TrainOptions, note: (m: string) => void): Promise<Resolved> {
   const targetDir = await resolveModelPath(s.targetModelPath, o.hub);
   const targetConfig = await loadTargetConfig(join(targetDir, "config.json"));
   const offline = s.trainHiddenStatesPath;
@@ -185,10 +202,74 @@ async function trainLocked(
   const data = offline
     ? await openFeatures(s, targetConfig, targetDir, cfg.targetLayerIds, note, LAYERS_FLAG)
     : await tokenizeData(s, targetDir, note);
+  return { targetDir, targetConfig, cfg, data };
+}
+
+/** The run's loader (its batches' order) and its update limit, as {@link DflashRun} makes them. */
+function loopOf(
+  s: TrainSettings,
+  train: TokenizedDataset,
+): { loader: DataLoader; total: number; limit: number } {
+  const loader = new DataLoader(train, { batchSize: s.batchSize, shuffle: true, seed: s.seed });
+  const total = s.totalSteps ?? s.numEpochs * Math.ceil(loader.stepsPerEpoch / s.draftAccumulationSteps);
+  return { loader, total, limit: Math.min(total, s.maxNumSteps ?? Infinity) };
+}
+
+/** The memory plan of a resolved run (./dflash_plan.ts) and the device's limits. */
+async function planOf(
+  gpu: Gpu,
+  s: TrainSettings,
+  r: Resolved,
+): Promise<{ plan: MemoryPlan; limits: PlanLimits }> {
+  const { loader, limit } = loopOf(s, r.data.train);
+  const plan = await withTargetPlanInput(gpu, r.targetDir, r.targetConfig, (target) =>
+    planDflashTraining({
+      ...target,
+      draft: r.cfg,
+      features: r.data.offline?.train.manifest ?? null,
+      loader,
+      evalSet: r.data.eval,
+      updates: limit,
+      numEpochs: s.numEpochs,
+      accumulationSteps: s.draftAccumulationSteps,
+      evalInterval: s.evalInterval,
+      evalBatches: s.evalBatches,
+      numAnchors: s.numAnchors,
+      headChunkRows: s.headChunkRows,
+      muon: s.optimizer === "muon",
+    }));
+  return { plan, limits: planLimits(gpu, s) };
+}
+
+/** --dry-run: the memory plan of a DFlash run (online or offline) and the limits it is checked against. */
+export async function planDflashRun(
+  gpu: Gpu,
+  o: TrainOptions,
+): Promise<{ plan: MemoryPlan; limits: PlanLimits }> {
+  const s = o.settings, progress = o.progress ?? new ProgressPrinter();
+  checkDflashSettings(s, o.world?.size ?? 1);
+  return await planOf(gpu, s, await resolveRun(s, o, (m) => progress.note(m)));
+}
+
+async function trainLocked(
+  gpu: Gpu,
+  s: TrainSettings,
+  o: TrainOptions,
+  progress: ProgressPrinter,
+): Promise<DflashTrainResult> {
+  const note = (m: string) => progress.note(m);
+  const resolved = await resolveRun(s, o, note), { targetDir, cfg, data } = resolved;
   note(
     `DFlash draft: ${cfg.numLayers} layer(s) [${cfg.layerTypes}], block ${cfg.blockSize}, target layers ` +
       `[${cfg.targetLayerIds}], mask token ${cfg.maskTokenId}; loss ${s.lossType}` +
       (s.lossDecayGamma !== null && !isDpace(s.lossType) ? `, decay γ ${s.lossDecayGamma}` : ""),
+  );
+  const { plan, limits } = await planOf(gpu, s, resolved);
+  checkPlanFits(plan, limits);
+  const top = [...plan.categories].sort((a, b) => b.bytes - a.bytes)[0];
+  note(
+    `memory plan: ${formatBytes(plan.peakBytes)} of GPU buffers at most; the largest part: ${top.name}, ` +
+      `${formatBytes(top.bytes)} (--dry-run lists every part)`,
   );
   const fingerprint: RunFingerprint = {
     ...data.fingerprint,
@@ -204,7 +285,7 @@ async function trainLocked(
     run = new DflashRun(gpu, s, cfg, source, { train: data.train, eval: data.eval, fingerprint }, progress);
     await run.open(resume);
     await run.train();
-    return run.result();
+    return { ...run.result(), peakBytes: gpu.pool.peakBytes, plannedPeakBytes: plan.peakBytes };
   } finally {
     run?.destroy();
     source.destroy();
@@ -232,7 +313,7 @@ async function offlineSource(
 /** The programs of one batch shape: the features' feed, the training step and (lazily) the evaluation step. */
 interface Shape {
   feed: DflashFeed;
-  train: DflashStep;
+  train: DflashStep | null;
   eval: DflashStep | null;
 }
 
@@ -257,7 +338,10 @@ class DflashRun {
   readonly loader: DataLoader;
   readonly schedule: LrSchedule;
   readonly limit: number;
+  /** The kept shapes' programs, least recently used first. */
   readonly #shapes = new Map<string, Shape>();
+  /** The metric sums of freed shapes' steps, by split, until taken. */
+  readonly #held: Record<"train" | "eval", Float64Array>;
   update = 0;
   epoch = 0;
   microBatches = 0;
@@ -280,20 +364,22 @@ class DflashRun {
     readonly progress: ProgressPrinter,
   ) {
     this.draft = DflashDraft.create(gpu, cfg, { seed: s.seed });
-    this.loader = new DataLoader(data.train, { batchSize: s.batchSize, shuffle: true, seed: s.seed });
+    const slots = cfg.blockSize * SLOT_SUM_COLS;
+    this.#held = { train: new Float64Array(slots), eval: new Float64Array(slots) };
+    const loop = loopOf(s, data.train);
+    this.loader = loop.loader;
     if (this.loader.stepsPerEpoch === 0) {
       throw new ConfigError(
         `${s.trainDataPath}: ${data.train.length} samples make no full batch of ${s.batchSize}`,
       );
     }
-    const total = s.totalSteps ??
-      s.numEpochs * Math.ceil(this.loader.stepsPerEpoch / s.draftAccumulationSteps);
+    const total = loop.total;
     this.schedule = {
       base: s.learningRate,
       warmupSteps: warmupStepsFor(total, s.warmupRatio),
       totalSteps: total,
     };
-    this.limit = Math.min(total, s.maxNumSteps ?? Infinity);
+    this.limit = loop.limit;
   }
 
   /** The optimizer, the metrics log, and the weights: from `resume`, else initialised. */
@@ -330,7 +416,7 @@ class DflashRun {
     );
   }
 
-  result(): DflashTrainResult {
+  result(): Omit<DflashTrainResult, "peakBytes" | "plannedPeakBytes"> {
     const { update: updates, checkpoint, lastTrain, lastEval, cfg: config } = this;
     return { updates, checkpoint, lastTrain, lastEval, config };
   }
@@ -338,7 +424,7 @@ class DflashRun {
   destroy(): void {
     for (const sh of this.#shapes.values()) {
       sh.feed.destroy();
-      sh.train.destroy();
+      sh.train?.destroy();
       sh.eval?.destroy();
     }
     this.optimizer?.destroy();
@@ -346,28 +432,58 @@ class DflashRun {
     this.log?.close();
   }
 
-  /** The programs of batches of `b`'s shape, built on first use. */
+  /**
+   * The programs of batches of `b`'s shape: its feed and its step of `split`, built on first use; the
+   * {@link MAX_SHAPES} most recently used shapes keep theirs (lib/train/step_programs.ts, as the memory plan
+   * replays it), the least recently used being freed (its metric sums kept on the host).
+   */
   async #shape(b: Batch, split: "train" | "eval"): Promise<{ feed: DflashFeed; step: DflashStep }> {
     const key = `${b.batchSize}x${b.seqLen}`;
     let sh = this.#shapes.get(key);
-    const build = async (train: boolean, feed: DflashFeed) =>
-      await DflashStep.build(this.draft, {
-        batches: b.batchSize,
-        seq: b.seqLen,
-        blocks: blocksFor(this.s.numAnchors, b.seqLen),
-        lossType: this.s.lossType,
-        dpaceAlpha: this.s.dpaceAlpha,
-        embedding: this.source.embed,
-        lmHead: this.source.lmHead,
-        features: feed.features,
-      }, train);
-    if (!sh) {
-      const feed = await this.source.createFeed(b.batchSize, b.seqLen);
-      sh = { feed, train: await build(true, feed), eval: null };
-      this.#shapes.set(key, sh);
+    if (sh) this.#shapes.delete(key);
+    else {
+      if (this.#shapes.size >= MAX_SHAPES) await this.#evict();
+      sh = { feed: await this.source.createFeed(b.batchSize, b.seqLen), train: null, eval: null };
     }
-    if (split === "eval") sh.eval ??= await build(false, sh.feed);
-    return { feed: sh.feed, step: split === "train" ? sh.train : sh.eval! };
+    this.#shapes.set(key, sh);
+    sh[split] ??= await DflashStep.build(this.draft, {
+      batches: b.batchSize,
+      seq: b.seqLen,
+      blocks: blocksFor(this.s.numAnchors, b.seqLen),
+      lossType: this.s.lossType,
+      dpaceAlpha: this.s.dpaceAlpha,
+      embedding: this.source.embed,
+      lmHead: this.source.lmHead,
+      headRows: this.#headRows(b),
+      features: sh.feed.features,
+    }, split === "train");
+    return { feed: sh.feed, step: sh[split]! };
+  }
+
+  /** Frees the least recently used shape's programs, its steps' sums added to the host's first. */
+  async #evict(): Promise<void> {
+    const [key, old] = this.#shapes.entries().next().value!;
+    for (const split of ["train", "eval"] as const) {
+      const step = old[split];
+      if (step && step.runs > 0) (await step.sums.readFloat()).forEach((x, i) => this.#held[split][i] += x);
+      step?.destroy();
+    }
+    old.feed.destroy();
+    this.#shapes.delete(key);
+  }
+
+  /**
+   * Rows of the head's window for batches of `b`'s shape: --head-chunk-rows, else every row when their
+   * logits bind as one storage buffer, else the most that do (lib/models/dflash_head.ts).
+   */
+  #headRows(b: Batch): number {
+    const R = b.batchSize * blocksFor(this.s.numAnchors, b.seqLen) * this.cfg.blockSize;
+    return dflashRunWindowRows(
+      R,
+      this.cfg,
+      this.s.headChunkRows,
+      this.gpu.limits.maxStorageBufferBindingSize,
+    );
   }
 
   /** The host side of micro-batch `b`: anchors drawn from `rand`, block inputs, ranges; null when no anchor fits. */
@@ -459,7 +575,8 @@ class DflashRun {
 
   /** Reads and zeroes the sums of every step of `split`: per slot [Σ w·ce, Σ w, Σ correct, Σ ω·ce]. */
   async #takeSums(split: "train" | "eval"): Promise<Float64Array> {
-    const sums = new Float64Array(this.cfg.blockSize * SLOT_SUM_COLS);
+    const sums = Float64Array.from(this.#held[split]);
+    this.#held[split].fill(0);
     for (const sh of this.#shapes.values()) {
       const step = split === "train" ? sh.train : sh.eval;
       if (!step || step.runs === 0) continue;
@@ -544,9 +661,12 @@ class DflashRun {
 
   /** Before a save: the training sums since the last log and the last gradient norm are finite (one sync each). */
   async #checkFinite(): Promise<void> {
+    const finite = (sums: ArrayLike<number>) => Array.prototype.every.call(sums, Number.isFinite);
+    if (!finite(this.#held.train)) this.#diverged("the loss is NaN or infinite", "before saving");
     for (const sh of this.#shapes.values()) {
-      const sums = await sh.train.sums.readFloat();
-      if (!sums.every(Number.isFinite)) this.#diverged("the loss is NaN or infinite", "before saving");
+      if (sh.train && !finite(await sh.train.sums.readFloat())) {
+        this.#diverged("the loss is NaN or infinite", "before saving");
+      }
     }
     const norm = await this.optimizer.lastGradNorm();
     if (!Number.isFinite(norm)) this.#diverged(`the gradient norm is ${norm}`, "before saving");

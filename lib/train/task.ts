@@ -10,7 +10,7 @@ import { parseTrainArgs, type TrainSettings, trainUsage } from "./config.ts";
 import { planTrainingRun, trainOffline, trainOnline } from "./trainer.ts";
 import { checkPlanFits, formatPlan } from "../models/memory_plan.ts";
 import { ProgressPrinter, simulatedAcceptanceLength } from "./metrics.ts";
-import { trainDflashOffline, trainDflashOnline } from "./dflash_trainer.ts";
+import { planDflashRun, trainDflashOffline, trainDflashOnline } from "./dflash_trainer.ts";
 
 /**
  * Runs `task` with command-line arguments `argv` (errors are thrown, for lib/cli/run.ts to print). Under
@@ -86,8 +86,16 @@ async function trainDflash(
   settings: TrainSettings,
   say: (line: string) => void,
 ): Promise<void> {
+  const hub = hubOptionsFromEnv(Deno.env.toObject());
+  if (settings.dryRun) {
+    const { plan, limits } = await planDflashRun(gpu, { settings, hub });
+    for (const line of formatPlan(plan, limits)) say(line);
+    checkPlanFits(plan, limits);
+    say("the run fits (--dry-run: nothing was loaded or trained)");
+    return;
+  }
   const train = task === "train-online" ? trainDflashOnline : trainDflashOffline;
-  const r = await train(gpu, { settings, hub: hubOptionsFromEnv(Deno.env.toObject()) });
+  const r = await train(gpu, { settings, hub });
   const last = r.lastEval ?? r.lastTrain;
   const summary = last
     ? ` ${last.split} acc per block slot ${last.acc.map((a) => a.toFixed(3)).join(" ")}`

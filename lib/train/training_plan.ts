@@ -138,18 +138,30 @@ function fixedTensors(i: TrainingPlanInput): Array<[PlanCategoryKey, PlannedTens
   const shapes = eagle3ParamShapes(draft);
   const params = eagle3ParamNames(draft).map((n) => ({ name: n, shape: shapes[n]! }));
   const each = (suffix: string) => params.map((p) => planned(`${p.name}${suffix}`, p.shape, "f32"));
-  const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-  const partials = params.reduce((n, p) => n + Math.ceil(size(p.shape) / REDUCE_CHUNK), 0);
   out.push(["draftWeights", each("")], ["gradients", each(" grad")], [
     "optimizer",
-    [
-      ...optimizerStateTensors(params, i.muon ?? false, i.device),
-      planned("grad norm²", [1], "f32"),
-      planned("step state", [ADAMW_STATE_SIZE], "f32"),
-      planned("grad norm partials", [Math.max(1, partials)], "f32"),
-    ],
+    draftOptimizerTensors(params, i.muon ?? false, i.device),
   ]);
   return out;
+}
+
+/**
+ * Everything lib/train/optimizer.ts `DraftOptimizer` allocates for `params`, in its order: the state
+ * ({@link optimizerStateTensors}), the gradient norm², the step state and the norm's partial sums.
+ */
+export function draftOptimizerTensors(
+  params: { name: string; shape: number[] }[],
+  muon: boolean,
+  limits: BindingLimits,
+): PlannedTensor[] {
+  const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+  const partials = params.reduce((n, p) => n + Math.ceil(size(p.shape) / REDUCE_CHUNK), 0);
+  return [
+    ...optimizerStateTensors(params, muon, limits),
+    planned("grad norm²", [1], "f32"),
+    planned("step state", [ADAMW_STATE_SIZE], "f32"),
+    planned("grad norm partials", [Math.max(1, partials)], "f32"),
+  ];
 }
 
 /**

@@ -88,7 +88,6 @@ Deno.test({
     for (
       const [extra, re] of [
         [{ trainHiddenStatesPath: join(root, "x") }, /--train-hidden-states-path is for train-offline/],
-        [{ dryRun: true }, /--draft-type dflash: the memory plan/],
       ] as const
     ) {
       const settings = await trainSettings(root, "refused", { draftType: "dflash", ...extra });
