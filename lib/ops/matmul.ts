@@ -197,8 +197,8 @@ function tileExtent(tile: MatmulTile): [number, number] {
   return tile.kind === "regtile" ? [tile.tm, 4 * K.REGTILE_WG * tile.tn4] : [tile.bm, tile.bn];
 }
 
-/** Shrinks a `regtile` tile for small outputs (fewer idle lanes and rows). */
-function fitTile(tile: MatmulTile, M: number, N: number): MatmulTile {
+/** Shrinks a `regtile` tile for small outputs (fewer idle lanes and rows): the tile that runs for M×N. */
+export function fitTile(tile: MatmulTile, M: number, N: number): MatmulTile {
   if (tile.kind !== "regtile") return tile;
   let { tm, tn4 } = tile;
   while (tm > 4 && tm / 2 >= M) tm /= 2;

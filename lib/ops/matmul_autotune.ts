@@ -19,6 +19,7 @@ import type { RegtileTile } from "../../kernels/matmul.ts";
 import {
   DEFAULT_CPU_TILE,
   defaultSplitK,
+  fitTile,
   matmul,
   type MatmulShape,
   setMatmulTileChooser,
@@ -53,7 +54,7 @@ export interface MatmulTuner {
   readonly cachePath: string | null;
   /** Tile chosen per shape class (read from the cache or timed in this process). */
   readonly choices: Map<string, RegtileTile>;
-  /** Shape classes timed in this process (0 when the cache had them all). */
+  /** Shape classes decided in this process (timed, unless one kernel remains; 0 when all were cached). */
   timed: number;
 }
 
@@ -160,6 +161,13 @@ async function timeCandidates(
   candidates: readonly RegtileTile[],
   reps: number,
 ): Promise<RegtileTile> {
+  // Candidates that shrink to the same tile for this shape run the same kernel: time each kernel once.
+  const seen = new Set<string>();
+  candidates = candidates.filter((c) => {
+    const key = tileName(fitTile(c, s.M, s.N));
+    return !seen.has(key) && seen.add(key);
+  });
+  if (candidates.length === 1) return candidates[0];
   const a = Tensor.fromArray(gpu, filler(s.M * s.K), s.transA ? [s.K, s.M] : [s.M, s.K], "f32", "tune a");
   const b = Tensor.fromArray(gpu, filler(s.K * s.N), s.transB ? [s.N, s.K] : [s.K, s.N], s.bType, "tune b");
   const out = Tensor.empty(gpu, [s.M, s.N], "f32", "tune out");
