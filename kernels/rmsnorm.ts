@@ -70,18 +70,15 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 
 /**
  * dx = r·(w ⊙ dy) − x·r³·(Σ_j w_j dy_j x_j)/H, the derivative of y = w ⊙ x·r through r = (mean(x²)+eps)^(-1/2)
- * (∂r/∂x_j = −r³·x_j/H). With `accumulate` the result is added to dx; with `addend`, dx = that + d (binding 6,
- * d of dx's shape: a residual branch's gradient summed in the store, the same sum as a later `accumulate`).
+ * (∂r/∂x_j = −r³·x_j/H). With `accumulate` the result is added to dx.
  */
-export function backwardDxKernel(addend: boolean): string {
-  return /* wgsl */ `
+export const backwardDx = /* wgsl */ `
 ${ROW_HEADER}
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<f32>;
 @group(0) @binding(4) var<storage, read> rstd: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
-${addend ? "@group(0) @binding(6) var<storage, read> d: array<f32>;" : ""}
 
 @compute @workgroup_size(WG)
 fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -98,15 +95,10 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
   let c = workgroup_sum(lid, dot) * r * r * r / f32(p.h);
   for (var i = lid; i < p.h; i += WG) {
     let g = r * w[i] * dy[db + i] - x[base + i] * c;
-    ${
-    addend
-      ? "dx[base + i] = g + d[base + i];"
-      : "if (p.accumulate != 0u) { dx[base + i] += g; } else { dx[base + i] = g; }"
-  }
+    if (p.accumulate != 0u) { dx[base + i] += g; } else { dx[base + i] = g; }
   }
 }
 `;
-}
 
 /**
  * Stage 1 of dw: invocation (block b, column h) writes out[b·H + h] = Σ_{rows r of block b} dy[r,h]·x[r,h]·rstd[r]
@@ -168,10 +160,9 @@ export const RMSNORM_ROWS_WG = 8;
  * One-row-per-invocation variants of {@link forward} and {@link backwardDx} for CPU adapters (Mesa lavapipe,
  * llvmpipe), where a workgroup runs on one core, every load is costly and barriers more so: each invocation
  * reduces its own row with vec4 loads (when `h` is a multiple of 4) and no workgroup memory or barrier.
- * Same bindings and params as the workgroup-per-row kernels (`addend` as in {@link backwardDxKernel});
- * workgroups: ceil(rows / 8).
+ * Same bindings and params as the workgroup-per-row kernels; workgroups: ceil(rows / 8).
  */
-export function rowsKernels(vec4: boolean, addend = false): { forward: string; backwardDx: string } {
+export function rowsKernels(vec4: boolean): { forward: string; backwardDx: string } {
   const T = vec4 ? "vec4<f32>" : "f32";
   // Elements per loaded unit, the number of units per row, and the horizontal sum of a unit.
   const header = /* wgsl */ `
@@ -217,7 +208,6 @@ ${header}
 @group(0) @binding(3) var<storage, read> w: array<${T}>;
 @group(0) @binding(4) var<storage, read> rstd: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<${T}>;
-${addend ? `@group(0) @binding(6) var<storage, read> d: array<${T}>;` : ""}
 
 @compute @workgroup_size(${RMSNORM_ROWS_WG})
 fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -233,11 +223,7 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
   let c = hsum(acc) * r * r * r / f32(p.h);
   for (var i = 0u; i < n; i++) {
     let g = r * w[i] * dy[db + i] - x[base + i] * c;
-    ${
-      addend
-        ? "dx[base + i] = g + d[base + i];"
-        : "if (p.accumulate != 0u) { dx[base + i] += g; } else { dx[base + i] = g; }"
-    }
+    if (p.accumulate != 0u) { dx[base + i] += g; } else { dx[base + i] = g; }
   }
 }
 `,

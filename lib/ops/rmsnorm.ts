@@ -39,16 +39,14 @@ function rowKernelSpec(
   entry: "forward" | "backward_dx",
   rows: number,
   io: Strided,
-  addend = false,
 ) {
-  const plus = addend ? " +addend" : "";
   if (rowKernelFor(gpu, "rmsnorm", kernel) === "rows") {
     // vec4 loads need the strided operand's rows and column block on vec4 boundaries too.
     const vec4 = io.hidden % 4 === 0 && io.stride % 4 === 0 && io.offset % 4 === 0;
-    const code = K.rowsKernels(vec4, addend);
+    const code = K.rowsKernels(vec4);
     return {
       spec: {
-        name: `rmsnorm.${entry}_rows${vec4 ? ".vec4" : ""}${plus}`,
+        name: `rmsnorm.${entry}_rows${vec4 ? ".vec4" : ""}`,
         code: entry === "forward" ? code.forward : code.backwardDx,
         entryPoint: entry,
       },
@@ -57,8 +55,8 @@ function rowKernelSpec(
   }
   return {
     spec: {
-      name: `rmsnorm.${entry}${plus}`,
-      code: entry === "forward" ? K.forward : K.backwardDxKernel(addend),
+      name: `rmsnorm.${entry}`,
+      code: entry === "forward" ? K.forward : K.backwardDx,
       entryPoint: entry,
     },
     workgroups: rows,
@@ -110,12 +108,6 @@ export interface RmsnormBackwardOptions {
   accumulateDw?: boolean;
   /** Row kernel family of dx (see {@link RmsnormKernel}); default from the adapter. */
   kernel?: RmsnormKernel;
-  /**
-   * dx = the norm's input gradient + addend (f32, dx's shape, another tensor): a residual branch's gradient
-   * summed in the store, the same sum bit for bit as writing dx and then `accumulate(dx, addend)`. Not with
-   * `accumulateDx`.
-   */
-  addend?: Tensor;
   /**
    * f32 scratch for the partial sums of dw, of at least {@link rmsnormScratchSize} elements (any shape).
    * When omitted and rows > {@link RMSNORM_ROWS_PER_BLOCK}, the op allocates one owned by the program
@@ -187,7 +179,7 @@ export async function rmsnormBackward(
   rstd: Tensor,
   dx: Tensor,
   dw: Tensor,
-  { accumulateDx = false, accumulateDw = false, scratch, kernel, addend }: RmsnormBackwardOptions = {},
+  { accumulateDx = false, accumulateDw = false, scratch, kernel }: RmsnormBackwardOptions = {},
 ): Promise<void> {
   const op = "rmsnormBackward";
   for (const [name, t] of [["x", x], ["w", w], ["rstd", rstd], ["dx", dx], ["dw", dw]] as const) {
@@ -195,11 +187,6 @@ export async function rmsnormBackward(
   }
   const [rows, hidden] = rowShape(op, x);
   const g = stridedOperand(op, "dy", dy, rows, hidden);
-  if (addend) {
-    if (accumulateDx) throw new ShapeError(`${op}: addend and accumulateDx cannot be combined`);
-    expectDtype(op, "addend", addend, "f32");
-    expectShape(op, "addend", addend, [rows, hidden]);
-  }
   expectShape(op, "w", w, [hidden]);
   expectShape(op, "rstd", rstd, [rows]);
   expectShape(op, "dx", dx, [rows, hidden]);
@@ -215,10 +202,10 @@ export async function rmsnormBackward(
     }
   }
 
-  const dxKernel = rowKernelSpec(p.gpu, kernel, "backward_dx", rows, g.io, addend !== undefined);
+  const dxKernel = rowKernelSpec(p.gpu, kernel, "backward_dx", rows, g.io);
   await p.add(
     dxKernel.spec,
-    [rowParams(rows, g.io, 0, accumulateDx ? 1 : 0), g.tensor, x, w, rstd, dx, ...(addend ? [addend] : [])],
+    [rowParams(rows, g.io, 0, accumulateDx ? 1 : 0), g.tensor, x, w, rstd, dx],
     dxKernel.workgroups,
   );
 
