@@ -75,11 +75,17 @@ export function matmulTileFor(gpu: Gpu): MatmulTile {
 
 /** A product's shape and layout, as a {@link MatmulTileChooser} sees it. */
 export interface MatmulShape {
+  /** op(A) = Aᵀ. */
   transA: boolean;
+  /** op(B) = Bᵀ. */
   transB: boolean;
+  /** B's storage type. */
   bType: K.MatmulBType;
+  /** Rows of op(A) and of the output. */
   M: number;
+  /** Columns of op(B) and of the output. */
   N: number;
+  /** The contraction's length. */
   K: number;
 }
 
