@@ -4,6 +4,9 @@
  *
  * - `forward` (also saves rstd) and `backwardDx`: one workgroup per row, a fixed-order tree reduction in
  *   workgroup memory (any H: each invocation first strides over the row).
+ * - The strided operand (y of the forward, dy of the backward) is row r's elements at
+ *   io_off + r·io_stride + i, so a norm can write into (or read from) a column block of a wider matrix (the
+ *   EAGLE-3 attention input [R, 2H]) without a copy; io_stride = h, io_off = 0 for a plain [rows, h] tensor.
  * - `dwPartials` / `dwReduce`: the weight gradient dw = Σ_rows dy ⊙ x·rstd in two deterministic stages: column
  *   sums over blocks of rows into partials[P, H], then a column sum of the partials.
  */
@@ -16,7 +19,7 @@ export const RMSNORM_COL_WG = 256;
 
 /** Shared by the row kernels: the params struct and a deterministic workgroup sum. */
 const ROW_HEADER = /* wgsl */ `
-struct Params { rows: u32, h: u32, eps: f32, accumulate: u32 }
+struct Params { rows: u32, h: u32, eps: f32, accumulate: u32, io_stride: u32, io_off: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -51,6 +54,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   let row = linear_workgroup(wg, nwg);
   if (row >= p.rows) { return; }
   let base = row * p.h;
+  let yb = row * p.io_stride + p.io_off;
   var sum_sq = 0.0;
   for (var i = lid; i < p.h; i += WG) {
     let v = x[base + i];
@@ -58,7 +62,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   }
   let r = 1.0 / sqrt(workgroup_sum(lid, sum_sq) / f32(p.h) + p.eps);
   for (var i = lid; i < p.h; i += WG) {
-    y[base + i] = w[i] * (x[base + i] * r);
+    y[yb + i] = w[i] * (x[base + i] * r);
   }
   if (lid == 0u) { rstd[row] = r; }
 }
@@ -82,14 +86,15 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
   let row = linear_workgroup(wg, nwg);
   if (row >= p.rows) { return; }
   let base = row * p.h;
+  let db = row * p.io_stride + p.io_off;
   var dot = 0.0;
   for (var i = lid; i < p.h; i += WG) {
-    dot += w[i] * dy[base + i] * x[base + i];
+    dot += w[i] * dy[db + i] * x[base + i];
   }
   let r = rstd[row];
   let c = workgroup_sum(lid, dot) * r * r * r / f32(p.h);
   for (var i = lid; i < p.h; i += WG) {
-    let g = r * w[i] * dy[base + i] - x[base + i] * c;
+    let g = r * w[i] * dy[db + i] - x[base + i] * c;
     if (p.accumulate != 0u) { dx[base + i] += g; } else { dx[base + i] = g; }
   }
 }
@@ -97,11 +102,11 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 
 /**
  * Stage 1 of dw: invocation (block b, column h) writes out[b·H + h] = Σ_{rows r of block b} dy[r,h]·x[r,h]·rstd[r]
- * (blocks of p.rows_per_block rows, in row order). When there is a single block, out is dw itself and
+ * (blocks of p.rows_per_block rows, in row order; dy's row r at dy_off + r·dy_stride). When there is a single block, out is dw itself and
  * `accumulate` adds to it.
  */
 export const dwPartials = /* wgsl */ `
-struct Params { rows: u32, h: u32, rows_per_block: u32, accumulate: u32 }
+struct Params { rows: u32, h: u32, rows_per_block: u32, accumulate: u32, dy_stride: u32, dy_off: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
@@ -121,7 +126,7 @@ fn dw_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
   let r1 = min(r0 + p.rows_per_block, p.rows);
   var sum = 0.0;
   for (var r = r0; r < r1; r++) {
-    sum += dy[r * p.h + col] * (x[r * p.h + col] * rstd[r]);
+    sum += dy[r * p.dy_stride + p.dy_off + col] * (x[r * p.h + col] * rstd[r]);
   }
   if (p.accumulate != 0u) { out[i] += sum; } else { out[i] = sum; }
 }
@@ -161,7 +166,7 @@ export function rowsKernels(vec4: boolean): { forward: string; backwardDx: strin
   const T = vec4 ? "vec4<f32>" : "f32";
   // Elements per loaded unit, the number of units per row, and the horizontal sum of a unit.
   const header = /* wgsl */ `
-struct Params { rows: u32, h: u32, eps: f32, accumulate: u32 }
+struct Params { rows: u32, h: u32, eps: f32, accumulate: u32, io_stride: u32, io_off: u32 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 const W: u32 = ${vec4 ? 4 : 1}u;
@@ -185,13 +190,14 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   if (row >= p.rows) { return; }
   let n = p.h / W;
   let base = row * n;
+  let yb = (row * p.io_stride + p.io_off) / W;
   var sum_sq = ${T}(0.0);
   for (var i = 0u; i < n; i++) {
     let v = x[base + i];
     sum_sq = fma(v, v, sum_sq);
   }
   let r = 1.0 / sqrt(hsum(sum_sq) / f32(p.h) + p.eps);
-  for (var i = 0u; i < n; i++) { y[base + i] = w[i] * (x[base + i] * r); }
+  for (var i = 0u; i < n; i++) { y[yb + i] = w[i] * (x[base + i] * r); }
   rstd[row] = r;
 }
 `,
@@ -210,12 +216,13 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
   if (row >= p.rows) { return; }
   let n = p.h / W;
   let base = row * n;
+  let db = (row * p.io_stride + p.io_off) / W;
   var acc = ${T}(0.0);
-  for (var i = 0u; i < n; i++) { acc = fma(w[i] * dy[base + i], x[base + i], acc); }
+  for (var i = 0u; i < n; i++) { acc = fma(w[i] * dy[db + i], x[base + i], acc); }
   let r = rstd[row];
   let c = hsum(acc) * r * r * r / f32(p.h);
   for (var i = 0u; i < n; i++) {
-    let g = r * w[i] * dy[base + i] - x[base + i] * c;
+    let g = r * w[i] * dy[db + i] - x[base + i] * c;
     if (p.accumulate != 0u) { dx[base + i] += g; } else { dx[base + i] = g; }
   }
 }

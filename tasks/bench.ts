@@ -20,6 +20,7 @@ import { benchScale } from "../lib/bench/scale.ts";
 import { formatStepProfile, profileTrainingStep, type StepProfile } from "../lib/bench/profile_train.ts";
 import { deviceReport } from "../lib/bench/device_report.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
+import { enableMatmulAutotune } from "../lib/ops/matmul_autotune.ts";
 
 type Bench = (gpu: Gpu, opts: BenchOptions) => Promise<BenchRow[]>;
 
@@ -53,6 +54,12 @@ export const BENCH_FLAGS = {
     help: "profile one online training step per kernel (time, share, GFLOP/s, GB/s, host time between " +
       "programs); runs no bench group unless --only names some",
   },
+  autotune: {
+    kind: "bool",
+    help: "time the matmul register tiles per shape class once per adapter and use the fastest (CPU " +
+      "adapters; same results bit for bit); choices cached in $XDG_CACHE_HOME/eaglet/matmul-autotune.json, " +
+      "EAGLET_MATMUL_AUTOTUNE_CACHE=<file> relocates it, =none keeps it in memory",
+  },
   "device-report": {
     kind: "string",
     arg: "file",
@@ -63,7 +70,7 @@ export const BENCH_FLAGS = {
 } as const satisfies FlagTable;
 
 const USAGE =
-  "deno task bench [--quick] [--only <groups>] [--json <file>] [--profile] [--device-report <file>]";
+  "deno task bench [--quick] [--only <groups>] [--json <file>] [--profile] [--autotune] [--device-report <file>]";
 
 function formatTable(rows: BenchRow[]): string {
   const head = ["group", "name", "shape", "ms", "GFLOP/s", "tokens/s", "note"];
@@ -104,6 +111,14 @@ async function benchTask(args: string[]): Promise<void> {
   const gpu = await Gpu.create();
   try {
     console.log(`adapter: ${gpu.describe()}`);
+    if (values.autotune) {
+      const t = await enableMatmulAutotune(gpu);
+      console.log(
+        t
+          ? `matmul autotune: ${t.choices.size} shape classes cached in ${t.cachePath ?? "memory"}`
+          : "matmul autotune: not a CPU adapter, default tiles",
+      );
+    }
     const rows: BenchRow[] = [];
     for (const g of groups) {
       const got = await BENCHES[g](gpu, { quick: values.quick, explicit: values.only !== undefined });

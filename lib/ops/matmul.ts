@@ -63,7 +63,7 @@ interface Dims {
  * compile, so it is not the default (a caller may pass it as `tile`). Texture operands, on a Zen 3 host whose
  * storage loads are far dearer: 25 GFLOP/s against 5.2 from storage buffers, packing included.
  */
-export const DEFAULT_CPU_TILE: MatmulTile = { kind: "regtile", tm: 16, tn4: 8, textures: true };
+export const DEFAULT_CPU_TILE: K.RegtileTile = { kind: "regtile", tm: 16, tn4: 8, textures: true };
 
 /** The default `tiled` tile for GPUs. */
 export const DEFAULT_GPU_TILE: MatmulTile = { kind: "tiled", bm: 64, bn: 64, bk: 16 };
@@ -71,6 +71,48 @@ export const DEFAULT_GPU_TILE: MatmulTile = { kind: "tiled", bm: 64, bn: 64, bk:
 /** The tile for this adapter: {@link DEFAULT_CPU_TILE} on CPU adapters, else {@link DEFAULT_GPU_TILE}. */
 export function matmulTileFor(gpu: Gpu): MatmulTile {
   return isCpuAdapter(gpu) ? DEFAULT_CPU_TILE : DEFAULT_GPU_TILE;
+}
+
+/** A product's shape and layout, as a {@link MatmulTileChooser} sees it. */
+export interface MatmulShape {
+  /** op(A) = Aᵀ. */
+  transA: boolean;
+  /** op(B) = Bᵀ. */
+  transB: boolean;
+  /** B's storage type. */
+  bType: K.MatmulBType;
+  /** Rows of op(A) and of the output. */
+  M: number;
+  /** Columns of op(B) and of the output. */
+  N: number;
+  /** The contraction's length. */
+  K: number;
+}
+
+/**
+ * Picks the kernel tile of a product that passes no `tile` (lib/ops/matmul_autotune.ts installs one), or
+ * undefined for the adapter's default. It only changes which register tile runs: the split over K is still
+ * decided from the default tile, so every choice sums each output in the same order (bit-identical results).
+ */
+export type MatmulTileChooser = (shape: MatmulShape) => Promise<MatmulTile | undefined>;
+
+const choosers = new WeakMap<Gpu, MatmulTileChooser>();
+
+/** Installs (or with null removes) the tile chooser of `gpu`'s products. */
+export function setMatmulTileChooser(gpu: Gpu, chooser: MatmulTileChooser | null): void {
+  if (chooser) choosers.set(gpu, chooser);
+  else choosers.delete(gpu);
+}
+
+/**
+ * K slices the default tile gives a product of `shape` (batch 1): what {@link matmul} uses whatever tile
+ * runs, so a tuner timing candidates passes it as `splitK` to time what will run.
+ */
+export function defaultSplitK(gpu: Gpu, shape: MatmulShape): number {
+  const d: Dims = { batch: 1, M: shape.M, N: shape.N, K: shape.K, batchedB: false };
+  const tile = fitTile(matmulTileFor(gpu), d.M, d.N);
+  const [rows, cols] = tileExtent(tile);
+  return chooseSplit(gpu, d, tile, Math.ceil(d.N / cols) * Math.ceil(d.M / rows))[0];
 }
 
 /** A short name of a tile, e.g. "regtile 16x16" or "tiled 64x64x16". */
@@ -161,8 +203,8 @@ function tileExtent(tile: MatmulTile): [number, number] {
   return tile.kind === "regtile" ? [tile.tm, 4 * K.REGTILE_WG * tile.tn4] : [tile.bm, tile.bn];
 }
 
-/** Shrinks a `regtile` tile for small outputs (fewer idle lanes and rows). */
-function fitTile(tile: MatmulTile, M: number, N: number): MatmulTile {
+/** Shrinks a `regtile` tile for small outputs (fewer idle lanes and rows): the tile that runs for M×N. */
+export function fitTile(tile: MatmulTile, M: number, N: number): MatmulTile {
   if (tile.kind !== "regtile") return tile;
   let { tm, tn4 } = tile;
   while (tm > 4 && tm / 2 >= M) tm /= 2;
@@ -242,7 +284,9 @@ async function recordProduct(
 ): Promise<boolean> {
   const gpu = p.gpu;
   const d = resolve(gpu, a, b, out, opts);
-  const baseTile = opts.tile ?? matmulTileFor(gpu);
+  // The split over K comes from the caller's tile or the default one, never from a chooser's pick.
+  const splitTile = opts.tile ?? matmulTileFor(gpu);
+  const baseTile = opts.tile ?? await chosenTile(gpu, d, opts, b.dtype as K.MatmulBType) ?? splitTile;
   checkTile(gpu, baseTile);
   if (opts.splitK !== undefined && (!Number.isInteger(opts.splitK) || opts.splitK < 1)) {
     throw new ShapeError(`matmul: splitK must be a positive integer, got ${opts.splitK}`);
@@ -258,7 +302,7 @@ async function recordProduct(
   const tile = fitTile(baseTile, d.M, d.N);
   const [rows, cols] = tileExtent(tile);
   const gridX = Math.ceil(d.N / cols), gridY = Math.ceil(d.M / rows);
-  const [splits, kChunk] = chooseSplit(gpu, d, tile, gridX * gridY * d.batch, opts.splitK);
+  const [splits, kChunk] = splitFor(gpu, d, fitTile(splitTile, d.M, d.N), opts.splitK);
   const split = splits > 1;
   const scratch = split ? p.transient("split-K partials", [d.batch * splits, d.M, d.N], "f32") : null;
   const variant: MatmulVariant = {
@@ -342,6 +386,25 @@ async function recordProduct(
     );
   }
   return variant.addend ?? false;
+}
+
+/** The chooser's tile for a product (undefined: none installed, or it keeps the default). */
+async function chosenTile(
+  gpu: Gpu,
+  d: Dims,
+  opts: MatmulOptions,
+  bType: K.MatmulBType,
+): Promise<MatmulTile | undefined> {
+  const chooser = choosers.get(gpu);
+  if (!chooser) return undefined;
+  return await chooser({ transA: opts.transA ?? false, transB: opts.transB ?? false, bType, ...d });
+}
+
+/** [splits, kChunk] of a product, from the output tiles of `tile` (the caller's or the default). */
+function splitFor(gpu: Gpu, d: Dims, tile: MatmulTile, requested?: number): [number, number] {
+  const [rows, cols] = tileExtent(tile);
+  const tiles = Math.ceil(d.N / cols) * Math.ceil(d.M / rows) * d.batch;
+  return chooseSplit(gpu, d, tile, tiles, requested);
 }
 
 /**

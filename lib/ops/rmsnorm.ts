@@ -8,7 +8,7 @@
  */
 import * as K from "../../kernels/rmsnorm.ts";
 import { params, type Program } from "../gpu/program.ts";
-import type { Tensor } from "../tensor.ts";
+import { Tensor } from "../tensor.ts";
 import { expectDtype, expectShape } from "./check.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import type { Gpu } from "../gpu/device.ts";
@@ -38,10 +38,11 @@ function rowKernelSpec(
   kernel: RmsnormKernel | undefined,
   entry: "forward" | "backward_dx",
   rows: number,
-  hidden: number,
+  io: Strided,
 ) {
   if (rowKernelFor(gpu, "rmsnorm", kernel) === "rows") {
-    const vec4 = hidden % 4 === 0;
+    // vec4 loads need the strided operand's rows and column block on vec4 boundaries too.
+    const vec4 = io.hidden % 4 === 0 && io.stride % 4 === 0 && io.offset % 4 === 0;
     const code = K.rowsKernels(vec4);
     return {
       spec: {
@@ -60,6 +61,43 @@ function rowKernelSpec(
     },
     workgroups: rows,
   };
+}
+
+/** The row layout of y (forward) or dy (backward): row r's H elements start at offset + r·stride. */
+interface Strided {
+  hidden: number;
+  stride: number;
+  offset: number;
+}
+
+/**
+ * Columns [col0, col0 + H) of a [rows, C] matrix, the strided y of {@link rmsnormForward} or dy of
+ * {@link rmsnormBackward} (a norm writing into, or its backward reading from, a column block: no copy).
+ */
+export interface ColumnBlock {
+  /** The wider matrix [rows, C]. */
+  matrix: Tensor;
+  /** First column of the block. */
+  col0: number;
+}
+
+/** Checks a y/dy operand (a [rows, H] tensor or a column block) and returns its tensor and layout. */
+function stridedOperand(op: string, name: string, t: Tensor | ColumnBlock, rows: number, hidden: number) {
+  if (t instanceof Tensor) {
+    expectDtype(op, name, t, "f32");
+    expectShape(op, name, t, [rows, hidden]);
+    return { tensor: t, io: { hidden, stride: hidden, offset: 0 } };
+  }
+  const m = t.matrix;
+  expectDtype(op, name, m, "f32");
+  if (m.shape.length !== 2 || m.shape[0] !== rows || t.col0 < 0 || t.col0 + hidden > m.shape[1]) {
+    throw new ShapeError(
+      `${op}: ${name} (${m.label}) [${m.shape.join(", ")}] has no column block [${t.col0}, ${
+        t.col0 + hidden
+      }) over ${rows} rows`,
+    );
+  }
+  return { tensor: m, io: { hidden, stride: m.shape[1], offset: t.col0 } };
 }
 
 /** Options of {@link rmsnormBackward}. */
@@ -91,38 +129,51 @@ function rowShape(op: string, x: Tensor): [number, number] {
   return [x.shape[0], x.shape[1]];
 }
 
-/** Records y = w ⊙ x·rstd for x[rows, H], w[H] into y[rows, H] and saves rstd[rows]. */
+/**
+ * Records y = w ⊙ x·rstd for x[rows, H], w[H] into y[rows, H] (or a {@link ColumnBlock} of a wider matrix)
+ * and saves rstd[rows].
+ */
 export async function rmsnormForward(
   p: Program,
   x: Tensor,
   w: Tensor,
-  y: Tensor,
+  y: Tensor | ColumnBlock,
   rstd: Tensor,
   { eps, kernel }: RmsnormOptions,
 ): Promise<void> {
   const op = "rmsnormForward";
-  for (const [name, t] of [["x", x], ["w", w], ["y", y], ["rstd", rstd]] as const) {
-    expectDtype(op, name, t, "f32");
-  }
+  for (const [name, t] of [["x", x], ["w", w], ["rstd", rstd]] as const) expectDtype(op, name, t, "f32");
   const [rows, hidden] = rowShape(op, x);
   expectShape(op, "w", w, [hidden]);
-  expectShape(op, "y", y, [rows, hidden]);
+  const out = stridedOperand(op, "y", y, rows, hidden);
   expectShape(op, "rstd", rstd, [rows]);
-  const { spec, workgroups } = rowKernelSpec(p.gpu, kernel, "forward", rows, hidden);
+  const { spec, workgroups } = rowKernelSpec(p.gpu, kernel, "forward", rows, out.io);
   await p.add(
     spec,
-    [params(["u32", rows], ["u32", hidden], ["f32", eps], ["u32", 0]), x, w, y, rstd],
+    [rowParams(rows, out.io, eps, 0), x, w, out.tensor, rstd],
     workgroups,
   );
 }
 
+/** The row kernels' params: rows, H, eps, accumulate, and the strided operand's row stride and offset. */
+function rowParams(rows: number, io: Strided, eps: number, accumulate: number) {
+  return params(
+    ["u32", rows],
+    ["u32", io.hidden],
+    ["f32", eps],
+    ["u32", accumulate],
+    ["u32", io.stride],
+    ["u32", io.offset],
+  );
+}
+
 /**
- * Records the backward pass of {@link rmsnormForward}: dx[rows, H] and dw[H] from dy, x, w and the saved
- * rstd.
+ * Records the backward pass of {@link rmsnormForward}: dx[rows, H] and dw[H] from dy (a [rows, H] tensor or a
+ * {@link ColumnBlock}), x, w and the saved rstd.
  */
 export async function rmsnormBackward(
   p: Program,
-  dy: Tensor,
+  dy: Tensor | ColumnBlock,
   x: Tensor,
   w: Tensor,
   rstd: Tensor,
@@ -131,11 +182,11 @@ export async function rmsnormBackward(
   { accumulateDx = false, accumulateDw = false, scratch, kernel }: RmsnormBackwardOptions = {},
 ): Promise<void> {
   const op = "rmsnormBackward";
-  for (const [name, t] of [["dy", dy], ["x", x], ["w", w], ["rstd", rstd], ["dx", dx], ["dw", dw]] as const) {
+  for (const [name, t] of [["x", x], ["w", w], ["rstd", rstd], ["dx", dx], ["dw", dw]] as const) {
     expectDtype(op, name, t, "f32");
   }
   const [rows, hidden] = rowShape(op, x);
-  expectShape(op, "dy", dy, [rows, hidden]);
+  const g = stridedOperand(op, "dy", dy, rows, hidden);
   expectShape(op, "w", w, [hidden]);
   expectShape(op, "rstd", rstd, [rows]);
   expectShape(op, "dx", dx, [rows, hidden]);
@@ -151,10 +202,10 @@ export async function rmsnormBackward(
     }
   }
 
-  const dxKernel = rowKernelSpec(p.gpu, kernel, "backward_dx", rows, hidden);
+  const dxKernel = rowKernelSpec(p.gpu, kernel, "backward_dx", rows, g.io);
   await p.add(
     dxKernel.spec,
-    [params(["u32", rows], ["u32", hidden], ["f32", 0], ["u32", accumulateDx ? 1 : 0]), dy, x, w, rstd, dx],
+    [rowParams(rows, g.io, 0, accumulateDx ? 1 : 0), g.tensor, x, w, rstd, dx],
     dxKernel.workgroups,
   );
 
@@ -163,16 +214,24 @@ export async function rmsnormBackward(
   const accDw = accumulateDw ? 1 : 0;
   const partialsKernel = { name: "rmsnorm.dw_partials", code: K.dwPartials, entryPoint: "dw_partials" };
   const blockParams = (accumulate: number) =>
-    params(["u32", rows], ["u32", hidden], ["u32", RMSNORM_ROWS_PER_BLOCK], ["u32", accumulate]);
+    params(
+      ["u32", rows],
+      ["u32", hidden],
+      ["u32", RMSNORM_ROWS_PER_BLOCK],
+      ["u32", accumulate],
+      ["u32", g.io.stride],
+      ["u32", g.io.offset],
+    );
+  const dyT = g.tensor;
   if (blocks <= 1) {
-    await p.add(partialsKernel, [blockParams(accDw), dy, x, rstd, dw], Math.ceil(hidden / K.RMSNORM_COL_WG));
+    await p.add(partialsKernel, [blockParams(accDw), dyT, x, rstd, dw], Math.ceil(hidden / K.RMSNORM_COL_WG));
     return;
   }
   // Only the first scratchSize elements are used.
   const partials = scratch ?? p.scratch([scratchSize], "f32", "rmsnorm dw partials");
   await p.add(
     partialsKernel,
-    [blockParams(0), dy, x, rstd, partials],
+    [blockParams(0), dyT, x, rstd, partials],
     Math.ceil(scratchSize / K.RMSNORM_COL_WG),
   );
   // stage 2: dw = column sums of the partials

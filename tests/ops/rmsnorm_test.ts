@@ -183,3 +183,45 @@ Deno.test({ name: "rmsnorm: shape and dtype errors come before any dispatch", ..
   assert.equal(p.dispatches.length, 0);
   for (const t of [x, w, y, rstd, wi, w8, big, rstdBig, small]) t.destroy();
 });
+
+Deno.test(
+  { name: "rmsnorm: column blocks (y written, dy read) give the plain op's bits", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    // [rows, hidden, columns of the wide matrix, first column of the block]: vec4-aligned and not (an H that
+    // is a multiple of 4 in an unaligned block runs the scalar kernel, which sums in another order).
+    const cases: Array<[number, number, number, number]> = [[130, 32, 96, 32], [5, 7, 16, 6], [3, 6, 20, 2]];
+    for (const kernel of ["rows", "workgroup"] as RmsnormKernel[]) {
+      for (const [rows, hidden, cols, col0] of cases) {
+        const x = randomArray(rows * hidden, rows + hidden, 2);
+        const w = randomArray(hidden, 7 * hidden, 1).map((v) => 1 + 0.5 * v);
+        const dy = randomArray(rows * hidden, 3 * rows + hidden);
+        const wide = randomArray(rows * cols, 11 * rows + cols);
+        for (let r = 0; r < rows; r++) wide.set(dy.subarray(r * hidden, (r + 1) * hidden), r * cols + col0);
+        const plain = await runGpu(x, w, dy, rows, hidden, kernel);
+        const tx = upload(x, [rows, hidden], "x"), tw = upload(w, [hidden], "w");
+        const tWide = upload(wide, [rows, cols], "wide dy");
+        const tOut = upload(wide, [rows, cols], "wide y");
+        const trstd = Tensor.empty(g, [rows], "f32", "rstd");
+        const tdx = Tensor.empty(g, [rows, hidden], "f32", "dx"),
+          tdw = Tensor.empty(g, [hidden], "f32", "dw");
+        await runOnce(g, "rmsnorm blocks", async (p) => {
+          await rmsnormForward(p, tx, tw, { matrix: tOut, col0 }, trstd, { eps: EPS, kernel });
+          await rmsnormBackward(p, { matrix: tWide, col0 }, tx, tw, trstd, tdx, tdw, { kernel });
+        });
+        const y = await tOut.readFloat(), dx = await tdx.readFloat(), dw = await tdw.readFloat();
+        const what = `${kernel} ${rows}x${hidden} in [${rows}, ${cols}] at ${col0}`;
+        for (let r = 0; r < rows; r++) {
+          for (let c = 0; c < cols; c++) {
+            const inBlock = c >= col0 && c < col0 + hidden;
+            const want = inBlock ? plain.y[r * hidden + c - col0] : wide[r * cols + c];
+            assert.equal(y[r * cols + c], want, `${what}: y[${r}, ${c}]`);
+          }
+        }
+        assert.deepEqual(dx, Float32Array.from(plain.dx), `${what}: dx`);
+        assert.deepEqual(dw, Float32Array.from(plain.dw), `${what}: dw`);
+        for (const t of [tx, tw, tWide, tOut, trstd, tdx, tdw]) t.destroy();
+      }
+    }
+  },
+);
