@@ -133,16 +133,12 @@ export function eagle3Activations<T>(
   const logits = make([R, Vd], "f32", "logits");
   const perPosition = <X>(n: number, f: (k: number) => X) => Array.from({ length: n }, (_, k) => f(k));
   const attention = tttAttentionTensors(make, cfg, s, slots);
-  const normed = {
-    normedEmbed: make([N, H], "f32", "normed embed"),
-    normedHidden: make([N, H], "f32", "normed hidden"),
-  };
   const layer = perPosition(slots, (k) =>
     eagle3LayerActivations(
       (shape, dtype, label) => make(shape, dtype, `${label}[${k}]`),
       cfg,
       N,
-      { ...normed, ...tttKeysOf(attention, k) },
+      tttKeysOf(attention, k),
     ));
   return {
     targetToDraft: make([cfg.vocabSize], "i32", "target→draft map"),

@@ -34,20 +34,16 @@ import { type Eagle3Draft, FC_NORM_PARAM_NAMES } from "./eagle3.ts";
 export type MakeTensor<T> = (shape: number[], dtype: "f32" | "i32", label: string) => T;
 
 /**
- * What one pass of the midlayer over R rows computes and its backward reads. `normedEmbed` and
- * `normedHidden` are scratch (the backward re-derives the norms from `embed`, `hidden` and the rstd).
+ * What one pass of the midlayer over R rows computes and its backward reads (the input norms write straight
+ * into `attnInput`'s column blocks; the backward re-derives them from `embed`, `hidden` and the rstd).
  */
 export interface Eagle3LayerActivations<T = Tensor> {
   /** e = embed(u) [R, H]. */
   embed: T;
   /** 1/rms of each row of e [R]. */
   rstdEmbed: T;
-  /** RMSNorm_in(e) [R, H] (scratch). */
-  normedEmbed: T;
   /** 1/rms of each row of the input hidden h [R]. */
   rstdHidden: T;
-  /** RMSNorm_hid(h) [R, H] (scratch). */
-  normedHidden: T;
   /** a = [RMSNorm_in(e), RMSNorm_hid(h)] [R, 2H]. */
   attnInput: T;
   /** q [R, nh·hd], RoPE applied. */
@@ -87,9 +83,7 @@ export function eagle3LayerActivations<T>(
   return {
     embed: f("embed", [H]),
     rstdEmbed: shared.rstdEmbed ?? make([rows], "f32", "rstdEmbed"),
-    normedEmbed: f("normedEmbed", [H]),
     rstdHidden: shared.rstdHidden ?? make([rows], "f32", "rstdHidden"),
-    normedHidden: f("normedHidden", [H]),
     attnInput: f("attnInput", [2 * H]),
     q: f("q", [nh * hd]),
     k: f("k", [nkv * hd]),
@@ -119,10 +113,6 @@ export interface Eagle3LayerGrads<T = Tensor> {
   att: T;
   /** ∂/∂a [R, 2H]. */
   attnInput: T;
-  /** ∂/∂RMSNorm_in(e) [R, H]. */
-  normedEmbed: T;
-  /** ∂/∂RMSNorm_hid(h) [R, H]. */
-  normedHidden: T;
   /** ∂/∂e [R, H] (discarded: the embedding is frozen). */
   embed: T;
   /** ∂/∂h [R, H]: the backward's output, the gradient of the pass's input hidden. */
@@ -147,8 +137,6 @@ export function eagle3LayerGrads<T>(
     postNorm: f("postNorm", H),
     att: f("att", nh * hd),
     attnInput: f("attnInput", 2 * H),
-    normedEmbed: f("normedEmbed", H),
-    normedHidden: f("normedHidden", H),
     embed: f("embed", H),
     hidden: f("hidden", H),
     normScratch: make([Math.max(1, normScratchSize)], "f32", "rmsnorm dw partials"),
