@@ -95,6 +95,7 @@ function stepOf(i: DflashPlanInput) {
       embedBlockRows: splits.embedBlockRows,
       lmHeadBlockRows: splits.lmHeadBlockRows,
       alignment: i.device.minStorageBufferOffsetAlignment,
+      binding: i.device.maxStorageBufferBindingSize,
     });
   };
 }
