@@ -102,6 +102,58 @@ Deno.test({ name: "dflash memory plan: an offline run meets the measured peak", 
 });
 
 Deno.test(
+  { name: "dflash memory plan: a device planned short of memory runs the head in windows", ...needsGpu },
+  async () => {
+    const root = await trainFixture();
+    try {
+      const hub = { cacheDir: join(root, "hub"), offline: true };
+      const run = async (out: string, extra: Partial<TrainSettingsInput>, dryOnly = false) => {
+        const device = await Gpu.create(), notes: string[] = [];
+        try {
+          const settings = await trainSettings(root, out, { ...BASE, ...LARGE, ...extra });
+          const dry = await planDflashRun(device, { settings, hub, progress: quiet() });
+          if (dryOnly) return { dry, r: null, notes };
+          const progress = new ProgressPrinter((t) => notes.push(t), false);
+          return { dry, r: await trainDflashOnline(device, { settings, hub, progress }), notes };
+        } finally {
+          device.destroy();
+        }
+      };
+      // The largest batch: 4 × 15 blocks × 4 = 240 rows; 64-row windows hold a quarter of its logits.
+      const whole = await run("whole", {}), forced = await run("forced", { headChunkRows: 64 }, true);
+      assert.equal(whole.dry.plan.headRows, null);
+      assert.equal(forced.dry.plan.headRows, 64);
+      const [wp, fp] = [whole.dry.plan.peakBytes, forced.dry.plan.peakBytes];
+      assert.ok(fp < wp, `${fp} < ${wp}`);
+      const deviceMemory = String(Math.floor((fp + wp) / 2));
+      const short = await run("short", { deviceMemory });
+      const rows = short.dry.plan.headRows!;
+      assert.ok(rows !== null && rows % 64 === 0 && rows < 240, `the plan chooses windows: ${rows}`);
+      assert.equal(short.dry.headChunkRows, rows);
+      assert.ok(
+        short.r!.peakBytes <= Number(deviceMemory),
+        `measured ${short.r!.peakBytes} within ${deviceMemory}`,
+      );
+      assert.equal(short.r!.plannedPeakBytes, short.r!.peakBytes);
+      const line = `windows of ${rows} rows (a batch's logits at once would not fit the device)`;
+      assert.ok(short.notes.some((n) => n.includes(line)), short.notes.join(""));
+      assert.ok(whole.notes.some((n) => n.includes("draft head (lm_head, loss, their backward): every row")));
+      const losses = async (out: string) =>
+        (await Deno.readTextFile(join(root, out, "metrics.jsonl"))).trim().split("\n").map((l) =>
+          JSON.parse(l)
+        )
+          .map((r) => [r.split, r.step, r.loss]);
+      const want = await losses("whole");
+      assert.ok(want.some((r) => r[0] === "train"), JSON.stringify(want));
+      // The windowed head equals the whole one bit for bit (tests/models/dflash_head_test.ts).
+      assert.deepEqual(await losses("short"), want);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
+
+Deno.test(
   { name: "dflash memory plan: a run that does not fit stops before loading", ...needsGpu },
   async () => {
     const root = await trainFixture();
