@@ -4,6 +4,7 @@
  * activations of every layer, the head's window of logits (./dflash_head.ts) and, training, the backward's
  * gradients and shared transients.
  */
+import { rowBlocks } from "../ops/blocks.ts";
 import { dflashBlockRow0 } from "../ops/dflash_attention.ts";
 import { SLOT_SUM_COLS } from "../ops/dflash_loss.ts";
 import { rmsnormScratchSize } from "../ops/rmsnorm.ts";
@@ -24,8 +25,10 @@ export interface DflashStepShape {
   /** Row counts of the embedding's and lm_head's blocks (one entry: bound whole). */
   embedBlockRows: number[];
   lmHeadBlockRows: number[];
-  /** The device's minStorageBufferOffsetAlignment (the key rows' padding). */
+  /** The device's minStorageBufferOffsetAlignment (the key rows' padding, the row blocks' offsets). */
   alignment: number;
+  /** The device's maxStorageBufferBindingSize (a draft matrix over it goes by row blocks). */
+  binding: number;
 }
 
 /** The step's tensors in allocation order (the features are the feed's). */
@@ -60,6 +63,7 @@ export function dflashStepTensors(cfg: DflashConfig, s: DflashStepShape): Planne
     out.push(planned("embedding block ids", [R], "i32"), f("embedding block rows", [R, H]));
   }
   for (let j = 0; j < cfg.numLayers; j++) out.push(...layerTensors(cfg, R, R0 + R, j));
+  out.push(...splitMatrixTransients(cfg, s, R, C));
   out.push(f("rstd final", [R]));
   if (s.train) out.push(f("d hidden", [R, H]));
   out.push(...headTransients(R, W, s.lmHeadBlockRows, s.train));
@@ -118,6 +122,33 @@ function headTransients(R: number, W: number, blockRows: number[], train: boolea
     const n = Math.min(W, R - row0);
     for (const vb of blockRows) use("head rows", n, vb);
     if (train) { for (const vb of blockRows) use("head grad rows", n, vb); }
+  }
+  return out;
+}
+
+/**
+ * The column blocks of the draft's matrices that do not bind whole (lib/ops/matmul.ts `linear` and
+ * `linearBackward` by row blocks: a shared [rows of x, block rows] scratch per distinct shape): fc over the C
+ * context rows, k_proj and v_proj over C and R, q, o, gate, up and down over R.
+ */
+function splitMatrixTransients(cfg: DflashConfig, s: DflashStepShape, R: number, C: number): PlannedTensor[] {
+  const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
+  const limits = { maxStorageBufferBindingSize: s.binding, minStorageBufferOffsetAlignment: s.alignment };
+  const uses: [number, number, number[]][] = [[H, cfg.targetLayerIds.length * H, [C]]];
+  if (cfg.numLayers > 0) {
+    uses.push([nh * hd, H, [R]], [nkv * hd, H, [C, R]], [H, nh * hd, [R]], [I, H, [R]], [H, I, [R]]);
+  }
+  const seen = new Set<string>(), out: PlannedTensor[] = [];
+  for (const [rows, cols, xRows] of uses) {
+    const blocks = rowBlocks(limits, rows, cols, [4, 4]);
+    if (blocks.length < 2) continue;
+    for (const n of xRows) {
+      for (const b of blocks) {
+        if (seen.has(`${n}x${b.rows}`)) continue;
+        seen.add(`${n}x${b.rows}`);
+        out.push(planned("split linear column block", [n, b.rows], "f32"));
+      }
+    }
   }
   return out;
 }

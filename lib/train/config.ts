@@ -259,7 +259,7 @@ export const TRAIN_OPTIONS = {
     section: "training",
     check: (n: number): string | null => n % 64 === 0 ? null : "a multiple of 64",
     help:
-      "rows of the draft's lm_head, loss and their backward at once, a multiple of 64 (default: every row of a batch, unless the memory plan finds the device short: then the largest window that fits); dflash: rows of the target lm_head's logits, CE and its backward at once, rounded down to whole blocks (default: every row whose logits bind as one storage buffer)",
+      "rows of the draft's lm_head, loss and their backward at once, a multiple of 64 (default: every row of a batch, unless the memory plan finds the device short: then the largest window that fits); dflash: rows of the target lm_head's logits, CE and its backward at once, rounded down to whole blocks (default: every row whose logits bind as one storage buffer, unless the memory plan finds the device short: then the largest window that fits)",
   },
   "max-length": {
     kind: "int",

@@ -11,9 +11,11 @@ import type { TokenizedDataset } from "../data/tokenized.ts";
 import type { DflashConfig } from "../models/dflash_config.ts";
 import { dflashParamShapes } from "../models/dflash.ts";
 import { dflashStepTensors } from "../models/dflash_memory.ts";
-import { dflashRunWindowRows } from "../models/dflash_head.ts";
+import { dflashRunWindowRows, dflashWindowGranule } from "../models/dflash_head.ts";
 import {
   type MemoryPlan,
+  planFits,
+  type PlanLimits,
   Replay,
   ShapeCache,
   type Split,
@@ -67,7 +69,47 @@ export function planDflashTraining(i: DflashPlanInput): MemoryPlan {
   replay.allocate("optimizer", null, draftOptimizerTensors(params, i.muon, i.device));
   const shapes = new ShapeCache(replay, feedOf(i), stepOf(i));
   for (const [split, batch, seqLen] of dflashRunBatches(i)) shapes.use(split, batch, seqLen);
-  return { ...replay.plan(), shapes: shapes.distinct.size, headRows: i.headChunkRows };
+  const plan = replay.plan();
+  return { ...plan, shapes: shapes.distinct.size, headRows: largestWindow(i, plan.largestShape) };
+}
+
+/** The head's window on the largest batch shape's R rows; null when it holds them all. */
+function largestWindow(i: DflashPlanInput, shape: { batch: number; seqLen: number }): number | null {
+  const R = shape.batch * blocksOf(i.numAnchors, shape.seqLen) * i.draft.blockSize;
+  const W = dflashRunWindowRows(R, i.draft, i.headChunkRows, i.device.maxStorageBufferBindingSize);
+  return W < R ? W : null;
+}
+
+/** N: blocks per sample of a batch of padded length S (lib/train/dflash_trainer.ts `blocksFor`). */
+function blocksOf(numAnchors: number, seq: number): number {
+  return Math.max(1, Math.min(numAnchors, seq - 1));
+}
+
+/**
+ * The plan of a run and the head's window request it was made with, as EAGLE's lib/train/training_plan.ts
+ * `planRun` chooses it: --head-chunk-rows (`requested`); else the windows the logits' binding allows when that
+ * plan fits the device; else the largest window of whole granules (./dflash_head.ts `dflashWindowGranule`)
+ * that fits, halving from below the largest shape's rows down to one granule. When none fits, the first plan
+ * (lib/models/memory_plan.ts `checkPlanFits` then refuses it, naming its largest part).
+ */
+export function planDflashWindows(
+  i: Omit<DflashPlanInput, "headChunkRows">,
+  requested: number | null,
+  limits: PlanLimits,
+): { plan: MemoryPlan; headChunkRows: number | null } {
+  const at = (headChunkRows: number | null) => ({
+    plan: planDflashTraining({ ...i, headChunkRows }),
+    headChunkRows,
+  });
+  const first = at(requested);
+  if (requested !== null || planFits(first.plan, limits)) return first;
+  const g = dflashWindowGranule(i.draft.blockSize), { batch, seqLen } = first.plan.largestShape;
+  const rows = first.plan.headRows ?? batch * blocksOf(i.numAnchors, seqLen) * i.draft.blockSize;
+  for (let w = Math.floor((rows - 1) / g) * g; w >= g; w = Math.floor(w / 2 / g) * g) {
+    const windowed = at(w);
+    if (planFits(windowed.plan, limits)) return windowed;
+  }
+  return first;
 }
 
 /** A batch shape's feed: the target forward capturing the draft's layers, or the features' decoder. */
@@ -84,7 +126,7 @@ function feedOf(i: DflashPlanInput) {
 function stepOf(i: DflashPlanInput) {
   const splits = targetSplits(i);
   return (split: Split, batch: number, seqLen: number): PlannedTensor[] => {
-    const blocks = Math.max(1, Math.min(i.numAnchors, seqLen - 1));
+    const blocks = blocksOf(i.numAnchors, seqLen);
     const rows = batch * blocks * i.draft.blockSize;
     return dflashStepTensors(i.draft, {
       batches: batch,
@@ -95,6 +137,7 @@ function stepOf(i: DflashPlanInput) {
       embedBlockRows: splits.embedBlockRows,
       lmHeadBlockRows: splits.lmHeadBlockRows,
       alignment: i.device.minStorageBufferOffsetAlignment,
+      binding: i.device.maxStorageBufferBindingSize,
     });
   };
 }

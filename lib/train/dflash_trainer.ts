@@ -64,7 +64,7 @@ import { batchLengths } from "./sources/online.ts";
 import { openFeatures, tokenizeData } from "./setup.ts";
 import { muonOf, type TrainOptions } from "./trainer.ts";
 import { TrainingDivergedError } from "./divergence.ts";
-import { planDflashTraining } from "./dflash_plan.ts";
+import { planDflashWindows } from "./dflash_plan.ts";
 import { planLimits } from "./training_plan.ts";
 import {
   checkPlanFits,
@@ -215,37 +215,56 @@ function loopOf(
   return { loader, total, limit: Math.min(total, s.maxNumSteps ?? Infinity) };
 }
 
-/** The memory plan of a resolved run (./dflash_plan.ts) and the device's limits. */
-async function planOf(
-  gpu: Gpu,
-  s: TrainSettings,
-  r: Resolved,
-): Promise<{ plan: MemoryPlan; limits: PlanLimits }> {
+/** A run's memory plan, the device's limits and the head's window request the plan chose (./dflash_plan.ts). */
+interface RunPlan {
+  plan: MemoryPlan;
+  limits: PlanLimits;
+  headChunkRows: number | null;
+}
+
+/** The memory plan of a resolved run, its head window chosen to fit the device (./dflash_plan.ts). */
+async function planOf(gpu: Gpu, s: TrainSettings, r: Resolved): Promise<RunPlan> {
   const { loader, limit } = loopOf(s, r.data.train);
-  const plan = await withTargetPlanInput(gpu, r.targetDir, r.targetConfig, (target) =>
-    planDflashTraining({
-      ...target,
-      draft: r.cfg,
-      features: r.data.offline?.train.manifest ?? null,
-      loader,
-      evalSet: r.data.eval,
-      updates: limit,
-      numEpochs: s.numEpochs,
-      accumulationSteps: s.draftAccumulationSteps,
-      evalInterval: s.evalInterval,
-      evalBatches: s.evalBatches,
-      numAnchors: s.numAnchors,
-      headChunkRows: s.headChunkRows,
-      muon: s.optimizer === "muon",
-    }));
-  return { plan, limits: planLimits(gpu, s) };
+  const limits = planLimits(gpu, s);
+  const chosen = await withTargetPlanInput(gpu, r.targetDir, r.targetConfig, (target) =>
+    planDflashWindows(
+      {
+        ...target,
+        draft: r.cfg,
+        features: r.data.offline?.train.manifest ?? null,
+        loader,
+        evalSet: r.data.eval,
+        updates: limit,
+        numEpochs: s.numEpochs,
+        accumulationSteps: s.draftAccumulationSteps,
+        evalInterval: s.evalInterval,
+        evalBatches: s.evalBatches,
+        numAnchors: s.numAnchors,
+        muon: s.optimizer === "muon",
+      },
+      s.headChunkRows,
+      limits,
+    ));
+  return { ...chosen, limits };
+}
+
+/** The note of the head's window the run uses (the plan's, on its largest batch shape). */
+function headNote(s: TrainSettings, p: RunPlan): string {
+  const rows = p.plan.headRows ?? null;
+  if (rows === null) return "draft head (lm_head, loss, their backward): every row of a batch at once";
+  const why = s.headChunkRows !== null
+    ? "--head-chunk-rows"
+    : p.headChunkRows !== null
+    ? "a batch's logits at once would not fit the device"
+    : "a batch's logits would not bind as one storage buffer";
+  return `draft head (lm_head, loss, their backward): windows of ${rows} rows (${why})`;
 }
 
 /** --dry-run: the memory plan of a DFlash run (online or offline) and the limits it is checked against. */
 export async function planDflashRun(
   gpu: Gpu,
   o: TrainOptions,
-): Promise<{ plan: MemoryPlan; limits: PlanLimits }> {
+): Promise<RunPlan> {
   const s = o.settings, progress = o.progress ?? new ProgressPrinter();
   checkDflashSettings(s, o.world?.size ?? 1);
   return await planOf(gpu, s, await resolveRun(s, o, (m) => progress.note(m)));
@@ -264,13 +283,14 @@ async function trainLocked(
       `[${cfg.targetLayerIds}], mask token ${cfg.maskTokenId}; loss ${s.lossType}` +
       (s.lossDecayGamma !== null && !isDpace(s.lossType) ? `, decay γ ${s.lossDecayGamma}` : ""),
   );
-  const { plan, limits } = await planOf(gpu, s, resolved);
+  const runPlan = await planOf(gpu, s, resolved), { plan, limits } = runPlan;
   checkPlanFits(plan, limits);
   const top = [...plan.categories].sort((a, b) => b.bytes - a.bytes)[0];
   note(
     `memory plan: ${formatBytes(plan.peakBytes)} of GPU buffers at most; the largest part: ${top.name}, ` +
       `${formatBytes(top.bytes)} (--dry-run lists every part)`,
   );
+  note(headNote(s, runPlan));
   const fingerprint: RunFingerprint = {
     ...data.fingerprint,
     target_config: await fileSha256(join(targetDir, "config.json")),
@@ -282,7 +302,8 @@ async function trainLocked(
     : await OnlineDflashSource.load(gpu, targetDir, cfg.targetLayerIds);
   let run: DflashRun | null = null;
   try {
-    run = new DflashRun(gpu, s, cfg, source, { train: data.train, eval: data.eval, fingerprint }, progress);
+    const sets = { train: data.train, eval: data.eval, fingerprint };
+    run = new DflashRun(gpu, s, cfg, source, sets, progress, runPlan.headChunkRows);
     await run.open(resume);
     await run.train();
     return { ...run.result(), peakBytes: gpu.pool.peakBytes, plannedPeakBytes: plan.peakBytes };
@@ -362,6 +383,8 @@ class DflashRun {
     readonly source: DflashSource,
     readonly data: { train: TokenizedDataset; eval: TokenizedDataset | null; fingerprint: RunFingerprint },
     readonly progress: ProgressPrinter,
+    /** The head's window request: --head-chunk-rows, or the plan's choice (./dflash_plan.ts). */
+    readonly headChunkRows: number | null,
   ) {
     this.draft = DflashDraft.create(gpu, cfg, { seed: s.seed });
     const slots = cfg.blockSize * SLOT_SUM_COLS;
@@ -473,15 +496,15 @@ class DflashRun {
   }
 
   /**
-   * Rows of the head's window for batches of `b`'s shape: --head-chunk-rows, else every row when their
-   * logits bind as one storage buffer, else the most that do (lib/models/dflash_head.ts).
+   * Rows of the head's window for batches of `b`'s shape: --head-chunk-rows or the plan's choice, else every
+   * row when their logits bind as one storage buffer, else the most that do (lib/models/dflash_head.ts).
    */
   #headRows(b: Batch): number {
     const R = b.batchSize * blocksFor(this.s.numAnchors, b.seqLen) * this.cfg.blockSize;
     return dflashRunWindowRows(
       R,
       this.cfg,
-      this.s.headChunkRows,
+      this.headChunkRows,
       this.gpu.limits.maxStorageBufferBindingSize,
     );
   }
