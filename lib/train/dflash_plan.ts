@@ -26,7 +26,7 @@ import {
 import { planned, type PlannedTensor, targetForwardTensors } from "../models/target_memory.ts";
 import { featureFeederTensors } from "../offline/feeder.ts";
 import type { FeaturesManifest } from "../offline/format.ts";
-import { draftOptimizerTensors } from "./training_plan.ts";
+import { draftOptimizerTensors, trainingSchedule } from "./training_plan.ts";
 
 /** What the plan of a DFlash run is made from. */
 export interface DflashPlanInput extends TargetPlanInput {
@@ -154,18 +154,5 @@ export function* dflashRunBatches(i: DflashPlanInput): Generator<[Split, number,
     const lengths = new DataLoader(i.evalSet, { batchSize: batch, shuffle: false, seed: 0 }).batchLengths(0);
     for (const T of lengths.slice(0, i.evalBatches ?? lengths.length)) yield ["eval", batch, T];
   };
-  let updates = 0, micro = 0, evaluatedAt = -1;
-  for (let epoch = 0; epoch < i.numEpochs && updates < i.updates; epoch++) {
-    for (const T of i.loader.batchLengths(epoch)) {
-      yield ["train", batch, T];
-      if (++micro % i.accumulationSteps !== 0) continue;
-      updates++;
-      if (i.evalInterval > 0 && updates % i.evalInterval === 0) {
-        yield* evalPass();
-        evaluatedAt = updates;
-      }
-      if (updates >= i.updates) break;
-    }
-  }
-  if (evaluatedAt !== updates) yield* evalPass();
+  yield* trainingSchedule(i, evalPass, i.numEpochs);
 }

@@ -225,8 +225,21 @@ function* runBatches(i: TrainingPlanInput): Generator<["train" | "eval" | "tau",
     }
     yield ["tau", 0, 0];
   };
+  yield* trainingSchedule(i, evalPass);
+}
+
+/**
+ * A training loop's micro-batches, as (split, batch, padded length): each epoch's training batches (up to
+ * `numEpochs`), `evalPass` every `evalInterval` updates and once at the end unless the last update had one.
+ */
+export function* trainingSchedule<E>(
+  i: { loader: DataLoader; updates: number; accumulationSteps: number; evalInterval: number },
+  evalPass: () => Generator<E>,
+  numEpochs = Infinity,
+): Generator<["train", number, number] | E> {
+  const batch = i.loader.options.batchSize;
   let updates = 0, micro = 0, evaluatedAt = -1;
-  for (let epoch = 0; updates < i.updates; epoch++) {
+  for (let epoch = 0; epoch < numEpochs && updates < i.updates; epoch++) {
     for (const seqLen of i.loader.batchLengths(epoch)) {
       yield ["train", batch, seqLen];
       if (++micro % i.accumulationSteps !== 0) continue;
