@@ -15,8 +15,9 @@
  *
  * A matrix over one storage binding (an 8B draft's fc [4096, 12288] f32 is 192 MiB; lavapipe binds 128 MiB)
  * runs in row blocks that each bind (lib/ops/blocks.ts `rowBlocks`): the element-wise parts block by block
- * (bit for bit), the iteration's products as sums of block products (lib/ops/blocked_products.ts); A and P
- * are split in the blocks of X's rows (wide) or in their own (tall) when they do not bind either.
+ * (bit for bit), the iteration's products as sums of block products (lib/ops/blocked_products.ts). A and P
+ * take a wide X's row blocks (A = X Xᵀ is built block by block), or for a tall X row blocks of their own
+ * (one when they bind). The matrices of an update share one scratch pool, sized for the largest.
  */
 import * as K from "../../kernels/muon.ts";
 import { params, type Program } from "../gpu/program.ts";
