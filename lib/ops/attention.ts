@@ -406,7 +406,23 @@ export async function attentionBackward(
   } else {
     await backwardTiled(p, d, kvBindings, qBindings);
   }
-  if (d.diagSteps > 0) {
+  if (d.diagSteps === 0) return;
+  const diagBindings: Binding[] = [u, a.q, a.kd!, a.vd!, a.out, a.dout, a.lse, a.dkd!, a.dvd!];
+  const diagRows = d.diagSteps * d.batch * d.queryLen * d.kvHeads;
+  if (kernelFor(p.gpu, opts) === "rows") {
+    // q, o and dout are the textures the dK/dV kernel packed (nothing is packed again).
+    const textures = await streamedTextures(p, hd, opts, diagBindings, { q: 1, o: 4, dout: 5 });
+    await p.add(
+      {
+        name: `attention.backward_diag_rows${textures.length ? ".textures" : ""}`,
+        code: K.attentionRowsBackwardDiag(hd, textures),
+        entryPoint: "main",
+        constants: { HD: hd },
+      },
+      diagBindings,
+      Math.ceil(diagRows / K.ATTENTION_ROWS_WG),
+    );
+  } else {
     await p.add(
       {
         name: "attention.backward_diag",
@@ -414,8 +430,8 @@ export async function attentionBackward(
         entryPoint: "main",
         constants: { HD: hd, WG },
       },
-      [u, a.q, a.kd!, a.vd!, a.out, a.dout, a.lse, a.dkd!, a.dvd!],
-      Math.ceil(d.diagSteps * d.batch * d.queryLen * d.kvHeads / WG),
+      diagBindings,
+      Math.ceil(diagRows / WG),
     );
   }
 }
