@@ -627,8 +627,8 @@ function dotRow(n: number, a: (c: number) => string, b: (c: number) => string): 
   return s;
 }
 
-/** The shared header of the register-row kernels for head dim `hd` and `rows` rows per invocation. */
-function rowsHeader(hd: number, rows: number): string {
+/** The shared header of the register-row kernels for `rows` rows per invocation. */
+function rowsHeader(rows: number): string {
   return `${HEADER}
 ${TEXEL_AT}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -677,7 +677,7 @@ export function attentionRowsForward(
       l${i} = l${i} * alpha + pj;
 ${rep(H4, (c) => `      o${i}_${c} = o${i}_${c} * alpha + pj * ${v(c)};`)}`;
   const score = (i: number, k: (c: number) => string) => dotRow(H4, (c) => `q${i}_${c}`, k);
-  return `${rowsHeader(hd, rows)}
+  return `${rowsHeader(rows)}
 ${rowAccess(hd, ["q", "k", "v", "kd", "vd"], [], 1, textures)}
 @group(0) @binding(6) var<storage, read> lengths: array<i32>;
 ${rowAccess(hd, [], ["out"], 7)}
@@ -740,7 +740,7 @@ export function attentionRowsBackwardQ(hd: number, rows: number, textures: reado
       dotRow(H4, (c) => `do${i}_${c}`, v)
     } - d${i});
 ${rep(H4, (c) => `${indent}dq${i}_${c} += ds * ${k(c)};`)}`;
-  return `${rowsHeader(hd, rows)}
+  return `${rowsHeader(rows)}
 ${rowAccess(hd, ["q", "k", "v", "kd", "vd", "o", "dout"], [], 1, textures)}
 @group(0) @binding(8) var<storage, read> lse: array<f32>;
 @group(0) @binding(9) var<storage, read> lengths: array<i32>;
@@ -802,7 +802,7 @@ ${rep(H4, (c) => `    st_dq(qb, ${c}u, p.scale * dq${i}_${c});`)}
  */
 export function attentionRowsBackwardKV(hd: number, rows: number, textures: readonly string[] = []): string {
   const H4 = Math.ceil(hd / 4);
-  return `${rowsHeader(hd, rows)}
+  return `${rowsHeader(rows)}
 ${rowAccess(hd, ["q", "k", "v", "o", "dout"], [], 1, textures)}
 @group(0) @binding(6) var<storage, read> lse: array<f32>;
 @group(0) @binding(7) var<storage, read> lengths: array<i32>;
@@ -876,7 +876,7 @@ const XYZW = ["x", "y", "z", "w"];
  */
 export function attentionRowsBackwardDiag(hd: number, textures: readonly string[] = []): string {
   const H4 = Math.ceil(hd / 4);
-  return `${rowsHeader(hd, 1)}
+  return `${rowsHeader(1)}
 ${rowAccess(hd, ["q", "kd", "vd", "o", "dout"], [], 1, textures)}
 @group(0) @binding(6) var<storage, read> lse: array<f32>;
 ${rowAccess(hd, [], ["dkd", "dvd"], 7)}
