@@ -74,10 +74,15 @@ export class TextureContents {
     );
   }
 
-  /** Whether `texture` holds a packing of `range` as `dtype` that no later dispatch has overwritten. */
-  holds(texture: GPUTexture, range: BufferRange, dtype: DType): boolean {
-    const h = this.#holds.get(texture);
-    return h !== undefined && h.dtype === dtype && sameRange(h.range, range);
+  /**
+   * A texture that holds a packing of `range` as `dtype` no later dispatch has overwritten, whichever role it
+   * was packed for (the layout depends on the tensor only), or undefined.
+   */
+  holder(range: BufferRange, dtype: DType): GPUTexture | undefined {
+    for (const [texture, h] of this.#holds) {
+      if (h.dtype === dtype && sameRange(h.range, range)) return texture;
+    }
+    return undefined;
   }
 
   /** Records that the dispatch just recorded packed `range` as `dtype` into `texture`. */

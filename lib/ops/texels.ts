@@ -17,9 +17,9 @@ export function fitsTexture(t: Tensor): boolean {
 
 /**
  * Returns a view of `t` packed into an rgba32f texture, widened to f32, to bind as `texture_2d<f32>`,
- * recording the packing only when the texture does not already hold `t` unchanged (lib/gpu/texture_contents.ts:
- * packed earlier in the program and neither written nor displaced since; the values are then the same bit for
- * bit). The texture is `t`'s own when the program declared `t` read-only (`Program.readOnly`: packed once per
+ * recording the packing only when no texture of the program already holds `t` unchanged, whatever role it
+ * was packed for (lib/gpu/texture_contents.ts: packed earlier in the program and neither written nor
+ * displaced since; the values are then the same bit for bit). The texture is `t`'s own when the program declared `t` read-only (`Program.readOnly`: packed once per
  * run), else the program's texture for `role` and size, shared like `Program.transient` (it holds `t` until
  * the next packing of that role). (A copyBufferToTexture of an f32 tensor measured slower on lavapipe than
  * this dispatch: a 1024³ matmul with both operands copied took 105 ms, packed 80 ms.)
@@ -29,11 +29,13 @@ export async function packTexels(p: Program, t: Tensor, role: string): Promise<G
   const rowTexels = Math.min(texels, K.TEXTURE_ROW_TEXELS);
   const rows = Math.ceil(texels / rowTexels);
   const range = rangeOf(t.binding());
+  // Packed already for another role and unchanged since: the same texels.
+  const held = p.textures.holder(range, t.dtype);
+  if (held) return p.textureView(held, 16 * texels);
   const texture = p.textures.isReadOnly(range)
     ? p.ownTexture(t, rowTexels, rows)
     : p.transientTexture(role, rowTexels, rows);
   const view = p.textureView(texture, 16 * texels);
-  if (p.textures.holds(texture, range, t.dtype)) return view;
   await p.add(
     {
       name: `texels.pack_${t.dtype}`,
