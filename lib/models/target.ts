@@ -535,6 +535,11 @@ export interface HeadOutputs {
   topkValues: Tensor | null;
 }
 
+/** Whether `ids` lists every id of a vocabulary of `vocabSize` in order (0, 1, …, vocabSize − 1). */
+function isWholeVocabulary(ids: Int32Array, vocabSize: number): boolean {
+  return ids.length === vocabSize && ids.every((id, i) => id === i);
+}
+
 /**
  * Records what the forward's `outputs` ask of the head from the final post-norm hidden state `final`
  * [rows, H]: full logits, subset logits and the chunked full-vocabulary max/Σexp/argmax (shared by the online
@@ -574,6 +579,20 @@ export async function recordHeadOutputs(
     if (k > 0) {
       out.topkIds = p.scratch([rows, k], "i32", "top-k ids");
       out.topkValues = p.scratch([rows, k], "f32", "top-k logits");
+    }
+    // A subset that is the whole vocabulary in order (a draft vocabulary as large as the target's, ascending
+    // ids) already holds the one chunk's logits: the same product of the same rows, so the same bits. (The
+    // chunk's scratch stays allocated, as the memory plans count it.)
+    const ids = outputs.subsetIds;
+    if (
+      ids && isWholeVocabulary(ids, cfg.vocabSize) && model.lmHead.blocks.length === 1 &&
+      chunk >= cfg.vocabSize
+    ) {
+      await vocabStatsMerge(p, out.subsetLogits!, maxSum, argmax, { colOffset: 0, first: true });
+      if (k > 0) {
+        await topkMerge(p, out.subsetLogits!, out.topkIds!, out.topkValues!, { colOffset: 0, first: true });
+      }
+      return out;
     }
     let first = true;
     for (const { row0, tensor } of model.lmHead.blocks) {
