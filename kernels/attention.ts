@@ -24,7 +24,7 @@
  * (bit pattern 0xff800000) and zero gradients. Scores of masked keys never enter an exp: they are skipped, and
  * the running max starts at a large finite negative value, so no ∞ − ∞ can arise.
  */
-import { TEXEL_AT, texelLoad } from "./texels.ts";
+import { TEXEL_AT, texelBinding, texelLoad } from "./texels.ts";
 import { LINEAR_WORKGROUP } from "./common.ts";
 
 /** Most head dimensions one invocation owns in a private accumulator (so hd ≤ MAX_DIMS · threads per row). */
@@ -585,7 +585,7 @@ function rowAccess(
       if (!vec || writable.includes(name)) {
         throw new Error(`attention: ${name} cannot be read from a texture`);
       }
-      out.push(`@group(0) @binding(${firstBinding + i}) var ${name}: texture_2d<f32>;`);
+      out.push(texelBinding(name, firstBinding + i));
       out.push(
         `fn ld_${name}(base: u32, c: u32) -> vec4<f32> { return ${texelLoad(name, "(base >> 2u) + c")}; }`,
       );

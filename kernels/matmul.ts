@@ -26,7 +26,7 @@
  *
  * Both read operands through the element helpers below, so every layout and dtype is one code path.
  */
-import { TEXEL_AT, texelLoad } from "./texels.ts";
+import { TEXEL_AT, texelBinding, texelLoad } from "./texels.ts";
 
 /** How op(B) is stored. */
 export type MatmulBType = "f32" | "f16" | "bf16";
@@ -104,7 +104,7 @@ export interface OperandTextures {
 
 /** Binding `binding` as an operand texture `name` and its loader `load_<name>4` (elements e..e+3). */
 function textureOperand(name: "a" | "b", binding: number): string {
-  return `@group(0) @binding(${binding}) var ${name}: texture_2d<f32>;
+  return `${texelBinding(name, binding)}
 fn load_${name}4(e: u32) -> vec4<f32> { return ${texelLoad(name, "e >> 2u")}; }`;
 }
 

@@ -16,7 +16,7 @@ export function fitsTexture(t: Tensor): boolean {
 }
 
 /**
- * Returns a view of `t` packed into an rgba32f texture, widened to f32, to bind as `texture_2d<f32>`,
+ * Returns a view of `t` packed into an rgba32f texture, widened to f32, to bind as a read-only storage texture,
  * recording the packing only when no texture of the program already holds `t` unchanged, whatever role it
  * was packed for (lib/gpu/texture_contents.ts: packed earlier in the program and neither written nor
  * displaced since; the values are then the same bit for bit). The texture is `t`'s own when the program declared `t` read-only (`Program.readOnly`: packed once per
