@@ -17,8 +17,9 @@
  *   workgroup of 8 invocations (one SIMD register), and a large register tile per invocation: TM rows × 4·TN4
  *   columns, the K loop unrolled by 4 with vec4 loads, giving 4·TM·4·TN4 FMAs for TM + 4·TN4 vec4 loads. The
  *   code is generated fully unrolled (named registers, no local arrays) so that LLVM keeps the tile in
- *   registers. Texel fetches are gathered in registers (about 75 cycles per 8 lanes on the Zen 3 host), so
- *   by default the operands are first packed into rgba32f textures (kernels/texels.ts) and read from there.
+ *   registers. Loads from a texture are gathered in registers instead (a sampled fetch about 75 cycles per 8
+ *   lanes on the Zen 3 host; an image load from a read-only storage texture less, kernels/texels.ts), so by
+ *   default the operands are first packed into rgba32f textures and read from there.
  * - `tiled` (GPUs). The classic 2D block tiling: a workgroup of (BN/4)×(BM/4) invocations owns a BM×BN tile
  *   of C, stages BK-deep slabs of op(A) and op(B) in workgroup memory, both stored k-major so the inner loop
  *   reads vec4 rows, and each invocation accumulates a 4×4 register tile. BM, BN, BK are override constants;
@@ -58,9 +59,9 @@ export interface RegtileTile {
   /**
    * Read op(A) and op(B) from rgba32f textures (kernels/texels.ts) instead of storage buffers, where the shape
    * allows vec4 loads and the operand is read more than once (lib/ops/matmul.ts). On Mesa's CPU drivers a
-   * storage load walks the 8 lanes one scalar at a time through the stack, a texel fetch gathers in registers:
-   * measured on lavapipe (LLVM 15, Zen 3), a vec4 storage load cost about 585 core cycles per 8 lanes, a texel
-   * fetch about 75.
+   * storage load walks the 8 lanes one scalar at a time through the stack, a texture load gathers in
+   * registers: measured on lavapipe (LLVM 15, Zen 3), a vec4 storage load cost about 585 core cycles per 8
+   * lanes, a sampled texel fetch about 75 (the operands are now read-only storage textures, cheaper still).
    */
   textures?: boolean;
 }

@@ -1,8 +1,9 @@
 /**
  * Tensors as rgba32f textures, for kernels on Mesa's CPU drivers: there a storage-buffer load walks the 8 lanes
  * of a SIMD register one scalar at a time through the stack (measured on a Zen 3 host: about 585 core cycles
- * per vec4 per 8 lanes), while a texel fetch gathers in registers (about 75). A kernel that reads a tensor many
- * times reads it faster from a texture packed once by {@link packTexelsKernel}.
+ * per vec4 per 8 lanes), while a texture load gathers in registers (a sampled fetch about 75). A kernel that
+ * reads a tensor many times reads it faster from a texture packed once by {@link packTexelsKernel}, bound as a
+ * read-only storage texture ({@link texelBinding}).
  */
 
 /** Storage types a tensor can be packed from (widened to f32). */

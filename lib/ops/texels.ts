@@ -1,6 +1,6 @@
 /**
  * Packing a tensor into an rgba32f texture (kernels/texels.ts) for the kernels that read it many times on
- * Mesa's CPU drivers, where a texel fetch costs a fraction of a storage load: the register-tiled matmul and
+ * Mesa's CPU drivers, where a texture load costs a fraction of a storage load: the register-tiled matmul and
  * the register-row attention kernels.
  */
 import * as K from "../../kernels/texels.ts";
