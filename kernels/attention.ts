@@ -26,6 +26,7 @@
  */
 import { TEXEL_AT, texelBinding, texelLoad } from "./texels.ts";
 import { LINEAR_WORKGROUP } from "./common.ts";
+import { dotElements, rep } from "./unroll.ts";
 
 /** Most head dimensions one invocation owns in a private accumulator (so hd ≤ MAX_DIMS · threads per row). */
 export const ATTENTION_MAX_DIMS = 32;
@@ -615,11 +616,6 @@ function rowAccess(
   return out.join("\n");
 }
 
-/** `f(0) … f(n − 1)` joined by newlines: generated code with literal indices in place of a loop. */
-function rep(n: number, f: (i: number) => string): string {
-  return Array.from({ length: n }, (_, i) => f(i)).join("\n");
-}
-
 /** WGSL of the dot product of two rows of n vec4s, summed in order: ((0 + a₀·b₀) + a₁·b₁) + …. */
 function dotRow(n: number, a: (c: number) => string, b: (c: number) => string): string {
   let s = "0.0";
@@ -855,18 +851,6 @@ ${rep(H4, (c) => `    st_dk(kb, ${c}u, p.scale * dk${i}_${c});\n    st_dv(kb, ${
 }
 `;
 }
-
-/** WGSL of Σ_d a[d]·b[d] over the first `hd` elements of two rows of vec4s, one term at a time, d ascending. */
-function dotElements(hd: number, a: (c: number) => string, b: (c: number) => string): string {
-  let s = "0.0";
-  for (let d = 0; d < hd; d++) {
-    const [c, x] = [Math.floor(d / 4), XYZW[d % 4]];
-    s = `(${s} + ${a(c)}.${x} * ${b(c)}.${x})`;
-  }
-  return s;
-}
-
-const XYZW = ["x", "y", "z", "w"];
 
 /**
  * Backward dKd, dVd of the diagonal (TTT) keys, register rows: {@link attentionBackwardDiag} with its loops

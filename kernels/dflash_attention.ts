@@ -21,8 +21,14 @@
  * The dK/dV pass visits, per key, the query indices [qLo, qHi) of its sample from the second part of the
  * table (two u32 per key row, a superset the host computes) and keeps those whose ranges hold the key. Each
  * output element is written by one invocation in a fixed order: deterministic, no atomics.
+ *
+ * The loops over the head dim are unrolled in the generated WGSL for hd ≤ 64 (kernels/unroll.ts `HeadRows`):
+ * a private array indexed in a loop costs a per-lane loop on Mesa's CPU drivers, so an invocation's rows are
+ * then named scalars (`qr0`, `acc0`, …), and each sum over d is written term by term, d ascending, as the
+ * loop computes it (the same bits either way).
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
+import { HeadRows } from "./unroll.ts";
 
 /** Invocations per workgroup of the three kernels. */
 export const DFLASH_ATTENTION_WG = 64;
@@ -44,8 +50,12 @@ fn key_row(b: u32, seg: u32, idx: u32) -> u32 {
 `;
 }
 
-/** The forward kernel for head dim `hd`: bindings params, q, k, v, ranges, out, stats ([rows·nh, 2]). */
+/**
+ * The forward kernel for head dim `hd`: bindings params, q, k, v, ranges, out, stats ([rows·nh, 2]). The
+ * invocation's rows: qr = q[i], acc the running Σ w·v.
+ */
 export function forward(hd: number): string {
+  const rows = new HeadRows(hd);
   return header(hd) + /* wgsl */ `
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
@@ -62,27 +72,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let r = i / p.heads;
   let kvh = (i % p.heads) / (p.heads / p.kv_heads);
   let b = r / p.queries;
-  var qr: array<f32, HD>;
-  var acc: array<f32, HD>;
-  for (var d = 0u; d < HD; d++) { qr[d] = q[i * HD + d]; acc[d] = 0.0; }
+${rows.row("qr", (d) => `q[i * HD + ${d}]`, "  ")}
+${rows.row("acc", () => "0.0", "  ", true)}
   var m = -3.0e38;
   var l = 0.0;
   for (var seg = 0u; seg < 2u; seg++) {
     for (var idx = ranges[4u * r + 2u * seg]; idx < ranges[4u * r + 2u * seg + 1u]; idx++) {
       let ko = (key_row(b, seg, idx) * p.kv_heads + kvh) * HD;
+      // s = Σ_d qr·k, d ascending.
       var s = 0.0;
-      for (var d = 0u; d < HD; d++) { s += qr[d] * k[ko + d]; }
+${rows.each((at, d) => `s += ${at("qr")} * k[ko + ${d}];`, "      ")}
       s *= p.scale;
       let mNew = max(m, s);
       let corr = exp(m - mNew);
       let w = exp(s - mNew);
       l = l * corr + w;
-      for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * corr + w * v[ko + d]; }
+${rows.each((at, d) => `${at("acc")} = ${at("acc")} * corr + w * v[ko + ${d}];`, "      ")}
       m = mNew;
     }
   }
   let inv = select(0.0, 1.0 / l, l > 0.0);
-  for (var d = 0u; d < HD; d++) { out[i * HD + d] = acc[d] * inv; }
+${rows.each((at, d) => `out[i * HD + ${d}] = ${at("acc")} * inv;`, "  ")}
   stats[2u * i] = select(-3.0e38, m + log(l), l > 0.0);
 }
 `;
@@ -90,9 +100,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
 /**
  * The dQ kernel: bindings params, q, k, v, ranges, out, dout, stats (reads lse, writes δ), dq. Runs before
- * {@link backwardKv}, which reads δ.
+ * {@link backwardKv}, which reads δ. The invocation's rows: qr = q[i], go = dO[i], acc the running Σ ds·k.
  */
 export function backwardQ(hd: number): string {
+  const rows = new HeadRows(hd);
   return header(hd) + /* wgsl */ `
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
@@ -111,35 +122,36 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let r = i / p.heads;
   let kvh = (i % p.heads) / (p.heads / p.kv_heads);
   let b = r / p.queries;
-  var qr: array<f32, HD>;
-  var go: array<f32, HD>;
-  var acc: array<f32, HD>;
+${rows.row("qr", (d) => `q[i * HD + ${d}]`, "  ")}
+${rows.row("go", (d) => `dout[i * HD + ${d}]`, "  ")}
+${rows.row("acc", () => "0.0", "  ", true)}
+  // δ = Σ_d dO·out, d ascending.
   var delta = 0.0;
-  for (var d = 0u; d < HD; d++) {
-    qr[d] = q[i * HD + d];
-    go[d] = dout[i * HD + d];
-    acc[d] = 0.0;
-    delta += go[d] * out[i * HD + d];
-  }
+${rows.each((at, d) => `delta += ${at("go")} * out[i * HD + ${d}];`, "  ")}
   stats[2u * i + 1u] = delta;
   let lse = stats[2u * i];
   for (var seg = 0u; seg < 2u; seg++) {
     for (var idx = ranges[4u * r + 2u * seg]; idx < ranges[4u * r + 2u * seg + 1u]; idx++) {
       let ko = (key_row(b, seg, idx) * p.kv_heads + kvh) * HD;
+      // s = Σ_d qr·k and dp = Σ_d dO·v, d ascending.
       var s = 0.0;
       var dp = 0.0;
-      for (var d = 0u; d < HD; d++) { s += qr[d] * k[ko + d]; dp += go[d] * v[ko + d]; }
+${rows.each((at, d) => `s += ${at("qr")} * k[ko + ${d}]; dp += ${at("go")} * v[ko + ${d}];`, "      ")}
       let ds = exp(s * p.scale - lse) * (dp - delta);
-      for (var d = 0u; d < HD; d++) { acc[d] += ds * k[ko + d]; }
+${rows.each((at, d) => `${at("acc")} += ds * k[ko + ${d}];`, "      ")}
     }
   }
-  for (var d = 0u; d < HD; d++) { dq[i * HD + d] = acc[d] * p.scale; }
+${rows.each((at, d) => `dq[i * HD + ${d}] = ${at("acc")} * p.scale;`, "  ")}
 }
 `;
 }
 
-/** The dK/dV kernel: bindings params, q, k, v, ranges, dout, stats (lse, δ), dk, dv; one invocation per key row and kv head. */
+/**
+ * The dK/dV kernel: bindings params, q, k, v, ranges, dout, stats (lse, δ), dk, dv; one invocation per key row
+ * and kv head. The invocation's rows: kk = k[i], vv = v[i], dka the running Σ ds·q, dva the running Σ p·dO.
+ */
 export function backwardKv(hd: number): string {
+  const rows = new HeadRows(hd);
   return header(hd) + /* wgsl */ `
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
@@ -162,28 +174,30 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let b = select(kr / p.seq, (kr - p.block_row0) / p.queries, seg == 1u);
   let idx = select(kr % p.seq, (kr - p.block_row0) % p.queries, seg == 1u);
   let group = p.heads / p.kv_heads;
-  var kk: array<f32, HD>;
-  var vv: array<f32, HD>;
-  var dka: array<f32, HD>;
-  var dva: array<f32, HD>;
-  for (var d = 0u; d < HD; d++) { kk[d] = k[i * HD + d]; vv[d] = v[i * HD + d]; dka[d] = 0.0; dva[d] = 0.0; }
+${rows.row("kk", (d) => `k[i * HD + ${d}]`, "  ")}
+${rows.row("vv", (d) => `v[i * HD + ${d}]`, "  ")}
+${rows.row("dka", () => "0.0", "  ", true)}
+${rows.row("dva", () => "0.0", "  ", true)}
   for (var qi = ranges[p.key_table + 2u * kr]; qi < ranges[p.key_table + 2u * kr + 1u]; qi++) {
     let r = b * p.queries + qi;
     if (idx < ranges[4u * r + 2u * seg] || idx >= ranges[4u * r + 2u * seg + 1u]) { continue; }
     for (var h = g * group; h < (g + 1u) * group; h++) {
       let qo = (r * p.heads + h) * HD;
+      // s = Σ_d q·kk and dp = Σ_d dO·vv, d ascending.
       var s = 0.0;
       var dp = 0.0;
-      for (var d = 0u; d < HD; d++) { s += q[qo + d] * kk[d]; dp += dout[qo + d] * vv[d]; }
+${rows.each((at, d) => `s += q[qo + ${d}] * ${at("kk")}; dp += dout[qo + ${d}] * ${at("vv")};`, "      ")}
       let pr = exp(s * p.scale - stats[2u * (r * p.heads + h)]);
       let ds = pr * (dp - stats[2u * (r * p.heads + h) + 1u]);
-      for (var d = 0u; d < HD; d++) {
-        dva[d] += pr * dout[qo + d];
-        dka[d] += ds * q[qo + d];
-      }
+${
+    rows.each(
+      (at, d) => `${at("dva")} += pr * dout[qo + ${d}]; ${at("dka")} += ds * q[qo + ${d}];`,
+      "      ",
+    )
+  }
     }
   }
-  for (var d = 0u; d < HD; d++) { dk[i * HD + d] = dka[d] * p.scale; dv[i * HD + d] = dva[d]; }
+${rows.each((at, d) => `dk[i * HD + ${d}] = ${at("dka")} * p.scale; dv[i * HD + ${d}] = ${at("dva")};`, "  ")}
 }
 `;
 }

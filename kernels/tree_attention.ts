@@ -6,7 +6,10 @@
  *   region" for which mask[t, j] ≠ 0 (j < tree_len). Grouped-query: head h reads kv head h / (nh / nkv). One
  *   invocation per (row, head), keys streamed with the online softmax (running max m, sum l, accumulator):
  *   m' = max(m, s), l' = l·e^(m−m') + e^(s−m'), acc' = acc·e^(m−m') + e^(s−m')·v. Inference only (no
- *   backward, no log-sum-exp). A row with no allowed key writes zeros.
+ *   backward, no log-sum-exp). A row with no allowed key writes zeros. The loops over the head dim are
+ *   unrolled in the generated WGSL for hd ≤ 64 (kernels/unroll.ts `HeadRows`): a private array indexed in a
+ *   loop costs a per-lane loop on Mesa's CPU drivers, so the row's q and accumulator are then named scalars
+ *   (`qr0`, `acc0`, …), and q·k is summed term by term, d ascending, as the loop computes it (the same bits).
  * - `ropeAtPositions`: the Hugging Face half rotation (as kernels/rope.ts) with each row's position read from
  *   a buffer, so one prebuilt program serves every offset and tree layout.
  * - `gatherRows`: dst[r] = src[index[r]] (zeros where index[r] is negative or out of range).
@@ -16,16 +19,19 @@
  * a program is built once per shape instead of once per sequence position.
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
+import { HeadRows } from "./unroll.ts";
 
 /** Invocations per workgroup of every kernel here. */
 export const TREE_WG = 64;
 
 /**
- * Tree attention for head dim `hd` (the register arrays need it as a literal). `windowed`: a sliding window of
+ * Tree attention for head dim `hd` (the register rows need it as a literal). `windowed`: a sliding window of
  * p.window keys, from the rows' positions (binding 7): prefix key s sits at position s, tree key j at row j's
  * position (the verified rows are the tree keys), and a key is kept when its position + window > the row's.
+ * The invocation's rows: qr = q[i], acc the running Σ w·v.
  */
 export function treeAttention(hd: number, windowed = false, sinks = false): string {
+  const rows = new HeadRows(hd);
   const positions = windowed ? "@group(0) @binding(7) var<storage, read> positions: array<i32>;" : "";
   // A window of p.window keys back from the row's position, and Llama 4's chunks of p.chunk positions.
   const windowCheck = windowed
@@ -57,9 +63,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let h = i % p.heads;
   let kvh = h / (p.heads / p.kv_heads);
   let prefix = min(u32(max(offs[p.prefix_slot], 0)), p.cache_len);
-  var qr: array<f32, HD>;
-  var acc: array<f32, HD>;
-  for (var d = 0u; d < HD; d++) { qr[d] = q[i * HD + d]; acc[d] = 0.0; }
+${rows.row("qr", (d) => `q[i * HD + ${d}]`, "  ")}
+${rows.row("acc", () => "0.0", "  ", true)}
   // Attention sinks (GPT-OSS): the row's softmax starts with the head's sink logit, whose probability is dropped.
   var m = ${sinks ? "sinks[h]" : "-3.0e38"};
   var l = ${sinks ? "1.0" : "0.0"};
@@ -69,18 +74,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (s >= p.cache_len) { break; }
     ${windowCheck}
     let ko = (s * p.kv_heads + kvh) * HD;
+    // score = Σ_d qr·k, d ascending.
     var score = 0.0;
-    for (var d = 0u; d < HD; d++) { score += qr[d] * k[ko + d]; }
+${rows.each((at, d) => `score += ${at("qr")} * k[ko + ${d}];`, "    ")}
     score *= p.scale;
     let mNew = max(m, score);
     let corr = exp(m - mNew);
     let w = exp(score - mNew);
     l = l * corr + w;
-    for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * corr + w * v[ko + d]; }
+${rows.each((at, d) => `${at("acc")} = ${at("acc")} * corr + w * v[ko + ${d}];`, "    ")}
     m = mNew;
   }
   let inv = select(0.0, 1.0 / l, l > 0.0);
-  for (var d = 0u; d < HD; d++) { out[i * HD + d] = acc[d] * inv; }
+${rows.each((at, d) => `out[i * HD + ${d}] = ${at("acc")} * inv;`, "  ")}
 }
 `;
 }
