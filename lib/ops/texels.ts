@@ -21,8 +21,9 @@ export function fitsTexture(t: Tensor): boolean {
  * role it was packed for (lib/gpu/texture_contents.ts: packed earlier in the program and neither written nor
  * displaced since; the values are then the same bit for bit). The texture packed into is `t`'s own when the
  * program declared `t` read-only (`Program.readOnly`: packed once per run), else the program's texture for
- * `role` and size, shared like `Program.transient` (it holds `t` until the next packing of that role). (A copyBufferToTexture of an f32 tensor measured slower on lavapipe than
- * this dispatch: a 1024³ matmul with both operands copied took 105 ms, packed 80 ms.)
+ * `role` and size, shared like `Program.transient` (it holds `t` until the next packing of that role). (A
+ * copyBufferToTexture of an f32 tensor measured slower on lavapipe than this dispatch: a 1024³ matmul with
+ * both operands copied took 105 ms, packed 80 ms.)
  */
 export async function packTexels(p: Program, t: Tensor, role: string): Promise<GPUTextureView> {
   const texels = t.size / 4;
