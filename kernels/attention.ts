@@ -560,8 +560,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 // operand from storage once per R rows, so one vec4 load feeds R vec4 FMAs. The loops over the R rows and
 // the HD4 = ceil(hd / 4) vec4s of a row are unrolled here, in the generated WGSL: every row vec4 is a named
 // value. A private array indexed in a loop (as `o[i][c]`) stays an array in Mesa's compiler, and each access
-// becomes a loop over the lanes: the forward at the recipe's shape (B 4, T 128, 8 heads, hd 16) took 11 ms
-// that way and 5 ms unrolled, with the same bits. Each sum keeps the loops' order (dot_row below).
+// becomes a loop over the lanes: the forward at the recipe's draft shape (B 4, T 128, 8 heads, hd 16) took
+// 11 ms that way and 5 ms unrolled, and at B 1, T 256, 32 heads, hd 128 it took 3 to 5 s and takes 54 ms, with
+// the same bits. Each sum keeps the loops' order (dotRow below).
 
 /** Invocations per workgroup of the register-row kernels: one 8-lane SIMD register on Mesa's CPU drivers. */
 export const ATTENTION_ROWS_WG = 8;
