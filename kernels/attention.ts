@@ -85,6 +85,11 @@ fn diag_index(j: u32, b: u32, t: u32, kvh: u32) -> u32 {
   return (((j * p.batch + b) * p.tq + t) * p.kv_heads + kvh) * HD;
 }
 fn lse_index(b: u32, h: u32, t: u32) -> u32 { return (b * p.heads + h) * p.tq + t; }
+// Diagonal row n of the dKd/dVd kernels (kv heads fastest, then t, b, j) as (j, b, t, kv head).
+fn diag_row(n: u32) -> vec4<u32> {
+  return vec4<u32>(n / (p.kv_heads * p.tq * p.batch), (n / (p.kv_heads * p.tq)) % p.batch,
+                   (n / p.kv_heads) % p.tq, n % p.kv_heads);
+}
 `;
 
 /**
@@ -490,6 +495,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 `;
 
 /**
+ * WGSL: the dKd/dVd kernels' invocation n (`wg` invocations per workgroup) as its diagonal row (j, b, t, kv
+ * head), `base` (its row of kd, vd, dkd, dvd) and the query heads per kv head, `group`; past the last row it
+ * returns.
+ */
+function diagPrologue(wg: string): string {
+  return `  let n = linear_workgroup(wg, nwg) * ${wg} + lid;
+  if (n >= p.diag * p.batch * p.tq * p.kv_heads) { return; }
+  let row = diag_row(n);
+  let b = row.y;
+  let t = row.z;
+  let kvh = row.w;
+  let base = diag_index(row.x, b, t, kvh);
+  let group = p.heads / p.kv_heads;`;
+}
+
+/**
  * Backward, dkd and dvd of the diagonal (TTT) keys. Bindings: 0 params, 1 q, 2 kd, 3 vd, 4 out, 5 dout,
  * 6 lse, 7 dkd, 8 dvd. One invocation per (j, b, t, kv head), WG per workgroup: it sums over the query heads
  * of the group, writing its head-dim rows of dkd and dvd (the first head stores, the others add).
@@ -509,14 +530,7 @@ ${HEADER}
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-  let n = linear_workgroup(wg, nwg) * WG + lid;
-  if (n >= p.diag * p.batch * p.tq * p.kv_heads) { return; }
-  let kvh = n % p.kv_heads;
-  let t = (n / p.kv_heads) % p.tq;
-  let b = (n / (p.kv_heads * p.tq)) % p.batch;
-  let j = n / (p.kv_heads * p.tq * p.batch);
-  let base = diag_index(j, b, t, kvh);
-  let group = p.heads / p.kv_heads;
+${diagPrologue("WG")}
   for (var hh = 0u; hh < group; hh++) {
     let h = kvh * group + hh;
     let g = q_index(b, t, h);
@@ -867,14 +881,7 @@ ${rowAccess(hd, ["q", "kd", "vd", "o", "dout"], [], 1, textures)}
 ${rowAccess(hd, [], ["dkd", "dvd"], 7)}
 
 ${ROWS_MAIN}
-  let n = linear_workgroup(wg, nwg) * RWG + lid;
-  if (n >= p.diag * p.batch * p.tq * p.kv_heads) { return; }
-  let kvh = n % p.kv_heads;
-  let t = (n / p.kv_heads) % p.tq;
-  let b = (n / (p.kv_heads * p.tq)) % p.batch;
-  let j = n / (p.kv_heads * p.tq * p.batch);
-  let base = diag_index(j, b, t, kvh);
-  let group = p.heads / p.kv_heads;
+${diagPrologue("RWG")}
 ${rep(H4, (c) => `  let k${c} = ld_kd(base, ${c}u);\n  let v${c} = ld_vd(base, ${c}u);`)}
 ${rep(H4, (c) => `  var dk${c} = vec4<f32>(0.0);\n  var dv${c} = vec4<f32>(0.0);`)}
   for (var hh = 0u; hh < group; hh++) {
