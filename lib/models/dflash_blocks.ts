@@ -8,6 +8,11 @@ import type { DflashBlocks } from "../ops/dflash_attention.ts";
 import type { DflashConfig } from "./dflash_config.ts";
 import { ropeTable } from "../ops/rope.ts";
 
+/** N: blocks per sample of a batch of padded length `seq` (SpecForge's num_anchors, at most S − 1 candidates). */
+export function dflashBlocksPerSample(numAnchors: number, seq: number): number {
+  return Math.max(1, Math.min(numAnchors, seq - 1));
+}
+
 /**
  * `_sample_anchor_positions` from a uniform matrix `rand` [nb, S − 1] (what `torch.rand` gives SpecForge):
  * candidates are positions a ≤ S − 2 with mask[a] = mask[a + 1] = 1; N = min(numAnchors, the largest count);

@@ -10,6 +10,7 @@ import { DataLoader } from "../data/loader.ts";
 import type { TokenizedDataset } from "../data/tokenized.ts";
 import type { DflashConfig } from "../models/dflash_config.ts";
 import { dflashParamShapes } from "../models/dflash.ts";
+import { dflashBlocksPerSample } from "../models/dflash_blocks.ts";
 import { dflashStepTensors } from "../models/dflash_memory.ts";
 import { dflashRunWindowRows, dflashWindowGranule } from "../models/dflash_head.ts";
 import {
@@ -75,14 +76,9 @@ export function planDflashTraining(i: DflashPlanInput): MemoryPlan {
 
 /** The head's window on the largest batch shape's R rows; null when it holds them all. */
 function largestWindow(i: DflashPlanInput, shape: { batch: number; seqLen: number }): number | null {
-  const R = shape.batch * blocksOf(i.numAnchors, shape.seqLen) * i.draft.blockSize;
+  const R = shape.batch * dflashBlocksPerSample(i.numAnchors, shape.seqLen) * i.draft.blockSize;
   const W = dflashRunWindowRows(R, i.draft, i.headChunkRows, i.device.maxStorageBufferBindingSize);
   return W < R ? W : null;
-}
-
-/** N: blocks per sample of a batch of padded length S (lib/train/dflash_trainer.ts `blocksFor`). */
-function blocksOf(numAnchors: number, seq: number): number {
-  return Math.max(1, Math.min(numAnchors, seq - 1));
 }
 
 /**
@@ -104,7 +100,7 @@ export function planDflashWindows(
   const first = at(requested);
   if (requested !== null || planFits(first.plan, limits)) return first;
   const g = dflashWindowGranule(i.draft.blockSize), { batch, seqLen } = first.plan.largestShape;
-  const rows = first.plan.headRows ?? batch * blocksOf(i.numAnchors, seqLen) * i.draft.blockSize;
+  const rows = first.plan.headRows ?? batch * dflashBlocksPerSample(i.numAnchors, seqLen) * i.draft.blockSize;
   for (let w = Math.floor((rows - 1) / g) * g; w >= g; w = Math.floor(w / 2 / g) * g) {
     const windowed = at(w);
     if (planFits(windowed.plan, limits)) return windowed;
@@ -126,7 +122,7 @@ function feedOf(i: DflashPlanInput) {
 function stepOf(i: DflashPlanInput) {
   const splits = targetSplits(i);
   return (split: Split, batch: number, seqLen: number): PlannedTensor[] => {
-    const blocks = blocksOf(i.numAnchors, seqLen);
+    const blocks = dflashBlocksPerSample(i.numAnchors, seqLen);
     const rows = batch * blocks * i.draft.blockSize;
     return dflashStepTensors(i.draft, {
       batches: batch,

@@ -50,6 +50,7 @@ import { dflashRunWindowRows } from "../models/dflash_head.ts";
 import {
   type DflashBlockInputs,
   dflashBlockInputs,
+  dflashBlocksPerSample,
   dflashDecayedWeights,
   sampleDflashAnchors,
 } from "../models/dflash_blocks.ts";
@@ -472,7 +473,7 @@ class DflashRun {
     sh[split] ??= await DflashStep.build(this.draft, {
       batches: b.batchSize,
       seq: b.seqLen,
-      blocks: blocksFor(this.s.numAnchors, b.seqLen),
+      blocks: dflashBlocksPerSample(this.s.numAnchors, b.seqLen),
       lossType: this.s.lossType,
       dpaceAlpha: this.s.dpaceAlpha,
       embedding: this.source.embed,
@@ -500,7 +501,7 @@ class DflashRun {
    * row when their logits bind as one storage buffer, else the most that do (lib/models/dflash_head.ts).
    */
   #headRows(b: Batch): number {
-    const R = b.batchSize * blocksFor(this.s.numAnchors, b.seqLen) * this.cfg.blockSize;
+    const R = b.batchSize * dflashBlocksPerSample(this.s.numAnchors, b.seqLen) * this.cfg.blockSize;
     return dflashRunWindowRows(
       R,
       this.cfg,
@@ -513,7 +514,7 @@ class DflashRun {
   #prepare(b: Batch, rand: () => number): Prepared | null {
     const { batchSize: nb, seqLen: S } = b, cfg = this.cfg;
     const uniform = Float32Array.from({ length: nb * (S - 1) }, rand);
-    const N = blocksFor(this.s.numAnchors, S);
+    const N = dflashBlocksPerSample(this.s.numAnchors, S);
     const blocks = sampleDflashAnchors(uniform, b.lossMask, nb, S, this.s.numAnchors, cfg.blockSize, N);
     if (blocks === null) return null;
     const inputs = dflashBlockInputs(cfg, blocks, b.inputIds, b.lossMask, S);
@@ -728,11 +729,6 @@ class DflashRun {
     const svg = renderTrainingPlot(this.log.records, `DFlash draft of ${this.s.targetModelPath}`);
     await writeFileAtomic(join(this.s.outputDir, "training_curves.svg"), svg);
   }
-}
-
-/** N: blocks per sample of a batch of padded length S (SpecForge's num_anchors, at most S − 1 candidates). */
-function blocksFor(numAnchors: number, seq: number): number {
-  return Math.max(1, Math.min(numAnchors, seq - 1));
 }
 
 /**
