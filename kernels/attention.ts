@@ -26,7 +26,7 @@
  */
 import { TEXEL_AT, texelBinding, texelLoad } from "./texels.ts";
 import { LINEAR_WORKGROUP } from "./common.ts";
-import { dotElements, rep } from "./unroll.ts";
+import { dotElements, dotRow, rep } from "./unroll.ts";
 
 /** Most head dimensions one invocation owns in a private accumulator (so hd ≤ MAX_DIMS · threads per row). */
 export const ATTENTION_MAX_DIMS = 32;
@@ -629,13 +629,6 @@ function rowAccess(
     }
   });
   return out.join("\n");
-}
-
-/** WGSL of the dot product of two rows of n vec4s, summed in order: ((0 + a₀·b₀) + a₁·b₁) + …. */
-function dotRow(n: number, a: (c: number) => string, b: (c: number) => string): string {
-  let s = "0.0";
-  for (let c = 0; c < n; c++) s = `(${s} + dot(${a(c)}, ${b(c)}))`;
-  return s;
 }
 
 /** The shared header of the register-row kernels for `rows` rows per invocation. */

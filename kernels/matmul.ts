@@ -28,6 +28,7 @@
  * Both read operands through the element helpers below, so every layout and dtype is one code path.
  */
 import { TEXEL_AT, texelBinding, texelLoad } from "./texels.ts";
+import { XYZW } from "./unroll.ts";
 
 /** How op(B) is stored. */
 export type MatmulBType = "f32" | "f16" | "bf16";
@@ -169,8 +170,6 @@ export function regtileVec4(v: MatmulVariant, M: number, N: number, K: number): 
   if (!v.transB && N % 4 !== 0) return false;
   return true;
 }
-
-const XYZW = ["x", "y", "z", "w"];
 
 /**
  * The `regtile` kernel for one variant and tile; `vec4` selects vec4 loads (see {@link regtileVec4}), otherwise

@@ -14,6 +14,13 @@ export function rep(n: number, f: (i: number) => string): string {
 /** The components of a vec4, by index. */
 export const XYZW = ["x", "y", "z", "w"];
 
+/** WGSL of the dot product of two rows of n vec4s, summed in order: ((0 + a₀·b₀) + a₁·b₁) + …. */
+export function dotRow(n: number, a: (c: number) => string, b: (c: number) => string): string {
+  let s = "0.0";
+  for (let c = 0; c < n; c++) s = `(${s} + dot(${a(c)}, ${b(c)}))`;
+  return s;
+}
+
 /** WGSL of Σ_d a[d]·b[d] over the first `hd` elements of two rows of vec4s, one term at a time, d ascending. */
 export function dotElements(hd: number, a: (c: number) => string, b: (c: number) => string): string {
   let s = "0.0";
