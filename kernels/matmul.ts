@@ -27,6 +27,7 @@
  *
  * Both read operands through the element helpers below, so every layout and dtype is one code path.
  */
+import { GATE_FUNCTIONS } from "./swiglu.ts";
 import { TEXEL_AT, texelBinding, texelLoad } from "./texels.ts";
 import { XYZW } from "./unroll.ts";
 
@@ -48,7 +49,23 @@ export interface MatmulVariant {
    * not with `accumulate` or a split K).
    */
   addend?: boolean;
+  /** A gated MLP fused into the store (`regtile` only, not with `accumulate`, `addend` or a split K). */
+  gated?: GatedEpilogue;
 }
+
+/**
+ * The store of a gated MLP (Llama's SwiGLU, Gemma's GELU-tanh), in the formulas of kernels/swiglu.ts:
+ *
+ * - `forward`: two products in one pass over op(A), P = op(A)·op(B) (the gate weight) and Q = op(A)·op(U)
+ *   (the up weight, binding 4, stored as B is); C = act(P) ⊙ Q, and with `store` P and Q are written too
+ *   (bindings 5 and 6, for the backward). Each product sums its k terms in the order an unfused product
+ *   does, so every output has the bits of the products followed by the elementwise kernel.
+ * - `backward`: with op(A)·op(B) = ∂/∂act (the down projection's input gradient), C = ∂/∂gate and binding 6
+ *   = ∂/∂up, from the forward's gate and up (bindings 4 and 5).
+ */
+export type GatedEpilogue =
+  | { kind: "forward"; activation: "silu" | "gelu_tanh"; store: boolean }
+  | { kind: "backward" };
 
 /** `regtile` register tile: TM rows × 4·TN4 columns per invocation, 8 invocations per workgroup. */
 export interface RegtileTile {
@@ -105,9 +122,47 @@ export interface OperandTextures {
 }
 
 /** Binding `binding` as an operand texture `name` and its loader `load_<name>4` (elements e..e+3). */
-function textureOperand(name: "a" | "b", binding: number): string {
+function textureOperand(name: string, binding: number): string {
   return `${texelBinding(name, binding)}
 fn load_${name}4(e: u32) -> vec4<f32> { return ${texelLoad(name, "e >> 2u")}; }`;
+}
+
+/**
+ * Operand `name` stored as B is (`bType`) at `binding`: `load_<name>1(e)` (one element) or `load_<name>4(e)`
+ * (elements e..e+3, e % 4 == 0, with `vec4`), from its packed texture when `texture`.
+ */
+function bOperand(
+  name: string,
+  binding: number,
+  bType: MatmulBType,
+  vec4: boolean,
+  texture: boolean,
+): string {
+  const at = `@group(0) @binding(${binding}) var<storage, read> ${name}`;
+  if (texture) return textureOperand(name, binding);
+  if (bType === "f32") {
+    return vec4
+      ? `${at}: array<vec4<f32>>;\nfn load_${name}4(e: u32) -> vec4<f32> { return ${name}[e >> 2u]; }`
+      : `${at}: array<f32>;\nfn load_${name}1(e: u32) -> f32 { return ${name}[e]; }`;
+  }
+  if (bType === "f16") {
+    return vec4
+      ? `${at}: array<vec4<f16>>;\nfn load_${name}4(e: u32) -> vec4<f32> { return vec4<f32>(${name}[e >> 2u]); }`
+      : `${at}: array<f16>;\nfn load_${name}1(e: u32) -> f32 { return f32(${name}[e]); }`;
+  }
+  // bf16: the upper 16 bits of an f32, so widening is a shift (low half) or a mask (high half).
+  return vec4
+    ? `${at}: array<vec2<u32>>;
+fn load_${name}4(e: u32) -> vec4<f32> {
+  let w = ${name}[e >> 2u];
+  return vec4<f32>(bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u),
+                   bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u));
+}`
+    : `${at}: array<u32>;
+fn load_${name}1(e: u32) -> f32 {
+  let w = ${name}[e >> 1u];
+  return bitcast<f32>(select(w & 0xffff0000u, w << 16u, (e & 1u) == 0u));
+}`;
 }
 
 /**
@@ -126,36 +181,7 @@ function operands(
 fn load_a4(e: u32) -> vec4<f32> { return a[e >> 2u]; }`
     : `@group(0) @binding(1) var<storage, read> a: array<f32>;
 fn load_a1(e: u32) -> f32 { return a[e]; }`;
-  let b: string;
-  if (textures.b) {
-    b = textureOperand("b", 2);
-  } else if (bType === "f32") {
-    b = vec4
-      ? `@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-fn load_b4(e: u32) -> vec4<f32> { return b[e >> 2u]; }`
-      : `@group(0) @binding(2) var<storage, read> b: array<f32>;
-fn load_b1(e: u32) -> f32 { return b[e]; }`;
-  } else if (bType === "f16") {
-    b = vec4
-      ? `@group(0) @binding(2) var<storage, read> b: array<vec4<f16>>;
-fn load_b4(e: u32) -> vec4<f32> { return vec4<f32>(b[e >> 2u]); }`
-      : `@group(0) @binding(2) var<storage, read> b: array<f16>;
-fn load_b1(e: u32) -> f32 { return f32(b[e]); }`;
-  } else {
-    // bf16: the upper 16 bits of an f32, so widening is a shift (low half) or a mask (high half).
-    b = vec4
-      ? `@group(0) @binding(2) var<storage, read> b: array<vec2<u32>>;
-fn load_b4(e: u32) -> vec4<f32> {
-  let w = b[e >> 2u];
-  return vec4<f32>(bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u),
-                   bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u));
-}`
-      : `@group(0) @binding(2) var<storage, read> b: array<u32>;
-fn load_b1(e: u32) -> f32 {
-  let w = b[e >> 1u];
-  return bitcast<f32>(select(w & 0xffff0000u, w << 16u, (e & 1u) == 0u));
-}`;
-  }
+  const b = bOperand("b", 2, bType, vec4, textures.b);
   const texels = textures.a || textures.b ? TEXEL_AT : "";
   return `${a}\n${b}\n@group(0) @binding(3) var<storage, read_write> c: array<f32>;\n${texels}`;
 }
@@ -171,14 +197,55 @@ export function regtileVec4(v: MatmulVariant, M: number, N: number, K: number): 
   return true;
 }
 
+/** One vec4 column group of a `regtile` invocation: the operand it reads (B, or U of a gated forward). */
+interface ColumnGroup {
+  operand: "b" | "u";
+  /** Its first column, a WGSL expression. */
+  col: string;
+}
+
+/**
+ * The column groups of a `regtile` invocation: 4 columns at n0 + 32·j for j < TN4, or for a gated forward
+ * TN4/2 groups of B (the gate) and the same columns of U (the up projection).
+ */
+function columnGroups(v: MatmulVariant, tn4: number): ColumnGroup[] {
+  const half = v.gated?.kind === "forward" ? tn4 / 2 : tn4;
+  return Array.from({ length: tn4 }, (_, j) => ({
+    operand: j < half ? "b" : "u",
+    col: `n0 + ${4 * REGTILE_WG * (j % half)}u`,
+  }));
+}
+
+/** Columns of C one `regtile` workgroup covers. */
+export function regtileColumns(v: MatmulVariant, tile: RegtileTile): number {
+  return 4 * REGTILE_WG * (v.gated?.kind === "forward" ? tile.tn4 / 2 : tile.tn4);
+}
+
+/** The bindings after C: the addend, or a gated store's operand U and its extra outputs and inputs. */
+function epilogueBindings(v: MatmulVariant, vec4: boolean, textures: OperandTextures): string {
+  const at = (binding: number, access: string, name: string) =>
+    `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<f32>;`;
+  if (v.addend) return at(4, "read", "d");
+  const g = v.gated;
+  if (!g) return "";
+  if (g.kind === "backward") {
+    return [GATE_FUNCTIONS, at(4, "read", "gate"), at(5, "read", "up"), at(6, "read_write", "dup")].join(
+      "\n",
+    );
+  }
+  const stores = g.store ? [at(5, "read_write", "gate_out"), at(6, "read_write", "up_out")] : [];
+  return [GATE_FUNCTIONS, bOperand("u", 4, v.bType, vec4, textures.b), ...stores].join("\n");
+}
+
 /**
  * The `regtile` kernel for one variant and tile; `vec4` selects vec4 loads (see {@link regtileVec4}), otherwise
  * scalar loads handle any shape. The operands in `textures` (vec4 only) are read from textures packed by
- * kernels/texels.ts `packTexelsKernel`; the arithmetic, and so the result, is the same bit for bit.
+ * kernels/texels.ts `packTexelsKernel` (U of a gated forward as B is); the arithmetic, and so the result, is
+ * the same bit for bit.
  * Invocation `l` of workgroup (x, y, z) computes rows m0..m0+TM-1 and, for j < TN4, the 4 columns starting at
- * n0 + 4·l + 32·j: the 8 lanes of a SIMD register cover 32 adjacent columns. Row and column indices are clamped
- * into range once, before the K loop, so the loop has no bounds tests; clamped rows and columns compute
- * duplicates that are never stored.
+ * n0 + 4·l + 32·j: the 8 lanes of a SIMD register cover 32 adjacent columns ({@link columnGroups}). Row and
+ * column indices are clamped into range once, before the K loop, so the loop has no bounds tests; clamped
+ * rows and columns compute duplicates that are never stored.
  */
 export function regtileKernel(
   v: MatmulVariant,
@@ -187,13 +254,13 @@ export function regtileKernel(
   textures: OperandTextures = { a: false, b: false },
 ): string {
   const { tm, tn4 } = tile;
-  const wg = REGTILE_WG;
-  const L: string[] = [];
-  const push = (s: string) => L.push(s);
   if ((textures.a || textures.b) && !vec4) throw new Error("regtileKernel: texture operands need vec4 loads");
-  push(PARAMS + operands(v.bType, vec4, textures));
-  if (v.addend) push(`@group(0) @binding(4) var<storage, read> d: array<f32>;`);
-  push(`@compute @workgroup_size(${wg})
+  if (v.gated?.kind === "forward" && tn4 % 2 !== 0) {
+    throw new Error("regtileKernel: a gated forward needs TN4 even");
+  }
+  const groups = columnGroups(v, tn4);
+  const L: string[] = [PARAMS + operands(v.bType, vec4, textures), epilogueBindings(v, vec4, textures)];
+  L.push(`@compute @workgroup_size(${REGTILE_WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
   let z = wg.z;
   let batch = z / p.splits;
@@ -202,116 +269,155 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let a0 = batch * p.stride_a;
   let b0 = batch * p.stride_b;
   let m0 = wg.y * ${tm}u;
-  let n0 = wg.x * ${4 * wg * tn4}u + 4u * l;`);
-  // Clamped row bases of A (element offset of A(m, 0) for NN; of A(0, m) column group for TN).
-  if (!v.transA) {
-    for (let r = 0; r < tm; r++) push(`  let ra${r} = a0 + min(m0 + ${r}u, p.M - 1u) * p.K;`);
-  } else if (vec4) {
-    for (let q = 0; q < tm / 4; q++) push(`  let ca${q} = a0 + min(m0 + ${4 * q}u, p.M - 4u);`);
-  } else {
-    for (let r = 0; r < tm; r++) push(`  let ca${r} = a0 + min(m0 + ${r}u, p.M - 1u);`);
+  let n0 = wg.x * ${regtileColumns(v, tile)}u + 4u * l;`);
+  L.push(...regtileBases(v, tm, groups, vec4));
+  for (let r = 0; r < tm; r++) for (let j = 0; j < tn4; j++) L.push(`  var acc${r}_${j} = vec4<f32>(0.0);`);
+  L.push(`  let k_end4 = k_begin + ((k_end - k_begin) & ~3u);
+  for (var kb = k_begin; kb < k_end4; kb += 4u) {`);
+  L.push(...regtileStep(v, tm, groups, vec4, 4, "    "));
+  L.push(`  }`);
+  if (!vec4) {
+    L.push(`  for (var kb = k_end4; kb < k_end; kb += 1u) {`);
+    L.push(...regtileStep(v, tm, groups, vec4, 1, "    "));
+    L.push(`  }`);
   }
-  // Clamped column bases of B (vec4 group start for NN; one stored row per column for NT).
-  for (let j = 0; j < tn4; j++) {
-    const col = `n0 + ${4 * wg * j}u`;
+  L.push(...regtileStore(v, tm, groups), `}`);
+  return L.join("\n");
+}
+
+/**
+ * Clamped row bases of A (element offset of A(m, 0) for NN; of A(0, m) column group for TN) and column bases
+ * of each group's operand (vec4 group start for NN; one stored row per column for NT).
+ */
+function regtileBases(v: MatmulVariant, tm: number, groups: ColumnGroup[], vec4: boolean): string[] {
+  const L: string[] = [];
+  if (!v.transA) {
+    for (let r = 0; r < tm; r++) L.push(`  let ra${r} = a0 + min(m0 + ${r}u, p.M - 1u) * p.K;`);
+  } else if (vec4) {
+    for (let q = 0; q < tm / 4; q++) L.push(`  let ca${q} = a0 + min(m0 + ${4 * q}u, p.M - 4u);`);
+  } else {
+    for (let r = 0; r < tm; r++) L.push(`  let ca${r} = a0 + min(m0 + ${r}u, p.M - 1u);`);
+  }
+  for (const [j, { col }] of groups.entries()) {
     if (!v.transB) {
-      if (vec4) push(`  let cb${j} = b0 + min(${col}, p.N - 4u);`);
-      else for (let c = 0; c < 4; c++) push(`  let cb${j}_${c} = b0 + min(${col} + ${c}u, p.N - 1u);`);
+      if (vec4) L.push(`  let cb${j} = b0 + min(${col}, p.N - 4u);`);
+      else for (let c = 0; c < 4; c++) L.push(`  let cb${j}_${c} = b0 + min(${col} + ${c}u, p.N - 1u);`);
     } else {
-      for (let c = 0; c < 4; c++) push(`  let rb${j}_${c} = b0 + min(${col} + ${c}u, p.N - 1u) * p.K;`);
+      for (let c = 0; c < 4; c++) L.push(`  let rb${j}_${c} = b0 + min(${col} + ${c}u, p.N - 1u) * p.K;`);
     }
   }
-  for (let r = 0; r < tm; r++) for (let j = 0; j < tn4; j++) push(`  var acc${r}_${j} = vec4<f32>(0.0);`);
+  return L;
+}
 
-  // One step of `ks` k values (4 in the main loop, 1 in the scalar tail) starting at k = kb.
-  const step = (ks: number, indent: string) => {
-    const aval: string[][] = Array.from({ length: tm }, () => []);
-    const bval: string[][] = Array.from({ length: tn4 }, () => []);
-    if (!v.transA) {
-      for (let r = 0; r < tm; r++) {
-        if (vec4) {
-          push(`${indent}let a${r} = load_a4(ra${r} + kb);`);
-          for (let kk = 0; kk < ks; kk++) aval[r][kk] = `a${r}.${XYZW[kk]}`;
-        } else {
-          for (let kk = 0; kk < ks; kk++) {
-            push(`${indent}let a${r}_${kk} = load_a1(ra${r} + kb + ${kk}u);`);
-            aval[r][kk] = `a${r}_${kk}`;
-          }
+/** One step of `ks` k values (4 in the main loop, 1 in the scalar tail) starting at k = kb. */
+function regtileStep(
+  v: MatmulVariant,
+  tm: number,
+  groups: ColumnGroup[],
+  vec4: boolean,
+  ks: number,
+  indent: string,
+): string[] {
+  const L: string[] = [];
+  const push = (s: string) => L.push(indent + s);
+  const aval: string[][] = Array.from({ length: tm }, () => []);
+  const bval: string[][] = groups.map(() => []);
+  if (!v.transA) {
+    for (let r = 0; r < tm; r++) {
+      if (vec4) {
+        push(`let a${r} = load_a4(ra${r} + kb);`);
+        for (let kk = 0; kk < ks; kk++) aval[r][kk] = `a${r}.${XYZW[kk]}`;
+      } else {
+        for (let kk = 0; kk < ks; kk++) {
+          push(`let a${r}_${kk} = load_a1(ra${r} + kb + ${kk}u);`);
+          aval[r][kk] = `a${r}_${kk}`;
         }
+      }
+    }
+  } else {
+    for (let kk = 0; kk < ks; kk++) {
+      if (vec4) {
+        for (let q = 0; q < tm / 4; q++) {
+          push(`let a${kk}_${q} = load_a4(ca${q} + (kb + ${kk}u) * p.M);`);
+          for (let i = 0; i < 4; i++) aval[4 * q + i][kk] = `a${kk}_${q}.${XYZW[i]}`;
+        }
+      } else {
+        for (let r = 0; r < tm; r++) {
+          push(`let a${r}_${kk} = load_a1(ca${r} + (kb + ${kk}u) * p.M);`);
+          aval[r][kk] = `a${r}_${kk}`;
+        }
+      }
+    }
+  }
+  for (const [j, { operand: o }] of groups.entries()) {
+    if (!v.transB) {
+      for (let kk = 0; kk < ks; kk++) {
+        const row = `(kb + ${kk}u) * p.N`;
+        if (vec4) push(`let b${j}_${kk} = load_${o}4(cb${j} + ${row});`);
+        else {
+          const parts = [0, 1, 2, 3].map((c) => `load_${o}1(cb${j}_${c} + ${row})`);
+          push(`let b${j}_${kk} = vec4<f32>(${parts.join(", ")});`);
+        }
+        bval[j][kk] = `b${j}_${kk}`;
+      }
+    } else if (vec4) {
+      for (let c = 0; c < 4; c++) push(`let bt${j}_${c} = load_${o}4(rb${j}_${c} + kb);`);
+      for (let kk = 0; kk < ks; kk++) {
+        bval[j][kk] = `vec4<f32>(${[0, 1, 2, 3].map((c) => `bt${j}_${c}.${XYZW[kk]}`).join(", ")})`;
       }
     } else {
       for (let kk = 0; kk < ks; kk++) {
-        if (vec4) {
-          for (let q = 0; q < tm / 4; q++) {
-            push(`${indent}let a${kk}_${q} = load_a4(ca${q} + (kb + ${kk}u) * p.M);`);
-            for (let i = 0; i < 4; i++) aval[4 * q + i][kk] = `a${kk}_${q}.${XYZW[i]}`;
-          }
-        } else {
-          for (let r = 0; r < tm; r++) {
-            push(`${indent}let a${r}_${kk} = load_a1(ca${r} + (kb + ${kk}u) * p.M);`);
-            aval[r][kk] = `a${r}_${kk}`;
-          }
-        }
+        const parts = [0, 1, 2, 3].map((c) => `load_${o}1(rb${j}_${c} + kb + ${kk}u)`);
+        push(`let b${j}_${kk} = vec4<f32>(${parts.join(", ")});`);
+        bval[j][kk] = `b${j}_${kk}`;
       }
     }
-    for (let j = 0; j < tn4; j++) {
-      if (!v.transB) {
-        for (let kk = 0; kk < ks; kk++) {
-          const row = `(kb + ${kk}u) * p.N`;
-          if (vec4) push(`${indent}let b${j}_${kk} = load_b4(cb${j} + ${row});`);
-          else {
-            const parts = [0, 1, 2, 3].map((c) => `load_b1(cb${j}_${c} + ${row})`);
-            push(`${indent}let b${j}_${kk} = vec4<f32>(${parts.join(", ")});`);
-          }
-          bval[j][kk] = `b${j}_${kk}`;
-        }
-      } else if (vec4) {
-        for (let c = 0; c < 4; c++) push(`${indent}let bt${j}_${c} = load_b4(rb${j}_${c} + kb);`);
-        for (let kk = 0; kk < ks; kk++) {
-          bval[j][kk] = `vec4<f32>(${[0, 1, 2, 3].map((c) => `bt${j}_${c}.${XYZW[kk]}`).join(", ")})`;
-        }
-      } else {
-        for (let kk = 0; kk < ks; kk++) {
-          const parts = [0, 1, 2, 3].map((c) => `load_b1(rb${j}_${c} + kb + ${kk}u)`);
-          push(`${indent}let b${j}_${kk} = vec4<f32>(${parts.join(", ")});`);
-          bval[j][kk] = `b${j}_${kk}`;
-        }
-      }
-    }
-    for (let r = 0; r < tm; r++) {
-      for (let j = 0; j < tn4; j++) {
-        for (let kk = 0; kk < ks; kk++) {
-          push(`${indent}acc${r}_${j} = fma(vec4<f32>(${aval[r][kk]}), ${bval[j][kk]}, acc${r}_${j});`);
-        }
-      }
-    }
-  };
-  push(`  let k_end4 = k_begin + ((k_end - k_begin) & ~3u);
-  for (var kb = k_begin; kb < k_end4; kb += 4u) {`);
-  step(4, "    ");
-  push(`  }`);
-  if (!vec4) {
-    push(`  for (var kb = k_end4; kb < k_end; kb += 1u) {`);
-    step(1, "    ");
-    push(`  }`);
   }
-  // Store, guarding rows and columns; alpha scales the product, accumulate adds what C held, addend D's element.
-  push(`  let c0 = z * p.stride_c;`);
-  const prior = (col: string) => v.accumulate ? `c[cr + ${col}] + ` : v.addend ? `d[cr + ${col}] + ` : "";
   for (let r = 0; r < tm; r++) {
-    push(`  if (m0 + ${r}u < p.M) {`);
-    push(`    let cr = c0 + (m0 + ${r}u) * p.N;`);
-    for (let j = 0; j < tn4; j++) {
-      for (let c = 0; c < 4; c++) {
-        const col = `n0 + ${4 * wg * j + c}u`;
-        const val = `p.alpha * acc${r}_${j}.${XYZW[c]}`;
-        push(`    if (${col} < p.N) { c[cr + ${col}] = ${prior(col)}${val}; }`);
+    for (let j = 0; j < groups.length; j++) {
+      for (let kk = 0; kk < ks; kk++) {
+        push(`acc${r}_${j} = fma(vec4<f32>(${aval[r][kk]}), ${bval[j][kk]}, acc${r}_${j});`);
       }
     }
-    push(`  }`);
   }
-  push(`}`);
-  return L.join("\n");
+  return L;
+}
+
+/**
+ * The store, guarding rows and columns: alpha scales the product; `accumulate` adds what C held, an addend
+ * D's element; a gated store writes act(P) ⊙ Q (and P, Q) or the SwiGLU's two input gradients.
+ */
+function regtileStore(v: MatmulVariant, tm: number, groups: ColumnGroup[]): string[] {
+  const L = [`  let c0 = z * p.stride_c;`];
+  const g = v.gated;
+  const stored = groups.filter((x) => x.operand === "b").length;
+  const prior = (col: string) => v.accumulate ? `c[cr + ${col}] + ` : v.addend ? `d[cr + ${col}] + ` : "";
+  const act = g?.kind === "forward" && g.activation === "gelu_tanh" ? "gelu_tanh_gate" : "silu_gate";
+  for (let r = 0; r < tm; r++) {
+    L.push(`  if (m0 + ${r}u < p.M) {`);
+    L.push(`    let cr = c0 + (m0 + ${r}u) * p.N;`);
+    for (let j = 0; j < stored; j++) {
+      for (let c = 0; c < 4; c++) {
+        const col = `${groups[j].col} + ${c}u`;
+        const val = `p.alpha * acc${r}_${j}.${XYZW[c]}`;
+        if (!g) {
+          L.push(`    if (${col} < p.N) { c[cr + ${col}] = ${prior(col)}${val}; }`);
+        } else if (g.kind === "forward") {
+          const up = `p.alpha * acc${r}_${j + stored}.${XYZW[c]}`;
+          const keep = g.store ? ` gate_out[i] = g; up_out[i] = u;` : "";
+          L.push(
+            `    if (${col} < p.N) { let i = cr + ${col}; let g = ${val}; let u = ${up}; c[i] = ${act}(g) * u;${keep} }`,
+          );
+        } else {
+          L.push(
+            `    if (${col} < p.N) { let i = cr + ${col}; let d = swiglu_grads(${val}, gate[i], up[i]); c[i] = d.x; dup[i] = d.y; }`,
+          );
+        }
+      }
+    }
+    L.push(`  }`);
+  }
+  return L;
 }
 
 /**

@@ -8,16 +8,40 @@ import { LINEAR_WORKGROUP } from "./common.ts";
 /** Invocations per workgroup. */
 export const SWIGLU_WG = 256;
 
-const HEADER = /* wgsl */ `
-struct Params { n: u32, _a: u32, _b: u32, _c: u32 }
-${LINEAR_WORKGROUP}
-@group(0) @binding(0) var<uniform> p: Params;
-
+/**
+ * WGSL helpers shared with the matmul kernels that fuse a gated MLP into their store (kernels/matmul.ts
+ * `GatedEpilogue`): `silu_gate(g)` = g·σ(g), `gelu_tanh_gate(g)`, and `swiglu_grads(d, g, u)` = (∂/∂gate,
+ * ∂/∂up) of silu(g)·u with output gradient d. The elementwise kernels below call the same functions, so a
+ * fused store gives the same bits as the product followed by the elementwise kernel.
+ */
+export const GATE_FUNCTIONS = /* wgsl */ `
 // σ(g) without overflow: exp of a non-positive argument only.
 fn sigmoid(g: f32) -> f32 {
   let e = exp(-abs(g));
   return select(e / (1.0 + e), 1.0 / (1.0 + e), g >= 0.0);
 }
+
+fn silu_gate(g: f32) -> f32 { return g * sigmoid(g); }
+
+// ½g·(1 + tanh(√(2/π)·(g + 0.044715g³))), tanh(u) = 1 − 2/(e^{2u} + 1), u clamped to ±15.
+fn gelu_tanh_gate(g: f32) -> f32 {
+  let u = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+  let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+  return 0.5 * g * (1.0 + t);
+}
+
+// (∂/∂gate, ∂/∂up) of silu(g)·u: d·u·σ(g)·(1 + g·(1 − σ(g))) and d·g·σ(g).
+fn swiglu_grads(d: f32, g: f32, u: f32) -> vec2<f32> {
+  let s = sigmoid(g);
+  return vec2<f32>(d * u * s * (1.0 + g * (1.0 - s)), d * g * s);
+}
+`;
+
+const HEADER = /* wgsl */ `
+struct Params { n: u32, _a: u32, _b: u32, _c: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+${GATE_FUNCTIONS}
 `;
 
 /** out = silu(gate)·up. Bindings: params, gate, up, out. */
@@ -32,8 +56,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
            @builtin(local_invocation_index) lid: u32) {
   let i = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
   if (i >= p.n) { return; }
-  let g = gate[i];
-  out[i] = g * sigmoid(g) * up[i];
+  out[i] = silu_gate(gate[i]) * up[i];
 }
 `;
 
@@ -53,10 +76,7 @@ fn forward_gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
                      @builtin(local_invocation_index) lid: u32) {
   let i = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
   if (i >= p.n) { return; }
-  let g = gate[i];
-  let u = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
-  let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
-  out[i] = 0.5 * g * (1.0 + t) * up[i];
+  out[i] = gelu_tanh_gate(gate[i]) * up[i];
 }
 `;
 
@@ -74,10 +94,8 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
             @builtin(local_invocation_index) lid: u32) {
   let i = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
   if (i >= p.n) { return; }
-  let g = gate[i];
-  let s = sigmoid(g);
-  let d = dout[i];
-  dgate[i] = d * up[i] * s * (1.0 + g * (1.0 - s));
-  dup[i] = d * g * s;
+  let grads = swiglu_grads(dout[i], gate[i], up[i]);
+  dgate[i] = grads.x;
+  dup[i] = grads.y;
 }
 `;

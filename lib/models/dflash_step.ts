@@ -24,7 +24,7 @@ import type { Tensor } from "../tensor.ts";
 import { linear, linearBackward } from "../ops/matmul.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import { ropeBackward, ropeForward, ropeTable } from "../ops/rope.ts";
-import { swigluBackward, swigluForward } from "../ops/swiglu.ts";
+import { gatedLinear, swigluDownBackward } from "../ops/gated_mlp.ts";
 import { accumulate } from "../ops/elementwise.ts";
 import { asRowSplit, embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
 import {
@@ -393,9 +393,14 @@ export class DflashStep {
     await linear(p, a.att, W(n.o), a.resid);
     await accumulate(p, a.resid, a.input);
     await rmsnormForward(p, a.resid, W(n.postNorm), a.postNorm, a.rstdPost, eps);
-    await linear(p, a.postNorm, W(n.gate), a.gate);
-    await linear(p, a.postNorm, W(n.up), a.up);
-    await swigluForward(p, a.gate, a.up, a.act);
+    await gatedLinear(
+      p,
+      a.postNorm,
+      W(n.gate),
+      W(n.up),
+      { act: a.act, gate: a.gate, up: a.up, keep: true },
+      "silu",
+    );
     await linear(p, a.act, W(n.down), a.out);
     await accumulate(p, a.out, a.resid);
   }
@@ -424,8 +429,7 @@ export class DflashStep {
     // MLP: h' = r + down(act)
     const dAct = t([R, cfg.intermediateSize], "d act"), dGate = t([R, cfg.intermediateSize], "d gate");
     const dUp = t([R, cfg.intermediateSize], "d up"), dPost = t([R, H], "d post");
-    await linearBackward(p, s.dh, a.act, W(n.down), dAct, G(n.down), acc);
-    await swigluBackward(p, dAct, a.gate, a.up, dGate, dUp);
+    await swigluDownBackward(p, s.dh, a, W(n.down), { dAct, dGate, dUp, dWDown: G(n.down) }, acc);
     await linearBackward(p, dGate, a.postNorm, W(n.gate), dPost, G(n.gate), acc);
     await linearBackward(p, dUp, a.postNorm, W(n.up), dPost, G(n.up), { ...acc, accumulateDx: true });
     await rmsnormBackward(p, dPost, a.resid, W(n.postNorm), a.rstdPost, s.dh, G(n.postNorm), {

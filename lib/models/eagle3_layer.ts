@@ -23,8 +23,8 @@
 import type { Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { linear, linearBackward } from "../ops/matmul.ts";
+import { gatedLinear, swigluDownBackward } from "../ops/gated_mlp.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsnorm.ts";
-import { swigluBackward, swigluForward } from "../ops/swiglu.ts";
 import { embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
 import { accumulate, copyStrided } from "../ops/elementwise.ts";
 import type { DraftConfig } from "./draft_config.ts";
@@ -316,9 +316,15 @@ export async function eagle3LayerForward(
   await linear(p, a.att, W["midlayer.self_attn.o_proj.weight"], a.residual, { addend: x.hidden });
   const post = W["midlayer.post_attention_layernorm.weight"];
   await rmsnormForward(p, a.residual, post, a.postNorm, a.rstdPost, eps);
-  await linear(p, a.postNorm, W["midlayer.mlp.gate_proj.weight"], a.gate);
-  await linear(p, a.postNorm, W["midlayer.mlp.up_proj.weight"], a.up);
-  await swigluForward(p, a.gate, a.up, a.act);
+  const mlp = { act: a.act, gate: a.gate, up: a.up, keep: true };
+  await gatedLinear(
+    p,
+    a.postNorm,
+    W["midlayer.mlp.gate_proj.weight"],
+    W["midlayer.mlp.up_proj.weight"],
+    mlp,
+    "silu",
+  );
   await linear(p, a.act, W["midlayer.mlp.down_proj.weight"], a.out, { addend: a.residual });
 }
 
@@ -340,8 +346,14 @@ export async function eagle3LayerBackward(
   const norm = { accumulateDw: true, scratch: g.normScratch };
   const down = "midlayer.mlp.down_proj.weight", gate = "midlayer.mlp.gate_proj.weight";
   const up = "midlayer.mlp.up_proj.weight", post = "midlayer.post_attention_layernorm.weight";
-  await linearBackward(p, dOut, a.act, W[down], g.act, G[down], acc);
-  await swigluBackward(p, g.act, a.gate, a.up, g.gate, g.up);
+  await swigluDownBackward(
+    p,
+    dOut,
+    a,
+    W[down],
+    { dAct: g.act, dGate: g.gate, dUp: g.up, dWDown: G[down] },
+    acc,
+  );
   await linearBackward(p, g.gate, a.postNorm, W[gate], g.postNorm, G[gate], acc);
   await linearBackward(p, g.up, a.postNorm, W[up], g.postNorm, G[up], accBoth);
   // y = r + mlp(r): ∂/∂r = ∂/∂y + the norm's share, added into dOut in place (dOut + share, the same sum as

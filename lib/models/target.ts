@@ -46,7 +46,8 @@ import { rmsnormForward } from "../ops/rmsnorm.ts";
 import { ropeForward, ropeTable } from "../ops/rope.ts";
 import { attentionForward } from "../ops/attention.ts";
 import { type AttentionTemperature, attentionTemperatureForward } from "../ops/attention_temperature.ts";
-import { gegluTanhForward, swigluForward } from "../ops/swiglu.ts";
+import { swigluForward } from "../ops/swiglu.ts";
+import { gatedLinear } from "../ops/gated_mlp.ts";
 import { accumulate, addBias, copyColumns, copyStrided, scale } from "../ops/elementwise.ts";
 import { vocabStatsMerge } from "../ops/vocab_stats.ts";
 import { topkMerge } from "../ops/features.ts";
@@ -902,9 +903,20 @@ export async function recordDecoderLayer(
   }
   await rmsnormForward(p, x, w.postAttentionNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
   if (w.moe) return await moeForward(p, moeShapeOf(cfg.moe!), w.moe, s.normed, x, s.moe!);
-  await projection(p, s.normed, w.gate!, w.gateBias, s.gate);
-  await projection(p, s.normed, w.up!, w.upBias, s.up);
-  await swigluForward(p, s.gate, s.up, s.act);
+  if (w.gateBias || w.upBias) {
+    await projection(p, s.normed, w.gate!, w.gateBias, s.gate);
+    await projection(p, s.normed, w.up!, w.upBias, s.up);
+    await swigluForward(p, s.gate, s.up, s.act);
+  } else {
+    await gatedLinear(
+      p,
+      s.normed,
+      w.gate!,
+      w.up!,
+      { act: s.act, gate: s.gate, up: s.up, keep: false },
+      "silu",
+    );
+  }
   await linear(p, s.act, w.down!, x, { accumulate: true });
   if (w.downBias) await addBias(p, x, w.downBias);
 }
@@ -976,9 +988,8 @@ async function gemmaLayerRest(
   await rmsnormForward(p, branch, w.postAttentionNorm, normed, s.rstd, eps);
   await accumulate(p, x, normed);
   await rmsnormForward(p, x, w.preFeedforwardNorm!, s.normed, s.rstd, eps);
-  await linear(p, s.normed, w.gate!, s.gate);
-  await linear(p, s.normed, w.up!, s.up);
-  await gegluTanhForward(p, s.gate, s.up, s.act);
+  const mlp = { act: s.act, gate: s.gate, up: s.up, keep: false };
+  await gatedLinear(p, s.normed, w.gate!, w.up!, mlp, "gelu_tanh");
   await linear(p, s.act, w.down!, branch);
   await rmsnormForward(p, branch, w.postFeedforwardNorm!, normed, s.rstd, eps);
   await accumulate(p, x, normed);

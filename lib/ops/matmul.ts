@@ -312,47 +312,17 @@ async function recordProduct(
     accumulate: accumulate && !split,
     addend: fuseAddend && tile.kind === "regtile" && !split,
   };
-  const uniforms = params(
-    ["u32", d.M],
-    ["u32", d.N],
-    ["u32", d.K],
-    ["u32", splits],
-    ["u32", kChunk],
-    ["u32", d.M * d.K],
-    ["u32", d.batchedB ? d.K * d.N : 0],
-    ["u32", d.M * d.N],
-    ["f32", split ? 1 : alpha],
-  );
+  const uniforms = productParams(d, splits, kChunk, split ? 1 : alpha);
   const target = scratch ?? out;
-  const flops = 2 * d.batch * d.M * d.N * d.K;
   const f16 = b.dtype === "f16";
   const name = `matmul.${variant.transA ? "T" : "N"}${variant.transB ? "T" : "N"}.${b.dtype}`;
   if (tile.kind === "regtile") {
-    const vec4 = K.regtileVec4(variant, d.M, d.N, d.K);
-    const textures = operandTextures(tile, vec4, a, b, gridY);
-    const which = textures.a || textures.b
-      ? ` textures ${textures.a ? "A" : ""}${textures.b ? "B" : ""}`
-      : "";
-    await p.add(
-      {
-        name: `${name}.${tileName({ ...tile, textures: false })}${which}${vec4 ? ".vec4" : ""}${
-          variant.addend ? " +addend" : ""
-        }`,
-        code: K.regtileKernel(variant, tile, vec4, textures),
-        entryPoint: "main",
-        f16: f16 && !textures.b,
-      },
-      [
-        uniforms,
-        textures.a ? await packTexels(p, a, "matmul operand A") : a,
-        textures.b ? await packTexels(p, b, "matmul operand B") : b,
-        target,
-        ...(variant.addend ? [opts.addend!] : []),
-      ],
-      [gridX, gridY, d.batch * splits],
-      undefined,
-      flops,
-    );
+    const extra = variant.addend ? [opts.addend!] : [];
+    await recordRegtile(p, { d, tile, variant, grid: [gridX, gridY, d.batch * splits] }, uniforms, [
+      a,
+      b,
+      target,
+    ], extra);
   } else {
     const fits = d.M % tile.bm === 0 && d.N % tile.bn === 0 && d.K % tile.bk === 0 &&
       kChunk % tile.bk === 0;
@@ -367,7 +337,7 @@ async function recordProduct(
       [uniforms, a, b, target],
       [gridX, gridY, d.batch * splits],
       undefined,
-      flops,
+      2 * d.batch * d.M * d.N * d.K,
     );
   }
   if (scratch) {
@@ -386,6 +356,147 @@ async function recordProduct(
     );
   }
   return variant.addend ?? false;
+}
+
+/** The uniform block of a product (kernels/matmul.ts `Params`). */
+function productParams(d: Dims, splits: number, kChunk: number, alpha: number) {
+  return params(
+    ["u32", d.M],
+    ["u32", d.N],
+    ["u32", d.K],
+    ["u32", splits],
+    ["u32", kChunk],
+    ["u32", d.M * d.K],
+    ["u32", d.batchedB ? d.K * d.N : 0],
+    ["u32", d.M * d.N],
+    ["f32", alpha],
+  );
+}
+
+/** What one `regtile` dispatch computes: its shape, tile, variant and grid. */
+interface RegtileLaunch {
+  d: Dims;
+  tile: K.RegtileTile;
+  variant: MatmulVariant;
+  grid: [number, number, number];
+}
+
+/**
+ * Records one `regtile` dispatch of A·B into C (`abc`), the operands packed into textures where
+ * {@link operandTextures} says, then the bindings after C (`extra`: an addend, or a gated store's U and its
+ * other tensors, U packed as B is).
+ */
+async function recordRegtile(
+  p: Program,
+  launch: RegtileLaunch,
+  uniforms: ReturnType<typeof params>,
+  [a, b, c]: [Tensor, Tensor, Tensor],
+  extra: Tensor[],
+): Promise<void> {
+  const { d, tile, variant } = launch;
+  const vec4 = K.regtileVec4(variant, d.M, d.N, d.K);
+  const textures = operandTextures(tile, vec4, a, b, launch.grid[1]);
+  const which = textures.a || textures.b ? ` textures ${textures.a ? "A" : ""}${textures.b ? "B" : ""}` : "";
+  const gated = variant.gated;
+  const epilogue = variant.addend
+    ? " +addend"
+    : gated
+    ? ` +${gated.kind === "forward" ? gated.activation : "swiglu"} ${gated.kind}`
+    : "";
+  const packedU = gated?.kind === "forward" && textures.b;
+  const products = gated?.kind === "forward" ? 2 : 1;
+  await p.add(
+    {
+      name: `matmul.${variant.transA ? "T" : "N"}${variant.transB ? "T" : "N"}.${b.dtype}.${
+        tileName({ ...tile, textures: false })
+      }${which}${vec4 ? ".vec4" : ""}${epilogue}`,
+      code: K.regtileKernel(variant, tile, vec4, textures),
+      entryPoint: "main",
+      f16: b.dtype === "f16" && !textures.b,
+    },
+    [
+      uniforms,
+      textures.a ? await packTexels(p, a, "matmul operand A") : a,
+      textures.b ? await packTexels(p, b, "matmul operand B") : b,
+      c,
+      ...(packedU ? [await packTexels(p, extra[0], "matmul operand U"), ...extra.slice(1)] : extra),
+    ],
+    launch.grid,
+    undefined,
+    2 * products * d.batch * d.M * d.N * d.K,
+  );
+}
+
+/**
+ * The tensors of a gated store (kernels/matmul.ts `GatedEpilogue`): for `forward`, `u` the up weight (stored
+ * as B is) and, with `store`, the gate and up outputs; for `backward`, the forward's gate and up and the
+ * output ∂/∂up.
+ */
+export type GatedTensors =
+  | { kind: "forward"; activation: "silu" | "gelu_tanh"; u: Tensor; gate?: Tensor; up?: Tensor }
+  | { kind: "backward"; gate: Tensor; up: Tensor; dUp: Tensor };
+
+/**
+ * Records out = act(op(A)·op(B)) ⊙ op(A)·op(U) (forward) or the SwiGLU's input gradients from op(A)·op(B)
+ * (backward) as one `regtile` kernel, when the product runs as one (a `regtile` tile, one product, not
+ * split over K): the bits of the unfused products followed by kernels/swiglu.ts. Returns false, recording
+ * nothing, when it does not; the caller then runs the unfused ops (lib/ops/gated_mlp.ts).
+ */
+export async function gatedMatmul(
+  p: Program,
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  gated: GatedTensors,
+  opts: { transA?: boolean; transB?: boolean } = {},
+): Promise<boolean> {
+  const gpu = p.gpu;
+  const d = resolve(gpu, a, b, out, opts);
+  const others = gated.kind === "forward"
+    ? [gated.gate, gated.up].filter((t) => t !== undefined)
+    : [gated.gate, gated.up, gated.dUp];
+  for (const t of others) expectShape("gatedMatmul", t, out);
+  if (gated.kind === "forward") expectShape("gatedMatmul", gated.u, b, b.dtype);
+  const splitTile = matmulTileFor(gpu);
+  const forward = gated.kind === "forward";
+  const shape = { ...d, N: forward ? 2 * d.N : d.N };
+  const base = await chosenTile(gpu, shape, opts, b.dtype as K.MatmulBType) ?? splitTile;
+  if (base.kind !== "regtile" || d.batch !== 1 || d.K === 0 || out.size === 0) return false;
+  if (splitFor(gpu, d, fitTile(splitTile, d.M, d.N))[0] !== 1) return false;
+  const weights = forward ? [b, gated.u] : [b];
+  if (weights.some((w) => rowBlocks(gpu.limits, d.K, d.N, [DTYPE_BYTES[w.dtype]]).length > 1)) return false;
+  checkTile(gpu, base);
+  const fit = fitTile(base, d.M, shape.N) as K.RegtileTile;
+  const tile = forward ? { ...fit, tn4: 2 * Math.ceil(fit.tn4 / 2) } : fit;
+  const variant: MatmulVariant = {
+    transA: opts.transA ?? false,
+    transB: opts.transB ?? false,
+    bType: b.dtype as K.MatmulBType,
+    accumulate: false,
+    gated: forward
+      ? { kind: "forward", activation: gated.activation, store: gated.gate !== undefined }
+      : { kind: "backward" },
+  };
+  if (forward && (gated.gate === undefined) !== (gated.up === undefined)) {
+    throw new ShapeError("gatedMatmul: gate and up are stored together or not at all");
+  }
+  const grid: [number, number, number] = [
+    Math.ceil(d.N / K.regtileColumns(variant, tile)),
+    Math.ceil(d.M / tile.tm),
+    1,
+  ];
+  const extra = forward ? [gated.u, ...others] : others;
+  await recordRegtile(p, { d, tile, variant, grid }, productParams(d, 1, d.K, 1), [a, b, out], extra);
+  return true;
+}
+
+/** Throws unless `t` is f32 (or `dtype`) of `like`'s shape. */
+function expectShape(op: string, t: Tensor, like: Tensor, dtype = "f32"): void {
+  if (t.dtype !== dtype || shapeString(t.shape) !== shapeString(like.shape)) {
+    throw new ShapeError(
+      `${op}: ${t.label} is ${t.dtype} ${shapeString(t.shape)}, expected ${dtype} ${shapeString(like.shape)}`,
+    );
+  }
 }
 
 /** The chooser's tile for a product (undefined: none installed, or it keeps the default). */
