@@ -221,17 +221,21 @@ export function regtileColumns(v: MatmulVariant, tile: RegtileTile): number {
   return 4 * REGTILE_WG * (v.gated?.kind === "forward" ? tile.tn4 / 2 : tile.tn4);
 }
 
-/** The bindings after C: the addend, or a gated store's operand U and its extra outputs and inputs. */
+/**
+ * The bindings after C: the addend, or a gated store's operand U and its extra outputs and inputs. A gated
+ * backward with vec4 loads (N % 4 = 0) reads gate and up and writes ∂/∂up as vec4s: a column group's four
+ * elements are adjacent, and one vec4 load costs a CPU driver about what one scalar load does.
+ */
 function epilogueBindings(v: MatmulVariant, vec4: boolean, textures: OperandTextures): string {
-  const at = (binding: number, access: string, name: string) =>
-    `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<f32>;`;
+  const at = (binding: number, access: string, name: string, type = "f32") =>
+    `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<${type}>;`;
   if (v.addend) return at(4, "read", "d");
   const g = v.gated;
   if (!g) return "";
   if (g.kind === "backward") {
-    return [GATE_FUNCTIONS, at(4, "read", "gate"), at(5, "read", "up"), at(6, "read_write", "dup")].join(
-      "\n",
-    );
+    const type = vec4 ? "vec4<f32>" : "f32";
+    const io = [at(4, "read", "gate", type), at(5, "read", "up", type), at(6, "read_write", "dup", type)];
+    return [GATE_FUNCTIONS, ...io].join("\n");
   }
   const stores = g.store ? [at(5, "read_write", "gate_out"), at(6, "read_write", "up_out")] : [];
   return [GATE_FUNCTIONS, bOperand("u", 4, v.bType, vec4, textures.b), ...stores].join("\n");
@@ -281,7 +285,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     L.push(...regtileStep(v, tm, groups, vec4, 1, "    "));
     L.push(`  }`);
   }
-  L.push(...regtileStore(v, tm, groups), `}`);
+  L.push(...regtileStore(v, tm, groups, vec4), `}`);
   return L.join("\n");
 }
 
@@ -387,26 +391,32 @@ function regtileStep(
  * The store, guarding rows and columns: alpha scales the product; `accumulate` adds what C held, an addend
  * D's element; a gated store writes act(P) ⊙ Q (and P, Q) or the SwiGLU's two input gradients.
  */
-function regtileStore(v: MatmulVariant, tm: number, groups: ColumnGroup[]): string[] {
+function regtileStore(v: MatmulVariant, tm: number, groups: ColumnGroup[], vec4: boolean): string[] {
   const L = [`  let c0 = z * p.stride_c;`];
   const g = v.gated;
   const stored = groups.filter((x) => x.operand === "b").length;
   const prior = (col: string) => v.accumulate ? `c[cr + ${col}] + ` : v.addend ? `d[cr + ${col}] + ` : "";
   const act = g?.kind === "forward" && g.activation === "gelu_tanh" ? "gelu_tanh_gate" : "silu_gate";
+  const value = (r: number, j: number, c: number) => `p.alpha * acc${r}_${j}.${XYZW[c]}`;
   for (let r = 0; r < tm; r++) {
     L.push(`  if (m0 + ${r}u < p.M) {`);
     L.push(`    let cr = c0 + (m0 + ${r}u) * p.N;`);
     for (let j = 0; j < stored; j++) {
+      if (g?.kind === "backward" && vec4) {
+        L.push(...gatedBackwardGroup(groups[j].col, (c) => value(r, j, c)));
+        continue;
+      }
       for (let c = 0; c < 4; c++) {
         const col = `${groups[j].col} + ${c}u`;
-        const val = `p.alpha * acc${r}_${j}.${XYZW[c]}`;
+        const val = value(r, j, c);
         if (!g) {
           L.push(`    if (${col} < p.N) { c[cr + ${col}] = ${prior(col)}${val}; }`);
         } else if (g.kind === "forward") {
-          const up = `p.alpha * acc${r}_${j + stored}.${XYZW[c]}`;
           const keep = g.store ? ` gate_out[i] = g; up_out[i] = u;` : "";
           L.push(
-            `    if (${col} < p.N) { let i = cr + ${col}; let g = ${val}; let u = ${up}; c[i] = ${act}(g) * u;${keep} }`,
+            `    if (${col} < p.N) { let i = cr + ${col}; let g = ${val}; let u = ${
+              value(r, j + stored, c)
+            }; c[i] = ${act}(g) * u;${keep} }`,
           );
         } else {
           L.push(
@@ -418,6 +428,21 @@ function regtileStore(v: MatmulVariant, tm: number, groups: ColumnGroup[]): stri
     L.push(`  }`);
   }
   return L;
+}
+
+/** A gated backward's store of one vec4 column group starting at `col` (N % 4 = 0: all four or none). */
+function gatedBackwardGroup(col: string, value: (c: number) => string): string[] {
+  const grads = [0, 1, 2, 3].map((c) => `swiglu_grads(${value(c)}, g.${XYZW[c]}, u.${XYZW[c]})`);
+  return [
+    `    if (${col} < p.N) {`,
+    `      let i = cr + ${col};`,
+    `      let g = gate[i >> 2u];`,
+    `      let u = up[i >> 2u];`,
+    ...grads.map((e, c) => `      let d${c} = ${e};`),
+    ...[0, 1, 2, 3].map((c) => `      c[i + ${c}u] = d${c}.x;`),
+    `      dup[i >> 2u] = vec4<f32>(d0.y, d1.y, d2.y, d3.y);`,
+    `    }`,
+  ];
 }
 
 /**
