@@ -10,6 +10,7 @@ import { checkPlanFits, formatPlan } from "../lib/models/memory_plan.ts";
 import { EVAL_FLAGS, type EvalSettings } from "../lib/eval/settings.ts";
 import { type World, worldFromEnv } from "../lib/dist/world.ts";
 import { runTask } from "../lib/cli/run.ts";
+import { enableMatmulAutotune } from "../lib/ops/matmul_autotune.ts";
 import { flagHelp, parseCommand } from "../lib/flags.ts";
 
 const USAGE =
@@ -52,6 +53,7 @@ async function evalOnRank(settings: EvalSettings, world: World): Promise<void> {
       if (world.rank === 0) console.log("the evaluation fits (--dry-run: nothing was loaded or written)");
       return;
     }
+    if (settings.matmulAutotune) await enableMatmulAutotune(gpu, { log: ctx.log ?? (() => {}) });
     const r = await evaluateDraft(gpu, settings, ctx);
     if (!r.files) return;
     console.log(JSON.stringify(r.summary, null, 2));

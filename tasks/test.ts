@@ -81,6 +81,10 @@ function abortedAfterPassing(status: Deno.CommandStatus): boolean {
   return status.signal === "SIGABRT" || status.code === 134;
 }
 
+// The matmul tile choices of the commands the tests run (--matmul-autotune) go to a file of this run's own, not
+// to the user's cache; shared by every test process, so each shape class is timed once per run.
+const tuneDir = await Deno.makeTempDir({ prefix: "eaglet-test-autotune-" });
+Deno.env.set("EAGLET_MATMUL_AUTOTUNE_CACHE", `${tuneDir}/matmul-autotune.json`);
 const total: Counts = { passed: 0, failed: 0, ignored: 0 };
 const add = (c: Counts) => {
   total.passed += c.passed;
@@ -95,6 +99,7 @@ if (!settings.noGl) {
     }),
   );
 }
+await Deno.remove(tuneDir, { recursive: true });
 console.log(
   `\n${total.passed} passed, ${total.failed} failed${total.ignored ? `, ${total.ignored} skipped` : ""}`,
 );

@@ -6,6 +6,7 @@
  */
 import { type FlagTable, type Settings, type SettingsInput, settingsOf } from "../flags.ts";
 import { DEVICE_MEMORY_FLAG } from "../gpu/device_memory.ts";
+import { MATMUL_AUTOTUNE_FLAG } from "../ops/matmul_autotune.ts";
 
 /** Every flag of `eval`. */
 export const EVAL_FLAGS = {
@@ -60,6 +61,7 @@ export const EVAL_FLAGS = {
       "loading no weight and writing nothing",
   },
   "device-memory": DEVICE_MEMORY_FLAG,
+  "matmul-autotune": MATMUL_AUTOTUNE_FLAG,
 } as const satisfies FlagTable;
 
 /** The settings of `eval`, each flag under its camelCase name. */

@@ -7,14 +7,17 @@
  * Every candidate sums each output over k in the same order (one fma chain per output, k ascending; the
  * tile only changes which invocation owns which outputs) and lib/ops/matmul.ts keeps the split over K of the
  * default tile, so the choice changes speed only, never a bit of the result: a training run does not depend
- * on the machine's timings. GPU adapters (the `tiled` family) are not tuned.
+ * on the machine's timings. GPU adapters (the `tiled` family) are not tuned, nor products over
+ * {@link AUTOTUNE_MAX_FLOPS} or {@link AUTOTUNE_MAX_BYTES}, which keep the default tile. The timing runs on
+ * buffers of its own, outside the buffer pool, so the pool's peak stays what the memory plan predicts.
  *
  * Cache file: `EAGLET_MATMUL_AUTOTUNE_CACHE` (a path, or `none` to keep choices in memory only), else
  * `$XDG_CACHE_HOME/eaglet/matmul-autotune.json` (`~/.cache/...`; `%LOCALAPPDATA%` on Windows).
  */
 import { type Gpu, isCpuAdapter } from "../gpu/device.ts";
 import { Program } from "../gpu/program.ts";
-import { Tensor } from "../tensor.ts";
+import { DTYPE_BYTES, Tensor } from "../tensor.ts";
+import { STORAGE_USAGE } from "../gpu/buffers.ts";
 import type { RegtileTile } from "../../kernels/matmul.ts";
 import {
   DEFAULT_CPU_TILE,
@@ -33,6 +36,19 @@ export const AUTOTUNE_CANDIDATES: readonly RegtileTile[] = [
   { kind: "regtile", tm: 8, tn4: 8, textures: true },
   { kind: "regtile", tm: 8, tn4: 4, textures: true },
 ];
+
+/**
+ * The `--matmul-autotune` flag of the commands that train or evaluate (lib/flags.ts spec): on by default, since
+ * the choice never changes a result and a run with the tuned tiles measured faster (README "Benchmarks").
+ */
+export const MATMUL_AUTOTUNE_FLAG = {
+  kind: "bool",
+  default: true,
+  help: "on CPU adapters, time the matmul register tiles per shape class the first time each is met (about " +
+    "15 s for the recipe's 19 classes) and use the fastest, cached per adapter in " +
+    "$XDG_CACHE_HOME/eaglet/matmul-autotune.json (EAGLET_MATMUL_AUTOTUNE_CACHE=<file> relocates it, =none " +
+    "keeps it in memory); the same results bit for bit. --no-matmul-autotune keeps the default tile",
+} as const;
 
 /** Options of {@link enableMatmulAutotune}. */
 export interface AutotuneOptions {
@@ -154,7 +170,34 @@ function filler(n: number): Float32Array<ArrayBuffer> {
   return Float32Array.from({ length: n }, (_, i) => ((i * 0.618034) % 1) - 0.5);
 }
 
-/** The fastest candidate for a product of `s` (f32 operands of its shape; B's dtype as in `s`). */
+/**
+ * The largest product timed (FLOPs, 2·M·N·K) and the most bytes its operands and output may take: 2^31 FLOPs
+ * (a 1024³ product, about 50 ms on lavapipe's 2 cores, so a class is timed in a few seconds) and 64 MiB. A
+ * larger product keeps the default tile: timing it would take minutes at real model sizes, and its operands
+ * would double the memory of the run's largest product.
+ */
+export const AUTOTUNE_MAX_FLOPS = 2 ** 31;
+/** See {@link AUTOTUNE_MAX_FLOPS}. */
+export const AUTOTUNE_MAX_BYTES = 64 * 2 ** 20;
+
+/** Whether a product of `s` is small enough to be timed ({@link AUTOTUNE_MAX_FLOPS}). */
+export function tunable(s: MatmulShape): boolean {
+  const bytes = 4 * (s.M * s.K + s.M * s.N) + DTYPE_BYTES[s.bType] * s.K * s.N;
+  return 2 * s.M * s.N * s.K <= AUTOTUNE_MAX_FLOPS && bytes <= AUTOTUNE_MAX_BYTES;
+}
+
+/**
+ * A tensor of its own buffer, outside the buffer pool: timing buffers neither stay parked in the pool
+ * afterwards nor count in its peak, which a run compares with its memory plan. Destroy with `.buffer`.
+ */
+function scratch(gpu: Gpu, shape: number[], dtype: MatmulShape["bType"], label: string): Tensor {
+  const bytes = shape[0] * shape[1] * DTYPE_BYTES[dtype];
+  const t = new Tensor(gpu, gpu.createBuffer(bytes, STORAGE_USAGE, label), shape, dtype, label);
+  t.write(filler(t.size));
+  return t;
+}
+
+/** The fastest candidate for a product of `s` (operands of its shape; B's dtype as in `s`). */
 async function timeCandidates(
   gpu: Gpu,
   s: MatmulShape,
@@ -168,9 +211,9 @@ async function timeCandidates(
     return !seen.has(key) && seen.add(key);
   });
   if (candidates.length === 1) return candidates[0];
-  const a = Tensor.fromArray(gpu, filler(s.M * s.K), s.transA ? [s.K, s.M] : [s.M, s.K], "f32", "tune a");
-  const b = Tensor.fromArray(gpu, filler(s.K * s.N), s.transB ? [s.N, s.K] : [s.K, s.N], s.bType, "tune b");
-  const out = Tensor.empty(gpu, [s.M, s.N], "f32", "tune out");
+  const a = scratch(gpu, s.transA ? [s.K, s.M] : [s.M, s.K], "f32", "tune a");
+  const b = scratch(gpu, s.transB ? [s.N, s.K] : [s.K, s.N], s.bType, "tune b");
+  const out = scratch(gpu, [s.M, s.N], "f32", "tune out");
   const programs: Program[] = [];
   try {
     const splitK = defaultSplitK(gpu, s);
@@ -190,7 +233,7 @@ async function timeCandidates(
     return candidates[best.indexOf(Math.min(...best))];
   } finally {
     for (const p of programs) p.destroy();
-    for (const t of [a, b, out]) t.destroy();
+    for (const t of [a, b, out]) t.buffer.destroy();
   }
 }
 
@@ -240,6 +283,7 @@ export async function enableMatmulAutotune(
   setMatmulTileChooser(gpu, async (shape) => {
     const cls = shapeClass(shape);
     let tile = choices.get(cls);
+    if (!tile && !tunable(shape)) return undefined;
     if (!tile) {
       tile = await timeCandidates(gpu, shape, candidates, opts.reps ?? 3);
       choices.set(cls, tile);

@@ -15,6 +15,7 @@
  * `aux_hidden_state_layer_ids` are accepted for ours.
  */
 import { DEVICE_MEMORY_FLAG, TARGET_MEMORY_BUDGET_FLAG } from "../gpu/device_memory.ts";
+import { MATMUL_AUTOTUNE_FLAG } from "../ops/matmul_autotune.ts";
 import { parseYaml } from "../npm.ts";
 import { MUON_DEFAULTS } from "../ops/muon.ts";
 import { listedNames, RESUME_CHANGEABLE } from "./fingerprint.ts";
@@ -538,6 +539,7 @@ export const TRAIN_OPTIONS = {
   },
   "device-memory": DEVICE_MEMORY_FLAG,
   "target-memory-budget": { ...TARGET_MEMORY_BUDGET_FLAG, section: "model" },
+  "matmul-autotune": MATMUL_AUTOTUNE_FLAG,
 } as const satisfies FlagTable;
 
 /** A flag name of {@link TRAIN_OPTIONS}. */

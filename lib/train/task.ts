@@ -4,6 +4,7 @@
  * directory of the last checkpoint.
  */
 import { Gpu } from "../gpu/device.ts";
+import { enableMatmulAutotune } from "../ops/matmul_autotune.ts";
 import { hubOptionsFromEnv } from "../io/hub.ts";
 import { type World, worldFromEnv } from "../dist/world.ts";
 import { parseTrainArgs, type TrainSettings, trainUsage } from "./config.ts";
@@ -47,6 +48,7 @@ async function trainOnRank(
   const ranks = world.size > 1 ? `, rank ${world.rank} of ${world.size}` : "";
   say(`${task} on ${gpu.describe()}${ranks}${configFile ? ` (settings from ${configFile})` : ""}`);
   try {
+    if (settings.matmulAutotune && !settings.dryRun) await autotune(gpu, say);
     if (settings.draftType === "dflash") return await trainDflash(task, gpu, settings, say);
     if (settings.dryRun) {
       const { plan, limits } = await planTrainingRun(gpu, {
@@ -77,6 +79,16 @@ async function trainOnRank(
   } finally {
     gpu.destroy();
   }
+}
+
+/** `--matmul-autotune`: the tuned matmul tiles (CPU adapters), with a line saying where they are cached. */
+async function autotune(gpu: Gpu, say: (line: string) => void): Promise<void> {
+  const tuner = await enableMatmulAutotune(gpu, { log: say });
+  if (!tuner) return;
+  say(
+    `matmul autotune: ${tuner.choices.size} shape classes cached in ${tuner.cachePath ?? "memory"} ` +
+      `(a new one is timed once, when first met; --no-matmul-autotune skips this)`,
+  );
 }
 
 /** `--draft-type dflash`: online or offline DFlash training (lib/train/dflash_trainer.ts), one rank. */

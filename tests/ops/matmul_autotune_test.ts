@@ -5,10 +5,13 @@ import { isCpuAdapter } from "../../lib/gpu/device.ts";
 import { runOnce } from "../../lib/gpu/program.ts";
 import { matmul, matmulCpu, type MatmulOptions } from "../../lib/ops/matmul.ts";
 import {
+  AUTOTUNE_MAX_BYTES,
+  AUTOTUNE_MAX_FLOPS,
   disableMatmulAutotune,
   enableMatmulAutotune,
   type MatmulTuner,
   shapeClass,
+  tunable,
 } from "../../lib/ops/matmul_autotune.ts";
 import type { RegtileTile } from "../../kernels/matmul.ts";
 
@@ -55,7 +58,7 @@ function cpuResults(): Float32Array[] {
 }
 
 async function withTuner<T>(
-  cachePath: string,
+  cachePath: string | null,
   log: string[],
   body: (t: MatmulTuner) => Promise<T>,
 ): Promise<T> {
@@ -134,4 +137,32 @@ Deno.test({ name: "matmul autotune: no cache file with cachePath null", ...needs
   } finally {
     disableMatmulAutotune(gpu!);
   }
+});
+
+Deno.test({
+  name: "matmul autotune: timing buffers stay outside the buffer pool; products over the cap are not timed",
+  ...needsGpu,
+  ignore: needsGpu.ignore || !isCpuAdapter(gpu!),
+}, async () => {
+  const g = gpu!;
+  const [M, N, K] = [48, 80, 40];
+  const a = Tensor.fromArray(g, randomArray(M * K, 1), [M, K], "f32", "a");
+  const b = Tensor.fromArray(g, randomArray(K * N, 2), [K, N], "f32", "b");
+  const out = Tensor.empty(g, [M, N], "f32", "out");
+  const held = () => g.pool.liveBytes + g.pool.freeBytes;
+  await withTuner(null, [], async (tuner) => {
+    g.pool.resetPeak();
+    const before = held();
+    await runOnce(g, "tuned", (p) => matmul(p, a, b, out));
+    assert.equal(tuner.timed, 1);
+    assert.equal(held(), before, "the pool holds what it held before the timing");
+    assert.equal(g.pool.peakBytes, before, "nor did the timing raise its peak");
+  });
+  for (const t of [a, b, out]) t.destroy();
+  const shape = { transA: false, transB: true, bType: "f32" as const };
+  assert.ok(tunable({ ...shape, M: 1024, N: 1024, K: 1024 }));
+  assert.ok(!tunable({ ...shape, M: 1024, N: 1024, K: 1025 }), "over the FLOPs cap");
+  assert.ok(!tunable({ ...shape, M: 8, N: 32000, K: 4096 }), "a decode step's lm_head: over the bytes cap");
+  assert.equal(AUTOTUNE_MAX_FLOPS, 2 ** 31);
+  assert.ok(AUTOTUNE_MAX_BYTES >= 4 * 3 * 1024 * 1024);
 });
