@@ -71,6 +71,8 @@ export type { DType, HostArray, ReadArray } from "./lib/tensor.ts";
 export * as elementwise from "./lib/ops/elementwise.ts";
 /** Matrix products: matmul (any transposes, batched), linear and its backward. */
 export * as matmul from "./lib/ops/matmul.ts";
+/** The matmul tile autotune of CPU adapters (what `--matmul-autotune` turns on): enableMatmulAutotune(gpu). */
+export * as matmulAutotune from "./lib/ops/matmul_autotune.ts";
 /** Attention with GQA, causal and padding masks, KV-cache offsets and the EAGLE-3 TTT layout. */
 export * as attention from "./lib/ops/attention.ts";
 /** RMSNorm forward and backward. */
@@ -79,6 +81,8 @@ export * as rmsnorm from "./lib/ops/rmsnorm.ts";
 export * as rope from "./lib/ops/rope.ts";
 /** SwiGLU forward and backward. */
 export * as swiglu from "./lib/ops/swiglu.ts";
+/** The gated MLP's input side with its activation fused into the matmul (gate, up, SwiGLU; and backward). */
+export * as gatedMlp from "./lib/ops/gated_mlp.ts";
 /** Embedding lookup and its deterministic gradient. */
 export * as embedding from "./lib/ops/embedding.ts";
 /** Softmax and log-softmax forward and backward. */

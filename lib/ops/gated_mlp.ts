@@ -18,8 +18,11 @@ export type GateActivation = "silu" | "gelu_tanh";
 
 /** Where {@link gatedLinear} writes: act [R, I], and gate and up [R, I] (the unfused ops' scratch). */
 export interface GatedOutputs {
+  /** act_fn(gate) ⊙ up [R, I]. */
   act: Tensor;
+  /** x·W_gateᵀ [R, I]. */
   gate: Tensor;
+  /** x·W_upᵀ [R, I]. */
   up: Tensor;
   /**
    * gate and up must hold the two products afterwards (a training forward, for the backward); otherwise
