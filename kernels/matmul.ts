@@ -263,7 +263,8 @@ export function regtileKernel(
     throw new Error("regtileKernel: a gated forward needs TN4 even");
   }
   const groups = columnGroups(v, tn4);
-  const L: string[] = [PARAMS + operands(v.bType, vec4, textures), epilogueBindings(v, vec4, textures)];
+  const epilogue = epilogueBindings(v, vec4, textures);
+  const L: string[] = [PARAMS + operands(v.bType, vec4, textures), ...(epilogue ? [epilogue] : [])];
   L.push(`@compute @workgroup_size(${REGTILE_WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
   let z = wg.z;
@@ -407,7 +408,7 @@ function regtileStore(v: MatmulVariant, tm: number, groups: ColumnGroup[], vec4:
         continue;
       }
       for (let c = 0; c < 4; c++) {
-        const col = `${groups[j].col} + ${c}u`;
+        const col = `n0 + ${4 * REGTILE_WG * j + c}u`; // the stored groups are the first: j < TN4 (or TN4/2)
         const val = value(r, j, c);
         if (!g) {
           L.push(`    if (${col} < p.N) { c[cr + ${col}] = ${prior(col)}${val}; }`);
