@@ -382,7 +382,7 @@ interface RegtileLaunch {
 }
 
 /**
- * Records one `regtile` dispatch of A·B into C (`abc`), the operands packed into textures where
+ * Records one `regtile` dispatch of op(A)·op(B) into C, the operands packed into textures where
  * {@link operandTextures} says, then the bindings after C (`extra`: an addend, or a gated store's U and its
  * other tensors, U packed as B is).
  */
@@ -456,15 +456,23 @@ export async function gatedMatmul(
     ? [gated.gate, gated.up].filter((t) => t !== undefined)
     : [gated.gate, gated.up, gated.dUp];
   for (const t of others) expectShape("gatedMatmul", t, out);
-  if (gated.kind === "forward") expectShape("gatedMatmul", gated.u, b, b.dtype);
-  const splitTile = matmulTileFor(gpu);
   const forward = gated.kind === "forward";
-  const shape = { ...d, N: forward ? 2 * d.N : d.N };
-  const base = await chosenTile(gpu, shape, opts, b.dtype as K.MatmulBType) ?? splitTile;
-  if (base.kind !== "regtile" || d.batch !== 1 || d.K === 0 || out.size === 0) return false;
+  if (forward) {
+    expectShape("gatedMatmul", gated.u, b, b.dtype);
+    if ((gated.gate === undefined) !== (gated.up === undefined)) {
+      throw new ShapeError("gatedMatmul: gate and up are stored together or not at all");
+    }
+  }
+  // One product in one dispatch, as the unfused product would run (not split over K, W in one binding).
+  const splitTile = matmulTileFor(gpu);
+  if (splitTile.kind !== "regtile" || d.batch !== 1 || d.K === 0 || out.size === 0) return false;
   if (splitFor(gpu, d, fitTile(splitTile, d.M, d.N))[0] !== 1) return false;
   const weights = forward ? [b, gated.u] : [b];
   if (weights.some((w) => rowBlocks(gpu.limits, d.K, d.N, [DTYPE_BYTES[w.dtype]]).length > 1)) return false;
+  // A gated forward computes 2N columns: its tile is chosen (and tuned) as a product's of that width.
+  const shape = { ...d, N: forward ? 2 * d.N : d.N };
+  const base = await chosenTile(gpu, shape, opts, b.dtype as K.MatmulBType) ?? splitTile;
+  if (base.kind !== "regtile") return false;
   checkTile(gpu, base);
   const fit = fitTile(base, d.M, shape.N) as K.RegtileTile;
   const tile = forward ? { ...fit, tn4: 2 * Math.ceil(fit.tn4 / 2) } : fit;
@@ -477,9 +485,6 @@ export async function gatedMatmul(
       ? { kind: "forward", activation: gated.activation, store: gated.gate !== undefined }
       : { kind: "backward" },
   };
-  if (forward && (gated.gate === undefined) !== (gated.up === undefined)) {
-    throw new ShapeError("gatedMatmul: gate and up are stored together or not at all");
-  }
   const grid: [number, number, number] = [
     Math.ceil(d.N / K.regtileColumns(variant, tile)),
     Math.ceil(d.M / tile.tm),
