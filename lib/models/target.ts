@@ -46,7 +46,6 @@ import { rmsnormForward } from "../ops/rmsnorm.ts";
 import { ropeForward, ropeTable } from "../ops/rope.ts";
 import { attentionForward } from "../ops/attention.ts";
 import { type AttentionTemperature, attentionTemperatureForward } from "../ops/attention_temperature.ts";
-import { swigluForward } from "../ops/swiglu.ts";
 import { gatedLinear } from "../ops/gated_mlp.ts";
 import { accumulate, addBias, copyColumns, copyStrided, scale } from "../ops/elementwise.ts";
 import { vocabStatsMerge } from "../ops/vocab_stats.ts";
@@ -903,20 +902,8 @@ export async function recordDecoderLayer(
   }
   await rmsnormForward(p, x, w.postAttentionNorm, s.normed, s.rstd, PLAIN_RMS(cfg));
   if (w.moe) return await moeForward(p, moeShapeOf(cfg.moe!), w.moe, s.normed, x, s.moe!);
-  if (w.gateBias || w.upBias) {
-    await projection(p, s.normed, w.gate!, w.gateBias, s.gate);
-    await projection(p, s.normed, w.up!, w.upBias, s.up);
-    await swigluForward(p, s.gate, s.up, s.act);
-  } else {
-    await gatedLinear(
-      p,
-      s.normed,
-      w.gate!,
-      w.up!,
-      { act: s.act, gate: s.gate, up: s.up, keep: false },
-      "silu",
-    );
-  }
+  const mlp = { act: s.act, gate: s.gate, up: s.up, keep: false };
+  await gatedLinear(p, s.normed, w.gate!, w.up!, mlp, "silu", { gate: w.gateBias, up: w.upBias });
   await linear(p, s.act, w.down!, x, { accumulate: true });
   if (w.downBias) await addBias(p, x, w.downBias);
 }

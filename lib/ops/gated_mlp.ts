@@ -10,7 +10,8 @@
  */
 import type { Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
-import { gatedMatmul, linear, linearBackward, type LinearBackwardOptions } from "./matmul.ts";
+import { gatedMatmul, linear, linearBackward, type LinearBackwardOptions, rows2d } from "./matmul.ts";
+import { addBias } from "./elementwise.ts";
 import { gegluTanhForward, swigluBackward, swigluForward } from "./swiglu.ts";
 
 /** The gate's activation: silu (SwiGLU) or PyTorch's `gelu(approximate="tanh")` (Gemma). */
@@ -31,15 +32,18 @@ export interface GatedOutputs {
   keep: boolean;
 }
 
-/** Flattens all but the last dimension: [..., n] -> [rows, n]. */
-function rows2d(t: Tensor): Tensor {
-  const n = t.shape[t.shape.length - 1];
-  return t.shape.length === 2 ? t : t.reshape([n === 0 ? 0 : t.size / n, n]);
+/** The projections' biases [I] of a gated MLP that has them (`mlp_bias`), else null. */
+export interface GatedBiases {
+  /** gate_proj's bias [I], or null. */
+  gate: Tensor | null;
+  /** up_proj's bias [I], or null. */
+  up: Tensor | null;
 }
 
 /**
- * Records act = act_fn(x·W_gateᵀ) ⊙ x·W_upᵀ for x [R, H], W_gate and W_up [I, H] (nn.Linear layout, f32,
- * f16 or bf16), keeping the two products in `out.gate` and `out.up` when `out.keep`.
+ * Records act = act_fn(x·W_gateᵀ (+ b_gate)) ⊙ (x·W_upᵀ (+ b_up)) for x [R, H], W_gate and W_up [I, H]
+ * (nn.Linear layout, f32, f16 or bf16), keeping the two products in `out.gate` and `out.up` when `out.keep`.
+ * Biases (not fused) run the unfused ops.
  */
 export async function gatedLinear(
   p: Program,
@@ -48,13 +52,17 @@ export async function gatedLinear(
   wUp: Tensor,
   out: GatedOutputs,
   activation: GateActivation,
+  biases: GatedBiases = { gate: null, up: null },
 ): Promise<void> {
   const [act, gate, up] = [out.act, out.gate, out.up].map(rows2d);
   const stored = out.keep ? { gate, up } : {};
   const gated = { kind: "forward" as const, activation, u: wUp, ...stored };
-  if (await gatedMatmul(p, rows2d(x), wGate, act, gated, { transB: true })) return;
+  const unbiased = biases.gate === null && biases.up === null;
+  if (unbiased && await gatedMatmul(p, rows2d(x), wGate, act, gated, { transB: true })) return;
   await linear(p, x, wGate, out.gate);
+  if (biases.gate) await addBias(p, out.gate, biases.gate);
   await linear(p, x, wUp, out.up);
+  if (biases.up) await addBias(p, out.up, biases.up);
   if (activation === "silu") await swigluForward(p, out.gate, out.up, out.act);
   else await gegluTanhForward(p, out.gate, out.up, out.act);
 }

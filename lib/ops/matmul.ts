@@ -314,8 +314,6 @@ async function recordProduct(
   };
   const uniforms = productParams(d, splits, kChunk, split ? 1 : alpha);
   const target = scratch ?? out;
-  const f16 = b.dtype === "f16";
-  const name = `matmul.${variant.transA ? "T" : "N"}${variant.transB ? "T" : "N"}.${b.dtype}`;
   if (tile.kind === "regtile") {
     const extra = variant.addend ? [opts.addend!] : [];
     await recordRegtile(p, { d, tile, variant, grid: [gridX, gridY, d.batch * splits] }, uniforms, [
@@ -324,6 +322,7 @@ async function recordProduct(
       target,
     ], extra);
   } else {
+    const name = `matmul.${variant.transA ? "T" : "N"}${variant.transB ? "T" : "N"}.${b.dtype}`;
     const fits = d.M % tile.bm === 0 && d.N % tile.bn === 0 && d.K % tile.bk === 0 &&
       kChunk % tile.bk === 0;
     await p.add(
@@ -332,7 +331,7 @@ async function recordProduct(
         code: K.tiledKernel(variant),
         entryPoint: "main",
         constants: { BM: tile.bm, BN: tile.bn, BK: tile.bk, CHECKED: fits ? 0 : 1 },
-        f16,
+        f16: b.dtype === "f16",
       },
       [uniforms, a, b, target],
       [gridX, gridY, d.batch * splits],
@@ -468,7 +467,7 @@ export async function gatedMatmul(
   if (splitTile.kind !== "regtile" || d.batch !== 1 || d.K === 0 || out.size === 0) return false;
   if (splitFor(gpu, d, fitTile(splitTile, d.M, d.N))[0] !== 1) return false;
   const weights = forward ? [b, gated.u] : [b];
-  if (weights.some((w) => rowBlocks(gpu.limits, d.K, d.N, [DTYPE_BYTES[w.dtype]]).length > 1)) return false;
+  if (weights.some((w) => weightBlocks(w, null).length > 1)) return false;
   // A gated forward computes 2N columns: its tile is chosen (and tuned) as a product's of that width.
   const shape = { ...d, N: forward ? 2 * d.N : d.N };
   const base = await chosenTile(gpu, shape, opts, b.dtype as K.MatmulBType) ?? splitTile;
@@ -543,7 +542,7 @@ function operandTextures(
 }
 
 /** Flattens all but the last dimension: [..., n] -> [rows, n]. */
-function rows2d(t: Tensor): Tensor {
+export function rows2d(t: Tensor): Tensor {
   if (t.shape.length === 2) return t;
   if (t.shape.length === 0) throw new ShapeError(`linear: ${t.label} is a scalar`);
   const n = t.shape[t.shape.length - 1];

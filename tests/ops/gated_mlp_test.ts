@@ -184,3 +184,29 @@ Deno.test({ name: "gated MLP: a mismatched up weight or output is an error", ...
   );
   for (const t of [x, wg, bad, act, badOut]) t.destroy();
 });
+
+Deno.test({
+  name: "gated MLP: projection biases run the unfused ops, bias before the activation",
+  ...needsGpu,
+}, async () => {
+  const [R, H, I] = [5, 12, 40];
+  const x = upload(randomArray(R * H, 3, 2), [R, H], "x");
+  const wg = upload(randomArray(I * H, 4, 0.5), [I, H], "w_gate"),
+    wu = upload(randomArray(I * H, 5, 0.5), [I, H], "w_up");
+  const bg = upload(randomArray(I, 6), [I], "b_gate"), bu = upload(randomArray(I, 7), [I], "b_up");
+  const [act, gate, up] = ["act", "gate", "up"].map((l) => empty([R, I], l));
+  await runOnce(gpu!, "biased", async (p) => {
+    await gatedLinear(p, x, wg, wu, { act, gate, up, keep: false }, "silu", { gate: bg, up: bu });
+  });
+  const [xs, gs, us, bgs, bus] = [
+    await read(x),
+    await read(wg),
+    await read(wu),
+    await read(bg),
+    await read(bu),
+  ];
+  const g = linearCpu(xs, gs, R, H, I).map((v, i) => v + bgs[i % I]);
+  const u = linearCpu(xs, us, R, H, I).map((v, i) => v + bus[i % I]);
+  assertClose(await read(act), swigluCpu(g, u), "act with biases vs CPU", { atol: 1e-4, rtol: 1e-4 });
+  for (const t of [x, wg, wu, bg, bu, act, gate, up]) t.destroy();
+});
