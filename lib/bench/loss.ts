@@ -8,6 +8,7 @@ import { Program } from "../gpu/program.ts";
 import { Tensor } from "../tensor.ts";
 import { softmaxForward } from "../ops/softmax.ts";
 import { argmaxAgreement, softCrossEntropy } from "../ops/loss.ts";
+import { eagle3Loss } from "../ops/eagle3_loss.ts";
 import { globalNormPartialsSize, globalNormSquared } from "../ops/reduce.ts";
 import { ADAMW_STATE_SIZE, adamwState, adamwStep } from "../ops/adamw.ts";
 import { type BenchOptions, type BenchRow, timeProgram } from "./types.ts";
@@ -50,7 +51,26 @@ export async function benchLoss(gpu: Gpu, opts: BenchOptions = {}): Promise<Benc
     2 * 4 * n,
     (p) => argmaxAgreement(p, { logits, targetProbs: target, mask, counts }, { accumulate: true }),
   );
-  for (const t of [logits, target, y, mask, rowLoss, counts]) t.destroy();
+  // The fused loss of one TTT position, teacher logits of one sequence of `rows` rows (k 0): it reads the
+  // logits twice, the teacher rows three times (statistics, Σp, the loss), and writes the gradient.
+  const perRow = Tensor.empty(gpu, [rows, 2], "f32", "bench per row");
+  const ids = Tensor.fromArray(gpu, new Int32Array(rows), [rows], "i32", "bench target ids");
+  await timed(
+    "eagle3 loss (teacher p, KL, agreement)",
+    6 * 4 * n,
+    (p) =>
+      eagle3Loss(p, {
+        logits,
+        teacherLogits: y,
+        posMask: mask,
+        lossMask: mask,
+        targetIds: ids,
+        rowLoss,
+        perRow,
+        grad: target,
+      }, { seqLen: rows, position: 0, denominator: rows, gradScale: 0.8 }),
+  );
+  for (const t of [logits, target, y, mask, rowLoss, counts, perRow, ids]) t.destroy();
 
   // Parameters of one EAGLE-3 draft layer at hidden H: fc [H, 3H], q [H, 2H], k and v [H/4, 2H], o [H, H],
   // gate and up [3.5H, H], down [H, 3.5H], norms [H].

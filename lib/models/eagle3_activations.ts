@@ -46,7 +46,7 @@ export interface Eagle3StepShape extends TttShape {
   acceptance?: boolean;
   /** γ: the loss of TTT position k is weighted γ^k (default 0.8, SpecForge's). */
   stepDecay?: number;
-  /** Rows of the head's windows: the rows of the logits, teacher p^k and KL gradient (default B·T). */
+  /** Rows of the head's windows: the rows of the logits and the KL gradient (default B·T). */
   headRows?: number;
 }
 
@@ -104,8 +104,6 @@ export interface Eagle3Activations<T = Tensor> {
    * All share one logits buffer.
    */
   head: Eagle3HeadActivations<T>[];
-  /** The teacher distribution p^k over the draft vocabulary, one head window [headRows, Vd]. */
-  teacherProbs: T;
   /** Each row's loss [B·T]. */
   rowLoss: T;
   /** Correct and counted rows of the current position [2]. */
@@ -159,7 +157,6 @@ export function eagle3Activations<T>(
       (k) =>
         eagle3HeadActivations((shape, dtype, label) => make(shape, dtype, `${label}[${k}]`), cfg, N, logits),
     ),
-    teacherProbs: make([R, Vd], "f32", "teacher p_k"),
     rowLoss: make([N], "f32", "row loss"),
     accCounts: make([2], "f32", "acc counts"),
     accPerRow: make([N, 2], "f32", "acc per row"),

@@ -3,8 +3,10 @@
  * the loss (KL, or an LK loss built on it), the metrics, and the head's backward (SpecForge
  * `specforge/core/eagle3.py` `OnlineEagle3Model.forward` computes them over all B·T rows at once).
  *
- * The rows run in windows of `headRows` rows (one window when it covers B·T), so that the [rows, Vd] logits,
- * teacher probabilities and KL gradient exist for one window at a time: the head's memory stops growing with
+ * The teacher p^k, the KL loss and gradient and the agreement are one kernel over a window's logits
+ * (lib/ops/eagle3_loss.ts), which makes p^k from the teacher logits as it reads it, so p^k is never stored.
+ * The rows run in windows of `headRows` rows (one window when it covers B·T), so that the [rows, Vd] logits
+ * and the LK loss's KL gradient exist for one window at a time: the head's memory stops growing with
  * B·T ([scale] long samples). Every per-row quantity is the same as over the whole batch; what sums over rows
  * (the agreement counts, the LK acceptance sums, the loss) is summed once over the whole batch after the
  * windows. The LK gradient needs the position's acceptance over every row (its λ and mean), so with several
@@ -18,9 +20,10 @@
  * that with an LK loss over several windows).
  */
 import type { Tensor } from "../tensor.ts";
-import { agreementTotals, argmaxAgreement, softCrossEntropy } from "../ops/loss.ts";
+import { agreementTotals, argmaxAgreement } from "../ops/loss.ts";
+import { eagle3Loss } from "../ops/eagle3_loss.ts";
 import { lkGradient, lkReduce, lkRows, type LkTensors } from "../ops/lk_loss.ts";
-import { metricsAdd, teacherProbs } from "../ops/eagle3_teacher.ts";
+import { metricsAdd } from "../ops/eagle3_teacher.ts";
 import { linearBackward } from "../ops/matmul.ts";
 import type { Eagle3Step } from "./eagle3.ts";
 import {
@@ -60,7 +63,6 @@ interface Window {
   logits: Tensor;
   /** The target's draft-vocabulary logits from row0 on, as far as the window's rows are taught from. */
   teacherLogits: Tensor;
-  probs: Tensor;
   klGrad: Tensor | null;
   rowLoss: Tensor;
   perRow: Tensor;
@@ -97,7 +99,7 @@ export async function eagle3HeadLoss(
   const N = step.shape.batch * step.shape.seqLen;
   if (headNorm) await eagle3FinalNorm(p, draft, y, head);
   const x = headNorm ? head.normed : y, dX = grads && (headNorm ? grads.dNormed : grads.dY);
-  const windows = headWindows(N, act.teacherProbs.shape[0]).map(([row0, rows]) =>
+  const windows = headWindows(N, head.logits.shape[0]).map(([row0, rows]) =>
     windowOf(step, k, { row0, rows }, x, dX, head.logits)
   );
   const pos: Position = { step, k, scale, lkTrain: step.shape.lk != null && grads !== null };
@@ -105,10 +107,11 @@ export async function eagle3HeadLoss(
     // One pass: the whole position in one window, or a loss whose gradient needs no sum over the rows.
     for (const w of windows) {
       await produceTeacher(step, w);
-      await headAndTeacher(pos, w);
-      await measureWindow(pos, w);
+      await eagle3LmHead(p, draft, w.x, w.logits);
+      if (w.lk) await lkRows(p, w.lk, { seqLen: step.shape.seqLen, position: k, row0: w.row0 });
+      await lossAndAgreement(pos, w);
       if (windows.length === 1) await measureTotals(pos);
-      await lossAndBackward(pos, w);
+      await backward(pos, w);
     }
     if (windows.length > 1) await measureTotals(pos);
   } else {
@@ -121,8 +124,9 @@ export async function eagle3HeadLoss(
     await measureTotals(pos);
     for (const w of windows) {
       await produceTeacher(step, w);
-      await headAndTeacher(pos, w);
-      await lossAndBackward(pos, w);
+      await eagle3LmHead(p, draft, w.x, w.logits);
+      await lossAndAgreement(pos, w);
+      await backward(pos, w);
     }
   }
   if (grads && headNorm) {
@@ -143,17 +147,10 @@ async function produceTeacher(step: Eagle3Step, w: Window): Promise<void> {
   await step.teacherSource?.record(step.program, w.row0, w.teacherLogits);
 }
 
-/** Window w's logits z = lm_head(x) and teacher p^k. */
-async function headAndTeacher({ step, k }: Position, w: Window): Promise<void> {
-  await eagle3LmHead(step.program, step.draft, w.x, w.logits);
-  await teacherProbs(step.program, w.teacherLogits, w.probs, {
-    seqLen: step.shape.seqLen,
-    position: k,
-    row0: w.row0,
-  });
-}
-
-/** The per-row halves of the metrics over window w: the agreement, and the LK acceptance when measured. */
+/**
+ * The per-row halves of the metrics over window w, the agreement and the LK acceptance, where the logits are
+ * measured before the loss (an LK gradient over several windows).
+ */
 async function measureWindow({ step, k }: Position, w: Window): Promise<void> {
   const p = step.program, act = step.activations;
   await argmaxAgreement(p, {
@@ -173,15 +170,28 @@ async function measureTotals({ step, k }: Position): Promise<void> {
   if (act.acceptance) await lkReduce(p, act.acceptance.rows, act.teacher[k].posMask, act.acceptance.stats);
 }
 
-/** Window w's loss rows, ∂loss/∂z over its logits (KL, or LK built on it), and lm_head's backward. */
-async function lossAndBackward({ step, k, scale, lkTrain }: Position, w: Window): Promise<void> {
-  const p = step.program, draft = step.draft, { seqLen, batch, lk } = step.shape;
+/**
+ * Window w's loss rows, ∂KL/∂z (over its logits, or into the KL gradient an LK loss mixes in) and agreement
+ * rows, in one kernel that makes the teacher p^k as it reads it (lib/ops/eagle3_loss.ts).
+ */
+async function lossAndAgreement({ step, k, scale }: Position, w: Window): Promise<void> {
+  const { seqLen, batch } = step.shape;
+  await eagle3Loss(step.program, {
+    logits: w.logits,
+    teacherLogits: w.teacherLogits,
+    posMask: w.posMask,
+    lossMask: w.lossMask,
+    targetIds: w.targetIds,
+    rowLoss: w.rowLoss,
+    perRow: w.perRow,
+    grad: w.klGrad ?? undefined,
+  }, { seqLen, position: k, row0: w.row0, denominator: batch * seqLen, gradScale: scale });
+}
+
+/** Window w's LK gradient (an LK loss in training) and lm_head's backward. */
+async function backward({ step, k, scale, lkTrain }: Position, w: Window): Promise<void> {
+  const p = step.program, draft = step.draft, { seqLen, lk } = step.shape;
   const klGrad = w.klGrad ?? w.logits;
-  await softCrossEntropy(
-    p,
-    { logits: w.logits, target: w.probs, mask: w.posMask, rowLoss: w.rowLoss, grad: klGrad },
-    { denominator: batch * seqLen, gradScale: scale },
-  );
   if (lkTrain && w.lk) await lkGradient(p, w.lk, klGrad, lk!, { seqLen, position: k, row0: w.row0, scale });
   if (!w.dX) return;
   const acc = { accumulateDw: true };
@@ -240,7 +250,6 @@ function windowOf(
     dX: dX && rows(dX, H),
     logits: logitsW,
     teacherLogits: tw.logits,
-    probs: head(act.teacherProbs),
     klGrad: act.klGrad && head(act.klGrad),
     rowLoss: rows(act.rowLoss),
     perRow: rows(act.accPerRow, 2),

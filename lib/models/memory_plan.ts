@@ -310,7 +310,7 @@ export class ShapeCache {
 type Allocation = Array<{ key: PlanCategoryKey; shape: string | null; size: number }>;
 
 /** Logits-sized rows: the teacher's and the draft's vocabulary rows, wherever they are allocated. */
-const LOGITS = /logits|teacher p_k|KL gradient|head rows/;
+const LOGITS = /logits|KL gradient|head rows/;
 
 /** The simulated pool and what is live in it by category and shape, with the breakdown at its peak. */
 export class Replay {

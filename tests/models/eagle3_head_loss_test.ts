@@ -89,7 +89,7 @@ for (const [name, extra, eagle31] of CASES) {
         for (const headRows of [null, 64]) {
           const step = await buildEagle3Step(draft, { ...opts, headRows });
           steps.push(step);
-          assert.equal(step.activations.teacherProbs.shape[0], headRows ?? N);
+          assert.equal(step.activations.head[0].logits.shape[0], headRows ?? N);
           writeInputs(step, cfg.draftVocabSize, V, H);
           await draft.zeroGrads();
           step.run();
