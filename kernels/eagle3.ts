@@ -7,86 +7,13 @@
  *
  * The shift by one position (target'_j = L_{j+1}, u⁰_j = x_{j+1}, zero fill at j = T−1) and the TTT window
  * (TTT position k reads teacher row t + k, padded past the end with p = 1/Vd, id 0, mask 0) are folded into
- * the index arithmetic: at TTT position k, row t uses target row j = t + k + 1 when j < T. `teacherProbsRows`
- * is the one-row-per-invocation variant of `teacherProbs` for CPU adapters.
+ * the index arithmetic: at TTT position k, row t uses target row j = t + k + 1 when j < T. The teacher p^k
+ * itself is made where the loss reads it (./eagle3_loss.ts).
  *
  * SpecForge's classic scripts are [C], its current runtime (`specforge train`) [H].
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
-import { ROW_REDUCE, ROW_WG, ROWS_WG, rowsPrelude, rowsStatsFn, rowsType } from "./softmax.ts";
-
-/**
- * p^k [rows, Vd] of TTT position k: row (b, t) = softmax(L[b, t+k+1, :]) when t + k + 1 < T, else the uniform
- * 1/Vd (SpecForge's zero-filled last row softmaxes to uniform, and its TTT padding is 1/Vd). One workgroup
- * per row. Bindings: 0 params {rows, seq, vocab, k, row0}, 1 logits [≥ rows, Vd] (subset logits, unshifted),
- * 2 out. Row r of out and logits is row row0 + r of the batch (a window of rows: t = (row0 + r) mod T).
- */
-export const teacherProbs = /* wgsl */ `
-struct Params { rows: u32, seq: u32, cols: u32, k: u32, row0: u32, _a: u32, _b: u32, _c: u32 }
-${LINEAR_WORKGROUP}
-${ROW_REDUCE}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-
-@compute @workgroup_size(${ROW_WG})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = linear_workgroup(wg, nwg);
-  if (row >= p.rows) { return; }
-  let t = (row + p.row0) % p.seq;
-  let base = row * p.cols;
-  if (t + p.k + 1u >= p.seq) {
-    let u = 1.0 / f32(p.cols);
-    for (var c = lid; c < p.cols; c = c + WG) { out[base + c] = u; }
-    return;
-  }
-  let src = (row + p.k + 1u) * p.cols; // same sequence: t + k + 1 < T
-  var st = vec2<f32>(NEG_MAX, 0.0);
-  for (var c = lid; c < p.cols; c = c + WG) { st = softmax_push(st, logits[src + c]); }
-  let stats = wg_max_sumexp(st, lid);
-  for (var c = lid; c < p.cols; c = c + WG) {
-    out[base + c] = exp(logits[src + c] - stats.x) / stats.y;
-  }
-}
-`;
-
-/**
- * One-row-per-invocation variant of {@link teacherProbs} for CPU adapters (see `rowsPrelude` in ./softmax.ts):
- * same bindings and params, entry point `main`; workgroups: ceil(rows / ROWS_WG). With `vec4` (vocab a multiple
- * of 4) rows are read and written four columns at a time.
- */
-export function teacherProbsRows(vec4: boolean): string {
-  const T = rowsType(vec4);
-  return /* wgsl */ `
-struct Params { rows: u32, seq: u32, cols: u32, k: u32, row0: u32, _a: u32, _b: u32, _c: u32 }
-${LINEAR_WORKGROUP}
-${rowsPrelude(vec4)}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<${T}>;
-@group(0) @binding(2) var<storage, read_write> out: array<${T}>;
-${rowsStatsFn("row_stats", "logits")}
-
-@compute @workgroup_size(${ROWS_WG})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = row_index(wg, nwg, lid);
-  if (row >= p.rows) { return; }
-  let t = (row + p.row0) % p.seq;
-  let n = p.cols / W;
-  let base = row * n;
-  if (t + p.k + 1u >= p.seq) {
-    let u = ${T}(1.0 / f32(p.cols));
-    for (var i = 0u; i < n; i++) { out[base + i] = u; }
-    return;
-  }
-  let src = (row + p.k + 1u) * n; // same sequence: t + k + 1 < T
-  let st = row_stats(src, n);
-  let inv = 1.0 / st.y;
-  for (var i = 0u; i < n; i++) { out[base + i] = exp(logits[src + i] - st.x) * inv; }
-}
-`;
-}
+import { ROW_REDUCE, ROW_WG } from "./softmax.ts";
 
 /** Invocations per workgroup of {@link teacherRows}. */
 export const TEACHER_ROWS_WG = 64;

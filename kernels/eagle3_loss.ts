@@ -1,6 +1,7 @@
 /**
  * The EAGLE-3 loss of one TTT position in one pass over its logits: the teacher p^k made on the fly from the
- * UNshifted target logits (kernels/eagle3.ts `teacherProbs`), the soft cross-entropy and its gradient
+ * UNshifted target logits (SpecForge `specforge/core/eagle3.py` `_compute_target_p`, with the TTT shift and
+ * padding of kernels/eagle3.ts), the soft cross-entropy and its gradient
  * (kernels/loss.ts `softCrossEntropy`, SpecForge `specforge/core/loss.py` `LogSoftmaxLoss`) and the acc_k
  * agreement (kernels/loss.ts `agreementIds`, the `acces` of `specforge/core/eagle3.py`
  * `OnlineEagle3Model.forward`). For row r (t = (row0 + r) mod T) of logits z [rows, Vd]:
@@ -11,7 +12,8 @@
  *   perRow  = ([lossMask_r ≠ 0] · [argmax z_r = target_r], [lossMask_r ≠ 0])
  *
  * p^k is never stored: each pass that reads it computes it from L and the teacher row's statistics, with the
- * same operations as `teacherProbs`, so every output matches the three kernels run one after the other. The
+ * operations of kernels/softmax.ts `softmaxForward` (exp(L − m) · (1/s)), so every output matches that
+ * softmax, the agreement and the soft cross-entropy run one after the other. The
  * argmax reads z before the gradient overwrites it (in place, the default). One workgroup per row
  * (`eagle3Loss`) or, for CPU adapters, one invocation per row (`eagle3LossRows`, vec4 loads when Vd % 4 = 0).
  *
@@ -84,7 +86,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (lid == 0u) { row_loss[row] = 0.0; }
     return;
   }
-  // The teacher row's statistics (kernels/eagle3.ts teacherProbs): past the sequence's end, p = 1/Vd.
+  // The teacher row's softmax statistics: past the sequence's end, p = 1/Vd (SpecForge's TTT padding).
   let uniform_p = (row + p.row0) % p.seq + p.k + 1u >= p.seq;
   let src = (row + p.k + 1u) * p.cols;
   var ts = vec2<f32>(0.0, 1.0);
@@ -93,13 +95,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var c = lid; c < p.cols; c = c + WG) { st = softmax_push(st, teacher[src + c]); }
     ts = wg_max_sumexp(st, lid);
   }
+  let inv = 1.0 / ts.y;
   let u = 1.0 / f32(p.cols);
   var st = vec2<f32>(NEG_MAX, 0.0);
   var p_sum = 0.0;
   for (var c = lid; c < p.cols; c = c + WG) {
     st = softmax_push(st, logits[base + c]);
     var t = u;
-    if (!uniform_p) { t = exp(teacher[src + c] - ts.x) / ts.y; }
+    if (!uniform_p) { t = exp(teacher[src + c] - ts.x) * inv; }
     p_sum = p_sum + t;
   }
   let stats = wg_max_sumexp(st, lid);
@@ -109,7 +112,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   for (var c = lid; c < p.cols; c = c + WG) {
     let log_q = logits[base + c] - lse;
     var t = u;
-    if (!uniform_p) { t = exp(teacher[src + c] - ts.x) / ts.y; }
+    if (!uniform_p) { t = exp(teacher[src + c] - ts.x) * inv; }
     loss = loss - t * log_q;
     ${grad}[base + c] = p.grad_factor * (exp(log_q) * total_p - t);
   }
@@ -153,7 +156,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     row_loss[row] = 0.0;
     return;
   }
-  // The teacher row's statistics (kernels/eagle3.ts teacherProbsRows): past the sequence's end, p = 1/Vd.
+  // The teacher row's softmax statistics: past the sequence's end, p = 1/Vd (SpecForge's TTT padding).
   let uniform_p = (row + p.row0) % p.seq + p.k + 1u >= p.seq;
   let src = (row + p.k + 1u) * n;
   var ts = vec2<f32>(0.0, 1.0);

@@ -1,10 +1,10 @@
 /**
  * The EAGLE-3 loss of one TTT position in one kernel (formulas in kernels/eagle3_loss.ts): the teacher p^k
  * from the unshifted target logits, the soft cross-entropy with its gradient, and the acc_k agreement per row,
- * without a [rows, Vd] tensor of teacher probabilities. It gives the bits of ./eagle3_teacher.ts
- * `teacherProbs`, ./loss.ts `softCrossEntropy` and ./loss.ts `argmaxAgreement` (`totals: false`) recorded one
- * after the other, and so has the same CPU references (`teacherProbsCpu`, `softCrossEntropyCpu`,
- * `softCrossEntropyBackwardCpu`, `argmaxAgreementCpu`).
+ * without a [rows, Vd] tensor of teacher probabilities. It gives the bits of ./softmax.ts `softmaxForward` over
+ * the teacher rows, ./loss.ts `argmaxAgreement` (`totals: false`) and ./loss.ts `softCrossEntropy` recorded one
+ * after the other (tests/ops/eagle3_loss_test.ts), and so has their CPU references, with
+ * ./eagle3_teacher.ts `teacherProbsCpu` for p^k.
  */
 import * as K from "../../kernels/eagle3_loss.ts";
 import { params, type Program } from "../gpu/program.ts";

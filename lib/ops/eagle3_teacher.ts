@@ -1,7 +1,8 @@
 /**
- * The teacher of one EAGLE-3 TTT position, read from the UNshifted target outputs (SpecForge
+ * The teacher rows of one EAGLE-3 TTT position, read from the UNshifted target outputs (SpecForge
  * `specforge/core/eagle3.py` `_compute_target_p` and `OnlineEagle3Model.forward`; `specforge/utils.py`
- * `padding`), and the per-position metric accumulation, with plain-TS CPU references. Formulas in
+ * `padding`), the check of a head window's teacher rows, and the per-position metric accumulation, with
+ * plain-TS CPU references (p^k's among them; the GPU makes p^k inside the loss, ./eagle3_loss.ts). Formulas in
  * kernels/eagle3.ts. Rows r = b·T + t of a right-padded batch [B, T]; k is the TTT position.
  *
  * SpecForge's classic scripts are [C], its current runtime (`specforge train`) [H].
@@ -10,9 +11,7 @@ import * as K from "../../kernels/eagle3.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
-import { expectDisjoint, expectDtype, expectShape } from "./check.ts";
-import { rowsWorkgroups } from "./softmax.ts";
-import { rowKernelFor, type RowKernelOptions } from "./variant.ts";
+import { expectDtype, expectShape } from "./check.ts";
 
 function checkPosition(op: string, rows: number, seq: number, k: number): void {
   if (!(seq > 0 && rows % seq === 0) || !Number.isInteger(k) || k < 0) {
@@ -49,49 +48,6 @@ export function checkRowWindow(
         `rows to end a sequence or reach ${k + 1} rows past it; it has ${teacherRows}`,
     );
   }
-}
-
-/**
- * Records p^k [B·T, Vd]: row (b, t) = softmax over the draft vocabulary of the target's draft-vocab logits
- * at position t + k + 1 of the same sequence, or 1/Vd past the end (SpecForge's TTT padding). With `row0`,
- * `out` is the window of rows from batch row row0 and `logits` the target's rows from row0 on
- * ({@link checkRowWindow}). `kernel`: see {@link RowKernelOptions}.
- */
-export async function teacherProbs(
-  p: Program,
-  logits: Tensor,
-  out: Tensor,
-  { seqLen, position, row0 = 0, kernel }:
-    & { seqLen: number; position: number; row0?: number }
-    & RowKernelOptions,
-): Promise<void> {
-  const op = "teacherProbs";
-  expectDtype(op, "logits", logits, "f32");
-  expectDtype(op, "out", out, "f32");
-  expectShape(op, "logits", logits, [-1, -1]);
-  expectShape(op, "out", out, [-1, logits.shape[1]]);
-  expectDisjoint(op, "logits", logits, "out", out);
-  const [rows, cols] = out.shape;
-  checkRowWindow(op, { rows, teacherRows: logits.shape[0], row0, seq: seqLen, k: position });
-  const bindings = [
-    params(["u32", rows], ["u32", seqLen], ["u32", cols], ["u32", position], ["u32", row0]),
-    logits,
-    out,
-  ];
-  if (rowKernelFor(p.gpu, op, kernel) === "workgroup") {
-    await p.add({ name: "eagle3.teacher_probs", code: K.teacherProbs, entryPoint: "main" }, bindings, rows);
-    return;
-  }
-  const vec4 = cols % 4 === 0;
-  await p.add(
-    {
-      name: `eagle3.teacher_probs_rows${vec4 ? ".vec4" : ""}`,
-      code: K.teacherProbsRows(vec4),
-      entryPoint: "main",
-    },
-    bindings,
-    rowsWorkgroups(rows),
-  );
 }
 
 /** Tensors of {@link teacherRows}; rows = B·T. */
@@ -206,7 +162,11 @@ export function targetToDraftMap(
   return map;
 }
 
-/** CPU reference of {@link teacherProbs} (f64). */
+/**
+ * CPU reference of the teacher p^k [B·T, Vd] (f64): row (b, t) = softmax over the draft vocabulary of the
+ * target's draft-vocab logits at position t + k + 1 of the same sequence, or 1/Vd past the end (SpecForge's
+ * TTT padding); made on the GPU inside the loss (./eagle3_loss.ts).
+ */
 export function teacherProbsCpu(
   logits: ArrayLike<number>,
   rows: number,

@@ -25,16 +25,9 @@ import {
   type Eagle3Weights,
   initEagle3Weights,
 } from "../../lib/models/eagle3.ts";
-import {
-  targetToDraftMap,
-  teacherProbs,
-  teacherProbsCpu,
-  teacherRows,
-  teacherRowsCpu,
-} from "../../lib/ops/eagle3_teacher.ts";
+import { targetToDraftMap, teacherRows, teacherRowsCpu } from "../../lib/ops/eagle3_teacher.ts";
 import { ADAMW_STATE_SIZE, adamwState, adamwStep } from "../../lib/ops/adamw.ts";
 import { globalNormPartialsSize, globalNormSquared } from "../../lib/ops/reduce.ts";
-import type { RowKernel } from "../../lib/ops/softmax.ts";
 
 const CFG: DraftConfig = parseDraftConfig({
   architectures: ["LlamaForCausalLMEagle3"],
@@ -113,7 +106,7 @@ function assertScaled(
   return worst;
 }
 
-Deno.test({ name: "eagle3 teacher kernels match their CPU references", ...needsGpu }, async () => {
+Deno.test({ name: "eagle3 teacher rows kernel matches its CPU reference", ...needsGpu }, async () => {
   const g = gpu!;
   const seq = 7, rows = 3 * seq, V = 50, Vd = 13;
   const r = rng(5);
@@ -128,9 +121,6 @@ Deno.test({ name: "eagle3 teacher kernels match their CPU references", ...needsG
   const tArg = Tensor.fromArray(g, argmax, [rows], "i32", "argmax");
   const tMask = Tensor.fromArray(g, lossMask, [rows], "f32", "mask");
   const tMap = Tensor.fromArray(g, toDraftHost, [V], "i32", "map");
-  // Both kernel families of p_k (teacherProbs), with rows of Vd = 13 and of 16 columns (vec4 loads in "rows").
-  const vocabs = [Vd, 16].map((cols, i) => ({ cols, logits: randomArray(rows * cols, 9 + i, 3) }));
-  const kernels: RowKernel[] = ["workgroup", "rows"];
   for (const step of [0, 2, 6, 9]) {
     const outs = {
       idsK: Tensor.empty(g, [rows], "i32", "idsK"),
@@ -150,27 +140,6 @@ Deno.test({ name: "eagle3 teacher kernels match their CPU references", ...needsG
     assert.deepEqual(await outs.posMaskK.read(), want.posMaskK, `pos_mask_k step ${step}`);
     assert.deepEqual(await outs.lossMaskK.read(), want.lossMaskK, `loss_mask_k step ${step}`);
     for (const t of Object.values(outs)) t.destroy();
-    for (const { cols, logits } of vocabs) {
-      for (const kernel of kernels) {
-        const tLogits = Tensor.fromArray(g, logits, [rows, cols], "f32", "logits");
-        const probs = Tensor.empty(g, [rows, cols], "f32", "probs");
-        await runOnce(g, "teacher probs", async (p) => {
-          await teacherProbs(p, tLogits, probs, { seqLen: seq, position: step, kernel });
-          assert.equal(
-            p.dispatches[0].label.includes("_rows"),
-            kernel === "rows",
-            `${kernel} kernel recorded`,
-          );
-        });
-        const want = teacherProbsCpu(logits, rows, cols, seq, step);
-        assertClose(await probs.readFloat(), want, `p_k step ${step}, ${cols} columns, ${kernel}`, {
-          atol: 1e-7,
-          rtol: 1e-5,
-        });
-        tLogits.destroy();
-        probs.destroy();
-      }
-    }
   }
   for (const t of [tIds, tArg, tMask, tMap]) t.destroy();
 });

@@ -1,6 +1,6 @@
 /**
- * The fused EAGLE-3 position loss (lib/ops/eagle3_loss.ts) against the three kernels it replaces, recorded one
- * after the other (teacherProbs, argmaxAgreement, softCrossEntropy in place): the same bits, for both kernel
+ * The fused EAGLE-3 position loss (lib/ops/eagle3_loss.ts) against the ops it replaces, recorded one after the
+ * other (the teacher rows' softmax, argmaxAgreement, softCrossEntropy in place): the same bits, for both kernel
  * families, vec4 and scalar rows, whole batches and head windows, in place and with a separate gradient; and
  * against the CPU references.
  */
@@ -10,7 +10,8 @@ import { runOnce } from "../../lib/gpu/program.ts";
 import { ShapeError } from "../../lib/gpu/errors.ts";
 import { Tensor } from "../../lib/tensor.ts";
 import { eagle3Loss } from "../../lib/ops/eagle3_loss.ts";
-import { teacherProbs, teacherProbsCpu } from "../../lib/ops/eagle3_teacher.ts";
+import { teacherProbsCpu } from "../../lib/ops/eagle3_teacher.ts";
+import { softmaxForward } from "../../lib/ops/softmax.ts";
 import {
   argmaxAgreement,
   argmaxAgreementCpu,
@@ -106,13 +107,24 @@ async function fused(c: Case, x: Inputs, kernel: RowKernel, inPlace: boolean): P
   return out;
 }
 
-/** The three kernels the fused one replaces, one after the other. */
+/**
+ * The ops the fused kernel replaces, one after the other: p^k as the softmax of the teacher rows k + 1 past
+ * each row (softmaxForward, whose formula the kernel uses), 1/Vd past a sequence's end; the agreement; the
+ * soft cross-entropy in place.
+ */
 async function unfused(c: Case, x: Inputs, kernel: RowKernel): Promise<Outputs> {
-  const t = tensors(c, x);
-  const probs = Tensor.empty(gpu!, [c.rows, c.cols], "f32", "p_k");
-  const counts = Tensor.empty(gpu!, [2], "f32", "counts");
-  await runOnce(gpu!, "unfused loss", async (p) => {
-    await teacherProbs(p, t.teacherLogits, probs, { seqLen: SEQ, position: c.k, row0: c.row0, kernel });
+  const g = gpu!, t = tensors(c, x);
+  const shifted = x.teacher.slice((c.k + 1) * c.cols, (c.k + 1 + c.rows) * c.cols);
+  const teacher = Tensor.fromArray(g, shifted, [c.rows, c.cols], "f32", "L shifted");
+  const probs = Tensor.empty(g, [c.rows, c.cols], "f32", "p_k");
+  const counts = Tensor.empty(g, [2], "f32", "counts");
+  await runOnce(g, "p_k", (p) => softmaxForward(p, teacher, probs, { kernel }));
+  const p = await probs.readFloat();
+  for (let r = 0; r < c.rows; r++) {
+    if ((c.row0 + r) % SEQ + c.k + 1 >= SEQ) p.fill(Math.fround(1 / c.cols), r * c.cols, (r + 1) * c.cols);
+  }
+  probs.write(p);
+  await runOnce(g, "unfused loss", async (p) => {
     await argmaxAgreement(
       p,
       { logits: t.logits, targetIds: t.targetIds, mask: t.lossMask, counts, perRow: t.perRow },
@@ -129,7 +141,7 @@ async function unfused(c: Case, x: Inputs, kernel: RowKernel): Promise<Outputs> 
     perRow: await t.perRow.readFloat(),
     grad: await t.logits.readFloat(),
   };
-  for (const y of [...Object.values(t), probs, counts]) y.destroy();
+  for (const y of [...Object.values(t), teacher, probs, counts]) y.destroy();
   return out;
 }
 
@@ -138,7 +150,7 @@ const CASES: Case[] = [13, 16].flatMap((cols) =>
 );
 
 Deno.test({
-  name: "eagle3Loss gives the bits of teacherProbs, argmaxAgreement and softCrossEntropy",
+  name: "eagle3Loss gives the bits of softmax, argmaxAgreement and softCrossEntropy",
   ...needsGpu,
 }, async () => {
   for (const [i, c] of CASES.entries()) {
