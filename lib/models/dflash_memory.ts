@@ -62,6 +62,7 @@ export function dflashStepTensors(cfg: DflashConfig, s: DflashStepShape): Planne
   if (s.embedBlockRows.length > 1) {
     out.push(planned("embedding block ids", [R], "i32"), f("embedding block rows", [R, H]));
   }
+  out.push(f("act (every layer)", [R, cfg.intermediateSize]));
   for (let j = 0; j < cfg.numLayers; j++) out.push(...layerTensors(cfg, R, R0 + R, j));
   out.push(...splitMatrixTransients(cfg, s, R, C));
   out.push(f("rstd final", [R]));
@@ -100,7 +101,6 @@ function layerTensors(cfg: DflashConfig, R: number, KR: number, j: number): Plan
     f("post norm", [R, H]),
     f("gate", [R, I]),
     f("up", [R, I]),
-    f("act", [R, I]),
     f("out", [R, H]),
   ];
 }

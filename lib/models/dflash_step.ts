@@ -25,6 +25,7 @@ import { linear, linearBackward } from "../ops/matmul.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import { ropeBackward, ropeForward, ropeTable } from "../ops/rope.ts";
 import { gatedLinear, swigluDownBackward } from "../ops/gated_mlp.ts";
+import { swigluForward } from "../ops/swiglu.ts";
 import { accumulate } from "../ops/elementwise.ts";
 import { asRowSplit, embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
 import {
@@ -82,6 +83,7 @@ interface LayerActs {
   postNorm: Tensor;
   gate: Tensor;
   up: Tensor;
+  /** silu(gate) ⊙ up: one buffer every layer shares (the backward makes it again from gate and up). */
   act: Tensor;
   out: Tensor;
 }
@@ -212,10 +214,13 @@ export class DflashStep {
     await rmsnormForward(p, fcOut, this.draft.param("hidden_norm.weight"), c, rstdC, { eps: cfg.rmsNormEps });
     const noise = f32([R, H], "noise");
     await embeddingRows(p, asRowSplit(this.opts.embedding), this.inputs.noiseIds, noise);
+    // act = silu(gate) ⊙ up: one buffer for every layer, since the backward makes it again from the saved gate
+    // and up where down_proj's weight gradient reads it (#layerBackward).
+    const act = f32([R, cfg.intermediateSize], "act (every layer)");
     const layers: LayerActs[] = [];
     let h = noise;
     for (let j = 0; j < cfg.numLayers; j++) {
-      const acts = this.#layerActs(h, j);
+      const acts = this.#layerActs(h, j, act);
       await this.#layerForward(acts, j, c, ctxRope);
       layers.push(acts);
       h = acts.out;
@@ -289,7 +294,7 @@ export class DflashStep {
     );
   }
 
-  #layerActs(input: Tensor, j: number): LayerActs {
+  #layerActs(input: Tensor, j: number, act: Tensor): LayerActs {
     const cfg = this.draft.config, R = this.rows, KR = this.dims.blockRow0 + R;
     const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
     const f32 = (shape: number[], label: string) => this.program.scratch(shape, "f32", `layer ${j} ${label}`);
@@ -317,7 +322,7 @@ export class DflashStep {
       postNorm: f32([R, H], "post norm"),
       gate: f32([R, I], "gate"),
       up: f32([R, I], "up"),
-      act: f32([R, I], "act"),
+      act,
       out: f32([R, H], "out"),
     };
   }
@@ -426,7 +431,9 @@ export class DflashStep {
     const R = a.x.shape[0], KR = a.k.shape[0], hd = cfg.headDim, H = cfg.hiddenSize;
     const t = (shape: number[], label: string) => p.transient(`dflash ${label}`, shape, "f32");
     const acc = { accumulateDw: true };
-    // MLP: h' = r + down(act)
+    // MLP: h' = r + down(act), act made again from the saved gate and up (the forward's bits: kernels/swiglu.ts
+    // GATE_FUNCTIONS) into the buffer every layer shares.
+    await swigluForward(p, a.gate, a.up, a.act);
     const dAct = t([R, cfg.intermediateSize], "d act"), dGate = t([R, cfg.intermediateSize], "d gate");
     const dUp = t([R, cfg.intermediateSize], "d up"), dPost = t([R, H], "d post");
     await swigluDownBackward(p, s.dh, a, W(n.down), { dAct, dGate, dUp, dWDown: G(n.down) }, acc);

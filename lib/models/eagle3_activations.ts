@@ -131,12 +131,15 @@ export function eagle3Activations<T>(
   const logits = make([R, Vd], "f32", "logits");
   const perPosition = <X>(n: number, f: (k: number) => X) => Array.from({ length: n }, (_, k) => f(k));
   const attention = tttAttentionTensors(make, cfg, s, slots);
+  // act = silu(gate) ⊙ up: one buffer for every position, since the backward makes it again from the saved
+  // gate and up (lib/models/eagle3_layer.ts eagle3LayerBackward) where its weight gradient reads it.
+  const act = make([N, cfg.intermediateSize], "f32", "act (every position)");
   const layer = perPosition(slots, (k) =>
     eagle3LayerActivations(
       (shape, dtype, label) => make(shape, dtype, `${label}[${k}]`),
       cfg,
       N,
-      tttKeysOf(attention, k),
+      { ...tttKeysOf(attention, k), act },
     ));
   return {
     targetToDraft: make([cfg.vocabSize], "i32", "target→draft map"),

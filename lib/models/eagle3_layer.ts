@@ -24,6 +24,7 @@ import type { Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { linear, linearBackward } from "../ops/matmul.ts";
 import { gatedLinear, swigluDownBackward } from "../ops/gated_mlp.ts";
+import { swigluForward } from "../ops/swiglu.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import { embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
 import { accumulate, copyStrided } from "../ops/elementwise.ts";
@@ -64,7 +65,10 @@ export interface Eagle3LayerActivations<T = Tensor> {
   gate: T;
   /** up(n) [R, I]. */
   up: T;
-  /** silu(gate) ⊙ up [R, I]. */
+  /**
+   * silu(gate) ⊙ up [R, I]: in training one buffer shared by every TTT position, since the backward makes it
+   * again from gate and up.
+   */
   act: T;
   /** y = r + down(act) [R, H], the layer's output (fed back as the next TTT position's hidden). */
   out: T;
@@ -346,6 +350,9 @@ export async function eagle3LayerBackward(
   const norm = { accumulateDw: true, scratch: g.normScratch };
   const down = "midlayer.mlp.down_proj.weight", gate = "midlayer.mlp.gate_proj.weight";
   const up = "midlayer.mlp.up_proj.weight", post = "midlayer.post_attention_layernorm.weight";
+  // act again from the saved gate and up (the bits of the forward's: kernels/swiglu.ts GATE_FUNCTIONS), for
+  // down_proj's weight gradient: the positions share one act buffer instead of keeping one each.
+  await swigluForward(p, a.gate, a.up, a.act);
   await swigluDownBackward(
     p,
     dOut,
