@@ -98,7 +98,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
  * (strides and offsets in elements). Concatenating columns, slicing rows and writing into KV caches are all
  * this copy.
  */
-export const copyStrided = /* wgsl */ `
+export const copyStrided = copyStridedKernel("f32");
+
+/**
+ * {@link copyStrided} over vec4 units: the same copy when every count, stride and offset of the innermost
+ * dimension's units is a multiple of 4 (the op passes them divided by 4), with a quarter of the loads.
+ */
+export const copyStridedVec4 = copyStridedKernel("vec4<f32>");
+
+function copyStridedKernel(unit: string): string {
+  return /* wgsl */ `
 struct Params {
   n0: u32, n1: u32, n2: u32, total: u32,
   src0: u32, src1: u32, src2: u32, srcOffset: u32,
@@ -106,8 +115,8 @@ struct Params {
 }
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(1) var<storage, read> src: array<${unit}>;
+@group(0) @binding(2) var<storage, read_write> dst: array<${unit}>;
 
 @compute @workgroup_size(${ELEMENTWISE_WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -121,6 +130,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       src[p.srcOffset + i0 * p.src0 + i1 * p.src1 + i2 * p.src2];
 }
 `;
+}
 
 /** x[i] += y[i] in place (residual accumulation). */
 export const accumulate = /* wgsl */ `
@@ -135,6 +145,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) lid: u32) {
   let i = linear_workgroup(wg, nwg) * ${ELEMENTWISE_WG}u + lid;
   if (i >= p.n) { return; }
+  x[i] = x[i] + y[i];
+}
+`;
+
+/** {@link accumulate} four elements per invocation (n a multiple of 4): the same sums, a quarter of the loads. */
+export const accumulateVec4 = /* wgsl */ `
+struct Params { n: u32, _a: u32, _b: u32, _c: u32 }
+${LINEAR_WORKGROUP}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> y: array<vec4<f32>>;
+
+@compute @workgroup_size(${ELEMENTWISE_WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${ELEMENTWISE_WG}u + lid;
+  if (i >= p.n / 4u) { return; }
   x[i] = x[i] + y[i];
 }
 `;

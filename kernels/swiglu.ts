@@ -61,6 +61,28 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 `;
 
 /**
+ * {@link forward} four elements per invocation (n a multiple of 4): vec4 loads and stores, each element through
+ * the same `silu_gate`, so the same bits with a quarter of the loads (a CPU driver pays per load, not per
+ * byte). Bindings as {@link forward}; p.n counts elements.
+ */
+export const forwardVec4 = /* wgsl */ `
+${HEADER}
+@group(0) @binding(1) var<storage, read> gate: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> up: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+
+@compute @workgroup_size(${SWIGLU_WG})
+fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
+  if (i >= p.n / 4u) { return; }
+  let g = gate[i];
+  let u = up[i];
+  out[i] = vec4<f32>(silu_gate(g.x) * u.x, silu_gate(g.y) * u.y, silu_gate(g.z) * u.z, silu_gate(g.w) * u.w);
+}
+`;
+
+/**
  * out = gelu_tanh(gate)·up (Gemma's gated MLP, PyTorch `gelu(approximate="tanh")`): gelu_tanh(g) =
  * ½g·(1 + tanh(√(2/π)·(g + 0.044715g³))), tanh taken as 1 − 2/(e^{2u} + 1) with u clamped to ±15 (where it is
  * ±1 in f32) so that no exp overflows. Forward only: the frozen target's. Bindings: params, gate, up, out.

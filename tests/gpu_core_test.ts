@@ -183,20 +183,59 @@ Deno.test({ name: "elementwise: addBias, copyStrided and copyColumns vs CPU", ..
   for (const t of [ta, tb, out, dst, tkv, tcache]) t.destroy();
 });
 
+Deno.test(
+  { name: "elementwise: copyStrided in vec4 units copies what the scalar kernel does", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    // src [2, 3, 8] into dst [2, 7, 8] from time 4 (every count, stride and offset a multiple of 4: vec4 units),
+    // and the same block with an offset of 2 (scalar): each lands where a CPU copy puts it.
+    const src = randomArray(2 * 3 * 8, 11), base = randomArray(2 * 7 * 8 + 2, 12);
+    const copy: ew.StridedCopy = { count: [2, 3, 8], srcStrides: [24, 8, 1], dstStrides: [56, 8, 1] };
+    for (
+      const [dstOffset, kernel] of [[32, "elementwise.copyStrided.vec4"], [
+        34,
+        "elementwise.copyStrided",
+      ]] as const
+    ) {
+      const tsrc = Tensor.fromArray(g, src, [2, 3, 8], "f32", "src");
+      const tdst = Tensor.fromArray(g, base, [base.length], "f32", "dst");
+      await runOnce(g, "copy", async (p) => {
+        await ew.copyStrided(p, tsrc, tdst, { ...copy, dstOffset });
+        assert.equal(p.dispatches[0].label, kernel);
+      });
+      const want = Float32Array.from(base);
+      for (let b = 0; b < 2; b++) {
+        for (let t = 0; t < 3; t++) {
+          for (let c = 0; c < 8; c++) want[dstOffset + b * 56 + t * 8 + c] = src[b * 24 + t * 8 + c];
+        }
+      }
+      assert.deepEqual(await tdst.readFloat(), want, `copy at ${dstOffset}`);
+      for (const t of [tsrc, tdst]) t.destroy();
+    }
+  },
+);
+
 Deno.test({ name: "elementwise: accumulate and shiftIds", ...needsGpu }, async () => {
   const g = gpu!;
-  const x = randomArray(300, 9), y = randomArray(300, 10);
-  const tx = Tensor.fromArray(g, x, [300], "f32", "x");
-  const ty = Tensor.fromArray(g, y, [300], "f32", "y");
+  // 300 elements run the vec4 kernel, 301 the scalar one: both give each f32 sum exactly.
+  for (
+    const [n, kernel] of [[300, "elementwise.accumulate.vec4"], [301, "elementwise.accumulate"]] as const
+  ) {
+    const x = randomArray(n, 9), y = randomArray(n, 10);
+    const tx = Tensor.fromArray(g, x, [n], "f32", "x");
+    const ty = Tensor.fromArray(g, y, [n], "f32", "y");
+    await runOnce(g, "accumulate", async (p) => {
+      await ew.accumulate(p, tx, ty);
+      assert.equal(p.dispatches[0].label, kernel);
+    });
+    assert.deepEqual(await tx.read(), x.map((v, i) => Math.fround(v + y[i])), `accumulate of ${n}`);
+    for (const t of [tx, ty]) t.destroy();
+  }
   const ids = Tensor.fromArray(g, [0, 5, 1000, 7], [4], "i32", "ids");
   const shifted = Tensor.empty(g, [4], "i32", "shifted");
-  await runOnce(g, "accumulate", async (p) => {
-    await ew.accumulate(p, tx, ty);
-    await ew.shiftIds(p, ids, shifted, -5);
-  });
-  assertClose(await tx.read(), ew.axpbyCpu(1, x, 1, y), "accumulate");
+  await runOnce(g, "shiftIds", (p) => ew.shiftIds(p, ids, shifted, -5));
   assert.deepEqual([...await shifted.read()], [-5, 0, 995, 2]);
-  for (const t of [tx, ty, ids, shifted]) t.destroy();
+  for (const t of [ids, shifted]) t.destroy();
 });
 
 Deno.test({ name: "profile: per-kernel time, FLOPs, bytes and the whole run", ...needsGpu }, async () => {

@@ -112,10 +112,13 @@ export async function accumulate(p: Program, x: Tensor, y: Tensor): Promise<void
   expectDtype("accumulate", "x", x, "f32");
   expectDtype("accumulate", "y", y, "f32");
   expectSameShape("accumulate", "x", x, "y", y);
+  const vec4 = x.size % 4 === 0; // four elements per invocation: the same sums
   await p.add(
-    { name: "elementwise.accumulate", code: K.accumulate, entryPoint: "main" },
+    vec4
+      ? { name: "elementwise.accumulate.vec4", code: K.accumulateVec4, entryPoint: "main" }
+      : { name: "elementwise.accumulate", code: K.accumulate, entryPoint: "main" },
     [params(["u32", x.size]), x, y],
-    groups(x.size),
+    groups(vec4 ? x.size / 4 : x.size),
   );
 }
 
@@ -167,30 +170,37 @@ export async function copyStrided(p: Program, src: Tensor, dst: Tensor, c: Strid
       } or dst ${shapeString(dst.shape)}`,
     );
   }
+  // Contiguous rows whose every count, stride and offset is a multiple of 4 copy as vec4 units (all ÷ 4).
+  const units = [c.count[2], c.srcStrides[0], c.srcStrides[1], c.dstStrides[0], c.dstStrides[1]];
+  const vec4 = c.srcStrides[2] === 1 && c.dstStrides[2] === 1 &&
+    [...units, c.srcOffset ?? 0, c.dstOffset ?? 0].every((x) => x % 4 === 0);
+  const w = vec4 ? 4 : 1;
   const [n2, n1, n0] = c.count;
   const [s2, s1, s0] = c.srcStrides;
   const [d2, d1, d0] = c.dstStrides;
   await p.add(
-    { name: "elementwise.copyStrided", code: K.copyStrided, entryPoint: "main" },
+    vec4
+      ? { name: "elementwise.copyStrided.vec4", code: K.copyStridedVec4, entryPoint: "main" }
+      : { name: "elementwise.copyStrided", code: K.copyStrided, entryPoint: "main" },
     [
       params(
-        ["u32", n0],
+        ["u32", n0 / w],
         ["u32", n1],
         ["u32", n2],
-        ["u32", total],
-        ["u32", s0],
-        ["u32", s1],
-        ["u32", s2],
-        ["u32", c.srcOffset ?? 0],
-        ["u32", d0],
-        ["u32", d1],
-        ["u32", d2],
-        ["u32", c.dstOffset ?? 0],
+        ["u32", total / w],
+        ["u32", vec4 ? 1 : s0],
+        ["u32", s1 / w],
+        ["u32", s2 / w],
+        ["u32", (c.srcOffset ?? 0) / w],
+        ["u32", vec4 ? 1 : d0],
+        ["u32", d1 / w],
+        ["u32", d2 / w],
+        ["u32", (c.dstOffset ?? 0) / w],
       ),
       src,
       dst,
     ],
-    groups(total),
+    groups(total / w),
   );
 }
 

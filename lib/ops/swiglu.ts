@@ -18,10 +18,13 @@ function checkAll(op: string, tensors: Array<[string, Tensor]>): void {
 /** Records out = silu(gate) ⊙ up (all the same shape). */
 export async function swigluForward(p: Program, gate: Tensor, up: Tensor, out: Tensor): Promise<void> {
   checkAll("swigluForward", [["gate", gate], ["up", up], ["out", out]]);
+  const vec4 = gate.size % 4 === 0;
   await p.add(
-    { name: "swiglu.forward", code: K.forward, entryPoint: "forward" },
+    vec4
+      ? { name: "swiglu.forward.vec4", code: K.forwardVec4, entryPoint: "forward" }
+      : { name: "swiglu.forward", code: K.forward, entryPoint: "forward" },
     [params(["u32", gate.size]), gate, up, out],
-    Math.ceil(gate.size / K.SWIGLU_WG),
+    Math.ceil(gate.size / (vec4 ? 4 : 1) / K.SWIGLU_WG),
   );
 }
 

@@ -225,3 +225,37 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  { name: "rmsnorm: dw four columns per invocation gives the scalar kernel's bits", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    // dy read plainly (vec4 dw kernel) and from a column block starting at column 2 (scalar dw kernel): the
+    // weight gradient must agree bit for bit, with one block of rows, several, and a short last one.
+    for (const rows of [5, RMSNORM_ROWS_PER_BLOCK, 2 * RMSNORM_ROWS_PER_BLOCK + 3]) {
+      const hidden = 32, cols = 40, col0 = 2;
+      const x = randomArray(rows * hidden, rows, 2), w = randomArray(hidden, 3, 1);
+      const dy = randomArray(rows * hidden, rows + 1), wide = randomArray(rows * cols, rows + 2);
+      for (let r = 0; r < rows; r++) wide.set(dy.subarray(r * hidden, (r + 1) * hidden), r * cols + col0);
+      const tx = upload(x, [rows, hidden], "x"),
+        tw = upload(w, [hidden], "w"),
+        tdy = upload(dy, [rows, hidden], "dy");
+      const tWide = upload(wide, [rows, cols], "wide dy"), trstd = Tensor.empty(g, [rows], "f32", "rstd");
+      const y = Tensor.empty(g, [rows, hidden], "f32", "y"),
+        dx = Tensor.empty(g, [rows, hidden], "f32", "dx");
+      const dwVec4 = upload(new Float32Array(hidden).fill(0.5), [hidden], "dw vec4");
+      const dwScalar = upload(new Float32Array(hidden).fill(0.5), [hidden], "dw scalar");
+      await runOnce(g, "rmsnorm dw", async (p) => {
+        await rmsnormForward(p, tx, tw, y, trstd, { eps: EPS });
+        await rmsnormBackward(p, tdy, tx, tw, trstd, dx, dwVec4, { accumulateDw: true });
+        await rmsnormBackward(p, { matrix: tWide, col0 }, tx, tw, trstd, dx, dwScalar, {
+          accumulateDw: true,
+        });
+        const labels = p.dispatches.map((d) => d.label).filter((l) => l.startsWith("rmsnorm.dw_partials"));
+        assert.deepEqual(labels, ["rmsnorm.dw_partials.vec4", "rmsnorm.dw_partials"]);
+      });
+      assert.deepEqual(await dwVec4.readFloat(), await dwScalar.readFloat(), `dw over ${rows} rows`);
+      for (const t of [tx, tw, tdy, tWide, trstd, y, dx, dwVec4, dwScalar]) t.destroy();
+    }
+  },
+);

@@ -108,3 +108,21 @@ Deno.test(
     }
   },
 );
+
+Deno.test({ name: "swiglu: the vec4 forward gives the scalar forward's bits", ...needsGpu }, async () => {
+  // 4k + 1 elements run the scalar kernel; the first 4k, viewed alone, the vec4 one.
+  const n = 4 * 1000 + 1;
+  const gate = randomArray(n, 21, 8), up = randomArray(n, 22, 2);
+  gate[0] = -100;
+  gate[1] = 100;
+  const tg = upload(gate, [n], "gate"), tu = upload(up, [n], "up");
+  const scalar = Tensor.empty(gpu!, [n], "f32", "out (scalar)"),
+    vec4 = Tensor.empty(gpu!, [n - 1], "f32", "out");
+  await runOnce(gpu!, "swiglu vec4", async (p) => {
+    await swigluForward(p, tg, tu, scalar);
+    await swigluForward(p, tg.view(0, [n - 1]), tu.view(0, [n - 1]), vec4);
+    assert.deepEqual(p.dispatches.map((d) => d.label), ["swiglu.forward", "swiglu.forward.vec4"]);
+  });
+  assert.deepEqual(await vec4.readFloat(), (await scalar.readFloat()).subarray(0, n - 1));
+  for (const t of [tg, tu, scalar, vec4]) t.destroy();
+});
