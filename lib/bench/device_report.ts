@@ -26,6 +26,8 @@ export interface DeviceReport {
     architecture: string;
     device: string;
     isCpu: boolean;
+    /** The kernel families the ops chose (lib/gpu/device.ts `cpuKernels`). */
+    kernels: "cpu" | "gpu";
     /** The optional features the device was opened with. */
     features: string[];
     /** The device's limits (every one WebGPU defines, as the device was opened). */
@@ -61,6 +63,7 @@ export function deviceReport(
       architecture: gpu.info.architecture,
       device: gpu.info.device,
       isCpu: isCpuAdapter(gpu),
+      kernels: gpu.kernels,
       features: OPTIONAL_FEATURES.filter((f) => gpu.device.features.has(f)),
       limits,
     },

@@ -79,6 +79,12 @@ export interface GpuOptions {
    * them.
    */
   capLimits?: { maxStorageBufferBindingSize?: number; maxBufferSize?: number };
+  /**
+   * The kernel families ops choose: the adapter's ("adapter", the default: CPU variants on a CPU adapter) or
+   * the GPU variants on any adapter ("gpu"), so that the paths a GPU takes (workgroup-tiled matmuls, row
+   * kernels with workgroup memory) run, and are tested, on a CPU adapter.
+   */
+  kernels?: "adapter" | "gpu";
 }
 
 /** The install hint printed when no adapter is found. */
@@ -102,6 +108,8 @@ export class Gpu {
     readonly info: GPUAdapterInfo,
     readonly limits: GpuLimits,
     readonly features: GpuFeatures,
+    /** The kernel families ops choose: "cpu" ({@link isCpuAdapter}, unless overridden) or "gpu". */
+    readonly kernels: "cpu" | "gpu",
   ) {
     this.pipelines = new PipelineCache(this);
     this.pool = new BufferPool(this);
@@ -149,7 +157,8 @@ export class Gpu {
       subgroups: device.features.has("subgroups"),
       timestampQuery: device.features.has("timestamp-query"),
     };
-    const gpu = new Gpu(adapter, device, adapter.info, limits, features);
+    const cpu = options.kernels !== "gpu" && isCpuInfo(adapter.info);
+    const gpu = new Gpu(adapter, device, adapter.info, limits, features, cpu ? "cpu" : "gpu");
     const report = options.onUncapturedError ?? ((m: string) => console.error(`webgpu: ${m}`));
     device.addEventListener("uncapturederror", (event) => {
       report((event as GPUUncapturedErrorEvent).error.message);
@@ -270,14 +279,26 @@ export class Gpu {
 }
 
 /**
- * Whether the adapter is a CPU rasteriser (Mesa lavapipe/llvmpipe, SwiftShader, WARP): ops then default to
- * their kernel variants without workgroup memory (lib/ops/variant.ts) and matmul to its `regtile` tile.
+ * Whether the adapter is a CPU rasteriser (Mesa lavapipe/llvmpipe, SwiftShader, WARP): its memory is the
+ * host's, and ops default to the CPU kernel families ({@link cpuKernels}).
  */
 export function isCpuAdapter(gpu: Gpu): boolean {
-  const i = gpu.info;
+  return isCpuInfo(gpu.info);
+}
+
+function isCpuInfo(i: GPUAdapterInfo): boolean {
   return i.isFallbackAdapter || /llvmpipe|lavapipe|softpipe|swiftshader|warp|microsoft basic/i.test(
     [i.vendor, i.architecture, i.device, i.description].join(" "),
   );
+}
+
+/**
+ * Whether ops choose their CPU kernel families on `gpu`: the variants without workgroup memory
+ * (lib/ops/variant.ts) and matmul's `regtile` tile. True on a CPU adapter unless the device was created with
+ * `kernels: "gpu"`.
+ */
+export function cpuKernels(gpu: Gpu): boolean {
+  return gpu.kernels === "cpu";
 }
 
 /** Rounds `n` up to a multiple of `to`. */

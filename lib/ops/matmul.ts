@@ -10,7 +10,7 @@
  */
 import * as K from "../../kernels/matmul.ts";
 import type { MatmulTile, MatmulVariant } from "../../kernels/matmul.ts";
-import { type Gpu, isCpuAdapter } from "../gpu/device.ts";
+import { cpuKernels, type Gpu } from "../gpu/device.ts";
 import { ShapeError } from "../gpu/errors.ts";
 import { params, type Program } from "../gpu/program.ts";
 import { DTYPE_BYTES, shapeString, type Tensor } from "../tensor.ts";
@@ -68,9 +68,9 @@ export const DEFAULT_CPU_TILE: K.RegtileTile = { kind: "regtile", tm: 16, tn4: 8
 /** The default `tiled` tile for GPUs. */
 export const DEFAULT_GPU_TILE: MatmulTile = { kind: "tiled", bm: 64, bn: 64, bk: 16 };
 
-/** The tile for this adapter: {@link DEFAULT_CPU_TILE} on CPU adapters, else {@link DEFAULT_GPU_TILE}. */
+/** The tile for this device: {@link DEFAULT_CPU_TILE} with CPU kernels (device.ts `cpuKernels`), else {@link DEFAULT_GPU_TILE}. */
 export function matmulTileFor(gpu: Gpu): MatmulTile {
-  return isCpuAdapter(gpu) ? DEFAULT_CPU_TILE : DEFAULT_GPU_TILE;
+  return cpuKernels(gpu) ? DEFAULT_CPU_TILE : DEFAULT_GPU_TILE;
 }
 
 /** A product's shape and layout, as a {@link MatmulTileChooser} sees it. */

@@ -14,7 +14,7 @@
  * Cache file: `EAGLET_MATMUL_AUTOTUNE_CACHE` (a path, or `none` to keep choices in memory only), else
  * `$XDG_CACHE_HOME/eaglet/matmul-autotune.json` (`~/.cache/...`; `%LOCALAPPDATA%` on Windows).
  */
-import { type Gpu, isCpuAdapter } from "../gpu/device.ts";
+import { cpuKernels, type Gpu } from "../gpu/device.ts";
 import { Program } from "../gpu/program.ts";
 import { DTYPE_BYTES, Tensor } from "../tensor.ts";
 import { STORAGE_USAGE } from "../gpu/buffers.ts";
@@ -266,7 +266,7 @@ export async function enableMatmulAutotune(
   gpu: Gpu,
   opts: AutotuneOptions = {},
 ): Promise<MatmulTuner | null> {
-  if (!isCpuAdapter(gpu)) return null;
+  if (!cpuKernels(gpu)) return null;
   const log = opts.log ?? ((line: string) => console.warn(line));
   const cachePath = opts.cachePath === undefined ? defaultAutotuneCachePath() : opts.cachePath;
   const adapter = await adapterKey(gpu);

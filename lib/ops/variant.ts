@@ -1,11 +1,11 @@
 /**
  * The one place where an op's kernel variant is chosen from the adapter. Ops with two kernel families take an
- * optional `kernel` option; when it is absent, CPU adapters (Mesa lavapipe/llvmpipe, see
- * {@link isCpuAdapter}) get the variant without workgroup memory or barriers and GPUs the one with
+ * optional `kernel` option; when it is absent, devices with CPU kernels (Mesa lavapipe/llvmpipe, see
+ * lib/gpu/device.ts `cpuKernels`) get the variant without workgroup memory or barriers and GPUs the one with
  * workgroup-memory tiles or tree reductions. Both variants of an op compute the same math; sums differ only by the f32
  * rounding of a different summation order.
  */
-import { type Gpu, isCpuAdapter } from "../gpu/device.ts";
+import { cpuKernels, type Gpu } from "../gpu/device.ts";
 import { ShapeError } from "../gpu/errors.ts";
 
 /**
@@ -37,7 +37,7 @@ export function kernelVariant<V extends string>(
       `${op}: unknown kernel ${JSON.stringify(requested)} (expected "${variants.gpu}" or "${variants.cpu}")`,
     );
   }
-  return requested ?? (isCpuAdapter(gpu) ? variants.cpu : variants.gpu);
+  return requested ?? (cpuKernels(gpu) ? variants.cpu : variants.gpu);
 }
 
 /** The requested {@link RowKernel} of `op`, else "rows" on CPU adapters and "workgroup" on GPUs. */

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { assertClose, gpu, needsGpu } from "../gpu.ts";
 import { Golden } from "../golden.ts";
 import { Tensor } from "../../lib/tensor.ts";
+import { cpuKernels, Gpu } from "../../lib/gpu/device.ts";
 import { type DflashBlocks, dflashRanges } from "../../lib/ops/dflash_attention.ts";
 import type { DflashLossType } from "../../lib/ops/dflash_loss.ts";
 import { dflashTargetLayerIds, parseDflashConfig } from "../../lib/models/dflash_config.ts";
@@ -76,95 +77,107 @@ const LOSSES: Array<[string, DflashLossType, number | null]> = [
   ["dpace-continuation-value-only", "dpace-continuation-value-only", null],
 ];
 
-Deno.test(
-  { name: "dflash: a training step equals the PyTorch golden (every loss type)", ...needsGpu },
-  async () => {
-    const g = Golden.load("dflash"), cfg = parseDflashConfig(CONFIG, "golden config");
-    const weights: DflashWeights = new Map();
-    for (const name of ["fc.weight", "hidden_norm.weight", "norm.weight"]) {
-      weights.set(
-        name,
-        g.f32(`w.${name}`),
-      );
+/**
+ * The devices of the golden test: the test process's, and when that is a CPU adapter, one with the GPU kernel
+ * families (lib/gpu/device.ts `kernels: "gpu"`), so that the paths a GPU takes are checked against PyTorch too.
+ */
+const devices: Array<[string, () => Promise<Gpu>]> = [["", () => Promise.resolve(gpu!)]];
+if (gpu && cpuKernels(gpu)) devices.push([", GPU kernels", () => Gpu.create({ kernels: "gpu" })]);
+
+for (const [what, device] of devices) {
+  Deno.test(
+    { name: `dflash: a training step equals the PyTorch golden (every loss type${what})`, ...needsGpu },
+    async () => dflashGolden(await device()),
+  );
+}
+
+/** The golden training step (every loss type) and evaluation logits on `dev`. */
+async function dflashGolden(dev: Gpu): Promise<void> {
+  const g = Golden.load("dflash"), cfg = parseDflashConfig(CONFIG, "golden config");
+  const weights: DflashWeights = new Map();
+  for (const name of ["fc.weight", "hidden_norm.weight", "norm.weight"]) {
+    weights.set(
+      name,
+      g.f32(`w.${name}`),
+    );
+  }
+  for (let j = 0; j < 2; j++) {
+    for (const n of ["input_layernorm", "post_attention_layernorm"]) {
+      weights.set(`layers.${j}.${n}.weight`, g.f32(`w.layers.${j}.${n}.weight`));
     }
-    for (let j = 0; j < 2; j++) {
-      for (const n of ["input_layernorm", "post_attention_layernorm"]) {
-        weights.set(`layers.${j}.${n}.weight`, g.f32(`w.layers.${j}.${n}.weight`));
-      }
-      for (const n of ["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"]) {
-        weights.set(`layers.${j}.self_attn.${n}.weight`, g.f32(`w.layers.${j}.self_attn.${n}.weight`));
-      }
-      for (const n of ["gate_proj", "up_proj", "down_proj"]) {
-        weights.set(`layers.${j}.mlp.${n}.weight`, g.f32(`w.layers.${j}.mlp.${n}.weight`));
-      }
+    for (const n of ["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"]) {
+      weights.set(`layers.${j}.self_attn.${n}.weight`, g.f32(`w.layers.${j}.self_attn.${n}.weight`));
     }
-    const draft = DflashDraft.create(gpu!, cfg, { weights });
-    const embedding = Tensor.fromArray(gpu!, g.f32("embed"), [32, 16], "f32", "embed");
-    const lmHead = Tensor.fromArray(gpu!, g.f32("lm_head"), [32, 16], "f32", "lm_head");
-    const S = 8, nb = 2;
-    const blocks: DflashBlocks = {
-      batches: nb,
-      blocks: 3,
-      blockSize: 3,
-      anchors: Int32Array.from(g.ints("anchors")),
-      keep: Uint8Array.from(g.ints("keep")),
-    };
-    const ids = g.ints("input_ids"), mask = g.f32("loss_mask");
-    const host = dflashBlockInputs(cfg, blocks, ids, mask, S);
-    for (const [name, lossType, gamma] of LOSSES) {
-      const step = await DflashStep.build(draft, {
-        batches: nb,
-        seq: S,
-        blocks: 3,
-        lossType,
-        dpaceAlpha: 0.5,
-        embedding,
-        lmHead,
-      });
-      const omega = dflashDecayedWeights(host.weights, 3, gamma);
-      // The loss's denominator, known before the step: Σ ω (`dflash`) or the samples (D-PACE).
-      const den = lossType === "dflash" ? omega.reduce((a, x) => a + x, 0) : nb;
-      writeInputs(step, host, blocks, g.f32("hidden"), omega, 1 / den);
-      await draft.zeroGrads();
-      step.run();
-      assertClose(await step.hidden.readFloat(), g.f32("out"), `${name}: the draft's output`, {
-        atol: 2e-5,
-        rtol: 1e-4,
-      });
-      // Σ over the block slots of the sums (Σ w·ce, Σ w, Σ correct·[w > 0.5], Σ ω·ce).
-      const sums = await step.sums.readFloat(),
-        total = [0, 1, 2, 3].map((i) => sums.reduce((a, x, j) => j % 4 === i ? a + x : a, 0));
-      assertClose(
-        [total[3], total[3] / den, total[2] / total[1]],
-        [
-          g.f32(`${name}.loss_num`)[0],
-          g.f32(`${name}.loss`)[0],
-          g.f32(`${name}.accuracy`)[0],
-        ],
-        `${name}: loss numerator, loss, accuracy`,
-        { atol: 1e-5, rtol: 1e-5 },
-      );
-      for (const [param, grad] of await draft.getGrads()) {
-        const want = g.f32(`${name}.grad.${param}`), scale = Math.max(...want.map(Math.abs));
-        assertClose(grad, want, `${name}: ∂loss/∂${param}`, { atol: 2e-5 * scale, rtol: 1e-4 });
-      }
-      step.destroy();
+    for (const n of ["gate_proj", "up_proj", "down_proj"]) {
+      weights.set(`layers.${j}.mlp.${n}.weight`, g.f32(`w.layers.${j}.mlp.${n}.weight`));
     }
-    const evalStep = await DflashStep.build(draft, {
+  }
+  const draft = DflashDraft.create(dev, cfg, { weights });
+  const embedding = Tensor.fromArray(dev, g.f32("embed"), [32, 16], "f32", "embed");
+  const lmHead = Tensor.fromArray(dev, g.f32("lm_head"), [32, 16], "f32", "lm_head");
+  const S = 8, nb = 2;
+  const blocks: DflashBlocks = {
+    batches: nb,
+    blocks: 3,
+    blockSize: 3,
+    anchors: Int32Array.from(g.ints("anchors")),
+    keep: Uint8Array.from(g.ints("keep")),
+  };
+  const ids = g.ints("input_ids"), mask = g.f32("loss_mask");
+  const host = dflashBlockInputs(cfg, blocks, ids, mask, S);
+  for (const [name, lossType, gamma] of LOSSES) {
+    const step = await DflashStep.build(draft, {
       batches: nb,
       seq: S,
       blocks: 3,
-      lossType: "dflash",
+      lossType,
       dpaceAlpha: 0.5,
       embedding,
       lmHead,
-    }, false);
-    writeInputs(evalStep, host, blocks, g.f32("hidden"), host.weights, 1);
-    evalStep.run();
-    assertClose(await evalStep.logits.readFloat(), g.f32("logits"), "logits", { atol: 5e-5, rtol: 1e-4 });
-    evalStep.destroy();
-    draft.destroy();
-    embedding.destroy();
-    lmHead.destroy();
-  },
-);
+    });
+    const omega = dflashDecayedWeights(host.weights, 3, gamma);
+    // The loss's denominator, known before the step: Σ ω (`dflash`) or the samples (D-PACE).
+    const den = lossType === "dflash" ? omega.reduce((a, x) => a + x, 0) : nb;
+    writeInputs(step, host, blocks, g.f32("hidden"), omega, 1 / den);
+    await draft.zeroGrads();
+    step.run();
+    assertClose(await step.hidden.readFloat(), g.f32("out"), `${name}: the draft's output`, {
+      atol: 2e-5,
+      rtol: 1e-4,
+    });
+    // Σ over the block slots of the sums (Σ w·ce, Σ w, Σ correct·[w > 0.5], Σ ω·ce).
+    const sums = await step.sums.readFloat(),
+      total = [0, 1, 2, 3].map((i) => sums.reduce((a, x, j) => j % 4 === i ? a + x : a, 0));
+    assertClose(
+      [total[3], total[3] / den, total[2] / total[1]],
+      [
+        g.f32(`${name}.loss_num`)[0],
+        g.f32(`${name}.loss`)[0],
+        g.f32(`${name}.accuracy`)[0],
+      ],
+      `${name}: loss numerator, loss, accuracy`,
+      { atol: 1e-5, rtol: 1e-5 },
+    );
+    for (const [param, grad] of await draft.getGrads()) {
+      const want = g.f32(`${name}.grad.${param}`), scale = Math.max(...want.map(Math.abs));
+      assertClose(grad, want, `${name}: ∂loss/∂${param}`, { atol: 2e-5 * scale, rtol: 1e-4 });
+    }
+    step.destroy();
+  }
+  const evalStep = await DflashStep.build(draft, {
+    batches: nb,
+    seq: S,
+    blocks: 3,
+    lossType: "dflash",
+    dpaceAlpha: 0.5,
+    embedding,
+    lmHead,
+  }, false);
+  writeInputs(evalStep, host, blocks, g.f32("hidden"), host.weights, 1);
+  evalStep.run();
+  assertClose(await evalStep.logits.readFloat(), g.f32("logits"), "logits", { atol: 5e-5, rtol: 1e-4 });
+  evalStep.destroy();
+  draft.destroy();
+  embedding.destroy();
+  lmHead.destroy();
+}
