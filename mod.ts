@@ -213,6 +213,7 @@ export type { TrainHooks, TrainOptions, TrainResult } from "./lib/train/trainer.
 // DFlash drafts: block-parallel drafting (config, parameters, the training step, export, decoding).
 export { trainDflashOnline } from "./lib/train/dflash_trainer.ts";
 export type { DflashTrainResult } from "./lib/train/dflash_trainer.ts";
+export type { DflashRunResult } from "./lib/train/dflash_run.ts";
 export {
   checkDflashConfig,
   deriveDflashConfig,
