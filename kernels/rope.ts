@@ -19,21 +19,22 @@ import { LINEAR_WORKGROUP } from "./common.ts";
 /** Invocations per workgroup. */
 export const ROPE_WG = 256;
 
-function ropeModule(aliased: boolean): string {
+function ropeModule(aliased: boolean, vec4 = false): string {
+  const T = vec4 ? "vec4<f32>" : "f32";
   const buffers = aliased
     ? /* wgsl */ `
-@group(0) @binding(1) var<storage, read_write> buf: array<f32>;
-@group(0) @binding(2) var<storage, read> cos_table: array<f32>;
-@group(0) @binding(3) var<storage, read> sin_table: array<f32>;
-fn load(k: u32) -> f32 { return buf[p.in_offset + k]; }
-fn store(k: u32, v: f32) { buf[p.out_offset + k] = v; }`
+@group(0) @binding(1) var<storage, read_write> buf: array<${T}>;
+@group(0) @binding(2) var<storage, read> cos_table: array<${T}>;
+@group(0) @binding(3) var<storage, read> sin_table: array<${T}>;
+fn load(k: u32) -> ${T} { return buf[p.in_offset + k]; }
+fn store(k: u32, v: ${T}) { buf[p.out_offset + k] = v; }`
     : /* wgsl */ `
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(3) var<storage, read> cos_table: array<f32>;
-@group(0) @binding(4) var<storage, read> sin_table: array<f32>;
-fn load(k: u32) -> f32 { return src[k]; }
-fn store(k: u32, v: f32) { dst[k] = v; }`;
+@group(0) @binding(1) var<storage, read> src: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> dst: array<${T}>;
+@group(0) @binding(3) var<storage, read> cos_table: array<${T}>;
+@group(0) @binding(4) var<storage, read> sin_table: array<${T}>;
+fn load(k: u32) -> ${T} { return src[k]; }
+fn store(k: u32, v: ${T}) { dst[k] = v; }`;
   return /* wgsl */ `
 // units = B·T·nheads·(hd/2); half = r/2 (the table's width); head_half = hd/2; position of step t: t + pos_offset.
 struct Params {
@@ -42,7 +43,31 @@ struct Params {
 ${LINEAR_WORKGROUP}
 @group(0) @binding(0) var<uniform> p: Params;
 ${buffers}
+${ROTATE}
+@compute @workgroup_size(${ROPE_WG})
+fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${ROPE_WG}u + lid;
+  if (i >= p.units) { return; }
+  rotate_pair(i, 1.0);
+}
 
+@compute @workgroup_size(${ROPE_WG})
+fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wg, nwg) * ${ROPE_WG}u + lid;
+  if (i >= p.units) { return; }
+  rotate_pair(i, -1.0);
+}
+`;
+}
+
+/**
+ * One invocation per unit j < hd/2 of a head (the module doc). With `vec4` the same code runs on vec4 units
+ * (hd/2, r/2 and the offsets multiples of 4; the op passes units, half, head_half and the offsets divided by
+ * 4): unit j is then pairs 4j..4j+3, or pass-through columns 8j..8j+7, with the same products per element.
+ */
+const ROTATE = /* wgsl */ `
 // Rotates pair i by +angle (direction 1) or −angle (direction −1), or copies two pass-through columns.
 fn rotate_pair(i: u32, direction: f32) {
   let row = i / p.head_half;        // (b, t, head)
@@ -64,27 +89,16 @@ fn rotate_pair(i: u32, direction: f32) {
   store(e, x1 * c - x2 * s);
   store(e + p.half, x2 * c + x1 * s);
 }
-
-@compute @workgroup_size(${ROPE_WG})
-fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) lid: u32) {
-  let i = linear_workgroup(wg, nwg) * ${ROPE_WG}u + lid;
-  if (i >= p.units) { return; }
-  rotate_pair(i, 1.0);
-}
-
-@compute @workgroup_size(${ROPE_WG})
-fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) lid: u32) {
-  let i = linear_workgroup(wg, nwg) * ${ROPE_WG}u + lid;
-  if (i >= p.units) { return; }
-  rotate_pair(i, -1.0);
-}
 `;
-}
 
 /** Input and output in distinct buffers: bindings params, src, dst, cos, sin. */
 export const separate: string = ropeModule(false);
 
 /** Input and output in one buffer (in place, or two ranges of an arena): bindings params, buf, cos, sin. */
 export const aliased: string = ropeModule(true);
+
+/** {@link separate} in vec4 units (see `ROTATE`). */
+export const separateVec4: string = ropeModule(false, true);
+
+/** {@link aliased} in vec4 units (see `ROTATE`). */
+export const aliasedVec4: string = ropeModule(true, true);

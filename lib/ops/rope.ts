@@ -269,21 +269,28 @@ async function rotate(
     );
   }
   const units = batch * seq * heads * (headDim / 2);
+  // Four units per invocation (vec4 loads, the same products) where every count and offset allows it.
+  const start = Math.min(x.byteOffset, out.byteOffset);
+  const offsets = x.buffer === out.buffer
+    ? [(x.byteOffset - start) / 4, (out.byteOffset - start) / 4]
+    : [0, 0];
+  const w = [headDim / 2, half, ...offsets].every((n) => n % 4 === 0) ? 4 : 1;
   const fields = (inOffset: number, outOffset: number) =>
     params(
-      ["u32", units],
+      ["u32", units / w],
       ["u32", seq],
       ["u32", heads],
-      ["u32", half],
+      ["u32", half / w],
       ["u32", positionOffset],
-      ["u32", inOffset],
-      ["u32", outOffset],
-      ["u32", headDim / 2],
+      ["u32", inOffset / w],
+      ["u32", outOffset / w],
+      ["u32", headDim / 2 / w],
     );
-  const workgroups = Math.ceil(units / K.ROPE_WG);
-  const name = `rope.${entryPoint}`;
+  const workgroups = Math.ceil(units / w / K.ROPE_WG);
+  const name = `rope.${entryPoint}${w === 4 ? ".vec4" : ""}`;
   if (x.buffer !== out.buffer) {
-    await p.add({ name, code: K.separate, entryPoint }, [fields(0, 0), x, out, cos, sin], workgroups);
+    const code = w === 4 ? K.separateVec4 : K.separate;
+    await p.add({ name, code, entryPoint }, [fields(0, 0), x, out, cos, sin], workgroups);
     return;
   }
   // Same buffer: bind the range covering both once, read-write (in place, or two ranges of an arena).
@@ -294,11 +301,10 @@ async function rotate(
       `${op}: x (${x.label}) and out (${out.label}) overlap without being the same tensor`,
     );
   }
-  const start = Math.min(x.byteOffset, out.byteOffset);
   const range: Binding = { buffer: x.buffer, offset: start, size: Math.max(xEnd, outEnd) - start };
   await p.add(
-    { name: `${name}.aliased`, code: K.aliased, entryPoint },
-    [fields((x.byteOffset - start) / 4, (out.byteOffset - start) / 4), range, cos, sin],
+    { name: `${name}.aliased`, code: w === 4 ? K.aliasedVec4 : K.aliased, entryPoint },
+    [fields(offsets[0], offsets[1]), range, cos, sin],
     workgroups,
   );
 }

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
 import { Golden } from "../golden.ts";
-import { Program, runOnce } from "../../lib/gpu/program.ts";
+import { params, Program, runOnce } from "../../lib/gpu/program.ts";
+import * as K from "../../kernels/rope.ts";
 import { ShapeError } from "../../lib/gpu/errors.ts";
 import { Tensor } from "../../lib/tensor.ts";
 import { parseRopeScaling, parseTargetConfig, type TargetConfig } from "../../lib/models/config.ts";
@@ -329,3 +330,56 @@ Deno.test(
     for (const t of [x, y, cos, sin, cosBad, x3, arena]) t.destroy();
   },
 );
+
+Deno.test({
+  name: "rope: vec4 units give the scalar kernel's bits (forward, backward, in place)",
+  ...needsGpu,
+}, async () => {
+  const g = gpu!;
+  // x [B 2, T 5, 3 heads, hd 16] at positions 3.., full rotary width and a partial one (r 8: pass-through too).
+  const [B, T, nh, hd, offset] = [2, 5, 3, 16, 3];
+  for (const rotary of [hd, 8]) {
+    const half = rotary / 2;
+    const { cos, sin } = ropeTable(llama({ rope_theta: 10000 }), rotary, offset + T);
+    const tcos = Tensor.fromArray(g, cos, [offset + T, half], "f32", "cos");
+    const tsin = Tensor.fromArray(g, sin, [offset + T, half], "f32", "sin");
+    const x = randomArray(B * T * nh * hd, rotary, 2), shape = [B, T, nh, hd];
+    for (const entryPoint of ["forward", "backward"] as const) {
+      const tx = Tensor.fromArray(g, x, shape, "f32", "x");
+      const vec4 = Tensor.empty(g, shape, "f32", "vec4"),
+        inPlace = Tensor.fromArray(g, x, shape, "f32", "x (in place)");
+      const scalar = Tensor.empty(g, shape, "f32", "scalar");
+      await runOnce(g, "rope vec4", async (p) => {
+        const op = entryPoint === "forward" ? ropeForward : ropeBackward;
+        await op(p, tx, vec4, tcos, tsin, { positionOffset: offset });
+        await op(p, inPlace, inPlace, tcos, tsin, { positionOffset: offset });
+        const units = B * T * nh * (hd / 2);
+        const fields = params(
+          ["u32", units],
+          ["u32", T],
+          ["u32", nh],
+          ["u32", half],
+          ["u32", offset],
+          ["u32", 0],
+          ["u32", 0],
+          ["u32", hd / 2],
+        );
+        await p.add(
+          { name: "rope scalar", code: K.separate, entryPoint },
+          [fields, tx, scalar, tcos, tsin],
+          Math.ceil(units / K.ROPE_WG),
+        );
+        assert.deepEqual(p.dispatches.slice(0, 2).map((d) => d.label), [
+          `rope.${entryPoint}.vec4`,
+          `rope.${entryPoint}.vec4.aliased`,
+        ]);
+      });
+      const want = await scalar.readFloat(), what = `${entryPoint}, r ${rotary}`;
+      assert.deepEqual(await vec4.readFloat(), want, what);
+      assert.deepEqual(await inPlace.readFloat(), want, `${what}, in place`);
+      for (const t of [tx, vec4, inPlace, scalar]) t.destroy();
+    }
+    tcos.destroy();
+    tsin.destroy();
+  }
+});
