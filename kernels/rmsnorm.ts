@@ -149,10 +149,10 @@ ${LINEAR_WORKGROUP}
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
-@compute @workgroup_size(${RMSNORM_COL_WG / 4})
+@compute @workgroup_size(${RMSNORM_COL4_WG})
 fn dw_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-  let i = linear_workgroup(wg, nwg) * ${RMSNORM_COL_WG / 4}u + lid;
+  let i = linear_workgroup(wg, nwg) * ${RMSNORM_COL4_WG}u + lid;
   let h4 = p.h / 4u;
   let blocks = (p.rows + p.rows_per_block - 1u) / p.rows_per_block;
   if (i >= blocks * h4) { return; }
