@@ -11,7 +11,7 @@
  *
  * For CPU adapters, `softmaxRowsKernels` holds the same entry points as one-row-per-invocation kernels (no
  * workgroup memory, no barriers, vec4 loads when cols % 4 = 0); `rowsPrelude`, `rowsStatsFn` and `ROWS_WG`
- * are shared with the rows kernels of the loss, reductions and EAGLE-3 teacher.
+ * are shared with the rows kernels of the losses and reductions.
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
 

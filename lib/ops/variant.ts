@@ -10,7 +10,7 @@ import { ShapeError } from "../gpu/errors.ts";
 
 /**
  * Kernel family of the row-wise ops over a last dimension (softmax, rmsnorm, the loss, argmax, row sums, the
- * EAGLE-3 teacher): "workgroup" (one workgroup of 256 per row, tree reductions in workgroup memory: GPUs) or
+ * EAGLE-3 position loss): "workgroup" (one workgroup of 256 per row, tree reductions in workgroup memory: GPUs) or
  * "rows" (one invocation per row, vec4 loads when the width is a multiple of 4, no workgroup memory or
  * barriers: CPU adapters such as lavapipe, where it is the default).
  */
