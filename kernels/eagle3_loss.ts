@@ -24,6 +24,7 @@
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
 import { ARGMAX, ARGMAX_ORDER, rowsArgmaxFn } from "./reduce.ts";
+import { crossEntropyPasses, crossEntropyPassesRows } from "./loss.ts";
 import { ROW_REDUCE, ROW_WG, ROWS_WG, rowsPrelude, rowsStatsFn, rowsType } from "./softmax.ts";
 
 const PARAMS = /* wgsl */ `
@@ -33,7 +34,10 @@ struct Params {
 }
 @group(0) @binding(0) var<uniform> p: Params;`;
 
-/** Bindings 1-8 with row arrays of `T` (f32 or vec4<f32>). */
+/**
+ * Bindings 1-8 with row arrays of `T` (f32 or vec4<f32>), and `teacher_p(k, uniform_p, m, inv)`: p^k at unit k
+ * of the teacher rows, exp(L − m)·(1/s) as softmax makes it, or 1/Vd past the sequence's end.
+ */
 function bindings(T: string, inPlace: boolean): string {
   const at = (b: number, access: string, name: string, type: string) =>
     `@group(0) @binding(${b}) var<storage, ${access}> ${name}: array<${type}>;`;
@@ -46,6 +50,10 @@ function bindings(T: string, inPlace: boolean): string {
     at(6, "read_write", "row_loss", "f32"),
     at(7, "read_write", "per_row", "f32"),
     ...(inPlace ? [] : [at(8, "read_write", "grad", T)]),
+    `fn teacher_p(k: u32, uniform_p: bool, m: f32, inv: f32) -> ${T} {
+  if (uniform_p) { return ${T}(1.0 / f32(p.cols)); }
+  return exp(teacher[k] - m) * inv;
+}`,
   ].join("\n");
 }
 
@@ -96,28 +104,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     ts = wg_max_sumexp(st, lid);
   }
   let inv = 1.0 / ts.y;
-  let u = 1.0 / f32(p.cols);
-  var st = vec2<f32>(NEG_MAX, 0.0);
-  var p_sum = 0.0;
-  for (var c = lid; c < p.cols; c = c + WG) {
-    st = softmax_push(st, logits[base + c]);
-    var t = u;
-    if (!uniform_p) { t = exp(teacher[src + c] - ts.x) * inv; }
-    p_sum = p_sum + t;
-  }
-  let stats = wg_max_sumexp(st, lid);
-  let total_p = wg_sum(p_sum, lid);
-  let lse = stats.x + log(stats.y);
-  var loss = 0.0;
-  for (var c = lid; c < p.cols; c = c + WG) {
-    let log_q = logits[base + c] - lse;
-    var t = u;
-    if (!uniform_p) { t = exp(teacher[src + c] - ts.x) * inv; }
-    loss = loss - t * log_q;
-    ${grad}[base + c] = p.grad_factor * (exp(log_q) * total_p - t);
-  }
-  let row_total = wg_sum(loss, lid);
-  if (lid == 0u) { row_loss[row] = row_total / p.denominator; }
+${crossEntropyPasses(grad, (c) => `teacher_p(src + ${c}, uniform_p, ts.x, inv)`)}
 }
 `;
 }
@@ -162,28 +149,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var ts = vec2<f32>(0.0, 1.0);
   if (!uniform_p) { ts = teacher_stats(src, n); }
   let inv = 1.0 / ts.y;
-  let u = ${T}(1.0 / f32(p.cols));
-  // Pass 1: online (m, Σ exp(z − m)) and Σ p.
-  var st = vec2<f32>(NEG_MAX, 0.0);
-  var p_sum = ${T}(0.0);
-  for (var i = 0u; i < n; i++) {
-    st = stats_push(st, logits[base + i]);
-    var t = u;
-    if (!uniform_p) { t = exp(teacher[src + i] - ts.x) * inv; }
-    p_sum = p_sum + t;
-  }
-  let lse = st.x + log(st.y);
-  let total_p = hsum(p_sum);
-  // Pass 2: loss −Σ p·log q and the gradient, log q = z − lse.
-  var loss = ${T}(0.0);
-  for (var i = 0u; i < n; i++) {
-    let log_q = logits[base + i] - lse;
-    var t = u;
-    if (!uniform_p) { t = exp(teacher[src + i] - ts.x) * inv; }
-    loss = loss - t * log_q;
-    ${grad}[base + i] = p.grad_factor * (exp(log_q) * total_p - t);
-  }
-  row_loss[row] = hsum(loss) / p.denominator;
+${crossEntropyPassesRows(T, grad, (i) => `teacher_p(src + ${i}, uniform_p, ts.x, inv)`)}
 }
 `;
 }

@@ -45,11 +45,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (lid == 0u) { row_loss[row] = 0.0; }
     return;
   }
-  var st = vec2<f32>(NEG_MAX, 0.0);
+${crossEntropyPasses(grad, (c) => `target_p[base + ${c}]`)}
+}
+`;
+}
+
+/**
+ * The two passes of the workgroup-per-row soft cross-entropy over row `base` (WGSL statements; needs
+ * `ROW_REDUCE`, `logits`, `row_loss` and the params above): online (m, Σ exp(z − m)) and Σ p, then the loss and
+ * the gradient into `grad`. `target(c)` is the WGSL expression of p at column c (./eagle3_loss.ts makes p there).
+ */
+export function crossEntropyPasses(grad: string, target: (c: string) => string): string {
+  return `  var st = vec2<f32>(NEG_MAX, 0.0);
   var p_sum = 0.0;
   for (var c = lid; c < p.cols; c = c + WG) {
     st = softmax_push(st, logits[base + c]);
-    p_sum = p_sum + target_p[base + c];
+    p_sum = p_sum + ${target("c")};
   }
   let stats = wg_max_sumexp(st, lid);
   let total_p = wg_sum(p_sum, lid);
@@ -57,14 +68,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var loss = 0.0;
   for (var c = lid; c < p.cols; c = c + WG) {
     let log_q = logits[base + c] - lse;
-    let t = target_p[base + c];
+    let t = ${target("c")};
     loss = loss - t * log_q;
     ${grad}[base + c] = p.grad_factor * (exp(log_q) * total_p - t);
   }
   let row_total = wg_sum(loss, lid);
-  if (lid == 0u) { row_loss[row] = row_total / p.denominator; }
-}
-`;
+  if (lid == 0u) { row_loss[row] = row_total / p.denominator; }`;
 }
 
 /**
@@ -195,12 +204,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     row_loss[row] = 0.0;
     return;
   }
-  // Pass 1: online (m, Σ exp(z − m)) and Σ p.
+${crossEntropyPassesRows(T, grad, (i) => `target_p[base + ${i}]`)}
+}
+`;
+}
+
+/**
+ * The two passes of the one-row-per-invocation soft cross-entropy over units base .. base + n (WGSL
+ * statements; needs `rowsPrelude`, `logits`, `row_loss` and the params above), as {@link crossEntropyPasses}.
+ */
+export function crossEntropyPassesRows(T: string, grad: string, target: (i: string) => string): string {
+  return `  // Pass 1: online (m, Σ exp(z − m)) and Σ p.
   var st = vec2<f32>(NEG_MAX, 0.0);
   var p_sum = ${T}(0.0);
   for (var i = 0u; i < n; i++) {
     st = stats_push(st, logits[base + i]);
-    p_sum = p_sum + target_p[base + i];
+    p_sum = p_sum + ${target("i")};
   }
   let lse = st.x + log(st.y);
   let total_p = hsum(p_sum);
@@ -208,13 +227,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var loss = ${T}(0.0);
   for (var i = 0u; i < n; i++) {
     let log_q = logits[base + i] - lse;
-    let t = target_p[base + i];
+    let t = ${target("i")};
     loss = loss - t * log_q;
     ${grad}[base + i] = p.grad_factor * (exp(log_q) * total_p - t);
   }
-  row_loss[row] = hsum(loss) / p.denominator;
-}
-`;
+  row_loss[row] = hsum(loss) / p.denominator;`;
 }
 
 /**
