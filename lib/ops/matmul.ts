@@ -68,7 +68,10 @@ export const DEFAULT_CPU_TILE: K.RegtileTile = { kind: "regtile", tm: 16, tn4: 8
 /** The default `tiled` tile for GPUs. */
 export const DEFAULT_GPU_TILE: MatmulTile = { kind: "tiled", bm: 64, bn: 64, bk: 16 };
 
-/** The tile for this device: {@link DEFAULT_CPU_TILE} with CPU kernels (device.ts `cpuKernels`), else {@link DEFAULT_GPU_TILE}. */
+/**
+ * The tile for this device: {@link DEFAULT_CPU_TILE} with CPU kernels (lib/gpu/device.ts `cpuKernels`), else
+ * {@link DEFAULT_GPU_TILE}.
+ */
 export function matmulTileFor(gpu: Gpu): MatmulTile {
   return cpuKernels(gpu) ? DEFAULT_CPU_TILE : DEFAULT_GPU_TILE;
 }
