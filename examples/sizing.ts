@@ -5,7 +5,8 @@
  * DeepSeek-V3's converted to bf16; not streamed) and Llama-3.3-70B (their config.json
  * values, bf16 weights) and the draft derived
  * from each (draft vocabulary 32,000; train-online's default EAGLE-3.1 draft, LK loss and Muon, or with
- * --draft-preset eagle3 SpecForge's EAGLE-3, KL loss and AdamW; --head-chunk-rows as train-online's), it prints the plan of an online run, an offline
+ * --draft-preset eagle3 SpecForge's EAGLE-3, KL loss and AdamW; --head-chunk-rows and --mlp-saved-dtype as
+ * train-online's), it prints the plan of an online run, an offline
  * run (features stored in Eaglet's default form) and prepare-hidden-states, the online run and
  * prepare-hidden-states also with the target streamed through 8 GiB of layer slots (--target-memory-budget),
  * at batch 1 and each sample of the given lengths, then the longest sample that fits a 24, 80 and 141 GB
@@ -32,6 +33,7 @@ import { DataLoader } from "../lib/data/loader.ts";
 import { FEATURES_VERSION, type FeaturesManifest, storedLayersOf } from "../lib/offline/format.ts";
 import { DEFAULT_STORAGE } from "../lib/offline/prepare.ts";
 import { planTraining } from "../lib/train/training_plan.ts";
+import type { MlpSavedDtype } from "../lib/ops/gated_mlp.ts";
 
 /** config.json values of the published checkpoints (the keys the planner reads). */
 const LLAMA3_ROPE = {
@@ -181,12 +183,14 @@ function targetInput(name: string, gpu: Gpu): TargetPlanInput {
   };
 }
 
-/** The draft settings the plans are made for (--draft-preset, --head-chunk-rows). */
+/** The draft settings the plans are made for (--draft-preset, --head-chunk-rows, --mlp-saved-dtype). */
 interface DraftChoice {
   /** The default preset's EAGLE-3.1 draft, LK lambda loss and Muon, or SpecForge's EAGLE-3, KL loss and AdamW. */
   preset: "eagle3.1-lk" | "eagle3";
   /** Rows of the draft head's windows (null: a batch's rows at once). */
   headRows: number | null;
+  /** The dtype the draft step keeps the MLP's gate and up in. */
+  mlpSaved: MlpSavedDtype;
 }
 
 /** The plan of `mode` for 8 samples of `T` tokens at batch 1 (one batch shape), TTT 7, no evaluation. */
@@ -227,6 +231,7 @@ function plan(t: TargetPlanInput, mode: Mode, T: number, d: DraftChoice): Memory
     lk: eagle31 ? { type: "lambda", klScale: 1, klDecay: 1 } : null,
     muon: eagle31,
     headRows: d.headRows,
+    mlpSaved: d.mlpSaved,
   });
 }
 
@@ -274,10 +279,17 @@ const FLAGS = {
     min: 64,
     help: "rows of the draft head's windows, as train-online's flag (default: a batch's rows at once)",
   },
+  "mlp-saved-dtype": {
+    kind: "choice",
+    choices: ["f32", "f16"],
+    default: "f32",
+    help: "dtype of the draft MLP's saved gate and up, as train-online's flag",
+  },
 } as const satisfies FlagTable;
 
 const USAGE =
-  "usage: deno run -A examples/sizing.ts [--lengths 2048,8192] [--draft-preset eagle3] [--head-chunk-rows 1024]";
+  "usage: deno run -A examples/sizing.ts [--lengths 2048,8192] [--draft-preset eagle3] [--head-chunk-rows 1024] " +
+  "[--mlp-saved-dtype f16]";
 
 /** The modes planned for `t`: a mixture-of-experts target is not streamed (every layer resident). */
 function modesOf(t: TargetPlanInput, modes: Mode[]): Mode[] {
@@ -330,8 +342,9 @@ Deno.exit(
     const cmd = parseCommand(FLAGS, argv);
     if (cmd.help) console.log(flagHelp(FLAGS, USAGE));
     else {
-      const { lengths, draftPreset, headChunkRows } = cmd.settings;
-      await sizing(lengths!, { preset: draftPreset as DraftChoice["preset"], headRows: headChunkRows });
+      const { lengths, draftPreset, headChunkRows, mlpSavedDtype } = cmd.settings;
+      const preset = draftPreset as DraftChoice["preset"];
+      await sizing(lengths!, { preset, headRows: headChunkRows, mlpSaved: mlpSavedDtype as MlpSavedDtype });
     }
   }),
 );

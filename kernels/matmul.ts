@@ -27,7 +27,7 @@
  *
  * Both read operands through the element helpers below, so every layout and dtype is one code path.
  */
-import { GATE_FUNCTIONS } from "./swiglu.ts";
+import { GATE_FUNCTIONS, HALF_SAVED_FUNCTIONS } from "./swiglu.ts";
 import { TEXEL_AT, texelBinding, texelLoad } from "./texels.ts";
 import { XYZW } from "./unroll.ts";
 
@@ -62,10 +62,15 @@ export interface MatmulVariant {
  *   does, so every output has the bits of the products followed by the elementwise kernel.
  * - `backward`: with op(A)·op(B) = ∂/∂act (the down projection's input gradient), C = ∂/∂gate and binding 6
  *   = ∂/∂up, from the forward's gate and up (bindings 4 and 5).
+ *
+ * With `half`, the saved gate and up are f16 (u32 words of two, kernels/swiglu.ts `HALF_SAVED_FUNCTIONS`): the
+ * forward rounds P and Q to f16, stores them, and computes C from the rounded values (so the backward, which
+ * reads them, differentiates what the forward computed); the backward reads them. Both need N even, so that a
+ * word's two elements belong to one invocation.
  */
 export type GatedEpilogue =
-  | { kind: "forward"; activation: "silu" | "gelu_tanh"; store: boolean }
-  | { kind: "backward" };
+  | { kind: "forward"; activation: "silu" | "gelu_tanh"; store: boolean; half?: boolean }
+  | { kind: "backward"; half?: boolean };
 
 /** `regtile` register tile: TM rows × 4·TN4 columns per invocation, 8 invocations per workgroup. */
 export interface RegtileTile {
@@ -232,13 +237,21 @@ function epilogueBindings(v: MatmulVariant, vec4: boolean, textures: OperandText
   if (v.addend) return at(4, "read", "d");
   const g = v.gated;
   if (!g) return "";
+  const functions = g.half ? [GATE_FUNCTIONS, HALF_SAVED_FUNCTIONS] : [GATE_FUNCTIONS];
+  const saved = g.half ? "u32" : "f32";
   if (g.kind === "backward") {
     const type = vec4 ? "vec4<f32>" : "f32";
-    const io = [at(4, "read", "gate", type), at(5, "read", "up", type), at(6, "read_write", "dup", type)];
-    return [GATE_FUNCTIONS, ...io].join("\n");
+    const io = [
+      at(4, "read", "gate", g.half ? saved : type),
+      at(5, "read", "up", g.half ? saved : type),
+      at(6, "read_write", "dup", type),
+    ];
+    return [...functions, ...io].join("\n");
   }
-  const stores = g.store ? [at(5, "read_write", "gate_out"), at(6, "read_write", "up_out")] : [];
-  return [GATE_FUNCTIONS, bOperand("u", 4, v.bType, vec4, textures.b), ...stores].join("\n");
+  const stores = g.store
+    ? [at(5, "read_write", "gate_out", saved), at(6, "read_write", "up_out", saved)]
+    : [];
+  return [...functions, bOperand("u", 4, v.bType, vec4, textures.b), ...stores].join("\n");
 }
 
 /**
@@ -403,6 +416,19 @@ function regtileStore(v: MatmulVariant, tm: number, groups: ColumnGroup[], vec4:
     L.push(`  if (m0 + ${r}u < p.M) {`);
     L.push(`    let cr = c0 + (m0 + ${r}u) * p.N;`);
     for (let j = 0; j < stored; j++) {
+      if (g?.half) {
+        L.push(
+          ...halfSavedGroup(
+            g,
+            act,
+            vec4,
+            groups[j].col,
+            (c) => value(r, j, c),
+            (c) => value(r, j + stored, c),
+          ),
+        );
+        continue;
+      }
       if (g?.kind === "backward" && vec4) {
         L.push(...gatedBackwardGroup(groups[j].col, (c) => value(r, j, c)));
         continue;
@@ -427,6 +453,70 @@ function regtileStore(v: MatmulVariant, tm: number, groups: ColumnGroup[], vec4:
       }
     }
     L.push(`  }`);
+  }
+  return L;
+}
+
+/**
+ * A gated store with f16 saved tensors, one vec4 column group starting at `col`, a word (two columns) at a time:
+ * N is even, so a word's two columns are both in range or both out. The forward rounds gate (`value`) and up
+ * (`upValue`) to f16, stores their words and computes act from the rounded values; the backward reads the words
+ * and writes ∂/∂gate into C and ∂/∂up into `dup` (a vec4 with `vec4` loads: the four columns are then all in
+ * range or all out).
+ */
+function halfSavedGroup(
+  g: GatedEpilogue,
+  act: string,
+  vec4: boolean,
+  col: string,
+  value: (c: number) => string,
+  upValue: (c: number) => string,
+): string[] {
+  const L: string[] = [];
+  const lo = (w: string) => `half_value(${w} & 0xffffu)`, hi = (w: string) => `half_value(${w} >> 16u)`;
+  if (g.kind === "backward" && vec4) {
+    L.push(`    if (${col} < p.N) {`, `      let i = cr + ${col};`);
+    const d = [0, 1, 2, 3].map((c) => `d${c}`);
+    for (const pair of [0, 1]) {
+      L.push(
+        `      let g${pair} = gate[(i >> 1u) + ${pair}u];`,
+        `      let u${pair} = up[(i >> 1u) + ${pair}u];`,
+      );
+      L.push(
+        `      let d${2 * pair} = swiglu_grads(${value(2 * pair)}, ${lo(`g${pair}`)}, ${lo(`u${pair}`)});`,
+      );
+      L.push(
+        `      let d${2 * pair + 1} = swiglu_grads(${value(2 * pair + 1)}, ${hi(`g${pair}`)}, ${
+          hi(`u${pair}`)
+        });`,
+      );
+    }
+    L.push(...d.map((x, c) => `      c[i + ${c}u] = ${x}.x;`));
+    L.push(`      dup[i >> 2u] = vec4<f32>(${d.map((x) => `${x}.y`).join(", ")});`, `    }`);
+    return L;
+  }
+  for (const c of [0, 2]) {
+    L.push(`    if (${col} + ${c}u < p.N) {`, `      let i = cr + ${col} + ${c}u;`);
+    if (g.kind === "forward") {
+      L.push(`      let g = to_half(${value(c)}) | (to_half(${value(c + 1)}) << 16u);`);
+      L.push(`      let u = to_half(${upValue(c)}) | (to_half(${upValue(c + 1)}) << 16u);`);
+      L.push(
+        `      c[i] = ${act}(${lo("g")}) * ${lo("u")};`,
+        `      c[i + 1u] = ${act}(${hi("g")}) * ${hi("u")};`,
+      );
+      if (g.store) L.push(`      gate_out[i >> 1u] = g;`, `      up_out[i >> 1u] = u;`);
+    } else {
+      L.push(`      let g = gate[i >> 1u];`, `      let u = up[i >> 1u];`);
+      L.push(`      let d0 = swiglu_grads(${value(c)}, ${lo("g")}, ${lo("u")});`);
+      L.push(`      let d1 = swiglu_grads(${value(c + 1)}, ${hi("g")}, ${hi("u")});`);
+      L.push(
+        `      c[i] = d0.x;`,
+        `      c[i + 1u] = d1.x;`,
+        `      dup[i] = d0.y;`,
+        `      dup[i + 1u] = d1.y;`,
+      );
+    }
+    L.push(`    }`);
   }
   return L;
 }

@@ -4,6 +4,7 @@
  * silu'(g) = σ(g) + g·σ(g)·(1 − σ(g)). One invocation per element, grids folded into 2-D.
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
+import { HALF_BITS } from "./convert.ts";
 
 /** Invocations per workgroup. */
 export const SWIGLU_WG = 256;
@@ -35,6 +36,18 @@ fn swiglu_grads(d: f32, g: f32, u: f32) -> vec2<f32> {
   let s = sigmoid(g);
   return vec2<f32>(d * u * s * (1.0 + g * (1.0 - s)), d * g * s);
 }
+`;
+
+/**
+ * WGSL for gate and up saved as f16 (packed in pairs in u32 words, element 2i in the low half, as
+ * kernels/convert.ts stores f16): `to_half(x)` rounds an f32 to the nearest even f16's bits, `half_value(h)` is
+ * that f16 as an f32 (exact). Integer operations only, so the same bits on every device, with or without
+ * `shader-f16`. The fused matmul stores (kernels/matmul.ts) and the elementwise kernels below share them.
+ */
+export const HALF_SAVED_FUNCTIONS = /* wgsl */ `
+${HALF_BITS}
+fn to_half(x: f32) -> u32 { return f32_to_f16_bits(bitcast<u32>(x)); }
+fn half_value(h: u32) -> f32 { return bitcast<f32>(f16_to_f32_bits(h)); }
 `;
 
 const HEADER = /* wgsl */ `
@@ -119,5 +132,57 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
   let grads = swiglu_grads(dout[i], gate[i], up[i]);
   dgate[i] = grads.x;
   dup[i] = grads.y;
+}
+`;
+
+/**
+ * {@link forward} from gate and up saved as f16 (words of two elements, n even): out = silu(g)·u with g and u
+ * the f16 values widened exactly, so the same bits as {@link forward} over those values in f32. Two elements
+ * per invocation. Bindings: params, gate words, up words, out (vec2 per word).
+ */
+export const forwardHalf = /* wgsl */ `
+${HEADER}
+${HALF_SAVED_FUNCTIONS}
+@group(0) @binding(1) var<storage, read> gate: array<u32>;
+@group(0) @binding(2) var<storage, read> up: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec2<f32>>;
+
+@compute @workgroup_size(${SWIGLU_WG})
+fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let w = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
+  if (w >= p.n / 2u) { return; }
+  let g = gate[w];
+  let u = up[w];
+  out[w] = vec2<f32>(silu_gate(half_value(g & 0xffffu)) * half_value(u & 0xffffu),
+                     silu_gate(half_value(g >> 16u)) * half_value(u >> 16u));
+}
+`;
+
+/**
+ * {@link backward} from gate and up saved as f16 (n even), the same bits as {@link backward} over their f32
+ * values; two elements per invocation. Bindings: params, dout (vec2), gate words, up words, dgate, dup (vec2).
+ */
+export const backwardHalf = /* wgsl */ `
+${HEADER}
+${HALF_SAVED_FUNCTIONS}
+@group(0) @binding(1) var<storage, read> dout: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read> gate: array<u32>;
+@group(0) @binding(3) var<storage, read> up: array<u32>;
+@group(0) @binding(4) var<storage, read_write> dgate: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read_write> dup: array<vec2<f32>>;
+
+@compute @workgroup_size(${SWIGLU_WG})
+fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let w = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
+  if (w >= p.n / 2u) { return; }
+  let d = dout[w];
+  let g = gate[w];
+  let u = up[w];
+  let lo = swiglu_grads(d.x, half_value(g & 0xffffu), half_value(u & 0xffffu));
+  let hi = swiglu_grads(d.y, half_value(g >> 16u), half_value(u >> 16u));
+  dgate[w] = vec2<f32>(lo.x, hi.x);
+  dup[w] = vec2<f32>(lo.y, hi.y);
 }
 `;

@@ -11,6 +11,7 @@ import { rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import { planned, type PlannedTensor } from "./target_memory.ts";
 import type { DflashConfig } from "./dflash_config.ts";
 import { dflashWindowRows } from "./dflash_head.ts";
+import type { MlpSavedDtype } from "../ops/gated_mlp.ts";
 
 /** The shape of a planned step. */
 export interface DflashStepShape {
@@ -29,6 +30,8 @@ export interface DflashStepShape {
   alignment: number;
   /** The device's maxStorageBufferBindingSize (a draft matrix over it goes by row blocks). */
   binding: number;
+  /** The dtype a training step keeps the MLP's gate and up in (default f32). */
+  mlpSaved?: MlpSavedDtype;
 }
 
 /** The step's tensors in allocation order (the features are the feed's). */
@@ -63,7 +66,8 @@ export function dflashStepTensors(cfg: DflashConfig, s: DflashStepShape): Planne
     out.push(planned("embedding block ids", [R], "i32"), f("embedding block rows", [R, H]));
   }
   out.push(f("act (every layer)", [R, cfg.intermediateSize]));
-  for (let j = 0; j < cfg.numLayers; j++) out.push(...layerTensors(cfg, R, R0 + R, j));
+  const saved = s.train ? s.mlpSaved ?? "f32" : "f32";
+  for (let j = 0; j < cfg.numLayers; j++) out.push(...layerTensors(cfg, R, R0 + R, j, saved));
   out.push(...splitMatrixTransients(cfg, s, R, C));
   out.push(f("rstd final", [R]));
   if (s.train) out.push(f("d hidden", [R, H]));
@@ -80,8 +84,14 @@ export function dflashStepTensors(cfg: DflashConfig, s: DflashStepShape): Planne
   return out;
 }
 
-/** One layer's saved activations (./dflash_step.ts `#layerActs`), KR = R0 + R key rows. */
-function layerTensors(cfg: DflashConfig, R: number, KR: number, j: number): PlannedTensor[] {
+/** One layer's saved activations (./dflash_step.ts `#layerActs`), KR = R0 + R key rows, gate and up `saved`. */
+function layerTensors(
+  cfg: DflashConfig,
+  R: number,
+  KR: number,
+  j: number,
+  saved: MlpSavedDtype,
+): PlannedTensor[] {
   const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
   const f = (label: string, shape: number[]) => planned(`layer ${j} ${label}`, shape, "f32");
   return [
@@ -99,8 +109,8 @@ function layerTensors(cfg: DflashConfig, R: number, KR: number, j: number): Plan
     f("residual", [R, H]),
     f("rstd post", [R]),
     f("post norm", [R, H]),
-    f("gate", [R, I]),
-    f("up", [R, I]),
+    planned(`layer ${j} gate`, [R, I], saved),
+    planned(`layer ${j} up`, [R, I], saved),
     f("out", [R, H]),
   ];
 }

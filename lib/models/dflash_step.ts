@@ -36,6 +36,7 @@ import {
 } from "../ops/dflash_attention.ts";
 import { type DflashLossType, SLOT_SUM_COLS } from "../ops/dflash_loss.ts";
 import { dflashHeadObjective, dflashWindowRows } from "./dflash_head.ts";
+import type { MlpSavedDtype } from "../ops/gated_mlp.ts";
 import { type DflashDraft, dflashLayerNames } from "./dflash.ts";
 
 /** The shape and settings of a {@link DflashStep}. */
@@ -61,6 +62,11 @@ export interface DflashStepOptions {
   headRows?: number | null;
   /** The captured target features [C, K·H] to read (the target forward's output); absent: the step's own. */
   features?: Tensor;
+  /**
+   * The dtype a training step keeps each layer's MLP gate and up in (--mlp-saved-dtype; default f32; evaluation
+   * steps keep f32): f16 halves their bytes, and act is then computed from the f16 values.
+   */
+  mlpSaved?: MlpSavedDtype;
 }
 
 /** One layer's saved activations. */
@@ -81,7 +87,9 @@ interface LayerActs {
   resid: Tensor;
   rstdPost: Tensor;
   postNorm: Tensor;
+  /** gate(n) [R, I], f32 or f16 (--mlp-saved-dtype). */
   gate: Tensor;
+  /** up(n) [R, I], as gate. */
   up: Tensor;
   /** silu(gate) ⊙ up: one buffer every layer shares (the backward makes it again from gate and up). */
   act: Tensor;
@@ -220,7 +228,7 @@ export class DflashStep {
     const layers: LayerActs[] = [];
     let h = noise;
     for (let j = 0; j < cfg.numLayers; j++) {
-      const acts = this.#layerActs(h, j, act);
+      const acts = this.#layerActs(h, j, act, train ? this.opts.mlpSaved ?? "f32" : "f32");
       await this.#layerForward(acts, j, c, ctxRope);
       layers.push(acts);
       h = acts.out;
@@ -294,7 +302,7 @@ export class DflashStep {
     );
   }
 
-  #layerActs(input: Tensor, j: number, act: Tensor): LayerActs {
+  #layerActs(input: Tensor, j: number, act: Tensor, saved: MlpSavedDtype): LayerActs {
     const cfg = this.draft.config, R = this.rows, KR = this.dims.blockRow0 + R;
     const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
     const f32 = (shape: number[], label: string) => this.program.scratch(shape, "f32", `layer ${j} ${label}`);
@@ -320,8 +328,8 @@ export class DflashStep {
       resid: f32([R, H], "residual"),
       rstdPost: f32([R], "rstd post"),
       postNorm: f32([R, H], "post norm"),
-      gate: f32([R, I], "gate"),
-      up: f32([R, I], "up"),
+      gate: this.program.scratch([R, I], saved, `layer ${j} gate`),
+      up: this.program.scratch([R, I], saved, `layer ${j} up`),
       act,
       out: f32([R, H], "out"),
     };

@@ -53,6 +53,7 @@ import {
   eagle3LayerBackward,
   eagle3LayerForward,
 } from "./eagle3_layer.ts";
+import type { MlpSavedDtype } from "../ops/gated_mlp.ts";
 import {
   eagle3ActivationBytes,
   type Eagle3Activations,
@@ -296,6 +297,12 @@ export interface Eagle3StepOptions {
    * KL loss, as SpecForge). Needs the `teacherMaxSum` input.
    */
   lk?: LkLossOptions | null;
+  /**
+   * The dtype a training step keeps the MLP's gate and up in for the backward (default f32): f16 halves their
+   * bytes, and the layer then computes act from their f16 values (lib/ops/gated_mlp.ts). Needs an even
+   * intermediate_size.
+   */
+  mlpSaved?: MlpSavedDtype;
   /**
    * Measure the expected acceptance α_k (metrics' `acceptance`; needs `teacherMaxSum`). Default: when `lk` is
    * set or `inputs.teacherMaxSum` is bound.
@@ -568,6 +575,15 @@ function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3Step
   const acceptance = opts.acceptance ?? (lk !== null || opts.inputs?.teacherMaxSum !== undefined);
   if (lk && !acceptance) throw new ShapeError("eagle3 step: an LK loss needs the acceptance measured");
   const rows = Math.min(batch * seqLen, headRows ?? Infinity);
+  const mlpSaved = opts.mlpSaved ?? "f32";
+  if (mlpSaved !== "f32" && mlpSaved !== "f16") {
+    throw new ShapeError(`eagle3 step: mlpSaved must be f32 or f16, got ${mlpSaved}`);
+  }
+  if (mlpSaved === "f16" && cfg.intermediateSize % 2 !== 0) {
+    throw new ShapeError(
+      `eagle3 step: f16 saved gate and up need an even intermediate_size, got ${cfg.intermediateSize}`,
+    );
+  }
   return {
     batch,
     seqLen,
@@ -577,6 +593,7 @@ function checkStepOptions(cfg: DraftConfig, opts: Eagle3StepOptions): Eagle3Step
     acceptance,
     stepDecay: decay,
     headRows: rows,
+    mlpSaved,
   };
 }
 

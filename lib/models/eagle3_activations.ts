@@ -22,6 +22,7 @@ import {
   eagle3LayerGrads,
   type MakeTensor,
 } from "./eagle3_layer.ts";
+import type { MlpSavedDtype } from "../ops/gated_mlp.ts";
 import {
   type TttAttentionGrads,
   tttAttentionGrads,
@@ -32,7 +33,7 @@ import {
 } from "./eagle3_ttt_attention.ts";
 import { METRIC_COLS } from "./eagle3_metrics.ts";
 import { rmsnormScratchSize } from "../ops/rmsnorm.ts";
-import type { Tensor } from "../tensor.ts";
+import { DTYPE_BYTES, numel, type Tensor } from "../tensor.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
 import { planned, type PlannedTensor, splitScratchTensors } from "./target_memory.ts";
 
@@ -48,6 +49,8 @@ export interface Eagle3StepShape extends TttShape {
   stepDecay?: number;
   /** Rows of the head's windows: the rows of the logits and the KL gradient (default B·T). */
   headRows?: number;
+  /** The dtype a training step keeps gate and up in (default f32; evaluation steps keep f32). */
+  mlpSaved?: MlpSavedDtype;
 }
 
 /** The teacher rows of TTT position k (lib/ops/eagle3_teacher.ts `teacherRows`), each [B·T]. */
@@ -140,6 +143,7 @@ export function eagle3Activations<T>(
       cfg,
       N,
       { ...tttKeysOf(attention, k), act },
+      s.train ? s.mlpSaved : "f32",
     ));
   return {
     targetToDraft: make([cfg.vocabSize], "i32", "target→draft map"),
@@ -188,8 +192,8 @@ export function eagle3Activations<T>(
 export function eagle3ActivationBytes(cfg: DraftConfig, s: Eagle3StepShape): number {
   let bytes = 0;
   eagle3Activations(
-    (shape) => {
-      bytes += 4 * shape.reduce((a, b) => a * b, 1); // f32 and i32
+    (shape, dtype) => {
+      bytes += numel(shape) * DTYPE_BYTES[dtype];
       return shape;
     },
     cfg,

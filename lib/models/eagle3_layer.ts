@@ -23,7 +23,7 @@
 import type { Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
 import { linear, linearBackward } from "../ops/matmul.ts";
-import { gatedLinear, swigluDownBackward } from "../ops/gated_mlp.ts";
+import { gatedLinear, type MlpSavedDtype, swigluDownBackward } from "../ops/gated_mlp.ts";
 import { swigluForward } from "../ops/swiglu.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormScratchSize } from "../ops/rmsnorm.ts";
 import { embeddingRows, type RowSplitMatrix } from "../ops/row_split.ts";
@@ -32,7 +32,7 @@ import type { DraftConfig } from "./draft_config.ts";
 import { type Eagle3Draft, FC_NORM_PARAM_NAMES } from "./eagle3.ts";
 
 /** Makes one named tensor of a layout: a GPU allocation, or (for counting) just its size. */
-export type MakeTensor<T> = (shape: number[], dtype: "f32" | "i32", label: string) => T;
+export type MakeTensor<T> = (shape: number[], dtype: "f32" | "f16" | "i32", label: string) => T;
 
 /**
  * What one pass of the midlayer over R rows computes and its backward reads (the input norms write straight
@@ -61,9 +61,9 @@ export interface Eagle3LayerActivations<T = Tensor> {
   rstdPost: T;
   /** n = RMSNorm_post(r) [R, H]. */
   postNorm: T;
-  /** gate(n) [R, I]. */
+  /** gate(n) [R, I] (f16 with --mlp-saved-dtype f16). */
   gate: T;
-  /** up(n) [R, I]. */
+  /** up(n) [R, I] (f16 with --mlp-saved-dtype f16). */
   up: T;
   /**
    * silu(gate) ⊙ up [R, I]: in training one buffer shared by every TTT position, since the backward makes it
@@ -74,12 +74,16 @@ export interface Eagle3LayerActivations<T = Tensor> {
   out: T;
 }
 
-/** The layout of one midlayer pass over `rows` rows; `shared` supplies tensors another pass also uses. */
+/**
+ * The layout of one midlayer pass over `rows` rows; `shared` supplies tensors another pass also uses, `saved`
+ * is gate's and up's dtype.
+ */
 export function eagle3LayerActivations<T>(
   make: MakeTensor<T>,
   cfg: DraftConfig,
   rows: number,
   shared: Partial<Eagle3LayerActivations<T>> = {},
+  saved: MlpSavedDtype = "f32",
 ): Eagle3LayerActivations<T> {
   const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
   const f = (name: keyof Eagle3LayerActivations, cols: number[]) =>
@@ -96,8 +100,8 @@ export function eagle3LayerActivations<T>(
     residual: f("residual", [H]),
     rstdPost: shared.rstdPost ?? make([rows], "f32", "rstdPost"),
     postNorm: f("postNorm", [H]),
-    gate: f("gate", [I]),
-    up: f("up", [I]),
+    gate: shared.gate ?? make([rows, I], saved, "gate"),
+    up: shared.up ?? make([rows, I], saved, "up"),
     act: f("act", [I]),
     out: f("out", [H]),
   };

@@ -403,7 +403,7 @@ async function recordRegtile(
   const epilogue = variant.addend
     ? " +addend"
     : gated
-    ? ` +${gated.kind === "forward" ? gated.activation : "swiglu"} ${gated.kind}`
+    ? ` +${gated.kind === "forward" ? gated.activation : "swiglu"} ${gated.kind}${gated.half ? " f16" : ""}`
     : "";
   const packedU = gated?.kind === "forward" && textures.b;
   const products = gated?.kind === "forward" ? 2 : 1;
@@ -432,7 +432,8 @@ async function recordRegtile(
 /**
  * The tensors of a gated store (kernels/matmul.ts `GatedEpilogue`): for `forward`, `u` the up weight (stored
  * as B is) and, with `store`, the gate and up outputs; for `backward`, the forward's gate and up and the
- * output ∂/∂up.
+ * output ∂/∂up. gate and up are f32, or f16 with an even column count: the forward then computes act from
+ * their f16 values ({@link savedHalf}).
  */
 export type GatedTensors =
   | { kind: "forward"; activation: "silu" | "gelu_tanh"; u: Tensor; gate?: Tensor; up?: Tensor }
@@ -454,10 +455,11 @@ export async function gatedMatmul(
 ): Promise<boolean> {
   const gpu = p.gpu;
   const d = resolve(gpu, a, b, out, opts);
-  const others = gated.kind === "forward"
-    ? [gated.gate, gated.up].filter((t) => t !== undefined)
-    : [gated.gate, gated.up, gated.dUp];
-  for (const t of others) expectShape("gatedMatmul", t, out);
+  const saved = [gated.gate, gated.up].filter((t) => t !== undefined);
+  const half = savedHalf("gatedMatmul", saved, out);
+  for (const t of saved) expectShape("gatedMatmul", t, out, half.half ? "f16" : "f32");
+  if (gated.kind === "backward") expectShape("gatedMatmul", gated.dUp, out);
+  const others = gated.kind === "forward" ? saved : [...saved, gated.dUp];
   const forward = gated.kind === "forward";
   if (forward) {
     expectShape("gatedMatmul", gated.u, b, b.dtype);
@@ -484,8 +486,8 @@ export async function gatedMatmul(
     bType: b.dtype as K.MatmulBType,
     accumulate: false,
     gated: forward
-      ? { kind: "forward", activation: gated.activation, store: gated.gate !== undefined }
-      : { kind: "backward" },
+      ? { kind: "forward", activation: gated.activation, store: gated.gate !== undefined, ...half }
+      : { kind: "backward", ...half },
   };
   const grid: [number, number, number] = [
     Math.ceil(d.N / K.regtileColumns(variant, tile)),
@@ -495,6 +497,22 @@ export async function gatedMatmul(
   const extra = forward ? [gated.u, ...others] : others;
   await recordRegtile(p, { d, tile, variant, grid }, productParams(d, 1, d.K, 1), [a, b, out], extra);
   return true;
+}
+
+/**
+ * Whether the saved gate and up of a gated store are f16 (`{ half: true }`) or f32 (`{}`): both the same dtype,
+ * and with f16 an even column count (a u32 word holds two elements, kernels/matmul.ts `GatedEpilogue`).
+ */
+export function savedHalf(op: string, saved: Tensor[], like: Tensor): { half?: true } {
+  if (saved.length === 0 || saved.every((t) => t.dtype === "f32")) return {};
+  const cols = like.shape[like.shape.length - 1] ?? 1;
+  if (saved.some((t) => t.dtype !== "f16") || cols % 2 !== 0) {
+    const what = saved.map((t) => `${t.label} ${t.dtype}`).join(", ");
+    throw new ShapeError(
+      `${op}: saved gate and up (${what}) must be both f32, or both f16 with an even column count (${cols})`,
+    );
+  }
+  return { half: true };
 }
 
 /** Throws unless `t` is f32 (or `dtype`) of `like`'s shape. */

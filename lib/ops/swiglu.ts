@@ -1,12 +1,14 @@
 /**
- * SwiGLU, the gated MLP activation of Llama: out = silu(gate) ⊙ up, silu(g) = g·σ(g), on f32 tensors of
- * one shape (gate_proj and up_proj outputs, [rows, I]).
+ * SwiGLU, the gated MLP activation of Llama: out = silu(gate) ⊙ up, silu(g) = g·σ(g), on tensors of one
+ * shape (gate_proj and up_proj outputs, [rows, I]); gate and up f32, or both f16 (a training step's saved
+ * products with --mlp-saved-dtype f16: the f16 values, widened exactly, give the bits of the f32 kernels).
  * Backward: dup = dout ⊙ silu(gate), dgate = dout ⊙ up ⊙ σ(g)·(1 + g·(1 − σ(g))). Also Gemma's GELU-tanh
  * gated MLP, forward only.
  */
 import * as K from "../../kernels/swiglu.ts";
 import { params, type Program } from "../gpu/program.ts";
 import type { Tensor } from "../tensor.ts";
+import { ShapeError } from "../gpu/errors.ts";
 import { expectDtype, expectSameShape } from "./check.ts";
 
 function checkAll(op: string, tensors: Array<[string, Tensor]>): void {
@@ -15,9 +17,33 @@ function checkAll(op: string, tensors: Array<[string, Tensor]>): void {
   for (const [name, t] of tensors.slice(1)) expectSameShape(op, firstName, first, name, t);
 }
 
-/** Records out = silu(gate) ⊙ up (all the same shape). */
+/**
+ * Checks that gate and up are both f32 or both f16 (then with an even count: words of two) and the rest f32,
+ * all of one shape; returns whether they are f16.
+ */
+function checkSaved(op: string, gate: Tensor, up: Tensor, others: Array<[string, Tensor]>): boolean {
+  const half = gate.dtype === "f16";
+  expectDtype(op, "gate", gate, "f32", "f16");
+  expectDtype(op, "up", up, gate.dtype);
+  for (const [name, t] of others) expectDtype(op, name, t, "f32");
+  for (const [name, t] of [["up", up] as [string, Tensor], ...others]) {
+    expectSameShape(op, "gate", gate, name, t);
+  }
+  if (half && gate.size % 2 !== 0) {
+    throw new ShapeError(`${op}: f16 gate (${gate.label}) needs an even element count, got ${gate.size}`);
+  }
+  return half;
+}
+
+/** Records out = silu(gate) ⊙ up (all the same shape; gate and up f32 or both f16, out f32). */
 export async function swigluForward(p: Program, gate: Tensor, up: Tensor, out: Tensor): Promise<void> {
-  checkAll("swigluForward", [["gate", gate], ["up", up], ["out", out]]);
+  if (checkSaved("swigluForward", gate, up, [["out", out]])) {
+    return await p.add(
+      { name: "swiglu.forward.f16", code: K.forwardHalf, entryPoint: "forward" },
+      [params(["u32", gate.size]), gate, up, out],
+      Math.ceil(gate.size / 2 / K.SWIGLU_WG),
+    );
+  }
   const vec4 = gate.size % 4 === 0;
   await p.add(
     vec4
@@ -41,7 +67,10 @@ export async function gegluTanhForward(p: Program, gate: Tensor, up: Tensor, out
   );
 }
 
-/** Records the backward pass of {@link swigluForward}: dgate and dup from dout, gate and up. */
+/**
+ * Records the backward pass of {@link swigluForward}: dgate and dup (f32) from dout (f32), gate and up (f32,
+ * or both f16).
+ */
 export async function swigluBackward(
   p: Program,
   dout: Tensor,
@@ -50,11 +79,13 @@ export async function swigluBackward(
   dgate: Tensor,
   dup: Tensor,
 ): Promise<void> {
-  checkAll("swigluBackward", [["dout", dout], ["gate", gate], ["up", up], ["dgate", dgate], ["dup", dup]]);
+  const half = checkSaved("swigluBackward", gate, up, [["dout", dout], ["dgate", dgate], ["dup", dup]]);
   await p.add(
-    { name: "swiglu.backward", code: K.backward, entryPoint: "backward" },
+    half
+      ? { name: "swiglu.backward.f16", code: K.backwardHalf, entryPoint: "backward" }
+      : { name: "swiglu.backward", code: K.backward, entryPoint: "backward" },
     [params(["u32", gate.size]), dout, gate, up, dgate, dup],
-    Math.ceil(gate.size / K.SWIGLU_WG),
+    Math.ceil(gate.size / (half ? 2 : 1) / K.SWIGLU_WG),
   );
 }
 

@@ -13,6 +13,7 @@ import { dflashParamShapes } from "../models/dflash.ts";
 import { dflashBlocksPerSample } from "../models/dflash_blocks.ts";
 import { dflashStepTensors } from "../models/dflash_memory.ts";
 import { dflashRunWindowRows, dflashWindowGranule } from "../models/dflash_head.ts";
+import type { MlpSavedDtype } from "../ops/gated_mlp.ts";
 import {
   type MemoryPlan,
   planFits,
@@ -47,6 +48,8 @@ export interface DflashPlanInput extends TargetPlanInput {
   /** --head-chunk-rows (null: chosen from the binding size). */
   headChunkRows: number | null;
   muon: boolean;
+  /** --mlp-saved-dtype. */
+  mlpSaved: MlpSavedDtype;
 }
 
 /** The plan of a DFlash run (see the module comment). */
@@ -134,6 +137,7 @@ function stepOf(i: DflashPlanInput) {
       lmHeadBlockRows: splits.lmHeadBlockRows,
       alignment: i.device.minStorageBufferOffsetAlignment,
       binding: i.device.maxStorageBufferBindingSize,
+      mlpSaved: i.mlpSaved,
     });
   };
 }

@@ -211,6 +211,7 @@ export class DflashRun {
       lmHead: this.source.lmHead,
       headRows: this.#headRows(b),
       features: sh.feed.features,
+      mlpSaved: this.s.mlpSavedDtype,
     }, split === "train");
     return { feed: sh.feed, step: sh[split]! };
   }

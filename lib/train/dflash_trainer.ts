@@ -36,7 +36,7 @@ import { OfflineDflashSource, OnlineDflashSource } from "./dflash_features.ts";
 import { jsonSha256, type RunFingerprint } from "./fingerprint.ts";
 import { resolveDflashResume } from "./dflash_checkpoint.ts";
 import { isDpace } from "../ops/dflash_loss.ts";
-import type { TrainSettings } from "./config.ts";
+import { checkMlpSavedDtype, type TrainSettings } from "./config.ts";
 import { ProgressPrinter } from "./metrics.ts";
 import { openFeatures, tokenizeData } from "./setup.ts";
 import type { TrainOptions } from "./trainer.ts";
@@ -165,6 +165,7 @@ async function resolveRun(s: TrainSettings, o: TrainOptions, note: (m: string) =
   const offline = s.trainHiddenStatesPath;
   const captured = offline ? (await readManifest(offline)).auxLayers : null;
   const cfg = await resolveDflashConfig(s, targetConfig, targetDir, captured);
+  checkMlpSavedDtype(s, cfg.intermediateSize);
   const data = offline
     ? await openFeatures(s, targetConfig, targetDir, cfg.targetLayerIds, note, LAYERS_FLAG)
     : await tokenizeData(s, targetDir, note);
@@ -197,6 +198,7 @@ async function planOf(gpu: Gpu, s: TrainSettings, r: Resolved): Promise<RunPlan>
         evalBatches: s.evalBatches,
         numAnchors: s.numAnchors,
         muon: s.optimizer === "muon",
+        mlpSaved: s.mlpSavedDtype,
       },
       s.headChunkRows,
       limits,

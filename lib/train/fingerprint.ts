@@ -58,6 +58,7 @@ export const RESUME_CONTRACT = [
   "loss_type",
   "loss_decay_gamma",
   "dpace_alpha",
+  "mlp_saved_dtype",
 ] as const;
 
 /**
@@ -75,6 +76,7 @@ const BEFORE_THE_SETTING: Readonly<Record<string, unknown>> = {
   optimizer: "adamw",
   muon_momentum: 0.95,
   muon_weight_decay: 0.1,
+  mlp_saved_dtype: "f32",
 };
 
 /**

@@ -51,7 +51,13 @@ import {
   runChanges,
   type RunFingerprint,
 } from "./fingerprint.ts";
-import { DEFAULT_EMBEDDING_KEY, RESUME_LATEST_GOOD, settingsToJson, type TrainSettings } from "./config.ts";
+import {
+  checkMlpSavedDtype,
+  DEFAULT_EMBEDDING_KEY,
+  RESUME_LATEST_GOOD,
+  settingsToJson,
+  type TrainSettings,
+} from "./config.ts";
 
 /** Prints one note line for the user. */
 export type Note = (message: string) => void;
@@ -94,6 +100,7 @@ export async function setUpRun(
   const auxLayers = await resolveAuxLayers(s, draftConfig, targetConfig, note);
   draftConfig = { ...draftConfig, auxLayerIds: [...auxLayers] };
   checkDraftFitsTarget(draftConfig, targetConfig);
+  checkMlpSavedDtype(s, draftConfig.intermediateSize);
   const data = s.trainHiddenStatesPath
     ? await openFeatures(s, targetConfig, targetDir, auxLayers, note)
     : await tokenizeData(s, targetDir, note);

@@ -13,6 +13,7 @@ import type { VocabMapping } from "../data/vocab.ts";
 import type { LkLossOptions } from "../ops/lk_loss.ts";
 import type { RowSplitMatrix } from "../ops/row_split.ts";
 import { buildEagle3Step, type Eagle3Draft, type Eagle3Step } from "../models/eagle3.ts";
+import type { MlpSavedDtype } from "../ops/gated_mlp.ts";
 import { type Eagle3Metrics, eagle3MetricsFrom, METRIC_COLS } from "../models/eagle3_metrics.ts";
 import {
   type BatchFeed,
@@ -90,6 +91,8 @@ export interface StepSettings {
   headRows: number | null;
   /** The LK loss the training steps use (null: the KL loss). */
   lk: LkLossOptions | null;
+  /** The dtype the training steps keep the MLP's gate and up in (--mlp-saved-dtype). */
+  mlpSaved: MlpSavedDtype;
 }
 
 interface Shape<S extends SourcedBatch> {
@@ -179,6 +182,7 @@ export class StepPrograms<S extends SourcedBatch = SourcedBatch> {
       stepDecay: s.stepDecay,
       headRows: s.headRows,
       lk: s.lk,
+      mlpSaved: s.mlpSaved,
       inputs: feed.inputs,
       teacherSource: feed.teacherSource ?? null,
     });

@@ -229,6 +229,7 @@ async function trainLocked(gpu: Gpu, o: TrainOptions): Promise<TrainResult> {
         stepDecay: s.tttLossDecay,
         headRows,
         lk: lkOf(s),
+        mlpSaved: s.mlpSavedDtype,
       }),
     );
     const state = setup.resume ? await restoreRun(setup.resume, draft, optimizer) : new RunState();
@@ -398,6 +399,7 @@ function announce(run: Run): number {
     train: true,
     lk: lkOf(s),
     acceptance: true,
+    mlpSaved: s.mlpSavedDtype,
   };
   const bytes = eagle3ActivationBytes(setup.draftConfig, shape);
   run.note(

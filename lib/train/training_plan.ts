@@ -13,6 +13,7 @@ import type { TokenizedDataset } from "../data/tokenized.ts";
 import type { DraftConfig } from "../models/draft_config.ts";
 import { eagle3ParamNames, eagle3ParamShapes, teacherWindowRows } from "../models/eagle3.ts";
 import type { Eagle3StepShape } from "../models/eagle3_activations.ts";
+import type { MlpSavedDtype } from "../ops/gated_mlp.ts";
 import { eagle3StepTensors } from "../models/eagle3_activations.ts";
 import {
   blockRowsOf,
@@ -81,6 +82,8 @@ export interface TrainingPlanInput extends TargetPlanInput {
   muon?: boolean;
   /** Rows of the draft head's windows (default null: a batch's rows at once). */
   headRows?: number | null;
+  /** The dtype the training steps keep the MLP's gate and up in (default f32). */
+  mlpSaved?: MlpSavedDtype;
   /**
    * --eval-spec-samples: the greedy chain speculative decoding at each evaluation (lib/train/evaluate.ts
    * `measureTau`), its prompts' lengths, steps and new tokens; null or absent: none.
@@ -299,6 +302,7 @@ function trainingStep(i: TrainingPlanInput, splits: TargetSplits) {
       lk: i.lk,
       acceptance: true,
       headRows: Math.min(batch * seqLen, i.headRows ?? Infinity),
+      mlpSaved: i.mlpSaved,
     };
     return [...eagle3StepTensors(i.draft, shape, draft), ...teacherWindowTensors(i, shape)];
   };
@@ -341,6 +345,7 @@ export function planRun(
         lk,
         muon: s.optimizer === "muon",
         headRows,
+        mlpSaved: s.mlpSavedDtype,
         evalSpec: evalSpecOf(s, setup, streamSlots),
       });
     if (s.headChunkRows !== null) return plan(s.headChunkRows);

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
 import { Program } from "../../lib/gpu/program.ts";
-import { Tensor } from "../../lib/tensor.ts";
+import { DTYPE_BYTES, Tensor } from "../../lib/tensor.ts";
 import { type DraftConfig, parseDraftConfig } from "../../lib/models/draft_config.ts";
 import { buildEagle3Step, Eagle3Draft } from "../../lib/models/eagle3.ts";
 import { eagle3ActivationBytes, eagle3Activations } from "../../lib/models/eagle3_activations.ts";
@@ -44,13 +44,13 @@ Deno.test(
     const draft = Eagle3Draft.create(gpu!, CFG, { seed: 1 });
     const embedding = Tensor.zeros(gpu!, [CFG.vocabSize, CFG.hiddenSize], "f32", "embed");
     try {
-      for (const train of [true, false]) {
-        const shape = { batch: 2, seqLen: 12, tttLength: 3, train };
+      for (const [train, mlpSaved] of [[true, "f32"], [false, "f32"], [true, "f16"]] as const) {
+        const shape = { batch: 2, seqLen: 12, tttLength: 3, train, mlpSaved };
         const step = await buildEagle3Step(draft, { ...shape, embedding, vocab: identityVocab() });
         try {
           let bytes = 0;
-          for (const t of tensorsOf(step.activations)) bytes += 4 * t.size;
-          assert.equal(step.activationBytes, bytes, `train=${train}: counted = allocated`);
+          for (const t of tensorsOf(step.activations)) bytes += t.size * DTYPE_BYTES[t.dtype];
+          assert.equal(step.activationBytes, bytes, `train=${train} ${mlpSaved}: counted = allocated`);
           assert.equal(eagle3ActivationBytes(CFG, shape), bytes);
         } finally {
           step.destroy();
@@ -60,6 +60,15 @@ Deno.test(
         eagle3ActivationBytes(CFG, { batch: 2, seqLen: 12, tttLength, train });
       assert.ok(at(false, 7) < at(true, 7), "evaluation keeps one position's activations");
       assert.ok(at(true, 3) < at(true, 7), "training keeps every position's");
+      // f16 gate and up: 2 bytes instead of 4 for each of K positions' two [B·T, I] products.
+      const f16 = eagle3ActivationBytes(CFG, {
+        batch: 2,
+        seqLen: 12,
+        tttLength: 7,
+        train: true,
+        mlpSaved: "f16",
+      });
+      assert.equal(at(true, 7) - f16, 7 * 2 * 2 * 24 * CFG.intermediateSize);
     } finally {
       embedding.destroy();
       draft.destroy();

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
-import { isCpuAdapter } from "../../lib/gpu/device.ts";
-import { type Program, runOnce } from "../../lib/gpu/program.ts";
+import { cpuKernels, Gpu, isCpuAdapter } from "../../lib/gpu/device.ts";
+import { Program, runOnce } from "../../lib/gpu/program.ts";
 import { type DType, Tensor } from "../../lib/tensor.ts";
 import { gatedLinear, swigluDownBackward } from "../../lib/ops/gated_mlp.ts";
 import { gatedMatmul, linear, linearBackward, linearBackwardCpu, linearCpu } from "../../lib/ops/matmul.ts";
@@ -210,3 +210,117 @@ Deno.test({
   assertClose(await read(act), swigluCpu(g, u), "act with biases vs CPU", { atol: 1e-4, rtol: 1e-4 });
   for (const t of [x, wg, wu, bg, bu, act, gate, up]) t.destroy();
 });
+
+/**
+ * With f16 gate and up, the fused forward and backward (CPU adapters) against the unfused path the GPU kernel
+ * families take (linear, convert, the f16 SwiGLU kernels), and both against the f32 ops on the f16 values.
+ */
+async function halfCase(dev: Gpu, R: number, H: number, I: number): Promise<Record<string, Float32Array>> {
+  const up32 = (data: Float32Array<ArrayBuffer>, shape: number[], label: string) =>
+    Tensor.fromArray(dev, data, shape, "f32", label);
+  const x = up32(randomArray(R * H, R + H, 2), [R, H], "x");
+  const wg = up32(randomArray(I * H, I + 1, 0.5), [I, H], "w_gate");
+  const wu = up32(randomArray(I * H, I + 2, 0.5), [I, H], "w_up");
+  const dy = up32(randomArray(R * H, R * H, 1), [R, H], "dy");
+  const wd = up32(randomArray(H * I, H + I, 0.5), [H, I], "w_down");
+  const [gate, up] = ["gate f16", "up f16"].map((l) => Tensor.empty(dev, [R, I], "f16", l));
+  const [act, dAct, dGate, dUp] = ["act", "d act", "d gate", "d up"].map((l) =>
+    Tensor.empty(dev, [R, I], "f32", l)
+  );
+  const dW = Tensor.empty(dev, [H, I], "f32", "dW");
+  await runOnce(dev, "gated f16", async (p) => {
+    await gatedLinear(p, x, wg, wu, { act, gate, up, keep: true }, "silu");
+    await swigluDownBackward(p, dy, { act, gate, up }, wd, { dAct, dGate, dUp, dWDown: dW });
+  });
+  const out: Record<string, Float32Array> = {};
+  for (const [name, t] of Object.entries({ act, gate, up, dGate, dUp, dW })) out[name] = await read(t);
+  // The f32 ops on the rounded products: the same bits.
+  const [xs, gs, us] = [await read(x), await read(wg), await read(wu)];
+  const [g16, u16] = [
+    up32(Float32Array.from(out.gate), [R, I], "gate (f32 of f16)"),
+    up32(Float32Array.from(out.up), [R, I], "up (f32 of f16)"),
+  ];
+  const [refAct, refDAct, refDGate, refDUp] = ["ref act", "ref d act", "ref d gate", "ref d up"].map((l) =>
+    Tensor.empty(dev, [R, I], "f32", l)
+  );
+  const refDW = Tensor.empty(dev, [H, I], "f32", "ref dW");
+  await runOnce(dev, "gated f16 reference", async (p) => {
+    await swigluForward(p, g16, u16, refAct);
+    await linearBackward(p, dy, refAct, wd, refDAct, refDW);
+    await swigluBackward(p, refDAct, g16, u16, refDGate, refDUp);
+  });
+  const what = `[${R}, ${H}, ${I}] f16${dev === gpu ? "" : ", GPU kernels"}`;
+  sameBits(out.act, await read(refAct), `act ${what}`);
+  sameBits(out.dGate, await read(refDGate), `d gate ${what}`);
+  sameBits(out.dUp, await read(refDUp), `d up ${what}`);
+  sameBits(out.dW, await read(refDW), `dW ${what}`);
+  // f16 rounding of the products, within half an f16 ulp of the CPU's.
+  assertClose(out.gate, linearCpu(xs, gs, R, H, I), `gate vs CPU ${what}`, { atol: 1e-4, rtol: 2 ** -11 });
+  assertClose(out.up, linearCpu(xs, us, R, H, I), `up vs CPU ${what}`, { atol: 1e-4, rtol: 2 ** -11 });
+  for (const t of [x, wg, wu, dy, wd, gate, up, act, dAct, dGate, dUp, dW, g16, u16]) t.destroy();
+  for (const t of [refAct, refDAct, refDGate, refDUp, refDW]) t.destroy();
+  return out;
+}
+
+Deno.test(
+  { name: "gated MLP: f16 gate and up, fused and unfused, give the same bits", ...needsGpu },
+  async () => {
+    const gpuKernels = cpuKernels(gpu!) ? await Gpu.create({ kernels: "gpu" }) : null;
+    try {
+      for (const [R, H, I] of [[5, 12, 40], [7, 6, 10], [40, 20, 60]]) {
+        const fused = await halfCase(gpu!, R, H, I);
+        if (!gpuKernels) continue;
+        const unfused = await halfCase(gpuKernels, R, H, I);
+        for (const name of ["act", "gate", "up", "dGate", "dUp"]) {
+          sameBits(fused[name], unfused[name], `${name} [${R}, ${H}, ${I}] fused vs unfused`);
+        }
+      }
+    } finally {
+      gpuKernels?.destroy();
+    }
+  },
+);
+
+Deno.test({
+  name: "gated MLP: f16 gate and up label the fused kernels",
+  ...needsGpu,
+  ignore: !gpu || !isCpuAdapter(gpu),
+}, async () => {
+  const [R, H, I] = [40, 20, 60];
+  const x = empty([R, H], "x"), dy = empty([R, H], "dy");
+  const [wg, wu] = [empty([I, H], "w_gate"), empty([I, H], "w_up")];
+  const wd = empty([H, I], "w_down"), dW = empty([H, I], "dW");
+  const [gate, up] = ["gate", "up"].map((l) => Tensor.empty(gpu!, [R, I], "f16", l));
+  const [act, dAct, dGate, dUp] = ["act", "d act", "d gate", "d up"].map((l) => empty([R, I], l));
+  const labels = await dispatchLabels(async (p) => {
+    await gatedLinear(p, x, wg, wu, { act, gate, up, keep: true }, "silu");
+    await swigluDownBackward(p, dy, { act, gate, up }, wd, { dAct, dGate, dUp, dWDown: dW });
+  });
+  assert.equal(labels.filter((l) => l.endsWith("+silu forward f16")).length, 1, labels.join(", "));
+  assert.equal(labels.filter((l) => l.endsWith("+swiglu backward f16")).length, 1, labels.join(", "));
+  for (const t of [x, dy, wg, wu, wd, dW, act, gate, up, dAct, dGate, dUp]) t.destroy();
+});
+
+Deno.test(
+  { name: "gated MLP: f16 gate and up need SwiGLU, both f16 and an even width", ...needsGpu },
+  async () => {
+    const x = empty([4, 8], "x"), w = empty([12, 8], "w"), w9 = empty([9, 8], "w9");
+    const act = empty([4, 12], "act"), act9 = empty([4, 9], "act9"), f = empty([4, 12], "up f32");
+    const [h, h9] = [Tensor.empty(gpu!, [4, 12], "f16", "gate f16"), Tensor.empty(gpu!, [4, 9], "f16", "g9")];
+    const p = new Program(gpu!, "bad f16 gated");
+    await assert.rejects(
+      () => gatedLinear(p, x, w, w, { act, gate: h, up: h, keep: true }, "gelu_tanh"),
+      /gatedLinear: f16 gate and up \(gate f16\) are for SwiGLU, not gelu_tanh/,
+    );
+    await assert.rejects(
+      () => gatedLinear(p, x, w, w, { act, gate: h, up: f, keep: true }, "silu"),
+      /gatedLinear: saved gate and up \(gate f16 f16, up f32 f32\) must be both f32, or both f16 with an even/,
+    );
+    await assert.rejects(
+      () => gatedLinear(p, x, w9, w9, { act: act9, gate: h9, up: h9, keep: true }, "silu"),
+      /even column count \(9\)/,
+    );
+    assert.equal(p.dispatches.length, 0);
+    for (const t of [x, w, w9, act, act9, f, h, h9]) t.destroy();
+  },
+);

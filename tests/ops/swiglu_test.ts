@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { assertClose, gpu, needsGpu, randomArray } from "../gpu.ts";
 import { Golden } from "../golden.ts";
 import { Program, runOnce } from "../../lib/gpu/program.ts";
-import { Tensor } from "../../lib/tensor.ts";
+import { decodeHost, encodeHost, Tensor } from "../../lib/tensor.ts";
 import {
   gegluTanhCpu,
   gegluTanhForward,
@@ -126,3 +126,63 @@ Deno.test({ name: "swiglu: the vec4 forward gives the scalar forward's bits", ..
   assert.deepEqual(await vec4.readFloat(), (await scalar.readFloat()).subarray(0, n - 1));
   for (const t of [tg, tu, scalar, vec4]) t.destroy();
 });
+
+/** `values` rounded to f16 (nearest even): the 16-bit patterns and their exact f32 values. */
+function toHalf(
+  values: Float32Array<ArrayBuffer>,
+): { bits: Uint16Array<ArrayBuffer>; wide: Float32Array<ArrayBuffer> } {
+  const bits = encodeHost(values, "f16") as Uint16Array<ArrayBuffer>;
+  return { bits, wide: decodeHost(bits.buffer, "f16", values.length) as Float32Array<ArrayBuffer> };
+}
+
+Deno.test(
+  { name: "swiglu: f16 gate and up give the f32 kernels' bits on their values", ...needsGpu },
+  async () => {
+    for (const shape of [[1, 2], [3, 8], [2, 5, 78], [97, 700]]) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const gateF = randomArray(n, n + 5, 8), upF = randomArray(n, n + 6, 2), dout = randomArray(n, n + 7);
+      gateF[0] = -100;
+      gateF[1] = 100;
+      const gate = toHalf(gateF), up = toHalf(upF);
+      const tg = Tensor.fromArray(gpu!, gate.bits, shape, "f16", "gate f16");
+      const tu = Tensor.fromArray(gpu!, up.bits, shape, "f16", "up f16");
+      const td = upload(dout, shape, "dout");
+      const [out, dgate, dup] = ["out", "dgate", "dup"].map((l) => Tensor.empty(gpu!, shape, "f32", l));
+      const labels: string[] = [];
+      await runOnce(gpu!, "swiglu f16", async (p) => {
+        await swigluForward(p, tg, tu, out);
+        await swigluBackward(p, td, tg, tu, dgate, dup);
+        labels.push(...p.dispatches.map((d) => d.label));
+      });
+      assert.deepEqual(labels, ["swiglu.forward.f16", "swiglu.backward.f16"]);
+      const want = await runGpu(gate.wide, up.wide, dout, shape);
+      const bits = (x: Float32Array) => new Uint32Array(x.buffer, x.byteOffset, x.length);
+      for (const [name, got] of [["out", out], ["dgate", dgate], ["dup", dup]] as const) {
+        assert.deepEqual(bits(await got.readFloat()), bits(want[name] as Float32Array), `${name} [${shape}]`);
+      }
+      assertClose(want.out, swigluCpu(gate.wide, up.wide), `out vs CPU [${shape}]`, {
+        atol: 1e-5,
+        rtol: 1e-4,
+      });
+      for (const t of [tg, tu, td, out, dgate, dup]) t.destroy();
+    }
+  },
+);
+
+Deno.test(
+  { name: "swiglu: f16 gate and up of mixed dtypes or an odd count are errors", ...needsGpu },
+  async () => {
+    const g = gpu!;
+    const h = Tensor.empty(g, [3, 4], "f16", "h"), f = Tensor.empty(g, [3, 4], "f32", "f");
+    const odd = Tensor.empty(g, [3, 3], "f16", "odd"), oddOut = Tensor.empty(g, [3, 3], "f32", "odd out");
+    const p = new Program(g, "bad f16 swiglu");
+    await assert.rejects(() => swigluForward(p, h, f, f), /swigluForward: up \(f\) is f32, expected f16/);
+    await assert.rejects(() => swigluForward(p, h, h, h), /swigluForward: out \(h\) is f16, expected f32/);
+    await assert.rejects(
+      () => swigluBackward(p, oddOut, odd, odd, oddOut, oddOut),
+      /swigluBackward: f16 gate \(odd\) needs an even element count, got 9/,
+    );
+    assert.equal(p.dispatches.length, 0);
+    for (const t of [h, f, odd, oddOut]) t.destroy();
+  },
+);
