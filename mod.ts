@@ -146,6 +146,7 @@ export type {
 } from "./lib/models/eagle3_layer.ts";
 export type { TttAttentionGrads, TttAttentionTensors, TttShape } from "./lib/models/eagle3_ttt_attention.ts";
 export type { LkLossOptions, LkLossType } from "./lib/ops/lk_loss.ts";
+export type { MlpSavedDtype } from "./lib/ops/gated_mlp.ts";
 export { eagle3ActivationBytes } from "./lib/models/eagle3_activations.ts";
 export type {
   Eagle3Activations,

@@ -11,6 +11,7 @@ import { fromFloat32, writeSafetensors } from "../io/safetensors.ts";
 import { type TargetForward, TargetModel } from "../models/target.ts";
 import { type DraftConfig, parseDraftConfig } from "../models/draft_config.ts";
 import { buildEagle3Step, Eagle3Draft, type Eagle3Step } from "../models/eagle3.ts";
+import type { MlpSavedDtype } from "../ops/gated_mlp.ts";
 import { identityVocabMapping, type VocabMapping } from "../data/vocab.ts";
 import { DraftOptimizer, type NamedParameter } from "../train/optimizer.ts";
 
@@ -114,12 +115,16 @@ export interface RecipeStep {
   destroy(): void;
 }
 
-/** Builds the online step of `m` at batch `batch`, `seqLen` tokens, TTT `tttLength`. */
+/**
+ * Builds the online step of `m` at batch `batch`, `seqLen` tokens, TTT `tttLength`, keeping the MLP's gate
+ * and up in `mlpSaved` (train-online's --mlp-saved-dtype).
+ */
 export async function recipeStep(
   m: RecipeModels,
   batch: number,
   seqLen: number,
   tttLength: number,
+  mlpSaved: MlpSavedDtype = "f32",
 ): Promise<RecipeStep> {
   const forward = await m.target.forward(batch, seqLen, {
     aux: true,
@@ -133,6 +138,7 @@ export async function recipeStep(
     embedding: m.target.embed,
     vocab: m.vocab,
     train: true,
+    mlpSaved,
     inputs: {
       aux: forward.aux!,
       ids: forward.ids,

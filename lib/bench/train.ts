@@ -198,6 +198,19 @@ export async function benchTrain(gpu: Gpu, opts: BenchOptions = {}): Promise<Ben
       tokensPerSec: B * T / fullMs * 1000,
     });
     online.destroy();
+    const half = await recipeStep(models, B, T, K, "f16");
+    half.runAll();
+    await gpu.sync();
+    const halfMs = await time(() => half.step.run());
+    out.push({
+      group: "train",
+      name: "draft TTT forward + backward, f16 gate and up",
+      shape,
+      ms: halfMs,
+      tokensPerSec: B * T / halfMs * 1000,
+      note: "--mlp-saved-dtype f16",
+    });
+    half.destroy();
     out.push(...await benchOfflineStep(gpu, dir, { draft, opt, target, vocab, B, T, K, reps }));
     models.destroy();
 

@@ -1,6 +1,7 @@
 /** train-online settings: flags, YAML (flat and sectioned), precedence, unknown keys, --help. */
 import assert from "node:assert/strict";
 import {
+  checkMlpSavedDtype,
   parseTrainArgs,
   readYamlSettings,
   settingsToJson,
@@ -168,10 +169,26 @@ Deno.test("config: unknown keys, misplaced keys, bad values and missing settings
   );
   await assert.rejects(() => parseTrainArgs([...REQUIRED, "--no-such-flag"]), /no-such-flag/);
   await assert.rejects(() => parseTrainArgs([...REQUIRED, "--export-dtype", "fp8"]), /one of bf16, f16, f32/);
+  await assert.rejects(() => parseTrainArgs([...REQUIRED, "--mlp-saved-dtype", "bf16"]), /one of f32, f16/);
   await assert.rejects(
     () => parseTrainArgs(["--config", "missing.yaml"], files({})),
     /config file not found: missing\.yaml/,
   );
+});
+
+Deno.test("config: --mlp-saved-dtype f16 needs an even intermediate_size", async () => {
+  const cmd = await parseTrainArgs([...REQUIRED, "--mlp-saved-dtype", "f16"]);
+  assert.ok(!cmd.help);
+  assert.equal(cmd.settings.mlpSavedDtype, "f16");
+  checkMlpSavedDtype(cmd.settings, 14336);
+  assert.throws(
+    () => checkMlpSavedDtype(cmd.settings, 1001),
+    /--mlp-saved-dtype f16 needs an even intermediate_size \(f16 pairs\), the draft's is 1001/,
+  );
+  const f32 = await parseTrainArgs(REQUIRED);
+  assert.ok(!f32.help);
+  assert.equal(f32.settings.mlpSavedDtype, "f32");
+  checkMlpSavedDtype(f32.settings, 1001);
 });
 
 Deno.test("config: --help lists every flag with its default", async () => {

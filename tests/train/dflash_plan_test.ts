@@ -56,7 +56,11 @@ Deno.test({ name: "dflash memory plan: an online run meets the measured peak", .
   try {
     const hub = { cacheDir: join(root, "hub"), offline: true };
     for (
-      const [out, extra] of [["a", {}], ["m", { optimizer: "muon" as const, headChunkRows: 64 }]] as const
+      const [out, extra] of [
+        ["a", {}],
+        ["m", { optimizer: "muon" as const, headChunkRows: 64 }],
+        ["h", { mlpSavedDtype: "f16" as const }],
+      ] as const
     ) {
       const device = await Gpu.create();
       try {

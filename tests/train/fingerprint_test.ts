@@ -21,6 +21,7 @@ Deno.test("resume contract: a setting a checkpoint predates compares as the valu
     loss_type: "dflash",
     loss_decay_gamma: null,
     dpace_alpha: 0.5,
+    mlp_saved_dtype: "f32",
   };
   const changed = (settings: Record<string, unknown>) =>
     runChanges(old, settings, null, {}).map((c) => [c.name, c.saved, c.now]);
@@ -29,4 +30,5 @@ Deno.test("resume contract: a setting a checkpoint predates compares as the valu
   assert.deepEqual(changed({ ...now, optimizer: "muon" }), [["optimizer", '"adamw"', '"muon"']]);
   assert.deepEqual(changed({ ...now, lk_loss_type: "lambda" }), [["lk_loss_type", '"none"', '"lambda"']]);
   assert.deepEqual(changed({ ...now, num_anchors: 64 }), [["num_anchors", "512", "64"]]);
+  assert.deepEqual(changed({ ...now, mlp_saved_dtype: "f16" }), [["mlp_saved_dtype", '"f32"', '"f16"']]);
 });

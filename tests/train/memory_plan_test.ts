@@ -68,6 +68,10 @@ Deno.test({ name: "memory plan: online runs meet the measured peak", ...needsGpu
     const muon = await measured(root, "c", { optimizer: "muon", maxNumSteps: 2 });
     assertClose(muon, "Muon");
     assert.equal(muon.plannedPeakBytes, muon.peakBytes, "Muon's state and scratch, planned exactly");
+    // --mlp-saved-dtype f16: the saved gate and up at 2 bytes, planned exactly, and less than f32's.
+    const half = await measured(root, "h", { optimizer: "muon", maxNumSteps: 2, mlpSavedDtype: "f16" });
+    assert.equal(half.plannedPeakBytes, half.peakBytes, "f16 gate and up, planned exactly");
+    assert.ok(half.peakBytes < muon.peakBytes, `f16 ${half.peakBytes} < f32 ${muon.peakBytes}`);
   } finally {
     await Deno.remove(root, { recursive: true });
   }
