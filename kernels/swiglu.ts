@@ -1,7 +1,9 @@
 /**
- * SwiGLU kernels (f32, elementwise over gate and up of the same shape): out = silu(gate)·up with
+ * SwiGLU kernels (elementwise over gate and up of the same shape): out = silu(gate)·up with
  * silu(g) = g·σ(g). Backward: dup = dout·silu(g), dgate = dout·up·σ(g)·(1 + g·(1 − σ(g))), since
- * silu'(g) = σ(g) + g·σ(g)·(1 − σ(g)). One invocation per element, grids folded into 2-D.
+ * silu'(g) = σ(g) + g·σ(g)·(1 − σ(g)). All f32, or with gate and up saved as f16 (`forwardHalf`,
+ * `backwardHalf`: two elements per invocation, one u32 word of each); one invocation per element (four in
+ * `forwardVec4`), grids folded into 2-D.
  */
 import { LINEAR_WORKGROUP } from "./common.ts";
 import { HALF_BITS } from "./convert.ts";
