@@ -19,8 +19,8 @@ const EXPECTED: Record<string, { names: string[]; defaults: string[] }> = {
     defaults: ["../shared/models/tinystories-656K", "out/notebook"],
   },
   "sizing.ts": {
-    names: ["--lengths", "--draft-preset", "--head-chunk-rows"],
-    defaults: ["(default: 2048,8192)", "(default: eagle3.1-lk)"],
+    names: ["--lengths", "--draft-preset", "--head-chunk-rows", "--mlp-saved-dtype"],
+    defaults: ["(default: 2048,8192)", "(default: eagle3.1-lk)", "(default: f32)"],
   },
   "tinystories_selfdistill.ts": {
     names: [
