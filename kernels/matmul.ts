@@ -473,23 +473,16 @@ function halfSavedGroup(
   upValue: (c: number) => string,
 ): string[] {
   const L: string[] = [];
-  const lo = (w: string) => `half_value(${w} & 0xffffu)`, hi = (w: string) => `half_value(${w} >> 16u)`;
   if (g.kind === "backward" && vec4) {
     L.push(`    if (${col} < p.N) {`, `      let i = cr + ${col};`);
     const d = [0, 1, 2, 3].map((c) => `d${c}`);
-    for (const pair of [0, 1]) {
+    for (const w of [0, 1]) {
       L.push(
-        `      let g${pair} = gate[(i >> 1u) + ${pair}u];`,
-        `      let u${pair} = up[(i >> 1u) + ${pair}u];`,
+        `      let g${w} = half_pair(gate[(i >> 1u) + ${w}u]);`,
+        `      let u${w} = half_pair(up[(i >> 1u) + ${w}u]);`,
       );
-      L.push(
-        `      let d${2 * pair} = swiglu_grads(${value(2 * pair)}, ${lo(`g${pair}`)}, ${lo(`u${pair}`)});`,
-      );
-      L.push(
-        `      let d${2 * pair + 1} = swiglu_grads(${value(2 * pair + 1)}, ${hi(`g${pair}`)}, ${
-          hi(`u${pair}`)
-        });`,
-      );
+      L.push(`      let d${2 * w} = swiglu_grads(${value(2 * w)}, g${w}.x, u${w}.x);`);
+      L.push(`      let d${2 * w + 1} = swiglu_grads(${value(2 * w + 1)}, g${w}.y, u${w}.y);`);
     }
     L.push(...d.map((x, c) => `      c[i + ${c}u] = ${x}.x;`));
     L.push(`      dup[i >> 2u] = vec4<f32>(${d.map((x) => `${x}.y`).join(", ")});`, `    }`);
@@ -498,17 +491,15 @@ function halfSavedGroup(
   for (const c of [0, 2]) {
     L.push(`    if (${col} + ${c}u < p.N) {`, `      let i = cr + ${col} + ${c}u;`);
     if (g.kind === "forward") {
-      L.push(`      let g = to_half(${value(c)}) | (to_half(${value(c + 1)}) << 16u);`);
-      L.push(`      let u = to_half(${upValue(c)}) | (to_half(${upValue(c + 1)}) << 16u);`);
-      L.push(
-        `      c[i] = ${act}(${lo("g")}) * ${lo("u")};`,
-        `      c[i + 1u] = ${act}(${hi("g")}) * ${hi("u")};`,
-      );
-      if (g.store) L.push(`      gate_out[i >> 1u] = g;`, `      up_out[i >> 1u] = u;`);
+      L.push(`      let gw = to_half_pair(${value(c)}, ${value(c + 1)});`);
+      L.push(`      let uw = to_half_pair(${upValue(c)}, ${upValue(c + 1)});`);
+      L.push(`      let g = half_pair(gw);`, `      let u = half_pair(uw);`);
+      L.push(`      c[i] = ${act}(g.x) * u.x;`, `      c[i + 1u] = ${act}(g.y) * u.y;`);
+      if (g.store) L.push(`      gate_out[i >> 1u] = gw;`, `      up_out[i >> 1u] = uw;`);
     } else {
-      L.push(`      let g = gate[i >> 1u];`, `      let u = up[i >> 1u];`);
-      L.push(`      let d0 = swiglu_grads(${value(c)}, ${lo("g")}, ${lo("u")});`);
-      L.push(`      let d1 = swiglu_grads(${value(c + 1)}, ${hi("g")}, ${hi("u")});`);
+      L.push(`      let g = half_pair(gate[i >> 1u]);`, `      let u = half_pair(up[i >> 1u]);`);
+      L.push(`      let d0 = swiglu_grads(${value(c)}, g.x, u.x);`);
+      L.push(`      let d1 = swiglu_grads(${value(c + 1)}, g.y, u.y);`);
       L.push(
         `      c[i] = d0.x;`,
         `      c[i + 1u] = d1.x;`,

@@ -41,15 +41,20 @@ fn swiglu_grads(d: f32, g: f32, u: f32) -> vec2<f32> {
 `;
 
 /**
- * WGSL for gate and up saved as f16 (packed in pairs in u32 words, element 2i in the low half, as
- * kernels/convert.ts stores f16): `to_half(x)` rounds an f32 to the nearest even f16's bits, `half_value(h)` is
- * that f16 as an f32 (exact). Integer operations only, so the same bits on every device, with or without
- * `shader-f16`. The fused matmul stores (kernels/matmul.ts) and the elementwise kernels below share them.
+ * WGSL for gate and up saved as f16, a u32 word per pair of elements (element 2i in the low half, as
+ * kernels/convert.ts stores f16): `to_half_pair(a, b)` rounds two f32s to the nearest even f16s and packs them,
+ * `half_pair(w)` widens a word's two f16s back to f32 (exactly). Integer operations only, so the same bits on
+ * every device, with or without `shader-f16`. The fused matmul stores (kernels/matmul.ts) and the elementwise
+ * kernels below share them.
  */
 export const HALF_SAVED_FUNCTIONS = /* wgsl */ `
 ${HALF_BITS}
-fn to_half(x: f32) -> u32 { return f32_to_f16_bits(bitcast<u32>(x)); }
-fn half_value(h: u32) -> f32 { return bitcast<f32>(f16_to_f32_bits(h)); }
+fn to_half_pair(a: f32, b: f32) -> u32 {
+  return f32_to_f16_bits(bitcast<u32>(a)) | (f32_to_f16_bits(bitcast<u32>(b)) << 16u);
+}
+fn half_pair(w: u32) -> vec2<f32> {
+  return vec2<f32>(bitcast<f32>(f16_to_f32_bits(w & 0xffffu)), bitcast<f32>(f16_to_f32_bits(w >> 16u)));
+}
 `;
 
 const HEADER = /* wgsl */ `
@@ -154,10 +159,9 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
            @builtin(local_invocation_index) lid: u32) {
   let w = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
   if (w >= p.n / 2u) { return; }
-  let g = gate[w];
-  let u = up[w];
-  out[w] = vec2<f32>(silu_gate(half_value(g & 0xffffu)) * half_value(u & 0xffffu),
-                     silu_gate(half_value(g >> 16u)) * half_value(u >> 16u));
+  let g = half_pair(gate[w]);
+  let u = half_pair(up[w]);
+  out[w] = vec2<f32>(silu_gate(g.x) * u.x, silu_gate(g.y) * u.y);
 }
 `;
 
@@ -180,10 +184,10 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
   let w = linear_workgroup(wg, nwg) * ${SWIGLU_WG}u + lid;
   if (w >= p.n / 2u) { return; }
   let d = dout[w];
-  let g = gate[w];
-  let u = up[w];
-  let lo = swiglu_grads(d.x, half_value(g & 0xffffu), half_value(u & 0xffffu));
-  let hi = swiglu_grads(d.y, half_value(g >> 16u), half_value(u >> 16u));
+  let g = half_pair(gate[w]);
+  let u = half_pair(up[w]);
+  let lo = swiglu_grads(d.x, g.x, u.x);
+  let hi = swiglu_grads(d.y, g.y, u.y);
   dgate[w] = vec2<f32>(lo.x, hi.x);
   dup[w] = vec2<f32>(lo.y, hi.y);
 }

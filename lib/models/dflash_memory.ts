@@ -93,7 +93,8 @@ function layerTensors(
   saved: MlpSavedDtype,
 ): PlannedTensor[] {
   const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
-  const f = (label: string, shape: number[]) => planned(`layer ${j} ${label}`, shape, "f32");
+  const f = (label: string, shape: number[], dtype: MlpSavedDtype = "f32") =>
+    planned(`layer ${j} ${label}`, shape, dtype);
   return [
     f("rstd x", [R]),
     f("x", [R, H]),
@@ -109,8 +110,8 @@ function layerTensors(
     f("residual", [R, H]),
     f("rstd post", [R]),
     f("post norm", [R, H]),
-    planned(`layer ${j} gate`, [R, I], saved),
-    planned(`layer ${j} up`, [R, I], saved),
+    f("gate", [R, I], saved),
+    f("up", [R, I], saved),
     f("out", [R, H]),
   ];
 }

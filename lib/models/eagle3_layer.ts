@@ -86,8 +86,8 @@ export function eagle3LayerActivations<T>(
   saved: MlpSavedDtype = "f32",
 ): Eagle3LayerActivations<T> {
   const { hiddenSize: H, intermediateSize: I, numHeads: nh, numKvHeads: nkv, headDim: hd } = cfg;
-  const f = (name: keyof Eagle3LayerActivations, cols: number[]) =>
-    shared[name] ?? make([rows, ...cols], "f32", name);
+  const f = (name: keyof Eagle3LayerActivations, cols: number[], dtype: "f32" | "f16" = "f32") =>
+    shared[name] ?? make([rows, ...cols], dtype, name);
   return {
     embed: f("embed", [H]),
     rstdEmbed: shared.rstdEmbed ?? make([rows], "f32", "rstdEmbed"),
@@ -100,8 +100,8 @@ export function eagle3LayerActivations<T>(
     residual: f("residual", [H]),
     rstdPost: shared.rstdPost ?? make([rows], "f32", "rstdPost"),
     postNorm: f("postNorm", [H]),
-    gate: shared.gate ?? make([rows, I], saved, "gate"),
-    up: shared.up ?? make([rows, I], saved, "up"),
+    gate: f("gate", [I], saved),
+    up: f("up", [I], saved),
     act: f("act", [I]),
     out: f("out", [H]),
   };
